@@ -1,0 +1,219 @@
+//! Building credgate from its configuration: the shared services (store,
+//! vault, registry) and the HTTP application bound to its port.
+
+use std::future::Future;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::crypto::MasterKeyring;
+use crate::http::{self, AppState};
+use crate::metrics::Metrics;
+use crate::providers::{load_dir, Registry};
+use crate::ratelimit::RateLimits;
+use crate::store::{Dialect, Store};
+use crate::vault::Vault;
+
+/// Name of the master key file kept beside a SQLite database.
+pub const MASTER_KEY_FILE: &str = "credgate.master.key";
+
+/// What every command needs: store (migrated), vault (keys checked), registry.
+#[derive(Debug, Clone)]
+pub struct Services {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub vault: Arc<Vault>,
+    pub registry: Arc<Registry>,
+}
+
+impl Services {
+    /// Connects, migrates, loads providers and checks the master keys.
+    pub async fn init(config: Config) -> anyhow::Result<Self> {
+        let registry = Registry::new(load_dir(&config.providers_dir, &config.provider_overrides)?);
+        let store = connect_and_migrate(&config.database_url).await?;
+        let keys = master_keys(&config, store.dialect())?;
+        let keyring = MasterKeyring::parse(&keys)?;
+        let vault = Vault::new(keyring, store.clone());
+        vault
+            .verify_all()
+            .await
+            .context("refusing to start: CREDGATE_MASTER_KEYS does not match the stored data keys")?;
+        Ok(Self {
+            config: Arc::new(config),
+            store,
+            vault: Arc::new(vault),
+            registry: Arc::new(registry),
+        })
+    }
+}
+
+/// Connects to the database and applies pending migrations.
+pub async fn connect_and_migrate(url: &str) -> anyhow::Result<Store> {
+    let store = Store::connect(url)
+        .await
+        .with_context(|| format!("cannot open the database {}", redact_url(url)))?;
+    store.migrate().await.context("cannot apply database migrations")?;
+    Ok(store)
+}
+
+/// The URL without its password, for messages.
+fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// `CREDGATE_MASTER_KEYS`, or with SQLite the key file beside the database
+/// (created with mode 0600 when missing). Postgres needs explicit keys.
+fn master_keys(config: &Config, dialect: Dialect) -> anyhow::Result<SecretString> {
+    if let Some(keys) = &config.master_keys {
+        return Ok(keys.clone());
+    }
+    if dialect == Dialect::Postgres {
+        anyhow::bail!("CREDGATE_MASTER_KEYS is required with PostgreSQL (generate one with `credgate keys generate`)");
+    }
+    let Some(path) = key_file_path(&config.database_url) else {
+        tracing::warn!("CREDGATE_MASTER_KEYS is not set; using a throw-away key for this in-memory database");
+        return Ok(MasterKeyring::generate_key());
+    };
+    if path.exists() {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        tracing::warn!(file = %path.display(), "CREDGATE_MASTER_KEYS is not set; using the key file beside the database");
+        return Ok(SecretString::from(text.trim().to_owned()));
+    }
+    let key = MasterKeyring::generate_key();
+    let mut file = open_private(&path).with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(key.expose_secret().as_bytes())?;
+    file.sync_all()?;
+    tracing::warn!(
+        file = %path.display(),
+        "CREDGATE_MASTER_KEYS is not set; created a new master key file (mode 0600). Back it up: without it the credentials cannot be decrypted"
+    );
+    Ok(key)
+}
+
+#[cfg(unix)]
+fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+}
+
+#[cfg(not(unix))]
+fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().write(true).create_new(true).open(path)
+}
+
+/// `sqlite://dir/credgate.db?…` → `dir/credgate.master.key`; `None` in memory.
+fn key_file_path(database_url: &str) -> Option<PathBuf> {
+    let rest = database_url
+        .strip_prefix("sqlite://")
+        .or_else(|| database_url.strip_prefix("sqlite:"))?;
+    let file = rest.split('?').next().unwrap_or("");
+    if file.is_empty() || file == ":memory:" {
+        return None;
+    }
+    let dir = Path::new(file)
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Some(dir.join(MASTER_KEY_FILE))
+}
+
+/// The HTTP application, bound and ready to serve.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Builds the services and binds `config.listen` (port 0 picks one).
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let services = Services::init(config).await?;
+        Self::from_services(services).await
+    }
+
+    /// Binds an application over already-initialized services.
+    pub async fn from_services(services: Services) -> anyhow::Result<Self> {
+        let config = services.config.clone();
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let state = AppState {
+            limits: Arc::new(RateLimits::new(config.rate_limit_per_org, config.probe_limit_per_min)),
+            metrics: Arc::new(Metrics::default()),
+            config,
+            store: services.store,
+            vault: services.vault,
+            registry: services.registry,
+        };
+        Ok(Self { listener, state })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// The shared state (tests reach the store through it).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then finishes in-flight requests.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let limits = self.state.limits.clone();
+        let evictor = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                limits.evict_idle();
+            }
+        });
+        let app = http::app(self.state);
+        let served = axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await;
+        evictor.abort();
+        served
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_file_sits_beside_the_sqlite_database() {
+        assert_eq!(
+            key_file_path("sqlite://credgate.db"),
+            Some(PathBuf::from("./credgate.master.key"))
+        );
+        assert_eq!(
+            key_file_path("sqlite:///var/lib/cg/x.db?mode=rwc"),
+            Some(PathBuf::from("/var/lib/cg/credgate.master.key"))
+        );
+        assert_eq!(key_file_path("sqlite::memory:"), None);
+    }
+
+    #[test]
+    fn database_passwords_are_redacted_from_messages() {
+        assert!(!redact_url("postgres://u:hunter2@db/x").contains("hunter2"));
+    }
+}

@@ -1,0 +1,193 @@
+//! The command line: `serve`, `migrate`, organizations, API keys and keys.
+
+use anyhow::{bail, Context};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use clap::{Parser, Subcommand};
+use rand::RngCore;
+use secrecy::ExposeSecret;
+use uuid::Uuid;
+
+use crate::app::{connect_and_migrate, Application, Services};
+use crate::config::{Config, Settings};
+use crate::crypto::MasterKeyring;
+use crate::http::extract::{token_hash, Role};
+
+/// credgate: OAuth-aware integration connector gateway.
+#[derive(Debug, Parser)]
+#[command(name = "credgate", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub settings: Settings,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API (applies pending migrations first).
+    Serve,
+    /// Apply pending migrations and exit.
+    Migrate,
+    /// Organizations.
+    #[command(subcommand)]
+    Org(OrgCommand),
+    /// API keys.
+    #[command(subcommand, name = "api-key")]
+    ApiKey(ApiKeyCommand),
+    /// Master and organization keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// `credgate org …`
+#[derive(Debug, Subcommand)]
+pub enum OrgCommand {
+    /// Create an organization; prints its id.
+    Create { name: String },
+    /// Override the per-provider credential limit of one organization.
+    SetLimit {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        provider: String,
+        #[arg(long)]
+        max: u32,
+    },
+    /// Delete an organization with its credentials and data key.
+    Delete {
+        #[arg(long)]
+        org: String,
+    },
+}
+
+/// `credgate api-key …`
+#[derive(Debug, Subcommand)]
+pub enum ApiKeyCommand {
+    /// Create an API key; prints the token (shown once).
+    Create {
+        #[arg(long)]
+        org: String,
+        #[arg(long, value_parser = ["admin", "member", "engine"])]
+        role: String,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        label: Option<String>,
+    },
+}
+
+/// `credgate keys …`
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Re-wrap every organization data key under the primary master key.
+    RotateMaster,
+    /// Give an organization a new data key and re-encrypt its credentials.
+    RotateOrg {
+        #[arg(long)]
+        org: String,
+    },
+    /// Print a new random master key (for CREDGATE_MASTER_KEYS).
+    Generate,
+}
+
+/// A new API token: `cgk_` + 32 random bytes, url-safe base64.
+pub fn new_api_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    format!("cgk_{}", URL_SAFE_NO_PAD.encode(bytes))
+}
+
+fn org_id(raw: &str) -> anyhow::Result<String> {
+    Uuid::parse_str(raw)
+        .map(|u| u.to_string())
+        .with_context(|| format!("--org {raw:?} is not an organization id (a UUID)"))
+}
+
+/// Runs one command; `shutdown` ends `serve`.
+pub async fn run(cli: Cli, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let config = Config::from_settings(&cli.settings);
+    match cli.command {
+        Command::Serve => {
+            let app = Application::build(config).await?;
+            tracing::info!(port = app.port(), "credgate is serving");
+            app.run_until(shutdown).await?;
+        }
+        Command::Migrate => {
+            connect_and_migrate(&config.database_url).await?;
+        }
+        Command::Keys(KeysCommand::Generate) => println!("{}", MasterKeyring::generate_key().expose_secret()),
+        command => {
+            let services = Services::init(config).await?;
+            admin(&services, command).await?;
+            services.store.close().await;
+        }
+    }
+    Ok(())
+}
+
+async fn require_org(services: &Services, org: &str) -> anyhow::Result<String> {
+    let id = org_id(org)?;
+    if !services.store.org_exists(&id).await? {
+        bail!("organization {id} does not exist");
+    }
+    Ok(id)
+}
+
+async fn admin(services: &Services, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Org(OrgCommand::Create { name }) => {
+            if name.trim().is_empty() {
+                bail!("the organization name must not be empty");
+            }
+            let id = Uuid::new_v4().to_string();
+            services.vault.create_org(&id, name.trim()).await?;
+            println!("{id}");
+        }
+        Command::Org(OrgCommand::SetLimit { org, provider, max }) => {
+            let org = require_org(services, &org).await?;
+            if services.registry.get(&provider).is_none() {
+                bail!("provider {provider:?} is not defined in the providers directory");
+            }
+            services.store.set_org_limit(&org, &provider, max.into()).await?;
+        }
+        Command::Org(OrgCommand::Delete { org }) => {
+            let org = require_org(services, &org).await?;
+            services.vault.delete_org(&org).await?;
+        }
+        Command::ApiKey(ApiKeyCommand::Create { org, role, user, label }) => {
+            let org = require_org(services, &org).await?;
+            let role = Role::parse(&role).context("--role must be admin, member or engine")?;
+            let token = new_api_token();
+            let role_name = format!("{role:?}").to_lowercase();
+            let id = Uuid::new_v4().to_string();
+            services
+                .store
+                .insert_api_key(
+                    &id,
+                    &org,
+                    &token_hash(&token),
+                    &role_name,
+                    user.as_deref(),
+                    label.as_deref(),
+                )
+                .await?;
+            println!("{token}");
+        }
+        Command::Keys(KeysCommand::RotateMaster) => {
+            let n = services.vault.rotate_master().await?;
+            eprintln!("re-wrapped {n} data keys under the primary master key");
+        }
+        Command::Keys(KeysCommand::RotateOrg { org }) => {
+            let org = require_org(services, &org).await?;
+            let done = services.vault.rotate_org(&org).await?;
+            eprintln!(
+                "organization {org}: data key version {}, {} credentials re-encrypted",
+                done.version, done.resealed
+            );
+        }
+        Command::Serve | Command::Migrate | Command::Keys(KeysCommand::Generate) => unreachable!("handled by run"),
+    }
+    Ok(())
+}

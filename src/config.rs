@@ -1,0 +1,162 @@
+//! Every setting, read once. Each is an environment variable and a flag
+//! (`credgate --listen …` / `CREDGATE_LISTEN=…`):
+//!
+//! | variable | default |
+//! |---|---|
+//! | `CREDGATE_DATABASE_URL` | `sqlite://credgate.db` |
+//! | `CREDGATE_LISTEN` | `127.0.0.1:8080` |
+//! | `CREDGATE_PUBLIC_URL` | `http://` + listen address |
+//! | `CREDGATE_MASTER_KEYS` | SQLite: `credgate.master.key` beside the database |
+//! | `CREDGATE_PROVIDERS_DIR` | `./providers` |
+//! | `CREDGATE_PROVIDER_{ID}_{FIELD}` | overrides one top-level provider field |
+//! | `CREDGATE_REFRESH_LEAD_SECS` | `600` |
+//! | `CREDGATE_RESOLVE_MARGIN_SECS` | `300` |
+//! | `CREDGATE_EGRESS_ALLOW` | empty |
+//! | `CREDGATE_ALLOWED_RETURN_URLS` | empty |
+//! | `CREDGATE_MAX_PER_PROVIDER` | `50` |
+//! | `CREDGATE_RATE_LIMIT_PER_ORG` | `100` (per second, bursts of twice that; `0` off) |
+//! | `CREDGATE_PROBE_LIMIT_PER_MIN` | `30` (`0` off) |
+//! | `CREDGATE_LOG` | `info` |
+//! | `CREDGATE_LOG_FORMAT` | `text` (`json` for JSON lines) |
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+use secrecy::SecretString;
+
+/// Settings shared by every command (global flags of the CLI).
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// `sqlite://…` (embedded) or `postgres://…` (shared by replicas).
+    #[arg(
+        long,
+        env = "CREDGATE_DATABASE_URL",
+        default_value = "sqlite://credgate.db",
+        global = true
+    )]
+    pub database_url: String,
+    /// Listen address of the HTTP API.
+    #[arg(long, env = "CREDGATE_LISTEN", default_value = "127.0.0.1:8080", global = true)]
+    pub listen: SocketAddr,
+    /// Base of the OAuth redirect URI.
+    #[arg(long, env = "CREDGATE_PUBLIC_URL", global = true)]
+    pub public_url: Option<String>,
+    /// Comma-separated Fernet master keys; the first encrypts. Prefer the variable to the flag.
+    #[arg(long, env = "CREDGATE_MASTER_KEYS", hide_env_values = true, global = true)]
+    pub master_keys: Option<String>,
+    /// Directory of provider definition files.
+    #[arg(long, env = "CREDGATE_PROVIDERS_DIR", default_value = "./providers", global = true)]
+    pub providers_dir: PathBuf,
+    /// The worker refreshes tokens expiring within this many seconds.
+    #[arg(long, env = "CREDGATE_REFRESH_LEAD_SECS", default_value_t = 600, global = true)]
+    pub refresh_lead_secs: u64,
+    /// Resolve refreshes first when the token expires within this many seconds.
+    #[arg(long, env = "CREDGATE_RESOLVE_MARGIN_SECS", default_value_t = 300, global = true)]
+    pub resolve_margin_secs: u64,
+    /// CIDRs that probes may reach although they are not public.
+    #[arg(long, env = "CREDGATE_EGRESS_ALLOW", default_value = "", global = true)]
+    pub egress_allow: String,
+    /// URL prefixes an OAuth `return_to` may start with.
+    #[arg(long, env = "CREDGATE_ALLOWED_RETURN_URLS", default_value = "", global = true)]
+    pub allowed_return_urls: String,
+    /// Credentials per provider per organization.
+    #[arg(long, env = "CREDGATE_MAX_PER_PROVIDER", default_value_t = 50, global = true)]
+    pub max_per_provider: u32,
+    /// API requests per second per organization (0: off).
+    #[arg(long, env = "CREDGATE_RATE_LIMIT_PER_ORG", default_value_t = 100, global = true)]
+    pub rate_limit_per_org: u32,
+    /// Test-connection probes per minute per organization (0: off).
+    #[arg(long, env = "CREDGATE_PROBE_LIMIT_PER_MIN", default_value_t = 30, global = true)]
+    pub probe_limit_per_min: u32,
+    /// Log filter (tracing `EnvFilter` syntax).
+    #[arg(long, env = "CREDGATE_LOG", default_value = "info", global = true)]
+    pub log: String,
+    /// `text` or `json`.
+    #[arg(long, env = "CREDGATE_LOG_FORMAT", default_value = "text", global = true)]
+    pub log_format: String,
+}
+
+/// The resolved configuration the application runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub listen: SocketAddr,
+    /// Base URL without a trailing slash.
+    pub public_url: String,
+    /// `None`: use (or create) the key file beside a SQLite database.
+    pub master_keys: Option<SecretString>,
+    pub providers_dir: PathBuf,
+    /// `CREDGATE_PROVIDER_*` variables.
+    pub provider_overrides: BTreeMap<String, String>,
+    pub refresh_lead_secs: u64,
+    pub resolve_margin_secs: u64,
+    pub egress_allow: String,
+    pub allowed_return_urls: Vec<String>,
+    pub max_per_provider: u32,
+    pub rate_limit_per_org: u32,
+    pub probe_limit_per_min: u32,
+}
+
+impl Config {
+    /// Resolves parsed settings and the process environment.
+    pub fn from_settings(s: &Settings) -> Self {
+        let provider_overrides = std::env::vars()
+            .filter(|(k, _)| k.starts_with("CREDGATE_PROVIDER_") && k != "CREDGATE_PROVIDERS_DIR")
+            .collect();
+        Self {
+            database_url: s.database_url.clone(),
+            listen: s.listen,
+            public_url: s
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{}", s.listen))
+                .trim_end_matches('/')
+                .to_owned(),
+            master_keys: s
+                .master_keys
+                .clone()
+                .filter(|k| !k.trim().is_empty())
+                .map(SecretString::from),
+            providers_dir: s.providers_dir.clone(),
+            provider_overrides,
+            refresh_lead_secs: s.refresh_lead_secs,
+            resolve_margin_secs: s.resolve_margin_secs,
+            egress_allow: s.egress_allow.clone(),
+            allowed_return_urls: s
+                .allowed_return_urls
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            max_per_provider: s.max_per_provider,
+            rate_limit_per_org: s.rate_limit_per_org,
+            probe_limit_per_min: s.probe_limit_per_min,
+        }
+    }
+
+    /// Defaults for `database_url`, as a test or benchmark starts from.
+    pub fn for_database(database_url: &str) -> Self {
+        let settings = Settings {
+            database_url: database_url.to_owned(),
+            listen: "127.0.0.1:0".parse().expect("valid address"),
+            public_url: None,
+            master_keys: None,
+            providers_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/providers")),
+            refresh_lead_secs: 600,
+            resolve_margin_secs: 300,
+            egress_allow: String::new(),
+            allowed_return_urls: String::new(),
+            max_per_provider: 50,
+            rate_limit_per_org: 100,
+            probe_limit_per_min: 30,
+            log: "info".into(),
+            log_format: "text".into(),
+        };
+        let mut config = Self::from_settings(&settings);
+        config.provider_overrides.clear();
+        config
+    }
+}

@@ -1,0 +1,55 @@
+//! `POST /integrations/credentials/{id}/resolve`: the one route that returns
+//! secret values, to the workflow engine at execution time, audited as a use.
+
+use axum::extract::{Path, State};
+use axum::Json;
+use secrecy::ExposeSecret;
+use serde_json::{Map, Value};
+
+use super::view::time;
+use crate::error::{ApiError, Problem};
+use crate::http::extract::{Caller, RESOLVE};
+use crate::http::AppState;
+use crate::store::AuditEvent;
+
+/// Resolve a credential's values for execution (role `engine` only)
+#[utoipa::path(post, path = "/integrations/credentials/{id}/resolve", tag = "credentials",
+    responses((status = 200, description = "`{id, provider, auth_type, fields, access_token?, expires_at?}` with decrypted values"),
+              (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub(super) async fn resolve_credential(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(&state, RESOLVE, Some(&id)).await?;
+    let row = super::load(&state, &caller, &id).await?;
+    let groups = state
+        .vault
+        .open(&row.org_id, &row.id, &row.secret_ct, row.key_version)
+        .await?;
+    let mut fields: Map<String, Value> = serde_json::from_str(&row.fields).unwrap_or_default();
+    if let Some(secrets) = groups.get("fields") {
+        for (name, value) in &secrets.0 {
+            fields.insert(name.clone(), Value::String(value.expose_secret().to_owned()));
+        }
+    }
+    let mut body = Map::new();
+    body.insert("id".into(), row.id.clone().into());
+    body.insert("provider".into(), row.provider.clone().into());
+    body.insert("auth_type".into(), row.auth_type.clone().into());
+    body.insert("fields".into(), Value::Object(fields));
+    // The refresh token never leaves credgate: it alone refreshes, so a
+    // rotated token can never be used twice by someone else.
+    if let Some(access) = groups.get("tokens").and_then(|t| t.get("access_token")) {
+        body.insert("access_token".into(), access.expose_secret().to_owned().into());
+    }
+    if let Some(expires_at) = row.expires_at {
+        body.insert(
+            "expires_at".into(),
+            serde_json::to_value(time(expires_at)).expect("times serialize"),
+        );
+    }
+    let event = AuditEvent::success(&row.org_id, &row.id, "credential.resolve", &caller.actor());
+    state.store.record_use(&row.org_id, &row.id, &event).await?;
+    Ok(Json(Value::Object(body)))
+}

@@ -1,0 +1,109 @@
+//! The Credential resource as the API shows it: never a secret value.
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use crate::store::CredentialRow;
+
+/// The external account an OAuth credential belongs to.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Account {
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+}
+
+/// A credential: metadata, non-secret fields, and the names of set secrets.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Credential {
+    pub id: String,
+    pub name: String,
+    pub provider: String,
+    pub auth_type: String,
+    /// `active`, `expired`, `needs_reauth` or `error`.
+    pub status: String,
+    /// Non-secret field values.
+    #[schema(value_type = Object)]
+    pub fields: Value,
+    /// Names of the secret fields that are set.
+    pub secret_fields: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<Account>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_refreshed_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_tested_at: Option<DateTime<Utc>>,
+    /// `{"code", "message", "at"}` of the last failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub last_error: Option<Value>,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Unix seconds → UTC time.
+pub fn time(secs: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(secs, 0).single().unwrap_or_default()
+}
+
+impl From<&CredentialRow> for Credential {
+    fn from(row: &CredentialRow) -> Self {
+        let parse = |s: &str| serde_json::from_str::<Value>(s).unwrap_or(Value::Null);
+        Self {
+            id: row.id.clone(),
+            name: row.name.clone(),
+            provider: row.provider.clone(),
+            auth_type: row.auth_type.clone(),
+            status: row.status.clone(),
+            fields: parse(&row.fields),
+            secret_fields: serde_json::from_str(&row.secret_names).unwrap_or_default(),
+            account: row.account_id.as_ref().map(|id| Account {
+                id: id.clone(),
+                email: row.account_email.clone(),
+                display_name: row.account_name.clone(),
+            }),
+            scopes: row.scopes.as_deref().and_then(|s| serde_json::from_str(s).ok()),
+            expires_at: row.expires_at.map(time),
+            last_refreshed_at: row.last_refreshed_at.map(time),
+            last_used_at: row.last_used_at.map(time),
+            last_tested_at: row.last_tested_at.map(time),
+            last_error: row.last_error.as_deref().map(parse),
+            created_by: row.created_by.clone(),
+            created_at: time(row.created_at),
+            updated_at: time(row.updated_at),
+        }
+    }
+}
+
+/// One page of credentials.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CredentialPage {
+    pub items: Vec<Credential>,
+    pub page: i64,
+    pub per_page: i64,
+    pub total: i64,
+}
+
+/// An audit event as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditEventView {
+    pub id: i64,
+    pub action: String,
+    pub outcome: String,
+    pub actor: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub detail: Option<Value>,
+    pub at: DateTime<Utc>,
+}

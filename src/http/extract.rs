@@ -1,0 +1,254 @@
+//! Request extractors that turn every rejection into a problem+json error:
+//! the authenticated [`Caller`], [`ApiJson`] bodies and [`ApiQuery`] strings.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+use super::AppState;
+use crate::error::ApiError;
+use crate::providers::FieldError;
+use crate::store::AuditEvent;
+
+/// What an API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Everything.
+    Admin,
+    /// Manage credentials, but not resolve them.
+    Member,
+    /// The workflow engine: read, test and resolve.
+    Engine,
+}
+
+impl Role {
+    /// Parses `admin`, `member` or `engine`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "admin" => Some(Self::Admin),
+            "member" => Some(Self::Member),
+            "engine" => Some(Self::Engine),
+            _ => None,
+        }
+    }
+}
+
+/// Roles allowed to manage credentials.
+pub const MANAGE: &[Role] = &[Role::Admin, Role::Member];
+/// Roles allowed to read credentials and run probes.
+pub const READ: &[Role] = &[Role::Admin, Role::Member, Role::Engine];
+/// Roles allowed to resolve secrets.
+pub const RESOLVE: &[Role] = &[Role::Engine];
+
+/// The hash under which an API key token is stored.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// The authenticated caller: an API key of one organization.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// API key id.
+    pub key_id: String,
+    /// Organization.
+    pub org_id: String,
+    /// Role.
+    pub role: Role,
+    /// User the key acts for, if any.
+    pub user_id: Option<String>,
+}
+
+impl Caller {
+    /// Who to name in audit events and `created_by`.
+    pub fn actor(&self) -> String {
+        match &self.user_id {
+            Some(user) => format!("user:{user}"),
+            None => format!("api_key:{}", self.key_id),
+        }
+    }
+
+    /// Refuses (403, audited) unless the caller has one of `roles`.
+    pub async fn require(&self, state: &AppState, roles: &[Role], credential_id: Option<&str>) -> Result<(), ApiError> {
+        if roles.contains(&self.role) {
+            return Ok(());
+        }
+        let event = AuditEvent {
+            org_id: self.org_id.clone(),
+            credential_id: credential_id.map(str::to_owned),
+            action: "access.denied",
+            outcome: "denied",
+            actor: self.actor(),
+            detail: Some(serde_json::json!({"role": format!("{:?}", self.role).to_lowercase()})),
+        };
+        if let Err(e) = state.store.audit(&event).await {
+            tracing::warn!(error = %e, "could not record a denied access");
+        }
+        Err(ApiError::Forbidden)
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && t.len() <= 256)
+            .ok_or(ApiError::Unauthorized)?;
+        let key = state
+            .store
+            .api_key_by_hash(&token_hash(token))
+            .await?
+            .ok_or(ApiError::Unauthorized)?;
+        state.limits.check_api(&key.org_id)?;
+        let role = Role::parse(&key.role).ok_or(ApiError::Unauthorized)?;
+        Ok(Caller {
+            key_id: key.id,
+            org_id: key.org_id,
+            role,
+            user_id: key.user_id,
+        })
+    }
+}
+
+/// A JSON body whose problems become 400/413/415/422 with field names.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let json = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|mime| {
+                let mime = mime.trim();
+                mime == "application/json" || mime.ends_with("+json")
+            });
+        if !json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::MalformedBody("the body could not be read".into())
+            }
+        })?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// Deserializes JSON, reporting data errors by field without echoing values.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if !inner.is_data() {
+            return ApiError::MalformedBody(format!("line {} column {}", inner.line(), inner.column()));
+        }
+        let text = inner.to_string();
+        let (field, message) = describe_data_error(&path, &text);
+        ApiError::Validation(vec![FieldError::new(field, message)])
+    })
+}
+
+/// serde's messages quote the offending value; keep only what is safe.
+fn describe_data_error(path: &str, text: &str) -> (String, String) {
+    let join = |name: &str| {
+        if path == "." {
+            name.to_owned()
+        } else {
+            format!("{path}.{name}")
+        }
+    };
+    let between = |s: &str| s.split('`').nth(1).unwrap_or("").to_owned();
+    if let Some(rest) = text.strip_prefix("missing field ") {
+        return (join(&between(rest)), "is required".into());
+    }
+    if let Some(rest) = text.strip_prefix("unknown field ") {
+        return (join(&between(rest)), "is not a known field".into());
+    }
+    let expected = text
+        .split(", expected ")
+        .nth(1)
+        .map(|e| e.split(" at line ").next().unwrap_or(e).to_owned());
+    let field = if path == "." {
+        "body".to_owned()
+    } else {
+        path.to_owned()
+    };
+    let message = match expected {
+        Some(e) => format!("has the wrong type or value (expected {e})"),
+        None => "has the wrong type or value".to_owned(),
+    };
+    (field, message)
+}
+
+/// Query-string parameters; a malformed query is a 422 naming `query`.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or("");
+        serde_urlencoded::from_str(query)
+            .map(ApiQuery)
+            .map_err(|_| ApiError::field("query", "is not a valid query string"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        name: String,
+        port: Option<u16>,
+    }
+
+    fn field_errors(body: &str) -> Vec<FieldError> {
+        match parse_json::<Body>(body.as_bytes()) {
+            Err(ApiError::Validation(errors)) => errors,
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn wrong_types_name_the_field_and_never_echo_the_value() {
+        let errors = field_errors(r#"{"name": "x", "port": "s3cret-sentinel"}"#);
+        assert_eq!(errors[0].field, "port");
+        assert!(!errors[0].message.contains("s3cret-sentinel"));
+        assert!(errors[0].message.contains("u16"));
+    }
+
+    #[test]
+    fn missing_and_unknown_fields_are_named() {
+        assert_eq!(field_errors(r#"{"port": 1}"#)[0].field, "name");
+        assert_eq!(field_errors(r#"{"name": "a", "zzz": 1}"#)[0].field, "zzz");
+    }
+
+    #[test]
+    fn syntax_errors_are_malformed_bodies() {
+        assert!(matches!(
+            parse_json::<Body>(b"{\"name\": "),
+            Err(ApiError::MalformedBody(_))
+        ));
+    }
+}

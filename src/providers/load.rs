@@ -1,0 +1,276 @@
+//! Reading provider files, applying `CREDGATE_PROVIDER_{ID}_{FIELD}`
+//! overrides, and turning them into checked [`Provider`]s.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use regex::Regex;
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{AuthKind, AuthType, ClientAuth, FieldDef, FieldKind, IdentityMap, OAuthSettings, Provider};
+
+/// A provider file that cannot be used; names the file and the field.
+#[derive(Debug, thiserror::Error)]
+#[error("provider file {file}: field `{field}`: {message}")]
+pub struct ProviderFileError {
+    /// The file.
+    pub file: PathBuf,
+    /// Dotted path of the offending field (or `-` for the whole file).
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    display_name: String,
+    auth_types: Vec<RawAuthType>,
+    authorization_url: Option<String>,
+    token_url: Option<String>,
+    userinfo_url: Option<String>,
+    revocation_url: Option<String>,
+    issuer: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    tenant: Option<String>,
+    api_base_url: Option<String>,
+    client_auth: Option<String>,
+    #[serde(default)]
+    authorize_params: BTreeMap<String, String>,
+    identity: Option<RawIdentity>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuthType {
+    #[serde(rename = "type")]
+    kind: AuthKind,
+    #[serde(default)]
+    fields: Vec<RawField>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawField {
+    name: String,
+    label: String,
+    #[serde(default)]
+    secret: bool,
+    #[serde(default)]
+    required: bool,
+    #[serde(rename = "type", default = "default_kind")]
+    kind: String,
+    min: Option<i64>,
+    max: Option<i64>,
+    pattern: Option<String>,
+    max_length: Option<usize>,
+    default: Option<toml::Value>,
+    #[serde(default)]
+    values: Vec<String>,
+}
+
+fn default_kind() -> String {
+    "string".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    id: Vec<String>,
+    #[serde(default)]
+    email: Vec<String>,
+    #[serde(default)]
+    display_name: Vec<String>,
+}
+
+/// Loads every `*.toml` in `dir`, applying overrides from `env`
+/// (`CREDGATE_PROVIDER_{ID}_{FIELD}` → value).
+pub fn load_dir(dir: &Path, env: &BTreeMap<String, String>) -> Result<Vec<Provider>, ProviderFileError> {
+    let whole = |file: &Path, message: String| ProviderFileError {
+        file: file.to_owned(),
+        field: "-".into(),
+        message,
+    };
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| whole(dir, format!("cannot read the providers directory: {e}")))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    let ids: Vec<String> = files
+        .iter()
+        .filter_map(|f| f.file_stem().and_then(|s| s.to_str()).map(str::to_owned))
+        .collect();
+    let mut providers = Vec::new();
+    for (file, id) in files.iter().zip(&ids) {
+        let text = std::fs::read_to_string(file).map_err(|e| whole(file, e.to_string()))?;
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| whole(file, e.message().to_owned()))?;
+        apply_overrides(&mut table, id, &ids, env);
+        let raw: RawProvider =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| ProviderFileError {
+                file: file.clone(),
+                field: e.path().to_string(),
+                message: e.inner().to_string(),
+            })?;
+        providers.push(build(file, id, raw)?);
+    }
+    Ok(providers)
+}
+
+/// Applies `CREDGATE_PROVIDER_{ID}_{FIELD}` entries to one file's table. The
+/// longest matching id wins, so `OPENAI_COMPATIBLE_…` never lands on `openai`.
+fn apply_overrides(table: &mut toml::Table, id: &str, all_ids: &[String], env: &BTreeMap<String, String>) {
+    let prefix = format!("CREDGATE_PROVIDER_{}_", id.to_uppercase());
+    for (key, value) in env {
+        let Some(field) = key.strip_prefix(&prefix) else {
+            continue;
+        };
+        let claimed_by_longer = all_ids.iter().any(|other| {
+            other.len() > id.len() && key.starts_with(&format!("CREDGATE_PROVIDER_{}_", other.to_uppercase()))
+        });
+        if claimed_by_longer {
+            continue;
+        }
+        let field = field.to_lowercase();
+        let value = if field == "scopes" {
+            toml::Value::Array(
+                value
+                    .split([',', ' '])
+                    .filter(|s| !s.is_empty())
+                    .map(|s| toml::Value::String(s.to_owned()))
+                    .collect(),
+            )
+        } else {
+            toml::Value::String(value.clone())
+        };
+        table.insert(field, value);
+    }
+}
+
+fn build(file: &Path, id: &str, raw: RawProvider) -> Result<Provider, ProviderFileError> {
+    let err = |field: &str, message: &str| ProviderFileError {
+        file: file.to_owned(),
+        field: field.to_owned(),
+        message: message.to_owned(),
+    };
+    if raw.auth_types.is_empty() {
+        return Err(err("auth_types", "at least one auth type is required"));
+    }
+    let mut auth_types = Vec::new();
+    for (i, at) in raw.auth_types.into_iter().enumerate() {
+        let mut fields = Vec::new();
+        for (j, f) in at.fields.into_iter().enumerate() {
+            let path = format!("auth_types[{i}].fields[{j}]");
+            fields.push(build_field(f).map_err(|(field, message)| err(&format!("{path}.{field}"), &message))?);
+        }
+        auth_types.push(AuthType { kind: at.kind, fields });
+    }
+    let check_url = |name: &str, value: &Option<String>| -> Result<(), ProviderFileError> {
+        if let Some(v) = value {
+            let probe = v.replace("{tenant}", "common");
+            let ok = url::Url::parse(&probe).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+            if !ok {
+                return Err(err(name, "must be an absolute http or https URL"));
+            }
+        }
+        Ok(())
+    };
+    check_url("authorization_url", &raw.authorization_url)?;
+    check_url("token_url", &raw.token_url)?;
+    check_url("userinfo_url", &raw.userinfo_url)?;
+    check_url("revocation_url", &raw.revocation_url)?;
+    check_url("api_base_url", &raw.api_base_url)?;
+    let api_base_url = raw
+        .api_base_url
+        .as_deref()
+        .map(|u| url::Url::parse(u).expect("checked above"));
+
+    let oauth = if auth_types.iter().any(|a| a.kind == AuthKind::Oauth2) {
+        let need = |name: &str, v: Option<String>| v.ok_or_else(|| err(name, "is required for an oauth2 provider"));
+        let identity = raw
+            .identity
+            .ok_or_else(|| err("identity", "is required for an oauth2 provider"))?;
+        if identity.id.is_empty() {
+            return Err(err("identity.id", "must name at least one userinfo key"));
+        }
+        let client_auth = match raw.client_auth.as_deref().unwrap_or("body") {
+            "body" => ClientAuth::Body,
+            "basic" => ClientAuth::Basic,
+            _ => return Err(err("client_auth", "must be \"body\" or \"basic\"")),
+        };
+        Some(OAuthSettings {
+            authorization_url: need("authorization_url", raw.authorization_url)?,
+            token_url: need("token_url", raw.token_url)?,
+            userinfo_url: need("userinfo_url", raw.userinfo_url)?,
+            revocation_url: raw.revocation_url,
+            issuer: raw.issuer,
+            client_id: raw.client_id.unwrap_or_default(),
+            client_secret: SecretString::from(raw.client_secret.unwrap_or_default()),
+            scopes: raw.scopes,
+            client_auth,
+            authorize_params: raw.authorize_params,
+            identity: IdentityMap {
+                id: identity.id,
+                email: identity.email,
+                display_name: identity.display_name,
+            },
+            tenant: raw.tenant,
+        })
+    } else {
+        None
+    };
+    Ok(Provider {
+        id: id.to_owned(),
+        display_name: raw.display_name,
+        auth_types,
+        oauth,
+        api_base_url,
+    })
+}
+
+fn build_field(f: RawField) -> Result<FieldDef, (String, String)> {
+    let kind = match f.kind.as_str() {
+        "string" => FieldKind::String,
+        "integer" => FieldKind::Integer,
+        "port" => FieldKind::Port,
+        "boolean" => FieldKind::Boolean,
+        "url" => FieldKind::Url,
+        "hostname" => FieldKind::Hostname,
+        "private_key" => FieldKind::PrivateKey,
+        "enum" if !f.values.is_empty() => FieldKind::Enum(f.values.clone()),
+        "enum" => return Err(("values".into(), "an enum field needs values".into())),
+        other => return Err(("type".into(), format!("unknown field type {other:?}"))),
+    };
+    let pattern = match &f.pattern {
+        Some(p) => Some(Regex::new(&format!("^(?:{p})$")).map_err(|e| ("pattern".to_owned(), e.to_string()))?),
+        None => None,
+    };
+    let default = match f.default {
+        Some(v) => Some(serde_json::to_value(v).map_err(|e| ("default".to_owned(), e.to_string()))?),
+        None => None,
+    };
+    let def = FieldDef {
+        name: f.name,
+        label: f.label,
+        secret: f.secret,
+        required: f.required,
+        kind,
+        min: f.min,
+        max: f.max,
+        pattern,
+        max_length: f.max_length.unwrap_or(4096),
+        default,
+    };
+    if let Some(Value::Null) = def.default {
+        return Err(("default".into(), "must not be null".into()));
+    }
+    Ok(def)
+}

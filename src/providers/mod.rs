@@ -1,0 +1,170 @@
+//! The provider registry: `providers/*.toml` files → typed, validated
+//! definitions. A new OAuth provider is a new file, not new code.
+
+mod fields;
+mod load;
+
+pub use fields::{validate as validate_fields, FieldDef, FieldError, FieldKind, ValidatedFields};
+pub use load::{load_dir, ProviderFileError};
+
+use std::collections::BTreeMap;
+
+use secrecy::SecretString;
+use serde::Serialize;
+use url::Url;
+
+/// How a credential of a provider authenticates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthKind {
+    /// Connected through the OAuth authorize/callback flow.
+    Oauth2,
+    /// A single API key or bot token.
+    ApiKey,
+    /// User name and password.
+    UserPassword,
+    /// A private key file (SSH).
+    KeyFile,
+}
+
+impl AuthKind {
+    /// The wire name (`oauth2`, `api_key`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthKind::Oauth2 => "oauth2",
+            AuthKind::ApiKey => "api_key",
+            AuthKind::UserPassword => "user_password",
+            AuthKind::KeyFile => "key_file",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Oauth2, Self::ApiKey, Self::UserPassword, Self::KeyFile]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+/// One auth type of a provider and the fields it takes.
+#[derive(Debug, Clone)]
+pub struct AuthType {
+    /// Which auth type.
+    pub kind: AuthKind,
+    /// Its fields, in display order.
+    pub fields: Vec<FieldDef>,
+}
+
+/// How the client authenticates at the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// `client_id` and `client_secret` in the form body.
+    Body,
+    /// HTTP Basic.
+    Basic,
+}
+
+/// Which userinfo JSON keys carry the account's identity (first present wins).
+#[derive(Debug, Clone)]
+pub struct IdentityMap {
+    /// Stable account id (`sub`, `id`).
+    pub id: Vec<String>,
+    /// E-mail address.
+    pub email: Vec<String>,
+    /// Display name.
+    pub display_name: Vec<String>,
+}
+
+/// OAuth settings of a provider whose file declares `oauth2`.
+pub struct OAuthSettings {
+    /// Authorization endpoint, `{tenant}` already substituted with the default.
+    pub authorization_url: String,
+    /// Token endpoint (may contain `{tenant}`).
+    pub token_url: String,
+    /// Userinfo / identity endpoint.
+    pub userinfo_url: String,
+    /// Token revocation endpoint (RFC 7009), when the provider has one.
+    pub revocation_url: Option<String>,
+    /// Expected `iss` on the callback, when the provider sends one.
+    pub issuer: Option<String>,
+    /// Client id (empty: not configured).
+    pub client_id: String,
+    /// Client secret.
+    pub client_secret: SecretString,
+    /// Scopes requested.
+    pub scopes: Vec<String>,
+    /// Client authentication at the token endpoint.
+    pub client_auth: ClientAuth,
+    /// Extra authorize-request parameters (`access_type=offline`, …).
+    pub authorize_params: BTreeMap<String, String>,
+    /// Where the identity is in the userinfo response.
+    pub identity: IdentityMap,
+    /// Default tenant (`common`) substituted for `{tenant}`.
+    pub tenant: Option<String>,
+}
+
+impl std::fmt::Debug for OAuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthSettings")
+            .field("authorization_url", &self.authorization_url)
+            .field("token_url", &self.token_url)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"[REDACTED]")
+            .finish_non_exhaustive()
+    }
+}
+
+impl OAuthSettings {
+    /// `url` with `{tenant}` replaced by `tenant` or the default.
+    pub fn with_tenant(&self, url: &str, tenant: Option<&str>) -> String {
+        let tenant = tenant.or(self.tenant.as_deref()).unwrap_or("common");
+        url.replace("{tenant}", tenant)
+    }
+}
+
+/// One provider definition.
+#[derive(Debug)]
+pub struct Provider {
+    /// Stable id (`google`, `sftp`, …): the file's name.
+    pub id: String,
+    /// Human name.
+    pub display_name: String,
+    /// Auth types, in file order.
+    pub auth_types: Vec<AuthType>,
+    /// OAuth settings when an auth type is `oauth2`.
+    pub oauth: Option<OAuthSettings>,
+    /// API base URL (OpenAI, Anthropic, Telegram).
+    pub api_base_url: Option<Url>,
+}
+
+impl Provider {
+    /// The definition of one auth type, if the provider has it.
+    pub fn auth_type(&self, kind: AuthKind) -> Option<&AuthType> {
+        self.auth_types.iter().find(|a| a.kind == kind)
+    }
+}
+
+/// All providers, by id.
+#[derive(Debug, Default)]
+pub struct Registry {
+    providers: BTreeMap<String, Provider>,
+}
+
+impl Registry {
+    /// Builds a registry from loaded providers.
+    pub fn new(providers: Vec<Provider>) -> Self {
+        Self {
+            providers: providers.into_iter().map(|p| (p.id.clone(), p)).collect(),
+        }
+    }
+
+    /// One provider.
+    pub fn get(&self, id: &str) -> Option<&Provider> {
+        self.providers.get(id)
+    }
+
+    /// Every provider, ordered by id.
+    pub fn iter(&self) -> impl Iterator<Item = &Provider> {
+        self.providers.values()
+    }
+}

@@ -1,0 +1,365 @@
+//! Credential rows: non-secret fields in the clear, secret fields sealed.
+
+use sqlx::Row;
+
+use super::audit::{self, AuditEvent};
+use super::{now, Store, StoreError};
+
+const COLUMNS: &str = "id, org_id, name, provider, auth_type, status, fields, secret_names, secret_ct, \
+    key_version, account_id, account_email, account_name, scopes, expires_at, last_refreshed_at, \
+    last_used_at, last_tested_at, last_error, created_by, created_at, updated_at";
+
+/// A credential as stored. Holds the sealed secrets; never serialized.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CredentialRow {
+    pub id: String,
+    pub org_id: String,
+    pub name: String,
+    pub provider: String,
+    pub auth_type: String,
+    pub status: String,
+    /// JSON object of non-secret field values.
+    pub fields: String,
+    /// JSON array of the secret field names that are set.
+    pub secret_names: String,
+    /// The sealed secrets (see `crypto`).
+    pub secret_ct: String,
+    pub key_version: i64,
+    pub account_id: Option<String>,
+    pub account_email: Option<String>,
+    pub account_name: Option<String>,
+    /// JSON array of granted scopes.
+    pub scopes: Option<String>,
+    pub expires_at: Option<i64>,
+    pub last_refreshed_at: Option<i64>,
+    pub last_used_at: Option<i64>,
+    pub last_tested_at: Option<i64>,
+    /// JSON `{"code","message","at"}`.
+    pub last_error: Option<String>,
+    pub created_by: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// Everything needed to insert a credential.
+#[derive(Debug, Clone)]
+pub struct NewCredential {
+    pub id: String,
+    pub org_id: String,
+    pub name: String,
+    pub provider: String,
+    pub auth_type: String,
+    pub status: String,
+    pub fields: String,
+    pub secret_names: String,
+    pub secret_ct: String,
+    pub key_version: i64,
+    pub account_id: Option<String>,
+    pub account_email: Option<String>,
+    pub account_name: Option<String>,
+    pub scopes: Option<String>,
+    pub expires_at: Option<i64>,
+    pub created_by: String,
+}
+
+/// New sealed secrets (and the public fields that go with them).
+#[derive(Debug, Clone)]
+pub struct SecretUpdate {
+    pub fields: String,
+    pub secret_names: String,
+    pub secret_ct: String,
+    pub key_version: i64,
+}
+
+/// Filters and page of a credential listing.
+#[derive(Debug, Clone, Default)]
+pub struct CredentialFilter {
+    pub provider: Option<String>,
+    pub status: Option<String>,
+    /// Case-insensitive substring of the name.
+    pub q: Option<String>,
+    /// 1-based.
+    pub page: i64,
+    pub per_page: i64,
+}
+
+fn like_pattern(q: &str) -> String {
+    let escaped = q
+        .to_lowercase()
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
+}
+
+impl Store {
+    /// Inserts a credential unless the organization's limit for its provider
+    /// is reached. The organization row is locked first, so concurrent
+    /// creates — on any replica — are counted one after another.
+    pub async fn insert_credential(
+        &self,
+        new: &NewCredential,
+        default_limit: i64,
+        event: &AuditEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        lock_org(&mut tx, &new.org_id).await?;
+        check_quota(&mut tx, &new.org_id, &new.provider, default_limit).await?;
+        let t = now();
+        sqlx::query(&format!(
+            "INSERT INTO credentials ({COLUMNS}) VALUES \
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, NULL, NULL, NULL, $17, $18, $18)"
+        ))
+        .bind(&new.id)
+        .bind(&new.org_id)
+        .bind(&new.name)
+        .bind(&new.provider)
+        .bind(&new.auth_type)
+        .bind(&new.status)
+        .bind(&new.fields)
+        .bind(&new.secret_names)
+        .bind(&new.secret_ct)
+        .bind(new.key_version)
+        .bind(&new.account_id)
+        .bind(&new.account_email)
+        .bind(&new.account_name)
+        .bind(&new.scopes)
+        .bind(new.expires_at)
+        .bind(new.expires_at.map(|_| t))
+        .bind(&new.created_by)
+        .bind(t)
+        .execute(&mut *tx)
+        .await?;
+        audit::insert(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// One credential of one organization.
+    pub async fn credential(&self, org_id: &str, id: &str) -> Result<Option<CredentialRow>, StoreError> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM credentials WHERE org_id = $1 AND id = $2"
+        ))
+        .bind(org_id)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// A page of an organization's credentials, newest first, and the total.
+    pub async fn list_credentials(
+        &self,
+        org_id: &str,
+        f: &CredentialFilter,
+    ) -> Result<(Vec<CredentialRow>, i64), StoreError> {
+        let q = f.q.as_deref().map(like_pattern);
+        let filter = "org_id = $1 AND ($2 IS NULL OR provider = $2) AND ($3 IS NULL OR status = $3) \
+                      AND ($4 IS NULL OR LOWER(name) LIKE $4 ESCAPE '\\')";
+        let total: i64 = sqlx::query(&format!("SELECT COUNT(*) FROM credentials WHERE {filter}"))
+            .bind(org_id)
+            .bind(&f.provider)
+            .bind(&f.status)
+            .bind(&q)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        let rows = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM credentials WHERE {filter} ORDER BY created_at DESC, id DESC LIMIT $5 OFFSET $6"
+        ))
+        .bind(org_id)
+        .bind(&f.provider)
+        .bind(&f.status)
+        .bind(&q)
+        .bind(f.per_page)
+        .bind((f.page - 1) * f.per_page)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok((rows, total))
+    }
+
+    /// Renames and/or replaces the fields of a credential; returns the new row.
+    pub async fn update_credential(
+        &self,
+        org_id: &str,
+        id: &str,
+        name: Option<&str>,
+        secrets: Option<&SecretUpdate>,
+        event: &AuditEvent,
+    ) -> Result<CredentialRow, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let t = now();
+        let done = sqlx::query(
+            "UPDATE credentials SET name = COALESCE($3, name), fields = COALESCE($4, fields), \
+             secret_names = COALESCE($5, secret_names), secret_ct = COALESCE($6, secret_ct), \
+             key_version = COALESCE($7, key_version), updated_at = $8 WHERE org_id = $1 AND id = $2",
+        )
+        .bind(org_id)
+        .bind(id)
+        .bind(name)
+        .bind(secrets.map(|s| s.fields.as_str()))
+        .bind(secrets.map(|s| s.secret_names.as_str()))
+        .bind(secrets.map(|s| s.secret_ct.as_str()))
+        .bind(secrets.map(|s| s.key_version))
+        .bind(t)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        audit::insert(&mut tx, event).await?;
+        let row = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM credentials WHERE org_id = $1 AND id = $2"
+        ))
+        .bind(org_id)
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    /// Re-seals one credential's secrets (key rotation), only if its
+    /// ciphertext is still the one that was read.
+    pub async fn reseal_credential(
+        &self,
+        org_id: &str,
+        id: &str,
+        old_ct: &str,
+        new_ct: &str,
+        key_version: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE credentials SET secret_ct = $1, key_version = $2 WHERE org_id = $3 AND id = $4 AND secret_ct = $5",
+        )
+        .bind(new_ct)
+        .bind(key_version)
+        .bind(org_id)
+        .bind(id)
+        .bind(old_ct)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Credentials of an organization sealed under a key older than `version`.
+    pub async fn credentials_below_key(
+        &self,
+        org_id: &str,
+        version: i64,
+        limit: i64,
+    ) -> Result<Vec<CredentialRow>, StoreError> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM credentials WHERE org_id = $1 AND key_version < $2 ORDER BY id LIMIT $3"
+        ))
+        .bind(org_id)
+        .bind(version)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Deletes credentials by id, auditing each; returns the deleted rows.
+    pub async fn delete_credentials(
+        &self,
+        org_id: &str,
+        ids: &[String],
+        actor: &str,
+    ) -> Result<Vec<CredentialRow>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let mut deleted = Vec::new();
+        for id in ids {
+            let row: Option<CredentialRow> = sqlx::query_as(&format!(
+                "DELETE FROM credentials WHERE org_id = $1 AND id = $2 RETURNING {COLUMNS}"
+            ))
+            .bind(org_id)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = row {
+                let event = AuditEvent::success(org_id, id, "credential.delete", actor)
+                    .with_detail(serde_json::json!({"provider": row.provider, "name": row.name}));
+                audit::insert(&mut tx, &event).await?;
+                deleted.push(row);
+            }
+        }
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    /// Records a use (resolve): `last_used_at` and an audit event.
+    pub async fn record_use(&self, org_id: &str, id: &str, event: &AuditEvent) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("UPDATE credentials SET last_used_at = $3 WHERE org_id = $1 AND id = $2")
+            .bind(org_id)
+            .bind(id)
+            .bind(now())
+            .execute(&mut *tx)
+            .await?;
+        audit::insert(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records the outcome of a connection test.
+    pub async fn record_test(
+        &self,
+        org_id: &str,
+        id: &str,
+        status: &str,
+        last_error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE credentials SET status = $3, last_tested_at = $4, last_error = $5, updated_at = $4 \
+             WHERE org_id = $1 AND id = $2",
+        )
+        .bind(org_id)
+        .bind(id)
+        .bind(status)
+        .bind(now())
+        .bind(last_error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Serializes writers of one organization: a no-op update that takes the
+/// organization row's lock (Postgres) inside an immediate transaction (SQLite).
+pub(crate) async fn lock_org(conn: &mut sqlx::AnyConnection, org_id: &str) -> Result<(), StoreError> {
+    let done = sqlx::query("UPDATE organizations SET write_seq = write_seq + 1 WHERE id = $1")
+        .bind(org_id)
+        .execute(&mut *conn)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+/// Fails with `QuotaExceeded` when one more credential would pass the limit.
+pub(crate) async fn check_quota(
+    conn: &mut sqlx::AnyConnection,
+    org_id: &str,
+    provider: &str,
+    default_limit: i64,
+) -> Result<(), StoreError> {
+    let limit: i64 = match sqlx::query("SELECT max_count FROM org_limits WHERE org_id = $1 AND provider = $2")
+        .bind(org_id)
+        .bind(provider)
+        .fetch_optional(&mut *conn)
+        .await?
+    {
+        Some(row) => row.try_get(0)?,
+        None => default_limit,
+    };
+    let count: i64 = sqlx::query("SELECT COUNT(*) FROM credentials WHERE org_id = $1 AND provider = $2")
+        .bind(org_id)
+        .bind(provider)
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get(0)?;
+    if count >= limit {
+        return Err(StoreError::QuotaExceeded { limit });
+    }
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! The vault: unwraps organization data keys (cached in memory), seals and
+//! opens credential secrets, and runs key rotation and crypto-shredding.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use crate::crypto::{self, DataKey, KeyError, MasterKeyring, SealError, SecretMap};
+use crate::store::{Store, StoreError};
+
+/// Why the vault could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    /// A master key problem.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// A sealed value is not valid for its row.
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Master keyring plus a cache of unwrapped data keys.
+pub struct Vault {
+    keyring: MasterKeyring,
+    store: Store,
+    cache: RwLock<HashMap<(String, i64), Arc<DataKey>>>,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault")
+            .field("keyring", &self.keyring)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `keys rotate-org` did.
+#[derive(Debug, Clone, Copy)]
+pub struct OrgRotation {
+    /// The new current key version.
+    pub version: i64,
+    /// Credentials re-sealed.
+    pub resealed: usize,
+}
+
+impl Vault {
+    /// A vault over `store` with `keyring`.
+    pub fn new(keyring: MasterKeyring, store: Store) -> Self {
+        Self {
+            keyring,
+            store,
+            cache: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Creates an organization with a fresh data key; returns nothing secret.
+    pub async fn create_org(&self, id: &str, name: &str) -> Result<(), VaultError> {
+        let (_, wrapped) = self.keyring.new_data_key();
+        self.store.insert_org(id, name, &wrapped).await?;
+        Ok(())
+    }
+
+    /// One data key version of an organization.
+    pub async fn data_key(&self, org_id: &str, version: i64) -> Result<Arc<DataKey>, VaultError> {
+        let cache_key = (org_id.to_owned(), version);
+        if let Some(key) = self.cache.read().expect("cache lock").get(&cache_key) {
+            return Ok(key.clone());
+        }
+        let row = self.store.org_key(org_id, version).await?;
+        let key = Arc::new(self.keyring.unwrap(&row.wrapped)?);
+        self.cache.write().expect("cache lock").insert(cache_key, key.clone());
+        Ok(key)
+    }
+
+    /// The organization's current data key and its version.
+    pub async fn current_key(&self, org_id: &str) -> Result<(i64, Arc<DataKey>), VaultError> {
+        let version = self.store.org_key_version(org_id).await?;
+        Ok((version, self.data_key(org_id, version).await?))
+    }
+
+    /// Seals secret groups for a row under the organization's current key.
+    pub async fn seal(
+        &self,
+        org_id: &str,
+        subject: &str,
+        groups: &[(&str, &SecretMap)],
+    ) -> Result<(String, i64), VaultError> {
+        let (version, key) = self.current_key(org_id).await?;
+        Ok((crypto::seal(&key, org_id, subject, groups), version))
+    }
+
+    /// Opens a row's sealed secrets.
+    pub async fn open(
+        &self,
+        org_id: &str,
+        subject: &str,
+        token: &str,
+        version: i64,
+    ) -> Result<BTreeMap<String, SecretMap>, VaultError> {
+        let key = self.data_key(org_id, version).await?;
+        Ok(crypto::open(&key, org_id, subject, token)?)
+    }
+
+    /// Checks at startup that the master keys unwrap every stored data key.
+    pub async fn verify_all(&self) -> Result<usize, VaultError> {
+        let rows = self.store.org_keys(None).await?;
+        for row in &rows {
+            self.keyring.unwrap(&row.wrapped)?;
+        }
+        Ok(rows.len())
+    }
+
+    /// Re-wraps every data key not yet under the primary master key. Each key
+    /// is replaced on its own (compare-and-swap), so the command is safe while
+    /// credgate serves and can simply be run again after an interruption.
+    pub async fn rotate_master(&self) -> Result<usize, VaultError> {
+        let rows = self.store.org_keys(Some(self.keyring.primary_kid())).await?;
+        let mut done = 0;
+        for row in rows {
+            let new = self.keyring.rewrap(&row.wrapped)?;
+            if self.store.rewrap_org_key(&row, &new).await? {
+                done += 1;
+            }
+        }
+        Ok(done)
+    }
+
+    /// Gives an organization a new data key and re-seals its credentials.
+    /// Writers that race with it pick up the new key as soon as it is
+    /// current; the re-seal loop runs until no credential uses an old key,
+    /// and old keys are only deleted when nothing refers to them, so a rerun
+    /// after an interruption finishes the job.
+    pub async fn rotate_org(&self, org_id: &str) -> Result<OrgRotation, VaultError> {
+        let (_, wrapped) = self.keyring.new_data_key();
+        let version = self.store.add_org_key(org_id, &wrapped).await?;
+        let new_key = self.data_key(org_id, version).await?;
+        let mut resealed = 0;
+        loop {
+            let batch = self.store.credentials_below_key(org_id, version, 200).await?;
+            if batch.is_empty() {
+                break;
+            }
+            for row in batch {
+                let groups = self.open(org_id, &row.id, &row.secret_ct, row.key_version).await?;
+                let refs: Vec<(&str, &SecretMap)> = groups.iter().map(|(k, v)| (k.as_str(), v)).collect();
+                let ct = crypto::seal(&new_key, org_id, &row.id, &refs);
+                if self
+                    .store
+                    .reseal_credential(org_id, &row.id, &row.secret_ct, &ct, version)
+                    .await?
+                {
+                    resealed += 1;
+                }
+            }
+        }
+        self.store.prune_org_keys(org_id, version).await?;
+        Ok(OrgRotation { version, resealed })
+    }
+
+    /// Deletes an organization and its data keys (crypto-shredding).
+    pub async fn delete_org(&self, org_id: &str) -> Result<(), VaultError> {
+        self.store.delete_org(org_id).await?;
+        self.cache
+            .write()
+            .expect("cache lock")
+            .retain(|(org, _), _| org != org_id);
+        Ok(())
+    }
+}
