@@ -6,7 +6,12 @@ use credgate::cli::{self, Cli};
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    credgate::telemetry::init(&cli.settings.log, &cli.settings.log_format);
+    // Administrative commands print their result alone; only `serve` chats.
+    let filter = match cli.command {
+        cli::Command::Serve => cli.settings.log.clone(),
+        _ => std::env::var("CREDGATE_LOG").unwrap_or_else(|_| "error".into()),
+    };
+    credgate::telemetry::init(&filter, &cli.settings.log_format);
     if let Err(e) = cli::run(cli, shutdown_signal()).await {
         eprintln!("credgate: {e:#}");
         std::process::exit(1);

@@ -178,7 +178,9 @@ fn describe_data_error(path: &str, text: &str) -> (String, String) {
         return (join(&between(rest)), "is required".into());
     }
     if let Some(rest) = text.strip_prefix("unknown field ") {
-        return (join(&between(rest)), "is not a known field".into());
+        // serde_path_to_error already ends the path with the unknown key.
+        let field = if path == "." { between(rest) } else { path.to_owned() };
+        return (field, "is not a known field".into());
     }
     let expected = text
         .split(", expected ")
@@ -217,7 +219,7 @@ mod tests {
 
     #[derive(Debug, serde::Deserialize)]
     #[serde(deny_unknown_fields)]
-    #[allow(dead_code)]
+    #[expect(dead_code, reason = "the fields are only deserialized")]
     struct Body {
         name: String,
         port: Option<u16>,

@@ -1,0 +1,226 @@
+//! The `credgate` binary: organizations, API keys, limits and key rotation.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use credgate::crypto::MasterKeyring;
+use reqwest::{Method, StatusCode};
+use secrecy::ExposeSecret;
+use serde_json::json;
+
+use crate::both_backends;
+use crate::helpers::{master_keys, pg_body, sentinel, test_config, Backend, TestApp, TestDb};
+
+fn credgate(db: &TestDb, keys: Option<&str>, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_credgate"));
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CREDGATE_DATABASE_URL", &db.url)
+        .env("CREDGATE_PROVIDERS_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/providers"))
+        .env("CREDGATE_LISTEN", "127.0.0.1:0");
+    if let Some(keys) = keys {
+        cmd.env("CREDGATE_MASTER_KEYS", keys);
+    }
+    cmd.output().unwrap()
+}
+
+fn stdout_line(out: &Output) -> String {
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout.clone()).unwrap();
+    assert_eq!(text.lines().count(), 1, "one line on stdout: {text:?}");
+    text.trim().to_owned()
+}
+
+#[tokio::test]
+async fn org_and_api_key_commands_print_their_result_alone_and_make_a_private_key_file() {
+    let db = TestDb::new(Backend::Sqlite).await;
+
+    let org = stdout_line(&credgate(&db, None, &["org", "create", "Acme"]));
+    let token = stdout_line(&credgate(&db, None, &["api-key", "create", "--org", &org, "--role", "engine", "--label", "ci"]));
+    let key_file = std::path::Path::new(db.url.strip_prefix("sqlite://").unwrap()).with_file_name("credgate.master.key");
+
+    assert!(uuid::Uuid::parse_str(&org).is_ok());
+    assert!(token.starts_with("cgk_") && token.len() > 40);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let stored = std::fs::read(db.url.strip_prefix("sqlite://").unwrap()).unwrap();
+    assert!(!stored.windows(token.len()).any(|w| w == token.as_bytes()), "only the hash is stored");
+}
+
+#[tokio::test]
+async fn a_failing_command_prints_one_line_on_stderr_and_exits_non_zero() {
+    let db = TestDb::new(Backend::Sqlite).await;
+
+    let bad_org = credgate(&db, None, &["org", "set-limit", "--org", "nope", "--provider", "sftp", "--max", "3"]);
+    let unknown_org = credgate(&db, None, &["org", "delete", "--org", &uuid::Uuid::new_v4().to_string()]);
+
+    for out in [bad_org, unknown_org] {
+        assert!(!out.status.success());
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.lines().count(), 1, "{err:?}");
+        assert!(err.starts_with("credgate: "), "{err:?}");
+    }
+}
+
+both_backends! {
+    async fn a_wrong_or_malformed_master_key_is_refused_at_startup(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let right = MasterKeyring::generate_key();
+        stdout_line(&credgate(&db, Some(right.expose_secret()), &["org", "create", "Acme"]));
+        let wrong = MasterKeyring::generate_key();
+
+        let wrong_key = tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio::task::spawn_blocking({
+                let url = db.url.clone();
+                move || {
+                    let db = TestDbRef(url);
+                    db.run(Some(wrong.expose_secret()), &["serve"])
+                }
+            }),
+        )
+        .await
+        .expect("serve must refuse to start, not run")
+        .unwrap();
+        let malformed = credgate(&db, Some("abc"), &["org", "create", "X"]);
+
+        assert!(!wrong_key.status.success());
+        let err = String::from_utf8_lossy(&wrong_key.stderr);
+        assert!(err.contains("CREDGATE_MASTER_KEYS"), "{err}");
+        assert!(!err.contains(right.expose_secret()));
+        assert!(!malformed.status.success());
+        assert!(String::from_utf8_lossy(&malformed.stderr).contains("entry 1"));
+    }
+}
+
+struct TestDbRef(String);
+
+impl TestDbRef {
+    fn run(&self, keys: Option<&str>, args: &[&str]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_credgate"));
+        cmd.args(args)
+            .env("CREDGATE_DATABASE_URL", &self.0)
+            .env("CREDGATE_PROVIDERS_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/providers"))
+            .env("CREDGATE_LISTEN", "127.0.0.1:0");
+        if let Some(keys) = keys {
+            cmd.env("CREDGATE_MASTER_KEYS", keys);
+        }
+        cmd.output().unwrap()
+    }
+}
+
+#[tokio::test]
+async fn postgres_without_master_keys_refuses_to_start() {
+    let db = TestDb::new(Backend::Postgres).await;
+
+    let out = credgate(&db, None, &["org", "create", "Acme"]);
+
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CREDGATE_MASTER_KEYS is required"));
+}
+
+both_backends! {
+    async fn every_credential_resolves_after_rotate_master_with_the_old_key_removed(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let app = TestApp::spawn(&db).await;
+        let old = master_keys(&app.config);
+        let secrets: Vec<String> = (0..3).map(|_| sentinel()).collect();
+        let mut ids = Vec::new();
+        for s in &secrets {
+            ids.push(app.create_pg(&app.org, "c", s).await);
+        }
+        let new = MasterKeyring::generate_key();
+        let both = format!("{},{old}", new.expose_secret());
+
+        let first = credgate(&db, Some(&both), &["keys", "rotate-master"]);
+        let rerun = credgate(&db, Some(&both), &["keys", "rotate-master"]);
+        let mut config = test_config(&db);
+        config.master_keys = Some(new);
+        let rotated = TestApp::spawn_with(config).await;
+
+        assert!(first.status.success() && rerun.status.success());
+        assert!(String::from_utf8_lossy(&rerun.stderr).contains("re-wrapped 0"), "a rerun has nothing left to do");
+        for (id, secret) in ids.iter().zip(&secrets) {
+            let (status, body) = rotated
+                .call(Method::POST, &format!("/integrations/credentials/{id}/resolve"), &app.org.engine, None)
+                .await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(body["fields"]["password"], json!(secret));
+        }
+        let old_only = credgate(&db, Some(&old), &["org", "create", "X"]);
+        assert!(!old_only.status.success(), "the old key alone no longer unwraps the data keys");
+    }
+}
+
+both_backends! {
+    async fn rotate_org_reencrypts_under_a_new_key_while_serving(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let app = TestApp::spawn(&db).await;
+        let keys = master_keys(&app.config);
+        let secret = sentinel();
+        let id = app.create_pg(&app.org, "a", &secret).await;
+        let before: String = sqlx::query_scalar("SELECT secret_ct FROM credentials WHERE id = $1")
+            .bind(&id).fetch_one(app.state.store.pool()).await.unwrap();
+
+        let out = credgate(&db, Some(&keys), &["keys", "rotate-org", "--org", &app.org.id]);
+        let (status, body) = app
+            .call(Method::POST, &format!("/integrations/credentials/{id}/resolve"), &app.org.engine, None)
+            .await;
+        let created_after = app.create_pg(&app.org, "b", &sentinel()).await;
+        let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM org_keys WHERE org_id = $1")
+            .bind(&app.org.id).fetch_all(app.state.store.pool()).await.unwrap();
+        let after: String = sqlx::query_scalar("SELECT secret_ct FROM credentials WHERE id = $1")
+            .bind(&id).fetch_one(app.state.store.pool()).await.unwrap();
+        let new_version: i64 = sqlx::query_scalar("SELECT key_version FROM credentials WHERE id = $1")
+            .bind(&created_after).fetch_one(app.state.store.pool()).await.unwrap();
+
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["fields"]["password"], json!(secret));
+        assert_ne!(before, after);
+        assert_eq!(versions, [2], "the old data key is gone");
+        assert_eq!(new_version, 2);
+    }
+}
+
+both_backends! {
+    async fn org_delete_shreds_credentials_and_the_data_key(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let app = TestApp::spawn(&db).await;
+        let keys = master_keys(&app.config);
+        let id = app.create_pg(&app.org, "a", &sentinel()).await;
+
+        let out = credgate(&db, Some(&keys), &["org", "delete", "--org", &app.org.id]);
+        let count = |sql: &'static str| {
+            let (pool, org) = (app.state.store.pool().clone(), app.org.id.clone());
+            async move {
+                let n: i64 = sqlx::query_scalar(sql).bind(org).fetch_one(&pool).await.unwrap();
+                n
+            }
+        };
+
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(count("SELECT COUNT(*) FROM credentials WHERE org_id = $1").await, 0);
+        assert_eq!(count("SELECT COUNT(*) FROM org_keys WHERE org_id = $1").await, 0);
+        assert_eq!(count("SELECT COUNT(*) FROM api_keys WHERE org_id = $1").await, 0);
+        let (status, _) = app.call(Method::GET, &format!("/integrations/credentials/{id}"), &app.org.admin, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "the organization's keys are gone too");
+    }
+}
+
+both_backends! {
+    async fn set_limit_overrides_the_default_for_one_provider(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let app = TestApp::spawn(&db).await;
+        let keys = master_keys(&app.config);
+
+        let out = credgate(&db, Some(&keys), &["org", "set-limit", "--org", &app.org.id, "--provider", "postgresql", "--max", "1"]);
+        app.create_pg(&app.org, "a", &sentinel()).await;
+        let (status, _) = app.call(Method::POST, "/integrations/credentials", &app.org.admin, Some(pg_body("b", "x"))).await;
+
+        assert!(out.status.success());
+        assert_eq!(status, StatusCode::CONFLICT);
+    }
+}

@@ -1,0 +1,284 @@
+//! Test harness: an app per test on its own SQLite file or Postgres database.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use credgate::app::{Application, Services};
+use credgate::config::Config;
+use credgate::crypto::MasterKeyring;
+use credgate::http::extract::token_hash;
+use credgate::http::AppState;
+use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+/// The PostgreSQL server every machine of this project runs.
+pub const PG_ADMIN_URL: &str = "postgres://root@127.0.0.1:5432/postgres";
+
+/// Which store a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs one async test body on both backends.
+#[macro_export]
+macro_rules! both_backends {
+    ($(#[$meta:meta])* async fn $name:ident($backend:ident: Backend) $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            async fn run($backend: $crate::helpers::Backend) $body
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_sqlite() { run($crate::helpers::Backend::Sqlite).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_postgres() { run($crate::helpers::Backend::Postgres).await }
+        }
+    };
+}
+
+/// Everything the tests' logs say, to search for secrets.
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(&LOGS.get_or_init(Default::default).lock().unwrap()).into_owned()
+}
+
+static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+
+#[derive(Clone)]
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn init_logs() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        let buffer = LOGS.get_or_init(Default::default).clone();
+        let filter = tracing_subscriber::EnvFilter::new("credgate=trace,tower_http=trace,sqlx=debug,info");
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(move || LogWriter(buffer.clone()))
+            .try_init()
+            .ok();
+    });
+}
+
+/// A database made for one test and dropped after it.
+pub struct TestDb {
+    pub url: String,
+    pg_name: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        match backend {
+            Backend::Sqlite => Self {
+                url: format!("sqlite://{}", dir.path().join("credgate.db").display()),
+                pg_name: None,
+                _dir: dir,
+            },
+            Backend::Postgres => {
+                let name = format!("cg_test_{}", Uuid::new_v4().simple());
+                let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(PG_ADMIN_URL)
+                    .await
+                    .expect("PostgreSQL must run on 127.0.0.1:5432 for the tests");
+                sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
+                    .await
+                    .unwrap();
+                Self {
+                    url: format!("postgres://root@127.0.0.1:5432/{name}"),
+                    pg_name: Some(name),
+                    _dir: dir,
+                }
+            }
+        }
+    }
+
+    /// The SQLite file and its WAL, or a `pg_dump` of the database.
+    pub fn raw_bytes(&self) -> Vec<u8> {
+        match &self.pg_name {
+            None => {
+                let dir = self._dir.path();
+                let mut bytes = Vec::new();
+                for f in ["credgate.db", "credgate.db-wal"] {
+                    bytes.extend(std::fs::read(dir.join(f)).unwrap_or_default());
+                }
+                bytes
+            }
+            Some(name) => {
+                let out = std::process::Command::new("pg_dump")
+                    .args(["-h", "127.0.0.1", "-U", "root", name])
+                    .output()
+                    .expect("pg_dump runs");
+                assert!(out.status.success(), "pg_dump failed");
+                out.stdout
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some(name) = &self.pg_name {
+            let _ = std::process::Command::new("psql")
+                .args(["-h", "127.0.0.1", "-U", "root", "-d", "postgres", "-qc"])
+                .arg(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .output();
+        }
+    }
+}
+
+/// API keys of one organization, by role.
+#[derive(Debug, Clone)]
+pub struct Org {
+    pub id: String,
+    pub admin: String,
+    pub member: String,
+    pub engine: String,
+}
+
+/// A running credgate on a loopback port.
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub state: AppState,
+    pub config: Config,
+    pub org: Org,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A configuration for `db` with a fresh master key and no rate limit.
+pub fn test_config(db: &TestDb) -> Config {
+    let mut config = Config::for_database(&db.url);
+    config.master_keys = Some(MasterKeyring::generate_key());
+    config.rate_limit_per_org = 0;
+    config.probe_limit_per_min = 0;
+    config
+}
+
+impl TestApp {
+    /// An app on `db` with default test settings.
+    pub async fn spawn(db: &TestDb) -> Self {
+        Self::spawn_with(test_config(db)).await
+    }
+
+    /// An app with `config`, plus one organization with a key per role.
+    pub async fn spawn_with(config: Config) -> Self {
+        init_logs();
+        let services = Services::init(config.clone()).await.expect("services start");
+        let app = Application::from_services(services).await.unwrap();
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let state = app.state().clone();
+        let task = tokio::spawn(async move {
+            app.run_until(std::future::pending()).await.unwrap();
+        });
+        let mut test_app = Self {
+            base,
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            state,
+            config,
+            org: Org {
+                id: String::new(),
+                admin: String::new(),
+                member: String::new(),
+                engine: String::new(),
+            },
+            task,
+        };
+        test_app.org = test_app.new_org("Acme").await;
+        test_app
+    }
+
+    /// Creates an organization with an admin, member and engine key.
+    pub async fn new_org(&self, name: &str) -> Org {
+        let id = Uuid::new_v4().to_string();
+        self.state.vault.create_org(&id, name).await.unwrap();
+        let mut keys = Vec::new();
+        for role in ["admin", "member", "engine"] {
+            let token = credgate::cli::new_api_token();
+            self.state
+                .store
+                .insert_api_key(&Uuid::new_v4().to_string(), &id, &token_hash(&token), role, Some("u-1"), None)
+                .await
+                .unwrap();
+            keys.push(token);
+        }
+        Org {
+            id,
+            admin: keys[0].clone(),
+            member: keys[1].clone(),
+            engine: keys[2].clone(),
+        }
+    }
+
+    /// Sends a request with a bearer key and optional JSON body.
+    pub async fn call(&self, method: Method, path: &str, key: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = self.client.request(method, format!("{}{}", self.base, path)).bearer_auth(key);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status();
+        let text = res.text().await.unwrap();
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, value)
+    }
+
+    /// Creates a PostgreSQL credential whose password is `secret`; returns its id.
+    pub async fn create_pg(&self, org: &Org, name: &str, secret: &str) -> String {
+        let (status, body) = self
+            .call(Method::POST, "/integrations/credentials", &org.admin, Some(pg_body(name, secret)))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["id"].as_str().unwrap().to_owned()
+    }
+}
+
+/// A valid PostgreSQL credential body.
+pub fn pg_body(name: &str, secret: &str) -> Value {
+    json!({
+        "name": name,
+        "provider": "postgresql",
+        "auth_type": "user_password",
+        "fields": {"host": "db.example.com", "database": "sales", "username": "etl", "password": secret}
+    })
+}
+
+/// A unique sentinel secret value.
+pub fn sentinel() -> String {
+    format!("SENTINEL-{}", Uuid::new_v4().simple())
+}
+
+/// The master key list of a config, as text.
+pub fn master_keys(config: &Config) -> String {
+    config
+        .master_keys
+        .as_ref()
+        .map(|k: &SecretString| k.expose_secret().to_owned())
+        .unwrap_or_default()
+}

@@ -1,0 +1,11 @@
+//! End-to-end tests, one binary: real SQLite files and a real PostgreSQL
+//! server (127.0.0.1:5432), the real HTTP stack on loopback ports.
+
+mod helpers;
+
+mod access;
+mod cli;
+mod credentials;
+mod limits;
+mod operations;
+mod secrecy_checks;
