@@ -148,13 +148,20 @@ impl Application {
 
     /// Binds an application over already-initialized services.
     pub async fn from_services(services: Services) -> anyhow::Result<Self> {
-        let config = services.config.clone();
-        let listener = TcpListener::bind(config.listen)
+        let listener = TcpListener::bind(services.config.listen)
             .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
+            .with_context(|| format!("cannot listen on {}", services.config.listen))?;
+        let mut config = (*services.config).clone();
+        // The default public URL is the listen address; with port 0 that is
+        // only known now.
+        if config.public_url == format!("http://{}", config.listen) {
+            config.public_url = format!("http://{}", listener.local_addr()?);
+        }
+        let config = Arc::new(config);
         let state = AppState {
             limits: Arc::new(RateLimits::new(config.rate_limit_per_org, config.probe_limit_per_min)),
             metrics: Arc::new(Metrics::default()),
+            http: crate::oauth::http_client(Duration::from_secs(config.provider_timeout_secs)),
             config,
             store: services.store,
             vault: services.vault,

@@ -16,6 +16,7 @@
 //! | `CREDGATE_MAX_PER_PROVIDER` | `50` |
 //! | `CREDGATE_RATE_LIMIT_PER_ORG` | `100` (per second, bursts of twice that; `0` off) |
 //! | `CREDGATE_PROBE_LIMIT_PER_MIN` | `30` (`0` off) |
+//! | `CREDGATE_PROVIDER_TIMEOUT_SECS` | `10` (provider token/identity calls) |
 //! | `CREDGATE_LOG` | `info` |
 //! | `CREDGATE_LOG_FORMAT` | `text` (`json` for JSON lines) |
 
@@ -70,6 +71,9 @@ pub struct Settings {
     /// Test-connection probes per minute per organization (0: off).
     #[arg(long, env = "CREDGATE_PROBE_LIMIT_PER_MIN", default_value_t = 30, global = true)]
     pub probe_limit_per_min: u32,
+    /// Seconds a call to a provider's token or identity endpoint may take.
+    #[arg(long, env = "CREDGATE_PROVIDER_TIMEOUT_SECS", default_value_t = 10, global = true)]
+    pub provider_timeout_secs: u64,
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(long, env = "CREDGATE_LOG", default_value = "info", global = true)]
     pub log: String,
@@ -97,6 +101,7 @@ pub struct Config {
     pub max_per_provider: u32,
     pub rate_limit_per_org: u32,
     pub probe_limit_per_min: u32,
+    pub provider_timeout_secs: u64,
 }
 
 impl Config {
@@ -134,6 +139,7 @@ impl Config {
             max_per_provider: s.max_per_provider,
             rate_limit_per_org: s.rate_limit_per_org,
             probe_limit_per_min: s.probe_limit_per_min,
+            provider_timeout_secs: s.provider_timeout_secs,
         }
     }
 
@@ -152,6 +158,7 @@ impl Config {
             max_per_provider: 50,
             rate_limit_per_org: 100,
             probe_limit_per_min: 30,
+            provider_timeout_secs: 10,
             log: "info".into(),
             log_format: "text".into(),
         };

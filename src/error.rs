@@ -103,6 +103,11 @@ impl From<StoreError> for ApiError {
                 provider: String::new(),
                 limit,
             },
+            StoreError::Conflict => Self::Conflict("conflict", "the credential changed meanwhile; try again".into()),
+            StoreError::AccountTaken => Self::Conflict(
+                "account_already_connected",
+                "this account is already connected in another credential".into(),
+            ),
             StoreError::Database(e) => Self::Internal(e.into()),
         }
     }

@@ -11,6 +11,7 @@ pub mod crypto;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod oauth;
 pub mod providers;
 pub mod ratelimit;
 pub mod store;

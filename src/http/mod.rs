@@ -3,6 +3,7 @@
 
 pub mod credentials;
 pub mod extract;
+mod oauth;
 mod ops;
 mod providers;
 
@@ -39,6 +40,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub limits: Arc<RateLimits>,
     pub metrics: Arc<Metrics>,
+    /// Client for provider endpoints (redirects off, timeouts).
+    pub http: reqwest::Client,
 }
 
 #[derive(OpenApi)]
@@ -68,6 +71,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(providers::router())
         .merge(credentials::router())
+        .merge(oauth::router())
         .merge(ops::router())
         .split_for_parts()
 }

@@ -6,10 +6,12 @@
 
 mod audit;
 mod credentials;
+mod oauth;
 mod orgs;
 
 pub use audit::{AuditEvent, AuditRow};
 pub use credentials::{CredentialFilter, CredentialRow, NewCredential, SecretUpdate};
+pub use oauth::{GrantTarget, OAuthGrant, OAuthStateRow};
 pub use orgs::{ApiKeyRow, OrgKeyRow};
 
 use std::str::FromStr;
@@ -41,6 +43,12 @@ pub enum StoreError {
         /// The limit in force.
         limit: i64,
     },
+    /// Another writer changed the row first; read again and retry.
+    #[error("the record changed while it was being written")]
+    Conflict,
+    /// The external account is already connected in another credential.
+    #[error("this account is already connected in another credential")]
+    AccountTaken,
     /// A row that must exist does not.
     #[error("not found")]
     NotFound,

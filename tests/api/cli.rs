@@ -17,7 +17,10 @@ fn credgate(db: &TestDb, keys: Option<&str>, args: &[&str]) -> Output {
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("CREDGATE_DATABASE_URL", &db.url)
-        .env("CREDGATE_PROVIDERS_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/providers"))
+        .env(
+            "CREDGATE_PROVIDERS_DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/providers"),
+        )
         .env("CREDGATE_LISTEN", "127.0.0.1:0");
     if let Some(keys) = keys {
         cmd.env("CREDGATE_MASTER_KEYS", keys);
@@ -37,8 +40,13 @@ async fn org_and_api_key_commands_print_their_result_alone_and_make_a_private_ke
     let db = TestDb::new(Backend::Sqlite).await;
 
     let org = stdout_line(&credgate(&db, None, &["org", "create", "Acme"]));
-    let token = stdout_line(&credgate(&db, None, &["api-key", "create", "--org", &org, "--role", "engine", "--label", "ci"]));
-    let key_file = std::path::Path::new(db.url.strip_prefix("sqlite://").unwrap()).with_file_name("credgate.master.key");
+    let token = stdout_line(&credgate(
+        &db,
+        None,
+        &["api-key", "create", "--org", &org, "--role", "engine", "--label", "ci"],
+    ));
+    let key_file =
+        std::path::Path::new(db.url.strip_prefix("sqlite://").unwrap()).with_file_name("credgate.master.key");
 
     assert!(uuid::Uuid::parse_str(&org).is_ok());
     assert!(token.starts_with("cgk_") && token.len() > 40);
@@ -46,15 +54,26 @@ async fn org_and_api_key_commands_print_their_result_alone_and_make_a_private_ke
     let mode = std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let stored = std::fs::read(db.url.strip_prefix("sqlite://").unwrap()).unwrap();
-    assert!(!stored.windows(token.len()).any(|w| w == token.as_bytes()), "only the hash is stored");
+    assert!(
+        !stored.windows(token.len()).any(|w| w == token.as_bytes()),
+        "only the hash is stored"
+    );
 }
 
 #[tokio::test]
 async fn a_failing_command_prints_one_line_on_stderr_and_exits_non_zero() {
     let db = TestDb::new(Backend::Sqlite).await;
 
-    let bad_org = credgate(&db, None, &["org", "set-limit", "--org", "nope", "--provider", "sftp", "--max", "3"]);
-    let unknown_org = credgate(&db, None, &["org", "delete", "--org", &uuid::Uuid::new_v4().to_string()]);
+    let bad_org = credgate(
+        &db,
+        None,
+        &["org", "set-limit", "--org", "nope", "--provider", "sftp", "--max", "3"],
+    );
+    let unknown_org = credgate(
+        &db,
+        None,
+        &["org", "delete", "--org", &uuid::Uuid::new_v4().to_string()],
+    );
 
     for out in [bad_org, unknown_org] {
         assert!(!out.status.success());
@@ -102,7 +121,10 @@ impl TestDbRef {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_credgate"));
         cmd.args(args)
             .env("CREDGATE_DATABASE_URL", &self.0)
-            .env("CREDGATE_PROVIDERS_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/providers"))
+            .env(
+                "CREDGATE_PROVIDERS_DIR",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/providers"),
+            )
             .env("CREDGATE_LISTEN", "127.0.0.1:0");
         if let Some(keys) = keys {
             cmd.env("CREDGATE_MASTER_KEYS", keys);

@@ -219,7 +219,14 @@ impl TestApp {
             let token = credgate::cli::new_api_token();
             self.state
                 .store
-                .insert_api_key(&Uuid::new_v4().to_string(), &id, &token_hash(&token), role, Some("u-1"), None)
+                .insert_api_key(
+                    &Uuid::new_v4().to_string(),
+                    &id,
+                    &token_hash(&token),
+                    role,
+                    Some("u-1"),
+                    None,
+                )
                 .await
                 .unwrap();
             keys.push(token);
@@ -234,7 +241,10 @@ impl TestApp {
 
     /// Sends a request with a bearer key and optional JSON body.
     pub async fn call(&self, method: Method, path: &str, key: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req = self.client.request(method, format!("{}{}", self.base, path)).bearer_auth(key);
+        let mut req = self
+            .client
+            .request(method, format!("{}{}", self.base, path))
+            .bearer_auth(key);
         if let Some(body) = body {
             req = req.json(&body);
         }
@@ -252,7 +262,12 @@ impl TestApp {
     /// Creates a PostgreSQL credential whose password is `secret`; returns its id.
     pub async fn create_pg(&self, org: &Org, name: &str, secret: &str) -> String {
         let (status, body) = self
-            .call(Method::POST, "/integrations/credentials", &org.admin, Some(pg_body(name, secret)))
+            .call(
+                Method::POST,
+                "/integrations/credentials",
+                &org.admin,
+                Some(pg_body(name, secret)),
+            )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         body["id"].as_str().unwrap().to_owned()

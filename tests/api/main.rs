@@ -7,5 +7,7 @@ mod access;
 mod cli;
 mod credentials;
 mod limits;
+mod oauth;
+mod oauth_server;
 mod operations;
 mod secrecy_checks;

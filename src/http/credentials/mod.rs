@@ -369,6 +369,7 @@ async fn delete_credential(
     if deleted.is_empty() {
         return Err(ApiError::NotFound);
     }
+    crate::oauth::revoke_deleted(&state, deleted);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -400,6 +401,7 @@ async fn batch_delete_credentials(
         .await?;
     let deleted: Vec<String> = deleted_rows.iter().map(|r| r.id.clone()).collect();
     not_found.extend(wanted.into_iter().filter(|id| !deleted.contains(id)));
+    crate::oauth::revoke_deleted(&state, deleted_rows);
     Ok(Json(BatchDeleteResult { deleted, not_found }))
 }
 

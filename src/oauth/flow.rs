@@ -1,0 +1,390 @@
+//! The connect flow: `authorize` keeps a sealed, single-use `state` with the
+//! PKCE verifier in the store; the callback takes it back (on any replica),
+//! exchanges the code, asks who the account is, and stores the credential.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use oauth2::{AuthUrl, ClientId, CsrfToken, PkceCodeChallenge, Scope};
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::{exchange_code, fetch_identity, OAuthError, STATE_TTL_SECS};
+use crate::crypto::SecretMap;
+use crate::http::AppState;
+use crate::providers::{AuthKind, Provider};
+use crate::store::{now, AuditEvent, GrantTarget, OAuthGrant, OAuthStateRow, StoreError};
+
+/// What the caller asked `authorize` for, already checked.
+#[derive(Debug, Clone)]
+pub struct StartRequest {
+    pub org_id: String,
+    /// `user:{id}` or `api_key:{id}`: becomes `created_by`.
+    pub actor: String,
+    pub name: Option<String>,
+    pub return_to: Option<String>,
+    pub credential_id: Option<String>,
+    pub tenant: Option<String>,
+}
+
+/// Where to send the browser, and until when that link works.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub authorize_url: String,
+    pub expires_at: i64,
+}
+
+/// How a callback ended.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// `return_to` of the authorization, when it was known.
+    pub return_to: Option<String>,
+    pub result: Result<String, OAuthError>,
+}
+
+fn hash_state(state: &str) -> String {
+    hex::encode(Sha256::digest(state.as_bytes()))
+}
+
+/// `{public_url}/integrations/{provider}/callback`: one path per provider,
+/// so a response can only land where its provider was asked (mix-up defence).
+pub fn redirect_uri(state: &AppState, provider: &str) -> String {
+    format!("{}/integrations/{provider}/callback", state.config.public_url)
+}
+
+/// Creates the pending authorization and the provider's authorize URL.
+pub async fn start(
+    state: &AppState,
+    provider: &Provider,
+    req: StartRequest,
+) -> Result<Started, crate::error::ApiError> {
+    let settings = provider.oauth.as_ref().ok_or(crate::error::ApiError::NotFound)?;
+    let mut raw = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    let csrf = URL_SAFE_NO_PAD.encode(raw);
+    let state_hash = hash_state(&csrf);
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let tenant = req.tenant.as_deref();
+    let auth_url = AuthUrl::new(settings.with_tenant(&settings.authorization_url, tenant))
+        .map_err(|_| crate::error::ApiError::Internal(anyhow::anyhow!("bad authorization_url for {}", provider.id)))?;
+    let client = oauth2::basic::BasicClient::new(ClientId::new(settings.client_id.clone()))
+        .set_auth_uri(auth_url)
+        .set_redirect_uri(
+            oauth2::RedirectUrl::new(redirect_uri(state, &provider.id))
+                .map_err(|_| crate::error::ApiError::Internal(anyhow::anyhow!("bad CREDGATE_PUBLIC_URL")))?,
+        );
+    let token = csrf.clone();
+    let mut request = client
+        .authorize_url(move || CsrfToken::new(token))
+        .add_scopes(settings.scopes.iter().map(|s| Scope::new(s.clone())))
+        .set_pkce_challenge(challenge);
+    for (k, v) in &settings.authorize_params {
+        request = request.add_extra_param(k.clone(), v.clone());
+    }
+    let (url, _) = request.url();
+
+    let mut payload = SecretMap::default();
+    payload.insert("verifier", SecretString::from(verifier.secret().clone()));
+    payload.insert("actor", SecretString::from(req.actor));
+    for (k, v) in [
+        ("name", req.name),
+        ("return_to", req.return_to),
+        ("credential_id", req.credential_id),
+        ("tenant", req.tenant),
+    ] {
+        if let Some(v) = v {
+            payload.insert(k, SecretString::from(v));
+        }
+    }
+    let subject = format!("state:{state_hash}");
+    let (payload_ct, key_version) = state.vault.seal(&req.org_id, &subject, &[("state", &payload)]).await?;
+    let expires_at = now() + STATE_TTL_SECS;
+    state
+        .store
+        .insert_oauth_state(
+            &state_hash,
+            &OAuthStateRow {
+                org_id: req.org_id,
+                provider: provider.id.clone(),
+                payload_ct,
+                key_version,
+                expires_at,
+            },
+        )
+        .await?;
+    Ok(Started {
+        authorize_url: url.to_string(),
+        expires_at,
+    })
+}
+
+/// The callback's query parameters.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+pub struct CallbackQuery {
+    pub state: Option<String>,
+    pub code: Option<String>,
+    pub error: Option<String>,
+    pub error_description: Option<String>,
+    pub iss: Option<String>,
+}
+
+const PROVIDER_ERRORS: &[&str] = &[
+    "access_denied",
+    "consent_required",
+    "interaction_required",
+    "login_required",
+    "invalid_scope",
+    "server_error",
+    "temporarily_unavailable",
+    "unauthorized_client",
+];
+
+fn get(map: &SecretMap, key: &str) -> Option<String> {
+    map.get(key).map(|v| v.expose_secret().to_owned())
+}
+
+/// Completes an authorization. Every failure is an outcome; none stores anything.
+pub async fn finish(state: &AppState, provider: &Provider, query: CallbackQuery) -> Finished {
+    let invalid = |m: &str| OAuthError::new("oauth_state_invalid", m);
+    let Some(csrf) = query.state.as_deref().filter(|s| !s.is_empty() && s.len() <= 256) else {
+        return Finished {
+            return_to: None,
+            result: Err(invalid("the callback carries no state; start the connection again")),
+        };
+    };
+    let state_hash = hash_state(csrf);
+    let row = match state.store.take_oauth_state(&state_hash).await {
+        Ok(Some(row)) => row,
+        Ok(None) => {
+            return Finished {
+                return_to: None,
+                result: Err(invalid(
+                    "this connection link is unknown or was already used; start again",
+                )),
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not read an OAuth state");
+            return Finished {
+                return_to: None,
+                result: Err(OAuthError::new("internal", "credgate could not finish the connection")),
+            };
+        }
+    };
+    let payload = match state
+        .vault
+        .open(
+            &row.org_id,
+            &format!("state:{state_hash}"),
+            &row.payload_ct,
+            row.key_version,
+        )
+        .await
+    {
+        Ok(mut groups) => groups.remove("state").unwrap_or_default(),
+        Err(e) => {
+            tracing::error!(error = %e, "an OAuth state does not decrypt");
+            return Finished {
+                return_to: None,
+                result: Err(invalid("this connection link is not valid")),
+            };
+        }
+    };
+    let return_to = get(&payload, "return_to");
+    let result = complete(state, provider, &row, &payload, &query).await;
+    if let Err(e) = &result {
+        tracing::info!(provider = %provider.id, code = e.code, error = %e.message, "OAuth connection failed");
+    }
+    Finished { return_to, result }
+}
+
+async fn complete(
+    state: &AppState,
+    provider: &Provider,
+    row: &OAuthStateRow,
+    payload: &SecretMap,
+    query: &CallbackQuery,
+) -> Result<String, OAuthError> {
+    let settings = provider
+        .oauth
+        .as_ref()
+        .ok_or_else(|| OAuthError::new("oauth_state_invalid", "unknown provider"))?;
+    if row.provider != provider.id {
+        return Err(OAuthError::new(
+            "oauth_state_invalid",
+            "this answer belongs to another provider's connection",
+        ));
+    }
+    if row.expires_at < now() {
+        return Err(OAuthError::new(
+            "oauth_state_invalid",
+            "the connection link expired (10 minutes); start again",
+        ));
+    }
+    if let (Some(iss), Some(expected)) = (&query.iss, &settings.issuer) {
+        if iss != expected {
+            return Err(OAuthError::new(
+                "issuer_mismatch",
+                "the answer did not come from the expected issuer",
+            ));
+        }
+    }
+    if let Some(error) = &query.error {
+        let code = PROVIDER_ERRORS
+            .iter()
+            .find(|c| **c == error)
+            .copied()
+            .unwrap_or("provider_error");
+        let message = match code {
+            "access_denied" => "access was not granted at the provider".to_owned(),
+            _ => format!("the provider reported {code}"),
+        };
+        return Err(OAuthError::new(code, message));
+    }
+    let code = query
+        .code
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| OAuthError::new("provider_error", "the provider sent no authorization code"))?;
+    let verifier = payload
+        .get("verifier")
+        .cloned()
+        .ok_or_else(|| OAuthError::new("oauth_state_invalid", "the connection link is incomplete"))?;
+    let tenant = get(payload, "tenant");
+    let redirect = redirect_uri(state, &provider.id);
+    let tokens = exchange_code(&state.http, settings, tenant.as_deref(), &redirect, code, &verifier).await?;
+    let identity = fetch_identity(&state.http, settings, &tokens.access_token).await?;
+
+    let mut fields = Map::new();
+    if let Some(t) = &tenant {
+        fields.insert("tenant".into(), Value::String(t.clone()));
+    }
+    if let Some(tid) = &identity.tenant_id {
+        fields.insert("tenant_id".into(), Value::String(tid.clone()));
+    }
+    let scopes = tokens.scopes.clone().unwrap_or_else(|| settings.scopes.clone());
+    let actor = get(payload, "actor").unwrap_or_default();
+    let limit = i64::from(state.config.max_per_provider);
+    // A concurrent writer may win the race for the same account: re-read and retry.
+    for _ in 0..3 {
+        let existing_id = match get(payload, "credential_id") {
+            Some(id) => Some(id),
+            None => state
+                .store
+                .credential_for_account(&row.org_id, &provider.id, &identity.id)
+                .await
+                .map_err(internal)?,
+        };
+        let existing = match &existing_id {
+            Some(id) => match state.store.credential(&row.org_id, id).await.map_err(internal)? {
+                Some(c) if c.provider == provider.id && c.auth_type == AuthKind::Oauth2.as_str() => Some(c),
+                _ => {
+                    return Err(OAuthError::new(
+                        "not_found",
+                        "the credential to re-authorize no longer exists",
+                    ))
+                }
+            },
+            None => None,
+        };
+        let id = existing
+            .as_ref()
+            .map_or_else(|| Uuid::new_v4().to_string(), |c| c.id.clone());
+        let mut token_map = SecretMap::default();
+        token_map.insert("access_token", tokens.access_token.clone());
+        let kept = match (&tokens.refresh_token, &existing) {
+            (Some(rt), _) => Some(rt.clone()),
+            // Google sends a refresh token on first consent only: keep the old one.
+            (None, Some(c)) => state
+                .vault
+                .open(&c.org_id, &c.id, &c.secret_ct, c.key_version)
+                .await
+                .ok()
+                .and_then(|g| g.get("tokens").and_then(|t| t.get("refresh_token").cloned())),
+            (None, None) => None,
+        };
+        if let Some(rt) = kept {
+            token_map.insert("refresh_token", rt);
+        }
+        let (secret_ct, key_version) = state
+            .vault
+            .seal(
+                &row.org_id,
+                &id,
+                &[("fields", &SecretMap::default()), ("tokens", &token_map)],
+            )
+            .await
+            .map_err(internal)?;
+        let grant = OAuthGrant {
+            org_id: row.org_id.clone(),
+            provider: provider.id.clone(),
+            account_id: identity.id.clone(),
+            account_email: identity.email.clone(),
+            account_name: identity.display_name.clone(),
+            scopes: Some(json!(scopes).to_string()),
+            expires_at: tokens.expires_in.map(|d| now() + d.as_secs() as i64),
+            fields: Value::Object(fields.clone()).to_string(),
+            secret_names: "[]".into(),
+            secret_ct,
+            key_version,
+        };
+        let (target, action) = match &existing {
+            Some(c) => (
+                GrantTarget::Existing {
+                    id: id.clone(),
+                    old_ct: c.secret_ct.clone(),
+                },
+                "credential.reconnect",
+            ),
+            None => {
+                let name = get(payload, "name").unwrap_or_else(|| {
+                    format!(
+                        "{} ({})",
+                        provider.display_name,
+                        identity.email.as_deref().unwrap_or(&identity.id)
+                    )
+                });
+                (
+                    GrantTarget::New {
+                        id: id.clone(),
+                        name,
+                        created_by: actor.clone(),
+                    },
+                    "credential.connect",
+                )
+            }
+        };
+        let event = AuditEvent::success(&row.org_id, &id, action, &actor).with_detail(
+            json!({"provider": provider.id, "account": identity.email.as_deref().unwrap_or(&identity.id)}),
+        );
+        match state.store.store_grant(&grant, &target, limit, &event).await {
+            Ok(()) => return Ok(id),
+            Err(StoreError::Conflict) => continue,
+            Err(StoreError::AccountTaken) if existing_id.is_none() => continue,
+            Err(StoreError::AccountTaken) => {
+                return Err(OAuthError::new(
+                    "account_already_connected",
+                    "this account is already connected in another credential",
+                ))
+            }
+            Err(StoreError::QuotaExceeded { limit }) => {
+                return Err(OAuthError::new(
+                    "quota_exceeded",
+                    format!("the organization already has {limit} {} credentials", provider.id),
+                ))
+            }
+            Err(e) => return Err(internal(e)),
+        }
+    }
+    Err(OAuthError::new(
+        "conflict",
+        "the credential kept changing while it was being connected; try again",
+    ))
+}
+
+fn internal(e: impl std::fmt::Display) -> OAuthError {
+    tracing::error!(error = %e, "storing an OAuth connection failed");
+    OAuthError::new("internal", "credgate could not store the connection")
+}

@@ -1,0 +1,282 @@
+//! Talking to a provider: code exchange, refresh, identity, revocation.
+
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use oauth2::basic::{BasicClient, BasicErrorResponseType, BasicRequestTokenError};
+use oauth2::{
+    AuthType, AuthorizationCode, ClientId, ClientSecret, EndpointNotSet, EndpointSet, HttpClientError,
+    PkceCodeVerifier, RedirectUrl, RefreshToken, TokenResponse, TokenUrl,
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+
+use super::OAuthError;
+use crate::providers::{ClientAuth, OAuthSettings};
+
+/// Tokens from a token endpoint. `Debug` prints no token.
+pub struct TokenSet {
+    pub access_token: SecretString,
+    /// `None` when the provider sent none (keep the old one).
+    pub refresh_token: Option<SecretString>,
+    pub expires_in: Option<Duration>,
+    pub scopes: Option<Vec<String>>,
+}
+
+impl std::fmt::Debug for TokenSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSet")
+            .field("refresh_token_sent", &self.refresh_token.is_some())
+            .field("expires_in", &self.expires_in)
+            .field("scopes", &self.scopes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Who the account is.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub id: String,
+    pub email: Option<String>,
+    pub display_name: Option<String>,
+    /// Microsoft tenant id (`tid`) when the token carries one.
+    pub tenant_id: Option<String>,
+}
+
+type Client = BasicClient<EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
+
+fn client(settings: &OAuthSettings, tenant: Option<&str>, redirect_uri: Option<&str>) -> Result<Client, OAuthError> {
+    let bad = |what: &str| OAuthError::new("provider_error", format!("the provider's {what} is not a valid URL"));
+    let token_url = TokenUrl::new(settings.with_tenant(&settings.token_url, tenant)).map_err(|_| bad("token_url"))?;
+    let mut client = BasicClient::new(ClientId::new(settings.client_id.clone()))
+        .set_client_secret(ClientSecret::new(settings.client_secret.expose_secret().to_owned()))
+        .set_token_uri(token_url)
+        .set_auth_type(match settings.client_auth {
+            ClientAuth::Body => AuthType::RequestBody,
+            ClientAuth::Basic => AuthType::BasicAuth,
+        });
+    if let Some(uri) = redirect_uri {
+        client = client.set_redirect_uri(RedirectUrl::new(uri.to_owned()).map_err(|_| bad("redirect URI"))?);
+    }
+    Ok(client)
+}
+
+/// Microsoft error codes (in `error_description`) that mean the grant is
+/// gone for good and a person must sign in again.
+const REAUTH_MARKERS: &[&str] = &[
+    "AADSTS70008",
+    "AADSTS700082",
+    "AADSTS50173",
+    "AADSTS70043",
+    "AADSTS700084",
+];
+
+/// Maps a token endpoint failure to a stable code. `needs_reauth` means the
+/// grant itself is dead (revoked, expired, reused); the rest may pass.
+fn classify(err: BasicRequestTokenError<HttpClientError<reqwest::Error>>) -> OAuthError {
+    match err {
+        BasicRequestTokenError::ServerResponse(resp) => {
+            let description = resp.error_description().cloned().unwrap_or_default();
+            let error = resp.error().to_string();
+            let dead = matches!(resp.error(), BasicErrorResponseType::InvalidGrant)
+                || error == "interaction_required"
+                || REAUTH_MARKERS.iter().any(|m| description.contains(m));
+            // The description is the provider's text about our request; it
+            // never echoes a token, but keep it short.
+            let detail: String = description.chars().take(200).collect();
+            let message = format!("the provider refused: {error} {detail}").trim().to_owned();
+            if dead {
+                OAuthError::new("needs_reauth", message)
+            } else if error == "invalid_client" || error == "unauthorized_client" {
+                OAuthError::new("provider_error", format!("{message} (check the client id and secret)"))
+            } else {
+                OAuthError::new("provider_error", message)
+            }
+        }
+        BasicRequestTokenError::Request(e) => {
+            let timeout = matches!(&e, HttpClientError::Reqwest(r) if r.is_timeout());
+            let message = if timeout {
+                "the provider did not answer in time"
+            } else {
+                "the provider could not be reached"
+            };
+            OAuthError::new("provider_unavailable", message)
+        }
+        BasicRequestTokenError::Parse(_, body) => {
+            let status_hint = if body.is_empty() { "an empty" } else { "an unreadable" };
+            OAuthError::new(
+                "provider_unavailable",
+                format!("the provider sent {status_hint} token response"),
+            )
+        }
+        BasicRequestTokenError::Other(m) => {
+            let temporary = m.contains("500") || m.contains("502") || m.contains("503") || m.contains("429");
+            let code = if temporary {
+                "provider_unavailable"
+            } else {
+                "provider_error"
+            };
+            OAuthError::new(
+                code,
+                "the provider's token endpoint answered with an unexpected response",
+            )
+        }
+    }
+}
+
+fn token_set<T: TokenResponse>(resp: &T) -> TokenSet {
+    TokenSet {
+        access_token: SecretString::from(resp.access_token().secret().clone()),
+        refresh_token: resp.refresh_token().map(|r| SecretString::from(r.secret().clone())),
+        expires_in: resp.expires_in(),
+        scopes: resp.scopes().map(|s| s.iter().map(|x| x.to_string()).collect()),
+    }
+}
+
+/// Exchanges an authorization code (with the PKCE verifier).
+pub async fn exchange_code(
+    http: &reqwest::Client,
+    settings: &OAuthSettings,
+    tenant: Option<&str>,
+    redirect_uri: &str,
+    code: &str,
+    verifier: &SecretString,
+) -> Result<TokenSet, OAuthError> {
+    let client = client(settings, tenant, Some(redirect_uri))?;
+    let resp = client
+        .exchange_code(AuthorizationCode::new(code.to_owned()))
+        .set_pkce_verifier(PkceCodeVerifier::new(verifier.expose_secret().to_owned()))
+        .request_async(http)
+        .await
+        .map_err(|e| match classify(e) {
+            // At exchange time a dead grant is simply a rejected code.
+            e if e.code == "needs_reauth" => OAuthError::new(
+                "provider_error",
+                format!("the authorization code was rejected ({})", e.message),
+            ),
+            e => e,
+        })?;
+    Ok(token_set(&resp))
+}
+
+/// Uses a refresh token.
+pub async fn refresh(
+    http: &reqwest::Client,
+    settings: &OAuthSettings,
+    tenant: Option<&str>,
+    refresh_token: &SecretString,
+) -> Result<TokenSet, OAuthError> {
+    let client = client(settings, tenant, None)?;
+    let token = RefreshToken::new(refresh_token.expose_secret().to_owned());
+    let resp = client
+        .exchange_refresh_token(&token)
+        .request_async(http)
+        .await
+        .map_err(classify)?;
+    Ok(token_set(&resp))
+}
+
+fn pick(doc: &Value, keys: &[String]) -> Option<String> {
+    keys.iter().find_map(|k| match doc.get(k) {
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    })
+}
+
+/// The `tid` claim of a JWT access token (read, not verified: it only labels).
+fn tenant_of(access_token: &str) -> Option<String> {
+    let payload = access_token.split('.').nth(1)?;
+    let bytes = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    let claims: Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("tid")?.as_str().map(str::to_owned)
+}
+
+/// Asks the provider who the account is.
+pub async fn fetch_identity(
+    http: &reqwest::Client,
+    settings: &OAuthSettings,
+    access_token: &SecretString,
+) -> Result<Identity, OAuthError> {
+    let failed = |m: &str| OAuthError::new("identity_failed", format!("could not read the account: {m}"));
+    let resp = http
+        .get(&settings.userinfo_url)
+        .bearer_auth(access_token.expose_secret())
+        .header("accept", "application/json")
+        .send()
+        .await
+        .map_err(|e| {
+            failed(if e.is_timeout() {
+                "the provider did not answer in time"
+            } else {
+                "the provider could not be reached"
+            })
+        })?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(failed(&format!(
+            "the identity endpoint answered HTTP {}",
+            status.as_u16()
+        )));
+    }
+    let doc: Value = resp
+        .json()
+        .await
+        .map_err(|_| failed("the identity response is not JSON"))?;
+    let id = pick(&doc, &settings.identity.id).ok_or_else(|| failed("the identity response has no account id"))?;
+    Ok(Identity {
+        id,
+        email: pick(&doc, &settings.identity.email),
+        display_name: pick(&doc, &settings.identity.display_name),
+        tenant_id: tenant_of(access_token.expose_secret()),
+    })
+}
+
+/// Revokes a token (RFC 7009), best effort: failures are only logged.
+pub async fn revoke(http: &reqwest::Client, settings: &OAuthSettings, url: &str, token: &SecretString, hint: &str) {
+    let mut form = vec![
+        ("token", token.expose_secret().to_owned()),
+        ("token_type_hint", hint.to_owned()),
+    ];
+    let mut req = http.post(url);
+    match settings.client_auth {
+        ClientAuth::Basic => req = req.basic_auth(&settings.client_id, Some(settings.client_secret.expose_secret())),
+        ClientAuth::Body => {
+            form.push(("client_id", settings.client_id.clone()));
+            form.push(("client_secret", settings.client_secret.expose_secret().to_owned()));
+        }
+    }
+    match req.form(&form).send().await {
+        Ok(r) if r.status().is_success() => tracing::info!("token revoked at the provider"),
+        Ok(r) => tracing::warn!(status = r.status().as_u16(), "the provider refused to revoke a token"),
+        Err(e) => tracing::warn!(error = %e.without_url(), "could not reach the revocation endpoint"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tenant_is_read_from_a_jwt_access_token() {
+        let claims = URL_SAFE_NO_PAD.encode(br#"{"tid":"72f988bf-86f1-41af-91ab-2d7cd011db47"}"#);
+        assert_eq!(
+            tenant_of(&format!("eyJhbGciOiJub25lIn0.{claims}.sig")).as_deref(),
+            Some("72f988bf-86f1-41af-91ab-2d7cd011db47")
+        );
+        assert_eq!(tenant_of("opaque-token"), None);
+    }
+
+    #[test]
+    fn token_sets_never_print_tokens() {
+        let set = TokenSet {
+            access_token: SecretString::from("at-sentinel"),
+            refresh_token: Some(SecretString::from("rt-sentinel")),
+            expires_in: None,
+            scopes: None,
+        };
+        let printed = format!("{set:?}");
+        assert!(!printed.contains("sentinel"));
+    }
+}

@@ -1,0 +1,192 @@
+//! OAuth state rows (single use, short lived) and storing the outcome of a
+//! completed authorization as a credential.
+
+use sqlx::Row;
+
+use super::audit::{self, AuditEvent};
+use super::credentials::{check_quota, lock_org};
+use super::{now, Store, StoreError};
+
+/// A pending authorization, as stored (payload sealed).
+#[derive(Debug, Clone)]
+pub struct OAuthStateRow {
+    pub org_id: String,
+    pub provider: String,
+    pub payload_ct: String,
+    pub key_version: i64,
+    pub expires_at: i64,
+}
+
+/// What a completed authorization stores on a credential.
+#[derive(Debug, Clone)]
+pub struct OAuthGrant {
+    pub org_id: String,
+    pub provider: String,
+    pub account_id: String,
+    pub account_email: Option<String>,
+    pub account_name: Option<String>,
+    /// JSON array.
+    pub scopes: Option<String>,
+    pub expires_at: Option<i64>,
+    /// JSON object of non-secret fields (tenant, …).
+    pub fields: String,
+    pub secret_names: String,
+    pub secret_ct: String,
+    pub key_version: i64,
+}
+
+/// Where a grant goes.
+#[derive(Debug, Clone)]
+pub enum GrantTarget {
+    /// Update this credential, if its ciphertext is still `old_ct`.
+    Existing { id: String, old_ct: String },
+    /// Insert a new credential (quota permitting).
+    New {
+        id: String,
+        name: String,
+        created_by: String,
+    },
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+impl Store {
+    /// Stores a pending authorization.
+    pub async fn insert_oauth_state(&self, state_hash: &str, row: &OAuthStateRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO oauth_states (state_hash, org_id, provider, payload_ct, key_version, expires_at, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(state_hash)
+        .bind(&row.org_id)
+        .bind(&row.provider)
+        .bind(&row.payload_ct)
+        .bind(row.key_version)
+        .bind(row.expires_at)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Takes (deletes and returns) a pending authorization: single use, so a
+    /// replayed `state` finds nothing. Expired rows of anyone are purged too.
+    pub async fn take_oauth_state(&self, state_hash: &str) -> Result<Option<OAuthStateRow>, StoreError> {
+        let row = sqlx::query(
+            "DELETE FROM oauth_states WHERE state_hash = $1 \
+             RETURNING org_id, provider, payload_ct, key_version, expires_at",
+        )
+        .bind(state_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        sqlx::query("DELETE FROM oauth_states WHERE expires_at < $1")
+            .bind(now() - 3600)
+            .execute(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(OAuthStateRow {
+                org_id: r.try_get(0)?,
+                provider: r.try_get(1)?,
+                payload_ct: r.try_get(2)?,
+                key_version: r.try_get(3)?,
+                expires_at: r.try_get(4)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// The credential already connected for an external account, if any.
+    pub async fn credential_for_account(
+        &self,
+        org_id: &str,
+        provider: &str,
+        account_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT id FROM credentials WHERE org_id = $1 AND provider = $2 AND account_id = $3")
+            .bind(org_id)
+            .bind(provider)
+            .bind(account_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    /// Writes a grant: updates the target credential (making it `active`
+    /// again) or inserts a new one within the quota, audited, in one
+    /// transaction. `Conflict` means another writer got there first: the
+    /// caller re-reads and tries again.
+    pub async fn store_grant(
+        &self,
+        grant: &OAuthGrant,
+        target: &GrantTarget,
+        default_limit: i64,
+        event: &AuditEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        lock_org(&mut tx, &grant.org_id).await?;
+        let t = now();
+        let written = match target {
+            GrantTarget::Existing { id, old_ct } => sqlx::query(
+                "UPDATE credentials SET account_id = $3, account_email = $4, account_name = $5, scopes = $6, \
+                 expires_at = $7, fields = $8, secret_names = $9, secret_ct = $10, key_version = $11, \
+                 status = 'active', last_error = NULL, refresh_failures = 0, refresh_after = NULL, \
+                 lease_owner = NULL, lease_until = NULL, last_refreshed_at = $12, updated_at = $12 \
+                 WHERE org_id = $1 AND id = $2 AND secret_ct = $13",
+            )
+            .bind(&grant.org_id)
+            .bind(id)
+            .bind(&grant.account_id)
+            .bind(&grant.account_email)
+            .bind(&grant.account_name)
+            .bind(&grant.scopes)
+            .bind(grant.expires_at)
+            .bind(&grant.fields)
+            .bind(&grant.secret_names)
+            .bind(&grant.secret_ct)
+            .bind(grant.key_version)
+            .bind(t)
+            .bind(old_ct)
+            .execute(&mut *tx)
+            .await
+            .map(|r| r.rows_affected() == 1),
+            GrantTarget::New { id, name, created_by } => {
+                check_quota(&mut tx, &grant.org_id, &grant.provider, default_limit).await?;
+                sqlx::query(
+                    "INSERT INTO credentials (id, org_id, name, provider, auth_type, status, fields, secret_names, \
+                     secret_ct, key_version, account_id, account_email, account_name, scopes, expires_at, \
+                     last_refreshed_at, created_by, created_at, updated_at) VALUES \
+                     ($1, $2, $3, $4, 'oauth2', 'active', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $14, $14)",
+                )
+                .bind(id)
+                .bind(&grant.org_id)
+                .bind(name)
+                .bind(&grant.provider)
+                .bind(&grant.fields)
+                .bind(&grant.secret_names)
+                .bind(&grant.secret_ct)
+                .bind(grant.key_version)
+                .bind(&grant.account_id)
+                .bind(&grant.account_email)
+                .bind(&grant.account_name)
+                .bind(&grant.scopes)
+                .bind(grant.expires_at)
+                .bind(t)
+                .bind(created_by)
+                .execute(&mut *tx)
+                .await
+                .map(|r| r.rows_affected() == 1)
+            }
+        };
+        match written {
+            Ok(true) => {}
+            Ok(false) => return Err(StoreError::Conflict),
+            Err(e) if is_unique_violation(&e) => return Err(StoreError::AccountTaken),
+            Err(e) => return Err(e.into()),
+        }
+        audit::insert(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
