@@ -15,10 +15,12 @@ use crate::config::Config;
 use crate::crypto::MasterKeyring;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
+use crate::oauth::refresh::Refresher;
 use crate::providers::{load_dir, Registry};
 use crate::ratelimit::RateLimits;
 use crate::store::{Dialect, Store};
 use crate::vault::Vault;
+use crate::webhooks::Webhooks;
 
 /// Name of the master key file kept beside a SQLite database.
 pub const MASTER_KEY_FILE: &str = "credgate.master.key";
@@ -133,6 +135,31 @@ fn key_file_path(database_url: &str) -> Option<PathBuf> {
     Some(dir.join(MASTER_KEY_FILE))
 }
 
+/// The state shared by the API and the worker (starts the webhook sender).
+pub fn app_state(services: Services) -> anyhow::Result<AppState> {
+    let config = services.config;
+    let http = crate::oauth::http_client(Duration::from_secs(config.provider_timeout_secs));
+    let webhooks = match (&config.webhook_url, &config.webhook_secret) {
+        (None, _) => Webhooks::default(),
+        (Some(_), None) => anyhow::bail!("CREDGATE_WEBHOOK_SECRET is required with CREDGATE_WEBHOOK_URL"),
+        (Some(url), Some(secret)) => Webhooks::start(Some(url.clone()), secret.clone(), http.clone()),
+    };
+    Ok(AppState {
+        limits: Arc::new(RateLimits::new(config.rate_limit_per_org, config.probe_limit_per_min)),
+        metrics: Arc::new(Metrics::default()),
+        refresher: Arc::new(Refresher::new(
+            config.refresh_rate_per_provider,
+            config.refresh_concurrency,
+        )),
+        webhooks,
+        http,
+        config,
+        store: services.store,
+        vault: services.vault,
+        registry: services.registry,
+    })
+}
+
 /// The HTTP application, bound and ready to serve.
 pub struct Application {
     listener: TcpListener,
@@ -157,16 +184,10 @@ impl Application {
         if config.public_url == format!("http://{}", config.listen) {
             config.public_url = format!("http://{}", listener.local_addr()?);
         }
-        let config = Arc::new(config);
-        let state = AppState {
-            limits: Arc::new(RateLimits::new(config.rate_limit_per_org, config.probe_limit_per_min)),
-            metrics: Arc::new(Metrics::default()),
-            http: crate::oauth::http_client(Duration::from_secs(config.provider_timeout_secs)),
-            config,
-            store: services.store,
-            vault: services.vault,
-            registry: services.registry,
-        };
+        let state = app_state(Services {
+            config: Arc::new(config),
+            ..services
+        })?;
         Ok(Self { listener, state })
     }
 

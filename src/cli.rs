@@ -8,10 +8,11 @@ use rand::RngCore;
 use secrecy::ExposeSecret;
 use uuid::Uuid;
 
-use crate::app::{connect_and_migrate, Application, Services};
+use crate::app::{app_state, connect_and_migrate, Application, Services};
 use crate::config::{Config, Settings};
 use crate::crypto::MasterKeyring;
 use crate::http::extract::{token_hash, Role};
+use crate::oauth::refresh::run_worker;
 
 /// credgate: OAuth-aware integration connector gateway.
 #[derive(Debug, Parser)]
@@ -26,8 +27,15 @@ pub struct Cli {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the HTTP API (applies pending migrations first).
-    Serve,
+    /// Run the HTTP API and the token refresh worker (applies pending migrations first).
+    Serve {
+        /// API only: no background token refresh.
+        #[arg(long, conflicts_with = "worker_only")]
+        no_worker: bool,
+        /// The token refresh worker only: no HTTP API.
+        #[arg(long)]
+        worker_only: bool,
+    },
     /// Apply pending migrations and exit.
     Migrate,
     /// Organizations.
@@ -109,10 +117,29 @@ fn org_id(raw: &str) -> anyhow::Result<String> {
 pub async fn run(cli: Cli, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let config = Config::from_settings(&cli.settings);
     match cli.command {
-        Command::Serve => {
-            let app = Application::build(config).await?;
-            tracing::info!(port = app.port(), "credgate is serving");
-            app.run_until(shutdown).await?;
+        Command::Serve { no_worker, worker_only } => {
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                shutdown.await;
+                let _ = stop_tx.send(true);
+            });
+            let services = Services::init(config).await?;
+            if worker_only {
+                run_worker(app_state(services)?, stop_rx).await;
+                return Ok(());
+            }
+            let app = Application::from_services(services).await?;
+            tracing::info!(port = app.port(), worker = !no_worker, "credgate is serving");
+            let worker = (!no_worker).then(|| tokio::spawn(run_worker(app.state().clone(), stop_rx.clone())));
+            let mut stop = stop_rx;
+            app.run_until(async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            })
+            .await?;
+            if let Some(worker) = worker {
+                // In-flight refreshes finish (bounded by the provider timeout).
+                let _ = worker.await;
+            }
         }
         Command::Migrate => {
             connect_and_migrate(&config.database_url).await?;
@@ -187,7 +214,9 @@ async fn admin(services: &Services, command: Command) -> anyhow::Result<()> {
                 done.version, done.resealed
             );
         }
-        Command::Serve | Command::Migrate | Command::Keys(KeysCommand::Generate) => unreachable!("handled by run"),
+        Command::Serve { .. } | Command::Migrate | Command::Keys(KeysCommand::Generate) => {
+            unreachable!("handled by run")
+        }
     }
     Ok(())
 }

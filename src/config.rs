@@ -17,6 +17,9 @@
 //! | `CREDGATE_RATE_LIMIT_PER_ORG` | `100` (per second, bursts of twice that; `0` off) |
 //! | `CREDGATE_PROBE_LIMIT_PER_MIN` | `30` (`0` off) |
 //! | `CREDGATE_PROVIDER_TIMEOUT_SECS` | `10` (provider token/identity calls) |
+//! | `CREDGATE_REFRESH_RATE_PER_PROVIDER` | `1000` per second per replica |
+//! | `CREDGATE_REFRESH_CONCURRENCY` | `64` per replica |
+//! | `CREDGATE_WEBHOOK_URL`, `CREDGATE_WEBHOOK_SECRET` | unset (no notifications) |
 //! | `CREDGATE_LOG` | `info` |
 //! | `CREDGATE_LOG_FORMAT` | `text` (`json` for JSON lines) |
 
@@ -74,6 +77,23 @@ pub struct Settings {
     /// Seconds a call to a provider's token or identity endpoint may take.
     #[arg(long, env = "CREDGATE_PROVIDER_TIMEOUT_SECS", default_value_t = 10, global = true)]
     pub provider_timeout_secs: u64,
+    /// Token refreshes per second per provider (per replica).
+    #[arg(
+        long,
+        env = "CREDGATE_REFRESH_RATE_PER_PROVIDER",
+        default_value_t = 1000,
+        global = true
+    )]
+    pub refresh_rate_per_provider: u32,
+    /// Token refreshes in flight at once (per replica).
+    #[arg(long, env = "CREDGATE_REFRESH_CONCURRENCY", default_value_t = 64, global = true)]
+    pub refresh_concurrency: usize,
+    /// Where to POST signed notifications (optional).
+    #[arg(long, env = "CREDGATE_WEBHOOK_URL", global = true)]
+    pub webhook_url: Option<String>,
+    /// HMAC-SHA256 key for webhook signatures (required with the URL).
+    #[arg(long, env = "CREDGATE_WEBHOOK_SECRET", hide_env_values = true, global = true)]
+    pub webhook_secret: Option<String>,
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(long, env = "CREDGATE_LOG", default_value = "info", global = true)]
     pub log: String,
@@ -102,6 +122,10 @@ pub struct Config {
     pub rate_limit_per_org: u32,
     pub probe_limit_per_min: u32,
     pub provider_timeout_secs: u64,
+    pub refresh_rate_per_provider: u32,
+    pub refresh_concurrency: usize,
+    pub webhook_url: Option<String>,
+    pub webhook_secret: Option<SecretString>,
 }
 
 impl Config {
@@ -140,6 +164,14 @@ impl Config {
             rate_limit_per_org: s.rate_limit_per_org,
             probe_limit_per_min: s.probe_limit_per_min,
             provider_timeout_secs: s.provider_timeout_secs,
+            refresh_rate_per_provider: s.refresh_rate_per_provider,
+            refresh_concurrency: s.refresh_concurrency,
+            webhook_url: s.webhook_url.clone().filter(|u| !u.is_empty()),
+            webhook_secret: s
+                .webhook_secret
+                .clone()
+                .filter(|k| !k.is_empty())
+                .map(SecretString::from),
         }
     }
 
@@ -159,6 +191,10 @@ impl Config {
             rate_limit_per_org: 100,
             probe_limit_per_min: 30,
             provider_timeout_secs: 10,
+            refresh_rate_per_provider: 1000,
+            refresh_concurrency: 64,
+            webhook_url: None,
+            webhook_secret: None,
             log: "info".into(),
             log_format: "text".into(),
         };

@@ -38,6 +38,8 @@ pub enum ApiError {
     Conflict(&'static str, String),
     #[error("the provider failed: {0}")]
     Provider(String),
+    #[error("{message}")]
+    ProviderUnavailable { message: String, retry_after_secs: u64 },
     #[error("the credential must be re-authorized: {0}")]
     NeedsReauth(String),
     #[error("an internal error occurred")]
@@ -90,6 +92,7 @@ impl ApiError {
             Self::Conflict(code, _) => (StatusCode::CONFLICT, code),
             Self::Provider(_) => (StatusCode::BAD_GATEWAY, "provider_error"),
             Self::NeedsReauth(_) => (StatusCode::CONFLICT, "needs_reauth"),
+            Self::ProviderUnavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "provider_unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -126,7 +129,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         let retry_after = match &self {
-            Self::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            Self::RateLimited { retry_after_secs } | Self::ProviderUnavailable { retry_after_secs, .. } => {
+                Some(*retry_after_secs)
+            }
             _ => None,
         };
         let detail = match &self {

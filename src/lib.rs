@@ -17,3 +17,4 @@ pub mod ratelimit;
 pub mod store;
 pub mod telemetry;
 pub mod vault;
+pub mod webhooks;

@@ -8,7 +8,7 @@ async fn main() {
     let cli = Cli::parse();
     // Administrative commands print their result alone; only `serve` chats.
     let filter = match cli.command {
-        cli::Command::Serve => cli.settings.log.clone(),
+        cli::Command::Serve { .. } => cli.settings.log.clone(),
         _ => std::env::var("CREDGATE_LOG").unwrap_or_else(|_| "error".into()),
     };
     credgate::telemetry::init(&filter, &cli.settings.log_format);

@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -21,6 +22,20 @@ pub struct RouteLabels {
     pub route: String,
 }
 
+/// Labels of a refresh attempt.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefreshLabels {
+    pub provider: String,
+    /// `success`, `needs_reauth`, `transient_failure`.
+    pub outcome: String,
+}
+
+/// A provider label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    pub provider: String,
+}
+
 /// Every metric credgate exports.
 pub struct Metrics {
     registry: Registry,
@@ -28,6 +43,12 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     /// `credgate_http_request_duration_seconds{method,route}`.
     pub latency: Family<RouteLabels, Histogram>,
+    /// `credgate_token_refresh_attempts_total{provider,outcome}`.
+    pub refresh_attempts: Family<RefreshLabels, Counter>,
+    /// `credgate_token_refresh_duration_seconds{provider}`.
+    pub refresh_latency: Family<ProviderLabels, Histogram>,
+    /// `credgate_token_refresh_backlog`: due but not yet refreshed.
+    pub refresh_backlog: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -45,10 +66,33 @@ impl Default for Metrics {
         });
         registry.register("http_requests", "HTTP requests by route and status", requests.clone());
         registry.register("http_request_duration_seconds", "HTTP request latency", latency.clone());
+        let refresh_attempts = Family::<RefreshLabels, Counter>::default();
+        let refresh_latency = Family::<ProviderLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.005, 2.0, 12))
+        });
+        let refresh_backlog = Gauge::default();
+        registry.register(
+            "token_refresh_attempts",
+            "Token refresh attempts by provider and outcome",
+            refresh_attempts.clone(),
+        );
+        registry.register(
+            "token_refresh_duration_seconds",
+            "Token endpoint latency",
+            refresh_latency.clone(),
+        );
+        registry.register(
+            "token_refresh_backlog",
+            "OAuth credentials due for refresh",
+            refresh_backlog.clone(),
+        );
         Self {
             registry,
             requests,
             latency,
+            refresh_attempts,
+            refresh_latency,
+            refresh_backlog,
         }
     }
 }

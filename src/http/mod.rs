@@ -42,6 +42,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Client for provider endpoints (redirects off, timeouts).
     pub http: reqwest::Client,
+    pub refresher: Arc<crate::oauth::refresh::Refresher>,
+    pub webhooks: crate::webhooks::Webhooks,
 }
 
 #[derive(OpenApi)]
@@ -64,6 +66,17 @@ impl utoipa::Modify for BearerAuth {
         );
         openapi.security = Some(vec![SecurityRequirement::new("api_key", Vec::<String>::new())]);
     }
+}
+
+/// After credentials are deleted: notify, and revoke OAuth tokens.
+fn after_delete(state: &AppState, rows: Vec<crate::store::CredentialRow>) {
+    for row in &rows {
+        let detail = serde_json::json!({"name": row.name});
+        state
+            .webhooks
+            .emit("credential.deleted", &row.org_id, &row.id, &row.provider, detail);
+    }
+    crate::oauth::revoke_deleted(state, rows);
 }
 
 /// The OpenAPI document and the routes it describes.

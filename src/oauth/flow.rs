@@ -360,7 +360,18 @@ async fn complete(
             json!({"provider": provider.id, "account": identity.email.as_deref().unwrap_or(&identity.id)}),
         );
         match state.store.store_grant(&grant, &target, limit, &event).await {
-            Ok(()) => return Ok(id),
+            Ok(()) => {
+                if existing.is_none() {
+                    state.webhooks.emit(
+                        "credential.created",
+                        &row.org_id,
+                        &id,
+                        &provider.id,
+                        json!({"account": identity.email}),
+                    );
+                }
+                return Ok(id);
+            }
             Err(StoreError::Conflict) => continue,
             Err(StoreError::AccountTaken) if existing_id.is_none() => continue,
             Err(StoreError::AccountTaken) => {

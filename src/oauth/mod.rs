@@ -4,10 +4,11 @@
 
 pub mod flow;
 mod page;
+pub mod refresh;
 mod tokens;
 
 pub use page::result_page;
-pub use tokens::{exchange_code, fetch_identity, revoke, Identity, TokenSet};
+pub use tokens::{exchange_code, fetch_identity, refresh, revoke, Identity, TokenSet};
 
 use std::time::Duration;
 
@@ -22,6 +23,8 @@ pub struct OAuthError {
     pub code: &'static str,
     /// Never contains a token or code.
     pub message: String,
+    /// Seconds the provider asked us to wait (`Retry-After`).
+    pub retry_after: Option<u64>,
 }
 
 impl OAuthError {
@@ -30,6 +33,7 @@ impl OAuthError {
         Self {
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 }

@@ -6,8 +6,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use oauth2::basic::{BasicClient, BasicErrorResponseType, BasicRequestTokenError};
 use oauth2::{
-    AuthType, AuthorizationCode, ClientId, ClientSecret, EndpointNotSet, EndpointSet, HttpClientError,
-    PkceCodeVerifier, RedirectUrl, RefreshToken, TokenResponse, TokenUrl,
+    AsyncHttpClient, AuthType, AuthorizationCode, ClientId, ClientSecret, EndpointNotSet, EndpointSet, HttpClientError,
+    HttpRequest, HttpResponse, PkceCodeVerifier, RedirectUrl, RefreshToken, TokenResponse, TokenUrl,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
@@ -44,6 +44,45 @@ pub struct Identity {
     pub tenant_id: Option<String>,
 }
 
+/// Sends through reqwest and remembers the response's status and
+/// `Retry-After`, which the oauth2 crate does not surface.
+struct Recording {
+    inner: reqwest::Client,
+    seen: std::sync::Mutex<(Option<u16>, Option<u64>)>,
+}
+
+impl Recording {
+    fn new(inner: &reqwest::Client) -> Self {
+        Self {
+            inner: inner.clone(),
+            seen: std::sync::Mutex::new((None, None)),
+        }
+    }
+
+    fn seen(&self) -> (Option<u16>, Option<u64>) {
+        *self.seen.lock().expect("not poisoned")
+    }
+}
+
+impl<'c> AsyncHttpClient<'c> for Recording {
+    type Error = HttpClientError<reqwest::Error>;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<HttpResponse, Self::Error>> + Send + Sync + 'c>>;
+
+    fn call(&'c self, request: HttpRequest) -> Self::Future {
+        Box::pin(async move {
+            let response = self.inner.call(request).await?;
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            *self.seen.lock().expect("not poisoned") = (Some(response.status().as_u16()), retry_after);
+            Ok(response)
+        })
+    }
+}
+
 type Client = BasicClient<EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
 
 fn client(settings: &OAuthSettings, tenant: Option<&str>, redirect_uri: Option<&str>) -> Result<Client, OAuthError> {
@@ -74,8 +113,20 @@ const REAUTH_MARKERS: &[&str] = &[
 
 /// Maps a token endpoint failure to a stable code. `needs_reauth` means the
 /// grant itself is dead (revoked, expired, reused); the rest may pass.
-fn classify(err: BasicRequestTokenError<HttpClientError<reqwest::Error>>) -> OAuthError {
-    match err {
+fn classify(
+    err: BasicRequestTokenError<HttpClientError<reqwest::Error>>,
+    seen: (Option<u16>, Option<u64>),
+) -> OAuthError {
+    let (status, retry_after) = seen;
+    let temporary = status.is_some_and(|s| s == 429 || s >= 500);
+    let mut classified = match err {
+        _ if temporary => OAuthError::new(
+            "provider_unavailable",
+            format!(
+                "the provider's token endpoint answered HTTP {}",
+                status.unwrap_or_default()
+            ),
+        ),
         BasicRequestTokenError::ServerResponse(resp) => {
             let description = resp.error_description().cloned().unwrap_or_default();
             let error = resp.error().to_string();
@@ -110,19 +161,13 @@ fn classify(err: BasicRequestTokenError<HttpClientError<reqwest::Error>>) -> OAu
                 format!("the provider sent {status_hint} token response"),
             )
         }
-        BasicRequestTokenError::Other(m) => {
-            let temporary = m.contains("500") || m.contains("502") || m.contains("503") || m.contains("429");
-            let code = if temporary {
-                "provider_unavailable"
-            } else {
-                "provider_error"
-            };
-            OAuthError::new(
-                code,
-                "the provider's token endpoint answered with an unexpected response",
-            )
-        }
-    }
+        BasicRequestTokenError::Other(_) => OAuthError::new(
+            "provider_error",
+            "the provider's token endpoint answered with an unexpected response",
+        ),
+    };
+    classified.retry_after = retry_after;
+    classified
 }
 
 fn token_set<T: TokenResponse>(resp: &T) -> TokenSet {
@@ -144,12 +189,13 @@ pub async fn exchange_code(
     verifier: &SecretString,
 ) -> Result<TokenSet, OAuthError> {
     let client = client(settings, tenant, Some(redirect_uri))?;
+    let recording = Recording::new(http);
     let resp = client
         .exchange_code(AuthorizationCode::new(code.to_owned()))
         .set_pkce_verifier(PkceCodeVerifier::new(verifier.expose_secret().to_owned()))
-        .request_async(http)
+        .request_async(&recording)
         .await
-        .map_err(|e| match classify(e) {
+        .map_err(|e| match classify(e, recording.seen()) {
             // At exchange time a dead grant is simply a rejected code.
             e if e.code == "needs_reauth" => OAuthError::new(
                 "provider_error",
@@ -169,11 +215,12 @@ pub async fn refresh(
 ) -> Result<TokenSet, OAuthError> {
     let client = client(settings, tenant, None)?;
     let token = RefreshToken::new(refresh_token.expose_secret().to_owned());
+    let recording = Recording::new(http);
     let resp = client
         .exchange_refresh_token(&token)
-        .request_async(http)
+        .request_async(&recording)
         .await
-        .map_err(classify)?;
+        .map_err(|e| classify(e, recording.seen()))?;
     Ok(token_set(&resp))
 }
 

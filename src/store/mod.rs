@@ -8,11 +8,13 @@ mod audit;
 mod credentials;
 mod oauth;
 mod orgs;
+mod refresh;
 
 pub use audit::{AuditEvent, AuditRow};
 pub use credentials::{CredentialFilter, CredentialRow, NewCredential, SecretUpdate};
 pub use oauth::{GrantTarget, OAuthGrant, OAuthStateRow};
 pub use orgs::{ApiKeyRow, OrgKeyRow};
+pub use refresh::{RefreshFailure, RefreshedTokens};
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -30,6 +30,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(batch_delete_credentials))
         .routes(routes!(list_audit_events))
         .routes(routes!(resolve::resolve_credential))
+        .routes(routes!(resolve::refresh_now))
 }
 
 /// Most credentials on one page.
@@ -369,7 +370,7 @@ async fn delete_credential(
     if deleted.is_empty() {
         return Err(ApiError::NotFound);
     }
-    crate::oauth::revoke_deleted(&state, deleted);
+    super::after_delete(&state, deleted);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -401,7 +402,7 @@ async fn batch_delete_credentials(
         .await?;
     let deleted: Vec<String> = deleted_rows.iter().map(|r| r.id.clone()).collect();
     not_found.extend(wanted.into_iter().filter(|id| !deleted.contains(id)));
-    crate::oauth::revoke_deleted(&state, deleted_rows);
+    super::after_delete(&state, deleted_rows);
     Ok(Json(BatchDeleteResult { deleted, not_found }))
 }
 

@@ -10,6 +10,7 @@ use super::view::time;
 use crate::error::{ApiError, Problem};
 use crate::http::extract::{Caller, RESOLVE};
 use crate::http::AppState;
+use crate::oauth::refresh::{ensure_fresh, refresh_credential, Mode};
 use crate::store::AuditEvent;
 
 /// Resolve a credential's values for execution (role `engine` only)
@@ -22,7 +23,10 @@ pub(super) async fn resolve_credential(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(&state, RESOLVE, Some(&id)).await?;
-    let row = super::load(&state, &caller, &id).await?;
+    let mut row = super::load(&state, &caller, &id).await?;
+    if row.auth_type == "oauth2" {
+        row = ensure_fresh(&state, row, state.config.resolve_margin_secs as i64).await?;
+    }
     let groups = state
         .vault
         .open(&row.org_id, &row.id, &row.secret_ct, row.key_version)
@@ -52,4 +56,22 @@ pub(super) async fn resolve_credential(
     let event = AuditEvent::success(&row.org_id, &row.id, "credential.resolve", &caller.actor());
     state.store.record_use(&row.org_id, &row.id, &event).await?;
     Ok(Json(Value::Object(body)))
+}
+
+/// Refresh an OAuth credential's access token now
+#[utoipa::path(post, path = "/integrations/credentials/{id}/refresh", tag = "credentials",
+    responses((status = 200, body = super::view::Credential), (status = 404, body = Problem),
+              (status = 409, body = Problem, description = "needs_reauth"), (status = 503, body = Problem)))]
+pub(super) async fn refresh_now(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<super::view::Credential>, ApiError> {
+    caller.require(&state, crate::http::extract::MANAGE, Some(&id)).await?;
+    let row = super::load(&state, &caller, &id).await?;
+    if row.auth_type != "oauth2" {
+        return Err(ApiError::field("id", "only OAuth credentials can be refreshed"));
+    }
+    let row = refresh_credential(&state, &row.org_id, &row.id, Mode::Now).await?;
+    Ok(Json(super::view::Credential::from(&row)))
 }

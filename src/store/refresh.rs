@@ -1,0 +1,186 @@
+//! Token refresh bookkeeping: leases so that one credential is refreshed by
+//! one replica at a time, and the atomic write of rotated tokens.
+
+use sqlx::Row;
+
+use super::audit::{self, AuditEvent};
+use super::{now, Dialect, Store, StoreError};
+
+/// New tokens from a successful refresh.
+#[derive(Debug, Clone)]
+pub struct RefreshedTokens {
+    pub secret_ct: String,
+    pub key_version: i64,
+    pub expires_at: Option<i64>,
+    /// When the worker should next look at it (jittered).
+    pub refresh_after: Option<i64>,
+    /// JSON array, when the provider said.
+    pub scopes: Option<String>,
+}
+
+/// A failed refresh, as recorded.
+#[derive(Debug, Clone)]
+pub struct RefreshFailure {
+    /// `needs_reauth`, `expired` or `active`.
+    pub status: &'static str,
+    /// JSON `{"code","message","at"}`.
+    pub last_error: String,
+    /// Next attempt not before (backoff); `None` stops retrying.
+    pub refresh_after: Option<i64>,
+}
+
+impl Store {
+    /// Claims one credential's refresh lease until `until`; false if another
+    /// holder's lease is still running.
+    pub async fn claim_refresh(&self, org_id: &str, id: &str, owner: &str, until: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE credentials SET lease_owner = $3, lease_until = $4 \
+             WHERE org_id = $1 AND id = $2 AND (lease_until IS NULL OR lease_until < $5 OR lease_owner = $3)",
+        )
+        .bind(org_id)
+        .bind(id)
+        .bind(owner)
+        .bind(until)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Claims up to `limit` OAuth credentials that are due: their jittered
+    /// `refresh_after` passed (or, never scheduled, they expire within
+    /// `lead` seconds), not given up on, and not leased by a live holder.
+    /// Postgres skips rows other replicas are claiming (`SKIP LOCKED`);
+    /// SQLite's single writer makes the statement atomic.
+    pub async fn claim_due(
+        &self,
+        owner: &str,
+        lead: i64,
+        limit: i64,
+        lease_until: i64,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let lock = match self.dialect {
+            Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
+            Dialect::Sqlite => "",
+        };
+        let t = now();
+        let rows = sqlx::query(&format!(
+            "UPDATE credentials SET lease_owner = $1, lease_until = $2 WHERE id IN (\
+               SELECT id FROM credentials WHERE auth_type = 'oauth2' AND status IN ('active', 'expired') \
+               AND expires_at IS NOT NULL \
+               AND ((refresh_after IS NULL AND expires_at <= $3) OR refresh_after <= $4) \
+               AND (lease_until IS NULL OR lease_until < $4) \
+               ORDER BY expires_at LIMIT $5 {lock}) \
+             RETURNING org_id, id"
+        ))
+        .bind(owner)
+        .bind(lease_until)
+        .bind(t + lead)
+        .bind(t)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    }
+
+    /// How many OAuth credentials are due now (the backlog).
+    pub async fn due_count(&self, lead: i64) -> Result<i64, StoreError> {
+        let t = now();
+        let row = sqlx::query(
+            "SELECT COUNT(*) FROM credentials WHERE auth_type = 'oauth2' AND status IN ('active', 'expired') \
+             AND expires_at IS NOT NULL AND ((refresh_after IS NULL AND expires_at <= $1) OR refresh_after <= $2)",
+        )
+        .bind(t + lead)
+        .bind(t)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Writes rotated tokens and the audit event in one transaction, and
+    /// releases the lease.
+    pub async fn store_refreshed(
+        &self,
+        org_id: &str,
+        id: &str,
+        tokens: &RefreshedTokens,
+        event: &AuditEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let t = now();
+        sqlx::query(
+            "UPDATE credentials SET secret_ct = $3, key_version = $4, expires_at = $5, refresh_after = $6, \
+             scopes = COALESCE($7, scopes), status = 'active', last_error = NULL, refresh_failures = 0, \
+             last_refreshed_at = $8, updated_at = $8, lease_owner = NULL, lease_until = NULL \
+             WHERE org_id = $1 AND id = $2",
+        )
+        .bind(org_id)
+        .bind(id)
+        .bind(&tokens.secret_ct)
+        .bind(tokens.key_version)
+        .bind(tokens.expires_at)
+        .bind(tokens.refresh_after)
+        .bind(&tokens.scopes)
+        .bind(t)
+        .execute(&mut *tx)
+        .await?;
+        audit::insert(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records a failed refresh, releases the lease; returns the failure count.
+    pub async fn store_refresh_failure(
+        &self,
+        org_id: &str,
+        id: &str,
+        failure: &RefreshFailure,
+        event: &AuditEvent,
+    ) -> Result<i64, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(
+            "UPDATE credentials SET status = $3, last_error = $4, refresh_after = $5, \
+             refresh_failures = refresh_failures + 1, lease_owner = NULL, lease_until = NULL, updated_at = $6 \
+             WHERE org_id = $1 AND id = $2 RETURNING refresh_failures",
+        )
+        .bind(org_id)
+        .bind(id)
+        .bind(failure.status)
+        .bind(&failure.last_error)
+        .bind(failure.refresh_after)
+        .bind(now())
+        .fetch_optional(&mut *tx)
+        .await?;
+        audit::insert(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?.unwrap_or(0))
+    }
+
+    /// Gives a lease back without changing anything else.
+    pub async fn release_lease(&self, org_id: &str, id: &str, owner: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE credentials SET lease_owner = NULL, lease_until = NULL WHERE org_id = $1 AND id = $2 AND lease_owner = $3")
+            .bind(org_id)
+            .bind(id)
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Refresh bookkeeping of one credential: (failures, refresh_after, lease_until).
+    pub async fn refresh_state(
+        &self,
+        org_id: &str,
+        id: &str,
+    ) -> Result<Option<(i64, Option<i64>, Option<i64>)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT refresh_failures, refresh_after, lease_until FROM credentials WHERE org_id = $1 AND id = $2",
+        )
+        .bind(org_id)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .transpose()
+    }
+}
