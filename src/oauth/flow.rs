@@ -325,6 +325,11 @@ async fn complete(
             account_name: identity.display_name.clone(),
             scopes: Some(json!(scopes).to_string()),
             expires_at: tokens.expires_in.map(|d| now() + d.as_secs() as i64),
+            refresh_after: super::refresh::schedule(
+                tokens.expires_in.map(|d| now() + d.as_secs() as i64),
+                tokens.expires_in.map(|d| d.as_secs()),
+                state.config.refresh_lead_secs as i64,
+            ),
             fields: Value::Object(fields.clone()).to_string(),
             secret_names: "[]".into(),
             secret_ct,

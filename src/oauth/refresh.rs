@@ -117,6 +117,16 @@ impl Refresher {
     }
 }
 
+/// When the worker should refresh a token that lives `lifetime` seconds
+/// until `expires_at`: `lead` before expiry (at most half the lifetime, so
+/// short-lived tokens are not refreshed back to back), plus up to a fifth of
+/// that as jitter, so tokens issued together do not all come due together.
+pub fn schedule(expires_at: Option<i64>, lifetime: Option<u64>, lead: i64) -> Option<i64> {
+    let expires_at = expires_at?;
+    let lead = lifetime.map_or(lead, |l| lead.min(l as i64 / 2)).max(1);
+    Some(expires_at - lead + rand::thread_rng().gen_range(0..=lead / 5))
+}
+
 fn expires_within(row: &CredentialRow, secs: i64) -> bool {
     row.expires_at.is_some_and(|e| e <= now() + secs)
 }
@@ -334,9 +344,9 @@ async fn do_refresh(state: &AppState, row: CredentialRow, failures: i64) -> Resu
                 .seal(&row.org_id, &row.id, &[("fields", field_secrets), ("tokens", &tokens)])
                 .await
                 .map_err(internal)?;
-            let expires_at = set.expires_in.map(|d| now() + d.as_secs() as i64);
-            let lead = state.config.refresh_lead_secs as i64;
-            let refresh_after = expires_at.map(|e| e - lead + rand::thread_rng().gen_range(0..=lead / 5));
+            let lifetime = set.expires_in.map(|d| d.as_secs());
+            let expires_at = lifetime.map(|l| now() + l as i64);
+            let refresh_after = schedule(expires_at, lifetime, state.config.refresh_lead_secs as i64);
             let update = RefreshedTokens {
                 secret_ct,
                 key_version,

@@ -28,6 +28,8 @@ pub struct OAuthGrant {
     /// JSON array.
     pub scopes: Option<String>,
     pub expires_at: Option<i64>,
+    /// When the worker should refresh it (jittered).
+    pub refresh_after: Option<i64>,
     /// JSON object of non-secret fields (tenant, …).
     pub fields: String,
     pub secret_names: String,
@@ -131,7 +133,7 @@ impl Store {
             GrantTarget::Existing { id, old_ct } => sqlx::query(
                 "UPDATE credentials SET account_id = $3, account_email = $4, account_name = $5, scopes = $6, \
                  expires_at = $7, fields = $8, secret_names = $9, secret_ct = $10, key_version = $11, \
-                 status = 'active', last_error = NULL, refresh_failures = 0, refresh_after = NULL, \
+                 status = 'active', last_error = NULL, refresh_failures = 0, refresh_after = $14, \
                  lease_owner = NULL, lease_until = NULL, last_refreshed_at = $12, updated_at = $12 \
                  WHERE org_id = $1 AND id = $2 AND secret_ct = $13",
             )
@@ -148,6 +150,7 @@ impl Store {
             .bind(grant.key_version)
             .bind(t)
             .bind(old_ct)
+            .bind(grant.refresh_after)
             .execute(&mut *tx)
             .await
             .map(|r| r.rows_affected() == 1),
@@ -156,8 +159,8 @@ impl Store {
                 sqlx::query(
                     "INSERT INTO credentials (id, org_id, name, provider, auth_type, status, fields, secret_names, \
                      secret_ct, key_version, account_id, account_email, account_name, scopes, expires_at, \
-                     last_refreshed_at, created_by, created_at, updated_at) VALUES \
-                     ($1, $2, $3, $4, 'oauth2', 'active', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $14, $14)",
+                     last_refreshed_at, created_by, created_at, updated_at, refresh_after) VALUES \
+                     ($1, $2, $3, $4, 'oauth2', 'active', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $14, $14, $16)",
                 )
                 .bind(id)
                 .bind(&grant.org_id)
@@ -174,6 +177,7 @@ impl Store {
                 .bind(grant.expires_at)
                 .bind(t)
                 .bind(created_by)
+                .bind(grant.refresh_after)
                 .execute(&mut *tx)
                 .await
                 .map(|r| r.rows_affected() == 1)

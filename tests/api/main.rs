@@ -10,4 +10,5 @@ mod limits;
 mod oauth;
 mod oauth_server;
 mod operations;
+mod refresh;
 mod secrecy_checks;

@@ -176,21 +176,12 @@ impl AuthServer {
         v
     }
 
-    /// Hands out a refresh token directly (for refresh tests).
-    pub fn grant_refresh_token(&self, user: &User) -> String {
+    /// Revokes every grant (a user removed the app's access).
+    pub fn revoke_everything(&self) {
         self.with(|i| {
-            let token = format!("RT-{}", Uuid::new_v4().simple());
-            i.refresh.insert(
-                token.clone(),
-                Refresh {
-                    user: user.clone(),
-                    family: Uuid::new_v4().to_string(),
-                    used: false,
-                },
-            );
-            i.issued.push(token.clone());
-            token
-        })
+            let families: Vec<String> = i.refresh.values().map(|r| r.family.clone()).collect();
+            i.revoked_families.extend(families);
+        });
     }
 
     /// Is this access token one the server issued and still honours?
