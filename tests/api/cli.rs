@@ -246,3 +246,51 @@ both_backends! {
         assert_eq!(status, StatusCode::CONFLICT);
     }
 }
+
+fn serve_then_sigterm(db: &TestDb, keys: &str, extra: &[&str]) -> (std::process::ExitStatus, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_credgate"));
+    cmd.arg("serve")
+        .args(extra)
+        .env("CREDGATE_DATABASE_URL", &db.url)
+        .env("CREDGATE_MASTER_KEYS", keys)
+        .env(
+            "CREDGATE_PROVIDERS_DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/providers"),
+        )
+        .env("CREDGATE_LISTEN", "127.0.0.1:0")
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            use std::io::Read;
+            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            return (status, err);
+        }
+        assert!(std::time::Instant::now() < deadline, "serve did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test]
+async fn serve_and_the_worker_stop_cleanly_on_sigterm() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let keys = MasterKeyring::generate_key();
+
+    let (status, err) = serve_then_sigterm(&db, keys.expose_secret(), &[]);
+    let (worker_status, worker_err) = serve_then_sigterm(&db, keys.expose_secret(), &["--worker-only"]);
+
+    assert!(status.success(), "{err}");
+    assert!(
+        err.contains("credgate is serving") && err.contains("shutting down"),
+        "{err}"
+    );
+    assert!(err.contains("token refresh worker stopped"), "{err}");
+    assert!(worker_status.success(), "{worker_err}");
+    assert!(!worker_err.contains("credgate is serving"), "--worker-only runs no API");
+    assert!(worker_err.contains("token refresh worker stopped"));
+}

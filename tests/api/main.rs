@@ -7,6 +7,7 @@ mod access;
 mod cli;
 mod credentials;
 mod limits;
+mod notifications;
 mod oauth;
 mod oauth_server;
 mod operations;

@@ -205,6 +205,10 @@ async fn create_credential(
         .credential(&caller.org_id, &id)
         .await?
         .ok_or(ApiError::NotFound)?;
+    let detail = serde_json::json!({"name": row.name});
+    state
+        .webhooks
+        .emit("credential.created", &row.org_id, &row.id, &row.provider, detail);
     Ok((StatusCode::CREATED, Json(Credential::from(&row))))
 }
 
