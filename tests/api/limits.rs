@@ -93,3 +93,32 @@ both_backends! {
         assert_eq!(body["code"], json!("rate_limited"));
     }
 }
+
+#[tokio::test]
+async fn the_unauthenticated_callback_is_rate_limited_per_client_address() {
+    let db = TestDb::new(crate::helpers::Backend::Sqlite).await;
+    let app = TestApp::spawn(&db).await;
+
+    let mut statuses = Vec::new();
+    for _ in 0..(credgate::ratelimit::UNAUTHENTICATED_PER_SEC * 2 + 5) {
+        let res = app
+            .client
+            .get(format!("{}/integrations/google/callback?state=x&code=y", app.base))
+            .send()
+            .await
+            .unwrap();
+        statuses.push((res.status(), res.headers().get("retry-after").cloned()));
+    }
+
+    assert_eq!(
+        statuses[0].0,
+        StatusCode::OK,
+        "an invalid state is a page, not an error status"
+    );
+    let limited: Vec<_> = statuses
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::TOO_MANY_REQUESTS)
+        .collect();
+    assert!(!limited.is_empty(), "the burst is bounded");
+    assert!(limited.iter().all(|(_, retry)| retry.is_some()));
+}

@@ -388,7 +388,7 @@ both_backends! {
 }
 
 #[tokio::test]
-async fn the_default_sharepoint_tenant_is_common() {
+async fn the_sharepoint_tenant_is_common_unless_the_deployment_sets_one() {
     let db = TestDb::new(crate::helpers::Backend::Sqlite).await;
     let ms = AuthServer::start(Flavor::Microsoft).await;
     let app = oauth_app(&db, &[(&ms, "sharepoint")], |_| {}).await;
