@@ -77,6 +77,7 @@ fn classify(err: reqwest::Error, limit: Duration) -> ProbeFailure {
         if e.downcast_ref::<rustls::Error>().is_some() {
             return tls_failure(e);
         }
+        let mut next = e.source();
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             if io.kind() == std::io::ErrorKind::ConnectionRefused {
                 return ProbeFailure::new(
@@ -84,13 +85,12 @@ fn classify(err: reqwest::Error, limit: Duration) -> ProbeFailure {
                     "the connection was refused; check the host and port of the base URL",
                 );
             }
+            // An io::Error hides what it wraps from `source()`.
             if let Some(inner) = io.get_ref() {
-                if inner.downcast_ref::<rustls::Error>().is_some() {
-                    return tls_failure(inner);
-                }
+                next = Some(inner);
             }
         }
-        cause = e.source();
+        cause = next;
     }
     if err.is_timeout() {
         return ProbeFailure::timeout("the request", limit);
