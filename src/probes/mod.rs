@@ -17,6 +17,7 @@ use crate::egress::{EgressError, EgressPolicy};
 
 mod http;
 pub mod llm;
+mod pg_target;
 mod pg_tls;
 pub mod postgres;
 pub mod sftp;

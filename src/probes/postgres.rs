@@ -5,18 +5,15 @@
 //! egress guard, Unix-socket hosts are refused, and tokio-postgres speaks
 //! over a stream opened to the checked address (`Config::connect_raw`).
 
-use std::net::{IpAddr, SocketAddr};
-use std::str::FromStr;
-use std::sync::OnceLock;
+use std::net::SocketAddr;
 
-use regex::Regex;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Config;
 
+use super::pg_target::{target, Endpoint, Target, Tls};
 use super::pg_tls::PgTls;
 use super::{
     check_host_port, into_result, run, stage, FailureCode, FieldError, Probe, ProbeContext,
@@ -50,175 +47,6 @@ pub struct PostgresRequest {
     pub sslmode: Option<String>,
 }
 
-/// How TLS is used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Tls {
-    Disable,
-    Prefer,
-    Require,
-    VerifyFull,
-}
-
-impl Tls {
-    fn parse(mode: &str) -> Option<Self> {
-        Some(match mode {
-            "disable" => Self::Disable,
-            "allow" | "prefer" => Self::Prefer,
-            "require" => Self::Require,
-            "verify-ca" | "verify-full" => Self::VerifyFull,
-            _ => return None,
-        })
-    }
-
-    fn libpq_name(self) -> &'static str {
-        match self {
-            Self::Disable => "disable",
-            Self::Prefer => "prefer",
-            Self::Require => "require",
-            Self::VerifyFull => "verify-full",
-        }
-    }
-
-    /// The nearest mode tokio-postgres knows; verification is ours.
-    fn ssl_mode(self) -> SslMode {
-        match self {
-            Self::Disable => SslMode::Disable,
-            Self::Prefer => SslMode::Prefer,
-            Self::Require | Self::VerifyFull => SslMode::Require,
-        }
-    }
-}
-
-/// One place to connect to: a host (for TLS and messages), maybe a fixed
-/// address, and a port.
-#[derive(Debug)]
-enum Endpoint {
-    Tcp {
-        host: String,
-        addr: Option<IpAddr>,
-        port: u16,
-    },
-    Unix(String),
-}
-
-/// The request turned into a tokio-postgres config plus our own TLS mode.
-struct Target {
-    config: Config,
-    tls: Tls,
-    endpoints: Vec<Endpoint>,
-}
-
-fn sslmode_pattern() -> &'static Regex {
-    static PATTERN: OnceLock<Regex> = OnceLock::new();
-    PATTERN.get_or_init(|| {
-        Regex::new(r"(?:^|[\s?&])sslmode\s*=\s*'?([A-Za-z-]*)'?").expect("valid pattern")
-    })
-}
-
-impl PostgresRequest {
-    /// Builds the connection target, or the field error that prevents it.
-    fn target(&self) -> Result<Target, FieldError> {
-        match &self.connection_string {
-            Some(s) if !s.expose_secret().trim().is_empty() => from_string(s.expose_secret()),
-            _ => self.from_fields(),
-        }
-    }
-
-    fn from_fields(&self) -> Result<Target, FieldError> {
-        let tls = match self.sslmode.as_deref() {
-            None | Some("") => Tls::Prefer,
-            Some(mode) => Tls::parse(mode).ok_or_else(bad_sslmode)?,
-        };
-        let port = self
-            .port
-            .and_then(|p| u16::try_from(p).ok())
-            .unwrap_or(5432);
-        let mut config = Config::new();
-        config
-            .host(&self.host)
-            .port(port)
-            .dbname(&self.database)
-            .user(&self.username);
-        if let Some(password) = &self.password {
-            config.password(password.expose_secret());
-        }
-        finish(config, tls)
-    }
-}
-
-fn bad_sslmode() -> FieldError {
-    FieldError::new(
-        "sslmode",
-        "must be disable, allow, prefer, require, verify-ca or verify-full",
-    )
-}
-
-/// Parses a connection string after replacing the `sslmode` value that
-/// tokio-postgres does not know (`verify-full`, …) by its nearest mode.
-fn from_string(s: &str) -> Result<Target, FieldError> {
-    let (tls, rewritten) = match sslmode_pattern().captures(s) {
-        Some(caps) => {
-            let value = caps.get(1).expect("group 1 always participates");
-            let tls = Tls::parse(value.as_str()).ok_or_else(bad_sslmode)?;
-            let name = match tls.ssl_mode() {
-                SslMode::Disable => "disable",
-                SslMode::Prefer => "prefer",
-                _ => "require",
-            };
-            (
-                tls,
-                format!("{}{name}{}", &s[..value.start()], &s[value.end()..]),
-            )
-        }
-        None => (Tls::Prefer, s.to_owned()),
-    };
-    let config = Config::from_str(&rewritten).map_err(|e| {
-        FieldError::new(
-            "connection_string",
-            format!("is not a valid PostgreSQL connection string ({e})"),
-        )
-    })?;
-    finish(config, tls)
-}
-
-fn finish(mut config: Config, tls: Tls) -> Result<Target, FieldError> {
-    config.ssl_mode(tls.ssl_mode());
-    let hosts = config.get_hosts();
-    let addrs = config.get_hostaddrs();
-    let ports = config.get_ports();
-    let count = hosts.len().max(addrs.len());
-    if count == 0 {
-        return Err(FieldError::new("connection_string", "names no host"));
-    }
-    if config.get_user().unwrap_or_default().is_empty() {
-        return Err(FieldError::new("connection_string", "names no user"));
-    }
-    let endpoints = (0..count)
-        .map(|i| {
-            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
-            let addr = addrs.get(i).copied();
-            match hosts.get(i) {
-                Some(Host::Unix(path)) => Endpoint::Unix(path.display().to_string()),
-                Some(Host::Tcp(host)) => Endpoint::Tcp {
-                    host: host.clone(),
-                    addr,
-                    port,
-                },
-                None => Endpoint::Tcp {
-                    host: addr.map(|a| a.to_string()).unwrap_or_default(),
-                    addr,
-                    port,
-                },
-            }
-        })
-        .collect();
-    Ok(Target {
-        config,
-        tls,
-        endpoints,
-    })
-}
-
 impl Probe for PostgresRequest {
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         let uses_string = self
@@ -236,7 +64,7 @@ impl Probe for PostgresRequest {
             }
         }
         if errors.is_empty() {
-            if let Err(e) = self.target() {
+            if let Err(e) = target(self) {
                 errors.push(e);
             }
         }
@@ -244,7 +72,7 @@ impl Probe for PostgresRequest {
     }
 
     async fn execute(&self, ctx: &ProbeContext) -> Result<Value, (Value, ProbeFailure)> {
-        let target = self.target().map_err(|e| {
+        let target = target(self).map_err(|e| {
             (
                 json!({}),
                 ProbeFailure::new(FailureCode::Protocol, e.message),
