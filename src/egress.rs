@@ -21,9 +21,7 @@ use url::{Host, Url};
 #[derive(Debug, thiserror::Error)]
 pub enum EgressError {
     /// The host is, or resolved to, an address credgate may not reach.
-    #[error(
-        "{host} resolves to {addr}, which is not a public address and not in CREDGATE_EGRESS_ALLOW"
-    )]
+    #[error("{}", denied_message(host, addr))]
     Denied {
         /// The host as the user gave it.
         host: String,
@@ -271,6 +269,15 @@ impl reqwest::dns::Resolve for GuardedResolver {
             Ok(addrs)
         })
     }
+}
+
+fn denied_message(host: &str, addr: &IpAddr) -> String {
+    let what = if host.trim_matches(['[', ']']) == addr.to_string() {
+        format!("{addr}")
+    } else {
+        format!("{host} resolves to {addr}, which")
+    };
+    format!("{what} is not a public address and not in CREDGATE_EGRESS_ALLOW; credgate may not connect to it")
 }
 
 fn dns_message(e: &std::io::Error) -> String {

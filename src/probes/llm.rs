@@ -103,6 +103,8 @@ impl LlmRequest {
 }
 
 impl Probe for LlmRequest {
+    const NAME: &'static str = "llm";
+
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
         let kind = self.provider();

@@ -252,6 +252,9 @@ impl ProbeContext {
 
 /// The common shape of a probe request.
 pub trait Probe: Sync {
+    /// The probe's name in logs (`sftp`, `postgres`, `llm`, `telegram`).
+    const NAME: &'static str;
+
     /// Checks the request's shape before anything is sent.
     fn validate(&self) -> Result<(), Vec<FieldError>>;
 
@@ -280,6 +283,15 @@ pub async fn run<P: Probe>(ctx: &ProbeContext, req: &P) -> ProbeResult {
             Some(ProbeFailure::timeout("the probe", ctx.timeouts.total)),
         ),
     };
+    // Only the name, outcome and code are logged: messages may name hosts
+    // and paths, and a request's values never reach a log line.
+    tracing::info!(
+        probe = P::NAME,
+        ok,
+        latency_ms,
+        code = error.as_ref().map(|f| f.code.as_str()),
+        "probe finished"
+    );
     let secrets = req.secrets();
     ProbeResult {
         ok,

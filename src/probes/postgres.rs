@@ -48,6 +48,8 @@ pub struct PostgresRequest {
 }
 
 impl Probe for PostgresRequest {
+    const NAME: &'static str = "postgres";
+
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         let uses_string = self
             .connection_string
@@ -133,7 +135,10 @@ async fn attempt(
     endpoint: &Endpoint,
 ) -> Result<Value, ProbeFailure> {
     let Endpoint::Tcp { host, addr, port } = endpoint else {
-        unreachable!("Unix endpoints are refused before connecting");
+        return Err(ProbeFailure::new(
+            FailureCode::EgressDenied,
+            "Unix-socket hosts may not be reached; give a TCP host",
+        ));
     };
     let limit = ctx.timeouts.connect;
     let (stream, reached) = match addr {

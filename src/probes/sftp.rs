@@ -60,6 +60,8 @@ impl SftpRequest {
 }
 
 impl Probe for SftpRequest {
+    const NAME: &'static str = "sftp";
+
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
         check_host_port(&self.host, self.port, &mut errors);

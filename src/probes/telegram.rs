@@ -37,6 +37,8 @@ impl TelegramRequest {
 }
 
 impl Probe for TelegramRequest {
+    const NAME: &'static str = "telegram";
+
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         let token = self.token();
         let error = if token.is_empty() {
