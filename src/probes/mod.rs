@@ -226,6 +226,7 @@ pub struct ProbeContext {
     /// Provider API base URLs.
     pub base_urls: ApiBaseUrls,
     http: reqwest::Client,
+    ssh_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl ProbeContext {
@@ -241,7 +242,21 @@ impl ProbeContext {
             timeouts,
             base_urls,
             http,
+            ssh_slots: Arc::new(tokio::sync::Semaphore::new(Self::MAX_SSH_SESSIONS)),
         })
+    }
+
+    /// SSH sessions (blocking threads doing key exchange) at once; more
+    /// probes wait for a slot within their time limit, so a burst of SFTP
+    /// probes cannot take every core from the API.
+    pub const MAX_SSH_SESSIONS: usize = 8;
+
+    /// Waits for one of the [`Self::MAX_SSH_SESSIONS`] slots.
+    pub(crate) async fn ssh_slot(&self) -> tokio::sync::OwnedSemaphorePermit {
+        Arc::clone(&self.ssh_slots)
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed")
     }
 
     /// The HTTP client whose connections go through `egress`.

@@ -108,6 +108,7 @@ impl Probe for SftpRequest {
         ctx: &ProbeContext,
     ) -> Result<serde_json::Value, (serde_json::Value, ProbeFailure)> {
         let no_detail = |f: ProbeFailure| (json!({}), f);
+        let slot = ctx.ssh_slot().await;
         let (stream, addr) = ctx
             .egress
             .connect_tcp(&self.host, self.port(), ctx.timeouts.connect)
@@ -127,7 +128,11 @@ impl Probe for SftpRequest {
             stage_timeout: ctx.timeouts.stage,
         };
         // The blocking thread ends by itself: every libssh2 call is bounded.
-        let work = tokio::task::spawn_blocking(move || sftp_session::run(stream, &login));
+        let work = tokio::task::spawn_blocking(move || {
+            let outcome = sftp_session::run(stream, &login);
+            drop(slot);
+            outcome
+        });
         let limit = ctx.timeouts.stage * 4 + Duration::from_secs(1);
         let outcome = stage("the SFTP session", limit, async {
             work.await.map_err(|_| {

@@ -257,3 +257,14 @@ async fn a_server_that_is_not_ssh_is_protocol() {
 
     assert_eq!(code(&result), "protocol", "{result:?}");
 }
+
+#[tokio::test]
+async fn twenty_concurrent_probes_all_succeed_through_the_capped_session_slots() {
+    let ctx = ctx();
+    let req = key_login("id_ed25519", None);
+
+    let results = futures::future::join_all((0..20).map(|_| probe(&ctx, &req))).await;
+
+    let failed: Vec<_> = results.iter().filter(|r| !r.ok).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+}
