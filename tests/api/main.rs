@@ -1,5 +1,6 @@
 //! End-to-end tests, one binary: real SQLite files and a real PostgreSQL
-//! server (127.0.0.1:5432), the real HTTP stack on loopback ports.
+//! server (127.0.0.1:5432), a real sshd, the real HTTP stack on loopback
+//! ports, and stand-ins for the providers.
 
 mod helpers;
 
@@ -11,5 +12,6 @@ mod notifications;
 mod oauth;
 mod oauth_server;
 mod operations;
+mod probes;
 mod refresh;
 mod secrecy_checks;

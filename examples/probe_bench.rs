@@ -1,0 +1,199 @@
+//! Probe latency beside the stock clients against the same local servers.
+//!
+//! Starts the test sshd and the scram-sha-256 PostgreSQL cluster (the same
+//! harness as `tests/api`; run `scripts/install-test-deps.sh` first), then
+//! times, interleaved, N runs of: the SFTP probe vs `sftp -b` listing the
+//! same directory with the same key, and the PostgreSQL probe vs
+//! `psql -c 'select version()'` with the same role and sslmode. Finally 50
+//! concurrent SFTP probes, while a 1 ms ticker measures how late the
+//! runtime wakes it (a stand-in for API latency meanwhile). Prints JSON.
+//!
+//! `cargo run --release --example probe_bench` (`BENCH_RUNS=N`, default 30).
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use credgate::egress::EgressPolicy;
+use credgate::probes::{postgres, sftp, ApiBaseUrls, ProbeContext, ProbeTimeouts};
+use serde_json::json;
+
+#[path = "../tests/api/probes/sshd.rs"]
+#[allow(dead_code, reason = "shared with the tests, which use more of it")]
+mod sshd;
+
+#[path = "../tests/api/probes/pg_cluster.rs"]
+#[allow(dead_code, reason = "shared with the tests, which use more of it")]
+mod pg_cluster;
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn summary(mut samples: Vec<f64>) -> serde_json::Value {
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
+    json!({
+        "runs": samples.len(),
+        "median_ms": (at(0.5) * 100.0).round() / 100.0,
+        "p90_ms": (at(0.9) * 100.0).round() / 100.0,
+        "min_ms": (at(0.0) * 100.0).round() / 100.0,
+    })
+}
+
+fn ratio(ours: &serde_json::Value, theirs: &serde_json::Value) -> f64 {
+    let r = ours["median_ms"].as_f64().unwrap() / theirs["median_ms"].as_f64().unwrap();
+    (r * 100.0).round() / 100.0
+}
+
+fn timed_command(cmd: &mut Command, stdin: &str) -> Duration {
+    let started = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn client");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().expect("client");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    started.elapsed()
+}
+
+#[tokio::main]
+async fn main() {
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(30);
+    let ssh = sshd::sshd();
+    let pg = pg_cluster::cluster();
+    let policy = Arc::new(EgressPolicy::new(vec!["127.0.0.0/8".parse().unwrap()]));
+    let ctx = ProbeContext::new(policy, ProbeTimeouts::default(), ApiBaseUrls::default()).unwrap();
+
+    let key_path = ssh.key_path("id_ed25519");
+    let sftp_req: sftp::SftpRequest = serde_json::from_value(json!({
+        "host": "127.0.0.1", "port": ssh.port, "username": sshd::KEY_USER,
+        "private_key": ssh.key("id_ed25519"), "host_key_sha256": ssh.fingerprint,
+        "path": ssh.listing_dir(),
+    }))
+    .unwrap();
+    let sftp_cli = || {
+        let mut cmd = Command::new("sftp");
+        cmd.args(["-q", "-b", "-", "-P", &ssh.port.to_string(), "-i"])
+            .arg(&key_path)
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+            ])
+            .args(["-o", "BatchMode=yes", "-o", "LogLevel=ERROR"])
+            .arg(format!("{}@127.0.0.1", sshd::KEY_USER));
+        cmd
+    };
+    let pg_req: postgres::PostgresRequest = serde_json::from_value(json!({
+        "host": "127.0.0.1", "port": pg.port, "database": pg_cluster::DATABASE,
+        "username": pg_cluster::USER, "password": pg_cluster::PASSWORD, "sslmode": "prefer",
+    }))
+    .unwrap();
+    let psql = || {
+        let mut cmd = Command::new("psql");
+        cmd.env("PGPASSWORD", pg_cluster::PASSWORD)
+            .arg(format!(
+                "host=127.0.0.1 port={} dbname={} user={} sslmode=prefer",
+                pg.port,
+                pg_cluster::DATABASE,
+                pg_cluster::USER
+            ))
+            .args(["-X", "-q", "-c", "select version()"]);
+        cmd
+    };
+
+    let listing = format!("ls -1 {}\n", ssh.listing_dir());
+    let (mut sftp_probe, mut sftp_stock, mut pg_probe, mut pg_stock) =
+        (vec![], vec![], vec![], vec![]);
+    for i in 0..runs + 2 {
+        let started = Instant::now();
+        let result = sftp::probe(&ctx, &sftp_req).await;
+        let probe_time = started.elapsed();
+        assert!(result.ok, "{result:?}");
+        let stock_time = timed_command(&mut sftp_cli(), &listing);
+        let started = Instant::now();
+        let result = postgres::probe(&ctx, &pg_req).await;
+        let pg_time = started.elapsed();
+        assert!(
+            result.ok && result.detail["tls"] == json!(true),
+            "{result:?}"
+        );
+        let psql_time = timed_command(&mut psql(), "");
+        if i >= 2 {
+            sftp_probe.push(millis(probe_time));
+            sftp_stock.push(millis(stock_time));
+            pg_probe.push(millis(pg_time));
+            pg_stock.push(millis(psql_time));
+        }
+    }
+
+    let concurrent = concurrent_sftp(&ctx, &sftp_req, 50).await;
+    let (sp, ss, pp, ps) = (
+        summary(sftp_probe),
+        summary(sftp_stock),
+        summary(pg_probe),
+        summary(pg_stock),
+    );
+    let report = json!({
+        "sftp": { "probe": sp, "sftp_b": ss, "ratio_median": ratio(&sp, &ss) },
+        "postgres": { "probe": pp, "psql": ps, "ratio_median": ratio(&pp, &ps), "tls": true },
+        "concurrent_sftp": concurrent,
+    });
+    println!("{}", serde_json::to_string_pretty(&report).unwrap());
+}
+
+/// Runs `n` SFTP probes at once while a ticker measures runtime wake-up lag.
+async fn concurrent_sftp(
+    ctx: &ProbeContext,
+    req: &sftp::SftpRequest,
+    n: usize,
+) -> serde_json::Value {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ticker = tokio::spawn({
+        let stop = Arc::clone(&stop);
+        async move {
+            let mut lags = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let asked = Instant::now();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                lags.push(millis(
+                    asked.elapsed().saturating_sub(Duration::from_millis(1)),
+                ));
+            }
+            lags
+        }
+    });
+    let started = Instant::now();
+    let results = futures::future::join_all((0..n).map(|_| sftp::probe(ctx, req))).await;
+    let wall = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut lags = ticker.await.unwrap();
+    lags.sort_by(f64::total_cmp);
+    let p99 = lags[((lags.len() as f64 - 1.0) * 0.99).round() as usize];
+    let latencies: Vec<f64> = results.iter().map(|r| r.latency_ms as f64).collect();
+    json!({
+        "probes": n,
+        "all_ok": results.iter().all(|r| r.ok),
+        "wall_ms": millis(wall).round(),
+        "probe_latency": summary(latencies),
+        "runtime_tick_lag_p99_ms": (p99 * 100.0).round() / 100.0,
+    })
+}

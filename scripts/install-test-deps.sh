@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Installs what the integration tests need on a fresh Debian 12 machine.
+# Idempotent; run as root. Called by .ci/run before the tests.
+#
+# - openssh-server / openssh-client: the probe tests start their own sshd on a
+#   loopback port (the system sshd is neither started nor reconfigured here).
+# - two OS users for SFTP: one logs in with a password, one with keys only.
+# - the PostgreSQL 15 server binaries (initdb, postgres) for the second,
+#   password-protected test cluster; openssl for its self-signed certificate.
+set -euo pipefail
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-test-deps.sh must run as root" >&2
+  exit 1
+fi
+
+need=()
+command -v /usr/sbin/sshd >/dev/null 2>&1 || need+=(openssh-server)
+command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
+command -v sftp >/dev/null 2>&1 || need+=(openssh-client)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+[ -x /usr/lib/postgresql/15/bin/initdb ] || need+=(postgresql-15)
+command -v psql >/dev/null 2>&1 || need+=(postgresql-client-15)
+
+if [ "${#need[@]}" -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update
+  # Installing openssh-server may try to start the system sshd; that is
+  # harmless, and the tests never use port 22.
+  apt-get install -y --no-install-recommends "${need[@]}"
+fi
+
+# sshd refuses to start without its privilege-separation directory.
+mkdir -p /run/sshd
+chmod 0755 /run/sshd
+
+# Test users. The passwords are test-only values, also known to tests/api.
+ensure_user() {
+  local name="$1" password="$2"
+  if ! id -u "$name" >/dev/null 2>&1; then
+    useradd --create-home --shell /bin/sh "$name"
+  fi
+  echo "$name:$password" | chpasswd
+  # A fixed file in the home directory gives the listing tests a known entry.
+  install -d -o "$name" -m 0755 "/home/$name"
+  [ -e "/home/$name/hello.txt" ] || install -o "$name" -m 0644 /dev/null "/home/$name/hello.txt"
+}
+
+ensure_user credgate_sftp_pw 'SENTINEL-sftp-password-7d1f'
+# The key user also gets a password, but the tests only use keys for it.
+ensure_user credgate_sftp_key 'SENTINEL-sftp-keyuser-9c2e'
+
+echo "install-test-deps: ok"

@@ -1,0 +1,58 @@
+//! Tests of the egress guard and the test-connection probes against real
+//! servers: an OpenSSH sshd, a password-checking PostgreSQL cluster, and
+//! wiremock stand-ins for OpenAI, Anthropic and Telegram.
+
+mod egress;
+mod llm;
+mod pg_cluster;
+mod postgres;
+mod requests;
+mod sftp;
+mod sshd;
+mod telegram;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use credgate::egress::EgressPolicy;
+use credgate::probes::{ApiBaseUrls, ProbeContext, ProbeResult, ProbeTimeouts};
+
+/// A policy that lets the tests reach their loopback servers.
+fn loopback_policy() -> Arc<EgressPolicy> {
+    Arc::new(EgressPolicy::new(vec!["127.0.0.0/8".parse().unwrap()]))
+}
+
+/// A context that may reach loopback, with test-sized time limits.
+fn ctx() -> ProbeContext {
+    ctx_with(
+        loopback_policy(),
+        Duration::from_secs(5),
+        ApiBaseUrls::default(),
+    )
+}
+
+fn ctx_with(egress: Arc<EgressPolicy>, stage: Duration, base_urls: ApiBaseUrls) -> ProbeContext {
+    let timeouts = ProbeTimeouts {
+        connect: Duration::from_secs(3),
+        stage,
+        total: Duration::from_secs(20),
+    };
+    ProbeContext::new(egress, timeouts, base_urls).expect("context")
+}
+
+/// The failure code of a result, or "ok".
+fn code(result: &ProbeResult) -> &'static str {
+    match (&result.error, result.ok) {
+        (None, true) => "ok",
+        (Some(failure), false) => failure.code.as_str(),
+        _ => panic!("ok and error disagree: {result:?}"),
+    }
+}
+
+/// Asserts that no secret appears anywhere in the serialized result.
+fn assert_no_secret(result: &ProbeResult, secrets: &[&str]) {
+    let json = serde_json::to_string(result).unwrap();
+    for secret in secrets {
+        assert!(!json.contains(secret), "secret leaked into {json}");
+    }
+}

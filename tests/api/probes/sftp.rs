@@ -1,0 +1,270 @@
+//! The SFTP probe against a real OpenSSH server.
+
+use std::time::Duration;
+
+use credgate::probes::sftp::{probe, SftpRequest};
+use credgate::probes::ApiBaseUrls;
+use serde_json::json;
+
+use super::sshd::{sshd, KEY_USER, PASSPHRASE, PASSWORD, PASSWORD_USER};
+use super::{assert_no_secret, code, ctx, ctx_with, loopback_policy};
+
+fn request(body: serde_json::Value) -> SftpRequest {
+    serde_json::from_value(body).unwrap()
+}
+
+fn password_login(path: Option<&str>) -> SftpRequest {
+    request(json!({
+        "host": "127.0.0.1", "port": sshd().port, "username": PASSWORD_USER,
+        "password": PASSWORD, "path": path,
+    }))
+}
+
+fn key_login(key_name: &str, passphrase: Option<&str>) -> SftpRequest {
+    let s = sshd();
+    request(json!({
+        "host": "127.0.0.1", "port": s.port, "username": KEY_USER,
+        "private_key": s.key(key_name), "passphrase": passphrase, "path": s.listing_dir(),
+    }))
+}
+
+fn secrets() -> Vec<String> {
+    let s = sshd();
+    let mut all = vec![PASSWORD.to_owned(), PASSPHRASE.to_owned()];
+    for name in [
+        "id_ed25519",
+        "id_ed25519_pass",
+        "id_rsa_pem_pass",
+        "id_unauthorized",
+    ] {
+        // The base64 body of a key, without its armour lines.
+        let key = s.key(name);
+        all.extend(key.lines().filter(|l| l.len() > 40).map(str::to_owned));
+    }
+    all
+}
+
+fn assert_clean(result: &credgate::probes::ProbeResult) {
+    let owned = secrets();
+    let refs: Vec<&str> = owned.iter().map(String::as_str).collect();
+    assert_no_secret(result, &refs);
+}
+
+#[tokio::test]
+async fn password_login_lists_the_home_directory_and_reports_the_server() {
+    let result = probe(&ctx(), &password_login(None)).await;
+
+    assert_eq!(code(&result), "ok", "{result:?}");
+    assert_eq!(result.detail["host_key_sha256"], json!(sshd().fingerprint));
+    assert!(result.detail["banner"]
+        .as_str()
+        .unwrap()
+        .contains("OpenSSH"));
+    assert_eq!(result.detail["path"], json!("."));
+    assert!(result.detail["entry_count"].as_u64().unwrap() >= 1);
+    assert_eq!(result.detail["auth_method"], json!("password"));
+    assert_clean(&result);
+}
+
+#[tokio::test]
+async fn listing_a_given_path_counts_its_entries() {
+    let result = probe(&ctx(), &password_login(Some(&sshd().listing_dir()))).await;
+
+    assert_eq!(code(&result), "ok", "{result:?}");
+    assert_eq!(result.detail["entry_count"], json!(3));
+}
+
+#[tokio::test]
+async fn an_openssh_ed25519_key_logs_in_without_a_passphrase() {
+    let result = probe(&ctx(), &key_login("id_ed25519", None)).await;
+
+    assert_eq!(code(&result), "ok", "{result:?}");
+    assert_eq!(result.detail["auth_method"], json!("publickey"));
+    assert_eq!(result.detail["entry_count"], json!(3));
+    assert_clean(&result);
+}
+
+#[tokio::test]
+async fn an_encrypted_openssh_key_logs_in_with_its_passphrase() {
+    let result = probe(&ctx(), &key_login("id_ed25519_pass", Some(PASSPHRASE))).await;
+
+    assert_eq!(code(&result), "ok", "{result:?}");
+    assert_clean(&result);
+}
+
+#[tokio::test]
+async fn an_encrypted_pem_rsa_key_logs_in_with_its_passphrase() {
+    let result = probe(&ctx(), &key_login("id_rsa_pem_pass", Some(PASSPHRASE))).await;
+
+    assert_eq!(code(&result), "ok", "{result:?}");
+    assert_clean(&result);
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_auth_failed() {
+    let mut req = password_login(None);
+    req.password = Some("SENTINEL-wrong-password-93ab".into());
+
+    let result = probe(&ctx(), &req).await;
+
+    assert_eq!(code(&result), "auth_failed", "{result:?}");
+    assert!(result
+        .error
+        .as_ref()
+        .unwrap()
+        .message
+        .contains(PASSWORD_USER));
+    assert_no_secret(&result, &["SENTINEL-wrong-password-93ab"]);
+    // The fingerprint is still reported, so a person can compare it.
+    assert_eq!(result.detail["host_key_sha256"], json!(sshd().fingerprint));
+}
+
+#[tokio::test]
+async fn a_key_the_server_does_not_know_is_auth_failed() {
+    let result = probe(&ctx(), &key_login("id_unauthorized", None)).await;
+
+    assert_eq!(code(&result), "auth_failed", "{result:?}");
+    assert_clean(&result);
+}
+
+#[tokio::test]
+async fn a_wrong_passphrase_is_invalid_key() {
+    let result = probe(
+        &ctx(),
+        &key_login("id_ed25519_pass", Some("SENTINEL-bad-phrase-1")),
+    )
+    .await;
+
+    assert_eq!(code(&result), "invalid_key", "{result:?}");
+    assert_no_secret(&result, &["SENTINEL-bad-phrase-1"]);
+    assert_clean(&result);
+}
+
+#[tokio::test]
+async fn the_expected_fingerprint_is_accepted_with_or_without_its_prefix() {
+    let fingerprint = sshd().fingerprint.clone();
+    for given in [
+        fingerprint.clone(),
+        fingerprint.trim_start_matches("SHA256:").to_owned(),
+    ] {
+        let mut req = password_login(None);
+        req.host_key_sha256 = Some(given);
+
+        let result = probe(&ctx(), &req).await;
+
+        assert_eq!(code(&result), "ok", "{result:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_different_host_key_is_host_key_mismatch_before_login() {
+    let mut req = password_login(None);
+    req.host_key_sha256 = Some(format!("SHA256:{}", "A".repeat(43)));
+
+    let result = probe(&ctx(), &req).await;
+
+    assert_eq!(code(&result), "host_key_mismatch", "{result:?}");
+    assert!(result
+        .error
+        .as_ref()
+        .unwrap()
+        .message
+        .contains(&sshd().fingerprint));
+    assert!(result.detail.get("auth_method").is_none());
+}
+
+#[tokio::test]
+async fn a_missing_directory_is_not_found() {
+    let result = probe(&ctx(), &password_login(Some("/no/such/dir"))).await;
+
+    assert_eq!(code(&result), "not_found", "{result:?}");
+    assert!(result.error.unwrap().message.contains("/no/such/dir"));
+}
+
+#[tokio::test]
+async fn an_unreadable_directory_is_permission_denied() {
+    let result = probe(&ctx(), &password_login(Some(&sshd().private_dir()))).await;
+
+    assert_eq!(code(&result), "permission_denied", "{result:?}");
+}
+
+#[tokio::test]
+async fn a_closed_port_is_connect_refused() {
+    let mut req = password_login(None);
+    req.port = Some(i64::from(super::sshd::free_port()));
+
+    let result = probe(&ctx(), &req).await;
+
+    assert_eq!(code(&result), "connect_refused", "{result:?}");
+}
+
+#[tokio::test]
+async fn an_unknown_host_is_dns() {
+    let mut req = password_login(None);
+    req.host = "sftp.no-such-host.invalid".into();
+
+    let result = probe(&ctx(), &req).await;
+
+    assert_eq!(code(&result), "dns", "{result:?}");
+}
+
+#[tokio::test]
+async fn loopback_without_an_allow_list_is_egress_denied() {
+    let mut req = password_login(None);
+    req.host = "localhost".into();
+    let deny = ctx_with(
+        Default::default(),
+        Duration::from_secs(5),
+        ApiBaseUrls::default(),
+    );
+
+    let result = probe(&deny, &req).await;
+
+    assert_eq!(code(&result), "egress_denied", "{result:?}");
+}
+
+#[tokio::test]
+async fn a_server_that_never_speaks_is_a_timeout() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut req = password_login(None);
+    req.port = Some(i64::from(silent.local_addr().unwrap().port()));
+    let impatient = ctx_with(
+        loopback_policy(),
+        Duration::from_millis(700),
+        ApiBaseUrls::default(),
+    );
+
+    let result = probe(&impatient, &req).await;
+
+    assert_eq!(code(&result), "timeout", "{result:?}");
+    assert!(result.latency_ms < 5_000, "{result:?}");
+}
+
+#[tokio::test]
+async fn a_server_that_is_not_ssh_is_protocol() {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let _ = socket.write_all(b"220 FTP server ready\r\n").await;
+        }
+    });
+    let mut req = password_login(None);
+    req.port = Some(i64::from(port));
+
+    let result = probe(&ctx(), &req).await;
+
+    assert_eq!(code(&result), "protocol", "{result:?}");
+}
+
+#[tokio::test]
+async fn twenty_concurrent_probes_all_succeed_through_the_capped_session_slots() {
+    let ctx = ctx();
+    let req = key_login("id_ed25519", None);
+
+    let results = futures::future::join_all((0..20).map(|_| probe(&ctx, &req))).await;
+
+    let failed: Vec<_> = results.iter().filter(|r| !r.ok).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+}
