@@ -13,9 +13,11 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::crypto::MasterKeyring;
+use crate::egress::EgressPolicy;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::oauth::refresh::Refresher;
+use crate::probes::{ApiBaseUrls, ProbeContext, ProbeTimeouts};
 use crate::providers::{load_dir, Registry};
 use crate::ratelimit::RateLimits;
 use crate::store::{Dialect, Store};
@@ -144,7 +146,24 @@ pub fn app_state(services: Services) -> anyhow::Result<AppState> {
         (Some(_), None) => anyhow::bail!("CREDGATE_WEBHOOK_SECRET is required with CREDGATE_WEBHOOK_URL"),
         (Some(url), Some(secret)) => Webhooks::start(Some(url.clone()), secret.clone(), http.clone()),
     };
+    let egress = EgressPolicy::parse_allow_list(&config.egress_allow)
+        .map_err(|e| anyhow::anyhow!("CREDGATE_EGRESS_ALLOW: {e}"))?;
+    let base = |id: &str, default: String| {
+        services
+            .registry
+            .get(id)
+            .and_then(|p| p.api_base_url.as_ref())
+            .map_or(default, |u| u.as_str().trim_end_matches('/').to_owned())
+    };
+    let defaults = ApiBaseUrls::default();
+    let base_urls = ApiBaseUrls {
+        openai: base("openai", defaults.openai),
+        anthropic: base("anthropic", defaults.anthropic),
+        telegram: base("telegram", defaults.telegram),
+    };
+    let probes = ProbeContext::new(Arc::new(EgressPolicy::new(egress)), ProbeTimeouts::default(), base_urls)?;
     Ok(AppState {
+        probes: Arc::new(probes),
         limits: Arc::new(RateLimits::new(config.rate_limit_per_org, config.probe_limit_per_min)),
         metrics: Arc::new(Metrics::default()),
         refresher: Arc::new(Refresher::new(

@@ -132,10 +132,7 @@ impl EgressPolicy {
             });
         };
         let first_ip = first.ip();
-        let permitted: Vec<SocketAddr> = found
-            .into_iter()
-            .filter(|addr| self.permits(addr.ip()))
-            .collect();
+        let permitted: Vec<SocketAddr> = found.into_iter().filter(|addr| self.permits(addr.ip())).collect();
         if permitted.is_empty() {
             return Err(EgressError::Denied {
                 host: host.to_owned(),
@@ -364,12 +361,7 @@ mod tests {
 
     #[test]
     fn embedded_ipv4_is_found_in_every_wrapping() {
-        for text in [
-            "::ffff:127.0.0.1",
-            "::127.0.0.1",
-            "64:ff9b::7f00:1",
-            "2002:7f00:1::",
-        ] {
+        for text in ["::ffff:127.0.0.1", "::127.0.0.1", "64:ff9b::7f00:1", "2002:7f00:1::"] {
             let ip: IpAddr = text.parse().unwrap();
             assert_eq!(embedded_ipv4(ip), Some(Ipv4Addr::LOCALHOST), "{text}");
         }

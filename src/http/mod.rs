@@ -5,6 +5,7 @@ pub mod credentials;
 pub mod extract;
 mod oauth;
 mod ops;
+mod probes;
 mod providers;
 
 use std::sync::Arc;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub http: reqwest::Client,
     pub refresher: Arc<crate::oauth::refresh::Refresher>,
     pub webhooks: crate::webhooks::Webhooks,
+    /// Probe settings: egress guard, time limits, provider base URLs.
+    pub probes: Arc<crate::probes::ProbeContext>,
 }
 
 #[derive(OpenApi)]
@@ -85,6 +88,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(providers::router())
         .merge(credentials::router())
         .merge(oauth::router())
+        .merge(probes::router())
         .merge(ops::router())
         .split_for_parts()
 }

@@ -28,11 +28,7 @@ pub(super) struct Reply {
 
 /// Sends `request` (a GET to `url`) after checking `url` against the
 /// egress policy, and reads at most [`MAX_BODY`] bytes of the answer.
-pub(super) async fn get(
-    ctx: &ProbeContext,
-    url: &Url,
-    request: RequestBuilder,
-) -> Result<Reply, ProbeFailure> {
+pub(super) async fn get(ctx: &ProbeContext, url: &Url, request: RequestBuilder) -> Result<Reply, ProbeFailure> {
     ctx.egress.check_url(url)?;
     let limit = ctx.timeouts.stage;
     let response = stage("the first response", limit + ctx.timeouts.connect, async {
@@ -51,11 +47,7 @@ pub(super) async fn get(
 
 async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, ProbeFailure> {
     let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| classify(e, Duration::ZERO))?
-    {
+    while let Some(chunk) = response.chunk().await.map_err(|e| classify(e, Duration::ZERO))? {
         let room = MAX_BODY.saturating_sub(body.len());
         body.extend_from_slice(&chunk[..chunk.len().min(room)]);
         if body.len() >= MAX_BODY {
@@ -95,10 +87,7 @@ fn classify(err: reqwest::Error, limit: Duration) -> ProbeFailure {
     if err.is_timeout() {
         return ProbeFailure::timeout("the request", limit);
     }
-    ProbeFailure::new(
-        FailureCode::Network,
-        format!("the request failed: {}", chain(&err)),
-    )
+    ProbeFailure::new(FailureCode::Network, format!("the request failed: {}", chain(&err)))
 }
 
 fn tls_failure(e: &(dyn std::error::Error + 'static)) -> ProbeFailure {
@@ -122,19 +111,13 @@ fn chain(err: &dyn std::error::Error) -> String {
 
 /// A failure for an HTTP status that is not success; `what` names the
 /// provider's own error description when it gave one.
-pub(super) fn status_failure(
-    status: StatusCode,
-    what: Option<String>,
-    service: &str,
-) -> ProbeFailure {
+pub(super) fn status_failure(status: StatusCode, what: Option<String>, service: &str) -> ProbeFailure {
     let said = what.map(|w| format!(" ({w})")).unwrap_or_default();
     let code = status.as_u16();
     match code {
         401 | 403 => ProbeFailure::new(
             FailureCode::AuthFailed,
-            format!(
-                "{service} rejected the credentials: HTTP {code}{said}; check the key or token"
-            ),
+            format!("{service} rejected the credentials: HTTP {code}{said}; check the key or token"),
         ),
         404 => ProbeFailure::new(
             FailureCode::Protocol,

@@ -11,9 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::http::{get, join, status_failure};
-use super::{
-    into_result, run, FailureCode, FieldError, Probe, ProbeContext, ProbeFailure, ProbeResult,
-};
+use super::{into_result, run, FailureCode, FieldError, Probe, ProbeContext, ProbeFailure, ProbeResult};
 
 /// Anthropic API version sent with every call.
 const ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -81,11 +79,7 @@ impl LlmRequest {
     }
 
     /// The models URL for `kind`, from the request's or the context's base.
-    fn models_url(
-        &self,
-        ctx: &ProbeContext,
-        kind: LlmProviderType,
-    ) -> Result<url::Url, ProbeFailure> {
+    fn models_url(&self, ctx: &ProbeContext, kind: LlmProviderType) -> Result<url::Url, ProbeFailure> {
         let base = match (kind, self.base_url.as_deref()) {
             (_, Some(base)) if !base.trim().is_empty() => base,
             (LlmProviderType::Openai, _) => &ctx.base_urls.openai,
@@ -125,10 +119,7 @@ impl Probe for LlmRequest {
         }
         match self.base_url.as_deref().map(str::trim) {
             None | Some("") if kind == Some(LlmProviderType::OpenaiCompatible) => {
-                errors.push(FieldError::new(
-                    "base_url",
-                    "is required for openai_compatible",
-                ));
+                errors.push(FieldError::new("base_url", "is required for openai_compatible"));
             }
             None | Some("") => {}
             Some(base) => match url::Url::parse(base) {
@@ -142,10 +133,7 @@ impl Probe for LlmRequest {
         }
         if let Some(org) = &self.organization_id {
             if HeaderValue::from_str(org).is_err() {
-                errors.push(FieldError::new(
-                    "organization_id",
-                    "contains invalid characters",
-                ));
+                errors.push(FieldError::new("organization_id", "contains invalid characters"));
             }
         }
         into_result(errors)
@@ -159,9 +147,7 @@ impl Probe for LlmRequest {
             )
         })?;
         let mut detail = json!({ "provider_type": self.provider_type });
-        let url = self
-            .models_url(ctx, kind)
-            .map_err(|f| (detail.clone(), f))?;
+        let url = self.models_url(ctx, kind).map_err(|f| (detail.clone(), f))?;
         detail["host"] = json!(url.host_str());
         let mut request = ctx.http().get(url.clone());
         request = match kind {
@@ -182,15 +168,9 @@ impl Probe for LlmRequest {
         if let (LlmProviderType::Openai, Some(org)) = (kind, &self.organization_id) {
             request = request.header("OpenAI-Organization", org);
         }
-        let reply = get(ctx, &url, request)
-            .await
-            .map_err(|f| (detail.clone(), f))?;
+        let reply = get(ctx, &url, request).await.map_err(|f| (detail.clone(), f))?;
         if !reply.status.is_success() {
-            if let Some(secs) = reply
-                .headers
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-            {
+            if let Some(secs) = reply.headers.get("retry-after").and_then(|v| v.to_str().ok()) {
                 detail["retry_after"] = json!(secs);
             }
             let failure = status_failure(reply.status, error_kind(&reply.json), kind.service());

@@ -343,11 +343,7 @@ fn scrub_json(value: serde_json::Value, secrets: &[&str]) -> serde_json::Value {
     match value {
         Value::String(s) => Value::String(scrub(&s, secrets)),
         Value::Array(items) => items.into_iter().map(|v| scrub_json(v, secrets)).collect(),
-        Value::Object(map) => Value::Object(
-            map.into_iter()
-                .map(|(k, v)| (k, scrub_json(v, secrets)))
-                .collect(),
-        ),
+        Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, scrub_json(v, secrets))).collect()),
         other => other,
     }
 }

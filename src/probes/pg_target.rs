@@ -74,9 +74,7 @@ pub(super) struct Target {
 
 fn sslmode_pattern() -> &'static Regex {
     static PATTERN: OnceLock<Regex> = OnceLock::new();
-    PATTERN.get_or_init(|| {
-        Regex::new(r"(?:^|[\s?&])sslmode\s*=\s*'?([A-Za-z-]*)'?").expect("valid pattern")
-    })
+    PATTERN.get_or_init(|| Regex::new(r"(?:^|[\s?&])sslmode\s*=\s*'?([A-Za-z-]*)'?").expect("valid pattern"))
 }
 
 /// Builds the connection target of a request, or the field error that
@@ -125,10 +123,7 @@ fn from_string(s: &str) -> Result<Target, FieldError> {
                 SslMode::Prefer => "prefer",
                 _ => "require",
             };
-            (
-                tls,
-                format!("{}{name}{}", &s[..value.start()], &s[value.end()..]),
-            )
+            (tls, format!("{}{name}{}", &s[..value.start()], &s[value.end()..]))
         }
         None => (Tls::Prefer, s.to_owned()),
     };
@@ -172,9 +167,5 @@ fn finish(mut config: Config, tls: Tls) -> Result<Target, FieldError> {
             }
         })
         .collect();
-    Ok(Target {
-        config,
-        tls,
-        endpoints,
-    })
+    Ok(Target { config, tls, endpoints })
 }

@@ -16,8 +16,7 @@ use tokio_postgres::Config;
 use super::pg_target::{target, Endpoint, Target, Tls};
 use super::pg_tls::PgTls;
 use super::{
-    check_host_port, into_result, run, stage, FailureCode, FieldError, Probe, ProbeContext,
-    ProbeFailure, ProbeResult,
+    check_host_port, into_result, run, stage, FailureCode, FieldError, Probe, ProbeContext, ProbeFailure, ProbeResult,
 };
 
 /// Body of `POST /integrations/postgres/test-connection`.
@@ -74,12 +73,7 @@ impl Probe for PostgresRequest {
     }
 
     async fn execute(&self, ctx: &ProbeContext) -> Result<Value, (Value, ProbeFailure)> {
-        let target = target(self).map_err(|e| {
-            (
-                json!({}),
-                ProbeFailure::new(FailureCode::Protocol, e.message),
-            )
-        })?;
+        let target = target(self).map_err(|e| (json!({}), ProbeFailure::new(FailureCode::Protocol, e.message)))?;
         // Check every endpoint that needs no DNS before connecting anywhere.
         for endpoint in &target.endpoints {
             match endpoint {
@@ -88,20 +82,13 @@ impl Probe for PostgresRequest {
                         json!({}),
                         ProbeFailure::new(
                             FailureCode::EgressDenied,
-                            format!(
-                                "Unix-socket host `{path}` may not be reached; give a TCP host"
-                            ),
+                            format!("Unix-socket host `{path}` may not be reached; give a TCP host"),
                         ),
                     ))
                 }
                 Endpoint::Tcp {
-                    host,
-                    addr: Some(ip),
-                    ..
-                } => ctx
-                    .egress
-                    .check(host, *ip)
-                    .map_err(|e| (json!({}), e.into()))?,
+                    host, addr: Some(ip), ..
+                } => ctx.egress.check(host, *ip).map_err(|e| (json!({}), e.into()))?,
                 Endpoint::Tcp { .. } => {}
             }
         }
@@ -109,9 +96,7 @@ impl Probe for PostgresRequest {
         for endpoint in &target.endpoints {
             match attempt(ctx, &target, endpoint).await {
                 Ok(facts) => return Ok(facts),
-                Err(failure) if failure.code == FailureCode::EgressDenied => {
-                    return Err((json!({}), failure))
-                }
+                Err(failure) if failure.code == FailureCode::EgressDenied => return Err((json!({}), failure)),
                 Err(failure) => last = Some(failure),
             }
         }
@@ -129,11 +114,7 @@ impl Probe for PostgresRequest {
 }
 
 /// Connects to one endpoint, logs in and asks the server about the session.
-async fn attempt(
-    ctx: &ProbeContext,
-    target: &Target,
-    endpoint: &Endpoint,
-) -> Result<Value, ProbeFailure> {
+async fn attempt(ctx: &ProbeContext, target: &Target, endpoint: &Endpoint) -> Result<Value, ProbeFailure> {
     let Endpoint::Tcp { host, addr, port } = endpoint else {
         return Err(ProbeFailure::new(
             FailureCode::EgressDenied,
@@ -149,17 +130,13 @@ async fn attempt(
         None => ctx.egress.connect_tcp(host, *port, limit).await?,
     };
     let tls = PgTls::new(host, target.tls == Tls::VerifyFull);
-    let (client, connection) = stage(
-        "the PostgreSQL handshake and login",
-        ctx.timeouts.stage,
-        async {
-            target
-                .config
-                .connect_raw(stream, tls)
-                .await
-                .map_err(|e| classify(&e, &target.config))
-        },
-    )
+    let (client, connection) = stage("the PostgreSQL handshake and login", ctx.timeouts.stage, async {
+        target
+            .config
+            .connect_raw(stream, tls)
+            .await
+            .map_err(|e| classify(&e, &target.config))
+    })
     .await?;
     let driver = tokio::spawn(connection);
     let row = stage("SELECT version()", ctx.timeouts.stage, async {
@@ -196,9 +173,7 @@ fn classify(e: &tokio_postgres::Error, config: &Config) -> ProbeFailure {
     let database = config.get_dbname().unwrap_or(user);
     if let Some(db) = e.as_db_error() {
         let code = db.code();
-        return if *code == SqlState::INVALID_PASSWORD
-            || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
-        {
+        return if *code == SqlState::INVALID_PASSWORD || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION {
             ProbeFailure::new(
                 FailureCode::AuthFailed,
                 format!(
@@ -214,11 +189,7 @@ fn classify(e: &tokio_postgres::Error, config: &Config) -> ProbeFailure {
         } else {
             ProbeFailure::new(
                 FailureCode::Protocol,
-                format!(
-                    "the server said: {} (SQLSTATE {})",
-                    db.message(),
-                    code.code()
-                ),
+                format!("the server said: {} (SQLSTATE {})", db.message(), code.code()),
             )
         };
     }

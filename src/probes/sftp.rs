@@ -12,8 +12,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    check_host_port, into_result, run, sftp_session, stage, FailureCode, FieldError, Probe,
-    ProbeContext, ProbeFailure, ProbeResult,
+    check_host_port, into_result, run, sftp_session, stage, FailureCode, FieldError, Probe, ProbeContext, ProbeFailure,
+    ProbeResult,
 };
 
 /// Body of `POST /integrations/sftp/test-connection`.
@@ -68,13 +68,9 @@ impl Probe for SftpRequest {
         if self.username.trim().is_empty() {
             errors.push(FieldError::new("username", "is required"));
         }
-        let has =
-            |s: &Option<SecretString>| s.as_ref().is_some_and(|s| !s.expose_secret().is_empty());
+        let has = |s: &Option<SecretString>| s.as_ref().is_some_and(|s| !s.expose_secret().is_empty());
         if !has(&self.password) && !has(&self.private_key) {
-            errors.push(FieldError::new(
-                "password",
-                "give a password or a private_key",
-            ));
+            errors.push(FieldError::new("password", "give a password or a private_key"));
         }
         if let Some(key) = &self.private_key {
             if !key.expose_secret().contains("PRIVATE KEY-----") {
@@ -86,10 +82,7 @@ impl Probe for SftpRequest {
         }
         if let Some(fp) = self.expected_fingerprint() {
             let body = &fp["SHA256:".len()..];
-            let valid = body.len() == 43
-                && body
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '/');
+            let valid = body.len() == 43 && body.chars().all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '/');
             if !valid {
                 errors.push(FieldError::new(
                     "host_key_sha256",
@@ -103,10 +96,7 @@ impl Probe for SftpRequest {
         into_result(errors)
     }
 
-    async fn execute(
-        &self,
-        ctx: &ProbeContext,
-    ) -> Result<serde_json::Value, (serde_json::Value, ProbeFailure)> {
+    async fn execute(&self, ctx: &ProbeContext) -> Result<serde_json::Value, (serde_json::Value, ProbeFailure)> {
         let no_detail = |f: ProbeFailure| (json!({}), f);
         let slot = ctx.ssh_slot().await;
         let (stream, addr) = ctx
@@ -135,9 +125,8 @@ impl Probe for SftpRequest {
         });
         let limit = ctx.timeouts.stage * 4 + Duration::from_secs(1);
         let outcome = stage("the SFTP session", limit, async {
-            work.await.map_err(|_| {
-                ProbeFailure::new(FailureCode::Protocol, "the SSH session ended unexpectedly")
-            })
+            work.await
+                .map_err(|_| ProbeFailure::new(FailureCode::Protocol, "the SSH session ended unexpectedly"))
         })
         .await
         .map_err(no_detail)?;

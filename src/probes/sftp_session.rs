@@ -55,8 +55,8 @@ fn session(stream: TcpStream, login: &Login, facts: &mut Value) -> Result<(), Pr
     let limit = login.stage_timeout;
     let _ = stream.set_read_timeout(Some(limit));
     let _ = stream.set_write_timeout(Some(limit));
-    let mut session = Session::new()
-        .map_err(|_| ProbeFailure::new(FailureCode::Network, "could not start an SSH session"))?;
+    let mut session =
+        Session::new().map_err(|_| ProbeFailure::new(FailureCode::Network, "could not start an SSH session"))?;
     session.set_timeout(u32::try_from(limit.as_millis()).unwrap_or(u32::MAX));
     session.set_tcp_stream(stream);
 
@@ -145,9 +145,9 @@ fn auth_error(e: &ssh2::Error, user: &str, what: &str, limit: Duration) -> Probe
             "the private key could not be read: check the passphrase and that it is an \
              OpenSSH or PEM private key",
         ),
-        ErrorCode::Session(
-            LIBSSH2_ERROR_AUTHENTICATION_FAILED | LIBSSH2_ERROR_PUBLICKEY_UNVERIFIED,
-        ) => auth_failed(user, what),
+        ErrorCode::Session(LIBSSH2_ERROR_AUTHENTICATION_FAILED | LIBSSH2_ERROR_PUBLICKEY_UNVERIFIED) => {
+            auth_failed(user, what)
+        }
         _ => classify(e, "authentication", limit),
     }
 }
@@ -170,20 +170,17 @@ fn listing_failure(e: &ssh2::Error, path: &str, limit: Duration) -> ProbeFailure
 fn classify(e: &ssh2::Error, stage: &str, limit: Duration) -> ProbeFailure {
     match e.code() {
         ErrorCode::Session(LIBSSH2_ERROR_TIMEOUT) => ProbeFailure::timeout(stage, limit),
-        ErrorCode::Session(LIBSSH2_ERROR_BANNER_RECV | LIBSSH2_ERROR_KEX_FAILURE) => {
-            ProbeFailure::new(
-                FailureCode::Protocol,
-                format!("{stage} failed: the server does not speak SSH on this port, or offers no algorithm we support"),
-            )
-        }
+        ErrorCode::Session(LIBSSH2_ERROR_BANNER_RECV | LIBSSH2_ERROR_KEX_FAILURE) => ProbeFailure::new(
+            FailureCode::Protocol,
+            format!("{stage} failed: the server does not speak SSH on this port, or offers no algorithm we support"),
+        ),
         ErrorCode::Session(code) => ProbeFailure::new(
             FailureCode::Protocol,
             format!("{stage} failed (libssh2 error {code}): {}", e.message()),
         ),
-        ErrorCode::SFTP(code) => ProbeFailure::new(
-            FailureCode::Protocol,
-            format!("{stage} failed (SFTP status {code})"),
-        ),
+        ErrorCode::SFTP(code) => {
+            ProbeFailure::new(FailureCode::Protocol, format!("{stage} failed (SFTP status {code})"))
+        }
     }
 }
 

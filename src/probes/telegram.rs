@@ -13,9 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::http::{get, join, status_failure};
-use super::{
-    into_result, run, FailureCode, FieldError, Probe, ProbeContext, ProbeFailure, ProbeResult,
-};
+use super::{into_result, run, FailureCode, FieldError, Probe, ProbeContext, ProbeFailure, ProbeResult};
 
 /// Body of `POST /integrations/telegram/test-connection`.
 #[derive(Debug, Deserialize)]
@@ -48,12 +46,7 @@ impl Probe for TelegramRequest {
         } else {
             None
         };
-        into_result(
-            error
-                .map(|m| FieldError::new("bot_token", m))
-                .into_iter()
-                .collect(),
-        )
+        into_result(error.map(|m| FieldError::new("bot_token", m)).into_iter().collect())
     }
 
     async fn execute(&self, ctx: &ProbeContext) -> Result<Value, (Value, ProbeFailure)> {
@@ -64,14 +57,8 @@ impl Probe for TelegramRequest {
                 "the bot token is malformed",
             )));
         }
-        let url = join(
-            &ctx.base_urls.telegram,
-            &format!("bot{}/getMe", self.token()),
-        )
-        .map_err(fail)?;
-        let reply = get(ctx, &url, ctx.http().get(url.clone()))
-            .await
-            .map_err(fail)?;
+        let url = join(&ctx.base_urls.telegram, &format!("bot{}/getMe", self.token())).map_err(fail)?;
+        let reply = get(ctx, &url, ctx.http().get(url.clone())).await.map_err(fail)?;
         let body = &reply.json;
         let said_ok = body.get("ok").and_then(Value::as_bool);
         if !reply.status.is_success() || said_ok == Some(false) {
@@ -87,10 +74,7 @@ impl Probe for TelegramRequest {
                 .filter(|c| !c.is_success())
                 .unwrap_or(reply.status);
             let mut detail = json!({});
-            if let Some(secs) = body
-                .pointer("/parameters/retry_after")
-                .and_then(Value::as_u64)
-            {
+            if let Some(secs) = body.pointer("/parameters/retry_after").and_then(Value::as_u64) {
                 detail["retry_after"] = json!(secs);
             }
             // Telegram answers 404 for a token that has the right shape but

@@ -112,13 +112,13 @@ pub fn load_dir(dir: &Path, env: &BTreeMap<String, String>) -> Result<Vec<Provid
         let text = std::fs::read_to_string(file).map_err(|e| whole(file, e.to_string()))?;
         let mut table: toml::Table = text
             .parse()
-            .map_err(|e: toml::de::Error| whole(file, e.message().to_owned()))?;
+            .map_err(|e: toml::de::Error| whole(file, e.message().trim().replace('\n', " ")))?;
         apply_overrides(&mut table, id, &ids, env);
         let raw: RawProvider =
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| ProviderFileError {
                 file: file.clone(),
                 field: e.path().to_string(),
-                message: e.inner().to_string(),
+                message: e.inner().to_string().trim().replace('\n', " "),
             })?;
         providers.push(build(file, id, raw)?);
     }

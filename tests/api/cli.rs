@@ -294,3 +294,41 @@ async fn serve_and_the_worker_stop_cleanly_on_sigterm() {
     assert!(!worker_err.contains("credgate is serving"), "--worker-only runs no API");
     assert!(worker_err.contains("token refresh worker stopped"));
 }
+
+#[tokio::test]
+async fn a_malformed_provider_file_or_override_stops_startup_naming_file_and_field() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/providers/google.toml"),
+        dir.path().join("google.toml"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("broken.toml"), "display_name = \"B\"\n[[auth_types]]\ntype = \"api_key\"\nfields = [{ name = \"x\", label = \"X\", type = \"colour\" }]\n").unwrap();
+    let run = |extra: &[(&str, &str)], dir: &std::path::Path| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_credgate"));
+        cmd.args(["org", "create", "X"])
+            .env("CREDGATE_DATABASE_URL", &db.url)
+            .env("CREDGATE_PROVIDERS_DIR", dir);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+
+    let broken = run(&[], dir.path());
+    std::fs::remove_file(dir.path().join("broken.toml")).unwrap();
+    let bad_override = run(&[("CREDGATE_PROVIDER_GOOGLE_TOKEN_URL", "not a url")], dir.path());
+    let unknown_override = run(&[("CREDGATE_PROVIDER_GOOGLE_COLOUR", "red")], dir.path());
+
+    for (out, field) in [
+        (&broken, "auth_types[0].fields[0].type"),
+        (&bad_override, "token_url"),
+        (&unknown_override, "colour"),
+    ] {
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(".toml") && err.contains(field), "{err}");
+    }
+}

@@ -82,10 +82,7 @@ fn public_addresses_and_their_ipv6_wrappings_are_permitted() {
         "64:ff9b::808:808",
         "2002:0808:0808::1",
     ] {
-        assert!(
-            policy.permits(text.parse().unwrap()),
-            "{text} should be permitted"
-        );
+        assert!(policy.permits(text.parse().unwrap()), "{text} should be permitted");
     }
 }
 
@@ -125,15 +122,10 @@ async fn a_hostname_that_resolves_to_loopback_is_denied() {
 
 #[tokio::test]
 async fn the_allow_list_admits_a_hostname_that_resolves_into_it() {
-    let addrs = super::loopback_policy()
-        .resolve("localhost", 2222)
-        .await
-        .unwrap();
+    let addrs = super::loopback_policy().resolve("localhost", 2222).await.unwrap();
 
     assert!(!addrs.is_empty());
-    assert!(addrs
-        .iter()
-        .all(|a| a.ip().is_loopback() && a.port() == 2222));
+    assert!(addrs.iter().all(|a| a.ip().is_loopback() && a.port() == 2222));
 }
 
 #[tokio::test]
@@ -150,10 +142,7 @@ async fn connecting_to_the_metadata_address_is_refused_before_any_packet() {
 
 #[tokio::test]
 async fn an_unresolvable_host_is_a_dns_error() {
-    let err = deny_all()
-        .resolve("no-such-host.invalid", 443)
-        .await
-        .unwrap_err();
+    let err = deny_all().resolve("no-such-host.invalid", 443).await.unwrap_err();
 
     assert!(matches!(err, EgressError::Dns { .. }), "{err:?}");
 }
@@ -195,10 +184,7 @@ async fn the_http_client_refuses_a_named_host_that_resolves_to_loopback() {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&err);
     let mut denied = false;
     while let Some(e) = cause {
-        denied |= matches!(
-            e.downcast_ref::<EgressError>(),
-            Some(EgressError::Denied { .. })
-        );
+        denied |= matches!(e.downcast_ref::<EgressError>(), Some(EgressError::Denied { .. }));
         cause = e.source();
     }
     assert!(denied, "{err:?}");

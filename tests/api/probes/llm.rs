@@ -108,10 +108,7 @@ async fn openai_compatible_calls_models_under_its_base_url() {
         .expect(1)
         .mount(&server)
         .await;
-    let req = request(
-        "openai_compatible",
-        Some(format!("{}/api/v1/", server.uri())),
-    );
+    let req = request("openai_compatible", Some(format!("{}/api/v1/", server.uri())));
 
     let result = probe(&ctx_for(&server), &req).await;
 
@@ -146,11 +143,7 @@ async fn anthropic_authentication_error_is_auth_failed() {
     let result = run(&server, "anthropic").await;
 
     assert_eq!(code(&result), "auth_failed", "{result:?}");
-    assert!(result
-        .error
-        .unwrap()
-        .message
-        .contains("authentication_error"));
+    assert!(result.error.unwrap().message.contains("authentication_error"));
 }
 
 #[tokio::test]
@@ -177,7 +170,9 @@ async fn http_429_is_rate_limited_with_retry_after() {
         .respond_with(
             ResponseTemplate::new(429)
                 .insert_header("retry-after", "20")
-                .set_body_json(json!({ "type": "error", "error": { "type": "rate_limit_error", "message": "slow down" }})),
+                .set_body_json(
+                    json!({ "type": "error", "error": { "type": "rate_limit_error", "message": "slow down" }}),
+                ),
         )
         .mount(&server)
         .await;
@@ -210,9 +205,7 @@ async fn a_success_that_is_not_a_model_list_is_protocol() {
 async fn redirects_are_not_followed() {
     let server = MockServer::start().await;
     Mock::given(method("GET"))
-        .respond_with(
-            ResponseTemplate::new(302).insert_header("location", "http://169.254.169.254/"),
-        )
+        .respond_with(ResponseTemplate::new(302).insert_header("location", "http://169.254.169.254/"))
         .expect(1)
         .mount(&server)
         .await;
@@ -279,10 +272,7 @@ async fn a_closed_port_is_connect_refused() {
 #[tokio::test]
 async fn an_unknown_host_is_dns() {
     let server = MockServer::start().await;
-    let req = request(
-        "openai_compatible",
-        Some("https://llm.no-such-host.invalid/v1".into()),
-    );
+    let req = request("openai_compatible", Some("https://llm.no-such-host.invalid/v1".into()));
 
     assert_eq!(code(&probe(&ctx_for(&server), &req).await), "dns");
 }
@@ -290,15 +280,8 @@ async fn an_unknown_host_is_dns() {
 #[tokio::test]
 async fn a_base_url_on_a_private_address_is_egress_denied_before_any_request() {
     let server = answer(200, models(1)).await;
-    let deny = ctx_with(
-        Default::default(),
-        Duration::from_secs(2),
-        ApiBaseUrls::default(),
-    );
-    for base in [
-        server.uri(),
-        format!("http://localhost:{}", server.address().port()),
-    ] {
+    let deny = ctx_with(Default::default(), Duration::from_secs(2), ApiBaseUrls::default());
+    for base in [server.uri(), format!("http://localhost:{}", server.address().port())] {
         let result = probe(&deny, &request("openai_compatible", Some(base))).await;
 
         assert_eq!(code(&result), "egress_denied", "{result:?}");

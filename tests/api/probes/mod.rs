@@ -3,6 +3,7 @@
 //! wiremock stand-ins for OpenAI, Anthropic and Telegram.
 
 mod egress;
+mod http;
 mod llm;
 mod pg_cluster;
 mod postgres;
@@ -24,11 +25,7 @@ fn loopback_policy() -> Arc<EgressPolicy> {
 
 /// A context that may reach loopback, with test-sized time limits.
 fn ctx() -> ProbeContext {
-    ctx_with(
-        loopback_policy(),
-        Duration::from_secs(5),
-        ApiBaseUrls::default(),
-    )
+    ctx_with(loopback_policy(), Duration::from_secs(5), ApiBaseUrls::default())
 }
 
 fn ctx_with(egress: Arc<EgressPolicy>, stage: Duration, base_urls: ApiBaseUrls) -> ProbeContext {

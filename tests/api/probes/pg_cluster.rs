@@ -35,10 +35,7 @@ pub struct PgCluster {
 impl PgCluster {
     /// A libpq URL for the test role, with `extra` query parameters.
     pub fn url(&self, password: &str, extra: &str) -> String {
-        format!(
-            "postgres://{USER}:{password}@127.0.0.1:{}/{DATABASE}{extra}",
-            self.port
-        )
+        format!("postgres://{USER}:{password}@127.0.0.1:{}/{DATABASE}{extra}", self.port)
     }
 }
 
@@ -72,20 +69,10 @@ fn start() -> Result<PgCluster, String> {
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
     let pwfile = dir.join("pw");
     fs::write(&pwfile, ADMIN_PASSWORD).map_err(|e| e.to_string())?;
-    run(Command::new("chown")
-        .args(["-R", "postgres:postgres"])
-        .arg(&dir))?;
+    run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir))?;
     let data = dir.join("data");
     run(as_postgres(&format!("{BIN}/initdb"))
-        .args([
-            "--auth=scram-sha-256",
-            "-U",
-            ADMIN,
-            "-E",
-            "UTF8",
-            "--no-sync",
-            "-D",
-        ])
+        .args(["--auth=scram-sha-256", "-U", ADMIN, "-E", "UTF8", "--no-sync", "-D"])
         .arg(&data)
         .arg(format!("--pwfile={}", pwfile.display())))?;
     run(as_postgres("openssl")
@@ -148,10 +135,7 @@ fn setup(cluster: &PgCluster) -> Result<(), String> {
                 "postgres",
             ])
             .args(["-v", "ON_ERROR_STOP=1", "-q"])
-            .args([
-                "-c",
-                &format!("CREATE ROLE {USER} LOGIN PASSWORD '{PASSWORD}'"),
-            ])
+            .args(["-c", &format!("CREATE ROLE {USER} LOGIN PASSWORD '{PASSWORD}'")])
             .args(["-c", &format!("CREATE DATABASE {DATABASE} OWNER {USER}")]));
         match result {
             Ok(()) => return Ok(()),

@@ -33,14 +33,8 @@ async fn fields_with_sslmode_disable_log_in_without_tls() {
     assert_eq!(result.detail["tls"], json!(false));
     assert_eq!(result.detail["database"], json!(DATABASE));
     assert_eq!(result.detail["user"], json!(USER));
-    assert!(result.detail["version"]
-        .as_str()
-        .unwrap()
-        .starts_with("PostgreSQL 15"));
-    assert!(result.detail["server_version"]
-        .as_str()
-        .unwrap()
-        .starts_with("15"));
+    assert!(result.detail["version"].as_str().unwrap().starts_with("PostgreSQL 15"));
+    assert!(result.detail["server_version"].as_str().unwrap().starts_with("15"));
     assert_no_secret(&result, &[PASSWORD]);
 }
 
@@ -105,11 +99,7 @@ async fn the_next_host_is_tried_when_the_first_refuses() {
 
 #[tokio::test]
 async fn a_wrong_password_is_auth_failed() {
-    let result = probe(
-        &ctx(),
-        &with_string(cluster().url("SENTINEL-wrong-pg-1", "")),
-    )
-    .await;
+    let result = probe(&ctx(), &with_string(cluster().url("SENTINEL-wrong-pg-1", ""))).await;
 
     assert_eq!(code(&result), "auth_failed", "{result:?}");
     assert!(result.error.as_ref().unwrap().message.contains("28P01"));
@@ -172,11 +162,7 @@ async fn an_allowed_hostaddr_is_used_instead_of_resolving_the_host() {
 
 #[tokio::test]
 async fn loopback_without_an_allow_list_is_egress_denied() {
-    let deny = ctx_with(
-        Default::default(),
-        Duration::from_secs(5),
-        ApiBaseUrls::default(),
-    );
+    let deny = ctx_with(Default::default(), Duration::from_secs(5), ApiBaseUrls::default());
 
     let result = probe(&deny, &fields("disable")).await;
 

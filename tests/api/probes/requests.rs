@@ -46,8 +46,7 @@ fn a_well_formed_sftp_request_is_valid_and_defaults_to_port_22() {
 fn postgres_fields_need_host_database_and_username_unless_a_connection_string_is_given() {
     let empty: PostgresRequest = serde_json::from_value(json!({})).unwrap();
     let with_string: PostgresRequest =
-        serde_json::from_value(json!({ "connection_string": "postgres://u:p@db.example.com/app" }))
-            .unwrap();
+        serde_json::from_value(json!({ "connection_string": "postgres://u:p@db.example.com/app" })).unwrap();
 
     assert_eq!(
         fields_of(empty.validate().unwrap_err()),
@@ -63,31 +62,23 @@ fn postgres_rejects_an_unknown_sslmode_and_an_unparsable_connection_string() {
     }))
     .unwrap();
     let string: PostgresRequest =
-        serde_json::from_value(json!({ "connection_string": "host=h port=notaport user=u" }))
-            .unwrap();
+        serde_json::from_value(json!({ "connection_string": "host=h port=notaport user=u" })).unwrap();
 
     assert_eq!(fields_of(mode.validate().unwrap_err()), ["sslmode"]);
-    assert_eq!(
-        fields_of(string.validate().unwrap_err()),
-        ["connection_string"]
-    );
+    assert_eq!(fields_of(string.validate().unwrap_err()), ["connection_string"]);
 }
 
 #[test]
 fn llm_needs_a_known_provider_a_key_and_a_base_url_for_openai_compatible() {
     let unknown: LlmRequest = serde_json::from_value(json!({ "provider_type": "gemini" })).unwrap();
     let compatible: LlmRequest =
-        serde_json::from_value(json!({ "provider_type": "openai_compatible", "api_key": "k" }))
-            .unwrap();
+        serde_json::from_value(json!({ "provider_type": "openai_compatible", "api_key": "k" })).unwrap();
     let with_creds: LlmRequest = serde_json::from_value(json!({
         "provider_type": "openai", "api_key": "k", "base_url": "https://user:pw@example.com",
     }))
     .unwrap();
 
-    assert_eq!(
-        fields_of(unknown.validate().unwrap_err()),
-        ["provider_type", "api_key"]
-    );
+    assert_eq!(fields_of(unknown.validate().unwrap_err()), ["provider_type", "api_key"]);
     assert_eq!(fields_of(compatible.validate().unwrap_err()), ["base_url"]);
     assert_eq!(fields_of(with_creds.validate().unwrap_err()), ["base_url"]);
 }
@@ -102,16 +93,10 @@ fn telegram_token_shape_is_checked_before_any_call() {
         "123:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA!",
     ] {
         let req: TelegramRequest = serde_json::from_value(json!({ "bot_token": bad })).unwrap();
-        assert_eq!(
-            fields_of(req.validate().unwrap_err()),
-            ["bot_token"],
-            "{bad}"
-        );
+        assert_eq!(fields_of(req.validate().unwrap_err()), ["bot_token"], "{bad}");
     }
-    let good: TelegramRequest = serde_json::from_value(
-        json!({ "bot_token": "123456:AAH_abcdefghijklmnopqrstuvwxyz-0123" }),
-    )
-    .unwrap();
+    let good: TelegramRequest =
+        serde_json::from_value(json!({ "bot_token": "123456:AAH_abcdefghijklmnopqrstuvwxyz-0123" })).unwrap();
     assert_eq!(good.validate(), Ok(()));
 }
 
@@ -133,10 +118,7 @@ fn debug_output_of_every_request_hides_its_secrets() {
         ),
         format!(
             "{:?}",
-            serde_json::from_value::<LlmRequest>(
-                json!({ "provider_type": "openai", "api_key": secret })
-            )
-            .unwrap()
+            serde_json::from_value::<LlmRequest>(json!({ "provider_type": "openai", "api_key": secret })).unwrap()
         ),
         format!(
             "{:?}",

@@ -31,12 +31,7 @@ fn key_login(key_name: &str, passphrase: Option<&str>) -> SftpRequest {
 fn secrets() -> Vec<String> {
     let s = sshd();
     let mut all = vec![PASSWORD.to_owned(), PASSPHRASE.to_owned()];
-    for name in [
-        "id_ed25519",
-        "id_ed25519_pass",
-        "id_rsa_pem_pass",
-        "id_unauthorized",
-    ] {
+    for name in ["id_ed25519", "id_ed25519_pass", "id_rsa_pem_pass", "id_unauthorized"] {
         // The base64 body of a key, without its armour lines.
         let key = s.key(name);
         all.extend(key.lines().filter(|l| l.len() > 40).map(str::to_owned));
@@ -56,10 +51,7 @@ async fn password_login_lists_the_home_directory_and_reports_the_server() {
 
     assert_eq!(code(&result), "ok", "{result:?}");
     assert_eq!(result.detail["host_key_sha256"], json!(sshd().fingerprint));
-    assert!(result.detail["banner"]
-        .as_str()
-        .unwrap()
-        .contains("OpenSSH"));
+    assert!(result.detail["banner"].as_str().unwrap().contains("OpenSSH"));
     assert_eq!(result.detail["path"], json!("."));
     assert!(result.detail["entry_count"].as_u64().unwrap() >= 1);
     assert_eq!(result.detail["auth_method"], json!("password"));
@@ -108,12 +100,7 @@ async fn a_wrong_password_is_auth_failed() {
     let result = probe(&ctx(), &req).await;
 
     assert_eq!(code(&result), "auth_failed", "{result:?}");
-    assert!(result
-        .error
-        .as_ref()
-        .unwrap()
-        .message
-        .contains(PASSWORD_USER));
+    assert!(result.error.as_ref().unwrap().message.contains(PASSWORD_USER));
     assert_no_secret(&result, &["SENTINEL-wrong-password-93ab"]);
     // The fingerprint is still reported, so a person can compare it.
     assert_eq!(result.detail["host_key_sha256"], json!(sshd().fingerprint));
@@ -129,11 +116,7 @@ async fn a_key_the_server_does_not_know_is_auth_failed() {
 
 #[tokio::test]
 async fn a_wrong_passphrase_is_invalid_key() {
-    let result = probe(
-        &ctx(),
-        &key_login("id_ed25519_pass", Some("SENTINEL-bad-phrase-1")),
-    )
-    .await;
+    let result = probe(&ctx(), &key_login("id_ed25519_pass", Some("SENTINEL-bad-phrase-1"))).await;
 
     assert_eq!(code(&result), "invalid_key", "{result:?}");
     assert_no_secret(&result, &["SENTINEL-bad-phrase-1"]);
@@ -164,12 +147,7 @@ async fn a_different_host_key_is_host_key_mismatch_before_login() {
     let result = probe(&ctx(), &req).await;
 
     assert_eq!(code(&result), "host_key_mismatch", "{result:?}");
-    assert!(result
-        .error
-        .as_ref()
-        .unwrap()
-        .message
-        .contains(&sshd().fingerprint));
+    assert!(result.error.as_ref().unwrap().message.contains(&sshd().fingerprint));
     assert!(result.detail.get("auth_method").is_none());
 }
 
@@ -212,11 +190,7 @@ async fn an_unknown_host_is_dns() {
 async fn loopback_without_an_allow_list_is_egress_denied() {
     let mut req = password_login(None);
     req.host = "localhost".into();
-    let deny = ctx_with(
-        Default::default(),
-        Duration::from_secs(5),
-        ApiBaseUrls::default(),
-    );
+    let deny = ctx_with(Default::default(), Duration::from_secs(5), ApiBaseUrls::default());
 
     let result = probe(&deny, &req).await;
 
@@ -228,11 +202,7 @@ async fn a_server_that_never_speaks_is_a_timeout() {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let mut req = password_login(None);
     req.port = Some(i64::from(silent.local_addr().unwrap().port()));
-    let impatient = ctx_with(
-        loopback_policy(),
-        Duration::from_millis(700),
-        ApiBaseUrls::default(),
-    );
+    let impatient = ctx_with(loopback_policy(), Duration::from_millis(700), ApiBaseUrls::default());
 
     let result = probe(&impatient, &req).await;
 

@@ -108,19 +108,14 @@ fn start() -> Result<Sshd, String> {
     let listed = run(Command::new("ssh-keygen")
         .args(["-l", "-E", "sha256", "-f"])
         .arg(dir.join("host_ed25519.pub")))?;
-    let fingerprint = listed
-        .split_whitespace()
-        .nth(1)
-        .ok_or("no fingerprint")?
-        .to_owned();
+    let fingerprint = listed.split_whitespace().nth(1).ok_or("no fingerprint")?.to_owned();
 
     let auth_dir = dir.join("authorized_keys");
     fs::create_dir(&auth_dir).map_err(|e| e.to_string())?;
     chmod(&auth_dir, 0o755).map_err(|e| e.to_string())?;
     let mut authorized = String::new();
     for name in ["id_ed25519", "id_ed25519_pass", "id_rsa_pem_pass"] {
-        authorized +=
-            &fs::read_to_string(dir.join(format!("{name}.pub"))).map_err(|e| e.to_string())?;
+        authorized += &fs::read_to_string(dir.join(format!("{name}.pub"))).map_err(|e| e.to_string())?;
     }
     fs::write(auth_dir.join(KEY_USER), authorized).map_err(|e| e.to_string())?;
     chmod(&auth_dir.join(KEY_USER), 0o644).map_err(|e| e.to_string())?;
