@@ -55,12 +55,7 @@ fn timed_command(cmd: &mut Command, stdin: &str) -> Duration {
         .spawn()
         .expect("spawn client");
     use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
     let out = child.wait_with_output().expect("client");
     assert!(
         out.status.success(),
@@ -92,12 +87,7 @@ async fn main() {
         let mut cmd = Command::new("sftp");
         cmd.args(["-q", "-b", "-", "-P", &ssh.port.to_string(), "-i"])
             .arg(&key_path)
-            .args([
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-            ])
+            .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
             .args(["-o", "BatchMode=yes", "-o", "LogLevel=ERROR"])
             .arg(format!("{}@127.0.0.1", sshd::KEY_USER));
         cmd
@@ -121,8 +111,7 @@ async fn main() {
     };
 
     let listing = format!("ls -1 {}\n", ssh.listing_dir());
-    let (mut sftp_probe, mut sftp_stock, mut pg_probe, mut pg_stock) =
-        (vec![], vec![], vec![], vec![]);
+    let (mut sftp_probe, mut sftp_stock, mut pg_probe, mut pg_stock) = (vec![], vec![], vec![], vec![]);
     for i in 0..runs + 2 {
         let started = Instant::now();
         let result = sftp::probe(&ctx, &sftp_req).await;
@@ -132,10 +121,7 @@ async fn main() {
         let started = Instant::now();
         let result = postgres::probe(&ctx, &pg_req).await;
         let pg_time = started.elapsed();
-        assert!(
-            result.ok && result.detail["tls"] == json!(true),
-            "{result:?}"
-        );
+        assert!(result.ok && result.detail["tls"] == json!(true), "{result:?}");
         let psql_time = timed_command(&mut psql(), "");
         if i >= 2 {
             sftp_probe.push(millis(probe_time));
@@ -161,11 +147,7 @@ async fn main() {
 }
 
 /// Runs `n` SFTP probes at once while a ticker measures runtime wake-up lag.
-async fn concurrent_sftp(
-    ctx: &ProbeContext,
-    req: &sftp::SftpRequest,
-    n: usize,
-) -> serde_json::Value {
+async fn concurrent_sftp(ctx: &ProbeContext, req: &sftp::SftpRequest, n: usize) -> serde_json::Value {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ticker = tokio::spawn({
         let stop = Arc::clone(&stop);
@@ -174,9 +156,7 @@ async fn concurrent_sftp(
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let asked = Instant::now();
                 tokio::time::sleep(Duration::from_millis(1)).await;
-                lags.push(millis(
-                    asked.elapsed().saturating_sub(Duration::from_millis(1)),
-                ));
+                lags.push(millis(asked.elapsed().saturating_sub(Duration::from_millis(1))));
             }
             lags
         }
