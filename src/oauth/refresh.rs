@@ -210,7 +210,7 @@ pub async fn refresh_credential(
             }
             return Err(RefreshError::NeedsReauth(reauth_message(&row)));
         }
-        let (failures, refresh_after, _) = state.store.refresh_state(org_id, id).await?.unwrap_or((0, None, None));
+        let (failures, refresh_after) = (row.refresh_failures, row.refresh_after);
         let done_already = match mode {
             Mode::Margin(m) => !expires_within(&row, m),
             Mode::Now => row.last_refreshed_at.is_some_and(|t| t > now() - RECENT_SECS),
@@ -235,6 +235,10 @@ pub async fn refresh_credential(
                 retry_after: (until - now()).max(1) as u64,
             });
         }
+        if matches!(mode, Mode::Claimed) {
+            // The worker's claim is the lease, and this row was read under it.
+            return do_refresh(state, row, false).await;
+        }
         if state
             .store
             .claim_refresh(org_id, id, &refresher.owner, now() + LEASE_SECS)
@@ -254,7 +258,7 @@ pub async fn refresh_credential(
                 state.store.release_lease(org_id, id, &refresher.owner).await?;
                 return Ok(row);
             }
-            return do_refresh(state, row, failures).await;
+            return do_refresh(state, row, true).await;
         }
         // Another replica is refreshing: its token is as good as ours.
         if matches!(mode, Mode::Margin(_)) && !expires_within(&row, 5) {
@@ -276,8 +280,9 @@ fn backoff_secs(failures: i64, retry_after: Option<u64>) -> i64 {
     jittered.max(retry_after.unwrap_or(0) as i64)
 }
 
-/// The refresh itself, under the lease.
-async fn do_refresh(state: &AppState, row: CredentialRow, failures: i64) -> Result<CredentialRow, RefreshError> {
+/// The refresh itself, under the lease; returns the new row when `reread`.
+async fn do_refresh(state: &AppState, row: CredentialRow, reread: bool) -> Result<CredentialRow, RefreshError> {
+    let failures = row.refresh_failures;
     let settings = state
         .registry
         .get(&row.provider)
@@ -373,6 +378,9 @@ async fn do_refresh(state: &AppState, row: CredentialRow, failures: i64) -> Resu
                 state
                     .webhooks
                     .emit("credential.recovered", &row.org_id, &row.id, &row.provider, json!({}));
+            }
+            if !reread {
+                return Ok(row.clone());
             }
             state
                 .store

@@ -9,6 +9,11 @@ const COLUMNS: &str = "id, org_id, name, provider, auth_type, status, fields, se
     key_version, account_id, account_email, account_name, scopes, expires_at, last_refreshed_at, \
     last_used_at, last_tested_at, last_error, created_by, created_at, updated_at";
 
+/// What a read returns: the inserted columns plus refresh bookkeeping.
+const READ_COLUMNS: &str = "id, org_id, name, provider, auth_type, status, fields, secret_names, secret_ct, \
+    key_version, account_id, account_email, account_name, scopes, expires_at, last_refreshed_at, \
+    last_used_at, last_tested_at, last_error, created_by, created_at, updated_at, refresh_failures, refresh_after";
+
 /// A credential as stored. Holds the sealed secrets; never serialized.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct CredentialRow {
@@ -39,6 +44,10 @@ pub struct CredentialRow {
     pub created_by: String,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Consecutive failed refreshes.
+    pub refresh_failures: i64,
+    /// Next background refresh not before (jittered schedule or backoff).
+    pub refresh_after: Option<i64>,
 }
 
 /// Everything needed to insert a credential.
@@ -138,7 +147,7 @@ impl Store {
     /// One credential of one organization.
     pub async fn credential(&self, org_id: &str, id: &str) -> Result<Option<CredentialRow>, StoreError> {
         Ok(sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM credentials WHERE org_id = $1 AND id = $2"
+            "SELECT {READ_COLUMNS} FROM credentials WHERE org_id = $1 AND id = $2"
         ))
         .bind(org_id)
         .bind(id)
@@ -164,7 +173,7 @@ impl Store {
             .await?
             .try_get(0)?;
         let rows = sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM credentials WHERE {filter} ORDER BY created_at DESC, id DESC LIMIT $5 OFFSET $6"
+            "SELECT {READ_COLUMNS} FROM credentials WHERE {filter} ORDER BY created_at DESC, id DESC LIMIT $5 OFFSET $6"
         ))
         .bind(org_id)
         .bind(&f.provider)
@@ -208,7 +217,7 @@ impl Store {
         }
         audit::insert(&mut tx, event).await?;
         let row = sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM credentials WHERE org_id = $1 AND id = $2"
+            "SELECT {READ_COLUMNS} FROM credentials WHERE org_id = $1 AND id = $2"
         ))
         .bind(org_id)
         .bind(id)
@@ -249,7 +258,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<CredentialRow>, StoreError> {
         Ok(sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM credentials WHERE org_id = $1 AND key_version < $2 ORDER BY id LIMIT $3"
+            "SELECT {READ_COLUMNS} FROM credentials WHERE org_id = $1 AND key_version < $2 ORDER BY id LIMIT $3"
         ))
         .bind(org_id)
         .bind(version)
@@ -269,7 +278,7 @@ impl Store {
         let mut deleted = Vec::new();
         for id in ids {
             let row: Option<CredentialRow> = sqlx::query_as(&format!(
-                "DELETE FROM credentials WHERE org_id = $1 AND id = $2 RETURNING {COLUMNS}"
+                "DELETE FROM credentials WHERE org_id = $1 AND id = $2 RETURNING {READ_COLUMNS}"
             ))
             .bind(org_id)
             .bind(id)
