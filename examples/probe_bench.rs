@@ -132,6 +132,7 @@ async fn main() {
     }
 
     let concurrent = concurrent_sftp(&ctx, &sftp_req, 50).await;
+    let healthz = healthz_during_http_probes(ssh, 50).await;
     let (sp, ss, pp, ps) = (
         summary(sftp_probe),
         summary(sftp_stock),
@@ -142,6 +143,7 @@ async fn main() {
         "sftp": { "probe": sp, "sftp_b": ss, "ratio_median": ratio(&sp, &ss) },
         "postgres": { "probe": pp, "psql": ps, "ratio_median": ratio(&pp, &ps), "tls": true },
         "concurrent_sftp": concurrent,
+        "healthz_during_50_http_sftp_probes": healthz,
     });
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
 }
@@ -175,5 +177,101 @@ async fn concurrent_sftp(ctx: &ProbeContext, req: &sftp::SftpRequest, n: usize) 
         "wall_ms": millis(wall).round(),
         "probe_latency": summary(latencies),
         "runtime_tick_lag_p99_ms": (p99 * 100.0).round() / 100.0,
+    })
+}
+
+/// The real server (`target/release/credgate serve`, its own process): `n`
+/// concurrent `POST /integrations/sftp/test-connection` while `/healthz` is
+/// asked every 5 ms; reports the health check's latency meanwhile.
+async fn healthz_during_http_probes(ssh: &sshd::Sshd, n: usize) -> serde_json::Value {
+    let exe = std::env::current_exe().unwrap();
+    let binary = exe.parent().and_then(|p| p.parent()).unwrap().join("credgate");
+    assert!(binary.exists(), "cargo build --release first");
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("bench.db").display());
+    let port = sshd::free_port();
+    let env = |cmd: &mut Command| {
+        cmd.env("CREDGATE_DATABASE_URL", &db)
+            .env(
+                "CREDGATE_PROVIDERS_DIR",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/providers"),
+            )
+            .env("CREDGATE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("CREDGATE_EGRESS_ALLOW", "127.0.0.0/8")
+            .env("CREDGATE_PROBE_LIMIT_PER_MIN", "0")
+            .env("CREDGATE_RATE_LIMIT_PER_ORG", "0")
+            .env("CREDGATE_LOG", "warn");
+    };
+    let run = |args: &[&str]| {
+        let mut cmd = Command::new(&binary);
+        env(&mut cmd);
+        let out = cmd.args(args).output().unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let org = run(&["org", "create", "bench"]);
+    let key = run(&["api-key", "create", "--org", &org, "--role", "admin"]);
+    let mut server = {
+        let mut cmd = Command::new(&binary);
+        env(&mut cmd);
+        cmd.args(["serve", "--no-worker"])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    while client.get(format!("{base}/healthz")).send().await.is_err() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let checker = tokio::spawn({
+        let (stop, client, base) = (Arc::clone(&stop), client.clone(), base.clone());
+        async move {
+            let mut samples = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let asked = Instant::now();
+                let ok = client
+                    .get(format!("{base}/healthz"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                samples.push((millis(asked.elapsed()), ok));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            samples
+        }
+    });
+    let body = json!({"host": "127.0.0.1", "port": ssh.port, "username": sshd::KEY_USER,
+                      "private_key": ssh.key("id_ed25519"), "path": ssh.listing_dir()});
+    let started = Instant::now();
+    let probes = futures::future::join_all((0..n).map(|_| {
+        client
+            .post(format!("{base}/integrations/sftp/test-connection"))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+    }))
+    .await;
+    let wall = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let samples = checker.await.unwrap();
+    let _ = Command::new("kill").args(["-TERM", &server.id().to_string()]).status();
+    let _ = server.wait();
+    let mut sorted: Vec<f64> = samples.iter().map(|(ms, _)| *ms).collect();
+    sorted.sort_by(f64::total_cmp);
+    let p99 = (sorted[((sorted.len() as f64 - 1.0) * 0.99).round() as usize] * 100.0).round() / 100.0;
+    let mut ok_probes = 0;
+    for r in probes {
+        let v: serde_json::Value = r.unwrap().json().await.unwrap();
+        ok_probes += usize::from(v["ok"] == json!(true));
+    }
+    json!({
+        "probes": n,
+        "probes_ok": ok_probes,
+        "probes_wall_ms": millis(wall).round(),
+        "healthz_checks": samples.len(),
+        "healthz_all_ok": samples.iter().all(|(_, ok)| *ok),
+        "healthz": summary(samples.iter().map(|(ms, _)| *ms).collect()),
+        "healthz_p99_ms": p99,
     })
 }
