@@ -203,3 +203,17 @@ impl Config {
         config
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_of_the_configuration_hides_keys_and_secrets() {
+        let mut config = Config::for_database("sqlite::memory:");
+        config.master_keys = Some(SecretString::from("master-SENTINEL"));
+        config.webhook_secret = Some(SecretString::from("webhook-SENTINEL"));
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("SENTINEL"));
+    }
+}

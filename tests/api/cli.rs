@@ -259,6 +259,9 @@ fn serve_then_sigterm(db: &TestDb, keys: &str, extra: &[&str]) -> (std::process:
         )
         .env("CREDGATE_LISTEN", "127.0.0.1:0")
         .stderr(std::process::Stdio::piped());
+    if extra.contains(&"--worker-only") {
+        cmd.env("CREDGATE_LOG_FORMAT", "json");
+    }
     let mut child = cmd.spawn().unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     let pid = child.id().to_string();
@@ -293,6 +296,10 @@ async fn serve_and_the_worker_stop_cleanly_on_sigterm() {
     assert!(worker_status.success(), "{worker_err}");
     assert!(!worker_err.contains("credgate is serving"), "--worker-only runs no API");
     assert!(worker_err.contains("token refresh worker stopped"));
+    for line in worker_err.lines().filter(|l| !l.is_empty()) {
+        let parsed: serde_json::Value = serde_json::from_str(line).expect("CREDGATE_LOG_FORMAT=json gives JSON lines");
+        assert!(parsed["level"].is_string() && parsed["message"].is_string(), "{line}");
+    }
 }
 
 #[tokio::test]
