@@ -9,6 +9,11 @@ const COLUMNS: &str = "id, org_id, name, provider, auth_type, status, fields, se
     key_version, account_id, account_email, account_name, scopes, expires_at, last_refreshed_at, \
     last_used_at, last_tested_at, last_error, created_by, created_at, updated_at";
 
+/// A listing needs no ciphertext: it is left empty.
+const LIST_COLUMNS: &str = "id, org_id, name, provider, auth_type, status, fields, secret_names, '' AS secret_ct, \
+    key_version, account_id, account_email, account_name, scopes, expires_at, last_refreshed_at, \
+    last_used_at, last_tested_at, last_error, created_by, created_at, updated_at, refresh_failures, refresh_after";
+
 /// What a read returns: the inserted columns plus refresh bookkeeping.
 const READ_COLUMNS: &str = "id, org_id, name, provider, auth_type, status, fields, secret_names, secret_ct, \
     key_version, account_id, account_email, account_name, scopes, expires_at, last_refreshed_at, \
@@ -173,7 +178,7 @@ impl Store {
             .await?
             .try_get(0)?;
         let rows = sqlx::query_as(&format!(
-            "SELECT {READ_COLUMNS} FROM credentials WHERE {filter} ORDER BY created_at DESC, id DESC LIMIT $5 OFFSET $6"
+            "SELECT {LIST_COLUMNS} FROM credentials WHERE {filter} ORDER BY created_at DESC, id DESC LIMIT $5 OFFSET $6"
         ))
         .bind(org_id)
         .bind(&f.provider)
@@ -295,8 +300,27 @@ impl Store {
         Ok(deleted)
     }
 
-    /// Records a use (resolve): `last_used_at` and an audit event.
+    /// Records a use (resolve): `last_used_at` and an audit event, atomically.
+    /// On Postgres that is one statement (one round trip); SQLite, whose
+    /// CTEs cannot update, uses a transaction.
     pub async fn record_use(&self, org_id: &str, id: &str, event: &AuditEvent) -> Result<(), StoreError> {
+        if self.dialect == super::Dialect::Postgres {
+            sqlx::query(
+                "WITH used AS (UPDATE credentials SET last_used_at = $3 WHERE org_id = $1 AND id = $2) \
+                 INSERT INTO audit_events (org_id, credential_id, action, outcome, actor, detail, at) \
+                 VALUES ($1, $2, $4, $5, $6, $7, $3)",
+            )
+            .bind(org_id)
+            .bind(id)
+            .bind(now())
+            .bind(event.action)
+            .bind(event.outcome)
+            .bind(&event.actor)
+            .bind(event.detail.as_ref().map(|d| d.to_string()))
+            .execute(&self.pool)
+            .await?;
+            return Ok(());
+        }
         let mut tx = self.begin_write().await?;
         sqlx::query("UPDATE credentials SET last_used_at = $3 WHERE org_id = $1 AND id = $2")
             .bind(org_id)
