@@ -1,0 +1,441 @@
+//! Load benchmark of credgate's two hot read paths, over loopback HTTP.
+//!
+//! ```sh
+//! cargo build --release            # the server binary, target/release/credgate
+//! cargo run --release --example load_bench -- --backend sqlite|postgres \
+//!     [--requests 20000] [--list-requests 2000] [--concurrency 32] [--pgbench-seconds 15] [--keep]
+//! ```
+//!
+//! `--keep` leaves the seeded database in place (its URL is printed on stderr)
+//! for `EXPLAIN ANALYZE`; the server's pid is printed too, for `perf record -p`.
+//!
+//! What it does, printing ONE JSON document on stdout (progress goes to stderr):
+//!
+//! 1. Prepares a fresh database: a SQLite file in a temporary directory, or a
+//!    Postgres database `cg_bench_<random>` on `postgres://root@127.0.0.1:5432`
+//!    (dropped at the end). Through the library it applies the migrations,
+//!    creates one organization with an engine and an admin API key, and seeds
+//!    10,000 PostgreSQL credentials (not measured).
+//! 2. Starts the real server, `target/release/credgate serve`, as a separate
+//!    process (rate limit off, `CREDGATE_LOG=warn`) so that its resident memory
+//!    (`VmRSS`, `VmHWM` from `/proc/<pid>/status`) and CPU time can be read.
+//! 3. Drives it with `--concurrency` keep-alive connections (reqwest pool): a
+//!    warm-up, then `POST /integrations/credentials/{id}/resolve` (engine key,
+//!    random ids) and `GET /integrations/credentials?per_page=50&page=<1..200>`
+//!    (admin key). Non-2xx answers count as errors. Each phase reports
+//!    requests, seconds, requests/s, p50/p90/p99/max latency (ms), and the
+//!    server's CPU seconds (`/proc/<pid>/stat`).
+//! 4. With Postgres, runs `pgbench -S` (select-only, scale 10, scratch
+//!    database `cg_pgbench`) with the same number of clients and reports its
+//!    tps and the ratio credgate resolve requests/s ÷ pgbench tps.
+//!
+//! The machine is shared with the client: load generator, server and
+//! database all compete for the same cores, as they would in the figures
+//! asked for. Run nothing else heavy (e.g. a compile) at the same time.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use credgate::app::Services;
+use credgate::config::Config;
+use credgate::crypto::{MasterKeyring, SecretMap};
+use credgate::http::extract::token_hash;
+use credgate::store::{AuditEvent, NewCredential};
+use futures::{StreamExt, TryStreamExt};
+use rand::{Rng, SeedableRng};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+const PG_ADMIN_URL: &str = "postgres://root@127.0.0.1:5432/postgres";
+const CREDENTIALS: usize = 10_000;
+const PER_PAGE: usize = 50;
+
+/// Load benchmark of resolve and list over loopback HTTP (see the file's doc).
+#[derive(clap::Parser)]
+struct Args {
+    /// `sqlite` or `postgres`.
+    #[arg(long, value_parser = ["sqlite", "postgres"])]
+    backend: String,
+    /// Measured resolve requests.
+    #[arg(long, default_value_t = 20_000)]
+    requests: usize,
+    /// Measured list requests.
+    #[arg(long, default_value_t = 2_000)]
+    list_requests: usize,
+    /// Concurrent keep-alive connections (and pgbench clients).
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Duration of `pgbench -S` (Postgres only).
+    #[arg(long, default_value_t = 15)]
+    pgbench_seconds: u64,
+    /// Keep the seeded database (for EXPLAIN ANALYZE).
+    #[arg(long)]
+    keep: bool,
+}
+
+impl Args {
+    fn postgres(&self) -> bool {
+        self.backend == "postgres"
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = <Args as clap::Parser>::parse();
+    anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
+    let dir = tempfile::tempdir()?;
+    let pg_name = args
+        .postgres()
+        .then(|| format!("cg_bench_{}", &Uuid::new_v4().simple().to_string()[..12]));
+    let url = match &pg_name {
+        Some(name) => {
+            psql("postgres", &format!("CREATE DATABASE {name}"))?;
+            format!("postgres://root@127.0.0.1:5432/{name}")
+        }
+        None => format!("sqlite://{}", dir.path().join("credgate.db").display()),
+    };
+    let result = run(&args, &url, dir.path()).await;
+    if args.keep {
+        eprintln!("kept the database {url}");
+        let _ = dir.keep();
+    } else if let Some(name) = &pg_name {
+        psql("postgres", &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))?;
+    }
+    println!("{}", serde_json::to_string_pretty(&result?)?);
+    Ok(())
+}
+
+async fn run(args: &Args, url: &str, dir: &Path) -> anyhow::Result<Value> {
+    let master_key = MasterKeyring::generate_key();
+    let started = Instant::now();
+    let (ids, engine, admin) = seed(url, &master_key).await?;
+    let seed_seconds = started.elapsed().as_secs_f64();
+    eprintln!("seeded {} credentials in {seed_seconds:.1} s", ids.len());
+
+    let mut server = Server::start(url, &master_key, dir)?;
+    let base = format!("http://{}", server.addr);
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    server.wait_ready(&client, &base).await?;
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let ids = Arc::new(ids);
+    let resolve = {
+        let (client, base, ids) = (client.clone(), base.clone(), ids.clone());
+        move |rng: &mut rand::rngs::StdRng| {
+            let id = &ids[rng.gen_range(0..ids.len())];
+            client
+                .post(format!("{base}/integrations/credentials/{id}/resolve"))
+                .bearer_auth(&engine)
+        }
+    };
+    let list = {
+        let (client, base) = (client.clone(), base.clone());
+        move |rng: &mut rand::rngs::StdRng| {
+            let page = rng.gen_range(1..=CREDENTIALS / PER_PAGE);
+            client
+                .get(format!(
+                    "{base}/integrations/credentials?per_page={PER_PAGE}&page={page}"
+                ))
+                .bearer_auth(&admin)
+        }
+    };
+
+    eprintln!("warm-up");
+    drive(&server, args.concurrency, (args.requests / 10).max(1000), &resolve).await?;
+    drive(&server, args.concurrency, (args.list_requests / 10).max(200), &list).await?;
+    eprintln!("resolve: {} requests, concurrency {}", args.requests, args.concurrency);
+    let resolve_report = drive(&server, args.concurrency, args.requests, &resolve).await?;
+    eprintln!("list: {} requests", args.list_requests);
+    let list_report = drive(&server, args.concurrency, args.list_requests, &list).await?;
+    let (rss, hwm) = (server.status_kib("VmRSS:")?, server.status_kib("VmHWM:")?);
+    drop(client);
+    server.stop();
+
+    let pgbench = if args.postgres() {
+        eprintln!("pgbench -S, {} clients, {} s", args.concurrency, args.pgbench_seconds);
+        Some(pgbench(args.concurrency, args.pgbench_seconds)?)
+    } else {
+        None
+    };
+    let resolve_rps = resolve_report["requests_per_second"].as_f64().unwrap_or(0.0);
+    Ok(json!({
+        "backend": if args.postgres() { "postgres" } else { "sqlite" },
+        "credentials": CREDENTIALS,
+        "concurrency": args.concurrency,
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "seed_seconds": round(seed_seconds, 1),
+        "loadavg_before": loadavg.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        "resolve": resolve_report,
+        "list": list_report,
+        "rss_mib_after": round(rss / 1024.0, 1),
+        "rss_hwm_mib": round(hwm / 1024.0, 1),
+        "pgbench_select_only_tps": pgbench.map(|t| round(t, 0)),
+        "ratio": pgbench.map(|t| round(resolve_rps / t, 3)),
+    }))
+}
+
+/// Creates the organization, its keys and the credentials through the library.
+async fn seed(url: &str, master_key: &SecretString) -> anyhow::Result<(Vec<String>, String, String)> {
+    let mut config = Config::for_database(url);
+    config.master_keys = Some(master_key.clone());
+    let services = Services::init(config).await?;
+    let org = Uuid::new_v4().to_string();
+    services.vault.create_org(&org, "Bench").await?;
+    let store = &services.store;
+    store.set_org_limit(&org, "postgresql", 2 * CREDENTIALS as i64).await?;
+    let mut tokens = Vec::new();
+    for role in ["engine", "admin"] {
+        let token = credgate::cli::new_api_token();
+        let key_id = Uuid::new_v4().to_string();
+        let hash = token_hash(&token);
+        store
+            .insert_api_key(&key_id, &org, &hash, role, None, Some("load_bench"))
+            .await?;
+        tokens.push(token);
+    }
+    let inserts = futures::stream::iter(0..CREDENTIALS).map(|i| {
+        let (services, org) = (&services, &org);
+        async move {
+            let id = Uuid::new_v4().to_string();
+            let mut secret = SecretMap::default();
+            secret.insert("password", SecretString::from(format!("bench-password-{i}")));
+            let (secret_ct, key_version) = services.vault.seal(org, &id, &[("fields", &secret)]).await?;
+            let public = json!({"host": "db.example.com", "port": 5432, "database": format!("db{i}"),
+                                "username": "etl", "sslmode": "prefer"});
+            let new = NewCredential {
+                id: id.clone(),
+                org_id: org.clone(),
+                name: format!("bench-{i:05}"),
+                provider: "postgresql".into(),
+                auth_type: "user_password".into(),
+                status: "active".into(),
+                fields: public.to_string(),
+                secret_names: r#"["password"]"#.into(),
+                secret_ct,
+                key_version,
+                account_id: None,
+                account_email: None,
+                account_name: None,
+                scopes: None,
+                expires_at: None,
+                created_by: "load_bench".into(),
+            };
+            let event = AuditEvent::success(org, &id, "credential.create", "load_bench");
+            services.store.insert_credential(&new, 50, &event).await?;
+            anyhow::Ok(id)
+        }
+    });
+    let ids: Vec<String> = inserts.buffer_unordered(8).try_collect().await?;
+    store.close().await;
+    let admin = tokens.pop().expect("two tokens");
+    let engine = tokens.pop().expect("two tokens");
+    Ok((ids, engine, admin))
+}
+
+/// The server process.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(url: &str, master_key: &SecretString, dir: &Path) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe()?;
+        // target/release/examples/load_bench → target/release/credgate
+        let bin: PathBuf = exe
+            .parent()
+            .and_then(Path::parent)
+            .map(|d| d.join("credgate"))
+            .context("cannot locate the target directory")?;
+        if !bin.exists() {
+            bail!("{} is missing: run `cargo build --release` first", bin.display());
+        }
+        let addr = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+            probe.local_addr()?.to_string()
+        };
+        let child = Command::new(&bin)
+            .arg("serve")
+            .current_dir(dir)
+            .env("CREDGATE_DATABASE_URL", url)
+            .env("CREDGATE_MASTER_KEYS", master_key.expose_secret())
+            .env("CREDGATE_LISTEN", &addr)
+            .env("CREDGATE_RATE_LIMIT_PER_ORG", "0")
+            .env("CREDGATE_LOG", "warn")
+            .env(
+                "CREDGATE_PROVIDERS_DIR",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/providers"),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        eprintln!("started {} serve on {addr} (pid {})", bin.display(), child.id());
+        Ok(Self { child, addr })
+    }
+
+    async fn wait_ready(&mut self, client: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+        for _ in 0..300 {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("credgate serve exited early: {status}");
+            }
+            if let Ok(res) = client.get(format!("{base}/readyz")).send().await {
+                if res.status().is_success() {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("credgate serve was not ready within 30 s")
+    }
+
+    /// A `/proc/<pid>/status` line in KiB.
+    fn status_kib(&self, key: &str) -> anyhow::Result<f64> {
+        let text = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no {key} in /proc status"))
+    }
+
+    /// User + system CPU seconds of the process so far (USER_HZ = 100).
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the ")" that closes the command name: utime is 14th, stime 15th overall.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<f64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
+        f.get(11).zip(f.get(12)).map_or(0.0, |(u, s)| (u + s) / 100.0)
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Sends `total` requests built by `make` from `concurrency` tasks; reports.
+async fn drive<F>(server: &Server, concurrency: usize, total: usize, make: &F) -> anyhow::Result<Value>
+where
+    F: Fn(&mut rand::rngs::StdRng) -> reqwest::RequestBuilder + Clone + Send + Sync + 'static,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let cpu_before = server.cpu_seconds();
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (next, make) = (next.clone(), make.clone());
+            tokio::spawn(async move {
+                let mut rng = rand::rngs::StdRng::from_entropy();
+                let (mut latencies, mut errors, mut first_error) = (Vec::new(), 0usize, None);
+                while next.fetch_add(1, Ordering::Relaxed) < total {
+                    let t = Instant::now();
+                    let ok = match make(&mut rng).send().await {
+                        Ok(res) => {
+                            let status = res.status();
+                            let body = res.bytes().await;
+                            (status.is_success() && body.is_ok())
+                                .then_some(())
+                                .ok_or(status.to_string())
+                        }
+                        Err(e) => Err(e.to_string()),
+                    };
+                    latencies.push(t.elapsed().as_micros() as u64);
+                    if let Err(what) = ok {
+                        errors += 1;
+                        first_error.get_or_insert(what);
+                    }
+                }
+                (latencies, errors, first_error)
+            })
+        })
+        .collect();
+    let (mut all, mut errors, mut samples) = (Vec::with_capacity(total), 0, Vec::new());
+    for task in tasks {
+        let (latencies, e, first_error) = task.await?;
+        all.extend(latencies);
+        errors += e;
+        samples.extend(first_error);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = server.cpu_seconds() - cpu_before;
+    all.sort_unstable();
+    let pct = |p: f64| {
+        let i = ((all.len() as f64 * p).ceil() as usize).clamp(1, all.len().max(1)) - 1;
+        round(all.get(i).copied().unwrap_or(0) as f64 / 1000.0, 2)
+    };
+    samples.truncate(3);
+    Ok(json!({
+        "requests": all.len(),
+        "errors": errors,
+        "error_samples": samples,
+        "seconds": round(seconds, 2),
+        "requests_per_second": round(all.len() as f64 / seconds, 0),
+        "p50_ms": pct(0.50),
+        "p90_ms": pct(0.90),
+        "p99_ms": pct(0.99),
+        "max_ms": pct(1.0),
+        "server_cpu_seconds": round(cpu, 2),
+        "server_cpu_us_per_request": round(cpu * 1e6 / all.len().max(1) as f64, 0),
+    }))
+}
+
+/// `pgbench -S` on a scratch database `cg_pgbench` (scale 10); its tps.
+fn pgbench(clients: usize, seconds: u64) -> anyhow::Result<f64> {
+    psql("postgres", "DROP DATABASE IF EXISTS cg_pgbench WITH (FORCE)")?;
+    psql("postgres", "CREATE DATABASE cg_pgbench")?;
+    let common = ["-h", "127.0.0.1", "-U", "root"];
+    let init = Command::new("pgbench")
+        .args(common)
+        .args(["-i", "-q", "-s", "10", "cg_pgbench"])
+        .output()
+        .context("cannot run pgbench (install postgresql-contrib / postgresql client)")?;
+    if !init.status.success() {
+        bail!("pgbench -i failed: {}", String::from_utf8_lossy(&init.stderr));
+    }
+    let run = Command::new("pgbench")
+        .args(common)
+        .args(format!("-S -n -c {clients} -j 2 -T {seconds} cg_pgbench").split(' '))
+        .output()?;
+    psql("postgres", "DROP DATABASE IF EXISTS cg_pgbench WITH (FORCE)")?;
+    let out = String::from_utf8_lossy(&run.stdout);
+    if !run.status.success() {
+        bail!("pgbench -S failed: {}", String::from_utf8_lossy(&run.stderr));
+    }
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix("tps = "))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no tps in pgbench output:\n{out}"))
+}
+
+fn psql(db: &str, sql: &str) -> anyhow::Result<()> {
+    let out = Command::new("psql")
+        .args("-h 127.0.0.1 -U root -v ON_ERROR_STOP=1 -q".split(' '))
+        .args(["-d", db, "-c", sql])
+        .output()
+        .with_context(|| format!("cannot run psql against {PG_ADMIN_URL}"))?;
+    if !out.status.success() {
+        bail!("psql {sql:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let m = 10f64.powi(digits);
+    (x * m).round() / m
+}
