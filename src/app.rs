@@ -164,6 +164,7 @@ pub fn app_state(services: Services) -> anyhow::Result<AppState> {
     let probes = ProbeContext::new(Arc::new(EgressPolicy::new(egress)), ProbeTimeouts::default(), base_urls)?;
     Ok(AppState {
         probes: Arc::new(probes),
+        keys: Arc::default(),
         limits: Arc::new(RateLimits::new(config.rate_limit_per_org, config.probe_limit_per_min)),
         metrics: Arc::new(Metrics::default()),
         refresher: Arc::new(Refresher::new(

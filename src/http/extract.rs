@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use super::AppState;
 use crate::error::ApiError;
 use crate::providers::FieldError;
-use crate::store::AuditEvent;
+use crate::store::{ApiKeyRow, AuditEvent};
 
 /// What an API key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +46,39 @@ pub const RESOLVE: &[Role] = &[Role::Engine];
 /// The hash under which an API key token is stored.
 pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// How long a verified API key is trusted without asking the store again.
+pub const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+const KEY_CACHE_MAX: usize = 10_000;
+
+/// Verified API keys, kept briefly so most requests skip a query. Only keys
+/// that exist are kept: a new key works at once, and a key deleted with its
+/// organization stops working on every replica within [`KEY_CACHE_TTL`].
+#[derive(Debug, Default)]
+pub struct KeyCache {
+    entries: std::sync::RwLock<std::collections::HashMap<String, (ApiKeyRow, std::time::Instant)>>,
+}
+
+impl KeyCache {
+    fn get(&self, hash: &str) -> Option<ApiKeyRow> {
+        let entries = self.entries.read().expect("not poisoned");
+        entries
+            .get(hash)
+            .filter(|(_, at)| at.elapsed() < KEY_CACHE_TTL)
+            .map(|(row, _)| row.clone())
+    }
+
+    fn put(&self, hash: String, row: ApiKeyRow) {
+        let mut entries = self.entries.write().expect("not poisoned");
+        if entries.len() >= KEY_CACHE_MAX {
+            entries.retain(|_, (_, at)| at.elapsed() < KEY_CACHE_TTL);
+            if entries.len() >= KEY_CACHE_MAX {
+                entries.clear();
+            }
+        }
+        entries.insert(hash, (row, std::time::Instant::now()));
+    }
 }
 
 /// The authenticated caller: an API key of one organization.
@@ -102,11 +135,19 @@ impl FromRequestParts<AppState> for Caller {
             .map(str::trim)
             .filter(|t| !t.is_empty() && t.len() <= 256)
             .ok_or(ApiError::Unauthorized)?;
-        let key = state
-            .store
-            .api_key_by_hash(&token_hash(token))
-            .await?
-            .ok_or(ApiError::Unauthorized)?;
+        let hash = token_hash(token);
+        let key = match state.keys.get(&hash) {
+            Some(key) => key,
+            None => {
+                let key = state
+                    .store
+                    .api_key_by_hash(&hash)
+                    .await?
+                    .ok_or(ApiError::Unauthorized)?;
+                state.keys.put(hash, key.clone());
+                key
+            }
+        };
         state.limits.check_api(&key.org_id)?;
         let role = Role::parse(&key.role).ok_or(ApiError::Unauthorized)?;
         Ok(Caller {

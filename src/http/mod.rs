@@ -45,6 +45,8 @@ pub struct AppState {
     pub http: reqwest::Client,
     pub refresher: Arc<crate::oauth::refresh::Refresher>,
     pub webhooks: crate::webhooks::Webhooks,
+    /// Recently verified API keys.
+    pub keys: Arc<extract::KeyCache>,
     /// Probe settings: egress guard, time limits, provider base URLs.
     pub probes: Arc<crate::probes::ProbeContext>,
 }
