@@ -166,28 +166,47 @@ impl Store {
         org_id: &str,
         f: &CredentialFilter,
     ) -> Result<(Vec<CredentialRow>, i64), StoreError> {
-        let q = f.q.as_deref().map(like_pattern);
-        let filter = "org_id = $1 AND ($2 IS NULL OR provider = $2) AND ($3 IS NULL OR status = $3) \
-                      AND ($4 IS NULL OR LOWER(name) LIKE $4 ESCAPE '\\')";
-        let total: i64 = sqlx::query(&format!("SELECT COUNT(*) FROM credentials WHERE {filter}"))
-            .bind(org_id)
-            .bind(&f.provider)
-            .bind(&f.status)
-            .bind(&q)
-            .fetch_one(&self.pool)
-            .await?
-            .try_get(0)?;
-        let rows = sqlx::query_as(&format!(
-            "SELECT {LIST_COLUMNS} FROM credentials WHERE {filter} ORDER BY created_at DESC, id DESC LIMIT $5 OFFSET $6"
-        ))
-        .bind(org_id)
-        .bind(&f.provider)
-        .bind(&f.status)
-        .bind(&q)
-        .bind(f.per_page)
-        .bind((f.page - 1) * f.per_page)
-        .fetch_all(&self.pool)
-        .await?;
+        // Only the filters actually given go into the statement, so each
+        // shape gets a plan that can use the indexes.
+        let mut filter = String::from("org_id = $1");
+        let mut binds: Vec<String> = vec![org_id.to_owned()];
+        let mut add = |clause: &str, value: String| {
+            binds.push(value);
+            filter.push_str(&clause.replace('?', &format!("${}", binds.len())));
+        };
+        if let Some(p) = &f.provider {
+            add(" AND provider = ?", p.clone());
+        }
+        if let Some(st) = &f.status {
+            add(" AND status = ?", st.clone());
+        }
+        if let Some(q) = &f.q {
+            add(" AND LOWER(name) LIKE ? ESCAPE '\\'", like_pattern(q));
+        }
+        let count_sql = format!("SELECT COUNT(*) FROM credentials WHERE {filter}");
+        let mut count = sqlx::query(&count_sql);
+        for b in &binds {
+            count = count.bind(b);
+        }
+        let total: i64 = count.fetch_one(&self.pool).await?.try_get(0)?;
+        // The page's ids come from the index alone; then 50 rows by key.
+        let n = binds.len();
+        let page_sql = format!(
+            "SELECT {LIST_COLUMNS} FROM credentials WHERE id IN (\
+               SELECT id FROM credentials WHERE {filter} ORDER BY created_at DESC, id DESC LIMIT ${} OFFSET ${}) \
+             ORDER BY created_at DESC, id DESC",
+            n + 1,
+            n + 2
+        );
+        let mut page = sqlx::query_as(&page_sql);
+        for b in &binds {
+            page = page.bind(b);
+        }
+        let rows = page
+            .bind(f.per_page)
+            .bind((f.page - 1) * f.per_page)
+            .fetch_all(&self.pool)
+            .await?;
         Ok((rows, total))
     }
 

@@ -64,6 +64,34 @@ pub enum StoreError {
 pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
+    /// Queue of this process's SQLite writers.
+    sqlite_writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A write transaction (and, with SQLite, this process's writer slot).
+pub(crate) struct WriteTx {
+    tx: Transaction<'static, Any>,
+    _queue: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    /// Commits, then gives up the writer slot.
+    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
 }
 
 /// Current time in unix seconds.
@@ -109,7 +137,11 @@ impl Store {
         };
         let _ = sqlx::any::AnyConnectOptions::from_str(&url)?;
         let pool = options.acquire_timeout(Duration::from_secs(10)).connect(&url).await?;
-        Ok(Self { pool, dialect })
+        Ok(Self {
+            pool,
+            dialect,
+            sqlite_writer: Default::default(),
+        })
     }
 
     /// Applies pending migrations for this dialect.
@@ -130,12 +162,24 @@ impl Store {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
 
-    /// Starts a transaction that will write. SQLite takes its write lock at
-    /// once (`BEGIN IMMEDIATE`), so two writers never deadlock on upgrade.
-    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
+    /// Starts a transaction that will write. SQLite has one writer: this
+    /// process's writers queue on a mutex (in order, instead of sleeping in
+    /// SQLite's busy handler), and the transaction takes the file's write
+    /// lock at once (`BEGIN IMMEDIATE`), so writers never deadlock on upgrade.
+    pub(crate) async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
         match self.dialect {
-            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            Dialect::Postgres => self.pool.begin().await,
+            Dialect::Sqlite => {
+                let guard = self.sqlite_writer.clone().lock_owned().await;
+                let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+                Ok(WriteTx {
+                    tx,
+                    _queue: Some(guard),
+                })
+            }
+            Dialect::Postgres => Ok(WriteTx {
+                tx: self.pool.begin().await?,
+                _queue: None,
+            }),
         }
     }
 
