@@ -3,7 +3,6 @@
 
 use axum::extract::{Path, State};
 use axum::Json;
-use secrecy::ExposeSecret;
 use serde_json::{json, Map, Value};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -159,16 +158,7 @@ async fn test_credential(
     let result = if row.auth_type == "oauth2" {
         probe_oauth(&state, row.clone()).await
     } else {
-        let groups = state
-            .vault
-            .open(&row.org_id, &row.id, &row.secret_ct, row.key_version)
-            .await?;
-        let mut fields: Map<String, Value> = serde_json::from_str(&row.fields).unwrap_or_default();
-        if let Some(secrets) = groups.get("fields") {
-            for (name, value) in &secrets.0 {
-                fields.insert(name.clone(), Value::String(value.expose_secret().to_owned()));
-            }
-        }
+        let (mut fields, _) = super::credentials::decrypted(&state, &row).await?;
         match row.provider.as_str() {
             "sftp" => probes::run(&state.probes, &request::<SftpRequest>(fields)?).await,
             "postgresql" => probes::run(&state.probes, &request::<PostgresRequest>(fields)?).await,

@@ -12,11 +12,15 @@ use crate::both_backends;
 use crate::helpers::{master_keys, pg_body, sentinel, test_config, Backend, TestApp, TestDb};
 
 fn credgate(db: &TestDb, keys: Option<&str>, args: &[&str]) -> Output {
+    credgate_at(&db.url, keys, args)
+}
+
+fn credgate_at(url: &str, keys: Option<&str>, args: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_credgate"));
     cmd.args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CREDGATE_DATABASE_URL", &db.url)
+        .env("CREDGATE_DATABASE_URL", url)
         .env(
             "CREDGATE_PROVIDERS_DIR",
             concat!(env!("CARGO_MANIFEST_DIR"), "/providers"),
@@ -94,10 +98,7 @@ both_backends! {
             Duration::from_secs(30),
             tokio::task::spawn_blocking({
                 let url = db.url.clone();
-                move || {
-                    let db = TestDbRef(url);
-                    db.run(Some(wrong.expose_secret()), &["serve"])
-                }
+                move || credgate_at(&url, Some(wrong.expose_secret()), &["serve"])
             }),
         )
         .await
@@ -111,25 +112,6 @@ both_backends! {
         assert!(!err.contains(right.expose_secret()));
         assert!(!malformed.status.success());
         assert!(String::from_utf8_lossy(&malformed.stderr).contains("entry 1"));
-    }
-}
-
-struct TestDbRef(String);
-
-impl TestDbRef {
-    fn run(&self, keys: Option<&str>, args: &[&str]) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_credgate"));
-        cmd.args(args)
-            .env("CREDGATE_DATABASE_URL", &self.0)
-            .env(
-                "CREDGATE_PROVIDERS_DIR",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/providers"),
-            )
-            .env("CREDGATE_LISTEN", "127.0.0.1:0");
-        if let Some(keys) = keys {
-            cmd.env("CREDGATE_MASTER_KEYS", keys);
-        }
-        cmd.output().unwrap()
     }
 }
 

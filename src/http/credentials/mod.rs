@@ -286,6 +286,26 @@ pub(crate) async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<
         .ok_or(ApiError::NotFound)
 }
 
+/// A credential's field values with its secrets decrypted, and its sealed
+/// groups (for the OAuth tokens). Only resolve and probes call this.
+pub(crate) async fn decrypted(
+    state: &AppState,
+    row: &CredentialRow,
+) -> Result<(Map<String, Value>, std::collections::BTreeMap<String, SecretMap>), ApiError> {
+    use secrecy::ExposeSecret;
+    let groups = state
+        .vault
+        .open(&row.org_id, &row.id, &row.secret_ct, row.key_version)
+        .await?;
+    let mut fields: Map<String, Value> = serde_json::from_str(&row.fields).unwrap_or_default();
+    if let Some(secrets) = groups.get("fields") {
+        for (name, value) in &secrets.0 {
+            fields.insert(name.clone(), Value::String(value.expose_secret().to_owned()));
+        }
+    }
+    Ok((fields, groups))
+}
+
 /// Get a credential
 #[utoipa::path(get, path = "/integrations/credentials/{id}", tag = "credentials",
     responses((status = 200, body = Credential), (status = 404, body = Problem)))]

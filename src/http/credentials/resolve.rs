@@ -27,16 +27,7 @@ pub(super) async fn resolve_credential(
     if row.auth_type == "oauth2" {
         row = ensure_fresh(&state, row, state.config.resolve_margin_secs as i64).await?;
     }
-    let groups = state
-        .vault
-        .open(&row.org_id, &row.id, &row.secret_ct, row.key_version)
-        .await?;
-    let mut fields: Map<String, Value> = serde_json::from_str(&row.fields).unwrap_or_default();
-    if let Some(secrets) = groups.get("fields") {
-        for (name, value) in &secrets.0 {
-            fields.insert(name.clone(), Value::String(value.expose_secret().to_owned()));
-        }
-    }
+    let (fields, groups) = super::decrypted(&state, &row).await?;
     let mut body = Map::new();
     body.insert("id".into(), row.id.clone().into());
     body.insert("provider".into(), row.provider.clone().into());
