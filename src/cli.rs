@@ -12,7 +12,7 @@ use crate::app::{app_state, connect_and_migrate, Application, Services};
 use crate::config::{Config, Settings};
 use crate::crypto::MasterKeyring;
 use crate::http::extract::{token_hash, Role};
-use crate::oauth::refresh::run_worker;
+use crate::oauth::worker::run_worker;
 
 /// credgate: OAuth-aware integration connector gateway.
 #[derive(Debug, Parser)]

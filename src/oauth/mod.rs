@@ -6,6 +6,7 @@ pub mod flow;
 mod page;
 pub mod refresh;
 mod tokens;
+pub mod worker;
 
 pub use page::result_page;
 pub use tokens::{exchange_code, fetch_identity, refresh, revoke, Identity, TokenSet};

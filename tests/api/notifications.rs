@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use credgate::oauth::refresh::try_refresh_due;
+use credgate::oauth::worker::try_refresh_due;
 use reqwest::{Method, StatusCode};
 use secrecy::SecretString;
 use serde_json::Value;

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use credgate::oauth::refresh::{try_refresh_due, Step};
+use credgate::oauth::worker::{try_refresh_due, Step};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
