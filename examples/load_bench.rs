@@ -43,9 +43,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use credgate::app::Services;
 use credgate::config::Config;
-use credgate::crypto::{MasterKeyring, SecretMap};
-use credgate::http::extract::token_hash;
-use credgate::store::{AuditEvent, Dialect, NewCredential};
+use credgate::credentials::{self, NewCredentialInput};
+use credgate::crypto::MasterKeyring;
+use credgate::model::Role;
+use credgate::store::Dialect;
 use futures::{StreamExt, TryStreamExt};
 use rand::{Rng, SeedableRng};
 use secrecy::{ExposeSecret, SecretString};
@@ -190,54 +191,32 @@ async fn seed(url: &str, master_key: &SecretString) -> anyhow::Result<(Vec<Strin
     let services = Services::init(config).await?;
     let org = Uuid::new_v4().to_string();
     services.vault.create_org(&org, "Bench").await?;
-    let store = &services.store;
+    let ctx = credgate::app::context(services)?;
+    let store = &ctx.store;
     store.set_org_limit(&org, "postgresql", 2 * CREDENTIALS as i64).await?;
     let mut tokens = Vec::new();
-    for role in ["engine", "admin"] {
-        let token = credgate::cli::new_api_token();
-        let key_id = Uuid::new_v4().to_string();
-        let hash = token_hash(&token);
-        store
-            .insert_api_key(&key_id, &org, &hash, role, None, Some("load_bench"))
-            .await?;
-        tokens.push(token);
+    for role in [Role::Engine, Role::Admin] {
+        tokens.push(credgate::apikeys::create(store, &org, role, None, Some("load_bench")).await?);
     }
     let inserts = futures::stream::iter(0..CREDENTIALS).map(|i| {
-        let (services, org) = (&services, &org);
+        let (ctx, org) = (&ctx, &org);
         async move {
-            let id = Uuid::new_v4().to_string();
-            let mut secret = SecretMap::default();
-            secret.insert("password", SecretString::from(format!("bench-password-{i}")));
-            let (secret_ct, key_version) = services.vault.seal(org, &id, &[("fields", &secret)]).await?;
-            let public = json!({"host": "db.example.com", "port": 5432, "database": format!("db{i}"),
-                                "username": "etl", "sslmode": "prefer"});
-            let new = NewCredential {
-                id: id.clone(),
-                org_id: org.clone(),
+            let fields = json!({"host": "db.example.com", "port": 5432, "database": format!("db{i}"),
+                                "username": "etl", "sslmode": "prefer", "password": format!("bench-password-{i}")});
+            let input = NewCredentialInput {
                 name: format!("bench-{i:05}"),
                 provider: "postgresql".into(),
                 auth_type: "user_password".into(),
-                status: "active".into(),
-                fields: public.to_string(),
-                secret_names: r#"["password"]"#.into(),
-                secret_ct,
-                key_version,
-                account_id: None,
-                account_email: None,
-                account_name: None,
-                scopes: None,
-                expires_at: None,
-                created_by: "load_bench".into(),
+                fields: fields.as_object().expect("an object").clone(),
             };
-            let event = AuditEvent::success(org, &id, "credential.create", "load_bench");
-            services.store.insert_credential(&new, 50, &event).await?;
-            anyhow::Ok(id)
+            let row = credentials::create(ctx, org, "load_bench", input).await?;
+            anyhow::Ok(row.id)
         }
     });
     let ids: Vec<String> = inserts.buffer_unordered(8).try_collect().await?;
     if store.dialect() == Dialect::Postgres {
         // What autovacuum would do after a bulk load; this machine's server runs without it.
-        sqlx::query("ANALYZE").execute(store.pool()).await?;
+        store.analyze().await?;
     }
     store.close().await;
     let admin = tokens.pop().expect("two tokens");

@@ -7,19 +7,21 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::Context as _;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 
-use crate::config::Config;
+use crate::clock::Clock;
+use crate::config::{redact_url, Config};
+use crate::context::Context;
 use crate::crypto::MasterKeyring;
 use crate::egress::EgressPolicy;
+use crate::http::ratelimit::RateLimits;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
-use crate::oauth::refresh::Refresher;
+use crate::oauth::Refresher;
 use crate::probes::{ApiBaseUrls, ProbeContext, ProbeTimeouts};
 use crate::providers::{load_dir, Registry};
-use crate::ratelimit::RateLimits;
 use crate::store::{Dialect, Store};
 use crate::vault::Vault;
 use crate::webhooks::Webhooks;
@@ -34,13 +36,19 @@ pub struct Services {
     pub store: Store,
     pub vault: Arc<Vault>,
     pub registry: Arc<Registry>,
+    pub clock: Clock,
 }
 
 impl Services {
     /// Connects, migrates, loads providers and checks the master keys.
     pub async fn init(config: Config) -> anyhow::Result<Self> {
+        Self::init_with_clock(config, Clock::system()).await
+    }
+
+    /// [`Services::init`] with a clock of the caller's (tests move time).
+    pub async fn init_with_clock(config: Config, clock: Clock) -> anyhow::Result<Self> {
         let registry = Registry::new(load_dir(&config.providers_dir, &config.provider_overrides)?);
-        let store = connect_and_migrate(&config.database_url).await?;
+        let store = connect_and_migrate(&config.database_url, clock.clone()).await?;
         let keys = master_keys(&config, store.dialect())?;
         let keyring = MasterKeyring::parse(&keys)?;
         let vault = Vault::new(keyring, store.clone());
@@ -53,28 +61,18 @@ impl Services {
             store,
             vault: Arc::new(vault),
             registry: Arc::new(registry),
+            clock,
         })
     }
 }
 
 /// Connects to the database and applies pending migrations.
-pub async fn connect_and_migrate(url: &str) -> anyhow::Result<Store> {
-    let store = Store::connect(url)
+pub async fn connect_and_migrate(url: &str, clock: Clock) -> anyhow::Result<Store> {
+    let store = Store::connect(url, clock)
         .await
         .with_context(|| format!("cannot open the database {}", redact_url(url)))?;
     store.migrate().await.context("cannot apply database migrations")?;
     Ok(store)
-}
-
-/// The URL without its password, for messages.
-fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_owned(),
-    }
 }
 
 /// `CREDGATE_MASTER_KEYS`, or with SQLite the key file beside the database
@@ -137,8 +135,8 @@ fn key_file_path(database_url: &str) -> Option<PathBuf> {
     Some(dir.join(MASTER_KEY_FILE))
 }
 
-/// The state shared by the API and the worker (starts the webhook sender).
-pub fn app_state(services: Services) -> anyhow::Result<AppState> {
+/// The domain context over initialized services (starts the webhook sender).
+pub fn context(services: Services) -> anyhow::Result<Context> {
     let config = services.config;
     let http = crate::oauth::http_client(Duration::from_secs(config.provider_timeout_secs));
     let webhooks = match (&config.webhook_url, &config.webhook_secret) {
@@ -162,10 +160,8 @@ pub fn app_state(services: Services) -> anyhow::Result<AppState> {
         telegram: base("telegram", defaults.telegram),
     };
     let probes = ProbeContext::new(Arc::new(EgressPolicy::new(egress)), ProbeTimeouts::default(), base_urls)?;
-    Ok(AppState {
+    Ok(Context {
         probes: Arc::new(probes),
-        keys: Arc::default(),
-        limits: Arc::new(RateLimits::new(config.rate_limit_per_org, config.probe_limit_per_min)),
         metrics: Arc::new(Metrics::default()),
         refresher: Arc::new(Refresher::new(
             config.refresh_rate_per_provider,
@@ -177,6 +173,20 @@ pub fn app_state(services: Services) -> anyhow::Result<AppState> {
         store: services.store,
         vault: services.vault,
         registry: services.registry,
+        clock: services.clock,
+    })
+}
+
+/// The HTTP state: the domain context plus what only HTTP needs.
+pub fn app_state(services: Services) -> anyhow::Result<AppState> {
+    let ctx = context(services)?;
+    Ok(AppState {
+        keys: Arc::default(),
+        limits: Arc::new(RateLimits::new(
+            ctx.config.rate_limit_per_org,
+            ctx.config.probe_limit_per_min,
+        )),
+        ctx,
     })
 }
 

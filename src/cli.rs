@@ -1,17 +1,15 @@
 //! The command line: `serve`, `migrate`, organizations, API keys and keys.
 
 use anyhow::{bail, Context};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use clap::{Parser, Subcommand};
-use rand::RngCore;
 use secrecy::ExposeSecret;
 use uuid::Uuid;
 
-use crate::app::{app_state, connect_and_migrate, Application, Services};
+use crate::app::{connect_and_migrate, context, Application, Services};
+use crate::clock::Clock;
 use crate::config::{Config, Settings};
 use crate::crypto::MasterKeyring;
-use crate::http::extract::{token_hash, Role};
+use crate::model::Role;
 use crate::oauth::worker::run_worker;
 
 /// credgate: OAuth-aware integration connector gateway.
@@ -100,13 +98,6 @@ pub enum KeysCommand {
     Generate,
 }
 
-/// A new API token: `cgk_` + 32 random bytes, url-safe base64.
-pub fn new_api_token() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    format!("cgk_{}", URL_SAFE_NO_PAD.encode(bytes))
-}
-
 fn org_id(raw: &str) -> anyhow::Result<String> {
     Uuid::parse_str(raw)
         .map(|u| u.to_string())
@@ -125,12 +116,12 @@ pub async fn run(cli: Cli, shutdown: impl std::future::Future<Output = ()> + Sen
             });
             let services = Services::init(config).await?;
             if worker_only {
-                run_worker(app_state(services)?, stop_rx).await;
+                run_worker(context(services)?, stop_rx).await;
                 return Ok(());
             }
             let app = Application::from_services(services).await?;
             tracing::info!(port = app.port(), worker = !no_worker, "credgate is serving");
-            let worker = (!no_worker).then(|| tokio::spawn(run_worker(app.state().clone(), stop_rx.clone())));
+            let worker = (!no_worker).then(|| tokio::spawn(run_worker(app.state().ctx.clone(), stop_rx.clone())));
             let mut stop = stop_rx;
             app.run_until(async move {
                 let _ = stop.wait_for(|stopped| *stopped).await;
@@ -142,7 +133,7 @@ pub async fn run(cli: Cli, shutdown: impl std::future::Future<Output = ()> + Sen
             }
         }
         Command::Migrate => {
-            connect_and_migrate(&config.database_url).await?;
+            connect_and_migrate(&config.database_url, Clock::system()).await?;
         }
         Command::Keys(KeysCommand::Generate) => println!("{}", MasterKeyring::generate_key().expose_secret()),
         command => {
@@ -186,20 +177,7 @@ async fn admin(services: &Services, command: Command) -> anyhow::Result<()> {
         Command::ApiKey(ApiKeyCommand::Create { org, role, user, label }) => {
             let org = require_org(services, &org).await?;
             let role = Role::parse(&role).context("--role must be admin, member or engine")?;
-            let token = new_api_token();
-            let role_name = format!("{role:?}").to_lowercase();
-            let id = Uuid::new_v4().to_string();
-            services
-                .store
-                .insert_api_key(
-                    &id,
-                    &org,
-                    &token_hash(&token),
-                    &role_name,
-                    user.as_deref(),
-                    label.as_deref(),
-                )
-                .await?;
+            let token = crate::apikeys::create(&services.store, &org, role, user.as_deref(), label.as_deref()).await?;
             println!("{token}");
         }
         Command::Keys(KeysCommand::RotateMaster) => {

@@ -1,104 +1,56 @@
-//! The API error type: every failure a handler can return, rendered as an
-//! RFC 9457 `application/problem+json` body with a stable machine `code`.
-//! The error also rides in the response's extensions so one middleware logs
-//! it inside the request span.
-
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+//! The domain's error: what a credential, OAuth or refresh operation can
+//! fail with, in terms of the domain. Only `http/` turns it into a response.
 
 use crate::providers::FieldError;
 use crate::store::StoreError;
 use crate::vault::VaultError;
 
-/// Everything an API call can fail with.
+/// Why a domain operation failed.
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error("a valid API key is required")]
-    Unauthorized,
-    #[error("this API key's role may not do this")]
-    Forbidden,
+pub enum Error {
+    /// No such credential for this caller (or not theirs to see).
     #[error("not found")]
     NotFound,
-    #[error("this route does not take that method")]
-    MethodNotAllowed,
+    /// The caller's role may not do this.
+    #[error("this API key's role may not do this")]
+    Forbidden,
+    /// Input that does not validate, by field.
     #[error("the request has invalid fields")]
     Validation(Vec<FieldError>),
-    #[error("the request body is not valid JSON: {0}")]
-    MalformedBody(String),
-    #[error("the request body must be application/json")]
-    UnsupportedMediaType,
-    #[error("the request body is larger than 1 MiB")]
-    PayloadTooLarge,
+    /// The per-provider credential limit is reached.
     #[error("the organization already has {limit} credentials of provider {provider}")]
     QuotaExceeded { provider: String, limit: i64 },
-    #[error("too many requests")]
-    RateLimited { retry_after_secs: u64 },
-    #[error("{0}")]
+    /// The operation conflicts with the credential's state or a concurrent
+    /// writer; `code` is stable (`conflict`, `account_mismatch`, …).
+    #[error("{1}")]
     Conflict(&'static str, String),
-    #[error("the provider failed: {0}")]
-    Provider(String),
-    #[error("{message}")]
-    ProviderUnavailable { message: String, retry_after_secs: u64 },
+    /// The grant is gone; a person must re-authorize.
     #[error("the credential must be re-authorized: {0}")]
     NeedsReauth(String),
+    /// The provider failed for now; try again after `retry_after_secs`.
+    #[error("{message}")]
+    ProviderUnavailable { message: String, retry_after_secs: u64 },
+    /// The provider refused.
+    #[error("the provider failed: {0}")]
+    Provider(String),
+    /// The store, the vault or a bug.
     #[error("an internal error occurred")]
     Internal(#[source] anyhow::Error),
 }
 
-/// The problem+json body.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Problem {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub title: String,
-    pub status: u16,
-    pub detail: String,
-    pub code: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub errors: Option<Vec<FieldError>>,
-}
-
-/// What the logging middleware finds in a failed response's extensions.
-#[derive(Debug, Clone)]
-pub struct LoggedError {
-    /// Machine code.
-    pub code: &'static str,
-    /// Full error chain (never containing secrets: no error carries one).
-    pub message: String,
-    /// 5xx errors are logged at error level.
-    pub server_side: bool,
-}
-
-impl ApiError {
+impl Error {
     /// A single-field validation error.
     pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self::Validation(vec![FieldError::new(field, message)])
     }
 
-    /// HTTP status and stable code.
-    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
-        match self {
-            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
-            Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
-            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            Self::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
-            Self::MalformedBody(_) => (StatusCode::BAD_REQUEST, "malformed_body"),
-            Self::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
-            Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            Self::QuotaExceeded { .. } => (StatusCode::CONFLICT, "quota_exceeded"),
-            Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
-            Self::Conflict(code, _) => (StatusCode::CONFLICT, code),
-            Self::Provider(_) => (StatusCode::BAD_GATEWAY, "provider_error"),
-            Self::NeedsReauth(_) => (StatusCode::CONFLICT, "needs_reauth"),
-            Self::ProviderUnavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "provider_unavailable"),
-            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-        }
+    /// Wraps anything as an internal error.
+    pub fn internal(e: impl Into<anyhow::Error>) -> Self {
+        Self::Internal(e.into())
     }
 }
 
-impl From<StoreError> for ApiError {
+impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound => Self::NotFound,
@@ -106,69 +58,24 @@ impl From<StoreError> for ApiError {
                 provider: String::new(),
                 limit,
             },
-            StoreError::Conflict => Self::Conflict("conflict", "the credential changed meanwhile; try again".into()),
+            StoreError::Conflict | StoreError::KeyRotated => Self::Conflict(
+                "conflict",
+                "the credential changed meanwhile; read it again and retry".into(),
+            ),
             StoreError::AccountTaken => Self::Conflict(
                 "account_already_connected",
                 "this account is already connected in another credential".into(),
             ),
-            StoreError::Database(e) => Self::Internal(e.into()),
-        }
-    }
-}
-
-impl From<VaultError> for ApiError {
-    fn from(e: VaultError) -> Self {
-        match e {
-            VaultError::Store(e) => e.into(),
             other => Self::Internal(other.into()),
         }
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, code) = self.status_and_code();
-        let retry_after = match &self {
-            Self::RateLimited { retry_after_secs } | Self::ProviderUnavailable { retry_after_secs, .. } => {
-                Some(*retry_after_secs)
-            }
-            _ => None,
-        };
-        let detail = match &self {
-            // Never tell the client what broke inside.
-            Self::Internal(_) => "an internal error occurred; it has been logged".to_owned(),
-            other => other.to_string(),
-        };
-        let logged = LoggedError {
-            code,
-            message: match &self {
-                Self::Internal(e) => format!("{e:#}"),
-                other => other.to_string(),
-            },
-            server_side: status.is_server_error(),
-        };
-        let errors = match self {
-            Self::Validation(errors) => Some(errors),
-            _ => None,
-        };
-        let body = Problem {
-            kind: format!("https://credgate.dev/problems/{code}"),
-            title: status.canonical_reason().unwrap_or("Error").to_owned(),
-            status: status.as_u16(),
-            detail,
-            code: code.to_owned(),
-            errors,
-        };
-        let mut response = (status, axum::Json(body)).into_response();
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        if let Some(secs) = retry_after {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+impl From<VaultError> for Error {
+    fn from(e: VaultError) -> Self {
+        match e {
+            VaultError::Store(e) => e.into(),
+            other => Self::Internal(other.into()),
         }
-        response.extensions_mut().insert(logged);
-        response
     }
 }

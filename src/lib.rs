@@ -3,19 +3,27 @@
 //! per-organization data keys wrapped by master keys), connects OAuth
 //! accounts, probes connections, and hands decrypted values only to the
 //! workflow engine at execution time.
+//!
+//! Imports point one way: `http` → the domain (`credentials`, `oauth`,
+//! `execution`, `probes`, `providers`) → `store`, `vault`/`crypto`, `egress`.
 
+pub mod apikeys;
 pub mod app;
 pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod context;
+pub mod credentials;
 pub mod crypto;
 pub mod egress;
 pub mod error;
+pub mod execution;
 pub mod http;
 pub mod metrics;
+pub mod model;
 pub mod oauth;
 pub mod probes;
 pub mod providers;
-pub mod ratelimit;
 pub mod store;
 pub mod telemetry;
 pub mod vault;

@@ -19,6 +19,12 @@ pub enum VaultError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Key rotation ended with credentials still under an older key.
+    #[error("{left} credentials are still sealed under an older data key; run the rotation again")]
+    Incomplete {
+        /// How many.
+        left: i64,
+    },
 }
 
 /// Master keyring plus a cache of unwrapped data keys.
@@ -128,10 +134,12 @@ impl Vault {
     }
 
     /// Gives an organization a new data key and re-seals its credentials.
-    /// Writers that race with it pick up the new key as soon as it is
-    /// current; the re-seal loop runs until no credential uses an old key,
-    /// and old keys are only deleted when nothing refers to them, so a rerun
-    /// after an interruption finishes the job.
+    /// Once the new version is current, no writer can store secrets under an
+    /// older key (every secret write checks the current version, and on
+    /// Postgres share-locks it until commit). The re-seal loop then runs
+    /// until no credential uses an old key; old keys are deleted only when
+    /// nothing refers to them, so a rerun after an interruption finishes the
+    /// job. It fails unless, at its end, every credential is under the new key.
     pub async fn rotate_org(&self, org_id: &str) -> Result<OrgRotation, VaultError> {
         let (_, wrapped) = self.keyring.new_data_key();
         let version = self.store.add_org_key(org_id, &wrapped).await?;
@@ -146,6 +154,8 @@ impl Vault {
                 let groups = self.open(org_id, &row.id, &row.secret_ct, row.key_version).await?;
                 let refs: Vec<(&str, &SecretMap)> = groups.iter().map(|(k, v)| (k.as_str(), v)).collect();
                 let ct = crypto::seal(&new_key, org_id, &row.id, &refs);
+                // A writer that changed the row meanwhile makes this a no-op;
+                // the next batch reads it again.
                 if self
                     .store
                     .reseal_credential(org_id, &row.id, &row.secret_ct, &ct, version)
@@ -156,6 +166,10 @@ impl Vault {
             }
         }
         self.store.prune_org_keys(org_id, version).await?;
+        let left = self.store.count_below_key(org_id, version).await?;
+        if left > 0 {
+            return Err(VaultError::Incomplete { left });
+        }
         Ok(OrgRotation { version, resealed })
     }
 

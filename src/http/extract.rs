@@ -6,47 +6,14 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
-use sha2::{Digest, Sha256};
 
+use super::error::ApiError;
 use super::AppState;
-use crate::error::ApiError;
+use crate::apikeys::token_hash;
 use crate::providers::FieldError;
 use crate::store::{ApiKeyRow, AuditEvent};
 
-/// What an API key may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Everything.
-    Admin,
-    /// Manage credentials, but not resolve them.
-    Member,
-    /// The workflow engine: read, test and resolve.
-    Engine,
-}
-
-impl Role {
-    /// Parses `admin`, `member` or `engine`.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "admin" => Some(Self::Admin),
-            "member" => Some(Self::Member),
-            "engine" => Some(Self::Engine),
-            _ => None,
-        }
-    }
-}
-
-/// Roles allowed to manage credentials.
-pub const MANAGE: &[Role] = &[Role::Admin, Role::Member];
-/// Roles allowed to read credentials and run probes.
-pub const READ: &[Role] = &[Role::Admin, Role::Member, Role::Engine];
-/// Roles allowed to resolve secrets.
-pub const RESOLVE: &[Role] = &[Role::Engine];
-
-/// The hash under which an API key token is stored.
-pub fn token_hash(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
+pub use crate::model::{Role, MANAGE, READ, RESOLVE};
 
 /// How long a verified API key is trusted without asking the store again.
 pub const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
@@ -114,7 +81,7 @@ impl Caller {
             action: "access.denied",
             outcome: "denied",
             actor: self.actor(),
-            detail: Some(serde_json::json!({"role": format!("{:?}", self.role).to_lowercase()})),
+            detail: Some(serde_json::json!({"role": self.role.as_str()})),
         };
         if let Err(e) = state.store.audit(&event).await {
             tracing::warn!(error = %e, "could not record a denied access");
@@ -149,11 +116,10 @@ impl FromRequestParts<AppState> for Caller {
             }
         };
         state.limits.check_api(&key.org_id)?;
-        let role = Role::parse(&key.role).ok_or(ApiError::Unauthorized)?;
         Ok(Caller {
             key_id: key.id,
             org_id: key.org_id,
-            role,
+            role: key.role,
             user_id: key.user_id,
         })
     }

@@ -2,11 +2,14 @@
 //! merged here with the middleware every request passes through.
 
 pub mod credentials;
+pub mod error;
 pub mod extract;
 mod oauth;
+mod oauth_page;
 mod ops;
 mod probes;
 mod providers;
+pub mod ratelimit;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,40 +24,35 @@ use tracing::Instrument;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::config::Config;
-use crate::error::{ApiError, LoggedError};
-use crate::metrics::{Metrics, RequestLabels, RouteLabels};
-use crate::providers::Registry;
-use crate::ratelimit::RateLimits;
-use crate::store::Store;
-use crate::vault::Vault;
+use crate::context::Context;
+use crate::metrics::{RequestLabels, RouteLabels};
+use error::{ApiError, LoggedError};
+use ratelimit::RateLimits;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// Everything a handler can reach.
+/// Everything a handler can reach: the domain context, and what only
+/// HTTP needs (rate limits, the API key cache). Derefs to the context.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    pub config: Arc<Config>,
-    pub store: Store,
-    pub vault: Arc<Vault>,
-    pub registry: Arc<Registry>,
+    pub ctx: Context,
     pub limits: Arc<RateLimits>,
-    pub metrics: Arc<Metrics>,
-    /// Client for provider endpoints (redirects off, timeouts).
-    pub http: reqwest::Client,
-    pub refresher: Arc<crate::oauth::refresh::Refresher>,
-    pub webhooks: crate::webhooks::Webhooks,
     /// Recently verified API keys.
     pub keys: Arc<extract::KeyCache>,
-    /// Probe settings: egress guard, time limits, provider base URLs.
-    pub probes: Arc<crate::probes::ProbeContext>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Context;
+    fn deref(&self) -> &Context {
+        &self.ctx
+    }
 }
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "credgate", description = "OAuth-aware integration connector gateway"),
-    components(schemas(crate::error::Problem)),
+    components(schemas(error::Problem)),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;
@@ -71,17 +69,6 @@ impl utoipa::Modify for BearerAuth {
         );
         openapi.security = Some(vec![SecurityRequirement::new("api_key", Vec::<String>::new())]);
     }
-}
-
-/// After credentials are deleted: notify, and revoke OAuth tokens.
-fn after_delete(state: &AppState, rows: Vec<crate::store::CredentialRow>) {
-    for row in &rows {
-        let detail = serde_json::json!({"name": row.name});
-        state
-            .webhooks
-            .emit("credential.deleted", &row.org_id, &row.id, &row.provider, detail);
-    }
-    crate::oauth::revoke_deleted(state, rows);
 }
 
 /// The OpenAPI document and the routes it describes.

@@ -11,12 +11,12 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::credentials::{load, view::time};
+use super::credentials::{parse_id, view::time};
 use super::extract::{ApiQuery, Caller, MANAGE};
+use super::oauth_page::result_page;
 use super::AppState;
-use crate::error::{ApiError, Problem};
+use crate::http::error::{ApiError, Problem};
 use crate::oauth::flow::{self, CallbackQuery, StartRequest};
-use crate::oauth::result_page;
 use crate::providers::{validate_fields, AuthKind};
 
 /// OAuth routes.
@@ -119,13 +119,16 @@ async fn authorize(
     }
     let mut tenant = query.tenant.clone();
     if let Some(id) = &query.credential_id {
-        let existing = load(&state, &caller, id).await?;
+        let existing = crate::credentials::get(&state, &caller.org_id, &parse_id(id)?).await?;
         if existing.provider != provider.id {
             return Err(ApiError::NotFound);
         }
         if tenant.is_none() {
-            let fields: serde_json::Value = serde_json::from_str(&existing.fields).unwrap_or_default();
-            tenant = fields["tenant"].as_str().map(str::to_owned);
+            tenant = existing
+                .fields
+                .get("tenant")
+                .and_then(|t| t.as_str())
+                .map(str::to_owned);
         }
     }
     if let Some(t) = &query.tenant {

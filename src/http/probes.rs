@@ -3,18 +3,14 @@
 
 use axum::extract::{Path, State};
 use axum::Json;
-use serde_json::{json, Map, Value};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::credentials::load;
+use super::credentials::parse_id;
 use super::extract::{ApiJson, Caller, READ};
 use super::AppState;
-use crate::error::{ApiError, Problem};
-use crate::oauth::refresh::ensure_fresh;
-use crate::probes::{
-    self, FailureCode, LlmRequest, PostgresRequest, Probe, ProbeFailure, ProbeResult, SftpRequest, TelegramRequest,
-};
+use crate::http::error::{ApiError, Problem};
+use crate::probes::{self, LlmRequest, PostgresRequest, Probe, ProbeResult, SftpRequest, TelegramRequest};
 use crate::providers::FieldError;
 
 /// Probe routes.
@@ -92,58 +88,6 @@ async fn test_telegram(
     probe(&state, &caller, &req).await
 }
 
-/// A probe request from stored values: the provider files use the probe
-/// bodies' field names, so the decrypted fields deserialize directly.
-fn request<P: serde::de::DeserializeOwned>(fields: Map<String, Value>) -> Result<P, ApiError> {
-    serde_json::from_value(Value::Object(fields)).map_err(|_| {
-        ApiError::Internal(anyhow::anyhow!(
-            "the stored fields of this credential do not fit its probe"
-        ))
-    })
-}
-
-/// OAuth credentials: a fresh token, then the identity endpoint.
-async fn probe_oauth(state: &AppState, row: crate::store::CredentialRow) -> ProbeResult {
-    let started = std::time::Instant::now();
-    let fail = |code, message: String| ProbeResult {
-        ok: false,
-        latency_ms: started.elapsed().as_millis() as u64,
-        detail: json!({}),
-        error: Some(ProbeFailure::new(code, message)),
-    };
-    let Some(settings) = state.registry.get(&row.provider).and_then(|p| p.oauth.as_ref()) else {
-        return fail(FailureCode::Protocol, "the provider has no OAuth settings".into());
-    };
-    let row = match ensure_fresh(state, row, 60).await {
-        Ok(row) => row,
-        Err(ApiError::NeedsReauth(m)) => return fail(FailureCode::AuthFailed, m),
-        Err(e) => return fail(FailureCode::ProviderError, e.to_string()),
-    };
-    let token = match state
-        .vault
-        .open(&row.org_id, &row.id, &row.secret_ct, row.key_version)
-        .await
-    {
-        Ok(groups) => groups.get("tokens").and_then(|t| t.get("access_token").cloned()),
-        Err(_) => None,
-    };
-    let Some(token) = token else {
-        return fail(
-            FailureCode::AuthFailed,
-            "no access token is stored; re-authorize".into(),
-        );
-    };
-    match crate::oauth::fetch_identity(&state.http, settings, &token).await {
-        Ok(identity) => ProbeResult {
-            ok: true,
-            latency_ms: started.elapsed().as_millis() as u64,
-            detail: json!({"account_id": identity.id, "email": identity.email, "display_name": identity.display_name}),
-            error: None,
-        },
-        Err(e) => fail(FailureCode::AuthFailed, e.message),
-    }
-}
-
 /// Test a saved credential with its stored values; updates `status` and `last_tested_at`
 #[utoipa::path(post, path = "/integrations/credentials/{id}/test", tag = "credentials",
     responses((status = 200, description = "ProbeResult"), (status = 404, body = Problem), (status = 429, body = Problem)))]
@@ -153,41 +97,8 @@ async fn test_credential(
     Path(id): Path<String>,
 ) -> Result<Json<ProbeResult>, ApiError> {
     caller.require(&state, READ, Some(&id)).await?;
-    let row = load(&state, &caller, &id).await?;
+    let id = parse_id(&id)?;
+    crate::credentials::get(&state, &caller.org_id, &id).await?;
     state.limits.check_probe(&caller.org_id)?;
-    let result = if row.auth_type == "oauth2" {
-        probe_oauth(&state, row.clone()).await
-    } else {
-        let (mut fields, _) = super::credentials::decrypted(&state, &row).await?;
-        match row.provider.as_str() {
-            "sftp" => probes::run(&state.probes, &request::<SftpRequest>(fields)?).await,
-            "postgresql" => probes::run(&state.probes, &request::<PostgresRequest>(fields)?).await,
-            "openai" | "anthropic" | "openai_compatible" => {
-                fields.insert("provider_type".into(), row.provider.clone().into());
-                probes::run(&state.probes, &request::<LlmRequest>(fields)?).await
-            }
-            "telegram" => probes::run(&state.probes, &request::<TelegramRequest>(fields)?).await,
-            other => {
-                return Err(ApiError::Conflict(
-                    "no_probe",
-                    format!("credgate has no connection test for provider {other}"),
-                ))
-            }
-        }
-    };
-    let fresh = state.store.credential(&row.org_id, &row.id).await?.unwrap_or(row);
-    let (status, last_error) = match &result.error {
-        None => ("active", None),
-        Some(_) if fresh.status == "needs_reauth" => ("needs_reauth", fresh.last_error.clone()),
-        Some(e) => (
-            "error",
-            Some(json!({"code": e.code.as_str(), "message": e.message, "at": chrono::Utc::now()}).to_string()),
-        ),
-    };
-    state
-        .store
-        .record_test(&fresh.org_id, &fresh.id, status, last_error.as_deref())
-        .await?;
-    tracing::info!(credential = %fresh.id, ok = result.ok, "credential tested");
-    Ok(Json(result))
+    Ok(Json(crate::execution::test(&state, &caller.org_id, &id).await?))
 }

@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 
 use super::extract::{Caller, READ};
 use super::AppState;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::providers::{FieldKind, Provider};
 
 /// Provider routes.

@@ -7,15 +7,15 @@ use base64::Engine;
 use oauth2::{AuthUrl, ClientId, CsrfToken, PkceCodeChallenge, Scope};
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
-use uuid::Uuid;
 
 use super::{exchange_code, fetch_identity, OAuthError, STATE_TTL_SECS};
+use crate::context::Context;
+use crate::credentials::{self, Grant};
 use crate::crypto::SecretMap;
-use crate::http::AppState;
-use crate::providers::{AuthKind, Provider};
-use crate::store::{now, AuditEvent, GrantTarget, OAuthGrant, OAuthStateRow, StoreError};
+use crate::error::Error;
+use crate::providers::Provider;
+use crate::store::OAuthStateRow;
 
 /// What the caller asked `authorize` for, already checked.
 #[derive(Debug, Clone)]
@@ -50,17 +50,13 @@ fn hash_state(state: &str) -> String {
 
 /// `{public_url}/integrations/{provider}/callback`: one path per provider,
 /// so a response can only land where its provider was asked (mix-up defence).
-pub fn redirect_uri(state: &AppState, provider: &str) -> String {
-    format!("{}/integrations/{provider}/callback", state.config.public_url)
+pub fn redirect_uri(ctx: &Context, provider: &str) -> String {
+    format!("{}/integrations/{provider}/callback", ctx.config.public_url)
 }
 
 /// Creates the pending authorization and the provider's authorize URL.
-pub async fn start(
-    state: &AppState,
-    provider: &Provider,
-    req: StartRequest,
-) -> Result<Started, crate::error::ApiError> {
-    let settings = provider.oauth.as_ref().ok_or(crate::error::ApiError::NotFound)?;
+pub async fn start(ctx: &Context, provider: &Provider, req: StartRequest) -> Result<Started, Error> {
+    let settings = provider.oauth.as_ref().ok_or(Error::NotFound)?;
     let mut raw = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut raw);
     let csrf = URL_SAFE_NO_PAD.encode(raw);
@@ -68,12 +64,12 @@ pub async fn start(
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
     let tenant = req.tenant.as_deref();
     let auth_url = AuthUrl::new(settings.with_tenant(&settings.authorization_url, tenant))
-        .map_err(|_| crate::error::ApiError::Internal(anyhow::anyhow!("bad authorization_url for {}", provider.id)))?;
+        .map_err(|_| Error::internal(anyhow::anyhow!("bad authorization_url for {}", provider.id)))?;
     let client = oauth2::basic::BasicClient::new(ClientId::new(settings.client_id.clone()))
         .set_auth_uri(auth_url)
         .set_redirect_uri(
-            oauth2::RedirectUrl::new(redirect_uri(state, &provider.id))
-                .map_err(|_| crate::error::ApiError::Internal(anyhow::anyhow!("bad CREDGATE_PUBLIC_URL")))?,
+            oauth2::RedirectUrl::new(redirect_uri(ctx, &provider.id))
+                .map_err(|_| Error::internal(anyhow::anyhow!("bad CREDGATE_PUBLIC_URL")))?,
         );
     let token = csrf.clone();
     let mut request = client
@@ -99,10 +95,9 @@ pub async fn start(
         }
     }
     let subject = format!("state:{state_hash}");
-    let (payload_ct, key_version) = state.vault.seal(&req.org_id, &subject, &[("state", &payload)]).await?;
-    let expires_at = now() + STATE_TTL_SECS;
-    state
-        .store
+    let (payload_ct, key_version) = ctx.vault.seal(&req.org_id, &subject, &[("state", &payload)]).await?;
+    let expires_at = ctx.now() + STATE_TTL_SECS;
+    ctx.store
         .insert_oauth_state(
             &state_hash,
             &OAuthStateRow {
@@ -120,14 +115,25 @@ pub async fn start(
     })
 }
 
-/// The callback's query parameters.
-#[derive(Debug, Default, Clone, serde::Deserialize)]
+/// The callback's query parameters. `Debug` hides `state` and `code`.
+#[derive(Default, Clone, serde::Deserialize)]
 pub struct CallbackQuery {
     pub state: Option<String>,
     pub code: Option<String>,
     pub error: Option<String>,
     pub error_description: Option<String>,
     pub iss: Option<String>,
+}
+
+impl std::fmt::Debug for CallbackQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallbackQuery")
+            .field("state_set", &self.state.is_some())
+            .field("code_set", &self.code.is_some())
+            .field("error", &self.error)
+            .field("iss", &self.iss)
+            .finish_non_exhaustive()
+    }
 }
 
 const PROVIDER_ERRORS: &[&str] = &[
@@ -146,7 +152,7 @@ fn get(map: &SecretMap, key: &str) -> Option<String> {
 }
 
 /// Completes an authorization. Every failure is an outcome; none stores anything.
-pub async fn finish(state: &AppState, provider: &Provider, query: CallbackQuery) -> Finished {
+pub async fn finish(ctx: &Context, provider: &Provider, query: CallbackQuery) -> Finished {
     let invalid = |m: &str| OAuthError::new("oauth_state_invalid", m);
     let Some(csrf) = query.state.as_deref().filter(|s| !s.is_empty() && s.len() <= 256) else {
         return Finished {
@@ -155,7 +161,7 @@ pub async fn finish(state: &AppState, provider: &Provider, query: CallbackQuery)
         };
     };
     let state_hash = hash_state(csrf);
-    let row = match state.store.take_oauth_state(&state_hash).await {
+    let row = match ctx.store.take_oauth_state(&state_hash).await {
         Ok(Some(row)) => row,
         Ok(None) => {
             return Finished {
@@ -173,7 +179,7 @@ pub async fn finish(state: &AppState, provider: &Provider, query: CallbackQuery)
             };
         }
     };
-    let payload = match state
+    let payload = match ctx
         .vault
         .open(
             &row.org_id,
@@ -193,7 +199,7 @@ pub async fn finish(state: &AppState, provider: &Provider, query: CallbackQuery)
         }
     };
     let return_to = get(&payload, "return_to");
-    let result = complete(state, provider, &row, &payload, &query).await;
+    let result = complete(ctx, provider, &row, &payload, &query).await;
     if let Err(e) = &result {
         tracing::info!(provider = %provider.id, code = e.code, error = %e.message, "OAuth connection failed");
     }
@@ -201,7 +207,7 @@ pub async fn finish(state: &AppState, provider: &Provider, query: CallbackQuery)
 }
 
 async fn complete(
-    state: &AppState,
+    ctx: &Context,
     provider: &Provider,
     row: &OAuthStateRow,
     payload: &SecretMap,
@@ -217,7 +223,7 @@ async fn complete(
             "this answer belongs to another provider's connection",
         ));
     }
-    if row.expires_at < now() {
+    if row.expires_at < ctx.now() {
         return Err(OAuthError::new(
             "oauth_state_invalid",
             "the connection link expired (10 minutes); start again",
@@ -253,154 +259,30 @@ async fn complete(
         .cloned()
         .ok_or_else(|| OAuthError::new("oauth_state_invalid", "the connection link is incomplete"))?;
     let tenant = get(payload, "tenant");
-    let redirect = redirect_uri(state, &provider.id);
-    let tokens = exchange_code(&state.http, settings, tenant.as_deref(), &redirect, code, &verifier).await?;
-    let identity = fetch_identity(&state.http, settings, &tokens.access_token).await?;
-
-    let mut fields = Map::new();
-    if let Some(t) = &tenant {
-        fields.insert("tenant".into(), Value::String(t.clone()));
-    }
-    if let Some(tid) = &identity.tenant_id {
-        fields.insert("tenant_id".into(), Value::String(tid.clone()));
-    }
-    let scopes = tokens.scopes.clone().unwrap_or_else(|| settings.scopes.clone());
+    let redirect = redirect_uri(ctx, &provider.id);
+    let tokens = exchange_code(&ctx.http, settings, tenant.as_deref(), &redirect, code, &verifier).await?;
+    let identity = fetch_identity(&ctx.http, settings, &tokens.access_token).await?;
     let actor = get(payload, "actor").unwrap_or_default();
-    let limit = i64::from(state.config.max_per_provider);
-    // A concurrent writer may win the race for the same account: re-read and retry.
-    for _ in 0..3 {
-        let existing_id = match get(payload, "credential_id") {
-            Some(id) => Some(id),
-            None => state
-                .store
-                .credential_for_account(&row.org_id, &provider.id, &identity.id)
-                .await
-                .map_err(internal)?,
-        };
-        let existing = match &existing_id {
-            Some(id) => match state.store.credential(&row.org_id, id).await.map_err(internal)? {
-                Some(c) if c.provider == provider.id && c.auth_type == AuthKind::Oauth2.as_str() => Some(c),
-                _ => {
-                    return Err(OAuthError::new(
-                        "not_found",
-                        "the credential to re-authorize no longer exists",
-                    ))
-                }
-            },
-            None => None,
-        };
-        let id = existing
-            .as_ref()
-            .map_or_else(|| Uuid::new_v4().to_string(), |c| c.id.clone());
-        let mut token_map = SecretMap::default();
-        token_map.insert("access_token", tokens.access_token.clone());
-        let kept = match (&tokens.refresh_token, &existing) {
-            (Some(rt), _) => Some(rt.clone()),
-            // Google sends a refresh token on first consent only: keep the old one.
-            (None, Some(c)) => state
-                .vault
-                .open(&c.org_id, &c.id, &c.secret_ct, c.key_version)
-                .await
-                .ok()
-                .and_then(|g| g.get("tokens").and_then(|t| t.get("refresh_token").cloned())),
-            (None, None) => None,
-        };
-        if let Some(rt) = kept {
-            token_map.insert("refresh_token", rt);
+    let grant = Grant {
+        org_id: &row.org_id,
+        provider,
+        actor: &actor,
+        name: get(payload, "name"),
+        credential_id: get(payload, "credential_id"),
+        tenant,
+        tokens,
+        identity,
+    };
+    credentials::connect(ctx, grant).await.map_err(|e| match e {
+        Error::QuotaExceeded { limit, .. } => OAuthError::new(
+            "quota_exceeded",
+            format!("the organization already has {limit} {} credentials", provider.id),
+        ),
+        Error::Conflict(code, message) => OAuthError::new(code, message),
+        Error::NotFound => OAuthError::new("not_found", "the credential to re-authorize no longer exists"),
+        other => {
+            tracing::error!(error = %other, source = ?std::error::Error::source(&other), "storing an OAuth connection failed");
+            OAuthError::new("internal", "credgate could not store the connection")
         }
-        let (secret_ct, key_version) = state
-            .vault
-            .seal(
-                &row.org_id,
-                &id,
-                &[("fields", &SecretMap::default()), ("tokens", &token_map)],
-            )
-            .await
-            .map_err(internal)?;
-        let grant = OAuthGrant {
-            org_id: row.org_id.clone(),
-            provider: provider.id.clone(),
-            account_id: identity.id.clone(),
-            account_email: identity.email.clone(),
-            account_name: identity.display_name.clone(),
-            scopes: Some(json!(scopes).to_string()),
-            expires_at: tokens.expires_in.map(|d| now() + d.as_secs() as i64),
-            refresh_after: super::refresh::schedule(
-                tokens.expires_in.map(|d| now() + d.as_secs() as i64),
-                tokens.expires_in.map(|d| d.as_secs()),
-                state.config.refresh_lead_secs as i64,
-            ),
-            fields: Value::Object(fields.clone()).to_string(),
-            secret_names: "[]".into(),
-            secret_ct,
-            key_version,
-        };
-        let (target, action) = match &existing {
-            Some(c) => (
-                GrantTarget::Existing {
-                    id: id.clone(),
-                    old_ct: c.secret_ct.clone(),
-                },
-                "credential.reconnect",
-            ),
-            None => {
-                let name = get(payload, "name").unwrap_or_else(|| {
-                    format!(
-                        "{} ({})",
-                        provider.display_name,
-                        identity.email.as_deref().unwrap_or(&identity.id)
-                    )
-                });
-                (
-                    GrantTarget::New {
-                        id: id.clone(),
-                        name,
-                        created_by: actor.clone(),
-                    },
-                    "credential.connect",
-                )
-            }
-        };
-        let event = AuditEvent::success(&row.org_id, &id, action, &actor).with_detail(
-            json!({"provider": provider.id, "account": identity.email.as_deref().unwrap_or(&identity.id)}),
-        );
-        match state.store.store_grant(&grant, &target, limit, &event).await {
-            Ok(()) => {
-                if existing.is_none() {
-                    state.webhooks.emit(
-                        "credential.created",
-                        &row.org_id,
-                        &id,
-                        &provider.id,
-                        json!({"account": identity.email}),
-                    );
-                }
-                return Ok(id);
-            }
-            Err(StoreError::Conflict) => continue,
-            Err(StoreError::AccountTaken) if existing_id.is_none() => continue,
-            Err(StoreError::AccountTaken) => {
-                return Err(OAuthError::new(
-                    "account_already_connected",
-                    "this account is already connected in another credential",
-                ))
-            }
-            Err(StoreError::QuotaExceeded { limit }) => {
-                return Err(OAuthError::new(
-                    "quota_exceeded",
-                    format!("the organization already has {limit} {} credentials", provider.id),
-                ))
-            }
-            Err(e) => return Err(internal(e)),
-        }
-    }
-    Err(OAuthError::new(
-        "conflict",
-        "the credential kept changing while it was being connected; try again",
-    ))
-}
-
-fn internal(e: impl std::fmt::Display) -> OAuthError {
-    tracing::error!(error = %e, "storing an OAuth connection failed");
-    OAuthError::new("internal", "credgate could not store the connection")
+    })
 }

@@ -3,15 +3,20 @@
 //! and revocation, for any provider whose file declares `oauth2`.
 
 pub mod flow;
-mod page;
+pub mod outcome;
 pub mod refresh;
+mod single_flight;
 mod tokens;
 pub mod worker;
 
-pub use page::result_page;
+pub use outcome::schedule;
+pub use single_flight::{Refresher, LEASE_SECS};
 pub use tokens::{exchange_code, fetch_identity, refresh, revoke, Identity, TokenSet};
 
 use std::time::Duration;
+
+use crate::context::Context;
+use crate::credentials::OAuthTokens;
 
 /// Seconds a pending authorization (`state`) stays valid.
 pub const STATE_TTL_SECS: i64 = 600;
@@ -51,35 +56,33 @@ pub fn http_client(timeout: Duration) -> reqwest::Client {
         .expect("the HTTP client configuration is valid")
 }
 
-/// After OAuth credentials are deleted, revokes their tokens at providers
-/// that have a revocation endpoint. Best effort, in the background: a slow
-/// or failing provider never holds up or undoes the delete.
-pub fn revoke_deleted(state: &crate::http::AppState, rows: Vec<crate::store::CredentialRow>) {
-    for row in rows.into_iter().filter(|r| r.auth_type == "oauth2") {
-        let Some(provider) = state.registry.get(&row.provider) else {
-            continue;
-        };
-        let Some(url) = provider.oauth.as_ref().and_then(|o| o.revocation_url.clone()) else {
-            continue;
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let Ok(groups) = state
-                .vault
-                .open(&row.org_id, &row.id, &row.secret_ct, row.key_version)
-                .await
-            else {
-                return;
-            };
-            let Some(tokens) = groups.get("tokens") else { return };
-            let settings = state.registry.get(&row.provider).and_then(|p| p.oauth.as_ref());
-            let token = tokens
-                .get("refresh_token")
-                .map(|t| (t, "refresh_token"))
-                .or_else(|| tokens.get("access_token").map(|t| (t, "access_token")));
-            if let (Some(settings), Some((token, hint))) = (settings, token) {
-                revoke(&state.http, settings, &url, token, hint).await;
-            }
-        });
-    }
+/// Revokes tokens at the provider when it has a revocation endpoint (the
+/// refresh token if there is one, which ends the grant). Best effort.
+pub async fn revoke_tokens(ctx: &Context, provider: &str, tokens: Option<&OAuthTokens>) {
+    let Some(settings) = ctx.registry.get(provider).and_then(|p| p.oauth.as_ref()) else {
+        return;
+    };
+    let (Some(url), Some(tokens)) = (settings.revocation_url.as_deref(), tokens) else {
+        return;
+    };
+    let (token, hint) = match &tokens.refresh_token {
+        Some(rt) => (rt, "refresh_token"),
+        None => (&tokens.access_token, "access_token"),
+    };
+    revoke(&ctx.http, settings, url, token, hint).await;
+}
+
+/// [`revoke_tokens`] in the background: a slow provider holds nothing up.
+pub fn revoke_tokens_later(ctx: &Context, provider: &str, tokens: Option<OAuthTokens>) {
+    let (ctx, provider) = (ctx.clone(), provider.to_owned());
+    tokio::spawn(async move { revoke_tokens(&ctx, &provider, tokens.as_ref()).await });
+}
+
+/// Revokes a token set that will not be stored (in the background).
+pub fn revoke_token_set(ctx: &Context, provider: &str, set: &TokenSet) {
+    let tokens = OAuthTokens {
+        access_token: set.access_token.clone(),
+        refresh_token: set.refresh_token.clone(),
+    };
+    revoke_tokens_later(ctx, provider, Some(tokens));
 }

@@ -10,41 +10,9 @@ pub use load::{load_dir, ProviderFileError};
 use std::collections::BTreeMap;
 
 use secrecy::SecretString;
-use serde::Serialize;
 use url::Url;
 
-/// How a credential of a provider authenticates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum AuthKind {
-    /// Connected through the OAuth authorize/callback flow.
-    Oauth2,
-    /// A single API key or bot token.
-    ApiKey,
-    /// User name and password.
-    UserPassword,
-    /// A private key file (SSH).
-    KeyFile,
-}
-
-impl AuthKind {
-    /// The wire name (`oauth2`, `api_key`, …).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuthKind::Oauth2 => "oauth2",
-            AuthKind::ApiKey => "api_key",
-            AuthKind::UserPassword => "user_password",
-            AuthKind::KeyFile => "key_file",
-        }
-    }
-
-    /// Parses a wire name.
-    pub fn parse(s: &str) -> Option<Self> {
-        [Self::Oauth2, Self::ApiKey, Self::UserPassword, Self::KeyFile]
-            .into_iter()
-            .find(|k| k.as_str() == s)
-    }
-}
+pub use crate::model::AuthKind;
 
 /// One auth type of a provider and the fields it takes.
 #[derive(Debug, Clone)]

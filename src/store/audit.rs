@@ -3,7 +3,7 @@
 
 use sqlx::AnyConnection;
 
-use super::{now, Store, StoreError};
+use super::{Store, StoreError};
 
 /// An event to record.
 #[derive(Debug, Clone)]
@@ -62,7 +62,7 @@ pub struct AuditRow {
 }
 
 /// Writes one event on `conn` (usually inside the change's transaction).
-pub(crate) async fn insert(conn: &mut AnyConnection, event: &AuditEvent) -> Result<(), sqlx::Error> {
+pub(crate) async fn insert(conn: &mut AnyConnection, event: &AuditEvent, at: i64) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO audit_events (org_id, credential_id, action, outcome, actor, detail, at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -73,7 +73,7 @@ pub(crate) async fn insert(conn: &mut AnyConnection, event: &AuditEvent) -> Resu
     .bind(event.outcome)
     .bind(&event.actor)
     .bind(event.detail.as_ref().map(|d| d.to_string()))
-    .bind(now())
+    .bind(at)
     .execute(conn)
     .await?;
     Ok(())
@@ -82,8 +82,9 @@ pub(crate) async fn insert(conn: &mut AnyConnection, event: &AuditEvent) -> Resu
 impl Store {
     /// Records an event on its own (for events with no accompanying change).
     pub async fn audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        insert(&mut conn, event).await?;
+        let mut tx = self.begin_write().await?;
+        insert(&mut tx, event, self.now()).await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -3,57 +3,9 @@
 use sqlx::Row;
 
 use super::audit::{self, AuditEvent};
-use super::{now, Store, StoreError};
-
-const COLUMNS: &str = "id, org_id, name, provider, auth_type, status, fields, secret_names, secret_ct, \
-    key_version, account_id, account_email, account_name, scopes, expires_at, last_refreshed_at, \
-    last_used_at, last_tested_at, last_error, created_by, created_at, updated_at";
-
-/// A listing needs no ciphertext: it is left empty.
-const LIST_COLUMNS: &str = "id, org_id, name, provider, auth_type, status, fields, secret_names, '' AS secret_ct, \
-    key_version, account_id, account_email, account_name, scopes, expires_at, last_refreshed_at, \
-    last_used_at, last_tested_at, last_error, created_by, created_at, updated_at, refresh_failures, refresh_after";
-
-/// What a read returns: the inserted columns plus refresh bookkeeping.
-const READ_COLUMNS: &str = "id, org_id, name, provider, auth_type, status, fields, secret_names, secret_ct, \
-    key_version, account_id, account_email, account_name, scopes, expires_at, last_refreshed_at, \
-    last_used_at, last_tested_at, last_error, created_by, created_at, updated_at, refresh_failures, refresh_after";
-
-/// A credential as stored. Holds the sealed secrets; never serialized.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct CredentialRow {
-    pub id: String,
-    pub org_id: String,
-    pub name: String,
-    pub provider: String,
-    pub auth_type: String,
-    pub status: String,
-    /// JSON object of non-secret field values.
-    pub fields: String,
-    /// JSON array of the secret field names that are set.
-    pub secret_names: String,
-    /// The sealed secrets (see `crypto`).
-    pub secret_ct: String,
-    pub key_version: i64,
-    pub account_id: Option<String>,
-    pub account_email: Option<String>,
-    pub account_name: Option<String>,
-    /// JSON array of granted scopes.
-    pub scopes: Option<String>,
-    pub expires_at: Option<i64>,
-    pub last_refreshed_at: Option<i64>,
-    pub last_used_at: Option<i64>,
-    pub last_tested_at: Option<i64>,
-    /// JSON `{"code","message","at"}`.
-    pub last_error: Option<String>,
-    pub created_by: String,
-    pub created_at: i64,
-    pub updated_at: i64,
-    /// Consecutive failed refreshes.
-    pub refresh_failures: i64,
-    /// Next background refresh not before (jittered schedule or backoff).
-    pub refresh_after: Option<i64>,
-}
+use super::row::{typed, Raw, LIST_COLUMNS, READ_COLUMNS};
+use super::{check_key, CredentialRow, Store, StoreError};
+use crate::model::{AuthKind, CredentialStatus};
 
 /// Everything needed to insert a credential.
 #[derive(Debug, Clone)]
@@ -62,34 +14,32 @@ pub struct NewCredential {
     pub org_id: String,
     pub name: String,
     pub provider: String,
-    pub auth_type: String,
-    pub status: String,
+    pub auth_type: AuthKind,
+    /// Non-secret fields, a JSON object.
     pub fields: String,
+    /// The secret names, a JSON array.
     pub secret_names: String,
     pub secret_ct: String,
     pub key_version: i64,
-    pub account_id: Option<String>,
-    pub account_email: Option<String>,
-    pub account_name: Option<String>,
-    pub scopes: Option<String>,
-    pub expires_at: Option<i64>,
     pub created_by: String,
 }
 
-/// New sealed secrets (and the public fields that go with them).
+/// New sealed secrets (and the public fields that go with them), written
+/// only if the row's `secret_version` is still `expected_version`.
 #[derive(Debug, Clone)]
-pub struct SecretUpdate {
+pub struct SecretWrite {
     pub fields: String,
     pub secret_names: String,
     pub secret_ct: String,
     pub key_version: i64,
+    pub expected_version: i64,
 }
 
 /// Filters and page of a credential listing.
 #[derive(Debug, Clone, Default)]
 pub struct CredentialFilter {
     pub provider: Option<String>,
-    pub status: Option<String>,
+    pub status: Option<CredentialStatus>,
     /// Case-insensitive substring of the name.
     pub q: Option<String>,
     /// 1-based.
@@ -118,46 +68,42 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         lock_org(&mut tx, &new.org_id).await?;
+        check_key(&mut tx, self.dialect, &new.org_id, new.key_version).await?;
         check_quota(&mut tx, &new.org_id, &new.provider, default_limit).await?;
-        let t = now();
-        sqlx::query(&format!(
-            "INSERT INTO credentials ({COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, NULL, NULL, NULL, $17, $18, $18)"
-        ))
+        let t = self.now();
+        sqlx::query(
+            "INSERT INTO credentials (id, org_id, name, provider, auth_type, status, fields, secret_names, \
+             secret_ct, key_version, created_by, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $9, $10, $11, $11)",
+        )
         .bind(&new.id)
         .bind(&new.org_id)
         .bind(&new.name)
         .bind(&new.provider)
-        .bind(&new.auth_type)
-        .bind(&new.status)
+        .bind(new.auth_type.as_str())
         .bind(&new.fields)
         .bind(&new.secret_names)
         .bind(&new.secret_ct)
         .bind(new.key_version)
-        .bind(&new.account_id)
-        .bind(&new.account_email)
-        .bind(&new.account_name)
-        .bind(&new.scopes)
-        .bind(new.expires_at)
-        .bind(new.expires_at.map(|_| t))
         .bind(&new.created_by)
         .bind(t)
         .execute(&mut *tx)
         .await?;
-        audit::insert(&mut tx, event).await?;
+        audit::insert(&mut tx, event, t).await?;
         tx.commit().await?;
         Ok(())
     }
 
     /// One credential of one organization.
     pub async fn credential(&self, org_id: &str, id: &str) -> Result<Option<CredentialRow>, StoreError> {
-        Ok(sqlx::query_as(&format!(
+        let raw: Option<Raw> = sqlx::query_as(&format!(
             "SELECT {READ_COLUMNS} FROM credentials WHERE org_id = $1 AND id = $2"
         ))
         .bind(org_id)
         .bind(id)
         .fetch_optional(&self.pool)
-        .await?)
+        .await?;
+        raw.map(CredentialRow::try_from).transpose()
     }
 
     /// A page of an organization's credentials, newest first, and the total.
@@ -177,8 +123,8 @@ impl Store {
         if let Some(p) = &f.provider {
             add(" AND provider = ?", p.clone());
         }
-        if let Some(st) = &f.status {
-            add(" AND status = ?", st.clone());
+        if let Some(st) = f.status {
+            add(" AND status = ?", st.as_str().to_owned());
         }
         if let Some(q) = &f.q {
             add(" AND LOWER(name) LIKE ? ESCAPE '\\'", like_pattern(q));
@@ -202,29 +148,37 @@ impl Store {
         for b in &binds {
             page = page.bind(b);
         }
-        let rows = page
+        let rows: Vec<Raw> = page
             .bind(f.per_page)
             .bind((f.page - 1) * f.per_page)
             .fetch_all(&self.pool)
             .await?;
-        Ok((rows, total))
+        Ok((typed(rows)?, total))
     }
 
-    /// Renames and/or replaces the fields of a credential; returns the new row.
+    /// Renames and/or replaces the fields of a credential; returns the new
+    /// row. New secrets are written only if nobody wrote secrets since they
+    /// were read and no refresh holds the credential's lease (`Conflict`).
     pub async fn update_credential(
         &self,
         org_id: &str,
         id: &str,
         name: Option<&str>,
-        secrets: Option<&SecretUpdate>,
+        secrets: Option<&SecretWrite>,
         event: &AuditEvent,
     ) -> Result<CredentialRow, StoreError> {
         let mut tx = self.begin_write().await?;
-        let t = now();
+        if let Some(s) = secrets {
+            check_key(&mut tx, self.dialect, org_id, s.key_version).await?;
+        }
+        let t = self.now();
         let done = sqlx::query(
             "UPDATE credentials SET name = COALESCE($3, name), fields = COALESCE($4, fields), \
              secret_names = COALESCE($5, secret_names), secret_ct = COALESCE($6, secret_ct), \
-             key_version = COALESCE($7, key_version), updated_at = $8 WHERE org_id = $1 AND id = $2",
+             key_version = COALESCE($7, key_version), \
+             secret_version = CASE WHEN $6 IS NULL THEN secret_version ELSE secret_version + 1 END, \
+             updated_at = $8 WHERE org_id = $1 AND id = $2 \
+             AND ($9 IS NULL OR (secret_version = $9 AND (lease_until IS NULL OR lease_until < $8)))",
         )
         .bind(org_id)
         .bind(id)
@@ -234,13 +188,24 @@ impl Store {
         .bind(secrets.map(|s| s.secret_ct.as_str()))
         .bind(secrets.map(|s| s.key_version))
         .bind(t)
+        .bind(secrets.map(|s| s.expected_version))
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
+            let exists = sqlx::query("SELECT 1 FROM credentials WHERE org_id = $1 AND id = $2")
+                .bind(org_id)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            return Err(if exists {
+                StoreError::Conflict
+            } else {
+                StoreError::NotFound
+            });
         }
-        audit::insert(&mut tx, event).await?;
-        let row = sqlx::query_as(&format!(
+        audit::insert(&mut tx, event, t).await?;
+        let raw: Raw = sqlx::query_as(&format!(
             "SELECT {READ_COLUMNS} FROM credentials WHERE org_id = $1 AND id = $2"
         ))
         .bind(org_id)
@@ -248,11 +213,12 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(row)
+        CredentialRow::try_from(raw)
     }
 
-    /// Re-seals one credential's secrets (key rotation), only if its
-    /// ciphertext is still the one that was read.
+    /// Re-seals one credential's secrets under a new data key (rotation),
+    /// only if its ciphertext is still the one that was read. The content is
+    /// unchanged, so `secret_version` stays: a refresh in flight still wins.
     pub async fn reseal_credential(
         &self,
         org_id: &str,
@@ -261,6 +227,8 @@ impl Store {
         new_ct: &str,
         key_version: i64,
     ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        check_key(&mut tx, self.dialect, org_id, key_version).await?;
         let done = sqlx::query(
             "UPDATE credentials SET secret_ct = $1, key_version = $2 WHERE org_id = $3 AND id = $4 AND secret_ct = $5",
         )
@@ -269,8 +237,9 @@ impl Store {
         .bind(org_id)
         .bind(id)
         .bind(old_ct)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -281,14 +250,15 @@ impl Store {
         version: i64,
         limit: i64,
     ) -> Result<Vec<CredentialRow>, StoreError> {
-        Ok(sqlx::query_as(&format!(
+        let rows: Vec<Raw> = sqlx::query_as(&format!(
             "SELECT {READ_COLUMNS} FROM credentials WHERE org_id = $1 AND key_version < $2 ORDER BY id LIMIT $3"
         ))
         .bind(org_id)
         .bind(version)
         .bind(limit)
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        typed(rows)
     }
 
     /// Deletes credentials by id, auditing each; returns the deleted rows.
@@ -299,19 +269,21 @@ impl Store {
         actor: &str,
     ) -> Result<Vec<CredentialRow>, StoreError> {
         let mut tx = self.begin_write().await?;
+        let t = self.now();
         let mut deleted = Vec::new();
         for id in ids {
-            let row: Option<CredentialRow> = sqlx::query_as(&format!(
+            let raw: Option<Raw> = sqlx::query_as(&format!(
                 "DELETE FROM credentials WHERE org_id = $1 AND id = $2 RETURNING {READ_COLUMNS}"
             ))
             .bind(org_id)
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?;
-            if let Some(row) = row {
+            if let Some(raw) = raw {
+                let row = CredentialRow::try_from(raw)?;
                 let event = AuditEvent::success(org_id, id, "credential.delete", actor)
                     .with_detail(serde_json::json!({"provider": row.provider, "name": row.name}));
-                audit::insert(&mut tx, &event).await?;
+                audit::insert(&mut tx, &event, t).await?;
                 deleted.push(row);
             }
         }
@@ -323,6 +295,7 @@ impl Store {
     /// On Postgres that is one statement (one round trip); SQLite, whose
     /// CTEs cannot update, uses a transaction.
     pub async fn record_use(&self, org_id: &str, id: &str, event: &AuditEvent) -> Result<(), StoreError> {
+        let t = self.now();
         if self.dialect == super::Dialect::Postgres {
             sqlx::query(
                 "WITH used AS (UPDATE credentials SET last_used_at = $3 WHERE org_id = $1 AND id = $2) \
@@ -331,7 +304,7 @@ impl Store {
             )
             .bind(org_id)
             .bind(id)
-            .bind(now())
+            .bind(t)
             .bind(event.action)
             .bind(event.outcome)
             .bind(&event.actor)
@@ -344,34 +317,49 @@ impl Store {
         sqlx::query("UPDATE credentials SET last_used_at = $3 WHERE org_id = $1 AND id = $2")
             .bind(org_id)
             .bind(id)
-            .bind(now())
+            .bind(t)
             .execute(&mut *tx)
             .await?;
-        audit::insert(&mut tx, event).await?;
+        audit::insert(&mut tx, event, t).await?;
         tx.commit().await?;
         Ok(())
     }
 
-    /// Records the outcome of a connection test.
+    /// Records the outcome of a connection test. The status moves as
+    /// [`CredentialStatus::after_test`] says, computed in the statement so a
+    /// concurrent `needs_reauth` verdict is never overwritten.
     pub async fn record_test(
         &self,
         org_id: &str,
         id: &str,
-        status: &str,
-        last_error: Option<&str>,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE credentials SET status = $3, last_tested_at = $4, last_error = $5, updated_at = $4 \
-             WHERE org_id = $1 AND id = $2",
+        passed: bool,
+        last_error: Option<&super::LastError>,
+    ) -> Result<CredentialStatus, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let t = self.now();
+        let (on_pass, on_fail) = (CredentialStatus::Active, CredentialStatus::Error);
+        let row = sqlx::query(
+            "UPDATE credentials SET \
+             status = CASE WHEN status = 'needs_reauth' THEN status WHEN $3 = 1 THEN $4 ELSE $5 END, \
+             last_error = CASE WHEN status = 'needs_reauth' THEN last_error ELSE $6 END, \
+             last_tested_at = $7, updated_at = $7 WHERE org_id = $1 AND id = $2 RETURNING status",
         )
         .bind(org_id)
         .bind(id)
-        .bind(status)
-        .bind(now())
-        .bind(last_error)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        .bind(i64::from(passed))
+        .bind(on_pass.as_str())
+        .bind(on_fail.as_str())
+        .bind(last_error.map(|e| serde_json::to_string(e).expect("serializes")))
+        .bind(t)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        tx.commit().await?;
+        let status: String = row.try_get(0)?;
+        CredentialStatus::parse(&status).ok_or(StoreError::Corrupt {
+            id: id.to_owned(),
+            column: "status",
+        })
     }
 }
 

@@ -3,18 +3,25 @@
 //! replicas) through sqlx's `Any` driver; ids are UUID text and times are
 //! unix seconds so both dialects agree. Migrations live in
 //! `migrations/{postgres,sqlite}`.
+//!
+//! Every write goes through [`Store::begin_write`] (SQLite's writers queue in
+//! process there). Every write of sealed secrets is conditional on what its
+//! writer read: the credential's `secret_version` (compare-and-swap), the
+//! organization's current data key, and for refreshes the lease.
 
 mod audit;
 mod credentials;
 mod oauth;
 mod orgs;
 mod refresh;
+mod row;
 
 pub use audit::{AuditEvent, AuditRow};
-pub use credentials::{CredentialFilter, CredentialRow, NewCredential, SecretUpdate};
+pub use credentials::{CredentialFilter, NewCredential, SecretWrite};
 pub use oauth::{GrantTarget, OAuthGrant, OAuthStateRow};
 pub use orgs::{ApiKeyRow, OrgKeyRow};
 pub use refresh::{RefreshFailure, RefreshedTokens};
+pub use row::{CredentialRow, LastError};
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -23,6 +30,8 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
 use sqlx::{Any, Transaction};
 use sqlx::{AnyPool, Executor};
+
+use crate::clock::Clock;
 
 static PG_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -45,25 +54,38 @@ pub enum StoreError {
         /// The limit in force.
         limit: i64,
     },
-    /// Another writer changed the row first; read again and retry.
+    /// Another writer changed the row first (or holds its refresh lease).
     #[error("the record changed while it was being written")]
     Conflict,
+    /// The organization's data key changed since the secrets were sealed:
+    /// seal again under the current key and write again.
+    #[error("the organization's data key was rotated meanwhile")]
+    KeyRotated,
     /// The external account is already connected in another credential.
     #[error("this account is already connected in another credential")]
     AccountTaken,
     /// A row that must exist does not.
     #[error("not found")]
     NotFound,
+    /// A stored column does not hold what it must (never silently ignored).
+    #[error("credential {id}: column {column} is malformed")]
+    Corrupt {
+        /// The row.
+        id: String,
+        /// The column.
+        column: &'static str,
+    },
     /// The database failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
 
-/// The store: a connection pool and its dialect.
+/// The store: a connection pool, its dialect and the clock.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
+    clock: Clock,
     /// Queue of this process's SQLite writers.
     sqlite_writer: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
@@ -94,14 +116,9 @@ impl std::ops::DerefMut for WriteTx {
     }
 }
 
-/// Current time in unix seconds.
-pub fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
 impl Store {
     /// Connects to `sqlite://…` (the file is created when missing) or `postgres://…`.
-    pub async fn connect(url: &str) -> Result<Self, sqlx::Error> {
+    pub async fn connect(url: &str, clock: Clock) -> Result<Self, sqlx::Error> {
         sqlx::any::install_default_drivers();
         let dialect = if url.starts_with("sqlite:") {
             Dialect::Sqlite
@@ -140,6 +157,7 @@ impl Store {
         Ok(Self {
             pool,
             dialect,
+            clock,
             sqlite_writer: Default::default(),
         })
     }
@@ -157,9 +175,20 @@ impl Store {
         self.dialect
     }
 
+    /// Unix seconds now, by the store's clock.
+    pub fn now(&self) -> i64 {
+        self.clock.now()
+    }
+
     /// Is the database reachable?
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    /// Refreshes the planner's statistics (after bulk loads).
+    pub async fn analyze(&self) -> Result<(), StoreError> {
+        sqlx::query("ANALYZE").execute(&self.pool).await?;
+        Ok(())
     }
 
     /// Starts a transaction that will write. SQLite has one writer: this
@@ -183,13 +212,46 @@ impl Store {
         }
     }
 
-    /// The underlying pool (for tests and benchmarks that seed data).
-    pub fn pool(&self) -> &AnyPool {
-        &self.pool
+    /// One statement on its own write transaction.
+    pub(crate) async fn execute_write<'q>(
+        &self,
+        query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let done = query.execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
     }
 
     /// Closes the pool.
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Within a write: fails with `KeyRotated` unless `key_version` is the
+/// organization's current data key. On Postgres the organization row is
+/// share-locked until commit, so `keys rotate-org` (which updates it) waits
+/// for writers in flight, and writers after it see the new key.
+pub(crate) async fn check_key(
+    conn: &mut sqlx::AnyConnection,
+    dialect: Dialect,
+    org_id: &str,
+    key_version: i64,
+) -> Result<(), StoreError> {
+    use sqlx::Row;
+    let lock = match dialect {
+        Dialect::Postgres => " FOR SHARE",
+        Dialect::Sqlite => "",
+    };
+    let row = sqlx::query(&format!("SELECT key_version FROM organizations WHERE id = $1{lock}"))
+        .bind(org_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+    let current: i64 = row.try_get(0)?;
+    if current != key_version {
+        return Err(StoreError::KeyRotated);
+    }
+    Ok(())
 }

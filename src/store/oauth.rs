@@ -5,7 +5,7 @@ use sqlx::Row;
 
 use super::audit::{self, AuditEvent};
 use super::credentials::{check_quota, lock_org};
-use super::{now, Store, StoreError};
+use super::{check_key, Store, StoreError};
 
 /// A pending authorization, as stored (payload sealed).
 #[derive(Debug, Clone)]
@@ -25,8 +25,7 @@ pub struct OAuthGrant {
     pub account_id: String,
     pub account_email: Option<String>,
     pub account_name: Option<String>,
-    /// JSON array.
-    pub scopes: Option<String>,
+    pub scopes: Vec<String>,
     pub expires_at: Option<i64>,
     /// When the worker should refresh it (jittered).
     pub refresh_after: Option<i64>,
@@ -40,8 +39,8 @@ pub struct OAuthGrant {
 /// Where a grant goes.
 #[derive(Debug, Clone)]
 pub enum GrantTarget {
-    /// Update this credential, if its ciphertext is still `old_ct`.
-    Existing { id: String, old_ct: String },
+    /// Update this credential, if its `secret_version` is still `expected_version`.
+    Existing { id: String, expected_version: i64 },
     /// Insert a new credential (quota permitting).
     New {
         id: String,
@@ -57,7 +56,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 impl Store {
     /// Stores a pending authorization.
     pub async fn insert_oauth_state(&self, state_hash: &str, row: &OAuthStateRow) -> Result<(), StoreError> {
-        sqlx::query(
+        self.execute_write(sqlx::query(
             "INSERT INTO oauth_states (state_hash, org_id, provider, payload_ct, key_version, expires_at, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
@@ -67,8 +66,7 @@ impl Store {
         .bind(&row.payload_ct)
         .bind(row.key_version)
         .bind(row.expires_at)
-        .bind(now())
-        .execute(&self.pool)
+        .bind(self.now()))
         .await?;
         Ok(())
     }
@@ -76,17 +74,19 @@ impl Store {
     /// Takes (deletes and returns) a pending authorization: single use, so a
     /// replayed `state` finds nothing. Expired rows of anyone are purged too.
     pub async fn take_oauth_state(&self, state_hash: &str) -> Result<Option<OAuthStateRow>, StoreError> {
+        let mut tx = self.begin_write().await?;
         let row = sqlx::query(
             "DELETE FROM oauth_states WHERE state_hash = $1 \
              RETURNING org_id, provider, payload_ct, key_version, expires_at",
         )
         .bind(state_hash)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
         sqlx::query("DELETE FROM oauth_states WHERE expires_at < $1")
-            .bind(now() - 3600)
-            .execute(&self.pool)
+            .bind(self.now() - 3600)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         row.map(|r| {
             Ok(OAuthStateRow {
                 org_id: r.try_get(0)?,
@@ -128,28 +128,31 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         lock_org(&mut tx, &grant.org_id).await?;
-        let t = now();
+        check_key(&mut tx, self.dialect, &grant.org_id, grant.key_version).await?;
+        let t = self.now();
+        let scopes = serde_json::to_string(&grant.scopes).expect("strings serialize");
         let written = match target {
-            GrantTarget::Existing { id, old_ct } => sqlx::query(
+            GrantTarget::Existing { id, expected_version } => sqlx::query(
                 "UPDATE credentials SET account_id = $3, account_email = $4, account_name = $5, scopes = $6, \
                  expires_at = $7, fields = $8, secret_names = $9, secret_ct = $10, key_version = $11, \
                  status = 'active', last_error = NULL, refresh_failures = 0, refresh_after = $14, \
-                 lease_owner = NULL, lease_until = NULL, last_refreshed_at = $12, updated_at = $12 \
-                 WHERE org_id = $1 AND id = $2 AND secret_ct = $13",
+                 lease_owner = NULL, lease_until = NULL, last_refreshed_at = $12, updated_at = $12, \
+                 secret_version = secret_version + 1 \
+                 WHERE org_id = $1 AND id = $2 AND secret_version = $13",
             )
             .bind(&grant.org_id)
             .bind(id)
             .bind(&grant.account_id)
             .bind(&grant.account_email)
             .bind(&grant.account_name)
-            .bind(&grant.scopes)
+            .bind(&scopes)
             .bind(grant.expires_at)
             .bind(&grant.fields)
             .bind(&grant.secret_names)
             .bind(&grant.secret_ct)
             .bind(grant.key_version)
             .bind(t)
-            .bind(old_ct)
+            .bind(expected_version)
             .bind(grant.refresh_after)
             .execute(&mut *tx)
             .await
@@ -173,7 +176,7 @@ impl Store {
                 .bind(&grant.account_id)
                 .bind(&grant.account_email)
                 .bind(&grant.account_name)
-                .bind(&grant.scopes)
+                .bind(&scopes)
                 .bind(grant.expires_at)
                 .bind(t)
                 .bind(created_by)
@@ -189,7 +192,7 @@ impl Store {
             Err(e) if is_unique_violation(&e) => return Err(StoreError::AccountTaken),
             Err(e) => return Err(e.into()),
         }
-        audit::insert(&mut tx, event).await?;
+        audit::insert(&mut tx, event, t).await?;
         tx.commit().await?;
         Ok(())
     }

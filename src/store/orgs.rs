@@ -2,8 +2,9 @@
 
 use sqlx::Row;
 
-use super::{now, Store, StoreError};
+use super::{Store, StoreError};
 use crate::crypto::WrappedKey;
+use crate::model::Role;
 
 /// One wrapped data key of an organization.
 #[derive(Debug, Clone)]
@@ -17,14 +18,14 @@ pub struct OrgKeyRow {
 }
 
 /// An API key as stored: its hash, never the token.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct ApiKeyRow {
     /// Key id.
     pub id: String,
     /// Organization.
     pub org_id: String,
-    /// `admin`, `member` or `engine`.
-    pub role: String,
+    /// What it may do.
+    pub role: Role,
     /// Optional user the key acts for.
     pub user_id: Option<String>,
 }
@@ -33,7 +34,7 @@ impl Store {
     /// Creates an organization with its first data key.
     pub async fn insert_org(&self, id: &str, name: &str, key: &WrappedKey) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
-        let t = now();
+        let t = self.now();
         sqlx::query("INSERT INTO organizations (id, name, key_version, created_at) VALUES ($1, $2, 1, $3)")
             .bind(id)
             .bind(name)
@@ -90,14 +91,15 @@ impl Store {
 
     /// Sets the per-organization override of one provider's credential limit.
     pub async fn set_org_limit(&self, org_id: &str, provider: &str, max: i64) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO org_limits (org_id, provider, max_count) VALUES ($1, $2, $3) \
+        self.execute_write(
+            sqlx::query(
+                "INSERT INTO org_limits (org_id, provider, max_count) VALUES ($1, $2, $3) \
              ON CONFLICT (org_id, provider) DO UPDATE SET max_count = excluded.max_count",
+            )
+            .bind(org_id)
+            .bind(provider)
+            .bind(max),
         )
-        .bind(org_id)
-        .bind(provider)
-        .bind(max)
-        .execute(&self.pool)
         .await?;
         Ok(())
     }
@@ -155,18 +157,20 @@ impl Store {
 
     /// Replaces one wrapped key, only if it is still the one that was read.
     pub async fn rewrap_org_key(&self, row: &OrgKeyRow, new: &WrappedKey) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE org_keys SET wrapped_key = $1, master_kid = $2 \
+        let done = self
+            .execute_write(
+                sqlx::query(
+                    "UPDATE org_keys SET wrapped_key = $1, master_kid = $2 \
              WHERE org_id = $3 AND version = $4 AND wrapped_key = $5",
-        )
-        .bind(&new.token)
-        .bind(&new.kid)
-        .bind(&row.org_id)
-        .bind(row.version)
-        .bind(&row.wrapped.token)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+                )
+                .bind(&new.token)
+                .bind(&new.kid)
+                .bind(&row.org_id)
+                .bind(row.version)
+                .bind(&row.wrapped.token),
+            )
+            .await?;
+        Ok(done == 1)
     }
 
     /// Adds a new data key version and makes it current; returns the version.
@@ -186,7 +190,7 @@ impl Store {
         .bind(version)
         .bind(&key.token)
         .bind(&key.kid)
-        .bind(now())
+        .bind(self.now())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -196,16 +200,17 @@ impl Store {
     /// Deletes the organization's data keys older than `current` that no
     /// credential or OAuth state uses any more; returns how many went.
     pub async fn prune_org_keys(&self, org_id: &str, current: i64) -> Result<u64, StoreError> {
-        let done = sqlx::query(
+        let done = self.execute_write(
+            sqlx::query(
             "DELETE FROM org_keys WHERE org_id = $1 AND version < $2 \
              AND NOT EXISTS (SELECT 1 FROM credentials c WHERE c.org_id = org_keys.org_id AND c.key_version = org_keys.version) \
              AND NOT EXISTS (SELECT 1 FROM oauth_states s WHERE s.org_id = org_keys.org_id AND s.key_version = org_keys.version)",
         )
         .bind(org_id)
-        .bind(current)
-        .execute(&self.pool)
+        .bind(current),
+        )
         .await?;
-        Ok(done.rows_affected())
+        Ok(done)
     }
 
     /// Stores a new API key's hash.
@@ -214,33 +219,55 @@ impl Store {
         id: &str,
         org_id: &str,
         token_hash: &str,
-        role: &str,
+        role: Role,
         user_id: Option<&str>,
         label: Option<&str>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO api_keys (id, org_id, token_hash, role, user_id, label, created_at) \
+        self.execute_write(
+            sqlx::query(
+                "INSERT INTO api_keys (id, org_id, token_hash, role, user_id, label, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(id)
+            .bind(org_id)
+            .bind(token_hash)
+            .bind(role.as_str())
+            .bind(user_id)
+            .bind(label)
+            .bind(self.now()),
         )
-        .bind(id)
-        .bind(org_id)
-        .bind(token_hash)
-        .bind(role)
-        .bind(user_id)
-        .bind(label)
-        .bind(now())
-        .execute(&self.pool)
         .await?;
         Ok(())
     }
 
     /// Finds an API key by the hash of its token.
     pub async fn api_key_by_hash(&self, token_hash: &str) -> Result<Option<ApiKeyRow>, StoreError> {
-        Ok(
-            sqlx::query_as("SELECT id, org_id, role, user_id FROM api_keys WHERE token_hash = $1")
-                .bind(token_hash)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        let row = sqlx::query("SELECT id, org_id, role, user_id FROM api_keys WHERE token_hash = $1")
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let id: String = row.try_get(0)?;
+        let role: String = row.try_get(2)?;
+        let role = Role::parse(&role).ok_or(StoreError::Corrupt {
+            id: id.clone(),
+            column: "role",
+        })?;
+        Ok(Some(ApiKeyRow {
+            id,
+            org_id: row.try_get(1)?,
+            role,
+            user_id: row.try_get(3)?,
+        }))
+    }
+
+    /// How many credentials of an organization are sealed under a key older than `version`.
+    pub async fn count_below_key(&self, org_id: &str, version: i64) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) FROM credentials WHERE org_id = $1 AND key_version < $2")
+            .bind(org_id)
+            .bind(version)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get(0)?)
     }
 }

@@ -166,7 +166,7 @@ both_backends! {
         let secret = sentinel();
         let id = app.create_pg(&app.org, "a", &secret).await;
         let before: String = sqlx::query_scalar("SELECT secret_ct FROM credentials WHERE id = $1")
-            .bind(&id).fetch_one(app.state.store.pool()).await.unwrap();
+            .bind(&id).fetch_one(&app.sql().await).await.unwrap();
 
         let out = credgate(&db, Some(&keys), &["keys", "rotate-org", "--org", &app.org.id]);
         let (status, body) = app
@@ -174,11 +174,11 @@ both_backends! {
             .await;
         let created_after = app.create_pg(&app.org, "b", &sentinel()).await;
         let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM org_keys WHERE org_id = $1")
-            .bind(&app.org.id).fetch_all(app.state.store.pool()).await.unwrap();
+            .bind(&app.org.id).fetch_all(&app.sql().await).await.unwrap();
         let after: String = sqlx::query_scalar("SELECT secret_ct FROM credentials WHERE id = $1")
-            .bind(&id).fetch_one(app.state.store.pool()).await.unwrap();
+            .bind(&id).fetch_one(&app.sql().await).await.unwrap();
         let new_version: i64 = sqlx::query_scalar("SELECT key_version FROM credentials WHERE id = $1")
-            .bind(&created_after).fetch_one(app.state.store.pool()).await.unwrap();
+            .bind(&created_after).fetch_one(&app.sql().await).await.unwrap();
 
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(status, StatusCode::OK);
@@ -197,8 +197,9 @@ both_backends! {
         let id = app.create_pg(&app.org, "a", &sentinel()).await;
 
         let out = credgate(&db, Some(&keys), &["org", "delete", "--org", &app.org.id]);
+        let pool = app.sql().await;
         let count = |sql: &'static str| {
-            let (pool, org) = (app.state.store.pool().clone(), app.org.id.clone());
+            let (pool, org) = (pool.clone(), app.org.id.clone());
             async move {
                 let n: i64 = sqlx::query_scalar(sql).bind(org).fetch_one(&pool).await.unwrap();
                 n

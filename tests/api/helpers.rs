@@ -3,11 +3,13 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use credgate::apikeys::{new_api_token, token_hash};
 use credgate::app::{Application, Services};
+use credgate::clock::Clock;
 use credgate::config::Config;
 use credgate::crypto::MasterKeyring;
-use credgate::http::extract::token_hash;
 use credgate::http::AppState;
+use credgate::model::Role;
 use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
@@ -156,6 +158,9 @@ pub struct TestApp {
     pub state: AppState,
     pub config: Config,
     pub org: Org,
+    /// The app's clock: tests move time with `clock.advance`.
+    pub clock: Clock,
+    sql: tokio::sync::OnceCell<sqlx::AnyPool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -182,8 +187,15 @@ impl TestApp {
 
     /// An app with `config`, plus one organization with a key per role.
     pub async fn spawn_with(config: Config) -> Self {
+        Self::spawn_with_clock(config, Clock::manual()).await
+    }
+
+    /// An app with `config` on `clock` (two replicas may share one).
+    pub async fn spawn_with_clock(config: Config, clock: Clock) -> Self {
         init_logs();
-        let services = Services::init(config.clone()).await.expect("services start");
+        let services = Services::init_with_clock(config.clone(), clock.clone())
+            .await
+            .expect("services start");
         let app = Application::from_services(services).await.unwrap();
         let base = format!("http://127.0.0.1:{}", app.port());
         let state = app.state().clone();
@@ -204,6 +216,8 @@ impl TestApp {
                 member: String::new(),
                 engine: String::new(),
             },
+            clock,
+            sql: tokio::sync::OnceCell::new(),
             task,
         };
         test_app.org = test_app.new_org("Acme").await;
@@ -215,8 +229,8 @@ impl TestApp {
         let id = Uuid::new_v4().to_string();
         self.state.vault.create_org(&id, name).await.unwrap();
         let mut keys = Vec::new();
-        for role in ["admin", "member", "engine"] {
-            let token = credgate::cli::new_api_token();
+        for role in [Role::Admin, Role::Member, Role::Engine] {
+            let token = new_api_token();
             self.state
                 .store
                 .insert_api_key(
@@ -237,6 +251,18 @@ impl TestApp {
             member: keys[1].clone(),
             engine: keys[2].clone(),
         }
+    }
+
+    /// The test's own connection to the app's database, for raw SQL that
+    /// arranges or inspects what the API cannot (the app's pool is private).
+    pub async fn sql(&self) -> sqlx::AnyPool {
+        self.sql
+            .get_or_init(|| async {
+                sqlx::any::install_default_drivers();
+                sqlx::AnyPool::connect(&self.config.database_url).await.unwrap()
+            })
+            .await
+            .clone()
     }
 
     /// Sends a request with a bearer key and optional JSON body.

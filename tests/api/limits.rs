@@ -100,7 +100,7 @@ async fn the_unauthenticated_callback_is_rate_limited_per_client_address() {
     let app = TestApp::spawn(&db).await;
 
     let mut statuses = Vec::new();
-    for _ in 0..(credgate::ratelimit::UNAUTHENTICATED_PER_SEC * 2 + 5) {
+    for _ in 0..(credgate::http::ratelimit::UNAUTHENTICATED_PER_SEC * 2 + 5) {
         let res = app
             .client
             .get(format!("{}/integrations/google/callback?state=x&code=y", app.base))

@@ -13,5 +13,6 @@ mod oauth;
 mod oauth_server;
 mod operations;
 mod probes;
+mod races;
 mod refresh;
 mod secrecy_checks;

@@ -61,14 +61,14 @@ async fn webhooks_are_signed_retried_and_carry_no_secret() {
     ms.with(|i| i.token_status = Some(StatusCode::BAD_GATEWAY));
     sqlx::query("UPDATE credentials SET refresh_after = 0 WHERE id = $1")
         .bind(&oauth_id)
-        .execute(app.state.store.pool())
+        .execute(&app.sql().await)
         .await
         .unwrap();
     try_refresh_due(&app.state, 10).await.unwrap();
     ms.with(|i| i.token_status = None);
     sqlx::query("UPDATE credentials SET refresh_after = 0 WHERE id = $1")
         .bind(&oauth_id)
-        .execute(app.state.store.pool())
+        .execute(&app.sql().await)
         .await
         .unwrap();
     try_refresh_due(&app.state, 10).await.unwrap();

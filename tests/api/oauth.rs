@@ -149,8 +149,8 @@ both_backends! {
         let app = oauth_app(&db, &[(&google, "google")], |_| {}).await;
         let first = connect(&app, "google", "").await;
         let id = first["credential_id"].clone();
-        sqlx::query("UPDATE credentials SET status = 'needs_reauth', last_error = '{\"code\":\"needs_reauth\"}' WHERE id = $1")
-            .bind(&id).execute(app.state.store.pool()).await.unwrap();
+        sqlx::query("UPDATE credentials SET status = 'needs_reauth', last_error = '{\"code\":\"needs_reauth\",\"message\":\"revoked\",\"at\":\"2026-01-01T00:00:00Z\"}' WHERE id = $1")
+            .bind(&id).execute(&app.sql().await).await.unwrap();
 
         let again = connect(&app, "google", &format!("&credential_id={id}")).await;
         let (_, got) = app.call(Method::GET, &format!("/integrations/credentials/{id}"), &app.org.admin, None).await;
@@ -175,7 +175,7 @@ both_backends! {
         let replay = callback(&app, &back).await;
         let forged = callback(&app, &format!("{}/integrations/google/callback?state=forged&code=x", app.base)).await;
         let url2 = authorize(&app, "google", &format!("return_to={}", urlencode(RETURN_TO))).await;
-        sqlx::query("UPDATE oauth_states SET expires_at = 1").execute(app.state.store.pool()).await.unwrap();
+        sqlx::query("UPDATE oauth_states SET expires_at = 1").execute(&app.sql().await).await.unwrap();
         let expired = callback(&app, &consent(&app, &url2).await).await;
         let (_, listed) = app.call(Method::GET, "/integrations/credentials", &app.org.admin, None).await;
 

@@ -19,6 +19,55 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+/// How a held refresh request is answered when released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// As the server would.
+    Normal,
+    /// `invalid_grant`, whatever the token.
+    InvalidGrant,
+}
+
+/// Holds refresh requests: the n-th to arrive waits until `release(n, …)`.
+#[derive(Default)]
+pub struct Gate {
+    arrived: std::sync::atomic::AtomicUsize,
+    answers: Mutex<HashMap<usize, Answer>>,
+    notify: tokio::sync::Notify,
+}
+
+impl Gate {
+    /// Waits (at most 10 s) until `n` requests arrived.
+    pub async fn arrivals(&self, n: usize) {
+        for _ in 0..1000 {
+            if self.arrived.load(std::sync::atomic::Ordering::SeqCst) >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{n} refresh requests never arrived");
+    }
+
+    /// Lets the `n`-th request (1-based) go on with `answer`.
+    pub fn release(&self, n: usize, answer: Answer) {
+        self.answers.lock().unwrap().insert(n, answer);
+        self.notify.notify_waiters();
+    }
+
+    async fn pass(&self) -> Answer {
+        let n = self.arrived.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(answer) = self.answers.lock().unwrap().remove(&n) {
+                return answer;
+            }
+            notified.await;
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flavor {
     Google,
@@ -66,6 +115,8 @@ pub struct Inner {
     pub send_iss: Option<String>,
     pub expires_in: u64,
     pub token_delay: Option<Duration>,
+    /// Holds refresh requests until the test releases them, one by one.
+    pub refresh_gate: Option<Arc<Gate>>,
     pub token_status: Option<StatusCode>,
     pub identity_status: Option<StatusCode>,
     pub tenant_seen: Option<String>,
@@ -99,6 +150,7 @@ impl AuthServer {
             send_iss: None,
             expires_in: if flavor == Flavor::Google { 3599 } else { 4493 },
             token_delay: None,
+            refresh_gate: None,
             token_status: None,
             identity_status: None,
             tenant_seen: None,
@@ -290,6 +342,16 @@ async fn token_tenant(
 }
 
 async fn token(State(s): State<Shared>, headers: HeaderMap, Form(form): Form<HashMap<String, String>>) -> Response {
+    let gate = s.lock().unwrap().refresh_gate.clone();
+    if let (Some(gate), Some("refresh_token")) = (gate, form.get("grant_type").map(String::as_str)) {
+        if gate.pass().await == Answer::InvalidGrant {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                "the refresh token is not valid",
+            );
+        }
+    }
     let delay = s.lock().unwrap().token_delay;
     if let Some(d) = delay {
         tokio::time::sleep(d).await;

@@ -32,7 +32,7 @@ async fn refresh_state(app: &TestApp, id: &str) -> (i64, Option<i64>, Option<i64
 async fn make_due(app: &TestApp, id: &str) {
     sqlx::query("UPDATE credentials SET refresh_after = 0 WHERE id = $1")
         .bind(id)
-        .execute(app.state.store.pool())
+        .execute(&app.sql().await)
         .await
         .unwrap();
 }
@@ -145,7 +145,7 @@ async fn concurrent_resolves_in_one_process_cause_exactly_one_token_request() {
     let id = connect(&app, "sharepoint", "").await["credential_id"].clone();
     sqlx::query("UPDATE credentials SET expires_at = expires_at - 100 WHERE id = $1")
         .bind(&id)
-        .execute(app.state.store.pool())
+        .execute(&app.sql().await)
         .await
         .unwrap();
 
@@ -232,7 +232,7 @@ both_backends! {
         let (still_usable, _) = resolve(&app, &id).await;
         let (_, got) = app.call(Method::GET, &format!("/integrations/credentials/{id}"), &app.org.admin, None).await;
         sqlx::query("UPDATE credentials SET expires_at = $1 WHERE id = $2")
-            .bind(chrono::Utc::now().timestamp() - 1).bind(&id).execute(app.state.store.pool()).await.unwrap();
+            .bind(chrono::Utc::now().timestamp() - 1).bind(&id).execute(&app.sql().await).await.unwrap();
         let expired = app.client.post(format!("{}/integrations/credentials/{id}/resolve", app.base)).bearer_auth(&app.org.engine).send().await.unwrap();
         ms.with(|i| i.token_status = Some(StatusCode::SERVICE_UNAVAILABLE));
         make_due(&app, &id).await;
@@ -277,7 +277,7 @@ both_backends! {
         let none_due_yet = try_refresh_due(&app.state, 100).await.unwrap();
         // Time passes: `soon` now expires within the 600 s lead.
         sqlx::query("UPDATE credentials SET expires_at = $1, refresh_after = NULL WHERE id = $2")
-            .bind(chrono::Utc::now().timestamp() + 100).bind(&soon).execute(app.state.store.pool()).await.unwrap();
+            .bind(chrono::Utc::now().timestamp() + 100).bind(&soon).execute(&app.sql().await).await.unwrap();
 
         let step = try_refresh_due(&app.state, 100).await.unwrap();
         let (_, refreshed) = app.call(Method::GET, &format!("/integrations/credentials/{soon}"), &app.org.admin, None).await;
@@ -320,7 +320,7 @@ both_backends! {
         google.with(|i| i.token_delay = None);
         let while_leased = try_refresh_due(&app.state, 10).await.unwrap();
         sqlx::query("UPDATE credentials SET lease_until = $1 WHERE id = $2")
-            .bind(chrono::Utc::now().timestamp() - 1).bind(&id).execute(app.state.store.pool()).await.unwrap();
+            .bind(chrono::Utc::now().timestamp() - 1).bind(&id).execute(&app.sql().await).await.unwrap();
         let after_expiry = try_refresh_due(&app.state, 10).await.unwrap();
 
         assert!(lease.unwrap() > chrono::Utc::now().timestamp(), "the aborted refresh left its lease");

@@ -41,7 +41,7 @@ both_backends! {
         let app = TestApp::spawn(&db).await;
         let a = app.create_pg(&app.org, "a", &sentinel()).await;
         let b = app.create_pg(&app.org, "b", &sentinel()).await;
-        let pool = app.state.store.pool();
+        let pool = &app.sql().await;
 
         sqlx::query("UPDATE credentials SET secret_ct = (SELECT secret_ct FROM credentials WHERE id = $1) WHERE id = $2")
             .bind(&a)
@@ -76,7 +76,7 @@ both_backends! {
         sqlx::query("UPDATE credentials SET secret_ct = (SELECT secret_ct FROM credentials WHERE id = $1) WHERE id = $2")
             .bind(&mine)
             .bind(&theirs)
-            .execute(app.state.store.pool())
+            .execute(&app.sql().await)
             .await
             .unwrap();
         let (status, body) = app.call(Method::POST, &format!("/integrations/credentials/{theirs}/resolve"), &other.engine, None).await;

@@ -59,26 +59,28 @@ pub fn time(secs: i64) -> DateTime<Utc> {
 
 impl From<&CredentialRow> for Credential {
     fn from(row: &CredentialRow) -> Self {
-        let parse = |s: &str| serde_json::from_str::<Value>(s).unwrap_or(Value::Null);
         Self {
             id: row.id.clone(),
             name: row.name.clone(),
             provider: row.provider.clone(),
-            auth_type: row.auth_type.clone(),
-            status: row.status.clone(),
-            fields: parse(&row.fields),
-            secret_fields: serde_json::from_str(&row.secret_names).unwrap_or_default(),
+            auth_type: row.auth_type.as_str().to_owned(),
+            status: row.status.as_str().to_owned(),
+            fields: Value::Object(row.fields.clone()),
+            secret_fields: row.secret_names.clone(),
             account: row.account_id.as_ref().map(|id| Account {
                 id: id.clone(),
                 email: row.account_email.clone(),
                 display_name: row.account_name.clone(),
             }),
-            scopes: row.scopes.as_deref().and_then(|s| serde_json::from_str(s).ok()),
+            scopes: row.scopes.clone(),
             expires_at: row.expires_at.map(time),
             last_refreshed_at: row.last_refreshed_at.map(time),
             last_used_at: row.last_used_at.map(time),
             last_tested_at: row.last_tested_at.map(time),
-            last_error: row.last_error.as_deref().map(parse),
+            last_error: row
+                .last_error
+                .as_ref()
+                .map(|e| serde_json::to_value(e).expect("serializes")),
             created_by: row.created_by.clone(),
             created_at: time(row.created_at),
             updated_at: time(row.updated_at),

@@ -6,7 +6,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use rand::RngCore;
 
-use super::OAuthError;
+use crate::oauth::OAuthError;
 
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")

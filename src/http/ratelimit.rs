@@ -10,7 +10,7 @@ use std::num::NonZeroU32;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-use crate::error::ApiError;
+use super::error::ApiError;
 
 /// Requests per second per client address on routes without an API key.
 pub const UNAUTHENTICATED_PER_SEC: u32 = 20;

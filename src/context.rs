@@ -1,0 +1,38 @@
+//! The domain context: everything the credential service, the OAuth flow,
+//! the refresher, the worker and the CLI run on — and nothing about HTTP.
+
+use std::sync::Arc;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::oauth::Refresher;
+use crate::probes::ProbeContext;
+use crate::providers::Registry;
+use crate::store::Store;
+use crate::vault::Vault;
+use crate::webhooks::Webhooks;
+
+/// Shared domain services; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub vault: Arc<Vault>,
+    pub registry: Arc<Registry>,
+    /// Client for provider endpoints (redirects off, timeouts).
+    pub http: reqwest::Client,
+    pub refresher: Arc<Refresher>,
+    pub webhooks: Webhooks,
+    pub metrics: Arc<Metrics>,
+    /// Probe settings: egress guard, time limits, provider base URLs.
+    pub probes: Arc<ProbeContext>,
+    pub clock: Clock,
+}
+
+impl Context {
+    /// Unix seconds now.
+    pub fn now(&self) -> i64 {
+        self.clock.now()
+    }
+}

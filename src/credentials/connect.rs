@@ -1,0 +1,180 @@
+//! Connect: store an OAuth grant as a credential — a new one (within the
+//! quota), the one already connected for the same external account, or the
+//! one being re-authorized in place (only with the same account).
+
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use super::{rotated, CredentialSecrets, OAuthTokens, KEY_RETRIES};
+use crate::context::Context;
+use crate::error::Error;
+use crate::model::AuthKind;
+use crate::oauth::{Identity, TokenSet};
+use crate::providers::Provider;
+use crate::store::{AuditEvent, GrantTarget, OAuthGrant, StoreError};
+
+/// A completed authorization.
+#[derive(Debug)]
+pub struct Grant<'a> {
+    pub org_id: &'a str,
+    pub provider: &'a Provider,
+    /// Becomes `created_by` of a new credential.
+    pub actor: &'a str,
+    /// Name of a new credential (default: provider and account).
+    pub name: Option<String>,
+    /// Re-authorize this credential in place.
+    pub credential_id: Option<String>,
+    pub tenant: Option<String>,
+    pub tokens: TokenSet,
+    pub identity: Identity,
+}
+
+/// Stores a grant; returns the credential id. A concurrent writer of the
+/// same credential or account makes it read again and retry.
+pub async fn connect(ctx: &Context, grant: Grant<'_>) -> Result<String, Error> {
+    let Grant {
+        org_id,
+        provider,
+        actor,
+        name,
+        credential_id,
+        tenant,
+        tokens,
+        identity,
+    } = grant;
+    let settings_scopes = provider.oauth.as_ref().map(|o| o.scopes.clone()).unwrap_or_default();
+    let mut fields = Map::new();
+    if let Some(t) = &tenant {
+        fields.insert("tenant".into(), Value::String(t.clone()));
+    }
+    if let Some(tid) = &identity.tenant_id {
+        fields.insert("tenant_id".into(), Value::String(tid.clone()));
+    }
+    let now = ctx.now();
+    let lifetime = tokens.expires_in.map(|d| d.as_secs());
+    let expires_at = lifetime.map(|l| now + l as i64);
+    let refresh_after = crate::oauth::schedule(expires_at, lifetime, ctx.config.refresh_lead_secs as i64);
+    let account = identity.email.as_deref().unwrap_or(&identity.id).to_owned();
+    for attempt in 0..KEY_RETRIES * 2 {
+        let existing_id = match &credential_id {
+            Some(id) => Some(id.clone()),
+            None => {
+                ctx.store
+                    .credential_for_account(org_id, &provider.id, &identity.id)
+                    .await?
+            }
+        };
+        let existing = match &existing_id {
+            Some(id) => match ctx.store.credential(org_id, id).await? {
+                Some(c) if c.provider == provider.id && c.auth_type == AuthKind::Oauth2 => Some(c),
+                _ => {
+                    return Err(Error::Conflict(
+                        "not_found",
+                        "the credential to re-authorize no longer exists".into(),
+                    ))
+                }
+            },
+            None => None,
+        };
+        if let Some(c) = &existing {
+            // A token is never carried across accounts.
+            if c.account_id.as_ref().is_some_and(|a| *a != identity.id) {
+                crate::oauth::revoke_token_set(ctx, &provider.id, &tokens);
+                return Err(Error::Conflict(
+                    "account_mismatch",
+                    format!(
+                        "this credential belongs to another {} account; sign in with that account, or connect a new credential",
+                        provider.display_name
+                    ),
+                ));
+            }
+        }
+        let id = existing
+            .as_ref()
+            .map_or_else(|| Uuid::new_v4().to_string(), |c| c.id.clone());
+        // Google sends a refresh token on first consent only: keep the old one.
+        let kept = match (&tokens.refresh_token, &existing) {
+            (Some(rt), _) => Some(rt.clone()),
+            (None, Some(c)) => CredentialSecrets::open(&ctx.vault, c)
+                .await?
+                .tokens
+                .and_then(|t| t.refresh_token),
+            (None, None) => None,
+        };
+        let secrets = CredentialSecrets {
+            fields: Default::default(),
+            tokens: Some(OAuthTokens {
+                access_token: tokens.access_token.clone(),
+                refresh_token: kept,
+            }),
+        };
+        let (secret_ct, key_version) = secrets.seal(&ctx.vault, org_id, &id).await?;
+        let stored = OAuthGrant {
+            org_id: org_id.to_owned(),
+            provider: provider.id.clone(),
+            account_id: identity.id.clone(),
+            account_email: identity.email.clone(),
+            account_name: identity.display_name.clone(),
+            scopes: tokens.scopes.clone().unwrap_or_else(|| settings_scopes.clone()),
+            expires_at,
+            refresh_after,
+            fields: Value::Object(fields.clone()).to_string(),
+            secret_names: "[]".into(),
+            secret_ct,
+            key_version,
+        };
+        let (target, action) = match &existing {
+            Some(c) => (
+                GrantTarget::Existing {
+                    id: id.clone(),
+                    expected_version: c.secret_version,
+                },
+                "credential.reconnect",
+            ),
+            None => (
+                GrantTarget::New {
+                    id: id.clone(),
+                    name: name
+                        .clone()
+                        .unwrap_or_else(|| format!("{} ({account})", provider.display_name)),
+                    created_by: actor.to_owned(),
+                },
+                "credential.connect",
+            ),
+        };
+        let event = AuditEvent::success(org_id, &id, action, actor)
+            .with_detail(json!({"provider": provider.id, "account": account}));
+        match ctx
+            .store
+            .store_grant(&stored, &target, ctx.config.max_per_provider.into(), &event)
+            .await
+        {
+            Ok(()) => {
+                if existing.is_none() {
+                    ctx.webhooks.emit(
+                        "credential.created",
+                        org_id,
+                        &id,
+                        &provider.id,
+                        json!({"account": identity.email}),
+                    );
+                }
+                return Ok(id);
+            }
+            Err(e) if rotated(&e, attempt % KEY_RETRIES) => continue,
+            Err(StoreError::Conflict) => continue,
+            Err(StoreError::AccountTaken) if existing_id.is_none() => continue,
+            Err(StoreError::QuotaExceeded { limit }) => {
+                return Err(Error::QuotaExceeded {
+                    provider: provider.id.clone(),
+                    limit,
+                })
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(Error::Conflict(
+        "conflict",
+        "the credential kept changing while it was being connected; try again".into(),
+    ))
+}

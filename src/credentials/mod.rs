@@ -1,0 +1,82 @@
+//! The credential service: every change to a credential — create, update,
+//! delete, connect (an OAuth grant), a refresh's outcome, a test's outcome —
+//! goes validate → seal → store → audit → notify here, once. Handlers, the
+//! OAuth callback, the refresher, the CLI and the benchmarks call it; none
+//! of them touches the vault or the store's secret columns.
+
+mod connect;
+mod outcome;
+mod secrets;
+mod write;
+
+pub use connect::{connect, Grant};
+pub use outcome::{record_refresh_failure, record_refreshed, record_test, Refreshed};
+pub use secrets::{CredentialSecrets, OAuthTokens};
+pub use write::{create, delete, update, Changes, NewCredentialInput};
+
+use crate::context::Context;
+use crate::error::Error;
+use crate::model::AuthKind;
+use crate::providers::{FieldError, Provider};
+use crate::store::{CredentialFilter, CredentialRow, StoreError};
+
+/// Longest credential name.
+pub const MAX_NAME_LEN: usize = 200;
+/// Most credentials on one page.
+pub const MAX_PER_PAGE: i64 = 50;
+/// How often a write that lost to a key rotation is sealed again and retried.
+const KEY_RETRIES: usize = 3;
+
+/// One credential of an organization, or `NotFound`.
+pub async fn get(ctx: &Context, org_id: &str, id: &str) -> Result<CredentialRow, Error> {
+    ctx.store.credential(org_id, id).await?.ok_or(Error::NotFound)
+}
+
+/// A page of an organization's credentials and the total.
+pub async fn list(ctx: &Context, org_id: &str, filter: &CredentialFilter) -> Result<(Vec<CredentialRow>, i64), Error> {
+    Ok(ctx.store.list_credentials(org_id, filter).await?)
+}
+
+/// A trimmed, printable name of at most [`MAX_NAME_LEN`] characters.
+pub fn check_name(name: &str) -> Result<String, FieldError> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(FieldError::new("name", "must not be empty"));
+    }
+    if name.chars().count() > MAX_NAME_LEN || name.chars().any(char::is_control) {
+        return Err(FieldError::new(
+            "name",
+            format!("must be at most {MAX_NAME_LEN} printable characters"),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// Looks up a provider and one of its auth types, or names the bad field.
+fn provider_auth<'a>(
+    ctx: &'a Context,
+    provider: &str,
+    auth_type: &str,
+) -> Result<(&'a Provider, AuthKind), Vec<FieldError>> {
+    let provider = ctx.registry.get(provider).ok_or_else(|| {
+        vec![FieldError::new(
+            "provider",
+            "is not a known provider (see GET /integrations/providers)",
+        )]
+    })?;
+    let kind = AuthKind::parse(auth_type)
+        .filter(|k| provider.auth_type(*k).is_some())
+        .ok_or_else(|| {
+            vec![FieldError::new(
+                "auth_type",
+                format!("is not an auth type of provider {}", provider.id),
+            )]
+        })?;
+    Ok((provider, kind))
+}
+
+/// Whether a sealing write should be sealed again and retried: only when a
+/// key rotation beat it (the content is still ours to write).
+fn rotated(e: &StoreError, attempt: usize) -> bool {
+    matches!(e, StoreError::KeyRotated) && attempt + 1 < KEY_RETRIES
+}

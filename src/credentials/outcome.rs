@@ -1,0 +1,118 @@
+//! Outcomes recorded on a credential: a refresh (new tokens, or a failure
+//! verdict) and a connection test. Refresh outcomes are written only by the
+//! lease holder and only over the secrets it read.
+
+use serde_json::json;
+
+use super::{rotated, CredentialSecrets, OAuthTokens, KEY_RETRIES};
+use crate::context::Context;
+use crate::error::Error;
+use crate::model::CredentialStatus;
+use crate::store::{AuditEvent, CredentialRow, LastError, RefreshFailure, RefreshedTokens};
+
+/// New tokens from a successful refresh.
+#[derive(Debug, Clone)]
+pub struct Refreshed {
+    pub tokens: OAuthTokens,
+    pub expires_at: Option<i64>,
+    pub refresh_after: Option<i64>,
+    pub scopes: Option<Vec<String>>,
+    /// Did the provider send a new refresh token?
+    pub rotated: bool,
+}
+
+fn refresh_event(row: &CredentialRow, outcome: &'static str, detail: serde_json::Value) -> AuditEvent {
+    AuditEvent {
+        org_id: row.org_id.clone(),
+        credential_id: Some(row.id.clone()),
+        action: "credential.refresh",
+        outcome,
+        actor: "credgate".into(),
+        detail: Some(detail),
+    }
+}
+
+/// Stores refreshed tokens over `row` (as read under `owner`'s lease).
+/// `false`: another writer changed the secrets or took the lease meanwhile,
+/// and nothing was written.
+pub async fn record_refreshed(ctx: &Context, row: &CredentialRow, owner: &str, new: &Refreshed) -> Result<bool, Error> {
+    let secrets = CredentialSecrets {
+        fields: CredentialSecrets::open(&ctx.vault, row).await?.fields,
+        tokens: Some(new.tokens.clone()),
+    };
+    let event = refresh_event(row, "success", json!({"rotated": new.rotated}));
+    for attempt in 0..KEY_RETRIES {
+        let (secret_ct, key_version) = secrets.seal(&ctx.vault, &row.org_id, &row.id).await?;
+        let update = RefreshedTokens {
+            secret_ct,
+            key_version,
+            expires_at: new.expires_at,
+            refresh_after: new.refresh_after,
+            scopes: new.scopes.clone(),
+        };
+        match ctx
+            .store
+            .store_refreshed(&row.org_id, &row.id, (row.secret_version, owner), &update, &event)
+            .await
+        {
+            Ok(true) => {
+                if row.refresh_failures > 0 || row.status != CredentialStatus::Active {
+                    ctx.webhooks
+                        .emit("credential.recovered", &row.org_id, &row.id, &row.provider, json!({}));
+                }
+                return Ok(true);
+            }
+            Ok(false) => return Ok(false),
+            Err(e) if rotated(&e, attempt) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(Error::internal(anyhow::anyhow!("the data key kept rotating")))
+}
+
+/// Records a failed refresh over `row`; `None` when the verdict lost (newer
+/// secrets were written, or the lease passed on) and was dropped.
+pub async fn record_refresh_failure(
+    ctx: &Context,
+    row: &CredentialRow,
+    owner: &str,
+    failure: &RefreshFailure,
+    notify: bool,
+) -> Result<Option<i64>, Error> {
+    let event = refresh_event(
+        row,
+        "failure",
+        serde_json::to_value(&failure.last_error).expect("serializes"),
+    );
+    let written = ctx
+        .store
+        .store_refresh_failure(&row.org_id, &row.id, (row.secret_version, owner), failure, &event)
+        .await?;
+    if written.is_some() && notify {
+        ctx.webhooks.emit(
+            "credential.refresh_failed",
+            &row.org_id,
+            &row.id,
+            &row.provider,
+            serde_json::to_value(&failure.last_error).expect("serializes"),
+        );
+    }
+    Ok(written)
+}
+
+/// Records a connection test's outcome; returns the new status.
+pub async fn record_test(
+    ctx: &Context,
+    row: &CredentialRow,
+    failure: Option<(&str, &str)>,
+) -> Result<CredentialStatus, Error> {
+    let last_error = failure.map(|(code, message)| LastError {
+        code: code.to_owned(),
+        message: message.to_owned(),
+        at: chrono::DateTime::from_timestamp(ctx.now(), 0).unwrap_or_default(),
+    });
+    Ok(ctx
+        .store
+        .record_test(&row.org_id, &row.id, failure.is_none(), last_error.as_ref())
+        .await?)
+}

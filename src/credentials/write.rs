@@ -1,0 +1,229 @@
+//! Create, update and delete: validate → seal → store → audit → notify.
+
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use super::{check_name, provider_auth, rotated, CredentialSecrets, KEY_RETRIES};
+use crate::context::Context;
+use crate::error::Error;
+use crate::model::AuthKind;
+use crate::providers::{validate_fields, FieldError};
+use crate::store::{AuditEvent, CredentialRow, NewCredential, SecretWrite, StoreError};
+
+/// A new credential as submitted. `Debug` shows field names only.
+#[derive(Clone)]
+pub struct NewCredentialInput {
+    pub name: String,
+    pub provider: String,
+    pub auth_type: String,
+    pub fields: Map<String, Value>,
+}
+
+impl std::fmt::Debug for NewCredentialInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewCredentialInput")
+            .field("name", &self.name)
+            .field("provider", &self.provider)
+            .field("auth_type", &self.auth_type)
+            .field("fields", &self.fields.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// A PATCH: a new name and/or all new fields. `Debug` shows field names only.
+#[derive(Clone, Default)]
+pub struct Changes {
+    pub name: Option<String>,
+    pub fields: Option<Map<String, Value>>,
+}
+
+impl std::fmt::Debug for Changes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Changes")
+            .field("name", &self.name)
+            .field("fields", &self.fields.as_ref().map(|m| m.keys().collect::<Vec<_>>()))
+            .finish()
+    }
+}
+
+fn names_json(secrets: &CredentialSecrets) -> String {
+    serde_json::to_string(&secrets.fields.names()).expect("strings serialize")
+}
+
+/// Creates a credential from submitted fields (OAuth credentials come from
+/// [`super::connect`]); notifies `credential.created`.
+pub async fn create(
+    ctx: &Context,
+    org_id: &str,
+    actor: &str,
+    input: NewCredentialInput,
+) -> Result<CredentialRow, Error> {
+    let mut errors = Vec::new();
+    let name = check_name(&input.name).map_err(|e| errors.push(e)).ok();
+    let validated = match provider_auth(ctx, &input.provider, &input.auth_type) {
+        Ok((_, AuthKind::Oauth2)) => {
+            errors.push(FieldError::new(
+                "auth_type",
+                "oauth2 credentials are created by the authorize flow (GET /integrations/{provider}/authorize)",
+            ));
+            None
+        }
+        Ok((provider, kind)) => {
+            let defs = &provider.auth_type(kind).expect("checked by provider_auth").fields;
+            validate_fields(defs, &input.fields)
+                .map_err(|e| errors.extend(e))
+                .ok()
+                .map(|v| (kind, v))
+        }
+        Err(e) => {
+            errors.extend(e);
+            None
+        }
+    };
+    let (Some(name), Some((kind, validated)), true) = (name, validated, errors.is_empty()) else {
+        return Err(Error::Validation(errors));
+    };
+    let id = Uuid::new_v4().to_string();
+    let secrets = CredentialSecrets {
+        fields: validated.secret,
+        tokens: None,
+    };
+    let event = AuditEvent::success(org_id, &id, "credential.create", actor)
+        .with_detail(json!({"provider": input.provider, "auth_type": kind.as_str()}));
+    for attempt in 0..KEY_RETRIES {
+        let (secret_ct, key_version) = secrets.seal(&ctx.vault, org_id, &id).await?;
+        let new = NewCredential {
+            id: id.clone(),
+            org_id: org_id.to_owned(),
+            name: name.clone(),
+            provider: input.provider.clone(),
+            auth_type: kind,
+            fields: Value::Object(validated.public.clone()).to_string(),
+            secret_names: names_json(&secrets),
+            secret_ct,
+            key_version,
+            created_by: actor.to_owned(),
+        };
+        match ctx
+            .store
+            .insert_credential(&new, ctx.config.max_per_provider.into(), &event)
+            .await
+        {
+            Ok(()) => break,
+            Err(e) if rotated(&e, attempt) => continue,
+            Err(StoreError::QuotaExceeded { limit }) => {
+                return Err(Error::QuotaExceeded {
+                    provider: input.provider,
+                    limit,
+                })
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let row = super::get(ctx, org_id, &id).await?;
+    ctx.webhooks.emit(
+        "credential.created",
+        &row.org_id,
+        &row.id,
+        &row.provider,
+        json!({"name": row.name}),
+    );
+    Ok(row)
+}
+
+/// Renames a credential and/or replaces all its fields (secrets re-entered;
+/// OAuth tokens are kept). The new secrets are written only if no one wrote
+/// secrets since this read them and no refresh is in flight: otherwise
+/// `conflict`, and nothing is lost.
+pub async fn update(
+    ctx: &Context,
+    org_id: &str,
+    actor: &str,
+    id: &str,
+    changes: Changes,
+) -> Result<CredentialRow, Error> {
+    if changes.name.is_none() && changes.fields.is_none() {
+        return Err(Error::field("body", "give `name`, `fields` or both"));
+    }
+    let name = changes
+        .name
+        .as_deref()
+        .map(check_name)
+        .transpose()
+        .map_err(|e| Error::Validation(vec![e]))?;
+    let changed: Vec<&str> = [("name", name.is_some()), ("fields", changes.fields.is_some())]
+        .into_iter()
+        .filter_map(|(k, on)| on.then_some(k))
+        .collect();
+    let event = AuditEvent::success(org_id, id, "credential.update", actor).with_detail(json!({ "changed": changed }));
+    for attempt in 0..KEY_RETRIES {
+        let row = super::get(ctx, org_id, id).await?;
+        let write = match &changes.fields {
+            None => None,
+            Some(fields) => {
+                let (provider, kind) =
+                    provider_auth(ctx, &row.provider, row.auth_type.as_str()).map_err(Error::Validation)?;
+                let defs = &provider.auth_type(kind).expect("checked by provider_auth").fields;
+                let validated = validate_fields(defs, fields).map_err(Error::Validation)?;
+                // OAuth tokens are not fields: they survive a fields update.
+                let old = CredentialSecrets::open(&ctx.vault, &row).await?;
+                let secrets = CredentialSecrets {
+                    fields: validated.secret,
+                    tokens: old.tokens,
+                };
+                let (secret_ct, key_version) = secrets.seal(&ctx.vault, org_id, id).await?;
+                Some(SecretWrite {
+                    fields: Value::Object(validated.public).to_string(),
+                    secret_names: names_json(&secrets),
+                    secret_ct,
+                    key_version,
+                    expected_version: row.secret_version,
+                })
+            }
+        };
+        match ctx
+            .store
+            .update_credential(org_id, id, name.as_deref(), write.as_ref(), &event)
+            .await
+        {
+            Ok(row) => return Ok(row),
+            Err(e) if rotated(&e, attempt) => continue,
+            Err(StoreError::Conflict) => {
+                return Err(Error::Conflict(
+                    "conflict",
+                    "the credential changed while this update was prepared (a token refresh or another \
+                     update); read it again and retry"
+                        .into(),
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(StoreError::KeyRotated.into())
+}
+
+/// Deletes credentials by id (audited); notifies `credential.deleted` and
+/// revokes OAuth tokens at providers that offer it, in the background.
+/// Returns the ids deleted.
+pub async fn delete(ctx: &Context, org_id: &str, actor: &str, ids: &[String]) -> Result<Vec<String>, Error> {
+    let rows = ctx.store.delete_credentials(org_id, ids, actor).await?;
+    let deleted = rows.iter().map(|r| r.id.clone()).collect();
+    for row in rows {
+        ctx.webhooks.emit(
+            "credential.deleted",
+            &row.org_id,
+            &row.id,
+            &row.provider,
+            json!({"name": row.name}),
+        );
+        if row.auth_type == AuthKind::Oauth2 {
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                if let Ok(secrets) = CredentialSecrets::open(&ctx.vault, &row).await {
+                    crate::oauth::revoke_tokens(&ctx, &row.provider, secrets.tokens.as_ref()).await;
+                }
+            });
+        }
+    }
+    Ok(deleted)
+}

@@ -1,0 +1,135 @@
+//! Using a stored credential: `resolve` for the workflow engine (a token
+//! valid long enough, the decrypted values, a durable use record before they
+//! are returned) and the connection test with stored values (which records
+//! its outcome on the credential).
+
+use secrecy::SecretString;
+use serde_json::{json, Map, Value};
+
+use crate::context::Context;
+use crate::credentials::{self, CredentialSecrets};
+use crate::error::Error;
+use crate::model::AuthKind;
+use crate::oauth::refresh::ensure_fresh;
+use crate::probes::{
+    self, FailureCode, LlmRequest, PostgresRequest, ProbeFailure, ProbeResult, SftpRequest, TelegramRequest,
+};
+use crate::store::{AuditEvent, CredentialRow};
+
+/// A credential's values for execution. `Debug` prints no value.
+pub struct Resolved {
+    pub row: CredentialRow,
+    /// Every field, secrets decrypted.
+    pub fields: Map<String, Value>,
+    /// OAuth: the access token (never the refresh token).
+    pub access_token: Option<SecretString>,
+}
+
+impl std::fmt::Debug for Resolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolved")
+            .field("id", &self.row.id)
+            .field("fields", &self.fields.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Resolves a credential for the workflow engine: refreshes first when the
+/// token expires within `CREDGATE_RESOLVE_MARGIN_SECS`, and records the use
+/// (audited, durably) before returning anything.
+pub async fn resolve(ctx: &Context, org_id: &str, id: &str, actor: &str) -> Result<Resolved, Error> {
+    let mut row = credentials::get(ctx, org_id, id).await?;
+    if row.auth_type == AuthKind::Oauth2 {
+        row = ensure_fresh(ctx, row, ctx.config.resolve_margin_secs as i64).await?;
+    }
+    let secrets = CredentialSecrets::open(&ctx.vault, &row).await?;
+    let event = AuditEvent::success(org_id, &row.id, "credential.resolve", actor);
+    ctx.store.record_use(org_id, &row.id, &event).await?;
+    Ok(Resolved {
+        fields: secrets.merged_fields(&row),
+        // The refresh token never leaves credgate: it alone refreshes, so a
+        // rotated token can never be used twice by someone else.
+        access_token: secrets.tokens.map(|t| t.access_token),
+        row,
+    })
+}
+
+/// A probe request from stored values: the provider files use the probe
+/// bodies' field names, so the decrypted fields deserialize directly.
+fn request<P: serde::de::DeserializeOwned>(fields: Map<String, Value>) -> Result<P, Error> {
+    serde_json::from_value(Value::Object(fields)).map_err(|_| {
+        Error::internal(anyhow::anyhow!(
+            "the stored fields of this credential do not fit its probe"
+        ))
+    })
+}
+
+/// OAuth credentials: a fresh token, then the identity endpoint.
+async fn probe_oauth(ctx: &Context, row: CredentialRow) -> ProbeResult {
+    let started = std::time::Instant::now();
+    let fail = |code, message: String| ProbeResult {
+        ok: false,
+        latency_ms: started.elapsed().as_millis() as u64,
+        detail: json!({}),
+        error: Some(ProbeFailure::new(code, message)),
+    };
+    let Some(settings) = ctx.registry.get(&row.provider).and_then(|p| p.oauth.as_ref()) else {
+        return fail(FailureCode::Protocol, "the provider has no OAuth settings".into());
+    };
+    let row = match ensure_fresh(ctx, row, 60).await {
+        Ok(row) => row,
+        Err(Error::NeedsReauth(m)) => return fail(FailureCode::AuthFailed, m),
+        Err(e) => return fail(FailureCode::ProviderError, e.to_string()),
+    };
+    let token = CredentialSecrets::open(&ctx.vault, &row)
+        .await
+        .ok()
+        .and_then(|s| s.tokens)
+        .map(|t| t.access_token);
+    let Some(token) = token else {
+        return fail(
+            FailureCode::AuthFailed,
+            "no access token is stored; re-authorize".into(),
+        );
+    };
+    match crate::oauth::fetch_identity(&ctx.http, settings, &token).await {
+        Ok(identity) => ProbeResult {
+            ok: true,
+            latency_ms: started.elapsed().as_millis() as u64,
+            detail: json!({"account_id": identity.id, "email": identity.email, "display_name": identity.display_name}),
+            error: None,
+        },
+        Err(e) => fail(FailureCode::AuthFailed, e.message),
+    }
+}
+
+/// Tests a saved credential with its stored values and records the outcome
+/// (`status`, `last_tested_at`, `last_error`).
+pub async fn test(ctx: &Context, org_id: &str, id: &str) -> Result<ProbeResult, Error> {
+    let row = credentials::get(ctx, org_id, id).await?;
+    let result = if row.auth_type == AuthKind::Oauth2 {
+        probe_oauth(ctx, row.clone()).await
+    } else {
+        let secrets = CredentialSecrets::open(&ctx.vault, &row).await?;
+        let mut fields = secrets.merged_fields(&row);
+        match row.provider.as_str() {
+            "sftp" => probes::run(&ctx.probes, &request::<SftpRequest>(fields)?).await,
+            "postgresql" => probes::run(&ctx.probes, &request::<PostgresRequest>(fields)?).await,
+            "openai" | "anthropic" | "openai_compatible" => {
+                fields.insert("provider_type".into(), row.provider.clone().into());
+                probes::run(&ctx.probes, &request::<LlmRequest>(fields)?).await
+            }
+            "telegram" => probes::run(&ctx.probes, &request::<TelegramRequest>(fields)?).await,
+            other => {
+                return Err(Error::Conflict(
+                    "no_probe",
+                    format!("credgate has no connection test for provider {other}"),
+                ))
+            }
+        }
+    };
+    let failure = result.error.as_ref().map(|e| (e.code.as_str(), e.message.as_str()));
+    credentials::record_test(ctx, &row, failure).await?;
+    tracing::info!(credential = %row.id, ok = result.ok, "credential tested");
+    Ok(result)
+}

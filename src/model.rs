@@ -1,0 +1,174 @@
+//! The domain's vocabulary, shared by every layer and free of I/O: how a
+//! credential authenticates, the states it can be in (with the transitions
+//! written down in one place), and what an API key's role may do.
+
+use serde::{Deserialize, Serialize};
+
+/// How a credential of a provider authenticates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthKind {
+    /// Connected through the OAuth authorize/callback flow.
+    Oauth2,
+    /// A single API key or bot token.
+    ApiKey,
+    /// User name and password.
+    UserPassword,
+    /// A private key file (SSH).
+    KeyFile,
+}
+
+impl AuthKind {
+    /// The wire name (`oauth2`, `api_key`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthKind::Oauth2 => "oauth2",
+            AuthKind::ApiKey => "api_key",
+            AuthKind::UserPassword => "user_password",
+            AuthKind::KeyFile => "key_file",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Oauth2, Self::ApiKey, Self::UserPassword, Self::KeyFile]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+/// Where a credential stands.
+///
+/// | from | event | to |
+/// |---|---|---|
+/// | — | created with fields, or connected through OAuth | `active` |
+/// | any | re-authorized through OAuth | `active` |
+/// | any but `needs_reauth` | refresh succeeded | `active` |
+/// | any | the provider says the grant is dead (`invalid_grant`, …) | `needs_reauth` |
+/// | `active`, `expired` | refresh failed for now, token still valid | `active` |
+/// | `active`, `expired` | refresh failed for now, token expired | `expired` |
+/// | any but `needs_reauth` | connection test passed | `active` |
+/// | any but `needs_reauth` | connection test failed | `error` |
+///
+/// Only a new grant leaves `needs_reauth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialStatus {
+    /// Usable.
+    Active,
+    /// The access token expired and could not be refreshed yet.
+    Expired,
+    /// The grant is gone: a person must re-authorize.
+    NeedsReauth,
+    /// The last connection test failed.
+    Error,
+}
+
+impl CredentialStatus {
+    /// Every status, in display order.
+    pub const ALL: [Self; 4] = [Self::Active, Self::Expired, Self::NeedsReauth, Self::Error];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Expired => "expired",
+            Self::NeedsReauth => "needs_reauth",
+            Self::Error => "error",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// After a connection test.
+    pub fn after_test(self, passed: bool) -> Self {
+        match (self, passed) {
+            (Self::NeedsReauth, _) => Self::NeedsReauth,
+            (_, true) => Self::Active,
+            (_, false) => Self::Error,
+        }
+    }
+
+    /// After a failed refresh: `permanent` when the grant is dead.
+    pub fn after_refresh_failure(permanent: bool, token_still_valid: bool) -> Self {
+        match (permanent, token_still_valid) {
+            (true, _) => Self::NeedsReauth,
+            (false, true) => Self::Active,
+            (false, false) => Self::Expired,
+        }
+    }
+}
+
+/// What an API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Everything.
+    Admin,
+    /// Manage credentials, but not resolve them.
+    Member,
+    /// The workflow engine: read, test and resolve.
+    Engine,
+}
+
+impl Role {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Member => "member",
+            Self::Engine => "engine",
+        }
+    }
+
+    /// Parses `admin`, `member` or `engine`.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Admin, Self::Member, Self::Engine]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
+}
+
+/// Roles allowed to manage credentials.
+pub const MANAGE: &[Role] = &[Role::Admin, Role::Member];
+/// Roles allowed to read credentials and run probes.
+pub const READ: &[Role] = &[Role::Admin, Role::Member, Role::Engine];
+/// Roles allowed to resolve secrets.
+pub const RESOLVE: &[Role] = &[Role::Engine];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_names_round_trip() {
+        for s in CredentialStatus::ALL {
+            assert_eq!(CredentialStatus::parse(s.as_str()), Some(s));
+        }
+        for r in [Role::Admin, Role::Member, Role::Engine] {
+            assert_eq!(Role::parse(r.as_str()), Some(r));
+        }
+        assert_eq!(AuthKind::parse("oauth2"), Some(AuthKind::Oauth2));
+        assert_eq!(CredentialStatus::parse("Active"), None);
+    }
+
+    #[test]
+    fn only_a_new_grant_leaves_needs_reauth() {
+        assert_eq!(
+            CredentialStatus::NeedsReauth.after_test(true),
+            CredentialStatus::NeedsReauth
+        );
+        assert_eq!(CredentialStatus::Error.after_test(true), CredentialStatus::Active);
+        assert_eq!(CredentialStatus::Active.after_test(false), CredentialStatus::Error);
+        assert_eq!(
+            CredentialStatus::after_refresh_failure(false, false),
+            CredentialStatus::Expired
+        );
+        assert_eq!(
+            CredentialStatus::after_refresh_failure(true, true),
+            CredentialStatus::NeedsReauth
+        );
+    }
+}

@@ -1,0 +1,60 @@
+//! One refresh per credential at a time: this replica's lease owner id, an
+//! in-process lock per credential (callers in this process queue and share
+//! the outcome), and a rate limit per provider.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+/// How long a refresh lease lasts: well past the provider timeout, so a
+/// live holder never loses it, short enough that a dead one is replaced.
+pub const LEASE_SECS: i64 = 60;
+
+/// Per-process refresh state.
+pub struct Refresher {
+    /// This replica's lease owner id.
+    pub owner: String,
+    inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    per_provider: Mutex<HashMap<String, Arc<DefaultDirectRateLimiter>>>,
+    rate: NonZeroU32,
+    /// Refreshes in flight at once in the worker.
+    pub concurrency: usize,
+}
+
+impl std::fmt::Debug for Refresher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Refresher")
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Refresher {
+    /// `rate` refreshes per second per provider, `concurrency` at once.
+    pub fn new(rate: u32, concurrency: usize) -> Self {
+        Self {
+            owner: format!("credgate-{}", uuid::Uuid::new_v4().simple()),
+            inflight: Mutex::new(HashMap::new()),
+            per_provider: Mutex::new(HashMap::new()),
+            rate: NonZeroU32::new(rate.max(1)).expect("at least 1"),
+            concurrency: concurrency.max(1),
+        }
+    }
+
+    /// The in-process lock of one credential.
+    pub(super) fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.inflight.lock().expect("not poisoned");
+        map.retain(|_, lock| Arc::strong_count(lock) > 1);
+        map.entry(id.to_owned()).or_default().clone()
+    }
+
+    /// The rate limiter of one provider.
+    pub(super) fn limiter(&self, provider: &str) -> Arc<DefaultDirectRateLimiter> {
+        let mut map = self.per_provider.lock().expect("not poisoned");
+        map.entry(provider.to_owned())
+            .or_insert_with(|| Arc::new(RateLimiter::direct(Quota::per_second(self.rate))))
+            .clone()
+    }
+}

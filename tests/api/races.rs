@@ -1,0 +1,251 @@
+//! Secret writes that meet: each race is made to happen (a stand-in that
+//! holds a refresh at the token endpoint, two replicas, a moved clock), and
+//! no write may undo a newer one or lose a rotated refresh token.
+
+use std::sync::Arc;
+
+use credgate::oauth::worker::try_refresh_due;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::both_backends;
+use crate::helpers::{TestApp, TestDb};
+use crate::oauth::{connect, oauth_app};
+use crate::oauth_server::{Answer, AuthServer, Flavor, Gate};
+
+async fn resolve(app: &TestApp, id: &str) -> (StatusCode, Value) {
+    app.call(
+        Method::POST,
+        &format!("/integrations/credentials/{id}/resolve"),
+        &app.org.engine,
+        None,
+    )
+    .await
+}
+
+fn gate(server: &AuthServer) -> Arc<Gate> {
+    let gate = Arc::new(Gate::default());
+    server.with(|i| i.refresh_gate = Some(gate.clone()));
+    gate
+}
+
+async fn status_of(app: &TestApp, id: &str) -> String {
+    let (_, body) = app
+        .call(
+            Method::GET,
+            &format!("/integrations/credentials/{id}"),
+            &app.org.admin,
+            None,
+        )
+        .await;
+    body["status"].as_str().unwrap_or_default().to_owned()
+}
+
+both_backends! {
+    async fn a_patch_during_a_refresh_is_a_conflict_and_the_rotated_token_survives(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let ms = AuthServer::start(Flavor::Microsoft).await;
+        let app = oauth_app(&db, &[(&ms, "sharepoint")], |_| {}).await;
+        let id = connect(&app, "sharepoint", "").await["credential_id"].clone();
+        let gate = gate(&ms);
+
+        let refresh = {
+            let (client, url, key) = (app.client.clone(), format!("{}/integrations/credentials/{id}/refresh", app.base), app.org.admin.clone());
+            tokio::spawn(async move { client.post(url).bearer_auth(key).send().await.unwrap().status() })
+        };
+        gate.arrivals(1).await;
+        let (patched, problem) = app.call(Method::PATCH, &format!("/integrations/credentials/{id}"), &app.org.admin,
+            Some(json!({"fields": {}}))).await;
+        gate.release(1, Answer::Normal);
+        let refreshed = refresh.await.unwrap();
+        // The next refresh uses the token the first one stored: no reuse.
+        gate.release(2, Answer::Normal);
+        let (again, _) = app.call(Method::POST, &format!("/integrations/credentials/{id}/refresh"), &app.org.admin, None).await;
+        let (resolved, body) = resolve(&app, &id).await;
+
+        assert_eq!(patched, StatusCode::CONFLICT, "{problem}");
+        assert_eq!(problem["code"], "conflict");
+        assert_eq!(refreshed, StatusCode::OK);
+        assert_eq!(again, StatusCode::OK);
+        assert_eq!(ms.with(|i| i.reuse_detected), 0, "a rotated refresh token was never used twice");
+        assert_eq!(resolved, StatusCode::OK);
+        assert!(ms.access_valid(body["access_token"].as_str().unwrap()));
+        assert_eq!(status_of(&app, &id).await, "active");
+    }
+}
+
+both_backends! {
+    async fn a_refresh_in_flight_never_overwrites_a_reauthorization_that_finished_first(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let ms = AuthServer::start(Flavor::Microsoft).await;
+        let app = oauth_app(&db, &[(&ms, "sharepoint")], |_| {}).await;
+        let id = connect(&app, "sharepoint", "").await["credential_id"].clone();
+        let gate = gate(&ms);
+
+        let refresh = {
+            let (client, url, key) = (app.client.clone(), format!("{}/integrations/credentials/{id}/refresh", app.base), app.org.admin.clone());
+            tokio::spawn(async move { client.post(url).bearer_auth(key).send().await.unwrap().status() })
+        };
+        gate.arrivals(1).await;
+        // Meanwhile the person re-authorizes; the old grant is revoked.
+        ms.revoke_everything();
+        let reauth = connect(&app, "sharepoint", &format!("&credential_id={id}")).await;
+        gate.release(1, Answer::Normal);
+        let held = refresh.await.unwrap();
+        let (resolved, body) = resolve(&app, &id).await;
+
+        assert_eq!(reauth["result"], "success");
+        assert_eq!(held, StatusCode::OK, "the refresh reports the credential as it now stands");
+        assert_eq!(status_of(&app, &id).await, "active", "the old grant's failure did not mark the new one needs_reauth");
+        assert_eq!(resolved, StatusCode::OK);
+        assert!(ms.access_valid(body["access_token"].as_str().unwrap()), "the re-authorization's token is the one stored");
+    }
+}
+
+both_backends! {
+    async fn a_stale_workers_failure_never_marks_a_credential_another_replica_refreshed(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let google = AuthServer::start(Flavor::Google).await;
+        let first = oauth_app(&db, &[(&google, "google")], |_| {}).await;
+        let mut config = first.config.clone();
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        let second = TestApp::spawn_with_clock(config, first.clock.clone()).await;
+        let id = connect(&first, "google", "").await["credential_id"].clone();
+        let gate = gate(&google);
+        first.clock.advance(3599 - 300);
+
+        let stale = {
+            let ctx = first.state.ctx.clone();
+            tokio::spawn(async move { try_refresh_due(&ctx, 10).await })
+        };
+        gate.arrivals(1).await;
+        // The first worker's lease runs out while it waits at the provider.
+        first.clock.advance(61);
+        let fresh = {
+            let ctx = second.state.ctx.clone();
+            tokio::spawn(async move { try_refresh_due(&ctx, 10).await })
+        };
+        gate.arrivals(2).await;
+        gate.release(2, Answer::Normal);
+        let fresh = fresh.await.unwrap().unwrap();
+        gate.release(1, Answer::InvalidGrant);
+        let _ = stale.await.unwrap();
+        let (resolved, body) = resolve(&first, &id).await;
+
+        assert_eq!(fresh.claimed, 1, "the second replica took over the expired lease");
+        assert_eq!(fresh.refreshed, 1);
+        assert_eq!(status_of(&first, &id).await, "active");
+        assert_eq!(resolved, StatusCode::OK);
+        assert!(google.access_valid(body["access_token"].as_str().unwrap()));
+    }
+}
+
+both_backends! {
+    async fn rotate_org_while_writers_commit_leaves_nothing_under_the_old_key(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let app = TestApp::spawn(&db).await;
+        let mut ids = Vec::new();
+        for n in 0..4 {
+            ids.push(app.create_pg(&app.org, &format!("c{n}"), &crate::helpers::sentinel()).await);
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut writers = Vec::new();
+        for w in 0..4 {
+            let (client, base, key, ids, stop) = (app.client.clone(), app.base.clone(), app.org.admin.clone(), ids.clone(), stop.clone());
+            writers.push(tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    n += 1;
+                    let res = if n % 3 == 0 {
+                        client.post(format!("{base}/integrations/credentials")).bearer_auth(&key)
+                            .json(&crate::helpers::pg_body(&format!("w{w}-{n}"), "pw")).send().await.unwrap()
+                    } else {
+                        let id = &ids[(w + n) % ids.len()];
+                        client.patch(format!("{base}/integrations/credentials/{id}")).bearer_auth(&key)
+                            .json(&json!({"fields": {"host": "db.example.com", "database": "d", "username": "u", "password": format!("p{n}")}}))
+                            .send().await.unwrap()
+                    };
+                    statuses.push(res.status());
+                }
+                statuses
+            }));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let mut rotations = Vec::new();
+        for _ in 0..3 {
+            rotations.push(app.state.vault.rotate_org(&app.org.id).await.map(|r| r.version));
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut statuses = Vec::new();
+        for w in writers {
+            statuses.extend(w.await.unwrap());
+        }
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM credentials WHERE org_id = $1 AND key_version < 4")
+            .bind(&app.org.id).fetch_one(&app.sql().await).await.unwrap();
+        let keys: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM org_keys WHERE org_id = $1")
+            .bind(&app.org.id).fetch_one(&app.sql().await).await.unwrap();
+
+        assert!(rotations.iter().all(|r| r.is_ok()), "{rotations:?}");
+        assert_eq!(rotations.last().unwrap().as_ref().unwrap(), &4);
+        let written = statuses.iter().filter(|s| s.is_success()).count();
+        assert!(written > 10, "the writers wrote during the rotations: {written}");
+        // 409s are writers meeting each other (or the quota), never the rotation.
+        assert!(statuses.iter().all(|s| s.is_success() || *s == StatusCode::CONFLICT), "no writer failed: {statuses:?}");
+        assert_eq!(left, 0, "every credential is under the newest key");
+        assert_eq!(keys, 1, "the old keys are gone");
+        for id in &ids {
+            assert_eq!(resolve(&app, id).await.0, StatusCode::OK);
+        }
+    }
+}
+
+both_backends! {
+    async fn reauthorizing_in_place_with_another_account_is_refused(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let google = AuthServer::start(Flavor::Google).await;
+        let app = oauth_app(&db, &[(&google, "google")], |_| {}).await;
+        let id = connect(&app, "google", "").await["credential_id"].clone();
+        let (_, before) = resolve(&app, &id).await;
+        google.with(|i| i.user = crate::oauth_server::User::new(2));
+
+        let result = connect(&app, "google", &format!("&credential_id={id}")).await;
+        let (_, after) = resolve(&app, &id).await;
+        let (_, cred) = app.call(Method::GET, &format!("/integrations/credentials/{id}"), &app.org.admin, None).await;
+
+        assert_eq!(result["result"], "error");
+        assert_eq!(result["code"], "account_mismatch");
+        assert_eq!(after["access_token"], before["access_token"], "nothing of the other account was stored");
+        assert_eq!(cred["account"]["email"], "user1@example.com");
+    }
+}
+
+both_backends! {
+    async fn refresh_now_always_asks_the_provider_and_concurrent_calls_share_one_request(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let ms = AuthServer::start(Flavor::Microsoft).await;
+        let app = oauth_app(&db, &[(&ms, "sharepoint")], |_| {}).await;
+        let id = connect(&app, "sharepoint", "").await["credential_id"].clone();
+        let path = format!("/integrations/credentials/{id}/refresh");
+
+        let (first, _) = app.call(Method::POST, &path, &app.org.admin, None).await;
+        let (second, _) = app.call(Method::POST, &path, &app.org.admin, None).await;
+        let after_two = ms.with(|i| i.refresh_grants);
+        let calls: Vec<_> = (0..5).map(|_| {
+            let (client, url, key) = (app.client.clone(), format!("{}{path}", app.base), app.org.admin.clone());
+            tokio::spawn(async move { client.post(url).bearer_auth(key).send().await.unwrap().status() })
+        }).collect();
+        let mut statuses = Vec::new();
+        for c in calls {
+            statuses.push(c.await.unwrap());
+        }
+
+        assert_eq!((first, second), (StatusCode::OK, StatusCode::OK));
+        assert_eq!(after_two, 2, "two refreshes within seconds both asked the provider");
+        assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
+        let concurrent = ms.with(|i| i.refresh_grants) - after_two;
+        assert!((1..5).contains(&concurrent), "5 concurrent calls shared provider calls: {concurrent}");
+        assert_eq!(ms.with(|i| i.reuse_detected), 0);
+    }
+}
