@@ -11,8 +11,36 @@ use secrecy::ExposeSecret;
 use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::Config;
 
-use super::postgres::PostgresRequest;
 use super::FieldError;
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// Body of `POST /integrations/postgres/test-connection`.
+#[derive(Debug, Deserialize)]
+pub struct PostgresRequest {
+    /// A libpq URL or key/value string; when present, the fields are ignored.
+    #[serde(default)]
+    pub connection_string: Option<SecretString>,
+    /// Host name or IP address.
+    #[serde(default)]
+    pub host: String,
+    /// TCP port; 5432 when absent.
+    #[serde(default)]
+    pub port: Option<i64>,
+    /// Database name.
+    #[serde(default)]
+    pub database: String,
+    /// Role to log in as.
+    #[serde(default)]
+    pub username: String,
+    /// The role's password.
+    #[serde(default)]
+    pub password: Option<SecretString>,
+    /// `disable`, `allow`, `prefer` (default), `require`, `verify-ca` or
+    /// `verify-full`; `verify-ca` is treated as `verify-full`.
+    #[serde(default)]
+    pub sslmode: Option<String>,
+}
 
 /// How TLS is used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,44 +7,17 @@
 
 use std::net::SocketAddr;
 
-use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Config;
 
+pub use super::pg_target::PostgresRequest;
 use super::pg_target::{target, Endpoint, Target, Tls};
 use super::pg_tls::PgTls;
 use super::{
     check_host_port, into_result, run, stage, FailureCode, FieldError, Probe, ProbeContext, ProbeFailure, ProbeResult,
 };
-
-/// Body of `POST /integrations/postgres/test-connection`.
-#[derive(Debug, Deserialize)]
-pub struct PostgresRequest {
-    /// A libpq URL or key/value string; when present, the fields are ignored.
-    #[serde(default)]
-    pub connection_string: Option<SecretString>,
-    /// Host name or IP address.
-    #[serde(default)]
-    pub host: String,
-    /// TCP port; 5432 when absent.
-    #[serde(default)]
-    pub port: Option<i64>,
-    /// Database name.
-    #[serde(default)]
-    pub database: String,
-    /// Role to log in as.
-    #[serde(default)]
-    pub username: String,
-    /// The role's password.
-    #[serde(default)]
-    pub password: Option<SecretString>,
-    /// `disable`, `allow`, `prefer` (default), `require`, `verify-ca` or
-    /// `verify-full`; `verify-ca` is treated as `verify-full`.
-    #[serde(default)]
-    pub sslmode: Option<String>,
-}
 
 impl Probe for PostgresRequest {
     const NAME: &'static str = "postgres";

@@ -25,7 +25,7 @@ pub enum Backend {
     Postgres,
 }
 
-/// Runs one async test body on both backends.
+/// Runs one async test body on both backends, each with its own log capture.
 #[macro_export]
 macro_rules! both_backends {
     ($(#[$meta:meta])* async fn $name:ident($backend:ident: Backend) $body:block) => {
@@ -33,27 +33,60 @@ macro_rules! both_backends {
             #[allow(unused_imports)]
             use super::*;
             async fn run($backend: $crate::helpers::Backend) $body
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn on_sqlite() { run($crate::helpers::Backend::Sqlite).await }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn on_postgres() { run($crate::helpers::Backend::Postgres).await }
+            #[test]
+            fn on_sqlite() { $crate::helpers::run_test(run($crate::helpers::Backend::Sqlite)) }
+            #[test]
+            fn on_postgres() { $crate::helpers::run_test(run($crate::helpers::Backend::Postgres)) }
         }
     };
 }
 
-/// Everything the tests' logs say, to search for secrets.
-pub fn captured_logs() -> String {
-    String::from_utf8_lossy(&LOGS.get_or_init(Default::default).lock().unwrap()).into_owned()
+type Buffer = Arc<Mutex<Vec<u8>>>;
+
+thread_local! {
+    /// The log capture of the test whose runtime this thread belongs to.
+    static CAPTURE: std::cell::RefCell<Option<Buffer>> = const { std::cell::RefCell::new(None) };
 }
 
-static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+/// Runs a test body on its own two-thread runtime whose every thread (the
+/// test's, the workers', the blocking pool's) logs into this test's capture
+/// alone, so no other test can satisfy or spoil its log assertions.
+pub fn run_test<F: std::future::Future>(body: F) -> F::Output {
+    init_logs();
+    let buffer: Buffer = Arc::default();
+    let for_threads = buffer.clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .on_thread_start(move || CAPTURE.with(|c| *c.borrow_mut() = Some(for_threads.clone())))
+        .build()
+        .unwrap();
+    CAPTURE.with(|c| *c.borrow_mut() = Some(buffer));
+    let out = runtime.block_on(body);
+    CAPTURE.with(|c| *c.borrow_mut() = None);
+    out
+}
+
+/// What this test's threads logged (see [`run_test`]); empty elsewhere.
+pub fn captured_logs() -> String {
+    CAPTURE.with(|c| {
+        c.borrow()
+            .as_ref()
+            .map(|b| String::from_utf8_lossy(&b.lock().unwrap()).into_owned())
+            .unwrap_or_default()
+    })
+}
 
 #[derive(Clone)]
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
+struct LogWriter;
 
 impl Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        CAPTURE.with(|c| {
+            if let Some(b) = c.borrow().as_ref() {
+                b.lock().unwrap().extend_from_slice(buf);
+            }
+        });
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -64,12 +97,11 @@ impl Write for LogWriter {
 fn init_logs() {
     static INIT: OnceLock<()> = OnceLock::new();
     INIT.get_or_init(|| {
-        let buffer = LOGS.get_or_init(Default::default).clone();
         let filter = tracing_subscriber::EnvFilter::new("credgate=trace,tower_http=trace,sqlx=debug,info");
         tracing_subscriber::fmt()
             .json()
             .with_env_filter(filter)
-            .with_writer(move || LogWriter(buffer.clone()))
+            .with_writer(|| LogWriter)
             .try_init()
             .ok();
     });

@@ -119,6 +119,31 @@ async fn the_unauthenticated_callback_is_rate_limited_per_client_address() {
         .iter()
         .filter(|(s, _)| *s == StatusCode::TOO_MANY_REQUESTS)
         .collect();
+    // Another client address is not held back by the first one's burst.
+    let other = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let elsewhere = other
+        .get(format!("{}/integrations/google/callback?state=x&code=y", app.base))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    let first_again = app
+        .client
+        .get(format!("{}/integrations/google/callback?state=x&code=y", app.base))
+        .send()
+        .await
+        .unwrap()
+        .status();
+
     assert!(!limited.is_empty(), "the burst is bounded");
     assert!(limited.iter().all(|(_, retry)| retry.is_some()));
+    assert_eq!(elsewhere, StatusCode::OK, "the limit is per client address");
+    assert_eq!(
+        first_again,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the first address is still limited"
+    );
 }

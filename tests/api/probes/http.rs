@@ -22,8 +22,12 @@ async fn post(app: &TestApp, route: &str, body: Value) -> (StatusCode, Value) {
     app.call(Method::POST, route, &app.org.member, Some(body)).await
 }
 
-#[tokio::test]
-async fn the_sftp_route_probes_a_real_sshd_and_reports_its_fingerprint() {
+#[test]
+fn the_sftp_route_probes_a_real_sshd_and_reports_its_fingerprint() {
+    crate::helpers::run_test(sftp_route_probes_a_real_sshd());
+}
+
+async fn sftp_route_probes_a_real_sshd() {
     let db = TestDb::new(crate::helpers::Backend::Sqlite).await;
     let app = loopback_app(&db, |_| {}).await;
     let s = sshd();

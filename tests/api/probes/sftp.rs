@@ -228,13 +228,56 @@ async fn a_server_that_is_not_ssh_is_protocol() {
     assert_eq!(code(&result), "protocol", "{result:?}");
 }
 
+/// A loopback relay to the test sshd that counts connections open at once.
+async fn counting_relay() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (open, peak) = (
+        std::sync::Arc::new(AtomicUsize::new(0)),
+        std::sync::Arc::new(AtomicUsize::new(0)),
+    );
+    let target = sshd().port;
+    let peak_out = peak.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut inbound, _) = listener.accept().await.unwrap();
+            let (open, peak) = (open.clone(), peak.clone());
+            tokio::spawn(async move {
+                let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                if let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await {
+                    let (mut from_client, mut to_client) = inbound.split();
+                    let (mut from_server, mut to_server) = outbound.into_split();
+                    // The client's session ends when it closes its socket:
+                    // count it closed then, not when the server side drains.
+                    tokio::select! {
+                        _ = tokio::io::copy(&mut from_client, &mut to_server) => {}
+                        _ = tokio::io::copy(&mut from_server, &mut to_client) => {}
+                    }
+                }
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (port, peak_out)
+}
+
 #[tokio::test]
-async fn twenty_concurrent_probes_all_succeed_through_the_capped_session_slots() {
+async fn twenty_concurrent_probes_succeed_with_at_most_eight_ssh_sessions_at_once() {
     let ctx = ctx();
-    let req = key_login("id_ed25519", None);
+    let (port, peak) = counting_relay().await;
+    let mut req = key_login("id_ed25519", None);
+    req.port = Some(i64::from(port));
 
     let results = futures::future::join_all((0..20).map(|_| probe(&ctx, &req))).await;
 
     let failed: Vec<_> = results.iter().filter(|r| !r.ok).collect();
     assert!(failed.is_empty(), "{failed:?}");
+    let peak = peak.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        peak <= credgate::probes::ProbeContext::MAX_SSH_SESSIONS,
+        "{peak} sessions at once"
+    );
+    assert!(peak >= 2, "the probes ran concurrently: {peak}");
 }
