@@ -13,6 +13,7 @@ mod audit;
 mod credentials;
 mod oauth;
 mod orgs;
+mod quota;
 mod refresh;
 mod row;
 

@@ -4,7 +4,7 @@
 use sqlx::Row;
 
 use super::audit::{self, AuditEvent};
-use super::credentials::{check_quota, lock_org};
+use super::quota::{check_quota, lock_org};
 use super::{check_key, Store, StoreError};
 
 /// A pending authorization, as stored (payload sealed).

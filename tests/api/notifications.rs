@@ -59,18 +59,26 @@ async fn webhooks_are_signed_retried_and_carry_no_secret() {
     .await;
     let oauth_id = connect(&app, "sharepoint", "").await["credential_id"].clone();
     ms.with(|i| i.token_status = Some(StatusCode::BAD_GATEWAY));
-    sqlx::query("UPDATE credentials SET refresh_after = 0 WHERE id = $1")
-        .bind(&oauth_id)
-        .execute(&app.sql().await)
+    // Time passes: the refresh comes due (the first time), the backoff ends (the second).
+    let (_, after, _) = app
+        .state
+        .store
+        .refresh_state(&app.org.id, &oauth_id)
         .await
+        .unwrap()
         .unwrap();
+    app.clock.advance(after.unwrap() - app.clock.now() + 1);
     try_refresh_due(&app.state, 10).await.unwrap();
     ms.with(|i| i.token_status = None);
-    sqlx::query("UPDATE credentials SET refresh_after = 0 WHERE id = $1")
-        .bind(&oauth_id)
-        .execute(&app.sql().await)
+    // Time passes: the refresh comes due (the first time), the backoff ends (the second).
+    let (_, after, _) = app
+        .state
+        .store
+        .refresh_state(&app.org.id, &oauth_id)
         .await
+        .unwrap()
         .unwrap();
+    app.clock.advance(after.unwrap() - app.clock.now() + 1);
     try_refresh_due(&app.state, 10).await.unwrap();
     let all = events(&hook, 6).await;
 

@@ -30,11 +30,8 @@ async fn refresh_state(app: &TestApp, id: &str) -> (i64, Option<i64>, Option<i64
 
 /// Time passes: the credential's scheduled refresh time arrives.
 async fn make_due(app: &TestApp, id: &str) {
-    sqlx::query("UPDATE credentials SET refresh_after = 0 WHERE id = $1")
-        .bind(id)
-        .execute(&app.sql().await)
-        .await
-        .unwrap();
+    let (_, after, _) = refresh_state(app, id).await;
+    app.clock.advance(after.map_or(0, |t| t - app.clock.now() + 1).max(0));
 }
 
 async fn stored_refresh_token(app: &TestApp, id: &str) -> String {
@@ -143,11 +140,8 @@ async fn concurrent_resolves_in_one_process_cause_exactly_one_token_request() {
     ms.with(|i| i.expires_in = 120);
     let app = Arc::new(oauth_app(&db, &[(&ms, "sharepoint")], |c| c.resolve_margin_secs = 60).await);
     let id = connect(&app, "sharepoint", "").await["credential_id"].clone();
-    sqlx::query("UPDATE credentials SET expires_at = expires_at - 100 WHERE id = $1")
-        .bind(&id)
-        .execute(&app.sql().await)
-        .await
-        .unwrap();
+    // 100 s pass: 20 s are left, within the 60 s margin.
+    app.clock.advance(100);
 
     let mut tasks = Vec::new();
     for _ in 0..20 {
@@ -220,23 +214,27 @@ both_backends! {
     async fn provider_errors_back_off_and_the_token_stays_usable_until_it_expires(backend: Backend) {
         let db = TestDb::new(backend).await;
         let ms = AuthServer::start(Flavor::Microsoft).await;
-        ms.with(|i| i.expires_in = 120);
-        let app = oauth_app(&db, &[(&ms, "sharepoint")], |c| c.resolve_margin_secs = 10).await;
+        // 20 s tokens: refreshed at about half their life, 10 s before expiry.
+        ms.with(|i| i.expires_in = 20);
+        let app = oauth_app(&db, &[(&ms, "sharepoint")], |c| c.resolve_margin_secs = 5).await;
         let id = connect(&app, "sharepoint", "").await["credential_id"].clone();
 
         ms.with(|i| i.token_status = Some(StatusCode::TOO_MANY_REQUESTS));
         make_due(&app, &id).await;
         let failed = try_refresh_due(&app.state, 10).await.unwrap();
+        let after_first = app.clock.now();
         let (failures, refresh_after, lease) = refresh_state(&app, &id).await;
         let immediately_again = try_refresh_due(&app.state, 10).await.unwrap();
         let (still_usable, _) = resolve(&app, &id).await;
         let (_, got) = app.call(Method::GET, &format!("/integrations/credentials/{id}"), &app.org.admin, None).await;
-        sqlx::query("UPDATE credentials SET expires_at = $1 WHERE id = $2")
-            .bind(chrono::Utc::now().timestamp() - 1).bind(&id).execute(&app.sql().await).await.unwrap();
+        // The token expires while credgate backs off.
+        app.clock.advance(11);
         let expired = app.client.post(format!("{}/integrations/credentials/{id}/resolve", app.base)).bearer_auth(&app.org.engine).send().await.unwrap();
+        let grants_while_backing_off = ms.with(|i| i.refresh_grants);
         ms.with(|i| i.token_status = Some(StatusCode::SERVICE_UNAVAILABLE));
         make_due(&app, &id).await;
         let second_failure = try_refresh_due(&app.state, 10).await.unwrap();
+        let after_second = app.clock.now();
         let (failures2, refresh_after2, _) = refresh_state(&app, &id).await;
         let (_, expired_view) = app.call(Method::GET, &format!("/integrations/credentials/{id}"), &app.org.admin, None).await;
         ms.with(|i| i.token_status = None);
@@ -244,10 +242,9 @@ both_backends! {
         let recovered = try_refresh_due(&app.state, 10).await.unwrap();
         let (_, healed) = app.call(Method::GET, &format!("/integrations/credentials/{id}"), &app.org.admin, None).await;
 
-        let now = chrono::Utc::now().timestamp();
         assert_eq!(failed, Step { claimed: 1, refreshed: 0, failed: 1 });
         assert_eq!(failures, 1);
-        assert!(refresh_after.unwrap() >= now + 29, "backs off at least 30 s");
+        assert!(refresh_after.unwrap() >= after_first + 29, "backs off at least 30 s");
         assert_eq!(lease, None, "the lease is released");
         assert_eq!(immediately_again.claimed, 0, "no retry storm");
         assert_eq!(still_usable, StatusCode::OK, "the old token still works");
@@ -255,9 +252,10 @@ both_backends! {
         assert_eq!(got["last_error"]["code"], json!("provider_unavailable"));
         assert_eq!(expired.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(expired.headers().contains_key("retry-after"));
+        assert_eq!(ms.with(|i| i.refresh_grants) - grants_while_backing_off, 1, "resolve did not ask while backing off");
         assert_eq!(second_failure.failed, 1);
         assert_eq!(failures2, 2);
-        assert!(refresh_after2.unwrap() >= now + 59, "the backoff grows");
+        assert!(refresh_after2.unwrap() >= after_second + 59, "the backoff grows");
         assert_eq!(expired_view["status"], json!("expired"));
         assert_eq!(recovered.refreshed, 1);
         assert_eq!(healed["status"], json!("active"));
@@ -272,12 +270,12 @@ both_backends! {
         let app = oauth_app(&db, &[(&ms, "sharepoint")], |_| {}).await;
         ms.with(|i| i.expires_in = 4000);
         let later = connect(&app, "sharepoint", "").await["credential_id"].clone();
-        ms.with(|i| i.user = User::new(2));
+        ms.with(|i| { i.user = User::new(2); i.expires_in = 1000 });
         let soon = connect(&app, "sharepoint", "").await["credential_id"].clone();
+        ms.with(|i| i.expires_in = 4000);
         let none_due_yet = try_refresh_due(&app.state, 100).await.unwrap();
-        // Time passes: `soon` now expires within the 600 s lead.
-        sqlx::query("UPDATE credentials SET expires_at = $1, refresh_after = NULL WHERE id = $2")
-            .bind(chrono::Utc::now().timestamp() + 100).bind(&soon).execute(&app.sql().await).await.unwrap();
+        // Time passes: `soon` (1000 s, refreshed 500–600 s in) comes due.
+        app.clock.advance(601);
 
         let step = try_refresh_due(&app.state, 100).await.unwrap();
         let (_, refreshed) = app.call(Method::GET, &format!("/integrations/credentials/{soon}"), &app.org.admin, None).await;
@@ -285,14 +283,14 @@ both_backends! {
         let next = try_refresh_due(&app.state, 100).await.unwrap();
         let metrics = app.client.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
 
+        let now = app.clock.now();
         assert_eq!(none_due_yet.claimed, 0);
         assert_eq!(step, Step { claimed: 1, refreshed: 1, failed: 0 });
         assert_eq!(ms.with(|i| i.refresh_grants), 1);
         let expires = |v: &Value| chrono::DateTime::parse_from_rfc3339(v["expires_at"].as_str().unwrap()).unwrap().timestamp();
-        assert!(expires(&refreshed) > chrono::Utc::now().timestamp() + 3900, "refreshed to a new 4000 s token");
-        assert!(expires(&untouched) > chrono::Utc::now().timestamp() + 3900);
+        assert!(expires(&refreshed) > now + 3900, "refreshed to a new 4000 s token");
+        assert!(expires(&untouched) > now + 3300 && expires(&untouched) < now + 3400, "untouched");
         let (_, after, _) = refresh_state(&app, &soon).await;
-        let now = chrono::Utc::now().timestamp();
         assert!(after.unwrap() > now, "the next refresh is scheduled, jittered, before expiry");
         assert_eq!(next.claimed, 0);
         assert!(metrics.contains(r#"credgate_token_refresh_attempts_total{provider="sharepoint",outcome="success"} 1"#), "{metrics}");
@@ -319,11 +317,11 @@ both_backends! {
         let (_, _, lease) = refresh_state(&app, &id).await;
         google.with(|i| i.token_delay = None);
         let while_leased = try_refresh_due(&app.state, 10).await.unwrap();
-        sqlx::query("UPDATE credentials SET lease_until = $1 WHERE id = $2")
-            .bind(chrono::Utc::now().timestamp() - 1).bind(&id).execute(&app.sql().await).await.unwrap();
+        let leased_at = app.clock.now();
+        app.clock.advance(credgate::oauth::LEASE_SECS + 1);
         let after_expiry = try_refresh_due(&app.state, 10).await.unwrap();
 
-        assert!(lease.unwrap() > chrono::Utc::now().timestamp(), "the aborted refresh left its lease");
+        assert!(lease.unwrap() > leased_at, "the aborted refresh left its lease");
         assert_eq!(while_leased.claimed, 0, "a live lease is respected");
         assert_eq!(after_expiry, Step { claimed: 1, refreshed: 1, failed: 0 });
     }

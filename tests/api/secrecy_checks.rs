@@ -85,3 +85,56 @@ both_backends! {
         assert!(body.get("fields").is_none());
     }
 }
+
+#[test]
+fn nothing_that_holds_a_secret_prints_it_in_debug() {
+    use credgate::credentials::{Changes, CredentialSecrets, NewCredentialInput, OAuthTokens};
+    use secrecy::SecretString;
+    let secret = sentinel();
+    let fields = json!({"host": "h", "password": secret}).as_object().unwrap().clone();
+    let mut secrets = CredentialSecrets::default();
+    secrets.fields.insert("password", SecretString::from(secret.clone()));
+    secrets.tokens = Some(OAuthTokens {
+        access_token: SecretString::from(secret.clone()),
+        refresh_token: Some(SecretString::from(secret.clone())),
+    });
+    let query: credgate::oauth::flow::CallbackQuery =
+        serde_json::from_value(json!({"state": secret, "code": secret, "iss": "https://issuer"})).unwrap();
+    let mut config = credgate::config::Config::for_database(&format!("postgres://u:{secret}@h/db"));
+    config.master_keys = Some(SecretString::from(secret.clone()));
+    config
+        .provider_overrides
+        .insert("CREDGATE_PROVIDER_GOOGLE_CLIENT_SECRET".into(), secret.clone());
+
+    let printed = [
+        format!(
+            "{:?}",
+            NewCredentialInput {
+                name: "n".into(),
+                provider: "p".into(),
+                auth_type: "a".into(),
+                fields: fields.clone()
+            }
+        ),
+        format!(
+            "{:?}",
+            Changes {
+                name: None,
+                fields: Some(fields)
+            }
+        ),
+        format!("{secrets:?}"),
+        format!("{query:?}"),
+        format!("{config:?}"),
+    ];
+
+    for text in &printed {
+        assert!(!text.contains(&secret), "{text}");
+    }
+    assert!(
+        printed[0].contains("password"),
+        "field names stay visible: {}",
+        printed[0]
+    );
+    assert!(printed[3].contains("https://issuer"), "{}", printed[3]);
+}

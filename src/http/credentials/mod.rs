@@ -309,3 +309,23 @@ async fn list_audit_events(
             .collect(),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_bodies_print_field_names_but_never_values() {
+        let create: CreateCredential = serde_json::from_value(serde_json::json!({
+            "name": "n", "provider": "p", "auth_type": "a", "fields": {"password": "SENTINEL-create"}
+        }))
+        .unwrap();
+        let patch: PatchCredential =
+            serde_json::from_value(serde_json::json!({"fields": {"password": "SENTINEL-patch"}})).unwrap();
+
+        let printed = format!("{create:?} {patch:?}");
+
+        assert!(printed.contains("password"), "{printed}");
+        assert!(!printed.contains("SENTINEL"), "{printed}");
+    }
+}
