@@ -196,7 +196,18 @@ async fn seed(url: &str, master_key: &SecretString) -> anyhow::Result<(Vec<Strin
     store.set_org_limit(&org, "postgresql", 2 * CREDENTIALS as i64).await?;
     let mut tokens = Vec::new();
     for role in [Role::Engine, Role::Admin] {
-        tokens.push(credgate::apikeys::create(store, &org, role, None, Some("load_bench")).await?);
+        tokens.push(
+            credgate::apikeys::create(
+                store,
+                &org,
+                role,
+                credgate::apikeys::NewKey {
+                    label: Some("load_bench"),
+                    ..Default::default()
+                },
+            )
+            .await?,
+        );
     }
     let inserts = futures::stream::iter(0..CREDENTIALS).map(|i| {
         let (ctx, org) = (&ctx, &org);

@@ -174,14 +174,32 @@ pub fn context(services: Services) -> anyhow::Result<Context> {
         vault: services.vault,
         registry: services.registry,
         clock: services.clock,
+        worker: Arc::default(),
     })
+}
+
+/// Comma-separated CIDRs (or single addresses).
+fn parse_cidrs(text: &str) -> Result<Vec<ipnet::IpNet>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            c.parse::<ipnet::IpNet>()
+                .or_else(|_| c.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| format!("{c:?} is not a CIDR or an IP address"))
+        })
+        .collect()
 }
 
 /// The HTTP state: the domain context plus what only HTTP needs.
 pub fn app_state(services: Services) -> anyhow::Result<AppState> {
     let ctx = context(services)?;
+    let trusted_proxies =
+        parse_cidrs(&ctx.config.trusted_proxies).map_err(|e| anyhow::anyhow!("CREDGATE_TRUSTED_PROXIES: {e}"))?;
     Ok(AppState {
         keys: Arc::default(),
+        trusted_proxies: Arc::new(trusted_proxies),
+        ready: Arc::default(),
         limits: Arc::new(RateLimits::new(
             ctx.config.rate_limit_per_org,
             ctx.config.probe_limit_per_min,
@@ -241,13 +259,12 @@ impl Application {
                 limits.evict_idle();
             }
         });
+        let limits = http::serve::Limits {
+            header_read_timeout: Duration::from_secs(self.state.config.header_read_timeout_secs.max(1)),
+            max_connections: self.state.config.max_connections,
+        };
         let app = http::app(self.state);
-        let served = axum::serve(
-            self.listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await;
+        let served = http::serve::serve(self.listener, app, limits, shutdown).await;
         evictor.abort();
         served
     }

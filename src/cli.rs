@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
 use uuid::Uuid;
 
+use crate::apikeys::{parse_duration, NewKey};
 use crate::app::{connect_and_migrate, context, Application, Services};
 use crate::clock::Clock;
 use crate::config::{Config, Settings};
@@ -81,6 +82,19 @@ pub enum ApiKeyCommand {
         user: Option<String>,
         #[arg(long)]
         label: Option<String>,
+        /// Stops working after this long: `90d`, `12h`, `30m`, `45s`.
+        #[arg(long)]
+        expires_in: Option<String>,
+    },
+    /// One line per key: id, role, user, label, created, last used, expires (never the token).
+    List {
+        #[arg(long)]
+        org: String,
+    },
+    /// Revoke a key; it stops working on every replica within 5 seconds.
+    Revoke {
+        #[arg(long)]
+        id: String,
     },
 }
 
@@ -174,11 +188,58 @@ async fn admin(services: &Services, command: Command) -> anyhow::Result<()> {
             let org = require_org(services, &org).await?;
             services.vault.delete_org(&org).await?;
         }
-        Command::ApiKey(ApiKeyCommand::Create { org, role, user, label }) => {
+        Command::ApiKey(ApiKeyCommand::Create {
+            org,
+            role,
+            user,
+            label,
+            expires_in,
+        }) => {
             let org = require_org(services, &org).await?;
             let role = Role::parse(&role).context("--role must be admin, member or engine")?;
-            let token = crate::apikeys::create(&services.store, &org, role, user.as_deref(), label.as_deref()).await?;
+            let expires_in = expires_in
+                .as_deref()
+                .map(|d| {
+                    parse_duration(d)
+                        .with_context(|| format!("--expires-in {d:?} is not a duration like 90d, 12h, 30m or 45s"))
+                })
+                .transpose()?;
+            let new = NewKey {
+                user_id: user.as_deref(),
+                label: label.as_deref(),
+                expires_in,
+            };
+            let token = crate::apikeys::create(&services.store, &org, role, new).await?;
             println!("{token}");
+        }
+        Command::ApiKey(ApiKeyCommand::List { org }) => {
+            let org = require_org(services, &org).await?;
+            let time = |t: Option<i64>| {
+                t.and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+                    .map_or_else(|| "-".to_owned(), |t| t.to_rfc3339())
+            };
+            for key in services.store.list_api_keys(&org).await? {
+                let expires = match key.revoked_at {
+                    Some(at) => format!("revoked {}", time(Some(at))),
+                    None => time(key.expires_at),
+                };
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    key.id,
+                    key.role.as_str(),
+                    key.user_id.as_deref().unwrap_or("-"),
+                    key.label.as_deref().unwrap_or("-"),
+                    time(Some(key.created_at)),
+                    time(key.last_used_at),
+                    expires,
+                );
+            }
+        }
+        Command::ApiKey(ApiKeyCommand::Revoke { id }) => {
+            if !services.store.revoke_api_key(id.trim()).await? {
+                bail!("no API key {id} that is not already revoked");
+            }
+            eprintln!("API key {id} revoked; replicas stop accepting it within 5 seconds");
         }
         Command::Keys(KeysCommand::RotateMaster) => {
             let n = services.vault.rotate_master().await?;

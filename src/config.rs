@@ -20,6 +20,9 @@
 //! | `CREDGATE_REFRESH_RATE_PER_PROVIDER` | `1000` per second per replica |
 //! | `CREDGATE_REFRESH_CONCURRENCY` | `64` per replica |
 //! | `CREDGATE_WEBHOOK_URL`, `CREDGATE_WEBHOOK_SECRET` | unset (no notifications) |
+//! | `CREDGATE_HEADER_READ_TIMEOUT_SECS` | `30` (request head deadline; also closes idle keep-alive connections) |
+//! | `CREDGATE_MAX_CONNECTIONS` | `1024` open connections |
+//! | `CREDGATE_TRUSTED_PROXIES` | empty (CIDRs whose `X-Forwarded-For` is believed) |
 //! | `CREDGATE_LOG` | `info` |
 //! | `CREDGATE_LOG_FORMAT` | `text` (`json` for JSON lines) |
 
@@ -95,6 +98,16 @@ pub struct Settings {
     /// HMAC-SHA256 key for webhook signatures (required with the URL).
     #[arg(long, env = "CREDGATE_WEBHOOK_SECRET", hide_env_values = true, global = true)]
     pub webhook_secret: Option<String>,
+    /// Seconds a client has to send a request head (and to start the next one
+    /// on a kept-alive connection).
+    #[arg(long, env = "CREDGATE_HEADER_READ_TIMEOUT_SECS", default_value_t = 30, global = true)]
+    pub header_read_timeout_secs: u64,
+    /// Connections open at once; more wait in the listen backlog.
+    #[arg(long, env = "CREDGATE_MAX_CONNECTIONS", default_value_t = 1024, global = true)]
+    pub max_connections: usize,
+    /// Comma-separated CIDRs of reverse proxies whose `X-Forwarded-For` is believed.
+    #[arg(long, env = "CREDGATE_TRUSTED_PROXIES", default_value = "", global = true)]
+    pub trusted_proxies: String,
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(long, env = "CREDGATE_LOG", default_value = "info", global = true)]
     pub log: String,
@@ -128,6 +141,10 @@ pub struct Config {
     pub refresh_concurrency: usize,
     pub webhook_url: Option<String>,
     pub webhook_secret: Option<SecretString>,
+    pub header_read_timeout_secs: u64,
+    pub max_connections: usize,
+    /// Reverse proxies whose `X-Forwarded-For` is believed (CIDRs, comma-separated).
+    pub trusted_proxies: String,
 }
 
 impl Config {
@@ -174,6 +191,9 @@ impl Config {
                 .clone()
                 .filter(|k| !k.is_empty())
                 .map(SecretString::from),
+            header_read_timeout_secs: s.header_read_timeout_secs,
+            max_connections: s.max_connections,
+            trusted_proxies: s.trusted_proxies.clone(),
         }
     }
 
@@ -197,6 +217,9 @@ impl Config {
             refresh_concurrency: 64,
             webhook_url: None,
             webhook_secret: None,
+            header_read_timeout_secs: 30,
+            max_connections: 1024,
+            trusted_proxies: String::new(),
             log: "info".into(),
             log_format: "text".into(),
         };

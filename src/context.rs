@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::oauth::worker::WorkerHealth;
 use crate::oauth::Refresher;
 use crate::probes::ProbeContext;
 use crate::providers::Registry;
@@ -28,6 +29,8 @@ pub struct Context {
     /// Probe settings: egress guard, time limits, provider base URLs.
     pub probes: Arc<ProbeContext>,
     pub clock: Clock,
+    /// This process's refresh worker, if it runs one: its liveness.
+    pub worker: Arc<WorkerHealth>,
 }
 
 impl Context {

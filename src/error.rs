@@ -30,6 +30,9 @@ pub enum Error {
     /// The provider failed for now; try again after `retry_after_secs`.
     #[error("{message}")]
     ProviderUnavailable { message: String, retry_after_secs: u64 },
+    /// Too many of something pending for now (a rate, not a quota).
+    #[error("{0}")]
+    TooManyPending(String),
     /// The provider refused.
     #[error("the provider failed: {0}")]
     Provider(String),

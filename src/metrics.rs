@@ -49,6 +49,9 @@ pub struct Metrics {
     pub refresh_latency: Family<ProviderLabels, Histogram>,
     /// `credgate_token_refresh_backlog`: due but not yet refreshed.
     pub refresh_backlog: Gauge,
+    /// `credgate_worker_last_step_timestamp_seconds`: when this process's
+    /// refresh worker last finished a step.
+    pub worker_last_step: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -86,6 +89,12 @@ impl Default for Metrics {
             "OAuth credentials due for refresh",
             refresh_backlog.clone(),
         );
+        let worker_last_step = Gauge::default();
+        registry.register(
+            "worker_last_step_timestamp_seconds",
+            "When this process's refresh worker last finished a step (unix seconds)",
+            worker_last_step.clone(),
+        );
         Self {
             registry,
             requests,
@@ -93,6 +102,7 @@ impl Default for Metrics {
             refresh_attempts,
             refresh_latency,
             refresh_backlog,
+            worker_last_step,
         }
     }
 }

@@ -50,7 +50,8 @@ impl AuthKind {
 /// | any but `needs_reauth` | connection test passed | `active` |
 /// | any but `needs_reauth` | connection test failed | `error` |
 ///
-/// Only a new grant leaves `needs_reauth`.
+/// Only a new grant leaves `needs_reauth`, and only `needs_reauth` stops
+/// background refresh: a failed connection test (`error`) never does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CredentialStatus {

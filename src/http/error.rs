@@ -23,6 +23,8 @@ pub enum ApiError {
     NotFound,
     #[error("this route does not take that method")]
     MethodNotAllowed,
+    #[error("credgate does not implement that method")]
+    MethodNotImplemented,
     #[error("the request has invalid fields")]
     Validation(Vec<FieldError>),
     #[error("the request body is not valid JSON: {0}")]
@@ -84,6 +86,7 @@ impl ApiError {
             Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::MethodNotImplemented => (StatusCode::NOT_IMPLEMENTED, "method_not_implemented"),
             Self::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             Self::MalformedBody(_) => (StatusCode::BAD_REQUEST, "malformed_body"),
             Self::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
@@ -116,6 +119,7 @@ impl From<Error> for ApiError {
                 retry_after_secs,
             },
             Error::Provider(m) => Self::Provider(m),
+            Error::TooManyPending(_) => Self::RateLimited { retry_after_secs: 60 },
             Error::Internal(e) => Self::Internal(e),
         }
     }

@@ -1,129 +1,17 @@
 //! Request extractors that turn every rejection into a problem+json error:
-//! the authenticated [`Caller`], [`ApiJson`] bodies and [`ApiQuery`] strings.
+//! [`ApiJson`] bodies and [`ApiQuery`] strings (the caller is in `auth`).
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
-use super::AppState;
-use crate::apikeys::token_hash;
 use crate::providers::FieldError;
-use crate::store::{ApiKeyRow, AuditEvent};
 
+pub use super::auth::Caller;
 pub use crate::model::{Role, MANAGE, READ, RESOLVE};
-
-/// How long a verified API key is trusted without asking the store again.
-pub const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
-const KEY_CACHE_MAX: usize = 10_000;
-
-/// Verified API keys, kept briefly so most requests skip a query. Only keys
-/// that exist are kept: a new key works at once, and a key deleted with its
-/// organization stops working on every replica within [`KEY_CACHE_TTL`].
-#[derive(Debug, Default)]
-pub struct KeyCache {
-    entries: std::sync::RwLock<std::collections::HashMap<String, (ApiKeyRow, std::time::Instant)>>,
-}
-
-impl KeyCache {
-    fn get(&self, hash: &str) -> Option<ApiKeyRow> {
-        let entries = self.entries.read().expect("not poisoned");
-        entries
-            .get(hash)
-            .filter(|(_, at)| at.elapsed() < KEY_CACHE_TTL)
-            .map(|(row, _)| row.clone())
-    }
-
-    fn put(&self, hash: String, row: ApiKeyRow) {
-        let mut entries = self.entries.write().expect("not poisoned");
-        if entries.len() >= KEY_CACHE_MAX {
-            entries.retain(|_, (_, at)| at.elapsed() < KEY_CACHE_TTL);
-            if entries.len() >= KEY_CACHE_MAX {
-                entries.clear();
-            }
-        }
-        entries.insert(hash, (row, std::time::Instant::now()));
-    }
-}
-
-/// The authenticated caller: an API key of one organization.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    /// API key id.
-    pub key_id: String,
-    /// Organization.
-    pub org_id: String,
-    /// Role.
-    pub role: Role,
-    /// User the key acts for, if any.
-    pub user_id: Option<String>,
-}
-
-impl Caller {
-    /// Who to name in audit events and `created_by`.
-    pub fn actor(&self) -> String {
-        match &self.user_id {
-            Some(user) => format!("user:{user}"),
-            None => format!("api_key:{}", self.key_id),
-        }
-    }
-
-    /// Refuses (403, audited) unless the caller has one of `roles`.
-    pub async fn require(&self, state: &AppState, roles: &[Role], credential_id: Option<&str>) -> Result<(), ApiError> {
-        if roles.contains(&self.role) {
-            return Ok(());
-        }
-        let event = AuditEvent {
-            org_id: self.org_id.clone(),
-            credential_id: credential_id.map(str::to_owned),
-            action: "access.denied",
-            outcome: "denied",
-            actor: self.actor(),
-            detail: Some(serde_json::json!({"role": self.role.as_str()})),
-        };
-        if let Err(e) = state.store.audit(&event).await {
-            tracing::warn!(error = %e, "could not record a denied access");
-        }
-        Err(ApiError::Forbidden)
-    }
-}
-
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(str::trim)
-            .filter(|t| !t.is_empty() && t.len() <= 256)
-            .ok_or(ApiError::Unauthorized)?;
-        let hash = token_hash(token);
-        let key = match state.keys.get(&hash) {
-            Some(key) => key,
-            None => {
-                let key = state
-                    .store
-                    .api_key_by_hash(&hash)
-                    .await?
-                    .ok_or(ApiError::Unauthorized)?;
-                state.keys.put(hash, key.clone());
-                key
-            }
-        };
-        state.limits.check_api(&key.org_id)?;
-        Ok(Caller {
-            key_id: key.id,
-            org_id: key.org_id,
-            role: key.role,
-            user_id: key.user_id,
-        })
-    }
-}
 
 /// A JSON body whose problems become 400/413/415/422 with field names.
 #[derive(Debug)]

@@ -1,15 +1,17 @@
 //! The HTTP API: one module per resource, each with its own `router()`,
 //! merged here with the middleware every request passes through.
 
+pub mod auth;
 pub mod credentials;
 pub mod error;
 pub mod extract;
 mod oauth;
 mod oauth_page;
-mod ops;
+pub mod ops;
 mod probes;
 mod providers;
 pub mod ratelimit;
+pub mod serve;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -39,7 +41,11 @@ pub struct AppState {
     pub ctx: Context,
     pub limits: Arc<RateLimits>,
     /// Recently verified API keys.
-    pub keys: Arc<extract::KeyCache>,
+    pub keys: Arc<auth::KeyCache>,
+    /// Reverse proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Arc<Vec<ipnet::IpNet>>,
+    /// `/readyz`'s last answer about the store.
+    pub ready: Arc<ops::ReadyCache>,
 }
 
 impl std::ops::Deref for AppState {
@@ -106,7 +112,14 @@ pub fn app(state: AppState) -> Router {
 /// Per request: a span named by the matched route (never the query string,
 /// which may carry an OAuth code), metrics, and one log line for errors.
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let method = request.method().as_str().to_owned();
+    // Labels come from closed sets only: a known method (anything else is
+    // refused here, before routing) and the matched route template.
+    let Some(method) = known_method(request.method()) else {
+        let response = ApiError::MethodNotImplemented.into_response();
+        record(&state, "OTHER", "unmatched", response.status().as_u16(), Instant::now());
+        return response;
+    };
+    let method = method.to_owned();
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -116,20 +129,7 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     let response = next.run(request).instrument(span.clone()).await;
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
-    state
-        .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            method: method.clone(),
-            route: route.clone(),
-            status,
-        })
-        .inc();
-    state
-        .metrics
-        .latency
-        .get_or_create(&RouteLabels { method, route })
-        .observe(elapsed.as_secs_f64());
+    record(&state, &method, &route, status, started);
     let _entered = span.enter();
     match response.extensions().get::<LoggedError>() {
         Some(e) if e.server_side => tracing::error!(status, code = e.code, error = %e.message, "request failed"),
@@ -137,4 +137,49 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         None => tracing::debug!(status, elapsed_ms = elapsed.as_millis() as u64, "request done"),
     }
     response
+}
+
+/// The methods credgate answers; anything else is 501 before routing.
+fn known_method(method: &axum::http::Method) -> Option<&'static str> {
+    use axum::http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::OPTIONS,
+    ]
+    .into_iter()
+    .find(|m| m == method)
+    .map(|m| match m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        _ => "OPTIONS",
+    })
+}
+
+fn record(state: &AppState, method: &str, route: &str, status: u16, started: Instant) {
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            method: method.to_owned(),
+            route: route.to_owned(),
+            status,
+        })
+        .inc();
+    state
+        .metrics
+        .latency
+        .get_or_create(&RouteLabels {
+            method: method.to_owned(),
+            route: route.to_owned(),
+        })
+        .observe(started.elapsed().as_secs_f64());
 }

@@ -1,8 +1,6 @@
 //! `GET /integrations/{provider}/authorize` and `…/callback`.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Json;
@@ -11,6 +9,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::auth::ClientIp;
 use super::credentials::{parse_id, view::time};
 use super::extract::{ApiQuery, Caller, MANAGE};
 use super::oauth_page::result_page;
@@ -182,11 +181,11 @@ async fn authorize(
     responses((status = 302, description = "to return_to with result=success|error"), (status = 200, description = "result page")))]
 async fn callback(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(ip): ClientIp,
     Path(provider_id): Path<String>,
     ApiQuery(query): ApiQuery<CallbackQuery>,
 ) -> Result<Response, ApiError> {
-    state.limits.check_unauthenticated(peer.ip())?;
+    state.limits.check_unauthenticated(ip)?;
     let provider = state
         .registry
         .get(&provider_id)

@@ -27,13 +27,41 @@ async fn healthz() -> Json<Value> {
 /// Readiness: the store is reachable
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200), (status = 503)))]
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    if state.store.ping().await {
+    if state.worker.stuck(state.now()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "the refresh worker is stuck"})),
+        );
+    }
+    if state.ready.store_reachable(&state.store).await {
         (StatusCode::OK, Json(json!({"status": "ready"})))
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "store unreachable"})),
         )
+    }
+}
+
+/// The store's reachability, asked at most once a second.
+#[derive(Debug, Default)]
+pub struct ReadyCache {
+    last: tokio::sync::Mutex<Option<(std::time::Instant, bool)>>,
+}
+
+impl ReadyCache {
+    async fn store_reachable(&self, store: &crate::store::Store) -> bool {
+        let mut last = self.last.lock().await;
+        if let Some((at, ok)) = *last {
+            if at.elapsed() < std::time::Duration::from_secs(1) {
+                return ok;
+            }
+        }
+        let ok = tokio::time::timeout(std::time::Duration::from_secs(1), store.ping())
+            .await
+            .unwrap_or(false);
+        *last = Some((std::time::Instant::now(), ok));
+        ok
     }
 }
 

@@ -14,6 +14,8 @@ use super::error::ApiError;
 
 /// Requests per second per client address on routes without an API key.
 pub const UNAUTHENTICATED_PER_SEC: u32 = 20;
+/// Failed authentications per second per client address (bursts of twice that).
+pub const AUTH_FAILURES_PER_SEC: u32 = 5;
 
 /// One kind of limited action, with its quota.
 #[derive(Debug, Clone, Copy)]
@@ -24,6 +26,8 @@ pub enum LimitedAction {
     Probe(u32),
     /// Unauthenticated routes, per client address.
     Unauthenticated,
+    /// Failed authentications (no key, unknown key), per client address.
+    AuthFailure,
 }
 
 impl LimitedAction {
@@ -35,6 +39,9 @@ impl LimitedAction {
             Self::Unauthenticated => {
                 let n = nz(UNAUTHENTICATED_PER_SEC)?;
                 Some(Quota::per_second(n).allow_burst(nz(UNAUTHENTICATED_PER_SEC * 2)?))
+            }
+            Self::AuthFailure => {
+                Some(Quota::per_second(nz(AUTH_FAILURES_PER_SEC)?).allow_burst(nz(AUTH_FAILURES_PER_SEC * 2)?))
             }
         }
     }
@@ -74,6 +81,7 @@ pub struct RateLimits {
     api: Limiter<String>,
     probes: Limiter<String>,
     unauthenticated: Limiter<IpAddr>,
+    auth_failures: Limiter<IpAddr>,
 }
 
 impl std::fmt::Debug for RateLimits {
@@ -91,6 +99,7 @@ impl RateLimits {
             api: Limiter::new(LimitedAction::Api(api_per_sec)),
             probes: Limiter::new(LimitedAction::Probe(probes_per_min)),
             unauthenticated: Limiter::new(LimitedAction::Unauthenticated),
+            auth_failures: Limiter::new(LimitedAction::AuthFailure),
         }
     }
 
@@ -109,16 +118,22 @@ impl RateLimits {
         self.unauthenticated.check(&ip)
     }
 
+    /// One failed authentication from `ip`.
+    pub fn check_auth_failure(&self, ip: IpAddr) -> Result<(), ApiError> {
+        self.auth_failures.check(&ip)
+    }
+
     /// Forgets keys whose limits are back to full.
     pub fn evict_idle(&self) {
         self.api.evict();
         self.probes.evict();
         self.unauthenticated.evict();
+        self.auth_failures.evict();
     }
 
     /// How many keys are tracked now (all limiters).
     pub fn tracked_keys(&self) -> usize {
-        self.api.len() + self.probes.len() + self.unauthenticated.len()
+        self.api.len() + self.probes.len() + self.unauthenticated.len() + self.auth_failures.len()
     }
 }
 

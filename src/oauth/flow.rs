@@ -15,7 +15,7 @@ use crate::credentials::{self, Grant};
 use crate::crypto::SecretMap;
 use crate::error::Error;
 use crate::providers::Provider;
-use crate::store::OAuthStateRow;
+use crate::store::{OAuthStateRow, StoreError};
 
 /// What the caller asked `authorize` for, already checked.
 #[derive(Debug, Clone)]
@@ -43,6 +43,9 @@ pub struct Finished {
     pub return_to: Option<String>,
     pub result: Result<String, OAuthError>,
 }
+
+/// Pending authorizations (unexpired states) per organization.
+pub const MAX_PENDING_PER_ORG: i64 = 1000;
 
 fn hash_state(state: &str) -> String {
     hex::encode(Sha256::digest(state.as_bytes()))
@@ -97,7 +100,8 @@ pub async fn start(ctx: &Context, provider: &Provider, req: StartRequest) -> Res
     let subject = format!("state:{state_hash}");
     let (payload_ct, key_version) = ctx.vault.seal(&req.org_id, &subject, &[("state", &payload)]).await?;
     let expires_at = ctx.now() + STATE_TTL_SECS;
-    ctx.store
+    let pending = ctx
+        .store
         .insert_oauth_state(
             &state_hash,
             &OAuthStateRow {
@@ -107,8 +111,19 @@ pub async fn start(ctx: &Context, provider: &Provider, req: StartRequest) -> Res
                 key_version,
                 expires_at,
             },
+            MAX_PENDING_PER_ORG,
         )
-        .await?;
+        .await;
+    match pending {
+        Ok(()) => {}
+        Err(StoreError::QuotaExceeded { limit }) => {
+            return Err(Error::TooManyPending(format!(
+                "the organization has {limit} connections waiting for the provider's answer; \
+                 finish or abandon some (they expire after 10 minutes)"
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    }
     Ok(Started {
         authorize_url: url.to_string(),
         expires_at,

@@ -88,6 +88,37 @@ impl Store {
         Ok(())
     }
 
+    /// Records an event on its own; returns its id.
+    pub async fn audit_returning_id(&self, event: &AuditEvent) -> Result<i64, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(
+            "INSERT INTO audit_events (org_id, credential_id, action, outcome, actor, detail, at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+        )
+        .bind(&event.org_id)
+        .bind(&event.credential_id)
+        .bind(event.action)
+        .bind(event.outcome)
+        .bind(&event.actor)
+        .bind(event.detail.as_ref().map(|d| d.to_string()))
+        .bind(self.now())
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(sqlx::Row::try_get(&row, 0)?)
+    }
+
+    /// Replaces an event's detail (a denial's running count).
+    pub async fn update_audit_detail(&self, id: i64, detail: &serde_json::Value) -> Result<(), StoreError> {
+        self.execute_write(
+            sqlx::query("UPDATE audit_events SET detail = $2 WHERE id = $1")
+                .bind(id)
+                .bind(detail.to_string()),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// A credential's events, newest first (at most `limit`).
     pub async fn audit_events(
         &self,

@@ -9,6 +9,7 @@
 //! writer read: the credential's `secret_version` (compare-and-swap), the
 //! organization's current data key, and for refreshes the lease.
 
+mod api_keys;
 mod audit;
 mod credentials;
 mod oauth;
@@ -17,10 +18,11 @@ mod quota;
 mod refresh;
 mod row;
 
+pub use api_keys::{ApiKeyInfo, ApiKeyRow};
 pub use audit::{AuditEvent, AuditRow};
 pub use credentials::{CredentialFilter, NewCredential, SecretWrite};
 pub use oauth::{GrantTarget, OAuthGrant, OAuthStateRow};
-pub use orgs::{ApiKeyRow, OrgKeyRow};
+pub use orgs::OrgKeyRow;
 pub use refresh::{RefreshFailure, RefreshedTokens};
 pub use row::{CredentialRow, LastError};
 

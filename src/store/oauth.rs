@@ -54,9 +54,25 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 }
 
 impl Store {
-    /// Stores a pending authorization.
-    pub async fn insert_oauth_state(&self, state_hash: &str, row: &OAuthStateRow) -> Result<(), StoreError> {
-        self.execute_write(sqlx::query(
+    /// Stores a pending authorization, unless the organization already has
+    /// `max_pending` that have not expired (`QuotaExceeded`).
+    pub async fn insert_oauth_state(
+        &self,
+        state_hash: &str,
+        row: &OAuthStateRow,
+        max_pending: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let pending: i64 = sqlx::query("SELECT COUNT(*) FROM oauth_states WHERE org_id = $1 AND expires_at >= $2")
+            .bind(&row.org_id)
+            .bind(self.now())
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+        if pending >= max_pending {
+            return Err(StoreError::QuotaExceeded { limit: max_pending });
+        }
+        sqlx::query(
             "INSERT INTO oauth_states (state_hash, org_id, provider, payload_ct, key_version, expires_at, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
@@ -66,9 +82,17 @@ impl Store {
         .bind(&row.payload_ct)
         .bind(row.key_version)
         .bind(row.expires_at)
-        .bind(self.now()))
+        .bind(self.now())
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
+    }
+
+    /// Deletes the OAuth states that expired before `now`; returns how many.
+    pub async fn purge_oauth_states(&self, now: i64) -> Result<u64, StoreError> {
+        self.execute_write(sqlx::query("DELETE FROM oauth_states WHERE expires_at < $1").bind(now))
+            .await
     }
 
     /// Takes (deletes and returns) a pending authorization: single use, so a

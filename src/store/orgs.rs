@@ -4,7 +4,6 @@ use sqlx::Row;
 
 use super::{Store, StoreError};
 use crate::crypto::WrappedKey;
-use crate::model::Role;
 
 /// One wrapped data key of an organization.
 #[derive(Debug, Clone)]
@@ -15,19 +14,6 @@ pub struct OrgKeyRow {
     pub version: i64,
     /// The wrapped key.
     pub wrapped: WrappedKey,
-}
-
-/// An API key as stored: its hash, never the token.
-#[derive(Debug, Clone)]
-pub struct ApiKeyRow {
-    /// Key id.
-    pub id: String,
-    /// Organization.
-    pub org_id: String,
-    /// What it may do.
-    pub role: Role,
-    /// Optional user the key acts for.
-    pub user_id: Option<String>,
 }
 
 impl Store {
@@ -211,54 +197,6 @@ impl Store {
         )
         .await?;
         Ok(done)
-    }
-
-    /// Stores a new API key's hash.
-    pub async fn insert_api_key(
-        &self,
-        id: &str,
-        org_id: &str,
-        token_hash: &str,
-        role: Role,
-        user_id: Option<&str>,
-        label: Option<&str>,
-    ) -> Result<(), StoreError> {
-        self.execute_write(
-            sqlx::query(
-                "INSERT INTO api_keys (id, org_id, token_hash, role, user_id, label, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(id)
-            .bind(org_id)
-            .bind(token_hash)
-            .bind(role.as_str())
-            .bind(user_id)
-            .bind(label)
-            .bind(self.now()),
-        )
-        .await?;
-        Ok(())
-    }
-
-    /// Finds an API key by the hash of its token.
-    pub async fn api_key_by_hash(&self, token_hash: &str) -> Result<Option<ApiKeyRow>, StoreError> {
-        let row = sqlx::query("SELECT id, org_id, role, user_id FROM api_keys WHERE token_hash = $1")
-            .bind(token_hash)
-            .fetch_optional(&self.pool)
-            .await?;
-        let Some(row) = row else { return Ok(None) };
-        let id: String = row.try_get(0)?;
-        let role: String = row.try_get(2)?;
-        let role = Role::parse(&role).ok_or(StoreError::Corrupt {
-            id: id.clone(),
-            column: "role",
-        })?;
-        Ok(Some(ApiKeyRow {
-            id,
-            org_id: row.try_get(1)?,
-            role,
-            user_id: row.try_get(3)?,
-        }))
     }
 
     /// How many credentials of an organization are sealed under a key older than `version`.

@@ -68,7 +68,7 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let rows = sqlx::query(&format!(
             "UPDATE credentials SET lease_owner = $1, lease_until = $2 WHERE id IN (\
-               SELECT id FROM credentials WHERE auth_type = 'oauth2' AND status IN ('active', 'expired') \
+               SELECT id FROM credentials WHERE auth_type = 'oauth2' AND status <> 'needs_reauth' \
                AND expires_at IS NOT NULL \
                AND ((refresh_after IS NULL AND expires_at <= $3) OR refresh_after <= $4) \
                AND (lease_until IS NULL OR lease_until < $4) \
@@ -90,7 +90,7 @@ impl Store {
     pub async fn due_count(&self, lead: i64) -> Result<i64, StoreError> {
         let t = self.now();
         let row = sqlx::query(
-            "SELECT COUNT(*) FROM credentials WHERE auth_type = 'oauth2' AND status IN ('active', 'expired') \
+            "SELECT COUNT(*) FROM credentials WHERE auth_type = 'oauth2' AND status <> 'needs_reauth' \
              AND expires_at IS NOT NULL AND ((refresh_after IS NULL AND expires_at <= $1) OR refresh_after <= $2)",
         )
         .bind(t + lead)

@@ -327,3 +327,46 @@ async fn a_malformed_provider_file_or_override_stops_startup_naming_file_and_fie
         assert!(err.contains(".toml") && err.contains(field), "{err}");
     }
 }
+
+both_backends! {
+    async fn api_keys_are_listed_without_tokens_expire_and_are_revoked_within_five_seconds(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let app = TestApp::spawn(&db).await;
+        let keys = master_keys(&app.config);
+        let org = app.org.id.clone();
+        let token = stdout_line(&credgate(&db, Some(&keys), &["api-key", "create", "--org", &org, "--role", "admin", "--user", "ops-1", "--label", "ci"]));
+        let short = stdout_line(&credgate(&db, Some(&keys), &["api-key", "create", "--org", &org, "--role", "engine", "--expires-in", "1h"]));
+        let bad = credgate(&db, Some(&keys), &["api-key", "create", "--org", &org, "--role", "admin", "--expires-in", "soon"]);
+        let used = app.call(Method::GET, "/integrations/credentials", &token, None).await.0;
+        tokio::time::sleep(Duration::from_millis(300)).await; // last use is written in the background
+
+        let listed = credgate(&db, Some(&keys), &["api-key", "list", "--org", &org]);
+        let listing = String::from_utf8(listed.stdout.clone()).unwrap();
+        let line = listing.lines().find(|l| l.contains("\tci\t")).unwrap_or_default().to_owned();
+        let key_id = line.split('\t').next().unwrap_or_default().to_owned();
+        let revoked = credgate(&db, Some(&keys), &["api-key", "revoke", "--id", &key_id]);
+        let again = credgate(&db, Some(&keys), &["api-key", "revoke", "--id", &key_id]);
+        tokio::time::sleep(Duration::from_millis(5200)).await;
+        let after_revoke = app.call(Method::GET, "/integrations/credentials", &token, None).await.0;
+        let before_expiry = app.call(Method::GET, "/integrations/credentials", &short, None).await.0;
+        app.clock.advance(3601);
+        tokio::time::sleep(Duration::from_millis(5200)).await;
+        let after_expiry = app.call(Method::GET, "/integrations/credentials", &short, None).await.0;
+
+        assert_eq!(used, StatusCode::OK);
+        assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("--expires-in"));
+        assert!(listed.status.success());
+        assert_eq!(listing.lines().count(), 5, "three test keys and two new ones: {listing}");
+        assert!(!listing.contains(&token) && !listing.contains(&short), "never the token");
+        let fields: Vec<&str> = line.split('\t').collect();
+        assert_eq!(&fields[1..4], ["admin", "ops-1", "ci"], "{line}");
+        assert_ne!(fields[5], "-", "last use recorded: {line}");
+        assert_eq!(fields[6], "-", "no expiry: {line}");
+        assert!(listing.lines().any(|l| l.contains("\tengine\t") && !l.ends_with("\t-")), "the 1h key shows its expiry: {listing}");
+        assert!(revoked.status.success(), "{}", String::from_utf8_lossy(&revoked.stderr));
+        assert!(!again.status.success(), "revoking twice is an error");
+        assert_eq!(after_revoke, StatusCode::UNAUTHORIZED, "revoked keys stop within the 5 s cache");
+        assert_eq!(before_expiry, StatusCode::OK);
+        assert_eq!(after_expiry, StatusCode::UNAUTHORIZED, "expired keys stop");
+    }
+}

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use credgate::apikeys::{new_api_token, token_hash};
+use credgate::apikeys::NewKey;
 use credgate::app::{Application, Services};
 use credgate::clock::Clock;
 use credgate::config::Config;
@@ -262,20 +262,15 @@ impl TestApp {
         self.state.vault.create_org(&id, name).await.unwrap();
         let mut keys = Vec::new();
         for role in [Role::Admin, Role::Member, Role::Engine] {
-            let token = new_api_token();
-            self.state
-                .store
-                .insert_api_key(
-                    &Uuid::new_v4().to_string(),
-                    &id,
-                    &token_hash(&token),
-                    role,
-                    Some("u-1"),
-                    None,
-                )
-                .await
-                .unwrap();
-            keys.push(token);
+            let new = NewKey {
+                user_id: Some("u-1"),
+                ..NewKey::default()
+            };
+            keys.push(
+                credgate::apikeys::create(&self.state.store, &id, role, new)
+                    .await
+                    .unwrap(),
+            );
         }
         Org {
             id,

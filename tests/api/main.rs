@@ -7,6 +7,7 @@ mod helpers;
 mod access;
 mod cli;
 mod credentials;
+mod hardening;
 mod limits;
 mod notifications;
 mod oauth;

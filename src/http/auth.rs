@@ -1,0 +1,271 @@
+//! Who is calling: the bearer API key (verified keys cached briefly, unknown
+//! ones remembered briefly too), the client address (`X-Forwarded-For` only
+//! from trusted proxies), failed authentications limited per address, last
+//! use recorded at most once a minute per key, and role checks whose denials
+//! are audited as one row per key per minute with a count.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use ipnet::IpNet;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::apikeys::token_hash;
+use crate::model::Role;
+use crate::store::{ApiKeyRow, AuditEvent};
+
+/// How long a verified API key is trusted without asking the store again:
+/// a revoked key stops working on every replica within this.
+pub const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
+/// How long an unknown token is answered 401 without asking the store.
+const NEGATIVE_TTL: Duration = Duration::from_secs(2);
+const CACHE_MAX: usize = 10_000;
+/// Last use is written at most this often per key.
+const TOUCH_EVERY_SECS: i64 = 60;
+
+#[derive(Debug, Clone)]
+struct Known {
+    key: ApiKeyRow,
+    at: Instant,
+}
+
+/// Recently verified keys, recently unknown tokens, last-use bookkeeping
+/// and denial counts; every map is bounded.
+#[derive(Debug, Default)]
+pub struct KeyCache {
+    known: RwLock<HashMap<String, Known>>,
+    unknown: RwLock<HashMap<String, Instant>>,
+    touched: Mutex<HashMap<String, i64>>,
+    denials: Mutex<HashMap<String, (i64, i64, u64)>>,
+}
+
+fn bounded<V>(map: &mut HashMap<String, V>, fresh: impl Fn(&V) -> bool) {
+    if map.len() >= CACHE_MAX {
+        map.retain(|_, v| fresh(v));
+        if map.len() >= CACHE_MAX {
+            map.clear();
+        }
+    }
+}
+
+impl KeyCache {
+    fn known(&self, hash: &str, now: i64) -> Option<ApiKeyRow> {
+        let known = self.known.read().expect("not poisoned");
+        known
+            .get(hash)
+            .filter(|k| k.at.elapsed() < KEY_CACHE_TTL)
+            .filter(|k| k.key.expires_at.is_none_or(|e| e > now))
+            .map(|k| k.key.clone())
+    }
+
+    fn remember(&self, hash: String, key: ApiKeyRow) {
+        let mut known = self.known.write().expect("not poisoned");
+        bounded(&mut known, |k| k.at.elapsed() < KEY_CACHE_TTL);
+        known.insert(
+            hash,
+            Known {
+                key,
+                at: Instant::now(),
+            },
+        );
+    }
+
+    fn recently_unknown(&self, hash: &str) -> bool {
+        let unknown = self.unknown.read().expect("not poisoned");
+        unknown.get(hash).is_some_and(|at| at.elapsed() < NEGATIVE_TTL)
+    }
+
+    fn forget_unknown(&self, hash: String) {
+        let mut unknown = self.unknown.write().expect("not poisoned");
+        bounded(&mut unknown, |at| at.elapsed() < NEGATIVE_TTL);
+        unknown.insert(hash, Instant::now());
+    }
+
+    /// Should this use of `key_id` be written (first in a minute)?
+    fn should_touch(&self, key_id: &str, now: i64) -> bool {
+        let mut touched = self.touched.lock().expect("not poisoned");
+        if touched.get(key_id).is_some_and(|t| now - t < TOUCH_EVERY_SECS) {
+            return false;
+        }
+        bounded(&mut touched, |t| now - t < TOUCH_EVERY_SECS);
+        touched.insert(key_id.to_owned(), now);
+        true
+    }
+
+    /// Counts a denial of `key_id`: `None` for the first this minute (write
+    /// a row), else the row to update and the new count.
+    fn count_denial(&self, key_id: &str, now: i64) -> Option<(i64, u64)> {
+        let minute = now / 60;
+        let mut denials = self.denials.lock().expect("not poisoned");
+        match denials.get_mut(key_id) {
+            Some((m, row, count)) if *m == minute && *row > 0 => {
+                *count += 1;
+                Some((*row, *count))
+            }
+            _ => {
+                bounded(&mut denials, |(m, _, _)| *m == minute);
+                denials.insert(key_id.to_owned(), (minute, 0, 1));
+                None
+            }
+        }
+    }
+
+    fn denial_row(&self, key_id: &str, row: i64) {
+        if let Some(entry) = self.denials.lock().expect("not poisoned").get_mut(key_id) {
+            entry.1 = row;
+        }
+    }
+}
+
+/// The client's address: the peer, or — when the peer is a trusted proxy —
+/// the nearest address in `X-Forwarded-For` that is not one.
+pub fn client_ip(parts: &Parts, trusted: &[IpNet]) -> IpAddr {
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let forwarded: Vec<IpAddr> = parts
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse().ok())
+        .collect();
+    forwarded.into_iter().rev().find(|ip| !is_trusted(ip)).unwrap_or(peer)
+}
+
+/// The authenticated caller: an API key of one organization.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// API key id.
+    pub key_id: String,
+    /// Organization.
+    pub org_id: String,
+    /// Role.
+    pub role: Role,
+    /// User the key acts for, if any.
+    pub user_id: Option<String>,
+}
+
+impl Caller {
+    /// Who to name in audit events and `created_by`.
+    pub fn actor(&self) -> String {
+        match &self.user_id {
+            Some(user) => format!("user:{user}"),
+            None => format!("api_key:{}", self.key_id),
+        }
+    }
+
+    /// Refuses (403) unless the caller has one of `roles`. Denials are
+    /// audited: one row per key per minute, its `count` kept up to date.
+    pub async fn require(&self, state: &AppState, roles: &[Role], credential_id: Option<&str>) -> Result<(), ApiError> {
+        if roles.contains(&self.role) {
+            return Ok(());
+        }
+        let now = state.now();
+        let recorded = match state.keys.count_denial(&self.key_id, now) {
+            Some((row, count)) => {
+                let detail = serde_json::json!({"role": self.role.as_str(), "count": count});
+                state.store.update_audit_detail(row, &detail).await.map(|_| ())
+            }
+            None => {
+                let event = AuditEvent {
+                    org_id: self.org_id.clone(),
+                    credential_id: credential_id.map(str::to_owned),
+                    action: "access.denied",
+                    outcome: "denied",
+                    actor: self.actor(),
+                    detail: Some(serde_json::json!({"role": self.role.as_str(), "count": 1})),
+                };
+                state
+                    .store
+                    .audit_returning_id(&event)
+                    .await
+                    .map(|row| state.keys.denial_row(&self.key_id, row))
+            }
+        };
+        if let Err(e) = recorded {
+            tracing::warn!(error = %e, "could not record a denied access");
+        }
+        Err(ApiError::Forbidden)
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let ip = client_ip(parts, &state.trusted_proxies);
+        let token = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && t.len() <= 256);
+        let Some(token) = token else {
+            state.limits.check_auth_failure(ip)?;
+            return Err(ApiError::Unauthorized);
+        };
+        let hash = token_hash(token);
+        let now = state.now();
+        let key = match state.keys.known(&hash, now) {
+            Some(key) => key,
+            None => {
+                if state.keys.recently_unknown(&hash) {
+                    state.limits.check_auth_failure(ip)?;
+                    return Err(ApiError::Unauthorized);
+                }
+                match state.store.api_key_by_hash(&hash).await? {
+                    Some(key) => {
+                        state.keys.remember(hash, key.clone());
+                        key
+                    }
+                    None => {
+                        state.keys.forget_unknown(hash);
+                        state.limits.check_auth_failure(ip)?;
+                        return Err(ApiError::Unauthorized);
+                    }
+                }
+            }
+        };
+        state.limits.check_api(&key.org_id)?;
+        if state.keys.should_touch(&key.id, now) {
+            let (store, id) = (state.store.clone(), key.id.clone());
+            tokio::spawn(async move {
+                if let Err(e) = store.touch_api_key(&id, now).await {
+                    tracing::debug!(error = %e, "could not record an API key's last use");
+                }
+            });
+        }
+        Ok(Caller {
+            key_id: key.id,
+            org_id: key.org_id,
+            role: key.role,
+            user_id: key.user_id,
+        })
+    }
+}
+
+/// The client's address as [`client_ip`] decides it.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub IpAddr);
+
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        Ok(Self(client_ip(parts, &state.trusted_proxies)))
+    }
+}

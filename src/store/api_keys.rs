@@ -1,0 +1,148 @@
+//! API keys: the SHA-256 of each token (never the token), its role and user,
+//! and its lifecycle (expiry, revocation, last use).
+
+use sqlx::Row;
+
+use super::{Store, StoreError};
+use crate::model::Role;
+
+/// An API key as stored: its hash, never the token.
+#[derive(Debug, Clone)]
+pub struct ApiKeyRow {
+    /// Key id.
+    pub id: String,
+    /// Organization.
+    pub org_id: String,
+    /// What it may do.
+    pub role: Role,
+    /// Optional user the key acts for.
+    pub user_id: Option<String>,
+    /// When it stops working (unix seconds), if ever.
+    pub expires_at: Option<i64>,
+}
+
+/// An API key as listed for operators.
+#[derive(Debug, Clone)]
+pub struct ApiKeyInfo {
+    pub id: String,
+    pub role: Role,
+    pub user_id: Option<String>,
+    pub label: Option<String>,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+fn role(id: &str, raw: &str) -> Result<Role, StoreError> {
+    Role::parse(raw).ok_or(StoreError::Corrupt {
+        id: id.to_owned(),
+        column: "role",
+    })
+}
+
+impl Store {
+    /// Stores a new API key's hash.
+    #[expect(clippy::too_many_arguments, reason = "one column each")]
+    pub async fn insert_api_key(
+        &self,
+        id: &str,
+        org_id: &str,
+        token_hash: &str,
+        role: Role,
+        user_id: Option<&str>,
+        label: Option<&str>,
+        expires_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        self.execute_write(
+            sqlx::query(
+                "INSERT INTO api_keys (id, org_id, token_hash, role, user_id, label, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(id)
+            .bind(org_id)
+            .bind(token_hash)
+            .bind(role.as_str())
+            .bind(user_id)
+            .bind(label)
+            .bind(self.now())
+            .bind(expires_at),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The key a token hash belongs to, unless it was revoked or expired.
+    pub async fn api_key_by_hash(&self, token_hash: &str) -> Result<Option<ApiKeyRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, org_id, role, user_id, expires_at FROM api_keys WHERE token_hash = $1 \
+             AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2)",
+        )
+        .bind(token_hash)
+        .bind(self.now())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let id: String = row.try_get(0)?;
+        let raw_role: String = row.try_get(2)?;
+        Ok(Some(ApiKeyRow {
+            role: role(&id, &raw_role)?,
+            id,
+            org_id: row.try_get(1)?,
+            user_id: row.try_get(3)?,
+            expires_at: row.try_get(4)?,
+        }))
+    }
+
+    /// An organization's keys, newest first.
+    pub async fn list_api_keys(&self, org_id: &str) -> Result<Vec<ApiKeyInfo>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, role, user_id, label, created_at, last_used_at, expires_at, revoked_at \
+             FROM api_keys WHERE org_id = $1 ORDER BY created_at DESC, id",
+        )
+        .bind(org_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let id: String = r.try_get(0)?;
+                let raw_role: String = r.try_get(1)?;
+                Ok(ApiKeyInfo {
+                    role: role(&id, &raw_role)?,
+                    id,
+                    user_id: r.try_get(2)?,
+                    label: r.try_get(3)?,
+                    created_at: r.try_get(4)?,
+                    last_used_at: r.try_get(5)?,
+                    expires_at: r.try_get(6)?,
+                    revoked_at: r.try_get(7)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Revokes a key; false when there is no such (unrevoked) key.
+    pub async fn revoke_api_key(&self, id: &str) -> Result<bool, StoreError> {
+        let done = self
+            .execute_write(
+                sqlx::query("UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+                    .bind(id)
+                    .bind(self.now()),
+            )
+            .await?;
+        Ok(done == 1)
+    }
+
+    /// Records a key's use (callers coalesce: at most once a minute).
+    pub async fn touch_api_key(&self, id: &str, at: i64) -> Result<(), StoreError> {
+        self.execute_write(
+            sqlx::query(
+                "UPDATE api_keys SET last_used_at = $2 WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)",
+            )
+            .bind(id)
+            .bind(at),
+        )
+        .await?;
+        Ok(())
+    }
+}
