@@ -259,9 +259,10 @@ fn the_worker_survives_a_panicking_step_and_readiness_fails_when_it_is_stuck() {
         let ready = |app: &TestApp| app.client.get(format!("{}/readyz", app.base)).send();
         let (_stop_tx2, stop_rx2) = tokio::sync::watch::channel(false);
         let stuck_ctx = ctx.clone();
-        let stuck = tokio::spawn(async move {
-            credgate::oauth::worker::run_loop(&stuck_ctx, stop_rx2, || std::future::pending()).await
-        });
+        let stuck =
+            tokio::spawn(
+                async move { credgate::oauth::worker::run_loop(&stuck_ctx, stop_rx2, std::future::pending).await },
+            );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         let while_fresh = ready(&app).await.unwrap().status();
         app.clock.advance(credgate::oauth::worker::STUCK_AFTER_SECS + 1);
