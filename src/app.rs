@@ -142,7 +142,7 @@ pub fn context(services: Services) -> anyhow::Result<Context> {
     let webhooks = match (&config.webhook_url, &config.webhook_secret) {
         (None, _) => Webhooks::default(),
         (Some(_), None) => anyhow::bail!("CREDGATE_WEBHOOK_SECRET is required with CREDGATE_WEBHOOK_URL"),
-        (Some(url), Some(secret)) => Webhooks::start(Some(url.clone()), secret.clone(), http.clone()),
+        (Some(url), Some(secret)) => Webhooks::new(Some(url.clone()), secret.clone(), http.clone()),
     };
     let egress = EgressPolicy::parse_allow_list(&config.egress_allow)
         .map_err(|e| anyhow::anyhow!("CREDGATE_EGRESS_ALLOW: {e}"))?;
@@ -259,12 +259,21 @@ impl Application {
                 limits.evict_idle();
             }
         });
+        let (stop_dispatcher, dispatcher_stop) = tokio::sync::watch::channel(false);
+        let dispatcher = tokio::spawn(
+            self.state
+                .webhooks
+                .clone()
+                .run_dispatcher(self.state.store.clone(), dispatcher_stop),
+        );
         let limits = http::serve::Limits {
             header_read_timeout: Duration::from_secs(self.state.config.header_read_timeout_secs.max(1)),
             max_connections: self.state.config.max_connections,
         };
         let app = http::app(self.state);
         let served = http::serve::serve(self.listener, app, limits, shutdown).await;
+        let _ = stop_dispatcher.send(true);
+        let _ = dispatcher.await;
         evictor.abort();
         served
     }

@@ -46,6 +46,20 @@ pub enum Command {
     /// Master and organization keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Notifications (webhook events).
+    #[command(subcommand)]
+    Events(EventsCommand),
+}
+
+/// `credgate events …`
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Queue the notifications written since TIME for delivery again.
+    Replay {
+        /// RFC 3339 time (`2026-11-29T08:00:00Z`) or a duration ago (`2h`, `1d`).
+        #[arg(long)]
+        since: String,
+    },
 }
 
 /// `credgate org …`
@@ -130,7 +144,10 @@ pub async fn run(cli: Cli, shutdown: impl std::future::Future<Output = ()> + Sen
             });
             let services = Services::init(config).await?;
             if worker_only {
-                run_worker(context(services)?, stop_rx).await;
+                let ctx = context(services)?;
+                let dispatcher = tokio::spawn(ctx.webhooks.clone().run_dispatcher(ctx.store.clone(), stop_rx.clone()));
+                run_worker(ctx, stop_rx).await;
+                let _ = dispatcher.await;
                 return Ok(());
             }
             let app = Application::from_services(services).await?;
@@ -240,6 +257,15 @@ async fn admin(services: &Services, command: Command) -> anyhow::Result<()> {
                 bail!("no API key {id} that is not already revoked");
             }
             eprintln!("API key {id} revoked; replicas stop accepting it within 5 seconds");
+        }
+        Command::Events(EventsCommand::Replay { since }) => {
+            let at = chrono::DateTime::parse_from_rfc3339(since.trim())
+                .map(|t| t.timestamp())
+                .ok()
+                .or_else(|| parse_duration(&since).map(|ago| services.store.now() - ago))
+                .with_context(|| format!("--since {since:?} is neither an RFC 3339 time nor a duration like 2h"))?;
+            let n = services.store.replay_events(at).await?;
+            eprintln!("{n} notifications queued for delivery again");
         }
         Command::Keys(KeysCommand::RotateMaster) => {
             let n = services.vault.rotate_master().await?;

@@ -11,7 +11,7 @@ use crate::error::Error;
 use crate::model::AuthKind;
 use crate::oauth::{Identity, TokenSet};
 use crate::providers::Provider;
-use crate::store::{AuditEvent, GrantTarget, OAuthGrant, StoreError};
+use crate::store::{AuditEvent, GrantTarget, Notification, OAuthGrant, StoreError};
 
 /// A completed authorization.
 #[derive(Debug)]
@@ -144,21 +144,27 @@ pub async fn connect(ctx: &Context, grant: Grant<'_>) -> Result<String, Error> {
         };
         let event = AuditEvent::success(org_id, &id, action, actor)
             .with_detail(json!({"provider": provider.id, "account": account}));
+        let created = existing.is_none().then(|| {
+            Notification::new(
+                "credential.created",
+                org_id,
+                &id,
+                &provider.id,
+                json!({"account": identity.email}),
+            )
+        });
         match ctx
             .store
-            .store_grant(&stored, &target, ctx.config.max_per_provider.into(), &event)
+            .store_grant(
+                &stored,
+                &target,
+                ctx.config.max_per_provider.into(),
+                (&event, created.as_ref()),
+            )
             .await
         {
             Ok(()) => {
-                if existing.is_none() {
-                    ctx.webhooks.emit(
-                        "credential.created",
-                        org_id,
-                        &id,
-                        &provider.id,
-                        json!({"account": identity.email}),
-                    );
-                }
+                ctx.webhooks.wake();
                 return Ok(id);
             }
             Err(e) if rotated(&e, attempt % KEY_RETRIES) => continue,

@@ -8,7 +8,7 @@ use super::{rotated, CredentialSecrets, OAuthTokens, KEY_RETRIES};
 use crate::context::Context;
 use crate::error::Error;
 use crate::model::CredentialStatus;
-use crate::store::{AuditEvent, CredentialRow, LastError, RefreshFailure, RefreshedTokens};
+use crate::store::{AuditEvent, CredentialRow, LastError, Notification, RefreshFailure, RefreshedTokens};
 
 /// New tokens from a successful refresh.
 #[derive(Debug, Clone)]
@@ -41,6 +41,8 @@ pub async fn record_refreshed(ctx: &Context, row: &CredentialRow, owner: &str, n
         tokens: Some(new.tokens.clone()),
     };
     let event = refresh_event(row, "success", json!({"rotated": new.rotated}));
+    let recovered = (row.refresh_failures > 0 || row.status != CredentialStatus::Active)
+        .then(|| Notification::new("credential.recovered", &row.org_id, &row.id, &row.provider, json!({})));
     for attempt in 0..KEY_RETRIES {
         let (secret_ct, key_version) = secrets.seal(&ctx.vault, &row.org_id, &row.id).await?;
         let update = RefreshedTokens {
@@ -52,14 +54,17 @@ pub async fn record_refreshed(ctx: &Context, row: &CredentialRow, owner: &str, n
         };
         match ctx
             .store
-            .store_refreshed(&row.org_id, &row.id, (row.secret_version, owner), &update, &event)
+            .store_refreshed(
+                &row.org_id,
+                &row.id,
+                (row.secret_version, owner),
+                &update,
+                (&event, recovered.as_ref()),
+            )
             .await
         {
             Ok(true) => {
-                if row.refresh_failures > 0 || row.status != CredentialStatus::Active {
-                    ctx.webhooks
-                        .emit("credential.recovered", &row.org_id, &row.id, &row.provider, json!({}));
-                }
+                ctx.webhooks.wake();
                 return Ok(true);
             }
             Ok(false) => return Ok(false),
@@ -79,23 +84,22 @@ pub async fn record_refresh_failure(
     failure: &RefreshFailure,
     notify: bool,
 ) -> Result<Option<i64>, Error> {
-    let event = refresh_event(
-        row,
-        "failure",
-        serde_json::to_value(&failure.last_error).expect("serializes"),
-    );
+    let detail = serde_json::to_value(&failure.last_error).expect("serializes");
+    let event = refresh_event(row, "failure", detail.clone());
+    let failed =
+        notify.then(|| Notification::new("credential.refresh_failed", &row.org_id, &row.id, &row.provider, detail));
     let written = ctx
         .store
-        .store_refresh_failure(&row.org_id, &row.id, (row.secret_version, owner), failure, &event)
-        .await?;
-    if written.is_some() && notify {
-        ctx.webhooks.emit(
-            "credential.refresh_failed",
+        .store_refresh_failure(
             &row.org_id,
             &row.id,
-            &row.provider,
-            serde_json::to_value(&failure.last_error).expect("serializes"),
-        );
+            (row.secret_version, owner),
+            failure,
+            (&event, failed.as_ref()),
+        )
+        .await?;
+    if written.is_some() && notify {
+        ctx.webhooks.wake();
     }
     Ok(written)
 }

@@ -8,7 +8,7 @@ use crate::context::Context;
 use crate::error::Error;
 use crate::model::AuthKind;
 use crate::providers::{validate_fields, FieldError};
-use crate::store::{AuditEvent, CredentialRow, NewCredential, SecretWrite, StoreError};
+use crate::store::{AuditEvent, CredentialRow, NewCredential, Notification, SecretWrite, StoreError};
 
 /// A new credential as submitted. `Debug` shows field names only.
 #[derive(Clone)]
@@ -90,6 +90,13 @@ pub async fn create(
     };
     let event = AuditEvent::success(org_id, &id, "credential.create", actor)
         .with_detail(json!({"provider": input.provider, "auth_type": kind.as_str()}));
+    let notify = Notification::new(
+        "credential.created",
+        org_id,
+        &id,
+        &input.provider,
+        json!({"name": name}),
+    );
     for attempt in 0..KEY_RETRIES {
         let (secret_ct, key_version) = secrets.seal(&ctx.vault, org_id, &id).await?;
         let new = NewCredential {
@@ -106,7 +113,7 @@ pub async fn create(
         };
         match ctx
             .store
-            .insert_credential(&new, ctx.config.max_per_provider.into(), &event)
+            .insert_credential(&new, ctx.config.max_per_provider.into(), (&event, &notify))
             .await
         {
             Ok(()) => break,
@@ -120,15 +127,8 @@ pub async fn create(
             Err(e) => return Err(e.into()),
         }
     }
-    let row = super::get(ctx, org_id, &id).await?;
-    ctx.webhooks.emit(
-        "credential.created",
-        &row.org_id,
-        &row.id,
-        &row.provider,
-        json!({"name": row.name}),
-    );
-    Ok(row)
+    ctx.webhooks.wake();
+    super::get(ctx, org_id, &id).await
 }
 
 /// Renames a credential and/or replaces all its fields (secrets re-entered;
@@ -202,20 +202,14 @@ pub async fn update(
     Err(StoreError::KeyRotated.into())
 }
 
-/// Deletes credentials by id (audited); notifies `credential.deleted` and
-/// revokes OAuth tokens at providers that offer it, in the background.
-/// Returns the ids deleted.
+/// Deletes credentials by id (audited, `credential.deleted` notified in the
+/// same transaction); revokes OAuth tokens at providers that offer it, in
+/// the background. Returns the ids deleted.
 pub async fn delete(ctx: &Context, org_id: &str, actor: &str, ids: &[String]) -> Result<Vec<String>, Error> {
     let rows = ctx.store.delete_credentials(org_id, ids, actor).await?;
     let deleted = rows.iter().map(|r| r.id.clone()).collect();
+    ctx.webhooks.wake();
     for row in rows {
-        ctx.webhooks.emit(
-            "credential.deleted",
-            &row.org_id,
-            &row.id,
-            &row.provider,
-            json!({"name": row.name}),
-        );
         if row.auth_type == AuthKind::Oauth2 {
             let ctx = ctx.clone();
             tokio::spawn(async move {

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod credentials;
 pub mod error;
+mod events;
 pub mod extract;
 mod oauth;
 mod oauth_page;
@@ -84,6 +85,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(credentials::router())
         .merge(oauth::router())
         .merge(probes::router())
+        .merge(events::router())
         .merge(ops::router())
         .split_for_parts()
 }

@@ -82,8 +82,13 @@ pub async fn try_refresh_due(ctx: &Context, batch: i64) -> Result<Step, Error> {
     Ok(step)
 }
 
-/// Housekeeping: deletes OAuth states that expired; returns how many.
+/// Notifications are kept (for the events API) this long.
+pub const EVENT_RETENTION_SECS: i64 = 7 * 86_400;
+
+/// Housekeeping: deletes OAuth states that expired, and notifications past
+/// their retention; returns how many states went.
 pub async fn purge_expired_states(ctx: &Context) -> Result<u64, Error> {
+    ctx.store.purge_events(ctx.now() - EVENT_RETENTION_SECS).await?;
     Ok(ctx.store.purge_oauth_states(ctx.now()).await?)
 }
 

@@ -3,6 +3,7 @@
 use sqlx::Row;
 
 use super::audit::{self, AuditEvent};
+use super::outbox::{self, Notification};
 use super::quota::{check_quota, lock_org};
 use super::row::{typed, Raw, LIST_COLUMNS, READ_COLUMNS};
 use super::{check_key, CredentialRow, Store, StoreError};
@@ -65,7 +66,7 @@ impl Store {
         &self,
         new: &NewCredential,
         default_limit: i64,
-        event: &AuditEvent,
+        (event, notify): (&AuditEvent, &Notification),
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         lock_org(&mut tx, &new.org_id).await?;
@@ -91,6 +92,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         audit::insert(&mut tx, event, t).await?;
+        outbox::insert(&mut tx, notify, t).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -285,6 +287,14 @@ impl Store {
                 let event = AuditEvent::success(org_id, id, "credential.delete", actor)
                     .with_detail(serde_json::json!({"provider": row.provider, "name": row.name}));
                 audit::insert(&mut tx, &event, t).await?;
+                let notify = Notification::new(
+                    "credential.deleted",
+                    org_id,
+                    id,
+                    &row.provider,
+                    serde_json::json!({"name": row.name}),
+                );
+                outbox::insert(&mut tx, &notify, t).await?;
                 deleted.push(row);
             }
         }

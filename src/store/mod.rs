@@ -14,6 +14,7 @@ mod audit;
 mod credentials;
 mod oauth;
 mod orgs;
+mod outbox;
 mod quota;
 mod refresh;
 mod row;
@@ -23,6 +24,7 @@ pub use audit::{AuditEvent, AuditRow};
 pub use credentials::{CredentialFilter, NewCredential, SecretWrite};
 pub use oauth::{GrantTarget, OAuthGrant, OAuthStateRow};
 pub use orgs::OrgKeyRow;
+pub use outbox::{Notification, OutboxEvent};
 pub use refresh::{RefreshFailure, RefreshedTokens};
 pub use row::{CredentialRow, LastError};
 

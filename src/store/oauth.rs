@@ -4,6 +4,7 @@
 use sqlx::Row;
 
 use super::audit::{self, AuditEvent};
+use super::outbox::{self, Notification};
 use super::quota::{check_quota, lock_org};
 use super::{check_key, Store, StoreError};
 
@@ -148,7 +149,7 @@ impl Store {
         grant: &OAuthGrant,
         target: &GrantTarget,
         default_limit: i64,
-        event: &AuditEvent,
+        (event, notify): (&AuditEvent, Option<&Notification>),
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         lock_org(&mut tx, &grant.org_id).await?;
@@ -217,6 +218,9 @@ impl Store {
             Err(e) => return Err(e.into()),
         }
         audit::insert(&mut tx, event, t).await?;
+        if let Some(n) = notify {
+            outbox::insert(&mut tx, n, t).await?;
+        }
         tx.commit().await?;
         Ok(())
     }

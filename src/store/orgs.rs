@@ -56,6 +56,7 @@ impl Store {
         // the crypto-shredding order obvious (ciphertexts, then their keys).
         for sql in [
             "DELETE FROM oauth_states WHERE org_id = $1",
+            "DELETE FROM outbox WHERE org_id = $1",
             "DELETE FROM credentials WHERE org_id = $1",
             "DELETE FROM audit_events WHERE org_id = $1",
             "DELETE FROM api_keys WHERE org_id = $1",

@@ -4,6 +4,7 @@
 use sqlx::Row;
 
 use super::audit::{self, AuditEvent};
+use super::outbox::{self, Notification};
 use super::{check_key, Dialect, LastError, Store, StoreError};
 use crate::model::CredentialStatus;
 
@@ -110,7 +111,7 @@ impl Store {
         id: &str,
         (expected, owner): (i64, &str),
         tokens: &RefreshedTokens,
-        event: &AuditEvent,
+        (event, notify): (&AuditEvent, Option<&Notification>),
     ) -> Result<bool, StoreError> {
         let mut tx = self.begin_write().await?;
         check_key(&mut tx, self.dialect, org_id, tokens.key_version).await?;
@@ -143,6 +144,9 @@ impl Store {
             return Ok(false);
         }
         audit::insert(&mut tx, event, t).await?;
+        if let Some(n) = notify {
+            outbox::insert(&mut tx, n, t).await?;
+        }
         tx.commit().await?;
         Ok(true)
     }
@@ -156,7 +160,7 @@ impl Store {
         id: &str,
         (expected, owner): (i64, &str),
         failure: &RefreshFailure,
-        event: &AuditEvent,
+        (event, notify): (&AuditEvent, Option<&Notification>),
     ) -> Result<Option<i64>, StoreError> {
         let mut tx = self.begin_write().await?;
         let t = self.now();
@@ -177,6 +181,9 @@ impl Store {
         .await?;
         let Some(row) = row else { return Ok(None) };
         audit::insert(&mut tx, event, t).await?;
+        if let Some(n) = notify {
+            outbox::insert(&mut tx, n, t).await?;
+        }
         tx.commit().await?;
         Ok(Some(row.try_get(0)?))
     }

@@ -1,0 +1,191 @@
+//! The outbox: notifications written in the same transaction as the change
+//! they report, then delivered (at least once) by any replica, one holder
+//! at a time per event (a lease), and read back by the events API.
+
+use serde_json::{json, Value};
+use sqlx::Row;
+
+use super::{Dialect, Store, StoreError};
+
+/// A notification to write beside a change.
+#[derive(Debug, Clone)]
+pub struct Notification {
+    /// `credential.created`, `credential.deleted`, …
+    pub kind: &'static str,
+    pub org_id: String,
+    pub credential_id: String,
+    pub provider: String,
+    /// Extra facts (never a secret).
+    pub detail: Value,
+}
+
+impl Notification {
+    /// A notification about one credential.
+    pub fn new(kind: &'static str, org_id: &str, credential_id: &str, provider: &str, detail: Value) -> Self {
+        Self {
+            kind,
+            org_id: org_id.to_owned(),
+            credential_id: credential_id.to_owned(),
+            provider: provider.to_owned(),
+            detail,
+        }
+    }
+}
+
+/// A stored notification and its delivery state.
+#[derive(Debug, Clone)]
+pub struct OutboxEvent {
+    /// Sequence number (the events API's cursor).
+    pub id: i64,
+    /// Stable id, sent as `webhook-id` on every attempt.
+    pub event_id: String,
+    pub org_id: String,
+    pub kind: String,
+    pub credential_id: Option<String>,
+    /// The JSON body delivered.
+    pub payload: String,
+    pub created_at: i64,
+    pub attempts: i64,
+    pub next_attempt_at: Option<i64>,
+    pub delivered_at: Option<i64>,
+    pub failed_at: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+const COLUMNS: &str = "id, event_id, org_id, kind, credential_id, payload, created_at, attempts, next_attempt_at, \
+    delivered_at, failed_at, last_error";
+
+fn event(r: &sqlx::any::AnyRow) -> Result<OutboxEvent, StoreError> {
+    Ok(OutboxEvent {
+        id: r.try_get(0)?,
+        event_id: r.try_get(1)?,
+        org_id: r.try_get(2)?,
+        kind: r.try_get(3)?,
+        credential_id: r.try_get(4)?,
+        payload: r.try_get(5)?,
+        created_at: r.try_get(6)?,
+        attempts: r.try_get(7)?,
+        next_attempt_at: r.try_get(8)?,
+        delivered_at: r.try_get(9)?,
+        failed_at: r.try_get(10)?,
+        last_error: r.try_get(11)?,
+    })
+}
+
+/// Writes one notification on `conn` (inside the change's transaction).
+pub(crate) async fn insert(conn: &mut sqlx::AnyConnection, n: &Notification, at: i64) -> Result<(), sqlx::Error> {
+    let event_id = uuid::Uuid::new_v4().to_string();
+    let payload = json!({
+        "id": event_id,
+        "type": n.kind,
+        "org_id": n.org_id,
+        "credential_id": n.credential_id,
+        "provider": n.provider,
+        "at": chrono::DateTime::from_timestamp(at, 0).unwrap_or_default(),
+        "detail": n.detail,
+    });
+    sqlx::query(
+        "INSERT INTO outbox (event_id, org_id, kind, credential_id, payload, created_at, next_attempt_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $6)",
+    )
+    .bind(&event_id)
+    .bind(&n.org_id)
+    .bind(n.kind)
+    .bind(&n.credential_id)
+    .bind(payload.to_string())
+    .bind(at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    /// Leases up to `limit` events due for delivery to `owner` until `until`.
+    pub async fn claim_events(&self, owner: &str, limit: i64, until: i64) -> Result<Vec<OutboxEvent>, StoreError> {
+        let lock = match self.dialect {
+            Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
+            Dialect::Sqlite => "",
+        };
+        let mut tx = self.begin_write().await?;
+        let rows = sqlx::query(&format!(
+            "UPDATE outbox SET lease_owner = $1, lease_until = $2 WHERE id IN (\
+               SELECT id FROM outbox WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= $3 \
+               AND (lease_until IS NULL OR lease_until < $3) ORDER BY next_attempt_at, id LIMIT $4 {lock}) \
+             RETURNING {COLUMNS}"
+        ))
+        .bind(owner)
+        .bind(until)
+        .bind(self.now())
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut events: Vec<OutboxEvent> = rows.iter().map(event).collect::<Result<_, _>>()?;
+        events.sort_by_key(|e| e.id);
+        Ok(events)
+    }
+
+    /// Records a delivery attempt by the lease holder: delivered, or failed
+    /// with the next attempt at `next` (`None`: given up).
+    pub async fn record_delivery(
+        &self,
+        id: i64,
+        owner: &str,
+        outcome: Result<(), (&str, Option<i64>)>,
+    ) -> Result<(), StoreError> {
+        let t = self.now();
+        let query = match outcome {
+            Ok(()) => sqlx::query(
+                "UPDATE outbox SET attempts = attempts + 1, delivered_at = $3, next_attempt_at = NULL, \
+                 last_error = NULL, lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2",
+            )
+            .bind(id)
+            .bind(owner)
+            .bind(t),
+            Err((error, next)) => sqlx::query(
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $3, last_error = $4, \
+                 failed_at = CASE WHEN $3 IS NULL THEN $5 ELSE NULL END, \
+                 lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2",
+            )
+            .bind(id)
+            .bind(owner)
+            .bind(next)
+            .bind(error.to_owned())
+            .bind(t),
+        };
+        self.execute_write(query).await?;
+        Ok(())
+    }
+
+    /// An organization's events after sequence number `after`, oldest first.
+    pub async fn events_after(&self, org_id: &str, after: i64, limit: i64) -> Result<Vec<OutboxEvent>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM outbox WHERE org_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+        ))
+        .bind(org_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event).collect()
+    }
+
+    /// Queues every event created at or after `since` for delivery again.
+    pub async fn replay_events(&self, since: i64) -> Result<u64, StoreError> {
+        self.execute_write(
+            sqlx::query(
+                "UPDATE outbox SET next_attempt_at = $2, delivered_at = NULL, failed_at = NULL, attempts = 0, \
+                 last_error = NULL, lease_owner = NULL, lease_until = NULL WHERE created_at >= $1",
+            )
+            .bind(since)
+            .bind(self.now()),
+        )
+        .await
+    }
+
+    /// Deletes events created before `before` (retention).
+    pub async fn purge_events(&self, before: i64) -> Result<u64, StoreError> {
+        self.execute_write(sqlx::query("DELETE FROM outbox WHERE created_at < $1").bind(before))
+            .await
+    }
+}
