@@ -36,6 +36,9 @@ pub enum Error {
     /// The provider refused.
     #[error("the provider failed: {0}")]
     Provider(String),
+    /// The database cannot be reached now; nothing was changed.
+    #[error("the credential store is unavailable; try again shortly")]
+    StoreUnavailable(#[source] StoreError),
     /// The store, the vault or a bug.
     #[error("an internal error occurred")]
     Internal(#[source] anyhow::Error),
@@ -69,6 +72,7 @@ impl From<StoreError> for Error {
                 "account_already_connected",
                 "this account is already connected in another credential".into(),
             ),
+            e @ StoreError::Unavailable(_) => Self::StoreUnavailable(e),
             other => Self::Internal(other.into()),
         }
     }

@@ -8,7 +8,8 @@ use super::{rotated, CredentialSecrets, OAuthTokens, KEY_RETRIES};
 use crate::context::Context;
 use crate::error::Error;
 use crate::model::CredentialStatus;
-use crate::store::{AuditEvent, CredentialRow, LastError, Notification, RefreshFailure, RefreshedTokens};
+use crate::store::{AuditEvent, CredentialRow, LastError, Notification, RefreshFailure, RefreshedTokens, StoreError};
+use crate::vault::VaultError;
 
 /// New tokens from a successful refresh.
 #[derive(Debug, Clone)]
@@ -32,6 +33,10 @@ fn refresh_event(row: &CredentialRow, outcome: &'static str, detail: serde_json:
     }
 }
 
+/// How long a refresh keeps retrying its write through a store outage: well
+/// within its 60 s lease, so no other replica starts meanwhile.
+const STORE_OUTAGE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(40);
+
 /// Stores refreshed tokens over `row` (as read under `owner`'s lease).
 /// `false`: another writer changed the secrets or took the lease meanwhile,
 /// and nothing was written.
@@ -43,8 +48,23 @@ pub async fn record_refreshed(ctx: &Context, row: &CredentialRow, owner: &str, n
     let event = refresh_event(row, "success", json!({"rotated": new.rotated}));
     let recovered = (row.refresh_failures > 0 || row.status != CredentialStatus::Active)
         .then(|| Notification::new("credential.recovered", &row.org_id, &row.id, &row.provider, json!({})));
-    for attempt in 0..KEY_RETRIES {
-        let (secret_ct, key_version) = secrets.seal(&ctx.vault, &row.org_id, &row.id).await?;
+    // The provider has rotated already: while we hold the lease, keep trying
+    // to store the only valid refresh token through a database outage.
+    let give_up = std::time::Instant::now() + STORE_OUTAGE_PATIENCE;
+    let mut pause = std::time::Duration::from_millis(250);
+    let mut attempt = 0;
+    while attempt < KEY_RETRIES {
+        let sealed = secrets.seal(&ctx.vault, &row.org_id, &row.id).await;
+        let (secret_ct, key_version) = match sealed {
+            Ok(sealed) => sealed,
+            Err(VaultError::Store(StoreError::Unavailable(e))) if std::time::Instant::now() < give_up => {
+                tracing::warn!(error = %e, credential = %row.id, "the store is unavailable; retrying the refreshed tokens' write");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(4));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let update = RefreshedTokens {
             secret_ct,
             key_version,
@@ -68,7 +88,12 @@ pub async fn record_refreshed(ctx: &Context, row: &CredentialRow, owner: &str, n
                 return Ok(true);
             }
             Ok(false) => return Ok(false),
-            Err(e) if rotated(&e, attempt) => continue,
+            Err(e) if rotated(&e, attempt) => attempt += 1,
+            Err(StoreError::Unavailable(e)) if std::time::Instant::now() < give_up => {
+                tracing::warn!(error = %e, credential = %row.id, "the store is unavailable; retrying the refreshed tokens' write");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(4));
+            }
             Err(e) => return Err(e.into()),
         }
     }

@@ -45,6 +45,8 @@ pub enum ApiError {
     ProviderUnavailable { message: String, retry_after_secs: u64 },
     #[error("the credential must be re-authorized: {0}")]
     NeedsReauth(String),
+    #[error("the credential store is unavailable; try again shortly")]
+    StoreUnavailable(#[source] crate::store::StoreError),
     #[error("an internal error occurred")]
     Internal(#[source] anyhow::Error),
 }
@@ -97,6 +99,7 @@ impl ApiError {
             Self::Provider(_) => (StatusCode::BAD_GATEWAY, "provider_error"),
             Self::NeedsReauth(_) => (StatusCode::CONFLICT, "needs_reauth"),
             Self::ProviderUnavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "provider_unavailable"),
+            Self::StoreUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -120,6 +123,7 @@ impl From<Error> for ApiError {
             },
             Error::Provider(m) => Self::Provider(m),
             Error::TooManyPending(_) => Self::RateLimited { retry_after_secs: 60 },
+            Error::StoreUnavailable(e) => Self::StoreUnavailable(e),
             Error::Internal(e) => Self::Internal(e),
         }
     }
@@ -144,6 +148,7 @@ impl IntoResponse for ApiError {
             Self::RateLimited { retry_after_secs } | Self::ProviderUnavailable { retry_after_secs, .. } => {
                 Some(*retry_after_secs)
             }
+            Self::StoreUnavailable(_) => Some(2),
             _ => None,
         };
         let detail = match &self {
@@ -155,6 +160,7 @@ impl IntoResponse for ApiError {
             code,
             message: match &self {
                 Self::Internal(e) => format!("{e:#}"),
+                Self::StoreUnavailable(e) => e.to_string(),
                 other => other.to_string(),
             },
             server_side: status.is_server_error(),

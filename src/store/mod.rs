@@ -18,6 +18,7 @@ mod outbox;
 mod quota;
 mod refresh;
 mod row;
+mod write_tx;
 
 pub use api_keys::{ApiKeyInfo, ApiKeyRow};
 pub use audit::{AuditEvent, AuditRow};
@@ -33,8 +34,8 @@ use std::time::Duration;
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
-use sqlx::{Any, Transaction};
-use sqlx::{AnyPool, Executor};
+use sqlx::{Any, AnyPool, Executor};
+use write_tx::WriteTx;
 
 use crate::clock::Clock;
 
@@ -80,9 +81,50 @@ pub enum StoreError {
         /// The column.
         column: &'static str,
     },
+    /// The database cannot be reached or cannot write now (down, restarting,
+    /// out of connections, read-only, disk full): try again shortly.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
     /// The database failed.
     #[error(transparent)]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        if unavailable(&e) {
+            Self::Unavailable(e)
+        } else {
+            Self::Database(e)
+        }
+    }
+}
+
+/// Is this the database being away (rather than a statement being wrong)?
+fn unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            // PostgreSQL: connection exceptions (08…), shutting down or
+            // starting up (57P01–57P03), too many connections (53300),
+            // disk full (53100), read-only transaction (25006).
+            let pg = code.starts_with("08")
+                || ["57P01", "57P02", "57P03", "53300", "53100", "25006"].contains(&code.as_ref());
+            // SQLite primary codes: BUSY 5, LOCKED 6, NOMEM 7, READONLY 8,
+            // IOERR 10, FULL 13, CANTOPEN 14.
+            let sqlite = code
+                .parse::<i32>()
+                .is_ok_and(|c| [5, 6, 7, 8, 10, 13, 14].contains(&(c & 0xff)));
+            pg || sqlite
+        }
+        _ => false,
+    }
 }
 
 /// The store: a connection pool, its dialect and the clock.
@@ -93,32 +135,6 @@ pub struct Store {
     clock: Clock,
     /// Queue of this process's SQLite writers.
     sqlite_writer: std::sync::Arc<tokio::sync::Mutex<()>>,
-}
-
-/// A write transaction (and, with SQLite, this process's writer slot).
-pub(crate) struct WriteTx {
-    tx: Transaction<'static, Any>,
-    _queue: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-impl WriteTx {
-    /// Commits, then gives up the writer slot.
-    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
-        self.tx.commit().await
-    }
-}
-
-impl std::ops::Deref for WriteTx {
-    type Target = sqlx::AnyConnection;
-    fn deref(&self) -> &Self::Target {
-        &self.tx
-    }
-}
-
-impl std::ops::DerefMut for WriteTx {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.tx
-    }
 }
 
 impl Store {
@@ -158,7 +174,9 @@ impl Store {
             Dialect::Postgres => (url.to_owned(), AnyPoolOptions::new().max_connections(16)),
         };
         let _ = sqlx::any::AnyConnectOptions::from_str(&url)?;
-        let pool = options.acquire_timeout(Duration::from_secs(10)).connect(&url).await?;
+        // A store that cannot hand out a connection within 2 s is unavailable:
+        // callers get a quick 503 rather than a long wait.
+        let pool = options.acquire_timeout(Duration::from_secs(2)).connect(&url).await?;
         Ok(Self {
             pool,
             dialect,
@@ -203,17 +221,10 @@ impl Store {
     pub(crate) async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
         match self.dialect {
             Dialect::Sqlite => {
-                let guard = self.sqlite_writer.clone().lock_owned().await;
-                let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-                Ok(WriteTx {
-                    tx,
-                    _queue: Some(guard),
-                })
+                let queue = self.sqlite_writer.clone().lock_owned().await;
+                WriteTx::sqlite(&self.pool, queue).await
             }
-            Dialect::Postgres => Ok(WriteTx {
-                tx: self.pool.begin().await?,
-                _queue: None,
-            }),
+            Dialect::Postgres => WriteTx::postgres(&self.pool).await,
         }
     }
 

@@ -13,6 +13,7 @@ mod notifications;
 mod oauth;
 mod oauth_server;
 mod operations;
+mod outage;
 mod probes;
 mod races;
 mod refresh;
