@@ -50,4 +50,9 @@ ensure_user credgate_sftp_pw 'SENTINEL-sftp-password-7d1f'
 # The key user also gets a password, but the tests only use keys for it.
 ensure_user credgate_sftp_key 'SENTINEL-sftp-keyuser-9c2e'
 
+# schemathesis fuzzes the live API from its OpenAPI document (tests/api/openapi_conformance.rs).
+if ! python3 -c "import schemathesis" >/dev/null 2>&1; then
+  python3 -m pip install --quiet "schemathesis==4.32.5"
+fi
+
 echo "install-test-deps: ok"

@@ -203,6 +203,7 @@ pub fn app_state(services: Services) -> anyhow::Result<AppState> {
         limits: Arc::new(RateLimits::new(
             ctx.config.rate_limit_per_org,
             ctx.config.probe_limit_per_min,
+            ctx.config.auth_failures_per_sec,
         )),
         ctx,
     })

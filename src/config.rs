@@ -23,6 +23,7 @@
 //! | `CREDGATE_HEADER_READ_TIMEOUT_SECS` | `30` (request head deadline; also closes idle keep-alive connections) |
 //! | `CREDGATE_MAX_CONNECTIONS` | `1024` open connections |
 //! | `CREDGATE_TRUSTED_PROXIES` | empty (CIDRs whose `X-Forwarded-For` is believed) |
+//! | `CREDGATE_AUTH_FAILURES_PER_SEC` | `5` per client address, bursts of twice that (`0` off) |
 //! | `CREDGATE_LOG` | `info` |
 //! | `CREDGATE_LOG_FORMAT` | `text` (`json` for JSON lines) |
 
@@ -105,6 +106,9 @@ pub struct Settings {
     /// Connections open at once; more wait in the listen backlog.
     #[arg(long, env = "CREDGATE_MAX_CONNECTIONS", default_value_t = 1024, global = true)]
     pub max_connections: usize,
+    /// Failed authentications per second per client address, bursts of twice that (0: off).
+    #[arg(long, env = "CREDGATE_AUTH_FAILURES_PER_SEC", default_value_t = 5, global = true)]
+    pub auth_failures_per_sec: u32,
     /// Comma-separated CIDRs of reverse proxies whose `X-Forwarded-For` is believed.
     #[arg(long, env = "CREDGATE_TRUSTED_PROXIES", default_value = "", global = true)]
     pub trusted_proxies: String,
@@ -143,6 +147,7 @@ pub struct Config {
     pub webhook_secret: Option<SecretString>,
     pub header_read_timeout_secs: u64,
     pub max_connections: usize,
+    pub auth_failures_per_sec: u32,
     /// Reverse proxies whose `X-Forwarded-For` is believed (CIDRs, comma-separated).
     pub trusted_proxies: String,
 }
@@ -193,6 +198,7 @@ impl Config {
                 .map(SecretString::from),
             header_read_timeout_secs: s.header_read_timeout_secs,
             max_connections: s.max_connections,
+            auth_failures_per_sec: s.auth_failures_per_sec,
             trusted_proxies: s.trusted_proxies.clone(),
         }
     }
@@ -219,6 +225,7 @@ impl Config {
             webhook_secret: None,
             header_read_timeout_secs: 30,
             max_connections: 1024,
+            auth_failures_per_sec: 5,
             trusted_proxies: String::new(),
             log: "info".into(),
             log_format: "text".into(),

@@ -23,8 +23,6 @@ pub enum ApiError {
     NotFound,
     #[error("this route does not take that method")]
     MethodNotAllowed,
-    #[error("credgate does not implement that method")]
-    MethodNotImplemented,
     #[error("the request has invalid fields")]
     Validation(Vec<FieldError>),
     #[error("the request body is not valid JSON: {0}")]
@@ -88,7 +86,6 @@ impl ApiError {
             Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            Self::MethodNotImplemented => (StatusCode::NOT_IMPLEMENTED, "method_not_implemented"),
             Self::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             Self::MalformedBody(_) => (StatusCode::BAD_REQUEST, "malformed_body"),
             Self::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),

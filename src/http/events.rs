@@ -92,7 +92,7 @@ fn view(e: OutboxEvent) -> EventView {
 
 /// The organization's notifications after `after`, oldest first (admin)
 #[utoipa::path(get, path = "/integrations/events", tag = "events",
-    params(("after" = Option<i64>, Query, description = "the last `id` already seen")),
+    params(("after" = Option<i64>, Query, minimum = 0, description = "the last `id` already seen")),
     responses((status = 200, body = EventPage), (status = 403, body = Problem), (status = 422, body = Problem)))]
 async fn list_events(
     State(state): State<AppState>,

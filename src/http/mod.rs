@@ -8,10 +8,12 @@ mod events;
 pub mod extract;
 mod oauth;
 mod oauth_page;
+mod openapi;
 pub mod ops;
 mod probes;
 mod providers;
 pub mod ratelimit;
+mod schemas;
 pub mod serve;
 
 use std::sync::Arc;
@@ -90,15 +92,15 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .split_for_parts()
 }
 
-/// The OpenAPI 3.1 document.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    api().1
+/// The OpenAPI 3.1 document, exact (see `openapi`), for `registry`'s providers.
+pub fn openapi(registry: &crate::providers::Registry) -> serde_json::Value {
+    openapi::exact(api().1, registry)
 }
 
 /// The whole application router.
 pub fn app(state: AppState) -> Router {
     let (router, doc) = api();
-    let doc = Arc::new(doc);
+    let doc = Arc::new(openapi::exact(doc, &state.registry));
     router
         .route("/openapi.json", get(move || async move { Json(doc.as_ref().clone()) }))
         .fallback(|| async { ApiError::NotFound })
@@ -115,9 +117,10 @@ pub fn app(state: AppState) -> Router {
 /// which may carry an OAuth code), metrics, and one log line for errors.
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
     // Labels come from closed sets only: a known method (anything else is
-    // refused here, before routing) and the matched route template.
+    // refused here, before routing: no resource takes it) and the matched
+    // route template.
     let Some(method) = known_method(request.method()) else {
-        let response = ApiError::MethodNotImplemented.into_response();
+        let response = ApiError::MethodNotAllowed.into_response();
         record(&state, "OTHER", "unmatched", response.status().as_u16(), Instant::now());
         return response;
     };
@@ -141,29 +144,25 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     response
 }
 
-/// The methods credgate answers; anything else is 501 before routing.
+/// The methods credgate knows; anything else is 405 before routing.
 fn known_method(method: &axum::http::Method) -> Option<&'static str> {
     use axum::http::Method;
+    // The methods of RFC 9110 and PATCH; a route answers 405 to those it
+    // does not take.
     [
-        Method::GET,
-        Method::HEAD,
-        Method::POST,
-        Method::PUT,
-        Method::PATCH,
-        Method::DELETE,
-        Method::OPTIONS,
+        (Method::GET, "GET"),
+        (Method::HEAD, "HEAD"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::PATCH, "PATCH"),
+        (Method::DELETE, "DELETE"),
+        (Method::OPTIONS, "OPTIONS"),
+        (Method::TRACE, "TRACE"),
+        (Method::CONNECT, "CONNECT"),
     ]
     .into_iter()
-    .find(|m| m == method)
-    .map(|m| match m {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::PATCH => "PATCH",
-        Method::DELETE => "DELETE",
-        _ => "OPTIONS",
-    })
+    .find(|(m, _)| m == method)
+    .map(|(_, name)| name)
 }
 
 fn record(state: &AppState, method: &str, route: &str, status: u16, started: Instant) {

@@ -28,8 +28,9 @@ struct FieldView {
     /// `string`, `integer`, `port`, `boolean`, `url`, `hostname`, `private_key`, `enum`.
     #[serde(rename = "type")]
     kind: &'static str,
+    /// The value used when the field is absent (a string, number or boolean).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<serde_json::Value>)]
     default: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     values: Vec<String>,

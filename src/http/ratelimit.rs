@@ -14,8 +14,6 @@ use super::error::ApiError;
 
 /// Requests per second per client address on routes without an API key.
 pub const UNAUTHENTICATED_PER_SEC: u32 = 20;
-/// Failed authentications per second per client address (bursts of twice that).
-pub const AUTH_FAILURES_PER_SEC: u32 = 5;
 
 /// One kind of limited action, with its quota.
 #[derive(Debug, Clone, Copy)]
@@ -26,8 +24,8 @@ pub enum LimitedAction {
     Probe(u32),
     /// Unauthenticated routes, per client address.
     Unauthenticated,
-    /// Failed authentications (no key, unknown key), per client address.
-    AuthFailure,
+    /// Failed authentications (no key, unknown key), per client address: `n` per second.
+    AuthFailure(u32),
 }
 
 impl LimitedAction {
@@ -40,9 +38,7 @@ impl LimitedAction {
                 let n = nz(UNAUTHENTICATED_PER_SEC)?;
                 Some(Quota::per_second(n).allow_burst(nz(UNAUTHENTICATED_PER_SEC * 2)?))
             }
-            Self::AuthFailure => {
-                Some(Quota::per_second(nz(AUTH_FAILURES_PER_SEC)?).allow_burst(nz(AUTH_FAILURES_PER_SEC * 2)?))
-            }
+            Self::AuthFailure(n) => Some(Quota::per_second(nz(n)?).allow_burst(nz(n.saturating_mul(2))?)),
         }
     }
 }
@@ -94,12 +90,12 @@ impl std::fmt::Debug for RateLimits {
 
 impl RateLimits {
     /// Limits with the configured quotas (`0` turns one off).
-    pub fn new(api_per_sec: u32, probes_per_min: u32) -> Self {
+    pub fn new(api_per_sec: u32, probes_per_min: u32, auth_failures_per_sec: u32) -> Self {
         Self {
             api: Limiter::new(LimitedAction::Api(api_per_sec)),
             probes: Limiter::new(LimitedAction::Probe(probes_per_min)),
             unauthenticated: Limiter::new(LimitedAction::Unauthenticated),
-            auth_failures: Limiter::new(LimitedAction::AuthFailure),
+            auth_failures: Limiter::new(LimitedAction::AuthFailure(auth_failures_per_sec)),
         }
     }
 
@@ -143,7 +139,7 @@ mod tests {
 
     #[test]
     fn an_organization_over_its_burst_is_limited_with_a_retry_delay() {
-        let limits = RateLimits::new(1, 0);
+        let limits = RateLimits::new(1, 0, 0);
         assert!(limits.check_api("org").is_ok());
         assert!(limits.check_api("org").is_ok());
         let err = limits.check_api("org").unwrap_err();
@@ -154,7 +150,7 @@ mod tests {
 
     #[test]
     fn idle_keys_are_evicted() {
-        let limits = RateLimits::new(1000, 0);
+        let limits = RateLimits::new(1000, 0, 0);
         for i in 0..100 {
             limits.check_api(&format!("org{i}")).unwrap();
         }

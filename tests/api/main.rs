@@ -12,6 +12,7 @@ mod limits;
 mod notifications;
 mod oauth;
 mod oauth_server;
+mod openapi_conformance;
 mod operations;
 mod outage;
 mod probes;

@@ -38,6 +38,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateCredential {
+    #[schema(min_length = 1, max_length = 200)]
     name: String,
     provider: String,
     auth_type: String,
@@ -50,6 +51,7 @@ struct CreateCredential {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PatchCredential {
+    #[schema(min_length = 1, max_length = 200)]
     name: Option<String>,
     #[schema(value_type = Option<Object>)]
     fields: Option<Map<String, Value>>,
@@ -97,6 +99,7 @@ impl std::fmt::Debug for PatchCredential {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BatchDelete {
+    #[schema(min_items = 1, max_items = 500)]
     ids: Vec<String>,
 }
 
@@ -149,8 +152,10 @@ fn parse_positive(field: &str, value: Option<&str>, default: i64, max: i64, erro
 
 /// List credentials
 #[utoipa::path(get, path = "/integrations/credentials", tag = "credentials",
-    params(("provider" = Option<String>, Query), ("status" = Option<String>, Query), ("q" = Option<String>, Query),
-           ("page" = Option<i64>, Query), ("per_page" = Option<i64>, Query, description = "at most 50")),
+    params(("provider" = Option<String>, Query), ("status" = Option<CredentialStatus>, Query),
+           ("q" = Option<String>, Query, max_length = 200, description = "part of the name, any case"),
+           ("page" = Option<i64>, Query, minimum = 1, maximum = 1000000),
+           ("per_page" = Option<i64>, Query, minimum = 1, maximum = 50, description = "at most 50")),
     responses((status = 200, body = CredentialPage), (status = 422, body = Problem)))]
 async fn list_credentials(
     State(state): State<AppState>,

@@ -56,7 +56,10 @@ pub(super) async fn refresh_now(
     caller.require(&state, MANAGE, Some(&id)).await?;
     let row = crate::credentials::get(&state, &caller.org_id, &parse_id(&id)?).await?;
     if row.auth_type != AuthKind::Oauth2 {
-        return Err(ApiError::field("id", "only OAuth credentials can be refreshed"));
+        return Err(ApiError::Conflict(
+            "not_oauth",
+            "only OAuth credentials have tokens to refresh".into(),
+        ));
     }
     let row = refresh_credential(&state, &row.org_id, &row.id, Mode::Now).await?;
     Ok(Json(Credential::from(&row)))
