@@ -186,11 +186,16 @@ async fn list_credentials(
             parsed
         }
     };
-    if query.q.as_ref().is_some_and(|q| q.len() > MAX_NAME_LEN) {
+    if query.q.as_ref().is_some_and(|q| q.chars().count() > MAX_NAME_LEN) {
         errors.push(FieldError::new(
             "q",
             format!("must be at most {MAX_NAME_LEN} characters"),
         ));
+    }
+    for (field, value) in [("q", &query.q), ("provider", &query.provider)] {
+        if value.as_ref().is_some_and(|v| v.chars().any(char::is_control)) {
+            errors.push(FieldError::new(field, "must not contain control characters"));
+        }
     }
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
