@@ -114,12 +114,12 @@ async fn main() {
     let (mut sftp_probe, mut sftp_stock, mut pg_probe, mut pg_stock) = (vec![], vec![], vec![], vec![]);
     for i in 0..runs + 2 {
         let started = Instant::now();
-        let result = sftp::probe(&ctx, &sftp_req).await;
+        let result = sftp::probe(&ctx, "bench", &sftp_req).await;
         let probe_time = started.elapsed();
         assert!(result.ok, "{result:?}");
         let stock_time = timed_command(&mut sftp_cli(), &listing);
         let started = Instant::now();
-        let result = postgres::probe(&ctx, &pg_req).await;
+        let result = postgres::probe(&ctx, "bench", &pg_req).await;
         let pg_time = started.elapsed();
         assert!(result.ok && result.detail["tls"] == json!(true), "{result:?}");
         let psql_time = timed_command(&mut psql(), "");
@@ -164,7 +164,10 @@ async fn concurrent_sftp(ctx: &ProbeContext, req: &sftp::SftpRequest, n: usize) 
         }
     });
     let started = Instant::now();
-    let results = futures::future::join_all((0..n).map(|_| sftp::probe(ctx, req))).await;
+    // Four organizations: together they can fill every global SSH slot,
+    // which one alone (capped per organization) cannot.
+    let orgs: Vec<String> = (0..n).map(|i| format!("bench-{}", i % 4)).collect();
+    let results = futures::future::join_all(orgs.iter().map(|org| sftp::probe(ctx, org, req))).await;
     let wall = started.elapsed();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut lags = ticker.await.unwrap();

@@ -7,6 +7,8 @@
 # - two OS users for SFTP: one logs in with a password, one with keys only.
 # - the PostgreSQL 15 server binaries (initdb, postgres) for the second,
 #   password-protected test cluster; openssl for its self-signed certificate.
+# - paramiko (PyPI) for the hostile SFTP stand-in, tests/api/probes/hostile_sftp.py,
+#   installed for the `python3` on PATH, which is the one the tests start.
 set -euo pipefail
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -28,6 +30,10 @@ if [ "${#need[@]}" -gt 0 ]; then
   # Installing openssh-server may try to start the system sshd; that is
   # harmless, and the tests never use port 22.
   apt-get install -y --no-install-recommends "${need[@]}"
+fi
+
+if ! python3 -c 'import paramiko' >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'paramiko>=3.4,<6'
 fi
 
 # sshd refuses to start without its privilege-separation directory.

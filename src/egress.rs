@@ -20,8 +20,11 @@ use url::{Host, Url};
 /// Why an outbound connection was not made.
 #[derive(Debug, thiserror::Error)]
 pub enum EgressError {
-    /// The host is, or resolved to, an address credgate may not reach.
-    #[error("{}", denied_message(host, addr))]
+    /// The host is, or resolved to, an address credgate may not reach. The
+    /// message names neither: telling a caller which private address a name
+    /// resolves to would map the inside network for them. The address is
+    /// logged on the server instead.
+    #[error("the address is not allowed by credgate's egress policy")]
     Denied {
         /// The host as the user gave it.
         host: String,
@@ -104,10 +107,7 @@ impl EgressPolicy {
         if self.permits(ip) {
             Ok(())
         } else {
-            Err(EgressError::Denied {
-                host: host.to_owned(),
-                addr: ip,
-            })
+            Err(denied(host, ip))
         }
     }
 
@@ -134,10 +134,7 @@ impl EgressPolicy {
         let first_ip = first.ip();
         let permitted: Vec<SocketAddr> = found.into_iter().filter(|addr| self.permits(addr.ip())).collect();
         if permitted.is_empty() {
-            return Err(EgressError::Denied {
-                host: host.to_owned(),
-                addr: first_ip,
-            });
+            return Err(denied(host, first_ip));
         }
         Ok(permitted)
     }
@@ -268,13 +265,19 @@ impl reqwest::dns::Resolve for GuardedResolver {
     }
 }
 
-fn denied_message(host: &str, addr: &IpAddr) -> String {
-    let what = if host.trim_matches(['[', ']']) == addr.to_string() {
-        format!("{addr}")
-    } else {
-        format!("{host} resolves to {addr}, which")
-    };
-    format!("{what} is not a public address and not in CREDGATE_EGRESS_ALLOW; credgate may not connect to it")
+/// The refusal of `addr`, which `host` stands for; the address goes to the
+/// log, where an operator deciding on `CREDGATE_EGRESS_ALLOW` needs it, and
+/// not into the error's message.
+fn denied(host: &str, addr: IpAddr) -> EgressError {
+    tracing::info!(
+        host,
+        %addr,
+        "egress denied: not a public address and not in CREDGATE_EGRESS_ALLOW"
+    );
+    EgressError::Denied {
+        host: host.to_owned(),
+        addr,
+    }
 }
 
 fn dns_message(e: &std::io::Error) -> String {

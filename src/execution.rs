@@ -113,13 +113,13 @@ pub async fn test(ctx: &Context, org_id: &str, id: &str) -> Result<ProbeResult, 
         let secrets = CredentialSecrets::open(&ctx.vault, &row).await?;
         let mut fields = secrets.merged_fields(&row);
         match row.provider.as_str() {
-            "sftp" => probes::run(&ctx.probes, &request::<SftpRequest>(fields)?).await,
-            "postgresql" => probes::run(&ctx.probes, &request::<PostgresRequest>(fields)?).await,
+            "sftp" => probes::run(&ctx.probes, org_id, &request::<SftpRequest>(fields)?).await,
+            "postgresql" => probes::run(&ctx.probes, org_id, &request::<PostgresRequest>(fields)?).await,
             "openai" | "anthropic" | "openai_compatible" => {
                 fields.insert("provider_type".into(), row.provider.clone().into());
-                probes::run(&ctx.probes, &request::<LlmRequest>(fields)?).await
+                probes::run(&ctx.probes, org_id, &request::<LlmRequest>(fields)?).await
             }
-            "telegram" => probes::run(&ctx.probes, &request::<TelegramRequest>(fields)?).await,
+            "telegram" => probes::run(&ctx.probes, org_id, &request::<TelegramRequest>(fields)?).await,
             other => {
                 return Err(Error::Conflict(
                     "no_probe",

@@ -28,7 +28,7 @@ async fn probe<P: Probe>(state: &AppState, caller: &Caller, req: &P) -> Result<J
     caller.require(state, READ, None).await?;
     state.limits.check_probe(&caller.org_id)?;
     req.validate().map_err(field_errors)?;
-    Ok(Json(probes::run(&state.probes, req).await))
+    Ok(Json(probes::run(&state.probes, &caller.org_id, req).await))
 }
 
 fn field_errors(errors: Vec<probes::FieldError>) -> ApiError {

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::http::{get, join, status_failure};
-use super::{into_result, run, FailureCode, FieldError, Probe, ProbeContext, ProbeFailure, ProbeResult};
+use super::{into_result, run, FailureCode, FieldError, Pool, Probe, ProbeContext, ProbeFailure, ProbeResult, Slot};
 
 /// Anthropic API version sent with every call.
 const ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -98,6 +98,7 @@ impl LlmRequest {
 
 impl Probe for LlmRequest {
     const NAME: &'static str = "llm";
+    const POOL: Pool = Pool::Http;
 
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
@@ -139,7 +140,7 @@ impl Probe for LlmRequest {
         into_result(errors)
     }
 
-    async fn execute(&self, ctx: &ProbeContext) -> Result<Value, (Value, ProbeFailure)> {
+    async fn execute(&self, ctx: &ProbeContext, _slot: Slot) -> Result<Value, (Value, ProbeFailure)> {
         let kind = self.provider().ok_or_else(|| {
             (
                 json!({}),
@@ -214,7 +215,7 @@ fn error_kind(body: &Value) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Probes an LLM API key by listing the models.
-pub async fn probe(ctx: &ProbeContext, req: &LlmRequest) -> ProbeResult {
-    run(ctx, req).await
+/// Probes an LLM API key by listing the models, for organization `org_id`.
+pub async fn probe(ctx: &ProbeContext, org_id: &str, req: &LlmRequest) -> ProbeResult {
+    run(ctx, org_id, req).await
 }

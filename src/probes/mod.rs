@@ -1,5 +1,7 @@
 //! Test-connection probes: one file per service, one [`Probe`] trait, one
-//! timeout wrapper ([`run`]) and the [`ProbeResult`] the API returns.
+//! wrapper ([`run`]) that takes a slot of the probe's [`Pool`] for its
+//! organization and applies the total time limit, and the [`ProbeResult`]
+//! the API returns.
 //!
 //! A probe that ran and failed is not an error of the API: it is a
 //! `ProbeResult` with `ok: false` and a [`ProbeFailure`] whose code is
@@ -8,13 +10,15 @@
 //! request's secret values; [`scrub`] removes them once more as a backstop.
 
 use std::future::Future;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
+use tokio::time::Instant;
 
-use crate::egress::{EgressError, EgressPolicy};
+use crate::egress::EgressError;
 
+mod capped;
+mod context;
 mod http;
 pub mod llm;
 mod pg_target;
@@ -22,11 +26,14 @@ mod pg_tls;
 pub mod postgres;
 pub mod sftp;
 mod sftp_session;
+mod slots;
 pub mod telegram;
 
+pub use context::{ApiBaseUrls, ProbeContext, ProbeTimeouts};
 pub use llm::{LlmProviderType, LlmRequest};
 pub use postgres::PostgresRequest;
 pub use sftp::SftpRequest;
+pub use slots::{Pool, Slot};
 pub use telegram::TelegramRequest;
 
 /// What a probe returns: the contract's ProbeResult.
@@ -171,132 +178,53 @@ impl FieldError {
     }
 }
 
-/// Time limits for probes. Each stage (connect, handshake, authentication,
-/// first response) gets `stage`; the whole probe gets `total`.
-#[derive(Debug, Clone, Copy)]
-pub struct ProbeTimeouts {
-    /// Resolving and opening the TCP connection.
-    pub connect: Duration,
-    /// Each later stage: handshake, authentication, first response.
-    pub stage: Duration,
-    /// The whole probe.
-    pub total: Duration,
-}
-
-impl Default for ProbeTimeouts {
-    fn default() -> Self {
-        Self {
-            connect: Duration::from_secs(5),
-            stage: Duration::from_secs(10),
-            total: Duration::from_secs(25),
-        }
-    }
-}
-
-/// Default API base URLs of the hosted providers; each can be overridden by
-/// the provider definition's `api_base_url`.
-#[derive(Debug, Clone)]
-pub struct ApiBaseUrls {
-    /// OpenAI, without `/v1`.
-    pub openai: String,
-    /// Anthropic, without `/v1`.
-    pub anthropic: String,
-    /// The Telegram Bot API.
-    pub telegram: String,
-}
-
-impl Default for ApiBaseUrls {
-    fn default() -> Self {
-        Self {
-            openai: "https://api.openai.com".into(),
-            anthropic: "https://api.anthropic.com".into(),
-            telegram: "https://api.telegram.org".into(),
-        }
-    }
-}
-
-/// What every probe needs: the egress policy, time limits, base URLs and an
-/// HTTP client built on that policy.
-#[derive(Debug, Clone)]
-pub struct ProbeContext {
-    /// Decides which addresses may be reached.
-    pub egress: Arc<EgressPolicy>,
-    /// Stage and total time limits.
-    pub timeouts: ProbeTimeouts,
-    /// Provider API base URLs.
-    pub base_urls: ApiBaseUrls,
-    http: reqwest::Client,
-    ssh_slots: Arc<tokio::sync::Semaphore>,
-}
-
-impl ProbeContext {
-    /// Builds the context and its guarded HTTP client.
-    pub fn new(
-        egress: Arc<EgressPolicy>,
-        timeouts: ProbeTimeouts,
-        base_urls: ApiBaseUrls,
-    ) -> Result<Self, EgressError> {
-        let http = egress.http_client(timeouts.connect, timeouts.stage)?;
-        Ok(Self {
-            egress,
-            timeouts,
-            base_urls,
-            http,
-            ssh_slots: Arc::new(tokio::sync::Semaphore::new(Self::MAX_SSH_SESSIONS)),
-        })
-    }
-
-    /// SSH sessions (blocking threads doing key exchange) at once; more
-    /// probes wait for a slot within their time limit, so a burst of SFTP
-    /// probes cannot take every core from the API.
-    pub const MAX_SSH_SESSIONS: usize = 8;
-
-    /// Waits for one of the [`Self::MAX_SSH_SESSIONS`] slots.
-    pub(crate) async fn ssh_slot(&self) -> tokio::sync::OwnedSemaphorePermit {
-        Arc::clone(&self.ssh_slots)
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed")
-    }
-
-    /// The HTTP client whose connections go through `egress`.
-    pub fn http(&self) -> &reqwest::Client {
-        &self.http
-    }
-}
-
 /// The common shape of a probe request.
 pub trait Probe: Sync {
     /// The probe's name in logs (`sftp`, `postgres`, `llm`, `telegram`).
     const NAME: &'static str;
 
+    /// Whose slots the probe takes.
+    const POOL: Pool;
+
     /// Checks the request's shape before anything is sent.
     fn validate(&self) -> Result<(), Vec<FieldError>>;
 
-    /// Runs the probe and returns the facts it learnt.
+    /// Runs the probe and returns the facts it learnt. `slot` is the
+    /// probe's right to run: whatever the probe starts that may outlive its
+    /// future (a blocking thread) keeps it until that work has ended.
     fn execute(
         &self,
         ctx: &ProbeContext,
+        slot: Slot,
     ) -> impl Future<Output = Result<serde_json::Value, (serde_json::Value, ProbeFailure)>> + Send;
 
     /// Secret values that must never appear in a result.
     fn secrets(&self) -> Vec<&str>;
 }
 
-/// Runs `req` within the total time limit, measures it and shapes the
+/// Runs `req` for organization `org_id` within the total time limit —
+/// waiting for a slot of its [`Pool`] included — measures it and shapes the
 /// result. Every probe's public `probe` function ends here.
-pub async fn run<P: Probe>(ctx: &ProbeContext, req: &P) -> ProbeResult {
+pub async fn run<P: Probe>(ctx: &ProbeContext, org_id: &str, req: &P) -> ProbeResult {
     let started = Instant::now();
-    let outcome = tokio::time::timeout(ctx.timeouts.total, req.execute(ctx)).await;
+    let total = ctx.timeouts.total;
+    let deadline = started + total;
+    let slot = tokio::time::timeout_at(deadline, ctx.slot(P::POOL, org_id, deadline))
+        .await
+        .ok()
+        // A slot freed by probes that ran out of time at this same deadline
+        // comes too late to use.
+        .filter(|_| Instant::now() < deadline);
+    let outcome = match slot {
+        Some(slot) => tokio::time::timeout_at(deadline, req.execute(ctx, slot))
+            .await
+            .unwrap_or_else(|_| Err((serde_json::json!({}), ProbeFailure::timeout("the probe", total)))),
+        None => Err((serde_json::json!({}), busy(P::NAME, total))),
+    };
     let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let (ok, detail, error) = match outcome {
-        Ok(Ok(detail)) => (true, detail, None),
-        Ok(Err((detail, failure))) => (false, detail, Some(failure)),
-        Err(_) => (
-            false,
-            serde_json::json!({}),
-            Some(ProbeFailure::timeout("the probe", ctx.timeouts.total)),
-        ),
+        Ok(detail) => (true, detail, None),
+        Err((detail, failure)) => (false, detail, Some(failure)),
     };
     // Only the name, outcome and code are logged: messages may name hosts
     // and paths, and a request's values never reach a log line.
@@ -317,6 +245,18 @@ pub async fn run<P: Probe>(ctx: &ProbeContext, req: &P) -> ProbeResult {
             ..f
         }),
     }
+}
+
+/// The failure of a probe that never got a slot.
+fn busy(name: &str, limit: Duration) -> ProbeFailure {
+    ProbeFailure::new(
+        FailureCode::Timeout,
+        format!(
+            "no {name} probe slot became free within {}s: too many {name} probes are running for \
+             this organization or on this server; try again later",
+            limit.as_secs_f32()
+        ),
+    )
 }
 
 /// Runs one stage of a probe under `limit`, naming the stage on timeout.

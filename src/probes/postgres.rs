@@ -4,23 +4,41 @@
 //! Every host of the connection (several hosts, `hostaddr`) goes through the
 //! egress guard, Unix-socket hosts are refused, and tokio-postgres speaks
 //! over a stream opened to the checked address (`Config::connect_raw`).
+//!
+//! The connection is driven inside the probe's own future, never spawned:
+//! when the probe ends or is dropped (its time is up, the caller left), the
+//! socket closes with it. Reads are capped at [`MAX_READ`], so a server that
+//! announces a huge message cannot make the client buffer it.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Config;
 
+use super::capped::{Capped, TooMuchData};
 pub use super::pg_target::PostgresRequest;
 use super::pg_target::{target, Endpoint, Target, Tls};
 use super::pg_tls::PgTls;
 use super::{
-    check_host_port, into_result, run, stage, FailureCode, FieldError, Probe, ProbeContext, ProbeFailure, ProbeResult,
+    check_host_port, into_result, run, stage, FailureCode, FieldError, Pool, Probe, ProbeContext, ProbeFailure,
+    ProbeResult, Slot,
 };
+
+/// Bytes a probe reads from one server at most: a login and one query's
+/// answer take a few kilobytes.
+const MAX_READ: usize = 1 << 20;
+
+/// The query whose answer the probe reports.
+const QUERY: &str = "SELECT version(), current_database()::text, current_user::text, \
+                     current_setting('server_version'), \
+                     COALESCE((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)";
 
 impl Probe for PostgresRequest {
     const NAME: &'static str = "postgres";
+    const POOL: Pool = Pool::Postgres;
 
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         let uses_string = self
@@ -45,7 +63,7 @@ impl Probe for PostgresRequest {
         into_result(errors)
     }
 
-    async fn execute(&self, ctx: &ProbeContext) -> Result<Value, (Value, ProbeFailure)> {
+    async fn execute(&self, ctx: &ProbeContext, _slot: Slot) -> Result<Value, (Value, ProbeFailure)> {
         let target = target(self).map_err(|e| (json!({}), ProbeFailure::new(FailureCode::Protocol, e.message)))?;
         // Check every endpoint that needs no DNS before connecting anywhere.
         for endpoint in &target.endpoints {
@@ -103,6 +121,7 @@ async fn attempt(ctx: &ProbeContext, target: &Target, endpoint: &Endpoint) -> Re
         None => ctx.egress.connect_tcp(host, *port, limit).await?,
     };
     let tls = PgTls::new(host, target.tls == Tls::VerifyFull);
+    let stream = Capped::new(stream, MAX_READ);
     let (client, connection) = stage("the PostgreSQL handshake and login", ctx.timeouts.stage, async {
         target
             .config
@@ -111,21 +130,23 @@ async fn attempt(ctx: &ProbeContext, target: &Target, endpoint: &Endpoint) -> Re
             .map_err(|e| classify(&e, &target.config))
     })
     .await?;
-    let driver = tokio::spawn(connection);
+    // The connection does the socket's reading and writing; polling it here
+    // beside the query ties the socket's life to this future.
+    let mut connection = std::pin::pin!(connection);
     let row = stage("SELECT version()", ctx.timeouts.stage, async {
-        client
-            .query_one(
-                "SELECT version(), current_database()::text, current_user::text, \
-                 current_setting('server_version'), \
-                 COALESCE((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)",
-                &[],
-            )
-            .await
-            .map_err(|e| classify(&e, &target.config))
+        tokio::select! {
+            row = client.query_one(QUERY, &[]) => row.map_err(|e| classify(&e, &target.config)),
+            ended = &mut connection => Err(match ended {
+                Err(e) => classify(&e, &target.config),
+                Ok(()) => ProbeFailure::new(FailureCode::Protocol, "the server closed the connection before answering"),
+            }),
+        }
     })
     .await;
+    // Dropping the client queues a Terminate; a moment of driving sends it,
+    // so an honest server sees a clean goodbye rather than a reset.
     drop(client);
-    driver.abort();
+    let _ = tokio::time::timeout(Duration::from_millis(500), connection).await;
     let row = row?;
     Ok(json!({
         "host": host,
@@ -144,6 +165,13 @@ async fn attempt(ctx: &ProbeContext, target: &Target, endpoint: &Endpoint) -> Re
 fn classify(e: &tokio_postgres::Error, config: &Config) -> ProbeFailure {
     let user = config.get_user().unwrap_or_default();
     let database = config.get_dbname().unwrap_or(user);
+    if TooMuchData::is_cause_of(e) {
+        return ProbeFailure::new(
+            FailureCode::Protocol,
+            "the server sent more than 1 MiB where a login and one query take a few kB; \
+             is this a PostgreSQL server?",
+        );
+    }
     if let Some(db) = e.as_db_error() {
         let code = db.code();
         return if *code == SqlState::INVALID_PASSWORD || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION {
@@ -191,7 +219,8 @@ fn classify(e: &tokio_postgres::Error, config: &Config) -> ProbeFailure {
     }
 }
 
-/// Probes a PostgreSQL server: connect, log in, `SELECT version()`.
-pub async fn probe(ctx: &ProbeContext, req: &PostgresRequest) -> ProbeResult {
-    run(ctx, req).await
+/// Probes a PostgreSQL server for organization `org_id`: connect, log in,
+/// `SELECT version()`.
+pub async fn probe(ctx: &ProbeContext, org_id: &str, req: &PostgresRequest) -> ProbeResult {
+    run(ctx, org_id, req).await
 }

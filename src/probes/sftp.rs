@@ -3,18 +3,28 @@
 //!
 //! The TCP connection is opened here, through the egress guard, to the
 //! checked address; the blocking ssh2 work runs in [`super::sftp_session`] on
-//! a blocking thread whose every call is bounded by libssh2's own timeout.
+//! a blocking thread. A thread cannot be cancelled, and libssh2's timeout
+//! bounds each call, not a session of many calls, so this side keeps a
+//! second handle on the socket ([`Hangup`]) and shuts it down when the
+//! probe's future ends for any reason: the thread's current call then fails
+//! at once and the thread ends, giving back its slot.
 
-use std::time::Duration;
+use std::net::{Shutdown, TcpStream};
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    check_host_port, into_result, run, sftp_session, stage, FailureCode, FieldError, Probe, ProbeContext, ProbeFailure,
-    ProbeResult,
+    check_host_port, into_result, run, sftp_session, FailureCode, FieldError, Pool, Probe, ProbeContext, ProbeFailure,
+    ProbeResult, Slot,
 };
+
+/// Directory entries counted at most: a listing that goes on is reported as
+/// having this many, with `entry_count_capped: true`. A big directory is no
+/// reason to fail a connection test, and a server that never ends its
+/// listing must not keep the probe.
+pub const MAX_LISTED_ENTRIES: usize = 10_000;
 
 /// Body of `POST /integrations/sftp/test-connection`.
 #[derive(Debug, Deserialize)]
@@ -61,6 +71,7 @@ impl SftpRequest {
 
 impl Probe for SftpRequest {
     const NAME: &'static str = "sftp";
+    const POOL: Pool = Pool::Ssh;
 
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
@@ -96,9 +107,13 @@ impl Probe for SftpRequest {
         into_result(errors)
     }
 
-    async fn execute(&self, ctx: &ProbeContext) -> Result<serde_json::Value, (serde_json::Value, ProbeFailure)> {
+    async fn execute(
+        &self,
+        ctx: &ProbeContext,
+        slot: Slot,
+    ) -> Result<serde_json::Value, (serde_json::Value, ProbeFailure)> {
         let no_detail = |f: ProbeFailure| (json!({}), f);
-        let slot = ctx.ssh_slot().await;
+        let network = |e: std::io::Error| no_detail(ProbeFailure::new(FailureCode::Network, e.to_string()));
         let (stream, addr) = ctx
             .egress
             .connect_tcp(&self.host, self.port(), ctx.timeouts.connect)
@@ -107,7 +122,8 @@ impl Probe for SftpRequest {
         let stream = stream
             .into_std()
             .and_then(|s| s.set_nonblocking(false).map(|()| s))
-            .map_err(|e| no_detail(ProbeFailure::new(FailureCode::Network, e.to_string())))?;
+            .map_err(network)?;
+        let hangup = Hangup(stream.try_clone().map_err(network)?);
         let login = sftp_session::Login {
             username: self.username.clone(),
             password: self.password.clone(),
@@ -116,20 +132,24 @@ impl Probe for SftpRequest {
             expected_fingerprint: self.expected_fingerprint(),
             path: self.path.clone().unwrap_or_else(|| ".".into()),
             stage_timeout: ctx.timeouts.stage,
+            deadline: slot.deadline().into_std(),
+            total: ctx.timeouts.total,
         };
-        // The blocking thread ends by itself: every libssh2 call is bounded.
         let work = tokio::task::spawn_blocking(move || {
-            let outcome = sftp_session::run(stream, &login);
-            drop(slot);
-            outcome
+            // The slot stays taken until the thread has ended, not merely
+            // until this probe's future has.
+            let _slot = slot;
+            sftp_session::run(stream, &login)
         });
-        let limit = ctx.timeouts.stage * 4 + Duration::from_secs(1);
-        let outcome = stage("the SFTP session", limit, async {
-            work.await
-                .map_err(|_| ProbeFailure::new(FailureCode::Protocol, "the SSH session ended unexpectedly"))
-        })
-        .await
-        .map_err(no_detail)?;
+        // If this future is dropped here (the probe's time is up, or the
+        // caller went away), `hangup` ends the thread's session.
+        let outcome = work.await.map_err(|_| {
+            no_detail(ProbeFailure::new(
+                FailureCode::Protocol,
+                "the SSH session ended unexpectedly",
+            ))
+        })?;
+        drop(hangup);
         let mut facts = outcome.facts;
         facts["address"] = json!(addr.to_string());
         match outcome.failure {
@@ -147,7 +167,19 @@ impl Probe for SftpRequest {
     }
 }
 
-/// Probes an SFTP server: connect, check the host key, log in, list `path`.
-pub async fn probe(ctx: &ProbeContext, req: &SftpRequest) -> ProbeResult {
-    run(ctx, req).await
+/// Shuts a socket down when dropped. The blocking thread holds the other
+/// handle of the same socket; its pending libssh2 call sees the connection
+/// end and returns at once.
+struct Hangup(TcpStream);
+
+impl Drop for Hangup {
+    fn drop(&mut self) {
+        let _ = self.0.shutdown(Shutdown::Both);
+    }
+}
+
+/// Probes an SFTP server for organization `org_id`: connect, check the host
+/// key, log in, list `path`.
+pub async fn probe(ctx: &ProbeContext, org_id: &str, req: &SftpRequest) -> ProbeResult {
+    run(ctx, org_id, req).await
 }

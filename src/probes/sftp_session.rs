@@ -1,19 +1,23 @@
 //! The blocking half of the SFTP probe: one ssh2 session over a TCP stream
 //! that the egress guard already opened to a checked address.
 //!
-//! Every libssh2 call is bounded by `Session::set_timeout`, and the socket
-//! has read and write timeouts as a backstop, so this thread always ends.
+//! Every libssh2 call is bounded by `Session::set_timeout`, but a server can
+//! answer each call in time and never finish: the directory is read with our
+//! own loop, counted (names are not kept), capped at [`MAX_LISTED_ENTRIES`] and
+//! checked against the probe's deadline. What bounds the thread in the end is
+//! the async side shutting the socket down (see `super::sftp`).
 
-use std::net::TcpStream;
+use std::net::{Shutdown, TcpStream};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD_NO_PAD;
 use base64::Engine;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
-use ssh2::{ErrorCode, HashType, HostKeyType, Session};
+use ssh2::{ErrorCode, File, HashType, HostKeyType, Session, Sftp};
 
+use super::sftp::MAX_LISTED_ENTRIES;
 use super::{FailureCode, ProbeFailure};
 
 // libssh2 error codes (libssh2.h) that we classify.
@@ -36,6 +40,10 @@ pub(super) struct Login {
     pub expected_fingerprint: Option<String>,
     pub path: String,
     pub stage_timeout: Duration,
+    /// When the whole probe's time is up.
+    pub deadline: Instant,
+    /// The whole probe's limit, for messages.
+    pub total: Duration,
 }
 
 /// Facts gathered so far, and the failure that stopped the session if any.
@@ -44,19 +52,46 @@ pub(super) struct Outcome {
     pub failure: Option<ProbeFailure>,
 }
 
+/// The libssh2 objects of a session, dropped in field order: a handle's drop
+/// talks to the server (close the directory, end the SFTP channel), so they
+/// live here until the session's outcome is known.
+#[derive(Default)]
+struct Held {
+    dir: Option<File>,
+    sftp: Option<Sftp>,
+    session: Option<Session>,
+}
+
 /// Runs the whole session on the calling (blocking) thread.
 pub(super) fn run(stream: TcpStream, login: &Login) -> Outcome {
+    let hangup = stream.try_clone().ok();
+    let mut held = Held::default();
     let mut facts = json!({});
-    let failure = session(stream, login, &mut facts).err();
+    let failure = session(stream, login, &mut facts, &mut held).err();
+    let hang_up = || {
+        if let Some(socket) = &hangup {
+            let _ = socket.shutdown(Shutdown::Both);
+        }
+    };
+    if failure.is_some() {
+        // A failed session is not closed politely: each handle's close would
+        // wait for a server that may never answer.
+        hang_up();
+    }
+    drop(held);
+    // The async side still holds a handle on the socket; the connection
+    // ends here all the same, before the thread gives back its slot.
+    hang_up();
     Outcome { facts, failure }
 }
 
-fn session(stream: TcpStream, login: &Login, facts: &mut Value) -> Result<(), ProbeFailure> {
+fn session(stream: TcpStream, login: &Login, facts: &mut Value, held: &mut Held) -> Result<(), ProbeFailure> {
     let limit = login.stage_timeout;
     let _ = stream.set_read_timeout(Some(limit));
     let _ = stream.set_write_timeout(Some(limit));
-    let mut session =
-        Session::new().map_err(|_| ProbeFailure::new(FailureCode::Network, "could not start an SSH session"))?;
+    let session = held
+        .session
+        .insert(Session::new().map_err(|_| ProbeFailure::new(FailureCode::Network, "could not start an SSH session"))?);
     session.set_timeout(u32::try_from(limit.as_millis()).unwrap_or(u32::MAX));
     session.set_tcp_stream(stream);
 
@@ -86,10 +121,10 @@ fn session(stream: TcpStream, login: &Login, facts: &mut Value) -> Result<(), Pr
         }
     }
 
-    let method = authenticate(&session, login)?;
+    let method = authenticate(session, login)?;
     facts["auth_method"] = json!(method);
 
-    let sftp = session.sftp().map_err(|e| {
+    let sftp = held.sftp.insert(session.sftp().map_err(|e| {
         if e.code() == ErrorCode::Session(LIBSSH2_ERROR_TIMEOUT) {
             classify(&e, "opening the SFTP subsystem", limit)
         } else {
@@ -98,15 +133,45 @@ fn session(stream: TcpStream, login: &Login, facts: &mut Value) -> Result<(), Pr
                 "logged in, but the server does not offer the SFTP subsystem",
             )
         }
-    })?;
-    let entries = sftp
-        .readdir(Path::new(&login.path))
-        .map_err(|e| listing_failure(&e, &login.path, limit))?;
+    })?);
+    let dir = held.dir.insert(
+        sftp.opendir(Path::new(&login.path))
+            .map_err(|e| listing_failure(&e, &login.path, limit))?,
+    );
+    let (count, capped) = count_entries(dir, login)?;
     facts["path"] = json!(login.path);
-    facts["entry_count"] = json!(entries.len());
-    drop(sftp);
+    facts["entry_count"] = json!(count);
+    if capped {
+        facts["entry_count_capped"] = json!(true);
+    }
+    // A clean goodbye: close the directory, the SFTP channel, the session.
+    held.dir = None;
+    held.sftp = None;
     let _ = session.disconnect(None, "credgate probe done", None);
     Ok(())
+}
+
+/// Counts the entries of an open directory, but `.` and `..`, up to
+/// [`MAX_LISTED_ENTRIES`]; `true` when it stopped there.
+fn count_entries(dir: &mut File, login: &Login) -> Result<(usize, bool), ProbeFailure> {
+    let mut count = 0;
+    loop {
+        if Instant::now() >= login.deadline {
+            return Err(ProbeFailure::timeout("listing the directory", login.total));
+        }
+        match dir.readdir() {
+            Ok((name, _)) if name == Path::new(".") || name == Path::new("..") => {}
+            Ok(_) => {
+                count += 1;
+                if count == MAX_LISTED_ENTRIES {
+                    return Ok((count, true));
+                }
+            }
+            // ssh2 reports the end of the directory as this error code.
+            Err(e) if e.code() == ErrorCode::Session(LIBSSH2_ERROR_FILE) => return Ok((count, false)),
+            Err(e) => return Err(listing_failure(&e, &login.path, login.stage_timeout)),
+        }
+    }
 }
 
 /// Tries the private key, then the password; returns the method that worked.

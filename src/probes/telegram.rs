@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::http::{get, join, status_failure};
-use super::{into_result, run, FailureCode, FieldError, Probe, ProbeContext, ProbeFailure, ProbeResult};
+use super::{into_result, run, FailureCode, FieldError, Pool, Probe, ProbeContext, ProbeFailure, ProbeResult, Slot};
 
 /// Body of `POST /integrations/telegram/test-connection`.
 #[derive(Debug, Deserialize)]
@@ -36,6 +36,7 @@ impl TelegramRequest {
 
 impl Probe for TelegramRequest {
     const NAME: &'static str = "telegram";
+    const POOL: Pool = Pool::Http;
 
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         let token = self.token();
@@ -49,7 +50,7 @@ impl Probe for TelegramRequest {
         into_result(error.map(|m| FieldError::new("bot_token", m)).into_iter().collect())
     }
 
-    async fn execute(&self, ctx: &ProbeContext) -> Result<Value, (Value, ProbeFailure)> {
+    async fn execute(&self, ctx: &ProbeContext, _slot: Slot) -> Result<Value, (Value, ProbeFailure)> {
         let fail = |f: ProbeFailure| (json!({}), f);
         if !token_shape().is_match(self.token()) {
             return Err(fail(ProbeFailure::new(
@@ -110,7 +111,7 @@ impl Probe for TelegramRequest {
     }
 }
 
-/// Probes a Telegram bot token with `getMe`.
-pub async fn probe(ctx: &ProbeContext, req: &TelegramRequest) -> ProbeResult {
-    run(ctx, req).await
+/// Probes a Telegram bot token with `getMe`, for organization `org_id`.
+pub async fn probe(ctx: &ProbeContext, org_id: &str, req: &TelegramRequest) -> ProbeResult {
+    run(ctx, org_id, req).await
 }

@@ -190,3 +190,47 @@ async fn the_http_client_refuses_a_named_host_that_resolves_to_loopback() {
     assert!(denied, "{err:?}");
     assert!(server.received_requests().await.unwrap().is_empty());
 }
+
+/// What a caller is told when a probe's target is not allowed.
+const NEUTRAL: &str = "the address is not allowed by credgate's egress policy";
+
+#[tokio::test]
+async fn a_refusal_does_not_tell_which_address_a_name_resolves_to() {
+    let err = deny_all().resolve("localhost", 22).await.unwrap_err();
+
+    assert!(matches!(err, EgressError::Denied { .. }), "{err:?}");
+    assert_eq!(err.to_string(), NEUTRAL);
+}
+
+#[tokio::test]
+async fn a_probe_to_a_name_resolving_to_loopback_is_refused_without_naming_the_address() {
+    let deny = super::ctx_with(Default::default(), Duration::from_secs(5), Default::default());
+    let req: credgate::probes::SftpRequest = serde_json::from_value(serde_json::json!({
+        "host": "localhost", "port": 22, "username": "u", "password": "p",
+    }))
+    .unwrap();
+
+    let result = credgate::probes::sftp::probe(&deny, super::ORG, &req).await;
+
+    assert_eq!(super::code(&result), "egress_denied", "{result:?}");
+    let message = &result.error.as_ref().unwrap().message;
+    assert!(!message.contains("127.0.0.1") && !message.contains("::1"), "{message}");
+    assert_eq!(message, NEUTRAL);
+    assert!(!serde_json::to_string(&result).unwrap().contains("127.0.0.1"));
+}
+
+#[test]
+fn a_refused_address_is_logged_on_the_server() {
+    crate::helpers::run_test(async {
+        let err = deny_all().resolve("localhost", 22).await.unwrap_err();
+        assert!(matches!(err, EgressError::Denied { .. }), "{err:?}");
+
+        let logs = crate::helpers::captured_logs();
+        let line = logs
+            .lines()
+            .find(|l| l.contains("egress denied"))
+            .unwrap_or_else(|| panic!("no egress log line in {logs}"));
+        assert!(line.contains("localhost"), "{line}");
+        assert!(line.contains("127.0.0.1") || line.contains("::1"), "{line}");
+    });
+}

@@ -91,6 +91,8 @@ async fn without_an_egress_allowance_loopback_targets_are_denied() {
         assert_eq!(result["ok"], json!(false), "{result}");
         assert_eq!(result["error"]["code"], json!("egress_denied"), "{result}");
     }
+    // `localhost` resolved to loopback; the caller is not told to what.
+    assert!(!sftp.to_string().contains("127.0.0.1"), "{sftp}");
 }
 
 #[tokio::test]

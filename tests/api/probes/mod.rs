@@ -1,14 +1,20 @@
 //! Tests of the egress guard and the test-connection probes against real
 //! servers: an OpenSSH sshd, a password-checking PostgreSQL cluster, and
-//! wiremock stand-ins for OpenAI, Anthropic and Telegram.
+//! wiremock stand-ins for OpenAI, Anthropic and Telegram; and hostile
+//! stand-ins (an SFTP server in Python, a PostgreSQL one in Rust) that try to
+//! keep a probe's thread, socket or memory.
 
 mod egress;
 mod http;
 mod llm;
+mod own_process;
 mod pg_cluster;
+mod pg_hostile;
 mod postgres;
 mod requests;
 mod sftp;
+mod sftp_hostile;
+mod slots;
 mod sshd;
 mod telegram;
 
@@ -17,6 +23,9 @@ use std::time::Duration;
 
 use credgate::egress::EgressPolicy;
 use credgate::probes::{ApiBaseUrls, ProbeContext, ProbeResult, ProbeTimeouts};
+
+/// The organization the probes of these tests run for.
+const ORG: &str = "org-probes";
 
 /// A policy that lets the tests reach their loopback servers.
 fn loopback_policy() -> Arc<EgressPolicy> {
