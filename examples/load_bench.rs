@@ -209,8 +209,15 @@ async fn seed(url: &str, master_key: &SecretString) -> anyhow::Result<(Vec<Strin
             .await?,
         );
     }
+    // An organization-wide admin key creates them: organization credentials.
+    let creator = credgate::model::Principal {
+        org_id: org.clone(),
+        key_id: "load_bench".into(),
+        role: Role::Admin,
+        user_id: None,
+    };
     let inserts = futures::stream::iter(0..CREDENTIALS).map(|i| {
-        let (ctx, org) = (&ctx, &org);
+        let (ctx, creator) = (&ctx, &creator);
         async move {
             let fields = json!({"host": "db.example.com", "port": 5432, "database": format!("db{i}"),
                                 "username": "etl", "sslmode": "prefer", "password": format!("bench-password-{i}")});
@@ -220,7 +227,7 @@ async fn seed(url: &str, master_key: &SecretString) -> anyhow::Result<(Vec<Strin
                 auth_type: "user_password".into(),
                 fields: fields.as_object().expect("an object").clone(),
             };
-            let row = credentials::create(ctx, org, "load_bench", input).await?;
+            let row = credentials::create(ctx, creator, input).await?;
             anyhow::Ok(row.id)
         }
     });

@@ -163,6 +163,7 @@ async fn main() -> anyhow::Result<()> {
                 actor: "bench",
                 name: Some(format!("c{i}")),
                 credential_id: None,
+                owner: None,
                 tenant: None,
                 tokens: TokenSet {
                     access_token: SecretString::from(format!("AT-seed-{i}")),

@@ -175,6 +175,7 @@ pub fn context(services: Services) -> anyhow::Result<Context> {
         registry: services.registry,
         clock: services.clock,
         worker: Arc::default(),
+        denials: Arc::default(),
     })
 }
 

@@ -49,6 +49,25 @@ pub enum Command {
     /// Notifications (webhook events).
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Users of an organization.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+/// `credgate user …`
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Hand a user's personal credentials to another user or the organization,
+    /// remove their grants and revoke their API keys.
+    Remove {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        user: String,
+        /// A user id, or `org` to make them organization credentials.
+        #[arg(long)]
+        transfer_to: String,
+    },
 }
 
 /// `credgate events …`
@@ -257,6 +276,31 @@ async fn admin(services: &Services, command: Command) -> anyhow::Result<()> {
                 bail!("no API key {id} that is not already revoked");
             }
             eprintln!("API key {id} revoked; replicas stop accepting it within 5 seconds");
+        }
+        Command::User(UserCommand::Remove { org, user, transfer_to }) => {
+            let org = require_org(services, &org).await?;
+            let to = (transfer_to != "org").then_some(transfer_to.as_str());
+            let ctx = context(services.clone())?;
+            let done = crate::credentials::remove_user(&ctx, &org, &user, to, "cli")
+                .await
+                .map_err(|e| match e {
+                    crate::error::Error::Validation(errors) => anyhow::anyhow!(
+                        "{}",
+                        errors
+                            .iter()
+                            .map(|e| format!("{} {}", e.field, e.message))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ),
+                    other => anyhow::anyhow!(other),
+                })?;
+            eprintln!(
+                "user {user}: {} credentials transferred to {}, {} grants removed, {} API keys revoked",
+                done.transferred.len(),
+                to.unwrap_or("the organization"),
+                done.grants_removed,
+                done.keys_revoked
+            );
         }
         Command::Events(EventsCommand::Replay { since }) => {
             let at = chrono::DateTime::parse_from_rfc3339(since.trim())

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::credentials::access::Denials;
 use crate::metrics::Metrics;
 use crate::oauth::worker::WorkerHealth;
 use crate::oauth::Refresher;
@@ -31,6 +32,8 @@ pub struct Context {
     pub clock: Clock,
     /// This process's refresh worker, if it runs one: its liveness.
     pub worker: Arc<WorkerHealth>,
+    /// Denied accesses counted per key and minute (audited, bounded).
+    pub denials: Arc<Denials>,
 }
 
 impl Context {

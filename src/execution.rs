@@ -7,14 +7,14 @@ use secrecy::SecretString;
 use serde_json::{json, Map, Value};
 
 use crate::context::Context;
-use crate::credentials::{self, CredentialSecrets};
+use crate::credentials::{self, access, CredentialSecrets};
 use crate::error::Error;
-use crate::model::AuthKind;
+use crate::model::{Access, AuthKind, Principal};
 use crate::oauth::refresh::ensure_fresh;
 use crate::probes::{
     self, FailureCode, LlmRequest, PostgresRequest, ProbeFailure, ProbeResult, SftpRequest, TelegramRequest,
 };
-use crate::store::{AuditEvent, CredentialRow};
+use crate::store::{AuditEvent, CredentialRow, Usage};
 
 /// A credential's values for execution. `Debug` prints no value.
 pub struct Resolved {
@@ -37,14 +37,20 @@ impl std::fmt::Debug for Resolved {
 /// Resolves a credential for the workflow engine: refreshes first when the
 /// token expires within `CREDGATE_RESOLVE_MARGIN_SECS`, and records the use
 /// (audited, durably) before returning anything.
-pub async fn resolve(ctx: &Context, org_id: &str, id: &str, actor: &str) -> Result<Resolved, Error> {
-    let mut row = credentials::get(ctx, org_id, id).await?;
+/// `who` is the principal the engine acts for (its key's user, a user named
+/// in the request, or the organization); `use` is checked for it.
+pub async fn resolve(ctx: &Context, who: &Principal, id: &str, usage: &Usage) -> Result<Resolved, Error> {
+    let (mut row, _) = access::authorize(ctx, who, id, Access::Use).await?;
+    let org_id = who.org_id.as_str();
     if row.auth_type == AuthKind::Oauth2 {
         row = ensure_fresh(ctx, row, ctx.config.resolve_margin_secs as i64).await?;
     }
     let secrets = CredentialSecrets::open(&ctx.vault, &row).await?;
-    let event = AuditEvent::success(org_id, &row.id, "credential.resolve", actor);
-    ctx.store.record_use(org_id, &row.id, &event).await?;
+    let mut event = AuditEvent::success(org_id, &row.id, "credential.resolve", &who.actor());
+    if usage.workflow_id.is_some() || usage.run_id.is_some() {
+        event = event.with_detail(json!({"workflow_id": usage.workflow_id, "run_id": usage.run_id}));
+    }
+    ctx.store.record_use(org_id, &row.id, &event, usage).await?;
     Ok(Resolved {
         fields: secrets.merged_fields(&row),
         // The refresh token never leaves credgate: it alone refreshes, so a
@@ -105,8 +111,9 @@ async fn probe_oauth(ctx: &Context, row: CredentialRow) -> ProbeResult {
 
 /// Tests a saved credential with its stored values and records the outcome
 /// (`status`, `last_tested_at`, `last_error`).
-pub async fn test(ctx: &Context, org_id: &str, id: &str) -> Result<ProbeResult, Error> {
-    let row = credentials::get(ctx, org_id, id).await?;
+pub async fn test(ctx: &Context, who: &Principal, id: &str) -> Result<ProbeResult, Error> {
+    let (row, _) = access::authorize(ctx, who, id, Access::Use).await?;
+    let org_id = who.org_id.as_str();
     let result = if row.auth_type == AuthKind::Oauth2 {
         probe_oauth(ctx, row.clone()).await
     } else {

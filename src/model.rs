@@ -132,6 +132,75 @@ impl Role {
     }
 }
 
+/// A level of access to a credential, ordered: `use` < `view` < `manage`.
+///
+/// | level | may |
+/// |---|---|
+/// | `use` | see it in listings (summary), have the engine resolve it, run its test |
+/// | `view` | also read its whole record, its audit events and its usage |
+/// | `manage` | also rename, re-enter fields, delete, refresh, re-authorize, share |
+///
+/// The owner and every admin have `manage`; so does every user on an
+/// organization credential (no owner). Others have the higher of the team's
+/// level and their own grant, or none: then the credential does not exist
+/// for them (404).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Access {
+    /// Pick it for workflows; the engine may resolve it for this user.
+    Use,
+    /// Also read the whole record, audit and usage.
+    View,
+    /// Also change, delete, refresh and share it.
+    Manage,
+}
+
+impl Access {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Use => "use",
+            Self::View => "view",
+            Self::Manage => "manage",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Use, Self::View, Self::Manage]
+            .into_iter()
+            .find(|a| a.as_str() == s)
+    }
+}
+
+/// Who acts: an API key of one organization, for a user or for the
+/// organization itself (a key without a user).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub org_id: String,
+    pub key_id: String,
+    pub role: Role,
+    pub user_id: Option<String>,
+}
+
+impl Principal {
+    /// Who to name in audit events and `created_by`.
+    pub fn actor(&self) -> String {
+        match &self.user_id {
+            Some(user) => format!("user:{user}"),
+            None => format!("api_key:{}", self.key_id),
+        }
+    }
+
+    /// The same key acting for `user` (an engine resolving for a user).
+    pub fn for_user(&self, user: Option<String>) -> Self {
+        Self {
+            user_id: user,
+            ..self.clone()
+        }
+    }
+}
+
 /// Roles allowed to manage credentials.
 pub const MANAGE: &[Role] = &[Role::Admin, Role::Member];
 /// Roles allowed to read credentials and run probes.
@@ -153,6 +222,13 @@ mod tests {
         }
         assert_eq!(AuthKind::parse("oauth2"), Some(AuthKind::Oauth2));
         assert_eq!(CredentialStatus::parse("Active"), None);
+    }
+
+    #[test]
+    fn access_levels_are_ordered() {
+        assert!(Access::Use < Access::View && Access::View < Access::Manage);
+        assert_eq!(Access::parse("view"), Some(Access::View));
+        assert_eq!(Access::parse("admin"), None);
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub struct Grant<'a> {
     pub name: Option<String>,
     /// Re-authorize this credential in place.
     pub credential_id: Option<String>,
+    /// Owner of a new credential (the user who connected); `None`: the organization.
+    pub owner: Option<String>,
     pub tenant: Option<String>,
     pub tokens: TokenSet,
     pub identity: Identity,
@@ -38,6 +40,7 @@ pub async fn connect(ctx: &Context, grant: Grant<'_>) -> Result<String, Error> {
         actor,
         name,
         credential_id,
+        owner,
         tenant,
         tokens,
         identity,
@@ -138,6 +141,7 @@ pub async fn connect(ctx: &Context, grant: Grant<'_>) -> Result<String, Error> {
                         .clone()
                         .unwrap_or_else(|| format!("{} ({account})", provider.display_name)),
                     created_by: actor.to_owned(),
+                    owner: owner.clone(),
                 },
                 "credential.connect",
             ),

@@ -4,21 +4,24 @@
 //! OAuth callback, the refresher, the CLI and the benchmarks call it; none
 //! of them touches the vault or the store's secret columns.
 
+pub mod access;
 mod connect;
 mod outcome;
 mod secrets;
+mod sharing;
 mod write;
 
 pub use connect::{connect, Grant};
 pub use outcome::{record_refresh_failure, record_refreshed, record_test, Refreshed};
 pub use secrets::{CredentialSecrets, OAuthTokens};
+pub use sharing::{check_user_id, remove_user, set_sharing, usage, Sharing};
 pub use write::{create, delete, update, Changes, NewCredentialInput};
 
 use crate::context::Context;
 use crate::error::Error;
-use crate::model::AuthKind;
+use crate::model::{Access, AuthKind, Principal, Role};
 use crate::providers::{FieldError, Provider};
-use crate::store::{CredentialFilter, CredentialRow, StoreError};
+use crate::store::{CredentialFilter, CredentialRow, StoreError, Viewer};
 
 /// Longest credential name.
 pub const MAX_NAME_LEN: usize = 200;
@@ -27,14 +30,47 @@ pub const MAX_PER_PAGE: i64 = 50;
 /// How often a write that lost to a key rotation is sealed again and retried.
 const KEY_RETRIES: usize = 3;
 
-/// One credential of an organization, or `NotFound`.
-pub async fn get(ctx: &Context, org_id: &str, id: &str) -> Result<CredentialRow, Error> {
+/// One credential of an organization, or `NotFound` (no access check: for
+/// the domain's own use after [`access::authorize`]).
+pub(crate) async fn get(ctx: &Context, org_id: &str, id: &str) -> Result<CredentialRow, Error> {
     ctx.store.credential(org_id, id).await?.ok_or(Error::NotFound)
 }
 
-/// A page of an organization's credentials and the total.
-pub async fn list(ctx: &Context, org_id: &str, filter: &CredentialFilter) -> Result<(Vec<CredentialRow>, i64), Error> {
-    Ok(ctx.store.list_credentials(org_id, filter).await?)
+/// A credential `who` may at least use, with their level.
+pub async fn read(ctx: &Context, who: &Principal, id: &str) -> Result<(CredentialRow, Access), Error> {
+    access::authorize(ctx, who, id, Access::Use).await
+}
+
+/// A page of the credentials `who` may at least use, each with their level,
+/// and the total (the filter's viewer is `who`).
+pub async fn list(
+    ctx: &Context,
+    who: &Principal,
+    mut filter: CredentialFilter,
+) -> Result<(Vec<(CredentialRow, Access)>, i64), Error> {
+    filter.viewer = Viewer {
+        admin: who.role == Role::Admin,
+        user: who.user_id.clone(),
+    };
+    let (rows, total) = ctx.store.list_credentials(&who.org_id, &filter).await?;
+    let rows = rows
+        .into_iter()
+        .filter_map(|(row, grant)| access::level_with(who, &row, grant).map(|level| (row, level)))
+        .collect();
+    Ok((rows, total))
+}
+
+/// A credential's user grants.
+pub async fn grants(ctx: &Context, id: &str) -> Result<Vec<(String, Access)>, Error> {
+    Ok(ctx.store.grants(id).await?)
+}
+
+/// The user grants of several credentials, by credential id.
+pub async fn grants_of_many(
+    ctx: &Context,
+    ids: &[String],
+) -> Result<std::collections::HashMap<String, Vec<(String, Access)>>, Error> {
+    Ok(ctx.store.grants_of_many(ids).await?)
 }
 
 /// A trimmed, printable name of at most [`MAX_NAME_LEN`] characters.

@@ -3,10 +3,10 @@
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use super::{check_name, provider_auth, rotated, CredentialSecrets, KEY_RETRIES};
+use super::{access, check_name, provider_auth, rotated, CredentialSecrets, KEY_RETRIES};
 use crate::context::Context;
 use crate::error::Error;
-use crate::model::AuthKind;
+use crate::model::{Access, AuthKind, Principal};
 use crate::providers::{validate_fields, FieldError};
 use crate::store::{AuditEvent, CredentialRow, NewCredential, Notification, SecretWrite, StoreError};
 
@@ -51,13 +51,11 @@ fn names_json(secrets: &CredentialSecrets) -> String {
 }
 
 /// Creates a credential from submitted fields (OAuth credentials come from
-/// [`super::connect`]); notifies `credential.created`.
-pub async fn create(
-    ctx: &Context,
-    org_id: &str,
-    actor: &str,
-    input: NewCredentialInput,
-) -> Result<CredentialRow, Error> {
+/// [`super::connect`]); notifies `credential.created`. The creator owns it
+/// (a key without a user makes an organization credential).
+pub async fn create(ctx: &Context, who: &Principal, input: NewCredentialInput) -> Result<CredentialRow, Error> {
+    let (org_id, actor) = (who.org_id.as_str(), who.actor());
+    let actor = actor.as_str();
     let mut errors = Vec::new();
     let name = check_name(&input.name).map_err(|e| errors.push(e)).ok();
     let validated = match provider_auth(ctx, &input.provider, &input.auth_type) {
@@ -110,6 +108,7 @@ pub async fn create(
             secret_ct,
             key_version,
             created_by: actor.to_owned(),
+            owner: who.user_id.clone(),
         };
         match ctx
             .store
@@ -135,13 +134,10 @@ pub async fn create(
 /// OAuth tokens are kept). The new secrets are written only if no one wrote
 /// secrets since this read them and no refresh is in flight: otherwise
 /// `conflict`, and nothing is lost.
-pub async fn update(
-    ctx: &Context,
-    org_id: &str,
-    actor: &str,
-    id: &str,
-    changes: Changes,
-) -> Result<CredentialRow, Error> {
+pub async fn update(ctx: &Context, who: &Principal, id: &str, changes: Changes) -> Result<CredentialRow, Error> {
+    access::authorize(ctx, who, id, Access::Manage).await?;
+    let (org_id, actor) = (who.org_id.as_str(), who.actor());
+    let actor = actor.as_str();
     if changes.name.is_none() && changes.fields.is_none() {
         return Err(Error::field("body", "give `name`, `fields` or both"));
     }
@@ -202,11 +198,23 @@ pub async fn update(
     Err(StoreError::KeyRotated.into())
 }
 
-/// Deletes credentials by id (audited, `credential.deleted` notified in the
-/// same transaction); revokes OAuth tokens at providers that offer it, in
+/// Deletes the credentials among `ids` that `who` may manage (audited,
+/// `credential.deleted` notified in the same transaction; the others are
+/// denials, audited); revokes OAuth tokens at providers that offer it, in
 /// the background. Returns the ids deleted.
-pub async fn delete(ctx: &Context, org_id: &str, actor: &str, ids: &[String]) -> Result<Vec<String>, Error> {
-    let rows = ctx.store.delete_credentials(org_id, ids, actor).await?;
+pub async fn delete(ctx: &Context, who: &Principal, ids: &[String]) -> Result<Vec<String>, Error> {
+    let mut allowed = Vec::new();
+    for id in ids {
+        match access::authorize(ctx, who, id, Access::Manage).await {
+            Ok(_) => allowed.push(id.clone()),
+            Err(Error::NotFound | Error::Forbidden) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let rows = ctx
+        .store
+        .delete_credentials(&who.org_id, &allowed, &who.actor())
+        .await?;
     let deleted = rows.iter().map(|r| r.id.clone()).collect();
     ctx.webhooks.wake();
     for row in rows {

@@ -1,8 +1,8 @@
 //! Who is calling: the bearer API key (verified keys cached briefly, unknown
 //! ones remembered briefly too), the client address (`X-Forwarded-For` only
 //! from trusted proxies), failed authentications limited per address, last
-//! use recorded at most once a minute per key, and role checks whose denials
-//! are audited as one row per key per minute with a count.
+//! use recorded at most once a minute per key, and role checks (denials are
+//! audited by `credentials::access`).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -17,8 +17,8 @@ use ipnet::IpNet;
 use super::error::ApiError;
 use super::AppState;
 use crate::apikeys::token_hash;
-use crate::model::Role;
-use crate::store::{ApiKeyRow, AuditEvent};
+use crate::model::{Principal, Role};
+use crate::store::ApiKeyRow;
 
 /// How long a verified API key is trusted without asking the store again:
 /// a revoked key stops working on every replica within this.
@@ -42,7 +42,6 @@ pub struct KeyCache {
     known: RwLock<HashMap<String, Known>>,
     unknown: RwLock<HashMap<String, Instant>>,
     touched: Mutex<HashMap<String, i64>>,
-    denials: Mutex<HashMap<String, (i64, i64, u64)>>,
 }
 
 fn bounded<V>(map: &mut HashMap<String, V>, fresh: impl Fn(&V) -> bool) {
@@ -97,30 +96,6 @@ impl KeyCache {
         touched.insert(key_id.to_owned(), now);
         true
     }
-
-    /// Counts a denial of `key_id`: `None` for the first this minute (write
-    /// a row), else the row to update and the new count.
-    fn count_denial(&self, key_id: &str, now: i64) -> Option<(i64, u64)> {
-        let minute = now / 60;
-        let mut denials = self.denials.lock().expect("not poisoned");
-        match denials.get_mut(key_id) {
-            Some((m, row, count)) if *m == minute && *row > 0 => {
-                *count += 1;
-                Some((*row, *count))
-            }
-            _ => {
-                bounded(&mut denials, |(m, _, _)| *m == minute);
-                denials.insert(key_id.to_owned(), (minute, 0, 1));
-                None
-            }
-        }
-    }
-
-    fn denial_row(&self, key_id: &str, row: i64) {
-        if let Some(entry) = self.denials.lock().expect("not poisoned").get_mut(key_id) {
-            entry.1 = row;
-        }
-    }
 }
 
 /// The client's address: the peer, or — when the peer is a trusted proxy —
@@ -145,59 +120,26 @@ pub fn client_ip(parts: &Parts, trusted: &[IpNet]) -> IpAddr {
     forwarded.into_iter().rev().find(|ip| !is_trusted(ip)).unwrap_or(peer)
 }
 
-/// The authenticated caller: an API key of one organization.
+/// The authenticated caller: an API key of one organization (derefs to
+/// the domain's [`Principal`]).
 #[derive(Debug, Clone)]
-pub struct Caller {
-    /// API key id.
-    pub key_id: String,
-    /// Organization.
-    pub org_id: String,
-    /// Role.
-    pub role: Role,
-    /// User the key acts for, if any.
-    pub user_id: Option<String>,
+pub struct Caller(pub Principal);
+
+impl std::ops::Deref for Caller {
+    type Target = Principal;
+    fn deref(&self) -> &Principal {
+        &self.0
+    }
 }
 
 impl Caller {
-    /// Who to name in audit events and `created_by`.
-    pub fn actor(&self) -> String {
-        match &self.user_id {
-            Some(user) => format!("user:{user}"),
-            None => format!("api_key:{}", self.key_id),
-        }
-    }
-
-    /// Refuses (403) unless the caller has one of `roles`. Denials are
-    /// audited: one row per key per minute, its `count` kept up to date.
+    /// Refuses (403) unless the caller has one of `roles`; denials are
+    /// audited by the domain's access log.
     pub async fn require(&self, state: &AppState, roles: &[Role], credential_id: Option<&str>) -> Result<(), ApiError> {
         if roles.contains(&self.role) {
             return Ok(());
         }
-        let now = state.now();
-        let recorded = match state.keys.count_denial(&self.key_id, now) {
-            Some((row, count)) => {
-                let detail = serde_json::json!({"role": self.role.as_str(), "count": count});
-                state.store.update_audit_detail(row, &detail).await.map(|_| ())
-            }
-            None => {
-                let event = AuditEvent {
-                    org_id: self.org_id.clone(),
-                    credential_id: credential_id.map(str::to_owned),
-                    action: "access.denied",
-                    outcome: "denied",
-                    actor: self.actor(),
-                    detail: Some(serde_json::json!({"role": self.role.as_str(), "count": 1})),
-                };
-                state
-                    .store
-                    .audit_returning_id(&event)
-                    .await
-                    .map(|row| state.keys.denial_row(&self.key_id, row))
-            }
-        };
-        if let Err(e) = recorded {
-            tracing::warn!(error = %e, "could not record a denied access");
-        }
+        crate::credentials::access::deny(state, self, credential_id, "role").await;
         Err(ApiError::Forbidden)
     }
 }
@@ -249,12 +191,12 @@ impl FromRequestParts<AppState> for Caller {
                 }
             });
         }
-        Ok(Caller {
+        Ok(Caller(Principal {
             key_id: key.id,
             org_id: key.org_id,
             role: key.role,
             user_id: key.user_id,
-        })
+        }))
     }
 }
 

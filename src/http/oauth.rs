@@ -15,6 +15,7 @@ use super::extract::{ApiQuery, Caller, MANAGE};
 use super::oauth_page::result_page;
 use super::AppState;
 use crate::http::error::{ApiError, Problem};
+use crate::model::Access;
 use crate::oauth::flow::{self, CallbackQuery, StartRequest};
 use crate::providers::{validate_fields, AuthKind};
 
@@ -118,7 +119,8 @@ async fn authorize(
     }
     let mut tenant = query.tenant.clone();
     if let Some(id) = &query.credential_id {
-        let existing = crate::credentials::get(&state, &caller.org_id, &parse_id(id)?).await?;
+        let (existing, _) =
+            crate::credentials::access::authorize(&state, &caller, &parse_id(id)?, Access::Manage).await?;
         if existing.provider != provider.id {
             return Err(ApiError::NotFound);
         }
@@ -153,6 +155,7 @@ async fn authorize(
         StartRequest {
             org_id: caller.org_id.clone(),
             actor: caller.actor(),
+            owner: caller.user_id.clone(),
             name: query.name.map(|n| n.trim().to_owned()),
             return_to: query.return_to,
             credential_id: query.credential_id.map(|id| id.to_lowercase()),

@@ -98,7 +98,7 @@ async fn test_credential(
 ) -> Result<Json<ProbeResult>, ApiError> {
     caller.require(&state, READ, Some(&id)).await?;
     let id = parse_id(&id)?;
-    crate::credentials::get(&state, &caller.org_id, &id).await?;
+    crate::credentials::read(&state, &caller, &id).await?;
     state.limits.check_probe(&caller.org_id)?;
-    Ok(Json(crate::execution::test(&state, &caller.org_id, &id).await?))
+    Ok(Json(crate::execution::test(&state, &caller, &id).await?))
 }

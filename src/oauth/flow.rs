@@ -23,6 +23,8 @@ pub struct StartRequest {
     pub org_id: String,
     /// `user:{id}` or `api_key:{id}`: becomes `created_by`.
     pub actor: String,
+    /// The user who connects: owns a new credential (`None`: the organization).
+    pub owner: Option<String>,
     pub name: Option<String>,
     pub return_to: Option<String>,
     pub credential_id: Option<String>,
@@ -88,6 +90,7 @@ pub async fn start(ctx: &Context, provider: &Provider, req: StartRequest) -> Res
     payload.insert("verifier", SecretString::from(verifier.secret().clone()));
     payload.insert("actor", SecretString::from(req.actor));
     for (k, v) in [
+        ("owner", req.owner),
         ("name", req.name),
         ("return_to", req.return_to),
         ("credential_id", req.credential_id),
@@ -284,6 +287,7 @@ async fn complete(
         actor: &actor,
         name: get(payload, "name"),
         credential_id: get(payload, "credential_id"),
+        owner: get(payload, "owner"),
         tenant,
         tokens,
         identity,

@@ -119,6 +119,18 @@ impl Store {
         Ok(())
     }
 
+    /// Was this credential deleted (is there a `credential.delete` event)?
+    pub async fn was_deleted(&self, org_id: &str, credential_id: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT 1 FROM audit_events WHERE org_id = $1 AND credential_id = $2 AND action = 'credential.delete'",
+        )
+        .bind(org_id)
+        .bind(credential_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
     /// A credential's events, newest first (at most `limit`).
     pub async fn audit_events(
         &self,

@@ -5,9 +5,9 @@ use sqlx::Row;
 use super::audit::{self, AuditEvent};
 use super::outbox::{self, Notification};
 use super::quota::{check_quota, lock_org};
-use super::row::{typed, Raw, LIST_COLUMNS, READ_COLUMNS};
+use super::row::{typed, Listed, Raw, LIST_COLUMNS, READ_COLUMNS};
 use super::{check_key, CredentialRow, Store, StoreError};
-use crate::model::{AuthKind, CredentialStatus};
+use crate::model::{Access, AuthKind, CredentialStatus};
 
 /// Everything needed to insert a credential.
 #[derive(Debug, Clone)]
@@ -24,6 +24,8 @@ pub struct NewCredential {
     pub secret_ct: String,
     pub key_version: i64,
     pub created_by: String,
+    /// The owning user; `None`: an organization credential.
+    pub owner: Option<String>,
 }
 
 /// New sealed secrets (and the public fields that go with them), written
@@ -37,13 +39,34 @@ pub struct SecretWrite {
     pub expected_version: i64,
 }
 
+/// The workflow and run a use was for (free strings, at most 200 characters).
+#[derive(Debug, Clone, Default)]
+pub struct Usage {
+    pub workflow_id: Option<String>,
+    pub run_id: Option<String>,
+}
+
+/// Who is listing: the rows they may at least use are shown.
+#[derive(Debug, Clone, Default)]
+pub struct Viewer {
+    /// Admins see everything.
+    pub admin: bool,
+    /// The user, if the key has one (else the organization itself).
+    pub user: Option<String>,
+}
+
 /// Filters and page of a credential listing.
 #[derive(Debug, Clone, Default)]
 pub struct CredentialFilter {
+    pub viewer: Viewer,
     pub provider: Option<String>,
     pub status: Option<CredentialStatus>,
     /// Case-insensitive substring of the name.
     pub q: Option<String>,
+    /// Only credentials the viewer owns.
+    pub owner_me: bool,
+    /// Only shared (team or users) ones, or only unshared ones.
+    pub shared: Option<bool>,
     /// 1-based.
     pub page: i64,
     pub per_page: i64,
@@ -75,8 +98,8 @@ impl Store {
         let t = self.now();
         sqlx::query(
             "INSERT INTO credentials (id, org_id, name, provider, auth_type, status, fields, secret_names, \
-             secret_ct, key_version, created_by, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $9, $10, $11, $11)",
+             secret_ct, key_version, created_by, created_at, updated_at, owner) \
+             VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $9, $10, $11, $11, $12)",
         )
         .bind(&new.id)
         .bind(&new.org_id)
@@ -89,6 +112,7 @@ impl Store {
         .bind(new.key_version)
         .bind(&new.created_by)
         .bind(t)
+        .bind(&new.owner)
         .execute(&mut *tx)
         .await?;
         audit::insert(&mut tx, event, t).await?;
@@ -109,30 +133,59 @@ impl Store {
         raw.map(CredentialRow::try_from).transpose()
     }
 
-    /// A page of an organization's credentials, newest first, and the total.
+    /// A page of the credentials `f.viewer` may at least use, newest first,
+    /// each with the viewer's own grant, and the total. The access predicate
+    /// is part of the statement (indexed by owner and by grant).
     pub async fn list_credentials(
         &self,
         org_id: &str,
         f: &CredentialFilter,
-    ) -> Result<(Vec<CredentialRow>, i64), StoreError> {
+    ) -> Result<(Vec<(CredentialRow, Option<Access>)>, i64), StoreError> {
         // Only the filters actually given go into the statement, so each
         // shape gets a plan that can use the indexes.
-        let mut filter = String::from("org_id = $1");
+        let mut filter = String::from("x.org_id = $1");
         let mut binds: Vec<String> = vec![org_id.to_owned()];
-        let mut add = |clause: &str, value: String| {
-            binds.push(value);
-            filter.push_str(&clause.replace('?', &format!("${}", binds.len())));
+        let mut add = |clause: &str, value: Option<String>| {
+            match value {
+                Some(v) => {
+                    binds.push(v);
+                    filter.push_str(&clause.replace('?', &format!("${}", binds.len())));
+                }
+                None => filter.push_str(clause),
+            };
         };
+        let shared_sql = "(x.team_access IS NOT NULL OR EXISTS \
+            (SELECT 1 FROM credential_grants s WHERE s.credential_id = x.id))";
+        match (&f.viewer.user, f.viewer.admin) {
+            (_, true) => {}
+            (Some(user), false) => add(
+                " AND (x.owner IS NULL OR x.owner = ? OR x.team_access IS NOT NULL OR EXISTS \
+                 (SELECT 1 FROM credential_grants g2 WHERE g2.credential_id = x.id AND g2.user_id = ?))",
+                Some(user.clone()),
+            ),
+            (None, false) => add(" AND (x.owner IS NULL OR x.team_access IS NOT NULL)", None),
+        }
+        if f.owner_me {
+            match &f.viewer.user {
+                Some(user) => add(" AND x.owner = ?", Some(user.clone())),
+                None => add(" AND 1 = 0", None),
+            }
+        }
+        match f.shared {
+            Some(true) => add(&format!(" AND {shared_sql}"), None),
+            Some(false) => add(&format!(" AND NOT {shared_sql}"), None),
+            None => {}
+        }
         if let Some(p) = &f.provider {
-            add(" AND provider = ?", p.clone());
+            add(" AND x.provider = ?", Some(p.clone()));
         }
         if let Some(st) = f.status {
-            add(" AND status = ?", st.as_str().to_owned());
+            add(" AND x.status = ?", Some(st.as_str().to_owned()));
         }
         if let Some(q) = &f.q {
-            add(" AND LOWER(name) LIKE ? ESCAPE '\\'", like_pattern(q));
+            add(" AND LOWER(x.name) LIKE ? ESCAPE '\\'", Some(like_pattern(q)));
         }
-        let count_sql = format!("SELECT COUNT(*) FROM credentials WHERE {filter}");
+        let count_sql = format!("SELECT COUNT(*) FROM credentials x WHERE {filter}");
         let mut count = sqlx::query(&count_sql);
         for b in &binds {
             count = count.bind(b);
@@ -141,22 +194,33 @@ impl Store {
         // The page's ids come from the index alone; then 50 rows by key.
         let n = binds.len();
         let page_sql = format!(
-            "SELECT {LIST_COLUMNS} FROM credentials WHERE id IN (\
-               SELECT id FROM credentials WHERE {filter} ORDER BY created_at DESC, id DESC LIMIT ${} OFFSET ${}) \
-             ORDER BY created_at DESC, id DESC",
+            "SELECT {LIST_COLUMNS}, g.access AS my_grant FROM credentials c \
+             LEFT JOIN credential_grants g ON g.credential_id = c.id AND g.user_id = ${} \
+             WHERE c.id IN (SELECT x.id FROM credentials x WHERE {filter} \
+               ORDER BY x.created_at DESC, x.id DESC LIMIT ${} OFFSET ${}) \
+             ORDER BY c.created_at DESC, c.id DESC",
             n + 1,
-            n + 2
+            n + 2,
+            n + 3
         );
         let mut page = sqlx::query_as(&page_sql);
         for b in &binds {
             page = page.bind(b);
         }
-        let rows: Vec<Raw> = page
+        let rows: Vec<Listed> = page
+            .bind(f.viewer.user.clone().unwrap_or_default())
             .bind(f.per_page)
             .bind((f.page - 1) * f.per_page)
             .fetch_all(&self.pool)
             .await?;
-        Ok((typed(rows)?, total))
+        let rows = rows
+            .into_iter()
+            .map(|l| {
+                let grant = l.my_grant.as_deref().and_then(Access::parse);
+                CredentialRow::try_from(l.raw).map(|row| (row, grant))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((rows, total))
     }
 
     /// Renames and/or replaces the fields of a credential; returns the new
@@ -305,23 +369,35 @@ impl Store {
     /// Records a use (resolve): `last_used_at` and an audit event, atomically.
     /// On Postgres that is one statement (one round trip); SQLite, whose
     /// CTEs cannot update, uses a transaction.
-    pub async fn record_use(&self, org_id: &str, id: &str, event: &AuditEvent) -> Result<(), StoreError> {
+    pub async fn record_use(
+        &self,
+        org_id: &str,
+        id: &str,
+        event: &AuditEvent,
+        usage: &Usage,
+    ) -> Result<(), StoreError> {
+        const INSERT: &str = "INSERT INTO audit_events \
+            (org_id, credential_id, action, outcome, actor, detail, at, workflow_id, run_id) \
+            VALUES ($1, $2, $4, $5, $6, $7, $3, $8, $9)";
+        const PG: &str = "WITH used AS (UPDATE credentials SET last_used_at = $3 WHERE org_id = $1 AND id = $2) \
+            INSERT INTO audit_events (org_id, credential_id, action, outcome, actor, detail, at, workflow_id, run_id) \
+            VALUES ($1, $2, $4, $5, $6, $7, $3, $8, $9)";
         let t = self.now();
+        let detail = event.detail.as_ref().map(|d| d.to_string());
+        let statement = |sql| {
+            sqlx::query(sql)
+                .bind(org_id)
+                .bind(id)
+                .bind(t)
+                .bind(event.action)
+                .bind(event.outcome)
+                .bind(&event.actor)
+                .bind(detail.clone())
+                .bind(usage.workflow_id.as_deref())
+                .bind(usage.run_id.as_deref())
+        };
         if self.dialect == super::Dialect::Postgres {
-            sqlx::query(
-                "WITH used AS (UPDATE credentials SET last_used_at = $3 WHERE org_id = $1 AND id = $2) \
-                 INSERT INTO audit_events (org_id, credential_id, action, outcome, actor, detail, at) \
-                 VALUES ($1, $2, $4, $5, $6, $7, $3)",
-            )
-            .bind(org_id)
-            .bind(id)
-            .bind(t)
-            .bind(event.action)
-            .bind(event.outcome)
-            .bind(&event.actor)
-            .bind(event.detail.as_ref().map(|d| d.to_string()))
-            .execute(&self.pool)
-            .await?;
+            statement(PG).execute(&self.pool).await?;
             return Ok(());
         }
         let mut tx = self.begin_write().await?;
@@ -331,7 +407,7 @@ impl Store {
             .bind(t)
             .execute(&mut *tx)
             .await?;
-        audit::insert(&mut tx, event, t).await?;
+        statement(INSERT).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -18,16 +18,18 @@ mod outbox;
 mod quota;
 mod refresh;
 mod row;
+mod sharing;
 mod write_tx;
 
 pub use api_keys::{ApiKeyInfo, ApiKeyRow};
 pub use audit::{AuditEvent, AuditRow};
-pub use credentials::{CredentialFilter, NewCredential, SecretWrite};
+pub use credentials::{CredentialFilter, NewCredential, SecretWrite, Usage, Viewer};
 pub use oauth::{GrantTarget, OAuthGrant, OAuthStateRow};
 pub use orgs::OrgKeyRow;
 pub use outbox::{Notification, OutboxEvent};
 pub use refresh::{RefreshFailure, RefreshedTokens};
 pub use row::{CredentialRow, LastError};
+pub use sharing::{UsageSummary, UserRemoval};
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -47,6 +47,8 @@ pub enum GrantTarget {
         id: String,
         name: String,
         created_by: String,
+        /// The owning user; `None`: an organization credential.
+        owner: Option<String>,
     },
 }
 
@@ -182,13 +184,18 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map(|r| r.rows_affected() == 1),
-            GrantTarget::New { id, name, created_by } => {
+            GrantTarget::New {
+                id,
+                name,
+                created_by,
+                owner,
+            } => {
                 check_quota(&mut tx, &grant.org_id, &grant.provider, default_limit).await?;
                 sqlx::query(
                     "INSERT INTO credentials (id, org_id, name, provider, auth_type, status, fields, secret_names, \
                      secret_ct, key_version, account_id, account_email, account_name, scopes, expires_at, \
-                     last_refreshed_at, created_by, created_at, updated_at, refresh_after) VALUES \
-                     ($1, $2, $3, $4, 'oauth2', 'active', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $14, $14, $16)",
+                     last_refreshed_at, created_by, created_at, updated_at, refresh_after, owner) VALUES \
+                     ($1, $2, $3, $4, 'oauth2', 'active', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $14, $14, $16, $17)",
                 )
                 .bind(id)
                 .bind(&grant.org_id)
@@ -206,6 +213,7 @@ impl Store {
                 .bind(t)
                 .bind(created_by)
                 .bind(grant.refresh_after)
+                .bind(owner)
                 .execute(&mut *tx)
                 .await
                 .map(|r| r.rows_affected() == 1)

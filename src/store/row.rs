@@ -5,19 +5,19 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::StoreError;
-use crate::model::{AuthKind, CredentialStatus};
+use crate::model::{Access, AuthKind, CredentialStatus};
 
 /// The columns every read returns, in [`Raw`]'s order.
-pub(super) const READ_COLUMNS: &str =
-    "id, org_id, name, provider, auth_type, status, fields, secret_names, secret_ct, \
-    key_version, secret_version, account_id, account_email, account_name, scopes, expires_at, last_refreshed_at, \
-    last_used_at, last_tested_at, last_error, created_by, created_at, updated_at, refresh_failures, refresh_after";
+pub(super) const READ_COLUMNS: &str = "id, org_id, name, provider, auth_type, status, fields, secret_names, \
+    secret_ct, key_version, secret_version, account_id, account_email, account_name, scopes, expires_at, \
+    last_refreshed_at, last_used_at, last_tested_at, last_error, created_by, created_at, updated_at, \
+    refresh_failures, refresh_after, owner, team_access";
 
-/// A listing needs no ciphertext: it is left empty.
-pub(super) const LIST_COLUMNS: &str =
-    "id, org_id, name, provider, auth_type, status, fields, secret_names, '' AS secret_ct, \
-    key_version, secret_version, account_id, account_email, account_name, scopes, expires_at, last_refreshed_at, \
-    last_used_at, last_tested_at, last_error, created_by, created_at, updated_at, refresh_failures, refresh_after";
+/// A listing (of `credentials c`) needs no ciphertext: it is left empty.
+pub(super) const LIST_COLUMNS: &str = "c.id, c.org_id, c.name, c.provider, c.auth_type, c.status, c.fields, \
+    c.secret_names, '' AS secret_ct, c.key_version, c.secret_version, c.account_id, c.account_email, \
+    c.account_name, c.scopes, c.expires_at, c.last_refreshed_at, c.last_used_at, c.last_tested_at, c.last_error, \
+    c.created_by, c.created_at, c.updated_at, c.refresh_failures, c.refresh_after, c.owner, c.team_access";
 
 /// The last failure recorded on a credential.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +66,10 @@ pub struct CredentialRow {
     pub refresh_failures: i64,
     /// Next background refresh not before (jittered schedule or backoff).
     pub refresh_after: Option<i64>,
+    /// The user who owns it; `None`: an organization credential.
+    pub owner: Option<String>,
+    /// What everyone in the organization may do with it.
+    pub team_access: Option<Access>,
 }
 
 impl CredentialRow {
@@ -103,6 +107,8 @@ pub(super) struct Raw {
     updated_at: i64,
     refresh_failures: i64,
     refresh_after: Option<i64>,
+    owner: Option<String>,
+    team_access: Option<String>,
 }
 
 impl TryFrom<Raw> for CredentialRow {
@@ -131,7 +137,13 @@ impl TryFrom<Raw> for CredentialRow {
             .map(serde_json::from_str)
             .transpose()
             .map_err(|_| corrupt("last_error"))?;
+        let team_access = match r.team_access.as_deref() {
+            None => None,
+            Some(a) => Some(Access::parse(a).ok_or_else(|| corrupt("team_access"))?),
+        };
         Ok(Self {
+            team_access,
+            owner: r.owner,
             auth_type: AuthKind::parse(&r.auth_type).ok_or_else(|| corrupt("auth_type"))?,
             status: CredentialStatus::parse(&r.status).ok_or_else(|| corrupt("status"))?,
             fields,
@@ -164,4 +176,12 @@ impl TryFrom<Raw> for CredentialRow {
 /// Converts raw rows, failing on the first malformed one.
 pub(super) fn typed(rows: Vec<Raw>) -> Result<Vec<CredentialRow>, StoreError> {
     rows.into_iter().map(CredentialRow::try_from).collect()
+}
+
+/// A listed row and the viewer's own grant on it.
+#[derive(sqlx::FromRow)]
+pub(super) struct Listed {
+    #[sqlx(flatten)]
+    pub raw: Raw,
+    pub my_grant: Option<String>,
 }

@@ -19,3 +19,4 @@ mod probes;
 mod races;
 mod refresh;
 mod secrecy_checks;
+mod sharing;

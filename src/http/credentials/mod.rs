@@ -2,6 +2,7 @@
 //! delete and audit. Secrets go in, never come out (see `resolve`).
 
 mod resolve;
+mod sharing;
 pub mod view;
 
 use axum::extract::{Path, State};
@@ -18,10 +19,10 @@ use super::extract::{ApiJson, ApiQuery, Caller, MANAGE, READ};
 use super::AppState;
 use crate::credentials::{self, Changes, NewCredentialInput, MAX_NAME_LEN, MAX_PER_PAGE};
 use crate::http::error::{ApiError, Problem};
-use crate::model::CredentialStatus;
+use crate::model::{Access, CredentialStatus, Role};
 use crate::providers::FieldError;
 use crate::store::CredentialFilter;
-use view::{AuditEventView, Credential, CredentialPage};
+use view::{AuditEventView, Credential, CredentialOut, CredentialPage};
 
 /// Credential routes.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -32,6 +33,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_audit_events))
         .routes(routes!(resolve::resolve_credential))
         .routes(routes!(resolve::refresh_now))
+        .routes(routes!(sharing::put_sharing))
+        .routes(routes!(sharing::get_usage))
 }
 
 /// A new credential. `Debug` shows field names only.
@@ -114,6 +117,8 @@ struct ListQuery {
     provider: Option<String>,
     status: Option<String>,
     q: Option<String>,
+    owner: Option<String>,
+    shared: Option<String>,
     page: Option<String>,
     per_page: Option<String>,
 }
@@ -135,8 +140,11 @@ async fn create_credential(
     ApiJson(body): ApiJson<CreateCredential>,
 ) -> Result<(StatusCode, Json<Credential>), ApiError> {
     caller.require(&state, MANAGE, None).await?;
-    let row = credentials::create(&state, &caller.org_id, &caller.actor(), body.into()).await?;
-    Ok((StatusCode::CREATED, Json(Credential::from(&row))))
+    let row = credentials::create(&state, &caller, body.into()).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(Credential::new(&row, Access::Manage, Vec::new())),
+    ))
 }
 
 fn parse_positive(field: &str, value: Option<&str>, default: i64, max: i64, errors: &mut Vec<FieldError>) -> i64 {
@@ -154,6 +162,8 @@ fn parse_positive(field: &str, value: Option<&str>, default: i64, max: i64, erro
 #[utoipa::path(get, path = "/integrations/credentials", tag = "credentials",
     params(("provider" = Option<String>, Query), ("status" = Option<CredentialStatus>, Query),
            ("q" = Option<String>, Query, max_length = 200, description = "part of the name, any case"),
+           ("owner" = Option<String>, Query, description = "`me`: only the caller's own"),
+           ("shared" = Option<bool>, Query, description = "only shared (team or users), or only not shared"),
            ("page" = Option<i64>, Query, minimum = 1, maximum = 1000000),
            ("per_page" = Option<i64>, Query, minimum = 1, maximum = 50, description = "at most 50")),
     responses((status = 200, body = CredentialPage), (status = 422, body = Problem)))]
@@ -197,6 +207,23 @@ async fn list_credentials(
             errors.push(FieldError::new(field, "must not contain control characters"));
         }
     }
+    let owner_me = match query.owner.as_deref() {
+        None | Some("") => false,
+        Some("me") => true,
+        Some(_) => {
+            errors.push(FieldError::new("owner", "must be `me`"));
+            false
+        }
+    };
+    let shared = match query.shared.as_deref() {
+        None | Some("") => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(_) => {
+            errors.push(FieldError::new("shared", "must be true or false"));
+            None
+        }
+    };
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
@@ -204,12 +231,24 @@ async fn list_credentials(
         provider: query.provider.filter(|p| !p.is_empty()),
         status,
         q: query.q.filter(|q| !q.is_empty()),
+        owner_me,
+        shared,
         page,
         per_page,
+        ..CredentialFilter::default()
     };
-    let (rows, total) = credentials::list(&state, &caller.org_id, &filter).await?;
+    let (rows, total) = credentials::list(&state, &caller, filter).await?;
+    let shown: Vec<String> = rows
+        .iter()
+        .filter(|(_, access)| *access >= Access::View)
+        .map(|(row, _)| row.id.clone())
+        .collect();
+    let mut grants = credentials::grants_of_many(&state, &shown).await?;
     Ok(Json(CredentialPage {
-        items: rows.iter().map(Credential::from).collect(),
+        items: rows
+            .iter()
+            .map(|(row, access)| CredentialOut::new(row, *access, grants.remove(&row.id).unwrap_or_default()))
+            .collect(),
         page,
         per_page,
         total,
@@ -218,15 +257,20 @@ async fn list_credentials(
 
 /// Get a credential
 #[utoipa::path(get, path = "/integrations/credentials/{id}", tag = "credentials",
-    responses((status = 200, body = Credential), (status = 404, body = Problem)))]
+    responses((status = 200, body = CredentialOut), (status = 404, body = Problem)))]
 async fn get_credential(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Credential>, ApiError> {
+) -> Result<Json<CredentialOut>, ApiError> {
     caller.require(&state, READ, Some(&id)).await?;
-    let row = credentials::get(&state, &caller.org_id, &parse_id(&id)?).await?;
-    Ok(Json(Credential::from(&row)))
+    let (row, access) = credentials::read(&state, &caller, &parse_id(&id)?).await?;
+    let grants = if access >= Access::View {
+        credentials::grants(&state, &row.id).await?
+    } else {
+        Vec::new()
+    };
+    Ok(Json(CredentialOut::new(&row, access, grants)))
 }
 
 /// Rename a credential and/or replace all its fields (secrets re-entered)
@@ -242,8 +286,9 @@ async fn patch_credential(
 ) -> Result<Json<Credential>, ApiError> {
     caller.require(&state, MANAGE, Some(&id)).await?;
     let id = parse_id(&id)?;
-    let row = credentials::update(&state, &caller.org_id, &caller.actor(), &id, body.into()).await?;
-    Ok(Json(Credential::from(&row)))
+    let row = credentials::update(&state, &caller, &id, body.into()).await?;
+    let grants = credentials::grants(&state, &row.id).await?;
+    Ok(Json(Credential::new(&row, Access::Manage, grants)))
 }
 
 /// Delete a credential
@@ -256,7 +301,9 @@ async fn delete_credential(
 ) -> Result<StatusCode, ApiError> {
     caller.require(&state, MANAGE, Some(&id)).await?;
     let id = parse_id(&id)?;
-    let deleted = credentials::delete(&state, &caller.org_id, &caller.actor(), &[id]).await?;
+    // One credential: 403 when the caller may use but not manage it.
+    credentials::access::authorize(&state, &caller, &id, Access::Manage).await?;
+    let deleted = credentials::delete(&state, &caller, &[id]).await?;
     if deleted.is_empty() {
         return Err(ApiError::NotFound);
     }
@@ -285,7 +332,7 @@ async fn batch_delete_credentials(
             Err(_) => not_found.push(raw),
         }
     }
-    let deleted = credentials::delete(&state, &caller.org_id, &caller.actor(), &wanted).await?;
+    let deleted = credentials::delete(&state, &caller, &wanted).await?;
     not_found.extend(wanted.into_iter().filter(|id| !deleted.contains(id)));
     Ok(Json(BatchDeleteResult { deleted, not_found }))
 }
@@ -300,9 +347,15 @@ async fn list_audit_events(
 ) -> Result<Json<Vec<AuditEventView>>, ApiError> {
     caller.require(&state, READ, Some(&id)).await?;
     let id = parse_id(&id)?;
+    // Events outlive a deleted credential: admins still read them.
+    let deleted = caller.role == Role::Admin
+        && state.store.credential(&caller.org_id, &id).await?.is_none()
+        && state.store.was_deleted(&caller.org_id, &id).await?;
+    if !deleted {
+        credentials::access::authorize(&state, &caller, &id, Access::View).await?;
+    }
     let events = state.store.audit_events(&caller.org_id, &id, 500).await?;
-    // Events outlive a deleted credential; an id with neither is unknown.
-    if events.is_empty() && state.store.credential(&caller.org_id, &id).await?.is_none() {
+    if events.is_empty() {
         return Err(ApiError::NotFound);
     }
     Ok(Json(

@@ -2,6 +2,7 @@
 //! secret values, to the workflow engine at execution time, audited as a use;
 //! and `POST …/refresh`.
 
+use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::Json;
 use secrecy::ExposeSecret;
@@ -9,23 +10,72 @@ use serde_json::{Map, Value};
 
 use super::parse_id;
 use super::view::{time, Credential};
+use crate::credentials::check_user_id;
 use crate::http::error::{ApiError, Problem};
+use crate::http::extract::parse_json;
 use crate::http::extract::{Caller, MANAGE, RESOLVE};
 use crate::http::AppState;
-use crate::model::AuthKind;
+use crate::model::{Access, AuthKind};
 use crate::oauth::refresh::{refresh_credential, Mode};
+use crate::providers::FieldError;
+use crate::store::Usage;
+
+/// Whom and what a resolve is for (all optional).
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ResolveBody {
+    /// Act for this user (keys without a user only).
+    user_id: Option<String>,
+    /// Recorded with the use.
+    workflow_id: Option<String>,
+    /// Recorded with the use.
+    run_id: Option<String>,
+}
 
 /// Resolve a credential's values for execution (role `engine` only)
 #[utoipa::path(post, path = "/integrations/credentials/{id}/resolve", tag = "credentials",
+    request_body(content = Option<ResolveBody>, description = "optional: `{user_id?, workflow_id?, run_id?}`"),
     responses((status = 200, description = "`{id, provider, auth_type, fields, access_token?, expires_at?}` with decrypted values"),
               (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
 pub(super) async fn resolve_credential(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(&state, RESOLVE, Some(&id)).await?;
-    let resolved = crate::execution::resolve(&state, &caller.org_id, &parse_id(&id)?, &caller.actor()).await?;
+    let body: ResolveBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ResolveBody::default()
+    } else {
+        parse_json(&body)?
+    };
+    let mut errors = Vec::new();
+    for (field, value) in [
+        ("user_id", &body.user_id),
+        ("workflow_id", &body.workflow_id),
+        ("run_id", &body.run_id),
+    ] {
+        if let Some(v) = value {
+            if let Err(e) = check_user_id(field, v) {
+                errors.push(e);
+            }
+        }
+    }
+    if let (Some(own), Some(other)) = (&caller.user_id, &body.user_id) {
+        if own != other {
+            errors.push(FieldError::new("user_id", "this engine key acts for its own user only"));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    // The key's own user, else the user named, else the organization.
+    let principal = caller.for_user(caller.user_id.clone().or(body.user_id));
+    let usage = Usage {
+        workflow_id: body.workflow_id,
+        run_id: body.run_id,
+    };
+    let resolved = crate::execution::resolve(&state, &principal, &parse_id(&id)?, &usage).await?;
     let row = &resolved.row;
     let mut body = Map::new();
     body.insert("id".into(), row.id.clone().into());
@@ -54,7 +104,7 @@ pub(super) async fn refresh_now(
     Path(id): Path<String>,
 ) -> Result<Json<Credential>, ApiError> {
     caller.require(&state, MANAGE, Some(&id)).await?;
-    let row = crate::credentials::get(&state, &caller.org_id, &parse_id(&id)?).await?;
+    let (row, _) = crate::credentials::access::authorize(&state, &caller, &parse_id(&id)?, Access::Manage).await?;
     if row.auth_type != AuthKind::Oauth2 {
         return Err(ApiError::Conflict(
             "not_oauth",
@@ -62,5 +112,6 @@ pub(super) async fn refresh_now(
         ));
     }
     let row = refresh_credential(&state, &row.org_id, &row.id, Mode::Now).await?;
-    Ok(Json(Credential::from(&row)))
+    let grants = crate::credentials::grants(&state, &row.id).await?;
+    Ok(Json(Credential::new(&row, Access::Manage, grants)))
 }

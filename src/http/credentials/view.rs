@@ -5,6 +5,7 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use crate::model::Access;
 use crate::store::CredentialRow;
 
 /// The external account an OAuth credential belongs to.
@@ -50,6 +51,67 @@ pub struct Credential {
     pub created_by: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The owning user; `null`: an organization credential.
+    pub owner: Option<String>,
+    pub sharing: SharingView,
+    /// The caller's own level: `use`, `view` or `manage`.
+    pub access: Access,
+}
+
+/// Who may use a credential beside its owner.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SharingView {
+    /// Everyone in the organization: `null`, `use`, `view` or `manage`.
+    pub team: Option<Access>,
+    pub users: Vec<UserGrant>,
+}
+
+/// One user's grant.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserGrant {
+    pub user_id: String,
+    pub access: Access,
+}
+
+/// What a caller with `use` sees of a credential (nothing more: its schema
+/// closes, so a whole record never matches it).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialSummary {
+    pub id: String,
+    pub name: String,
+    pub provider: String,
+    pub auth_type: String,
+    pub status: String,
+    pub owner: Option<String>,
+    pub access: Access,
+}
+
+/// A credential as its caller may see it: whole from `view` up, else the summary.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum CredentialOut {
+    Full(Box<Credential>),
+    Summary(CredentialSummary),
+}
+
+impl CredentialOut {
+    /// `row` seen by a caller with `access`; `grants` are its user grants
+    /// (only shown from `view` up).
+    pub fn new(row: &CredentialRow, access: Access, grants: Vec<(String, Access)>) -> Self {
+        if access < Access::View {
+            return Self::Summary(CredentialSummary {
+                id: row.id.clone(),
+                name: row.name.clone(),
+                provider: row.provider.clone(),
+                auth_type: row.auth_type.as_str().to_owned(),
+                status: row.status.as_str().to_owned(),
+                owner: row.owner.clone(),
+                access,
+            });
+        }
+        Self::Full(Box::new(Credential::new(row, access, grants)))
+    }
 }
 
 /// Unix seconds → UTC time.
@@ -57,9 +119,19 @@ pub fn time(secs: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(secs, 0).single().unwrap_or_default()
 }
 
-impl From<&CredentialRow> for Credential {
-    fn from(row: &CredentialRow) -> Self {
+impl Credential {
+    /// The whole record (no secret value).
+    pub fn new(row: &CredentialRow, access: Access, grants: Vec<(String, Access)>) -> Self {
         Self {
+            owner: row.owner.clone(),
+            sharing: SharingView {
+                team: row.team_access,
+                users: grants
+                    .into_iter()
+                    .map(|(user_id, access)| UserGrant { user_id, access })
+                    .collect(),
+            },
+            access,
             id: row.id.clone(),
             name: row.name.clone(),
             provider: row.provider.clone(),
@@ -91,7 +163,7 @@ impl From<&CredentialRow> for Credential {
 /// One page of credentials.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CredentialPage {
-    pub items: Vec<Credential>,
+    pub items: Vec<CredentialOut>,
     pub page: i64,
     pub per_page: i64,
     pub total: i64,

@@ -1,0 +1,87 @@
+//! Sharing a credential (team level and named users), a user's removal
+//! from an organization, and who used a credential for which workflow.
+
+use serde_json::json;
+
+use super::access;
+use crate::context::Context;
+use crate::error::Error;
+use crate::model::{Access, Principal};
+use crate::providers::FieldError;
+use crate::store::{AuditEvent, CredentialRow, UsageSummary, UserRemoval};
+
+/// Most named users a credential is shared with.
+const MAX_GRANTS: usize = 100;
+
+/// Who may use a credential beside its owner.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sharing {
+    pub team: Option<Access>,
+    pub users: Vec<(String, Access)>,
+}
+
+/// A user id from a request: 1 to 200 printable characters.
+pub fn check_user_id(field: &str, id: &str) -> Result<(), FieldError> {
+    if id.is_empty() || id.chars().count() > 200 || id.chars().any(char::is_control) {
+        return Err(FieldError::new(field, "must be 1 to 200 printable characters"));
+    }
+    Ok(())
+}
+
+/// Replaces a credential's sharing (`manage`); audited with before and after.
+pub async fn set_sharing(ctx: &Context, who: &Principal, id: &str, new: Sharing) -> Result<CredentialRow, Error> {
+    let mut errors = Vec::new();
+    if new.users.len() > MAX_GRANTS {
+        errors.push(FieldError::new("users", format!("at most {MAX_GRANTS} users")));
+    }
+    for (i, (user, _)) in new.users.iter().enumerate() {
+        if let Err(e) = check_user_id(&format!("users[{i}].user_id"), user) {
+            errors.push(e);
+        }
+        if new.users[..i].iter().any(|(u, _)| u == user) {
+            errors.push(FieldError::new(format!("users[{i}].user_id"), "is listed twice"));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(Error::Validation(errors));
+    }
+    let (row, _) = access::authorize(ctx, who, id, Access::Manage).await?;
+    let before = ctx.store.grants(id).await?;
+    let view = |team: Option<Access>, users: &[(String, Access)]| {
+        json!({
+            "team": team.map(Access::as_str),
+            "users": users.iter().map(|(u, a)| json!({"user_id": u, "access": a.as_str()})).collect::<Vec<_>>(),
+        })
+    };
+    let event = AuditEvent::success(&who.org_id, id, "credential.share", &who.actor())
+        .with_detail(json!({"before": view(row.team_access, &before), "after": view(new.team, &new.users)}));
+    ctx.store
+        .set_sharing(&who.org_id, id, new.team, &new.users, &event)
+        .await?;
+    super::get(ctx, &who.org_id, id).await
+}
+
+/// A credential's uses (`view`).
+pub async fn usage(ctx: &Context, who: &Principal, id: &str) -> Result<UsageSummary, Error> {
+    access::authorize(ctx, who, id, Access::View).await?;
+    Ok(ctx.store.usage(&who.org_id, id).await?)
+}
+
+/// Hands `user`'s personal credentials to `to` (`None`: the organization),
+/// removes their grants and revokes their API keys; audited per credential.
+pub async fn remove_user(
+    ctx: &Context,
+    org_id: &str,
+    user: &str,
+    to: Option<&str>,
+    actor: &str,
+) -> Result<UserRemoval, Error> {
+    check_user_id("--user", user).map_err(|e| Error::Validation(vec![e]))?;
+    if let Some(to) = to {
+        check_user_id("--transfer-to", to).map_err(|e| Error::Validation(vec![e]))?;
+        if to == user {
+            return Err(Error::field("--transfer-to", "must be another user"));
+        }
+    }
+    Ok(ctx.store.remove_user(org_id, user, to, actor).await?)
+}

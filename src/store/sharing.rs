@@ -1,0 +1,203 @@
+//! Who may use a credential beside its owner: the team's level and named
+//! users' grants; a user's removal; and usage by workflow.
+
+use sqlx::Row;
+
+use super::audit::{self, AuditEvent};
+use super::{Store, StoreError};
+use crate::model::Access;
+
+/// Uses of one credential, overall and by workflow (most recent first).
+#[derive(Debug, Clone, Default)]
+pub struct UsageSummary {
+    pub uses_total: i64,
+    pub last_used_at: Option<i64>,
+    /// (workflow id, uses, last use).
+    pub workflows: Vec<(String, i64, i64)>,
+}
+
+/// What `remove_user` did.
+#[derive(Debug, Clone, Default)]
+pub struct UserRemoval {
+    pub transferred: Vec<String>,
+    pub grants_removed: u64,
+    pub keys_revoked: u64,
+}
+
+fn access(id: &str, raw: &str) -> Result<Access, StoreError> {
+    Access::parse(raw).ok_or(StoreError::Corrupt {
+        id: id.to_owned(),
+        column: "access",
+    })
+}
+
+impl Store {
+    /// One user's grant on one credential.
+    pub async fn grant_of(&self, credential_id: &str, user_id: &str) -> Result<Option<Access>, StoreError> {
+        let row = sqlx::query("SELECT access FROM credential_grants WHERE credential_id = $1 AND user_id = $2")
+            .bind(credential_id)
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| access(credential_id, &r.try_get::<String, _>(0)?))
+            .transpose()
+    }
+
+    /// Every user grant of one credential, by user id.
+    pub async fn grants(&self, credential_id: &str) -> Result<Vec<(String, Access)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT user_id, access FROM credential_grants WHERE credential_id = $1 ORDER BY user_id")
+                .bind(credential_id)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, access(credential_id, &r.try_get::<String, _>(1)?)?)))
+            .collect()
+    }
+
+    /// The user grants of several credentials (a listing page), by credential.
+    pub async fn grants_of_many(
+        &self,
+        ids: &[String],
+    ) -> Result<std::collections::HashMap<String, Vec<(String, Access)>>, StoreError> {
+        let mut out: std::collections::HashMap<String, Vec<(String, Access)>> = Default::default();
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT credential_id, user_id, access FROM credential_grants WHERE credential_id IN ({}) \
+             ORDER BY credential_id, user_id",
+            marks.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for id in ids {
+            query = query.bind(id);
+        }
+        for r in query.fetch_all(&self.pool).await? {
+            let id: String = r.try_get(0)?;
+            let level = access(&id, &r.try_get::<String, _>(2)?)?;
+            out.entry(id).or_default().push((r.try_get(1)?, level));
+        }
+        Ok(out)
+    }
+
+    /// Replaces a credential's sharing (team level and user grants), audited.
+    pub async fn set_sharing(
+        &self,
+        org_id: &str,
+        id: &str,
+        team: Option<Access>,
+        users: &[(String, Access)],
+        event: &AuditEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let t = self.now();
+        let done =
+            sqlx::query("UPDATE credentials SET team_access = $3, updated_at = $4 WHERE org_id = $1 AND id = $2")
+                .bind(org_id)
+                .bind(id)
+                .bind(team.map(Access::as_str))
+                .bind(t)
+                .execute(&mut *tx)
+                .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        sqlx::query("DELETE FROM credential_grants WHERE credential_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        for (user, level) in users {
+            sqlx::query(
+                "INSERT INTO credential_grants (credential_id, org_id, user_id, access) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(id)
+            .bind(org_id)
+            .bind(user)
+            .bind(level.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
+        audit::insert(&mut tx, event, t).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Hands `user`'s credentials to `to` (`None`: the organization),
+    /// removes the user's grants and revokes their keys, in one transaction;
+    /// each transfer audited.
+    pub async fn remove_user(
+        &self,
+        org_id: &str,
+        user: &str,
+        to: Option<&str>,
+        actor: &str,
+    ) -> Result<UserRemoval, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let t = self.now();
+        let rows = sqlx::query(
+            "UPDATE credentials SET owner = $3, updated_at = $4 WHERE org_id = $1 AND owner = $2 RETURNING id",
+        )
+        .bind(org_id)
+        .bind(user)
+        .bind(to)
+        .bind(t)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut removal = UserRemoval::default();
+        for row in &rows {
+            let id: String = row.try_get(0)?;
+            let event = AuditEvent::success(org_id, &id, "credential.transfer", actor)
+                .with_detail(serde_json::json!({"from": user, "to": to}));
+            audit::insert(&mut tx, &event, t).await?;
+            removal.transferred.push(id);
+        }
+        removal.grants_removed = sqlx::query("DELETE FROM credential_grants WHERE org_id = $1 AND user_id = $2")
+            .bind(org_id)
+            .bind(user)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        removal.keys_revoked = sqlx::query(
+            "UPDATE api_keys SET revoked_at = $3 WHERE org_id = $1 AND user_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(org_id)
+        .bind(user)
+        .bind(t)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(removal)
+    }
+
+    /// Uses of a credential: total, last, and per workflow.
+    pub async fn usage(&self, org_id: &str, id: &str) -> Result<UsageSummary, StoreError> {
+        let total = sqlx::query(
+            "SELECT COUNT(*), MAX(at) FROM audit_events WHERE credential_id = $1 AND action = 'credential.resolve' \
+             AND org_id = $2",
+        )
+        .bind(id)
+        .bind(org_id)
+        .fetch_one(&self.pool)
+        .await?;
+        let rows = sqlx::query(
+            "SELECT workflow_id, COUNT(*), MAX(at) FROM audit_events WHERE credential_id = $1 \
+             AND action = 'credential.resolve' AND org_id = $2 AND workflow_id IS NOT NULL \
+             GROUP BY workflow_id ORDER BY MAX(at) DESC, workflow_id LIMIT 500",
+        )
+        .bind(id)
+        .bind(org_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(UsageSummary {
+            uses_total: total.try_get(0)?,
+            last_used_at: total.try_get(1)?,
+            workflows: rows
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+                .collect::<Result<_, sqlx::Error>>()?,
+        })
+    }
+}
