@@ -29,8 +29,9 @@ use crate::store::{OutboxEvent, Store, StoreError};
 pub const GIVE_UP_AFTER_SECS: i64 = 25 * 3600;
 /// Longest pause between two attempts.
 const MAX_BACKOFF_SECS: i64 = 3600;
-/// A delivery lease: past the HTTP timeout, so a live holder keeps it.
-const LEASE_SECS: i64 = 60;
+/// A delivery lease: past the HTTP timeout (10 s by default), so a live
+/// holder keeps it; short, so a crashed holder's events wait little.
+const LEASE_SECS: i64 = 30;
 /// Deliveries in flight per process.
 const CONCURRENCY: usize = 16;
 

@@ -12,6 +12,7 @@
 mod api_keys;
 mod audit;
 mod credentials;
+mod listing;
 mod oauth;
 mod orgs;
 mod outbox;
@@ -23,7 +24,8 @@ mod write_tx;
 
 pub use api_keys::{ApiKeyInfo, ApiKeyRow};
 pub use audit::{AuditEvent, AuditRow};
-pub use credentials::{CredentialFilter, NewCredential, SecretWrite, Usage, Viewer};
+pub use credentials::{NewCredential, SecretWrite, Usage};
+pub use listing::{CredentialFilter, Viewer};
 pub use oauth::{GrantTarget, OAuthGrant, OAuthStateRow};
 pub use orgs::OrgKeyRow;
 pub use outbox::{Notification, OutboxEvent};

@@ -243,7 +243,8 @@ crate::both_backends! {
 
         let mut second = spawn_serve(&db, &keys, port, &hook);
         let accepted = receiver.accepted.clone();
-        let all = wait_until(|| accepted.lock().unwrap().len() >= 5, 20).await;
+        // An attempt in flight at the kill holds its lease (30 s) first.
+        let all = wait_until(|| accepted.lock().unwrap().len() >= 5, 45).await;
         tokio::time::sleep(Duration::from_secs(2)).await; // room for a duplicate to show
         let events: Value = client.get(format!("{base}/integrations/events")).bearer_auth(&admin)
             .send().await.unwrap().json().await.unwrap();

@@ -123,6 +123,14 @@ struct ListQuery {
     per_page: Option<String>,
 }
 
+/// `?owner=`: only `me`.
+#[derive(Debug, ToSchema)]
+#[expect(dead_code, reason = "it documents the query parameter only")]
+enum OwnerFilter {
+    #[schema(rename = "me")]
+    Me,
+}
+
 /// A path id that is not a UUID cannot exist: 404, as for any unknown id.
 pub(crate) fn parse_id(id: &str) -> Result<String, ApiError> {
     Uuid::parse_str(id)
@@ -162,7 +170,7 @@ fn parse_positive(field: &str, value: Option<&str>, default: i64, max: i64, erro
 #[utoipa::path(get, path = "/integrations/credentials", tag = "credentials",
     params(("provider" = Option<String>, Query), ("status" = Option<CredentialStatus>, Query),
            ("q" = Option<String>, Query, max_length = 200, description = "part of the name, any case"),
-           ("owner" = Option<String>, Query, description = "`me`: only the caller's own"),
+           ("owner" = Option<OwnerFilter>, Query, description = "`me`: only the caller's own"),
            ("shared" = Option<bool>, Query, description = "only shared (team or users), or only not shared"),
            ("page" = Option<i64>, Query, minimum = 1, maximum = 1000000),
            ("per_page" = Option<i64>, Query, minimum = 1, maximum = 50, description = "at most 50")),
@@ -208,7 +216,7 @@ async fn list_credentials(
         }
     }
     let owner_me = match query.owner.as_deref() {
-        None | Some("") => false,
+        None => false,
         Some("me") => true,
         Some(_) => {
             errors.push(FieldError::new("owner", "must be `me`"));
@@ -216,7 +224,7 @@ async fn list_credentials(
         }
     };
     let shared = match query.shared.as_deref() {
-        None | Some("") => None,
+        None => None,
         Some("true") => Some(true),
         Some("false") => Some(false),
         Some(_) => {
