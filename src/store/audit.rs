@@ -61,11 +61,12 @@ pub struct AuditRow {
     pub at: i64,
 }
 
-/// Writes one event on `conn` (usually inside the change's transaction).
-pub(crate) async fn insert(conn: &mut AnyConnection, event: &AuditEvent, at: i64) -> Result<(), sqlx::Error> {
-    sqlx::query(
+/// Writes one event on `conn` (usually inside the change's transaction);
+/// returns its id.
+pub(crate) async fn insert(conn: &mut AnyConnection, event: &AuditEvent, at: i64) -> Result<i64, sqlx::Error> {
+    let row = sqlx::query(
         "INSERT INTO audit_events (org_id, credential_id, action, outcome, actor, detail, at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
     )
     .bind(&event.org_id)
     .bind(&event.credential_id)
@@ -74,9 +75,9 @@ pub(crate) async fn insert(conn: &mut AnyConnection, event: &AuditEvent, at: i64
     .bind(&event.actor)
     .bind(event.detail.as_ref().map(|d| d.to_string()))
     .bind(at)
-    .execute(conn)
+    .fetch_one(conn)
     .await?;
-    Ok(())
+    sqlx::Row::try_get(&row, 0)
 }
 
 impl Store {
@@ -91,21 +92,9 @@ impl Store {
     /// Records an event on its own; returns its id.
     pub async fn audit_returning_id(&self, event: &AuditEvent) -> Result<i64, StoreError> {
         let mut tx = self.begin_write().await?;
-        let row = sqlx::query(
-            "INSERT INTO audit_events (org_id, credential_id, action, outcome, actor, detail, at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-        )
-        .bind(&event.org_id)
-        .bind(&event.credential_id)
-        .bind(event.action)
-        .bind(event.outcome)
-        .bind(&event.actor)
-        .bind(event.detail.as_ref().map(|d| d.to_string()))
-        .bind(self.now())
-        .fetch_one(&mut *tx)
-        .await?;
+        let id = insert(&mut tx, event, self.now()).await?;
         tx.commit().await?;
-        Ok(sqlx::Row::try_get(&row, 0)?)
+        Ok(id)
     }
 
     /// Replaces an event's detail (a denial's running count).

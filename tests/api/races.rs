@@ -6,22 +6,13 @@ use std::sync::Arc;
 
 use credgate::oauth::worker::try_refresh_due;
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::both_backends;
 use crate::helpers::{TestApp, TestDb};
 use crate::oauth::{connect, oauth_app};
 use crate::oauth_server::{Answer, AuthServer, Flavor, Gate};
-
-async fn resolve(app: &TestApp, id: &str) -> (StatusCode, Value) {
-    app.call(
-        Method::POST,
-        &format!("/integrations/credentials/{id}/resolve"),
-        &app.org.engine,
-        None,
-    )
-    .await
-}
+use crate::refresh::resolve;
 
 fn gate(server: &AuthServer) -> Arc<Gate> {
     let gate = Arc::new(Gate::default());

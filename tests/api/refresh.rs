@@ -14,7 +14,7 @@ use crate::helpers::{TestApp, TestDb};
 use crate::oauth::{connect, oauth_app};
 use crate::oauth_server::{AuthServer, Flavor, User};
 
-async fn resolve(app: &TestApp, id: &str) -> (StatusCode, Value) {
+pub async fn resolve(app: &TestApp, id: &str) -> (StatusCode, Value) {
     app.call(
         Method::POST,
         &format!("/integrations/credentials/{id}/resolve"),
