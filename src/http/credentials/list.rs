@@ -1,0 +1,143 @@
+//! `GET /integrations/credentials`: the page of credentials the caller may
+//! at least use, filtered and searched.
+
+use axum::extract::State;
+use axum::Json;
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::view::{CredentialOut, CredentialPage};
+use crate::credentials::{self, MAX_NAME_LEN, MAX_PER_PAGE};
+use crate::http::error::{ApiError, Problem};
+use crate::http::extract::{ApiQuery, Caller, READ};
+use crate::http::AppState;
+use crate::model::{Access, CredentialStatus};
+use crate::providers::FieldError;
+use crate::store::CredentialFilter;
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ListQuery {
+    provider: Option<String>,
+    status: Option<String>,
+    q: Option<String>,
+    owner: Option<String>,
+    shared: Option<String>,
+    page: Option<String>,
+    per_page: Option<String>,
+}
+
+/// `?owner=`: only `me`.
+#[derive(Debug, ToSchema)]
+#[expect(dead_code, reason = "it documents the query parameter only")]
+enum OwnerFilter {
+    #[schema(rename = "me")]
+    Me,
+}
+
+fn parse_positive(field: &str, value: Option<&str>, default: i64, max: i64, errors: &mut Vec<FieldError>) -> i64 {
+    let Some(raw) = value else { return default };
+    match raw.parse::<i64>() {
+        Ok(n) if (1..=max).contains(&n) => n,
+        _ => {
+            errors.push(FieldError::new(field, format!("must be an integer from 1 to {max}")));
+            default
+        }
+    }
+}
+
+/// List credentials
+#[utoipa::path(get, path = "/integrations/credentials", tag = "credentials",
+    params(("provider" = Option<String>, Query), ("status" = Option<CredentialStatus>, Query),
+           ("q" = Option<String>, Query, max_length = 200, description = "part of the name, any case"),
+           ("owner" = Option<OwnerFilter>, Query, description = "`me`: only the caller's own"),
+           ("shared" = Option<bool>, Query, description = "only shared (team or users), or only not shared"),
+           ("page" = Option<i64>, Query, minimum = 1, maximum = 1000000),
+           ("per_page" = Option<i64>, Query, minimum = 1, maximum = 50, description = "at most 50")),
+    responses((status = 200, body = CredentialPage), (status = 422, body = Problem)))]
+pub(super) async fn list_credentials(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Json<CredentialPage>, ApiError> {
+    caller.require(&state, READ, None).await?;
+    let mut errors = Vec::new();
+    let page = parse_positive("page", query.page.as_deref(), 1, 1_000_000, &mut errors);
+    let per_page = parse_positive(
+        "per_page",
+        query.per_page.as_deref(),
+        MAX_PER_PAGE,
+        MAX_PER_PAGE,
+        &mut errors,
+    );
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(s) => {
+            let parsed = CredentialStatus::parse(s);
+            if parsed.is_none() {
+                let names: Vec<&str> = CredentialStatus::ALL.iter().map(|s| s.as_str()).collect();
+                errors.push(FieldError::new(
+                    "status",
+                    format!("must be one of: {}", names.join(", ")),
+                ));
+            }
+            parsed
+        }
+    };
+    if query.q.as_ref().is_some_and(|q| q.chars().count() > MAX_NAME_LEN) {
+        errors.push(FieldError::new(
+            "q",
+            format!("must be at most {MAX_NAME_LEN} characters"),
+        ));
+    }
+    for (field, value) in [("q", &query.q), ("provider", &query.provider)] {
+        if value.as_ref().is_some_and(|v| v.chars().any(char::is_control)) {
+            errors.push(FieldError::new(field, "must not contain control characters"));
+        }
+    }
+    let owner_me = match query.owner.as_deref() {
+        None => false,
+        Some("me") => true,
+        Some(_) => {
+            errors.push(FieldError::new("owner", "must be `me`"));
+            false
+        }
+    };
+    let shared = match query.shared.as_deref() {
+        None => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(_) => {
+            errors.push(FieldError::new("shared", "must be true or false"));
+            None
+        }
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let filter = CredentialFilter {
+        provider: query.provider.filter(|p| !p.is_empty()),
+        status,
+        q: query.q.filter(|q| !q.is_empty()),
+        owner_me,
+        shared,
+        page,
+        per_page,
+        ..CredentialFilter::default()
+    };
+    let (rows, total) = credentials::list(&state, &caller, filter).await?;
+    let shown: Vec<String> = rows
+        .iter()
+        .filter(|(_, access)| *access >= Access::View)
+        .map(|(row, _)| row.id.clone())
+        .collect();
+    let mut grants = credentials::grants_of_many(&state, &shown).await?;
+    Ok(Json(CredentialPage {
+        items: rows
+            .iter()
+            .map(|(row, access)| CredentialOut::new(row, *access, grants.remove(&row.id).unwrap_or_default()))
+            .collect(),
+        page,
+        per_page,
+        total,
+    }))
+}
