@@ -32,6 +32,13 @@ async fn status_of(app: &TestApp, id: &str) -> String {
     body["status"].as_str().unwrap_or_default().to_owned()
 }
 
+/// `POST …/refresh` in the background (the stand-in's gate holds it).
+fn spawn_refresh(app: &TestApp, id: &str) -> tokio::task::JoinHandle<StatusCode> {
+    let url = format!("{}/integrations/credentials/{id}/refresh", app.base);
+    let (client, key) = (app.client.clone(), app.org.admin.clone());
+    tokio::spawn(async move { client.post(url).bearer_auth(key).send().await.unwrap().status() })
+}
+
 both_backends! {
     async fn a_patch_during_a_refresh_is_a_conflict_and_the_rotated_token_survives(backend: Backend) {
         let db = TestDb::new(backend).await;
@@ -40,10 +47,7 @@ both_backends! {
         let id = connect(&app, "sharepoint", "").await["credential_id"].clone();
         let gate = gate(&ms);
 
-        let refresh = {
-            let (client, url, key) = (app.client.clone(), format!("{}/integrations/credentials/{id}/refresh", app.base), app.org.admin.clone());
-            tokio::spawn(async move { client.post(url).bearer_auth(key).send().await.unwrap().status() })
-        };
+        let refresh = spawn_refresh(&app, &id);
         gate.arrivals(1).await;
         let (patched, problem) = app.call(Method::PATCH, &format!("/integrations/credentials/{id}"), &app.org.admin,
             Some(json!({"fields": {}}))).await;
@@ -73,10 +77,7 @@ both_backends! {
         let id = connect(&app, "sharepoint", "").await["credential_id"].clone();
         let gate = gate(&ms);
 
-        let refresh = {
-            let (client, url, key) = (app.client.clone(), format!("{}/integrations/credentials/{id}/refresh", app.base), app.org.admin.clone());
-            tokio::spawn(async move { client.post(url).bearer_auth(key).send().await.unwrap().status() })
-        };
+        let refresh = spawn_refresh(&app, &id);
         gate.arrivals(1).await;
         // Meanwhile the person re-authorizes; the old grant is revoked.
         ms.revoke_everything();
