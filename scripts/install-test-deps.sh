@@ -7,6 +7,7 @@
 # - two OS users for SFTP: one logs in with a password, one with keys only.
 # - the PostgreSQL 15 server binaries (initdb, postgres) for the second,
 #   password-protected test cluster; openssl for its self-signed certificate.
+# - chromium and chromium-driver: tests/api/pages drives headless Chromium.
 # - paramiko (PyPI) for the hostile SFTP stand-in, tests/api/probes/hostile_sftp.py,
 #   installed for the `python3` on PATH, which is the one the tests start.
 set -euo pipefail
@@ -23,6 +24,10 @@ command -v sftp >/dev/null 2>&1 || need+=(openssh-client)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 [ -x /usr/lib/postgresql/15/bin/initdb ] || need+=(postgresql-15)
 command -v psql >/dev/null 2>&1 || need+=(postgresql-client-15)
+# The page journeys drive a real headless Chromium over WebDriver.
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 
 if [ "${#need[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive

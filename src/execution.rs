@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::model::{Access, AuthKind, Principal};
 use crate::oauth::refresh::ensure_fresh;
 use crate::probes::{
-    self, FailureCode, LlmRequest, PostgresRequest, ProbeFailure, ProbeResult, SftpRequest, TelegramRequest,
+    self, FailureCode, LlmRequest, PostgresRequest, Probe, ProbeFailure, ProbeResult, SftpRequest, TelegramRequest,
 };
 use crate::store::{AuditEvent, CredentialRow, Usage};
 
@@ -60,14 +60,24 @@ pub async fn resolve(ctx: &Context, who: &Principal, id: &str, usage: &Usage) ->
     })
 }
 
-/// A probe request from stored values: the provider files use the probe
-/// bodies' field names, so the decrypted fields deserialize directly.
-fn request<P: serde::de::DeserializeOwned>(fields: Map<String, Value>) -> Result<P, Error> {
-    serde_json::from_value(Value::Object(fields)).map_err(|_| {
-        Error::internal(anyhow::anyhow!(
-            "the stored fields of this credential do not fit its probe"
-        ))
-    })
+/// Builds probe `P` from a credential's fields (the provider files use the
+/// probe bodies' field names), checks it, and runs it.
+async fn run_probe<P: Probe + serde::de::DeserializeOwned>(
+    ctx: &Context,
+    org_id: &str,
+    fields: Map<String, Value>,
+) -> Result<ProbeResult, Error> {
+    let req: P = serde_json::from_value(Value::Object(fields))
+        .map_err(|_| Error::field("fields", "do not fit this provider's connection test"))?;
+    req.validate().map_err(|errors| {
+        Error::Validation(
+            errors
+                .into_iter()
+                .map(|e| crate::providers::FieldError::new(e.field, e.message))
+                .collect(),
+        )
+    })?;
+    Ok(probes::run(&ctx.probes, org_id, &req).await)
 }
 
 /// OAuth credentials: a fresh token, then the identity endpoint.
@@ -109,6 +119,29 @@ async fn probe_oauth(ctx: &Context, row: CredentialRow) -> ProbeResult {
     }
 }
 
+/// Runs `provider`'s connection test on `fields` (stored or just typed);
+/// `Conflict(no_probe)` for a provider without one.
+pub async fn probe_fields(
+    ctx: &Context,
+    org_id: &str,
+    provider: &str,
+    mut fields: Map<String, Value>,
+) -> Result<ProbeResult, Error> {
+    match provider {
+        "sftp" => run_probe::<SftpRequest>(ctx, org_id, fields).await,
+        "postgresql" => run_probe::<PostgresRequest>(ctx, org_id, fields).await,
+        "openai" | "anthropic" | "openai_compatible" => {
+            fields.insert("provider_type".into(), provider.into());
+            run_probe::<LlmRequest>(ctx, org_id, fields).await
+        }
+        "telegram" => run_probe::<TelegramRequest>(ctx, org_id, fields).await,
+        other => Err(Error::Conflict(
+            "no_probe",
+            format!("credgate has no connection test for provider {other}"),
+        )),
+    }
+}
+
 /// Tests a saved credential with its stored values and records the outcome
 /// (`status`, `last_tested_at`, `last_error`).
 pub async fn test(ctx: &Context, who: &Principal, id: &str) -> Result<ProbeResult, Error> {
@@ -118,22 +151,7 @@ pub async fn test(ctx: &Context, who: &Principal, id: &str) -> Result<ProbeResul
         probe_oauth(ctx, row.clone()).await
     } else {
         let secrets = CredentialSecrets::open(&ctx.vault, &row).await?;
-        let mut fields = secrets.merged_fields(&row);
-        match row.provider.as_str() {
-            "sftp" => probes::run(&ctx.probes, org_id, &request::<SftpRequest>(fields)?).await,
-            "postgresql" => probes::run(&ctx.probes, org_id, &request::<PostgresRequest>(fields)?).await,
-            "openai" | "anthropic" | "openai_compatible" => {
-                fields.insert("provider_type".into(), row.provider.clone().into());
-                probes::run(&ctx.probes, org_id, &request::<LlmRequest>(fields)?).await
-            }
-            "telegram" => probes::run(&ctx.probes, org_id, &request::<TelegramRequest>(fields)?).await,
-            other => {
-                return Err(Error::Conflict(
-                    "no_probe",
-                    format!("credgate has no connection test for provider {other}"),
-                ))
-            }
-        }
+        probe_fields(ctx, org_id, &row.provider, secrets.merged_fields(&row)).await?
     };
     let failure = result.error.as_ref().map(|e| (e.code.as_str(), e.message.as_str()));
     credentials::record_test(ctx, &row, failure).await?;

@@ -24,6 +24,7 @@ pub mod model;
 pub mod oauth;
 pub mod probes;
 pub mod providers;
+pub mod sessions;
 pub mod store;
 pub mod telemetry;
 pub mod vault;

@@ -21,7 +21,7 @@ use crate::context::Context;
 use crate::error::Error;
 use crate::model::{Access, AuthKind, Principal, Role};
 use crate::providers::{FieldError, Provider};
-use crate::store::{CredentialFilter, CredentialRow, StoreError, Viewer};
+use crate::store::{AuditRow, CredentialFilter, CredentialRow, StoreError, Viewer};
 
 /// Longest credential name.
 pub const MAX_NAME_LEN: usize = 200;
@@ -58,6 +58,22 @@ pub async fn list(
         .filter_map(|(row, grant)| access::level_with(who, &row, grant).map(|level| (row, level)))
         .collect();
     Ok((rows, total))
+}
+
+/// A credential's audit events, newest first (at most 500): `view` needed;
+/// an admin still reads those of a deleted credential.
+pub async fn audit_log(ctx: &Context, who: &Principal, id: &str) -> Result<Vec<AuditRow>, Error> {
+    let deleted = who.role == Role::Admin
+        && ctx.store.credential(&who.org_id, id).await?.is_none()
+        && ctx.store.was_deleted(&who.org_id, id).await?;
+    if !deleted {
+        access::authorize(ctx, who, id, Access::View).await?;
+    }
+    let events = ctx.store.audit_events(&who.org_id, id, 500).await?;
+    if events.is_empty() {
+        return Err(Error::NotFound);
+    }
+    Ok(events)
 }
 
 /// A credential's user grants.

@@ -10,11 +10,13 @@ mod oauth;
 mod oauth_page;
 mod openapi;
 pub mod ops;
+mod pages;
 mod probes;
 mod providers;
 pub mod ratelimit;
 mod schemas;
 pub mod serve;
+mod sessions;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -88,6 +90,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(oauth::router())
         .merge(probes::router())
         .merge(events::router())
+        .merge(sessions::router())
         .merge(ops::router())
         .split_for_parts()
 }
@@ -103,6 +106,7 @@ pub fn app(state: AppState) -> Router {
     let doc = Arc::new(openapi::exact(doc, &state.registry));
     router
         .route("/openapi.json", get(move || async move { Json(doc.as_ref().clone()) }))
+        .merge(pages::router())
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(state.clone(), observe))

@@ -15,9 +15,7 @@ use super::extract::{ApiQuery, Caller, MANAGE};
 use super::oauth_page::result_page;
 use super::AppState;
 use crate::http::error::{ApiError, Problem};
-use crate::model::Access;
-use crate::oauth::flow::{self, CallbackQuery, StartRequest};
-use crate::providers::{validate_fields, AuthKind};
+use crate::oauth::flow::{self, AuthorizeInput, CallbackQuery};
 
 /// OAuth routes.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -40,38 +38,6 @@ struct AuthorizeResponse {
     expires_at: chrono::DateTime<chrono::Utc>,
 }
 
-/// Does `candidate` start with an allowed prefix *and* share its origin?
-/// (A bare string prefix would let `https://app.example.com.evil.net` pass.)
-pub fn return_to_allowed(allowed: &[String], candidate: &str) -> bool {
-    let Ok(url) = url::Url::parse(candidate) else {
-        return false;
-    };
-    if !matches!(url.scheme(), "http" | "https") || !url.username().is_empty() || url.password().is_some() {
-        return false;
-    }
-    allowed.iter().any(|prefix| {
-        let Ok(base) = url::Url::parse(prefix) else {
-            return false;
-        };
-        let path_ok = base.path().ends_with('/')
-            || url.path() == base.path()
-            || url.path().starts_with(&format!("{}/", base.path()));
-        candidate.starts_with(prefix.as_str()) && url.origin() == base.origin() && path_ok
-    })
-}
-
-/// The origins of the allowed return URLs (popup `postMessage` targets).
-fn allowed_origins(allowed: &[String]) -> Vec<String> {
-    let mut origins: Vec<String> = allowed
-        .iter()
-        .filter_map(|u| url::Url::parse(u).ok())
-        .map(|u| u.origin().ascii_serialization())
-        .filter(|o| o != "null")
-        .collect();
-    origins.dedup();
-    origins
-}
-
 /// Start connecting an account
 #[utoipa::path(get, path = "/integrations/{provider}/authorize", tag = "oauth",
     params(("provider" = String, Path), ("name" = Option<String>, Query), ("return_to" = Option<String>, Query),
@@ -87,82 +53,13 @@ async fn authorize(
     ApiQuery(query): ApiQuery<AuthorizeQuery>,
 ) -> Result<Response, ApiError> {
     caller.require(&state, MANAGE, query.credential_id.as_deref()).await?;
-    let provider = state
-        .registry
-        .get(&provider_id)
-        .filter(|p| p.oauth.is_some())
-        .ok_or(ApiError::NotFound)?;
-    let settings = provider.oauth.as_ref().expect("filtered");
-    if settings.client_id.is_empty() {
-        return Err(ApiError::Conflict(
-            "provider_not_configured",
-            format!(
-                "set CREDGATE_PROVIDER_{}_CLIENT_ID and _CLIENT_SECRET to connect {}",
-                provider_id.to_uppercase(),
-                provider.display_name
-            ),
-        ));
-    }
-    let mut errors = Vec::new();
-    if let Some(r) = &query.return_to {
-        if !return_to_allowed(&state.config.allowed_return_urls, r) {
-            errors.push(crate::providers::FieldError::new(
-                "return_to",
-                "must start with one of CREDGATE_ALLOWED_RETURN_URLS",
-            ));
-        }
-    }
-    if let Some(name) = &query.name {
-        if name.trim().is_empty() || name.chars().count() > 200 {
-            errors.push(crate::providers::FieldError::new("name", "must be 1 to 200 characters"));
-        }
-    }
-    let mut tenant = query.tenant.clone();
-    if let Some(id) = &query.credential_id {
-        let (existing, _) =
-            crate::credentials::access::authorize(&state, &caller, &parse_id(id)?, Access::Manage).await?;
-        if existing.provider != provider.id {
-            return Err(ApiError::NotFound);
-        }
-        if tenant.is_none() {
-            tenant = existing
-                .fields
-                .get("tenant")
-                .and_then(|t| t.as_str())
-                .map(str::to_owned);
-        }
-    }
-    if let Some(t) = &query.tenant {
-        let defs = &provider
-            .auth_type(AuthKind::Oauth2)
-            .map(|a| a.fields.clone())
-            .unwrap_or_default();
-        let mut submitted = serde_json::Map::new();
-        submitted.insert("tenant".into(), t.clone().into());
-        if let Err(e) = validate_fields(defs, &submitted) {
-            errors.extend(
-                e.into_iter()
-                    .map(|e| crate::providers::FieldError::new("tenant", e.message)),
-            );
-        }
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
-    }
-    let started = flow::start(
-        &state,
-        provider,
-        StartRequest {
-            org_id: caller.org_id.clone(),
-            actor: caller.actor(),
-            owner: caller.user_id.clone(),
-            name: query.name.map(|n| n.trim().to_owned()),
-            return_to: query.return_to,
-            credential_id: query.credential_id.map(|id| id.to_lowercase()),
-            tenant,
-        },
-    )
-    .await?;
+    let input = AuthorizeInput {
+        name: query.name,
+        return_to: query.return_to,
+        credential_id: query.credential_id.as_deref().map(parse_id).transpose()?,
+        tenant: query.tenant,
+    };
+    let started = flow::authorize(&state, &caller, &provider_id, input).await?;
     let wants_json = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -213,13 +110,21 @@ async fn callback(
         )
             .into_response());
     }
-    let origins = allowed_origins(&state.config.allowed_return_urls);
+    let origins = result_origins(&state);
     Ok(result_page(&provider.display_name, &finished.result, &origins))
+}
+
+/// Where the result page may post its message: the allowed return origins,
+/// and credgate's own (its connect page opens the provider in a popup).
+fn result_origins(state: &AppState) -> Vec<String> {
+    let mut allowed = state.config.allowed_return_urls.clone();
+    allowed.push(state.config.public_url.clone());
+    flow::allowed_origins(&allowed)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::return_to_allowed;
+    use crate::oauth::flow::return_to_allowed;
 
     #[test]
     fn return_to_must_share_origin_and_path_prefix() {

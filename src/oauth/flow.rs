@@ -14,7 +14,8 @@ use crate::context::Context;
 use crate::credentials::{self, Grant};
 use crate::crypto::SecretMap;
 use crate::error::Error;
-use crate::providers::Provider;
+use crate::model::{Access, AuthKind, Principal};
+use crate::providers::{validate_fields, FieldError, Provider};
 use crate::store::{OAuthStateRow, StoreError};
 
 /// What the caller asked `authorize` for, already checked.
@@ -57,6 +58,134 @@ fn hash_state(state: &str) -> String {
 /// so a response can only land where its provider was asked (mix-up defence).
 pub fn redirect_uri(ctx: &Context, provider: &str) -> String {
     format!("{}/integrations/{provider}/callback", ctx.config.public_url)
+}
+
+/// What a person (through an API key or a hosted page) asks to connect.
+#[derive(Debug, Clone, Default)]
+pub struct AuthorizeInput {
+    pub name: Option<String>,
+    pub return_to: Option<String>,
+    /// Re-authorize this credential in place (needs `manage`).
+    pub credential_id: Option<String>,
+    pub tenant: Option<String>,
+}
+
+/// Does `candidate` start with an allowed prefix *and* share its origin?
+/// (A bare string prefix would let `https://app.example.com.evil.net` pass.)
+pub fn return_to_allowed(allowed: &[String], candidate: &str) -> bool {
+    let Ok(url) = url::Url::parse(candidate) else {
+        return false;
+    };
+    if !matches!(url.scheme(), "http" | "https") || !url.username().is_empty() || url.password().is_some() {
+        return false;
+    }
+    allowed.iter().any(|prefix| {
+        let Ok(base) = url::Url::parse(prefix) else {
+            return false;
+        };
+        let path_ok = base.path().ends_with('/')
+            || url.path() == base.path()
+            || url.path().starts_with(&format!("{}/", base.path()));
+        candidate.starts_with(prefix.as_str()) && url.origin() == base.origin() && path_ok
+    })
+}
+
+/// The origins of the allowed return URLs (`postMessage` targets, and the
+/// pages that may frame the connect page).
+pub fn allowed_origins(allowed: &[String]) -> Vec<String> {
+    let mut origins: Vec<String> = allowed
+        .iter()
+        .filter_map(|u| url::Url::parse(u).ok())
+        .map(|u| u.origin().ascii_serialization())
+        .filter(|o| o != "null")
+        .collect();
+    origins.sort();
+    origins.dedup();
+    origins
+}
+
+/// Checks what `who` asked for and starts connecting `provider_id`:
+/// `NotFound` for a provider without OAuth or a credential `who` may not
+/// manage, `Conflict(provider_not_configured)` without a client id, field
+/// errors for a bad `return_to`, `name` or `tenant`.
+pub async fn authorize(
+    ctx: &Context,
+    who: &Principal,
+    provider_id: &str,
+    input: AuthorizeInput,
+) -> Result<Started, Error> {
+    let provider = ctx
+        .registry
+        .get(provider_id)
+        .filter(|p| p.oauth.is_some())
+        .ok_or(Error::NotFound)?;
+    let settings = provider.oauth.as_ref().expect("filtered");
+    if settings.client_id.is_empty() {
+        return Err(Error::Conflict(
+            "provider_not_configured",
+            format!(
+                "set CREDGATE_PROVIDER_{}_CLIENT_ID and _CLIENT_SECRET to connect {}",
+                provider_id.to_uppercase(),
+                provider.display_name
+            ),
+        ));
+    }
+    let mut errors = Vec::new();
+    if let Some(r) = &input.return_to {
+        if !return_to_allowed(&ctx.config.allowed_return_urls, r) {
+            errors.push(FieldError::new(
+                "return_to",
+                "must start with one of CREDGATE_ALLOWED_RETURN_URLS",
+            ));
+        }
+    }
+    if let Some(name) = &input.name {
+        if name.trim().is_empty() || name.chars().count() > credentials::MAX_NAME_LEN {
+            errors.push(FieldError::new("name", "must be 1 to 200 characters"));
+        }
+    }
+    let mut tenant = input.tenant.clone();
+    if let Some(id) = &input.credential_id {
+        let (existing, _) = credentials::access::authorize(ctx, who, id, Access::Manage).await?;
+        if existing.provider != provider.id {
+            return Err(Error::NotFound);
+        }
+        if tenant.is_none() {
+            tenant = existing
+                .fields
+                .get("tenant")
+                .and_then(|t| t.as_str())
+                .map(str::to_owned);
+        }
+    }
+    if let Some(t) = &input.tenant {
+        let defs = provider
+            .auth_type(AuthKind::Oauth2)
+            .map(|a| a.fields.clone())
+            .unwrap_or_default();
+        let mut submitted = serde_json::Map::new();
+        submitted.insert("tenant".into(), t.clone().into());
+        if let Err(e) = validate_fields(&defs, &submitted) {
+            errors.extend(e.into_iter().map(|e| FieldError::new("tenant", e.message)));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(Error::Validation(errors));
+    }
+    start(
+        ctx,
+        provider,
+        StartRequest {
+            org_id: who.org_id.clone(),
+            actor: who.actor(),
+            owner: who.user_id.clone(),
+            name: input.name.map(|n| n.trim().to_owned()),
+            return_to: input.return_to,
+            credential_id: input.credential_id.map(|id| id.to_lowercase()),
+            tenant,
+        },
+    )
+    .await
 }
 
 /// Creates the pending authorization and the provider's authorize URL.

@@ -238,3 +238,16 @@ async fn do_refresh(ctx: &Context, row: CredentialRow) -> Result<CredentialRow, 
         }
     }
 }
+
+/// `who` asks for a refresh now (`manage`): always asks the provider;
+/// `Conflict(not_oauth)` for a credential without tokens.
+pub async fn refresh_now(ctx: &Context, who: &crate::model::Principal, id: &str) -> Result<CredentialRow, Error> {
+    let (row, _) = crate::credentials::access::authorize(ctx, who, id, crate::model::Access::Manage).await?;
+    if row.auth_type != crate::model::AuthKind::Oauth2 {
+        return Err(Error::Conflict(
+            "not_oauth",
+            "only OAuth credentials have tokens to refresh".into(),
+        ));
+    }
+    refresh_credential(ctx, &row.org_id, &row.id, Mode::Now).await
+}

@@ -89,6 +89,7 @@ pub const EVENT_RETENTION_SECS: i64 = 7 * 86_400;
 /// their retention; returns how many states went.
 pub async fn purge_expired_states(ctx: &Context) -> Result<u64, Error> {
     ctx.store.purge_events(ctx.now() - EVENT_RETENTION_SECS).await?;
+    ctx.store.purge_page_sessions(ctx.now()).await?;
     Ok(ctx.store.purge_oauth_states(ctx.now()).await?)
 }
 

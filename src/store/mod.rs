@@ -19,6 +19,7 @@ mod outbox;
 mod quota;
 mod refresh;
 mod row;
+mod sessions;
 mod sharing;
 mod write_tx;
 
@@ -31,6 +32,7 @@ pub use orgs::OrgKeyRow;
 pub use outbox::{Notification, OutboxEvent};
 pub use refresh::{RefreshFailure, RefreshedTokens};
 pub use row::{CredentialRow, LastError};
+pub use sessions::{NewPageSession, PageSessionRow};
 pub use sharing::{UsageSummary, UserRemoval};
 
 use std::str::FromStr;

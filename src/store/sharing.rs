@@ -159,6 +159,12 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        // Their open hosted-page sessions end with them.
+        sqlx::query("DELETE FROM page_sessions WHERE org_id = $1 AND user_id = $2")
+            .bind(org_id)
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
         removal.keys_revoked = sqlx::query(
             "UPDATE api_keys SET revoked_at = $3 WHERE org_id = $1 AND user_id = $2 AND revoked_at IS NULL",
         )

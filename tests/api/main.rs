@@ -15,6 +15,7 @@ mod oauth_server;
 mod openapi_conformance;
 mod operations;
 mod outage;
+mod pages;
 mod probes;
 mod races;
 mod refresh;

@@ -303,7 +303,13 @@ async fn without_return_to_a_popup_page_posts_to_allowed_origins_only() {
 
     assert!(page.contains("account is connected"));
     assert!(page.contains("window.opener.postMessage(message, origin)"));
-    assert!(page.contains(r#"["https://app.example.com"]"#));
+    // The allowed return origins, and credgate's own (its connect page opens
+    // the provider in a popup); nothing else.
+    let own = app.base.clone();
+    assert!(
+        page.contains(&format!(r#"["{own}","https://app.example.com"]"#)),
+        "{page}"
+    );
     assert!(!page.contains("'*'") && !page.contains("\"*\""));
     assert!(page.contains(r#""result":"success""#));
     assert!(csp.contains("script-src 'nonce-"));

@@ -20,7 +20,7 @@ use super::extract::{ApiJson, Caller, MANAGE, READ};
 use super::AppState;
 use crate::credentials::{self, Changes, NewCredentialInput};
 use crate::http::error::{ApiError, Problem};
-use crate::model::{Access, Role};
+use crate::model::Access;
 use view::{AuditEventView, Credential, CredentialOut};
 
 /// Credential routes.
@@ -226,18 +226,7 @@ async fn list_audit_events(
     Path(id): Path<String>,
 ) -> Result<Json<Vec<AuditEventView>>, ApiError> {
     caller.require(&state, READ, Some(&id)).await?;
-    let id = parse_id(&id)?;
-    // Events outlive a deleted credential: admins still read them.
-    let deleted = caller.role == Role::Admin
-        && state.store.credential(&caller.org_id, &id).await?.is_none()
-        && state.store.was_deleted(&caller.org_id, &id).await?;
-    if !deleted {
-        credentials::access::authorize(&state, &caller, &id, Access::View).await?;
-    }
-    let events = state.store.audit_events(&caller.org_id, &id, 500).await?;
-    if events.is_empty() {
-        return Err(ApiError::NotFound);
-    }
+    let events = credentials::audit_log(&state, &caller, &parse_id(&id)?).await?;
     Ok(Json(
         events
             .into_iter()

@@ -15,8 +15,7 @@ use crate::http::error::{ApiError, Problem};
 use crate::http::extract::parse_json;
 use crate::http::extract::{Caller, MANAGE, RESOLVE};
 use crate::http::AppState;
-use crate::model::{Access, AuthKind};
-use crate::oauth::refresh::{refresh_credential, Mode};
+use crate::model::Access;
 use crate::providers::FieldError;
 use crate::store::Usage;
 
@@ -104,14 +103,7 @@ pub(super) async fn refresh_now(
     Path(id): Path<String>,
 ) -> Result<Json<Credential>, ApiError> {
     caller.require(&state, MANAGE, Some(&id)).await?;
-    let (row, _) = crate::credentials::access::authorize(&state, &caller, &parse_id(&id)?, Access::Manage).await?;
-    if row.auth_type != AuthKind::Oauth2 {
-        return Err(ApiError::Conflict(
-            "not_oauth",
-            "only OAuth credentials have tokens to refresh".into(),
-        ));
-    }
-    let row = refresh_credential(&state, &row.org_id, &row.id, Mode::Now).await?;
+    let row = crate::oauth::refresh::refresh_now(&state, &caller, &parse_id(&id)?).await?;
     let grants = crate::credentials::grants(&state, &row.id).await?;
     Ok(Json(Credential::new(&row, Access::Manage, grants)))
 }

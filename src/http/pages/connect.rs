@@ -1,0 +1,559 @@
+//! `/connect`: the providers a session offers, a form per provider built
+//! from the catalog (Test connection, Save), Connect for OAuth providers,
+//! and the end of the journey (`/connect/done`), which tells the opener or
+//! goes back to `return_to`.
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use maud::{html, Markup};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::layout::{self, field_input, name_input, notice, other_errors, page};
+use super::{enter, failure, forged, ok, same_page, session_from, Html, Session};
+use crate::credentials::{self, Changes, NewCredentialInput};
+use crate::error::Error;
+use crate::http::AppState;
+use crate::model::AuthKind;
+use crate::oauth::flow::{self, allowed_origins, AuthorizeInput};
+use crate::providers::{FieldDef, FieldError, FieldKind, Provider};
+use crate::sessions::{PageSession, Purpose};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/connect", get(grid))
+        .route("/connect/done", get(done))
+        .route("/connect/{provider}", get(form).post(save))
+        .route("/connect/{provider}/test", post(test))
+        .route("/connect/{provider}/oauth", get(start_oauth))
+}
+
+#[derive(Debug, Deserialize)]
+struct GridQuery {
+    session: Option<String>,
+    q: Option<String>,
+}
+
+/// The providers offered, searchable (by the box as you type, or `?q=`).
+async fn grid(State(state): State<AppState>, headers: HeaderMap, Query(query): Query<GridQuery>) -> Response {
+    if let Some(response) = enter(&state, Purpose::Connect, query.session.as_deref()).await {
+        return response;
+    }
+    let session = match session_from(&state, &headers, Purpose::Connect).await {
+        Ok(s) => s,
+        Err(refusal) => return refusal.into_response(),
+    };
+    if let Some(id) = &session.credential_id {
+        return match credentials::read(&state, &session.principal(), id).await {
+            Ok((row, _)) => Redirect::to(&format!("/connect/{}", row.provider)).into_response(),
+            Err(e) => failure(&state, &e).into_response(),
+        };
+    }
+    let q = query.q.unwrap_or_default().to_lowercase();
+    let providers: Vec<&Provider> = state
+        .registry
+        .iter()
+        .filter(|p| session.offers(&p.id))
+        .filter(|p| q.is_empty() || p.display_name.to_lowercase().contains(&q) || p.id.contains(&q))
+        .collect();
+    let body = html! {
+        form.search role="search" method="get" action="/connect" {
+            label for="provider-search" { "Search providers" }
+            input #provider-search type="search" name="q" value=(q) placeholder="Type a name…" autocomplete="off";
+            button type="submit" { "Search" }
+        }
+        ul.grid #providers {
+            @for p in &providers {
+                li.card data-provider-name=(format!("{} {}", p.display_name.to_lowercase(), p.id)) {
+                    a href=(format!("/connect/{}", p.id)) {
+                        span.card-title { (p.display_name) }
+                        span.types {
+                            @for t in &p.auth_types { span.badge.type { (type_words(t.kind)) } }
+                        }
+                    }
+                }
+            }
+        }
+        p #no-match hidden[!providers.is_empty()] { "No provider matches your search." }
+    };
+    ok(&state, page("Connect an account", &session, body)).into_response()
+}
+
+/// An auth type in words.
+pub fn type_words(kind: AuthKind) -> &'static str {
+    match kind {
+        AuthKind::Oauth2 => "Sign in (OAuth)",
+        AuthKind::ApiKey => "API key",
+        AuthKind::UserPassword => "User and password",
+        AuthKind::KeyFile => "Key file",
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct FormQuery {
+    auth_type: Option<String>,
+    error: Option<String>,
+}
+
+/// The provider the session offers, or a page saying it is not offered.
+fn offered<'a>(state: &'a AppState, session: &PageSession, id: &str) -> Result<&'a Provider, Html> {
+    state.registry.get(id).filter(|p| session.offers(&p.id)).ok_or_else(|| {
+        super::refusal(
+            state,
+            StatusCode::NOT_FOUND,
+            "Provider not available",
+            "This provider is not offered here. Go back and pick one from the list.",
+        )
+    })
+}
+
+/// What the form shows: typed values to keep (never secrets), errors, a notice.
+#[derive(Default)]
+struct FormState {
+    name: Option<String>,
+    values: Map<String, Value>,
+    errors: Vec<FieldError>,
+    notice: Option<String>,
+}
+
+async fn form(
+    State(state): State<AppState>,
+    session: Session,
+    Path(provider_id): Path<String>,
+    Query(query): Query<FormQuery>,
+) -> Response {
+    let provider = match offered(&state, &session, &provider_id) {
+        Ok(p) => p,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let mut shown = FormState {
+        notice: query.error.as_deref().map(|code| oauth_words(code).to_owned()),
+        ..FormState::default()
+    };
+    if let Some(id) = &session.credential_id {
+        match credentials::read(&state, &session.principal(), id).await {
+            Ok((row, _)) => {
+                shown.name = Some(row.name);
+                shown.values = row.fields;
+            }
+            Err(e) => return failure(&state, &e).into_response(),
+        }
+    }
+    render_form(
+        &state,
+        &session,
+        provider,
+        query.auth_type.as_deref(),
+        shown,
+        StatusCode::OK,
+    )
+    .into_response()
+}
+
+fn render_form(
+    state: &AppState,
+    session: &PageSession,
+    provider: &Provider,
+    auth_type: Option<&str>,
+    shown: FormState,
+    status: StatusCode,
+) -> Html {
+    let oauth = provider.auth_type(AuthKind::Oauth2).is_some();
+    let forms: Vec<_> = provider
+        .auth_types
+        .iter()
+        .filter(|t| t.kind != AuthKind::Oauth2)
+        .collect();
+    let chosen = auth_type
+        .and_then(|a| forms.iter().find(|t| t.kind.as_str() == a))
+        .or(forms.first())
+        .copied();
+    let reconnect = session.credential_id.is_some();
+    let title = if reconnect {
+        format!("Reconnect {}", provider.display_name)
+    } else {
+        format!("Connect {}", provider.display_name)
+    };
+    let body = html! {
+        p { a href="/connect" { "← All providers" } }
+        @if let Some(text) = &shown.notice { (notice(false, text)) }
+        @if oauth {
+            section.oauth {
+                p { "You will sign in at " (provider.display_name) " in a new window and come back here." }
+                a.button.primary #connect-oauth data-popup
+                    href=(format!("/connect/{}/oauth?csrf={}", provider.id, session.csrf_token)) {
+                    "Connect " (provider.display_name)
+                }
+                p #oauth-result role="status" {}
+            }
+        }
+        @if forms.len() > 1 {
+            nav.tabs aria-label="How to sign in" {
+                @for t in &forms {
+                    a href=(format!("/connect/{}?auth_type={}", provider.id, t.kind.as_str()))
+                        aria-current=[chosen.is_some_and(|c| c.kind == t.kind).then_some("page")] {
+                        (type_words(t.kind))
+                    }
+                }
+            }
+        }
+        @if let Some(t) = chosen {
+            form #credential-form method="post" action=(format!("/connect/{}", provider.id)) novalidate {
+                input type="hidden" name="csrf" value=(session.csrf_token);
+                input type="hidden" name="auth_type" value=(t.kind.as_str());
+                (name_input(shown.name.as_deref().unwrap_or(&provider.display_name), &shown.errors))
+                @for def in &t.fields {
+                    (field_input(def, text_of(shown.values.get(&def.name)).as_deref(), &shown.errors))
+                }
+                (other_errors(&shown.errors, &t.fields.iter().map(|f| f.name.clone()).collect::<Vec<_>>()))
+                @if reconnect { p.hint { "Enter every value again: secrets are never shown back." } }
+                div.actions {
+                    button type="button" #test-connection
+                        data-test-url=(format!("/connect/{}/test", provider.id)) data-test-output="test-result" {
+                        "Test connection"
+                    }
+                    button.primary type="submit" { "Save" }
+                }
+                p #test-result.probe role="status" aria-live="polite" {}
+            }
+        }
+    };
+    super::Html::new(state, status, page(&title, session, body))
+}
+
+fn text_of(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Null => None,
+        other => Some(other.to_string()),
+    }
+}
+
+/// A form body: `csrf`, `name`, `auth_type` and `f.{field}` pairs.
+struct Submitted {
+    csrf: Option<String>,
+    name: Option<String>,
+    auth_type: Option<String>,
+    raw: Vec<(String, String)>,
+}
+
+fn parse_form(body: &Bytes) -> Option<Submitted> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body).ok()?;
+    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    Some(Submitted {
+        csrf: get("csrf"),
+        name: get("name"),
+        auth_type: get("auth_type"),
+        raw: pairs,
+    })
+}
+
+/// Field values as the API takes them: empty inputs left out, numbers as
+/// numbers (a number that does not parse stays text, so validation names
+/// it), checkboxes as booleans.
+pub fn fields_from_form(defs: &[FieldDef], pairs: &[(String, String)]) -> Map<String, Value> {
+    let mut fields = Map::new();
+    for def in defs {
+        let key = format!("f.{}", def.name);
+        let value = pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| v.as_str());
+        let value = match (&def.kind, value) {
+            (FieldKind::Boolean, v) => Value::Bool(v == Some("true")),
+            (_, None) => continue,
+            (_, Some(v)) if v.trim().is_empty() => continue,
+            (FieldKind::Integer | FieldKind::Port, Some(v)) => v
+                .trim()
+                .parse::<i64>()
+                .map_or_else(|_| Value::String(v.to_owned()), Value::from),
+            (_, Some(v)) => Value::String(v.to_owned()),
+        };
+        fields.insert(def.name.clone(), value);
+    }
+    fields
+}
+
+/// Non-secret values to show again after a failed save.
+pub fn public_values(defs: &[FieldDef], fields: &Map<String, Value>) -> Map<String, Value> {
+    fields
+        .iter()
+        .filter(|(k, _)| defs.iter().any(|d| &d.name == *k && !d.secret))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+async fn save(
+    State(state): State<AppState>,
+    session: Session,
+    Path(provider_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let provider = match offered(&state, &session, &provider_id) {
+        Ok(p) => p,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let Some(form) = parse_form(&body) else {
+        return forged(&state).into_response();
+    };
+    if !same_page(&state, &session, &headers, form.csrf.as_deref()) {
+        return forged(&state).into_response();
+    }
+    let auth_type = form.auth_type.clone().unwrap_or_default();
+    let Some(kind) = AuthKind::parse(&auth_type).filter(|k| *k != AuthKind::Oauth2) else {
+        return forged(&state).into_response();
+    };
+    let Some(defs) = provider.auth_type(kind).map(|t| t.fields.clone()) else {
+        return forged(&state).into_response();
+    };
+    let fields = fields_from_form(&defs, &form.raw);
+    let name = form.name.clone().unwrap_or_default();
+    let who = session.principal();
+    let saved = match &session.credential_id {
+        Some(id) => {
+            let changes = Changes {
+                name: Some(name.clone()),
+                fields: Some(fields.clone()),
+            };
+            credentials::update(&state, &who, id, changes).await
+        }
+        None => {
+            let input = NewCredentialInput {
+                name: name.clone(),
+                provider: provider.id.clone(),
+                auth_type,
+                fields: fields.clone(),
+            };
+            credentials::create(&state, &who, input).await
+        }
+    };
+    match saved {
+        Ok(row) => Redirect::to(&format!("/connect/done?result=success&credential_id={}", row.id)).into_response(),
+        Err(e) => {
+            let (errors, text, status) = match e {
+                Error::Validation(errors) => (errors, None, StatusCode::UNPROCESSABLE_ENTITY),
+                e => (Vec::new(), Some(layout::words(&e)), StatusCode::CONFLICT),
+            };
+            let shown = FormState {
+                name: Some(name),
+                values: public_values(&defs, &fields),
+                errors,
+                notice: text,
+            };
+            render_form(&state, &session, provider, Some(kind.as_str()), shown, status).into_response()
+        }
+    }
+}
+
+/// Test connection with the typed values: JSON for the page's script
+/// (`ok`, `message` in words, `errors` by field).
+async fn test(
+    State(state): State<AppState>,
+    session: Session,
+    Path(provider_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let reply = |status: StatusCode, ok: bool, message: String, errors: Vec<FieldError>| {
+        (status, Json(json!({"ok": ok, "message": message, "errors": errors}))).into_response()
+    };
+    let Some(provider) = state.registry.get(&provider_id).filter(|p| session.offers(&p.id)) else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            false,
+            "This provider is not offered here.".into(),
+            vec![],
+        );
+    };
+    let form = parse_form(&body);
+    if !same_page(
+        &state,
+        &session,
+        &headers,
+        form.as_ref().and_then(|f| f.csrf.as_deref()),
+    ) {
+        return reply(
+            StatusCode::FORBIDDEN,
+            false,
+            "Reload the page and try again.".into(),
+            vec![],
+        );
+    }
+    let form = form.expect("checked by same_page");
+    let Some(auth) = form
+        .auth_type
+        .as_deref()
+        .and_then(AuthKind::parse)
+        .and_then(|k| provider.auth_type(k))
+        .filter(|t| t.kind != AuthKind::Oauth2)
+    else {
+        return reply(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            false,
+            "Pick how to sign in first.".into(),
+            vec![],
+        );
+    };
+    if let Err(limited) = state.limits.check_probe(&session.org_id) {
+        let message = match limited {
+            crate::http::error::ApiError::RateLimited { retry_after_secs } => {
+                format!("Too many tests in a short time; wait {retry_after_secs} seconds and try again.")
+            }
+            _ => "Too many tests in a short time; wait a little and try again.".into(),
+        };
+        return reply(StatusCode::TOO_MANY_REQUESTS, false, message, vec![]);
+    }
+    let fields = fields_from_form(&auth.fields, &form.raw);
+    let fields = match crate::providers::validate_fields(&auth.fields, &fields) {
+        Ok(_) => fields,
+        Err(errors) => {
+            return reply(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                false,
+                "Some values need attention.".into(),
+                errors,
+            )
+        }
+    };
+    match crate::execution::probe_fields(&state, &session.org_id, &provider.id, fields).await {
+        Ok(result) => reply(StatusCode::OK, result.ok, layout::probe_words(&result), vec![]),
+        Err(Error::Validation(errors)) => reply(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            false,
+            "Some values need attention.".into(),
+            errors,
+        ),
+        Err(e) => reply(StatusCode::CONFLICT, false, layout::words(&e), vec![]),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct CsrfQuery {
+    csrf: Option<String>,
+}
+
+/// Connect (or re-connect) through the provider: starts the flow as the
+/// session's user and sends the browser (a popup) to the provider. The
+/// callback's result page tells this page how it ended.
+async fn start_oauth(
+    State(state): State<AppState>,
+    session: Session,
+    Path(provider_id): Path<String>,
+    headers: HeaderMap,
+    Query(query): Query<CsrfQuery>,
+) -> Response {
+    if !same_page(&state, &session, &headers, query.csrf.as_deref()) {
+        return forged(&state).into_response();
+    }
+    if let Err(refusal) = offered(&state, &session, &provider_id) {
+        return refusal.into_response();
+    }
+    authorize_in_popup(&state, &session, &provider_id, session.credential_id.clone()).await
+}
+
+/// Starts the OAuth flow for the session's user and redirects to the provider.
+pub async fn authorize_in_popup(
+    state: &AppState,
+    session: &PageSession,
+    provider_id: &str,
+    credential_id: Option<String>,
+) -> Response {
+    let input = AuthorizeInput {
+        credential_id,
+        ..AuthorizeInput::default()
+    };
+    match flow::authorize(state, &session.principal(), provider_id, input).await {
+        Ok(started) => Redirect::to(&started.authorize_url).into_response(),
+        Err(e) => failure(state, &e).into_response(),
+    }
+}
+
+/// An OAuth error code in words.
+pub fn oauth_words(code: &str) -> &'static str {
+    match code {
+        "access_denied" => "You did not grant access at the provider, so nothing was connected.",
+        "oauth_state_invalid" => "The sign-in took too long or was already used. Try connecting again.",
+        "account_mismatch" => {
+            "You signed in with a different account than the one this credential belongs to. \
+             Sign in with the same account, or connect a new credential."
+        }
+        "quota_exceeded" => {
+            "Your organization already has the most credentials allowed for this provider. \
+             Delete one you no longer need, or ask an administrator to raise the limit."
+        }
+        "account_already_connected" => "This account is already connected in another credential.",
+        _ => "The provider did not connect the account. Try again; if it keeps failing, tell your administrator.",
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct DoneQuery {
+    result: Option<String>,
+    credential_id: Option<String>,
+    code: Option<String>,
+}
+
+/// The end: tells the opener (allowed origins only) and closes, or goes
+/// back to `return_to`, or says what happened.
+async fn done(State(state): State<AppState>, session: Session, Query(query): Query<DoneQuery>) -> Response {
+    let success = query.result.as_deref() == Some("success");
+    let credential = match (&query.credential_id, success) {
+        (Some(id), true) => match credentials::read(&state, &session.principal(), id).await {
+            Ok((row, _)) => Some(row),
+            Err(e) => return failure(&state, &e).into_response(),
+        },
+        _ => None,
+    };
+    let code = query.code.as_deref().unwrap_or("provider_error");
+    let code = if code.len() <= 64 && code.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        code
+    } else {
+        "provider_error"
+    };
+    let message = match &credential {
+        Some(row) => {
+            json!({"source": "credgate", "result": "success", "credential_id": row.id, "provider": row.provider})
+        }
+        None => json!({"source": "credgate", "result": "error", "code": code}),
+    };
+    let return_to = session
+        .return_to
+        .as_deref()
+        .and_then(|r| url::Url::parse(r).ok())
+        .map(|mut u| {
+            {
+                let mut pairs = u.query_pairs_mut();
+                match &credential {
+                    Some(row) => pairs
+                        .append_pair("credential_id", &row.id)
+                        .append_pair("result", "success"),
+                    None => pairs.append_pair("result", "error").append_pair("code", code),
+                };
+            }
+            u.to_string()
+        });
+    let origins = Value::from(allowed_origins(&state.config.allowed_return_urls));
+    let body: Markup = html! {
+        div #done data-message=(message.to_string()) data-origins=(origins.to_string()) data-return-to=[return_to.as_deref()] {
+            @match &credential {
+                Some(row) => {
+                    p.notice.ok role="status" { "✓ Connected: " strong { (row.name) } "." }
+                }
+                None => { p.notice.bad role="alert" { "✗ " (oauth_words(code)) } }
+            }
+            @if let Some(url) = &return_to {
+                p { a.button.primary href=(url) { "Continue" } }
+            } @else {
+                p { "You can close this window." }
+            }
+        }
+    };
+    let title = if credential.is_some() {
+        "Connected"
+    } else {
+        "Not connected"
+    };
+    ok(&state, page(title, &session, body)).into_response()
+}

@@ -1,0 +1,359 @@
+//! `/manage`: the person's credentials as sharing allows, 50 a page, with
+//! search, filters, a Test button per row, delete with a confirmation naming
+//! the credential, and Delete selected (N) with a confirmation showing N.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use maud::{html, Markup};
+use serde::Deserialize;
+
+use super::connect::type_words;
+use super::layout::{notice, page, status_badge, when};
+use super::{enter, failure, forged, ok, same_page, session_from, Session};
+use crate::credentials::{self, MAX_PER_PAGE};
+use crate::http::AppState;
+use crate::model::{Access, CredentialStatus};
+use crate::sessions::{PageSession, Purpose};
+use crate::store::{CredentialFilter, CredentialRow};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/manage", get(list))
+        .route("/manage/credentials/{id}/delete", get(confirm_delete).post(delete_one))
+        .route("/manage/delete-selected", post(confirm_selected))
+        .route("/manage/delete-selected/confirm", post(delete_selected))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ListQuery {
+    session: Option<String>,
+    q: Option<String>,
+    provider: Option<String>,
+    status: Option<String>,
+    page: Option<String>,
+    deleted: Option<String>,
+}
+
+fn status_words(s: CredentialStatus) -> &'static str {
+    match s {
+        CredentialStatus::Active => "Active",
+        CredentialStatus::Expired => "Expired",
+        CredentialStatus::NeedsReauth => "Needs re-authorization",
+        CredentialStatus::Error => "Error",
+    }
+}
+
+/// "Personal", "Team (use)", "3 people", …
+pub fn sharing_words(row: &CredentialRow, users: usize) -> String {
+    match (row.owner.is_none(), row.team_access, users) {
+        (true, _, _) => "Organization".into(),
+        (false, Some(team), 0) => format!("Team ({})", team.as_str()),
+        (false, Some(team), n) => format!("Team ({}) and {n} {}", team.as_str(), people(n)),
+        (false, None, 0) => "Personal".into(),
+        (false, None, n) => format!("Shared with {n} {}", people(n)),
+    }
+}
+
+fn people(n: usize) -> &'static str {
+    if n == 1 {
+        "person"
+    } else {
+        "people"
+    }
+}
+
+async fn list(State(state): State<AppState>, headers: HeaderMap, Query(query): Query<ListQuery>) -> Response {
+    if let Some(response) = enter(&state, Purpose::Manage, query.session.as_deref()).await {
+        return response;
+    }
+    let session = match session_from(&state, &headers, Purpose::Manage).await {
+        Ok(s) => s,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let page_no = query
+        .page
+        .as_deref()
+        .and_then(|p| p.parse::<i64>().ok())
+        .filter(|p| (1..=100_000).contains(p))
+        .unwrap_or(1);
+    let provider = query
+        .provider
+        .clone()
+        .filter(|p| !p.is_empty() && state.registry.get(p).is_some());
+    let status = query.status.as_deref().and_then(CredentialStatus::parse);
+    let q = query
+        .q
+        .clone()
+        .map(|q| q.trim().chars().take(200).collect::<String>())
+        .filter(|q| !q.is_empty());
+    let filter = CredentialFilter {
+        provider: provider.clone(),
+        status,
+        q: q.clone(),
+        page: page_no,
+        per_page: MAX_PER_PAGE,
+        ..CredentialFilter::default()
+    };
+    let who = session.principal();
+    let (rows, total) = match credentials::list(&state, &who, filter).await {
+        Ok(found) => found,
+        Err(e) => return failure(&state, &e).into_response(),
+    };
+    let ids: Vec<String> = rows.iter().map(|(r, _)| r.id.clone()).collect();
+    let grants = match credentials::grants_of_many(&state, &ids).await {
+        Ok(g) => g,
+        Err(e) => return failure(&state, &e).into_response(),
+    };
+    let pages = ((total + MAX_PER_PAGE - 1) / MAX_PER_PAGE).max(1);
+    let link = |p: i64| {
+        let mut u = url::form_urlencoded::Serializer::new(String::new());
+        if let Some(q) = &q {
+            u.append_pair("q", q);
+        }
+        if let Some(p) = &provider {
+            u.append_pair("provider", p);
+        }
+        if let Some(s) = status {
+            u.append_pair("status", s.as_str());
+        }
+        u.append_pair("page", &p.to_string());
+        format!("/manage?{}", u.finish())
+    };
+    let deleted = query.deleted.as_deref().and_then(|n| n.parse::<usize>().ok());
+    let body = html! {
+        @if let Some(n) = deleted {
+            (notice(true, &format!("{n} {} deleted.", if n == 1 { "credential" } else { "credentials" })))
+        }
+        form.filters role="search" method="get" action="/manage" {
+            div.field {
+                label for="q" { "Search by name" }
+                input #q type="search" name="q" value=[q.as_deref()];
+            }
+            div.field {
+                label for="provider" { "Provider" }
+                select #provider name="provider" {
+                    option value="" { "All providers" }
+                    @for p in state.registry.iter() {
+                        option value=(p.id) selected[provider.as_deref() == Some(p.id.as_str())] { (p.display_name) }
+                    }
+                }
+            }
+            div.field {
+                label for="status" { "Status" }
+                select #status name="status" {
+                    option value="" { "Any status" }
+                    @for s in CredentialStatus::ALL {
+                        option value=(s.as_str()) selected[status == Some(s)] { (status_words(s)) }
+                    }
+                }
+            }
+            button type="submit" { "Filter" }
+        }
+        p.count { (total) " " (if total == 1 { "credential" } else { "credentials" }) }
+        @if rows.is_empty() {
+            p.empty { "No credential matches." }
+        } @else {
+            form #bulk method="post" action="/manage/delete-selected" {
+                input type="hidden" name="csrf" value=(session.csrf_token);
+                div.actions {
+                    button.danger #delete-selected type="submit" { "Delete selected" }
+                }
+                div.table-wrap {
+                    table.credentials {
+                        thead { tr {
+                            th scope="col" { input #select-all type="checkbox" aria-label="Select all on this page"; }
+                            th scope="col" { "Name" }
+                            th scope="col" { "Type" }
+                            th scope="col" { "Provider" }
+                            th scope="col" { "Status" }
+                            th scope="col" { "Last used" }
+                            th scope="col" { "Shared" }
+                            th scope="col" { "Created" }
+                            th scope="col" { "Actions" }
+                        } }
+                        tbody {
+                            @for (row, access) in &rows {
+                                (table_row(&state, row, *access, grants.get(&row.id).map_or(0, Vec::len)))
+                            }
+                        }
+                    }
+                }
+            }
+            @if pages > 1 {
+                nav.pagination aria-label="Pages" {
+                    @if page_no > 1 { a rel="prev" href=(link(page_no - 1)) { "← Previous" } }
+                    span { "Page " (page_no) " of " (pages) }
+                    @if page_no < pages { a rel="next" href=(link(page_no + 1)) { "Next →" } }
+                }
+            }
+        }
+    };
+    ok(&state, page("Your credentials", &session, body)).into_response()
+}
+
+fn table_row(state: &AppState, row: &CredentialRow, access: Access, users: usize) -> Markup {
+    let provider = state
+        .registry
+        .get(&row.provider)
+        .map_or(row.provider.as_str(), |p| p.display_name.as_str());
+    let label = format!("Select {}", row.name);
+    let test_out = format!("test-{}", row.id);
+    html! {
+        tr data-id=(row.id) {
+            td {
+                @if access == Access::Manage {
+                    input type="checkbox" name="ids" value=(row.id) aria-label=(label);
+                }
+            }
+            td { a href=(format!("/manage/credentials/{}", row.id)) { (row.name) } }
+            td { span.badge.type { (type_words(row.auth_type)) } }
+            td { (provider) }
+            td { (status_badge(row.status, row.last_error.as_ref().map(|e| e.message.as_str()))) }
+            td { (when(row.last_used_at)) }
+            td { (sharing_words(row, users)) }
+            td { (when(Some(row.created_at))) }
+            td { div.row-actions {
+                button type="button" data-test-url=(format!("/manage/credentials/{}/test", row.id))
+                    data-test-output=(test_out) aria-label=(format!("Test {}", row.name)) { "Test" }
+                @if access == Access::Manage {
+                    a.button.danger href=(format!("/manage/credentials/{}/delete", row.id))
+                        aria-label=(format!("Delete {}", row.name)) { "Delete" }
+                }
+                span.probe #(test_out) role="status" aria-live="polite" {}
+            } }
+        }
+    }
+}
+
+async fn confirm_delete(State(state): State<AppState>, session: Session, Path(id): Path<String>) -> Response {
+    let row = match credentials::read(&state, &session.principal(), &id).await {
+        Ok((row, Access::Manage)) => row,
+        Ok(_) => return failure(&state, &crate::error::Error::Forbidden).into_response(),
+        Err(e) => return failure(&state, &e).into_response(),
+    };
+    let body = html! {
+        p { "Delete " strong { "“" (row.name) "”" } "? Workflows that use it will stop working. This cannot be undone." }
+        form method="post" action=(format!("/manage/credentials/{}/delete", row.id)) {
+            input type="hidden" name="csrf" value=(session.csrf_token);
+            div.actions {
+                button.danger type="submit" { "Delete “" (row.name) "”" }
+                a.button href=(format!("/manage/credentials/{}", row.id)) { "Cancel" }
+            }
+        }
+    };
+    ok(&state, page("Delete this credential?", &session, body)).into_response()
+}
+
+/// Form pairs; `None` when the body is not a form.
+fn pairs(body: &Bytes) -> Option<Vec<(String, String)>> {
+    serde_urlencoded::from_bytes(body).ok()
+}
+
+fn value<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+async fn delete_one(
+    State(state): State<AppState>,
+    session: Session,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form = pairs(&body).unwrap_or_default();
+    if !same_page(&state, &session, &headers, value(&form, "csrf")) {
+        return forged(&state).into_response();
+    }
+    match credentials::delete(&state, &session.principal(), &[id]).await {
+        Ok(deleted) if deleted.is_empty() => failure(&state, &crate::error::Error::NotFound).into_response(),
+        Ok(deleted) => Redirect::to(&format!("/manage?deleted={}", deleted.len())).into_response(),
+        Err(e) => failure(&state, &e).into_response(),
+    }
+}
+
+/// The selected ids (at most a page's worth), those the user may manage.
+async fn selected(
+    state: &AppState,
+    session: &PageSession,
+    form: &[(String, String)],
+) -> Result<Vec<CredentialRow>, crate::error::Error> {
+    let mut rows = Vec::new();
+    let mut seen: HashMap<&str, ()> = HashMap::new();
+    for (_, id) in form.iter().filter(|(k, _)| k == "ids").take(MAX_PER_PAGE as usize) {
+        if seen.insert(id.as_str(), ()).is_some() || uuid::Uuid::parse_str(id).is_err() {
+            continue;
+        }
+        match credentials::read(state, &session.principal(), id).await {
+            Ok((row, Access::Manage)) => rows.push(row),
+            Ok(_) | Err(crate::error::Error::NotFound | crate::error::Error::Forbidden) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(rows)
+}
+
+async fn confirm_selected(
+    State(state): State<AppState>,
+    session: Session,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form = pairs(&body).unwrap_or_default();
+    if !same_page(&state, &session, &headers, value(&form, "csrf")) {
+        return forged(&state).into_response();
+    }
+    let rows = match selected(&state, &session, &form).await {
+        Ok(rows) => rows,
+        Err(e) => return failure(&state, &e).into_response(),
+    };
+    if rows.is_empty() {
+        let body = html! {
+            (notice(false, "Select at least one credential you may delete, then press Delete selected."))
+            p { a href="/manage" { "Back to your credentials" } }
+        };
+        return super::Html::new(
+            &state,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            page("Nothing selected", &session, body),
+        )
+        .into_response();
+    }
+    let n = rows.len();
+    let title = format!("Delete {n} {}?", if n == 1 { "credential" } else { "credentials" });
+    let body = html! {
+        p { "Workflows that use them will stop working. This cannot be undone." }
+        ul.names { @for row in &rows { li { (row.name) } } }
+        form method="post" action="/manage/delete-selected/confirm" {
+            input type="hidden" name="csrf" value=(session.csrf_token);
+            @for row in &rows { input type="hidden" name="ids" value=(row.id); }
+            div.actions {
+                button.danger #confirm-delete type="submit" { "Delete " (n) " " (if n == 1 { "credential" } else { "credentials" }) }
+                a.button href="/manage" { "Cancel" }
+            }
+        }
+    };
+    ok(&state, page(&title, &session, body)).into_response()
+}
+
+async fn delete_selected(State(state): State<AppState>, session: Session, headers: HeaderMap, body: Bytes) -> Response {
+    let form = pairs(&body).unwrap_or_default();
+    if !same_page(&state, &session, &headers, value(&form, "csrf")) {
+        return forged(&state).into_response();
+    }
+    let ids: Vec<String> = form
+        .iter()
+        .filter(|(k, v)| k == "ids" && uuid::Uuid::parse_str(v).is_ok())
+        .map(|(_, v)| v.to_lowercase())
+        .take(MAX_PER_PAGE as usize)
+        .collect();
+    match credentials::delete(&state, &session.principal(), &ids).await {
+        Ok(deleted) => Redirect::to(&format!("/manage?deleted={}", deleted.len())).into_response(),
+        Err(e) => failure(&state, &e).into_response(),
+    }
+}

@@ -1,0 +1,124 @@
+//! Hosted-page sessions: created by an API key for one user, opened once by
+//! the URL's token, then carried by a cookie. Only hashes of the token and
+//! the cookie are stored.
+
+use sqlx::Row;
+
+use super::{Store, StoreError};
+
+/// A hosted-page session, as stored.
+#[derive(Debug, Clone)]
+pub struct PageSessionRow {
+    pub id: String,
+    pub org_id: String,
+    pub user_id: String,
+    pub purpose: String,
+    /// JSON array of provider ids, or `None` for all.
+    pub providers: Option<String>,
+    pub credential_id: Option<String>,
+    pub return_to: Option<String>,
+    pub csrf_token: String,
+    pub expires_at: i64,
+}
+
+/// A session to store.
+#[derive(Debug, Clone)]
+pub struct NewPageSession<'a> {
+    pub row: &'a PageSessionRow,
+    pub url_token_hash: &'a str,
+    pub created_by: &'a str,
+}
+
+const COLUMNS: &str = "id, org_id, user_id, purpose, providers, credential_id, return_to, csrf_token, expires_at";
+
+fn from_row(r: &sqlx::any::AnyRow) -> Result<PageSessionRow, StoreError> {
+    Ok(PageSessionRow {
+        id: r.try_get(0)?,
+        org_id: r.try_get(1)?,
+        user_id: r.try_get(2)?,
+        purpose: r.try_get(3)?,
+        providers: r.try_get(4)?,
+        credential_id: r.try_get(5)?,
+        return_to: r.try_get(6)?,
+        csrf_token: r.try_get(7)?,
+        expires_at: r.try_get(8)?,
+    })
+}
+
+impl Store {
+    /// Stores a new session, unless the organization already has
+    /// `max_open` that have not expired (`QuotaExceeded`).
+    pub async fn insert_page_session(&self, new: &NewPageSession<'_>, max_open: i64) -> Result<(), StoreError> {
+        let row = new.row;
+        let mut tx = self.begin_write().await?;
+        let open: i64 = sqlx::query("SELECT COUNT(*) FROM page_sessions WHERE org_id = $1 AND expires_at >= $2")
+            .bind(&row.org_id)
+            .bind(self.now())
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+        if open >= max_open {
+            return Err(StoreError::QuotaExceeded { limit: max_open });
+        }
+        sqlx::query(
+            "INSERT INTO page_sessions (id, org_id, user_id, purpose, providers, credential_id, return_to, \
+             url_token_hash, csrf_token, created_by, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(&row.id)
+        .bind(&row.org_id)
+        .bind(&row.user_id)
+        .bind(&row.purpose)
+        .bind(&row.providers)
+        .bind(&row.credential_id)
+        .bind(&row.return_to)
+        .bind(new.url_token_hash)
+        .bind(&row.csrf_token)
+        .bind(new.created_by)
+        .bind(self.now())
+        .bind(row.expires_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Opens a session by its URL token, once: binds it to `cookie_hash`
+    /// and returns it; `None` when the token is unknown, used or expired.
+    pub async fn open_page_session(
+        &self,
+        url_token_hash: &str,
+        cookie_hash: &str,
+    ) -> Result<Option<PageSessionRow>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(&format!(
+            "UPDATE page_sessions SET cookie_hash = $2, opened_at = $3 \
+             WHERE url_token_hash = $1 AND opened_at IS NULL AND expires_at > $3 RETURNING {COLUMNS}"
+        ))
+        .bind(url_token_hash)
+        .bind(cookie_hash)
+        .bind(self.now())
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    /// The live session a cookie carries, if any.
+    pub async fn page_session(&self, cookie_hash: &str) -> Result<Option<PageSessionRow>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM page_sessions WHERE cookie_hash = $1 AND expires_at > $2"
+        ))
+        .bind(cookie_hash)
+        .bind(self.now())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    /// Deletes the sessions that expired before `now`; returns how many.
+    pub async fn purge_page_sessions(&self, now: i64) -> Result<u64, StoreError> {
+        self.execute_write(sqlx::query("DELETE FROM page_sessions WHERE expires_at < $1").bind(now))
+            .await
+    }
+}
