@@ -9,24 +9,24 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use maud::{html, Markup};
+use maud::html;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use super::form::{fields_from_form, oauth_words, pairs, public_values, text_of, type_words, value, CsrfQuery};
 use super::layout::{self, field_input, name_input, notice, other_errors, page};
 use super::{enter, failure, forged, ok, same_page, session_from, Html, Session};
 use crate::credentials::{self, Changes, NewCredentialInput};
 use crate::error::Error;
 use crate::http::AppState;
 use crate::model::AuthKind;
-use crate::oauth::flow::{self, allowed_origins, AuthorizeInput};
-use crate::providers::{FieldDef, FieldError, FieldKind, Provider};
+use crate::oauth::flow::{self, AuthorizeInput};
+use crate::providers::{FieldError, Provider};
 use crate::sessions::{PageSession, Purpose};
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/connect", get(grid))
-        .route("/connect/done", get(done))
         .route("/connect/{provider}", get(form).post(save))
         .route("/connect/{provider}/test", post(test))
         .route("/connect/{provider}/oauth", get(start_oauth))
@@ -81,16 +81,6 @@ async fn grid(State(state): State<AppState>, headers: HeaderMap, Query(query): Q
         p #no-match hidden[!providers.is_empty()] { "No provider matches your search." }
     };
     ok(&state, page("Connect an account", &session, body)).into_response()
-}
-
-/// An auth type in words.
-pub fn type_words(kind: AuthKind) -> &'static str {
-    match kind {
-        AuthKind::Oauth2 => "Sign in (OAuth)",
-        AuthKind::ApiKey => "API key",
-        AuthKind::UserPassword => "User and password",
-        AuthKind::KeyFile => "Key file",
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -225,14 +215,6 @@ fn render_form(
     super::Html::new(state, status, page(&title, session, body))
 }
 
-fn text_of(v: Option<&Value>) -> Option<String> {
-    match v? {
-        Value::String(s) => Some(s.clone()),
-        Value::Null => None,
-        other => Some(other.to_string()),
-    }
-}
-
 /// A form body: `csrf`, `name`, `auth_type` and `f.{field}` pairs.
 struct Submitted {
     csrf: Option<String>,
@@ -242,46 +224,14 @@ struct Submitted {
 }
 
 fn parse_form(body: &Bytes) -> Option<Submitted> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body).ok()?;
-    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let raw = pairs(body);
+    let get = |k: &str| value(&raw, k).map(str::to_owned);
     Some(Submitted {
         csrf: get("csrf"),
         name: get("name"),
         auth_type: get("auth_type"),
-        raw: pairs,
+        raw,
     })
-}
-
-/// Field values as the API takes them: empty inputs left out, numbers as
-/// numbers (a number that does not parse stays text, so validation names
-/// it), checkboxes as booleans.
-pub fn fields_from_form(defs: &[FieldDef], pairs: &[(String, String)]) -> Map<String, Value> {
-    let mut fields = Map::new();
-    for def in defs {
-        let key = format!("f.{}", def.name);
-        let value = pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| v.as_str());
-        let value = match (&def.kind, value) {
-            (FieldKind::Boolean, v) => Value::Bool(v == Some("true")),
-            (_, None) => continue,
-            (_, Some(v)) if v.trim().is_empty() => continue,
-            (FieldKind::Integer | FieldKind::Port, Some(v)) => v
-                .trim()
-                .parse::<i64>()
-                .map_or_else(|_| Value::String(v.to_owned()), Value::from),
-            (_, Some(v)) => Value::String(v.to_owned()),
-        };
-        fields.insert(def.name.clone(), value);
-    }
-    fields
-}
-
-/// Non-secret values to show again after a failed save.
-pub fn public_values(defs: &[FieldDef], fields: &Map<String, Value>) -> Map<String, Value> {
-    fields
-        .iter()
-        .filter(|(k, _)| defs.iter().any(|d| &d.name == *k && !d.secret))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
 }
 
 async fn save(
@@ -429,11 +379,6 @@ async fn test(
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct CsrfQuery {
-    csrf: Option<String>,
-}
-
 /// Connect (or re-connect) through the provider: starts the flow as the
 /// session's user and sends the browser (a popup) to the provider. The
 /// callback's result page tells this page how it ended.
@@ -468,92 +413,4 @@ pub async fn authorize_in_popup(
         Ok(started) => Redirect::to(&started.authorize_url).into_response(),
         Err(e) => failure(state, &e).into_response(),
     }
-}
-
-/// An OAuth error code in words.
-pub fn oauth_words(code: &str) -> &'static str {
-    match code {
-        "access_denied" => "You did not grant access at the provider, so nothing was connected.",
-        "oauth_state_invalid" => "The sign-in took too long or was already used. Try connecting again.",
-        "account_mismatch" => {
-            "You signed in with a different account than the one this credential belongs to. \
-             Sign in with the same account, or connect a new credential."
-        }
-        "quota_exceeded" => {
-            "Your organization already has the most credentials allowed for this provider. \
-             Delete one you no longer need, or ask an administrator to raise the limit."
-        }
-        "account_already_connected" => "This account is already connected in another credential.",
-        _ => "The provider did not connect the account. Try again; if it keeps failing, tell your administrator.",
-    }
-}
-
-#[derive(Debug, Deserialize)]
-struct DoneQuery {
-    result: Option<String>,
-    credential_id: Option<String>,
-    code: Option<String>,
-}
-
-/// The end: tells the opener (allowed origins only) and closes, or goes
-/// back to `return_to`, or says what happened.
-async fn done(State(state): State<AppState>, session: Session, Query(query): Query<DoneQuery>) -> Response {
-    let success = query.result.as_deref() == Some("success");
-    let credential = match (&query.credential_id, success) {
-        (Some(id), true) => match credentials::read(&state, &session.principal(), id).await {
-            Ok((row, _)) => Some(row),
-            Err(e) => return failure(&state, &e).into_response(),
-        },
-        _ => None,
-    };
-    let code = query.code.as_deref().unwrap_or("provider_error");
-    let code = if code.len() <= 64 && code.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        code
-    } else {
-        "provider_error"
-    };
-    let message = match &credential {
-        Some(row) => {
-            json!({"source": "credgate", "result": "success", "credential_id": row.id, "provider": row.provider})
-        }
-        None => json!({"source": "credgate", "result": "error", "code": code}),
-    };
-    let return_to = session
-        .return_to
-        .as_deref()
-        .and_then(|r| url::Url::parse(r).ok())
-        .map(|mut u| {
-            {
-                let mut pairs = u.query_pairs_mut();
-                match &credential {
-                    Some(row) => pairs
-                        .append_pair("credential_id", &row.id)
-                        .append_pair("result", "success"),
-                    None => pairs.append_pair("result", "error").append_pair("code", code),
-                };
-            }
-            u.to_string()
-        });
-    let origins = Value::from(allowed_origins(&state.config.allowed_return_urls));
-    let body: Markup = html! {
-        div #done data-message=(message.to_string()) data-origins=(origins.to_string()) data-return-to=[return_to.as_deref()] {
-            @match &credential {
-                Some(row) => {
-                    p.notice.ok role="status" { "✓ Connected: " strong { (row.name) } "." }
-                }
-                None => { p.notice.bad role="alert" { "✗ " (oauth_words(code)) } }
-            }
-            @if let Some(url) = &return_to {
-                p { a.button.primary href=(url) { "Continue" } }
-            } @else {
-                p { "You can close this window." }
-            }
-        }
-    };
-    let title = if credential.is_some() {
-        "Connected"
-    } else {
-        "Not connected"
-    };
-    ok(&state, page(title, &session, body)).into_response()
 }

@@ -12,22 +12,21 @@ use maud::{html, Markup};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::connect::{authorize_in_popup, fields_from_form, oauth_words, public_values, type_words};
-use super::layout::{self, field_input, name_input, notice, other_errors, page, status_badge, when};
+use super::connect::authorize_in_popup;
+use super::form::{oauth_words, pairs, type_words, value, CsrfQuery};
+use super::layout::{self, notice, page, status_badge, when};
 use super::manage::sharing_words;
 use super::{failure, forged, same_page, Session};
-use crate::credentials::{self, Changes, Sharing};
+use crate::credentials::{self, Sharing};
 use crate::error::Error;
 use crate::http::AppState;
 use crate::model::{Access, AuthKind};
-use crate::providers::FieldError;
 use crate::sessions::PageSession;
 use crate::store::CredentialRow;
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/manage/credentials/{id}", get(show))
-        .route("/manage/credentials/{id}/edit", get(edit).post(save_edit))
         .route("/manage/credentials/{id}/test", post(test))
         .route("/manage/credentials/{id}/refresh", post(refresh))
         .route("/manage/credentials/{id}/reauthorize", get(reauthorize))
@@ -276,14 +275,6 @@ async fn test(State(state): State<AppState>, session: Session, Path(id): Path<St
     }
 }
 
-fn form_pairs(body: &Bytes) -> Vec<(String, String)> {
-    serde_urlencoded::from_bytes(body).unwrap_or_default()
-}
-
-fn value<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
-}
-
 async fn refresh(
     State(state): State<AppState>,
     session: Session,
@@ -291,7 +282,7 @@ async fn refresh(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let form = form_pairs(&body);
+    let form = pairs(&body);
     if !same_page(&state, &session, &headers, value(&form, "csrf")) {
         return forged(&state).into_response();
     }
@@ -309,11 +300,6 @@ async fn refresh(
             .await
         }
     }
-}
-
-#[derive(Debug, Deserialize)]
-struct CsrfQuery {
-    csrf: Option<String>,
 }
 
 async fn reauthorize(
@@ -340,7 +326,7 @@ async fn share(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let form = form_pairs(&body);
+    let form = pairs(&body);
     if !same_page(&state, &session, &headers, value(&form, "csrf")) {
         return forged(&state).into_response();
     }
@@ -373,121 +359,6 @@ async fn share(
                 StatusCode::UNPROCESSABLE_ENTITY,
             )
             .await
-        }
-    }
-}
-
-async fn edit(State(state): State<AppState>, session: Session, Path(id): Path<String>) -> Response {
-    let row = match credentials::read(&state, &session.principal(), &id).await {
-        Ok((row, Access::Manage)) => row,
-        Ok(_) => return failure(&state, &Error::Forbidden).into_response(),
-        Err(e) => return failure(&state, &e).into_response(),
-    };
-    let name = row.name.clone();
-    let values = row.fields.clone();
-    edit_form(&state, &session, &row, &name, &values, &[], None, StatusCode::OK)
-}
-
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one form, its values, its errors and its status"
-)]
-fn edit_form(
-    state: &AppState,
-    session: &PageSession,
-    row: &CredentialRow,
-    name: &str,
-    values: &serde_json::Map<String, serde_json::Value>,
-    errors: &[FieldError],
-    text: Option<String>,
-    status: StatusCode,
-) -> Response {
-    let Some(auth) = state
-        .registry
-        .get(&row.provider)
-        .and_then(|p| p.auth_type(row.auth_type))
-    else {
-        return failure(
-            state,
-            &Error::Conflict("no_form", "this credential's provider is no longer offered".into()),
-        )
-        .into_response();
-    };
-    let body = html! {
-        p { a href=(format!("/manage/credentials/{}", row.id)) { "← Back" } }
-        @if let Some(text) = &text { (notice(false, text)) }
-        p.hint { "Enter every value again: secrets are never shown back, and saving replaces all of them." }
-        form #credential-form method="post" action=(format!("/manage/credentials/{}/edit", row.id)) novalidate {
-            input type="hidden" name="csrf" value=(session.csrf_token);
-            (name_input(name, errors))
-            @for def in &auth.fields {
-                (field_input(def, values.get(&def.name).and_then(|v| v.as_str().map(str::to_owned).or_else(|| (!v.is_null()).then(|| v.to_string()))).as_deref(), errors))
-            }
-            (other_errors(errors, &auth.fields.iter().map(|f| f.name.clone()).collect::<Vec<_>>()))
-            div.actions { button.primary type="submit" { "Save" } }
-        }
-    };
-    super::Html::new(state, status, page(&format!("Edit {}", row.name), session, body)).into_response()
-}
-
-async fn save_edit(
-    State(state): State<AppState>,
-    session: Session,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let form = form_pairs(&body);
-    if !same_page(&state, &session, &headers, value(&form, "csrf")) {
-        return forged(&state).into_response();
-    }
-    let who = session.principal();
-    let row = match credentials::read(&state, &who, &id).await {
-        Ok((row, _)) => row,
-        Err(e) => return failure(&state, &e).into_response(),
-    };
-    let Some(defs) = state
-        .registry
-        .get(&row.provider)
-        .and_then(|p| p.auth_type(row.auth_type))
-        .map(|a| a.fields.clone())
-    else {
-        return failure(&state, &Error::NotFound).into_response();
-    };
-    let fields = fields_from_form(&defs, &form);
-    let name = value(&form, "name").unwrap_or_default().to_owned();
-    let changes = Changes {
-        name: Some(name.clone()),
-        fields: Some(fields.clone()),
-    };
-    match credentials::update(&state, &who, &id, changes).await {
-        Ok(row) => Redirect::to(&format!("/manage/credentials/{}?saved=1", row.id)).into_response(),
-        Err(Error::Validation(errors)) => {
-            let values = public_values(&defs, &fields);
-            edit_form(
-                &state,
-                &session,
-                &row,
-                &name,
-                &values,
-                &errors,
-                None,
-                StatusCode::UNPROCESSABLE_ENTITY,
-            )
-        }
-        Err(e @ Error::NotFound) => failure(&state, &e).into_response(),
-        Err(e) => {
-            let values = public_values(&defs, &fields);
-            edit_form(
-                &state,
-                &session,
-                &row,
-                &name,
-                &values,
-                &[],
-                Some(layout::words(&e)),
-                StatusCode::CONFLICT,
-            )
         }
     }
 }

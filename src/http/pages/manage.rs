@@ -13,7 +13,7 @@ use axum::Router;
 use maud::{html, Markup};
 use serde::Deserialize;
 
-use super::connect::type_words;
+use super::form::{pairs, type_words, value};
 use super::layout::{notice, page, status_badge, when};
 use super::{enter, failure, forged, ok, same_page, session_from, Session};
 use crate::credentials::{self, MAX_PER_PAGE};
@@ -250,15 +250,6 @@ async fn confirm_delete(State(state): State<AppState>, session: Session, Path(id
     ok(&state, page("Delete this credential?", &session, body)).into_response()
 }
 
-/// Form pairs; `None` when the body is not a form.
-fn pairs(body: &Bytes) -> Option<Vec<(String, String)>> {
-    serde_urlencoded::from_bytes(body).ok()
-}
-
-fn value<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
-}
-
 async fn delete_one(
     State(state): State<AppState>,
     session: Session,
@@ -266,7 +257,7 @@ async fn delete_one(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let form = pairs(&body).unwrap_or_default();
+    let form = pairs(&body);
     if !same_page(&state, &session, &headers, value(&form, "csrf")) {
         return forged(&state).into_response();
     }
@@ -304,7 +295,7 @@ async fn confirm_selected(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let form = pairs(&body).unwrap_or_default();
+    let form = pairs(&body);
     if !same_page(&state, &session, &headers, value(&form, "csrf")) {
         return forged(&state).into_response();
     }
@@ -342,7 +333,7 @@ async fn confirm_selected(
 }
 
 async fn delete_selected(State(state): State<AppState>, session: Session, headers: HeaderMap, body: Bytes) -> Response {
-    let form = pairs(&body).unwrap_or_default();
+    let form = pairs(&body);
     if !same_page(&state, &session, &headers, value(&form, "csrf")) {
         return forged(&state).into_response();
     }

@@ -12,6 +12,9 @@
 
 mod connect;
 mod detail;
+mod done;
+mod edit;
+mod form;
 mod layout;
 mod manage;
 
@@ -35,7 +38,9 @@ pub fn router() -> Router<AppState> {
         .route("/pages/assets/app.css", get(stylesheet))
         .merge(connect::router())
         .merge(manage::router())
+        .merge(done::router())
         .merge(detail::router())
+        .merge(edit::router())
 }
 
 const SCRIPT: &str = include_str!("assets/app.js");
