@@ -3,7 +3,6 @@
 //! and the end of the journey (`/connect/done`), which tells the opener or
 //! goes back to `return_to`.
 
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -13,9 +12,9 @@ use maud::html;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::form::{fields_from_form, oauth_words, pairs, public_values, text_of, type_words, value, CsrfQuery};
+use super::form::{fields_from_form, oauth_words, public_values, text_of, type_words, value, CsrfQuery};
 use super::layout::{self, field_input, name_input, notice, other_errors, page};
-use super::{enter, failure, forged, ok, same_page, session_from, Html, Session};
+use super::{enter, failure, forged, ok, same_page, session_from, Html, Posted, Session};
 use crate::credentials::{self, Changes, NewCredentialInput};
 use crate::error::Error;
 use crate::http::AppState;
@@ -215,42 +214,34 @@ fn render_form(
     super::Html::new(state, status, page(&title, session, body))
 }
 
-/// A form body: `csrf`, `name`, `auth_type` and `f.{field}` pairs.
+/// A form body: `name`, `auth_type` and `f.{field}` pairs.
 struct Submitted {
-    csrf: Option<String>,
     name: Option<String>,
     auth_type: Option<String>,
     raw: Vec<(String, String)>,
 }
 
-fn parse_form(body: &Bytes) -> Option<Submitted> {
-    let raw = pairs(body);
-    let get = |k: &str| value(&raw, k).map(str::to_owned);
-    Some(Submitted {
-        csrf: get("csrf"),
-        name: get("name"),
-        auth_type: get("auth_type"),
-        raw,
-    })
+impl From<Vec<(String, String)>> for Submitted {
+    fn from(raw: Vec<(String, String)>) -> Self {
+        let get = |k: &str| value(&raw, k).map(str::to_owned);
+        Self {
+            name: get("name"),
+            auth_type: get("auth_type"),
+            raw,
+        }
+    }
 }
 
 async fn save(
     State(state): State<AppState>,
-    session: Session,
     Path(provider_id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    Posted { session, form }: Posted,
 ) -> Response {
     let provider = match offered(&state, &session, &provider_id) {
         Ok(p) => p,
         Err(refusal) => return refusal.into_response(),
     };
-    let Some(form) = parse_form(&body) else {
-        return forged(&state).into_response();
-    };
-    if !same_page(&state, &session, &headers, form.csrf.as_deref()) {
-        return forged(&state).into_response();
-    }
+    let form = Submitted::from(form);
     let auth_type = form.auth_type.clone().unwrap_or_default();
     let Some(kind) = AuthKind::parse(&auth_type).filter(|k| *k != AuthKind::Oauth2) else {
         return forged(&state).into_response();
@@ -301,10 +292,8 @@ async fn save(
 /// (`ok`, `message` in words, `errors` by field).
 async fn test(
     State(state): State<AppState>,
-    session: Session,
     Path(provider_id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    Posted { session, form }: Posted,
 ) -> Response {
     let reply = |status: StatusCode, ok: bool, message: String, errors: Vec<FieldError>| {
         (status, Json(json!({"ok": ok, "message": message, "errors": errors}))).into_response()
@@ -317,21 +306,7 @@ async fn test(
             vec![],
         );
     };
-    let form = parse_form(&body);
-    if !same_page(
-        &state,
-        &session,
-        &headers,
-        form.as_ref().and_then(|f| f.csrf.as_deref()),
-    ) {
-        return reply(
-            StatusCode::FORBIDDEN,
-            false,
-            "Reload the page and try again.".into(),
-            vec![],
-        );
-    }
-    let form = form.expect("checked by same_page");
+    let form = Submitted::from(form);
     let Some(auth) = form
         .auth_type
         .as_deref()

@@ -2,7 +2,6 @@
 //! scopes, usage by workflow and audit log (`view`); Test (`use`); Edit,
 //! Refresh, Re-authorize and sharing (`manage`).
 
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -13,10 +12,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::connect::authorize_in_popup;
-use super::form::{oauth_words, pairs, type_words, value, CsrfQuery};
+use super::form::{oauth_words, type_words, value, CsrfQuery};
 use super::layout::{self, notice, page, status_badge, when};
 use super::manage::sharing_words;
-use super::{failure, forged, same_page, Session};
+use super::{failure, forged, same_page, Posted, Session};
 use crate::credentials::{self, Sharing};
 use crate::error::Error;
 use crate::http::AppState;
@@ -247,14 +246,7 @@ fn sharing_form(session: &PageSession, row: &CredentialRow, grants: &[(String, A
     }
 }
 
-async fn test(State(state): State<AppState>, session: Session, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    if !same_page(&state, &session, &headers, None) {
-        return (
-            StatusCode::FORBIDDEN,
-            Json(json!({"ok": false, "message": "Reload the page and try again."})),
-        )
-            .into_response();
-    }
+async fn test(State(state): State<AppState>, Path(id): Path<String>, Posted { session, .. }: Posted) -> Response {
     if let Err(crate::http::error::ApiError::RateLimited { retry_after_secs }) =
         state.limits.check_probe(&session.org_id)
     {
@@ -275,17 +267,7 @@ async fn test(State(state): State<AppState>, session: Session, Path(id): Path<St
     }
 }
 
-async fn refresh(
-    State(state): State<AppState>,
-    session: Session,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let form = pairs(&body);
-    if !same_page(&state, &session, &headers, value(&form, "csrf")) {
-        return forged(&state).into_response();
-    }
+async fn refresh(State(state): State<AppState>, Path(id): Path<String>, Posted { session, .. }: Posted) -> Response {
     match crate::oauth::refresh::refresh_now(&state, &session.principal(), &id).await {
         Ok(row) => Redirect::to(&format!("/manage/credentials/{}?refreshed=1", row.id)).into_response(),
         Err(e @ Error::NotFound) => failure(&state, &e).into_response(),
@@ -319,17 +301,7 @@ async fn reauthorize(
     authorize_in_popup(&state, &session, &row.provider, Some(row.id)).await
 }
 
-async fn share(
-    State(state): State<AppState>,
-    session: Session,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let form = pairs(&body);
-    if !same_page(&state, &session, &headers, value(&form, "csrf")) {
-        return forged(&state).into_response();
-    }
+async fn share(State(state): State<AppState>, Path(id): Path<String>, Posted { session, form }: Posted) -> Response {
     let team = value(&form, "team").and_then(Access::parse);
     let users: Vec<&str> = form
         .iter()

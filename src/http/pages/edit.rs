@@ -1,17 +1,16 @@
 //! Edit a credential from `/manage`: every field entered again (secrets are
 //! never shown back), as the API's PATCH requires.
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::Router;
 use maud::html;
 
-use super::form::{fields_from_form, pairs, public_values, text_of, value};
+use super::form::{fields_from_form, public_values, text_of, value};
 use super::layout::{self, field_input, name_input, notice, other_errors, page};
-use super::{failure, forged, same_page, Session};
+use super::{failure, Posted, Session};
 use crate::credentials::{self, Changes};
 use crate::error::Error;
 use crate::http::AppState;
@@ -79,15 +78,9 @@ fn edit_form(
 
 async fn save_edit(
     State(state): State<AppState>,
-    session: Session,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    Posted { session, form }: Posted,
 ) -> Response {
-    let form = pairs(&body);
-    if !same_page(&state, &session, &headers, value(&form, "csrf")) {
-        return forged(&state).into_response();
-    }
     let who = session.principal();
     let row = match credentials::read(&state, &who, &id).await {
         Ok((row, _)) => row,

@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -13,9 +12,9 @@ use axum::Router;
 use maud::{html, Markup};
 use serde::Deserialize;
 
-use super::form::{pairs, type_words, value};
+use super::form::type_words;
 use super::layout::{notice, page, status_badge, when};
-use super::{enter, failure, forged, ok, same_page, session_from, Session};
+use super::{enter, failure, ok, session_from, Posted, Session};
 use crate::credentials::{self, MAX_PER_PAGE};
 use crate::http::AppState;
 use crate::model::{Access, CredentialStatus};
@@ -250,17 +249,7 @@ async fn confirm_delete(State(state): State<AppState>, session: Session, Path(id
     ok(&state, page("Delete this credential?", &session, body)).into_response()
 }
 
-async fn delete_one(
-    State(state): State<AppState>,
-    session: Session,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let form = pairs(&body);
-    if !same_page(&state, &session, &headers, value(&form, "csrf")) {
-        return forged(&state).into_response();
-    }
+async fn delete_one(State(state): State<AppState>, Path(id): Path<String>, Posted { session, .. }: Posted) -> Response {
     match credentials::delete(&state, &session.principal(), &[id]).await {
         Ok(deleted) if deleted.is_empty() => failure(&state, &crate::error::Error::NotFound).into_response(),
         Ok(deleted) => Redirect::to(&format!("/manage?deleted={}", deleted.len())).into_response(),
@@ -289,16 +278,7 @@ async fn selected(
     Ok(rows)
 }
 
-async fn confirm_selected(
-    State(state): State<AppState>,
-    session: Session,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let form = pairs(&body);
-    if !same_page(&state, &session, &headers, value(&form, "csrf")) {
-        return forged(&state).into_response();
-    }
+async fn confirm_selected(State(state): State<AppState>, Posted { session, form }: Posted) -> Response {
     let rows = match selected(&state, &session, &form).await {
         Ok(rows) => rows,
         Err(e) => return failure(&state, &e).into_response(),
@@ -332,11 +312,7 @@ async fn confirm_selected(
     ok(&state, page(&title, &session, body)).into_response()
 }
 
-async fn delete_selected(State(state): State<AppState>, session: Session, headers: HeaderMap, body: Bytes) -> Response {
-    let form = pairs(&body);
-    if !same_page(&state, &session, &headers, value(&form, "csrf")) {
-        return forged(&state).into_response();
-    }
+async fn delete_selected(State(state): State<AppState>, Posted { session, form }: Posted) -> Response {
     let ids: Vec<String> = form
         .iter()
         .filter(|(k, v)| k == "ids" && uuid::Uuid::parse_str(v).is_ok())

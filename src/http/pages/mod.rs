@@ -18,7 +18,7 @@ mod form;
 mod layout;
 mod manage;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -245,6 +245,34 @@ pub fn same_page(state: &AppState, session: &PageSession, headers: &HeaderMap, f
         .or(form_token)
         .unwrap_or("");
     origin_ok && session.csrf_ok(token)
+}
+
+/// A state-changing request from a page, checked: its session (from the
+/// cookie), and its form, whose CSRF token (or `X-CSRF-Token` header) and
+/// `Origin` passed [`same_page`]. Every page POST takes this, so none can
+/// forget the check.
+pub struct Posted {
+    pub session: PageSession,
+    pub form: Vec<(String, String)>,
+}
+
+impl FromRequest<AppState> for Posted {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let Session(session) = Session::from_request_parts(&mut parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let bytes = axum::body::to_bytes(body, super::MAX_BODY_BYTES)
+            .await
+            .map_err(|_| forged(state).into_response())?;
+        let form = form::pairs(&bytes);
+        if !same_page(state, &session, &parts.headers, form::value(&form, "csrf")) {
+            return Err(forged(state).into_response());
+        }
+        Ok(Self { session, form })
+    }
 }
 
 /// The refusal for a request that fails [`same_page`].

@@ -48,7 +48,9 @@
         headers: { 'X-CSRF-Token': csrf },
         body: body
       }).then(function (response) {
-        return response.json();
+        return response.json().catch(function () {
+          return { ok: false, message: 'This page is out of date or its session ended; reload it and try again.' };
+        });
       }).then(function (result) {
         out.className = 'probe ' + (result.ok ? 'passed' : 'failed');
         out.textContent = (result.ok ? '✓ ' : '✗ ') + result.message;
