@@ -12,7 +12,8 @@ use crate::error::Error;
 use crate::model::{Access, AuthKind, Principal};
 use crate::oauth::refresh::ensure_fresh;
 use crate::probes::{
-    self, FailureCode, LlmRequest, PostgresRequest, Probe, ProbeFailure, ProbeResult, SftpRequest, TelegramRequest,
+    self, DeclaredProbe, FailureCode, LlmRequest, PostgresRequest, Probe, ProbeFailure, ProbeResult, SftpRequest,
+    TelegramRequest,
 };
 use crate::store::{AuditEvent, CredentialRow, Usage};
 
@@ -69,15 +70,17 @@ async fn run_probe<P: Probe + serde::de::DeserializeOwned>(
 ) -> Result<ProbeResult, Error> {
     let req: P = serde_json::from_value(Value::Object(fields))
         .map_err(|_| Error::field("fields", "do not fit this provider's connection test"))?;
-    req.validate().map_err(|errors| {
-        Error::Validation(
-            errors
-                .into_iter()
-                .map(|e| crate::providers::FieldError::new(e.field, e.message))
-                .collect(),
-        )
-    })?;
+    req.validate().map_err(field_errors)?;
     Ok(probes::run(&ctx.probes, org_id, &req).await)
+}
+
+fn field_errors(errors: Vec<probes::FieldError>) -> Error {
+    Error::Validation(
+        errors
+            .into_iter()
+            .map(|e| crate::providers::FieldError::new(e.field, e.message))
+            .collect(),
+    )
 }
 
 /// OAuth credentials: a fresh token, then the identity endpoint.
@@ -127,6 +130,14 @@ pub async fn probe_fields(
     provider: &str,
     mut fields: Map<String, Value>,
 ) -> Result<ProbeResult, Error> {
+    if let Some(declared) = ctx
+        .registry
+        .get(provider)
+        .and_then(|p| DeclaredProbe::for_provider(p, &fields))
+    {
+        declared.validate().map_err(field_errors)?;
+        return Ok(probes::run(&ctx.probes, org_id, &declared).await);
+    }
     match provider {
         "sftp" => run_probe::<SftpRequest>(ctx, org_id, fields).await,
         "postgresql" => run_probe::<PostgresRequest>(ctx, org_id, fields).await,

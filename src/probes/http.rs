@@ -1,4 +1,4 @@
-//! The HTTP half shared by the LLM and Telegram probes: one guarded GET with
+//! The HTTP half shared by the LLM, Telegram and declared probes: one guarded request with
 //! a first-response time limit, a capped body, and error classification.
 //!
 //! Errors from reqwest carry the request URL, which for Telegram holds the
@@ -26,9 +26,9 @@ pub(super) struct Reply {
     pub json: Value,
 }
 
-/// Sends `request` (a GET to `url`) after checking `url` against the
+/// Sends `request` (to `url`) after checking `url` against the
 /// egress policy, and reads at most [`MAX_BODY`] bytes of the answer.
-pub(super) async fn get(ctx: &ProbeContext, url: &Url, request: RequestBuilder) -> Result<Reply, ProbeFailure> {
+pub(super) async fn send(ctx: &ProbeContext, url: &Url, request: RequestBuilder) -> Result<Reply, ProbeFailure> {
     ctx.egress.check_url(url)?;
     let limit = ctx.timeouts.stage;
     let response = stage("the first response", limit + ctx.timeouts.connect, async {

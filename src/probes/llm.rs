@@ -10,7 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::http::{get, join, status_failure};
+use super::http::{join, send, status_failure};
 use super::{into_result, run, FailureCode, FieldError, Pool, Probe, ProbeContext, ProbeFailure, ProbeResult, Slot};
 
 /// Anthropic API version sent with every call.
@@ -169,7 +169,7 @@ impl Probe for LlmRequest {
         if let (LlmProviderType::Openai, Some(org)) = (kind, &self.organization_id) {
             request = request.header("OpenAI-Organization", org);
         }
-        let reply = get(ctx, &url, request).await.map_err(|f| (detail.clone(), f))?;
+        let reply = send(ctx, &url, request).await.map_err(|f| (detail.clone(), f))?;
         if !reply.status.is_success() {
             if let Some(secs) = reply.headers.get("retry-after").and_then(|v| v.to_str().ok()) {
                 detail["retry_after"] = json!(secs);

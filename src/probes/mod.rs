@@ -19,6 +19,7 @@ use crate::egress::EgressError;
 
 mod capped;
 mod context;
+pub mod declared;
 mod http;
 pub mod llm;
 mod pg_target;
@@ -30,6 +31,7 @@ mod slots;
 pub mod telegram;
 
 pub use context::{ApiBaseUrls, ProbeContext, ProbeTimeouts};
+pub use declared::DeclaredProbe;
 pub use llm::{LlmProviderType, LlmRequest};
 pub use postgres::PostgresRequest;
 pub use sftp::SftpRequest;

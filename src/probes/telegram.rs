@@ -12,7 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::http::{get, join, status_failure};
+use super::http::{join, send, status_failure};
 use super::{into_result, run, FailureCode, FieldError, Pool, Probe, ProbeContext, ProbeFailure, ProbeResult, Slot};
 
 /// Body of `POST /integrations/telegram/test-connection`.
@@ -59,7 +59,7 @@ impl Probe for TelegramRequest {
             )));
         }
         let url = join(&ctx.base_urls.telegram, &format!("bot{}/getMe", self.token())).map_err(fail)?;
-        let reply = get(ctx, &url, ctx.http().get(url.clone())).await.map_err(fail)?;
+        let reply = send(ctx, &url, ctx.http().get(url.clone())).await.map_err(fail)?;
         let body = &reply.json;
         let said_ok = body.get("ok").and_then(Value::as_bool);
         if !reply.status.is_success() || said_ok == Some(false) {

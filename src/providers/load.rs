@@ -43,6 +43,7 @@ struct RawProvider {
     #[serde(default)]
     authorize_params: BTreeMap<String, String>,
     identity: Option<RawIdentity>,
+    probe: Option<super::probe::RawProbe>,
 }
 
 #[derive(Deserialize)]
@@ -227,12 +228,27 @@ fn build(file: &Path, id: &str, raw: RawProvider) -> Result<Provider, ProviderFi
     } else {
         None
     };
+    let probe = match raw.probe {
+        Some(probe) => {
+            let fields: Vec<Vec<(String, bool)>> = auth_types
+                .iter()
+                .filter(|a| a.kind != AuthKind::Oauth2)
+                .map(|a| a.fields.iter().map(|f| (f.name.clone(), f.secret)).collect())
+                .collect();
+            let built = probe
+                .build(&fields, api_base_url.is_some())
+                .map_err(|(field, message)| err(&format!("probe.{field}"), &message))?;
+            Some(built)
+        }
+        None => None,
+    };
     Ok(Provider {
         id: id.to_owned(),
         display_name: raw.display_name,
         auth_types,
         oauth,
         api_base_url,
+        probe,
     })
 }
 

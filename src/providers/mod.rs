@@ -3,9 +3,11 @@
 
 mod fields;
 mod load;
+mod probe;
 
 pub use fields::{validate as validate_fields, FieldDef, FieldError, FieldKind, ValidatedFields};
 pub use load::{load_dir, ProviderFileError};
+pub use probe::{placeholders, AccountPointers, ProbeAuth, ProbeSpec};
 
 use std::collections::BTreeMap;
 
@@ -101,8 +103,10 @@ pub struct Provider {
     pub auth_types: Vec<AuthType>,
     /// OAuth settings when an auth type is `oauth2`.
     pub oauth: Option<OAuthSettings>,
-    /// API base URL (OpenAI, Anthropic, Telegram).
+    /// API base URL (OpenAI, Anthropic, Telegram, and `{api_base_url}` in a probe).
     pub api_base_url: Option<Url>,
+    /// A declared "who am I" probe (`[probe]`).
+    pub probe: Option<ProbeSpec>,
 }
 
 impl Provider {

@@ -192,7 +192,15 @@ both_backends! {
 
         assert_eq!(status, StatusCode::OK);
         let ids: Vec<&str> = catalog.as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap()).collect();
-        assert_eq!(ids, ["anthropic", "google", "openai", "openai_compatible", "postgresql", "sftp", "sharepoint", "telegram"]);
+        let mut files: Vec<String> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/providers"))
+            .unwrap()
+            .map(|e| e.unwrap().path().file_stem().unwrap().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        assert_eq!(ids, files, "every provider file, ordered by id");
+        for contract in ["anthropic", "google", "openai", "openai_compatible", "postgresql", "sftp", "sharepoint", "telegram"] {
+            assert!(ids.contains(&contract), "{contract}");
+        }
         let sftp = catalog.as_array().unwrap().iter().find(|p| p["id"] == "sftp").unwrap();
         assert_eq!(sftp["auth_types"], json!(["user_password", "key_file"]));
         let password = sftp["fields"]["user_password"].as_array().unwrap().iter().find(|f| f["name"] == "password").unwrap();

@@ -4,6 +4,7 @@
 //! stand-ins (an SFTP server in Python, a PostgreSQL one in Rust) that try to
 //! keep a probe's thread, socket or memory.
 
+mod declared;
 mod egress;
 mod http;
 mod llm;
