@@ -226,6 +226,7 @@ async fn seed(url: &str, master_key: &SecretString) -> anyhow::Result<(Vec<Strin
                 provider: "postgresql".into(),
                 auth_type: "user_password".into(),
                 fields: fields.as_object().expect("an object").clone(),
+                public: Vec::new(),
             };
             let row = credentials::create(ctx, creator, input).await?;
             anyhow::Ok(row.id)

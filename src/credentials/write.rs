@@ -7,7 +7,7 @@ use super::{access, check_name, provider_auth, rotated, CredentialSecrets, KEY_R
 use crate::context::Context;
 use crate::error::Error;
 use crate::model::{Access, AuthKind, Principal};
-use crate::providers::{validate_fields, FieldError};
+use crate::providers::{validate_for, FieldError};
 use crate::store::{AuditEvent, CredentialRow, NewCredential, Notification, SecretWrite, StoreError};
 
 /// A new credential as submitted. `Debug` shows field names only.
@@ -17,6 +17,8 @@ pub struct NewCredentialInput {
     pub provider: String,
     pub auth_type: String,
     pub fields: Map<String, Value>,
+    /// Key-value credentials: the fields shown in the clear.
+    pub public: Vec<String>,
 }
 
 impl std::fmt::Debug for NewCredentialInput {
@@ -35,6 +37,8 @@ impl std::fmt::Debug for NewCredentialInput {
 pub struct Changes {
     pub name: Option<String>,
     pub fields: Option<Map<String, Value>>,
+    /// Key-value credentials: the new fields shown in the clear.
+    pub public: Vec<String>,
 }
 
 impl std::fmt::Debug for Changes {
@@ -68,7 +72,7 @@ pub async fn create(ctx: &Context, who: &Principal, input: NewCredentialInput) -
         }
         Ok((provider, kind)) => {
             let defs = &provider.auth_type(kind).expect("checked by provider_auth").fields;
-            validate_fields(defs, &input.fields)
+            validate_for(provider.generic, defs, &input.fields, &input.public)
                 .map_err(|e| errors.extend(e))
                 .ok()
                 .map(|v| (kind, v))
@@ -160,7 +164,8 @@ pub async fn update(ctx: &Context, who: &Principal, id: &str, changes: Changes) 
                 let (provider, kind) =
                     provider_auth(ctx, &row.provider, row.auth_type.as_str()).map_err(Error::Validation)?;
                 let defs = &provider.auth_type(kind).expect("checked by provider_auth").fields;
-                let validated = validate_fields(defs, fields).map_err(Error::Validation)?;
+                let validated =
+                    validate_for(provider.generic, defs, fields, &changes.public).map_err(Error::Validation)?;
                 // OAuth tokens are not fields: they survive a fields update.
                 let old = CredentialSecrets::open(&ctx.vault, &row).await?;
                 let secrets = CredentialSecrets {

@@ -35,7 +35,7 @@ pub enum ApiError {
     QuotaExceeded { provider: String, limit: i64 },
     #[error("too many requests")]
     RateLimited { retry_after_secs: u64 },
-    #[error("{0}")]
+    #[error("{1}")]
     Conflict(&'static str, String),
     #[error("the provider failed: {0}")]
     Provider(String),

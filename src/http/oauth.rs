@@ -44,7 +44,9 @@ struct AuthorizeResponse {
            ("credential_id" = Option<String>, Query, description = "re-authorize this credential in place"),
            ("tenant" = Option<String>, Query, description = "SharePoint: directory (tenant) id or domain")),
     responses((status = 302, description = "to the provider"), (status = 200, body = AuthorizeResponse),
-              (status = 404, body = Problem), (status = 422, body = Problem)))]
+              (status = 404, body = Problem),
+              (status = 409, body = Problem, description = "`provider_not_configured`: no OAuth client id is set"),
+              (status = 422, body = Problem)))]
 async fn authorize(
     State(state): State<AppState>,
     caller: Caller,

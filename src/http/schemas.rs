@@ -5,7 +5,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::model::AuthKind;
-use crate::providers::{FieldDef, FieldKind, Registry};
+use crate::providers::{FieldDef, FieldKind, Generic, Registry};
 
 /// `schema`, or `null` (which the bodies take as absent).
 fn nullable(mut schema: Value) -> Value {
@@ -142,6 +142,9 @@ pub fn credential(registry: &Registry) -> Value {
         .flat_map(|p| p.auth_types.iter().map(move |a| (p, a)))
         .filter(|(_, a)| a.kind != AuthKind::Oauth2)
         .map(|(p, a)| {
+            if p.generic == Some(Generic::KeyValue) {
+                return key_value(p, a.kind);
+            }
             let properties: Map<String, Value> = a.fields.iter().map(|f| (f.name.clone(), field(f))).collect();
             let required: Vec<&str> = a
                 .fields
@@ -164,4 +167,28 @@ pub fn credential(registry: &Registry) -> Value {
         })
         .collect();
     json!({"oneOf": shapes})
+}
+
+/// A key-value (`custom`) credential: any string fields, `public` naming
+/// those shown in the clear.
+fn key_value(p: &crate::providers::Provider, kind: AuthKind) -> Value {
+    json!({
+        "type": "object",
+        "title": format!("{} ({})", p.display_name, kind.as_str()),
+        "additionalProperties": false,
+        "required": ["name", "provider", "auth_type", "fields"],
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": 200},
+            "provider": {"const": p.id},
+            "auth_type": {"const": kind.as_str()},
+            "fields": {
+                "type": "object",
+                "minProperties": 1,
+                "maxProperties": crate::providers::MAX_KV_FIELDS,
+                "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"},
+                "additionalProperties": {"type": "string", "maxLength": 1024}
+            },
+            "public": {"type": "array", "items": {"type": "string"}, "maxItems": crate::providers::MAX_KV_FIELDS}
+        }
+    })
 }

@@ -34,6 +34,51 @@ impl std::fmt::Debug for DeclaredProbe {
     }
 }
 
+/// The probe of a generic HTTP credential: `GET {base_url}{test_path}` with
+/// its own scheme; any 2xx passes.
+fn http_spec(fields: &Map<String, Value>) -> ProbeSpec {
+    let text = |name: &str| fields.get(name).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let (auth, secret) = match text("scheme").as_str() {
+        "header" => (
+            ProbeAuth::Header {
+                name: text("header_name"),
+                prefix: String::new(),
+            },
+            "header_value",
+        ),
+        "basic" => (
+            ProbeAuth::Basic {
+                user: "{username}".into(),
+            },
+            "password",
+        ),
+        "query" => (
+            ProbeAuth::Query {
+                param: text("param_name"),
+            },
+            "param_value",
+        ),
+        _ => (ProbeAuth::Bearer, "token"),
+    };
+    // The path is the credential's own, inserted as typed (it was checked
+    // to be a path); `{` would be read as a placeholder, so it is escaped.
+    let path = text("test_path").replace('{', "%7B").replace('}', "%7D");
+    ProbeSpec {
+        method: reqwest::Method::GET,
+        url: format!("{{api_base_url}}{path}"),
+        auth,
+        secret: Some(secret.into()),
+        headers: Default::default(),
+        body: None,
+        ok: (200..300).collect(),
+        auth_failed: vec![401, 403],
+        rate_limited: vec![429],
+        success: None,
+        error: None,
+        account: Default::default(),
+    }
+}
+
 /// Characters left as they are when a value fills a URL placeholder.
 const URL_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'-')
@@ -45,7 +90,14 @@ impl DeclaredProbe {
     /// `provider`'s declared probe with a credential's `fields`, if its file
     /// has a `[probe]`.
     pub fn for_provider(provider: &crate::providers::Provider, fields: &Map<String, Value>) -> Option<Self> {
-        let spec = provider.probe.clone()?;
+        let spec = match provider.generic {
+            Some(crate::providers::Generic::Http) => http_spec(fields),
+            _ => provider.probe.clone()?,
+        };
+        let api_base_url = match provider.generic {
+            Some(crate::providers::Generic::Http) => fields.get("base_url").and_then(Value::as_str).map(str::to_owned),
+            _ => provider.api_base_url.as_ref().map(ToString::to_string),
+        };
         let secret_names = provider
             .auth_types
             .iter()
@@ -54,7 +106,7 @@ impl DeclaredProbe {
         Some(Self {
             service: provider.display_name.clone(),
             spec,
-            api_base_url: provider.api_base_url.as_ref().map(ToString::to_string),
+            api_base_url,
             fields: fields.clone(),
             secret_names,
         })
@@ -114,7 +166,7 @@ impl DeclaredProbe {
             ProbeAuth::None | ProbeAuth::Query { .. } | ProbeAuth::Body { .. } => request,
             ProbeAuth::Bearer => request.header(reqwest::header::AUTHORIZATION, sensitive(format!("Bearer {secret}"))?),
             ProbeAuth::Header { name, prefix } => request.header(
-                HeaderName::from_bytes(name.as_bytes()).expect("checked at load"),
+                HeaderName::from_bytes(name.as_bytes()).map_err(|_| protocol("the header name is not valid"))?,
                 sensitive(format!("{prefix}{secret}"))?,
             ),
             ProbeAuth::Basic { user } => request.basic_auth(self.fill(user, str::to_owned), Some(secret.clone())),

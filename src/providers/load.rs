@@ -44,6 +44,7 @@ struct RawProvider {
     authorize_params: BTreeMap<String, String>,
     identity: Option<RawIdentity>,
     probe: Option<super::probe::RawProbe>,
+    generic: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -228,6 +229,10 @@ fn build(file: &Path, id: &str, raw: RawProvider) -> Result<Provider, ProviderFi
     } else {
         None
     };
+    let generic = match raw.generic.as_deref() {
+        None => None,
+        Some(g) => Some(super::Generic::parse(g).ok_or_else(|| err("generic", "must be \"key_value\" or \"http\""))?),
+    };
     let probe = match raw.probe {
         Some(probe) => {
             let fields: Vec<Vec<(String, bool)>> = auth_types
@@ -249,6 +254,7 @@ fn build(file: &Path, id: &str, raw: RawProvider) -> Result<Provider, ProviderFi
         oauth,
         api_base_url,
         probe,
+        generic,
     })
 }
 

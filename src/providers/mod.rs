@@ -2,10 +2,12 @@
 //! definitions. A new OAuth provider is a new file, not new code.
 
 mod fields;
+mod generic;
 mod load;
 mod probe;
 
 pub use fields::{validate as validate_fields, FieldDef, FieldError, FieldKind, ValidatedFields};
+pub use generic::{scheme_fields, validate as validate_for, Generic, MAX_KV_BYTES, MAX_KV_FIELDS};
 pub use load::{load_dir, ProviderFileError};
 pub use probe::{placeholders, AccountPointers, ProbeAuth, ProbeSpec};
 
@@ -107,6 +109,8 @@ pub struct Provider {
     pub api_base_url: Option<Url>,
     /// A declared "who am I" probe (`[probe]`).
     pub probe: Option<ProbeSpec>,
+    /// A generic provider (`custom`, `http`), checked partly in code.
+    pub generic: Option<Generic>,
 }
 
 impl Provider {

@@ -7,6 +7,7 @@ mod helpers;
 mod access;
 mod cli;
 mod credentials;
+mod generic;
 mod hardening;
 mod limits;
 mod notifications;

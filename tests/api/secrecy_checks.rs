@@ -113,14 +113,16 @@ fn nothing_that_holds_a_secret_prints_it_in_debug() {
                 name: "n".into(),
                 provider: "p".into(),
                 auth_type: "a".into(),
-                fields: fields.clone()
+                fields: fields.clone(),
+                public: Vec::new(),
             }
         ),
         format!(
             "{:?}",
             Changes {
                 name: None,
-                fields: Some(fields)
+                fields: Some(fields),
+                public: Vec::new(),
             }
         ),
         format!("{secrets:?}"),

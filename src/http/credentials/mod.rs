@@ -47,6 +47,9 @@ struct CreateCredential {
     #[serde(default)]
     #[schema(value_type = Object)]
     fields: Map<String, Value>,
+    /// Key-value (`custom`) credentials: the field names shown in the clear.
+    #[serde(default)]
+    public: Vec<String>,
 }
 
 /// A change. `Debug` shows field names only.
@@ -57,6 +60,9 @@ struct PatchCredential {
     name: Option<String>,
     #[schema(value_type = Option<Object>)]
     fields: Option<Map<String, Value>>,
+    /// Key-value (`custom`) credentials: the new fields shown in the clear.
+    #[serde(default)]
+    public: Vec<String>,
 }
 
 impl From<CreateCredential> for NewCredentialInput {
@@ -66,6 +72,7 @@ impl From<CreateCredential> for NewCredentialInput {
             provider: b.provider,
             auth_type: b.auth_type,
             fields: b.fields,
+            public: b.public,
         }
     }
 }
@@ -75,6 +82,7 @@ impl From<PatchCredential> for Changes {
         Self {
             name: b.name,
             fields: b.fields,
+            public: b.public,
         }
     }
 }

@@ -257,6 +257,7 @@ async fn save(
             let changes = Changes {
                 name: Some(name.clone()),
                 fields: Some(fields.clone()),
+                public: Vec::new(),
             };
             credentials::update(&state, &who, id, changes).await
         }
@@ -266,6 +267,7 @@ async fn save(
                 provider: provider.id.clone(),
                 auth_type,
                 fields: fields.clone(),
+                public: Vec::new(),
             };
             credentials::create(&state, &who, input).await
         }
@@ -331,7 +333,7 @@ async fn test(
         return reply(StatusCode::TOO_MANY_REQUESTS, false, message, vec![]);
     }
     let fields = fields_from_form(&auth.fields, &form.raw);
-    let fields = match crate::providers::validate_fields(&auth.fields, &fields) {
+    let fields = match crate::providers::validate_for(provider.generic, &auth.fields, &fields, &[]) {
         Ok(_) => fields,
         Err(errors) => {
             return reply(

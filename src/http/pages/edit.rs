@@ -99,6 +99,7 @@ async fn save_edit(
     let changes = Changes {
         name: Some(name.clone()),
         fields: Some(fields.clone()),
+        public: Vec::new(),
     };
     match credentials::update(&state, &who, &id, changes).await {
         Ok(row) => Redirect::to(&format!("/manage/credentials/{}?saved=1", row.id)).into_response(),

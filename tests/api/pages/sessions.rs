@@ -250,6 +250,7 @@ crate::both_backends! {
             .header("cookie", &cookie).send().await.unwrap();
         let unconfigured_status = unconfigured.status();
         let unconfigured_page = unconfigured.text().await.unwrap();
+        let (api_status, api_problem) = app.call(Method::GET, "/integrations/google/authorize", &app.org.member, None).await;
 
         assert_eq!(refused["ok"], false);
         assert!(refused["message"].as_str().unwrap().starts_with("The server refused these credentials"), "{refused}");
@@ -260,6 +261,9 @@ crate::both_backends! {
         assert!(over_page.contains("the most allowed") && over_page.contains("Delete one you no longer need"), "{over_page}");
         assert_eq!(unconfigured_status, StatusCode::CONFLICT);
         assert!(unconfigured_page.contains("is not set up on this credgate yet"), "{unconfigured_page}");
+        assert_eq!(api_status, StatusCode::CONFLICT);
+        assert_eq!(api_problem["code"], "provider_not_configured");
+        assert!(api_problem["detail"].as_str().unwrap().contains("CREDGATE_PROVIDER_GOOGLE_CLIENT_ID"), "the detail says what to do: {api_problem}");
         for page in [&over_page, &unconfigured_page] {
             assert!(!page.contains(TOKEN_SECRET));
         }
