@@ -192,7 +192,7 @@ both_backends! {
 
         assert_eq!(status, StatusCode::OK);
         let ids: Vec<&str> = catalog.as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap()).collect();
-        assert_eq!(ids, ["anthropic", "google", "openai", "openai_compatible", "postgresql", "sftp", "sharepoint", "telegram"]);
+        assert_eq!(ids, ["anthropic", "google", "imap", "openai", "openai_compatible", "postgresql", "sftp", "sharepoint", "smtp", "telegram"]);
         let sftp = catalog.as_array().unwrap().iter().find(|p| p["id"] == "sftp").unwrap();
         assert_eq!(sftp["auth_types"], json!(["user_password", "key_file"]));
         let password = sftp["fields"]["user_password"].as_array().unwrap().iter().find(|f| f["name"] == "password").unwrap();
