@@ -10,6 +10,10 @@
 # - chromium and chromium-driver: tests/api/pages drives headless Chromium.
 # - paramiko (PyPI) for the hostile SFTP stand-in, tests/api/probes/hostile_sftp.py,
 #   installed for the `python3` on PATH, which is the one the tests start.
+# - dovecot-core and dovecot-imapd: the IMAP probe tests start a private
+#   dovecot on loopback ports with their own config; the system dovecot that
+#   the package may start is stopped and disabled here.
+# - aiosmtpd (PyPI, pinned) for the SMTP stand-in, tests/api/probes/smtp_server.py.
 set -euo pipefail
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -28,6 +32,9 @@ command -v psql >/dev/null 2>&1 || need+=(postgresql-client-15)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
+# The IMAP probe tests run their own dovecot (tests/api/probes/dovecot.rs).
+[ -x /usr/sbin/dovecot ] || need+=(dovecot-core)
+[ -x /usr/lib/dovecot/imap ] || need+=(dovecot-imapd)
 
 if [ "${#need[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
@@ -35,6 +42,17 @@ if [ "${#need[@]}" -gt 0 ]; then
   # Installing openssh-server may try to start the system sshd; that is
   # harmless, and the tests never use port 22.
   apt-get install -y --no-install-recommends "${need[@]}"
+fi
+
+# The package starts the system dovecot on ports 143/993 where it can; the
+# tests never use it, so it is stopped and kept from starting at boot.
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+  systemctl disable --now dovecot.service dovecot.socket >/dev/null 2>&1 || true
+else
+  if [ -e /run/dovecot/master.pid ]; then
+    /usr/sbin/dovecot stop >/dev/null 2>&1 || true
+  fi
+  update-rc.d dovecot disable >/dev/null 2>&1 || true
 fi
 
 if ! python3 -c 'import paramiko' >/dev/null 2>&1; then
@@ -64,6 +82,11 @@ ensure_user credgate_sftp_key 'SENTINEL-sftp-keyuser-9c2e'
 # schemathesis fuzzes the live API from its OpenAPI document (tests/api/openapi_conformance.rs).
 if ! python3 -c "import schemathesis" >/dev/null 2>&1; then
   python3 -m pip install --quiet "schemathesis==4.32.5"
+fi
+
+# The SMTP stand-in (tests/api/probes/smtp_server.py) with AUTH and STARTTLS.
+if ! python3 -c 'import aiosmtpd, sys; sys.exit(aiosmtpd.__version__ != "1.4.6")' >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'aiosmtpd==1.4.6'
 fi
 
 echo "install-test-deps: ok"

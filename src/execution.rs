@@ -12,8 +12,8 @@ use crate::error::Error;
 use crate::model::{Access, AuthKind, Principal};
 use crate::oauth::refresh::ensure_fresh;
 use crate::probes::{
-    self, DeclaredProbe, FailureCode, LlmRequest, PostgresRequest, Probe, ProbeFailure, ProbeResult, SftpRequest,
-    TelegramRequest,
+    self, DeclaredProbe, FailureCode, ImapRequest, LlmRequest, PostgresRequest, Probe, ProbeFailure, ProbeResult,
+    SftpRequest, SmtpRequest, TelegramRequest,
 };
 use crate::store::{AuditEvent, CredentialRow, Usage};
 
@@ -146,6 +146,8 @@ pub async fn probe_fields(
             run_probe::<LlmRequest>(ctx, org_id, fields).await
         }
         "telegram" => run_probe::<TelegramRequest>(ctx, org_id, fields).await,
+        "smtp" => run_probe::<SmtpRequest>(ctx, org_id, fields).await,
+        "imap" => run_probe::<ImapRequest>(ctx, org_id, fields).await,
         other => Err(Error::Conflict(
             "no_probe",
             format!("credgate has no connection test for provider {other}"),

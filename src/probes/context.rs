@@ -67,7 +67,7 @@ pub struct ProbeContext {
     /// Provider API base URLs.
     pub base_urls: ApiBaseUrls,
     http: reqwest::Client,
-    slots: Arc<[Slots; 3]>,
+    slots: Arc<[Slots; 4]>,
 }
 
 impl ProbeContext {
@@ -83,7 +83,7 @@ impl ProbeContext {
             timeouts,
             base_urls,
             http,
-            slots: Arc::new([Pool::Ssh, Pool::Postgres, Pool::Http].map(Slots::new)),
+            slots: Arc::new([Pool::Ssh, Pool::Postgres, Pool::Http, Pool::Mail].map(Slots::new)),
         })
     }
 
@@ -95,11 +95,12 @@ impl ProbeContext {
     pub const MAX_SSH_SESSIONS_PER_ORG: usize = Pool::Ssh.limits().1;
 
     fn pool(&self, pool: Pool) -> &Slots {
-        let [ssh, postgres, http] = &*self.slots;
+        let [ssh, postgres, http, mail] = &*self.slots;
         match pool {
             Pool::Ssh => ssh,
             Pool::Postgres => postgres,
             Pool::Http => http,
+            Pool::Mail => mail,
         }
     }
 

@@ -21,21 +21,27 @@ mod capped;
 mod context;
 pub mod declared;
 mod http;
+pub mod imap;
+mod imap_session;
 pub mod llm;
+mod mail_io;
 mod pg_target;
 mod pg_tls;
 pub mod postgres;
 pub mod sftp;
 mod sftp_session;
 mod slots;
+pub mod smtp;
 pub mod telegram;
 
 pub use context::{ApiBaseUrls, ProbeContext, ProbeTimeouts};
 pub use declared::DeclaredProbe;
+pub use imap::ImapRequest;
 pub use llm::{LlmProviderType, LlmRequest};
 pub use postgres::PostgresRequest;
 pub use sftp::SftpRequest;
 pub use slots::{Pool, Slot};
+pub use smtp::SmtpRequest;
 pub use telegram::TelegramRequest;
 
 /// What a probe returns: the contract's ProbeResult.
@@ -78,9 +84,10 @@ pub enum FailureCode {
     DatabaseNotFound,
     /// The service asks us to slow down.
     RateLimited,
-    /// The SFTP path does not exist.
+    /// The SFTP path (or the IMAP INBOX) does not exist.
     NotFound,
-    /// The SFTP path exists but may not be read.
+    /// The SFTP path exists but may not be read, or the SMTP server refuses
+    /// the sender address for this login.
     PermissionDenied,
     /// The provider failed on its side (5xx).
     ProviderError,
@@ -182,7 +189,8 @@ impl FieldError {
 
 /// The common shape of a probe request.
 pub trait Probe: Sync {
-    /// The probe's name in logs (`sftp`, `postgres`, `llm`, `telegram`).
+    /// The probe's name in logs (`sftp`, `postgres`, `llm`, `telegram`,
+    /// `smtp`, `imap`).
     const NAME: &'static str;
 
     /// Whose slots the probe takes.

@@ -1,5 +1,6 @@
 //! TLS for the PostgreSQL probe over rustls, for `Config::connect_raw` on a
-//! stream the egress guard opened.
+//! stream the egress guard opened, and the two client configurations that
+//! the mail probes use too ([`client_config`]).
 //!
 //! `verify-full` checks the chain against the Mozilla roots and the host
 //! name; `prefer` and `require` encrypt without verifying, as libpq does when
@@ -27,11 +28,21 @@ pub(super) struct PgTls {
 impl PgTls {
     /// A connector for `host`; `verify` selects certificate verification.
     pub(super) fn new(host: &str, verify: bool) -> Self {
-        let config = if verify { verifying() } else { encrypting_only() };
         Self {
-            config,
+            config: client_config(verify),
             server_name: ServerName::try_from(host.to_owned()).ok(),
         }
+    }
+}
+
+/// The rustls configuration of every probe: `verify` checks the chain
+/// against the Mozilla roots and the server name; without it the connection
+/// is encrypted but any certificate is accepted.
+pub(super) fn client_config(verify: bool) -> Arc<ClientConfig> {
+    if verify {
+        verifying()
+    } else {
+        encrypting_only()
     }
 }
 

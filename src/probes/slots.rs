@@ -22,6 +22,8 @@ pub enum Pool {
     Postgres,
     /// LLM and Telegram: HTTP requests through the guarded client.
     Http,
+    /// SMTP and IMAP: a socket and a few kilobytes of buffers each.
+    Mail,
 }
 
 impl Pool {
@@ -33,6 +35,7 @@ impl Pool {
             Self::Ssh => (8, 4),
             Self::Postgres => (32, 8),
             Self::Http => (32, 8),
+            Self::Mail => (32, 8),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Tests of the egress guard and the test-connection probes against real
-//! servers: an OpenSSH sshd, a password-checking PostgreSQL cluster, and
+//! servers: an OpenSSH sshd, a password-checking PostgreSQL cluster, a
+//! private dovecot and aiosmtpd for the mail probes, and
 //! wiremock stand-ins for OpenAI, Anthropic and Telegram; and hostile
 //! stand-ins (an SFTP server in Python, a PostgreSQL one in Rust) that try to
 //! keep a probe's thread, socket or memory.
@@ -8,6 +9,8 @@ mod declared;
 mod egress;
 mod http;
 mod llm;
+mod mail;
+mod mail_servers;
 mod own_process;
 mod pg_cluster;
 mod pg_hostile;
