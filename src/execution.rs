@@ -122,6 +122,25 @@ async fn probe_oauth(ctx: &Context, row: CredentialRow) -> ProbeResult {
     }
 }
 
+/// Providers whose connection test is code (the rest declare `[probe]`).
+const CODED_PROBES: [&str; 8] = [
+    "sftp",
+    "postgresql",
+    "openai",
+    "anthropic",
+    "openai_compatible",
+    "telegram",
+    "smtp",
+    "imap",
+];
+
+/// Does `provider` have a connection test?
+pub fn has_probe(provider: &crate::providers::Provider) -> bool {
+    provider.probe.is_some()
+        || provider.generic == Some(crate::providers::Generic::Http)
+        || CODED_PROBES.contains(&provider.id.as_str())
+}
+
 /// Runs `provider`'s connection test on `fields` (stored or just typed);
 /// `Conflict(no_probe)` for a provider without one.
 pub async fn probe_fields(

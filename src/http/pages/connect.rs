@@ -12,16 +12,21 @@ use maud::html;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::form::{fields_from_form, oauth_words, public_values, text_of, type_words, value, CsrfQuery};
+use super::form::{
+    fields_from_form, key_value_from_form, key_value_rows, oauth_words, public_values, text_of, type_words, value,
+    CsrfQuery,
+};
 use super::layout::{self, field_input, name_input, notice, other_errors, page};
 use super::{enter, failure, forged, ok, same_page, session_from, Html, Posted, Session};
 use crate::credentials::{self, Changes, NewCredentialInput};
 use crate::error::Error;
+use crate::execution::has_probe;
 use crate::http::AppState;
 use crate::model::AuthKind;
 use crate::oauth::flow::{self, AuthorizeInput};
-use crate::providers::{FieldError, Provider};
+use crate::providers::{FieldError, Generic, Provider};
 use crate::sessions::{PageSession, Purpose};
+use crate::store::CredentialRow;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -107,6 +112,8 @@ struct FormState {
     values: Map<String, Value>,
     errors: Vec<FieldError>,
     notice: Option<String>,
+    /// Key-value forms: the field names, and whether each is shown.
+    kv_names: Vec<(String, bool)>,
 }
 
 async fn form(
@@ -126,6 +133,7 @@ async fn form(
     if let Some(id) = &session.credential_id {
         match credentials::read(&state, &session.principal(), id).await {
             Ok((row, _)) => {
+                shown.kv_names = kv_names(&row);
                 shown.name = Some(row.name);
                 shown.values = row.fields;
             }
@@ -195,15 +203,21 @@ fn render_form(
                 input type="hidden" name="csrf" value=(session.csrf_token);
                 input type="hidden" name="auth_type" value=(t.kind.as_str());
                 (name_input(shown.name.as_deref().unwrap_or(&provider.display_name), &shown.errors))
-                @for def in &t.fields {
-                    (field_input(def, text_of(shown.values.get(&def.name)).as_deref(), &shown.errors))
+                @if provider.generic == Some(Generic::KeyValue) {
+                    (key_value_rows(&shown.kv_names, &shown.errors))
+                } @else {
+                    @for def in &t.fields {
+                        (field_input(def, text_of(shown.values.get(&def.name)).as_deref(), &shown.errors))
+                    }
+                    (other_errors(&shown.errors, &t.fields.iter().map(|f| f.name.clone()).collect::<Vec<_>>()))
                 }
-                (other_errors(&shown.errors, &t.fields.iter().map(|f| f.name.clone()).collect::<Vec<_>>()))
                 @if reconnect { p.hint { "Enter every value again: secrets are never shown back." } }
                 div.actions {
-                    button type="button" #test-connection
-                        data-test-url=(format!("/connect/{}/test", provider.id)) data-test-output="test-result" {
-                        "Test connection"
+                    @if has_probe(provider) {
+                        button type="button" #test-connection
+                            data-test-url=(format!("/connect/{}/test", provider.id)) data-test-output="test-result" {
+                            "Test connection"
+                        }
                     }
                     button.primary type="submit" { "Save" }
                 }
@@ -249,7 +263,11 @@ async fn save(
     let Some(defs) = provider.auth_type(kind).map(|t| t.fields.clone()) else {
         return forged(&state).into_response();
     };
-    let fields = fields_from_form(&defs, &form.raw);
+    let (fields, public) = if provider.generic == Some(Generic::KeyValue) {
+        key_value_from_form(&form.raw)
+    } else {
+        (fields_from_form(&defs, &form.raw), Vec::new())
+    };
     let name = form.name.clone().unwrap_or_default();
     let who = session.principal();
     let saved = match &session.credential_id {
@@ -257,7 +275,7 @@ async fn save(
             let changes = Changes {
                 name: Some(name.clone()),
                 fields: Some(fields.clone()),
-                public: Vec::new(),
+                public: public.clone(),
             };
             credentials::update(&state, &who, id, changes).await
         }
@@ -267,7 +285,7 @@ async fn save(
                 provider: provider.id.clone(),
                 auth_type,
                 fields: fields.clone(),
-                public: Vec::new(),
+                public: public.clone(),
             };
             credentials::create(&state, &who, input).await
         }
@@ -284,6 +302,7 @@ async fn save(
                 values: public_values(&defs, &fields),
                 errors,
                 notice: text,
+                kv_names: fields.keys().map(|k| (k.clone(), public.contains(k))).collect(),
             };
             render_form(&state, &session, provider, Some(kind.as_str()), shown, status).into_response()
         }
@@ -390,4 +409,12 @@ pub async fn authorize_in_popup(
         Ok(started) => Redirect::to(&started.authorize_url).into_response(),
         Err(e) => failure(state, &e).into_response(),
     }
+}
+
+/// A key-value credential's field names, each with whether it is shown.
+pub fn kv_names(row: &CredentialRow) -> Vec<(String, bool)> {
+    let mut names: Vec<(String, bool)> = row.fields.keys().map(|k| (k.clone(), true)).collect();
+    names.extend(row.secret_names.iter().map(|k| (k.clone(), false)));
+    names.sort();
+    names
 }

@@ -8,14 +8,15 @@ use axum::routing::get;
 use axum::Router;
 use maud::html;
 
-use super::form::{fields_from_form, public_values, text_of, value};
+use super::connect::kv_names;
+use super::form::{fields_from_form, key_value_from_form, key_value_rows, public_values, text_of, value};
 use super::layout::{self, field_input, name_input, notice, other_errors, page};
 use super::{failure, Posted, Session};
 use crate::credentials::{self, Changes};
 use crate::error::Error;
 use crate::http::AppState;
 use crate::model::Access;
-use crate::providers::FieldError;
+use crate::providers::{FieldError, Generic};
 use crate::sessions::PageSession;
 use crate::store::CredentialRow;
 
@@ -59,6 +60,7 @@ fn edit_form(
         )
         .into_response();
     };
+    let key_value = state.registry.get(&row.provider).and_then(|p| p.generic) == Some(Generic::KeyValue);
     let body = html! {
         p { a href=(format!("/manage/credentials/{}", row.id)) { "← Back" } }
         @if let Some(text) = &text { (notice(false, text)) }
@@ -66,10 +68,14 @@ fn edit_form(
         form #credential-form method="post" action=(format!("/manage/credentials/{}/edit", row.id)) novalidate {
             input type="hidden" name="csrf" value=(session.csrf_token);
             (name_input(name, errors))
-            @for def in &auth.fields {
-                (field_input(def, text_of(values.get(&def.name)).as_deref(), errors))
+            @if key_value {
+                (key_value_rows(&kv_names(row), errors))
+            } @else {
+                @for def in &auth.fields {
+                    (field_input(def, text_of(values.get(&def.name)).as_deref(), errors))
+                }
+                (other_errors(errors, &auth.fields.iter().map(|f| f.name.clone()).collect::<Vec<_>>()))
             }
-            (other_errors(errors, &auth.fields.iter().map(|f| f.name.clone()).collect::<Vec<_>>()))
             div.actions { button.primary type="submit" { "Save" } }
         }
     };
@@ -94,12 +100,16 @@ async fn save_edit(
     else {
         return failure(&state, &Error::NotFound).into_response();
     };
-    let fields = fields_from_form(&defs, &form);
+    let (fields, public) = if state.registry.get(&row.provider).and_then(|p| p.generic) == Some(Generic::KeyValue) {
+        key_value_from_form(&form)
+    } else {
+        (fields_from_form(&defs, &form), Vec::new())
+    };
     let name = value(&form, "name").unwrap_or_default().to_owned();
     let changes = Changes {
         name: Some(name.clone()),
         fields: Some(fields.clone()),
-        public: Vec::new(),
+        public,
     };
     match credentials::update(&state, &who, &id, changes).await {
         Ok(row) => Redirect::to(&format!("/manage/credentials/{}?saved=1", row.id)).into_response(),

@@ -2,6 +2,7 @@
 //! form inputs and back, and words for auth types and OAuth outcomes.
 
 use axum::body::Bytes;
+use maud::{html, Markup};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -91,4 +92,60 @@ pub fn oauth_words(code: &str) -> &'static str {
         "account_already_connected" => "This account is already connected in another credential.",
         _ => "The provider did not connect the account. Try again; if it keeps failing, tell your administrator.",
     }
+}
+
+/// Rows a key-value form offers beyond the fields it already has.
+const KV_SPARE_ROWS: usize = 4;
+
+/// The rows of a key-value (`custom`) form: name, value (a password input,
+/// never filled) and "shown in the clear". `names` are the existing fields
+/// (name, public).
+pub fn key_value_rows(names: &[(String, bool)], errors: &[crate::providers::FieldError]) -> Markup {
+    let rows = names.len() + KV_SPARE_ROWS;
+    html! {
+        fieldset.kv {
+            legend { "Fields (values are secret unless marked as shown)" }
+            @for i in 0..rows {
+                @let (name, public) = names.get(i).cloned().unwrap_or_default();
+                div.field.grant {
+                    label for=(format!("kv-name-{i}")) { "Name " (i + 1) }
+                    input #(format!("kv-name-{i}")) name=(format!("kv.name.{i}")) value=(name) autocomplete="off" spellcheck="false";
+                    label for=(format!("kv-value-{i}")) { "Value " (i + 1) }
+                    input #(format!("kv-value-{i}")) type="password" name=(format!("kv.value.{i}")) autocomplete="new-password";
+                    label for=(format!("kv-public-{i}")) {
+                        input #(format!("kv-public-{i}")) type="checkbox" name=(format!("kv.public.{i}")) value="true" checked[public];
+                        " shown"
+                    }
+                }
+            }
+            @for e in errors.iter().filter(|e| e.field.starts_with("fields") || e.field.starts_with("public")) {
+                p.field-error { (e.field) " " (e.message) }
+            }
+        }
+    }
+}
+
+/// A key-value form's fields and the names marked as shown.
+pub fn key_value_from_form(pairs: &[(String, String)]) -> (Map<String, Value>, Vec<String>) {
+    let mut fields = Map::new();
+    let mut public = Vec::new();
+    for (key, name) in pairs {
+        let Some(i) = key.strip_prefix("kv.name.") else {
+            continue;
+        };
+        let name = name.trim();
+        if name.is_empty() {
+            continue;
+        }
+        let value = value(pairs, &format!("kv.value.{i}")).unwrap_or_default();
+        fields.insert(name.to_owned(), Value::String(value.to_owned()));
+        if value_is_true(pairs, &format!("kv.public.{i}")) {
+            public.push(name.to_owned());
+        }
+    }
+    (fields, public)
+}
+
+fn value_is_true(pairs: &[(String, String)], key: &str) -> bool {
+    value(pairs, key) == Some("true")
 }

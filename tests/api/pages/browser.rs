@@ -134,6 +134,10 @@ impl Browser {
         loop {
             let url = self.client.current_url().await.unwrap();
             if url.path() == path {
+                // credgate's pages: wait until their script has set up its handlers.
+                if path.starts_with("/connect") || path.starts_with("/manage") {
+                    self.wait_for("html[data-ready]").await;
+                }
                 return;
             }
             assert!(
@@ -144,7 +148,12 @@ impl Browser {
         }
     }
 
+    /// Clicks `css`; on credgate's pages, once their script is ready.
     pub async fn click(&self, css: &str) {
+        let path = self.client.current_url().await.unwrap().path().to_owned();
+        if path.starts_with("/connect") || path.starts_with("/manage") {
+            self.wait_for("html[data-ready]").await;
+        }
         self.wait_for(css)
             .await
             .click()

@@ -196,8 +196,7 @@ crate::both_backends! {
         b.click(".filters button[type=submit]").await;
         b.wait_text(".count", "4 credentials").await;
         let filtered = rows(&b).await;
-        let first_test = b.wait_for("table.credentials tbody tr:first-child [data-test-url]").await;
-        first_test.click().await.unwrap();
+        b.click("table.credentials tbody tr:first-child [data-test-url]").await;
         let tested = b.wait_text("table.credentials tbody tr:first-child .probe.passed", "✓").await;
         b.remember().await;
         b.screenshot("manage-1-filtered-tested").await;

@@ -296,3 +296,32 @@ crate::both_backends! {
         assert_eq!(list["items"][0]["name"], "New name");
     }
 }
+
+crate::both_backends! {
+    async fn a_custom_credential_is_entered_as_rows_of_names_and_secret_values(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let tg = telegram().await;
+        let app = page_app(&db, &tg, &[RETURN.into()], |_| {}).await;
+        let url = session_url(&app, json!({"user_id": "u-1", "purpose": "connect", "providers": ["custom"]})).await;
+        let (cookie, csrf) = cookie_and_csrf(&app, &url, "/connect/custom").await;
+        let form = app.client.get(format!("{}/connect/custom", app.base)).header("cookie", &cookie).send().await.unwrap().text().await.unwrap();
+
+        let saved = app.client.post(format!("{}/connect/custom", app.base))
+            .header("cookie", &cookie)
+            .form(&[("csrf", csrf.as_str()), ("auth_type", "api_key"), ("name", "ERP"),
+                    ("kv.name.0", "API_KEY"), ("kv.value.0", TOKEN_SECRET),
+                    ("kv.name.1", "region"), ("kv.value.1", "eu"), ("kv.public.1", "true"),
+                    ("kv.name.2", ""), ("kv.value.2", "")])
+            .send().await.unwrap();
+        let (_, list) = app.call(Method::GET, "/integrations/credentials", &app.org.admin, None).await;
+        let id = list["items"][0]["id"].as_str().unwrap().to_owned();
+        let (_, credential) = app.call(Method::GET, &format!("/integrations/credentials/{id}"), &app.org.admin, None).await;
+
+        assert!(form.contains(r#"name="kv.name.0""#) && form.contains(r#"type="password" name="kv.value.0""#));
+        assert!(!form.contains("Test connection"), "custom credentials have no test");
+        assert_eq!(saved.status(), StatusCode::SEE_OTHER);
+        assert_eq!(credential["fields"], json!({"region": "eu"}));
+        assert_eq!(credential["secret_fields"], json!(["API_KEY"]));
+        assert!(!credential.to_string().contains(TOKEN_SECRET));
+    }
+}

@@ -131,4 +131,7 @@
     }
     update();
   }
+
+  // The page's handlers are in place (tests wait for this before clicking).
+  document.documentElement.setAttribute('data-ready', '1');
 })();
