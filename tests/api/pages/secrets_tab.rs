@@ -4,9 +4,11 @@
 
 use axum::http::Method;
 use fantoccini::Locator;
+use reqwest::StatusCode;
 use serde_json::json;
 
 use super::browser::Browser;
+use super::sessions::cookie_and_csrf;
 use super::{open_session, page_app, telegram};
 use crate::helpers::{captured_logs, sentinel, TestDb};
 
@@ -96,5 +98,42 @@ crate::both_backends! {
         }
         let logs = captured_logs();
         assert!(!logs.contains(&first) && !logs.contains(&second), "a log line carries a typed value");
+    }
+}
+
+crate::both_backends! {
+    async fn secrets_tab_writes_need_the_csrf_token_and_never_echo_a_value(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let tg = telegram().await;
+        let app = page_app(&db, &tg, &[], |_| {}).await;
+        let value = sentinel();
+        let url = open_session(&app, &app.org.member, json!({"purpose": "manage"})).await;
+        let (cookie, csrf) = cookie_and_csrf(&app, &url, "/manage/secrets").await;
+        let post = |path: &str, form: Vec<(&str, String)>| {
+            app.client.post(format!("{}{path}", app.base)).header("cookie", &cookie).form(&form).send()
+        };
+
+        let forged = post("/manage/secrets", vec![("name", "FORGED".into()), ("value", value.clone())]).await.unwrap();
+        let bad = post("/manage/secrets", vec![("csrf", csrf.clone()), ("name", "not valid".into()), ("value", value.clone())])
+            .await.unwrap();
+        let (bad_status, bad_page) = (bad.status(), bad.text().await.unwrap());
+        let saved = post("/manage/secrets", vec![("csrf", csrf.clone()), ("name", "GOOD".into()), ("value", value.clone())])
+            .await.unwrap();
+        let forged_delete = post("/manage/secrets/GOOD/delete", vec![("csrf", "wrong".into())]).await.unwrap();
+        let missing = post("/manage/secrets/NOT_THERE/delete", vec![("csrf", csrf.clone())]).await.unwrap();
+        let (_, listed) = app.call(Method::GET, "/integrations/secrets", &app.org.admin, None).await;
+
+        assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+        assert_eq!(bad_status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(bad_page.contains(r#"id="s-name-error""#), "the error sits beside its field");
+        assert!(!bad_page.contains(&value) && !bad_page.contains("not valid"), "nothing typed is echoed");
+        assert_eq!(saved.status(), StatusCode::SEE_OTHER);
+        assert_eq!(saved.headers()["location"], "/manage/secrets?created=GOOD");
+        assert_eq!(forged_delete.status(), StatusCode::FORBIDDEN);
+        assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+        let names: Vec<&str> = listed["items"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["GOOD"], "only the checked write happened");
+        assert_eq!(listed["items"][0]["created_by"], "user:u-1", "as the session's user");
+        assert!(!captured_logs().contains(&value));
     }
 }
