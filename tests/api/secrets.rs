@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use crate::both_backends;
 use crate::cli::credgate;
-use crate::helpers::{captured_logs, master_keys, sentinel, TestApp, TestDb};
+use crate::helpers::{captured_logs, master_keys, sentinel, Backend, TestApp, TestDb};
 
 fn path(name: &str) -> String {
     format!("/integrations/secrets/{name}")
@@ -294,4 +294,35 @@ both_backends! {
         assert!(!body.to_string().contains(&value));
         assert!(!captured_logs().contains(&value));
     }
+}
+
+#[test]
+fn the_openapi_document_gives_the_names_pattern_everywhere_a_name_goes() {
+    crate::helpers::run_test(async {
+        let db = TestDb::new(Backend::Sqlite).await;
+        let app = TestApp::spawn(&db).await;
+        let doc: Value = app
+            .client
+            .get(format!("{}/openapi.json", app.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let pattern = json!("^[A-Z][A-Z0-9_]{0,127}$");
+        let item = &doc["paths"]["/integrations/secrets/{name}"];
+
+        for method in ["put", "delete"] {
+            assert_eq!(item[method]["parameters"][0]["schema"]["pattern"], pattern, "{method}");
+        }
+        let names = &doc["paths"]["/integrations/secrets/resolve"]["post"]["requestBody"]["content"]
+            ["application/json"]["schema"]["properties"]["names"];
+        assert_eq!(names["items"]["pattern"], pattern);
+        assert_eq!(
+            (names["minItems"].clone(), names["maxItems"].clone()),
+            (json!(1), json!(100))
+        );
+        assert!(doc["paths"]["/integrations/secrets"]["get"].is_object());
+    });
 }
