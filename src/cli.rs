@@ -319,8 +319,8 @@ async fn admin(services: &Services, command: Command) -> anyhow::Result<()> {
             let org = require_org(services, &org).await?;
             let done = services.vault.rotate_org(&org).await?;
             eprintln!(
-                "organization {org}: data key version {}, {} credentials re-encrypted",
-                done.version, done.resealed
+                "organization {org}: data key version {}, {} credentials and {} named secrets re-encrypted",
+                done.version, done.resealed, done.secrets_resealed
             );
         }
         Command::Serve { .. } | Command::Migrate | Command::Keys(KeysCommand::Generate) => {

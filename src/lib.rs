@@ -21,6 +21,7 @@ pub mod execution;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod named_secrets;
 pub mod oauth;
 pub mod probes;
 pub mod providers;

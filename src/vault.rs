@@ -1,5 +1,6 @@
 //! The vault: unwraps organization data keys (cached in memory), seals and
-//! opens credential secrets, and runs key rotation and crypto-shredding.
+//! opens credential secrets and named secrets, and runs key rotation and
+//! crypto-shredding.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -19,8 +20,8 @@ pub enum VaultError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Key rotation ended with credentials still under an older key.
-    #[error("{left} credentials are still sealed under an older data key; run the rotation again")]
+    /// Key rotation ended with credentials or named secrets still under an older key.
+    #[error("{left} credentials or named secrets are still sealed under an older data key; run the rotation again")]
     Incomplete {
         /// How many.
         left: i64,
@@ -49,6 +50,14 @@ pub struct OrgRotation {
     pub version: i64,
     /// Credentials re-sealed.
     pub resealed: usize,
+    /// Named secrets re-sealed.
+    pub secrets_resealed: usize,
+}
+
+/// The sealing subject of named secret `name` of `org_id`: a value copied
+/// to another name or organization does not open.
+pub fn secret_subject(org_id: &str, name: &str) -> String {
+    format!("secret:{org_id}:{name}")
 }
 
 impl Vault {
@@ -133,13 +142,14 @@ impl Vault {
         Ok(done)
     }
 
-    /// Gives an organization a new data key and re-seals its credentials.
+    /// Gives an organization a new data key and re-seals its credentials and
+    /// named secrets.
     /// Once the new version is current, no writer can store secrets under an
     /// older key (every secret write checks the current version, and on
     /// Postgres share-locks it until commit). The re-seal loop then runs
     /// until no credential uses an old key; old keys are deleted only when
     /// nothing refers to them, so a rerun after an interruption finishes the
-    /// job. It fails unless, at its end, every credential is under the new key.
+    /// job. It fails unless, at its end, everything is under the new key.
     pub async fn rotate_org(&self, org_id: &str) -> Result<OrgRotation, VaultError> {
         let (_, wrapped) = self.keyring.new_data_key();
         let version = self.store.add_org_key(org_id, &wrapped).await?;
@@ -165,12 +175,42 @@ impl Vault {
                 }
             }
         }
+        let secrets_resealed = self.reseal_secrets(org_id, version, &new_key).await?;
         self.store.prune_org_keys(org_id, version).await?;
         let left = self.store.count_below_key(org_id, version).await?;
         if left > 0 {
             return Err(VaultError::Incomplete { left });
         }
-        Ok(OrgRotation { version, resealed })
+        Ok(OrgRotation {
+            version,
+            resealed,
+            secrets_resealed,
+        })
+    }
+
+    /// Re-seals the organization's named secrets under key `version` (see
+    /// [`Vault::rotate_org`]); returns how many.
+    async fn reseal_secrets(&self, org_id: &str, version: i64, new_key: &DataKey) -> Result<usize, VaultError> {
+        let mut resealed = 0;
+        loop {
+            let batch = self.store.secrets_below_key(org_id, version, 200).await?;
+            if batch.is_empty() {
+                return Ok(resealed);
+            }
+            for row in batch {
+                let subject = secret_subject(org_id, &row.name);
+                let groups = self.open(org_id, &subject, &row.value_ct, row.key_version).await?;
+                let refs: Vec<(&str, &SecretMap)> = groups.iter().map(|(k, v)| (k.as_str(), v)).collect();
+                let ct = crypto::seal(new_key, org_id, &subject, &refs);
+                if self
+                    .store
+                    .reseal_secret(org_id, &row.name, &row.value_ct, &ct, version)
+                    .await?
+                {
+                    resealed += 1;
+                }
+            }
+        }
     }
 
     /// Deletes an organization and its data keys (crypto-shredding).

@@ -28,7 +28,7 @@ pub const MAX_NAME_LEN: usize = 200;
 /// Most credentials on one page.
 pub const MAX_PER_PAGE: i64 = 50;
 /// How often a write that lost to a key rotation is sealed again and retried.
-const KEY_RETRIES: usize = 3;
+pub(crate) const KEY_RETRIES: usize = 3;
 
 /// One credential of an organization, or `NotFound` (no access check: for
 /// the domain's own use after [`access::authorize`]).
@@ -129,6 +129,6 @@ fn provider_auth<'a>(
 
 /// Whether a sealing write should be sealed again and retried: only when a
 /// key rotation beat it (the content is still ours to write).
-fn rotated(e: &StoreError, attempt: usize) -> bool {
+pub(crate) fn rotated(e: &StoreError, attempt: usize) -> bool {
     matches!(e, StoreError::KeyRotated) && attempt + 1 < KEY_RETRIES
 }

@@ -10,9 +10,10 @@
 //! * **wrapped data key** – `Fernet_master(data key in base64)`.
 //! * **sealed payload** – `Fernet_data(JSON)` where the JSON is
 //!   `{"v":1,"org":ORG_ID,"sub":SUBJECT,"data":{…}}`. `SUBJECT` is the
-//!   credential id (or `state:HASH` for an OAuth state). [`open`] refuses a
-//!   token whose `org` or `sub` differs from the row it was read from, so a
-//!   ciphertext copied to another row or organization never decrypts.
+//!   credential id (or `state:HASH` for an OAuth state, `secret:ORG_ID:NAME`
+//!   for a named secret). [`open`] refuses a token whose `org` or `sub`
+//!   differs from the row it was read from, so a ciphertext copied to
+//!   another row or organization never decrypts.
 
 mod keyring;
 mod sealed;

@@ -15,6 +15,7 @@ mod probes;
 mod providers;
 pub mod ratelimit;
 mod schemas;
+mod secrets;
 pub mod serve;
 mod sessions;
 
@@ -90,6 +91,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(oauth::router())
         .merge(probes::router())
         .merge(events::router())
+        .merge(secrets::router())
         .merge(sessions::router())
         .merge(ops::router())
         .split_for_parts()

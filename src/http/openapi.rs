@@ -47,6 +47,7 @@ fn body_schema(path: &str, registry: &Registry) -> Option<Value> {
         "/integrations/llm/test-connection" => schemas::llm(),
         "/integrations/telegram/test-connection" => schemas::telegram(),
         "/integrations/credentials" => schemas::credential(registry),
+        "/integrations/secrets/resolve" => schemas::resolve_secrets(),
         _ => return None,
     })
 }

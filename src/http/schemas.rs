@@ -1,6 +1,7 @@
-//! Request body schemas that utoipa cannot derive: the probe bodies, and
-//! the credential body built from the provider registry (one shape per
-//! provider and auth type, with each field's type, bounds and pattern).
+//! Request body schemas that utoipa cannot derive: the probe bodies, the
+//! names of a secrets resolve (each with its pattern), and the credential
+//! body built from the provider registry (one shape per provider and auth
+//! type, with each field's type, bounds and pattern).
 
 use serde_json::{json, Map, Value};
 
@@ -23,6 +24,24 @@ fn nullable(mut schema: Value) -> Value {
 
 fn port() -> Value {
     json!({"type": "integer", "minimum": 1, "maximum": 65535})
+}
+
+/// `POST /integrations/secrets/resolve`: 1 to 100 names, each matching the
+/// names' pattern.
+pub fn resolve_secrets() -> Value {
+    json!({
+        "type": "object",
+        "required": ["names"],
+        "additionalProperties": false,
+        "properties": {
+            "names": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": crate::named_secrets::MAX_RESOLVE,
+                "items": {"type": "string", "pattern": super::secrets::NAME_PATTERN},
+            },
+        },
+    })
 }
 
 /// `POST /integrations/sftp/test-connection`.

@@ -1,5 +1,5 @@
-//! Audit events: who did what to which credential, written in the same
-//! transaction as the change they record.
+//! Audit events: who did what to which credential (or named secret),
+//! written in the same transaction as the change they record.
 
 use sqlx::AnyConnection;
 
@@ -32,6 +32,19 @@ impl AuditEvent {
             outcome: "success",
             actor: actor.to_owned(),
             detail: None,
+        }
+    }
+
+    /// A successful action by `actor` on one named secret: no credential,
+    /// the name in `detail`.
+    pub fn for_secret(org_id: &str, name: &str, action: &'static str, actor: &str) -> Self {
+        Self {
+            org_id: org_id.to_owned(),
+            credential_id: None,
+            action,
+            outcome: "success",
+            actor: actor.to_owned(),
+            detail: Some(serde_json::json!({ "name": name })),
         }
     }
 

@@ -58,6 +58,7 @@ impl Store {
             "DELETE FROM oauth_states WHERE org_id = $1",
             "DELETE FROM outbox WHERE org_id = $1",
             "DELETE FROM credentials WHERE org_id = $1",
+            "DELETE FROM named_secrets WHERE org_id = $1",
             "DELETE FROM audit_events WHERE org_id = $1",
             "DELETE FROM api_keys WHERE org_id = $1",
             "DELETE FROM org_limits WHERE org_id = $1",
@@ -185,12 +186,13 @@ impl Store {
     }
 
     /// Deletes the organization's data keys older than `current` that no
-    /// credential or OAuth state uses any more; returns how many went.
+    /// credential, named secret or OAuth state uses any more; returns how many went.
     pub async fn prune_org_keys(&self, org_id: &str, current: i64) -> Result<u64, StoreError> {
         let done = self.execute_write(
             sqlx::query(
             "DELETE FROM org_keys WHERE org_id = $1 AND version < $2 \
              AND NOT EXISTS (SELECT 1 FROM credentials c WHERE c.org_id = org_keys.org_id AND c.key_version = org_keys.version) \
+             AND NOT EXISTS (SELECT 1 FROM named_secrets n WHERE n.org_id = org_keys.org_id AND n.key_version = org_keys.version) \
              AND NOT EXISTS (SELECT 1 FROM oauth_states s WHERE s.org_id = org_keys.org_id AND s.key_version = org_keys.version)",
         )
         .bind(org_id)
@@ -200,13 +202,17 @@ impl Store {
         Ok(done)
     }
 
-    /// How many credentials of an organization are sealed under a key older than `version`.
+    /// How many credentials and named secrets of an organization are sealed
+    /// under a key older than `version`.
     pub async fn count_below_key(&self, org_id: &str, version: i64) -> Result<i64, StoreError> {
-        let row = sqlx::query("SELECT COUNT(*) FROM credentials WHERE org_id = $1 AND key_version < $2")
-            .bind(org_id)
-            .bind(version)
-            .fetch_one(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM credentials WHERE org_id = $1 AND key_version < $2) \
+             + (SELECT COUNT(*) FROM named_secrets WHERE org_id = $1 AND key_version < $2)",
+        )
+        .bind(org_id)
+        .bind(version)
+        .fetch_one(&self.pool)
+        .await?;
         Ok(row.try_get(0)?)
     }
 }

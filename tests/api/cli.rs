@@ -11,7 +11,8 @@ use serde_json::json;
 use crate::both_backends;
 use crate::helpers::{master_keys, pg_body, sentinel, test_config, Backend, TestApp, TestDb};
 
-fn credgate(db: &TestDb, keys: Option<&str>, args: &[&str]) -> Output {
+/// Runs the `credgate` binary on `db` with `keys` (or none).
+pub fn credgate(db: &TestDb, keys: Option<&str>, args: &[&str]) -> Output {
     credgate_at(&db.url, keys, args)
 }
 

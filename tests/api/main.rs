@@ -21,4 +21,5 @@ mod probes;
 mod races;
 mod refresh;
 mod secrecy_checks;
+mod secrets;
 mod sharing;

@@ -50,6 +50,17 @@ fn frame(title: &str, session: Option<&PageSession>, body: Markup) -> Markup {
     }
 }
 
+/// The two tabs of `/manage`, the one at `current` marked as the page.
+pub fn manage_tabs(current: &str) -> Markup {
+    html! {
+        nav.tabs aria-label="What to manage" {
+            @for (href, label) in [("/manage", "Credentials"), ("/manage/secrets", "Secrets")] {
+                a href=(href) aria-current=[(href == current).then_some("page")] { (label) }
+            }
+        }
+    }
+}
+
 /// A notice above the content: `ok` (green) or not (red), with `role`
 /// so screen readers announce it.
 pub fn notice(ok: bool, text: &str) -> Markup {

@@ -13,7 +13,7 @@ use maud::{html, Markup};
 use serde::Deserialize;
 
 use super::form::type_words;
-use super::layout::{notice, page, status_badge, when};
+use super::layout::{manage_tabs, notice, page, status_badge, when};
 use super::{enter, failure, ok, session_from, Posted, Session};
 use crate::credentials::{self, MAX_PER_PAGE};
 use crate::http::AppState;
@@ -126,6 +126,7 @@ async fn list(State(state): State<AppState>, headers: HeaderMap, Query(query): Q
     };
     let deleted = query.deleted.as_deref().and_then(|n| n.parse::<usize>().ok());
     let body = html! {
+        (manage_tabs("/manage"))
         @if let Some(n) = deleted {
             (notice(true, &format!("{n} {} deleted.", if n == 1 { "credential" } else { "credentials" })))
         }

@@ -1,5 +1,6 @@
 //! The hosted pages a person sees in a browser: `/connect` (connect an
-//! account) and `/manage` (their credentials). Server-rendered (maud), with
+//! account) and `/manage` (their credentials, and the organization's
+//! secrets by name at `/manage/secrets`). Server-rendered (maud), with
 //! one small script and one stylesheet of our own served from here: no CDN,
 //! no build step.
 //!
@@ -17,6 +18,7 @@ mod edit;
 mod form;
 mod layout;
 mod manage;
+mod secrets;
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -41,6 +43,7 @@ pub fn router() -> Router<AppState> {
         .merge(done::router())
         .merge(detail::router())
         .merge(edit::router())
+        .merge(secrets::router())
 }
 
 const SCRIPT: &str = include_str!("assets/app.js");

@@ -3,6 +3,7 @@
 
 mod browser;
 mod journeys;
+mod secrets_tab;
 mod sessions;
 
 use axum::http::Method;

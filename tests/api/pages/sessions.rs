@@ -114,7 +114,7 @@ crate::both_backends! {
 }
 
 /// A session's cookie and CSRF token, from its link and first page.
-async fn cookie_and_csrf(app: &TestApp, url: &str, page: &str) -> (String, String) {
+pub(super) async fn cookie_and_csrf(app: &TestApp, url: &str, page: &str) -> (String, String) {
     let (cookie, _) = enter(app, url).await;
     let cookie = cookie.unwrap();
     let body = app
