@@ -26,9 +26,10 @@
 //!    (admin key). Non-2xx answers count as errors. Each phase reports
 //!    requests, seconds, requests/s, p50/p90/p99/max latency (ms), and the
 //!    server's CPU seconds (`/proc/<pid>/stat`).
-//! 4. With Postgres, runs `pgbench -S` (select-only, scale 10, scratch
-//!    database `cg_pgbench`) with the same number of clients and reports its
-//!    tps and the ratio credgate resolve requests/s ÷ pgbench tps.
+//! 4. With Postgres, runs `pgbench -S` (select only) and `pgbench -N`
+//!    (select, update, insert: one read-write transaction each) on a scratch
+//!    database `cg_pgbench` (scale 10) with the same number of clients, and
+//!    reports their tps and credgate's resolve requests/s ÷ each.
 //!
 //! The machine is shared with the client: load generator, server and
 //! database all compete for the same cores, as they would in the figures
@@ -139,7 +140,7 @@ async fn run(args: &Args, url: &str, dir: &Path) -> anyhow::Result<Value> {
         }
     };
     let list = {
-        let (client, base) = (client.clone(), base.clone());
+        let (client, base, admin) = (client.clone(), base.clone(), admin.clone());
         move |rng: &mut rand::rngs::StdRng| {
             let page = rng.gen_range(1..=CREDENTIALS / PER_PAGE);
             client
@@ -150,6 +151,29 @@ async fn run(args: &Args, url: &str, dir: &Path) -> anyhow::Result<Value> {
         }
     };
 
+    // Page 200 of 200 by the keyset cursor: walk to it once, then load it.
+    let deep_cursor = {
+        let mut after: Option<String> = None;
+        for _ in 1..CREDENTIALS / PER_PAGE {
+            let mut url = format!("{base}/integrations/credentials?per_page={PER_PAGE}");
+            if let Some(a) = &after {
+                url.push_str(&format!("&after={a}"));
+            }
+            let page: Value = client.get(url).bearer_auth(&admin).send().await?.json().await?;
+            after = page["next"].as_str().map(str::to_owned);
+        }
+        after.context("no cursor for the last page")?
+    };
+    let list_keyset = {
+        let (client, base, admin) = (client.clone(), base.clone(), admin.clone());
+        move |_: &mut rand::rngs::StdRng| {
+            client
+                .get(format!(
+                    "{base}/integrations/credentials?per_page={PER_PAGE}&after={deep_cursor}"
+                ))
+                .bearer_auth(&admin)
+        }
+    };
     eprintln!("warm-up");
     drive(&server, args.concurrency, (args.requests / 10).max(1000), &resolve).await?;
     drive(&server, args.concurrency, (args.list_requests / 10).max(200), &list).await?;
@@ -157,12 +181,17 @@ async fn run(args: &Args, url: &str, dir: &Path) -> anyhow::Result<Value> {
     let resolve_report = drive(&server, args.concurrency, args.requests, &resolve).await?;
     eprintln!("list: {} requests", args.list_requests);
     let list_report = drive(&server, args.concurrency, args.list_requests, &list).await?;
+    eprintln!("list page 200 by cursor: {} requests", args.list_requests);
+    let list_keyset_report = drive(&server, args.concurrency, args.list_requests, &list_keyset).await?;
     let (rss, hwm) = (server.status_kib("VmRSS:")?, server.status_kib("VmHWM:")?);
     drop(client);
     server.stop();
 
     let pgbench = if args.postgres() {
-        eprintln!("pgbench -S, {} clients, {} s", args.concurrency, args.pgbench_seconds);
+        eprintln!(
+            "pgbench -S and -N, {} clients, {} s each",
+            args.concurrency, args.pgbench_seconds
+        );
         Some(pgbench(args.concurrency, args.pgbench_seconds)?)
     } else {
         None
@@ -177,10 +206,13 @@ async fn run(args: &Args, url: &str, dir: &Path) -> anyhow::Result<Value> {
         "loadavg_before": loadavg.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
         "resolve": resolve_report,
         "list": list_report,
+        "list_page_200_by_cursor": list_keyset_report,
         "rss_mib_after": round(rss / 1024.0, 1),
         "rss_hwm_mib": round(hwm / 1024.0, 1),
-        "pgbench_select_only_tps": pgbench.map(|t| round(t, 0)),
-        "ratio": pgbench.map(|t| round(resolve_rps / t, 3)),
+        "pgbench_select_only_tps": pgbench.map(|(s, _)| round(s, 0)),
+        "pgbench_simple_update_tps": pgbench.map(|(_, n)| round(n, 0)),
+        "ratio_to_select_only": pgbench.map(|(s, _)| round(resolve_rps / s, 3)),
+        "ratio_to_simple_update": pgbench.map(|(_, n)| round(resolve_rps / n, 3)),
     }))
 }
 
@@ -397,8 +429,10 @@ where
     }))
 }
 
-/// `pgbench -S` on a scratch database `cg_pgbench` (scale 10); its tps.
-fn pgbench(clients: usize, seconds: u64) -> anyhow::Result<f64> {
+/// `pgbench -S` (select only) and `pgbench -N` (select, update, insert:
+/// one read-write transaction each) on a scratch database `cg_pgbench`
+/// (scale 10); their tps.
+fn pgbench(clients: usize, seconds: u64) -> anyhow::Result<(f64, f64)> {
     psql("postgres", "DROP DATABASE IF EXISTS cg_pgbench WITH (FORCE)")?;
     psql("postgres", "CREATE DATABASE cg_pgbench")?;
     let common = ["-h", "127.0.0.1", "-U", "root"];
@@ -410,20 +444,26 @@ fn pgbench(clients: usize, seconds: u64) -> anyhow::Result<f64> {
     if !init.status.success() {
         bail!("pgbench -i failed: {}", String::from_utf8_lossy(&init.stderr));
     }
-    let run = Command::new("pgbench")
-        .args(common)
-        .args(format!("-S -n -c {clients} -j 2 -T {seconds} cg_pgbench").split(' '))
-        .output()?;
-    psql("postgres", "DROP DATABASE IF EXISTS cg_pgbench WITH (FORCE)")?;
-    let out = String::from_utf8_lossy(&run.stdout);
-    if !run.status.success() {
-        bail!("pgbench -S failed: {}", String::from_utf8_lossy(&run.stderr));
+    let mut tps = Vec::new();
+    for mode in ["-S", "-N"] {
+        let run = Command::new("pgbench")
+            .args(common)
+            .args(format!("{mode} -n -c {clients} -j 2 -T {seconds} cg_pgbench").split(' '))
+            .output()?;
+        let out = String::from_utf8_lossy(&run.stdout);
+        if !run.status.success() {
+            bail!("pgbench {mode} failed: {}", String::from_utf8_lossy(&run.stderr));
+        }
+        tps.push(
+            out.lines()
+                .find_map(|l| l.trim().strip_prefix("tps = "))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .with_context(|| format!("no tps in pgbench output:\n{out}"))?,
+        );
     }
-    out.lines()
-        .find_map(|l| l.trim().strip_prefix("tps = "))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .with_context(|| format!("no tps in pgbench output:\n{out}"))
+    psql("postgres", "DROP DATABASE IF EXISTS cg_pgbench WITH (FORCE)")?;
+    Ok((tps[0], tps[1]))
 }
 
 fn psql(db: &str, sql: &str) -> anyhow::Result<()> {

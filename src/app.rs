@@ -170,12 +170,13 @@ pub fn context(services: Services) -> anyhow::Result<Context> {
         webhooks,
         http,
         config,
-        store: services.store,
+        store: services.store.clone(),
         vault: services.vault,
         registry: services.registry,
         clock: services.clock,
         worker: Arc::default(),
         denials: Arc::default(),
+        uses: crate::uses::UseLog::new(services.store.clone()),
     })
 }
 

@@ -12,6 +12,7 @@ use crate::oauth::Refresher;
 use crate::probes::ProbeContext;
 use crate::providers::Registry;
 use crate::store::Store;
+use crate::uses::UseLog;
 use crate::vault::Vault;
 use crate::webhooks::Webhooks;
 
@@ -34,6 +35,8 @@ pub struct Context {
     pub worker: Arc<WorkerHealth>,
     /// Denied accesses counted per key and minute (audited, bounded).
     pub denials: Arc<Denials>,
+    /// Resolves' use events, committed in groups.
+    pub uses: UseLog,
 }
 
 impl Context {

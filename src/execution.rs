@@ -15,7 +15,7 @@ use crate::probes::{
     self, DeclaredProbe, FailureCode, ImapRequest, LlmRequest, PostgresRequest, Probe, ProbeFailure, ProbeResult,
     SftpRequest, SmtpRequest, TelegramRequest,
 };
-use crate::store::{AuditEvent, CredentialRow, Usage};
+use crate::store::{AuditEvent, CredentialRow, Usage, UseRecord};
 
 /// A credential's values for execution. `Debug` prints no value.
 pub struct Resolved {
@@ -51,7 +51,12 @@ pub async fn resolve(ctx: &Context, who: &Principal, id: &str, usage: &Usage) ->
     if usage.workflow_id.is_some() || usage.run_id.is_some() {
         event = event.with_detail(json!({"workflow_id": usage.workflow_id, "run_id": usage.run_id}));
     }
-    ctx.store.record_use(org_id, &row.id, &event, usage).await?;
+    ctx.uses
+        .record(UseRecord {
+            event,
+            usage: usage.clone(),
+        })
+        .await?;
     Ok(Resolved {
         fields: secrets.merged_fields(&row),
         // The refresh token never leaves credgate: it alone refreshes, so a

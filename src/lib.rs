@@ -28,5 +28,6 @@ pub mod providers;
 pub mod sessions;
 pub mod store;
 pub mod telemetry;
+pub mod uses;
 pub mod vault;
 pub mod webhooks;

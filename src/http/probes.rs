@@ -90,7 +90,9 @@ async fn test_telegram(
 
 /// Test a saved credential with its stored values; updates `status` and `last_tested_at`
 #[utoipa::path(post, path = "/integrations/credentials/{id}/test", tag = "credentials",
-    responses((status = 200, description = "ProbeResult"), (status = 404, body = Problem), (status = 429, body = Problem)))]
+    responses((status = 200, description = "ProbeResult"), (status = 404, body = Problem),
+              (status = 409, body = Problem, description = "`no_probe`: the provider has no connection test (custom, webhook secrets)"),
+              (status = 429, body = Problem)))]
 async fn test_credential(
     State(state): State<AppState>,
     caller: Caller,

@@ -241,52 +241,6 @@ impl Store {
         Ok(deleted)
     }
 
-    /// Records a use (resolve): `last_used_at` and an audit event, atomically.
-    /// On Postgres that is one statement (one round trip); SQLite, whose
-    /// CTEs cannot update, uses a transaction.
-    pub async fn record_use(
-        &self,
-        org_id: &str,
-        id: &str,
-        event: &AuditEvent,
-        usage: &Usage,
-    ) -> Result<(), StoreError> {
-        const INSERT: &str = "INSERT INTO audit_events \
-            (org_id, credential_id, action, outcome, actor, detail, at, workflow_id, run_id) \
-            VALUES ($1, $2, $4, $5, $6, $7, $3, $8, $9)";
-        const PG: &str = "WITH used AS (UPDATE credentials SET last_used_at = $3 WHERE org_id = $1 AND id = $2) \
-            INSERT INTO audit_events (org_id, credential_id, action, outcome, actor, detail, at, workflow_id, run_id) \
-            VALUES ($1, $2, $4, $5, $6, $7, $3, $8, $9)";
-        let t = self.now();
-        let detail = event.detail.as_ref().map(|d| d.to_string());
-        let statement = |sql| {
-            sqlx::query(sql)
-                .bind(org_id)
-                .bind(id)
-                .bind(t)
-                .bind(event.action)
-                .bind(event.outcome)
-                .bind(&event.actor)
-                .bind(detail.clone())
-                .bind(usage.workflow_id.as_deref())
-                .bind(usage.run_id.as_deref())
-        };
-        if self.dialect == super::Dialect::Postgres {
-            statement(PG).execute(&self.pool).await?;
-            return Ok(());
-        }
-        let mut tx = self.begin_write().await?;
-        sqlx::query("UPDATE credentials SET last_used_at = $3 WHERE org_id = $1 AND id = $2")
-            .bind(org_id)
-            .bind(id)
-            .bind(t)
-            .execute(&mut *tx)
-            .await?;
-        statement(INSERT).execute(&mut *tx).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
     /// Records the outcome of a connection test. The status moves as
     /// [`CredentialStatus::after_test`] says, computed in the statement so a
     /// concurrent `needs_reauth` verdict is never overwritten.

@@ -28,6 +28,9 @@ pub struct CredentialFilter {
     pub owner_me: bool,
     /// Only shared (team or users) ones, or only unshared ones.
     pub shared: Option<bool>,
+    /// Keyset cursor: only credentials after this (`created_at`, `id`) in
+    /// the listing's order (newest first); `page` is then ignored.
+    pub after: Option<(i64, String)>,
     /// 1-based.
     pub page: i64,
     pub per_page: i64,
@@ -96,17 +99,29 @@ impl Store {
             add(" AND LOWER(x.name) LIKE ? ESCAPE '\\'", Some(like_pattern(q)));
         }
         let count_sql = format!("SELECT COUNT(*) FROM credentials x WHERE {filter}");
+        // The cursor narrows the page, not the total.
+        let mut page_filter = filter.clone();
+        let mut page_binds = binds.clone();
+        if let Some((created_at, id)) = &f.after {
+            page_binds.push(created_at.to_string());
+            let t = page_binds.len();
+            page_binds.push(id.clone());
+            let i = page_binds.len();
+            page_filter.push_str(&format!(
+                " AND (x.created_at < CAST(${t} AS BIGINT) OR (x.created_at = CAST(${t} AS BIGINT) AND x.id < ${i}))"
+            ));
+        }
         let mut count = sqlx::query(&count_sql);
         for b in &binds {
             count = count.bind(b);
         }
         let total: i64 = count.fetch_one(&self.pool).await?.try_get(0)?;
         // The page's ids come from the index alone; then 50 rows by key.
-        let n = binds.len();
+        let n = page_binds.len();
         let page_sql = format!(
             "SELECT {LIST_COLUMNS}, g.access AS my_grant FROM credentials c \
              LEFT JOIN credential_grants g ON g.credential_id = c.id AND g.user_id = ${} \
-             WHERE c.id IN (SELECT x.id FROM credentials x WHERE {filter} \
+             WHERE c.id IN (SELECT x.id FROM credentials x WHERE {page_filter} \
                ORDER BY x.created_at DESC, x.id DESC LIMIT ${} OFFSET ${}) \
              ORDER BY c.created_at DESC, c.id DESC",
             n + 1,
@@ -114,13 +129,18 @@ impl Store {
             n + 3
         );
         let mut page = sqlx::query_as(&page_sql);
-        for b in &binds {
+        for b in &page_binds {
             page = page.bind(b);
         }
+        let offset = if f.after.is_some() {
+            0
+        } else {
+            (f.page - 1) * f.per_page
+        };
         let rows: Vec<Listed> = page
             .bind(f.viewer.user.clone().unwrap_or_default())
             .bind(f.per_page)
-            .bind((f.page - 1) * f.per_page)
+            .bind(offset)
             .fetch_all(&self.pool)
             .await?;
         let rows = rows

@@ -22,6 +22,7 @@ mod refresh;
 mod row;
 mod sessions;
 mod sharing;
+mod uses;
 mod write_tx;
 
 pub use api_keys::{ApiKeyInfo, ApiKeyRow};
@@ -36,6 +37,7 @@ pub use refresh::{RefreshFailure, RefreshedTokens};
 pub use row::{CredentialRow, LastError};
 pub use sessions::{NewPageSession, PageSessionRow};
 pub use sharing::{UsageSummary, UserRemoval};
+pub use uses::UseRecord;
 
 use std::str::FromStr;
 use std::time::Duration;

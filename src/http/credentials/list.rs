@@ -3,6 +3,8 @@
 
 use axum::extract::State;
 use axum::Json;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -24,6 +26,7 @@ pub(super) struct ListQuery {
     shared: Option<String>,
     page: Option<String>,
     per_page: Option<String>,
+    after: Option<String>,
 }
 
 /// `?owner=`: only `me`.
@@ -52,7 +55,8 @@ fn parse_positive(field: &str, value: Option<&str>, default: i64, max: i64, erro
            ("owner" = Option<OwnerFilter>, Query, description = "`me`: only the caller's own"),
            ("shared" = Option<bool>, Query, description = "only shared (team or users), or only not shared"),
            ("page" = Option<i64>, Query, minimum = 1, maximum = 1000000),
-           ("per_page" = Option<i64>, Query, minimum = 1, maximum = 50, description = "at most 50")),
+           ("per_page" = Option<i64>, Query, minimum = 1, maximum = 50, description = "at most 50"),
+           ("after" = Option<String>, Query, description = "the `next` of the previous page: keyset paging, instead of `page`")),
     responses((status = 200, body = CredentialPage), (status = 422, body = Problem)))]
 pub(super) async fn list_credentials(
     State(state): State<AppState>,
@@ -111,10 +115,24 @@ pub(super) async fn list_credentials(
             None
         }
     };
+    let after = match query.after.as_deref() {
+        None => None,
+        Some(raw) => {
+            let cursor = parse_cursor(raw);
+            if cursor.is_none() {
+                errors.push(FieldError::new("after", "must be a `next` value from an earlier page"));
+            }
+            if query.page.is_some() {
+                errors.push(FieldError::new("page", "cannot be combined with after"));
+            }
+            cursor
+        }
+    };
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
     let filter = CredentialFilter {
+        after,
         provider: query.provider.filter(|p| !p.is_empty()),
         status,
         q: query.q.filter(|q| !q.is_empty()),
@@ -125,6 +143,9 @@ pub(super) async fn list_credentials(
         ..CredentialFilter::default()
     };
     let (rows, total) = credentials::list(&state, &caller, filter).await?;
+    let next = (rows.len() as i64 == per_page)
+        .then(|| rows.last().map(|(row, _)| cursor(row)))
+        .flatten();
     let shown: Vec<String> = rows
         .iter()
         .filter(|(_, access)| *access >= Access::View)
@@ -139,5 +160,18 @@ pub(super) async fn list_credentials(
         page,
         per_page,
         total,
+        next,
     }))
+}
+
+/// The `next` cursor after `row`: its creation time and id, url-safe.
+fn cursor(row: &crate::store::CredentialRow) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}.{}", row.created_at, row.id))
+}
+
+fn parse_cursor(raw: &str) -> Option<(i64, String)> {
+    let text = String::from_utf8(URL_SAFE_NO_PAD.decode(raw.as_bytes()).ok()?).ok()?;
+    let (t, id) = text.split_once('.')?;
+    let id = uuid::Uuid::parse_str(id).ok()?.to_string();
+    Some((t.parse().ok()?, id))
 }

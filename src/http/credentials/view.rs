@@ -167,6 +167,10 @@ pub struct CredentialPage {
     pub page: i64,
     pub per_page: i64,
     pub total: i64,
+    /// Pass as `after` for the next page (keyset paging, fast at any depth);
+    /// absent on a page that is not full.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// An audit event as the API shows it.

@@ -1,0 +1,83 @@
+//! Writing many uses (resolves) in one transaction: the group commit behind
+//! `crate::uses`. Each use sets its credential's `last_used_at` and adds its
+//! audit event; all of a batch commit together or not at all.
+
+use super::audit::AuditEvent;
+use super::credentials::Usage;
+use super::{Store, StoreError};
+
+/// One use to record.
+#[derive(Debug, Clone)]
+pub struct UseRecord {
+    /// The audit event (its `credential_id` is set).
+    pub event: AuditEvent,
+    pub usage: Usage,
+}
+
+/// Uses per statement (nine parameters each; well under SQLite's limit).
+const CHUNK: usize = 200;
+
+impl Store {
+    /// Records `uses` durably, in one transaction.
+    pub async fn record_uses(&self, uses: &[UseRecord]) -> Result<(), StoreError> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let t = self.now();
+        let mut tx = self.begin_write().await?;
+        for chunk in uses.chunks(CHUNK) {
+            let mut ids: Vec<&str> = chunk.iter().filter_map(|u| u.event.credential_id.as_deref()).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            let marks: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
+            let update = format!(
+                "UPDATE credentials SET last_used_at = $1 WHERE id IN ({}) AND (last_used_at IS NULL OR last_used_at < $1)",
+                marks.join(", ")
+            );
+            let mut query = sqlx::query(&update).bind(t);
+            for id in &ids {
+                query = query.bind(*id);
+            }
+            query.execute(&mut *tx).await?;
+
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let b = i * 9;
+                    format!(
+                        "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4,
+                        b + 5,
+                        b + 6,
+                        b + 7,
+                        b + 8,
+                        b + 9
+                    )
+                })
+                .collect();
+            let insert = format!(
+                "INSERT INTO audit_events (org_id, credential_id, action, outcome, actor, detail, at, workflow_id, run_id) \
+                 VALUES {}",
+                rows.join(", ")
+            );
+            let mut query = sqlx::query(&insert);
+            for u in chunk {
+                query = query
+                    .bind(&u.event.org_id)
+                    .bind(u.event.credential_id.as_deref())
+                    .bind(u.event.action)
+                    .bind(u.event.outcome)
+                    .bind(&u.event.actor)
+                    .bind(u.event.detail.as_ref().map(ToString::to_string))
+                    .bind(t)
+                    .bind(u.usage.workflow_id.as_deref())
+                    .bind(u.usage.run_id.as_deref());
+            }
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
