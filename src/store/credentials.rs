@@ -4,7 +4,7 @@ use sqlx::Row;
 
 use super::audit::{self, AuditEvent};
 use super::outbox::{self, Notification};
-use super::quota::{check_quota, lock_org};
+use super::quota::{release, reserve};
 use super::row::{typed, Raw, READ_COLUMNS};
 use super::{check_key, CredentialRow, Store, StoreError};
 use crate::model::{AuthKind, CredentialStatus};
@@ -48,8 +48,8 @@ pub struct Usage {
 
 impl Store {
     /// Inserts a credential unless the organization's limit for its provider
-    /// is reached. The organization row is locked first, so concurrent
-    /// creates — on any replica — are counted one after another.
+    /// is reached: its counter row is raised in the statement that checks
+    /// the limit, so concurrent creates on any replica count exactly.
     pub async fn insert_credential(
         &self,
         new: &NewCredential,
@@ -57,9 +57,8 @@ impl Store {
         (event, notify): (&AuditEvent, &Notification),
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
-        lock_org(&mut tx, &new.org_id).await?;
         check_key(&mut tx, self.dialect, &new.org_id, new.key_version).await?;
-        check_quota(&mut tx, &new.org_id, &new.provider, default_limit).await?;
+        reserve(&mut tx, &new.org_id, &new.provider, default_limit).await?;
         let t = self.now();
         sqlx::query(
             "INSERT INTO credentials (id, org_id, name, provider, auth_type, status, fields, secret_names, \
@@ -223,6 +222,7 @@ impl Store {
             .await?;
             if let Some(raw) = raw {
                 let row = CredentialRow::try_from(raw)?;
+                release(&mut tx, org_id, &row.provider).await?;
                 let event = AuditEvent::success(org_id, id, "credential.delete", actor)
                     .with_detail(serde_json::json!({"provider": row.provider, "name": row.name}));
                 audit::insert(&mut tx, &event, t).await?;

@@ -5,7 +5,7 @@ use sqlx::Row;
 
 use super::audit::{self, AuditEvent};
 use super::outbox::{self, Notification};
-use super::quota::{check_quota, lock_org};
+use super::quota::{lock_org, reserve};
 use super::{check_key, Store, StoreError};
 
 /// A pending authorization, as stored (payload sealed).
@@ -190,7 +190,7 @@ impl Store {
                 created_by,
                 owner,
             } => {
-                check_quota(&mut tx, &grant.org_id, &grant.provider, default_limit).await?;
+                reserve(&mut tx, &grant.org_id, &grant.provider, default_limit).await?;
                 sqlx::query(
                     "INSERT INTO credentials (id, org_id, name, provider, auth_type, status, fields, secret_names, \
                      secret_ct, key_version, account_id, account_email, account_name, scopes, expires_at, \

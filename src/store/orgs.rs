@@ -62,6 +62,7 @@ impl Store {
             "DELETE FROM audit_events WHERE org_id = $1",
             "DELETE FROM api_keys WHERE org_id = $1",
             "DELETE FROM org_limits WHERE org_id = $1",
+            "DELETE FROM credential_counts WHERE org_id = $1",
             "DELETE FROM org_keys WHERE org_id = $1",
         ] {
             sqlx::query(sql).bind(id).execute(&mut *tx).await?;

@@ -1,5 +1,7 @@
-//! The per-provider credential limit: writers that add a credential lock
-//! the organization row first, so counts on any replica are exact.
+//! The per-provider credential limit. Each organization has a counter row
+//! per provider (`credential_counts`); adding a credential raises it in the
+//! same statement that checks the limit, so counts are exact on any replica
+//! without locking the whole organization. Deleting lowers it.
 
 use sqlx::Row;
 
@@ -18,8 +20,11 @@ pub(crate) async fn lock_org(conn: &mut sqlx::AnyConnection, org_id: &str) -> Re
     Ok(())
 }
 
-/// Fails with `QuotaExceeded` when one more credential would pass the limit.
-pub(crate) async fn check_quota(
+/// Counts one more credential of `provider`, or fails with
+/// `QuotaExceeded` when that would pass the limit (the organization's
+/// override, else `default_limit`). The counter row stays locked until the
+/// transaction ends, so concurrent adds are counted one after another.
+pub(crate) async fn reserve(
     conn: &mut sqlx::AnyConnection,
     org_id: &str,
     provider: &str,
@@ -34,14 +39,31 @@ pub(crate) async fn check_quota(
         Some(row) => row.try_get(0)?,
         None => default_limit,
     };
-    let count: i64 = sqlx::query("SELECT COUNT(*) FROM credentials WHERE org_id = $1 AND provider = $2")
-        .bind(org_id)
-        .bind(provider)
-        .fetch_one(&mut *conn)
-        .await?
-        .try_get(0)?;
-    if count >= limit {
+    if limit < 1 {
         return Err(StoreError::QuotaExceeded { limit });
     }
+    let counted = sqlx::query(
+        "INSERT INTO credential_counts (org_id, provider, count) VALUES ($1, $2, 1) \
+         ON CONFLICT (org_id, provider) DO UPDATE SET count = credential_counts.count + 1 \
+         WHERE credential_counts.count < $3 RETURNING count",
+    )
+    .bind(org_id)
+    .bind(provider)
+    .bind(limit)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match counted {
+        Some(_) => Ok(()),
+        None => Err(StoreError::QuotaExceeded { limit }),
+    }
+}
+
+/// Counts one credential of `provider` fewer (it was deleted).
+pub(crate) async fn release(conn: &mut sqlx::AnyConnection, org_id: &str, provider: &str) -> Result<(), StoreError> {
+    sqlx::query("UPDATE credential_counts SET count = count - 1 WHERE org_id = $1 AND provider = $2 AND count > 0")
+        .bind(org_id)
+        .bind(provider)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }

@@ -150,3 +150,31 @@ async fn the_unauthenticated_callback_is_rate_limited_per_client_address() {
         "the first address is still limited"
     );
 }
+
+both_backends! {
+    async fn deleting_frees_a_place_under_the_limit_and_a_refused_create_takes_none(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let mut config = test_config(&db);
+        config.max_per_provider = 2;
+        let app = TestApp::spawn_with(config).await;
+        let create = |name: &str| {
+            let app = &app;
+            let body = pg_body(name, &sentinel());
+            async move { app.call(Method::POST, "/integrations/credentials", &app.org.member, Some(body)).await }
+        };
+
+        let (_, first) = create("a").await;
+        create("b").await;
+        let (full, _) = create("c").await;
+        let (again_full, _) = create("c").await;
+        let id = first["id"].as_str().unwrap();
+        let (deleted, _) = app.call(Method::DELETE, &format!("/integrations/credentials/{id}"), &app.org.member, None).await;
+        let (after_delete, _) = create("d").await;
+        let (full_again, _) = create("e").await;
+
+        assert_eq!((full, again_full), (StatusCode::CONFLICT, StatusCode::CONFLICT));
+        assert_eq!(deleted, StatusCode::NO_CONTENT);
+        assert_eq!(after_delete, StatusCode::CREATED, "the deleted credential's place is free again");
+        assert_eq!(full_again, StatusCode::CONFLICT, "and only that one");
+    }
+}
