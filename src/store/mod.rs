@@ -186,7 +186,14 @@ impl Store {
         let _ = sqlx::any::AnyConnectOptions::from_str(&url)?;
         // A store that cannot hand out a connection within 2 s is unavailable:
         // callers get a quick 503 rather than a long wait.
-        let pool = options.acquire_timeout(Duration::from_secs(2)).connect(&url).await?;
+        // No ping before each acquire: a dead connection fails its statement,
+        // which is classified as unavailable (503) and dropped by the pool,
+        // instead of every request paying a round trip.
+        let pool = options
+            .acquire_timeout(Duration::from_secs(2))
+            .test_before_acquire(false)
+            .connect(&url)
+            .await?;
         Ok(Self {
             pool,
             dialect,
