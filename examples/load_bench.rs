@@ -70,6 +70,9 @@ struct Args {
     /// Measured list requests.
     #[arg(long, default_value_t = 2_000)]
     list_requests: usize,
+    /// Credentials created over HTTP by 16 clients in one organization.
+    #[arg(long, default_value_t = 3000)]
+    create_requests: usize,
     /// Concurrent keep-alive connections (and pgbench clients).
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
@@ -183,6 +186,22 @@ async fn run(args: &Args, url: &str, dir: &Path) -> anyhow::Result<Value> {
     let list_report = drive(&server, args.concurrency, args.list_requests, &list).await?;
     eprintln!("list page 200 by cursor: {} requests", args.list_requests);
     let list_keyset_report = drive(&server, args.concurrency, args.list_requests, &list_keyset).await?;
+    let create = {
+        let (client, base, admin) = (client.clone(), base.clone(), admin.clone());
+        move |rng: &mut rand::rngs::StdRng| {
+            let n: u64 = rng.gen();
+            client
+                .post(format!("{base}/integrations/credentials"))
+                .bearer_auth(&admin)
+                .json(
+                    &json!({"name": format!("created-{n:016x}"), "provider": "postgresql", "auth_type": "user_password",
+                               "fields": {"host": "db.example.com", "database": "sales", "username": "etl",
+                                          "password": format!("pw-{n}")}}),
+                )
+        }
+    };
+    eprintln!("create: {} requests, 16 clients", args.create_requests);
+    let create_report = drive(&server, 16, args.create_requests, &create).await?;
     let (rss, hwm) = (server.status_kib("VmRSS:")?, server.status_kib("VmHWM:")?);
     drop(client);
     server.stop();
@@ -207,6 +226,7 @@ async fn run(args: &Args, url: &str, dir: &Path) -> anyhow::Result<Value> {
         "resolve": resolve_report,
         "list": list_report,
         "list_page_200_by_cursor": list_keyset_report,
+        "create_16_clients": create_report,
         "rss_mib_after": round(rss / 1024.0, 1),
         "rss_hwm_mib": round(hwm / 1024.0, 1),
         "pgbench_select_only_tps": pgbench.map(|(s, _)| round(s, 0)),
@@ -304,6 +324,7 @@ impl Server {
             .env("CREDGATE_MASTER_KEYS", master_key.expose_secret())
             .env("CREDGATE_LISTEN", &addr)
             .env("CREDGATE_RATE_LIMIT_PER_ORG", "0")
+            .env("CREDGATE_MAX_PER_PROVIDER", "1000000")
             .env("CREDGATE_LOG", "warn")
             .env(
                 "CREDGATE_PROVIDERS_DIR",
