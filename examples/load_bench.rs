@@ -286,7 +286,8 @@ async fn seed(url: &str, master_key: &SecretString) -> anyhow::Result<(Vec<Strin
     });
     let ids: Vec<String> = inserts.buffer_unordered(8).try_collect().await?;
     if store.dialect() == Dialect::Postgres {
-        // What autovacuum would do after a bulk load; this machine's server runs without it.
+        // What autovacuum would do after a bulk load (VACUUM ANALYZE); this
+        // machine's server runs with autovacuum off.
         store.analyze().await?;
     }
     store.close().await;

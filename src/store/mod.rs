@@ -225,9 +225,16 @@ impl Store {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
 
-    /// Refreshes the planner's statistics (after bulk loads).
+    /// Refreshes the planner's statistics and, on Postgres, the visibility
+    /// map (after bulk loads).
     pub async fn analyze(&self) -> Result<(), StoreError> {
-        sqlx::query("ANALYZE").execute(&self.pool).await?;
+        // VACUUM too: it sets the visibility map, without which Postgres
+        // cannot answer counts and pages from the indexes alone.
+        let sql = match self.dialect {
+            Dialect::Postgres => "VACUUM ANALYZE",
+            Dialect::Sqlite => "ANALYZE",
+        };
+        sqlx::query(sql).execute(&self.pool).await?;
         Ok(())
     }
 
