@@ -28,10 +28,13 @@ command -v sftp >/dev/null 2>&1 || need+=(openssh-client)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 [ -x /usr/lib/postgresql/15/bin/initdb ] || need+=(postgresql-15)
 command -v psql >/dev/null 2>&1 || need+=(postgresql-client-15)
-# The page journeys drive a real headless Chromium over WebDriver.
-[ -x /usr/bin/chromium ] || need+=(chromium)
-[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
-[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
+# The page journeys drive a real headless Chromium over WebDriver. It is
+# installed below with its recommended packages (as checked on this kind of
+# machine), not with the rest.
+browser=()
+[ -x /usr/bin/chromium ] || browser+=(chromium)
+[ -x /usr/bin/chromedriver ] || browser+=(chromium-driver)
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || browser+=(fonts-dejavu-core)
 # The IMAP probe tests run their own dovecot (tests/api/probes/dovecot.rs).
 [ -x /usr/sbin/dovecot ] || need+=(dovecot-core)
 [ -x /usr/lib/dovecot/imap ] || need+=(dovecot-imapd)
@@ -42,6 +45,11 @@ if [ "${#need[@]}" -gt 0 ]; then
   # Installing openssh-server may try to start the system sshd; that is
   # harmless, and the tests never use port 22.
   apt-get install -y --no-install-recommends "${need[@]}"
+fi
+if [ "${#browser[@]}" -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  [ "${#need[@]}" -gt 0 ] || apt-get update
+  apt-get install -y "${browser[@]}"
 fi
 
 # The package starts the system dovecot on ports 143/993 where it can; the
