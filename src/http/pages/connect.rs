@@ -21,6 +21,7 @@ use super::{enter, failure, forged, ok, same_page, session_from, Html, Posted, S
 use crate::credentials::{self, Changes, NewCredentialInput};
 use crate::error::Error;
 use crate::execution::has_probe;
+use crate::http::auth::ClientIp;
 use crate::http::AppState;
 use crate::model::AuthKind;
 use crate::oauth::flow::{self, AuthorizeInput};
@@ -43,11 +44,16 @@ struct GridQuery {
 }
 
 /// The providers offered, searchable (by the box as you type, or `?q=`).
-async fn grid(State(state): State<AppState>, headers: HeaderMap, Query(query): Query<GridQuery>) -> Response {
-    if let Some(response) = enter(&state, Purpose::Connect, query.session.as_deref()).await {
+async fn grid(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    Query(query): Query<GridQuery>,
+) -> Response {
+    if let Some(response) = enter(&state, ip, Purpose::Connect, query.session.as_deref()).await {
         return response;
     }
-    let session = match session_from(&state, &headers, Purpose::Connect).await {
+    let session = match session_from(&state, &headers, ip, Purpose::Connect).await {
         Ok(s) => s,
         Err(refusal) => return refusal.into_response(),
     };

@@ -16,6 +16,7 @@ use super::form::type_words;
 use super::layout::{manage_tabs, notice, page, status_badge, when};
 use super::{enter, failure, ok, session_from, Posted, Session};
 use crate::credentials::{self, MAX_PER_PAGE};
+use crate::http::auth::ClientIp;
 use crate::http::AppState;
 use crate::model::{Access, CredentialStatus};
 use crate::sessions::{PageSession, Purpose};
@@ -67,11 +68,16 @@ fn people(n: usize) -> &'static str {
     }
 }
 
-async fn list(State(state): State<AppState>, headers: HeaderMap, Query(query): Query<ListQuery>) -> Response {
-    if let Some(response) = enter(&state, Purpose::Manage, query.session.as_deref()).await {
+async fn list(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> Response {
+    if let Some(response) = enter(&state, ip, Purpose::Manage, query.session.as_deref()).await {
         return response;
     }
-    let session = match session_from(&state, &headers, Purpose::Manage).await {
+    let session = match session_from(&state, &headers, ip, Purpose::Manage).await {
         Ok(s) => s,
         Err(refusal) => return refusal.into_response(),
     };

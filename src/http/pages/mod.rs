@@ -21,6 +21,8 @@ mod manage;
 mod secrets;
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
+use std::net::IpAddr;
+
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -202,17 +204,40 @@ impl FromRequestParts<AppState> for Session {
         } else {
             Purpose::Connect
         };
-        session_from(state, &parts.headers, purpose).await.map(Session)
+        let ip = crate::http::auth::client_ip(parts, &state.trusted_proxies);
+        session_from(state, &parts.headers, ip, purpose).await.map(Session)
     }
 }
 
-/// The live session of `purpose` whose cookie `headers` carry.
-pub async fn session_from(state: &AppState, headers: &HeaderMap, purpose: Purpose) -> Result<PageSession, NoSession> {
+/// The live session of `purpose` whose cookie `headers` carry. A cookie
+/// that names no live session counts as a failed authentication of `ip`.
+pub async fn session_from(
+    state: &AppState,
+    headers: &HeaderMap,
+    ip: IpAddr,
+    purpose: Purpose,
+) -> Result<PageSession, NoSession> {
     let cookie = cookie_value(headers, cookie_name(purpose)).ok_or_else(|| NoSession(expired(state)))?;
     match sessions::current(state, &cookie).await {
         Ok(Some(session)) if session.purpose == purpose => Ok(session),
-        Ok(_) => Err(NoSession(expired(state))),
+        Ok(_) => Err(NoSession(unknown(state, ip))),
         Err(e) => Err(NoSession(failure(state, &e))),
+    }
+}
+
+/// The answer to an unknown link or cookie: the words for an expired
+/// session, or, once `ip` has failed too often, a 429 page (the same limit
+/// as failed API keys, so guessing is slow).
+fn unknown(state: &AppState, ip: IpAddr) -> Html {
+    match state.limits.check_auth_failure(ip) {
+        Ok(()) => expired(state),
+        Err(_) => refusal(
+            state,
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many attempts",
+            "Too many links that do not open came from your address. Wait a minute, then open the page again \
+             from the application that sent you here.",
+        ),
     }
 }
 
@@ -297,11 +322,11 @@ pub fn forged(state: &AppState) -> Html {
 /// started, which is cross-site, so the browser would withhold the
 /// SameSite=Strict cookie from the next page; a navigation the page starts
 /// itself is same-site. It also drops the token from the history.
-pub async fn enter(state: &AppState, purpose: Purpose, token: Option<&str>) -> Option<Response> {
+pub async fn enter(state: &AppState, ip: IpAddr, purpose: Purpose, token: Option<&str>) -> Option<Response> {
     let token = token?;
     let (session, cookie) = match sessions::enter(state, token).await {
         Ok(Some((session, cookie))) if session.purpose == purpose => (session, cookie),
-        Ok(_) => return Some(expired(state).into_response()),
+        Ok(_) => return Some(unknown(state, ip).into_response()),
         Err(e) => return Some(failure(state, &e).into_response()),
     };
     let secure = if state.config.public_url.starts_with("https://") {

@@ -325,3 +325,26 @@ crate::both_backends! {
         assert!(!credential.to_string().contains(TOKEN_SECRET));
     }
 }
+
+crate::both_backends! {
+    async fn guessing_links_or_cookies_is_slowed_to_429_like_guessing_api_keys(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let tg = telegram().await;
+        let app = page_app(&db, &tg, &[RETURN.into()], |_| {}).await;
+
+        let mut statuses = Vec::new();
+        for n in 0..30 {
+            let res = if n % 2 == 0 {
+                app.client.get(format!("{}/manage", app.base)).header("cookie", format!("credgate_manage=guess{n}")).send().await.unwrap()
+            } else {
+                app.client.get(format!("{}/connect?session=cgs_guess{n}", app.base)).send().await.unwrap()
+            };
+            statuses.push((res.status(), res.text().await.unwrap()));
+        }
+
+        assert_eq!(statuses[0].0, StatusCode::FORBIDDEN, "the first guesses are told the link expired");
+        let limited: Vec<&String> = statuses.iter().filter(|(s, _)| *s == StatusCode::TOO_MANY_REQUESTS).map(|(_, b)| b).collect();
+        assert!(limited.len() >= 10, "{:?}", statuses.iter().map(|s| s.0).collect::<Vec<_>>());
+        assert!(limited[0].contains("Too many links that do not open"));
+    }
+}
