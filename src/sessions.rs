@@ -17,7 +17,7 @@ use crate::context::Context;
 use crate::credentials::{self, access};
 use crate::error::Error;
 use crate::model::{Access, Principal, Role};
-use crate::oauth::flow::return_to_allowed;
+use crate::oauth::return_to::return_to_allowed;
 use crate::providers::FieldError;
 use crate::store::{NewPageSession, PageSessionRow, StoreError};
 

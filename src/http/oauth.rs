@@ -121,12 +121,12 @@ async fn callback(
 fn result_origins(state: &AppState) -> Vec<String> {
     let mut allowed = state.config.allowed_return_urls.clone();
     allowed.push(state.config.public_url.clone());
-    flow::allowed_origins(&allowed)
+    crate::oauth::return_to::allowed_origins(&allowed)
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::oauth::flow::return_to_allowed;
+    use crate::oauth::return_to::return_to_allowed;
 
     #[test]
     fn return_to_must_share_origin_and_path_prefix() {

@@ -5,6 +5,7 @@
 pub mod flow;
 pub mod outcome;
 pub mod refresh;
+pub mod return_to;
 mod single_flight;
 mod tokens;
 pub mod worker;

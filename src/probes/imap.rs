@@ -7,12 +7,11 @@
 
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::imap_session::{capabilities_in, not_imap, Session, Status};
-use super::mail_io::{quote, MailConn, Security};
+use super::mail_io::{quote, MailLogin, Security};
 use super::{
     check_host_port, into_result, run, stage, FailureCode, FieldError, Pool, Probe, ProbeContext, ProbeFailure,
     ProbeResult, Slot,
@@ -24,39 +23,23 @@ const LOGOUT_WAIT: Duration = Duration::from_millis(500);
 /// Body of an IMAP connection test; the `imap` provider's fields.
 #[derive(Debug, Deserialize)]
 pub struct ImapRequest {
-    /// Host name or IP address of the IMAP server.
-    #[serde(default)]
-    pub host: String,
-    /// TCP port; 993 when absent.
-    #[serde(default)]
-    pub port: Option<i64>,
-    /// Login name.
-    #[serde(default)]
-    pub username: String,
-    /// The login's password.
-    #[serde(default)]
-    pub password: Option<SecretString>,
-    /// `tls` (default, IMAPS), `starttls` (port 143) or `none`.
-    #[serde(default)]
-    pub security: Option<String>,
-    /// Whether the server's certificate must be valid for `host`; true when
-    /// absent. False accepts a self-signed certificate (still encrypted).
-    #[serde(default)]
-    pub tls_verify: Option<bool>,
+    /// Host, port, login, `security` (`tls` by default, `starttls` on 143, or `none`) and `tls_verify`.
+    #[serde(flatten)]
+    pub login: MailLogin,
 }
 
 impl ImapRequest {
     /// The port to connect to.
     pub fn port(&self) -> u16 {
-        self.port.and_then(|p| u16::try_from(p).ok()).unwrap_or(993)
+        self.login.port_or(993)
     }
 
     fn security(&self) -> Result<Security, FieldError> {
-        Security::parse(self.security.as_deref(), Security::Tls)
+        self.login.security_or(Security::Tls)
     }
 
     fn password(&self) -> &str {
-        self.password.as_ref().map_or("", |p| p.expose_secret())
+        self.login.password()
     }
 }
 
@@ -71,10 +54,10 @@ impl Probe for ImapRequest {
 
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
-        check_host_port(&self.host, self.port, &mut errors);
-        if self.username.trim().is_empty() {
+        check_host_port(&self.login.host, self.login.port, &mut errors);
+        if self.login.username.trim().is_empty() {
             errors.push(FieldError::new("username", "is required"));
-        } else if unsendable(&self.username) {
+        } else if unsendable(&self.login.username) {
             errors.push(FieldError::new("username", "must not contain NUL or line breaks"));
         }
         if self.password().is_empty() {
@@ -89,24 +72,16 @@ impl Probe for ImapRequest {
     }
 
     async fn execute(&self, ctx: &ProbeContext, _slot: Slot) -> Result<Value, (Value, ProbeFailure)> {
-        let port = self.port();
-        let mut facts = json!({ "host": self.host, "port": port, "tls": false });
-        let security = match self.security() {
-            Ok(security) => security,
-            Err(e) => return Err((facts, ProbeFailure::new(FailureCode::Protocol, e.message))),
+        let mut facts = json!({});
+        let (conn, security, _) = match self
+            .login
+            .open(ctx, self.port(), self.security(), "IMAP", &mut facts)
+            .await
+        {
+            Ok(opened) => opened,
+            Err(failure) => return Err((facts, failure)),
         };
-        facts["security"] = json!(security.as_str());
-        let (stream, addr) = match ctx.egress.connect_tcp(&self.host, port, ctx.timeouts.connect).await {
-            Ok(connected) => connected,
-            Err(e) => return Err((facts, e.into())),
-        };
-        facts["address"] = json!(addr.to_string());
-        let mut session = Session::new(MailConn::new(
-            stream,
-            &self.host,
-            self.tls_verify.unwrap_or(true),
-            "IMAP",
-        ));
+        let mut session = Session::new(conn);
         let outcome = self.dialogue(ctx, &mut session, security, &mut facts).await;
         facts["tls"] = json!(session.conn.is_tls());
         let _ = tokio::time::timeout(LOGOUT_WAIT, async {
@@ -197,7 +172,7 @@ impl ImapRequest {
                 )
             });
         }
-        let login = stage("the login", limit, session.login(&self.username, self.password())).await?;
+        let login = stage("the login", limit, session.login(&self.login.username, self.password())).await?;
         match login.status {
             Status::Ok => {}
             Status::No if login.text.to_ascii_uppercase().starts_with("[PRIVACYREQUIRED]") => {
@@ -211,7 +186,7 @@ impl ImapRequest {
                     FailureCode::AuthFailed,
                     format!(
                         "the server rejected user `{}` or its password: {}",
-                        self.username,
+                        self.login.username,
                         quote(&login.text, &hidden)
                     ),
                 ))

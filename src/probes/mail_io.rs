@@ -1,4 +1,5 @@
-//! What the SMTP and IMAP probes share: the `security` setting, and a line
+//! What the SMTP and IMAP probes share: the login fields and opening the
+//! connection ([`MailLogin`]), the `security` setting, and a line
 //! reader over a plain or TLS stream with a cap on what a server may send,
 //! plus the STARTTLS upgrade.
 //!
@@ -9,19 +10,23 @@
 //! limit and never grow its memory.
 
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use super::capped::{Capped, TooMuchData};
 use super::pg_tls::client_config;
-use super::{FailureCode, FieldError, ProbeFailure};
+use super::{FailureCode, FieldError, ProbeContext, ProbeFailure};
 
 /// Bytes a mail probe reads from one server at most, TLS records included:
 /// a greeting, a capability list and a few answers take a few kilobytes.
@@ -288,4 +293,67 @@ pub(super) fn quote(text: &str, hidden: &[&str]) -> String {
         .take(QUOTED)
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect()
+}
+
+/// Where and how to log in to a mail server: the fields the SMTP and IMAP
+/// requests share (flattened into each). `Debug` hides the password.
+#[derive(Debug, Deserialize)]
+pub struct MailLogin {
+    /// Host name or IP address of the server.
+    #[serde(default)]
+    pub host: String,
+    /// TCP port; the protocol's own default when absent.
+    #[serde(default)]
+    pub port: Option<i64>,
+    /// Login name.
+    #[serde(default)]
+    pub username: String,
+    /// The login's password.
+    #[serde(default)]
+    pub password: Option<SecretString>,
+    /// `tls`, `starttls` or `none`; the protocol's own default when absent.
+    #[serde(default)]
+    pub security: Option<String>,
+    /// Whether the server's certificate must be valid for `host`; true when
+    /// absent. False accepts a self-signed certificate (still encrypted).
+    #[serde(default)]
+    pub tls_verify: Option<bool>,
+}
+
+impl MailLogin {
+    /// The port, or `default`.
+    pub fn port_or(&self, default: u16) -> u16 {
+        self.port.and_then(|p| u16::try_from(p).ok()).unwrap_or(default)
+    }
+
+    /// The password, or "" when absent.
+    pub fn password(&self) -> &str {
+        self.password.as_ref().map_or("", |p| p.expose_secret())
+    }
+
+    /// The security asked for, or `default`.
+    pub(super) fn security_or(&self, default: Security) -> Result<Security, FieldError> {
+        Security::parse(self.security.as_deref(), default)
+    }
+
+    /// Connects to `host:port` through the egress guard (to the checked
+    /// address only). `facts` gets host, port, security, address and `tls:
+    /// false`; also returns this side's address (SMTP greets with it).
+    pub(super) async fn open(
+        &self,
+        ctx: &ProbeContext,
+        port: u16,
+        security: Result<Security, FieldError>,
+        protocol: &'static str,
+        facts: &mut Value,
+    ) -> Result<(MailConn, Security, IpAddr), ProbeFailure> {
+        *facts = json!({ "host": self.host, "port": port, "tls": false });
+        let security = security.map_err(|e| ProbeFailure::new(FailureCode::Protocol, e.message))?;
+        facts["security"] = json!(security.as_str());
+        let (stream, addr) = ctx.egress.connect_tcp(&self.host, port, ctx.timeouts.connect).await?;
+        facts["address"] = json!(addr.to_string());
+        let local = stream.local_addr().map_or(IpAddr::from([127, 0, 0, 1]), |a| a.ip());
+        let conn = MailConn::new(stream, &self.host, self.tls_verify.unwrap_or(true), protocol);
+        Ok((conn, security, local))
+    }
 }

@@ -38,6 +38,7 @@ pub use context::{ApiBaseUrls, ProbeContext, ProbeTimeouts};
 pub use declared::DeclaredProbe;
 pub use imap::ImapRequest;
 pub use llm::{LlmProviderType, LlmRequest};
+pub use mail_io::MailLogin;
 pub use postgres::PostgresRequest;
 pub use sftp::SftpRequest;
 pub use slots::{Pool, Slot};

@@ -10,11 +10,10 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::mail_io::{quote, MailConn, Security};
+use super::mail_io::{quote, MailConn, MailLogin, Security};
 use super::{
     check_host_port, into_result, run, stage, FailureCode, FieldError, Pool, Probe, ProbeContext, ProbeFailure,
     ProbeResult, Slot,
@@ -29,25 +28,9 @@ const QUIT_WAIT: Duration = Duration::from_millis(500);
 /// Body of an SMTP connection test; the `smtp` provider's fields.
 #[derive(Debug, Deserialize)]
 pub struct SmtpRequest {
-    /// Host name or IP address of the submission server.
-    #[serde(default)]
-    pub host: String,
-    /// TCP port; 587 when absent.
-    #[serde(default)]
-    pub port: Option<i64>,
-    /// Login name.
-    #[serde(default)]
-    pub username: String,
-    /// The login's password.
-    #[serde(default)]
-    pub password: Option<SecretString>,
-    /// `starttls` (default), `tls` (SMTPS, port 465) or `none`.
-    #[serde(default)]
-    pub security: Option<String>,
-    /// Whether the server's certificate must be valid for `host`; true when
-    /// absent. False accepts a self-signed certificate (still encrypted).
-    #[serde(default)]
-    pub tls_verify: Option<bool>,
+    /// Host, port, login, `security` (`starttls` by default, `tls` on 465, or `none`) and `tls_verify`.
+    #[serde(flatten)]
+    pub login: MailLogin,
     /// A sender address to try with `MAIL FROM` after logging in.
     #[serde(default)]
     pub from: Option<String>,
@@ -56,15 +39,15 @@ pub struct SmtpRequest {
 impl SmtpRequest {
     /// The port to connect to.
     pub fn port(&self) -> u16 {
-        self.port.and_then(|p| u16::try_from(p).ok()).unwrap_or(587)
+        self.login.port_or(587)
     }
 
     fn security(&self) -> Result<Security, FieldError> {
-        Security::parse(self.security.as_deref(), Security::StartTls)
+        self.login.security_or(Security::StartTls)
     }
 
     fn password(&self) -> &str {
-        self.password.as_ref().map_or("", |p| p.expose_secret())
+        self.login.password()
     }
 
     fn sender(&self) -> Option<&str> {
@@ -78,10 +61,10 @@ impl Probe for SmtpRequest {
 
     fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
-        check_host_port(&self.host, self.port, &mut errors);
-        if self.username.trim().is_empty() {
+        check_host_port(&self.login.host, self.login.port, &mut errors);
+        if self.login.username.trim().is_empty() {
             errors.push(FieldError::new("username", "is required"));
-        } else if self.username.chars().any(char::is_control) {
+        } else if self.login.username.chars().any(char::is_control) {
             errors.push(FieldError::new("username", "must not contain control characters"));
         }
         if self.password().is_empty() {
@@ -109,23 +92,15 @@ impl Probe for SmtpRequest {
     }
 
     async fn execute(&self, ctx: &ProbeContext, _slot: Slot) -> Result<Value, (Value, ProbeFailure)> {
-        let port = self.port();
-        let mut facts = json!({ "host": self.host, "port": port, "tls": false });
-        let security = match self.security() {
-            Ok(security) => security,
-            Err(e) => return Err((facts, ProbeFailure::new(FailureCode::Protocol, e.message))),
+        let mut facts = json!({});
+        let (mut conn, security, client) = match self
+            .login
+            .open(ctx, self.port(), self.security(), "SMTP", &mut facts)
+            .await
+        {
+            Ok(opened) => opened,
+            Err(failure) => return Err((facts, failure)),
         };
-        facts["security"] = json!(security.as_str());
-        let (stream, addr) = match ctx.egress.connect_tcp(&self.host, port, ctx.timeouts.connect).await {
-            Ok(connected) => connected,
-            Err(e) => return Err((facts, e.into())),
-        };
-        facts["address"] = json!(addr.to_string());
-        let client = stream
-            .local_addr()
-            .map(|a| a.ip())
-            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-        let mut conn = MailConn::new(stream, &self.host, self.tls_verify.unwrap_or(true), "SMTP");
         let outcome = self.dialogue(ctx, &mut conn, client, security, &mut facts).await;
         facts["tls"] = json!(conn.is_tls());
         // A polite goodbye, briefly: the outcome is known already.
@@ -159,7 +134,7 @@ impl SmtpRequest {
     ) -> Result<(), ProbeFailure> {
         let limit = ctx.timeouts.stage;
         // The encoded forms of the password, which a server could echo.
-        let plain = BASE64.encode(format!("\0{}\0{}", self.username, self.password()));
+        let plain = BASE64.encode(format!("\0{}\0{}", self.login.username, self.password()));
         let login_password = BASE64.encode(self.password());
         let hidden = [plain.as_str(), login_password.as_str(), self.password()];
 
@@ -198,7 +173,7 @@ impl SmtpRequest {
         facts["auth_mechanisms"] = json!(extensions.auth);
         let encoded = Encoded {
             plain: &plain,
-            username: &BASE64.encode(&self.username),
+            username: &BASE64.encode(&self.login.username),
             password: &login_password,
         };
         stage(
@@ -276,7 +251,7 @@ impl SmtpRequest {
                 FailureCode::AuthFailed,
                 format!(
                     "the server rejected user `{}` or its password: {}",
-                    self.username,
+                    self.login.username,
                     reply.quoted(hidden)
                 ),
             )),

@@ -168,18 +168,36 @@ impl Store {
         new_ct: &str,
         key_version: i64,
     ) -> Result<bool, StoreError> {
+        self.reseal(
+            "UPDATE credentials SET secret_ct = $1, key_version = $2 WHERE org_id = $3 AND id = $4 AND secret_ct = $5",
+            (org_id, id),
+            (old_ct, new_ct),
+            key_version,
+        )
+        .await
+    }
+
+    /// Runs one re-seal `update` (`$1` new ciphertext, `$2` key version, `$3`
+    /// organization, `$4` the row's key, `$5` the ciphertext that was read)
+    /// under the organization's current data key; true if the row still held
+    /// what was read.
+    pub(super) async fn reseal(
+        &self,
+        update: &'static str,
+        (org_id, key): (&str, &str),
+        (old_ct, new_ct): (&str, &str),
+        key_version: i64,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.begin_write().await?;
         check_key(&mut tx, self.dialect, org_id, key_version).await?;
-        let done = sqlx::query(
-            "UPDATE credentials SET secret_ct = $1, key_version = $2 WHERE org_id = $3 AND id = $4 AND secret_ct = $5",
-        )
-        .bind(new_ct)
-        .bind(key_version)
-        .bind(org_id)
-        .bind(id)
-        .bind(old_ct)
-        .execute(&mut *tx)
-        .await?;
+        let done = sqlx::query(update)
+            .bind(new_ct)
+            .bind(key_version)
+            .bind(org_id)
+            .bind(key)
+            .bind(old_ct)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(done.rows_affected() == 1)
     }

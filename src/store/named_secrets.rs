@@ -225,19 +225,12 @@ impl Store {
         new_ct: &str,
         key_version: i64,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.begin_write().await?;
-        check_key(&mut tx, self.dialect, org_id, key_version).await?;
-        let done = sqlx::query(
+        self.reseal(
             "UPDATE named_secrets SET value_ct = $1, key_version = $2 WHERE org_id = $3 AND name = $4 AND value_ct = $5",
+            (org_id, name),
+            (old_ct, new_ct),
+            key_version,
         )
-        .bind(new_ct)
-        .bind(key_version)
-        .bind(org_id)
-        .bind(name)
-        .bind(old_ct)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(done.rows_affected() == 1)
+        .await
     }
 }

@@ -14,17 +14,15 @@ use serde_json::{json, Map, Value};
 
 use super::form::{
     fields_from_form, key_value_from_form, key_value_rows, oauth_words, public_values, text_of, type_words, value,
-    CsrfQuery,
 };
 use super::layout::{self, field_input, name_input, notice, other_errors, page};
-use super::{enter, failure, forged, ok, same_page, session_from, Html, Posted, Session};
+use super::{enter, failure, forged, ok, session_from, Html, Posted, Session};
 use crate::credentials::{self, Changes, NewCredentialInput};
 use crate::error::Error;
 use crate::execution::has_probe;
 use crate::http::auth::ClientIp;
 use crate::http::AppState;
 use crate::model::AuthKind;
-use crate::oauth::flow::{self, AuthorizeInput};
 use crate::providers::{FieldError, Generic, Provider};
 use crate::sessions::{PageSession, Purpose};
 use crate::store::CredentialRow;
@@ -34,7 +32,6 @@ pub fn router() -> Router<AppState> {
         .route("/connect", get(grid))
         .route("/connect/{provider}", get(form).post(save))
         .route("/connect/{provider}/test", post(test))
-        .route("/connect/{provider}/oauth", get(start_oauth))
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,7 +97,7 @@ struct FormQuery {
 }
 
 /// The provider the session offers, or a page saying it is not offered.
-fn offered<'a>(state: &'a AppState, session: &PageSession, id: &str) -> Result<&'a Provider, Html> {
+pub(super) fn offered<'a>(state: &'a AppState, session: &PageSession, id: &str) -> Result<&'a Provider, Html> {
     state.registry.get(id).filter(|p| session.offers(&p.id)).ok_or_else(|| {
         super::refusal(
             state,
@@ -378,42 +375,6 @@ async fn test(
             errors,
         ),
         Err(e) => reply(StatusCode::CONFLICT, false, layout::words(&e), vec![]),
-    }
-}
-
-/// Connect (or re-connect) through the provider: starts the flow as the
-/// session's user and sends the browser (a popup) to the provider. The
-/// callback's result page tells this page how it ended.
-async fn start_oauth(
-    State(state): State<AppState>,
-    session: Session,
-    Path(provider_id): Path<String>,
-    headers: HeaderMap,
-    Query(query): Query<CsrfQuery>,
-) -> Response {
-    if !same_page(&state, &session, &headers, query.csrf.as_deref()) {
-        return forged(&state).into_response();
-    }
-    if let Err(refusal) = offered(&state, &session, &provider_id) {
-        return refusal.into_response();
-    }
-    authorize_in_popup(&state, &session, &provider_id, session.credential_id.clone()).await
-}
-
-/// Starts the OAuth flow for the session's user and redirects to the provider.
-pub async fn authorize_in_popup(
-    state: &AppState,
-    session: &PageSession,
-    provider_id: &str,
-    credential_id: Option<String>,
-) -> Response {
-    let input = AuthorizeInput {
-        credential_id,
-        ..AuthorizeInput::default()
-    };
-    match flow::authorize(state, &session.principal(), provider_id, input).await {
-        Ok(started) => Redirect::to(&started.authorize_url).into_response(),
-        Err(e) => failure(state, &e).into_response(),
     }
 }
 

@@ -3,7 +3,7 @@
 //! Refresh, Re-authorize and sharing (`manage`).
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -11,11 +11,10 @@ use maud::{html, Markup};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::connect::authorize_in_popup;
-use super::form::{oauth_words, type_words, value, CsrfQuery};
+use super::form::{oauth_words, type_words, value};
 use super::layout::{self, notice, page, status_badge, when};
 use super::manage::sharing_words;
-use super::{failure, forged, same_page, Posted, Session};
+use super::{failure, Posted, Session};
 use crate::credentials::{self, Sharing};
 use crate::error::Error;
 use crate::http::AppState;
@@ -28,7 +27,6 @@ pub fn router() -> Router<AppState> {
         .route("/manage/credentials/{id}", get(show))
         .route("/manage/credentials/{id}/test", post(test))
         .route("/manage/credentials/{id}/refresh", post(refresh))
-        .route("/manage/credentials/{id}/reauthorize", get(reauthorize))
         .route("/manage/credentials/{id}/sharing", post(share))
 }
 
@@ -268,37 +266,25 @@ async fn test(State(state): State<AppState>, Path(id): Path<String>, Posted { se
 }
 
 async fn refresh(State(state): State<AppState>, Path(id): Path<String>, Posted { session, .. }: Posted) -> Response {
-    match crate::oauth::refresh::refresh_now(&state, &session.principal(), &id).await {
-        Ok(row) => Redirect::to(&format!("/manage/credentials/{}?refreshed=1", row.id)).into_response(),
-        Err(e @ Error::NotFound) => failure(&state, &e).into_response(),
-        Err(e) => {
-            render(
-                &state,
-                &session,
-                &id,
-                Some((false, layout::words(&e))),
-                StatusCode::CONFLICT,
-            )
-            .await
-        }
-    }
+    let refreshed = crate::oauth::refresh::refresh_now(&state, &session.principal(), &id).await;
+    after_change(&state, &session, &id, refreshed, "refreshed", StatusCode::CONFLICT).await
 }
 
-async fn reauthorize(
-    State(state): State<AppState>,
-    session: Session,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    Query(query): Query<CsrfQuery>,
+/// After a change: back to the detail page with `done` in its query, or the
+/// page again with the failure in words (`NotFound` is a plain refusal).
+async fn after_change(
+    state: &AppState,
+    session: &PageSession,
+    id: &str,
+    changed: Result<CredentialRow, Error>,
+    done: &str,
+    status: StatusCode,
 ) -> Response {
-    if !same_page(&state, &session, &headers, query.csrf.as_deref()) {
-        return forged(&state).into_response();
+    match changed {
+        Ok(row) => Redirect::to(&format!("/manage/credentials/{}?{done}=1", row.id)).into_response(),
+        Err(e @ Error::NotFound) => failure(state, &e).into_response(),
+        Err(e) => render(state, session, id, Some((false, layout::words(&e))), status).await,
     }
-    let row = match credentials::read(&state, &session.principal(), &id).await {
-        Ok((row, _)) => row,
-        Err(e) => return failure(&state, &e).into_response(),
-    };
-    authorize_in_popup(&state, &session, &row.provider, Some(row.id)).await
 }
 
 async fn share(State(state): State<AppState>, Path(id): Path<String>, Posted { session, form }: Posted) -> Response {
@@ -319,18 +305,14 @@ async fn share(State(state): State<AppState>, Path(id): Path<String>, Posted { s
         .filter(|(user, _)| !user.is_empty())
         .filter_map(|(user, level)| Access::parse(level).map(|a| (user.to_owned(), a)))
         .collect();
-    match credentials::set_sharing(&state, &session.principal(), &id, Sharing { team, users }).await {
-        Ok(row) => Redirect::to(&format!("/manage/credentials/{}?shared=1", row.id)).into_response(),
-        Err(e @ Error::NotFound) => failure(&state, &e).into_response(),
-        Err(e) => {
-            render(
-                &state,
-                &session,
-                &id,
-                Some((false, layout::words(&e))),
-                StatusCode::UNPROCESSABLE_ENTITY,
-            )
-            .await
-        }
-    }
+    let shared = credentials::set_sharing(&state, &session.principal(), &id, Sharing { team, users }).await;
+    after_change(
+        &state,
+        &session,
+        &id,
+        shared,
+        "shared",
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await
 }

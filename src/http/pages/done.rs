@@ -15,7 +15,7 @@ use super::layout::page;
 use super::{failure, ok, Session};
 use crate::credentials;
 use crate::http::AppState;
-use crate::oauth::flow::allowed_origins;
+use crate::oauth::return_to::allowed_origins;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/connect/done", get(done))

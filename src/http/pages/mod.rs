@@ -18,6 +18,7 @@ mod edit;
 mod form;
 mod layout;
 mod manage;
+mod popup;
 mod secrets;
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -32,7 +33,7 @@ use maud::{html, Markup};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::AppState;
-use crate::oauth::flow::allowed_origins;
+use crate::oauth::return_to::allowed_origins;
 use crate::sessions::{self, PageSession, Purpose};
 
 /// The page routes (not part of the API document).
@@ -45,6 +46,7 @@ pub fn router() -> Router<AppState> {
         .merge(done::router())
         .merge(detail::router())
         .merge(edit::router())
+        .merge(popup::router())
         .merge(secrets::router())
 }
 

@@ -119,7 +119,7 @@ async fn smtp_login_in_clear_text_where_the_server_wants_starttls_first_is_tls()
 async fn smtp_with_tls_verify_rejects_a_self_signed_certificate_as_tls() {
     let server = smtp_server(SmtpMode::Tls);
     let mut req = smtp_request(server.port, "tls", MAIL_PASSWORD);
-    req.tls_verify = None;
+    req.login.tls_verify = None;
 
     let result = smtp::probe(&ctx(), ORG, &req).await;
 
@@ -250,7 +250,7 @@ async fn imap_login_in_clear_text_where_the_server_requires_tls_is_tls() {
 #[tokio::test]
 async fn imap_with_tls_verify_rejects_a_self_signed_certificate_as_tls() {
     let mut req = imap_request("127.0.0.1", dovecot().tls_port, "tls", MAIL_PASSWORD);
-    req.tls_verify = Some(true);
+    req.login.tls_verify = Some(true);
 
     let result = imap::probe(&ctx(), ORG, &req).await;
 
