@@ -13,7 +13,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::mail_servers::{dovecot, smtp as smtp_server, SmtpMode, INBOX_MESSAGES, MAIL_PASSWORD, MAIL_USER};
 use super::sshd::free_port;
-use super::{assert_no_secret, code, ctx, ctx_with, ORG};
+use super::{assert_no_secret, code, ctx_with, loopback_policy, ORG};
 use crate::helpers::{captured_logs, run_test, test_config, Backend, TestApp, TestDb};
 
 /// A wrong password that must never show either.
@@ -35,6 +35,16 @@ fn imap_request(host: &str, port: u16, security: &str, password: &str) -> ImapRe
     .unwrap()
 }
 
+/// Probe limits for real servers sharing two cores with the whole suite:
+/// there a dovecot login can take seconds (its auth processes start on demand).
+fn mail_ctx() -> credgate::probes::ProbeContext {
+    ctx_with(
+        loopback_policy(),
+        Duration::from_secs(15),
+        credgate::probes::ApiBaseUrls::default(),
+    )
+}
+
 fn message(result: &credgate::probes::ProbeResult) -> String {
     result.error.as_ref().map(|e| e.message.clone()).unwrap_or_default()
 }
@@ -43,7 +53,7 @@ fn message(result: &credgate::probes::ProbeResult) -> String {
 async fn smtp_over_starttls_logs_in_and_reports_greeting_mechanisms_and_tls() {
     let server = smtp_server(SmtpMode::StartTls);
 
-    let result = smtp::probe(&ctx(), ORG, &smtp_request(server.port, "starttls", MAIL_PASSWORD)).await;
+    let result = smtp::probe(&mail_ctx(), ORG, &smtp_request(server.port, "starttls", MAIL_PASSWORD)).await;
 
     assert_eq!(code(&result), "ok", "{result:?}");
     assert_eq!(result.detail["tls"], json!(true));
@@ -67,7 +77,7 @@ async fn smtp_over_implicit_tls_logs_in_and_tries_the_sender() {
     let mut req = smtp_request(server.port, "tls", MAIL_PASSWORD);
     req.from = Some("robot@credgate.test".into());
 
-    let result = smtp::probe(&ctx(), ORG, &req).await;
+    let result = smtp::probe(&mail_ctx(), ORG, &req).await;
 
     assert_eq!(code(&result), "ok", "{result:?}");
     assert_eq!(result.detail["tls"], json!(true));
@@ -78,7 +88,7 @@ async fn smtp_over_implicit_tls_logs_in_and_tries_the_sender() {
 async fn smtp_without_tls_logs_in_only_when_security_is_none() {
     let server = smtp_server(SmtpMode::Plain);
 
-    let result = smtp::probe(&ctx(), ORG, &smtp_request(server.port, "none", MAIL_PASSWORD)).await;
+    let result = smtp::probe(&mail_ctx(), ORG, &smtp_request(server.port, "none", MAIL_PASSWORD)).await;
 
     assert_eq!(code(&result), "ok", "{result:?}");
     assert_eq!(result.detail["tls"], json!(false));
@@ -88,7 +98,7 @@ async fn smtp_without_tls_logs_in_only_when_security_is_none() {
 async fn smtp_with_a_wrong_password_is_auth_failed() {
     let server = smtp_server(SmtpMode::StartTls);
 
-    let result = smtp::probe(&ctx(), ORG, &smtp_request(server.port, "starttls", WRONG_PASSWORD)).await;
+    let result = smtp::probe(&mail_ctx(), ORG, &smtp_request(server.port, "starttls", WRONG_PASSWORD)).await;
 
     assert_eq!(code(&result), "auth_failed", "{result:?}");
     assert!(message(&result).contains("535"), "{result:?}");
@@ -99,7 +109,7 @@ async fn smtp_with_a_wrong_password_is_auth_failed() {
 async fn smtp_starttls_against_a_server_that_does_not_offer_it_is_tls() {
     let server = smtp_server(SmtpMode::Plain);
 
-    let result = smtp::probe(&ctx(), ORG, &smtp_request(server.port, "starttls", MAIL_PASSWORD)).await;
+    let result = smtp::probe(&mail_ctx(), ORG, &smtp_request(server.port, "starttls", MAIL_PASSWORD)).await;
 
     assert_eq!(code(&result), "tls", "{result:?}");
     assert!(message(&result).contains("STARTTLS"), "{result:?}");
@@ -110,7 +120,7 @@ async fn smtp_starttls_against_a_server_that_does_not_offer_it_is_tls() {
 async fn smtp_login_in_clear_text_where_the_server_wants_starttls_first_is_tls() {
     let server = smtp_server(SmtpMode::StartTls);
 
-    let result = smtp::probe(&ctx(), ORG, &smtp_request(server.port, "none", MAIL_PASSWORD)).await;
+    let result = smtp::probe(&mail_ctx(), ORG, &smtp_request(server.port, "none", MAIL_PASSWORD)).await;
 
     assert_eq!(code(&result), "tls", "{result:?}");
 }
@@ -121,7 +131,7 @@ async fn smtp_with_tls_verify_rejects_a_self_signed_certificate_as_tls() {
     let mut req = smtp_request(server.port, "tls", MAIL_PASSWORD);
     req.login.tls_verify = None;
 
-    let result = smtp::probe(&ctx(), ORG, &req).await;
+    let result = smtp::probe(&mail_ctx(), ORG, &req).await;
 
     assert_eq!(code(&result), "tls", "{result:?}");
     assert!(message(&result).contains("certificate"), "{result:?}");
@@ -129,7 +139,7 @@ async fn smtp_with_tls_verify_rejects_a_self_signed_certificate_as_tls() {
 
 #[tokio::test]
 async fn smtp_to_a_closed_port_is_connect_refused() {
-    let result = smtp::probe(&ctx(), ORG, &smtp_request(free_port(), "starttls", MAIL_PASSWORD)).await;
+    let result = smtp::probe(&mail_ctx(), ORG, &smtp_request(free_port(), "starttls", MAIL_PASSWORD)).await;
 
     assert_eq!(code(&result), "connect_refused", "{result:?}");
 }
@@ -137,7 +147,7 @@ async fn smtp_to_a_closed_port_is_connect_refused() {
 #[tokio::test]
 async fn smtp_against_an_imap_port_is_protocol() {
     let result = smtp::probe(
-        &ctx(),
+        &mail_ctx(),
         ORG,
         &smtp_request(dovecot().plain_port, "starttls", MAIL_PASSWORD),
     )
@@ -152,7 +162,7 @@ async fn imap_over_tls_logs_in_and_reports_the_inbox_message_count() {
     let server = dovecot();
 
     let result = imap::probe(
-        &ctx(),
+        &mail_ctx(),
         ORG,
         &imap_request("127.0.0.1", server.tls_port, "tls", MAIL_PASSWORD),
     )
@@ -177,7 +187,7 @@ async fn imap_over_starttls_logs_in() {
     let server = dovecot();
 
     let result = imap::probe(
-        &ctx(),
+        &mail_ctx(),
         ORG,
         &imap_request("127.0.0.1", server.plain_port, "starttls", MAIL_PASSWORD),
     )
@@ -193,7 +203,7 @@ async fn imap_with_a_wrong_password_is_auth_failed() {
     let server = dovecot();
 
     let result = imap::probe(
-        &ctx(),
+        &mail_ctx(),
         ORG,
         &imap_request("127.0.0.1", server.tls_port, "tls", WRONG_PASSWORD),
     )
@@ -209,7 +219,7 @@ async fn imap_sends_a_non_ascii_password_as_a_literal_and_is_answered() {
     let server = dovecot();
 
     let result = imap::probe(
-        &ctx(),
+        &mail_ctx(),
         ORG,
         &imap_request("127.0.0.1", server.tls_port, "tls", "SENTINEL-pässwörd-\"quoted\""),
     )
@@ -223,7 +233,7 @@ async fn imap_tls_against_the_plain_port_is_tls() {
     let server = dovecot();
 
     let result = imap::probe(
-        &ctx(),
+        &mail_ctx(),
         ORG,
         &imap_request("127.0.0.1", server.plain_port, "tls", MAIL_PASSWORD),
     )
@@ -237,7 +247,7 @@ async fn imap_login_in_clear_text_where_the_server_requires_tls_is_tls() {
     let server = dovecot();
 
     let result = imap::probe(
-        &ctx(),
+        &mail_ctx(),
         ORG,
         &imap_request("127.0.0.2", server.plain_port, "none", MAIL_PASSWORD),
     )
@@ -252,7 +262,7 @@ async fn imap_with_tls_verify_rejects_a_self_signed_certificate_as_tls() {
     let mut req = imap_request("127.0.0.1", dovecot().tls_port, "tls", MAIL_PASSWORD);
     req.login.tls_verify = Some(true);
 
-    let result = imap::probe(&ctx(), ORG, &req).await;
+    let result = imap::probe(&mail_ctx(), ORG, &req).await;
 
     assert_eq!(code(&result), "tls", "{result:?}");
 }
@@ -260,7 +270,7 @@ async fn imap_with_tls_verify_rejects_a_self_signed_certificate_as_tls() {
 #[tokio::test]
 async fn imap_to_a_closed_port_is_connect_refused() {
     let result = imap::probe(
-        &ctx(),
+        &mail_ctx(),
         ORG,
         &imap_request("127.0.0.1", free_port(), "tls", MAIL_PASSWORD),
     )
@@ -318,7 +328,7 @@ async fn a_server_that_never_stops_talking_is_protocol() {
         let (port, chatter) = chatty_server(first, filler).await;
         let started = Instant::now();
 
-        let result = smtp::probe(&ctx(), ORG, &smtp_request(port, "none", MAIL_PASSWORD)).await;
+        let result = smtp::probe(&mail_ctx(), ORG, &smtp_request(port, "none", MAIL_PASSWORD)).await;
 
         chatter.abort();
         assert_eq!(code(&result), "protocol", "{result:?}");
@@ -344,8 +354,8 @@ fn the_password_never_shows_in_results_logs_or_debug_output() {
                 !format!("{sent:?}{read:?}").contains(password),
                 "Debug shows the password"
             );
-            results.push(serde_json::to_value(smtp::probe(&ctx(), ORG, &sent).await).unwrap());
-            results.push(serde_json::to_value(imap::probe(&ctx(), ORG, &read).await).unwrap());
+            results.push(serde_json::to_value(smtp::probe(&mail_ctx(), ORG, &sent).await).unwrap());
+            results.push(serde_json::to_value(imap::probe(&mail_ctx(), ORG, &read).await).unwrap());
         }
 
         let logs = captured_logs();
