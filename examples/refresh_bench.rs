@@ -24,7 +24,7 @@ use credgate::app::Services;
 use credgate::config::Config;
 use credgate::credentials::{self, Grant};
 use credgate::crypto::MasterKeyring;
-use credgate::oauth::{Identity, TokenSet};
+use credgate::oauth_client::{Identity, TokenSet};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 

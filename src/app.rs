@@ -138,7 +138,7 @@ fn key_file_path(database_url: &str) -> Option<PathBuf> {
 /// The domain context over initialized services (starts the webhook sender).
 pub fn context(services: Services) -> anyhow::Result<Context> {
     let config = services.config;
-    let http = crate::oauth::http_client(Duration::from_secs(config.provider_timeout_secs));
+    let http = crate::oauth_client::http_client(Duration::from_secs(config.provider_timeout_secs));
     let webhooks = match (&config.webhook_url, &config.webhook_secret) {
         (None, _) => Webhooks::default(),
         (Some(_), None) => anyhow::bail!("CREDGATE_WEBHOOK_SECRET is required with CREDGATE_WEBHOOK_URL"),

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod model;
 pub mod named_secrets;
 pub mod oauth;
+pub mod oauth_client;
 pub mod probes;
 pub mod providers;
 pub mod sessions;

@@ -84,6 +84,14 @@ impl CredentialStatus {
         Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
 
+    /// A new credential: created with fields, or connected through OAuth.
+    pub const NEW: Self = Self::Active;
+    /// After a new grant (connected again, or re-authorized), from any status.
+    pub const AFTER_GRANT: Self = Self::Active;
+    /// After a refresh that succeeded. The store writes it only over the
+    /// version it read, so a grant that died meanwhile is not revived.
+    pub const AFTER_REFRESH: Self = Self::Active;
+
     /// After a connection test.
     pub fn after_test(self, passed: bool) -> Self {
         match (self, passed) {

@@ -21,12 +21,28 @@ pub enum VaultError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// Key rotation ended with credentials or named secrets still under an older key.
-    #[error("{left} credentials or named secrets are still sealed under an older data key; run the rotation again")]
+    #[error(
+        "{left} credentials or named secrets are still sealed under an older data key, which is kept for them{}",
+        unreadable_list(unreadable)
+    )]
     Incomplete {
         /// How many.
         left: i64,
+        /// Those that could not be opened (damaged rows): credential ids and
+        /// secret names, the first few.
+        unreadable: Vec<String>,
     },
 }
+
+fn unreadable_list(unreadable: &[String]) -> String {
+    match unreadable {
+        [] => "; run the rotation again".to_owned(),
+        ids => format!("; these could not be decrypted: {}", ids.join(", ")),
+    }
+}
+
+/// Damaged rows named in an [`VaultError::Incomplete`] at the most.
+const UNREADABLE_NAMED: usize = 10;
 
 /// Master keyring plus a cache of unwrapped data keys.
 pub struct Vault {
@@ -154,18 +170,30 @@ impl Vault {
         let (_, wrapped) = self.keyring.new_data_key();
         let version = self.store.add_org_key(org_id, &wrapped).await?;
         let new_key = self.data_key(org_id, version).await?;
-        let mut resealed = 0;
+        let (mut resealed, mut unreadable, mut after) = (0, Vec::new(), String::new());
         loop {
-            let batch = self.store.credentials_below_key(org_id, version, 200).await?;
-            if batch.is_empty() {
-                break;
-            }
+            let batch = self.store.credentials_below_key(org_id, version, &after, 200).await?;
+            let Some(last) = batch.last() else { break };
+            after = last.id.clone();
             for row in batch {
-                let groups = self.open(org_id, &row.id, &row.secret_ct, row.key_version).await?;
+                // One credential that cannot be opened (a damaged row) must not
+                // keep the others under the old key: it is reported and left.
+                let groups = match self.open(org_id, &row.id, &row.secret_ct, row.key_version).await {
+                    Ok(groups) => groups,
+                    Err(e @ (VaultError::Store(_) | VaultError::Incomplete { .. })) => return Err(e),
+                    Err(e) => {
+                        tracing::debug!(credential = %row.id, error = %e, "a credential could not be re-encrypted");
+                        if unreadable.len() < UNREADABLE_NAMED {
+                            unreadable.push(format!("credential {}", row.id));
+                        }
+                        continue;
+                    }
+                };
                 let refs: Vec<(&str, &SecretMap)> = groups.iter().map(|(k, v)| (k.as_str(), v)).collect();
                 let ct = crypto::seal(&new_key, org_id, &row.id, &refs);
-                // A writer that changed the row meanwhile makes this a no-op;
-                // the next batch reads it again.
+                // A writer that changed the row meanwhile sealed it under the
+                // new key already (writes check the current key), so a lost
+                // compare-and-swap needs no second pass; the count below says.
                 if self
                     .store
                     .reseal_credential(org_id, &row.id, &row.secret_ct, &ct, version)
@@ -175,11 +203,11 @@ impl Vault {
                 }
             }
         }
-        let secrets_resealed = self.reseal_secrets(org_id, version, &new_key).await?;
+        let secrets_resealed = self.reseal_secrets(org_id, version, &new_key, &mut unreadable).await?;
         self.store.prune_org_keys(org_id, version).await?;
         let left = self.store.count_below_key(org_id, version).await?;
         if left > 0 {
-            return Err(VaultError::Incomplete { left });
+            return Err(VaultError::Incomplete { left, unreadable });
         }
         Ok(OrgRotation {
             version,
@@ -190,16 +218,33 @@ impl Vault {
 
     /// Re-seals the organization's named secrets under key `version` (see
     /// [`Vault::rotate_org`]); returns how many.
-    async fn reseal_secrets(&self, org_id: &str, version: i64, new_key: &DataKey) -> Result<usize, VaultError> {
-        let mut resealed = 0;
+    async fn reseal_secrets(
+        &self,
+        org_id: &str,
+        version: i64,
+        new_key: &DataKey,
+        unreadable: &mut Vec<String>,
+    ) -> Result<usize, VaultError> {
+        let (mut resealed, mut after) = (0, String::new());
         loop {
-            let batch = self.store.secrets_below_key(org_id, version, 200).await?;
-            if batch.is_empty() {
+            let batch = self.store.secrets_below_key(org_id, version, &after, 200).await?;
+            let Some(last) = batch.last() else {
                 return Ok(resealed);
-            }
+            };
+            after = last.name.clone();
             for row in batch {
                 let subject = secret_subject(org_id, &row.name);
-                let groups = self.open(org_id, &subject, &row.value_ct, row.key_version).await?;
+                let groups = match self.open(org_id, &subject, &row.value_ct, row.key_version).await {
+                    Ok(groups) => groups,
+                    Err(e @ (VaultError::Store(_) | VaultError::Incomplete { .. })) => return Err(e),
+                    Err(e) => {
+                        tracing::debug!(secret = %row.name, error = %e, "a named secret could not be re-encrypted");
+                        if unreadable.len() < UNREADABLE_NAMED {
+                            unreadable.push(format!("secret {}", row.name));
+                        }
+                        continue;
+                    }
+                };
                 let refs: Vec<(&str, &SecretMap)> = groups.iter().map(|(k, v)| (k.as_str(), v)).collect();
                 let ct = crypto::seal(new_key, org_id, &subject, &refs);
                 if self

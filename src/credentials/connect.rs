@@ -9,7 +9,7 @@ use super::{rotated, CredentialSecrets, OAuthTokens, KEY_RETRIES};
 use crate::context::Context;
 use crate::error::Error;
 use crate::model::AuthKind;
-use crate::oauth::{Identity, TokenSet};
+use crate::oauth_client::{Identity, TokenSet};
 use crate::providers::Provider;
 use crate::store::{AuditEvent, GrantTarget, Notification, OAuthGrant, StoreError};
 
@@ -56,7 +56,7 @@ pub async fn connect(ctx: &Context, grant: Grant<'_>) -> Result<String, Error> {
     let now = ctx.now();
     let lifetime = tokens.expires_in.map(|d| d.as_secs());
     let expires_at = lifetime.map(|l| now + l as i64);
-    let refresh_after = crate::oauth::schedule(expires_at, lifetime, ctx.config.refresh_lead_secs as i64);
+    let refresh_after = crate::oauth_client::schedule(expires_at, lifetime, ctx.config.refresh_lead_secs as i64);
     let account = identity.email.as_deref().unwrap_or(&identity.id).to_owned();
     for attempt in 0..KEY_RETRIES * 2 {
         let existing_id = match &credential_id {
@@ -82,7 +82,7 @@ pub async fn connect(ctx: &Context, grant: Grant<'_>) -> Result<String, Error> {
         if let Some(c) = &existing {
             // A token is never carried across accounts.
             if c.account_id.as_ref().is_some_and(|a| *a != identity.id) {
-                crate::oauth::revoke_token_set(ctx, &provider.id, &tokens);
+                super::revoke_token_set(ctx, &provider.id, &tokens);
                 return Err(Error::Conflict(
                     "account_mismatch",
                     format!(

@@ -7,12 +7,14 @@
 pub mod access;
 mod connect;
 mod outcome;
+mod revoke;
 mod secrets;
 mod sharing;
 mod write;
 
 pub use connect::{connect, Grant};
 pub use outcome::{record_refresh_failure, record_refreshed, record_test, Refreshed};
+pub use revoke::{revoke_token_set, revoke_tokens, revoke_tokens_later};
 pub use secrets::{CredentialSecrets, OAuthTokens};
 pub use sharing::{check_user_id, remove_user, set_sharing, usage, Sharing};
 pub use write::{create, delete, update, Changes, NewCredentialInput};

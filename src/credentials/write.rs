@@ -227,7 +227,7 @@ pub async fn delete(ctx: &Context, who: &Principal, ids: &[String]) -> Result<Ve
             let ctx = ctx.clone();
             tokio::spawn(async move {
                 if let Ok(secrets) = CredentialSecrets::open(&ctx.vault, &row).await {
-                    crate::oauth::revoke_tokens(&ctx, &row.provider, secrets.tokens.as_ref()).await;
+                    super::revoke_tokens(&ctx, &row.provider, secrets.tokens.as_ref()).await;
                 }
             });
         }

@@ -6,7 +6,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use rand::RngCore;
 
-use crate::oauth::OAuthError;
+use crate::oauth_client::OAuthError;
 
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")

@@ -9,12 +9,13 @@ use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
-use super::{exchange_code, fetch_identity, OAuthError, STATE_TTL_SECS};
+use super::STATE_TTL_SECS;
 use crate::context::Context;
 use crate::credentials::{self, Grant};
 use crate::crypto::SecretMap;
 use crate::error::Error;
 use crate::model::{Access, AuthKind, Principal};
+use crate::oauth_client::{exchange_code, fetch_identity, OAuthError};
 use crate::providers::{validate_fields, FieldError, Provider};
 
 use super::return_to::return_to_allowed;

@@ -4,10 +4,10 @@
 
 use rand::Rng;
 
-use super::{OAuthError, TokenSet};
 use crate::credentials::{OAuthTokens, Refreshed};
 use crate::error::Error;
 use crate::model::CredentialStatus;
+use crate::oauth_client::{schedule_with, OAuthError, TokenSet};
 use crate::store::{LastError, RefreshFailure};
 use secrecy::SecretString;
 
@@ -42,20 +42,6 @@ pub enum Verdict {
         notify: bool,
         error: Error,
     },
-}
-
-/// When the worker should refresh a token that lives `lifetime` seconds
-/// until `expires_at`: `lead` before expiry (at most half the lifetime, so
-/// short-lived tokens are not refreshed back to back), plus up to a fifth of
-/// that as jitter, so tokens issued together do not all come due together.
-pub fn schedule(expires_at: Option<i64>, lifetime: Option<u64>, lead: i64) -> Option<i64> {
-    schedule_with(&mut rand::thread_rng(), expires_at, lifetime, lead)
-}
-
-fn schedule_with(rng: &mut impl Rng, expires_at: Option<i64>, lifetime: Option<u64>, lead: i64) -> Option<i64> {
-    let expires_at = expires_at?;
-    let lead = lifetime.map_or(lead, |l| lead.min(l as i64 / 2)).max(1);
-    Some(expires_at - lead + rng.gen_range(0..=lead / 5))
 }
 
 /// Exponential backoff with up to 20 % jitter, at least what the provider asked.

@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use super::outcome::{decide, Before, Verdict};
 use super::single_flight::LEASE_SECS;
-use super::OAuthError;
 use crate::context::Context;
 use crate::credentials::{self, CredentialSecrets};
 use crate::error::Error;
 use crate::metrics::{ProviderLabels, RefreshLabels};
 use crate::model::{AuthKind, CredentialStatus};
+use crate::oauth_client::OAuthError;
 use crate::store::CredentialRow;
 
 /// What the caller wants.
@@ -164,7 +164,7 @@ async fn do_refresh(ctx: &Context, row: CredentialRow) -> Result<CredentialRow, 
         Some(rt) => {
             ctx.refresher.limiter(&row.provider).until_ready().await;
             let started = Instant::now();
-            let answer = super::refresh(&ctx.http, settings, tenant, rt).await;
+            let answer = crate::oauth_client::refresh(&ctx.http, settings, tenant, rt).await;
             let labels = ProviderLabels {
                 provider: row.provider.clone(),
             };
@@ -206,7 +206,7 @@ async fn do_refresh(ctx: &Context, row: CredentialRow) -> Result<CredentialRow, 
             // A rotated refresh token is ours alone: end it. An unrotated one
             // is the grant the stored credential still uses: keep it.
             if let (true, Some(rt)) = (new.rotated, new.tokens.refresh_token) {
-                super::revoke_tokens_later(
+                credentials::revoke_tokens_later(
                     ctx,
                     &row.provider,
                     Some(crate::credentials::OAuthTokens {

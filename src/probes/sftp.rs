@@ -15,16 +15,11 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
 
+pub use super::sftp_session::MAX_LISTED_ENTRIES;
 use super::{
     check_host_port, into_result, run, sftp_session, FailureCode, FieldError, Pool, Probe, ProbeContext, ProbeFailure,
     ProbeResult, Slot,
 };
-
-/// Directory entries counted at most: a listing that goes on is reported as
-/// having this many, with `entry_count_capped: true`. A big directory is no
-/// reason to fail a connection test, and a server that never ends its
-/// listing must not keep the probe.
-pub const MAX_LISTED_ENTRIES: usize = 10_000;
 
 /// Body of `POST /integrations/sftp/test-connection`.
 #[derive(Debug, Deserialize)]

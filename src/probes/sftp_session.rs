@@ -17,8 +17,13 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 use ssh2::{ErrorCode, File, HashType, HostKeyType, Session, Sftp};
 
-use super::sftp::MAX_LISTED_ENTRIES;
 use super::{FailureCode, ProbeFailure};
+
+/// Directory entries counted at most: a listing that goes on is reported as
+/// having this many, with `entry_count_capped: true`. A big directory is no
+/// reason to fail a connection test, and a server that never ends its
+/// listing must not keep the probe.
+pub const MAX_LISTED_ENTRIES: usize = 10_000;
 
 // libssh2 error codes (libssh2.h) that we classify.
 const LIBSSH2_ERROR_BANNER_RECV: i32 = -2;

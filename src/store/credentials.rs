@@ -63,7 +63,7 @@ impl Store {
         sqlx::query(
             "INSERT INTO credentials (id, org_id, name, provider, auth_type, status, fields, secret_names, \
              secret_ct, key_version, created_by, created_at, updated_at, owner) \
-             VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $9, $10, $11, $11, $12)",
+             VALUES ($1, $2, $3, $4, $5, $13, $6, $7, $8, $9, $10, $11, $11, $12)",
         )
         .bind(&new.id)
         .bind(&new.org_id)
@@ -77,6 +77,7 @@ impl Store {
         .bind(&new.created_by)
         .bind(t)
         .bind(&new.owner)
+        .bind(CredentialStatus::NEW.as_str())
         .execute(&mut *tx)
         .await?;
         audit::insert(&mut tx, event, t).await?;
@@ -207,14 +208,17 @@ impl Store {
         &self,
         org_id: &str,
         version: i64,
+        after_id: &str,
         limit: i64,
     ) -> Result<Vec<CredentialRow>, StoreError> {
         let rows: Vec<Raw> = sqlx::query_as(&format!(
-            "SELECT {READ_COLUMNS} FROM credentials WHERE org_id = $1 AND key_version < $2 ORDER BY id LIMIT $3"
+            "SELECT {READ_COLUMNS} FROM credentials WHERE org_id = $1 AND key_version < $2 AND id > $4 \
+             ORDER BY id LIMIT $3"
         ))
         .bind(org_id)
         .bind(version)
         .bind(limit)
+        .bind(after_id)
         .fetch_all(&self.pool)
         .await?;
         typed(rows)
@@ -271,18 +275,32 @@ impl Store {
     ) -> Result<CredentialStatus, StoreError> {
         let mut tx = self.begin_write().await?;
         let t = self.now();
-        let (on_pass, on_fail) = (CredentialStatus::Active, CredentialStatus::Error);
-        let row = sqlx::query(
-            "UPDATE credentials SET \
-             status = CASE WHEN status = 'needs_reauth' THEN status WHEN $3 = 1 THEN $4 ELSE $5 END, \
-             last_error = CASE WHEN status = 'needs_reauth' THEN last_error ELSE $6 END, \
-             last_tested_at = $7, updated_at = $7 WHERE org_id = $1 AND id = $2 RETURNING status",
-        )
+        // The new status per current one comes from the domain's transition
+        // table (`after_test`), applied in the statement so a concurrent
+        // status change is never overwritten with a stale one. A status no
+        // test can change (`needs_reauth`) keeps its last error too.
+        let mut status_case = String::from("CASE status");
+        let mut immune = Vec::new();
+        for from in CredentialStatus::ALL {
+            let to = from.after_test(passed);
+            status_case.push_str(&format!(" WHEN '{}' THEN '{}'", from.as_str(), to.as_str()));
+            if from.after_test(true) == from && from.after_test(false) == from {
+                immune.push(format!("'{}'", from.as_str()));
+            }
+        }
+        let error_case = match immune.is_empty() {
+            true => "$3".to_owned(),
+            false => format!(
+                "CASE WHEN status IN ({}) THEN last_error ELSE $3 END",
+                immune.join(", ")
+            ),
+        };
+        let row = sqlx::query(&format!(
+            "UPDATE credentials SET status = {status_case} ELSE status END, last_error = {error_case}, \
+             last_tested_at = $4, updated_at = $4 WHERE org_id = $1 AND id = $2 RETURNING status"
+        ))
         .bind(org_id)
         .bind(id)
-        .bind(i64::from(passed))
-        .bind(on_pass.as_str())
-        .bind(on_fail.as_str())
         .bind(last_error.map(|e| serde_json::to_string(e).expect("serializes")))
         .bind(t)
         .fetch_optional(&mut *tx)

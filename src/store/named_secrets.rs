@@ -202,15 +202,17 @@ impl Store {
         &self,
         org_id: &str,
         version: i64,
+        after_name: &str,
         limit: i64,
     ) -> Result<Vec<SealedSecret>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT name, value_ct, key_version FROM named_secrets \
-             WHERE org_id = $1 AND key_version < $2 ORDER BY name LIMIT $3",
+             WHERE org_id = $1 AND key_version < $2 AND name > $4 ORDER BY name LIMIT $3",
         )
         .bind(org_id)
         .bind(version)
         .bind(limit)
+        .bind(after_name)
         .fetch_all(&self.pool)
         .await?)
     }

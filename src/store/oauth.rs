@@ -7,6 +7,7 @@ use super::audit::{self, AuditEvent};
 use super::outbox::{self, Notification};
 use super::quota::{lock_org, reserve};
 use super::{check_key, Store, StoreError};
+use crate::model::{AuthKind, CredentialStatus};
 
 /// A pending authorization, as stored (payload sealed).
 #[derive(Debug, Clone)]
@@ -162,7 +163,7 @@ impl Store {
             GrantTarget::Existing { id, expected_version } => sqlx::query(
                 "UPDATE credentials SET account_id = $3, account_email = $4, account_name = $5, scopes = $6, \
                  expires_at = $7, fields = $8, secret_names = $9, secret_ct = $10, key_version = $11, \
-                 status = 'active', last_error = NULL, refresh_failures = 0, refresh_after = $14, \
+                 status = $15, last_error = NULL, refresh_failures = 0, refresh_after = $14, \
                  lease_owner = NULL, lease_until = NULL, last_refreshed_at = $12, updated_at = $12, \
                  secret_version = secret_version + 1 \
                  WHERE org_id = $1 AND id = $2 AND secret_version = $13",
@@ -181,6 +182,7 @@ impl Store {
             .bind(t)
             .bind(expected_version)
             .bind(grant.refresh_after)
+            .bind(CredentialStatus::AFTER_GRANT.as_str())
             .execute(&mut *tx)
             .await
             .map(|r| r.rows_affected() == 1),
@@ -195,7 +197,7 @@ impl Store {
                     "INSERT INTO credentials (id, org_id, name, provider, auth_type, status, fields, secret_names, \
                      secret_ct, key_version, account_id, account_email, account_name, scopes, expires_at, \
                      last_refreshed_at, created_by, created_at, updated_at, refresh_after, owner) VALUES \
-                     ($1, $2, $3, $4, 'oauth2', 'active', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $14, $14, $16, $17)",
+                     ($1, $2, $3, $4, $18, $19, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $14, $14, $16, $17)",
                 )
                 .bind(id)
                 .bind(&grant.org_id)
@@ -214,6 +216,8 @@ impl Store {
                 .bind(created_by)
                 .bind(grant.refresh_after)
                 .bind(owner)
+                .bind(AuthKind::Oauth2.as_str())
+                .bind(CredentialStatus::NEW.as_str())
                 .execute(&mut *tx)
                 .await
                 .map(|r| r.rows_affected() == 1)

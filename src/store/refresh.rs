@@ -118,7 +118,7 @@ impl Store {
         let t = self.now();
         let done = sqlx::query(
             "UPDATE credentials SET secret_ct = $3, key_version = $4, expires_at = $5, refresh_after = $6, \
-             scopes = COALESCE($7, scopes), status = 'active', last_error = NULL, refresh_failures = 0, \
+             scopes = COALESCE($7, scopes), status = $11, last_error = NULL, refresh_failures = 0, \
              secret_version = secret_version + 1, \
              last_refreshed_at = $8, updated_at = $8, lease_owner = NULL, lease_until = NULL \
              WHERE org_id = $1 AND id = $2 AND secret_version = $9 AND lease_owner = $10",
@@ -138,6 +138,7 @@ impl Store {
         .bind(t)
         .bind(expected)
         .bind(owner)
+        .bind(CredentialStatus::AFTER_REFRESH.as_str())
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {

@@ -13,14 +13,14 @@ both_backends! {
         let id = app.create_pg(&app.org, "a", &sentinel()).await;
         let resolve = format!("/integrations/credentials/{id}/resolve");
 
-        let (unknown, problem) = app.call(Method::GET, "/integrations/credentials", "cgk_not-a-real-key", None).await;
+        let (unknown, problem) = app.oneshot(Method::GET, "/integrations/credentials", "cgk_not-a-real-key", None).await;
         let missing = app.client.get(format!("{}/integrations/credentials", app.base)).send().await.unwrap();
-        let (member, forbidden) = app.call(Method::POST, &resolve, &app.org.member, None).await;
-        let (admin, _) = app.call(Method::POST, &resolve, &app.org.admin, None).await;
+        let (member, forbidden) = app.oneshot(Method::POST, &resolve, &app.org.member, None).await;
+        let (admin, _) = app.oneshot(Method::POST, &resolve, &app.org.admin, None).await;
         let (engine_create, _) = app
-            .call(Method::POST, "/integrations/credentials", &app.org.engine, Some(pg_body("x", "y")))
+            .oneshot(Method::POST, "/integrations/credentials", &app.org.engine, Some(pg_body("x", "y")))
             .await;
-        let (_, events) = app.call(Method::GET, &format!("/integrations/credentials/{id}/audit"), &app.org.admin, None).await;
+        let (_, events) = app.oneshot(Method::GET, &format!("/integrations/credentials/{id}/audit"), &app.org.admin, None).await;
 
         assert_eq!(unknown, StatusCode::UNAUTHORIZED);
         assert_eq!(problem["code"], json!("unauthorized"));
@@ -55,15 +55,15 @@ both_backends! {
             (Method::POST, format!("{path}/resolve"), &other.engine, None),
             (Method::GET, format!("{path}/audit"), &other.admin, None),
         ] {
-            let (status, body) = app.call(method, &p, key, body).await;
+            let (status, body) = app.oneshot(method, &p, key, body).await;
             assert!(!body.to_string().contains(&secret));
             statuses.push(status);
         }
         let (_, batch) = app
-            .call(Method::POST, "/integrations/credentials/batch-delete", &other.admin, Some(json!({"ids": [id]})))
+            .oneshot(Method::POST, "/integrations/credentials/batch-delete", &other.admin, Some(json!({"ids": [id]})))
             .await;
-        let (_, listed) = app.call(Method::GET, "/integrations/credentials", &other.admin, None).await;
-        let (still_there, original) = app.call(Method::GET, &path, &app.org.admin, None).await;
+        let (_, listed) = app.oneshot(Method::GET, "/integrations/credentials", &other.admin, None).await;
+        let (still_there, original) = app.oneshot(Method::GET, &path, &app.org.admin, None).await;
 
         assert!(statuses.iter().all(|s| *s == StatusCode::NOT_FOUND), "{statuses:?}");
         assert_eq!(batch["deleted"], json!([]));

@@ -191,6 +191,45 @@ both_backends! {
 }
 
 both_backends! {
+    async fn rotate_org_moves_every_credential_it_can_and_fails_naming_what_it_left_under_the_old_key(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let app = TestApp::spawn(&db).await;
+        let keys = master_keys(&app.config);
+        let mut ids = Vec::new();
+        for n in 0..5 {
+            ids.push(app.create_pg(&app.org, &format!("c{n}"), &sentinel()).await);
+        }
+        // A damaged row: another credential's ciphertext, which names that
+        // credential and so cannot be opened as this one.
+        sqlx::query("UPDATE credentials SET secret_ct = (SELECT secret_ct FROM credentials WHERE id = $1) WHERE id = $2")
+            .bind(&ids[0]).bind(&ids[2]).execute(&app.sql().await).await.unwrap();
+
+        let out = credgate(&db, Some(&keys), &["keys", "rotate-org", "--org", &app.org.id]);
+        let versions: Vec<(String, i64)> = sqlx::query_as("SELECT id, key_version FROM credentials WHERE org_id = $1")
+            .bind(&app.org.id).fetch_all(&app.sql().await).await.unwrap();
+        let org_keys: Vec<i64> = sqlx::query_scalar("SELECT version FROM org_keys WHERE org_id = $1 ORDER BY version")
+            .bind(&app.org.id).fetch_all(&app.sql().await).await.unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+
+        assert!(!out.status.success(), "a rotation that left a credential behind is a failure");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains("1 credentials or named secrets are still sealed under an older data key"), "{stderr}");
+        assert!(stderr.contains(&format!("could not be decrypted: credential {}", ids[2])), "{stderr}");
+        for (id, version) in &versions {
+            let expected = if id == &ids[2] { 1 } else { 2 };
+            assert_eq!(*version, expected, "{id}: only the damaged row stays under the old key");
+        }
+        assert_eq!(org_keys, [1, 2], "the old key is kept while a row needs it");
+        for id in ids.iter().filter(|id| *id != &ids[2]) {
+            let (status, _) = app
+                .call(Method::POST, &format!("/integrations/credentials/{id}/resolve"), &app.org.engine, None)
+                .await;
+            assert_eq!(status, StatusCode::OK);
+        }
+    }
+}
+
+both_backends! {
     async fn org_delete_shreds_credentials_and_the_data_key(backend: Backend) {
         let db = TestDb::new(backend).await;
         let app = TestApp::spawn(&db).await;

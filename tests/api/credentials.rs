@@ -13,13 +13,13 @@ both_backends! {
         let secret = sentinel();
 
         let (status, created) = app
-            .call(Method::POST, "/integrations/credentials", &app.org.member, Some(pg_body("sales db", &secret)))
+            .oneshot(Method::POST, "/integrations/credentials", &app.org.member, Some(pg_body("sales db", &secret)))
             .await;
         let id = created["id"].as_str().unwrap().to_owned();
-        let (_, got) = app.call(Method::GET, &format!("/integrations/credentials/{id}"), &app.org.admin, None).await;
-        let (_, listed) = app.call(Method::GET, "/integrations/credentials", &app.org.admin, None).await;
+        let (_, got) = app.oneshot(Method::GET, &format!("/integrations/credentials/{id}"), &app.org.admin, None).await;
+        let (_, listed) = app.oneshot(Method::GET, "/integrations/credentials", &app.org.admin, None).await;
         let (resolve_status, resolved) = app
-            .call(Method::POST, &format!("/integrations/credentials/{id}/resolve"), &app.org.engine, None)
+            .oneshot(Method::POST, &format!("/integrations/credentials/{id}/resolve"), &app.org.engine, None)
             .await;
 
         assert_eq!(status, StatusCode::CREATED);
@@ -44,10 +44,10 @@ both_backends! {
         let app = TestApp::spawn(&db).await;
         let id = app.create_pg(&app.org, "a", &sentinel()).await;
 
-        app.call(Method::POST, &format!("/integrations/credentials/{id}/resolve"), &app.org.engine, None).await;
-        let (_, got) = app.call(Method::GET, &format!("/integrations/credentials/{id}"), &app.org.admin, None).await;
+        app.oneshot(Method::POST, &format!("/integrations/credentials/{id}/resolve"), &app.org.engine, None).await;
+        let (_, got) = app.oneshot(Method::GET, &format!("/integrations/credentials/{id}"), &app.org.admin, None).await;
         let (status, events) = app
-            .call(Method::GET, &format!("/integrations/credentials/{id}/audit"), &app.org.admin, None)
+            .oneshot(Method::GET, &format!("/integrations/credentials/{id}/audit"), &app.org.admin, None)
             .await;
 
         assert!(got["last_used_at"].is_string());
@@ -67,15 +67,15 @@ both_backends! {
         let path = format!("/integrations/credentials/{id}");
 
         let (missing, problem) = app
-            .call(Method::PATCH, &path, &app.org.admin, Some(json!({"fields": {"host": "h2.example.com"}})))
+            .oneshot(Method::PATCH, &path, &app.org.admin, Some(json!({"fields": {"host": "h2.example.com"}})))
             .await;
         let mut fields = pg_body("x", &new)["fields"].clone();
         fields["host"] = json!("h2.example.com");
         let (status, patched) = app
-            .call(Method::PATCH, &path, &app.org.admin, Some(json!({"name": "renamed", "fields": fields})))
+            .oneshot(Method::PATCH, &path, &app.org.admin, Some(json!({"name": "renamed", "fields": fields})))
             .await;
         let (_, resolved) = app
-            .call(Method::POST, &format!("{path}/resolve"), &app.org.engine, None)
+            .oneshot(Method::POST, &format!("{path}/resolve"), &app.org.engine, None)
             .await;
 
         assert_eq!(missing, StatusCode::UNPROCESSABLE_ENTITY, "secrets must be re-entered");
@@ -97,9 +97,9 @@ both_backends! {
         }
         let tg = json!({"name": "bot 100%", "provider": "telegram", "auth_type": "api_key",
                         "fields": {"bot_token": "123456:ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghi"}});
-        let (tg_status, _) = app.call(Method::POST, "/integrations/credentials", &app.org.admin, Some(tg)).await;
+        let (tg_status, _) = app.oneshot(Method::POST, "/integrations/credentials", &app.org.admin, Some(tg)).await;
 
-        let get = |q: &'static str| app.call(Method::GET, q, &app.org.admin, None);
+        let get = |q: &'static str| app.oneshot(Method::GET, q, &app.org.admin, None);
         let (_, page2) = get("/integrations/credentials?provider=postgresql&per_page=3&page=3").await;
         let (_, search) = get("/integrations/credentials?q=sales_3").await;
         let (_, percent) = get("/integrations/credentials?q=100%25").await;
@@ -131,14 +131,14 @@ both_backends! {
         let c = app.create_pg(&app.org, "c", &sentinel()).await;
         let unknown = uuid::Uuid::new_v4().to_string();
 
-        let (deleted, _) = app.call(Method::DELETE, &format!("/integrations/credentials/{a}"), &app.org.admin, None).await;
-        let (again, _) = app.call(Method::DELETE, &format!("/integrations/credentials/{a}"), &app.org.admin, None).await;
+        let (deleted, _) = app.oneshot(Method::DELETE, &format!("/integrations/credentials/{a}"), &app.org.admin, None).await;
+        let (again, _) = app.oneshot(Method::DELETE, &format!("/integrations/credentials/{a}"), &app.org.admin, None).await;
         let (status, batch) = app
-            .call(Method::POST, "/integrations/credentials/batch-delete", &app.org.admin,
+            .oneshot(Method::POST, "/integrations/credentials/batch-delete", &app.org.admin,
                   Some(json!({"ids": [b, unknown, "not-a-uuid", c]})))
             .await;
-        let (_, listed) = app.call(Method::GET, "/integrations/credentials", &app.org.admin, None).await;
-        let (_, events) = app.call(Method::GET, &format!("/integrations/credentials/{a}/audit"), &app.org.admin, None).await;
+        let (_, listed) = app.oneshot(Method::GET, "/integrations/credentials", &app.org.admin, None).await;
+        let (_, events) = app.oneshot(Method::GET, &format!("/integrations/credentials/{a}/audit"), &app.org.admin, None).await;
 
         assert_eq!(deleted, StatusCode::NO_CONTENT);
         assert_eq!(again, StatusCode::NOT_FOUND);
@@ -158,16 +158,16 @@ both_backends! {
         let body = json!({"name": "", "provider": "sftp", "auth_type": "key_file",
             "fields": {"host": "bad host", "port": 70000, "username": "u", "private_key": secret, "colour": "red"}});
 
-        let (status, problem) = app.call(Method::POST, "/integrations/credentials", &app.org.admin, Some(body)).await;
+        let (status, problem) = app.oneshot(Method::POST, "/integrations/credentials", &app.org.admin, Some(body)).await;
         let (unknown_provider, p2) = app
-            .call(Method::POST, "/integrations/credentials", &app.org.admin,
+            .oneshot(Method::POST, "/integrations/credentials", &app.org.admin,
                   Some(json!({"name": "x", "provider": "nope", "auth_type": "api_key"})))
             .await;
         let (oauth, p3) = app
-            .call(Method::POST, "/integrations/credentials", &app.org.admin,
+            .oneshot(Method::POST, "/integrations/credentials", &app.org.admin,
                   Some(json!({"name": "x", "provider": "google", "auth_type": "oauth2"})))
             .await;
-        let (_, listed) = app.call(Method::GET, "/integrations/credentials", &app.org.admin, None).await;
+        let (_, listed) = app.oneshot(Method::GET, "/integrations/credentials", &app.org.admin, None).await;
 
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(problem["code"], json!("validation_failed"));
@@ -188,7 +188,7 @@ both_backends! {
         let db = TestDb::new(backend).await;
         let app = TestApp::spawn(&db).await;
 
-        let (status, catalog) = app.call(Method::GET, "/integrations/providers", &app.org.engine, None).await;
+        let (status, catalog) = app.oneshot(Method::GET, "/integrations/providers", &app.org.engine, None).await;
 
         assert_eq!(status, StatusCode::OK);
         let ids: Vec<&str> = catalog.as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap()).collect();

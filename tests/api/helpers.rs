@@ -193,6 +193,7 @@ pub struct TestApp {
     /// The app's clock: tests move time with `clock.advance`.
     pub clock: Clock,
     sql: tokio::sync::OnceCell<sqlx::AnyPool>,
+    router: std::sync::OnceLock<axum::Router>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -250,6 +251,7 @@ impl TestApp {
             },
             clock,
             sql: tokio::sync::OnceCell::new(),
+            router: std::sync::OnceLock::new(),
             task,
         };
         test_app.org = test_app.new_org("Acme").await;
@@ -290,6 +292,38 @@ impl TestApp {
             })
             .await
             .clone()
+    }
+
+    /// Like [`TestApp::call`], but through the router itself with
+    /// `tower::ServiceExt::oneshot`: no socket, for tests of what the API
+    /// answers rather than of how it is served.
+    pub async fn oneshot(&self, method: Method, path: &str, key: &str, body: Option<Value>) -> (StatusCode, Value) {
+        use tower::ServiceExt;
+        let router = self
+            .router
+            .get_or_init(|| credgate::http::app(self.state.clone()))
+            .clone();
+        let mut req = axum::http::Request::builder()
+            .method(method.as_str())
+            .uri(path)
+            .header("authorization", format!("Bearer {key}"));
+        let body = match body {
+            Some(body) => {
+                req = req.header("content-type", "application/json");
+                axum::body::Body::from(body.to_string())
+            }
+            None => axum::body::Body::empty(),
+        };
+        let res = router.oneshot(req.body(body).unwrap()).await.unwrap();
+        let status = StatusCode::from_u16(res.status().as_u16()).unwrap();
+        let bytes = axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap();
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        (status, value)
     }
 
     /// Sends a request with a bearer key and optional JSON body.

@@ -175,7 +175,7 @@ both_backends! {
         let replay = callback(&app, &back).await;
         let forged = callback(&app, &format!("{}/integrations/google/callback?state=forged&code=x", app.base)).await;
         let url2 = authorize(&app, "google", &format!("return_to={}", urlencode(RETURN_TO))).await;
-        sqlx::query("UPDATE oauth_states SET expires_at = 1").execute(&app.sql().await).await.unwrap();
+        app.clock.advance(credgate::oauth::STATE_TTL_SECS + 1);
         let expired = callback(&app, &consent(&app, &url2).await).await;
         let (_, listed) = app.call(Method::GET, "/integrations/credentials", &app.org.admin, None).await;
 

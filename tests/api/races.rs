@@ -224,10 +224,19 @@ both_backends! {
         let (first, _) = app.call(Method::POST, &path, &app.org.admin, None).await;
         let (second, _) = app.call(Method::POST, &path, &app.org.admin, None).await;
         let after_two = ms.with(|i| i.refresh_grants);
-        let calls: Vec<_> = (0..5).map(|_| {
-            let (client, url, key) = (app.client.clone(), format!("{}{path}", app.base), app.org.admin.clone());
-            tokio::spawn(async move { client.post(url).bearer_auth(key).send().await.unwrap().status() })
-        }).collect();
+        // The stand-in holds the first provider call until all five callers
+        // are waiting for it.
+        let gate = gate(&ms);
+        let calls: Vec<_> = (0..5).map(|_| spawn_refresh(&app, &id)).collect();
+        gate.arrivals(1).await;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let arrived_while_held = ms.with(|i| i.refresh_grants) - after_two;
+        gate.release(1, Answer::Normal);
+        // Should a second provider call come anyway, it is let through (the
+        // assertion below reports it) rather than left hanging.
+        for n in 2..=5 {
+            gate.release(n, Answer::Normal);
+        }
         let mut statuses = Vec::new();
         for c in calls {
             statuses.push(c.await.unwrap());
@@ -235,9 +244,58 @@ both_backends! {
 
         assert_eq!((first, second), (StatusCode::OK, StatusCode::OK));
         assert_eq!(after_two, 2, "two refreshes within seconds both asked the provider");
+        assert_eq!(arrived_while_held, 0, "the held call is not counted until it is answered");
         assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
-        let concurrent = ms.with(|i| i.refresh_grants) - after_two;
-        assert!((1..5).contains(&concurrent), "5 concurrent calls shared provider calls: {concurrent}");
+        assert_eq!(ms.with(|i| i.refresh_grants) - after_two, 1, "five concurrent calls shared one provider call");
+        assert_eq!(ms.with(|i| i.reuse_detected), 0);
+    }
+}
+
+both_backends! {
+    async fn a_refresh_that_lost_to_a_reauthorization_revokes_the_rotated_token_it_obtained(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let ms = AuthServer::start(Flavor::Microsoft).await;
+        // A rotating provider with a revocation endpoint (RFC 7009).
+        let revocation = (
+            "CREDGATE_PROVIDER_SHAREPOINT_REVOCATION_URL".to_owned(),
+            format!("{}/revoke", ms.base),
+        );
+        let app = oauth_app(&db, &[(&ms, "sharepoint")], |c| {
+            c.provider_overrides.insert(revocation.0, revocation.1);
+        })
+        .await;
+        let id = connect(&app, "sharepoint", "").await["credential_id"].clone();
+        let gate = gate(&ms);
+
+        let refresh = spawn_refresh(&app, &id);
+        gate.arrivals(1).await;
+        // The person re-authorizes while the refresh waits at the provider;
+        // the old grant stays valid, so the held refresh succeeds there.
+        let reauth = connect(&app, "sharepoint", &format!("&credential_id={id}")).await;
+        let issued_before = ms.with(|i| i.issued.len());
+        gate.release(1, Answer::Normal);
+        let held = refresh.await.unwrap();
+        let obtained: Vec<String> = ms.with(|i| i.issued[issued_before..].to_vec());
+        let mut revoked = Vec::new();
+        for _ in 0..100 {
+            revoked = ms.with(|i| i.revoked.clone());
+            if !revoked.is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let (resolved, body) = resolve(&app, &id).await;
+        let stored = body["access_token"].as_str().unwrap_or_default().to_owned();
+
+        assert_eq!(reauth["result"], "success");
+        assert_eq!(held, StatusCode::OK, "the refresh reports the credential as it now stands");
+        assert_eq!(obtained.len(), 2, "the held refresh got a new access and refresh token: {}", obtained.len());
+        assert_eq!(revoked.len(), 1, "one token was revoked: {revoked:?}");
+        assert!(obtained.contains(&revoked[0]), "the revoked token is one the lost refresh obtained");
+        assert_eq!(resolved, StatusCode::OK);
+        assert!(!obtained.contains(&stored), "the lost refresh's access token is not the one stored");
+        assert!(ms.access_valid(&stored), "the re-authorization's token is stored and valid");
+        assert_eq!(status_of(&app, &id).await, "active");
         assert_eq!(ms.with(|i| i.reuse_detected), 0);
     }
 }

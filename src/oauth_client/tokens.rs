@@ -327,3 +327,7 @@ mod tests {
         assert!(!printed.contains("sentinel"));
     }
 }
+
+#[cfg(test)]
+#[path = "classify_tests.rs"]
+mod classify_tests;
