@@ -84,9 +84,9 @@ pub enum StoreError {
     #[error("not found")]
     NotFound,
     /// A stored column does not hold what it must (never silently ignored).
-    #[error("credential {id}: column {column} is malformed")]
+    #[error("{id}: column {column} is malformed")]
     Corrupt {
-        /// The row.
+        /// The row: a credential's or API key's id, or `audit event N`.
         id: String,
         /// The column.
         column: &'static str,
