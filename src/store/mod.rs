@@ -36,7 +36,7 @@ pub use outbox::{Notification, OutboxEvent};
 pub use refresh::{RefreshFailure, RefreshedTokens};
 pub use row::{CredentialRow, LastError};
 pub use sessions::{NewPageSession, PageSessionRow};
-pub use sharing::{UsageSummary, UserRemoval};
+pub use sharing::{sharing_detail, UsageSummary, UserRemoval};
 pub use uses::UseRecord;
 
 use std::str::FromStr;
