@@ -175,7 +175,6 @@ pub fn context(services: Services) -> anyhow::Result<Context> {
         registry: services.registry,
         clock: services.clock,
         worker: Arc::default(),
-        denials: Arc::default(),
         uses: crate::uses::UseLog::new(services.store.clone()),
     })
 }

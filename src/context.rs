@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::credentials::access::Denials;
 use crate::metrics::Metrics;
 use crate::oauth::worker::WorkerHealth;
 use crate::oauth::Refresher;
@@ -33,8 +32,6 @@ pub struct Context {
     pub clock: Clock,
     /// This process's refresh worker, if it runs one: its liveness.
     pub worker: Arc<WorkerHealth>,
-    /// Denied accesses counted per key and minute (audited, bounded).
-    pub denials: Arc<Denials>,
     /// Resolves' use events, committed in groups.
     pub uses: UseLog,
 }

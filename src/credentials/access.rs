@@ -2,11 +2,9 @@
 //! has on a credential, and loading a credential only for those who may do
 //! what they ask. A credential they may not even use does not exist for them
 //! (`NotFound`); one they may use but not at the level asked is `Forbidden`.
-//! Every denial is audited as `access.denied`: one row per key per minute,
-//! its `count` kept up to date, so a hostile key cannot grow the table.
-
-use std::collections::HashMap;
-use std::sync::Mutex;
+//! Every denial is audited as `access.denied`: one row per key, credential
+//! and minute, its `count` kept exact by one upsert per denial, so a hostile
+//! key cannot grow the table.
 
 use crate::context::Context;
 use crate::error::Error;
@@ -53,65 +51,53 @@ pub async fn authorize(
     match level(ctx, who, &row).await? {
         Some(have) if have >= need => Ok((row, have)),
         Some(_) => {
-            deny(ctx, who, Some(id), need.as_str()).await;
+            record_denial(ctx, who, Some(&row.id), need.as_str()).await;
             Err(Error::Forbidden)
         }
         None => {
-            deny(ctx, who, Some(id), need.as_str()).await;
+            record_denial(ctx, who, Some(&row.id), need.as_str()).await;
             Err(Error::NotFound)
         }
     }
 }
 
-/// Counts denials per key and minute.
-#[derive(Debug, Default)]
-pub struct Denials {
-    /// key id → (minute, audit row, count)
-    seen: Mutex<HashMap<String, (i64, i64, u64)>>,
+/// Audits a denial of `who` (never failing the request over it).
+/// `credential_id` is the id as the caller named it (a path segment): it is
+/// recorded only when it names a credential of `who`'s organization, so
+/// made-up ids cannot add rows.
+pub async fn deny(ctx: &Context, who: &Principal, credential_id: Option<&str>, needed: &str) {
+    let existing = match credential_id.and_then(|id| uuid::Uuid::parse_str(id).ok()) {
+        Some(id) => {
+            let id = id.to_string();
+            match ctx.store.credential_exists(&who.org_id, &id).await {
+                Ok(true) => Some(id),
+                Ok(false) => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not record a denied access");
+                    return;
+                }
+            }
+        }
+        None => None,
+    };
+    record_denial(ctx, who, existing.as_deref(), needed).await;
 }
 
-const DENIALS_MAX: usize = 10_000;
-
-/// Audits a denial of `who` (never failing the request over it).
-pub async fn deny(ctx: &Context, who: &Principal, credential_id: Option<&str>, needed: &str) {
-    let now = ctx.now();
-    let minute = now / 60;
-    let known = {
-        let mut seen = ctx.denials.seen.lock().expect("not poisoned");
-        match seen.get_mut(&who.key_id) {
-            Some((m, row, count)) if *m == minute && *row > 0 => {
-                *count += 1;
-                Some((*row, *count))
-            }
-            _ => {
-                if seen.len() >= DENIALS_MAX {
-                    seen.retain(|_, (m, _, _)| *m == minute);
-                }
-                seen.insert(who.key_id.clone(), (minute, 0, 1));
-                None
-            }
-        }
+/// Audits a denial concerning `credential_id` (known to exist, or none):
+/// one row per key, credential and minute, whose `count` one upsert raises,
+/// so concurrent denials (on any replica) are all counted.
+async fn record_denial(ctx: &Context, who: &Principal, credential_id: Option<&str>, needed: &str) {
+    let minute = ctx.now() / 60;
+    let coalesce_key = format!("{}|{}|{minute}", who.key_id, credential_id.unwrap_or("-"));
+    let event = AuditEvent {
+        org_id: who.org_id.clone(),
+        credential_id: credential_id.map(str::to_owned),
+        action: "access.denied",
+        outcome: "denied",
+        actor: who.actor(),
+        detail: Some(serde_json::json!({"role": who.role.as_str(), "needed": needed, "count": 1})),
     };
-    let detail = |count: u64| serde_json::json!({"role": who.role.as_str(), "needed": needed, "count": count});
-    let recorded = match known {
-        Some((row, count)) => ctx.store.update_audit_detail(row, &detail(count)).await,
-        None => {
-            let event = AuditEvent {
-                org_id: who.org_id.clone(),
-                credential_id: credential_id.map(str::to_owned),
-                action: "access.denied",
-                outcome: "denied",
-                actor: who.actor(),
-                detail: Some(detail(1)),
-            };
-            ctx.store.audit_returning_id(&event).await.map(|row| {
-                if let Some(entry) = ctx.denials.seen.lock().expect("not poisoned").get_mut(&who.key_id) {
-                    entry.1 = row;
-                }
-            })
-        }
-    };
-    if let Err(e) = recorded {
+    if let Err(e) = ctx.store.audit_counted(&event, &coalesce_key).await {
         tracing::warn!(error = %e, "could not record a denied access");
     }
 }

@@ -8,7 +8,7 @@ use crate::context::Context;
 use crate::error::Error;
 use crate::model::{Access, Principal};
 use crate::providers::FieldError;
-use crate::store::{AuditEvent, CredentialRow, UsageSummary, UserRemoval};
+use crate::store::{sharing_detail, AuditEvent, CredentialRow, UsageSummary, UserRemoval};
 
 /// Most named users a credential is shared with.
 const MAX_GRANTS: usize = 100;
@@ -47,14 +47,10 @@ pub async fn set_sharing(ctx: &Context, who: &Principal, id: &str, new: Sharing)
     }
     let (row, _) = access::authorize(ctx, who, id, Access::Manage).await?;
     let before = ctx.store.grants(id).await?;
-    let view = |team: Option<Access>, users: &[(String, Access)]| {
-        json!({
-            "team": team.map(Access::as_str),
-            "users": users.iter().map(|(u, a)| json!({"user_id": u, "access": a.as_str()})).collect::<Vec<_>>(),
-        })
-    };
-    let event = AuditEvent::success(&who.org_id, id, "credential.share", &who.actor())
-        .with_detail(json!({"before": view(row.team_access, &before), "after": view(new.team, &new.users)}));
+    let event = AuditEvent::success(&who.org_id, id, "credential.share", &who.actor()).with_detail(json!({
+        "before": sharing_detail(row.team_access, &before),
+        "after": sharing_detail(new.team, &new.users),
+    }));
     ctx.store
         .set_sharing(&who.org_id, id, new.team, &new.users, &event)
         .await?;
@@ -68,7 +64,8 @@ pub async fn usage(ctx: &Context, who: &Principal, id: &str) -> Result<UsageSumm
 }
 
 /// Hands `user`'s personal credentials to `to` (`None`: the organization),
-/// removes their grants and revokes their API keys; audited per credential.
+/// removes their grants and revokes their API keys; audited (each transfer,
+/// removed grant and revoked key, and the removal itself).
 pub async fn remove_user(
     ctx: &Context,
     org_id: &str,

@@ -3,7 +3,7 @@
 
 use sqlx::AnyConnection;
 
-use super::{Store, StoreError};
+use super::{Dialect, Store, StoreError};
 
 /// An event to record.
 #[derive(Debug, Clone)]
@@ -48,6 +48,19 @@ impl AuditEvent {
         }
     }
 
+    /// A successful action by `actor` on the organization itself (no
+    /// credential).
+    pub fn for_org(org_id: &str, action: &'static str, actor: &str) -> Self {
+        Self {
+            org_id: org_id.to_owned(),
+            credential_id: None,
+            action,
+            outcome: "success",
+            actor: actor.to_owned(),
+            detail: None,
+        }
+    }
+
     /// Adds facts to the event.
     pub fn with_detail(mut self, detail: serde_json::Value) -> Self {
         self.detail = Some(detail);
@@ -55,8 +68,9 @@ impl AuditEvent {
     }
 }
 
-/// A stored event.
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// A stored event, its `detail` parsed (a malformed one is
+/// [`StoreError::Corrupt`], never silently dropped).
+#[derive(Debug, Clone)]
 pub struct AuditRow {
     /// Sequence number.
     pub id: i64,
@@ -68,10 +82,53 @@ pub struct AuditRow {
     pub outcome: String,
     /// Who did it.
     pub actor: String,
-    /// JSON facts.
-    pub detail: Option<String>,
+    /// Facts.
+    pub detail: Option<serde_json::Value>,
     /// When (unix seconds).
     pub at: i64,
+}
+
+/// The event as the database returns it.
+#[derive(sqlx::FromRow)]
+struct RawAuditRow {
+    id: i64,
+    credential_id: Option<String>,
+    action: String,
+    outcome: String,
+    actor: String,
+    detail: Option<String>,
+    at: i64,
+}
+
+impl TryFrom<RawAuditRow> for AuditRow {
+    type Error = StoreError;
+
+    fn try_from(r: RawAuditRow) -> Result<Self, StoreError> {
+        let detail = match r.detail.as_deref().map(serde_json::from_str) {
+            None => None,
+            Some(Ok(value)) => Some(value),
+            Some(Err(_)) => {
+                tracing::error!(
+                    audit_event = r.id,
+                    column = "detail",
+                    "a stored audit event column is malformed"
+                );
+                return Err(StoreError::Corrupt {
+                    id: format!("audit event {}", r.id),
+                    column: "detail",
+                });
+            }
+        };
+        Ok(Self {
+            id: r.id,
+            credential_id: r.credential_id,
+            action: r.action,
+            outcome: r.outcome,
+            actor: r.actor,
+            detail,
+            at: r.at,
+        })
+    }
 }
 
 /// Writes one event on `conn` (usually inside the change's transaction);
@@ -102,20 +159,36 @@ impl Store {
         Ok(())
     }
 
-    /// Records an event on its own; returns its id.
-    pub async fn audit_returning_id(&self, event: &AuditEvent) -> Result<i64, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let id = insert(&mut tx, event, self.now()).await?;
-        tx.commit().await?;
-        Ok(id)
-    }
-
-    /// Replaces an event's detail (a denial's running count).
-    pub async fn update_audit_detail(&self, id: i64, detail: &serde_json::Value) -> Result<(), StoreError> {
+    /// Records `event` once per `coalesce_key`: the first time as a new row
+    /// (its detail's `count` 1), every later time by raising that row's
+    /// `count` by one, in the same single statement, so however many arrive
+    /// at once (on however many replicas) each is counted exactly once.
+    pub async fn audit_counted(&self, event: &AuditEvent, coalesce_key: &str) -> Result<(), StoreError> {
+        let raised = match self.dialect {
+            Dialect::Sqlite => {
+                "json_set(audit_events.detail, '$.count', \
+                 COALESCE(json_extract(audit_events.detail, '$.count'), 1) + 1)"
+            }
+            Dialect::Postgres => {
+                "jsonb_set(audit_events.detail::jsonb, '{count}', \
+                 to_jsonb(COALESCE((audit_events.detail::jsonb ->> 'count')::bigint, 1) + 1))::text"
+            }
+        };
+        let sql = format!(
+            "INSERT INTO audit_events (org_id, credential_id, action, outcome, actor, detail, at, coalesce_key) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (coalesce_key) WHERE coalesce_key IS NOT NULL DO UPDATE SET detail = {raised}"
+        );
         self.execute_write(
-            sqlx::query("UPDATE audit_events SET detail = $2 WHERE id = $1")
-                .bind(id)
-                .bind(detail.to_string()),
+            sqlx::query(&sql)
+                .bind(&event.org_id)
+                .bind(&event.credential_id)
+                .bind(event.action)
+                .bind(event.outcome)
+                .bind(&event.actor)
+                .bind(event.detail.as_ref().map(|d| d.to_string()))
+                .bind(self.now())
+                .bind(coalesce_key),
         )
         .await?;
         Ok(())
@@ -140,7 +213,7 @@ impl Store {
         credential_id: &str,
         limit: i64,
     ) -> Result<Vec<AuditRow>, StoreError> {
-        Ok(sqlx::query_as(
+        let rows: Vec<RawAuditRow> = sqlx::query_as(
             "SELECT id, credential_id, action, outcome, actor, detail, at FROM audit_events \
              WHERE org_id = $1 AND credential_id = $2 ORDER BY id DESC LIMIT $3",
         )
@@ -148,6 +221,7 @@ impl Store {
         .bind(credential_id)
         .bind(limit)
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        rows.into_iter().map(AuditRow::try_from).collect()
     }
 }

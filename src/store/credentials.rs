@@ -98,6 +98,16 @@ impl Store {
         raw.map(CredentialRow::try_from).transpose()
     }
 
+    /// Does credential `id` exist in organization `org_id`?
+    pub async fn credential_exists(&self, org_id: &str, id: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT 1 FROM credentials WHERE org_id = $1 AND id = $2")
+            .bind(org_id)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
     /// Renames and/or replaces the fields of a credential; returns the new
     /// row. New secrets are written only if nobody wrote secrets since they
     /// were read and no refresh holds the credential's lease (`Conflict`).

@@ -4,7 +4,7 @@
 use sqlx::Row;
 
 use super::row::{Listed, LIST_COLUMNS};
-use super::{CredentialRow, Store, StoreError};
+use super::{CredentialRow, Dialect, Store, StoreError};
 use crate::model::{Access, CredentialStatus};
 
 /// Who is listing: the rows they may at least use are shown.
@@ -48,7 +48,8 @@ fn like_pattern(q: &str) -> String {
 impl Store {
     /// A page of the credentials `f.viewer` may at least use, newest first,
     /// each with the viewer's own grant, and the total. The access predicate
-    /// is part of the statement (indexed by owner and by grant).
+    /// is part of the statement (indexed by owner, by team sharing —
+    /// migration 0010 — and by grant).
     pub async fn list_credentials(
         &self,
         org_id: &str,
@@ -69,14 +70,36 @@ impl Store {
         };
         let shared_sql = "(x.team_access IS NOT NULL OR EXISTS \
             (SELECT 1 FROM credential_grants s WHERE s.credential_id = x.id))";
+        // The access predicate, one arm per index: organization credentials
+        // and the user's own (credentials_org_owner), the team's
+        // (credentials_org_team_shared), the user's grants (credential_grants_user,
+        // then the primary key). Each arm repeats the organization so SQLite
+        // can take the union of the indexes; the grants are a list computed
+        // once (on Postgres an array: a correlated EXISTS would keep the
+        // planner from combining the indexes and scan the organization).
+        let granted = match self.dialect {
+            Dialect::Postgres => {
+                "x.id = ANY(ARRAY(SELECT g2.credential_id FROM credential_grants g2 \
+                 WHERE g2.org_id = $1 AND g2.user_id = ?))"
+            }
+            Dialect::Sqlite => {
+                "x.id IN (SELECT g2.credential_id FROM credential_grants g2 \
+                 WHERE g2.org_id = $1 AND g2.user_id = ?)"
+            }
+        };
         match (&f.viewer.user, f.viewer.admin) {
             (_, true) => {}
             (Some(user), false) => add(
-                " AND (x.owner IS NULL OR x.owner = ? OR x.team_access IS NOT NULL OR EXISTS \
-                 (SELECT 1 FROM credential_grants g2 WHERE g2.credential_id = x.id AND g2.user_id = ?))",
+                &format!(
+                    " AND ((x.org_id = $1 AND x.owner IS NULL) OR (x.org_id = $1 AND x.owner = ?) \
+                     OR (x.org_id = $1 AND x.team_access IS NOT NULL) OR {granted})"
+                ),
                 Some(user.clone()),
             ),
-            (None, false) => add(" AND (x.owner IS NULL OR x.team_access IS NOT NULL)", None),
+            (None, false) => add(
+                " AND ((x.org_id = $1 AND x.owner IS NULL) OR (x.org_id = $1 AND x.team_access IS NOT NULL))",
+                None,
+            ),
         }
         if f.owner_me {
             match &f.viewer.user {

@@ -36,7 +36,7 @@ pub use outbox::{Notification, OutboxEvent};
 pub use refresh::{RefreshFailure, RefreshedTokens};
 pub use row::{CredentialRow, LastError};
 pub use sessions::{NewPageSession, PageSessionRow};
-pub use sharing::{UsageSummary, UserRemoval};
+pub use sharing::{sharing_detail, UsageSummary, UserRemoval};
 pub use uses::UseRecord;
 
 use std::str::FromStr;
@@ -84,9 +84,9 @@ pub enum StoreError {
     #[error("not found")]
     NotFound,
     /// A stored column does not hold what it must (never silently ignored).
-    #[error("credential {id}: column {column} is malformed")]
+    #[error("{id}: column {column} is malformed")]
     Corrupt {
-        /// The row.
+        /// The row: a credential's or API key's id, or `audit event N`.
         id: String,
         /// The column.
         column: &'static str,

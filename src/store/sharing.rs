@@ -1,7 +1,8 @@
 //! Who may use a credential beside its owner: the team's level and named
 //! users' grants; a user's removal; and usage by workflow.
 
-use sqlx::Row;
+use serde_json::{json, Value};
+use sqlx::{Any, Row};
 
 use super::audit::{self, AuditEvent};
 use super::{Store, StoreError};
@@ -31,6 +32,28 @@ fn access(id: &str, raw: &str) -> Result<Access, StoreError> {
     })
 }
 
+/// A credential's sharing as audit events record it (before and after).
+pub fn sharing_detail(team: Option<Access>, users: &[(String, Access)]) -> Value {
+    json!({
+        "team": team.map(Access::as_str),
+        "users": users.iter().map(|(u, a)| json!({"user_id": u, "access": a.as_str()})).collect::<Vec<_>>(),
+    })
+}
+
+/// Every user grant of one credential, by user id, read on `conn`.
+async fn grants_on<'c, E: sqlx::Executor<'c, Database = Any>>(
+    conn: E,
+    credential_id: &str,
+) -> Result<Vec<(String, Access)>, StoreError> {
+    let rows = sqlx::query("SELECT user_id, access FROM credential_grants WHERE credential_id = $1 ORDER BY user_id")
+        .bind(credential_id)
+        .fetch_all(conn)
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, access(credential_id, &r.try_get::<String, _>(1)?)?)))
+        .collect()
+}
+
 impl Store {
     /// One user's grant on one credential.
     pub async fn grant_of(&self, credential_id: &str, user_id: &str) -> Result<Option<Access>, StoreError> {
@@ -45,14 +68,7 @@ impl Store {
 
     /// Every user grant of one credential, by user id.
     pub async fn grants(&self, credential_id: &str) -> Result<Vec<(String, Access)>, StoreError> {
-        let rows =
-            sqlx::query("SELECT user_id, access FROM credential_grants WHERE credential_id = $1 ORDER BY user_id")
-                .bind(credential_id)
-                .fetch_all(&self.pool)
-                .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, access(credential_id, &r.try_get::<String, _>(1)?)?)))
-            .collect()
+        grants_on(&self.pool, credential_id).await
     }
 
     /// The user grants of several credentials (a listing page), by credential.
@@ -125,8 +141,9 @@ impl Store {
     }
 
     /// Hands `user`'s credentials to `to` (`None`: the organization),
-    /// removes the user's grants and revokes their keys, in one transaction;
-    /// each transfer audited.
+    /// removes the user's grants and revokes their keys, in one transaction.
+    /// Audited: each transfer, each removed grant (a sharing change of its
+    /// credential, before and after), each revoked key, and the removal.
     pub async fn remove_user(
         &self,
         org_id: &str,
@@ -149,9 +166,33 @@ impl Store {
         for row in &rows {
             let id: String = row.try_get(0)?;
             let event = AuditEvent::success(org_id, &id, "credential.transfer", actor)
-                .with_detail(serde_json::json!({"from": user, "to": to}));
+                .with_detail(json!({"from": user, "to": to}));
             audit::insert(&mut tx, &event, t).await?;
             removal.transferred.push(id);
+        }
+        let granted = sqlx::query(
+            "SELECT g.credential_id, c.team_access FROM credential_grants g \
+             JOIN credentials c ON c.id = g.credential_id \
+             WHERE g.org_id = $1 AND g.user_id = $2 ORDER BY g.credential_id",
+        )
+        .bind(org_id)
+        .bind(user)
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in &granted {
+            let id: String = row.try_get(0)?;
+            let team = match row.try_get::<Option<String>, _>(1)? {
+                Some(raw) => Some(access(&id, &raw)?),
+                None => None,
+            };
+            let before = grants_on(&mut *tx, &id).await?;
+            let after: Vec<_> = before.iter().filter(|(u, _)| u != user).cloned().collect();
+            let event = AuditEvent::success(org_id, &id, "credential.share", actor).with_detail(json!({
+                "before": sharing_detail(team, &before),
+                "after": sharing_detail(team, &after),
+                "removed_user": user,
+            }));
+            audit::insert(&mut tx, &event, t).await?;
         }
         removal.grants_removed = sqlx::query("DELETE FROM credential_grants WHERE org_id = $1 AND user_id = $2")
             .bind(org_id)
@@ -165,15 +206,32 @@ impl Store {
             .bind(user)
             .execute(&mut *tx)
             .await?;
-        removal.keys_revoked = sqlx::query(
-            "UPDATE api_keys SET revoked_at = $3 WHERE org_id = $1 AND user_id = $2 AND revoked_at IS NULL",
+        let revoked = sqlx::query(
+            "UPDATE api_keys SET revoked_at = $3 WHERE org_id = $1 AND user_id = $2 AND revoked_at IS NULL \
+             RETURNING id",
         )
         .bind(org_id)
         .bind(user)
         .bind(t)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut keys = Vec::with_capacity(revoked.len());
+        for row in &revoked {
+            let key_id: String = row.try_get(0)?;
+            let event = AuditEvent::for_org(org_id, "api_key.revoke", actor)
+                .with_detail(json!({"key_id": key_id, "user_id": user}));
+            audit::insert(&mut tx, &event, t).await?;
+            keys.push(key_id);
+        }
+        removal.keys_revoked = keys.len() as u64;
+        let summary = AuditEvent::for_org(org_id, "user.remove", actor).with_detail(json!({
+            "user_id": user,
+            "transfer_to": to,
+            "transferred": removal.transferred,
+            "grants_removed": removal.grants_removed,
+            "keys_revoked": keys,
+        }));
+        audit::insert(&mut tx, &summary, t).await?;
         tx.commit().await?;
         Ok(removal)
     }

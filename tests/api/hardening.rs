@@ -182,10 +182,11 @@ fn failed_authentications_are_limited_per_client_address_and_proxies_must_be_tru
 }
 
 crate::both_backends! {
-    async fn denied_requests_are_audited_as_one_row_per_key_per_minute_with_a_count(backend: Backend) {
+    async fn denied_requests_are_audited_as_one_row_per_key_per_credential_per_minute_with_a_count(backend: Backend) {
         let db = TestDb::new(backend).await;
         let app = TestApp::spawn(&db).await;
         let id = app.create_pg(&app.org, "a", "pw").await;
+        crate::helpers::to_a_minute_start(&app.clock);
         for _ in 0..25 {
             app.call(reqwest::Method::POST, &format!("/integrations/credentials/{id}/resolve"), &app.org.member, None).await;
         }

@@ -361,6 +361,13 @@ impl TestApp {
     }
 }
 
+/// Moves `clock` to the first second of the next minute, so that what a
+/// test counts per minute is not split by the minute turning meanwhile.
+pub fn to_a_minute_start(clock: &Clock) {
+    let now = clock.now();
+    clock.advance(60 - now.rem_euclid(60) + 1);
+}
+
 /// A valid PostgreSQL credential body.
 pub fn pg_body(name: &str, secret: &str) -> Value {
     json!({

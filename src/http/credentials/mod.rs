@@ -243,7 +243,7 @@ async fn list_audit_events(
                 action: e.action,
                 outcome: e.outcome,
                 actor: e.actor,
-                detail: e.detail.and_then(|d| serde_json::from_str(&d).ok()),
+                detail: e.detail,
                 at: view::time(e.at),
             })
             .collect(),
