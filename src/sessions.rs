@@ -123,12 +123,7 @@ impl PageSession {
     fn from_row(row: PageSessionRow) -> Result<Self, Error> {
         let purpose = Purpose::parse(&row.purpose)
             .ok_or_else(|| Error::internal(anyhow::anyhow!("page session {} has purpose {:?}", row.id, row.purpose)))?;
-        let providers = row
-            .providers
-            .as_deref()
-            .map(serde_json::from_str::<Vec<String>>)
-            .transpose()
-            .map_err(|e| Error::internal(anyhow::anyhow!("page session {}: providers: {e}", row.id)))?;
+        let providers = row.providers;
         Ok(Self {
             id: row.id,
             org_id: row.org_id,
@@ -215,9 +210,7 @@ pub async fn create(ctx: &Context, who: &Principal, input: NewSession) -> Result
         org_id: who.org_id.clone(),
         user_id: user,
         purpose: input.purpose.as_str().to_owned(),
-        providers: input
-            .providers
-            .map(|p| serde_json::to_string(&p).expect("strings serialize")),
+        providers: input.providers,
         credential_id: input.credential_id,
         return_to: input.return_to,
         csrf_token: random_token(""),

@@ -7,10 +7,11 @@ pub mod flow;
 pub mod outcome;
 pub mod refresh;
 pub mod return_to;
-mod single_flight;
 pub mod worker;
 
-pub use single_flight::{Refresher, LEASE_SECS};
+/// How long a refresh lease lasts: well past the provider timeout, so a
+/// live holder never loses it, short enough that a dead one is replaced.
+pub const LEASE_SECS: i64 = 60;
 
 /// Seconds a pending authorization (`state`) stays valid.
 pub const STATE_TTL_SECS: i64 = 600;

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use super::outcome::{decide, Before, Verdict};
-use super::single_flight::LEASE_SECS;
+use super::LEASE_SECS;
 use crate::context::Context;
 use crate::credentials::{self, CredentialSecrets};
 use crate::error::Error;

@@ -12,7 +12,7 @@ use futures::{FutureExt, StreamExt};
 use rand::Rng;
 
 use super::refresh::{refresh_credential, Mode};
-use super::single_flight::LEASE_SECS;
+use super::LEASE_SECS;
 use crate::context::Context;
 use crate::error::Error;
 

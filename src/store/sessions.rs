@@ -13,8 +13,8 @@ pub struct PageSessionRow {
     pub org_id: String,
     pub user_id: String,
     pub purpose: String,
-    /// JSON array of provider ids, or `None` for all.
-    pub providers: Option<String>,
+    /// The provider ids offered (stored as a JSON array), or `None` for all.
+    pub providers: Option<Vec<String>>,
     pub credential_id: Option<String>,
     pub return_to: Option<String>,
     pub csrf_token: String,
@@ -32,12 +32,25 @@ pub struct NewPageSession<'a> {
 const COLUMNS: &str = "id, org_id, user_id, purpose, providers, credential_id, return_to, csrf_token, expires_at";
 
 fn from_row(r: &sqlx::any::AnyRow) -> Result<PageSessionRow, StoreError> {
+    let id: String = r.try_get(0)?;
+    let providers: Option<String> = r.try_get(4)?;
+    let providers = match providers.as_deref().map(serde_json::from_str::<Vec<String>>) {
+        None => None,
+        Some(Ok(list)) => Some(list),
+        Some(Err(_)) => {
+            tracing::error!(page_session = %id, column = "providers", "a stored page session column is malformed");
+            return Err(StoreError::Corrupt {
+                id,
+                column: "providers",
+            });
+        }
+    };
     Ok(PageSessionRow {
-        id: r.try_get(0)?,
+        id,
         org_id: r.try_get(1)?,
         user_id: r.try_get(2)?,
         purpose: r.try_get(3)?,
-        providers: r.try_get(4)?,
+        providers,
         credential_id: r.try_get(5)?,
         return_to: r.try_get(6)?,
         csrf_token: r.try_get(7)?,
@@ -69,7 +82,11 @@ impl Store {
         .bind(&row.org_id)
         .bind(&row.user_id)
         .bind(&row.purpose)
-        .bind(&row.providers)
+        .bind(
+            row.providers
+                .as_ref()
+                .map(|p| serde_json::to_string(p).expect("strings serialize")),
+        )
         .bind(&row.credential_id)
         .bind(&row.return_to)
         .bind(new.url_token_hash)

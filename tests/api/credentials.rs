@@ -1,10 +1,10 @@
 //! The credentials API: create, read, list, patch, delete, resolve, audit.
 
 use reqwest::{Method, StatusCode};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::both_backends;
-use crate::helpers::{pg_body, sentinel, TestApp, TestDb};
+use crate::helpers::{captured_logs, pg_body, sentinel, TestApp, TestDb};
 
 both_backends! {
     async fn created_credentials_show_no_secret_and_resolve_shows_it(backend: Backend) {
@@ -207,5 +207,36 @@ both_backends! {
         assert_eq!(password["secret"], json!(true));
         assert_eq!(password["required"], json!(true));
         assert_eq!(password["label"], json!("Password"));
+    }
+}
+
+both_backends! {
+    async fn a_malformed_json_column_is_an_error_that_is_logged_never_an_empty_value(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let app = TestApp::spawn(&db).await;
+        let secret = sentinel();
+        let id = app.create_pg(&app.org, "db", &secret).await;
+        let other = app.create_pg(&app.org, "fine", &sentinel()).await;
+        sqlx::query("UPDATE credentials SET fields = '{\"host\": ' WHERE id = $1")
+            .bind(&id)
+            .execute(&app.sql().await)
+            .await
+            .unwrap();
+
+        let (got, problem) = app.oneshot(Method::GET, &format!("/integrations/credentials/{id}"), &app.org.admin, None).await;
+        let (resolved, _) = app
+            .oneshot(Method::POST, &format!("/integrations/credentials/{id}/resolve"), &app.org.engine, None)
+            .await;
+        let (fine, _) = app.oneshot(Method::GET, &format!("/integrations/credentials/{other}"), &app.org.admin, None).await;
+
+        assert_eq!(got, StatusCode::INTERNAL_SERVER_ERROR, "{problem}");
+        assert_eq!(problem["code"], "internal");
+        assert!(!problem.to_string().contains(&secret));
+        assert_eq!(resolved, StatusCode::INTERNAL_SERVER_ERROR, "never resolved with its fields missing");
+        assert_eq!(fine, StatusCode::OK, "other credentials are untouched");
+        let logged = captured_logs().lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).any(|l| {
+            l["level"] == "ERROR" && l["fields"]["message"] == "a stored credential column is malformed" && l["fields"]["column"] == "fields"
+        });
+        assert!(logged, "the malformed column is logged as an error");
     }
 }

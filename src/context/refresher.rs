@@ -1,16 +1,13 @@
-//! One refresh per credential at a time: this replica's lease owner id, an
-//! in-process lock per credential (callers in this process queue and share
-//! the outcome), and a rate limit per provider.
+//! This process's refresh bookkeeping, which the refresh driver
+//! (`oauth::refresh`) uses for one refresh per credential at a time: the
+//! replica's lease owner id, an in-process lock per credential (callers in
+//! this process queue and share the outcome), and a rate limit per provider.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-
-/// How long a refresh lease lasts: well past the provider timeout, so a
-/// live holder never loses it, short enough that a dead one is replaced.
-pub const LEASE_SECS: i64 = 60;
 
 /// Per-process refresh state.
 pub struct Refresher {
@@ -44,14 +41,14 @@ impl Refresher {
     }
 
     /// The in-process lock of one credential.
-    pub(super) fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut map = self.inflight.lock().expect("not poisoned");
         map.retain(|_, lock| Arc::strong_count(lock) > 1);
         map.entry(id.to_owned()).or_default().clone()
     }
 
     /// The rate limiter of one provider.
-    pub(super) fn limiter(&self, provider: &str) -> Arc<DefaultDirectRateLimiter> {
+    pub(crate) fn limiter(&self, provider: &str) -> Arc<DefaultDirectRateLimiter> {
         let mut map = self.per_provider.lock().expect("not poisoned");
         map.entry(provider.to_owned())
             .or_insert_with(|| Arc::new(RateLimiter::direct(Quota::per_second(self.rate))))

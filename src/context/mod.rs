@@ -1,13 +1,16 @@
 //! The domain context: everything the credential service, the OAuth flow,
 //! the refresher, the worker and the CLI run on — and nothing about HTTP.
 
+mod refresher;
+
 use std::sync::Arc;
+
+pub use refresher::Refresher;
 
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::oauth::worker::WorkerHealth;
-use crate::oauth::Refresher;
 use crate::probes::ProbeContext;
 use crate::providers::Registry;
 use crate::store::Store;
