@@ -82,6 +82,13 @@ struct Args {
     /// Keep the seeded database (for EXPLAIN ANALYZE).
     #[arg(long)]
     keep: bool,
+    /// Personal credentials instead of organization ones: owned by alice,
+    /// each shared with bob by a `use` grant; resolve runs with an engine key
+    /// bound to bob and lists with bob's member key, so every request takes
+    /// the whole sharing check (the row and bob's grant) and the listing's
+    /// access predicate.
+    #[arg(long)]
+    sharing: bool,
 }
 
 impl Args {
@@ -119,7 +126,7 @@ async fn main() -> anyhow::Result<()> {
 async fn run(args: &Args, url: &str, dir: &Path) -> anyhow::Result<Value> {
     let master_key = MasterKeyring::generate_key();
     let started = Instant::now();
-    let (ids, engine, admin) = seed(url, &master_key).await?;
+    let (ids, engine, admin) = seed(url, &master_key, args.sharing).await?;
     let seed_seconds = started.elapsed().as_secs_f64();
     eprintln!("seeded {} credentials in {seed_seconds:.1} s", ids.len());
 
@@ -218,6 +225,7 @@ async fn run(args: &Args, url: &str, dir: &Path) -> anyhow::Result<Value> {
     let resolve_rps = resolve_report["requests_per_second"].as_f64().unwrap_or(0.0);
     Ok(json!({
         "backend": if args.postgres() { "postgres" } else { "sqlite" },
+        "sharing": args.sharing,
         "credentials": CREDENTIALS,
         "concurrency": args.concurrency,
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
@@ -236,8 +244,10 @@ async fn run(args: &Args, url: &str, dir: &Path) -> anyhow::Result<Value> {
     }))
 }
 
-/// Creates the organization, its keys and the credentials through the library.
-async fn seed(url: &str, master_key: &SecretString) -> anyhow::Result<(Vec<String>, String, String)> {
+/// Creates the organization, its keys and the credentials through the
+/// library; returns the ids, the engine key and the listing key (an admin's,
+/// or with `sharing` bob's member key).
+async fn seed(url: &str, master_key: &SecretString, sharing: bool) -> anyhow::Result<(Vec<String>, String, String)> {
     let mut config = Config::for_database(url);
     config.master_keys = Some(master_key.clone());
     let services = Services::init(config).await?;
@@ -247,7 +257,12 @@ async fn seed(url: &str, master_key: &SecretString) -> anyhow::Result<(Vec<Strin
     let store = &ctx.store;
     store.set_org_limit(&org, "postgresql", 2 * CREDENTIALS as i64).await?;
     let mut tokens = Vec::new();
-    for role in [Role::Engine, Role::Admin] {
+    let (lister, user) = if sharing {
+        (Role::Member, Some("bob"))
+    } else {
+        (Role::Admin, None)
+    };
+    for role in [Role::Engine, lister] {
         tokens.push(
             credgate::apikeys::create(
                 store,
@@ -255,18 +270,20 @@ async fn seed(url: &str, master_key: &SecretString) -> anyhow::Result<(Vec<Strin
                 role,
                 credgate::apikeys::NewKey {
                     label: Some("load_bench"),
+                    user_id: user,
                     ..Default::default()
                 },
             )
             .await?,
         );
     }
-    // An organization-wide admin key creates them: organization credentials.
+    // An organization-wide admin key creates organization credentials;
+    // with `sharing`, alice creates hers and shares each with bob.
     let creator = credgate::model::Principal {
         org_id: org.clone(),
         key_id: "load_bench".into(),
-        role: Role::Admin,
-        user_id: None,
+        role: if sharing { Role::Member } else { Role::Admin },
+        user_id: sharing.then(|| "alice".to_owned()),
     };
     let inserts = futures::stream::iter(0..CREDENTIALS).map(|i| {
         let (ctx, creator) = (&ctx, &creator);
@@ -281,6 +298,13 @@ async fn seed(url: &str, master_key: &SecretString) -> anyhow::Result<(Vec<Strin
                 public: Vec::new(),
             };
             let row = credentials::create(ctx, creator, input).await?;
+            if sharing {
+                let grant = credentials::Sharing {
+                    team: None,
+                    users: vec![("bob".to_owned(), credgate::model::Access::Use)],
+                };
+                credentials::set_sharing(ctx, creator, &row.id, grant).await?;
+            }
             anyhow::Ok(row.id)
         }
     });

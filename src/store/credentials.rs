@@ -5,9 +5,9 @@ use sqlx::Row;
 use super::audit::{self, AuditEvent};
 use super::outbox::{self, Notification};
 use super::quota::{release, reserve};
-use super::row::{typed, Raw, READ_COLUMNS};
+use super::row::{typed, Listed, Raw, READ_COLUMNS};
 use super::{check_key, CredentialRow, Store, StoreError};
-use crate::model::{AuthKind, CredentialStatus};
+use crate::model::{Access, AuthKind, CredentialStatus};
 
 /// Everything needed to insert a credential.
 #[derive(Debug, Clone)]
@@ -96,6 +96,37 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         raw.map(CredentialRow::try_from).transpose()
+    }
+
+    /// One credential of one organization with `user`'s own grant on it, in
+    /// one statement (the access check needs both; a grant is a second
+    /// round trip otherwise).
+    pub async fn credential_with_grant(
+        &self,
+        org_id: &str,
+        id: &str,
+        user: Option<&str>,
+    ) -> Result<Option<(CredentialRow, Option<Access>)>, StoreError> {
+        let Some(user) = user else {
+            return Ok(self.credential(org_id, id).await?.map(|row| (row, None)));
+        };
+        let listed: Option<Listed> = sqlx::query_as(&format!(
+            "SELECT {READ_COLUMNS}, (SELECT g.access FROM credential_grants g \
+             WHERE g.credential_id = credentials.id AND g.user_id = $3) AS my_grant \
+             FROM credentials WHERE org_id = $1 AND id = $2"
+        ))
+        .bind(org_id)
+        .bind(id)
+        .bind(user)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(listed) = listed else { return Ok(None) };
+        let row = CredentialRow::try_from(listed.raw)?;
+        let grant = listed
+            .my_grant
+            .map(|g| super::sharing::access(&row.id, &g))
+            .transpose()?;
+        Ok(Some((row, grant)))
     }
 
     /// Does credential `id` exist in organization `org_id`?

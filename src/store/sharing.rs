@@ -25,7 +25,7 @@ pub struct UserRemoval {
     pub keys_revoked: u64,
 }
 
-fn access(id: &str, raw: &str) -> Result<Access, StoreError> {
+pub(super) fn access(id: &str, raw: &str) -> Result<Access, StoreError> {
     Access::parse(raw).ok_or(StoreError::Corrupt {
         id: id.to_owned(),
         column: "access",
@@ -55,17 +55,6 @@ async fn grants_on<'c, E: sqlx::Executor<'c, Database = Any>>(
 }
 
 impl Store {
-    /// One user's grant on one credential.
-    pub async fn grant_of(&self, credential_id: &str, user_id: &str) -> Result<Option<Access>, StoreError> {
-        let row = sqlx::query("SELECT access FROM credential_grants WHERE credential_id = $1 AND user_id = $2")
-            .bind(credential_id)
-            .bind(user_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| access(credential_id, &r.try_get::<String, _>(0)?))
-            .transpose()
-    }
-
     /// Every user grant of one credential, by user id.
     pub async fn grants(&self, credential_id: &str) -> Result<Vec<(String, Access)>, StoreError> {
         grants_on(&self.pool, credential_id).await
