@@ -5,6 +5,7 @@
 mod helpers;
 
 mod access;
+mod architecture;
 mod cli;
 mod credentials;
 mod generic;

@@ -1,0 +1,102 @@
+//! The module picture holds: imports between the crate's top-level modules
+//! (read from the `crate::…` paths in `src/`) form no cycle, and nothing
+//! below `http` (but the composition root and the binary) imports it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// Modules allowed to import `http`: the composition root, the binary and
+/// the CLI that starts it.
+const ABOVE_HTTP: [&str; 4] = ["app", "cli", "main", "lib"];
+
+fn top_level_modules(src: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(src)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().trim_end_matches(".rs").to_owned())
+        .collect()
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// Which top-level modules each one names in `crate::…` paths (outside
+/// comments and unit-test modules).
+fn imports(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
+    let tops = top_level_modules(src);
+    let path_re = regex::Regex::new(r"crate::([a-z_]+)").unwrap();
+    let group_re = regex::Regex::new(r"crate::\{([^}]*)\}").unwrap();
+    let word_re = regex::Regex::new(r"\b([a-z_]+)\b").unwrap();
+    let mut files = Vec::new();
+    rust_files(src, &mut files);
+    let mut deps: BTreeMap<String, BTreeSet<String>> = tops.iter().map(|t| (t.clone(), BTreeSet::new())).collect();
+    for file in files {
+        let top = file.strip_prefix(src).unwrap().components().next().unwrap();
+        let top = top.as_os_str().to_string_lossy().trim_end_matches(".rs").to_owned();
+        let text = std::fs::read_to_string(&file).unwrap();
+        let text = text.split("#[cfg(test)]\nmod tests").next().unwrap();
+        let code: String = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let mut named: Vec<String> = path_re.captures_iter(&code).map(|c| c[1].to_owned()).collect();
+        for group in group_re.captures_iter(&code) {
+            named.extend(word_re.captures_iter(&group[1]).map(|c| c[1].to_owned()));
+        }
+        for m in named {
+            if m != top && tops.contains(&m) {
+                deps.get_mut(&top).unwrap().insert(m);
+            }
+        }
+    }
+    deps
+}
+
+fn reachable(deps: &BTreeMap<String, BTreeSet<String>>, from: &str) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    let mut stack = vec![from.to_owned()];
+    while let Some(m) = stack.pop() {
+        for d in &deps[&m] {
+            if seen.insert(d.clone()) {
+                stack.push(d.clone());
+            }
+        }
+    }
+    seen
+}
+
+#[test]
+fn the_crates_top_level_modules_import_each_other_without_a_cycle() {
+    let deps = imports(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
+
+    let cycles: Vec<(String, String)> = deps
+        .iter()
+        .flat_map(|(m, ds)| ds.iter().map(move |d| (m.clone(), d.clone())))
+        .filter(|(m, d)| reachable(&deps, d).contains(m))
+        .collect();
+
+    assert!(deps["credentials"].contains("store"), "the reading found the imports: {deps:?}");
+    assert!(cycles.is_empty(), "imports that close a cycle (module → import): {cycles:?}");
+}
+
+#[test]
+fn nothing_below_http_imports_it() {
+    let deps = imports(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
+
+    let upward: Vec<&String> = deps
+        .iter()
+        .filter(|(m, ds)| ds.contains("http") && !ABOVE_HTTP.contains(&m.as_str()))
+        .map(|(m, _)| m)
+        .collect();
+
+    assert!(deps["app"].contains("http"), "the reading found the imports: {deps:?}");
+    assert!(upward.is_empty(), "modules below http that import it: {upward:?}");
+}
