@@ -84,9 +84,9 @@ pub enum StoreError {
     #[error("not found")]
     NotFound,
     /// A stored column does not hold what it must (never silently ignored).
-    #[error("credential {id}: column {column} is malformed")]
+    #[error("row {id}: column {column} is malformed")]
     Corrupt {
-        /// The row.
+        /// The row (a credential's id, an event's sequence number, …).
         id: String,
         /// The column.
         column: &'static str,
