@@ -5,18 +5,22 @@
 mod helpers;
 
 mod access;
+mod auth_limits;
 mod cli;
+mod connections;
 mod credentials;
 mod generic;
 mod group_commit;
 mod hardening;
 mod limits;
+mod liveness;
 mod notifications;
 mod oauth;
 mod oauth_server;
 mod openapi_conformance;
 mod operations;
 mod outage;
+mod outbox;
 mod pages;
 mod paging;
 mod probes;
