@@ -150,6 +150,9 @@ pub struct Config {
     pub auth_failures_per_sec: u32,
     /// Reverse proxies whose `X-Forwarded-For` is believed (CIDRs, comma-separated).
     pub trusted_proxies: String,
+    /// Pending OAuth authorizations per organization. Not a setting (always
+    /// [`crate::oauth::flow::MAX_PENDING_PER_ORG`]); tests lower it.
+    pub max_pending_oauth: i64,
 }
 
 impl Config {
@@ -200,6 +203,7 @@ impl Config {
             max_connections: s.max_connections,
             auth_failures_per_sec: s.auth_failures_per_sec,
             trusted_proxies: s.trusted_proxies.clone(),
+            max_pending_oauth: crate::oauth::flow::MAX_PENDING_PER_ORG,
         }
     }
 

@@ -52,6 +52,12 @@ pub struct Metrics {
     /// `credgate_worker_last_step_timestamp_seconds`: when this process's
     /// refresh worker last finished a step.
     pub worker_last_step: Gauge,
+    /// `credgate_api_key_lookups_total`: bearer tokens looked up in the
+    /// store (neither cached as known nor as unknown).
+    pub api_key_lookups: Counter,
+    /// `credgate_readiness_store_checks_total`: times `/readyz` asked the
+    /// store (its answer is kept for a second).
+    pub readiness_checks: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -95,6 +101,18 @@ impl Default for Metrics {
             "When this process's refresh worker last finished a step (unix seconds)",
             worker_last_step.clone(),
         );
+        let api_key_lookups = Counter::default();
+        registry.register(
+            "api_key_lookups",
+            "Bearer tokens looked up in the store (not answered from a cache)",
+            api_key_lookups.clone(),
+        );
+        let readiness_checks = Counter::default();
+        registry.register(
+            "readiness_store_checks",
+            "Times /readyz asked the store whether it is reachable",
+            readiness_checks.clone(),
+        );
         Self {
             registry,
             requests,
@@ -103,6 +121,8 @@ impl Default for Metrics {
             refresh_latency,
             refresh_backlog,
             worker_last_step,
+            api_key_lookups,
+            readiness_checks,
         }
     }
 }

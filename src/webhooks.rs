@@ -163,20 +163,19 @@ impl Webhooks {
 }
 
 async fn send(target: &Target, event: &OutboxEvent, now: i64) -> Result<(), String> {
-    let body = event.payload.as_bytes();
+    let body = serde_json::to_vec(&event.payload).expect("a JSON value serializes");
+    let standard = standard_signature(&target.secret, &event.event_id, now, &body);
+    let credgate = signature(&target.secret, now, &body);
     let sent = target
         .http
         .post(&target.url)
         .header("content-type", "application/json")
         .header("webhook-id", &event.event_id)
         .header("webhook-timestamp", now.to_string())
-        .header(
-            "webhook-signature",
-            standard_signature(&target.secret, &event.event_id, now, body),
-        )
+        .header("webhook-signature", standard)
         .header("x-credgate-event", &event.kind)
-        .header("x-credgate-signature", signature(&target.secret, now, body))
-        .body(event.payload.clone())
+        .header("x-credgate-signature", credgate)
+        .body(body)
         .send()
         .await;
     match sent {

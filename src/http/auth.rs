@@ -1,7 +1,8 @@
 //! Who is calling: the bearer API key (verified keys cached briefly, unknown
 //! ones remembered briefly too), the client address (`X-Forwarded-For` only
-//! from trusted proxies), failed authentications limited per address, last
-//! use recorded at most once a minute per key, and role checks (denials are
+//! from trusted proxies), failed authentications limited per address (an
+//! address over its budget is refused before the store is asked), last use
+//! recorded at most once a minute per key, and role checks (denials are
 //! audited by `credentials::access`).
 
 use std::collections::HashMap;
@@ -162,6 +163,9 @@ impl FromRequestParts<AppState> for Caller {
         };
         let hash = token_hash(token);
         let now = state.now();
+        // Caches first, then the address's failure budget, and only then the
+        // store: an address over its budget costs no query, however many new
+        // tokens it makes up.
         let key = match state.keys.known(&hash, now) {
             Some(key) => key,
             None => {
@@ -169,6 +173,8 @@ impl FromRequestParts<AppState> for Caller {
                     state.limits.check_auth_failure(ip)?;
                     return Err(ApiError::Unauthorized);
                 }
+                state.limits.check_auth_blocked(ip)?;
+                state.metrics.api_key_lookups.inc();
                 match state.store.api_key_by_hash(&hash).await? {
                     Some(key) => {
                         state.keys.remember(hash, key.clone());

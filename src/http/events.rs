@@ -79,7 +79,7 @@ fn view(e: OutboxEvent) -> EventView {
         kind: e.kind,
         credential_id: e.credential_id,
         at: time(e.created_at),
-        payload: serde_json::from_str(&e.payload).unwrap_or(Value::Null),
+        payload: e.payload,
         delivery: Delivery {
             state,
             attempts: e.attempts,

@@ -2,10 +2,17 @@
 //! organization, and unauthenticated requests per client address. Idle keys
 //! are evicted by [`RateLimits::evict_idle`], which the server calls every
 //! minute, so memory stays flat however many keys pass through.
+//!
+//! An address over its failed-authentication budget is shut out until the
+//! Retry-After it was told: [`RateLimits::check_auth_blocked`] answers 429
+//! for it before anything asks the store.
 
+use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -14,6 +21,8 @@ use super::error::ApiError;
 
 /// Requests per second per client address on routes without an API key.
 pub const UNAUTHENTICATED_PER_SEC: u32 = 20;
+/// Addresses remembered as over their failure budget, at most.
+const BLOCKED_MAX: usize = 10_000;
 
 /// One kind of limited action, with its quota.
 #[derive(Debug, Clone, Copy)]
@@ -78,6 +87,8 @@ pub struct RateLimits {
     probes: Limiter<String>,
     unauthenticated: Limiter<IpAddr>,
     auth_failures: Limiter<IpAddr>,
+    /// Addresses over their failure budget, until when.
+    blocked: Mutex<HashMap<IpAddr, Instant>>,
 }
 
 impl std::fmt::Debug for RateLimits {
@@ -96,6 +107,7 @@ impl RateLimits {
             probes: Limiter::new(LimitedAction::Probe(probes_per_min)),
             unauthenticated: Limiter::new(LimitedAction::Unauthenticated),
             auth_failures: Limiter::new(LimitedAction::AuthFailure(auth_failures_per_sec)),
+            blocked: Mutex::default(),
         }
     }
 
@@ -114,9 +126,38 @@ impl RateLimits {
         self.unauthenticated.check(&ip)
     }
 
-    /// One failed authentication from `ip`.
+    /// One failed authentication from `ip`; over the budget, `ip` is shut
+    /// out (see [`Self::check_auth_blocked`]) for the Retry-After it is told.
     pub fn check_auth_failure(&self, ip: IpAddr) -> Result<(), ApiError> {
-        self.auth_failures.check(&ip)
+        let checked = self.auth_failures.check(&ip);
+        if let Err(ApiError::RateLimited { retry_after_secs }) = &checked {
+            let until = Instant::now() + Duration::from_secs(*retry_after_secs);
+            let mut blocked = self.blocked.lock().expect("not poisoned");
+            if blocked.len() >= BLOCKED_MAX {
+                let now = Instant::now();
+                blocked.retain(|_, t| *t > now);
+                if blocked.len() >= BLOCKED_MAX {
+                    blocked.clear();
+                }
+            }
+            blocked.insert(ip, until);
+        }
+        checked
+    }
+
+    /// 429 while `ip` is shut out for failing to authenticate too often;
+    /// counts nothing, so callers ask it before they ask the store.
+    pub fn check_auth_blocked(&self, ip: IpAddr) -> Result<(), ApiError> {
+        let blocked = self.blocked.lock().expect("not poisoned");
+        match blocked
+            .get(&ip)
+            .map(|until| until.saturating_duration_since(Instant::now()))
+        {
+            Some(left) if !left.is_zero() => Err(ApiError::RateLimited {
+                retry_after_secs: left.as_secs() + u64::from(left.subsec_nanos() > 0),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Forgets keys whose limits are back to full.
@@ -125,6 +166,8 @@ impl RateLimits {
         self.probes.evict();
         self.unauthenticated.evict();
         self.auth_failures.evict();
+        let now = Instant::now();
+        self.blocked.lock().expect("not poisoned").retain(|_, t| *t > now);
     }
 
     /// How many keys are tracked now (all limiters).
@@ -146,6 +189,21 @@ mod tests {
         assert!(matches!(err, ApiError::RateLimited { retry_after_secs: 1 }));
         assert!(limits.check_api("other").is_ok(), "limits are per organization");
         assert!(limits.check_probe("org").is_ok(), "0 turns the probe limit off");
+    }
+
+    #[test]
+    fn an_address_over_its_failure_budget_is_blocked_until_its_retry_after() {
+        let limits = RateLimits::new(0, 0, 1);
+        let ip = IpAddr::from([192, 0, 2, 1]);
+        let before = limits.check_auth_blocked(ip);
+        let failures: Vec<bool> = (0..3).map(|_| limits.check_auth_failure(ip).is_ok()).collect();
+        let blocked = limits.check_auth_blocked(ip);
+        let other = limits.check_auth_blocked(IpAddr::from([192, 0, 2, 2]));
+
+        assert!(before.is_ok(), "no failure yet, no block");
+        assert_eq!(failures, [true, true, false], "a burst of two, then limited");
+        assert!(matches!(blocked, Err(ApiError::RateLimited { retry_after_secs: 1 })));
+        assert!(other.is_ok(), "blocks are per address");
     }
 
     #[test]

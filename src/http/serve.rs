@@ -2,6 +2,14 @@
 //! deadline for the request head (which also closes idle keep-alive
 //! connections), and a cap on open connections (more wait in the kernel's
 //! backlog). Shutdown stops accepting and lets requests in flight finish.
+//!
+//! HTTP/1.1 only. credgate speaks plain TCP (TLS ends at the proxy in front
+//! of it), so HTTP/2 would only be h2c with prior knowledge, and hyper's
+//! HTTP/2 server has no idle or header deadline: a client that keeps
+//! answering pings, or opens streams and never finishes their headers, would
+//! hold a connection slot for ever. HTTP/1.1's header-read timeout bounds
+//! every connection in time; a client that starts with the HTTP/2 preface
+//! is refused as a malformed request and the connection closed.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -11,8 +19,8 @@ use std::time::Duration;
 use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -35,15 +43,10 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Some(limits.header_read_timeout));
     let builder = Arc::new(builder);
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
@@ -78,8 +81,7 @@ pub async fn serve(
                 Ok::<_, Infallible>(response)
             }
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn.into_owned());
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");

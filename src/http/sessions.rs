@@ -39,6 +39,7 @@ struct CreateSession {
     user_id: Option<String>,
     purpose: PurposeBody,
     /// Providers offered (default: all).
+    #[schema(min_items = 1)]
     providers: Option<Vec<String>>,
     /// `connect`: re-connect or re-enter this credential; `manage`: open it.
     credential_id: Option<String>,

@@ -212,7 +212,7 @@ pub async fn start(ctx: &Context, provider: &Provider, req: StartRequest) -> Res
                 key_version,
                 expires_at,
             },
-            MAX_PENDING_PER_ORG,
+            ctx.config.max_pending_oauth,
         )
         .await;
     match pending {

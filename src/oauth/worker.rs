@@ -120,8 +120,40 @@ pub async fn run_worker(ctx: Context, stop: tokio::sync::watch::Receiver<bool>) 
     tracing::info!("token refresh worker stopped");
 }
 
+/// How long the loop waits before its next step: not at all after a busy
+/// step, 2–5 s after an idle one, and after failed steps in a row (the
+/// store away, a bug) 2 s doubling to a minute, jittered, so that a
+/// database coming back is not met by every replica at once. A step that
+/// succeeds resets it.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    failures: u32,
+}
+
+/// The longest pause after failed steps.
+const MAX_FAILURE_PAUSE: Duration = Duration::from_secs(60);
+
+impl Backoff {
+    /// The pause after a step that did `Ok(claimed)` or failed (`Err`).
+    pub fn after(&mut self, outcome: Result<usize, ()>, rng: &mut impl Rng) -> Option<Duration> {
+        match outcome {
+            Ok(claimed) => {
+                self.failures = 0;
+                (claimed == 0).then(|| Duration::from_millis(rng.gen_range(2_000..5_000)))
+            }
+            Err(()) => {
+                self.failures = self.failures.saturating_add(1);
+                let base = Duration::from_secs(2u64 << (self.failures - 1).min(6)).min(MAX_FAILURE_PAUSE);
+                // Within the last quarter below the base: growing, never past a minute.
+                Some(base.mul_f64(rng.gen_range(0.75..=1.0)))
+            }
+        }
+    }
+}
+
 /// The loop around `step`: a panicking or failing step is logged and the
-/// loop goes on after a pause; each finished step is a heartbeat.
+/// loop goes on after a pause that grows while steps keep failing (see
+/// [`Backoff`]); each finished step is a heartbeat.
 pub async fn run_loop<F, Fut>(ctx: &Context, mut stop: tokio::sync::watch::Receiver<bool>, mut step: F)
 where
     F: FnMut() -> Fut,
@@ -130,24 +162,80 @@ where
     let health = &ctx.worker;
     health.running.store(true, Ordering::SeqCst);
     health.beat(ctx.now());
+    let mut backoff = Backoff::default();
     while !*stop.borrow() {
-        let idle = match AssertUnwindSafe(step()).catch_unwind().await {
-            Ok(Ok(step)) => step.claimed == 0,
+        let outcome = match AssertUnwindSafe(step()).catch_unwind().await {
+            Ok(Ok(step)) => Ok(step.claimed),
             Ok(Err(e)) => {
                 tracing::error!(error = %e, source = ?std::error::Error::source(&e), "token refresh step failed");
-                true
+                Err(())
             }
             Err(_) => {
                 tracing::error!("token refresh step panicked; the worker goes on");
-                true
+                Err(())
             }
         };
         health.beat(ctx.now());
         ctx.metrics.worker_last_step.set(ctx.now());
-        if idle {
-            let pause = Duration::from_millis(rand::thread_rng().gen_range(2_000..5_000));
+        let pause = backoff.after(outcome, &mut rand::thread_rng());
+        if let Some(pause) = pause {
             let _ = tokio::time::timeout(pause, stop.changed()).await;
         }
     }
     health.running.store(false, Ordering::SeqCst);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(d: Option<Duration>) -> f64 {
+        d.expect("a pause").as_secs_f64()
+    }
+
+    #[test]
+    fn failed_steps_back_off_from_two_seconds_doubling_to_a_minute() {
+        let mut rng = rand::thread_rng();
+        let mut backoff = Backoff::default();
+
+        let pauses: Vec<f64> = (0..10).map(|_| secs(backoff.after(Err(()), &mut rng))).collect();
+
+        for (n, (pause, base)) in pauses.iter().zip([2.0, 4.0, 8.0, 16.0, 32.0, 60.0]).enumerate() {
+            assert!((base * 0.75..=base).contains(pause), "failure {}: {pause} s", n + 1);
+        }
+        assert!(pauses[5..].iter().all(|p| (45.0..=60.0).contains(p)), "{pauses:?}");
+    }
+
+    #[test]
+    fn the_backoff_is_jittered() {
+        let mut rng = rand::thread_rng();
+        let pauses: std::collections::HashSet<u128> = (0..20)
+            .map(|_| {
+                let mut backoff = Backoff::default();
+                for _ in 0..6 {
+                    backoff.after(Err(()), &mut rng);
+                }
+                backoff.after(Err(()), &mut rng).unwrap().as_millis()
+            })
+            .collect();
+
+        assert!(pauses.len() > 1, "replicas failing together do not retry together");
+    }
+
+    #[test]
+    fn a_successful_step_resets_the_backoff() {
+        let mut rng = rand::thread_rng();
+        let mut backoff = Backoff::default();
+        for _ in 0..5 {
+            backoff.after(Err(()), &mut rng);
+        }
+
+        let idle = secs(backoff.after(Ok(0), &mut rng));
+        let busy = backoff.after(Ok(3), &mut rng);
+        let next_failure = secs(backoff.after(Err(()), &mut rng));
+
+        assert!((2.0..5.0).contains(&idle), "an idle step waits 2–5 s: {idle}");
+        assert_eq!(busy, None, "a busy step goes on at once");
+        assert!((1.5..=2.0).contains(&next_failure), "back to 2 s: {next_failure}");
+    }
 }

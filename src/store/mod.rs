@@ -84,9 +84,10 @@ pub enum StoreError {
     #[error("not found")]
     NotFound,
     /// A stored column does not hold what it must (never silently ignored).
-    #[error("{id}: column {column} is malformed")]
+    #[error("row {id}: column {column} is malformed")]
     Corrupt {
-        /// The row: a credential's or API key's id, or `audit event N`.
+        /// The row: a credential's or API key's id, `audit event N`, an
+        /// event's sequence number, a page session's id.
         id: String,
         /// The column.
         column: &'static str,

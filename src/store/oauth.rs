@@ -59,7 +59,10 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 
 impl Store {
     /// Stores a pending authorization, unless the organization already has
-    /// `max_pending` that have not expired (`QuotaExceeded`).
+    /// `max_pending` that have not expired (`QuotaExceeded`). Exact under
+    /// concurrent authorizes on any replica: the count and the insert run
+    /// under the organization's write lock, so no two interleave (on
+    /// Postgres, read committed would otherwise let both count 999).
     pub async fn insert_oauth_state(
         &self,
         state_hash: &str,
@@ -67,6 +70,7 @@ impl Store {
         max_pending: i64,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
+        lock_org(&mut tx, &row.org_id).await?;
         let pending: i64 = sqlx::query("SELECT COUNT(*) FROM oauth_states WHERE org_id = $1 AND expires_at >= $2")
             .bind(&row.org_id)
             .bind(self.now())

@@ -42,8 +42,8 @@ pub struct OutboxEvent {
     pub org_id: String,
     pub kind: String,
     pub credential_id: Option<String>,
-    /// The JSON body delivered.
-    pub payload: String,
+    /// The JSON body delivered (an object, parsed here once).
+    pub payload: Value,
     pub created_at: i64,
     pub attempts: i64,
     pub next_attempt_at: Option<i64>,
@@ -55,14 +55,28 @@ pub struct OutboxEvent {
 const COLUMNS: &str = "id, event_id, org_id, kind, credential_id, payload, created_at, attempts, next_attempt_at, \
     delivered_at, failed_at, last_error";
 
+/// One row, typed; a payload that is not a JSON object is
+/// [`StoreError::Corrupt`] (logged), never an empty body.
 fn event(r: &sqlx::any::AnyRow) -> Result<OutboxEvent, StoreError> {
+    let id: i64 = r.try_get(0)?;
+    let raw: String = r.try_get(5)?;
+    let payload = match serde_json::from_str(&raw) {
+        Ok(payload @ Value::Object(_)) => payload,
+        _ => {
+            tracing::error!(event = id, column = "payload", "a stored outbox column is malformed");
+            return Err(StoreError::Corrupt {
+                id: id.to_string(),
+                column: "payload",
+            });
+        }
+    };
     Ok(OutboxEvent {
-        id: r.try_get(0)?,
+        id,
         event_id: r.try_get(1)?,
         org_id: r.try_get(2)?,
         kind: r.try_get(3)?,
         credential_id: r.try_get(4)?,
-        payload: r.try_get(5)?,
+        payload,
         created_at: r.try_get(6)?,
         attempts: r.try_get(7)?,
         next_attempt_at: r.try_get(8)?,
@@ -101,6 +115,8 @@ pub(crate) async fn insert(conn: &mut sqlx::AnyConnection, n: &Notification, at:
 
 impl Store {
     /// Leases up to `limit` events due for delivery to `owner` until `until`.
+    /// An event whose stored payload is malformed is given up on (failed,
+    /// logged) rather than claimed again and again.
     pub async fn claim_events(&self, owner: &str, limit: i64, until: i64) -> Result<Vec<OutboxEvent>, StoreError> {
         let lock = match self.dialect {
             Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
@@ -119,8 +135,25 @@ impl Store {
         .bind(limit)
         .fetch_all(&mut *tx)
         .await?;
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match event(row) {
+                Ok(e) => events.push(e),
+                Err(StoreError::Corrupt { .. }) => {
+                    sqlx::query(
+                        "UPDATE outbox SET next_attempt_at = NULL, failed_at = $2, \
+                         last_error = 'the stored notification is malformed', lease_owner = NULL, lease_until = NULL \
+                         WHERE id = $1",
+                    )
+                    .bind(row.try_get::<i64, _>(0)?)
+                    .bind(self.now())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         tx.commit().await?;
-        let mut events: Vec<OutboxEvent> = rows.iter().map(event).collect::<Result<_, _>>()?;
         events.sort_by_key(|e| e.id);
         Ok(events)
     }

@@ -1,6 +1,7 @@
 //! What someone hostile or careless cannot do: grow memory through metric
-//! labels, hold connections with half a request, hammer the store with
-//! unknown keys.
+//! labels, fill the audit log with denials, let an OAuth token lapse by a
+//! failed test, stop the worker with a panic, pile up pending OAuth states.
+//! (Connections: `connections.rs`; unknown keys: `auth_limits.rs`.)
 
 use reqwest::{Method, StatusCode};
 
@@ -57,127 +58,6 @@ fn odd_methods_and_paths_leave_the_metrics_the_same_size() {
         assert!(statuses.iter().all(|s| s.is_client_error()), "{statuses:?}");
         // Only counter digits may change (four or five digits), never lines.
         assert!(after <= before + 200, "/metrics grew from {before} to {after} bytes");
-    });
-}
-
-/// Reads until the server closes the connection or `limit` passes; returns
-/// what was read and whether it closed.
-async fn read_until_closed(stream: &mut tokio::net::TcpStream, limit: std::time::Duration) -> (String, bool) {
-    use tokio::io::AsyncReadExt;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&got).into_owned(), true),
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-            Err(_) => return (String::from_utf8_lossy(&got).into_owned(), false),
-        }
-    }
-}
-
-#[test]
-fn a_client_that_sends_one_header_byte_a_second_is_cut_off() {
-    crate::helpers::run_test(async {
-        use tokio::io::AsyncWriteExt;
-        let db = TestDb::new(crate::helpers::Backend::Sqlite).await;
-        let mut config = crate::helpers::test_config(&db);
-        config.header_read_timeout_secs = 2;
-        let app = TestApp::spawn_with(config).await;
-        let addr = app.base.trim_start_matches("http://").to_owned();
-
-        let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        let started = std::time::Instant::now();
-        let head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa\r\n\r\n";
-        let mut cut_off_after = None;
-        for byte in head {
-            if slow.write_all(&[*byte]).await.is_err() {
-                cut_off_after = Some(started.elapsed());
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            if started.elapsed() > std::time::Duration::from_secs(8) {
-                break;
-            }
-        }
-        let (_, closed) = read_until_closed(&mut slow, std::time::Duration::from_secs(2)).await;
-
-        // A kept-alive connection that goes quiet is closed as well.
-        let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let (answer, idle_closed) = read_until_closed(&mut idle, std::time::Duration::from_secs(5)).await;
-
-        assert!(closed || cut_off_after.is_some(), "the slow client was not cut off");
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(8),
-            "cut off after {:?}",
-            started.elapsed()
-        );
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-        assert!(idle_closed, "an idle kept-alive connection is closed after the timeout");
-    });
-}
-
-#[test]
-fn failed_authentications_are_limited_per_client_address_and_proxies_must_be_trusted() {
-    crate::helpers::run_test(async {
-        let db = TestDb::new(crate::helpers::Backend::Sqlite).await;
-        let mut config = crate::helpers::test_config(&db);
-        config.trusted_proxies = "127.0.0.3/32".into();
-        let app = TestApp::spawn_with(config).await;
-        let from = |ip: [u8; 4]| {
-            reqwest::Client::builder()
-                .local_address(std::net::IpAddr::from(ip))
-                .build()
-                .unwrap()
-        };
-        let url = format!("{}/integrations/credentials", app.base);
-        let attempt = |client: reqwest::Client, token: String, forwarded: Option<&'static str>| {
-            let url = url.clone();
-            async move {
-                let mut req = client.get(url).bearer_auth(token);
-                if let Some(f) = forwarded {
-                    req = req.header("x-forwarded-for", f);
-                }
-                req.send().await.unwrap().status()
-            }
-        };
-
-        let mut guessing = Vec::new();
-        for n in 0..40 {
-            guessing.push(attempt(from([127, 0, 0, 1]), format!("cgk_guess{n}"), None).await);
-        }
-        let valid_key_same_address = attempt(from([127, 0, 0, 1]), app.org.admin.clone(), None).await;
-        let other_address = attempt(from([127, 0, 0, 2]), "cgk_wrong".into(), None).await;
-        // An untrusted peer cannot pick its address with X-Forwarded-For.
-        let spoofed = attempt(from([127, 0, 0, 1]), "cgk_wrong".into(), Some("198.51.100.7")).await;
-        // Behind the trusted proxy, each forwarded client has its own budget.
-        let mut behind_proxy = Vec::new();
-        for n in 0..40 {
-            behind_proxy.push(attempt(from([127, 0, 0, 3]), format!("cgk_p{n}"), Some("198.51.100.7")).await);
-        }
-        let other_client_behind_proxy = attempt(from([127, 0, 0, 3]), "cgk_x".into(), Some("198.51.100.8")).await;
-
-        assert_eq!(guessing[0], StatusCode::UNAUTHORIZED);
-        assert!(guessing.contains(&StatusCode::TOO_MANY_REQUESTS), "{guessing:?}");
-        assert_eq!(
-            valid_key_same_address,
-            StatusCode::OK,
-            "a valid key is never held back by failures"
-        );
-        assert_eq!(other_address, StatusCode::UNAUTHORIZED);
-        assert_eq!(
-            spoofed,
-            StatusCode::TOO_MANY_REQUESTS,
-            "the header from an untrusted peer is ignored"
-        );
-        assert!(
-            behind_proxy.contains(&StatusCode::TOO_MANY_REQUESTS),
-            "{behind_proxy:?}"
-        );
-        assert_eq!(other_client_behind_proxy, StatusCode::UNAUTHORIZED);
     });
 }
 
@@ -278,10 +158,10 @@ crate::both_backends! {
     async fn expired_oauth_states_are_purged_and_pending_ones_are_capped(backend: Backend) {
         let db = TestDb::new(backend).await;
         let google = crate::oauth_server::AuthServer::start(crate::oauth_server::Flavor::Google).await;
-        let app = crate::oauth::oauth_app(&db, &[(&google, "google")], |_| {}).await;
+        let cap = 50;
+        let app = crate::oauth::oauth_app(&db, &[(&google, "google")], |c| c.max_pending_oauth = cap as i64).await;
         let authorize = || app.client.get(format!("{}/integrations/google/authorize", app.base))
             .bearer_auth(&app.org.member).header("accept", "application/json").send();
-        let cap = credgate::oauth::flow::MAX_PENDING_PER_ORG as usize;
         for _ in 0..cap {
             assert_eq!(authorize().await.unwrap().status(), StatusCode::OK);
         }
@@ -303,5 +183,38 @@ crate::both_backends! {
         assert_eq!(purged, cap as u64 + 1);
         assert_eq!(left, 0);
         assert_eq!(after_purge, StatusCode::OK);
+    }
+}
+
+#[test]
+fn the_pending_oauth_state_cap_is_a_thousand_by_default() {
+    let config = credgate::config::Config::for_database("sqlite://x.db");
+
+    assert_eq!(config.max_pending_oauth, 1000);
+    assert_eq!(credgate::oauth::flow::MAX_PENDING_PER_ORG, 1000);
+}
+
+crate::both_backends! {
+    async fn concurrent_authorizes_never_pass_the_pending_state_cap(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let google = crate::oauth_server::AuthServer::start(crate::oauth_server::Flavor::Google).await;
+        let cap = 20;
+        let app = crate::oauth::oauth_app(&db, &[(&google, "google")], |c| c.max_pending_oauth = cap).await;
+        let authorize = || app.client.get(format!("{}/integrations/google/authorize", app.base))
+            .bearer_auth(&app.org.member).header("accept", "application/json").send();
+        for _ in 0..cap - 5 {
+            assert_eq!(authorize().await.unwrap().status(), StatusCode::OK);
+        }
+
+        // Sixty at once around the cap: five places left.
+        let answers = futures::future::join_all((0..60).map(|_| authorize())).await;
+        let statuses: Vec<StatusCode> = answers.into_iter().map(|a| a.unwrap().status()).collect();
+        let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM oauth_states WHERE org_id = $1")
+            .bind(&app.org.id).fetch_one(&app.sql().await).await.unwrap();
+
+        let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+        let limited = statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count();
+        assert_eq!((ok, limited), (5, 55), "{statuses:?}");
+        assert_eq!(stored, cap, "exactly the cap is stored");
     }
 }

@@ -346,6 +346,23 @@ impl TestApp {
         (status, value)
     }
 
+    /// The value of one unlabelled metric in `/metrics`, as a whole number
+    /// (0 when absent).
+    pub async fn metric(&self, name: &str) -> i64 {
+        let text = self
+            .client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+            .map_or(0, |v| v as i64)
+    }
+
     /// Creates a PostgreSQL credential whose password is `secret`; returns its id.
     pub async fn create_pg(&self, org: &Org, name: &str, secret: &str) -> String {
         let (status, body) = self

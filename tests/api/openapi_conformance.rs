@@ -1,40 +1,79 @@
 //! The OpenAPI document tells the truth: schemathesis (installed by the
 //! test script) fuzzes a live credgate from `/openapi.json` with an admin
-//! and an engine key, with every check but two:
+//! and an engine key, every phase (examples, coverage, fuzzing, stateful)
+//! and every check, each on every operation but these (see [`CONFIG`]):
 //!
-//! - `positive_data_acceptance`: some valid-looking values are refused by
-//!   parsers that JSON Schema cannot express exactly (host names, URLs,
-//!   libpq connection strings, key fingerprints, and a PATCH's `fields`,
-//!   which depend on the stored credential's provider); each refusal is a
-//!   422 naming the field.
-//! - `use_after_free`: a deleted credential's audit trail stays readable at
-//!   `…/{id}/audit` by design.
+//! - `positive_data_acceptance` ("a schema-valid request is accepted") is
+//!   off for nine operations whose validity JSON Schema cannot state:
+//!   - `GET /integrations/credentials`: `after` is an opaque cursor (a
+//!     `next` from an earlier page, any other string is 422) and `page` and
+//!     `after` exclude each other, which query parameters cannot say;
+//!   - `PATCH /integrations/credentials/{id}`: which `fields` are valid
+//!     depends on the stored credential's provider and auth type;
+//!   - `POST /integrations/credentials`, `POST …/sftp/test-connection`:
+//!     host names (or IPv4 and IPv6 addresses, as Rust parses them), http(s)
+//!     URLs (as the `url` crate parses them) and PEM or OpenSSH private keys
+//!     have no exact pattern, nor "a password or a private key";
+//!   - `POST …/postgres/test-connection`: a libpq URL or key=value string
+//!     is valid when libpq's grammar says so;
+//!   - `POST …/llm/test-connection`: `base_url` is required for
+//!     `openai_compatible` only and must be an http(s) URL without
+//!     credentials (as the `url` crate parses it);
+//!   - `POST /integrations/sessions`: `return_to` must start with one of
+//!     this deployment's `CREDGATE_ALLOWED_RETURN_URLS`, and `user_id` may
+//!     be left out only by a key that has a user;
+//!   - `PUT /integrations/credentials/{id}/sharing`: each user may be listed
+//!     once (unique by `user_id`, which `uniqueItems` cannot say);
+//!   - `POST /integrations/credentials/{id}/resolve`: `user_id` may name
+//!     another user only when the engine key has no user of its own.
 //!
-//! The coverage phase is off: its negative cases report `base_url` of the
-//! LLM probe body as a missing required property, though the schema does not
-//! require it (a known class of false positives of that phase). Examples,
-//! fuzzing and stateful phases run with a fixed seed, so CI is repeatable.
+//!   Each refusal there is a 422 naming the field.
+//! - `use_after_free` ("a deleted resource is gone everywhere") is off for
+//!   `GET /integrations/credentials/{id}/audit`: a deleted credential's audit
+//!   trail stays readable by design (who deleted it, and what it was used for).
 //!
-//! Rate limits are off for the run, as they would turn the fuzzing into 429s.
+//! The run has a fixed seed, so CI is repeatable; rate limits are off, as
+//! they would turn the fuzzing into 429s. The test prints schemathesis's
+//! summary (cases generated, failures) for each key.
 
 use std::process::Command;
 
 use crate::helpers::{test_config, TestApp, TestDb};
 
+/// Per-operation check settings (`schemathesis.toml`); reasons above.
+const CONFIG: &str = r#"
+[[operations]]
+include-name = [
+  "GET /integrations/credentials",
+  "PATCH /integrations/credentials/{id}",
+  "POST /integrations/credentials",
+  "POST /integrations/sftp/test-connection",
+  "POST /integrations/postgres/test-connection",
+  "POST /integrations/llm/test-connection",
+  "POST /integrations/sessions",
+  "PUT /integrations/credentials/{id}/sharing",
+  "POST /integrations/credentials/{id}/resolve",
+]
+checks.positive_data_acceptance.enabled = false
+
+[[operations]]
+include-name = "GET /integrations/credentials/{id}/audit"
+checks.use_after_free.enabled = false
+"#;
+
 /// Runs schemathesis against `base` with `key`; (passed, report).
 fn schemathesis(base: &str, key: &str) -> (bool, String) {
     let workdir = tempfile::tempdir().unwrap();
+    let config = workdir.path().join("schemathesis.toml");
+    std::fs::write(&config, CONFIG).unwrap();
     let out = Command::new("python3")
-        .args(["-m", "schemathesis.cli", "run", &format!("{base}/openapi.json")])
-        .args([
-            "--checks",
-            "all",
-            "--exclude-checks",
-            "positive_data_acceptance,use_after_free",
-        ])
+        .args(["-m", "schemathesis.cli", "--config-file"])
+        .arg(&config)
+        .args(["run", &format!("{base}/openapi.json")])
+        // Every check is on unless the file turns it off for an operation.
         .args([
             "--phases",
-            "examples,fuzzing,stateful",
+            "examples,coverage,fuzzing,stateful",
             "--max-examples",
             "25",
             "--seed",
@@ -49,6 +88,19 @@ fn schemathesis(base: &str, key: &str) -> (bool, String) {
         .expect("schemathesis must be installed (scripts/install-test-deps.sh)");
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
+}
+
+/// "N generated, …" and the closing line of a report, on one line.
+fn summary(report: &str) -> String {
+    let lines: Vec<&str> = report.lines().map(str::trim).collect();
+    let cases = lines
+        .iter()
+        .position(|l| *l == "Test cases:")
+        .and_then(|i| lines.get(i + 1))
+        .copied()
+        .unwrap_or("no test-case line");
+    let last = lines.iter().rev().find(|l| !l.is_empty()).copied().unwrap_or_default();
+    format!("{cases} | {}", last.trim_matches('=').trim())
 }
 
 crate::both_backends! {
@@ -66,10 +118,42 @@ crate::both_backends! {
         };
         let (admin_ok, admin_report) = run(admin).await.unwrap();
         let (engine_ok, engine_report) = run(engine).await.unwrap();
+        eprintln!("schemathesis {backend:?} admin: {}", summary(&admin_report));
+        eprintln!("schemathesis {backend:?} engine: {}", summary(&engine_report));
 
         assert!(admin_ok, "{admin_report}");
         assert!(engine_ok, "{engine_report}");
         assert!(!admin_report.contains("Server error") && !engine_report.contains("Server error"), "no 5xx");
         assert!(admin_report.contains("generated"), "schemathesis ran: {admin_report}");
     }
+}
+
+#[test]
+fn every_reference_in_the_openapi_document_resolves() {
+    crate::helpers::run_test(async {
+        let db = TestDb::new(crate::helpers::Backend::Sqlite).await;
+        let app = TestApp::spawn(&db).await;
+
+        let doc: serde_json::Value = app
+            .client
+            .get(format!("{}/openapi.json", app.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+
+        let text = doc.to_string();
+        let prefix = "\"$ref\":\"#/components/schemas/";
+        let missing: Vec<&str> = text
+            .match_indices(prefix)
+            .map(|(at, _)| {
+                let name = &text[at + prefix.len()..];
+                &name[..name.find('"').unwrap()]
+            })
+            .filter(|name| doc["components"]["schemas"].get(*name).is_none())
+            .collect();
+        assert!(missing.is_empty(), "unresolvable references: {missing:?}");
+    });
 }

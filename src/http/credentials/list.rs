@@ -50,13 +50,13 @@ fn parse_positive(field: &str, value: Option<&str>, default: i64, max: i64, erro
 
 /// List credentials
 #[utoipa::path(get, path = "/integrations/credentials", tag = "credentials",
-    params(("provider" = Option<String>, Query), ("status" = Option<CredentialStatus>, Query),
+    params(("provider" = Option<String>, Query), ("status" = inline(Option<CredentialStatus>), Query),
            ("q" = Option<String>, Query, max_length = 200, description = "part of the name, any case"),
-           ("owner" = Option<OwnerFilter>, Query, description = "`me`: only the caller's own"),
+           ("owner" = inline(Option<OwnerFilter>), Query, description = "`me`: only the caller's own"),
            ("shared" = Option<bool>, Query, description = "only shared (team or users), or only not shared"),
            ("page" = Option<i64>, Query, minimum = 1, maximum = 1000000),
            ("per_page" = Option<i64>, Query, minimum = 1, maximum = 50, description = "at most 50"),
-           ("after" = Option<String>, Query, description = "the `next` of the previous page: keyset paging, instead of `page`")),
+           ("after" = Option<String>, Query, description = "the `next` of the previous page: keyset paging, instead of `page` (empty: absent)")),
     responses((status = 200, body = CredentialPage), (status = 422, body = Problem)))]
 pub(super) async fn list_credentials(
     State(state): State<AppState>,
@@ -116,7 +116,7 @@ pub(super) async fn list_credentials(
         }
     };
     let after = match query.after.as_deref() {
-        None => None,
+        None | Some("") => None,
         Some(raw) => {
             let cursor = parse_cursor(raw);
             if cursor.is_none() {

@@ -24,10 +24,13 @@ use crate::store::Usage;
 #[serde(deny_unknown_fields)]
 pub(super) struct ResolveBody {
     /// Act for this user (keys without a user only).
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$")]
     user_id: Option<String>,
     /// Recorded with the use.
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$")]
     workflow_id: Option<String>,
     /// Recorded with the use.
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$")]
     run_id: Option<String>,
 }
 
