@@ -151,9 +151,13 @@ pub struct Config {
     /// Reverse proxies whose `X-Forwarded-For` is believed (CIDRs, comma-separated).
     pub trusted_proxies: String,
     /// Pending OAuth authorizations per organization. Not a setting (always
-    /// [`crate::oauth::flow::MAX_PENDING_PER_ORG`]); tests lower it.
+    /// [`MAX_PENDING_OAUTH_PER_ORG`]); tests lower it.
     pub max_pending_oauth: i64,
 }
+
+/// Pending OAuth authorizations (states) an organization may have at once:
+/// a bound on a table that callers without a callback would otherwise grow.
+pub const MAX_PENDING_OAUTH_PER_ORG: i64 = 1000;
 
 impl Config {
     /// Resolves parsed settings and the process environment.
@@ -203,7 +207,7 @@ impl Config {
             max_connections: s.max_connections,
             auth_failures_per_sec: s.auth_failures_per_sec,
             trusted_proxies: s.trusted_proxies.clone(),
-            max_pending_oauth: crate::oauth::flow::MAX_PENDING_PER_ORG,
+            max_pending_oauth: MAX_PENDING_OAUTH_PER_ORG,
         }
     }
 

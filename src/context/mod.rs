@@ -2,15 +2,16 @@
 //! the refresher, the worker and the CLI run on — and nothing about HTTP.
 
 mod refresher;
+mod worker_health;
 
 use std::sync::Arc;
 
 pub use refresher::Refresher;
+pub use worker_health::{WorkerHealth, STUCK_AFTER_SECS};
 
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::oauth::worker::WorkerHealth;
 use crate::probes::ProbeContext;
 use crate::providers::Registry;
 use crate::store::Store;

@@ -51,7 +51,7 @@ pub struct Finished {
 }
 
 /// Pending authorizations (unexpired states) per organization.
-pub const MAX_PENDING_PER_ORG: i64 = 1000;
+pub use crate::config::MAX_PENDING_OAUTH_PER_ORG as MAX_PENDING_PER_ORG;
 
 fn hash_state(state: &str) -> String {
     hex::encode(Sha256::digest(state.as_bytes()))

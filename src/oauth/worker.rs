@@ -5,7 +5,6 @@
 //! on the domain context.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
@@ -16,8 +15,7 @@ use super::LEASE_SECS;
 use crate::context::Context;
 use crate::error::Error;
 
-/// A worker that has not finished a step for this long is stuck.
-pub const STUCK_AFTER_SECS: i64 = 120;
+pub use crate::context::STUCK_AFTER_SECS;
 /// Expired OAuth states are purged this often.
 const PURGE_EVERY_SECS: i64 = 60;
 
@@ -27,29 +25,6 @@ pub struct Step {
     pub claimed: usize,
     pub refreshed: usize,
     pub failed: usize,
-}
-
-/// Whether this process runs a worker, and when it last finished a step.
-#[derive(Debug, Default)]
-pub struct WorkerHealth {
-    running: AtomicBool,
-    last_step: AtomicI64,
-}
-
-impl WorkerHealth {
-    /// Is a worker of this process running but stuck (per `now`)?
-    pub fn stuck(&self, now: i64) -> bool {
-        self.running.load(Ordering::SeqCst) && now - self.last_step.load(Ordering::SeqCst) > STUCK_AFTER_SECS
-    }
-
-    /// Unix seconds of the last finished step (0: none yet).
-    pub fn last_step(&self) -> i64 {
-        self.last_step.load(Ordering::SeqCst)
-    }
-
-    fn beat(&self, now: i64) {
-        self.last_step.store(now, Ordering::SeqCst);
-    }
 }
 
 /// One worker step: claims due credentials and refreshes them with bounded
@@ -160,7 +135,7 @@ where
     Fut: std::future::Future<Output = Result<Step, Error>>,
 {
     let health = &ctx.worker;
-    health.running.store(true, Ordering::SeqCst);
+    health.set_running(true);
     health.beat(ctx.now());
     let mut backoff = Backoff::default();
     while !*stop.borrow() {
@@ -182,7 +157,7 @@ where
             let _ = tokio::time::timeout(pause, stop.changed()).await;
         }
     }
-    health.running.store(false, Ordering::SeqCst);
+    health.set_running(false);
 }
 
 #[cfg(test)]

@@ -12,7 +12,13 @@ const ABOVE_HTTP: [&str; 4] = ["app", "cli", "main", "lib"];
 fn top_level_modules(src: &Path) -> BTreeSet<String> {
     std::fs::read_dir(src)
         .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().trim_end_matches(".rs").to_owned())
+        .map(|e| {
+            e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .trim_end_matches(".rs")
+                .to_owned()
+        })
         .collect()
 }
 
@@ -83,8 +89,14 @@ fn the_crates_top_level_modules_import_each_other_without_a_cycle() {
         .filter(|(m, d)| reachable(&deps, d).contains(m))
         .collect();
 
-    assert!(deps["credentials"].contains("store"), "the reading found the imports: {deps:?}");
-    assert!(cycles.is_empty(), "imports that close a cycle (module → import): {cycles:?}");
+    assert!(
+        deps["credentials"].contains("store"),
+        "the reading found the imports: {deps:?}"
+    );
+    assert!(
+        cycles.is_empty(),
+        "imports that close a cycle (module → import): {cycles:?}"
+    );
 }
 
 #[test]
