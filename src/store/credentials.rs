@@ -58,7 +58,6 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         check_key(&mut tx, self.dialect, &new.org_id, new.key_version).await?;
-        reserve(&mut tx, &new.org_id, &new.provider, default_limit).await?;
         let t = self.now();
         sqlx::query(
             "INSERT INTO credentials (id, org_id, name, provider, auth_type, status, fields, secret_names, \
@@ -82,6 +81,10 @@ impl Store {
         .await?;
         audit::insert(&mut tx, event, t).await?;
         outbox::insert(&mut tx, notify, t).await?;
+        // Counted last: the counter row, which every create of this provider
+        // in this organization waits for, is locked only from here to the
+        // commit. A refusal rolls back what was written before it.
+        reserve(&mut tx, &new.org_id, &new.provider, default_limit).await?;
         tx.commit().await?;
         Ok(())
     }
