@@ -203,21 +203,4 @@ impl Store {
         .await?;
         Ok(())
     }
-
-    /// Refresh bookkeeping of one credential: (failures, refresh_after, lease_until).
-    pub async fn refresh_state(
-        &self,
-        org_id: &str,
-        id: &str,
-    ) -> Result<Option<(i64, Option<i64>, Option<i64>)>, StoreError> {
-        let row = sqlx::query(
-            "SELECT refresh_failures, refresh_after, lease_until FROM credentials WHERE org_id = $1 AND id = $2",
-        )
-        .bind(org_id)
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
-            .transpose()
-    }
 }

@@ -94,7 +94,7 @@ crate::both_backends! {
         let (_, tested) = app.call(Method::POST, &format!("/integrations/credentials/{id}/test"), &app.org.admin, None).await;
         let (_, after_test) = app.call(Method::GET, &format!("/integrations/credentials/{id}"), &app.org.admin, None).await;
         google.with(|i| i.identity_status = None);
-        let (_, after, _) = app.state.store.refresh_state(&app.org.id, &id).await.unwrap().unwrap();
+        let (_, after, _) = app.refresh_state(&id).await;
         app.clock.advance(after.unwrap() - app.clock.now() + 1);
 
         let step = credgate::oauth::worker::try_refresh_due(&app.state, 10).await.unwrap();

@@ -326,6 +326,21 @@ impl TestApp {
         (status, value)
     }
 
+    /// A credential's refresh bookkeeping, read with the test's own
+    /// connection: (consecutive failures, refresh_after, lease_until).
+    pub async fn refresh_state(&self, id: &str) -> (i64, Option<i64>, Option<i64>) {
+        use sqlx::Row;
+        let row = sqlx::query(
+            "SELECT refresh_failures, refresh_after, lease_until FROM credentials WHERE org_id = $1 AND id = $2",
+        )
+        .bind(&self.org.id)
+        .bind(id)
+        .fetch_one(&self.sql().await)
+        .await
+        .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    }
+
     /// Sends a request with a bearer key and optional JSON body.
     pub async fn call(&self, method: Method, path: &str, key: &str, body: Option<Value>) -> (StatusCode, Value) {
         let mut req = self

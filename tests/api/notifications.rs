@@ -60,24 +60,12 @@ async fn webhooks_are_signed_retried_and_carry_no_secret() {
     let oauth_id = connect(&app, "sharepoint", "").await["credential_id"].clone();
     ms.with(|i| i.token_status = Some(StatusCode::BAD_GATEWAY));
     // Time passes: the refresh comes due (the first time), the backoff ends (the second).
-    let (_, after, _) = app
-        .state
-        .store
-        .refresh_state(&app.org.id, &oauth_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let (_, after, _) = app.refresh_state(&oauth_id).await;
     app.clock.advance(after.unwrap() - app.clock.now() + 1);
     try_refresh_due(&app.state, 10).await.unwrap();
     ms.with(|i| i.token_status = None);
     // Time passes: the refresh comes due (the first time), the backoff ends (the second).
-    let (_, after, _) = app
-        .state
-        .store
-        .refresh_state(&app.org.id, &oauth_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let (_, after, _) = app.refresh_state(&oauth_id).await;
     app.clock.advance(after.unwrap() - app.clock.now() + 1);
     try_refresh_due(&app.state, 10).await.unwrap();
     let all = events(&hook, 6).await;

@@ -25,7 +25,7 @@ pub async fn resolve(app: &TestApp, id: &str) -> (StatusCode, Value) {
 }
 
 async fn refresh_state(app: &TestApp, id: &str) -> (i64, Option<i64>, Option<i64>) {
-    app.state.store.refresh_state(&app.org.id, id).await.unwrap().unwrap()
+    app.refresh_state(id).await
 }
 
 /// Time passes: the credential's scheduled refresh time arrives.

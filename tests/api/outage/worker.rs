@@ -26,12 +26,12 @@ async fn arrange(cluster: &OwnCluster, db: &TestDb) -> (AuthServer, TestApp, Str
 
 /// Moves the clock to just past the credential's next background refresh.
 async fn make_due(app: &TestApp, id: &str) {
-    let (_, after, _) = app.state.store.refresh_state(&app.org.id, id).await.unwrap().unwrap();
+    let (_, after, _) = app.refresh_state(id).await;
     app.clock.advance(after.unwrap() - app.clock.now() + 1);
 }
 
 async fn lease_of(app: &TestApp, id: &str) -> Option<i64> {
-    app.state.store.refresh_state(&app.org.id, id).await.unwrap().unwrap().2
+    app.refresh_state(id).await.2
 }
 
 async fn blocking(cluster: &Arc<OwnCluster>, f: fn(&OwnCluster)) {
