@@ -50,9 +50,6 @@ pub struct Finished {
     pub result: Result<String, OAuthError>,
 }
 
-/// Pending authorizations (unexpired states) per organization.
-pub use crate::config::MAX_PENDING_OAUTH_PER_ORG as MAX_PENDING_PER_ORG;
-
 fn hash_state(state: &str) -> String {
     hex::encode(Sha256::digest(state.as_bytes()))
 }

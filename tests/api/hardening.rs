@@ -191,7 +191,7 @@ fn the_pending_oauth_state_cap_is_a_thousand_by_default() {
     let config = credgate::config::Config::for_database("sqlite://x.db");
 
     assert_eq!(config.max_pending_oauth, 1000);
-    assert_eq!(credgate::oauth::flow::MAX_PENDING_PER_ORG, 1000);
+    assert_eq!(credgate::config::MAX_PENDING_OAUTH_PER_ORG, 1000);
 }
 
 crate::both_backends! {
