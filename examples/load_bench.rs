@@ -22,8 +22,12 @@
 //!    (`VmRSS`, `VmHWM` from `/proc/<pid>/status`) and CPU time can be read.
 //! 3. Drives it with `--concurrency` keep-alive connections (reqwest pool): a
 //!    warm-up, then `POST /integrations/credentials/{id}/resolve` (engine key,
-//!    random ids) and `GET /integrations/credentials?per_page=50&page=<1..200>`
-//!    (admin key). Non-2xx answers count as errors. Each phase reports
+//!    random ids), then list pages with the admin key (or bob's, `--sharing`):
+//!    `GET /integrations/credentials?per_page=50&page=<1..20>` (`list`, the
+//!    issue's figure), `page=<1..200>` (`list_any_page`: deep numbered pages
+//!    cost their offset), page 200 by its `after` cursor, and a filtered page
+//!    (`provider=postgresql&status=active&q=bench-01`, 1,000 matches,
+//!    `page=<1..20>`); then creates with 16 clients. Non-2xx answers count as errors. Each phase reports
 //!    requests, seconds, requests/s, p50/p90/p99/max latency (ms), and the
 //!    server's CPU seconds (`/proc/<pid>/stat`).
 //! 4. With Postgres, runs `pgbench -S` (select only) and `pgbench -N`
@@ -149,17 +153,20 @@ async fn run(args: &Args, url: &str, dir: &Path) -> anyhow::Result<Value> {
                 .bearer_auth(&engine)
         }
     };
-    let list = {
+    let pages = |query: &'static str, last_page: usize| {
         let (client, base, admin) = (client.clone(), base.clone(), admin.clone());
         move |rng: &mut rand::rngs::StdRng| {
-            let page = rng.gen_range(1..=CREDENTIALS / PER_PAGE);
+            let page = rng.gen_range(1..=last_page);
             client
                 .get(format!(
-                    "{base}/integrations/credentials?per_page={PER_PAGE}&page={page}"
+                    "{base}/integrations/credentials?per_page={PER_PAGE}&page={page}{query}"
                 ))
                 .bearer_auth(&admin)
         }
     };
+    let list = pages("", 20);
+    let list_any_page = pages("", CREDENTIALS / PER_PAGE);
+    let list_filtered = pages("&provider=postgresql&status=active&q=bench-01", 20);
 
     // Page 200 of 200 by the keyset cursor: walk to it once, then load it.
     let deep_cursor = {
@@ -191,8 +198,12 @@ async fn run(args: &Args, url: &str, dir: &Path) -> anyhow::Result<Value> {
     let resolve_report = drive(&server, args.concurrency, args.requests, &resolve).await?;
     eprintln!("list: {} requests", args.list_requests);
     let list_report = drive(&server, args.concurrency, args.list_requests, &list).await?;
+    eprintln!("list any page 1-200: {} requests", args.list_requests);
+    let list_any_page_report = drive(&server, args.concurrency, args.list_requests, &list_any_page).await?;
     eprintln!("list page 200 by cursor: {} requests", args.list_requests);
     let list_keyset_report = drive(&server, args.concurrency, args.list_requests, &list_keyset).await?;
+    eprintln!("list filtered: {} requests", args.list_requests);
+    let list_filtered_report = drive(&server, args.concurrency, args.list_requests, &list_filtered).await?;
     let create = {
         let (client, base, admin) = (client.clone(), base.clone(), admin.clone());
         move |rng: &mut rand::rngs::StdRng| {
@@ -233,7 +244,9 @@ async fn run(args: &Args, url: &str, dir: &Path) -> anyhow::Result<Value> {
         "loadavg_before": loadavg.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
         "resolve": resolve_report,
         "list": list_report,
+        "list_any_page": list_any_page_report,
         "list_page_200_by_cursor": list_keyset_report,
+        "list_filtered": list_filtered_report,
         "create_16_clients": create_report,
         "rss_mib_after": round(rss / 1024.0, 1),
         "rss_hwm_mib": round(hwm / 1024.0, 1),

@@ -1,6 +1,9 @@
 //! Listing credentials: the page a viewer may at least use, filtered, with
 //! the access predicate inside the statement so the indexes serve it.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use sqlx::Row;
 
 use super::row::{Listed, LIST_COLUMNS};
@@ -45,66 +48,82 @@ fn like_pattern(q: &str) -> String {
     format!("%{escaped}%")
 }
 
+/// Listing totals counted in this process, each with the organization's
+/// listing version it was counted at (`listing_versions`, kept by triggers
+/// on every change that can alter a count). A total is reused only while
+/// the version read with the page is the same, so it is exact for every
+/// replica; counting 10,000 rows happens once per change, not per page.
+/// Bounded: when full, it starts over.
+#[derive(Debug, Default)]
+pub(super) struct Totals(Mutex<HashMap<String, (i64, i64)>>);
+
+/// Most totals kept (each key is a statement and its values, under 1 KiB).
+const MAX_TOTALS: usize = 1024;
+
+impl Totals {
+    fn get(&self, key: &str, version: i64) -> Option<i64> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(key).filter(|(v, _)| *v == version).map(|(_, total)| *total)
+    }
+
+    fn put(&self, key: String, version: i64, total: i64) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_TOTALS && !map.contains_key(&key) {
+            map.clear();
+        }
+        map.insert(key, (version, total));
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+const VERSION_SQL: &str = "(SELECT v.version FROM listing_versions v WHERE v.org_id = $1)";
+
 impl Store {
     /// A page of the credentials `f.viewer` may at least use, newest first,
     /// each with the viewer's own grant, and the total. The access predicate
-    /// is part of the statement (indexed by owner, by team sharing —
-    /// migration 0010 — and by grant).
+    /// is part of the statements: the total counts it as one condition (and
+    /// is reused until the organization's listing version changes); the page
+    /// walks each way of seeing a credential in the listing's order, on its
+    /// own index (organization credentials and the user's own:
+    /// credentials_org_owner; the team's: credentials_org_team_shared; the
+    /// user's grants: credential_grants_user, migration 0014), at most as far
+    /// as the page reaches, and merges them.
     pub async fn list_credentials(
         &self,
         org_id: &str,
         f: &CredentialFilter,
     ) -> Result<(Vec<(CredentialRow, Option<Access>)>, i64), StoreError> {
-        // Only the filters actually given go into the statement, so each
+        // Only the filters actually given go into the statements, so each
         // shape gets a plan that can use the indexes.
-        let mut filter = String::from("x.org_id = $1");
         let mut binds: Vec<String> = vec![org_id.to_owned()];
+        let user = match (&f.viewer.user, f.viewer.admin) {
+            (Some(user), false) => {
+                binds.push(user.clone());
+                Some("$2")
+            }
+            _ => None,
+        };
+        let mut rest = String::new();
         let mut add = |clause: &str, value: Option<String>| {
             match value {
                 Some(v) => {
                     binds.push(v);
-                    filter.push_str(&clause.replace('?', &format!("${}", binds.len())));
+                    rest.push_str(&clause.replace('?', &format!("${}", binds.len())));
                 }
-                None => filter.push_str(clause),
+                None => rest.push_str(clause),
             };
         };
         let shared_sql = "(x.team_access IS NOT NULL OR EXISTS \
             (SELECT 1 FROM credential_grants s WHERE s.credential_id = x.id))";
-        // The access predicate, one arm per index: organization credentials
-        // and the user's own (credentials_org_owner), the team's
-        // (credentials_org_team_shared), the user's grants (credential_grants_user,
-        // then the primary key). Each arm repeats the organization so SQLite
-        // can take the union of the indexes; the grants are a list computed
-        // once (on Postgres an array: a correlated EXISTS would keep the
-        // planner from combining the indexes and scan the organization).
-        let granted = match self.dialect {
-            Dialect::Postgres => {
-                "x.id = ANY(ARRAY(SELECT g2.credential_id FROM credential_grants g2 \
-                 WHERE g2.org_id = $1 AND g2.user_id = ?))"
-            }
-            Dialect::Sqlite => {
-                "x.id IN (SELECT g2.credential_id FROM credential_grants g2 \
-                 WHERE g2.org_id = $1 AND g2.user_id = ?)"
-            }
-        };
-        match (&f.viewer.user, f.viewer.admin) {
-            (_, true) => {}
-            (Some(user), false) => add(
-                &format!(
-                    " AND ((x.org_id = $1 AND x.owner IS NULL) OR (x.org_id = $1 AND x.owner = ?) \
-                     OR (x.org_id = $1 AND x.team_access IS NOT NULL) OR {granted})"
-                ),
-                Some(user.clone()),
-            ),
-            (None, false) => add(
-                " AND ((x.org_id = $1 AND x.owner IS NULL) OR (x.org_id = $1 AND x.team_access IS NOT NULL))",
-                None,
-            ),
-        }
         if f.owner_me {
-            match &f.viewer.user {
-                Some(user) => add(" AND x.owner = ?", Some(user.clone())),
-                None => add(" AND 1 = 0", None),
+            match (&f.viewer.user, user) {
+                (_, Some(mark)) => add(&format!(" AND x.owner = {mark}"), None),
+                (Some(me), None) => add(" AND x.owner = ?", Some(me.clone())),
+                (None, None) => add(" AND 1 = 0", None),
             }
         }
         match f.shared {
@@ -121,51 +140,132 @@ impl Store {
         if let Some(q) = &f.q {
             add(" AND LOWER(x.name) LIKE ? ESCAPE '\\'", Some(like_pattern(q)));
         }
-        let count_sql = format!("SELECT COUNT(*) FROM credentials x WHERE {filter}");
+        // The ways a viewer who is not an admin sees a credential.
+        let grants = user.map(|u| format!("g2.org_id = $1 AND g2.user_id = {u}"));
+        let arms: Vec<String> = match (f.viewer.admin, user) {
+            (true, _) => Vec::new(),
+            (false, Some(u)) => vec![
+                "x.owner IS NULL".into(),
+                format!("x.owner = {u}"),
+                "x.team_access IS NOT NULL".into(),
+            ],
+            (false, None) => vec!["x.owner IS NULL".into(), "x.team_access IS NOT NULL".into()],
+        };
+        // `owner=me` needs only the walk of the user's own.
+        let walks_arms: Vec<String> = match (f.owner_me, user) {
+            (true, Some(u)) => vec![format!("x.owner = {u}")],
+            _ => arms.clone(),
+        };
+        let walk_grants = grants.as_ref().filter(|_| !(f.owner_me && user.is_some()));
+        let mut access = arms.join(" OR ");
+        if let Some(g) = &grants {
+            // As one condition (for the count): on Postgres a list computed
+            // once, as an array (a correlated EXISTS keeps the planner from
+            // combining the indexes).
+            access.push_str(&match self.dialect {
+                Dialect::Postgres => {
+                    format!(" OR x.id = ANY(ARRAY(SELECT g2.credential_id FROM credential_grants g2 WHERE {g}))")
+                }
+                Dialect::Sqlite => format!(" OR x.id IN (SELECT g2.credential_id FROM credential_grants g2 WHERE {g})"),
+            });
+        }
+        let access = if access.is_empty() {
+            String::new()
+        } else {
+            format!(" AND ({access})")
+        };
+        let count_sql = format!("SELECT {VERSION_SQL}, COUNT(*) FROM credentials x WHERE x.org_id = $1{access}{rest}");
+        let count_binds = binds.clone();
         // The cursor narrows the page, not the total.
-        let mut page_filter = filter.clone();
-        let mut page_binds = binds.clone();
+        let cursor = |created_at: &str, id: &str, t: usize, i: usize| {
+            format!(
+                " AND ({created_at} < CAST(${t} AS BIGINT) OR ({created_at} = CAST(${t} AS BIGINT) AND {id} < ${i}))"
+            )
+        };
+        let (mut on_credentials, mut on_grants) = (String::new(), String::new());
         if let Some((created_at, id)) = &f.after {
-            page_binds.push(created_at.to_string());
-            let t = page_binds.len();
-            page_binds.push(id.clone());
-            let i = page_binds.len();
-            page_filter.push_str(&format!(
-                " AND (x.created_at < CAST(${t} AS BIGINT) OR (x.created_at = CAST(${t} AS BIGINT) AND x.id < ${i}))"
-            ));
+            binds.push(created_at.to_string());
+            binds.push(id.clone());
+            let (t, i) = (binds.len() - 1, binds.len());
+            on_credentials = cursor("x.created_at", "x.id", t, i);
+            on_grants = cursor("g2.created_at", "g2.credential_id", t, i);
         }
-        let mut count = sqlx::query(&count_sql);
-        for b in &binds {
-            count = count.bind(b);
-        }
-        let total: i64 = count.fetch_one(&self.pool).await?.try_get(0)?;
-        // The page's ids come from the index alone; then 50 rows by key.
-        let n = page_binds.len();
+        let n = binds.len();
+        let (join_user, per_page, offset, reach) = (n + 1, n + 2, n + 3, n + 4);
+        let ids_sql = if arms.is_empty() {
+            format!(
+                "SELECT x.id FROM credentials x WHERE x.org_id = $1{rest}{on_credentials} \
+                 ORDER BY x.created_at DESC, x.id DESC LIMIT ${per_page} OFFSET ${offset}"
+            )
+        } else {
+            let mut walks: Vec<String> = walks_arms
+                .iter()
+                .map(|arm| {
+                    format!(
+                        "SELECT x.id, x.created_at FROM credentials x WHERE x.org_id = $1 AND {arm}{rest}{on_credentials} \
+                         ORDER BY x.created_at DESC, x.id DESC LIMIT ${reach}"
+                    )
+                })
+                .collect();
+            if let Some(g) = walk_grants {
+                walks.push(format!(
+                    "SELECT x.id, x.created_at FROM credential_grants g2 JOIN credentials x ON x.id = g2.credential_id \
+                     WHERE {g} AND x.org_id = $1{rest}{on_grants} \
+                     ORDER BY g2.created_at DESC, g2.credential_id DESC LIMIT ${reach}"
+                ));
+            }
+            let union = walks
+                .iter()
+                .enumerate()
+                .map(|(i, w)| format!("SELECT * FROM ({w}) w{i}"))
+                .collect::<Vec<_>>()
+                .join(" UNION ");
+            format!(
+                "SELECT v.id FROM ({union}) v ORDER BY v.created_at DESC, v.id DESC LIMIT ${per_page} OFFSET ${offset}"
+            )
+        };
         let page_sql = format!(
-            "SELECT {LIST_COLUMNS}, g.access AS my_grant FROM credentials c \
-             LEFT JOIN credential_grants g ON g.credential_id = c.id AND g.user_id = ${} \
-             WHERE c.id IN (SELECT x.id FROM credentials x WHERE {page_filter} \
-               ORDER BY x.created_at DESC, x.id DESC LIMIT ${} OFFSET ${}) \
-             ORDER BY c.created_at DESC, c.id DESC",
-            n + 1,
-            n + 2,
-            n + 3
+            "SELECT {LIST_COLUMNS}, g.access AS my_grant, {VERSION_SQL} AS listing_version FROM credentials c \
+             LEFT JOIN credential_grants g ON g.credential_id = c.id AND g.user_id = ${join_user} \
+             WHERE c.id IN ({ids_sql}) ORDER BY c.created_at DESC, c.id DESC"
         );
-        let mut page = sqlx::query_as(&page_sql);
-        for b in &page_binds {
-            page = page.bind(b);
-        }
         let offset = if f.after.is_some() {
             0
         } else {
             (f.page - 1) * f.per_page
         };
-        let rows: Vec<Listed> = page
+        let mut page = sqlx::query_as(&page_sql);
+        for b in &binds {
+            page = page.bind(b);
+        }
+        page = page
             .bind(f.viewer.user.clone().unwrap_or_default())
             .bind(f.per_page)
-            .bind(offset)
-            .fetch_all(&self.pool)
-            .await?;
+            .bind(offset);
+        if !arms.is_empty() {
+            page = page.bind(offset + f.per_page);
+        }
+        let rows: Vec<Listed> = page.fetch_all(&self.pool).await?;
+        // The total: counted at most once per listing version and filter.
+        let key = std::iter::once(count_sql.as_str())
+            .chain(count_binds.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join("\u{0}");
+        let seen = rows.first().map(|l| l.listing_version.unwrap_or(0));
+        let total = match seen.and_then(|v| self.totals.get(&key, v)) {
+            Some(total) => total,
+            None => {
+                let mut count = sqlx::query(&count_sql);
+                for b in &count_binds {
+                    count = count.bind(b);
+                }
+                let row = count.fetch_one(&self.pool).await?;
+                let version = row.try_get::<Option<i64>, _>(0)?.unwrap_or(0);
+                let total: i64 = row.try_get(1)?;
+                self.totals.put(key, version, total);
+                total
+            }
+        };
         let rows = rows
             .into_iter()
             .map(|l| {
@@ -174,5 +274,23 @@ impl Store {
             })
             .collect::<Result<_, _>>()?;
         Ok((rows, total))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_total_is_reused_only_at_its_version_and_the_cache_stays_bounded() {
+        let totals = Totals::default();
+        totals.put("a".into(), 3, 10);
+        assert_eq!(totals.get("a", 3), Some(10));
+        assert_eq!(totals.get("a", 4), None, "another version is another count");
+        assert_eq!(totals.get("b", 3), None);
+        for i in 0..MAX_TOTALS * 3 {
+            totals.put(format!("k{i}"), 1, i as i64);
+            assert!(totals.len() <= MAX_TOTALS);
+        }
     }
 }

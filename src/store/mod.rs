@@ -146,6 +146,8 @@ pub struct Store {
     clock: Clock,
     /// Queue of this process's SQLite writers.
     sqlite_writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Listing totals already counted, by listing version.
+    totals: std::sync::Arc<listing::Totals>,
 }
 
 impl Store {
@@ -200,6 +202,7 @@ impl Store {
             dialect,
             clock,
             sqlite_writer: Default::default(),
+            totals: Default::default(),
         })
     }
 

@@ -184,4 +184,8 @@ pub(super) struct Listed {
     #[sqlx(flatten)]
     pub raw: Raw,
     pub my_grant: Option<String>,
+    /// The organization's listing version when the page was read (listings
+    /// only).
+    #[sqlx(default)]
+    pub listing_version: Option<i64>,
 }

@@ -115,7 +115,8 @@ impl Store {
             .await?;
         for (user, level) in users {
             sqlx::query(
-                "INSERT INTO credential_grants (credential_id, org_id, user_id, access) VALUES ($1, $2, $3, $4)",
+                "INSERT INTO credential_grants (credential_id, org_id, user_id, access, created_at) \
+                 SELECT $1, $2, $3, $4, created_at FROM credentials WHERE id = $1",
             )
             .bind(id)
             .bind(org_id)

@@ -52,3 +52,177 @@ crate::both_backends! {
         assert_eq!(bad_problem["errors"][0]["field"], "after");
     }
 }
+
+/// Each listing's total as `key` sees it on `app`.
+async fn totals(app: &TestApp, key: &str, queries: &[&str]) -> Vec<i64> {
+    let mut out = Vec::new();
+    for query in queries {
+        let (status, page) = app
+            .call(Method::GET, &format!("/integrations/credentials?{query}"), key, None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        out.push(page["total"].as_i64().unwrap());
+    }
+    out
+}
+
+crate::both_backends! {
+    async fn a_total_counted_on_one_replica_follows_every_change_made_on_another(backend: Backend) {
+        use credgate::model::Role;
+        use crate::sharing::{create, key, share};
+        use serde_json::json;
+
+        let db = TestDb::new(backend).await;
+        let first = TestApp::spawn(&db).await;
+        let mut config = first.config.clone();
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        let second = TestApp::spawn_with(config).await;
+        let alice = key(&first, Role::Member, Some("alice")).await;
+        let bob = key(&first, Role::Member, Some("bob")).await;
+        let admin = key(&first, Role::Admin, None).await;
+        // bob's listing, then shared ones, a name, a status, and the admin's all.
+        let queries = ["", "shared=true", "q=renamed", "status=active", "owner=me"];
+        let seen = |expected: [i64; 5], what: &'static str| {
+            let (first, bob) = (&first, &bob);
+            async move {
+                // Twice: the second answer is the one a cached total would give.
+                for _ in 0..2 {
+                    assert_eq!(totals(first, bob, &queries).await, expected, "after {what}");
+                }
+            }
+        };
+
+        let org_a = create(&second, &admin, "org a", "pw").await;
+        seen([1, 0, 0, 1, 0], "the first credential").await;
+        let org_b = create(&second, &admin, "org b", "pw").await;
+        seen([2, 0, 0, 2, 0], "a create on the other replica").await;
+        let alices = create(&second, &alice, "alice's", "pw").await;
+        seen([2, 0, 0, 2, 0], "a personal credential bob cannot see").await;
+        share(&second, &alice, &alices, json!(null), json!([{"user_id": "bob", "access": "use"}])).await;
+        seen([3, 1, 0, 3, 0], "a grant to bob").await;
+        share(&second, &alice, &alices, json!("use"), json!([])).await;
+        seen([3, 1, 0, 3, 0], "the grant replaced by team sharing").await;
+        share(&second, &alice, &alices, json!(null), json!([])).await;
+        seen([2, 0, 0, 2, 0], "sharing taken away").await;
+        let (status, _) = second
+            .call(Method::PATCH, &format!("/integrations/credentials/{org_b}"), &admin, Some(json!({"name": "renamed"})))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        seen([2, 0, 1, 2, 0], "a rename").await;
+        let bobs = create(&second, &bob, "bob's", "pw").await;
+        seen([3, 0, 1, 3, 1], "bob's own").await;
+        // Any writer is seen, even one behind the API's back.
+        sqlx::query("UPDATE credentials SET status = 'needs_reauth' WHERE id = $1")
+            .bind(&bobs)
+            .execute(&second.sql().await)
+            .await
+            .unwrap();
+        seen([3, 0, 1, 2, 1], "a status change").await;
+        let (status, _) = second
+            .call(Method::DELETE, &format!("/integrations/credentials/{org_a}"), &admin, None)
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        seen([2, 0, 1, 1, 1], "a delete").await;
+        sqlx::query("DELETE FROM credentials WHERE id = $1")
+            .bind(&bobs)
+            .execute(&second.sql().await)
+            .await
+            .unwrap();
+        seen([1, 0, 1, 1, 0], "a delete behind the API's back").await;
+    }
+}
+
+/// Every id of a listing for `key`, walked by numbered pages and by cursor.
+async fn walked(app: &TestApp, key: &str, query: &str) -> (Vec<String>, Vec<String>, i64) {
+    let ids = |page: &Value| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (mut numbered, mut by_cursor, mut total) = (Vec::new(), Vec::new(), 0);
+    for n in 1.. {
+        let (status, page) = app
+            .call(
+                Method::GET,
+                &format!("/integrations/credentials?per_page=2&page={n}{query}"),
+                key,
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        total = page["total"].as_i64().unwrap();
+        if page["items"].as_array().unwrap().is_empty() {
+            break;
+        }
+        numbered.extend(ids(&page));
+    }
+    let mut after = String::new();
+    loop {
+        let (_, page) = app
+            .call(
+                Method::GET,
+                &format!("/integrations/credentials?per_page=2&after={after}{query}"),
+                key,
+                None,
+            )
+            .await;
+        by_cursor.extend(ids(&page));
+        match page["next"].as_str() {
+            Some(next) => after = next.to_owned(),
+            None => break,
+        }
+    }
+    (numbered, by_cursor, total)
+}
+
+crate::both_backends! {
+    async fn a_members_pages_merge_every_way_they_see_credentials_in_order(backend: Backend) {
+        use credgate::model::Role;
+        use crate::sharing::{create, key, share};
+        use serde_json::json;
+
+        let db = TestDb::new(backend).await;
+        let app = TestApp::spawn(&db).await;
+        let alice = key(&app, Role::Member, Some("alice")).await;
+        let bob = key(&app, Role::Member, Some("bob")).await;
+        let organization = key(&app, Role::Admin, None).await;
+        // Interleaved in time: each way of seeing a credential, and some bob
+        // cannot see; some names match `q=match`.
+        let mut visible = Vec::new(); // (id, name)
+        for n in 0..4 {
+            let name = |what: &str| format!("{what} {n} {}", if n % 2 == 0 { "match" } else { "other" });
+            visible.push((create(&app, &organization, &name("org"), "pw").await, name("org")));
+            app.clock.advance(1);
+            visible.push((create(&app, &bob, &name("bob's"), "pw").await, name("bob's")));
+            app.clock.advance(1);
+            let granted = create(&app, &alice, &name("granted"), "pw").await;
+            share(&app, &alice, &granted, json!(null), json!([{"user_id": "bob", "access": "use"}])).await;
+            visible.push((granted, name("granted")));
+            app.clock.advance(1);
+            let team = create(&app, &alice, &name("team"), "pw").await;
+            share(&app, &alice, &team, json!("use"), json!([{"user_id": "bob", "access": "view"}])).await;
+            visible.push((team, name("team")));
+            app.clock.advance(1);
+            let hidden = create(&app, &alice, &name("hidden"), "pw").await;
+            share(&app, &alice, &hidden, json!(null), json!([{"user_id": "carol", "access": "use"}])).await;
+            app.clock.advance(1);
+        }
+        visible.reverse(); // newest first
+        let ids = |only: &str| -> Vec<String> {
+            visible.iter().filter(|(_, name)| name.contains(only)).map(|(id, _)| id.clone()).collect()
+        };
+        let (numbered, by_cursor, total) = walked(&app, &bob, "").await;
+        assert_eq!(numbered, ids(""), "numbered pages: each credential once, newest first");
+        assert_eq!(by_cursor, ids(""), "cursor pages: the same");
+        assert_eq!(total, 16);
+        let (numbered, by_cursor, total) = walked(&app, &bob, "&q=match").await;
+        assert_eq!((numbered, by_cursor, total), (ids("match"), ids("match"), 8), "a filter keeps the order");
+        let (numbered, _, total) = walked(&app, &bob, "&owner=me").await;
+        assert_eq!((numbered, total), (ids("bob's"), 4));
+        let (all, _, total) = walked(&app, &organization, "").await;
+        assert_eq!((all.len(), total), (20, 20), "the organization's admin key sees the hidden ones too");
+    }
+}
