@@ -38,14 +38,7 @@ impl AuditEvent {
     /// A successful action by `actor` on one named secret: no credential,
     /// the name in `detail`.
     pub fn for_secret(org_id: &str, name: &str, action: &'static str, actor: &str) -> Self {
-        Self {
-            org_id: org_id.to_owned(),
-            credential_id: None,
-            action,
-            outcome: "success",
-            actor: actor.to_owned(),
-            detail: Some(serde_json::json!({ "name": name })),
-        }
+        Self::for_org(org_id, action, actor).with_detail(serde_json::json!({ "name": name }))
     }
 
     /// A successful action by `actor` on the organization itself (no

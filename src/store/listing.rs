@@ -175,7 +175,8 @@ impl Store {
             format!(" AND ({access})")
         };
         let count_sql = format!("SELECT {VERSION_SQL}, COUNT(*) FROM credentials x WHERE x.org_id = $1{access}{rest}");
-        let count_binds = binds.clone();
+        // The count binds the filters alone; the page adds the cursor.
+        let count_binds = binds.len();
         // The cursor narrows the page, not the total.
         let cursor = |created_at: &str, id: &str, t: usize, i: usize| {
             format!(
@@ -248,7 +249,7 @@ impl Store {
         let rows: Vec<Listed> = page.fetch_all(&self.pool).await?;
         // The total: counted at most once per listing version and filter.
         let key = std::iter::once(count_sql.as_str())
-            .chain(count_binds.iter().map(String::as_str))
+            .chain(binds[..count_binds].iter().map(String::as_str))
             .collect::<Vec<_>>()
             .join("\u{0}");
         let seen = rows.first().map(|l| l.listing_version.unwrap_or(0));
@@ -256,7 +257,7 @@ impl Store {
             Some(total) => total,
             None => {
                 let mut count = sqlx::query(&count_sql);
-                for b in &count_binds {
+                for b in &binds[..count_binds] {
                     count = count.bind(b);
                 }
                 let row = count.fetch_one(&self.pool).await?;

@@ -1,0 +1,209 @@
+//! Starting a connection: what the caller asked is checked, and a sealed,
+//! single-use `state` with the PKCE verifier is kept in the store.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use oauth2::{AuthUrl, ClientId, CsrfToken, PkceCodeChallenge, Scope};
+use rand::RngCore;
+use secrecy::SecretString;
+
+use crate::context::Context;
+use crate::credentials;
+use crate::crypto::SecretMap;
+use crate::error::Error;
+use crate::model::{Access, AuthKind, Principal};
+use crate::oauth::return_to::return_to_allowed;
+use crate::oauth::STATE_TTL_SECS;
+use crate::providers::{validate_fields, FieldError, Provider};
+use crate::store::{OAuthStateRow, StoreError};
+
+use super::{hash_state, redirect_uri};
+
+/// What the caller asked `authorize` for, already checked.
+#[derive(Debug, Clone)]
+pub struct StartRequest {
+    pub org_id: String,
+    /// `user:{id}` or `api_key:{id}`: becomes `created_by`.
+    pub actor: String,
+    /// The user who connects: owns a new credential (`None`: the organization).
+    pub owner: Option<String>,
+    pub name: Option<String>,
+    pub return_to: Option<String>,
+    pub credential_id: Option<String>,
+    pub tenant: Option<String>,
+}
+
+/// Where to send the browser, and until when that link works.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub authorize_url: String,
+    pub expires_at: i64,
+}
+
+/// What a person (through an API key or a hosted page) asks to connect.
+#[derive(Debug, Clone, Default)]
+pub struct AuthorizeInput {
+    pub name: Option<String>,
+    pub return_to: Option<String>,
+    /// Re-authorize this credential in place (needs `manage`).
+    pub credential_id: Option<String>,
+    pub tenant: Option<String>,
+}
+
+/// Checks what `who` asked for and starts connecting `provider_id`:
+/// `NotFound` for a provider without OAuth or a credential `who` may not
+/// manage, `Conflict(provider_not_configured)` without a client id, field
+/// errors for a bad `return_to`, `name` or `tenant`.
+pub async fn authorize(
+    ctx: &Context,
+    who: &Principal,
+    provider_id: &str,
+    input: AuthorizeInput,
+) -> Result<Started, Error> {
+    let provider = ctx
+        .registry
+        .get(provider_id)
+        .filter(|p| p.oauth.is_some())
+        .ok_or(Error::NotFound)?;
+    let settings = provider.oauth.as_ref().expect("filtered");
+    if settings.client_id.is_empty() {
+        return Err(Error::Conflict(
+            "provider_not_configured",
+            format!(
+                "set CREDGATE_PROVIDER_{}_CLIENT_ID and _CLIENT_SECRET to connect {}",
+                provider_id.to_uppercase(),
+                provider.display_name
+            ),
+        ));
+    }
+    let mut errors = Vec::new();
+    if let Some(r) = &input.return_to {
+        if !return_to_allowed(&ctx.config.allowed_return_urls, r) {
+            errors.push(FieldError::new(
+                "return_to",
+                "must start with one of CREDGATE_ALLOWED_RETURN_URLS",
+            ));
+        }
+    }
+    if let Some(name) = &input.name {
+        if name.trim().is_empty() || name.chars().count() > credentials::MAX_NAME_LEN {
+            errors.push(FieldError::new("name", "must be 1 to 200 characters"));
+        }
+    }
+    let mut tenant = input.tenant.clone();
+    if let Some(id) = &input.credential_id {
+        let (existing, _) = credentials::access::authorize(ctx, who, id, Access::Manage).await?;
+        if existing.provider != provider.id {
+            return Err(Error::NotFound);
+        }
+        if tenant.is_none() {
+            tenant = existing
+                .fields
+                .get("tenant")
+                .and_then(|t| t.as_str())
+                .map(str::to_owned);
+        }
+    }
+    if let Some(t) = &input.tenant {
+        let defs = provider
+            .auth_type(AuthKind::Oauth2)
+            .map(|a| a.fields.clone())
+            .unwrap_or_default();
+        let mut submitted = serde_json::Map::new();
+        submitted.insert("tenant".into(), t.clone().into());
+        if let Err(e) = validate_fields(&defs, &submitted) {
+            errors.extend(e.into_iter().map(|e| FieldError::new("tenant", e.message)));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(Error::Validation(errors));
+    }
+    start(
+        ctx,
+        provider,
+        StartRequest {
+            org_id: who.org_id.clone(),
+            actor: who.actor(),
+            owner: who.user_id.clone(),
+            name: input.name.map(|n| n.trim().to_owned()),
+            return_to: input.return_to,
+            credential_id: input.credential_id.map(|id| id.to_lowercase()),
+            tenant,
+        },
+    )
+    .await
+}
+
+/// Creates the pending authorization and the provider's authorize URL.
+pub async fn start(ctx: &Context, provider: &Provider, req: StartRequest) -> Result<Started, Error> {
+    let settings = provider.oauth.as_ref().ok_or(Error::NotFound)?;
+    let mut raw = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    let csrf = URL_SAFE_NO_PAD.encode(raw);
+    let state_hash = hash_state(&csrf);
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let tenant = req.tenant.as_deref();
+    let auth_url = AuthUrl::new(settings.with_tenant(&settings.authorization_url, tenant))
+        .map_err(|_| Error::internal(anyhow::anyhow!("bad authorization_url for {}", provider.id)))?;
+    let client = oauth2::basic::BasicClient::new(ClientId::new(settings.client_id.clone()))
+        .set_auth_uri(auth_url)
+        .set_redirect_uri(
+            oauth2::RedirectUrl::new(redirect_uri(ctx, &provider.id))
+                .map_err(|_| Error::internal(anyhow::anyhow!("bad CREDGATE_PUBLIC_URL")))?,
+        );
+    let token = csrf.clone();
+    let mut request = client
+        .authorize_url(move || CsrfToken::new(token))
+        .add_scopes(settings.scopes.iter().map(|s| Scope::new(s.clone())))
+        .set_pkce_challenge(challenge);
+    for (k, v) in &settings.authorize_params {
+        request = request.add_extra_param(k.clone(), v.clone());
+    }
+    let (url, _) = request.url();
+
+    let mut payload = SecretMap::default();
+    payload.insert("verifier", SecretString::from(verifier.secret().clone()));
+    payload.insert("actor", SecretString::from(req.actor));
+    for (k, v) in [
+        ("owner", req.owner),
+        ("name", req.name),
+        ("return_to", req.return_to),
+        ("credential_id", req.credential_id),
+        ("tenant", req.tenant),
+    ] {
+        if let Some(v) = v {
+            payload.insert(k, SecretString::from(v));
+        }
+    }
+    let subject = format!("state:{state_hash}");
+    let (payload_ct, key_version) = ctx.vault.seal(&req.org_id, &subject, &[("state", &payload)]).await?;
+    let expires_at = ctx.now() + STATE_TTL_SECS;
+    let pending = ctx
+        .store
+        .insert_oauth_state(
+            &state_hash,
+            &OAuthStateRow {
+                org_id: req.org_id,
+                provider: provider.id.clone(),
+                payload_ct,
+                key_version,
+                expires_at,
+            },
+            ctx.config.max_pending_oauth,
+        )
+        .await;
+    match pending {
+        Ok(()) => {}
+        Err(StoreError::QuotaExceeded { limit }) => {
+            return Err(Error::TooManyPending(format!(
+                "the organization has {limit} connections waiting for the provider's answer; \
+                 finish or abandon some (they expire after 10 minutes)"
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(Started {
+        authorize_url: url.to_string(),
+        expires_at,
+    })
+}

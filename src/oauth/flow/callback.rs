@@ -1,0 +1,195 @@
+//! The callback: the `state` taken back (on any replica), the code
+//! exchanged, the account identified, the credential stored.
+
+use secrecy::ExposeSecret;
+
+use crate::context::Context;
+use crate::credentials::{self, Grant};
+use crate::crypto::SecretMap;
+use crate::error::Error;
+use crate::oauth_client::{exchange_code, fetch_identity, OAuthError};
+use crate::providers::Provider;
+use crate::store::OAuthStateRow;
+
+use super::{hash_state, redirect_uri};
+
+/// How a callback ended.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// `return_to` of the authorization, when it was known.
+    pub return_to: Option<String>,
+    pub result: Result<String, OAuthError>,
+}
+
+/// The callback's query parameters. `Debug` hides `state` and `code`.
+#[derive(Default, Clone, serde::Deserialize)]
+pub struct CallbackQuery {
+    pub state: Option<String>,
+    pub code: Option<String>,
+    pub error: Option<String>,
+    pub error_description: Option<String>,
+    pub iss: Option<String>,
+}
+
+impl std::fmt::Debug for CallbackQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallbackQuery")
+            .field("state_set", &self.state.is_some())
+            .field("code_set", &self.code.is_some())
+            .field("error", &self.error)
+            .field("iss", &self.iss)
+            .finish_non_exhaustive()
+    }
+}
+
+const PROVIDER_ERRORS: &[&str] = &[
+    "access_denied",
+    "consent_required",
+    "interaction_required",
+    "login_required",
+    "invalid_scope",
+    "server_error",
+    "temporarily_unavailable",
+    "unauthorized_client",
+];
+
+fn get(map: &SecretMap, key: &str) -> Option<String> {
+    map.get(key).map(|v| v.expose_secret().to_owned())
+}
+
+/// Completes an authorization. Every failure is an outcome; none stores anything.
+pub async fn finish(ctx: &Context, provider: &Provider, query: CallbackQuery) -> Finished {
+    let invalid = |m: &str| OAuthError::new("oauth_state_invalid", m);
+    let Some(csrf) = query.state.as_deref().filter(|s| !s.is_empty() && s.len() <= 256) else {
+        return Finished {
+            return_to: None,
+            result: Err(invalid("the callback carries no state; start the connection again")),
+        };
+    };
+    let state_hash = hash_state(csrf);
+    let row = match ctx.store.take_oauth_state(&state_hash).await {
+        Ok(Some(row)) => row,
+        Ok(None) => {
+            return Finished {
+                return_to: None,
+                result: Err(invalid(
+                    "this connection link is unknown or was already used; start again",
+                )),
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not read an OAuth state");
+            return Finished {
+                return_to: None,
+                result: Err(OAuthError::new("internal", "credgate could not finish the connection")),
+            };
+        }
+    };
+    let payload = match ctx
+        .vault
+        .open(
+            &row.org_id,
+            &format!("state:{state_hash}"),
+            &row.payload_ct,
+            row.key_version,
+        )
+        .await
+    {
+        Ok(mut groups) => groups.remove("state").unwrap_or_default(),
+        Err(e) => {
+            tracing::error!(error = %e, "an OAuth state does not decrypt");
+            return Finished {
+                return_to: None,
+                result: Err(invalid("this connection link is not valid")),
+            };
+        }
+    };
+    let return_to = get(&payload, "return_to");
+    let result = complete(ctx, provider, &row, &payload, &query).await;
+    if let Err(e) = &result {
+        tracing::info!(provider = %provider.id, code = e.code, error = %e.message, "OAuth connection failed");
+    }
+    Finished { return_to, result }
+}
+
+async fn complete(
+    ctx: &Context,
+    provider: &Provider,
+    row: &OAuthStateRow,
+    payload: &SecretMap,
+    query: &CallbackQuery,
+) -> Result<String, OAuthError> {
+    let settings = provider
+        .oauth
+        .as_ref()
+        .ok_or_else(|| OAuthError::new("oauth_state_invalid", "unknown provider"))?;
+    if row.provider != provider.id {
+        return Err(OAuthError::new(
+            "oauth_state_invalid",
+            "this answer belongs to another provider's connection",
+        ));
+    }
+    if row.expires_at < ctx.now() {
+        return Err(OAuthError::new(
+            "oauth_state_invalid",
+            "the connection link expired (10 minutes); start again",
+        ));
+    }
+    if let (Some(iss), Some(expected)) = (&query.iss, &settings.issuer) {
+        if iss != expected {
+            return Err(OAuthError::new(
+                "issuer_mismatch",
+                "the answer did not come from the expected issuer",
+            ));
+        }
+    }
+    if let Some(error) = &query.error {
+        let code = PROVIDER_ERRORS
+            .iter()
+            .find(|c| **c == error)
+            .copied()
+            .unwrap_or("provider_error");
+        let message = match code {
+            "access_denied" => "access was not granted at the provider".to_owned(),
+            _ => format!("the provider reported {code}"),
+        };
+        return Err(OAuthError::new(code, message));
+    }
+    let code = query
+        .code
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| OAuthError::new("provider_error", "the provider sent no authorization code"))?;
+    let verifier = payload
+        .get("verifier")
+        .cloned()
+        .ok_or_else(|| OAuthError::new("oauth_state_invalid", "the connection link is incomplete"))?;
+    let tenant = get(payload, "tenant");
+    let redirect = redirect_uri(ctx, &provider.id);
+    let tokens = exchange_code(&ctx.http, settings, tenant.as_deref(), &redirect, code, &verifier).await?;
+    let identity = fetch_identity(&ctx.http, settings, &tokens.access_token).await?;
+    let actor = get(payload, "actor").unwrap_or_default();
+    let grant = Grant {
+        org_id: &row.org_id,
+        provider,
+        actor: &actor,
+        name: get(payload, "name"),
+        credential_id: get(payload, "credential_id"),
+        owner: get(payload, "owner"),
+        tenant,
+        tokens,
+        identity,
+    };
+    credentials::connect(ctx, grant).await.map_err(|e| match e {
+        Error::QuotaExceeded { limit, .. } => OAuthError::new(
+            "quota_exceeded",
+            format!("the organization already has {limit} {} credentials", provider.id),
+        ),
+        Error::Conflict(code, message) => OAuthError::new(code, message),
+        Error::NotFound => OAuthError::new("not_found", "the credential to re-authorize no longer exists"),
+        other => {
+            tracing::error!(error = %other, source = ?std::error::Error::source(&other), "storing an OAuth connection failed");
+            OAuthError::new("internal", "credgate could not store the connection")
+        }
+    })
+}
