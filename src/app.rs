@@ -17,6 +17,7 @@ use crate::context::Context;
 use crate::context::Refresher;
 use crate::crypto::MasterKeyring;
 use crate::egress::EgressPolicy;
+use crate::group_commit::{CreateLog, Creates, UseLog, Uses};
 use crate::http::ratelimit::RateLimits;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
@@ -175,7 +176,8 @@ pub fn context(services: Services) -> anyhow::Result<Context> {
         registry: services.registry,
         clock: services.clock,
         worker: Arc::default(),
-        uses: crate::uses::UseLog::new(services.store.clone()),
+        uses: UseLog::new(Uses(services.store.clone())),
+        creates: CreateLog::new(Creates(services.store.clone())),
     })
 }
 

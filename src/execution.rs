@@ -52,7 +52,7 @@ pub async fn resolve(ctx: &Context, who: &Principal, id: &str, usage: &Usage) ->
         event = event.with_detail(json!({"workflow_id": usage.workflow_id, "run_id": usage.run_id}));
     }
     ctx.uses
-        .record(UseRecord {
+        .submit(UseRecord {
             event,
             usage: usage.clone(),
         })

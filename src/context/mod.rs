@@ -11,11 +11,11 @@ pub use worker_health::{WorkerHealth, STUCK_AFTER_SECS};
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::group_commit::{CreateLog, UseLog};
 use crate::metrics::Metrics;
 use crate::probes::ProbeContext;
 use crate::providers::Registry;
 use crate::store::Store;
-use crate::uses::UseLog;
 use crate::vault::Vault;
 use crate::webhooks::Webhooks;
 
@@ -38,6 +38,8 @@ pub struct Context {
     pub worker: Arc<WorkerHealth>,
     /// Resolves' use events, committed in groups.
     pub uses: UseLog,
+    /// Creates, committed in groups.
+    pub creates: CreateLog,
 }
 
 impl Context {

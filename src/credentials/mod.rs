@@ -43,13 +43,17 @@ pub async fn read(ctx: &Context, who: &Principal, id: &str) -> Result<(Credentia
     access::authorize(ctx, who, id, Access::Use).await
 }
 
-/// A page of the credentials `who` may at least use, each with their level,
-/// and the total (the filter's viewer is `who`).
-pub async fn list(
-    ctx: &Context,
-    who: &Principal,
-    mut filter: CredentialFilter,
-) -> Result<(Vec<(CredentialRow, Access)>, i64), Error> {
+/// A listed credential: the row, the caller's level, its user grants.
+#[derive(Debug)]
+pub struct Listed {
+    pub row: CredentialRow,
+    pub access: Access,
+    pub grants: Vec<(String, Access)>,
+}
+
+/// A page of the credentials `who` may at least use, each with their level
+/// and its user grants, and the total (the filter's viewer is `who`).
+pub async fn list(ctx: &Context, who: &Principal, mut filter: CredentialFilter) -> Result<(Vec<Listed>, i64), Error> {
     filter.viewer = Viewer {
         admin: who.role == Role::Admin,
         user: who.user_id.clone(),
@@ -57,7 +61,14 @@ pub async fn list(
     let (rows, total) = ctx.store.list_credentials(&who.org_id, &filter).await?;
     let rows = rows
         .into_iter()
-        .filter_map(|(row, grant)| access::level_with(who, &row, grant).map(|level| (row, level)))
+        .filter_map(|l| {
+            let access = access::level_with(who, &l.row, l.my_grant)?;
+            Some(Listed {
+                row: l.row,
+                access,
+                grants: l.grants,
+            })
+        })
         .collect();
     Ok((rows, total))
 }
@@ -81,14 +92,6 @@ pub async fn audit_log(ctx: &Context, who: &Principal, id: &str) -> Result<Vec<A
 /// A credential's user grants.
 pub async fn grants(ctx: &Context, id: &str) -> Result<Vec<(String, Access)>, Error> {
     Ok(ctx.store.grants(id).await?)
-}
-
-/// The user grants of several credentials, by credential id.
-pub async fn grants_of_many(
-    ctx: &Context,
-    ids: &[String],
-) -> Result<std::collections::HashMap<String, Vec<(String, Access)>>, Error> {
-    Ok(ctx.store.grants_of_many(ids).await?)
 }
 
 /// A trimmed, printable name of at most [`MAX_NAME_LEN`] characters.

@@ -8,7 +8,7 @@ use crate::context::Context;
 use crate::error::Error;
 use crate::model::{Access, AuthKind, Principal};
 use crate::providers::{validate_for, FieldError};
-use crate::store::{AuditEvent, CredentialRow, NewCredential, Notification, SecretWrite, StoreError};
+use crate::store::{AuditEvent, CredentialRow, NewCredential, Notification, PendingCreate, SecretWrite, StoreError};
 
 /// A new credential as submitted. `Debug` shows field names only.
 #[derive(Clone)]
@@ -114,11 +114,13 @@ pub async fn create(ctx: &Context, who: &Principal, input: NewCredentialInput) -
             created_by: actor.to_owned(),
             owner: who.user_id.clone(),
         };
-        match ctx
-            .store
-            .insert_credential(&new, ctx.config.max_per_provider.into(), (&event, &notify))
-            .await
-        {
+        let create = PendingCreate {
+            new,
+            default_limit: ctx.config.max_per_provider.into(),
+            event: event.clone(),
+            notify: notify.clone(),
+        };
+        match ctx.creates.submit(create).await {
             Ok(()) => break,
             Err(e) if rotated(&e, attempt) => continue,
             Err(StoreError::QuotaExceeded { limit }) => {

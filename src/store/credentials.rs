@@ -3,6 +3,7 @@
 use sqlx::Row;
 
 use super::audit::{self, AuditEvent};
+use super::creates::PendingCreate;
 use super::outbox::{self, Notification};
 use super::quota::{release, reserve};
 use super::row::{typed, Listed, Raw, READ_COLUMNS};
@@ -50,41 +51,23 @@ impl Store {
     /// Inserts a credential unless the organization's limit for its provider
     /// is reached: its counter row is raised in the statement that checks
     /// the limit, so concurrent creates on any replica count exactly.
-    pub async fn insert_credential(
-        &self,
-        new: &NewCredential,
-        default_limit: i64,
-        (event, notify): (&AuditEvent, &Notification),
-    ) -> Result<(), StoreError> {
+    pub async fn insert_credential(&self, create: &PendingCreate) -> Result<(), StoreError> {
+        let PendingCreate {
+            new,
+            default_limit,
+            event,
+            notify,
+        } = create;
         let mut tx = self.begin_write().await?;
         check_key(&mut tx, self.dialect, &new.org_id, new.key_version).await?;
         let t = self.now();
-        sqlx::query(
-            "INSERT INTO credentials (id, org_id, name, provider, auth_type, status, fields, secret_names, \
-             secret_ct, key_version, created_by, created_at, updated_at, owner) \
-             VALUES ($1, $2, $3, $4, $5, $13, $6, $7, $8, $9, $10, $11, $11, $12)",
-        )
-        .bind(&new.id)
-        .bind(&new.org_id)
-        .bind(&new.name)
-        .bind(&new.provider)
-        .bind(new.auth_type.as_str())
-        .bind(&new.fields)
-        .bind(&new.secret_names)
-        .bind(&new.secret_ct)
-        .bind(new.key_version)
-        .bind(&new.created_by)
-        .bind(t)
-        .bind(&new.owner)
-        .bind(CredentialStatus::NEW.as_str())
-        .execute(&mut *tx)
-        .await?;
+        insert_row(&mut tx, new, t).await?;
         audit::insert(&mut tx, event, t).await?;
         outbox::insert(&mut tx, notify, t).await?;
         // Counted last: the counter row, which every create of this provider
         // in this organization waits for, is locked only from here to the
         // commit. A refusal rolls back what was written before it.
-        reserve(&mut tx, &new.org_id, &new.provider, default_limit).await?;
+        reserve(&mut tx, &new.org_id, &new.provider, *default_limit).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -357,4 +340,29 @@ impl Store {
             column: "status",
         })
     }
+}
+
+/// Inserts the row of a new credential (status `new`) on `conn`.
+pub(super) async fn insert_row(conn: &mut sqlx::AnyConnection, new: &NewCredential, t: i64) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO credentials (id, org_id, name, provider, auth_type, status, fields, secret_names, \
+         secret_ct, key_version, created_by, created_at, updated_at, owner) \
+         VALUES ($1, $2, $3, $4, $5, $13, $6, $7, $8, $9, $10, $11, $11, $12)",
+    )
+    .bind(&new.id)
+    .bind(&new.org_id)
+    .bind(&new.name)
+    .bind(&new.provider)
+    .bind(new.auth_type.as_str())
+    .bind(&new.fields)
+    .bind(&new.secret_names)
+    .bind(&new.secret_ct)
+    .bind(new.key_version)
+    .bind(&new.created_by)
+    .bind(t)
+    .bind(&new.owner)
+    .bind(CredentialStatus::NEW.as_str())
+    .execute(conn)
+    .await?;
+    Ok(())
 }

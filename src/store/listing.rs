@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use sqlx::Row;
 
 use super::row::{Listed, LIST_COLUMNS};
+use super::sharing::access;
 use super::{CredentialRow, Dialect, Store, StoreError};
 use crate::model::{Access, CredentialStatus};
 
@@ -17,6 +18,15 @@ pub struct Viewer {
     pub admin: bool,
     /// The user, if the key has one (else the organization itself).
     pub user: Option<String>,
+}
+
+/// A listed credential: the row, the viewer's own grant on it, and every
+/// user grant on it (by user id).
+#[derive(Debug, Clone)]
+pub struct ListedCredential {
+    pub row: CredentialRow,
+    pub my_grant: Option<Access>,
+    pub grants: Vec<(String, Access)>,
 }
 
 /// Filters and page of a credential listing.
@@ -84,7 +94,8 @@ const VERSION_SQL: &str = "(SELECT v.version FROM listing_versions v WHERE v.org
 
 impl Store {
     /// A page of the credentials `f.viewer` may at least use, newest first,
-    /// each with the viewer's own grant, and the total. The access predicate
+    /// each with the viewer's own grant and all its user grants (in the same
+    /// statement), and the total. The access predicate
     /// is part of the statements: the total counts it as one condition (and
     /// is reused until the organization's listing version changes); the page
     /// walks each way of seeing a credential in the listing's order, on its
@@ -96,7 +107,7 @@ impl Store {
         &self,
         org_id: &str,
         f: &CredentialFilter,
-    ) -> Result<(Vec<(CredentialRow, Option<Access>)>, i64), StoreError> {
+    ) -> Result<(Vec<ListedCredential>, i64), StoreError> {
         // Only the filters actually given go into the statements, so each
         // shape gets a plan that can use the indexes.
         let mut binds: Vec<String> = vec![org_id.to_owned()];
@@ -225,8 +236,19 @@ impl Store {
                 "SELECT v.id FROM ({union}) v ORDER BY v.created_at DESC, v.id DESC LIMIT ${per_page} OFFSET ${offset}"
             )
         };
+        let grants_sql = match self.dialect {
+            Dialect::Postgres => {
+                "(SELECT json_agg(json_build_array(g3.user_id, g3.access))::text FROM credential_grants g3 \
+                 WHERE g3.credential_id = c.id)"
+            }
+            Dialect::Sqlite => {
+                "(SELECT json_group_array(json_array(g3.user_id, g3.access)) FROM credential_grants g3 \
+                 WHERE g3.credential_id = c.id)"
+            }
+        };
         let page_sql = format!(
-            "SELECT {LIST_COLUMNS}, g.access AS my_grant, {VERSION_SQL} AS listing_version FROM credentials c \
+            "SELECT {LIST_COLUMNS}, g.access AS my_grant, {VERSION_SQL} AS listing_version, {grants_sql} AS grants \
+             FROM credentials c \
              LEFT JOIN credential_grants g ON g.credential_id = c.id AND g.user_id = ${join_user} \
              WHERE c.id IN ({ids_sql}) ORDER BY c.created_at DESC, c.id DESC"
         );
@@ -267,15 +289,28 @@ impl Store {
                 total
             }
         };
-        let rows = rows
-            .into_iter()
-            .map(|l| {
-                let grant = l.my_grant.as_deref().and_then(Access::parse);
-                CredentialRow::try_from(l.raw).map(|row| (row, grant))
-            })
-            .collect::<Result<_, _>>()?;
+        let rows = rows.into_iter().map(listed).collect::<Result<_, _>>()?;
         Ok((rows, total))
     }
+}
+
+/// A listed row, typed; its grants sorted by user.
+fn listed(l: Listed) -> Result<ListedCredential, StoreError> {
+    let row = CredentialRow::try_from(l.raw)?;
+    let my_grant = l.my_grant.as_deref().and_then(Access::parse);
+    let pairs: Vec<(String, String)> = match l.grants.as_deref() {
+        None => Vec::new(),
+        Some(text) => serde_json::from_str(text).map_err(|_| StoreError::Corrupt {
+            id: row.id.clone(),
+            column: "access",
+        })?,
+    };
+    let mut grants = pairs
+        .into_iter()
+        .map(|(user, level)| access(&row.id, &level).map(|level| (user, level)))
+        .collect::<Result<Vec<_>, _>>()?;
+    grants.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Ok(ListedCredential { row, my_grant, grants })
 }
 
 #[cfg(test)]

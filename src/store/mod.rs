@@ -11,6 +11,7 @@
 
 mod api_keys;
 mod audit;
+mod creates;
 mod credentials;
 mod listing;
 mod named_secrets;
@@ -27,8 +28,9 @@ mod write_tx;
 
 pub use api_keys::{ApiKeyInfo, ApiKeyRow};
 pub use audit::{AuditEvent, AuditRow};
+pub use creates::PendingCreate;
 pub use credentials::{NewCredential, SecretWrite, Usage};
-pub use listing::{CredentialFilter, Viewer};
+pub use listing::{CredentialFilter, ListedCredential, Viewer};
 pub use named_secrets::{SealedSecret, SecretMeta, SecretPut};
 pub use oauth::{GrantTarget, OAuthGrant, OAuthStateRow};
 pub use orgs::OrgKeyRow;
@@ -99,6 +101,24 @@ pub enum StoreError {
     /// The database failed.
     #[error(transparent)]
     Database(sqlx::Error),
+}
+
+impl StoreError {
+    /// The same error for another waiter of a failed group write (a
+    /// database error cannot be cloned: its words are kept, and its kind).
+    pub fn duplicate(&self) -> Self {
+        let words = |e: &sqlx::Error| sqlx::Error::Io(std::io::Error::other(e.to_string()));
+        match self {
+            Self::QuotaExceeded { limit } => Self::QuotaExceeded { limit: *limit },
+            Self::Conflict => Self::Conflict,
+            Self::KeyRotated => Self::KeyRotated,
+            Self::AccountTaken => Self::AccountTaken,
+            Self::NotFound => Self::NotFound,
+            Self::Corrupt { id, column } => Self::Corrupt { id: id.clone(), column },
+            Self::Unavailable(e) => Self::Unavailable(words(e)),
+            Self::Database(e) => Self::Database(words(e)),
+        }
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -283,6 +303,20 @@ pub(crate) async fn check_key(
     org_id: &str,
     key_version: i64,
 ) -> Result<(), StoreError> {
+    let current = current_key(conn, dialect, org_id).await?.ok_or(StoreError::NotFound)?;
+    if current != key_version {
+        return Err(StoreError::KeyRotated);
+    }
+    Ok(())
+}
+
+/// The organization's current data key version (`None`: no such
+/// organization), held (Postgres: a share lock) until the transaction ends.
+pub(crate) async fn current_key(
+    conn: &mut sqlx::AnyConnection,
+    dialect: Dialect,
+    org_id: &str,
+) -> Result<Option<i64>, StoreError> {
     use sqlx::Row;
     let lock = match dialect {
         Dialect::Postgres => " FOR SHARE",
@@ -291,11 +325,6 @@ pub(crate) async fn check_key(
     let row = sqlx::query(&format!("SELECT key_version FROM organizations WHERE id = $1{lock}"))
         .bind(org_id)
         .fetch_optional(&mut *conn)
-        .await?
-        .ok_or(StoreError::NotFound)?;
-    let current: i64 = row.try_get(0)?;
-    if current != key_version {
-        return Err(StoreError::KeyRotated);
-    }
-    Ok(())
+        .await?;
+    Ok(row.map(|r| r.try_get(0)).transpose()?)
 }

@@ -30,15 +30,7 @@ pub(crate) async fn reserve(
     provider: &str,
     default_limit: i64,
 ) -> Result<(), StoreError> {
-    let limit: i64 = match sqlx::query("SELECT max_count FROM org_limits WHERE org_id = $1 AND provider = $2")
-        .bind(org_id)
-        .bind(provider)
-        .fetch_optional(&mut *conn)
-        .await?
-    {
-        Some(row) => row.try_get(0)?,
-        None => default_limit,
-    };
+    let limit = limit(conn, org_id, provider, default_limit).await?;
     if limit < 1 {
         return Err(StoreError::QuotaExceeded { limit });
     }
@@ -56,6 +48,60 @@ pub(crate) async fn reserve(
         Some(_) => Ok(()),
         None => Err(StoreError::QuotaExceeded { limit }),
     }
+}
+
+/// Counts up to `wanted` more credentials of `provider` at once (a group of
+/// creates): returns how many fit under the limit, and the limit. The
+/// counter row is locked from here until the transaction ends.
+pub(crate) async fn reserve_many(
+    conn: &mut sqlx::AnyConnection,
+    org_id: &str,
+    provider: &str,
+    default_limit: i64,
+    wanted: i64,
+) -> Result<(i64, i64), StoreError> {
+    let limit = limit(conn, org_id, provider, default_limit).await?;
+    // The counter row, created at zero if need be, locked by the no-op
+    // update (on SQLite the immediate transaction holds the file).
+    let count: i64 = sqlx::query(
+        "INSERT INTO credential_counts (org_id, provider, count) VALUES ($1, $2, 0) \
+         ON CONFLICT (org_id, provider) DO UPDATE SET count = credential_counts.count RETURNING count",
+    )
+    .bind(org_id)
+    .bind(provider)
+    .fetch_one(&mut *conn)
+    .await?
+    .try_get(0)?;
+    let fit = wanted.min(limit - count).max(0);
+    if fit > 0 {
+        sqlx::query("UPDATE credential_counts SET count = count + $3 WHERE org_id = $1 AND provider = $2")
+            .bind(org_id)
+            .bind(provider)
+            .bind(fit)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok((fit, limit))
+}
+
+/// The organization's limit for `provider`: its override, else `default_limit`.
+async fn limit(
+    conn: &mut sqlx::AnyConnection,
+    org_id: &str,
+    provider: &str,
+    default_limit: i64,
+) -> Result<i64, StoreError> {
+    Ok(
+        match sqlx::query("SELECT max_count FROM org_limits WHERE org_id = $1 AND provider = $2")
+            .bind(org_id)
+            .bind(provider)
+            .fetch_optional(&mut *conn)
+            .await?
+        {
+            Some(row) => row.try_get(0)?,
+            None => default_limit,
+        },
+    )
 }
 
 /// Counts one credential of `provider` fewer (it was deleted).

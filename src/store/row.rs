@@ -188,4 +188,7 @@ pub(super) struct Listed {
     /// only).
     #[sqlx(default)]
     pub listing_version: Option<i64>,
+    /// Every user grant on it, `[[user_id, access], …]` (listings only).
+    #[sqlx(default)]
+    pub grants: Option<String>,
 }

@@ -60,33 +60,6 @@ impl Store {
         grants_on(&self.pool, credential_id).await
     }
 
-    /// The user grants of several credentials (a listing page), by credential.
-    pub async fn grants_of_many(
-        &self,
-        ids: &[String],
-    ) -> Result<std::collections::HashMap<String, Vec<(String, Access)>>, StoreError> {
-        let mut out: std::collections::HashMap<String, Vec<(String, Access)>> = Default::default();
-        if ids.is_empty() {
-            return Ok(out);
-        }
-        let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
-        let sql = format!(
-            "SELECT credential_id, user_id, access FROM credential_grants WHERE credential_id IN ({}) \
-             ORDER BY credential_id, user_id",
-            marks.join(", ")
-        );
-        let mut query = sqlx::query(&sql);
-        for id in ids {
-            query = query.bind(id);
-        }
-        for r in query.fetch_all(&self.pool).await? {
-            let id: String = r.try_get(0)?;
-            let level = access(&id, &r.try_get::<String, _>(2)?)?;
-            out.entry(id).or_default().push((r.try_get(1)?, level));
-        }
-        Ok(out)
-    }
-
     /// Replaces a credential's sharing (team level and user grants), audited.
     pub async fn set_sharing(
         &self,

@@ -1,6 +1,7 @@
 //! Writing many uses (resolves) in one transaction: the group commit behind
-//! `crate::uses`. Each use sets its credential's `last_used_at` and adds its
-//! audit event; all of a batch commit together or not at all.
+//! `crate::group_commit::UseLog`. Each use sets its credential's
+//! `last_used_at` and adds its audit event; all of a batch commit together
+//! or not at all.
 
 use super::audit::AuditEvent;
 use super::credentials::Usage;

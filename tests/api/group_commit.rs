@@ -1,6 +1,9 @@
 //! Resolves commit their use events in groups: many at once are each
 //! recorded exactly once, and when a group's commit fails every request in
-//! it fails too — none is answered without its audit event.
+//! it fails too — none is answered without its audit event. Creates commit
+//! in groups too: each is checked on its own (data key, limit), one the
+//! database refuses fails alone, and a group that cannot be written is
+//! written not at all.
 
 use axum::http::Method;
 use futures::future::join_all;
@@ -8,7 +11,10 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::Row;
 
-use crate::helpers::{sentinel, Backend, TestApp, TestDb};
+use credgate::model::AuthKind;
+use credgate::store::{AuditEvent, NewCredential, Notification, PendingCreate, StoreError};
+
+use crate::helpers::{pg_body, sentinel, test_config, Backend, TestApp, TestDb};
 
 async fn resolve(app: &TestApp, id: &str, run: usize) -> (StatusCode, Value) {
     app.call(
@@ -96,5 +102,207 @@ crate::both_backends! {
         assert_eq!(after, StatusCode::OK, "{resolved}");
         assert_eq!(resolved["fields"]["password"], json!(secret));
         assert_eq!(resolve_events(&app).await, 1);
+    }
+}
+
+async fn count(app: &TestApp, sql: &str) -> i64 {
+    sqlx::query(sql)
+        .fetch_one(&app.sql().await)
+        .await
+        .unwrap()
+        .try_get(0)
+        .unwrap()
+}
+
+/// Rows, create events, notifications and the counter of `org`'s
+/// PostgreSQL credentials: all four agree when nothing was half-written.
+async fn written(app: &TestApp, org: &str) -> [i64; 4] {
+    [
+        count(app, &format!("SELECT COUNT(*) FROM credentials WHERE org_id = '{org}'")).await,
+        count(app, &format!("SELECT COUNT(*) FROM audit_events WHERE org_id = '{org}' AND action = 'credential.create'")).await,
+        count(app, &format!("SELECT COUNT(*) FROM outbox WHERE org_id = '{org}' AND kind = 'credential.created'")).await,
+        count(app, &format!("SELECT CAST(COALESCE(SUM(count), 0) AS BIGINT) FROM credential_counts WHERE org_id = '{org}' AND provider = 'postgresql'")).await,
+    ]
+}
+
+/// A create as `credentials::create` hands it to the group commit, sealed
+/// under `org`'s current data key (or the version given).
+async fn pending(app: &TestApp, org: &str, name: &str, key_version: Option<i64>) -> PendingCreate {
+    let id = uuid::Uuid::new_v4().to_string();
+    let (version, _) = app.state.vault.current_key(org).await.unwrap();
+    let (secret_ct, _) = app.state.vault.seal(org, &id, &[]).await.unwrap();
+    PendingCreate {
+        new: NewCredential {
+            id: id.clone(),
+            org_id: org.to_owned(),
+            name: name.to_owned(),
+            provider: "postgresql".into(),
+            auth_type: AuthKind::UserPassword,
+            fields: "{}".into(),
+            secret_names: "[]".into(),
+            secret_ct,
+            key_version: key_version.unwrap_or(version),
+            created_by: "test".into(),
+            owner: None,
+        },
+        default_limit: 50,
+        event: AuditEvent::success(org, &id, "credential.create", "test"),
+        notify: Notification::new("credential.created", org, &id, "postgresql", json!({"name": name})),
+    }
+}
+
+crate::both_backends! {
+    async fn a_burst_of_creates_admits_exactly_the_room_under_the_limit_and_writes_each_whole(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let mut config = test_config(&db);
+        config.max_per_provider = 10;
+        let app = TestApp::spawn_with(config).await;
+        let created = |n: usize| {
+            let app = &app;
+            async move {
+                app.call(Method::POST, "/integrations/credentials", &app.org.admin, Some(pg_body(&format!("c{n}"), "pw"))).await
+            }
+        };
+        let first = created(0).await;
+
+        let answers = join_all((1..48).map(created)).await;
+        let refused: Vec<&Value> = answers.iter().filter(|(s, _)| *s == StatusCode::CONFLICT).map(|(_, b)| b).collect();
+
+        assert_eq!(first.0, StatusCode::CREATED, "{}", first.1);
+        assert_eq!(answers.iter().filter(|(s, _)| *s == StatusCode::CREATED).count(), 9, "{:?}", answers.iter().map(|a| a.0).collect::<Vec<_>>());
+        assert_eq!(refused.len(), 38);
+        assert!(refused.iter().all(|b| b["code"] == "quota_exceeded"), "{refused:?}");
+        assert_eq!(written(&app, &app.org.id).await, [10; 4]);
+    }
+}
+
+crate::both_backends! {
+    async fn a_group_of_creates_refuses_each_that_fails_its_own_checks_and_writes_the_rest(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let app = TestApp::spawn(&db).await;
+        let (org, small) = (app.org.id.clone(), app.new_org("Small").await.id);
+        sqlx::query(&format!("INSERT INTO org_limits (org_id, provider, max_count) VALUES ('{small}', 'postgresql', 1)"))
+            .execute(&app.sql().await)
+            .await
+            .unwrap();
+        let (current, _) = app.state.vault.current_key(&org).await.unwrap();
+        let group = vec![
+            pending(&app, &org, "first", None).await,
+            pending(&app, &org, "stale key", Some(current + 1)).await,
+            pending(&app, &small, "fits", None).await,
+            pending(&app, &small, "over the limit", None).await,
+            pending(&app, &org, "last", None).await,
+        ];
+        let mut gone = pending(&app, &org, "no such organization", None).await;
+        gone.new.org_id = "no-such-org".into();
+        let mut group = group;
+        group.insert(2, gone);
+
+        let outcomes = app.state.store.insert_credentials(&group).await;
+
+        let shown: Vec<String> = outcomes.iter().map(|o| format!("{o:?}")).collect();
+        assert!(outcomes[0].is_ok(), "{shown:?}");
+        assert!(matches!(outcomes[1], Err(StoreError::KeyRotated)), "{shown:?}");
+        assert!(matches!(outcomes[2], Err(StoreError::NotFound)), "{shown:?}");
+        assert!(outcomes[3].is_ok(), "{shown:?}");
+        assert!(matches!(outcomes[4], Err(StoreError::QuotaExceeded { limit: 1 })), "{shown:?}");
+        assert!(outcomes[5].is_ok(), "{shown:?}");
+        assert_eq!(written(&app, &org).await, [2; 4]);
+        assert_eq!(written(&app, &small).await, [1; 4]);
+        let names: Vec<String> = sqlx::query("SELECT name FROM credentials ORDER BY name")
+            .fetch_all(&app.sql().await)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.try_get(0).unwrap())
+            .collect();
+        assert_eq!(names, ["first", "fits", "last"]);
+        if backend == Backend::Postgres {
+            let transactions = count(&app, "SELECT COUNT(DISTINCT xmin::text) FROM credentials").await;
+            assert_eq!(transactions, 1, "the group is written in one transaction");
+        }
+    }
+}
+
+/// Makes the database refuse to insert credentials named `name` (every
+/// name: `None`), as a statement error (`disk`: false) or as a full disk.
+async fn refuse_credentials(app: &TestApp, backend: Backend, name: Option<&str>, disk: bool) {
+    let sql = app.sql().await;
+    let when = name.map(|n| format!("NEW.name = '{n}'"));
+    match backend {
+        Backend::Postgres => {
+            let code = if disk { "disk_full" } else { "raise_exception" };
+            let when = when.unwrap_or_else(|| "true".into());
+            sqlx::query(&format!(
+                "CREATE FUNCTION refuse_credentials() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+                 IF {when} THEN RAISE EXCEPTION 'refused' USING ERRCODE = '{code}'; END IF; RETURN NEW; END $$"
+            ))
+            .execute(&sql)
+            .await
+            .unwrap();
+            sqlx::query("CREATE TRIGGER refuse_credentials BEFORE INSERT ON credentials FOR EACH ROW EXECUTE FUNCTION refuse_credentials()")
+                .execute(&sql)
+                .await
+                .unwrap();
+        }
+        Backend::Sqlite => {
+            let when = when.map(|w| format!("WHEN {w} ")).unwrap_or_default();
+            sqlx::query(&format!(
+                "CREATE TRIGGER refuse_credentials BEFORE INSERT ON credentials {when}BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            ))
+            .execute(&sql)
+            .await
+            .unwrap();
+        }
+    }
+}
+
+crate::both_backends! {
+    async fn a_create_the_database_refuses_fails_alone_and_the_rest_of_its_group_is_written(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let app = TestApp::spawn(&db).await;
+        let org = app.org.id.clone();
+        refuse_credentials(&app, backend, Some("refused"), false).await;
+        let group = vec![
+            pending(&app, &org, "before", None).await,
+            pending(&app, &org, "refused", None).await,
+            pending(&app, &org, "after", None).await,
+        ];
+
+        let outcomes = app.state.store.insert_credentials(&group).await;
+
+        let shown: Vec<String> = outcomes.iter().map(|o| format!("{o:?}")).collect();
+        assert!(outcomes[0].is_ok() && outcomes[2].is_ok(), "{shown:?}");
+        assert!(matches!(outcomes[1], Err(StoreError::Database(_))), "{shown:?}");
+        assert_eq!(written(&app, &org).await, [2; 4]);
+    }
+}
+
+crate::both_backends! {
+    async fn when_a_group_of_creates_cannot_be_written_every_create_in_it_fails_and_nothing_is_written(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let app = TestApp::spawn(&db).await;
+        refuse_credentials(&app, backend, None, true).await;
+
+        let refused = join_all((0..24).map(|n| {
+            app.call(Method::POST, "/integrations/credentials", &app.org.admin, Some(pg_body(&format!("c{n}"), "pw")))
+        }))
+        .await;
+        let while_refused = written(&app, &app.org.id).await;
+        let sql = app.sql().await;
+        sqlx::query("DROP TRIGGER refuse_credentials ON credentials").execute(&sql).await.ok();
+        sqlx::query("DROP TRIGGER refuse_credentials").execute(&sql).await.ok();
+        let (after, body) = app.call(Method::POST, "/integrations/credentials", &app.org.admin, Some(pg_body("after", "pw"))).await;
+
+        for (status, body) in &refused {
+            assert!(status.is_server_error(), "{status} {body}");
+            if backend == Backend::Postgres {
+                assert_eq!(*status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+                assert_eq!(body["code"], "store_unavailable");
+            }
+        }
+        assert_eq!(while_refused, [0; 4]);
+        assert_eq!(after, StatusCode::CREATED, "{body}");
+        assert_eq!(written(&app, &app.org.id).await, [1; 4]);
     }
 }

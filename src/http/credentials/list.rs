@@ -13,7 +13,7 @@ use crate::credentials::{self, MAX_NAME_LEN, MAX_PER_PAGE};
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{ApiQuery, Caller, READ};
 use crate::http::AppState;
-use crate::model::{Access, CredentialStatus};
+use crate::model::CredentialStatus;
 use crate::providers::FieldError;
 use crate::store::CredentialFilter;
 
@@ -144,18 +144,12 @@ pub(super) async fn list_credentials(
     };
     let (rows, total) = credentials::list(&state, &caller, filter).await?;
     let next = (rows.len() as i64 == per_page)
-        .then(|| rows.last().map(|(row, _)| cursor(row)))
+        .then(|| rows.last().map(|l| cursor(&l.row)))
         .flatten();
-    let shown: Vec<String> = rows
-        .iter()
-        .filter(|(_, access)| *access >= Access::View)
-        .map(|(row, _)| row.id.clone())
-        .collect();
-    let mut grants = credentials::grants_of_many(&state, &shown).await?;
     Ok(Json(CredentialPage {
         items: rows
-            .iter()
-            .map(|(row, access)| CredentialOut::new(row, *access, grants.remove(&row.id).unwrap_or_default()))
+            .into_iter()
+            .map(|l| CredentialOut::new(&l.row, l.access, l.grants))
             .collect(),
         page,
         per_page,

@@ -110,11 +110,6 @@ async fn list(
         Ok(found) => found,
         Err(e) => return failure(&state, &e).into_response(),
     };
-    let ids: Vec<String> = rows.iter().map(|(r, _)| r.id.clone()).collect();
-    let grants = match credentials::grants_of_many(&state, &ids).await {
-        Ok(g) => g,
-        Err(e) => return failure(&state, &e).into_response(),
-    };
     let pages = ((total + MAX_PER_PAGE - 1) / MAX_PER_PAGE).max(1);
     let link = |p: i64| {
         let mut u = url::form_urlencoded::Serializer::new(String::new());
@@ -184,8 +179,8 @@ async fn list(
                             th scope="col" { "Actions" }
                         } }
                         tbody {
-                            @for (row, access) in &rows {
-                                (table_row(&state, row, *access, grants.get(&row.id).map_or(0, Vec::len)))
+                            @for l in &rows {
+                                (table_row(&state, &l.row, l.access, l.grants.len()))
                             }
                         }
                     }

@@ -1,0 +1,90 @@
+//! Creating credentials in groups (the group commit behind
+//! `crate::group_commit::CreateLog`): one transaction writes every create of
+//! a group that passes its own checks, the organization's current data key
+//! and the provider's limit, and refuses the others one by one. A group the
+//! database refuses (a statement fails) is written again one create at a
+//! time, so only the create at fault fails; one it cannot write at all (it
+//! is unavailable) fails every create in it, and none is written.
+
+use super::audit::{self, AuditEvent};
+use super::credentials::{insert_row, NewCredential};
+use super::outbox::{self, Notification};
+use super::quota::reserve_many;
+use super::{current_key, Store, StoreError};
+
+/// A credential to create, with its audit event and notification.
+#[derive(Debug, Clone)]
+pub struct PendingCreate {
+    pub new: NewCredential,
+    /// The provider's limit unless the organization has its own.
+    pub default_limit: i64,
+    pub event: AuditEvent,
+    pub notify: Notification,
+}
+
+impl Store {
+    /// Writes `creates`; one outcome each, in order.
+    pub async fn insert_credentials(&self, creates: &[PendingCreate]) -> Vec<Result<(), StoreError>> {
+        if creates.len() > 1 {
+            match self.insert_together(creates).await {
+                Ok(outcomes) => return outcomes,
+                Err(e @ StoreError::Unavailable(_)) => {
+                    tracing::warn!(error = %e, creates = creates.len(), "a group of creates was not written");
+                    return creates.iter().map(|_| Err(e.duplicate())).collect();
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, creates = creates.len(), "a group of creates failed; writing each alone");
+                }
+            }
+        }
+        let mut outcomes = Vec::with_capacity(creates.len());
+        for create in creates {
+            outcomes.push(self.insert_credential(create).await);
+        }
+        outcomes
+    }
+
+    /// One transaction for the whole group. Locks are taken in one order on
+    /// every replica: organizations (share), then counter rows, then the
+    /// new rows and, at commit, the listing versions, all by organization
+    /// and provider.
+    async fn insert_together(&self, creates: &[PendingCreate]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let key = |i: &usize| (&creates[*i].new.org_id, &creates[*i].new.provider);
+        let mut order: Vec<usize> = (0..creates.len()).collect();
+        // Stable: within an organization and provider, the first come are
+        // the first counted.
+        order.sort_by(|a, b| key(a).cmp(&key(b)));
+        let mut outcomes: Vec<Result<(), StoreError>> = creates.iter().map(|_| Ok(())).collect();
+        let mut tx = self.begin_write().await?;
+        let t = self.now();
+        for org in order.chunk_by(|a, b| creates[*a].new.org_id == creates[*b].new.org_id) {
+            let current = current_key(&mut tx, self.dialect, &creates[org[0]].new.org_id).await?;
+            for &i in org {
+                match current {
+                    None => outcomes[i] = Err(StoreError::NotFound),
+                    Some(v) if v != creates[i].new.key_version => outcomes[i] = Err(StoreError::KeyRotated),
+                    Some(_) => {}
+                }
+            }
+        }
+        let admitted: Vec<usize> = order.iter().copied().filter(|i| outcomes[*i].is_ok()).collect();
+        for group in admitted.chunk_by(|a, b| key(a) == key(b)) {
+            let NewCredential { org_id, provider, .. } = &creates[group[0]].new;
+            let wanted = group.len() as i64;
+            let (fit, limit) = reserve_many(&mut tx, org_id, provider, creates[group[0]].default_limit, wanted).await?;
+            for &i in &group[fit as usize..] {
+                outcomes[i] = Err(StoreError::QuotaExceeded { limit });
+            }
+        }
+        for i in order {
+            if outcomes[i].is_ok() {
+                let PendingCreate { new, event, notify, .. } = &creates[i];
+                insert_row(&mut tx, new, t).await?;
+                audit::insert(&mut tx, event, t).await?;
+                outbox::insert(&mut tx, notify, t).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+}
