@@ -3,6 +3,7 @@
 
 use sqlx::AnyConnection;
 
+use super::credentials::Usage;
 use super::{Dialect, Store, StoreError};
 
 /// An event to record.
@@ -141,6 +142,41 @@ pub(crate) async fn insert(conn: &mut AnyConnection, event: &AuditEvent, at: i64
     .fetch_one(conn)
     .await?;
     sqlx::Row::try_get(&row, 0)
+}
+
+/// Events per statement of [`insert_many`] (nine values each, well under
+/// SQLite's limit).
+const EVENTS_PER_STATEMENT: usize = 200;
+
+/// Writes many events on `conn`, a statement per 200: each with the
+/// workflow and run it was for, if any.
+pub(crate) async fn insert_many(
+    conn: &mut AnyConnection,
+    events: &[(&AuditEvent, Option<&Usage>)],
+    at: i64,
+) -> Result<(), sqlx::Error> {
+    for chunk in events.chunks(EVENTS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO audit_events (org_id, credential_id, action, outcome, actor, detail, at, workflow_id, run_id) \
+             VALUES {}",
+            super::values(chunk.len(), 9)
+        );
+        let mut query = sqlx::query(&sql);
+        for (event, usage) in chunk {
+            query = query
+                .bind(&event.org_id)
+                .bind(event.credential_id.as_deref())
+                .bind(event.action)
+                .bind(event.outcome)
+                .bind(&event.actor)
+                .bind(event.detail.as_ref().map(ToString::to_string))
+                .bind(at)
+                .bind(usage.and_then(|u| u.workflow_id.as_deref()))
+                .bind(usage.and_then(|u| u.run_id.as_deref()));
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 impl Store {

@@ -7,7 +7,7 @@
 //! is unavailable) fails every create in it, and none is written.
 
 use super::audit::{self, AuditEvent};
-use super::credentials::{insert_row, NewCredential};
+use super::credentials::{insert_rows, NewCredential, Usage};
 use super::outbox::{self, Notification};
 use super::quota::reserve_many;
 use super::{current_key, Store, StoreError};
@@ -76,14 +76,17 @@ impl Store {
                 outcomes[i] = Err(StoreError::QuotaExceeded { limit });
             }
         }
-        for i in order {
-            if outcomes[i].is_ok() {
-                let PendingCreate { new, event, notify, .. } = &creates[i];
-                insert_row(&mut tx, new, t).await?;
-                audit::insert(&mut tx, event, t).await?;
-                outbox::insert(&mut tx, notify, t).await?;
-            }
-        }
+        let written: Vec<&PendingCreate> = order
+            .into_iter()
+            .filter(|i| outcomes[*i].is_ok())
+            .map(|i| &creates[i])
+            .collect();
+        let news: Vec<&NewCredential> = written.iter().map(|c| &c.new).collect();
+        insert_rows(&mut tx, &news, t).await?;
+        let events: Vec<(&AuditEvent, Option<&Usage>)> = written.iter().map(|c| (&c.event, None)).collect();
+        audit::insert_many(&mut tx, &events, t).await?;
+        let notes: Vec<&Notification> = written.iter().map(|c| &c.notify).collect();
+        outbox::insert_many(&mut tx, &notes, t).await?;
         tx.commit().await?;
         Ok(outcomes)
     }

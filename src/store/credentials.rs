@@ -344,25 +344,44 @@ impl Store {
 
 /// Inserts the row of a new credential (status `new`) on `conn`.
 pub(super) async fn insert_row(conn: &mut sqlx::AnyConnection, new: &NewCredential, t: i64) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO credentials (id, org_id, name, provider, auth_type, status, fields, secret_names, \
-         secret_ct, key_version, created_by, created_at, updated_at, owner) \
-         VALUES ($1, $2, $3, $4, $5, $13, $6, $7, $8, $9, $10, $11, $11, $12)",
-    )
-    .bind(&new.id)
-    .bind(&new.org_id)
-    .bind(&new.name)
-    .bind(&new.provider)
-    .bind(new.auth_type.as_str())
-    .bind(&new.fields)
-    .bind(&new.secret_names)
-    .bind(&new.secret_ct)
-    .bind(new.key_version)
-    .bind(&new.created_by)
-    .bind(t)
-    .bind(&new.owner)
-    .bind(CredentialStatus::NEW.as_str())
-    .execute(conn)
-    .await?;
+    insert_rows(conn, &[new], t).await
+}
+
+/// New credentials per statement of [`insert_rows`] (14 values each).
+const ROWS_PER_STATEMENT: usize = 100;
+
+/// Inserts the rows of new credentials (status `new`) on `conn`, a
+/// statement per 100.
+pub(super) async fn insert_rows(
+    conn: &mut sqlx::AnyConnection,
+    news: &[&NewCredential],
+    t: i64,
+) -> Result<(), StoreError> {
+    for chunk in news.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO credentials (id, org_id, name, provider, auth_type, status, fields, secret_names, \
+             secret_ct, key_version, created_by, created_at, updated_at, owner) VALUES {}",
+            super::values(chunk.len(), 14)
+        );
+        let mut query = sqlx::query(&sql);
+        for new in chunk {
+            query = query
+                .bind(&new.id)
+                .bind(&new.org_id)
+                .bind(&new.name)
+                .bind(&new.provider)
+                .bind(new.auth_type.as_str())
+                .bind(CredentialStatus::NEW.as_str())
+                .bind(&new.fields)
+                .bind(&new.secret_names)
+                .bind(&new.secret_ct)
+                .bind(new.key_version)
+                .bind(&new.created_by)
+                .bind(t)
+                .bind(t)
+                .bind(&new.owner);
+        }
+        query.execute(&mut *conn).await?;
+    }
     Ok(())
 }

@@ -131,6 +131,16 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// `($1, …, $cols), (…), …`: the placeholders of a multi-row `VALUES` of
+/// `rows` rows.
+pub(crate) fn values(rows: usize, cols: usize) -> String {
+    let row = |r: usize| {
+        let marks: Vec<String> = (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
+        format!("({})", marks.join(", "))
+    };
+    (0..rows).map(row).collect::<Vec<_>>().join(", ")
+}
+
 /// Is this the database being away (rather than a statement being wrong)?
 fn unavailable(e: &sqlx::Error) -> bool {
     match e {

@@ -88,28 +88,46 @@ fn event(r: &sqlx::any::AnyRow) -> Result<OutboxEvent, StoreError> {
 
 /// Writes one notification on `conn` (inside the change's transaction).
 pub(crate) async fn insert(conn: &mut sqlx::AnyConnection, n: &Notification, at: i64) -> Result<(), sqlx::Error> {
-    let event_id = uuid::Uuid::new_v4().to_string();
-    let payload = json!({
-        "id": event_id,
-        "type": n.kind,
-        "org_id": n.org_id,
-        "credential_id": n.credential_id,
-        "provider": n.provider,
-        "at": chrono::DateTime::from_timestamp(at, 0).unwrap_or_default(),
-        "detail": n.detail,
-    });
-    sqlx::query(
-        "INSERT INTO outbox (event_id, org_id, kind, credential_id, payload, created_at, next_attempt_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $6)",
-    )
-    .bind(&event_id)
-    .bind(&n.org_id)
-    .bind(n.kind)
-    .bind(&n.credential_id)
-    .bind(payload.to_string())
-    .bind(at)
-    .execute(conn)
-    .await?;
+    insert_many(conn, &[n], at).await
+}
+
+/// Notifications per statement of [`insert_many`] (six values each).
+const PER_STATEMENT: usize = 200;
+
+/// Writes notifications on `conn`, a statement per 200.
+pub(crate) async fn insert_many(
+    conn: &mut sqlx::AnyConnection,
+    ns: &[&Notification],
+    at: i64,
+) -> Result<(), sqlx::Error> {
+    for chunk in ns.chunks(PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO outbox (event_id, org_id, kind, credential_id, payload, created_at, next_attempt_at) VALUES {}",
+            super::values(chunk.len(), 7)
+        );
+        let mut query = sqlx::query(&sql);
+        for n in chunk {
+            let event_id = uuid::Uuid::new_v4().to_string();
+            let payload = json!({
+                "id": event_id,
+                "type": n.kind,
+                "org_id": n.org_id,
+                "credential_id": n.credential_id,
+                "provider": n.provider,
+                "at": chrono::DateTime::from_timestamp(at, 0).unwrap_or_default(),
+                "detail": n.detail,
+            });
+            query = query
+                .bind(event_id)
+                .bind(&n.org_id)
+                .bind(n.kind)
+                .bind(&n.credential_id)
+                .bind(payload.to_string())
+                .bind(at)
+                .bind(at);
+        }
+        query.execute(&mut *conn).await?;
+    }
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 //! `last_used_at` and adds its audit event; all of a batch commit together
 //! or not at all.
 
-use super::audit::AuditEvent;
+use super::audit::{self, AuditEvent};
 use super::credentials::Usage;
 use super::{Store, StoreError};
 
@@ -15,7 +15,7 @@ pub struct UseRecord {
     pub usage: Usage,
 }
 
-/// Uses per statement (nine parameters each; well under SQLite's limit).
+/// Uses per statement.
 const CHUNK: usize = 200;
 
 impl Store {
@@ -41,42 +41,8 @@ impl Store {
             }
             query.execute(&mut *tx).await?;
 
-            let rows: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let b = i * 9;
-                    format!(
-                        "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                        b + 1,
-                        b + 2,
-                        b + 3,
-                        b + 4,
-                        b + 5,
-                        b + 6,
-                        b + 7,
-                        b + 8,
-                        b + 9
-                    )
-                })
-                .collect();
-            let insert = format!(
-                "INSERT INTO audit_events (org_id, credential_id, action, outcome, actor, detail, at, workflow_id, run_id) \
-                 VALUES {}",
-                rows.join(", ")
-            );
-            let mut query = sqlx::query(&insert);
-            for u in chunk {
-                query = query
-                    .bind(&u.event.org_id)
-                    .bind(u.event.credential_id.as_deref())
-                    .bind(u.event.action)
-                    .bind(u.event.outcome)
-                    .bind(&u.event.actor)
-                    .bind(u.event.detail.as_ref().map(ToString::to_string))
-                    .bind(t)
-                    .bind(u.usage.workflow_id.as_deref())
-                    .bind(u.usage.run_id.as_deref());
-            }
-            query.execute(&mut *tx).await?;
+            let events: Vec<_> = chunk.iter().map(|u| (&u.event, Some(&u.usage))).collect();
+            audit::insert_many(&mut tx, &events, t).await?;
         }
         tx.commit().await?;
         Ok(())
