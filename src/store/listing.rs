@@ -189,9 +189,11 @@ impl Store {
         // The count binds the filters alone; the page adds the cursor.
         let count_binds = binds.len();
         // The cursor narrows the page, not the total.
+        // `created_at <= t` first: a bound the index walk starts from (a
+        // plan kept for any cursor must not scan the newest rows to skip them).
         let cursor = |created_at: &str, id: &str, t: usize, i: usize| {
             format!(
-                " AND ({created_at} < CAST(${t} AS BIGINT) OR ({created_at} = CAST(${t} AS BIGINT) AND {id} < ${i}))"
+                " AND {created_at} <= CAST(${t} AS BIGINT) AND ({created_at} < CAST(${t} AS BIGINT) OR {id} < ${i})"
             )
         };
         let (mut on_credentials, mut on_grants) = (String::new(), String::new());
@@ -202,12 +204,23 @@ impl Store {
             on_credentials = cursor("x.created_at", "x.id", t, i);
             on_grants = cursor("g2.created_at", "g2.credential_id", t, i);
         }
-        let n = binds.len();
-        let (join_user, per_page, offset, reach) = (n + 1, n + 2, n + 3, n + 4);
+        let join_user = binds.len() + 1;
+        // The page's bounds are numbers in the statement, not parameters: a
+        // plan for a parameter LIMIT assumes a tenth of the table is wanted,
+        // so Postgres would plan every execution anew (a third of its time
+        // on a page); with them in the text, each shape's plan is kept.
+        // They are integers computed here, never text from the request.
+        let per_page = f.per_page.max(1);
+        let offset = if f.after.is_some() {
+            0
+        } else {
+            (f.page - 1).max(0) * per_page
+        };
+        let reach = offset + per_page;
         let ids_sql = if arms.is_empty() {
             format!(
                 "SELECT x.id FROM credentials x WHERE x.org_id = $1{rest}{on_credentials} \
-                 ORDER BY x.created_at DESC, x.id DESC LIMIT ${per_page} OFFSET ${offset}"
+                 ORDER BY x.created_at DESC, x.id DESC LIMIT {per_page} OFFSET {offset}"
             )
         } else {
             let mut walks: Vec<String> = walks_arms
@@ -215,7 +228,7 @@ impl Store {
                 .map(|arm| {
                     format!(
                         "SELECT x.id, x.created_at FROM credentials x WHERE x.org_id = $1 AND {arm}{rest}{on_credentials} \
-                         ORDER BY x.created_at DESC, x.id DESC LIMIT ${reach}"
+                         ORDER BY x.created_at DESC, x.id DESC LIMIT {reach}"
                     )
                 })
                 .collect();
@@ -223,7 +236,7 @@ impl Store {
                 walks.push(format!(
                     "SELECT x.id, x.created_at FROM credential_grants g2 JOIN credentials x ON x.id = g2.credential_id \
                      WHERE {g} AND x.org_id = $1{rest}{on_grants} \
-                     ORDER BY g2.created_at DESC, g2.credential_id DESC LIMIT ${reach}"
+                     ORDER BY g2.created_at DESC, g2.credential_id DESC LIMIT {reach}"
                 ));
             }
             let union = walks
@@ -233,7 +246,7 @@ impl Store {
                 .collect::<Vec<_>>()
                 .join(" UNION ");
             format!(
-                "SELECT v.id FROM ({union}) v ORDER BY v.created_at DESC, v.id DESC LIMIT ${per_page} OFFSET ${offset}"
+                "SELECT v.id FROM ({union}) v ORDER BY v.created_at DESC, v.id DESC LIMIT {per_page} OFFSET {offset}"
             )
         };
         let grants_sql = match self.dialect {
@@ -252,22 +265,11 @@ impl Store {
              LEFT JOIN credential_grants g ON g.credential_id = c.id AND g.user_id = ${join_user} \
              WHERE c.id IN ({ids_sql}) ORDER BY c.created_at DESC, c.id DESC"
         );
-        let offset = if f.after.is_some() {
-            0
-        } else {
-            (f.page - 1) * f.per_page
-        };
         let mut page = sqlx::query_as(&page_sql);
         for b in &binds {
             page = page.bind(b);
         }
-        page = page
-            .bind(f.viewer.user.clone().unwrap_or_default())
-            .bind(f.per_page)
-            .bind(offset);
-        if !arms.is_empty() {
-            page = page.bind(offset + f.per_page);
-        }
+        page = page.bind(f.viewer.user.clone().unwrap_or_default());
         let rows: Vec<Listed> = page.fetch_all(&self.pool).await?;
         // The total: counted at most once per listing version and filter.
         let key = std::iter::once(count_sql.as_str())
