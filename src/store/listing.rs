@@ -58,30 +58,58 @@ fn like_pattern(q: &str) -> String {
     format!("%{escaped}%")
 }
 
-/// Listing totals counted in this process, each with the organization's
-/// listing version it was counted at (`listing_versions`, kept by triggers
-/// on every change that can alter a count). A total is reused only while
-/// the version read with the page is the same, so it is exact for every
-/// replica; counting 10,000 rows happens once per change, not per page.
-/// Bounded: when full, it starts over.
-#[derive(Debug, Default)]
-pub(super) struct Totals(Mutex<HashMap<String, (i64, i64)>>);
+/// Where a page reads from: after (or at) a row's (`created_at`, `id`), or
+/// at an offset.
+enum Start<'a> {
+    Cursor(&'a (i64, String), bool),
+    Offset(i64),
+}
 
-/// Most totals kept (each key is a statement and its values, under 1 KiB).
+/// What a listing counted or found in this process, each with the
+/// organization's listing version it was true at (`listing_versions`, kept
+/// by triggers on every change that can move a row into or out of a
+/// listing): listing totals, and where numbered pages start. A value is
+/// reused only while the version read with the page is the same, so it is
+/// exact for every replica; counting 10,000 rows, or skipping them to reach
+/// a page, happens once per change, not per page. Bounded: when full, it
+/// starts over.
+#[derive(Debug)]
+pub(super) struct Remembered<V>(Mutex<HashMap<String, (i64, V)>>);
+
+impl<V> Default for Remembered<V> {
+    fn default() -> Self {
+        Self(Mutex::default())
+    }
+}
+
+/// Listing totals.
+pub(super) type Totals = Remembered<i64>;
+/// The first row (`created_at`, `id`) of numbered pages.
+pub(super) type PageStarts = Remembered<(i64, String)>;
+
+/// Most values kept (each key is a statement and its values, under 1 KiB).
 const MAX_TOTALS: usize = 1024;
 
-impl Totals {
-    fn get(&self, key: &str, version: i64) -> Option<i64> {
+impl<V: Clone> Remembered<V> {
+    fn get(&self, key: &str, version: i64) -> Option<V> {
         let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(key).filter(|(v, _)| *v == version).map(|(_, total)| *total)
+        map.get(key)
+            .filter(|(v, _)| *v == version)
+            .map(|(_, value)| value.clone())
     }
 
-    fn put(&self, key: String, version: i64, total: i64) {
+    /// The value and the version it was true at.
+    fn any(&self, key: &str) -> Option<(i64, V)> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(key).cloned()
+    }
+
+    fn put(&self, key: String, version: i64, value: V) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= MAX_TOTALS && !map.contains_key(&key) {
             map.clear();
         }
-        map.insert(key, (version, total));
+        map.insert(key, (version, value));
     }
 
     #[cfg(test)]
@@ -186,69 +214,6 @@ impl Store {
             format!(" AND ({access})")
         };
         let count_sql = format!("SELECT {VERSION_SQL}, COUNT(*) FROM credentials x WHERE x.org_id = $1{access}{rest}");
-        // The count binds the filters alone; the page adds the cursor.
-        let count_binds = binds.len();
-        // The cursor narrows the page, not the total.
-        // `created_at <= t` first: a bound the index walk starts from (a
-        // plan kept for any cursor must not scan the newest rows to skip them).
-        let cursor = |created_at: &str, id: &str, t: usize, i: usize| {
-            format!(
-                " AND {created_at} <= CAST(${t} AS BIGINT) AND ({created_at} < CAST(${t} AS BIGINT) OR {id} < ${i})"
-            )
-        };
-        let (mut on_credentials, mut on_grants) = (String::new(), String::new());
-        if let Some((created_at, id)) = &f.after {
-            binds.push(created_at.to_string());
-            binds.push(id.clone());
-            let (t, i) = (binds.len() - 1, binds.len());
-            on_credentials = cursor("x.created_at", "x.id", t, i);
-            on_grants = cursor("g2.created_at", "g2.credential_id", t, i);
-        }
-        let join_user = binds.len() + 1;
-        // The page's bounds are numbers in the statement, not parameters: a
-        // plan for a parameter LIMIT assumes a tenth of the table is wanted,
-        // so Postgres would plan every execution anew (a third of its time
-        // on a page); with them in the text, each shape's plan is kept.
-        // They are integers computed here, never text from the request.
-        let per_page = f.per_page.max(1);
-        let offset = if f.after.is_some() {
-            0
-        } else {
-            (f.page - 1).max(0) * per_page
-        };
-        let reach = offset + per_page;
-        let ids_sql = if arms.is_empty() {
-            format!(
-                "SELECT x.id FROM credentials x WHERE x.org_id = $1{rest}{on_credentials} \
-                 ORDER BY x.created_at DESC, x.id DESC LIMIT {per_page} OFFSET {offset}"
-            )
-        } else {
-            let mut walks: Vec<String> = walks_arms
-                .iter()
-                .map(|arm| {
-                    format!(
-                        "SELECT x.id, x.created_at FROM credentials x WHERE x.org_id = $1 AND {arm}{rest}{on_credentials} \
-                         ORDER BY x.created_at DESC, x.id DESC LIMIT {reach}"
-                    )
-                })
-                .collect();
-            if let Some(g) = walk_grants {
-                walks.push(format!(
-                    "SELECT x.id, x.created_at FROM credential_grants g2 JOIN credentials x ON x.id = g2.credential_id \
-                     WHERE {g} AND x.org_id = $1{rest}{on_grants} \
-                     ORDER BY g2.created_at DESC, g2.credential_id DESC LIMIT {reach}"
-                ));
-            }
-            let union = walks
-                .iter()
-                .enumerate()
-                .map(|(i, w)| format!("SELECT * FROM ({w}) w{i}"))
-                .collect::<Vec<_>>()
-                .join(" UNION ");
-            format!(
-                "SELECT v.id FROM ({union}) v ORDER BY v.created_at DESC, v.id DESC LIMIT {per_page} OFFSET {offset}"
-            )
-        };
         let grants_sql = match self.dialect {
             Dialect::Postgres => {
                 "(SELECT json_agg(json_build_array(g3.user_id, g3.access))::text FROM credential_grants g3 \
@@ -259,29 +224,130 @@ impl Store {
                  WHERE g3.credential_id = c.id)"
             }
         };
-        let page_sql = format!(
-            "SELECT {LIST_COLUMNS}, g.access AS my_grant, {VERSION_SQL} AS listing_version, {grants_sql} AS grants \
-             FROM credentials c \
-             LEFT JOIN credential_grants g ON g.credential_id = c.id AND g.user_id = ${join_user} \
-             WHERE c.id IN ({ids_sql}) ORDER BY c.created_at DESC, c.id DESC"
-        );
-        let mut page = sqlx::query_as(&page_sql);
-        for b in &binds {
-            page = page.bind(b);
-        }
-        page = page.bind(f.viewer.user.clone().unwrap_or_default());
-        let rows: Vec<Listed> = page.fetch_all(&self.pool).await?;
-        // The total: counted at most once per listing version and filter.
+        let per_page = f.per_page.max(1);
+        // The page statement, starting after a cursor (or at it, inclusive)
+        // or at an offset; with its values.
+        let page_statement = |start: &Start| -> (String, Vec<String>) {
+            let mut binds = binds.clone();
+            // The cursor narrows the page, not the total. `created_at <= t`
+            // first: a bound the index walk starts from (a plan kept for any
+            // cursor must not scan the newest rows to skip them).
+            let (mut on_credentials, mut on_grants, mut offset) = (String::new(), String::new(), 0);
+            match start {
+                Start::Offset(n) => offset = *n,
+                Start::Cursor((created_at, id), inclusive) => {
+                    binds.push(created_at.to_string());
+                    binds.push(id.clone());
+                    let (t, i) = (binds.len() - 1, binds.len());
+                    let below = if *inclusive { "<=" } else { "<" };
+                    let cursor = |created_at: &str, id: &str| {
+                        format!(
+                            " AND {created_at} <= CAST(${t} AS BIGINT) AND ({created_at} < CAST(${t} AS BIGINT) OR {id} {below} ${i})"
+                        )
+                    };
+                    on_credentials = cursor("x.created_at", "x.id");
+                    on_grants = cursor("g2.created_at", "g2.credential_id");
+                }
+            }
+            // The page's bounds are numbers in the statement, not parameters:
+            // a plan for a parameter LIMIT assumes a tenth of the table is
+            // wanted, so Postgres would plan every execution anew (a third of
+            // its time on a page); with them in the text, each shape's plan is
+            // kept. They are integers computed here, never text from the
+            // request.
+            let reach = offset + per_page;
+            let ids_sql = if arms.is_empty() {
+                format!(
+                    "SELECT x.id FROM credentials x WHERE x.org_id = $1{rest}{on_credentials} \
+                     ORDER BY x.created_at DESC, x.id DESC LIMIT {per_page} OFFSET {offset}"
+                )
+            } else {
+                let mut walks: Vec<String> = walks_arms
+                    .iter()
+                    .map(|arm| {
+                        format!(
+                            "SELECT x.id, x.created_at FROM credentials x WHERE x.org_id = $1 AND {arm}{rest}{on_credentials} \
+                             ORDER BY x.created_at DESC, x.id DESC LIMIT {reach}"
+                        )
+                    })
+                    .collect();
+                if let Some(g) = walk_grants {
+                    walks.push(format!(
+                        "SELECT x.id, x.created_at FROM credential_grants g2 JOIN credentials x ON x.id = g2.credential_id \
+                         WHERE {g} AND x.org_id = $1{rest}{on_grants} \
+                         ORDER BY g2.created_at DESC, g2.credential_id DESC LIMIT {reach}"
+                    ));
+                }
+                let union = walks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, w)| format!("SELECT * FROM ({w}) w{i}"))
+                    .collect::<Vec<_>>()
+                    .join(" UNION ");
+                format!(
+                    "SELECT v.id FROM ({union}) v ORDER BY v.created_at DESC, v.id DESC LIMIT {per_page} OFFSET {offset}"
+                )
+            };
+            let join_user = binds.len() + 1;
+            binds.push(f.viewer.user.clone().unwrap_or_default());
+            let sql = format!(
+                "SELECT {LIST_COLUMNS}, g.access AS my_grant, {VERSION_SQL} AS listing_version, {grants_sql} AS grants \
+                 FROM credentials c \
+                 LEFT JOIN credential_grants g ON g.credential_id = c.id AND g.user_id = ${join_user} \
+                 WHERE c.id IN ({ids_sql}) ORDER BY c.created_at DESC, c.id DESC"
+            );
+            (sql, binds)
+        };
+        let fetch = |(sql, binds): (String, Vec<String>)| async move {
+            let mut page = sqlx::query_as(&sql);
+            for b in &binds {
+                page = page.bind(b);
+            }
+            page.fetch_all(&self.pool).await
+        };
+        // The filter's key: its count statement and values.
         let key = std::iter::once(count_sql.as_str())
-            .chain(binds[..count_binds].iter().map(String::as_str))
+            .chain(binds.iter().map(String::as_str))
             .collect::<Vec<_>>()
             .join("\u{0}");
-        let seen = rows.first().map(|l| l.listing_version.unwrap_or(0));
-        let total = match seen.and_then(|v| self.totals.get(&key, v)) {
+        let version_of = |rows: &[Listed]| rows.first().map(|l| l.listing_version.unwrap_or(0));
+        let offset = (f.page - 1).max(0) * per_page;
+        let rows: Vec<Listed> = match &f.after {
+            Some(after) => fetch(page_statement(&Start::Cursor(after, false))).await?,
+            None if offset == 0 => fetch(page_statement(&Start::Offset(0))).await?,
+            None => {
+                // A numbered page starts where it started when last read, as
+                // long as the listing version is the same (nothing that could
+                // move a row in or out of the listing has changed): read from
+                // that row, not by skipping every row before it.
+                let page_key = format!("{key}\u{0}{per_page}\u{0}{offset}");
+                let remembered = self.page_starts.any(&page_key);
+                let from_start = match &remembered {
+                    Some((version, start)) => {
+                        let rows = fetch(page_statement(&Start::Cursor(start, true))).await?;
+                        (version_of(&rows) == Some(*version)).then_some(rows)
+                    }
+                    None => None,
+                };
+                match from_start {
+                    Some(rows) => rows,
+                    None => {
+                        let rows = fetch(page_statement(&Start::Offset(offset))).await?;
+                        if let (Some(version), Some(first)) = (version_of(&rows), rows.first()) {
+                            let start = (first.raw.created_at, first.raw.id.clone());
+                            self.page_starts.put(page_key, version, start);
+                        }
+                        rows
+                    }
+                }
+            }
+        };
+        // The total: counted at most once per listing version and filter.
+        let total = match version_of(&rows).and_then(|v| self.totals.get(&key, v)) {
             Some(total) => total,
             None => {
                 let mut count = sqlx::query(&count_sql);
-                for b in &binds[..count_binds] {
+                for b in &binds {
                     count = count.bind(b);
                 }
                 let row = count.fetch_one(&self.pool).await?;

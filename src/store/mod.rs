@@ -178,6 +178,8 @@ pub struct Store {
     sqlite_writer: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// Listing totals already counted, by listing version.
     totals: std::sync::Arc<listing::Totals>,
+    /// Where numbered listing pages start, by listing version.
+    page_starts: std::sync::Arc<listing::PageStarts>,
 }
 
 impl Store {
@@ -233,6 +235,7 @@ impl Store {
             clock,
             sqlite_writer: Default::default(),
             totals: Default::default(),
+            page_starts: Default::default(),
         })
     }
 

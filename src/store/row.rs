@@ -82,7 +82,7 @@ impl CredentialRow {
 /// The row as the database returns it.
 #[derive(sqlx::FromRow)]
 pub(super) struct Raw {
-    id: String,
+    pub(super) id: String,
     org_id: String,
     name: String,
     provider: String,
@@ -103,7 +103,7 @@ pub(super) struct Raw {
     last_tested_at: Option<i64>,
     last_error: Option<String>,
     created_by: String,
-    created_at: i64,
+    pub(super) created_at: i64,
     updated_at: i64,
     refresh_failures: i64,
     refresh_after: Option<i64>,

@@ -226,3 +226,99 @@ crate::both_backends! {
         assert_eq!((all.len(), total), (20, 20), "the organization's admin key sees the hidden ones too");
     }
 }
+
+/// Pages 2 and 3 (of 2) of a listing for `key` on `app`, read by number.
+async fn numbered_pages(app: &TestApp, key: &str, query: &str) -> Vec<Vec<String>> {
+    let mut pages = Vec::new();
+    for n in [2, 3] {
+        let (status, page) = app
+            .call(
+                Method::GET,
+                &format!("/integrations/credentials?per_page=2&page={n}{query}"),
+                key,
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        pages.push(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["id"].as_str().unwrap().to_owned())
+                .collect(),
+        );
+    }
+    pages
+}
+
+crate::both_backends! {
+    async fn a_numbered_page_read_from_where_it_started_is_still_that_page_after_every_change_on_another_replica(backend: Backend) {
+        use credgate::model::Role;
+        use crate::sharing::{create, key, share};
+        use serde_json::json;
+
+        let db = TestDb::new(backend).await;
+        let first = TestApp::spawn(&db).await;
+        let mut config = first.config.clone();
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        let second = TestApp::spawn_with(config).await;
+        let alice = key(&first, Role::Member, Some("alice")).await;
+        let bob = key(&first, Role::Member, Some("bob")).await;
+        let admin = key(&first, Role::Admin, None).await;
+        let mut made = Vec::new();
+        for n in 0..7 {
+            made.push(create(&second, &admin, &format!("org {n}"), "pw").await);
+            second.clock.advance(1);
+        }
+        let alices = create(&second, &alice, "alice's", "pw").await;
+        second.clock.advance(1);
+        // The admin's listing, bob's, and filtered ones.
+        let views = [(&admin, ""), (&bob, ""), (&admin, "&status=active"), (&bob, "&q=org")];
+        let agree = |what: &'static str| {
+            let (first, views) = (&first, &views);
+            async move {
+                for (key, query) in views {
+                    // The truth: the cursor walk, cut into pages of 2.
+                    let (_, by_cursor, _) = walked(first, key, query).await;
+                    let expected: Vec<Vec<String>> = [2, 3]
+                        .iter()
+                        .map(|n| by_cursor.iter().skip((n - 1) * 2).take(2).cloned().collect())
+                        .collect();
+                    // Twice: the second read starts where the first found the page.
+                    for _ in 0..2 {
+                        assert_eq!(numbered_pages(first, key, query).await, expected, "{query:?} after {what}");
+                    }
+                }
+            }
+        };
+
+        agree("the first credentials").await;
+        made.push(create(&second, &admin, "org newest", "pw").await);
+        agree("a newer credential on the other replica").await;
+        let (status, _) = second
+            .call(Method::DELETE, &format!("/integrations/credentials/{}", made[6]), &admin, None)
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        agree("a delete of a row on page 1").await;
+        share(&second, &alice, &alices, json!(null), json!([{"user_id": "bob", "access": "use"}])).await;
+        agree("a grant to bob").await;
+        sqlx::query("UPDATE credentials SET status = 'needs_reauth' WHERE id = $1")
+            .bind(&made[5])
+            .execute(&second.sql().await)
+            .await
+            .unwrap();
+        agree("a status change behind the API's back").await;
+        let (status, _) = second
+            .call(Method::PATCH, &format!("/integrations/credentials/{}", made[4]), &admin, Some(json!({"name": "renamed"})))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        agree("a rename out of q=org").await;
+        sqlx::query("DELETE FROM credentials WHERE id = $1")
+            .bind(&made[3])
+            .execute(&second.sql().await)
+            .await
+            .unwrap();
+        agree("a delete behind the API's back").await;
+    }
+}
