@@ -1,6 +1,7 @@
 //! What someone hostile or careless cannot do: grow memory through metric
 //! labels, fill the audit log with denials, let an OAuth token lapse by a
-//! failed test, stop the worker with a panic, pile up pending OAuth states.
+//! failed test, stop the worker with a panic, pile up pending OAuth states,
+//! grow SQLite's heap without bound.
 //! (Connections: `connections.rs`; unknown keys: `auth_limits.rs`.)
 
 use reqwest::{Method, StatusCode};
@@ -217,4 +218,26 @@ crate::both_backends! {
         assert_eq!((ok, limited), (5, 55), "{statuses:?}");
         assert_eq!(stored, cap, "exactly the cap is stored");
     }
+}
+
+/// SQLite's heap is bounded for the whole process (page caches and
+/// prepared statements of every connection), so many connections and many
+/// listing shapes do not each grow the server's memory.
+#[test]
+fn sqlites_heap_in_the_server_process_has_a_limit() {
+    crate::helpers::run_test(async {
+        use sqlx::Row;
+        let db = TestDb::new(crate::helpers::Backend::Sqlite).await;
+        let app = TestApp::spawn(&db).await;
+        app.create_pg(&app.org, "db", "pw").await;
+
+        let limit: i64 = sqlx::query("PRAGMA soft_heap_limit")
+            .fetch_one(&app.sql().await)
+            .await
+            .unwrap()
+            .try_get(0)
+            .unwrap();
+
+        assert_eq!(limit, credgate::store::SQLITE_HEAP_LIMIT);
+    })
 }
