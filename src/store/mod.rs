@@ -39,7 +39,7 @@ pub use refresh::{RefreshFailure, RefreshedTokens};
 pub use row::{CredentialRow, LastError};
 pub use sessions::{NewPageSession, PageSessionRow};
 pub use sharing::{sharing_detail, UsageSummary, UserRemoval};
-pub use uses::UseRecord;
+pub use uses::{UseRecord, LAST_USED_EVERY_SECS};
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -58,6 +58,35 @@ both_backends! {
 }
 
 both_backends! {
+    async fn last_used_at_is_kept_to_the_minute_and_every_use_is_audited(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let app = TestApp::spawn(&db).await;
+        let id = app.create_pg(&app.org, "a", &sentinel()).await;
+        let every = credgate::store::LAST_USED_EVERY_SECS;
+        let resolve_then_last_used = || {
+            let (app, id) = (&app, &id);
+            async move {
+                let (status, _) = app.oneshot(Method::POST, &format!("/integrations/credentials/{id}/resolve"), &app.org.engine, None).await;
+                assert_eq!(status, StatusCode::OK);
+                let (_, got) = app.oneshot(Method::GET, &format!("/integrations/credentials/{id}"), &app.org.admin, None).await;
+                chrono::DateTime::parse_from_rfc3339(got["last_used_at"].as_str().unwrap()).unwrap().timestamp()
+            }
+        };
+
+        let first = resolve_then_last_used().await;
+        app.clock.advance(every - 1);
+        let within = resolve_then_last_used().await;
+        app.clock.advance(1);
+        let after = resolve_then_last_used().await;
+        let (_, usage) = app.oneshot(Method::GET, &format!("/integrations/credentials/{id}/usage"), &app.org.admin, None).await;
+
+        assert_eq!(within, first, "not rewritten within the minute");
+        assert_eq!(after, first + every, "rewritten once it is a minute old");
+        assert_eq!(usage["uses_total"], 3, "every use is in the audit log");
+    }
+}
+
+both_backends! {
     async fn patch_replaces_all_fields_and_keeps_nothing_old(backend: Backend) {
         let db = TestDb::new(backend).await;
         let app = TestApp::spawn(&db).await;
