@@ -87,8 +87,9 @@ pub(super) type Totals = Remembered<i64>;
 /// The first row (`created_at`, `id`) of numbered pages.
 pub(super) type PageStarts = Remembered<(i64, String)>;
 
-/// Most values kept (each key is a statement and its values, under 1 KiB).
-const MAX_TOTALS: usize = 1024;
+/// Most values kept in each (each key is a statement and its values, under
+/// 1 KiB).
+const MAX_REMEMBERED: usize = 1024;
 
 impl<V: Clone> Remembered<V> {
     fn get(&self, key: &str, version: i64) -> Option<V> {
@@ -106,7 +107,7 @@ impl<V: Clone> Remembered<V> {
 
     fn put(&self, key: String, version: i64, value: V) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= MAX_TOTALS && !map.contains_key(&key) {
+        if map.len() >= MAX_REMEMBERED && !map.contains_key(&key) {
             map.clear();
         }
         map.insert(key, (version, value));
@@ -392,9 +393,9 @@ mod tests {
         assert_eq!(totals.get("a", 3), Some(10));
         assert_eq!(totals.get("a", 4), None, "another version is another count");
         assert_eq!(totals.get("b", 3), None);
-        for i in 0..MAX_TOTALS * 3 {
+        for i in 0..MAX_REMEMBERED * 3 {
             totals.put(format!("k{i}"), 1, i as i64);
-            assert!(totals.len() <= MAX_TOTALS);
+            assert!(totals.len() <= MAX_REMEMBERED);
         }
     }
 }

@@ -66,20 +66,30 @@ async fn totals(app: &TestApp, key: &str, queries: &[&str]) -> Vec<i64> {
     out
 }
 
+/// Two app instances on one database, and keys for alice and bob
+/// (members) and the organization (admin).
+async fn replicas(backend: crate::helpers::Backend) -> (TestDb, TestApp, TestApp, [String; 3]) {
+    use crate::sharing::key;
+    use credgate::model::Role;
+    let db = TestDb::new(backend).await;
+    let first = TestApp::spawn(&db).await;
+    let mut config = first.config.clone();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let second = TestApp::spawn_with(config).await;
+    let keys = [
+        key(&first, Role::Member, Some("alice")).await,
+        key(&first, Role::Member, Some("bob")).await,
+        key(&first, Role::Admin, None).await,
+    ];
+    (db, first, second, keys)
+}
+
 crate::both_backends! {
     async fn a_total_counted_on_one_replica_follows_every_change_made_on_another(backend: Backend) {
-        use credgate::model::Role;
-        use crate::sharing::{create, key, share};
+        use crate::sharing::{create, share};
         use serde_json::json;
 
-        let db = TestDb::new(backend).await;
-        let first = TestApp::spawn(&db).await;
-        let mut config = first.config.clone();
-        config.listen = "127.0.0.1:0".parse().unwrap();
-        let second = TestApp::spawn_with(config).await;
-        let alice = key(&first, Role::Member, Some("alice")).await;
-        let bob = key(&first, Role::Member, Some("bob")).await;
-        let admin = key(&first, Role::Admin, None).await;
+        let (_db, first, second, [alice, bob, admin]) = replicas(backend).await;
         // bob's listing, then shared ones, a name, a status, and the admin's all.
         let queries = ["", "shared=true", "q=renamed", "status=active", "owner=me"];
         let seen = |expected: [i64; 5], what: &'static str| {
@@ -254,18 +264,10 @@ async fn numbered_pages(app: &TestApp, key: &str, query: &str) -> Vec<Vec<String
 
 crate::both_backends! {
     async fn a_numbered_page_read_from_where_it_started_is_still_that_page_after_every_change_on_another_replica(backend: Backend) {
-        use credgate::model::Role;
-        use crate::sharing::{create, key, share};
+        use crate::sharing::{create, share};
         use serde_json::json;
 
-        let db = TestDb::new(backend).await;
-        let first = TestApp::spawn(&db).await;
-        let mut config = first.config.clone();
-        config.listen = "127.0.0.1:0".parse().unwrap();
-        let second = TestApp::spawn_with(config).await;
-        let alice = key(&first, Role::Member, Some("alice")).await;
-        let bob = key(&first, Role::Member, Some("bob")).await;
-        let admin = key(&first, Role::Admin, None).await;
+        let (_db, first, second, [alice, bob, admin]) = replicas(backend).await;
         let mut made = Vec::new();
         for n in 0..7 {
             made.push(create(&second, &admin, &format!("org {n}"), "pw").await);
