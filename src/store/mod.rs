@@ -52,14 +52,14 @@ use write_tx::WriteTx;
 use crate::clock::Clock;
 
 static PG_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+
 /// SQLite's heap in this process (the page caches and prepared statements
 /// of every connection) is kept under this many bytes: past it, SQLite
 /// reuses cache pages rather than grow. Eight connections with their own
 /// 2 MiB caches and statement caches otherwise held the server at 73 MiB
 /// after the load benchmark; with it, 48 MiB, at the same speed.
 pub const SQLITE_HEAP_LIMIT: i64 = 16 * 1024 * 1024;
-
-static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// Which SQL server is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -91,7 +91,7 @@ pub(crate) async fn insert(conn: &mut sqlx::AnyConnection, n: &Notification, at:
     insert_many(conn, &[n], at).await
 }
 
-/// Notifications per statement of [`insert_many`] (six values each).
+/// Notifications per statement of [`insert_many`] (seven values each).
 const PER_STATEMENT: usize = 200;
 
 /// Writes notifications on `conn`, a statement per 200.

@@ -142,27 +142,21 @@ crate::both_backends! {
     }
 }
 
+/// The ids of a listing page's items.
+fn ids(page: &Value) -> Vec<String> {
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// Every id of a listing for `key`, walked by numbered pages and by cursor.
 async fn walked(app: &TestApp, key: &str, query: &str) -> (Vec<String>, Vec<String>, i64) {
-    let ids = |page: &Value| -> Vec<String> {
-        page["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i["id"].as_str().unwrap().to_owned())
-            .collect()
-    };
     let (mut numbered, mut by_cursor, mut total) = (Vec::new(), Vec::new(), 0);
     for n in 1.. {
-        let (status, page) = app
-            .call(
-                Method::GET,
-                &format!("/integrations/credentials?per_page=2&page={n}{query}"),
-                key,
-                None,
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{page}");
+        let page = numbered_page(app, key, query, n).await;
         total = page["total"].as_i64().unwrap();
         if page["items"].as_array().unwrap().is_empty() {
             break;
@@ -237,27 +231,25 @@ crate::both_backends! {
     }
 }
 
+/// Page `n` (of 2) of a listing for `key` on `app`, read by number.
+async fn numbered_page(app: &TestApp, key: &str, query: &str, n: usize) -> Value {
+    let (status, page) = app
+        .call(
+            Method::GET,
+            &format!("/integrations/credentials?per_page=2&page={n}{query}"),
+            key,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    page
+}
+
 /// Pages 2 and 3 (of 2) of a listing for `key` on `app`, read by number.
 async fn numbered_pages(app: &TestApp, key: &str, query: &str) -> Vec<Vec<String>> {
     let mut pages = Vec::new();
     for n in [2, 3] {
-        let (status, page) = app
-            .call(
-                Method::GET,
-                &format!("/integrations/credentials?per_page=2&page={n}{query}"),
-                key,
-                None,
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{page}");
-        pages.push(
-            page["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|i| i["id"].as_str().unwrap().to_owned())
-                .collect(),
-        );
+        pages.push(ids(&numbered_page(app, key, query, n).await));
     }
     pages
 }

@@ -1,10 +1,11 @@
 //! Listing credentials: the page a viewer may at least use, filtered, with
 //! the access predicate inside the statement so the indexes serve it.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
 use sqlx::Row;
+
+mod remembered;
+
+pub(super) use remembered::{PageStarts, Totals};
 
 use super::row::{Listed, LIST_COLUMNS};
 use super::sharing::access;
@@ -63,60 +64,6 @@ fn like_pattern(q: &str) -> String {
 enum Start<'a> {
     Cursor(&'a (i64, String), bool),
     Offset(i64),
-}
-
-/// What a listing counted or found in this process, each with the
-/// organization's listing version it was true at (`listing_versions`, kept
-/// by triggers on every change that can move a row into or out of a
-/// listing): listing totals, and where numbered pages start. A value is
-/// reused only while the version read with the page is the same, so it is
-/// exact for every replica; counting 10,000 rows, or skipping them to reach
-/// a page, happens once per change, not per page. Bounded: when full, it
-/// starts over.
-#[derive(Debug)]
-pub(super) struct Remembered<V>(Mutex<HashMap<String, (i64, V)>>);
-
-impl<V> Default for Remembered<V> {
-    fn default() -> Self {
-        Self(Mutex::default())
-    }
-}
-
-/// Listing totals.
-pub(super) type Totals = Remembered<i64>;
-/// The first row (`created_at`, `id`) of numbered pages.
-pub(super) type PageStarts = Remembered<(i64, String)>;
-
-/// Most values kept in each (each key is a statement and its values, under
-/// 1 KiB).
-const MAX_REMEMBERED: usize = 1024;
-
-impl<V: Clone> Remembered<V> {
-    fn get(&self, key: &str, version: i64) -> Option<V> {
-        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(key)
-            .filter(|(v, _)| *v == version)
-            .map(|(_, value)| value.clone())
-    }
-
-    /// The value and the version it was true at.
-    fn any(&self, key: &str) -> Option<(i64, V)> {
-        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(key).cloned()
-    }
-
-    fn put(&self, key: String, version: i64, value: V) {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= MAX_REMEMBERED && !map.contains_key(&key) {
-            map.clear();
-        }
-        map.insert(key, (version, value));
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
 }
 
 const VERSION_SQL: &str = "(SELECT v.version FROM listing_versions v WHERE v.org_id = $1)";
@@ -380,22 +327,4 @@ fn listed(l: Listed) -> Result<ListedCredential, StoreError> {
         .collect::<Result<Vec<_>, _>>()?;
     grants.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     Ok(ListedCredential { row, my_grant, grants })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_total_is_reused_only_at_its_version_and_the_cache_stays_bounded() {
-        let totals = Totals::default();
-        totals.put("a".into(), 3, 10);
-        assert_eq!(totals.get("a", 3), Some(10));
-        assert_eq!(totals.get("a", 4), None, "another version is another count");
-        assert_eq!(totals.get("b", 3), None);
-        for i in 0..MAX_REMEMBERED * 3 {
-            totals.put(format!("k{i}"), 1, i as i64);
-            assert!(totals.len() <= MAX_REMEMBERED);
-        }
-    }
 }
