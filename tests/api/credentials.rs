@@ -133,6 +133,8 @@ both_backends! {
         let (_, search) = get("/integrations/credentials?q=sales_3").await;
         let (_, percent) = get("/integrations/credentials?q=100%25").await;
         let (_, underscore) = get("/integrations/credentials?q=s_l").await;
+        // Shorter than a trigram: no index entry can serve it, it must still match.
+        let (_, short) = get("/integrations/credentials?q=3").await;
         let (_, expired) = get("/integrations/credentials?status=expired").await;
         let (too_many, problem) = get("/integrations/credentials?per_page=51").await;
         let (bad_status, _) = get("/integrations/credentials?status=weird").await;
@@ -144,11 +146,40 @@ both_backends! {
         assert_eq!(search["items"][0]["name"], json!("Sales_3"));
         assert_eq!(percent["total"], json!(1), "% is matched literally");
         assert_eq!(underscore["total"], json!(0), "_ is matched literally");
+        assert_eq!(short["total"], json!(1));
+        assert_eq!(short["items"][0]["name"], json!("Sales_3"));
         assert_eq!(expired["total"], json!(0));
         assert_eq!(too_many, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(problem["errors"][0]["field"], json!("per_page"));
         assert_eq!(bad_status, StatusCode::UNPROCESSABLE_ENTITY);
     }
+}
+
+/// On Postgres, `q=` is served by a trigram index on the lower-cased name
+/// (migration 0015), not by reading every credential: the migration made it
+/// (pg_trgm is available here, as in any Postgres with its contrib package).
+#[test]
+fn postgres_searches_names_by_a_trigram_index() {
+    crate::helpers::run_test(async {
+        use sqlx::Row;
+        let db = TestDb::new(crate::helpers::Backend::Postgres).await;
+        let app = TestApp::spawn(&db).await;
+
+        let index = sqlx::query(
+            "SELECT i.indexdef, x.indisvalid FROM pg_indexes i \
+             JOIN pg_class c ON c.relname = i.indexname JOIN pg_index x ON x.indexrelid = c.oid \
+             WHERE i.tablename = 'credentials' AND i.indexname = 'credentials_name_trigrams'",
+        )
+        .fetch_optional(&app.sql().await)
+        .await
+        .unwrap()
+        .expect("the trigram index exists");
+        let definition: String = index.try_get(0).unwrap();
+        let valid: bool = index.try_get(1).unwrap();
+
+        assert!(definition.contains("gin (lower(name) gin_trgm_ops)"), "{definition}");
+        assert!(valid);
+    })
 }
 
 both_backends! {
