@@ -83,24 +83,51 @@ async fn read(ctx: &Context, org_id: &str, id: &str) -> Result<CredentialRow, Er
     }
 }
 
+/// Runs `work`, which holds the credential's lease. On an error (the
+/// store's, the provider settings', a refresh that failed) the lease is
+/// given back, so the worker's next step retries instead of waiting for the
+/// lease to run out. Where `work` recorded an outcome, the record released
+/// the lease already and this is a no-op (it matches this owner only).
+async fn giving_back_on_error(
+    ctx: &Context,
+    org_id: &str,
+    id: &str,
+    work: impl std::future::Future<Output = Result<CredentialRow, Error>>,
+) -> Result<CredentialRow, Error> {
+    let result = work.await;
+    if result.is_err() {
+        if let Err(e) = ctx.store.release_lease(org_id, id, &ctx.refresher.owner).await {
+            tracing::warn!(credential = %id, error = %e, "a refresh lease could not be given back; it runs out by itself");
+        }
+    }
+    result
+}
+
 /// Refreshes one credential (see [`Mode`]), returning its row afterwards.
 pub async fn refresh_credential(ctx: &Context, org_id: &str, id: &str, mode: Mode) -> Result<CredentialRow, Error> {
     let owner = ctx.refresher.owner.as_str();
-    let seen_version = read(ctx, org_id, id).await?.secret_version;
+    let seen_version = match (read(ctx, org_id, id).await, mode) {
+        (Ok(row), _) => row.secret_version,
+        (Err(e), Mode::Claimed) => return giving_back_on_error(ctx, org_id, id, async { Err(e) }).await,
+        (Err(e), _) => return Err(e),
+    };
     let lock = ctx.refresher.lock_for(id);
     let _single_flight = lock.lock().await;
     let release = || ctx.store.release_lease(org_id, id, owner);
     if let Mode::Claimed = mode {
-        let row = read(ctx, org_id, id).await?;
-        if row.status == CredentialStatus::NeedsReauth || satisfied(ctx, &row, mode, seen_version) {
-            release().await?;
-            return Ok(row);
-        }
-        if let Some(until) = backing_off(ctx, &row) {
-            release().await?;
-            return Err(unavailable_until(ctx, until));
-        }
-        return do_refresh(ctx, row).await;
+        return giving_back_on_error(ctx, org_id, id, async {
+            let row = read(ctx, org_id, id).await?;
+            if row.status == CredentialStatus::NeedsReauth || satisfied(ctx, &row, mode, seen_version) {
+                release().await?;
+                return Ok(row);
+            }
+            if let Some(until) = backing_off(ctx, &row) {
+                release().await?;
+                return Err(unavailable_until(ctx, until));
+            }
+            do_refresh(ctx, row).await
+        })
+        .await;
     }
     let deadline = Instant::now() + Duration::from_secs(ctx.config.provider_timeout_secs + 5);
     loop {
@@ -119,13 +146,16 @@ pub async fn refresh_credential(ctx: &Context, org_id: &str, id: &str, mode: Mod
             .claim_refresh(org_id, id, owner, ctx.now() + LEASE_SECS)
             .await?
         {
-            // Re-read under the lease: another replica may have just written.
-            let row = read(ctx, org_id, id).await?;
-            if row.status == CredentialStatus::NeedsReauth || satisfied(ctx, &row, mode, seen_version) {
-                release().await?;
-                return Ok(row);
-            }
-            return do_refresh(ctx, row).await;
+            return giving_back_on_error(ctx, org_id, id, async {
+                // Re-read under the lease: another replica may have just written.
+                let row = read(ctx, org_id, id).await?;
+                if row.status == CredentialStatus::NeedsReauth || satisfied(ctx, &row, mode, seen_version) {
+                    release().await?;
+                    return Ok(row);
+                }
+                do_refresh(ctx, row).await
+            })
+            .await;
         }
         // Another replica is refreshing: its token is as good as ours.
         if matches!(mode, Mode::Margin(_)) && !row.expires_within(ctx.now(), 5) {

@@ -299,6 +299,43 @@ both_backends! {
 }
 
 both_backends! {
+    async fn a_refresh_that_fails_on_a_store_error_gives_its_lease_back(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let google = AuthServer::start(Flavor::Google).await;
+        let app = oauth_app(&db, &[(&google, "google")], |_| {}).await;
+        let id = connect(&app, "google", "").await["credential_id"].clone();
+        make_due(&app, &id).await;
+        let set_fields = |fields: String| {
+            let (app, id) = (&app, &id);
+            async move {
+                sqlx::query("UPDATE credentials SET fields = $1 WHERE id = $2")
+                    .bind(fields)
+                    .bind(id)
+                    .execute(&app.sql().await)
+                    .await
+                    .unwrap();
+            }
+        };
+        let fields: String = sqlx::query_scalar("SELECT fields FROM credentials WHERE id = $1")
+            .bind(&id)
+            .fetch_one(&app.sql().await)
+            .await
+            .unwrap();
+        // The worker claims the credential, then cannot read it.
+        set_fields("{\"tenant\": ".into()).await;
+
+        let failed = try_refresh_due(&app.state, 10).await;
+        let (_, _, lease) = refresh_state(&app, &id).await;
+        set_fields(fields).await;
+        let next_tick = try_refresh_due(&app.state, 10).await.unwrap();
+
+        assert!(failed.is_err(), "the store error is reported");
+        assert_eq!(lease, None, "the lease is given back, not held until it runs out");
+        assert_eq!(next_tick, Step { claimed: 1, refreshed: 1, failed: 0 }, "the next step retries at once");
+    }
+}
+
+both_backends! {
     async fn an_interrupted_refresh_is_picked_up_after_its_lease_expires(backend: Backend) {
         let db = TestDb::new(backend).await;
         let google = AuthServer::start(Flavor::Google).await;
