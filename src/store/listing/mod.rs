@@ -125,7 +125,16 @@ impl Store {
             add(" AND x.status = ?", Some(st.as_str().to_owned()));
         }
         if let Some(q) = &f.q {
-            add(" AND LOWER(x.name) LIKE ? ESCAPE '\\'", Some(like_pattern(q)));
+            match self.dialect {
+                // LIKE, which the trigram index serves (migration 0015).
+                Dialect::Postgres => add(" AND LOWER(x.name) LIKE ? ESCAPE '\\'", Some(like_pattern(q))),
+                // A plain substring test: SQLite plans a LIKE by its bound
+                // pattern, so it prepared the statement anew on every
+                // execution (and compiled the pattern for every row). Its
+                // LOWER and LIKE both fold ASCII letters only: the same
+                // matches.
+                Dialect::Sqlite => add(" AND instr(LOWER(x.name), ?) > 0", Some(q.to_lowercase())),
+            }
         }
         // The ways a viewer who is not an admin sees a credential.
         let grants = user.map(|u| format!("g2.org_id = $1 AND g2.user_id = {u}"));
@@ -262,7 +271,10 @@ impl Store {
         let offset = (f.page - 1).max(0) * per_page;
         let rows: Vec<Listed> = match &f.after {
             Some(after) => fetch(page_statement(&Start::Cursor(after, false))).await?,
-            None if offset == 0 => fetch(page_statement(&Start::Offset(0))).await?,
+            // An unfiltered first page starts at the newest row the viewer
+            // sees: nothing to skip. A filtered one may have to pass many
+            // rows that do not match: it is remembered like the others.
+            None if offset == 0 && rest.is_empty() => fetch(page_statement(&Start::Offset(0))).await?,
             None => {
                 // A numbered page starts where it started when last read, as
                 // long as the listing version is the same (nothing that could
