@@ -257,7 +257,8 @@ impl Store {
         };
         // A name search on Postgres is planned for its pattern each time (an
         // unnamed statement): a plan kept for any pattern cannot know how
-        // many names match, and took 3-4 times as long as one made for it.
+        // many names match, and took 2-3 times as long as one made for it
+        // (its planning included).
         let plan_each_time = self.dialect == Dialect::Postgres && f.q.is_some();
         let fetch = |(sql, binds): (String, Vec<String>)| async move {
             let mut page = sqlx::query_as(&sql).persistent(!plan_each_time);
