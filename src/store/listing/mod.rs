@@ -59,12 +59,16 @@ fn like_pattern(q: &str) -> String {
     format!("%{escaped}%")
 }
 
-/// Where a page reads from: after (or at) a row's (`created_at`, `id`), or
-/// at an offset.
+/// Where a page reads from: after (or at) a row's (`created_at`, `id`),
+/// skipping that many rows, or at an offset.
 enum Start<'a> {
-    Cursor(&'a (i64, String), bool),
+    Cursor(&'a (i64, String), bool, i64),
     Offset(i64),
 }
+
+/// A numbered page not read yet at this listing version starts from the
+/// nearest page before it that was, at most this many pages back.
+const NEAREST_PAGES: i64 = 20;
 
 const VERSION_SQL: &str = "(SELECT v.version FROM listing_versions v WHERE v.org_id = $1)";
 
@@ -189,10 +193,10 @@ impl Store {
             // The cursor narrows the page, not the total. `created_at <= t`
             // first: a bound the index walk starts from (a plan kept for any
             // cursor must not scan the newest rows to skip them).
-            let (mut on_credentials, mut on_grants, mut offset) = (String::new(), String::new(), 0);
-            match start {
-                Start::Offset(n) => offset = *n,
-                Start::Cursor((created_at, id), inclusive) => {
+            let (mut on_credentials, mut on_grants) = (String::new(), String::new());
+            let offset = match start {
+                Start::Offset(n) => *n,
+                Start::Cursor((created_at, id), inclusive, skip) => {
                     binds.push(created_at.to_string());
                     binds.push(id.clone());
                     let (t, i) = (binds.len() - 1, binds.len());
@@ -204,8 +208,9 @@ impl Store {
                     };
                     on_credentials = cursor("x.created_at", "x.id");
                     on_grants = cursor("g2.created_at", "g2.credential_id");
+                    *skip
                 }
-            }
+            };
             // The page's bounds are numbers in the statement, not parameters:
             // a plan for a parameter LIMIT assumes a tenth of the table is
             // wanted, so Postgres would plan every execution anew (a third of
@@ -275,7 +280,7 @@ impl Store {
         let version_of = |rows: &[Listed]| rows.first().map(|l| l.listing_version.unwrap_or(0));
         let offset = (f.page - 1).max(0) * per_page;
         let rows: Vec<Listed> = match &f.after {
-            Some(after) => fetch(page_statement(&Start::Cursor(after, false))).await?,
+            Some(after) => fetch(page_statement(&Start::Cursor(after, false, 0))).await?,
             // An unfiltered first page starts at the newest row the viewer
             // sees: nothing to skip. A filtered one may have to pass many
             // rows that do not match: it is remembered like the others.
@@ -284,27 +289,34 @@ impl Store {
                 // A numbered page starts where it started when last read, as
                 // long as the listing version is the same (nothing that could
                 // move a row in or out of the listing has changed): read from
-                // that row, not by skipping every row before it.
-                let page_key = format!("{key}\u{0}{per_page}\u{0}{offset}");
-                let remembered = self.page_starts.any(&page_key);
+                // that row, not by skipping every row before it. A page not
+                // read yet starts where the nearest page before it started
+                // (skipping only the pages between), under the same check.
+                let page_key = |offset: i64| format!("{key}\u{0}{per_page}\u{0}{offset}");
+                let remembered = (0..=NEAREST_PAGES)
+                    .map(|back| offset - back * per_page)
+                    .take_while(|from| *from >= 0)
+                    .find_map(|from| {
+                        self.page_starts
+                            .any(&page_key(from))
+                            .map(|(v, start)| (v, start, offset - from))
+                    });
                 let from_start = match &remembered {
-                    Some((version, start)) => {
-                        let rows = fetch(page_statement(&Start::Cursor(start, true))).await?;
-                        (version_of(&rows) == Some(*version)).then_some(rows)
+                    Some((version, start, skip)) => {
+                        let rows = fetch(page_statement(&Start::Cursor(start, true, *skip))).await?;
+                        (version_of(&rows) == Some(*version)).then_some((rows, *skip > 0))
                     }
                     None => None,
                 };
-                match from_start {
-                    Some(rows) => rows,
-                    None => {
-                        let rows = fetch(page_statement(&Start::Offset(offset))).await?;
-                        if let (Some(version), Some(first)) = (version_of(&rows), rows.first()) {
-                            let start = (first.raw.created_at, first.raw.id.clone());
-                            self.page_starts.put(page_key, version, start);
-                        }
-                        rows
-                    }
+                let (rows, new_start) = match from_start {
+                    Some(found) => found,
+                    None => (fetch(page_statement(&Start::Offset(offset))).await?, true),
+                };
+                if let (true, Some(version), Some(first)) = (new_start, version_of(&rows), rows.first()) {
+                    let start = (first.raw.created_at, first.raw.id.clone());
+                    self.page_starts.put(page_key(offset), version, start);
                 }
+                rows
             }
         };
         // The total: counted at most once per listing version and filter.
