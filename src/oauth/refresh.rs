@@ -106,18 +106,14 @@ async fn giving_back_on_error(
 /// Refreshes one credential (see [`Mode`]), returning its row afterwards.
 pub async fn refresh_credential(ctx: &Context, org_id: &str, id: &str, mode: Mode) -> Result<CredentialRow, Error> {
     let owner = ctx.refresher.owner.as_str();
-    let seen_version = match (read(ctx, org_id, id).await, mode) {
-        (Ok(row), _) => row.secret_version,
-        (Err(e), Mode::Claimed) => return giving_back_on_error(ctx, org_id, id, async { Err(e) }).await,
-        (Err(e), _) => return Err(e),
-    };
     let lock = ctx.refresher.lock_for(id);
-    let _single_flight = lock.lock().await;
     let release = || ctx.store.release_lease(org_id, id, owner);
     if let Mode::Claimed = mode {
+        // The lease is ours already: one read, under the single flight.
+        let _single_flight = lock.lock().await;
         return giving_back_on_error(ctx, org_id, id, async {
             let row = read(ctx, org_id, id).await?;
-            if row.status == CredentialStatus::NeedsReauth || satisfied(ctx, &row, mode, seen_version) {
+            if row.status == CredentialStatus::NeedsReauth || satisfied(ctx, &row, mode, row.secret_version) {
                 release().await?;
                 return Ok(row);
             }
@@ -129,6 +125,8 @@ pub async fn refresh_credential(ctx: &Context, org_id: &str, id: &str, mode: Mod
         })
         .await;
     }
+    let seen_version = read(ctx, org_id, id).await?.secret_version;
+    let _single_flight = lock.lock().await;
     let deadline = Instant::now() + Duration::from_secs(ctx.config.provider_timeout_secs + 5);
     loop {
         let row = read(ctx, org_id, id).await?;
