@@ -53,6 +53,49 @@ crate::both_backends! {
     }
 }
 
+crate::both_backends! {
+    /// Credentials created in the same second are ordered by id: the cursor
+    /// (one row comparison) must pass exactly the rows before it, whether a
+    /// page starts after it (`after`) or at it (a remembered page start).
+    async fn pages_within_one_second_neither_repeat_nor_skip_a_credential(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let app = TestApp::spawn(&db).await;
+        for n in 0..8 {
+            app.create_pg(&app.org, &format!("same-{n}"), "pw").await;
+        }
+        app.clock.advance(1);
+        app.create_pg(&app.org, "later", "pw").await;
+        let get = |path: String| {
+            let app = &app;
+            async move { app.call(Method::GET, &path, &app.org.member, None).await.1 }
+        };
+        let all = ids(&get("/integrations/credentials?per_page=50".into()).await);
+        assert_eq!(all.len(), 9);
+
+        let mut walked = Vec::new();
+        let mut path = "/integrations/credentials?per_page=2".to_owned();
+        loop {
+            let page = get(path.clone()).await;
+            walked.extend(ids(&page));
+            match page["next"].as_str() {
+                Some(next) => path = format!("/integrations/credentials?per_page=2&after={next}"),
+                None => break,
+            }
+        }
+        assert_eq!(walked, all, "the keyset walk");
+        // Twice, out of order: the first round starts pages from the
+        // nearest page read before; the second from where each started.
+        for round in 0..2 {
+            let mut pages = vec![Vec::new(); 5];
+            for n in [3, 1, 2, 5, 4] {
+                pages[n - 1] = ids(&get(format!("/integrations/credentials?per_page=2&page={n}")).await);
+            }
+            let pages = pages.concat();
+            assert_eq!(pages, all, "numbered pages, round {round}");
+        }
+    }
+}
+
 /// Each listing's total as `key` sees it on `app`.
 async fn totals(app: &TestApp, key: &str, queries: &[&str]) -> Vec<i64> {
     let mut out = Vec::new();

@@ -190,9 +190,12 @@ impl Store {
         // or at an offset; with its values.
         let page_statement = |start: &Start| -> (String, Vec<String>) {
             let mut binds = binds.clone();
-            // The cursor narrows the page, not the total. `created_at <= t`
-            // first: a bound the index walk starts from (a plan kept for any
-            // cursor must not scan the newest rows to skip them).
+            // The cursor narrows the page, not the total. One row
+            // comparison, `(created_at, id) < (t, i)`: both databases take it
+            // as the bound the index walk starts from. (`created_at <= t AND
+            // (created_at < t OR id < i)` bounded the walk by the time alone,
+            // so it passed every row of the cursor's second before the
+            // cursor: credentials created together share a second.)
             let (mut on_credentials, mut on_grants) = (String::new(), String::new());
             let offset = match start {
                 Start::Offset(n) => *n,
@@ -202,9 +205,7 @@ impl Store {
                     let (t, i) = (binds.len() - 1, binds.len());
                     let below = if *inclusive { "<=" } else { "<" };
                     let cursor = |created_at: &str, id: &str| {
-                        format!(
-                            " AND {created_at} <= CAST(${t} AS BIGINT) AND ({created_at} < CAST(${t} AS BIGINT) OR {id} {below} ${i})"
-                        )
+                        format!(" AND ({created_at}, {id}) {below} (CAST(${t} AS BIGINT), ${i})")
                     };
                     on_credentials = cursor("x.created_at", "x.id");
                     on_grants = cursor("g2.created_at", "g2.credential_id");
