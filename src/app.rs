@@ -17,7 +17,7 @@ use crate::context::Context;
 use crate::context::Refresher;
 use crate::crypto::MasterKeyring;
 use crate::egress::EgressPolicy;
-use crate::group_commit::{CreateLog, Creates, UseLog, Uses};
+use crate::group_commit::{CreateLog, Creates, ReadGroup, Reads, UseLog, Uses};
 use crate::http::ratelimit::RateLimits;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
@@ -178,6 +178,7 @@ pub fn context(services: Services) -> anyhow::Result<Context> {
         worker: Arc::default(),
         uses: UseLog::new(Uses(services.store.clone())),
         creates: CreateLog::new(Creates(services.store.clone())),
+        reads: ReadGroup::new(Reads(services.store.clone())),
     })
 }
 

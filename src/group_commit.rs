@@ -1,5 +1,6 @@
 //! Group commit: writes that must each be durable before their request is
-//! answered, committed many to a transaction. Committing each alone costs a
+//! answered, committed many to a transaction (and, the same way, reads
+//! many to a statement). Committing each alone costs a
 //! transaction (an fsync) per request, and creates in one organization wait
 //! for each other's commit on the counter row they share. Requests hand
 //! their write to one writer per kind, which writes whatever has queued up
@@ -11,34 +12,49 @@
 //! - Creates ([`CreateLog`]): each create is checked on its own (key
 //!   version, the provider's limit) inside the group's transaction; one the
 //!   database refuses is written again alone, so it fails alone.
+//! - Credential reads ([`ReadGroup`]): the access check's read of a
+//!   credential and the caller's grant, for every request waiting, in one
+//!   statement started after each of them asked (never an older answer
+//!   than a read of its own). A read per request cost each its own round
+//!   trip, and its connection's release (a second one). Reads that queued
+//!   while a group found the store unavailable fail with it (503).
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::{PendingCreate, Store, StoreError, UseRecord};
+use crate::model::Access;
+use crate::store::{CredentialRead, CredentialRow, PendingCreate, Store, StoreError, UseRecord};
 
-/// Writes one group; the outcomes are one per item, in order.
+/// Writes (or reads) one group; the outcomes are one per item, in order.
 pub trait Writer: Send + Sync + 'static {
     type Item: Send + 'static;
+    /// What each item's request gets back.
+    type Output: Send + 'static;
     /// Items written in one transaction at most.
     const MAX_BATCH: usize;
-    fn write(&self, items: Vec<Self::Item>) -> impl Future<Output = Vec<Result<(), StoreError>>> + Send;
+    /// When a whole group found the store unavailable, the items that
+    /// queued up meanwhile fail with it (and new ones try again), instead of
+    /// each waiting through an attempt of its own after it: with one group
+    /// at a time, an outage would otherwise answer them only after two
+    /// acquire timeouts.
+    const SHARES_OUTAGE: bool = false;
+    fn write(&self, items: Vec<Self::Item>) -> impl Future<Output = Vec<Result<Self::Output, StoreError>>> + Send;
 }
 
 /// Items waiting for the writer at most; more wait to enqueue.
 const QUEUE: usize = 8192;
 
-type Waiter = oneshot::Sender<Result<(), StoreError>>;
+type Waiter<O> = oneshot::Sender<Result<O, StoreError>>;
 /// Where items wait for the writer, each with its waiter.
-type Queue<T> = mpsc::Sender<(T, Waiter)>;
+type Queue<T, O> = mpsc::Sender<(T, Waiter<O>)>;
 
 /// The group commit of one kind of write in one process; cheap to clone.
 /// The writer task starts with the first item (inside the runtime).
 pub struct GroupCommit<W: Writer> {
     writer: Arc<W>,
-    queue: Arc<OnceLock<Queue<W::Item>>>,
+    queue: Arc<OnceLock<Queue<W::Item, W::Output>>>,
 }
 
 impl<W: Writer> Clone for GroupCommit<W> {
@@ -67,7 +83,7 @@ impl<W: Writer> GroupCommit<W> {
         }
     }
 
-    fn sender(&self) -> &Queue<W::Item> {
+    fn sender(&self) -> &Queue<W::Item, W::Output> {
         self.queue.get_or_init(|| {
             let (tx, rx) = mpsc::channel(QUEUE);
             tokio::spawn(write_groups(self.writer.clone(), rx));
@@ -77,7 +93,7 @@ impl<W: Writer> GroupCommit<W> {
 
     /// Writes `item`; returns once it is committed (with the others of its
     /// group), or with its own outcome's error.
-    pub async fn submit(&self, item: W::Item) -> Result<(), StoreError> {
+    pub async fn submit(&self, item: W::Item) -> Result<W::Output, StoreError> {
         let stopped = || StoreError::Unavailable(sqlx::Error::WorkerCrashed);
         let (done, committed) = oneshot::channel();
         self.sender().send((item, done)).await.map_err(|_| stopped())?;
@@ -87,7 +103,7 @@ impl<W: Writer> GroupCommit<W> {
 
 /// The writer: takes the first item waiting, then everything else already
 /// queued (up to `W::MAX_BATCH`), writes them together, answers each.
-async fn write_groups<W: Writer>(writer: Arc<W>, mut queue: mpsc::Receiver<(W::Item, Waiter)>) {
+async fn write_groups<W: Writer>(writer: Arc<W>, mut queue: mpsc::Receiver<(W::Item, Waiter<W::Output>)>) {
     let mut group = Vec::with_capacity(W::MAX_BATCH);
     while let Some(first) = queue.recv().await {
         group.push(first);
@@ -97,11 +113,24 @@ async fn write_groups<W: Writer>(writer: Arc<W>, mut queue: mpsc::Receiver<(W::I
                 Err(_) => break,
             }
         }
-        let (items, waiters): (Vec<W::Item>, Vec<Waiter>) = group.drain(..).unzip();
+        let (items, waiters): (Vec<W::Item>, Vec<Waiter<W::Output>>) = group.drain(..).unzip();
         let outcomes = writer.write(items).await;
+        let outage = match outcomes.first() {
+            Some(Err(e @ StoreError::Unavailable(_)))
+                if W::SHARES_OUTAGE && outcomes.iter().all(|o| matches!(o, Err(StoreError::Unavailable(_)))) =>
+            {
+                Some(e.duplicate())
+            }
+            _ => None,
+        };
         for (waiter, outcome) in waiters.into_iter().zip(outcomes) {
             // A waiter that gave up (its request was dropped) needs no answer.
             let _ = waiter.send(outcome);
+        }
+        if let Some(e) = outage {
+            while let Ok((_, waiter)) = queue.try_recv() {
+                let _ = waiter.send(Err(e.duplicate()));
+            }
         }
     }
 }
@@ -112,6 +141,7 @@ pub struct Uses(pub Store);
 
 impl Writer for Uses {
     type Item = UseRecord;
+    type Output = ();
     const MAX_BATCH: usize = 512;
 
     async fn write(&self, uses: Vec<UseRecord>) -> Vec<Result<(), StoreError>> {
@@ -131,6 +161,7 @@ pub struct Creates(pub Store);
 
 impl Writer for Creates {
     type Item = PendingCreate;
+    type Output = ();
     const MAX_BATCH: usize = 64;
 
     async fn write(&self, creates: Vec<PendingCreate>) -> Vec<Result<(), StoreError>> {
@@ -138,7 +169,27 @@ impl Writer for Creates {
     }
 }
 
+/// Credential reads, each with the reader's own grant.
+#[derive(Debug)]
+pub struct Reads(pub Store);
+
+impl Writer for Reads {
+    type Item = CredentialRead;
+    type Output = Option<(CredentialRow, Option<Access>)>;
+    const MAX_BATCH: usize = 64;
+    const SHARES_OUTAGE: bool = true;
+
+    async fn write(&self, reads: Vec<CredentialRead>) -> Vec<Result<Self::Output, StoreError>> {
+        match self.0.credentials_with_grants(&reads).await {
+            Ok(found) => found,
+            Err(e) => reads.iter().map(|_| Err(e.duplicate())).collect(),
+        }
+    }
+}
+
 /// Resolves' use events, committed in groups.
 pub type UseLog = GroupCommit<Uses>;
 /// Creates, committed in groups.
 pub type CreateLog = GroupCommit<Creates>;
+/// Credential reads, grouped.
+pub type ReadGroup = GroupCommit<Reads>;

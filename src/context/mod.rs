@@ -11,7 +11,7 @@ pub use worker_health::{WorkerHealth, STUCK_AFTER_SECS};
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::group_commit::{CreateLog, UseLog};
+use crate::group_commit::{CreateLog, ReadGroup, UseLog};
 use crate::metrics::Metrics;
 use crate::probes::ProbeContext;
 use crate::providers::Registry;
@@ -40,6 +40,8 @@ pub struct Context {
     pub uses: UseLog,
     /// Creates, committed in groups.
     pub creates: CreateLog,
+    /// The access check's credential reads, grouped.
+    pub reads: ReadGroup,
 }
 
 impl Context {

@@ -9,7 +9,7 @@
 use crate::context::Context;
 use crate::error::Error;
 use crate::model::{Access, Principal, Role};
-use crate::store::{AuditEvent, CredentialRow};
+use crate::store::{AuditEvent, CredentialRead, CredentialRow};
 
 /// The level `who` has, given the row and `who`'s own grant on it.
 pub fn level_with(who: &Principal, row: &CredentialRow, grant: Option<Access>) -> Option<Access> {
@@ -31,10 +31,15 @@ pub async fn authorize(
     need: Access,
 ) -> Result<(CredentialRow, Access), Error> {
     // A credential that does not exist has nothing to protect: not audited.
-    // The row and the caller's own grant come in one read; an admin's
-    // level does not depend on a grant.
-    let user = who.user_id.as_deref().filter(|_| who.role != Role::Admin);
-    let Some((row, grant)) = ctx.store.credential_with_grant(&who.org_id, id, user).await? else {
+    // The row and the caller's own grant come in one read (one statement
+    // with the reads of other requests waiting meanwhile); an admin's level
+    // does not depend on a grant.
+    let read = CredentialRead {
+        org_id: who.org_id.clone(),
+        id: id.to_owned(),
+        user: who.user_id.clone().filter(|_| who.role != Role::Admin),
+    };
+    let Some((row, grant)) = ctx.reads.submit(read).await? else {
         return Err(Error::NotFound);
     };
     match level_with(who, &row, grant) {

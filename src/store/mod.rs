@@ -29,7 +29,7 @@ mod write_tx;
 pub use api_keys::{ApiKeyInfo, ApiKeyRow};
 pub use audit::{AuditEvent, AuditRow};
 pub use creates::PendingCreate;
-pub use credentials::{NewCredential, SecretWrite, Usage};
+pub use credentials::{CredentialRead, NewCredential, SecretWrite, Usage};
 pub use listing::{CredentialFilter, ListedCredential, Viewer};
 pub use named_secrets::{SealedSecret, SecretMeta, SecretPut};
 pub use oauth::{GrantTarget, OAuthGrant, OAuthStateRow};

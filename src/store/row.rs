@@ -83,7 +83,7 @@ impl CredentialRow {
 #[derive(sqlx::FromRow)]
 pub(super) struct Raw {
     pub(super) id: String,
-    org_id: String,
+    pub(super) org_id: String,
     name: String,
     provider: String,
     auth_type: String,

@@ -11,8 +11,8 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::Row;
 
-use credgate::model::AuthKind;
-use credgate::store::{AuditEvent, NewCredential, Notification, PendingCreate, StoreError};
+use credgate::model::{Access, AuthKind};
+use credgate::store::{AuditEvent, CredentialRead, NewCredential, Notification, PendingCreate, StoreError};
 
 use crate::helpers::{pg_body, sentinel, test_config, Backend, TestApp, TestDb};
 
@@ -304,5 +304,108 @@ crate::both_backends! {
         assert_eq!(while_refused, [0; 4]);
         assert_eq!(after, StatusCode::CREATED, "{body}");
         assert_eq!(written(&app, &app.org.id).await, [1; 4]);
+    }
+}
+
+crate::both_backends! {
+    /// The access check's reads go out in groups, one statement each: every
+    /// reader gets what a read of its own would give, whoever shares the
+    /// statement — not another organization's row, only its own grant, and
+    /// a malformed row fails only its own readers.
+    async fn reads_grouped_in_one_statement_answer_each_reader_for_itself(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let app = TestApp::spawn(&db).await;
+        let other = app.new_org("Other").await;
+        let shared = app.create_pg(&app.org, "shared", &sentinel()).await;
+        let theirs = app.create_pg(&other, "theirs", &sentinel()).await;
+        let broken = app.create_pg(&app.org, "broken", &sentinel()).await;
+        let body = json!({"team": null, "users": [{"user_id": "alice", "access": "view"}, {"user_id": "bob", "access": "use"}]});
+        let (status, _) = app
+            .call(Method::PUT, &format!("/integrations/credentials/{shared}/sharing"), &app.org.admin, Some(body))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        sqlx::query("UPDATE credentials SET fields = 'not json' WHERE id = $1")
+            .bind(&broken)
+            .execute(&app.sql().await)
+            .await
+            .unwrap();
+        let read = |org: &str, id: &str, user: Option<&str>| CredentialRead {
+            org_id: org.to_owned(),
+            id: id.to_owned(),
+            user: user.map(str::to_owned),
+        };
+        let reads = [
+            read(&app.org.id, &shared, Some("alice")),
+            read(&app.org.id, &shared, Some("bob")),
+            read(&app.org.id, &shared, Some("carol")),
+            read(&app.org.id, &shared, None),
+            read(&app.org.id, &theirs, None),
+            read(&other.id, &theirs, Some("alice")),
+            read(&other.id, &shared, None),
+            read(&app.org.id, &broken, None),
+            read(&app.org.id, "no-such-credential", None),
+        ];
+
+        let answers = app.state.store.credentials_with_grants(&reads).await.unwrap();
+        let seen: Vec<Option<(String, Option<Access>)>> = answers
+            .iter()
+            .map(|a| a.as_ref().ok().and_then(|found| found.as_ref().map(|(row, grant)| (row.name.clone(), *grant))))
+            .collect();
+
+        let some = |name: &str, grant: Option<Access>| Some((name.to_owned(), grant));
+        assert_eq!(
+            seen,
+            [
+                some("shared", Some(Access::View)),
+                some("shared", Some(Access::Use)),
+                some("shared", None),
+                some("shared", None),
+                None,
+                some("theirs", None),
+                None,
+                None,
+                None,
+            ]
+        );
+        assert!(
+            matches!(answers[7], Err(StoreError::Corrupt { column: "fields", .. })),
+            "only the malformed row's reader fails: {:?}",
+            answers[7].as_ref().err()
+        );
+        assert!(answers.iter().enumerate().all(|(i, a)| i == 7 || a.is_ok()));
+    }
+}
+
+crate::both_backends! {
+    /// Many requests at once, of two organizations and several users, each
+    /// get their own answer from the grouped reads: a resolve of the other
+    /// organization's credential is a 404, a member's level is their own.
+    async fn concurrent_access_checks_of_many_callers_each_get_their_own_answer(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let app = TestApp::spawn(&db).await;
+        let other = app.new_org("Other").await;
+        let ours = app.create_pg(&app.org, "ours", &sentinel()).await;
+        let theirs = app.create_pg(&other, "theirs", &sentinel()).await;
+        let calls = (0..64).map(|n| {
+            let (key, id, want) = match n % 4 {
+                0 => (&app.org.engine, &ours, StatusCode::OK),
+                1 => (&other.engine, &theirs, StatusCode::OK),
+                2 => (&other.engine, &ours, StatusCode::NOT_FOUND),
+                _ => (&app.org.engine, &theirs, StatusCode::NOT_FOUND),
+            };
+            let app = &app;
+            async move {
+                let (status, body) = app
+                    .call(Method::POST, &format!("/integrations/credentials/{id}/resolve"), key, None)
+                    .await;
+                (n, status, want, body)
+            }
+        });
+        for (n, status, want, body) in join_all(calls).await {
+            assert_eq!(status, want, "request {n}: {body}");
+            if status == StatusCode::OK {
+                assert_eq!(body["id"].as_str(), Some(if n % 4 == 0 { ours.as_str() } else { theirs.as_str() }));
+            }
+        }
     }
 }
