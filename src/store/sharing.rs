@@ -32,6 +32,17 @@ pub(super) fn access(id: &str, raw: &str) -> Result<Access, StoreError> {
     })
 }
 
+/// A grants column, `[[user_id, access], …]` as a JSON text (`None`: no
+/// grant), as (user, level) pairs; each level is read by [`access`] where
+/// it is used.
+pub(super) fn grant_pairs(id: &str, text: Option<&str>) -> Result<Vec<(String, String)>, StoreError> {
+    let Some(text) = text else { return Ok(Vec::new()) };
+    serde_json::from_str(text).map_err(|_| StoreError::Corrupt {
+        id: id.to_owned(),
+        column: "access",
+    })
+}
+
 /// A credential's sharing as audit events record it (before and after).
 pub fn sharing_detail(team: Option<Access>, users: &[(String, Access)]) -> Value {
     json!({

@@ -8,7 +8,7 @@ mod remembered;
 pub(super) use remembered::{PageStarts, Totals};
 
 use super::row::{Listed, LIST_COLUMNS};
-use super::sharing::access;
+use super::sharing::{access, grant_pairs};
 use super::{CredentialRow, Dialect, Store, StoreError};
 use crate::model::{Access, CredentialStatus};
 
@@ -344,14 +344,7 @@ impl Store {
 fn listed(l: Listed) -> Result<ListedCredential, StoreError> {
     let row = CredentialRow::try_from(l.raw)?;
     let my_grant = l.my_grant.as_deref().and_then(Access::parse);
-    let pairs: Vec<(String, String)> = match l.grants.as_deref() {
-        None => Vec::new(),
-        Some(text) => serde_json::from_str(text).map_err(|_| StoreError::Corrupt {
-            id: row.id.clone(),
-            column: "access",
-        })?,
-    };
-    let mut grants = pairs
+    let mut grants = grant_pairs(&row.id, l.grants.as_deref())?
         .into_iter()
         .map(|(user, level)| access(&row.id, &level).map(|level| (user, level)))
         .collect::<Result<Vec<_>, _>>()?;
