@@ -12,7 +12,9 @@ use serde_json::{json, Value};
 use sqlx::Row;
 
 use credgate::model::{Access, AuthKind};
-use credgate::store::{AuditEvent, CredentialRead, NewCredential, Notification, PendingCreate, StoreError};
+use credgate::store::{
+    AuditEvent, CredentialRead, NewCredential, Notification, PendingCreate, StoreError, Usage, UseRecord,
+};
 
 use crate::helpers::{pg_body, sentinel, test_config, Backend, TestApp, TestDb};
 
@@ -58,6 +60,101 @@ crate::both_backends! {
         assert_eq!(runs, 96, "each request's own event");
         assert_eq!(usage["uses_total"], 48);
         assert_eq!(usage["workflows"][0]["workflow_id"], "wf-burst");
+    }
+}
+
+/// A `credential.resolve` row: organization, credential, action, actor,
+/// detail, workflow, run, time.
+type StoredUse = (
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    i64,
+);
+
+crate::both_backends! {
+    async fn a_group_of_uses_records_each_event_as_given_and_last_use_once_a_minute(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let app = TestApp::spawn(&db).await;
+        let other = app.new_org("Other").await;
+        let a = app.create_pg(&app.org, "a", &sentinel()).await;
+        let b = app.create_pg(&app.org, "b", &sentinel()).await;
+        let theirs = app.create_pg(&other, "theirs", &sentinel()).await;
+        // Values a statement built from them could mangle: quotes,
+        // backslashes, JSON-looking text, non-ASCII.
+        let odd = r#"wf "quoted" \back\slash {"not": "json"} é 日本"#;
+        let record = |org: &str, id: &str, workflow: Option<&str>, run: Option<&str>| {
+            let mut event = AuditEvent::success(org, id, "credential.resolve", "api_key:engine");
+            if workflow.is_some() || run.is_some() {
+                event = event.with_detail(json!({"workflow_id": workflow, "run_id": run}));
+            }
+            UseRecord {
+                event,
+                usage: Usage {
+                    workflow_id: workflow.map(str::to_owned),
+                    run_id: run.map(str::to_owned),
+                },
+            }
+        };
+        let uses = [
+            record(&app.org.id, &a, Some(odd), Some("run-1")),
+            record(&app.org.id, &b, None, None),
+            record(&app.org.id, &a, Some("wf-2"), None),
+            record(&other.id, &theirs, None, Some("run-3")),
+        ];
+        let first = app.state.store.now();
+
+        app.state.store.record_uses(&uses).await.unwrap();
+        app.clock.advance(30);
+        app.state.store.record_uses(&uses[1..2]).await.unwrap();
+        app.clock.advance(31);
+        app.state.store.record_uses(&uses[2..3]).await.unwrap();
+
+        let sql = app.sql().await;
+        let events: Vec<StoredUse> = sqlx::query_as(
+            "SELECT org_id, credential_id, action, actor, detail, workflow_id, run_id, at FROM audit_events \
+             WHERE action = 'credential.resolve' ORDER BY id",
+        )
+        .fetch_all(&sql)
+        .await
+        .unwrap();
+        let detail = |e: &StoredUse| {
+            e.4.as_deref().map(|d| serde_json::from_str::<Value>(d).unwrap())
+        };
+        let expected = [
+            (&app.org.id, &a, Some(odd), Some("run-1"), first),
+            (&app.org.id, &b, None, None, first),
+            (&app.org.id, &a, Some("wf-2"), None, first),
+            (&other.id, &theirs, None, Some("run-3"), first),
+            (&app.org.id, &b, None, None, first + 30),
+            (&app.org.id, &a, Some("wf-2"), None, first + 61),
+        ];
+        assert_eq!(events.len(), expected.len(), "{events:?}");
+        for (event, (org, id, workflow, run, at)) in events.iter().zip(expected) {
+            assert_eq!((&event.0, &event.1, event.2.as_str(), event.3.as_str()), (org, id, "credential.resolve", "api_key:engine"));
+            assert_eq!((event.5.as_deref(), event.6.as_deref(), event.7), (workflow, run, at), "{event:?}");
+            let want = (workflow.is_some() || run.is_some()).then(|| json!({"workflow_id": workflow, "run_id": run}));
+            assert_eq!(detail(event), want);
+        }
+        let last_used = |id: String| {
+            let sql = sql.clone();
+            async move {
+                sqlx::query_scalar::<_, Option<i64>>("SELECT last_used_at FROM credentials WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(&sql)
+                    .await
+                    .unwrap()
+            }
+        };
+        // b's second use came 30 s after its first: not rewritten; a's came
+        // 61 s after: rewritten.
+        assert_eq!(last_used(a.clone()).await, Some(first + 61));
+        assert_eq!(last_used(b.clone()).await, Some(first));
+        assert_eq!(last_used(theirs.clone()).await, Some(first));
     }
 }
 
