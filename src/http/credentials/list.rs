@@ -149,7 +149,7 @@ pub(super) async fn list_credentials(
     Ok(Json(CredentialPage {
         items: rows
             .into_iter()
-            .map(|l| CredentialOut::new(&l.row, l.access, l.grants))
+            .map(|l| CredentialOut::new(l.row, l.access, l.grants))
             .collect(),
         page,
         per_page,

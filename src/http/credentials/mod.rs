@@ -139,7 +139,7 @@ async fn create_credential(
     let row = credentials::create(&state, &caller, body.into()).await?;
     Ok((
         StatusCode::CREATED,
-        Json(Credential::new(&row, Access::Manage, Vec::new())),
+        Json(Credential::new(row, Access::Manage, Vec::new())),
     ))
 }
 
@@ -158,7 +158,7 @@ async fn get_credential(
     } else {
         Vec::new()
     };
-    Ok(Json(CredentialOut::new(&row, access, grants)))
+    Ok(Json(CredentialOut::new(row, access, grants)))
 }
 
 /// Rename a credential and/or replace all its fields (secrets re-entered)
@@ -176,7 +176,7 @@ async fn patch_credential(
     let id = parse_id(&id)?;
     let row = credentials::update(&state, &caller, &id, body.into()).await?;
     let grants = credentials::grants(&state, &row.id).await?;
-    Ok(Json(Credential::new(&row, Access::Manage, grants)))
+    Ok(Json(Credential::new(row, Access::Manage, grants)))
 }
 
 /// Delete a credential

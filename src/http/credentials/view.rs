@@ -97,16 +97,17 @@ pub enum CredentialOut {
 
 impl CredentialOut {
     /// `row` seen by a caller with `access`; `grants` are its user grants
-    /// (only shown from `view` up).
-    pub fn new(row: &CredentialRow, access: Access, grants: Vec<(String, Access)>) -> Self {
+    /// (only shown from `view` up). Takes the row: its values move into the
+    /// view (a page of them is not copied once more).
+    pub fn new(row: CredentialRow, access: Access, grants: Vec<(String, Access)>) -> Self {
         if access < Access::View {
             return Self::Summary(CredentialSummary {
-                id: row.id.clone(),
-                name: row.name.clone(),
-                provider: row.provider.clone(),
+                id: row.id,
+                name: row.name,
+                provider: row.provider,
                 auth_type: row.auth_type.as_str().to_owned(),
                 status: row.status.as_str().to_owned(),
-                owner: row.owner.clone(),
+                owner: row.owner,
                 access,
             });
         }
@@ -120,10 +121,10 @@ pub fn time(secs: i64) -> DateTime<Utc> {
 }
 
 impl Credential {
-    /// The whole record (no secret value).
-    pub fn new(row: &CredentialRow, access: Access, grants: Vec<(String, Access)>) -> Self {
+    /// The whole record (no secret value); takes the row, whose values move
+    /// into the view.
+    pub fn new(row: CredentialRow, access: Access, grants: Vec<(String, Access)>) -> Self {
         Self {
-            owner: row.owner.clone(),
             sharing: SharingView {
                 team: row.team_access,
                 users: grants
@@ -132,19 +133,13 @@ impl Credential {
                     .collect(),
             },
             access,
-            id: row.id.clone(),
-            name: row.name.clone(),
-            provider: row.provider.clone(),
             auth_type: row.auth_type.as_str().to_owned(),
             status: row.status.as_str().to_owned(),
-            fields: Value::Object(row.fields.clone()),
-            secret_fields: row.secret_names.clone(),
-            account: row.account_id.as_ref().map(|id| Account {
-                id: id.clone(),
-                email: row.account_email.clone(),
-                display_name: row.account_name.clone(),
+            account: row.account_id.map(|id| Account {
+                id,
+                email: row.account_email,
+                display_name: row.account_name,
             }),
-            scopes: row.scopes.clone(),
             expires_at: row.expires_at.map(time),
             last_refreshed_at: row.last_refreshed_at.map(time),
             last_used_at: row.last_used_at.map(time),
@@ -153,9 +148,16 @@ impl Credential {
                 .last_error
                 .as_ref()
                 .map(|e| serde_json::to_value(e).expect("serializes")),
-            created_by: row.created_by.clone(),
             created_at: time(row.created_at),
             updated_at: time(row.updated_at),
+            owner: row.owner,
+            id: row.id,
+            name: row.name,
+            provider: row.provider,
+            fields: Value::Object(row.fields),
+            secret_fields: row.secret_names,
+            scopes: row.scopes,
+            created_by: row.created_by,
         }
     }
 }
