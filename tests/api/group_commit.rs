@@ -159,6 +159,58 @@ crate::both_backends! {
 }
 
 crate::both_backends! {
+    async fn groups_of_uses_on_two_replicas_over_the_same_credentials_all_commit(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let app = TestApp::spawn(&db).await;
+        // A second replica: its own store (pool, writer) on the same database.
+        let replica = credgate::store::Store::connect(&db.url, app.clock.clone()).await.unwrap();
+        let mut ids = Vec::new();
+        for n in 0..16 {
+            ids.push(app.create_pg(&app.org, &format!("c{n}"), &sentinel()).await);
+        }
+        let uses = |ids: &[String], round: usize| -> Vec<UseRecord> {
+            ids.iter()
+                .map(|id| UseRecord {
+                    event: AuditEvent::success(&app.org.id, id, "credential.resolve", "api_key:engine"),
+                    usage: Usage {
+                        workflow_id: None,
+                        run_id: Some(format!("run-{round}")),
+                    },
+                })
+                .collect()
+        };
+        let sql = app.sql().await;
+        let rounds = 40;
+        for round in 0..rounds {
+            // Every group sets last_used_at (each row is locked), the two
+            // groups overlap in 8 credentials and name them in opposite
+            // orders: locked in different orders, they would deadlock.
+            sqlx::query("UPDATE credentials SET last_used_at = NULL").execute(&sql).await.unwrap();
+            let mut mine = ids[..12].to_vec();
+            let mut theirs = ids[4..].to_vec();
+            theirs.reverse();
+            if round % 2 == 1 {
+                std::mem::swap(&mut mine, &mut theirs);
+            }
+            let (a, b) = (uses(&mine, round), uses(&theirs, round));
+            let (first, second) = tokio::join!(app.state.store.record_uses(&a), replica.record_uses(&b));
+            assert!(first.is_ok() && second.is_ok(), "round {round}: {first:?} {second:?}");
+        }
+
+        let recorded: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_events WHERE action = 'credential.resolve'")
+            .fetch_one(&sql)
+            .await
+            .unwrap();
+        let unused: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM credentials WHERE last_used_at IS NULL")
+            .fetch_one(&sql)
+            .await
+            .unwrap();
+        assert_eq!(recorded, rounds as i64 * 24);
+        assert_eq!(unused, 0);
+    }
+}
+
+crate::both_backends! {
     async fn when_a_groups_commit_fails_every_request_in_it_fails_and_no_secret_is_returned(backend: Backend) {
         let db = TestDb::new(backend).await;
         let app = TestApp::spawn(&db).await;
