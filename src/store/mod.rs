@@ -13,6 +13,7 @@ mod api_keys;
 mod audit;
 mod creates;
 mod credentials;
+mod kept;
 mod listing;
 mod named_secrets;
 mod oauth;
@@ -189,6 +190,10 @@ pub struct Store {
     totals: std::sync::Arc<listing::Totals>,
     /// Where numbered listing pages start, by listing version.
     page_starts: std::sync::Arc<listing::PageStarts>,
+    /// The connections of the grouped credential reads and (Postgres) the
+    /// grouped uses.
+    kept_reads: std::sync::Arc<kept::Kept>,
+    kept_uses: std::sync::Arc<kept::Kept>,
 }
 
 impl Store {
@@ -249,6 +254,8 @@ impl Store {
             sqlite_writer: Default::default(),
             totals: Default::default(),
             page_starts: Default::default(),
+            kept_reads: Default::default(),
+            kept_uses: Default::default(),
         })
     }
 
@@ -313,8 +320,11 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// Closes the pool.
+    /// Closes the pool (its kept connections given back first: closing
+    /// waits for every connection).
     pub async fn close(&self) {
+        self.kept_reads.release().await;
+        self.kept_uses.release().await;
         self.pool.close().await;
     }
 }

@@ -77,9 +77,10 @@ impl Store {
         }
         // Each row is typed on its own: a malformed one fails only its
         // own readers.
-        let found: Vec<(String, String, Result<Typed, StoreError>)> = query
-            .fetch_all(&self.pool)
-            .await?
+        let rows = self
+            .on_kept(&self.kept_reads, async |conn| Ok(query.fetch_all(conn).await?))
+            .await?;
+        let found: Vec<(String, String, Result<Typed, StoreError>)> = rows
             .into_iter()
             .map(|grouped| {
                 let (id, org_id) = (grouped.raw.id.clone(), grouped.raw.org_id.clone());

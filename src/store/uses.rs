@@ -79,11 +79,11 @@ impl Store {
             let batch: Vec<UseJson> = uses.iter().map(UseJson::from).collect();
             let batch =
                 serde_json::to_string(&batch).map_err(|e| StoreError::Database(sqlx::Error::Encode(e.into())))?;
-            sqlx::query(RECORD_USES_POSTGRES)
+            let query = sqlx::query(RECORD_USES_POSTGRES)
                 .bind(batch)
                 .bind(t)
-                .bind(t - LAST_USED_EVERY_SECS)
-                .execute(&self.pool)
+                .bind(t - LAST_USED_EVERY_SECS);
+            self.on_kept(&self.kept_uses, async |conn| Ok(query.execute(conn).await?))
                 .await?;
             return Ok(());
         }

@@ -558,3 +558,55 @@ crate::both_backends! {
         }
     }
 }
+
+/// The group writers keep their connections between groups (sqlx pings a
+/// connection handed back to the pool): when the server drops them, the
+/// requests that meet a dead one get 503, and the next ones work again on
+/// fresh connections.
+#[tokio::test]
+async fn when_postgres_drops_the_kept_connections_resolves_work_again_on_fresh_ones() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let app = TestApp::spawn(&db).await;
+    let secret = sentinel();
+    let id = app.create_pg(&app.org, "db", &secret).await;
+    for run in 0..3 {
+        assert_eq!(resolve(&app, &id, run).await.0, StatusCode::OK);
+    }
+    let sql = app.sql().await;
+    // Every connection of the app (not this one, nor the test's other pool).
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid() AND state = 'idle') t",
+    )
+    .fetch_one(&sql)
+    .await
+    .unwrap();
+    assert!(killed >= 2, "the kept connections, at least: {killed}");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    let mut answers = Vec::new();
+    for run in 3..(3 + killed as usize + 5) {
+        answers.push(resolve(&app, &id, run).await);
+    }
+
+    let statuses: Vec<StatusCode> = answers.iter().map(|a| a.0).collect();
+    for (status, body) in &answers {
+        assert!(
+            *status == StatusCode::OK || *status == StatusCode::SERVICE_UNAVAILABLE,
+            "{status} {body}"
+        );
+        if *status != StatusCode::OK {
+            assert!(!body.to_string().contains(&secret));
+        }
+    }
+    // A dead connection fails one request at most, and is then replaced.
+    let failed = statuses.iter().filter(|s| **s != StatusCode::OK).count();
+    assert!(failed <= killed as usize, "{killed} killed: {statuses:?}");
+    assert!(
+        statuses[statuses.len() - 5..].iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    let (status, body) = resolve(&app, &id, 99).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["fields"]["password"], json!(secret));
+}
