@@ -29,24 +29,25 @@ impl Kept {
 
 impl Store {
     /// Runs `statements` on `kept`'s connection (taken from the pool when
-    /// there is none); callers using the same `kept` take turns.
+    /// there is none); callers using the same `kept` take turns. The
+    /// connection is out of the slot while they run: if their future is
+    /// dropped mid-statement, it goes back to the pool (which tests it),
+    /// never to the next caller.
     pub(super) async fn on_kept<T>(
         &self,
         kept: &Kept,
         statements: impl AsyncFnOnce(&mut AnyConnection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut slot = kept.0.lock().await;
-        if slot.as_ref().is_some_and(|(_, since)| since.elapsed() >= KEPT_FOR) {
-            slot.take();
-        }
-        let (conn, _) = match &mut *slot {
-            Some(held) => held,
-            None => slot.insert((self.pool.acquire().await?, Instant::now())),
+        let (mut conn, since) = match slot.take() {
+            Some((conn, since)) if since.elapsed() < KEPT_FOR => (conn, since),
+            _ => (self.pool.acquire().await?, Instant::now()),
         };
-        let outcome = statements(conn).await;
-        if matches!(outcome, Err(StoreError::Unavailable(_))) {
-            // Maybe broken: back to the pool, which tests it.
-            slot.take();
+        let outcome = statements(&mut conn).await;
+        // After an outage the connection may be broken: it goes back to the
+        // pool, and the next caller takes a fresh one.
+        if !matches!(outcome, Err(StoreError::Unavailable(_))) {
+            *slot = Some((conn, since));
         }
         outcome
     }

@@ -63,6 +63,21 @@ crate::both_backends! {
     }
 }
 
+/// A resolve's use of credential `id`, as the domain records it.
+fn use_record(org: &str, id: &str, workflow: Option<&str>, run: Option<&str>) -> UseRecord {
+    let mut event = AuditEvent::success(org, id, "credential.resolve", "api_key:engine");
+    if workflow.is_some() || run.is_some() {
+        event = event.with_detail(json!({"workflow_id": workflow, "run_id": run}));
+    }
+    UseRecord {
+        event,
+        usage: Usage {
+            workflow_id: workflow.map(str::to_owned),
+            run_id: run.map(str::to_owned),
+        },
+    }
+}
+
 /// A `credential.resolve` row: organization, credential, action, actor,
 /// detail, workflow, run, time.
 type StoredUse = (
@@ -87,24 +102,11 @@ crate::both_backends! {
         // Values a statement built from them could mangle: quotes,
         // backslashes, JSON-looking text, non-ASCII.
         let odd = r#"wf "quoted" \back\slash {"not": "json"} é 日本"#;
-        let record = |org: &str, id: &str, workflow: Option<&str>, run: Option<&str>| {
-            let mut event = AuditEvent::success(org, id, "credential.resolve", "api_key:engine");
-            if workflow.is_some() || run.is_some() {
-                event = event.with_detail(json!({"workflow_id": workflow, "run_id": run}));
-            }
-            UseRecord {
-                event,
-                usage: Usage {
-                    workflow_id: workflow.map(str::to_owned),
-                    run_id: run.map(str::to_owned),
-                },
-            }
-        };
         let uses = [
-            record(&app.org.id, &a, Some(odd), Some("run-1")),
-            record(&app.org.id, &b, None, None),
-            record(&app.org.id, &a, Some("wf-2"), None),
-            record(&other.id, &theirs, None, Some("run-3")),
+            use_record(&app.org.id, &a, Some(odd), Some("run-1")),
+            use_record(&app.org.id, &b, None, None),
+            use_record(&app.org.id, &a, Some("wf-2"), None),
+            use_record(&other.id, &theirs, None, Some("run-3")),
         ];
         let first = app.state.store.now();
 
@@ -169,15 +171,8 @@ crate::both_backends! {
             ids.push(app.create_pg(&app.org, &format!("c{n}"), &sentinel()).await);
         }
         let uses = |ids: &[String], round: usize| -> Vec<UseRecord> {
-            ids.iter()
-                .map(|id| UseRecord {
-                    event: AuditEvent::success(&app.org.id, id, "credential.resolve", "api_key:engine"),
-                    usage: Usage {
-                        workflow_id: None,
-                        run_id: Some(format!("run-{round}")),
-                    },
-                })
-                .collect()
+            let run = format!("run-{round}");
+            ids.iter().map(|id| use_record(&app.org.id, id, None, Some(&run))).collect()
         };
         let sql = app.sql().await;
         let rounds = 40;
