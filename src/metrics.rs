@@ -58,6 +58,12 @@ pub struct Metrics {
     /// `credgate_readiness_store_checks_total`: times `/readyz` asked the
     /// store (its answer is kept for a second).
     pub readiness_checks: Counter,
+    /// `credgate_listing_pages_read_total`: listing pages read from the
+    /// store's tables.
+    pub listing_pages_read: Counter,
+    /// `credgate_listing_pages_reused_total`: listing pages read before in
+    /// this process, served again after a check found them unchanged.
+    pub listing_pages_reused: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -113,6 +119,18 @@ impl Default for Metrics {
             "Times /readyz asked the store whether it is reachable",
             readiness_checks.clone(),
         );
+        let listing_pages_read = Counter::default();
+        registry.register(
+            "listing_pages_read",
+            "Credential listing pages read from the store's tables",
+            listing_pages_read.clone(),
+        );
+        let listing_pages_reused = Counter::default();
+        registry.register(
+            "listing_pages_reused",
+            "Credential listing pages read before, served again after a check found them unchanged",
+            listing_pages_reused.clone(),
+        );
         Self {
             registry,
             requests,
@@ -123,6 +141,8 @@ impl Default for Metrics {
             worker_last_step,
             api_key_lookups,
             readiness_checks,
+            listing_pages_read,
+            listing_pages_reused,
         }
     }
 }

@@ -58,7 +58,13 @@ pub async fn list(ctx: &Context, who: &Principal, mut filter: CredentialFilter) 
         admin: who.role == Role::Admin,
         user: who.user_id.clone(),
     };
-    let (rows, total) = ctx.store.list_credentials(&who.org_id, &filter).await?;
+    let page = ctx.store.list_credentials(&who.org_id, &filter).await?;
+    if page.reused {
+        ctx.metrics.listing_pages_reused.inc();
+    } else {
+        ctx.metrics.listing_pages_read.inc();
+    }
+    let (rows, total) = (page.rows, page.total);
     let rows = rows
         .into_iter()
         .filter_map(|l| {

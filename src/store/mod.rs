@@ -32,7 +32,7 @@ pub use api_keys::{ApiKeyInfo, ApiKeyRow};
 pub use audit::{AuditEvent, AuditRow};
 pub use creates::PendingCreate;
 pub use credentials::{NewCredential, SecretWrite, Usage};
-pub use listing::{CredentialFilter, ListedCredential, Viewer};
+pub use listing::{CredentialFilter, CredentialPage, ListedCredential, Viewer};
 pub use named_secrets::{SealedSecret, SecretMeta, SecretPut};
 pub use oauth::{GrantTarget, OAuthGrant, OAuthStateRow};
 pub use orgs::OrgKeyRow;
@@ -190,6 +190,8 @@ pub struct Store {
     totals: std::sync::Arc<listing::Totals>,
     /// Where numbered listing pages start, by listing version.
     page_starts: std::sync::Arc<listing::PageStarts>,
+    /// Listing pages read, reused while unchanged.
+    pages: std::sync::Arc<listing::Pages>,
     /// The connections of the grouped credential reads and (Postgres) the
     /// grouped uses.
     kept_reads: std::sync::Arc<kept::Kept>,
@@ -254,6 +256,7 @@ impl Store {
             sqlite_writer: Default::default(),
             totals: Default::default(),
             page_starts: Default::default(),
+            pages: Default::default(),
             kept_reads: Default::default(),
             kept_uses: Default::default(),
         })

@@ -17,7 +17,8 @@ pub(super) const READ_COLUMNS: &str = "id, org_id, name, provider, auth_type, st
 pub(super) const LIST_COLUMNS: &str = "c.id, c.org_id, c.name, c.provider, c.auth_type, c.status, c.fields, \
     c.secret_names, '' AS secret_ct, c.key_version, c.secret_version, c.account_id, c.account_email, \
     c.account_name, c.scopes, c.expires_at, c.last_refreshed_at, c.last_used_at, c.last_tested_at, c.last_error, \
-    c.created_by, c.created_at, c.updated_at, c.refresh_failures, c.refresh_after, c.owner, c.team_access";
+    c.created_by, c.created_at, c.updated_at, c.refresh_failures, c.refresh_after, c.owner, c.team_access, \
+    c.row_version";
 
 /// The last failure recorded on a credential.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -191,4 +192,6 @@ pub(super) struct Listed {
     /// Every user grant on it, `[[user_id, access], …]` (listings only).
     #[sqlx(default)]
     pub grants: Option<String>,
+    /// Raised by every update of the row (migration 0016).
+    pub row_version: i64,
 }

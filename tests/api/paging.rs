@@ -396,3 +396,123 @@ crate::both_backends! {
         }
     }
 }
+
+/// A listing page on `app`, and whether it was served again (reused) or
+/// read: the metrics move by one.
+async fn page_and_how(app: &TestApp, key: &str, query: &str) -> (Value, &'static str) {
+    let (read, reused) = (
+        app.metric("credgate_listing_pages_read_total").await,
+        app.metric("credgate_listing_pages_reused_total").await,
+    );
+    let (status, page) = app
+        .call(Method::GET, &format!("/integrations/credentials?{query}"), key, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let moved = (
+        app.metric("credgate_listing_pages_read_total").await - read,
+        app.metric("credgate_listing_pages_reused_total").await - reused,
+    );
+    let how = match moved {
+        (1, 0) => "read",
+        (0, 1) => "reused",
+        other => panic!("one page, counted {other:?}"),
+    };
+    (page, how)
+}
+
+/// The listed item `id` on a page.
+fn item<'a>(page: &'a Value, id: &str) -> &'a Value {
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == id)
+        .unwrap()
+}
+
+crate::both_backends! {
+    async fn a_page_served_again_follows_every_change_to_its_rows_made_on_another_replica(backend: Backend) {
+        use crate::sharing::{create, key, resolve_for};
+        use credgate::model::Role;
+        use serde_json::json;
+
+        let (_db, first, second, [_alice, _bob, admin]) = replicas(backend).await;
+        let engine = key(&first, Role::Engine, None).await;
+        let one = create(&second, &admin, "one", "pw").await;
+        let two = create(&second, &admin, "two", "pw").await;
+        // The first page, a numbered page (the second credential in the
+        // listing's order, alone) and the page after the first by its cursor.
+        let (cursor, newer) = {
+            let (page, _) = page_and_how(&first, &admin, "per_page=1").await;
+            (page["next"].as_str().unwrap().to_owned(), ids(&page)[0].clone())
+        };
+        let older = if newer == one { two } else { one };
+        let queries = ["per_page=50".to_owned(), "per_page=1&page=2".to_owned(), format!("per_page=1&after={cursor}")];
+        let mut pages = Vec::new();
+        for query in &queries {
+            let (page, how) = page_and_how(&first, &admin, query).await;
+            assert_eq!(how, "read", "{query}: the first time");
+            let (again, how) = page_and_how(&first, &admin, query).await;
+            assert_eq!(how, "reused", "{query}: nothing changed");
+            assert_eq!(again, page, "{query}: a page served again is the page");
+            pages.push(page);
+        }
+        assert!(item(&pages[1], &older)["last_used_at"].is_null());
+
+        // Changes to the rows' content on the other replica, none of which
+        // changes which rows a listing shows (the listing version).
+        let check = |what: &'static str, changed: fn(&Value) -> bool| {
+            let (first, admin, queries, older) = (&first, &admin, &queries, &older);
+            async move {
+                for query in queries {
+                    let (page, how) = page_and_how(first, admin, query).await;
+                    let shown = page["items"].as_array().unwrap().iter().any(|i| i["id"] == *older);
+                    if shown {
+                        assert_eq!(how, "read", "{query}: after {what}");
+                        assert!(changed(item(&page, older)), "{query}: after {what}: {page}");
+                    }
+                    let (again, how) = page_and_how(first, admin, query).await;
+                    assert_eq!((how, &again), ("reused", &page), "{query}: nothing changed since {what}");
+                }
+            }
+        };
+        let path = format!("/integrations/credentials/{older}");
+        let (status, body) = second
+            .call(Method::PATCH, &path, &admin, Some(json!({"fields": {"host": "moved.example.com", "database": "sales", "username": "etl", "password": "pw"}})))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        check("a field changed", |i| i["fields"]["host"] == "moved.example.com").await;
+
+        let (status, body) = resolve_for(&second, &engine, &older, None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        check("a use", |i| i["last_used_at"].is_string()).await;
+
+        // Any writer is seen, even one behind the API's back, and any column.
+        sqlx::query("UPDATE credentials SET account_id = 'acct-1', account_email = 'someone@example.com' WHERE id = $1")
+            .bind(&older)
+            .execute(&second.sql().await)
+            .await
+            .unwrap();
+        check("a column written behind the API's back", |i| {
+            i["account"]["email"] == "someone@example.com"
+        })
+        .await;
+        sqlx::query("UPDATE credentials SET expires_at = 4102444800 WHERE id = $1")
+            .bind(&older)
+            .execute(&second.sql().await)
+            .await
+            .unwrap();
+        check("the expiry behind the API's back", |i| i["expires_at"].is_string()).await;
+        // The newer credential changed: only the first page shows it.
+        sqlx::query("UPDATE credentials SET account_id = 'acct-2', account_name = 'Newer' WHERE id = $1")
+            .bind(&newer)
+            .execute(&second.sql().await)
+            .await
+            .unwrap();
+        let (page, how) = page_and_how(&first, &admin, &queries[0]).await;
+        assert_eq!(how, "read");
+        assert_eq!(item(&page, &newer)["account"]["display_name"], "Newer", "{page}");
+        let (_, how) = page_and_how(&first, &admin, &queries[1]).await;
+        assert_eq!(how, "reused", "a page without the changed row is still good");
+    }
+}

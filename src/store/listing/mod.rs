@@ -3,8 +3,11 @@
 
 use sqlx::Row;
 
+mod pages;
 mod remembered;
 
+pub(super) use pages::Pages;
+use pages::ReadPage;
 pub(super) use remembered::{PageStarts, Totals};
 
 use super::row::{Listed, LIST_COLUMNS};
@@ -28,6 +31,16 @@ pub struct ListedCredential {
     pub row: CredentialRow,
     pub my_grant: Option<Access>,
     pub grants: Vec<(String, Access)>,
+}
+
+/// A page of a listing and the listing's total.
+#[derive(Debug)]
+pub struct CredentialPage {
+    pub rows: Vec<ListedCredential>,
+    pub total: i64,
+    /// Whether the page was one read before in this process, found
+    /// unchanged by a check statement (not read again).
+    pub reused: bool,
 }
 
 /// Filters and page of a credential listing.
@@ -82,12 +95,10 @@ impl Store {
     /// own index (organization credentials and the user's own:
     /// credentials_org_owner; the team's: credentials_org_team_shared; the
     /// user's grants: credential_grants_user, migration 0014), at most as far
-    /// as the page reaches, and merges them.
-    pub async fn list_credentials(
-        &self,
-        org_id: &str,
-        f: &CredentialFilter,
-    ) -> Result<(Vec<ListedCredential>, i64), StoreError> {
+    /// as the page reaches, and merges them. A page read before in this
+    /// process is served again, without reading its rows, while one check
+    /// statement finds its listing version and row versions unchanged.
+    pub async fn list_credentials(&self, org_id: &str, f: &CredentialFilter) -> Result<CredentialPage, StoreError> {
         // Only the filters actually given go into the statements, so each
         // shape gets a plan that can use the indexes.
         let mut binds: Vec<String> = vec![org_id.to_owned()];
@@ -280,6 +291,24 @@ impl Store {
             .join("\u{0}");
         let version_of = |rows: &[Listed]| rows.first().map(|l| l.listing_version.unwrap_or(0));
         let offset = (f.page - 1).max(0) * per_page;
+        // The page as read before in this process, if a check statement
+        // finds it unchanged: the same listing version (the same rows, in
+        // the same order) and the same row versions.
+        let this_page = match &f.after {
+            Some((t, i)) => format!("{key}\u{0}{per_page}\u{0}after\u{0}{t}\u{0}{i}"),
+            None => format!("{key}\u{0}{per_page}\u{0}offset\u{0}{offset}"),
+        };
+        if let Some(page) = self.pages.get(&this_page) {
+            if self.page_unchanged(org_id, &page).await? {
+                if let Some(total) = self.totals.get(&key, page.listing_version) {
+                    return Ok(CredentialPage {
+                        rows: page.rows.clone(),
+                        total,
+                        reused: true,
+                    });
+                }
+            }
+        }
         let rows: Vec<Listed> = match &f.after {
             Some(after) => fetch(page_statement(&Start::Cursor(after, false, 0))).await?,
             // An unfiltered first page starts at the newest row the viewer
@@ -321,7 +350,8 @@ impl Store {
             }
         };
         // The total: counted at most once per listing version and filter.
-        let total = match version_of(&rows).and_then(|v| self.totals.get(&key, v)) {
+        let version = version_of(&rows);
+        let total = match version.and_then(|v| self.totals.get(&key, v)) {
             Some(total) => total,
             None => {
                 let mut count = sqlx::query(&count_sql);
@@ -335,8 +365,54 @@ impl Store {
                 total
             }
         };
-        let rows = rows.into_iter().map(listed).collect::<Result<_, _>>()?;
-        Ok((rows, total))
+        let row_version_sum = rows.iter().map(|l| l.row_version).sum();
+        let rows: Vec<ListedCredential> = rows.into_iter().map(listed).collect::<Result<_, _>>()?;
+        if let Some(listing_version) = version {
+            self.pages.put(
+                this_page,
+                ReadPage {
+                    listing_version,
+                    row_version_sum,
+                    rows: rows.clone(),
+                },
+            );
+        }
+        Ok(CredentialPage {
+            rows,
+            total,
+            reused: false,
+        })
+    }
+
+    /// Whether a page read before is still what it was: the organization's
+    /// listing version, and the number and row-version sum of its rows,
+    /// read in one statement. The ids are padded (repeating the last) to a
+    /// power of two, so few statement shapes exist.
+    async fn page_unchanged(&self, org_id: &str, page: &ReadPage) -> Result<bool, StoreError> {
+        let ids: Vec<&str> = page.rows.iter().map(|l| l.row.id.as_str()).collect();
+        let Some(last) = ids.last().copied() else {
+            return Ok(false);
+        };
+        let width = ids.len().next_power_of_two();
+        let marks = (0..width).map(|i| format!("${}", i + 2)).collect::<Vec<_>>().join(", ");
+        // Only the ids select rows, so both databases look each one up by
+        // its key (with `org_id = $1` beside them SQLite walked the
+        // organization's index instead); the organization is counted.
+        let sql = format!(
+            "SELECT {VERSION_SQL}, CAST(COALESCE(SUM(CASE WHEN x.org_id = $1 THEN 1 ELSE 0 END), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(x.row_version), 0) AS BIGINT) FROM credentials x WHERE x.id IN ({marks})"
+        );
+        let mut check = sqlx::query(&sql).bind(org_id);
+        for id in ids.iter().copied().chain(std::iter::repeat(last)).take(width) {
+            check = check.bind(id);
+        }
+        let row = check.fetch_one(&self.pool).await?;
+        let version: Option<i64> = row.try_get(0)?;
+        let count: i64 = row.try_get(1)?;
+        let sum: i64 = row.try_get(2)?;
+        Ok(version == Some(page.listing_version)
+            && usize::try_from(count).is_ok_and(|n| n == page.rows.len())
+            && sum == page.row_version_sum)
     }
 }
 
