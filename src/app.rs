@@ -204,6 +204,7 @@ pub fn app_state(services: Services) -> anyhow::Result<AppState> {
         keys: Arc::default(),
         trusted_proxies: Arc::new(trusted_proxies),
         ready: Arc::default(),
+        listings: Arc::default(),
         limits: Arc::new(RateLimits::new(
             ctx.config.rate_limit_per_org,
             ctx.config.probe_limit_per_min,

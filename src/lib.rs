@@ -18,6 +18,7 @@ pub mod crypto;
 pub mod egress;
 pub mod error;
 pub mod execution;
+pub mod fifo;
 pub mod group_commit;
 pub mod http;
 pub mod metrics;

@@ -23,7 +23,9 @@ use crate::context::Context;
 use crate::error::Error;
 use crate::model::{Access, AuthKind, Principal, Role};
 use crate::providers::{FieldError, Provider};
-use crate::store::{AuditRow, CredentialFilter, CredentialRow, StoreError, Viewer};
+use std::sync::Arc;
+
+use crate::store::{AuditRow, CredentialFilter, CredentialRow, ListedCredential, StoreError, Viewer};
 
 /// Longest credential name.
 pub const MAX_NAME_LEN: usize = 200;
@@ -44,16 +46,45 @@ pub async fn read(ctx: &Context, who: &Principal, id: &str) -> Result<(Credentia
 }
 
 /// A listed credential: the row, the caller's level, its user grants.
-#[derive(Debug)]
-pub struct Listed {
-    pub row: CredentialRow,
+#[derive(Debug, Clone, Copy)]
+pub struct Listed<'a> {
+    pub row: &'a CredentialRow,
     pub access: Access,
-    pub grants: Vec<(String, Access)>,
+    pub grants: &'a [(String, Access)],
+}
+
+/// A page of the credentials a caller may at least use, and the total.
+#[derive(Debug)]
+pub struct ListedPage {
+    rows: Arc<[ListedCredential]>,
+    levels: Vec<Option<Access>>,
+    pub total: i64,
+    /// The store's number for the read the rows come from: the same number,
+    /// the same rows, so for the same caller the same page
+    /// ([`crate::store::CredentialPage::content`]).
+    pub content: u64,
+}
+
+impl ListedPage {
+    /// The credentials with the caller's level on each, in the listing's order.
+    pub fn iter(&self) -> impl Iterator<Item = Listed<'_>> {
+        self.rows.iter().zip(&self.levels).filter_map(|(l, level)| {
+            Some(Listed {
+                row: &l.row,
+                access: (*level)?,
+                grants: &l.grants,
+            })
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.iter().next().is_none()
+    }
 }
 
 /// A page of the credentials `who` may at least use, each with their level
 /// and its user grants, and the total (the filter's viewer is `who`).
-pub async fn list(ctx: &Context, who: &Principal, mut filter: CredentialFilter) -> Result<(Vec<Listed>, i64), Error> {
+pub async fn list(ctx: &Context, who: &Principal, mut filter: CredentialFilter) -> Result<ListedPage, Error> {
     filter.viewer = Viewer {
         admin: who.role == Role::Admin,
         user: who.user_id.clone(),
@@ -64,19 +95,17 @@ pub async fn list(ctx: &Context, who: &Principal, mut filter: CredentialFilter) 
     } else {
         ctx.metrics.listing_pages_read.inc();
     }
-    let (rows, total) = (page.rows, page.total);
-    let rows = rows
-        .into_iter()
-        .filter_map(|l| {
-            let access = access::level_with(who, &l.row, l.my_grant)?;
-            Some(Listed {
-                row: l.row,
-                access,
-                grants: l.grants,
-            })
-        })
+    let levels = page
+        .rows
+        .iter()
+        .map(|l| access::level_with(who, &l.row, l.my_grant))
         .collect();
-    Ok((rows, total))
+    Ok(ListedPage {
+        rows: page.rows,
+        levels,
+        total: page.total,
+        content: page.content,
+    })
 }
 
 /// A credential's audit events, newest first (at most 500): `view` needed;

@@ -52,6 +52,8 @@ pub struct AppState {
     pub trusted_proxies: Arc<Vec<ipnet::IpNet>>,
     /// `/readyz`'s last answer about the store.
     pub ready: Arc<ops::ReadyCache>,
+    /// Listing pages' items as JSON, for the pages the store serves again.
+    pub listings: Arc<credentials::RenderedPages>,
 }
 
 impl std::ops::Deref for AppState {

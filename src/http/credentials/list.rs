@@ -1,19 +1,26 @@
 //! `GET /integrations/credentials`: the page of credentials the caller may
 //! at least use, filtered and searched.
 
+use std::sync::Arc;
+
 use axum::extract::State;
-use axum::Json;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
 use super::view::{CredentialOut, CredentialPage};
-use crate::credentials::{self, MAX_NAME_LEN, MAX_PER_PAGE};
+use crate::credentials::{self, ListedPage, MAX_NAME_LEN, MAX_PER_PAGE};
+use crate::fifo::Fifo;
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{ApiQuery, Caller, READ};
 use crate::http::AppState;
 use crate::model::CredentialStatus;
+use crate::model::Principal;
 use crate::providers::FieldError;
 use crate::store::CredentialFilter;
 
@@ -62,7 +69,7 @@ pub(super) async fn list_credentials(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<ListQuery>,
-) -> Result<Json<CredentialPage>, ApiError> {
+) -> Result<Response, ApiError> {
     caller.require(&state, READ, None).await?;
     let mut errors = Vec::new();
     let page = parse_positive("page", query.page.as_deref(), 1, 1_000_000, &mut errors);
@@ -142,20 +149,81 @@ pub(super) async fn list_credentials(
         per_page,
         ..CredentialFilter::default()
     };
-    let (rows, total) = credentials::list(&state, &caller, filter).await?;
-    let next = (rows.len() as i64 == per_page)
-        .then(|| rows.last().map(|l| cursor(&l.row)))
-        .flatten();
-    Ok(Json(CredentialPage {
-        items: rows
-            .into_iter()
-            .map(|l| CredentialOut::new(l.row, l.access, l.grants))
-            .collect(),
+    let listed = credentials::list(&state, &caller, filter).await?;
+    let mut shown = 0;
+    let mut last = None;
+    for l in listed.iter() {
+        shown += 1;
+        last = Some(l.row);
+    }
+    let next = (shown == per_page).then(|| last.map(cursor)).flatten();
+    let items = state.listings.items(&caller, &listed)?;
+    let page = PageOut {
+        items: &items,
         page,
         per_page,
-        total,
+        total: listed.total,
         next,
-    }))
+    };
+    let mut body = Vec::with_capacity(items.get().len() + 256);
+    serde_json::to_writer(&mut body, &page).map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(([(CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response())
+}
+
+/// [`CredentialPage`] with its items already in JSON.
+#[derive(Serialize)]
+struct PageOut<'a> {
+    items: &'a RawValue,
+    page: i64,
+    per_page: i64,
+    total: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
+}
+
+/// Most bytes of rendered items kept: about 1 KiB a credential, so about as
+/// many credentials as the store keeps listed rows.
+const MAX_RENDERED_BYTES: usize = 3 << 20;
+
+/// The items of listing pages as JSON, by the store's number for the read
+/// they come from and the caller they were rendered for: a page served
+/// again by the store, to the same caller, is not built and serialized
+/// again. Bounded by [`MAX_RENDERED_BYTES`], the oldest dropped first.
+#[derive(Debug)]
+pub struct RenderedPages(Fifo<Arc<RawValue>>);
+
+impl Default for RenderedPages {
+    fn default() -> Self {
+        Self(Fifo::new(MAX_RENDERED_BYTES))
+    }
+}
+
+impl RenderedPages {
+    fn items(&self, who: &Principal, page: &ListedPage) -> Result<Arc<RawValue>, ApiError> {
+        // A caller's levels follow from the rows, their role and their user
+        // (credentials::access::level_with): with the same rows, the same
+        // items.
+        let key = format!(
+            "{}\u{0}{}\u{0}{}\u{0}{}",
+            page.content,
+            who.org_id,
+            who.role.as_str(),
+            who.user_id.as_deref().unwrap_or("")
+        );
+        if let Some(items) = self.0.get(&key) {
+            return Ok(items);
+        }
+        let views: Vec<CredentialOut> = page
+            .iter()
+            .map(|l| CredentialOut::new(l.row, l.access, l.grants))
+            .collect();
+        let items: Arc<RawValue> = serde_json::value::to_raw_value(&views)
+            .map_err(|e| ApiError::Internal(e.into()))?
+            .into();
+        let weight = items.get().len();
+        self.0.put(key, items.clone(), weight);
+        Ok(items)
+    }
 }
 
 /// The `next` cursor after `row`: its creation time and id, url-safe.

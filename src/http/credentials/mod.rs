@@ -6,6 +6,8 @@ mod resolve;
 mod sharing;
 pub mod view;
 
+pub use list::RenderedPages;
+
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -137,10 +139,7 @@ async fn create_credential(
 ) -> Result<(StatusCode, Json<Credential>), ApiError> {
     caller.require(&state, MANAGE, None).await?;
     let row = credentials::create(&state, &caller, body.into()).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(Credential::new(row, Access::Manage, Vec::new())),
-    ))
+    Ok((StatusCode::CREATED, Json(Credential::new(&row, Access::Manage, &[]))))
 }
 
 /// Get a credential
@@ -158,7 +157,7 @@ async fn get_credential(
     } else {
         Vec::new()
     };
-    Ok(Json(CredentialOut::new(row, access, grants)))
+    Ok(Json(CredentialOut::new(&row, access, &grants)))
 }
 
 /// Rename a credential and/or replace all its fields (secrets re-entered)
@@ -176,7 +175,7 @@ async fn patch_credential(
     let id = parse_id(&id)?;
     let row = credentials::update(&state, &caller, &id, body.into()).await?;
     let grants = credentials::grants(&state, &row.id).await?;
-    Ok(Json(Credential::new(row, Access::Manage, grants)))
+    Ok(Json(Credential::new(&row, Access::Manage, &grants)))
 }
 
 /// Delete a credential

@@ -97,17 +97,16 @@ pub enum CredentialOut {
 
 impl CredentialOut {
     /// `row` seen by a caller with `access`; `grants` are its user grants
-    /// (only shown from `view` up). Takes the row: its values move into the
-    /// view (a page of them is not copied once more).
-    pub fn new(row: CredentialRow, access: Access, grants: Vec<(String, Access)>) -> Self {
+    /// (only shown from `view` up).
+    pub fn new(row: &CredentialRow, access: Access, grants: &[(String, Access)]) -> Self {
         if access < Access::View {
             return Self::Summary(CredentialSummary {
-                id: row.id,
-                name: row.name,
-                provider: row.provider,
+                id: row.id.clone(),
+                name: row.name.clone(),
+                provider: row.provider.clone(),
                 auth_type: row.auth_type.as_str().to_owned(),
                 status: row.status.as_str().to_owned(),
-                owner: row.owner,
+                owner: row.owner.clone(),
                 access,
             });
         }
@@ -121,24 +120,26 @@ pub fn time(secs: i64) -> DateTime<Utc> {
 }
 
 impl Credential {
-    /// The whole record (no secret value); takes the row, whose values move
-    /// into the view.
-    pub fn new(row: CredentialRow, access: Access, grants: Vec<(String, Access)>) -> Self {
+    /// The whole record (no secret value).
+    pub fn new(row: &CredentialRow, access: Access, grants: &[(String, Access)]) -> Self {
         Self {
             sharing: SharingView {
                 team: row.team_access,
                 users: grants
-                    .into_iter()
-                    .map(|(user_id, access)| UserGrant { user_id, access })
+                    .iter()
+                    .map(|(user_id, access)| UserGrant {
+                        user_id: user_id.clone(),
+                        access: *access,
+                    })
                     .collect(),
             },
             access,
             auth_type: row.auth_type.as_str().to_owned(),
             status: row.status.as_str().to_owned(),
-            account: row.account_id.map(|id| Account {
-                id,
-                email: row.account_email,
-                display_name: row.account_name,
+            account: row.account_id.as_ref().map(|id| Account {
+                id: id.clone(),
+                email: row.account_email.clone(),
+                display_name: row.account_name.clone(),
             }),
             expires_at: row.expires_at.map(time),
             last_refreshed_at: row.last_refreshed_at.map(time),
@@ -150,14 +151,14 @@ impl Credential {
                 .map(|e| serde_json::to_value(e).expect("serializes")),
             created_at: time(row.created_at),
             updated_at: time(row.updated_at),
-            owner: row.owner,
-            id: row.id,
-            name: row.name,
-            provider: row.provider,
-            fields: Value::Object(row.fields),
-            secret_fields: row.secret_names,
-            scopes: row.scopes,
-            created_by: row.created_by,
+            owner: row.owner.clone(),
+            id: row.id.clone(),
+            name: row.name.clone(),
+            provider: row.provider.clone(),
+            fields: Value::Object(row.fields.clone()),
+            secret_fields: row.secret_names.clone(),
+            scopes: row.scopes.clone(),
+            created_by: row.created_by.clone(),
         }
     }
 }

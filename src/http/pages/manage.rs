@@ -106,10 +106,11 @@ async fn list(
         ..CredentialFilter::default()
     };
     let who = session.principal();
-    let (rows, total) = match credentials::list(&state, &who, filter).await {
+    let rows = match credentials::list(&state, &who, filter).await {
         Ok(found) => found,
         Err(e) => return failure(&state, &e).into_response(),
     };
+    let total = rows.total;
     let pages = ((total + MAX_PER_PAGE - 1) / MAX_PER_PAGE).max(1);
     let link = |p: i64| {
         let mut u = url::form_urlencoded::Serializer::new(String::new());
@@ -179,8 +180,8 @@ async fn list(
                             th scope="col" { "Actions" }
                         } }
                         tbody {
-                            @for l in &rows {
-                                (table_row(&state, &l.row, l.access, l.grants.len()))
+                            @for l in rows.iter() {
+                                (table_row(&state, l.row, l.access, l.grants.len()))
                             }
                         }
                     }

@@ -1,6 +1,8 @@
 //! Listing credentials: the page a viewer may at least use, filtered, with
 //! the access predicate inside the statement so the indexes serve it.
 
+use std::sync::Arc;
+
 use sqlx::Row;
 
 mod pages;
@@ -36,11 +38,16 @@ pub struct ListedCredential {
 /// A page of a listing and the listing's total.
 #[derive(Debug)]
 pub struct CredentialPage {
-    pub rows: Vec<ListedCredential>,
+    /// Shared with the page kept for reuse (not copied).
+    pub rows: Arc<[ListedCredential]>,
     pub total: i64,
     /// Whether the page was one read before in this process, found
     /// unchanged by a check statement (not read again).
     pub reused: bool,
+    /// This process's number for the read the rows come from: a page with
+    /// the same number has the same rows (the same values, in the same
+    /// order); each read of a page gets a new one.
+    pub content: u64,
 }
 
 /// Filters and page of a credential listing.
@@ -305,6 +312,7 @@ impl Store {
                         rows: page.rows.clone(),
                         total,
                         reused: true,
+                        content: page.content,
                     });
                 }
             }
@@ -366,53 +374,23 @@ impl Store {
             }
         };
         let row_version_sum = rows.iter().map(|l| l.row_version).sum();
-        let rows: Vec<ListedCredential> = rows.into_iter().map(listed).collect::<Result<_, _>>()?;
+        let rows: Arc<[ListedCredential]> = rows.into_iter().map(listed).collect::<Result<_, _>>()?;
+        let content = self.pages.content();
         if let Some(listing_version) = version {
-            self.pages.put(
-                this_page,
-                ReadPage {
-                    listing_version,
-                    row_version_sum,
-                    rows: rows.clone(),
-                },
-            );
+            let page = ReadPage {
+                listing_version,
+                row_version_sum,
+                content,
+                rows: rows.clone(),
+            };
+            self.pages.put(this_page, Arc::new(page));
         }
         Ok(CredentialPage {
             rows,
             total,
             reused: false,
+            content,
         })
-    }
-
-    /// Whether a page read before is still what it was: the organization's
-    /// listing version, and the number and row-version sum of its rows,
-    /// read in one statement. The ids are padded (repeating the last) to a
-    /// power of two, so few statement shapes exist.
-    async fn page_unchanged(&self, org_id: &str, page: &ReadPage) -> Result<bool, StoreError> {
-        let ids: Vec<&str> = page.rows.iter().map(|l| l.row.id.as_str()).collect();
-        let Some(last) = ids.last().copied() else {
-            return Ok(false);
-        };
-        let width = ids.len().next_power_of_two();
-        let marks = (0..width).map(|i| format!("${}", i + 2)).collect::<Vec<_>>().join(", ");
-        // Only the ids select rows, so both databases look each one up by
-        // its key (with `org_id = $1` beside them SQLite walked the
-        // organization's index instead); the organization is counted.
-        let sql = format!(
-            "SELECT {VERSION_SQL}, CAST(COALESCE(SUM(CASE WHEN x.org_id = $1 THEN 1 ELSE 0 END), 0) AS BIGINT), \
-             CAST(COALESCE(SUM(x.row_version), 0) AS BIGINT) FROM credentials x WHERE x.id IN ({marks})"
-        );
-        let mut check = sqlx::query(&sql).bind(org_id);
-        for id in ids.iter().copied().chain(std::iter::repeat(last)).take(width) {
-            check = check.bind(id);
-        }
-        let row = check.fetch_one(&self.pool).await?;
-        let version: Option<i64> = row.try_get(0)?;
-        let count: i64 = row.try_get(1)?;
-        let sum: i64 = row.try_get(2)?;
-        Ok(version == Some(page.listing_version)
-            && usize::try_from(count).is_ok_and(|n| n == page.rows.len())
-            && sum == page.row_version_sum)
     }
 }
 

@@ -1,10 +1,14 @@
 //! Listing pages read in this process, reused while a check statement finds
 //! their content unchanged.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-use super::ListedCredential;
+use sqlx::Row;
+
+use super::{ListedCredential, VERSION_SQL};
+use crate::fifo::Fifo;
+use crate::store::{Store, StoreError};
 
 /// A page as read, with what identifies its content: the organization's
 /// listing version (which rows the listing shows, in which order: 0012) and
@@ -15,7 +19,10 @@ use super::ListedCredential;
 pub(in crate::store) struct ReadPage {
     pub listing_version: i64,
     pub row_version_sum: i64,
-    pub rows: Vec<ListedCredential>,
+    /// This process's number for this read of the page: the same number,
+    /// the same rows.
+    pub content: u64,
+    pub rows: Arc<[ListedCredential]>,
 }
 
 /// Most rows kept over all pages: a listed row takes about 1.7 KiB here
@@ -24,139 +31,66 @@ pub(super) const MAX_ROWS: usize = 4_096;
 
 /// The pages read, by their statement and values; bounded by [`MAX_ROWS`],
 /// the oldest page put is the first dropped.
-#[derive(Debug, Default)]
-pub(in crate::store) struct Pages(Mutex<Kept>);
+#[derive(Debug)]
+pub(in crate::store) struct Pages {
+    kept: Fifo<Arc<ReadPage>>,
+    reads: AtomicU64,
+}
 
-#[derive(Debug, Default)]
-struct Kept {
-    pages: HashMap<String, (u64, Arc<ReadPage>)>,
-    /// Keys in the order put, each with the number it was put under (a key
-    /// put again is only dropped by its last number).
-    order: VecDeque<(String, u64)>,
-    rows: usize,
-    next: u64,
+impl Default for Pages {
+    fn default() -> Self {
+        Self {
+            kept: Fifo::new(MAX_ROWS),
+            reads: AtomicU64::new(0),
+        }
+    }
 }
 
 impl Pages {
     pub(super) fn get(&self, key: &str) -> Option<Arc<ReadPage>> {
-        let kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        kept.pages.get(key).map(|(_, page)| page.clone())
+        self.kept.get(key)
     }
 
-    pub(super) fn put(&self, key: String, page: ReadPage) {
-        if page.rows.is_empty() || page.rows.len() > MAX_ROWS {
-            return;
-        }
-        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let kept = &mut *kept;
-        let n = kept.next;
-        kept.next += 1;
-        kept.rows += page.rows.len();
-        kept.order.push_back((key.clone(), n));
-        if let Some((_, old)) = kept.pages.insert(key, (n, Arc::new(page))) {
-            kept.rows -= old.rows.len();
-        }
-        while kept.rows > MAX_ROWS {
-            let Some((key, n)) = kept.order.pop_front() else { break };
-            if kept.pages.get(&key).is_some_and(|(m, _)| *m == n) {
-                if let Some((_, old)) = kept.pages.remove(&key) {
-                    kept.rows -= old.rows.len();
-                }
-            }
-        }
-        // Keys put again leave stale entries behind: keep the queue to a
-        // few times the pages kept.
-        if kept.order.len() > 4 * kept.pages.len() + 64 {
-            let pages = &kept.pages;
-            kept.order
-                .retain(|(key, n)| pages.get(key).is_some_and(|(m, _)| m == n));
-        }
+    /// A new number for a page just read.
+    pub(super) fn content(&self) -> u64 {
+        self.reads.fetch_add(1, Ordering::Relaxed)
     }
 
-    #[cfg(test)]
-    fn rows(&self) -> usize {
-        let kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        kept.pages.values().map(|(_, p)| p.rows.len()).sum()
+    pub(super) fn put(&self, key: String, page: Arc<ReadPage>) {
+        let rows = page.rows.len();
+        self.kept.put(key, page, rows);
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::CredentialRow;
-
-    fn page(version: i64, n: usize) -> ReadPage {
-        let row = CredentialRow {
-            id: "c".into(),
-            org_id: "o".into(),
-            name: "n".into(),
-            provider: "p".into(),
-            auth_type: crate::model::AuthKind::ApiKey,
-            status: crate::model::CredentialStatus::Active,
-            fields: Default::default(),
-            secret_names: Vec::new(),
-            secret_ct: String::new(),
-            key_version: 1,
-            secret_version: 1,
-            account_id: None,
-            account_email: None,
-            account_name: None,
-            scopes: None,
-            expires_at: None,
-            last_refreshed_at: None,
-            last_used_at: None,
-            last_tested_at: None,
-            last_error: None,
-            created_by: "u".into(),
-            created_at: 0,
-            updated_at: 0,
-            refresh_failures: 0,
-            refresh_after: None,
-            owner: None,
-            team_access: None,
+impl Store {
+    /// Whether a page read before is still what it was: the organization's
+    /// listing version, and the number and row-version sum of its rows,
+    /// read in one statement. The ids are padded (repeating the last) to a
+    /// power of two, so few statement shapes exist.
+    pub(super) async fn page_unchanged(&self, org_id: &str, page: &ReadPage) -> Result<bool, StoreError> {
+        let ids: Vec<&str> = page.rows.iter().map(|l| l.row.id.as_str()).collect();
+        let Some(last) = ids.last().copied() else {
+            return Ok(false);
         };
-        let listed = ListedCredential {
-            row,
-            my_grant: None,
-            grants: Vec::new(),
-        };
-        ReadPage {
-            listing_version: version,
-            row_version_sum: 0,
-            rows: vec![listed; n],
-        }
-    }
-
-    #[test]
-    fn pages_are_kept_by_key_within_the_row_budget_oldest_dropped_first() {
-        let pages = Pages::default();
-        pages.put("a".into(), page(1, 50));
-        pages.put("a".into(), page(2, 50));
-        assert_eq!(
-            pages.get("a").map(|p| p.listing_version),
-            Some(2),
-            "the last put is kept"
+        let width = ids.len().next_power_of_two();
+        let marks = (0..width).map(|i| format!("${}", i + 2)).collect::<Vec<_>>().join(", ");
+        // Only the ids select rows, so both databases look each one up by
+        // its key (with `org_id = $1` beside them SQLite walked the
+        // organization's index instead); the organization is counted.
+        let sql = format!(
+            "SELECT {VERSION_SQL}, CAST(COALESCE(SUM(CASE WHEN x.org_id = $1 THEN 1 ELSE 0 END), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(x.row_version), 0) AS BIGINT) FROM credentials x WHERE x.id IN ({marks})"
         );
-        assert_eq!(pages.rows(), 50);
-        pages.put("empty".into(), page(1, 0));
-        assert!(pages.get("empty").is_none(), "an empty page is not kept");
-        for i in 0..(MAX_ROWS / 50) * 3 {
-            pages.put(format!("k{i}"), page(1, 50));
-            assert!(pages.rows() <= MAX_ROWS);
-            let order = pages.0.lock().unwrap().order.len();
-            assert!(
-                order <= 4 * (MAX_ROWS / 50) + 64 + 1,
-                "the queue stays bounded: {order}"
-            );
+        let mut check = sqlx::query(&sql).bind(org_id);
+        for id in ids.iter().copied().chain(std::iter::repeat(last)).take(width) {
+            check = check.bind(id);
         }
-        assert!(pages.get("a").is_none(), "the oldest page went first");
-        let last = (MAX_ROWS / 50) * 3 - 1;
-        assert!(pages.get(&format!("k{last}")).is_some(), "the newest page is kept");
-        // Putting one key over and over keeps one page and a short queue.
-        for v in 0..10_000 {
-            pages.put("same".into(), page(v, 1));
-        }
-        assert_eq!(pages.get("same").map(|p| p.listing_version), Some(9_999));
-        assert!(pages.0.lock().unwrap().order.len() <= 4 * (MAX_ROWS / 50 + 1) + 64 + 1);
+        let row = check.fetch_one(&self.pool).await?;
+        let version: Option<i64> = row.try_get(0)?;
+        let count: i64 = row.try_get(1)?;
+        let sum: i64 = row.try_get(2)?;
+        Ok(version == Some(page.listing_version)
+            && usize::try_from(count).is_ok_and(|n| n == page.rows.len())
+            && sum == page.row_version_sum)
     }
 }
