@@ -63,6 +63,8 @@ pub struct ListedPage {
     /// the same rows, so for the same caller the same page
     /// ([`crate::store::CredentialPage::content`]).
     pub content: u64,
+    /// Whether the store served a page it had read before.
+    pub reused: bool,
 }
 
 impl ListedPage {
@@ -105,6 +107,7 @@ pub async fn list(ctx: &Context, who: &Principal, mut filter: CredentialFilter) 
         levels,
         total: page.total,
         content: page.content,
+        reused: page.reused,
     })
 }
 

@@ -455,6 +455,10 @@ crate::both_backends! {
             let (again, how) = page_and_how(&first, &admin, query).await;
             assert_eq!(how, "reused", "{query}: nothing changed");
             assert_eq!(again, page, "{query}: a page served again is the page");
+            // The third time its items come as rendered the second time.
+            let (third, how) = page_and_how(&first, &admin, query).await;
+            assert_eq!(how, "reused", "{query}: nothing changed");
+            assert_eq!(third, page, "{query}: a page served from its rendered items is the page");
             pages.push(page);
         }
         assert!(item(&pages[1], &older)["last_used_at"].is_null());
@@ -471,6 +475,8 @@ crate::both_backends! {
                     assert!(changed(item(&page, older)), "{query}: after {what}: {page}");
                     let (again, how) = page_and_how(first, admin, query).await;
                     assert_eq!((how, &again), ("reused", &page), "{query}: nothing changed since {what}");
+                    let (third, how) = page_and_how(first, admin, query).await;
+                    assert_eq!((how, &third), ("reused", &page), "{query}: rendered after {what}");
                 }
             }
         };

@@ -181,14 +181,15 @@ struct PageOut<'a> {
     next: Option<String>,
 }
 
-/// Most bytes of rendered items kept: about 1 KiB a credential, so about as
-/// many credentials as the store keeps listed rows.
-const MAX_RENDERED_BYTES: usize = 3 << 20;
+/// Most bytes of rendered items kept (a credential takes about 500).
+const MAX_RENDERED_BYTES: usize = 2 << 20;
 
 /// The items of listing pages as JSON, by the store's number for the read
 /// they come from and the caller they were rendered for: a page served
 /// again by the store, to the same caller, is not built and serialized
-/// again. Bounded by [`MAX_RENDERED_BYTES`], the oldest dropped first.
+/// again. Only pages served again are kept (a page read once and never
+/// again costs no copy and no room). Bounded by [`MAX_RENDERED_BYTES`], the
+/// oldest dropped first.
 #[derive(Debug)]
 pub struct RenderedPages(Fifo<Arc<RawValue>>);
 
@@ -220,8 +221,10 @@ impl RenderedPages {
         let items: Arc<RawValue> = serde_json::value::to_raw_value(&views)
             .map_err(|e| ApiError::Internal(e.into()))?
             .into();
-        let weight = items.get().len();
-        self.0.put(key, items.clone(), weight);
+        if page.reused {
+            let weight = items.get().len();
+            self.0.put(key, items.clone(), weight);
+        }
         Ok(items)
     }
 }
