@@ -19,12 +19,12 @@ pub use secrets::{CredentialSecrets, OAuthTokens};
 pub use sharing::{check_user_id, remove_user, set_sharing, usage, Sharing};
 pub use write::{create, delete, update, Changes, NewCredentialInput};
 
+use std::sync::Arc;
+
 use crate::context::Context;
 use crate::error::Error;
 use crate::model::{Access, AuthKind, Principal, Role};
 use crate::providers::{FieldError, Provider};
-use std::sync::Arc;
-
 use crate::store::{AuditRow, CredentialFilter, CredentialRow, ListedCredential, StoreError, Viewer};
 
 /// Longest credential name.

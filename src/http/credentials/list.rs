@@ -19,8 +19,7 @@ use crate::fifo::Fifo;
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{ApiQuery, Caller, READ};
 use crate::http::AppState;
-use crate::model::CredentialStatus;
-use crate::model::Principal;
+use crate::model::{CredentialStatus, Principal};
 use crate::providers::FieldError;
 use crate::store::CredentialFilter;
 
