@@ -200,17 +200,20 @@ impl Default for RenderedPages {
 
 impl RenderedPages {
     fn items(&self, who: &Principal, page: &ListedPage) -> Result<Arc<RawValue>, ApiError> {
-        // A caller's levels follow from the rows, their role and their user
-        // (credentials::access::level_with): with the same rows, the same
-        // items.
-        let key = format!(
-            "{}\u{0}{}\u{0}{}\u{0}{}",
-            page.content,
-            who.org_id,
-            who.role.as_str(),
-            who.user_id.as_deref().unwrap_or("")
-        );
-        if let Some(items) = self.0.get(&key) {
+        // Only a page served again can have kept items (a page just read
+        // has a new number). A caller's levels follow from the rows, their
+        // role and their user (credentials::access::level_with): with the
+        // same rows, the same items.
+        let key = page.reused.then(|| {
+            format!(
+                "{}\u{0}{}\u{0}{}\u{0}{}",
+                page.content,
+                who.org_id,
+                who.role.as_str(),
+                who.user_id.as_deref().unwrap_or("")
+            )
+        });
+        if let Some(items) = key.as_deref().and_then(|key| self.0.get(key)) {
             return Ok(items);
         }
         let views: Vec<CredentialOut> = page
@@ -220,7 +223,7 @@ impl RenderedPages {
         let items: Arc<RawValue> = serde_json::value::to_raw_value(&views)
             .map_err(|e| ApiError::Internal(e.into()))?
             .into();
-        if page.reused {
+        if let Some(key) = key {
             let weight = items.get().len();
             self.0.put(key, items.clone(), weight);
         }
