@@ -36,7 +36,8 @@ pub enum Error {
     /// The provider refused.
     #[error("the provider failed: {0}")]
     Provider(String),
-    /// The database cannot be reached now; nothing was changed.
+    /// The database cannot be reached now, or gave the transaction up (a
+    /// deadlock's victim); nothing was changed.
     #[error("the credential store is unavailable; try again shortly")]
     StoreUnavailable(#[source] StoreError),
     /// The store, the vault or a bug.
@@ -72,7 +73,7 @@ impl From<StoreError> for Error {
                 "account_already_connected",
                 "this account is already connected in another credential".into(),
             ),
-            e @ StoreError::Unavailable(_) => Self::StoreUnavailable(e),
+            e @ (StoreError::Unavailable(_) | StoreError::GaveWay(_)) => Self::StoreUnavailable(e),
             other => Self::Internal(other.into()),
         }
     }

@@ -49,7 +49,8 @@ pub async fn record_refreshed(ctx: &Context, row: &CredentialRow, owner: &str, n
     let recovered = (row.refresh_failures > 0 || row.status != CredentialStatus::Active)
         .then(|| Notification::new("credential.recovered", &row.org_id, &row.id, &row.provider, json!({})));
     // The provider has rotated already: while we hold the lease, keep trying
-    // to store the only valid refresh token through a database outage.
+    // to store the only valid refresh token through a database outage (or
+    // a transaction the database gave up).
     let give_up = std::time::Instant::now() + STORE_OUTAGE_PATIENCE;
     let mut pause = std::time::Duration::from_millis(250);
     let mut attempt = 0;
@@ -57,7 +58,9 @@ pub async fn record_refreshed(ctx: &Context, row: &CredentialRow, owner: &str, n
         let sealed = secrets.seal(&ctx.vault, &row.org_id, &row.id).await;
         let (secret_ct, key_version) = match sealed {
             Ok(sealed) => sealed,
-            Err(VaultError::Store(StoreError::Unavailable(e))) if std::time::Instant::now() < give_up => {
+            Err(VaultError::Store(StoreError::Unavailable(e) | StoreError::GaveWay(e)))
+                if std::time::Instant::now() < give_up =>
+            {
                 tracing::warn!(error = %e, credential = %row.id, "the store is unavailable; retrying the refreshed tokens' write");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(std::time::Duration::from_secs(4));
@@ -89,7 +92,7 @@ pub async fn record_refreshed(ctx: &Context, row: &CredentialRow, owner: &str, n
             }
             Ok(false) => return Ok(false),
             Err(e) if rotated(&e, attempt) => attempt += 1,
-            Err(StoreError::Unavailable(e)) if std::time::Instant::now() < give_up => {
+            Err(StoreError::Unavailable(e) | StoreError::GaveWay(e)) if std::time::Instant::now() < give_up => {
                 tracing::warn!(error = %e, credential = %row.id, "the store is unavailable; retrying the refreshed tokens' write");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(std::time::Duration::from_secs(4));

@@ -108,6 +108,11 @@ pub enum StoreError {
     /// out of connections, read-only, disk full): try again shortly.
     #[error("the database is unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
+    /// The database gave the transaction up so that others could go on (it
+    /// was a deadlock's victim, or could not be serialized): none of it was
+    /// written, and the same write can succeed at once.
+    #[error("the database gave the transaction up: {0}")]
+    GaveWay(#[source] sqlx::Error),
     /// The database failed.
     #[error(transparent)]
     Database(sqlx::Error),
@@ -126,6 +131,7 @@ impl StoreError {
             Self::NotFound => Self::NotFound,
             Self::Corrupt { id, column } => Self::Corrupt { id: id.clone(), column },
             Self::Unavailable(e) => Self::Unavailable(words(e)),
+            Self::GaveWay(e) => Self::GaveWay(words(e)),
             Self::Database(e) => Self::Database(words(e)),
         }
     }
@@ -135,6 +141,8 @@ impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         if unavailable(&e) {
             Self::Unavailable(e)
+        } else if gave_way(&e) {
+            Self::GaveWay(e)
         } else {
             Self::Database(e)
         }
@@ -176,6 +184,12 @@ fn unavailable(e: &sqlx::Error) -> bool {
         }
         _ => false,
     }
+}
+
+/// Did PostgreSQL undo the transaction to break a deadlock (40P01) or keep
+/// it serializable (40001)? (SQLite's busy and locked are [`unavailable`].)
+fn gave_way(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40P01" | "40001")))
 }
 
 /// The store: a connection pool, its dialect and the clock.

@@ -4,6 +4,7 @@
 //! Requests get a quick 503 `store_unavailable` with Retry-After, never a
 //! 500, and nothing is lost or half-written.
 
+mod deadlock;
 mod postgres;
 mod sqlite;
 mod worker;
