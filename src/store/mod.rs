@@ -206,6 +206,8 @@ pub struct Store {
     page_starts: std::sync::Arc<listing::PageStarts>,
     /// Listing pages read, reused while unchanged.
     pages: std::sync::Arc<listing::Pages>,
+    /// The listing pages and totals being read.
+    flights: std::sync::Arc<listing::Flights>,
     /// The connections of the grouped credential reads and (Postgres) the
     /// grouped uses.
     kept_reads: std::sync::Arc<kept::Kept>,
@@ -271,6 +273,7 @@ impl Store {
             totals: Default::default(),
             page_starts: Default::default(),
             pages: Default::default(),
+            flights: Default::default(),
             kept_reads: Default::default(),
             kept_uses: Default::default(),
         })

@@ -520,3 +520,70 @@ crate::both_backends! {
         assert_eq!(how, "reused", "a page without the changed row is still good");
     }
 }
+
+/// Requests of the same pages that meet, while the first reads are held up
+/// (a session behind the API's back locks the credentials table): each page
+/// is read once, and every other request is served what that read kept,
+/// after its check. PostgreSQL only: SQLite cannot hold a reader up (its
+/// readers never wait in WAL mode); `flights`' unit test covers the waiting.
+#[tokio::test]
+async fn requests_of_a_page_that_meet_read_it_once() {
+    let db = TestDb::new(crate::helpers::Backend::Postgres).await;
+    let app = TestApp::spawn(&db).await;
+    for n in 0..7 {
+        app.create_pg(&app.org, &format!("db-{n}"), "pw").await;
+        app.clock.advance(1);
+    }
+    let (read, reused) = (
+        app.metric("credgate_listing_pages_read_total").await,
+        app.metric("credgate_listing_pages_reused_total").await,
+    );
+    let mut other = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .unwrap();
+    for statement in ["BEGIN", "LOCK TABLE credentials IN ACCESS EXCLUSIVE MODE"] {
+        sqlx::Executor::execute(&mut other, statement).await.unwrap();
+    }
+    let requests = (0..16).map(|n| {
+        let app = &app;
+        let query = format!("/integrations/credentials?per_page=3&q=db&page={}", 1 + n % 2);
+        async move { app.call(Method::GET, &query, &app.org.member, None).await }
+    });
+    let release = async {
+        let watcher = app.sql().await;
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&watcher)
+            .await
+            .unwrap();
+            if waiting > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        // Time for every request to arrive and meet the held-up reads.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        sqlx::Executor::execute(&mut other, "ROLLBACK").await.unwrap();
+    };
+    let (answers, ()) = tokio::join!(futures::future::join_all(requests), release);
+    let moved = (
+        app.metric("credgate_listing_pages_read_total").await - read,
+        app.metric("credgate_listing_pages_reused_total").await - reused,
+    );
+
+    for (n, (status, page)) in answers.iter().enumerate() {
+        assert_eq!(*status, StatusCode::OK, "{page}");
+        assert_eq!(page, &answers[n % 2].1, "every request of a page gets the same page");
+        assert_eq!(page["total"], 7);
+    }
+    assert_eq!(names(&answers[0].1), ["db-6", "db-5", "db-4"]);
+    assert_eq!(names(&answers[1].1), ["db-3", "db-2", "db-1"]);
+    assert_eq!(
+        moved,
+        (2, 14),
+        "two pages read, the other requests served what was kept"
+    );
+}

@@ -5,10 +5,12 @@ use std::sync::Arc;
 
 use sqlx::Row;
 
+mod flights;
 mod pages;
 mod remembered;
 mod rows;
 
+pub(super) use flights::Flights;
 pub(super) use pages::Pages;
 use pages::ReadPage;
 pub(super) use remembered::{PageStarts, Totals};
@@ -244,18 +246,32 @@ impl Store {
             Some((t, i)) => format!("{key}\u{0}{per_page}\u{0}after\u{0}{t}\u{0}{i}"),
             None => format!("{key}\u{0}{per_page}\u{0}offset\u{0}{offset}"),
         };
-        if let Some(page) = self.pages.get(&this_page) {
-            if self.page_unchanged(org_id, &page).await? {
-                if let Some(total) = self.totals.get(&key, page.listing_version) {
-                    return Ok(CredentialPage {
-                        rows: page.rows.clone(),
-                        total,
-                        reused: true,
-                        content: page.content,
-                    });
-                }
+        let served_again = async || -> Result<Option<CredentialPage>, StoreError> {
+            let Some(page) = self.pages.get(&this_page) else {
+                return Ok(None);
+            };
+            if !self.page_unchanged(org_id, &page).await? {
+                return Ok(None);
             }
+            Ok(self.totals.get(&key, page.listing_version).map(|total| CredentialPage {
+                rows: page.rows.clone(),
+                total,
+                reused: true,
+                content: page.content,
+            }))
+        };
+        if let Some(page) = served_again().await? {
+            return Ok(page);
         }
+        // While another request reads this page, wait for it and serve what
+        // it kept (if still unchanged) instead of reading it too.
+        let _reading = match self.flights.lead_or_wait(&this_page).await {
+            Some(lead) => Some(lead),
+            None => match served_again().await? {
+                Some(page) => return Ok(page),
+                None => None,
+            },
+        };
         let rows: Vec<Listed> = match &f.after {
             Some(after) => fetch(page_statement(&Start::Cursor(after, false, 0))).await?,
             // An unfiltered first page starts at the newest row the viewer
@@ -298,7 +314,13 @@ impl Store {
         };
         // The total: counted at most once per listing version and filter.
         let version = version_of(&rows);
-        let total = match version.and_then(|v| self.totals.get(&key, v)) {
+        let counted = || version.and_then(|v| self.totals.get(&key, v));
+        let mut counting = None;
+        if counted().is_none() {
+            // Counted once while requests of several pages meet.
+            counting = self.flights.lead_or_wait(&key).await;
+        }
+        let total = match counted() {
             Some(total) => total,
             None => {
                 let mut count = sqlx::query(&count_sql);
@@ -312,6 +334,7 @@ impl Store {
                 total
             }
         };
+        drop(counting);
         let row_version_sum = rows.iter().map(|l| l.row_version).sum();
         let rows: Arc<[ListedCredential]> = rows.into_iter().map(listed).collect::<Result<_, _>>()?;
         let content = self.pages.content();
