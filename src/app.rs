@@ -19,7 +19,7 @@ use crate::crypto::MasterKeyring;
 use crate::egress::EgressPolicy;
 use crate::group_commit::{CreateLog, Creates, ReadGroup, Reads, UseLog, Uses};
 use crate::http::ratelimit::RateLimits;
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, SharedState};
 use crate::metrics::Metrics;
 use crate::probes::{ApiBaseUrls, ProbeContext, ProbeTimeouts};
 use crate::providers::{load_dir, Registry};
@@ -200,7 +200,7 @@ pub fn app_state(services: Services) -> anyhow::Result<AppState> {
     let ctx = context(services)?;
     let trusted_proxies =
         parse_cidrs(&ctx.config.trusted_proxies).map_err(|e| anyhow::anyhow!("CREDGATE_TRUSTED_PROXIES: {e}"))?;
-    Ok(AppState {
+    Ok(AppState::new(SharedState {
         keys: Arc::default(),
         trusted_proxies: Arc::new(trusted_proxies),
         ready: Arc::default(),
@@ -211,7 +211,7 @@ pub fn app_state(services: Services) -> anyhow::Result<AppState> {
             ctx.config.auth_failures_per_sec,
         )),
         ctx,
-    })
+    }))
 }
 
 /// The HTTP application, bound and ready to serve.
