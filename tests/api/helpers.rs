@@ -423,3 +423,22 @@ pub fn master_keys(config: &Config) -> String {
         .map(|k: &SecretString| k.expose_secret().to_owned())
         .unwrap_or_default()
 }
+
+/// Waits until a session of the test's PostgreSQL database waits for a lock
+/// (held by the test's own session).
+pub async fn until_a_lock_is_awaited(app: &TestApp) {
+    let watcher = app.sql().await;
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock' AND query NOT LIKE '%pg_stat_activity%'",
+        )
+        .fetch_one(&watcher)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

@@ -550,20 +550,7 @@ async fn requests_of_a_page_that_meet_read_it_once() {
         async move { app.call(Method::GET, &query, &app.org.member, None).await }
     });
     let release = async {
-        let watcher = app.sql().await;
-        loop {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
-                 AND wait_event_type = 'Lock'",
-            )
-            .fetch_one(&watcher)
-            .await
-            .unwrap();
-            if waiting > 0 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        crate::helpers::until_a_lock_is_awaited(&app).await;
         // Time for every request to arrive and meet the held-up reads.
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         sqlx::Executor::execute(&mut other, "ROLLBACK").await.unwrap();

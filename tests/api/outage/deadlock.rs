@@ -11,27 +11,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use sqlx::{Connection, Executor, PgConnection, Row};
 
-use crate::helpers::{captured_logs, Backend, TestApp, TestDb};
+use crate::helpers::{captured_logs, until_a_lock_is_awaited, Backend, TestApp, TestDb};
 use crate::oauth::{connect, oauth_app};
 use crate::oauth_server::{Answer, AuthServer, Flavor, Gate};
-
-/// Waits until a session of the test's database waits for a lock.
-async fn until_a_lock_is_awaited(app: &TestApp) {
-    let watcher = app.sql().await;
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
-             AND wait_event_type = 'Lock' AND query NOT LIKE '%pg_stat_activity%'",
-        )
-        .fetch_one(&watcher)
-        .await
-        .unwrap();
-        if waiting > 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 /// The other side of the deadlock: a session behind the API's back that
 /// never gives up first (its deadlock check waits a minute, credgate's
