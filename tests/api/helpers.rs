@@ -328,6 +328,12 @@ impl TestApp {
 
     /// A credential's refresh bookkeeping, read with the test's own
     /// connection: (consecutive failures, refresh_after, lease_until).
+    /// Moves the clock to just past credential `id`'s next background refresh.
+    pub async fn make_due(&self, id: &str) {
+        let (_, after, _) = self.refresh_state(id).await;
+        self.clock.advance(after.unwrap() - self.clock.now() + 1);
+    }
+
     pub async fn refresh_state(&self, id: &str) -> (i64, Option<i64>, Option<i64>) {
         use sqlx::Row;
         let row = sqlx::query(

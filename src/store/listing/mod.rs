@@ -315,11 +315,11 @@ impl Store {
         // The total: counted at most once per listing version and filter.
         let version = version_of(&rows);
         let counted = || version.and_then(|v| self.totals.get(&key, v));
-        let mut counting = None;
-        if counted().is_none() {
-            // Counted once while requests of several pages meet.
-            counting = self.flights.lead_or_wait(&key).await;
-        }
+        // Counted once while requests of several pages meet.
+        let counting = match counted() {
+            Some(_) => None,
+            None => self.flights.lead_or_wait(&key).await,
+        };
         let total = match counted() {
             Some(total) => total,
             None => {

@@ -140,8 +140,7 @@ async fn refresh_deadlock_victim() {
     let id = connect(&app, "sharepoint", "").await["credential_id"].clone();
     let gate = Arc::new(Gate::default());
     ms.with(|i| i.refresh_gate = Some(gate.clone()));
-    let (_, after, _) = app.refresh_state(&id).await;
-    app.clock.advance(after.unwrap() - app.clock.now() + 1);
+    app.make_due(&id).await;
     let ctx = app.state.ctx.clone();
     let step = tokio::spawn(async move { try_refresh_due(&ctx, 10).await });
     gate.arrivals(1).await; // the lease is taken, the provider asked
@@ -169,8 +168,8 @@ async fn refresh_deadlock_victim() {
         .unwrap()
         .unwrap();
     ms.with(|i| i.refresh_gate = None);
-    let (_, after, lease) = app.refresh_state(&id).await;
-    app.clock.advance(after.unwrap() - app.clock.now() + 1);
+    let lease = app.refresh_state(&id).await.2;
+    app.make_due(&id).await;
     let next = try_refresh_due(&app.state, 10).await.unwrap();
     let (grants, reused) = ms.with(|i| (i.refresh_grants, i.reuse_detected));
     let (status, resolved) = app

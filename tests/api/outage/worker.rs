@@ -24,12 +24,6 @@ async fn arrange(cluster: &OwnCluster, db: &TestDb) -> (AuthServer, TestApp, Str
     (ms, app, id)
 }
 
-/// Moves the clock to just past the credential's next background refresh.
-async fn make_due(app: &TestApp, id: &str) {
-    let (_, after, _) = app.refresh_state(id).await;
-    app.clock.advance(after.unwrap() - app.clock.now() + 1);
-}
-
 async fn lease_of(app: &TestApp, id: &str) -> Option<i64> {
     app.refresh_state(id).await.2
 }
@@ -47,7 +41,7 @@ fn a_refresh_answered_while_the_database_is_down_keeps_the_rotated_token() {
         let (ms, app, id) = arrange(&cluster, &db).await;
         let gate = Arc::new(Gate::default());
         ms.with(|i| i.refresh_gate = Some(gate.clone()));
-        make_due(&app, &id).await;
+        app.make_due(&id).await;
         let ctx = app.state.ctx.clone();
         let step = tokio::spawn(async move { try_refresh_due(&ctx, 10).await });
         gate.arrivals(1).await; // the lease is taken, the provider asked
@@ -62,7 +56,7 @@ fn a_refresh_answered_while_the_database_is_down_keeps_the_rotated_token() {
             .unwrap();
         let lease = lease_of(&app, &id).await;
         ms.with(|i| i.refresh_gate = None);
-        make_due(&app, &id).await;
+        app.make_due(&id).await;
         let next = try_refresh_due(&app.state, 10).await.unwrap();
         let (grants, reused) = ms.with(|i| (i.refresh_grants, i.reuse_detected));
         let (_, resolved) = app
@@ -91,7 +85,7 @@ fn a_credential_due_during_an_outage_is_refreshed_once_the_database_is_back() {
         let cluster = Arc::new(OwnCluster::start());
         let db = TestDb::new(crate::helpers::Backend::Sqlite).await;
         let (ms, app, id) = arrange(&cluster, &db).await;
-        make_due(&app, &id).await;
+        app.make_due(&id).await;
         blocking(&cluster, OwnCluster::down).await;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let worker = tokio::spawn(run_worker(app.state.ctx.clone(), stop_rx));
