@@ -17,7 +17,7 @@ use crate::context::Context;
 use crate::context::Refresher;
 use crate::crypto::MasterKeyring;
 use crate::egress::EgressPolicy;
-use crate::group_commit::{CreateLog, Creates, ReadGroup, Reads, UseLog, Uses};
+use crate::group_commit::{CreateLog, Creates, ReadGroup, Reads, RefreshLog, Refreshes, UseLog, Uses};
 use crate::http::ratelimit::RateLimits;
 use crate::http::{self, AppState, SharedState};
 use crate::metrics::Metrics;
@@ -179,6 +179,7 @@ pub fn context(services: Services) -> anyhow::Result<Context> {
         uses: UseLog::new(Uses(services.store.clone())),
         creates: CreateLog::new(Creates(services.store.clone())),
         reads: ReadGroup::new(Reads(services.store.clone())),
+        refreshes: RefreshLog::new(Refreshes(services.store.clone())),
     })
 }
 

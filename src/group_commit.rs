@@ -12,6 +12,11 @@
 //! - Creates ([`CreateLog`]): each create is checked on its own (key
 //!   version, the provider's limit) inside the group's transaction; one the
 //!   database refuses is written again alone, so it fails alone.
+//! - Refreshed tokens ([`RefreshLog`]): each written only over the
+//!   secrets its refresh read, under its lease, with its audit event; one
+//!   the database refuses is written again alone. A token endpoint that
+//!   rotates refresh tokens makes every refresh a write whose loss is not
+//!   allowed: a commit per refresh was most of the worker's cost.
 //! - Credential reads ([`ReadGroup`]): the access check's read of a
 //!   credential and the caller's grant, for every request waiting, in one
 //!   statement started after each of them asked (never an older answer
@@ -25,7 +30,7 @@ use std::sync::{Arc, OnceLock};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::model::Access;
-use crate::store::{CredentialRead, CredentialRow, PendingCreate, Store, StoreError, UseRecord};
+use crate::store::{CredentialRead, CredentialRow, PendingCreate, PendingRefresh, Store, StoreError, UseRecord};
 
 /// Writes (or reads) one group; the outcomes are one per item, in order.
 pub trait Writer: Send + Sync + 'static {
@@ -169,6 +174,21 @@ impl Writer for Creates {
     }
 }
 
+/// Refreshed tokens, each with its own outcome (written, or lost to a
+/// newer write).
+#[derive(Debug)]
+pub struct Refreshes(pub Store);
+
+impl Writer for Refreshes {
+    type Item = PendingRefresh;
+    type Output = bool;
+    const MAX_BATCH: usize = 64;
+
+    async fn write(&self, refreshes: Vec<PendingRefresh>) -> Vec<Result<bool, StoreError>> {
+        self.0.store_refreshed(&refreshes).await
+    }
+}
+
 /// Credential reads, each with the reader's own grant.
 #[derive(Debug)]
 pub struct Reads(pub Store);
@@ -191,5 +211,7 @@ impl Writer for Reads {
 pub type UseLog = GroupCommit<Uses>;
 /// Creates, committed in groups.
 pub type CreateLog = GroupCommit<Creates>;
+/// Refreshed tokens, committed in groups.
+pub type RefreshLog = GroupCommit<Refreshes>;
 /// Credential reads, grouped.
 pub type ReadGroup = GroupCommit<Reads>;

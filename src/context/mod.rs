@@ -11,7 +11,7 @@ pub use worker_health::{WorkerHealth, STUCK_AFTER_SECS};
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::group_commit::{CreateLog, ReadGroup, UseLog};
+use crate::group_commit::{CreateLog, ReadGroup, RefreshLog, UseLog};
 use crate::metrics::Metrics;
 use crate::probes::ProbeContext;
 use crate::providers::Registry;
@@ -42,6 +42,8 @@ pub struct Context {
     pub creates: CreateLog,
     /// The access check's credential reads, grouped.
     pub reads: ReadGroup,
+    /// Refreshed tokens, committed in groups.
+    pub refreshes: RefreshLog,
 }
 
 impl Context {

@@ -8,7 +8,9 @@ use super::{rotated, CredentialSecrets, OAuthTokens, KEY_RETRIES};
 use crate::context::Context;
 use crate::error::Error;
 use crate::model::CredentialStatus;
-use crate::store::{AuditEvent, CredentialRow, LastError, Notification, RefreshFailure, RefreshedTokens, StoreError};
+use crate::store::{
+    AuditEvent, CredentialRow, LastError, Notification, PendingRefresh, RefreshFailure, RefreshedTokens, StoreError,
+};
 use crate::vault::VaultError;
 
 /// New tokens from a successful refresh.
@@ -68,24 +70,22 @@ pub async fn record_refreshed(ctx: &Context, row: &CredentialRow, owner: &str, n
             }
             Err(e) => return Err(e.into()),
         };
-        let update = RefreshedTokens {
-            secret_ct,
-            key_version,
-            expires_at: new.expires_at,
-            refresh_after: new.refresh_after,
-            scopes: new.scopes.clone(),
+        let pending = PendingRefresh {
+            org_id: row.org_id.clone(),
+            id: row.id.clone(),
+            expected: row.secret_version,
+            owner: owner.to_owned(),
+            tokens: RefreshedTokens {
+                secret_ct,
+                key_version,
+                expires_at: new.expires_at,
+                refresh_after: new.refresh_after,
+                scopes: new.scopes.clone(),
+            },
+            event: event.clone(),
+            notify: recovered.clone(),
         };
-        match ctx
-            .store
-            .store_refreshed(
-                &row.org_id,
-                &row.id,
-                (row.secret_version, owner),
-                &update,
-                (&event, recovered.as_ref()),
-            )
-            .await
-        {
+        match ctx.refreshes.submit(pending).await {
             Ok(true) => {
                 ctx.webhooks.wake();
                 return Ok(true);

@@ -22,7 +22,7 @@ pub enum Mode {
     Margin(i64),
     /// A refresh now; callers that meet share one provider call.
     Now,
-    /// The worker claimed the lease already.
+    /// The worker claimed the lease already ([`refresh_claimed`]).
     Claimed,
 }
 
@@ -88,12 +88,12 @@ async fn read(ctx: &Context, org_id: &str, id: &str) -> Result<CredentialRow, Er
 /// given back, so the worker's next step retries instead of waiting for the
 /// lease to run out. Where `work` recorded an outcome, the record released
 /// the lease already and this is a no-op (it matches this owner only).
-async fn giving_back_on_error(
+async fn giving_back_on_error<T>(
     ctx: &Context,
     org_id: &str,
     id: &str,
-    work: impl std::future::Future<Output = Result<CredentialRow, Error>>,
-) -> Result<CredentialRow, Error> {
+    work: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
     let result = work.await;
     if result.is_err() {
         if let Err(e) = ctx.store.release_lease(org_id, id, &ctx.refresher.owner).await {
@@ -103,28 +103,33 @@ async fn giving_back_on_error(
     result
 }
 
-/// Refreshes one credential (see [`Mode`]), returning its row afterwards.
+/// The worker's refresh of a credential whose lease it claimed already:
+/// one read, under the single flight, and nothing read after the outcome is
+/// recorded (the worker needs only whether it failed).
+pub async fn refresh_claimed(ctx: &Context, org_id: &str, id: &str) -> Result<(), Error> {
+    let owner = ctx.refresher.owner.as_str();
+    let lock = ctx.refresher.lock_for(id);
+    let _single_flight = lock.lock().await;
+    giving_back_on_error(ctx, org_id, id, async {
+        let row = read(ctx, org_id, id).await?;
+        if row.status == CredentialStatus::NeedsReauth || satisfied(ctx, &row, Mode::Claimed, row.secret_version) {
+            return Ok(ctx.store.release_lease(org_id, id, owner).await?);
+        }
+        if let Some(until) = backing_off(ctx, &row) {
+            ctx.store.release_lease(org_id, id, owner).await?;
+            return Err(unavailable_until(ctx, until));
+        }
+        do_refresh(ctx, row).await
+    })
+    .await
+}
+
+/// Refreshes one credential (see [`Mode`]; the worker's claimed credentials
+/// go through [`refresh_claimed`]), returning its row afterwards.
 pub async fn refresh_credential(ctx: &Context, org_id: &str, id: &str, mode: Mode) -> Result<CredentialRow, Error> {
     let owner = ctx.refresher.owner.as_str();
     let lock = ctx.refresher.lock_for(id);
     let release = || ctx.store.release_lease(org_id, id, owner);
-    if let Mode::Claimed = mode {
-        // The lease is ours already: one read, under the single flight.
-        let _single_flight = lock.lock().await;
-        return giving_back_on_error(ctx, org_id, id, async {
-            let row = read(ctx, org_id, id).await?;
-            if row.status == CredentialStatus::NeedsReauth || satisfied(ctx, &row, mode, row.secret_version) {
-                release().await?;
-                return Ok(row);
-            }
-            if let Some(until) = backing_off(ctx, &row) {
-                release().await?;
-                return Err(unavailable_until(ctx, until));
-            }
-            do_refresh(ctx, row).await
-        })
-        .await;
-    }
     let seen_version = read(ctx, org_id, id).await?.secret_version;
     let _single_flight = lock.lock().await;
     let deadline = Instant::now() + Duration::from_secs(ctx.config.provider_timeout_secs + 5);
@@ -151,7 +156,12 @@ pub async fn refresh_credential(ctx: &Context, org_id: &str, id: &str, mode: Mod
                     release().await?;
                     return Ok(row);
                 }
-                do_refresh(ctx, row).await
+                do_refresh(ctx, row).await?;
+                let row = read(ctx, org_id, id).await?;
+                if row.status == CredentialStatus::NeedsReauth {
+                    return Err(Error::NeedsReauth(reauth_message(&row)));
+                }
+                Ok(row)
             })
             .await;
         }
@@ -176,8 +186,10 @@ fn unavailable_until(ctx: &Context, until: i64) -> Error {
     }
 }
 
-/// The refresh itself, holding the lease; returns the row afterwards.
-async fn do_refresh(ctx: &Context, row: CredentialRow) -> Result<CredentialRow, Error> {
+/// The refresh itself, holding the lease: asks the provider and records the
+/// outcome (or, where it lost to a newer write, gives the lease back). A
+/// failed refresh is its error, after it was recorded.
+async fn do_refresh(ctx: &Context, row: CredentialRow) -> Result<(), Error> {
     let owner = ctx.refresher.owner.as_str();
     let settings = ctx
         .registry
@@ -226,7 +238,7 @@ async fn do_refresh(ctx: &Context, row: CredentialRow) -> Result<CredentialRow, 
     match verdict {
         Verdict::Refreshed(new) => {
             if credentials::record_refreshed(ctx, &row, owner, &new).await? {
-                return read(ctx, &row.org_id, &row.id).await;
+                return Ok(());
             }
             // Someone else wrote newer secrets (a re-authorization, or another
             // replica after our lease ran out): theirs stand, ours are dropped.
@@ -244,7 +256,7 @@ async fn do_refresh(ctx: &Context, row: CredentialRow) -> Result<CredentialRow, 
                 );
             }
             ctx.store.release_lease(&row.org_id, &row.id, owner).await?;
-            read(ctx, &row.org_id, &row.id).await
+            Ok(())
         }
         Verdict::Failed { failure, notify, error } => {
             tracing::warn!(provider = %row.provider, credential = %row.id, code = %failure.last_error.code,
@@ -258,11 +270,7 @@ async fn do_refresh(ctx: &Context, row: CredentialRow) -> Result<CredentialRow, 
             // The verdict is about secrets that were replaced meanwhile.
             tracing::info!(credential = %row.id, "a refresh failure lost to a newer write and was dropped");
             ctx.store.release_lease(&row.org_id, &row.id, owner).await?;
-            let fresh = read(ctx, &row.org_id, &row.id).await?;
-            if fresh.status == CredentialStatus::NeedsReauth {
-                return Err(Error::NeedsReauth(reauth_message(&fresh)));
-            }
-            Ok(fresh)
+            Ok(())
         }
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::{FutureExt, StreamExt};
 use rand::Rng;
 
-use super::refresh::{refresh_credential, Mode};
+use super::refresh::refresh_claimed;
 use super::LEASE_SECS;
 use crate::context::Context;
 use crate::error::Error;
@@ -43,7 +43,7 @@ pub async fn try_refresh_due(ctx: &Context, batch: i64) -> Result<Step, Error> {
         ..Step::default()
     };
     let results: Vec<_> = futures::stream::iter(claimed)
-        .map(|(org, id)| async move { refresh_credential(ctx, &org, &id, Mode::Claimed).await })
+        .map(|(org, id)| async move { refresh_claimed(ctx, &org, &id).await })
         .buffer_unordered(ctx.refresher.concurrency)
         .collect()
         .await;

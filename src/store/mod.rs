@@ -38,7 +38,7 @@ pub use oauth::{GrantTarget, OAuthGrant, OAuthStateRow};
 pub use orgs::OrgKeyRow;
 pub use outbox::{Notification, OutboxEvent};
 pub use reads::CredentialRead;
-pub use refresh::{RefreshFailure, RefreshedTokens};
+pub use refresh::{PendingRefresh, RefreshFailure, RefreshedTokens};
 pub use row::{CredentialRow, LastError};
 pub use sessions::{NewPageSession, PageSessionRow};
 pub use sharing::{sharing_detail, UsageSummary, UserRemoval};

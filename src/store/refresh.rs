@@ -5,7 +5,7 @@ use sqlx::Row;
 
 use super::audit::{self, AuditEvent};
 use super::outbox::{self, Notification};
-use super::{check_key, Dialect, LastError, Store, StoreError};
+use super::{current_key, Dialect, LastError, Store, StoreError, Usage};
 use crate::model::CredentialStatus;
 
 /// New tokens from a successful refresh.
@@ -18,6 +18,19 @@ pub struct RefreshedTokens {
     pub refresh_after: Option<i64>,
     /// When the provider said.
     pub scopes: Option<Vec<String>>,
+}
+
+/// A refresh's new tokens to write over the secrets at version `expected`,
+/// read under `owner`'s lease, with its audit event and notification.
+#[derive(Debug, Clone)]
+pub struct PendingRefresh {
+    pub org_id: String,
+    pub id: String,
+    pub expected: i64,
+    pub owner: String,
+    pub tokens: RefreshedTokens,
+    pub event: AuditEvent,
+    pub notify: Option<Notification>,
 }
 
 /// A failed refresh, as recorded.
@@ -101,55 +114,111 @@ impl Store {
         Ok(row.try_get(0)?)
     }
 
-    /// Writes rotated tokens and the audit event in one transaction and
-    /// releases the lease — only if `owner` still holds the lease and no one
-    /// wrote secrets since version `expected` was read. `false`: the write
-    /// lost (a re-authorization or another refresh got there first).
-    pub async fn store_refreshed(
-        &self,
-        org_id: &str,
-        id: &str,
-        (expected, owner): (i64, &str),
-        tokens: &RefreshedTokens,
-        (event, notify): (&AuditEvent, Option<&Notification>),
-    ) -> Result<bool, StoreError> {
-        let mut tx = self.begin_write().await?;
-        check_key(&mut tx, self.dialect, org_id, tokens.key_version).await?;
-        let t = self.now();
-        let done = sqlx::query(
-            "UPDATE credentials SET secret_ct = $3, key_version = $4, expires_at = $5, refresh_after = $6, \
-             scopes = COALESCE($7, scopes), status = $11, last_error = NULL, refresh_failures = 0, \
-             secret_version = secret_version + 1, \
-             last_refreshed_at = $8, updated_at = $8, lease_owner = NULL, lease_until = NULL \
-             WHERE org_id = $1 AND id = $2 AND secret_version = $9 AND lease_owner = $10",
-        )
-        .bind(org_id)
-        .bind(id)
-        .bind(&tokens.secret_ct)
-        .bind(tokens.key_version)
-        .bind(tokens.expires_at)
-        .bind(tokens.refresh_after)
-        .bind(
-            tokens
-                .scopes
-                .as_ref()
-                .map(|s| serde_json::to_string(s).expect("serializes")),
-        )
-        .bind(t)
-        .bind(expected)
-        .bind(owner)
-        .bind(CredentialStatus::AFTER_REFRESH.as_str())
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
+    /// Writes each refresh's rotated tokens and audit event (and
+    /// notification) and releases its lease, all of them in one
+    /// transaction: each only if its owner still holds the lease and no one
+    /// wrote secrets since the version it read. One outcome each, in order:
+    /// `false`, the write lost (a re-authorization or another refresh got
+    /// there first); `KeyRotated`, its tokens were sealed under a data key
+    /// that is no longer the organization's. A group the database refuses
+    /// for another reason is written again one by one, so a bad write fails
+    /// alone; an outage or a transaction the database gave up fails the
+    /// whole group (the callers write again).
+    pub async fn store_refreshed(&self, refreshes: &[PendingRefresh]) -> Vec<Result<bool, StoreError>> {
+        if refreshes.len() > 1 {
+            match self.refreshed_together(refreshes).await {
+                Ok(outcomes) => return outcomes,
+                Err(e @ (StoreError::Unavailable(_) | StoreError::GaveWay(_))) => {
+                    tracing::warn!(error = %e, refreshes = refreshes.len(), "a group of refreshed tokens was not written");
+                    return refreshes.iter().map(|_| Err(e.duplicate())).collect();
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, refreshes = refreshes.len(), "a group of refreshed tokens failed; writing each alone");
+                }
+            }
         }
-        audit::insert(&mut tx, event, t).await?;
-        if let Some(n) = notify {
-            outbox::insert(&mut tx, n, t).await?;
+        let mut outcomes = Vec::with_capacity(refreshes.len());
+        for refresh in refreshes {
+            outcomes.push(
+                self.refreshed_together(std::slice::from_ref(refresh))
+                    .await
+                    .and_then(|mut o| o.remove(0)),
+            );
+        }
+        outcomes
+    }
+
+    /// One transaction for the group. Locks are taken in one order on every
+    /// replica: organizations (share) by id, then credential rows by id.
+    async fn refreshed_together(
+        &self,
+        refreshes: &[PendingRefresh],
+    ) -> Result<Vec<Result<bool, StoreError>>, StoreError> {
+        let mut order: Vec<usize> = (0..refreshes.len()).collect();
+        order.sort_by(|a, b| {
+            let (a, b) = (&refreshes[*a], &refreshes[*b]);
+            (&a.org_id, &a.id).cmp(&(&b.org_id, &b.id))
+        });
+        let mut outcomes: Vec<Result<bool, StoreError>> = refreshes.iter().map(|_| Ok(false)).collect();
+        let mut tx = self.begin_write().await?;
+        let t = self.now();
+        for org in order.chunk_by(|a, b| refreshes[*a].org_id == refreshes[*b].org_id) {
+            let current = current_key(&mut tx, self.dialect, &refreshes[org[0]].org_id).await?;
+            for &i in org {
+                match current {
+                    None => outcomes[i] = Err(StoreError::NotFound),
+                    Some(v) if v != refreshes[i].tokens.key_version => outcomes[i] = Err(StoreError::KeyRotated),
+                    Some(_) => {}
+                }
+            }
+        }
+        let admitted: Vec<usize> = order.into_iter().filter(|i| outcomes[*i].is_ok()).collect();
+        for &i in &admitted {
+            let r = &refreshes[i];
+            let tokens = &r.tokens;
+            let done = sqlx::query(
+                "UPDATE credentials SET secret_ct = $3, key_version = $4, expires_at = $5, refresh_after = $6, \
+                 scopes = COALESCE($7, scopes), status = $11, last_error = NULL, refresh_failures = 0, \
+                 secret_version = secret_version + 1, \
+                 last_refreshed_at = $8, updated_at = $8, lease_owner = NULL, lease_until = NULL \
+                 WHERE org_id = $1 AND id = $2 AND secret_version = $9 AND lease_owner = $10",
+            )
+            .bind(&r.org_id)
+            .bind(&r.id)
+            .bind(&tokens.secret_ct)
+            .bind(tokens.key_version)
+            .bind(tokens.expires_at)
+            .bind(tokens.refresh_after)
+            .bind(
+                tokens
+                    .scopes
+                    .as_ref()
+                    .map(|s| serde_json::to_string(s).expect("serializes")),
+            )
+            .bind(t)
+            .bind(r.expected)
+            .bind(&r.owner)
+            .bind(CredentialStatus::AFTER_REFRESH.as_str())
+            .execute(&mut *tx)
+            .await?;
+            outcomes[i] = Ok(done.rows_affected() == 1);
+        }
+        let written: Vec<&PendingRefresh> = admitted
+            .into_iter()
+            .filter(|i| matches!(outcomes[*i], Ok(true)))
+            .map(|i| &refreshes[i])
+            .collect();
+        if written.is_empty() {
+            return Ok(outcomes);
+        }
+        let events: Vec<(&AuditEvent, Option<&Usage>)> = written.iter().map(|r| (&r.event, None)).collect();
+        audit::insert_many(&mut tx, &events, t).await?;
+        let notes: Vec<&Notification> = written.iter().filter_map(|r| r.notify.as_ref()).collect();
+        if !notes.is_empty() {
+            outbox::insert_many(&mut tx, &notes, t).await?;
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(outcomes)
     }
 
     /// Records a failed refresh and releases the lease, under the same

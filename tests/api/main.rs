@@ -27,6 +27,7 @@ mod paging;
 mod probes;
 mod races;
 mod refresh;
+mod refresh_groups;
 mod secrecy_checks;
 mod secrets;
 mod sharing;
