@@ -64,6 +64,10 @@ pub struct Metrics {
     /// `credgate_listing_pages_reused_total`: listing pages read before in
     /// this process, served again after a check found them unchanged.
     pub listing_pages_reused: Counter,
+    /// `credgate_listing_pages_uses_read_total`: listing pages read before
+    /// in this process, served again with their rows' use times read anew
+    /// (nothing else about them had changed).
+    pub listing_pages_uses_read: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -131,6 +135,12 @@ impl Default for Metrics {
             "Credential listing pages read before, served again after a check found them unchanged",
             listing_pages_reused.clone(),
         );
+        let listing_pages_uses_read = Counter::default();
+        registry.register(
+            "listing_pages_uses_read",
+            "Credential listing pages read before, served again with their rows' use times read anew",
+            listing_pages_uses_read.clone(),
+        );
         Self {
             registry,
             requests,
@@ -143,6 +153,7 @@ impl Default for Metrics {
             readiness_checks,
             listing_pages_read,
             listing_pages_reused,
+            listing_pages_uses_read,
         }
     }
 }

@@ -25,7 +25,7 @@ use crate::context::Context;
 use crate::error::Error;
 use crate::model::{Access, AuthKind, Principal, Role};
 use crate::providers::{FieldError, Provider};
-use crate::store::{AuditRow, CredentialFilter, CredentialRow, ListedCredential, StoreError, Viewer};
+use crate::store::{AuditRow, CredentialFilter, CredentialRow, ListedCredential, Served, StoreError, Viewer};
 
 /// Longest credential name.
 pub const MAX_NAME_LEN: usize = 200;
@@ -63,8 +63,8 @@ pub struct ListedPage {
     /// the same rows, so for the same caller the same page
     /// ([`crate::store::CredentialPage::content`]).
     pub content: u64,
-    /// Whether the store served a page it had read before.
-    pub reused: bool,
+    /// Whether the store read the page, or served one it had read before.
+    pub served: Served,
 }
 
 impl ListedPage {
@@ -92,11 +92,11 @@ pub async fn list(ctx: &Context, who: &Principal, mut filter: CredentialFilter) 
         user: who.user_id.clone(),
     };
     let page = ctx.store.list_credentials(&who.org_id, &filter).await?;
-    if page.reused {
-        ctx.metrics.listing_pages_reused.inc();
-    } else {
-        ctx.metrics.listing_pages_read.inc();
-    }
+    match page.served {
+        Served::Read => ctx.metrics.listing_pages_read.inc(),
+        Served::Kept => ctx.metrics.listing_pages_reused.inc(),
+        Served::UsesRead => ctx.metrics.listing_pages_uses_read.inc(),
+    };
     let levels = page
         .rows
         .iter()
@@ -107,7 +107,7 @@ pub async fn list(ctx: &Context, who: &Principal, mut filter: CredentialFilter) 
         levels,
         total: page.total,
         content: page.content,
-        reused: page.reused,
+        served: page.served,
     })
 }
 

@@ -32,7 +32,7 @@ pub use api_keys::{ApiKeyInfo, ApiKeyRow};
 pub use audit::{AuditEvent, AuditRow};
 pub use creates::PendingCreate;
 pub use credentials::{NewCredential, SecretWrite, Usage};
-pub use listing::{CredentialFilter, CredentialPage, ListedCredential, Viewer};
+pub use listing::{CredentialFilter, CredentialPage, ListedCredential, Served, Viewer};
 pub use named_secrets::{SealedSecret, SecretMeta, SecretPut};
 pub use oauth::{GrantTarget, OAuthGrant, OAuthStateRow};
 pub use orgs::OrgKeyRow;

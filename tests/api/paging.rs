@@ -5,7 +5,7 @@ use axum::http::Method;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{TestApp, TestDb};
+use crate::helpers::{Backend, TestApp, TestDb};
 
 fn names(page: &Value) -> Vec<String> {
     page["items"]
@@ -397,27 +397,44 @@ crate::both_backends! {
     }
 }
 
-/// A listing page on `app`, and whether it was served again (reused) or
-/// read: the metrics move by one.
-async fn page_and_how(app: &TestApp, key: &str, query: &str) -> (Value, &'static str) {
-    let (read, reused) = (
+/// How listing pages were served so far on `app`: read, served again
+/// (reused), served again with their use times read anew.
+async fn served(app: &TestApp) -> [i64; 3] {
+    [
         app.metric("credgate_listing_pages_read_total").await,
         app.metric("credgate_listing_pages_reused_total").await,
-    );
+        app.metric("credgate_listing_pages_uses_read_total").await,
+    ]
+}
+
+/// A listing page on `app`, and whether it was read, served again
+/// (reused), or served again with its use times read anew ("uses read"):
+/// one of the metrics moves by one.
+async fn page_and_how(app: &TestApp, key: &str, query: &str) -> (Value, &'static str) {
+    let before = served(app).await;
     let (status, page) = app
         .call(Method::GET, &format!("/integrations/credentials?{query}"), key, None)
         .await;
     assert_eq!(status, StatusCode::OK, "{page}");
-    let moved = (
-        app.metric("credgate_listing_pages_read_total").await - read,
-        app.metric("credgate_listing_pages_reused_total").await - reused,
-    );
+    let after = served(app).await;
+    let moved = [0, 1, 2].map(|i| after[i] - before[i]);
     let how = match moved {
-        (1, 0) => "read",
-        (0, 1) => "reused",
+        [1, 0, 0] => "read",
+        [0, 1, 0] => "reused",
+        [0, 0, 1] => "uses read",
         other => panic!("one page, counted {other:?}"),
     };
     (page, how)
+}
+
+/// The page as a replica that kept nothing reads it (on `app`'s clock).
+async fn page_read_anew(app: &TestApp, key: &str, query: &str) -> Value {
+    let mut config = app.config.clone();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let fresh = TestApp::spawn_with_clock(config, app.clock.clone()).await;
+    let (page, how) = page_and_how(&fresh, key, query).await;
+    assert_eq!(how, "read");
+    page
 }
 
 /// The listed item `id` on a page.
@@ -465,13 +482,18 @@ crate::both_backends! {
 
         // Changes to the rows' content on the other replica, none of which
         // changes which rows a listing shows (the listing version).
-        let check = |what: &'static str, changed: fn(&Value) -> bool| {
+        // A page whose rows were only used since is served with their use
+        // times read anew ("uses read"); any other change reads it again.
+        let check_read_as = |what: &'static str, read_as: &'static str, changed: fn(&Value) -> bool| {
             let (first, admin, queries, older) = (&first, &admin, &queries, &older);
             async move {
                 for query in queries {
                     let (page, how) = page_and_how(first, admin, query).await;
                     // Every one of the pages shows the changed credential.
-                    assert_eq!(how, "read", "{query}: after {what}");
+                    assert_eq!(how, read_as, "{query}: after {what}");
+                    // As a page read anew would be.
+                    let fresh = page_read_anew(first, admin, query).await;
+                    assert_eq!(page, fresh, "{query}: after {what}");
                     assert!(changed(item(&page, older)), "{query}: after {what}: {page}");
                     let (again, how) = page_and_how(first, admin, query).await;
                     assert_eq!((how, &again), ("reused", &page), "{query}: nothing changed since {what}");
@@ -480,6 +502,7 @@ crate::both_backends! {
                 }
             }
         };
+        let check = |what: &'static str, changed: fn(&Value) -> bool| check_read_as(what, "read", changed);
         let path = format!("/integrations/credentials/{older}");
         let (status, body) = second
             .call(Method::PATCH, &path, &admin, Some(json!({"fields": {"host": "moved.example.com", "database": "sales", "username": "etl", "password": "pw"}})))
@@ -489,7 +512,32 @@ crate::both_backends! {
 
         let (status, body) = resolve_for(&second, &engine, &older, None).await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        check("a use", |i| i["last_used_at"].is_string()).await;
+        check_read_as("a use", "uses read", |i| i["last_used_at"].is_string()).await;
+        // A later use (a minute on), and one behind the API's back.
+        first.clock.advance(61);
+        second.clock.advance(61);
+        let used_at = item(&pages[1], &older)["last_used_at"].clone();
+        let (status, body) = resolve_for(&second, &engine, &older, None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (page, how) = page_and_how(&first, &admin, &queries[1]).await;
+        assert_eq!(how, "uses read");
+        assert_ne!(item(&page, &older)["last_used_at"], used_at, "{page}");
+        for query in &queries {
+            page_and_how(&first, &admin, query).await;
+        }
+        sqlx::query("UPDATE credentials SET last_used_at = last_used_at + 3600 WHERE id = $1")
+            .bind(&older)
+            .execute(&second.sql().await)
+            .await
+            .unwrap();
+        check_read_as("a use behind the API's back", "uses read", |i| i["last_used_at"].is_string()).await;
+        // A use together with any other change: the page is read again.
+        sqlx::query("UPDATE credentials SET last_used_at = last_used_at + 3600, name = 'used and renamed' WHERE id = $1")
+            .bind(&older)
+            .execute(&second.sql().await)
+            .await
+            .unwrap();
+        check("a use and a change at once", |i| i["name"] == "used and renamed").await;
 
         // Any writer is seen, even one behind the API's back, and any column.
         sqlx::query("UPDATE credentials SET account_id = 'acct-1', account_email = 'someone@example.com' WHERE id = $1")
@@ -519,6 +567,81 @@ crate::both_backends! {
         let (_, how) = page_and_how(&first, &admin, &queries[1]).await;
         assert_eq!(how, "reused", "a page without the changed row is still good");
     }
+}
+
+crate::both_backends! {
+    /// A row's version rises with every change to it but a use or a refresh
+    /// lease (behind the API's back too); an update that changes nothing
+    /// leaves it.
+    async fn a_rows_version_rises_with_any_change_but_a_use_or_a_refresh_lease(backend: Backend) {
+        let db = TestDb::new(backend).await;
+        let app = TestApp::spawn(&db).await;
+        let id = app.create_pg(&app.org, "versioned", "pw").await;
+        let sql = app.sql().await;
+        let cases = [
+            ("last_used_at = 1000", false),
+            ("last_used_at = 2000", false),
+            ("lease_owner = 'worker', lease_until = 5", false),
+            ("lease_owner = NULL, lease_until = NULL", false),
+            ("name = name", false),
+            ("last_used_at = 3000, name = 'renamed'", true),
+            ("name = 'again'", true),
+            ("status = 'needs_reauth'", true),
+            ("fields = '{}'", true),
+            ("account_email = 'a@example.com'", true),
+            ("expires_at = 5", true),
+            ("last_error = 'broken'", true),
+            ("secret_version = secret_version + 1", true),
+            ("team_access = 'use'", true),
+            ("owner = 'alice'", true),
+            ("updated_at = updated_at + 1", true),
+        ];
+        for (set, raises) in cases {
+            let version = || async {
+                sqlx::query_scalar::<_, i64>("SELECT row_version FROM credentials WHERE id = $1")
+                    .bind(&id)
+                    .fetch_one(&sql)
+                    .await
+                    .unwrap()
+            };
+            let before = version().await;
+            sqlx::query(&format!("UPDATE credentials SET {set} WHERE id = $1"))
+                .bind(&id)
+                .execute(&sql)
+                .await
+                .unwrap();
+            assert_eq!(version().await - before, i64::from(raises), "SET {set}");
+        }
+    }
+}
+
+/// SQLite's row-version trigger names the columns whose change raises the
+/// version: every column of the table but the use time, the lease and the
+/// version itself (a column added without it would change rows unseen by a
+/// page kept before).
+#[test]
+fn sqlites_row_version_trigger_names_every_column_but_the_use_time_and_the_lease() {
+    crate::helpers::run_test(async {
+        let db = TestDb::new(Backend::Sqlite).await;
+        let app = TestApp::spawn(&db).await;
+        let sql = app.sql().await;
+        let trigger: String = sqlx::query_scalar(
+            "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = 'credentials_row_version'",
+        )
+        .fetch_one(&sql)
+        .await
+        .unwrap();
+        let columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info('credentials')")
+            .fetch_all(&sql)
+            .await
+            .unwrap();
+        assert!(columns.len() > 20, "{columns:?}");
+        for column in columns {
+            let named = trigger.contains(&format!("NEW.{column} IS NOT OLD.{column}"));
+            let left_out = ["last_used_at", "lease_owner", "lease_until", "row_version"].contains(&column.as_str());
+            assert_eq!(named, !left_out, "{column}: {trigger}");
+        }
+    });
 }
 
 /// Requests of the same pages that meet, while the first reads are held up

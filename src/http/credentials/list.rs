@@ -21,7 +21,7 @@ use crate::http::extract::{ApiQuery, Caller, READ};
 use crate::http::AppState;
 use crate::model::{CredentialStatus, Principal};
 use crate::providers::FieldError;
-use crate::store::CredentialFilter;
+use crate::store::{CredentialFilter, Served};
 
 #[derive(Debug, Deserialize)]
 pub(super) struct ListQuery {
@@ -204,7 +204,7 @@ impl RenderedPages {
         // has a new number). A caller's levels follow from the rows, their
         // role and their user (credentials::access::level_with): with the
         // same rows, the same items.
-        let key = page.reused.then(|| {
+        let key = (page.served == Served::Kept).then(|| {
             format!(
                 "{}\u{0}{}\u{0}{}\u{0}{}",
                 page.content,

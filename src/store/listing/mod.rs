@@ -12,10 +12,10 @@ mod rows;
 
 pub(super) use flights::Flights;
 pub(super) use pages::Pages;
-use pages::ReadPage;
+use pages::{used_sum, Kept, ReadPage};
 pub(super) use remembered::{PageStarts, Totals};
 use rows::{like_pattern, listed};
-pub use rows::{CredentialFilter, CredentialPage, ListedCredential, Viewer};
+pub use rows::{CredentialFilter, CredentialPage, ListedCredential, Served, Viewer};
 
 use super::row::{Listed, LIST_COLUMNS};
 use super::{Dialect, Store, StoreError};
@@ -246,17 +246,28 @@ impl Store {
             Some((t, i)) => format!("{key}\u{0}{per_page}\u{0}after\u{0}{t}\u{0}{i}"),
             None => format!("{key}\u{0}{per_page}\u{0}offset\u{0}{offset}"),
         };
+        // Where only the rows' use times changed (resolves rewrite them once
+        // a minute), they alone are read again.
         let served_again = async || -> Result<Option<CredentialPage>, StoreError> {
-            let Some(page) = self.pages.get(&this_page) else {
+            let Some(mut page) = self.pages.get(&this_page) else {
                 return Ok(None);
             };
-            if !self.page_unchanged(org_id, &page).await? {
-                return Ok(None);
-            }
+            let served = match self.page_check(org_id, &page).await? {
+                Kept::Unchanged => Served::Kept,
+                Kept::Changed => return Ok(None),
+                Kept::UsedSince => {
+                    let Some(fresh) = self.with_uses_read(org_id, &page).await? else {
+                        return Ok(None);
+                    };
+                    page = Arc::new(fresh);
+                    self.pages.put(this_page.clone(), page.clone());
+                    Served::UsesRead
+                }
+            };
             Ok(self.totals.get(&key, page.listing_version).map(|total| CredentialPage {
                 rows: page.rows.clone(),
                 total,
-                reused: true,
+                served,
                 content: page.content,
             }))
         };
@@ -342,6 +353,7 @@ impl Store {
             let page = ReadPage {
                 listing_version,
                 row_version_sum,
+                used_sum: used_sum(&rows),
                 content,
                 rows: rows.clone(),
             };
@@ -350,7 +362,7 @@ impl Store {
         Ok(CredentialPage {
             rows,
             total,
-            reused: false,
+            served: Served::Read,
             content,
         })
     }

@@ -1,5 +1,6 @@
 //! Listing pages read in this process, reused while a check statement finds
-//! their content unchanged.
+//! their content unchanged, or served with their rows' use times read anew
+//! where those alone changed.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,14 +12,19 @@ use crate::fifo::Fifo;
 use crate::store::{Store, StoreError};
 
 /// A page as read, with what identifies its content: the organization's
-/// listing version (which rows the listing shows, in which order: 0012) and
-/// the number and row-version sum of its rows (0016). While all three are
-/// the same, every row on the page is as it was read: each row's version
-/// only rises, and a row leaving the page changes the listing version.
+/// listing version (which rows the listing shows, in which order: 0012),
+/// the number and row-version sum of its rows (0016), and the sum of their
+/// use times (0017: a use does not raise a row's version). While the first
+/// three are the same, every row on the page is as it was read but for its
+/// use time: each row's version only rises, and a row leaving the page
+/// changes the listing version. A use time only rises too, so while the
+/// fourth is the same as well, the page is exactly as read.
 #[derive(Debug)]
 pub(in crate::store) struct ReadPage {
     pub listing_version: i64,
     pub row_version_sum: i64,
+    /// The sum of its rows' `last_used_at` (a row never used: 0).
+    pub used_sum: i64,
     /// This process's number for this read of the page: the same number,
     /// the same rows.
     pub content: u64,
@@ -62,35 +68,123 @@ impl Pages {
     }
 }
 
+/// What a check found of a page read before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kept {
+    /// Exactly as read.
+    Unchanged,
+    /// As read but for its rows' use times.
+    UsedSince,
+    /// Rows changed, left or joined it.
+    Changed,
+}
+
+/// A statement over the rows of `page` (`$1` the organization): the ids
+/// `$2…` are padded (repeating the last) to a power of two, so few
+/// statement shapes exist. Only the ids select rows, so both databases look
+/// each one up by its key (with `org_id = $1` beside them SQLite walked the
+/// organization's index instead). `None` for a page without rows.
+fn over_rows<'q>(
+    sql: &'q str,
+    org_id: &'q str,
+    page: &'q ReadPage,
+) -> Option<sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>> {
+    let last = page.rows.last()?.row.id.as_str();
+    let mut query = sqlx::query(sql).bind(org_id);
+    let ids = page.rows.iter().map(|l| l.row.id.as_str());
+    for id in ids
+        .chain(std::iter::repeat(last))
+        .take(page.rows.len().next_power_of_two())
+    {
+        query = query.bind(id);
+    }
+    Some(query)
+}
+
+/// `x.id IN ($2, …)` for the rows of `page`, padded as [`over_rows`] binds.
+fn ids_in(page: &ReadPage) -> String {
+    let width = page.rows.len().next_power_of_two();
+    let marks = (0..width).map(|i| format!("${}", i + 2)).collect::<Vec<_>>().join(", ");
+    format!("x.id IN ({marks})")
+}
+
 impl Store {
     /// Whether a page read before is still what it was: the organization's
-    /// listing version, and the number and row-version sum of its rows,
-    /// read in one statement. The ids are padded (repeating the last) to a
-    /// power of two, so few statement shapes exist.
-    pub(super) async fn page_unchanged(&self, org_id: &str, page: &ReadPage) -> Result<bool, StoreError> {
-        let ids: Vec<&str> = page.rows.iter().map(|l| l.row.id.as_str()).collect();
-        let Some(last) = ids.last().copied() else {
-            return Ok(false);
-        };
-        let width = ids.len().next_power_of_two();
-        let marks = (0..width).map(|i| format!("${}", i + 2)).collect::<Vec<_>>().join(", ");
-        // Only the ids select rows, so both databases look each one up by
-        // its key (with `org_id = $1` beside them SQLite walked the
-        // organization's index instead); the organization is counted.
+    /// listing version, and the number (in the organization), row-version
+    /// sum and use-time sum of its rows, read in one statement.
+    pub(super) async fn page_check(&self, org_id: &str, page: &ReadPage) -> Result<Kept, StoreError> {
         let sql = format!(
             "SELECT {VERSION_SQL}, CAST(COALESCE(SUM(CASE WHEN x.org_id = $1 THEN 1 ELSE 0 END), 0) AS BIGINT), \
-             CAST(COALESCE(SUM(x.row_version), 0) AS BIGINT) FROM credentials x WHERE x.id IN ({marks})"
+             CAST(COALESCE(SUM(x.row_version), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(COALESCE(x.last_used_at, 0)), 0) AS BIGINT) FROM credentials x WHERE {}",
+            ids_in(page)
         );
-        let mut check = sqlx::query(&sql).bind(org_id);
-        for id in ids.iter().copied().chain(std::iter::repeat(last)).take(width) {
-            check = check.bind(id);
-        }
+        let Some(check) = over_rows(&sql, org_id, page) else {
+            return Ok(Kept::Changed);
+        };
         let row = check.fetch_one(&self.pool).await?;
         let version: Option<i64> = row.try_get(0)?;
         let count: i64 = row.try_get(1)?;
         let sum: i64 = row.try_get(2)?;
-        Ok(version == Some(page.listing_version)
+        let used: i64 = row.try_get(3)?;
+        let same_rows = version == Some(page.listing_version)
             && usize::try_from(count).is_ok_and(|n| n == page.rows.len())
-            && sum == page.row_version_sum)
+            && sum == page.row_version_sum;
+        Ok(match (same_rows, used == page.used_sum) {
+            (false, _) => Kept::Changed,
+            (true, false) => Kept::UsedSince,
+            (true, true) => Kept::Unchanged,
+        })
     }
+
+    /// `page` with its rows' use times read anew, as a new read of it (a
+    /// new number); `None` if anything else changed meanwhile (the same
+    /// conditions as [`Store::page_check`], in the statement that reads the
+    /// use times).
+    pub(super) async fn with_uses_read(&self, org_id: &str, page: &ReadPage) -> Result<Option<ReadPage>, StoreError> {
+        let sql = format!(
+            "SELECT {VERSION_SQL}, x.id, x.org_id, x.row_version, x.last_used_at FROM credentials x WHERE {}",
+            ids_in(page)
+        );
+        let Some(read) = over_rows(&sql, org_id, page) else {
+            return Ok(None);
+        };
+        let mut used = std::collections::HashMap::new();
+        let mut version = None;
+        let mut sum = 0i64;
+        for row in read.fetch_all(&self.pool).await? {
+            version = row.try_get::<Option<i64>, _>(0)?;
+            let id: String = row.try_get(1)?;
+            let org: String = row.try_get(2)?;
+            if org != org_id {
+                return Ok(None);
+            }
+            sum += row.try_get::<i64, _>(3)?;
+            used.insert(id, row.try_get::<Option<i64>, _>(4)?);
+        }
+        if version != Some(page.listing_version) || used.len() != page.rows.len() || sum != page.row_version_sum {
+            return Ok(None);
+        }
+        let rows: Arc<[ListedCredential]> = page
+            .rows
+            .iter()
+            .map(|l| {
+                let mut l = l.clone();
+                l.row.last_used_at = used.get(&l.row.id).copied().flatten();
+                l
+            })
+            .collect();
+        Ok(Some(ReadPage {
+            listing_version: page.listing_version,
+            row_version_sum: page.row_version_sum,
+            used_sum: used_sum(&rows),
+            content: self.pages.content(),
+            rows,
+        }))
+    }
+}
+
+/// The sum of the rows' use times ([`ReadPage::used_sum`]).
+pub(super) fn used_sum(rows: &[ListedCredential]) -> i64 {
+    rows.iter().map(|l| l.row.last_used_at.unwrap_or(0)).sum()
 }

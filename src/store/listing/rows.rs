@@ -32,13 +32,25 @@ pub struct CredentialPage {
     /// Shared with the page kept for reuse (not copied).
     pub rows: Arc<[ListedCredential]>,
     pub total: i64,
-    /// Whether the page was one read before in this process, found
-    /// unchanged by a check statement (not read again).
-    pub reused: bool,
+    /// Whether the page was read, or served again.
+    pub served: Served,
     /// This process's number for the read the rows come from: a page with
     /// the same number has the same rows (the same values, in the same
     /// order); each read of a page gets a new one.
     pub content: u64,
+}
+
+/// How a page was come by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// Read from the tables.
+    Read,
+    /// Read before in this process, found unchanged by a check statement
+    /// (the same rows as that read: the same number).
+    Kept,
+    /// Read before, and found unchanged but for its rows' use times, which
+    /// alone were read again (a new number).
+    UsesRead,
 }
 
 /// Filters and page of a credential listing.
