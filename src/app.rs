@@ -49,7 +49,7 @@ impl Services {
     /// [`Services::init`] with a clock of the caller's (tests move time).
     pub async fn init_with_clock(config: Config, clock: Clock) -> anyhow::Result<Self> {
         let registry = Registry::new(load_dir(&config.providers_dir, &config.provider_overrides)?);
-        let store = connect_and_migrate(&config.database_url, clock.clone()).await?;
+        let store = connect_and_migrate(&config, clock.clone()).await?;
         let keys = master_keys(&config, store.dialect())?;
         let keyring = MasterKeyring::parse(&keys)?;
         let vault = Vault::new(keyring, store.clone());
@@ -68,8 +68,9 @@ impl Services {
 }
 
 /// Connects to the database and applies pending migrations.
-pub async fn connect_and_migrate(url: &str, clock: Clock) -> anyhow::Result<Store> {
-    let store = Store::connect(url, clock)
+pub async fn connect_and_migrate(config: &Config, clock: Clock) -> anyhow::Result<Store> {
+    let url = &config.database_url;
+    let store = Store::connect_waiting(url, clock, config.store_lock_timeout)
         .await
         .with_context(|| format!("cannot open the database {}", redact_url(url)))?;
     store.migrate().await.context("cannot apply database migrations")?;

@@ -183,7 +183,7 @@ pub async fn run(cli: Cli, shutdown: impl std::future::Future<Output = ()> + Sen
             }
         }
         Command::Migrate => {
-            connect_and_migrate(&config.database_url, Clock::system()).await?;
+            connect_and_migrate(&config, Clock::system()).await?;
         }
         Command::Keys(KeysCommand::Generate) => println!("{}", MasterKeyring::generate_key().expose_secret()),
         command => {

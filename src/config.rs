@@ -153,6 +153,9 @@ pub struct Config {
     /// Pending OAuth authorizations per organization. Not a setting (always
     /// [`MAX_PENDING_OAUTH_PER_ORG`]); tests lower it.
     pub max_pending_oauth: i64,
+    /// How long a PostgreSQL statement waits for another session's lock.
+    /// Not a setting (always [`crate::store::LOCK_TIMEOUT`]); tests lower it.
+    pub store_lock_timeout: std::time::Duration,
 }
 
 /// Pending OAuth authorizations (states) an organization may have at once:
@@ -208,6 +211,7 @@ impl Config {
             auth_failures_per_sec: s.auth_failures_per_sec,
             trusted_proxies: s.trusted_proxies.clone(),
             max_pending_oauth: MAX_PENDING_OAUTH_PER_ORG,
+            store_lock_timeout: crate::store::LOCK_TIMEOUT,
         }
     }
 

@@ -109,8 +109,9 @@ pub enum StoreError {
     #[error("the database is unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
     /// The database gave the transaction up so that others could go on (it
-    /// was a deadlock's victim, or could not be serialized): none of it was
-    /// written, and the same write can succeed at once.
+    /// was a deadlock's victim, or could not be serialized), or gave up a
+    /// lock it waited for longer than the lock timeout: none of it was
+    /// written, and the same write can succeed later.
     #[error("the database gave the transaction up: {0}")]
     GaveWay(#[source] sqlx::Error),
     /// The database failed.
@@ -186,11 +187,18 @@ fn unavailable(e: &sqlx::Error) -> bool {
     }
 }
 
-/// Did PostgreSQL undo the transaction to break a deadlock (40P01) or keep
-/// it serializable (40001)? (SQLite's busy and locked are [`unavailable`].)
+/// Did PostgreSQL undo the transaction to break a deadlock (40P01), keep
+/// it serializable (40001), or because a lock was not granted within the
+/// lock timeout (55P03)? (SQLite's busy and locked are [`unavailable`].)
 fn gave_way(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40P01" | "40001")))
+    matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40P01" | "40001" | "55P03")))
 }
+
+/// How long a PostgreSQL statement waits for a lock another session holds
+/// before it gives up (`lock_timeout`; then 503 with Retry-After): as long
+/// as SQLite's busy timeout. Without it, a session that held a lock for
+/// ever kept every writer behind it, and its pool connection, waiting.
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The store: a connection pool, its dialect and the clock.
 #[derive(Debug, Clone)]
@@ -217,6 +225,11 @@ pub struct Store {
 impl Store {
     /// Connects to `sqlite://…` (the file is created when missing) or `postgres://…`.
     pub async fn connect(url: &str, clock: Clock) -> Result<Self, sqlx::Error> {
+        Self::connect_waiting(url, clock, LOCK_TIMEOUT).await
+    }
+
+    /// [`Store::connect`] with a PostgreSQL lock timeout of the caller's.
+    pub async fn connect_waiting(url: &str, clock: Clock, lock_timeout: Duration) -> Result<Self, sqlx::Error> {
         sqlx::any::install_default_drivers();
         let dialect = if url.starts_with("sqlite:") {
             Dialect::Sqlite
@@ -252,7 +265,16 @@ impl Store {
                 });
                 (url, opts)
             }
-            Dialect::Postgres => (url.to_owned(), AnyPoolOptions::new().max_connections(16)),
+            Dialect::Postgres => {
+                let millis = lock_timeout.as_millis().max(1);
+                let opts = AnyPoolOptions::new().max_connections(16).after_connect(move |conn, _| {
+                    Box::pin(async move {
+                        conn.execute(format!("SET lock_timeout = {millis}").as_str()).await?;
+                        Ok(())
+                    })
+                });
+                (url.to_owned(), opts)
+            }
         };
         let _ = sqlx::any::AnyConnectOptions::from_str(&url)?;
         // A store that cannot hand out a connection within 2 s is unavailable:

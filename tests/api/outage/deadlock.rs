@@ -196,3 +196,68 @@ async fn refresh_deadlock_victim() {
         "the write was a deadlock's victim"
     );
 }
+
+/// A session behind the API's back holds a credential's row and never lets
+/// go: a PATCH of it waits no longer than the lock timeout (lowered to a
+/// second here; 15 s by default), then gets a 503 `store_unavailable` with
+/// Retry-After, and nothing of it is written. Without a lock timeout, it
+/// waited as long as the other session held the row, holding a pool
+/// connection.
+#[test]
+fn a_write_behind_a_lock_held_for_ever_gives_up_after_the_lock_timeout_with_503() {
+    crate::helpers::run_test(lock_held_for_ever());
+}
+
+async fn lock_held_for_ever() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let mut config = crate::helpers::test_config(&db);
+    config.store_lock_timeout = Duration::from_secs(1);
+    let app = TestApp::spawn_with(config).await;
+    let id = app.create_pg(&app.org, "db", "pw").await;
+    let mut other = PgConnection::connect(&db.url).await.unwrap();
+    other.execute("BEGIN").await.unwrap();
+    sqlx::query("SELECT id FROM credentials WHERE id = $1 FOR UPDATE")
+        .bind(&id)
+        .execute(&mut other)
+        .await
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    let patch = app
+        .client
+        .patch(format!("{}/integrations/credentials/{id}", app.base))
+        .bearer_auth(&app.org.admin)
+        .json(&serde_json::json!({"name": "renamed"}))
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .expect("an answer before the client's 20 s");
+    let waited = started.elapsed();
+    let status = patch.status();
+    let retry_after = patch.headers().get("retry-after").cloned();
+    let body: Value = patch.json().await.unwrap();
+    other.execute("ROLLBACK").await.unwrap();
+
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["code"], "store_unavailable", "{body}");
+    assert!(retry_after.is_some(), "a 503 says when to try again");
+    assert!(waited < Duration::from_secs(10), "waited {waited:?}");
+    assert!(captured_logs().contains("lock timeout"), "the cause is logged");
+    let name: String = sqlx::query_scalar("SELECT name FROM credentials WHERE id = $1")
+        .bind(&id)
+        .fetch_one(&app.sql().await)
+        .await
+        .unwrap();
+    assert_eq!(name, "db", "nothing of the PATCH was written");
+    // The other session gone, the same PATCH succeeds.
+    let (status, body) = app
+        .call(
+            Method::PATCH,
+            &format!("/integrations/credentials/{id}"),
+            &app.org.admin,
+            Some(serde_json::json!({"name": "renamed"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["name"], "renamed");
+}
