@@ -305,7 +305,18 @@ impl Store {
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
         match self.dialect {
             Dialect::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await,
-            Dialect::Postgres => PG_MIGRATIONS.run(&self.pool).await,
+            // The migrations wait as long as another replica's migrations
+            // run (they take a lock for that), not the lock timeout: on a
+            // connection of their own without it, closed afterwards.
+            // (`run_direct`: `run` on a connection makes the future fail to
+            // be `Send`, sqlx's known lifetime limitation.)
+            Dialect::Postgres => {
+                let mut conn = self.pool.acquire().await?.detach();
+                conn.execute("SET lock_timeout = 0").await?;
+                let outcome = PG_MIGRATIONS.run_direct(&mut conn).await;
+                let _ = sqlx::Connection::close(conn).await;
+                outcome
+            }
         }
     }
 

@@ -261,3 +261,41 @@ async fn lock_held_for_ever() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["name"], "renamed");
 }
+
+/// Migrations wait for another replica's migrations as long as those run,
+/// not the lock timeout: a replica that starts while a session holds the
+/// migrations' table (as a replica migrating does) starts once it lets go,
+/// seconds after its lock timeout (1 s here) would have run out.
+#[test]
+fn a_replica_starting_while_another_migrates_waits_past_the_lock_timeout() {
+    crate::helpers::run_test(starting_while_another_migrates());
+}
+
+async fn starting_while_another_migrates() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let first = TestApp::spawn(&db).await;
+    let mut other = PgConnection::connect(&db.url).await.unwrap();
+    other.execute("BEGIN").await.unwrap();
+    other
+        .execute("LOCK TABLE _sqlx_migrations IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let mut config = first.config.clone();
+    config.store_lock_timeout = Duration::from_secs(1);
+    let starting = tokio::spawn(async move {
+        credgate::app::Services::init_with_clock(config, credgate::clock::Clock::manual())
+            .await
+            .map(|_| ())
+    });
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let still_waiting = !starting.is_finished();
+    other.execute("ROLLBACK").await.unwrap();
+    let started = tokio::time::timeout(Duration::from_secs(20), starting)
+        .await
+        .expect("started within 20 s of the lock's release")
+        .unwrap();
+
+    assert!(still_waiting, "it waited for the migrations' table");
+    assert!(started.is_ok(), "{started:?}");
+}
