@@ -214,8 +214,7 @@ async fn lock_held_for_ever() {
     config.store_lock_timeout = Duration::from_secs(1);
     let app = TestApp::spawn_with(config).await;
     let id = app.create_pg(&app.org, "db", "pw").await;
-    let mut other = PgConnection::connect(&db.url).await.unwrap();
-    other.execute("BEGIN").await.unwrap();
+    let mut other = other_side(&db).await;
     sqlx::query("SELECT id FROM credentials WHERE id = $1 FOR UPDATE")
         .bind(&id)
         .execute(&mut other)
@@ -274,8 +273,7 @@ fn a_replica_starting_while_another_migrates_waits_past_the_lock_timeout() {
 async fn starting_while_another_migrates() {
     let db = TestDb::new(Backend::Postgres).await;
     let first = TestApp::spawn(&db).await;
-    let mut other = PgConnection::connect(&db.url).await.unwrap();
-    other.execute("BEGIN").await.unwrap();
+    let mut other = other_side(&db).await;
     other
         .execute("LOCK TABLE _sqlx_migrations IN ACCESS EXCLUSIVE MODE")
         .await
