@@ -159,6 +159,7 @@ async fn main() -> anyhow::Result<()> {
             let provider = ctx.registry.get("sharepoint").expect("the sharepoint provider file");
             let grant = Grant {
                 org_id: &org,
+                state_hash: None,
                 provider,
                 actor: "bench",
                 name: Some(format!("c{i}")),

@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 
+use crate::apikeys::{legacy_hashes, TokenFormat};
 use crate::clock::Clock;
 use crate::config::{redact_url, Config};
 use crate::context::Context;
@@ -18,6 +19,7 @@ use crate::context::Refresher;
 use crate::crypto::MasterKeyring;
 use crate::egress::EgressPolicy;
 use crate::group_commit::{CreateLog, Creates, ReadGroup, Reads, RefreshLog, Refreshes, UseLog, Uses};
+use crate::http::auth::KeyCache;
 use crate::http::ratelimit::RateLimits;
 use crate::http::{self, AppState, SharedState};
 use crate::metrics::Metrics;
@@ -198,12 +200,18 @@ fn parse_cidrs(text: &str) -> Result<Vec<ipnet::IpNet>, String> {
 }
 
 /// The HTTP state: the domain context plus what only HTTP needs.
-pub fn app_state(services: Services) -> anyhow::Result<AppState> {
+pub async fn app_state(services: Services) -> anyhow::Result<AppState> {
     let ctx = context(services)?;
     let trusted_proxies =
         parse_cidrs(&ctx.config.trusted_proxies).map_err(|e| anyhow::anyhow!("CREDGATE_TRUSTED_PROXIES: {e}"))?;
+    let format = TokenFormat::load(&ctx.store)
+        .await
+        .context("cannot read the API tokens' checksum key")?;
+    let legacy = legacy_hashes(&ctx.store)
+        .await
+        .context("cannot read the API keys issued before checksums")?;
     Ok(AppState::new(SharedState {
-        keys: Arc::default(),
+        keys: Arc::new(KeyCache::new(format, legacy)),
         trusted_proxies: Arc::new(trusted_proxies),
         ready: Arc::default(),
         listings: Arc::default(),
@@ -243,7 +251,8 @@ impl Application {
         let state = app_state(Services {
             config: Arc::new(config),
             ..services
-        })?;
+        })
+        .await?;
         Ok(Self { listener, state })
     }
 

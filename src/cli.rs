@@ -12,6 +12,7 @@ use crate::config::{Config, Settings};
 use crate::crypto::MasterKeyring;
 use crate::model::Role;
 use crate::oauth::worker::run_worker;
+use crate::store::KeyRef;
 
 /// credgate: OAuth-aware integration connector gateway.
 #[derive(Debug, Parser)]
@@ -124,11 +125,30 @@ pub enum ApiKeyCommand {
         #[arg(long)]
         org: String,
     },
-    /// Revoke a key; it stops working on every replica within 5 seconds.
+    /// Revoke a key, by its id or by its token; it stops working on every
+    /// replica within 5 seconds, and the page sessions it opened end now.
+    #[command(group(clap::ArgGroup::new("key").required(true).args(["id", "token"])))]
     Revoke {
+        /// The key's id (a UUID, as `api-key list` shows it).
         #[arg(long)]
-        id: String,
+        id: Option<String>,
+        /// The key's token itself (a leaked key whose id nobody knows); never printed.
+        #[arg(long, value_parser = secret_arg)]
+        token: Option<secrecy::SecretString>,
     },
+}
+
+/// A command-line value kept as a secret (its `Debug` prints no value).
+fn secret_arg(value: &str) -> Result<secrecy::SecretString, std::convert::Infallible> {
+    Ok(secrecy::SecretString::from(value.to_owned()))
+}
+
+/// `text` with every API token or page-session token in it replaced by
+/// its prefix and an ellipsis: what a command prints never carries one.
+pub fn redact_tokens(text: &str) -> String {
+    static TOKEN: std::sync::LazyLock<regex::Regex> =
+        std::sync::LazyLock::new(|| regex::Regex::new(r"\b(cgk|cgs)_[A-Za-z0-9_-]+").expect("a valid pattern"));
+    TOKEN.replace_all(text, "${1}_…").into_owned()
 }
 
 /// `credgate keys …`
@@ -271,11 +291,40 @@ async fn admin(services: &Services, command: Command) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::ApiKey(ApiKeyCommand::Revoke { id }) => {
-            if !services.store.revoke_api_key(id.trim()).await? {
-                bail!("no API key {id} that is not already revoked");
-            }
-            eprintln!("API key {id} revoked; replicas stop accepting it within 5 seconds");
+        Command::ApiKey(ApiKeyCommand::Revoke { id, token }) => {
+            // What the operator typed is printed only once it is known to be
+            // an id: a token given in the wrong place is never echoed.
+            let (key_id, _) = match (id, token) {
+                (Some(id), _) => {
+                    let id = Uuid::parse_str(id.trim())
+                        .map_err(|_| {
+                            anyhow::anyhow!(
+                                "--id takes a key id (a UUID, as `api-key list` shows it); to revoke by the \
+                                 token, use --token (what was given is not printed)"
+                            )
+                        })?
+                        .to_string();
+                    services
+                        .store
+                        .revoke_api_key(KeyRef::Id(&id), "cli")
+                        .await?
+                        .ok_or_else(|| anyhow::anyhow!("no API key {id} that is not already revoked"))?
+                }
+                (None, Some(token)) => services
+                    .store
+                    .revoke_api_key(
+                        KeyRef::TokenHash(&crate::apikeys::token_hash(token.expose_secret().trim())),
+                        "cli",
+                    )
+                    .await?
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "no API key with that token that is not already revoked (the token is not printed)"
+                        )
+                    })?,
+                (None, None) => bail!("name the key with --id or --token"),
+            };
+            eprintln!("API key {key_id} revoked; replicas stop accepting it within 5 seconds, its page sessions ended");
         }
         Command::User(UserCommand::Remove { org, user, transfer_to }) => {
             let org = require_org(services, &org).await?;

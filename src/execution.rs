@@ -180,9 +180,10 @@ pub async fn probe_fields(
 }
 
 /// Tests a saved credential with its stored values and records the outcome
-/// (`status`, `last_tested_at`, `last_error`).
+/// (`status`, `last_tested_at`, `last_error`). A caller with `use` alone is
+/// told only whether it worked, how long it took and the failure's code.
 pub async fn test(ctx: &Context, who: &Principal, id: &str) -> Result<ProbeResult, Error> {
-    let (row, _) = access::authorize(ctx, who, id, Access::Use).await?;
+    let (row, access) = access::authorize(ctx, who, id, Access::Use).await?;
     let org_id = who.org_id.as_str();
     let result = if row.auth_type == AuthKind::Oauth2 {
         probe_oauth(ctx, row.clone()).await
@@ -193,5 +194,9 @@ pub async fn test(ctx: &Context, who: &Principal, id: &str) -> Result<ProbeResul
     let failure = result.error.as_ref().map(|e| (e.code.as_str(), e.message.as_str()));
     credentials::record_test(ctx, &row, failure).await?;
     tracing::info!(credential = %row.id, ok = result.ok, "credential tested");
-    Ok(result)
+    Ok(if access < Access::View {
+        result.for_use_only()
+    } else {
+        result
+    })
 }

@@ -25,7 +25,17 @@ fn limit_malloc_arenas() {
 }
 
 async fn run() {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        // A token given in the wrong place (a stray argument) is not echoed
+        // back in clap's error.
+        let text = cli::redact_tokens(&e.render().to_string());
+        if e.use_stderr() {
+            eprint!("{text}");
+        } else {
+            print!("{text}");
+        }
+        std::process::exit(e.exit_code());
+    });
     // Administrative commands print their result alone; only `serve` chats.
     let filter = match cli.command {
         cli::Command::Serve { .. } => cli.settings.log.clone(),
@@ -33,7 +43,7 @@ async fn run() {
     };
     credgate::telemetry::init(&filter, &cli.settings.log_format);
     if let Err(e) = cli::run(cli, shutdown_signal()).await {
-        eprintln!("credgate: {e:#}");
+        eprintln!("credgate: {}", cli::redact_tokens(&format!("{e:#}")));
         std::process::exit(1);
     }
 }

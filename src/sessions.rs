@@ -240,6 +240,7 @@ pub async fn create(ctx: &Context, who: &Principal, input: NewSession) -> Result
                 row: &row,
                 url_token_hash: &token_hash(&token),
                 created_by: &who.actor(),
+                api_key_id: &who.key_id,
             },
             MAX_OPEN_PER_ORG,
         )
@@ -261,13 +262,18 @@ pub async fn create(ctx: &Context, who: &Principal, input: NewSession) -> Result
     })
 }
 
-/// Trades a URL token for a cookie value, once. `None`: the token is
-/// unknown, already used or expired (the page says so in words).
-pub async fn enter(ctx: &Context, url_token: &str) -> Result<Option<(PageSession, SecretString)>, Error> {
+/// Trades a URL token for a cookie value, once, on the page of its own
+/// `purpose`. `None`: the token is unknown, already used, expired or for the
+/// other page (then it stays unused; the page says so in words).
+pub async fn enter(
+    ctx: &Context,
+    url_token: &str,
+    purpose: Purpose,
+) -> Result<Option<(PageSession, SecretString)>, Error> {
     let cookie = random_token("");
     let Some(row) = ctx
         .store
-        .open_page_session(&token_hash(url_token), &token_hash(&cookie))
+        .open_page_session(&token_hash(url_token), purpose.as_str(), &token_hash(&cookie))
         .await?
     else {
         return Ok(None);

@@ -1,6 +1,7 @@
 //! Connect: store an OAuth grant as a credential — a new one (within the
-//! quota), the one already connected for the same external account, or the
-//! one being re-authorized in place (only with the same account).
+//! quota), the one the same owner already connected for the same external
+//! account (another owner's never), or the one being re-authorized in place
+//! (only with the same account; the caller checked `manage`).
 
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
@@ -17,6 +18,10 @@ use crate::store::{AuditEvent, GrantTarget, Notification, OAuthGrant, StoreError
 #[derive(Debug)]
 pub struct Grant<'a> {
     pub org_id: &'a str,
+    /// The authorization it completes: deleted as the grant is stored, and
+    /// nothing is stored when it was ended meanwhile (its user removed).
+    /// `None` only for grants that come from no flow (seeding a benchmark).
+    pub state_hash: Option<&'a str>,
     pub provider: &'a Provider,
     /// Becomes `created_by` of a new credential.
     pub actor: &'a str,
@@ -36,6 +41,7 @@ pub struct Grant<'a> {
 pub async fn connect(ctx: &Context, grant: Grant<'_>) -> Result<String, Error> {
     let Grant {
         org_id,
+        state_hash,
         provider,
         actor,
         name,
@@ -63,7 +69,7 @@ pub async fn connect(ctx: &Context, grant: Grant<'_>) -> Result<String, Error> {
             Some(id) => Some(id.clone()),
             None => {
                 ctx.store
-                    .credential_for_account(org_id, &provider.id, &identity.id)
+                    .credential_for_account(org_id, &provider.id, owner.as_deref(), &identity.id)
                     .await?
             }
         };
@@ -160,6 +166,7 @@ pub async fn connect(ctx: &Context, grant: Grant<'_>) -> Result<String, Error> {
         match ctx
             .store
             .store_grant(
+                state_hash,
                 &stored,
                 &target,
                 ctx.config.max_per_provider.into(),
@@ -174,6 +181,20 @@ pub async fn connect(ctx: &Context, grant: Grant<'_>) -> Result<String, Error> {
             Err(e) if rotated(&e, attempt % KEY_RETRIES) => continue,
             Err(StoreError::Conflict) => continue,
             Err(StoreError::AccountTaken) if existing_id.is_none() => continue,
+            Err(StoreError::FlowEnded(why)) => {
+                super::revoke_token_set(ctx, &provider.id, &tokens);
+                return Err(match why.as_str() {
+                    "user_removed" => Error::Conflict(
+                        "user_removed",
+                        "the person who started this connection was removed from the organization; nothing was stored"
+                            .into(),
+                    ),
+                    _ => Error::Conflict(
+                        "oauth_state_invalid",
+                        "the connection link expired (10 minutes); start again".into(),
+                    ),
+                });
+            }
             Err(StoreError::QuotaExceeded { limit }) => {
                 return Err(Error::QuotaExceeded {
                     provider: provider.id.clone(),

@@ -1,11 +1,15 @@
 //! Who is calling: the bearer API key (verified keys cached briefly, unknown
 //! ones remembered briefly too), the client address (`X-Forwarded-For` only
-//! from trusted proxies), failed authentications limited per address (an
-//! address over its budget is refused before the store is asked), last use
-//! recorded at most once a minute per key, and role checks (denials are
+//! from trusted proxies), failed authentications limited per address, last
+//! use recorded at most once a minute per key, and role checks (denials are
 //! audited by `credentials::access`).
+//!
+//! A token's checksum decides whether it is worth a lookup, not its
+//! address: one that was never issued here is refused without asking the
+//! store, and one that may have been is always looked up, so a valid key is
+//! never refused for what other clients at its address did.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -17,7 +21,7 @@ use ipnet::IpNet;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::apikeys::token_hash;
+use crate::apikeys::{token_hash, Shape, TokenFormat};
 use crate::model::{Principal, Role};
 use crate::store::ApiKeyRow;
 
@@ -36,10 +40,13 @@ struct Known {
     at: Instant,
 }
 
-/// Recently verified keys, recently unknown tokens, last-use bookkeeping
-/// and denial counts; every map is bounded.
-#[derive(Debug, Default)]
+/// The installation's token format, the hashes of keys issued before
+/// checksums, recently verified keys, recently unknown tokens and last-use
+/// bookkeeping; every map is bounded.
+#[derive(Debug)]
 pub struct KeyCache {
+    format: TokenFormat,
+    legacy: HashSet<String>,
     known: RwLock<HashMap<String, Known>>,
     unknown: RwLock<HashMap<String, Instant>>,
     touched: Mutex<HashMap<String, i64>>,
@@ -55,6 +62,30 @@ fn bounded<V>(map: &mut HashMap<String, V>, fresh: impl Fn(&V) -> bool) {
 }
 
 impl KeyCache {
+    /// A cache for tokens of `format`; `legacy`: the hashes of live keys
+    /// issued before checksums.
+    pub fn new(format: TokenFormat, legacy: HashSet<String>) -> Self {
+        Self {
+            format,
+            legacy,
+            known: RwLock::default(),
+            unknown: RwLock::default(),
+            touched: Mutex::default(),
+        }
+    }
+
+    /// Is `token` worth a lookup whatever its address sent before?
+    /// `None`: a legacy-shaped token of no key this replica knew at start,
+    /// worth one only while its address is not shut out.
+    fn worth_a_lookup(&self, token: &str, hash: &str) -> Option<bool> {
+        match self.format.shape(token) {
+            Shape::Checksummed => Some(true),
+            Shape::Legacy if self.legacy.contains(hash) => Some(true),
+            Shape::Legacy => None,
+            Shape::Invalid => Some(false),
+        }
+    }
+
     fn known(&self, hash: &str, now: i64) -> Option<ApiKeyRow> {
         let known = self.known.read().expect("not poisoned");
         known
@@ -163,17 +194,20 @@ impl FromRequestParts<AppState> for Caller {
         };
         let hash = token_hash(token);
         let now = state.now();
-        // Caches first, then the address's failure budget, and only then the
-        // store: an address over its budget costs no query, however many new
-        // tokens it makes up.
+        // Caches first, then the token's checksum: a token never issued here
+        // costs no query, however many an address makes up, and one that
+        // may have been is looked up even from an address over its budget.
         let key = match state.keys.known(&hash, now) {
             Some(key) => key,
             None => {
-                if state.keys.recently_unknown(&hash) {
+                let worth = state.keys.worth_a_lookup(token, &hash);
+                if worth == Some(false) || state.keys.recently_unknown(&hash) {
                     state.limits.check_auth_failure(ip)?;
                     return Err(ApiError::Unauthorized);
                 }
-                state.limits.check_auth_blocked(ip)?;
+                if worth.is_none() {
+                    state.limits.check_auth_blocked(ip)?;
+                }
                 state.metrics.api_key_lookups.inc();
                 match state.store.api_key_by_hash(&hash).await? {
                     Some(key) => {

@@ -1,5 +1,6 @@
 //! Request extractors that turn every rejection into a problem+json error:
-//! [`ApiJson`] bodies and [`ApiQuery`] strings (the caller is in `auth`).
+//! [`ApiJson`] bodies and [`ApiQuery`] strings (the caller is in `auth`);
+//! and [`NoStore`], the JSON answer that carries a secret.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -12,6 +13,17 @@ use crate::providers::FieldError;
 
 pub use super::auth::Caller;
 pub use crate::model::{Role, MANAGE, READ, RESOLVE};
+
+/// A JSON answer that carries a secret value or a single-use link: sent
+/// with `Cache-Control: no-store`, so no cache or browser keeps it.
+#[derive(Debug)]
+pub struct NoStore<T>(pub T);
+
+impl<T: serde::Serialize> axum::response::IntoResponse for NoStore<T> {
+    fn into_response(self) -> axum::response::Response {
+        ([(axum::http::header::CACHE_CONTROL, "no-store")], axum::Json(self.0)).into_response()
+    }
+}
 
 /// A JSON body whose problems become 400/413/415/422 with field names.
 #[derive(Debug)]

@@ -16,7 +16,7 @@ use utoipa_axum::routes;
 
 use super::credentials::view::time;
 use super::error::{ApiError, Problem};
-use super::extract::{ApiJson, Caller, MANAGE, READ, RESOLVE};
+use super::extract::{ApiJson, Caller, NoStore, MANAGE, READ, RESOLVE};
 use super::AppState;
 use crate::named_secrets::{self, Written};
 use crate::store::SecretMeta;
@@ -160,10 +160,10 @@ async fn resolve_secrets(
     State(state): State<AppState>,
     caller: Caller,
     ApiJson(body): ApiJson<ResolveSecrets>,
-) -> Result<Json<ResolvedSecrets>, ApiError> {
+) -> Result<NoStore<ResolvedSecrets>, ApiError> {
     caller.require(&state, RESOLVE, None).await?;
     let resolved = named_secrets::resolve(&state, &caller, &body.names).await?;
-    Ok(Json(ResolvedSecrets {
+    Ok(NoStore(ResolvedSecrets {
         secrets: resolved
             .values
             .iter()

@@ -3,7 +3,6 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::Json;
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
@@ -13,7 +12,7 @@ use utoipa_axum::routes;
 
 use super::credentials::{parse_id, view::time};
 use super::error::{ApiError, Problem};
-use super::extract::{ApiJson, Caller};
+use super::extract::{ApiJson, Caller, NoStore};
 use super::AppState;
 use crate::sessions::{self, NewSession, Purpose};
 
@@ -67,7 +66,7 @@ async fn create_session(
     State(state): State<AppState>,
     caller: Caller,
     ApiJson(body): ApiJson<CreateSession>,
-) -> Result<(StatusCode, Json<SessionCreated>), ApiError> {
+) -> Result<(StatusCode, NoStore<SessionCreated>), ApiError> {
     let input = NewSession {
         user_id: body.user_id,
         purpose: match body.purpose {
@@ -88,7 +87,7 @@ async fn create_session(
     );
     Ok((
         StatusCode::CREATED,
-        Json(SessionCreated {
+        NoStore(SessionCreated {
             url,
             expires_at: time(opened.expires_at),
         }),

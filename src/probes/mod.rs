@@ -52,11 +52,29 @@ pub struct ProbeResult {
     pub ok: bool,
     /// Wall time of the whole probe.
     pub latency_ms: u64,
-    /// Facts learnt on the way (server version, fingerprint, bot name, …).
+    /// Facts learnt on the way (server version, fingerprint, bot name, …);
+    /// absent (null) for a caller who may only `use` the credential.
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
     pub detail: serde_json::Value,
     /// Why the probe failed; absent when `ok`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ProbeFailure>,
+}
+
+impl ProbeResult {
+    /// What a caller with `use` alone may see: whether it worked, how long
+    /// it took and the failure's code. The facts and the messages name
+    /// hosts, ports and accounts, which need `view`.
+    pub fn for_use_only(self) -> Self {
+        Self {
+            detail: serde_json::Value::Null,
+            error: self.error.map(|e| ProbeFailure {
+                code: e.code,
+                message: String::new(),
+            }),
+            ..self
+        }
+    }
 }
 
 /// A stable machine code for a failed probe.
@@ -124,7 +142,9 @@ impl FailureCode {
 pub struct ProbeFailure {
     /// The stable machine code.
     pub code: FailureCode,
-    /// What happened and what to check.
+    /// What happened and what to check; empty (and not sent) for a caller
+    /// who may only `use` the credential.
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub message: String,
 }
 

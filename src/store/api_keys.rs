@@ -1,10 +1,30 @@
 //! API keys: the SHA-256 of each token (never the token), its role and user,
 //! and its lifecycle (expiry, revocation, last use).
 
+use serde_json::json;
 use sqlx::Row;
 
+use super::audit::{self, AuditEvent};
 use super::{Store, StoreError};
 use crate::model::Role;
+
+/// How a key to revoke is named.
+#[derive(Clone, Copy)]
+pub enum KeyRef<'a> {
+    /// By its id.
+    Id(&'a str),
+    /// By the SHA-256 of its token (a leaked key whose id nobody knows).
+    TokenHash(&'a str),
+}
+
+impl std::fmt::Debug for KeyRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Id(id) => f.debug_tuple("Id").field(id).finish(),
+            Self::TokenHash(_) => f.write_str("TokenHash(..)"),
+        }
+    }
+}
 
 /// An API key as stored: its hash, never the token.
 #[derive(Debug, Clone)]
@@ -56,8 +76,8 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.execute_write(
             sqlx::query(
-                "INSERT INTO api_keys (id, org_id, token_hash, role, user_id, label, created_at, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                "INSERT INTO api_keys (id, org_id, token_hash, role, user_id, label, created_at, expires_at, \
+                 token_format) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'v2')",
             )
             .bind(id)
             .bind(org_id)
@@ -121,16 +141,70 @@ impl Store {
             .collect()
     }
 
-    /// Revokes a key; false when there is no such (unrevoked) key.
-    pub async fn revoke_api_key(&self, id: &str) -> Result<bool, StoreError> {
-        let done = self
-            .execute_write(
-                sqlx::query("UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
-                    .bind(id)
-                    .bind(self.now()),
-            )
+    /// Revokes a key, named by its id or by its token's hash, and ends the
+    /// page sessions it opened, audited, in one transaction; returns its id
+    /// and organization, `None` when there is no such unrevoked key.
+    pub async fn revoke_api_key(&self, key: KeyRef<'_>, actor: &str) -> Result<Option<(String, String)>, StoreError> {
+        let (column, value) = match key {
+            KeyRef::Id(id) => ("id", id),
+            KeyRef::TokenHash(hash) => ("token_hash", hash),
+        };
+        let mut tx = self.begin_write().await?;
+        let t = self.now();
+        let row = sqlx::query(&format!(
+            "UPDATE api_keys SET revoked_at = $2 WHERE {column} = $1 AND revoked_at IS NULL RETURNING id, org_id"
+        ))
+        .bind(value)
+        .bind(t)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let (id, org_id): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+        let sessions = sqlx::query("DELETE FROM page_sessions WHERE api_key_id = $1")
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let event = AuditEvent::for_org(&org_id, "api_key.revoke", actor)
+            .with_detail(json!({"key_id": id, "page_sessions_ended": sessions}));
+        audit::insert(&mut tx, &event, t).await?;
+        tx.commit().await?;
+        Ok(Some((id, org_id)))
+    }
+
+    /// The hashes of unrevoked keys made before tokens had a checksum.
+    pub async fn legacy_api_key_hashes(&self) -> Result<Vec<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT token_hash FROM api_keys WHERE token_format IS NULL AND revoked_at IS NULL")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// The installation's value `name`: the one stored, or `candidate`,
+    /// stored now when there was none (the first of racing writers wins).
+    pub async fn install_value(&self, name: &str, candidate: &str) -> Result<String, StoreError> {
+        let found: Option<String> = sqlx::query_scalar("SELECT value FROM install_values WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
             .await?;
-        Ok(done == 1)
+        if let Some(value) = found {
+            return Ok(value);
+        }
+        self.execute_write(
+            sqlx::query(
+                "INSERT INTO install_values (name, value, created_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(name)
+            .bind(candidate)
+            .bind(self.now()),
+        )
+        .await?;
+        Ok(sqlx::query_scalar("SELECT value FROM install_values WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     /// Records a key's use (callers coalesce: at most once a minute).

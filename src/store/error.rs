@@ -20,6 +20,10 @@ pub enum StoreError {
     /// The external account is already connected in another credential.
     #[error("this account is already connected in another credential")]
     AccountTaken,
+    /// The authorization a grant comes from was ended meanwhile (its user
+    /// was removed): nothing was stored.
+    #[error("the connection was ended before it finished: {0}")]
+    FlowEnded(String),
     /// A row that must exist does not.
     #[error("not found")]
     NotFound,
@@ -57,6 +61,7 @@ impl StoreError {
             Self::Conflict => Self::Conflict,
             Self::KeyRotated => Self::KeyRotated,
             Self::AccountTaken => Self::AccountTaken,
+            Self::FlowEnded(why) => Self::FlowEnded(why.clone()),
             Self::NotFound => Self::NotFound,
             Self::Corrupt { id, column } => Self::Corrupt { id: id.clone(), column },
             Self::Unavailable(e) => Self::Unavailable(words(e)),

@@ -29,7 +29,7 @@ mod sharing;
 mod uses;
 mod write_tx;
 
-pub use api_keys::{ApiKeyInfo, ApiKeyRow};
+pub use api_keys::{ApiKeyInfo, ApiKeyRow, KeyRef};
 pub use audit::{AuditEvent, AuditRow};
 pub use creates::PendingCreate;
 pub use credentials::{NewCredential, SecretWrite, Usage};

@@ -14,6 +14,11 @@ use crate::model::{AuthKind, CredentialStatus};
 pub struct OAuthStateRow {
     pub org_id: String,
     pub provider: String,
+    /// The user who started it (`None`: a key without a user); removing
+    /// that user ends the flow.
+    pub user_id: Option<String>,
+    /// Why the flow was ended before its callback (`user_removed`), if it was.
+    pub ended: Option<String>,
     pub payload_ct: String,
     pub key_version: i64,
     pub expires_at: i64,
@@ -81,8 +86,8 @@ impl Store {
             return Err(StoreError::QuotaExceeded { limit: max_pending });
         }
         sqlx::query(
-            "INSERT INTO oauth_states (state_hash, org_id, provider, payload_ct, key_version, expires_at, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO oauth_states (state_hash, org_id, provider, payload_ct, key_version, expires_at, created_at, \
+             user_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(state_hash)
         .bind(&row.org_id)
@@ -91,6 +96,7 @@ impl Store {
         .bind(row.key_version)
         .bind(row.expires_at)
         .bind(self.now())
+        .bind(&row.user_id)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -103,19 +109,23 @@ impl Store {
             .await
     }
 
-    /// Takes (deletes and returns) a pending authorization: single use, so a
-    /// replayed `state` finds nothing. Expired rows of anyone are purged too.
+    /// Takes a pending authorization: single use, so a replayed `state`
+    /// finds nothing (the row stays, taken, until [`Store::store_grant`]
+    /// deletes it or it expires). An ended flow is returned with why
+    /// (`ended`), and must store nothing. Expired rows of anyone are purged.
     pub async fn take_oauth_state(&self, state_hash: &str) -> Result<Option<OAuthStateRow>, StoreError> {
         let mut tx = self.begin_write().await?;
+        let now = self.now();
         let row = sqlx::query(
-            "DELETE FROM oauth_states WHERE state_hash = $1 \
-             RETURNING org_id, provider, payload_ct, key_version, expires_at",
+            "UPDATE oauth_states SET taken_at = $2 WHERE state_hash = $1 AND taken_at IS NULL \
+             RETURNING org_id, provider, payload_ct, key_version, expires_at, user_id, ended",
         )
         .bind(state_hash)
+        .bind(now)
         .fetch_optional(&mut *tx)
         .await?;
         sqlx::query("DELETE FROM oauth_states WHERE expires_at < $1")
-            .bind(self.now() - 3600)
+            .bind(now - 3600)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -126,33 +136,44 @@ impl Store {
                 payload_ct: r.try_get(2)?,
                 key_version: r.try_get(3)?,
                 expires_at: r.try_get(4)?,
+                user_id: r.try_get(5)?,
+                ended: r.try_get(6)?,
             })
         })
         .transpose()
     }
 
-    /// The credential already connected for an external account, if any.
+    /// The credential `owner` (`None`: the organization) already connected
+    /// for an external account, if any: another owner's never counts.
     pub async fn credential_for_account(
         &self,
         org_id: &str,
         provider: &str,
+        owner: Option<&str>,
         account_id: &str,
     ) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query("SELECT id FROM credentials WHERE org_id = $1 AND provider = $2 AND account_id = $3")
-            .bind(org_id)
-            .bind(provider)
-            .bind(account_id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT id FROM credentials WHERE org_id = $1 AND provider = $2 AND COALESCE(owner, '') = $3 \
+             AND account_id = $4",
+        )
+        .bind(org_id)
+        .bind(provider)
+        .bind(owner.unwrap_or(""))
+        .bind(account_id)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
 
     /// Writes a grant: updates the target credential (making it `active`
     /// again) or inserts a new one within the quota, audited, in one
-    /// transaction. `Conflict` means another writer got there first: the
-    /// caller re-reads and tries again.
+    /// transaction that also deletes the authorization it comes from
+    /// (`state_hash`), unless that was ended meanwhile (`FlowEnded`).
+    /// `Conflict` means another writer got there first: the caller re-reads
+    /// and tries again.
     pub async fn store_grant(
         &self,
+        state_hash: Option<&str>,
         grant: &OAuthGrant,
         target: &GrantTarget,
         default_limit: i64,
@@ -160,6 +181,22 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         lock_org(&mut tx, &grant.org_id).await?;
+        // The removal of a user marks their flows ended under the same
+        // organization lock: either it came first and this stores nothing,
+        // or it comes after and finds the credential to hand on.
+        if let Some(state_hash) = state_hash {
+            let ended: Option<Option<String>> =
+                sqlx::query_scalar("DELETE FROM oauth_states WHERE state_hash = $1 AND org_id = $2 RETURNING ended")
+                    .bind(state_hash)
+                    .bind(&grant.org_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            match ended {
+                Some(None) => {}
+                Some(Some(why)) => return Err(StoreError::FlowEnded(why)),
+                None => return Err(StoreError::FlowEnded("expired".into())),
+            }
+        }
         check_key(&mut tx, self.dialect, &grant.org_id, grant.key_version).await?;
         let t = self.now();
         let scopes = serde_json::to_string(&grant.scopes).expect("strings serialize");

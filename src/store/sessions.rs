@@ -27,6 +27,8 @@ pub struct NewPageSession<'a> {
     pub row: &'a PageSessionRow,
     pub url_token_hash: &'a str,
     pub created_by: &'a str,
+    /// The API key that opened it: revoking that key ends the session.
+    pub api_key_id: &'a str,
 }
 
 const COLUMNS: &str = "id, org_id, user_id, purpose, providers, credential_id, return_to, csrf_token, expires_at";
@@ -75,8 +77,8 @@ impl Store {
         }
         sqlx::query(
             "INSERT INTO page_sessions (id, org_id, user_id, purpose, providers, credential_id, return_to, \
-             url_token_hash, csrf_token, created_by, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             url_token_hash, csrf_token, created_by, created_at, expires_at, api_key_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(&row.id)
         .bind(&row.org_id)
@@ -94,27 +96,32 @@ impl Store {
         .bind(new.created_by)
         .bind(self.now())
         .bind(row.expires_at)
+        .bind(new.api_key_id)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(())
     }
 
-    /// Opens a session by its URL token, once: binds it to `cookie_hash`
-    /// and returns it; `None` when the token is unknown, used or expired.
+    /// Opens a session of `purpose` by its URL token, once: binds it to
+    /// `cookie_hash` and returns it; `None` when the token is unknown, used,
+    /// expired or for another purpose (which leaves it unused).
     pub async fn open_page_session(
         &self,
         url_token_hash: &str,
+        purpose: &str,
         cookie_hash: &str,
     ) -> Result<Option<PageSessionRow>, StoreError> {
         let mut tx = self.begin_write().await?;
         let row = sqlx::query(&format!(
             "UPDATE page_sessions SET cookie_hash = $2, opened_at = $3 \
-             WHERE url_token_hash = $1 AND opened_at IS NULL AND expires_at > $3 RETURNING {COLUMNS}"
+             WHERE url_token_hash = $1 AND purpose = $4 AND opened_at IS NULL AND expires_at > $3 \
+             RETURNING {COLUMNS}"
         ))
         .bind(url_token_hash)
         .bind(cookie_hash)
         .bind(self.now())
+        .bind(purpose)
         .fetch_optional(&mut *tx)
         .await?;
         tx.commit().await?;

@@ -5,6 +5,7 @@ use serde_json::{json, Value};
 use sqlx::{Any, Row};
 
 use super::audit::{self, AuditEvent};
+use super::quota::lock_org;
 use super::{Store, StoreError};
 use crate::model::Access;
 
@@ -23,6 +24,8 @@ pub struct UserRemoval {
     pub transferred: Vec<String>,
     pub grants_removed: u64,
     pub keys_revoked: u64,
+    /// Connections they had started, ended before their callback.
+    pub flows_ended: u64,
 }
 
 pub(super) fn access(id: &str, raw: &str) -> Result<Access, StoreError> {
@@ -126,6 +129,10 @@ impl Store {
         actor: &str,
     ) -> Result<UserRemoval, StoreError> {
         let mut tx = self.begin_write().await?;
+        // Under the organization's write lock, as a grant is stored: a
+        // connect of theirs either lands first (and is handed on below) or
+        // finds its flow ended.
+        lock_org(&mut tx, org_id).await?;
         let t = self.now();
         let rows = sqlx::query(
             "UPDATE credentials SET owner = $3, updated_at = $4 WHERE org_id = $1 AND owner = $2 RETURNING id",
@@ -174,12 +181,31 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        // Their open hosted-page sessions end with them.
+        // Their open hosted-page sessions end with them, and so do the
+        // connections they started: a callback that comes later stores
+        // nothing, and says why.
         sqlx::query("DELETE FROM page_sessions WHERE org_id = $1 AND user_id = $2")
             .bind(org_id)
             .bind(user)
             .execute(&mut *tx)
             .await?;
+        removal.flows_ended = sqlx::query(
+            "UPDATE oauth_states SET ended = 'user_removed' WHERE org_id = $1 AND user_id = $2 AND ended IS NULL",
+        )
+        .bind(org_id)
+        .bind(user)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        // So do the sessions their keys opened (for anyone).
+        sqlx::query(
+            "DELETE FROM page_sessions WHERE api_key_id IN \
+             (SELECT id FROM api_keys WHERE org_id = $1 AND user_id = $2 AND revoked_at IS NULL)",
+        )
+        .bind(org_id)
+        .bind(user)
+        .execute(&mut *tx)
+        .await?;
         let revoked = sqlx::query(
             "UPDATE api_keys SET revoked_at = $3 WHERE org_id = $1 AND user_id = $2 AND revoked_at IS NULL \
              RETURNING id",
@@ -204,6 +230,7 @@ impl Store {
             "transferred": removal.transferred,
             "grants_removed": removal.grants_removed,
             "keys_revoked": keys,
+            "flows_ended": removal.flows_ended,
         }));
         audit::insert(&mut tx, &summary, t).await?;
         tx.commit().await?;

@@ -22,6 +22,7 @@ mod openapi_conformance;
 mod operations;
 mod outage;
 mod outbox;
+mod ownership;
 mod pages;
 mod paging;
 mod probes;

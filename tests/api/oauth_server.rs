@@ -115,6 +115,8 @@ pub struct Inner {
     pub send_iss: Option<String>,
     pub expires_in: u64,
     pub token_delay: Option<Duration>,
+    /// Token requests received (counted before `token_delay`).
+    pub token_requests: usize,
     /// Holds refresh requests until the test releases them, one by one.
     pub refresh_gate: Option<Arc<Gate>>,
     pub token_status: Option<StatusCode>,
@@ -150,6 +152,7 @@ impl AuthServer {
             send_iss: None,
             expires_in: if flavor == Flavor::Google { 3599 } else { 4493 },
             token_delay: None,
+            token_requests: 0,
             refresh_gate: None,
             token_status: None,
             identity_status: None,
@@ -352,7 +355,11 @@ async fn token(State(s): State<Shared>, headers: HeaderMap, Form(form): Form<Has
             );
         }
     }
-    let delay = s.lock().unwrap().token_delay;
+    let delay = {
+        let mut i = s.lock().unwrap();
+        i.token_requests += 1;
+        i.token_delay
+    };
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
     }

@@ -13,7 +13,7 @@ use super::view::{time, Credential};
 use crate::credentials::check_user_id;
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::parse_json;
-use crate::http::extract::{Caller, MANAGE, RESOLVE};
+use crate::http::extract::{Caller, NoStore, MANAGE, RESOLVE};
 use crate::http::AppState;
 use crate::model::Access;
 use crate::providers::FieldError;
@@ -44,7 +44,7 @@ pub(super) async fn resolve_credential(
     caller: Caller,
     Path(id): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<NoStore<Value>, ApiError> {
     caller.require(&state, RESOLVE, Some(&id)).await?;
     let body: ResolveBody = if body.iter().all(u8::is_ascii_whitespace) {
         ResolveBody::default()
@@ -93,7 +93,7 @@ pub(super) async fn resolve_credential(
             serde_json::to_value(time(expires_at)).expect("times serialize"),
         );
     }
-    Ok(Json(Value::Object(body)))
+    Ok(NoStore(Value::Object(body)))
 }
 
 /// Refresh an OAuth credential's access token now (concurrent calls share one provider call)

@@ -256,7 +256,11 @@ pub fn probe_words(result: &ProbeResult) -> String {
         "permission_denied" => "The account may not read what you named.",
         _ => "The test failed.",
     };
-    format!("{hint} ({})", error.message)
+    if error.message.is_empty() {
+        hint.to_owned()
+    } else {
+        format!("{hint} ({})", error.message)
+    }
 }
 
 fn facts(detail: &serde_json::Value) -> String {

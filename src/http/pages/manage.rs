@@ -206,6 +206,12 @@ fn table_row(state: &AppState, row: &CredentialRow, access: Access, users: usize
         .map_or(row.provider.as_str(), |p| p.display_name.as_str());
     let label = format!("Select {}", row.name);
     let test_out = format!("test-{}", row.id);
+    // The last error's text names hosts and accounts: it needs `view`.
+    let last_error = row
+        .last_error
+        .as_ref()
+        .filter(|_| access >= Access::View)
+        .map(|e| e.message.as_str());
     html! {
         tr data-id=(row.id) {
             td {
@@ -216,7 +222,7 @@ fn table_row(state: &AppState, row: &CredentialRow, access: Access, users: usize
             td { a href=(format!("/manage/credentials/{}", row.id)) { (row.name) } }
             td { span.badge.type { (type_words(row.auth_type)) } }
             td { (provider) }
-            td { (status_badge(row.status, row.last_error.as_ref().map(|e| e.message.as_str()))) }
+            td { (status_badge(row.status, last_error)) }
             td { (when(row.last_used_at)) }
             td { (sharing_words(row, users)) }
             td { (when(Some(row.created_at))) }

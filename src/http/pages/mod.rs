@@ -326,7 +326,7 @@ pub fn forged(state: &AppState) -> Html {
 /// itself is same-site. It also drops the token from the history.
 pub async fn enter(state: &AppState, ip: IpAddr, purpose: Purpose, token: Option<&str>) -> Option<Response> {
     let token = token?;
-    let (session, cookie) = match sessions::enter(state, token).await {
+    let (session, cookie) = match sessions::enter(state, token, purpose).await {
         Ok(Some((session, cookie))) if session.purpose == purpose => (session, cookie),
         Ok(_) => return Some(unknown(state, ip).into_response()),
         Err(e) => return Some(failure(state, &e).into_response()),

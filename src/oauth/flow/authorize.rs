@@ -22,11 +22,9 @@ use super::{hash_state, redirect_uri};
 /// What the caller asked `authorize` for, already checked.
 #[derive(Debug, Clone)]
 pub struct StartRequest {
-    pub org_id: String,
-    /// `user:{id}` or `api_key:{id}`: becomes `created_by`.
-    pub actor: String,
-    /// The user who connects: owns a new credential (`None`: the organization).
-    pub owner: Option<String>,
+    /// Who connects: their user owns a new credential (`None`: the
+    /// organization); their actor becomes `created_by`.
+    pub who: Principal,
     pub name: Option<String>,
     pub return_to: Option<String>,
     pub credential_id: Option<String>,
@@ -122,9 +120,7 @@ pub async fn authorize(
         ctx,
         provider,
         StartRequest {
-            org_id: who.org_id.clone(),
-            actor: who.actor(),
-            owner: who.user_id.clone(),
+            who: who.clone(),
             name: input.name.map(|n| n.trim().to_owned()),
             return_to: input.return_to,
             credential_id: input.credential_id.map(|id| id.to_lowercase()),
@@ -163,9 +159,12 @@ pub async fn start(ctx: &Context, provider: &Provider, req: StartRequest) -> Res
 
     let mut payload = SecretMap::default();
     payload.insert("verifier", SecretString::from(verifier.secret().clone()));
-    payload.insert("actor", SecretString::from(req.actor));
+    let who = req.who;
+    payload.insert("actor", SecretString::from(who.actor()));
+    payload.insert("key_id", SecretString::from(who.key_id.clone()));
+    payload.insert("role", SecretString::from(who.role.as_str().to_owned()));
     for (k, v) in [
-        ("owner", req.owner),
+        ("owner", who.user_id.clone()),
         ("name", req.name),
         ("return_to", req.return_to),
         ("credential_id", req.credential_id),
@@ -176,15 +175,17 @@ pub async fn start(ctx: &Context, provider: &Provider, req: StartRequest) -> Res
         }
     }
     let subject = format!("state:{state_hash}");
-    let (payload_ct, key_version) = ctx.vault.seal(&req.org_id, &subject, &[("state", &payload)]).await?;
+    let (payload_ct, key_version) = ctx.vault.seal(&who.org_id, &subject, &[("state", &payload)]).await?;
     let expires_at = ctx.now() + STATE_TTL_SECS;
     let pending = ctx
         .store
         .insert_oauth_state(
             &state_hash,
             &OAuthStateRow {
-                org_id: req.org_id,
+                org_id: who.org_id,
                 provider: provider.id.clone(),
+                user_id: who.user_id,
+                ended: None,
                 payload_ct,
                 key_version,
                 expires_at,

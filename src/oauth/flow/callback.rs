@@ -7,6 +7,7 @@ use crate::context::Context;
 use crate::credentials::{self, Grant};
 use crate::crypto::SecretMap;
 use crate::error::Error;
+use crate::model::{Access, Principal, Role};
 use crate::oauth_client::{exchange_code, fetch_identity, OAuthError};
 use crate::providers::Provider;
 use crate::store::OAuthStateRow;
@@ -105,17 +106,42 @@ pub async fn finish(ctx: &Context, provider: &Provider, query: CallbackQuery) ->
         }
     };
     let return_to = get(&payload, "return_to");
-    let result = complete(ctx, provider, &row, &payload, &query).await;
+    let result = match row.ended.as_deref() {
+        Some(why) => Err(ended(why)),
+        None => complete(ctx, provider, (&state_hash, &row), &payload, &query).await,
+    };
     if let Err(e) = &result {
         tracing::info!(provider = %provider.id, code = e.code, error = %e.message, "OAuth connection failed");
     }
     Finished { return_to, result }
 }
 
+/// The outcome of a flow that was ended before its callback came.
+fn ended(why: &str) -> OAuthError {
+    match why {
+        "user_removed" => OAuthError::new(
+            "user_removed",
+            "the person who started this connection was removed from the organization; nothing was stored",
+        ),
+        _ => OAuthError::new("oauth_state_invalid", "this connection was ended; start again"),
+    }
+}
+
+/// Whoever started the flow, as they were then. Re-authorizing in place
+/// is checked again here: `manage` may have been taken away meanwhile.
+fn starter(row: &OAuthStateRow, payload: &SecretMap) -> Option<Principal> {
+    Some(Principal {
+        org_id: row.org_id.clone(),
+        key_id: get(payload, "key_id")?,
+        role: Role::parse(&get(payload, "role")?)?,
+        user_id: get(payload, "owner"),
+    })
+}
+
 async fn complete(
     ctx: &Context,
     provider: &Provider,
-    row: &OAuthStateRow,
+    (state_hash, row): (&str, &OAuthStateRow),
     payload: &SecretMap,
     query: &CallbackQuery,
 ) -> Result<String, OAuthError> {
@@ -164,6 +190,23 @@ async fn complete(
         .get("verifier")
         .cloned()
         .ok_or_else(|| OAuthError::new("oauth_state_invalid", "the connection link is incomplete"))?;
+    let credential_id = get(payload, "credential_id");
+    if let Some(id) = &credential_id {
+        let who = starter(row, payload)
+            .ok_or_else(|| OAuthError::new("oauth_state_invalid", "the connection link is incomplete"))?;
+        if let Err(e) = credentials::access::authorize(ctx, &who, id, Access::Manage).await {
+            return Err(match e {
+                Error::Forbidden | Error::NotFound => OAuthError::new(
+                    "not_found",
+                    "the credential to re-authorize no longer exists, or you may no longer manage it",
+                ),
+                other => {
+                    tracing::error!(error = %other, "checking a re-authorization failed");
+                    OAuthError::new("internal", "credgate could not finish the connection")
+                }
+            });
+        }
+    }
     let tenant = get(payload, "tenant");
     let redirect = redirect_uri(ctx, &provider.id);
     let tokens = exchange_code(&ctx.http, settings, tenant.as_deref(), &redirect, code, &verifier).await?;
@@ -171,10 +214,11 @@ async fn complete(
     let actor = get(payload, "actor").unwrap_or_default();
     let grant = Grant {
         org_id: &row.org_id,
+        state_hash: Some(state_hash),
         provider,
         actor: &actor,
         name: get(payload, "name"),
-        credential_id: get(payload, "credential_id"),
+        credential_id,
         owner: get(payload, "owner"),
         tenant,
         tokens,

@@ -103,8 +103,8 @@ both_backends! {
         assert_eq!(actions, ["api_key.revoke", "user.remove", "api_key.revoke", "user.remove", "api_key.revoke", "user.remove"]);
         let (revoked, dave_removed, frank_revoked, frank_removed) = (&org[0].1, &org[1].1, &org[2].1, &org[3].1);
         assert_eq!(revoked["user_id"], "dave");
-        assert_eq!(dave_removed, &json!({"user_id": "dave", "transfer_to": "erin", "transferred": [first], "grants_removed": 1, "keys_revoked": [revoked["key_id"]]}));
+        assert_eq!(dave_removed, &json!({"user_id": "dave", "transfer_to": "erin", "transferred": [first], "grants_removed": 1, "keys_revoked": [revoked["key_id"]], "flows_ended": 0}));
         assert_eq!(frank_revoked["user_id"], "frank");
-        assert_eq!(frank_removed, &json!({"user_id": "frank", "transfer_to": null, "transferred": [], "grants_removed": 1, "keys_revoked": [frank_revoked["key_id"]]}), "a user with no credentials still leaves a trace");
+        assert_eq!(frank_removed, &json!({"user_id": "frank", "transfer_to": null, "transferred": [], "grants_removed": 1, "keys_revoked": [frank_revoked["key_id"]], "flows_ended": 0}), "a user with no credentials still leaves a trace");
     }
 }
