@@ -7,8 +7,9 @@
 //! meanwhile in one transaction and answers every waiter when it commits.
 //!
 //! - Uses ([`UseLog`]): every resolve's audit event is durable before its
-//!   secret is returned; a failed commit fails every request of its group
-//!   (503): none is ever answered without its event.
+//!   secret is returned; a group the store cannot commit fails every
+//!   request of it (503): none is ever answered without its event. A group
+//!   the database refuses for one use is written again one by one.
 //! - Creates ([`CreateLog`]): each create is checked on its own (key
 //!   version, the provider's limit) inside the group's transaction; one the
 //!   database refuses is written again alone, so it fails alone.
@@ -152,6 +153,16 @@ impl Writer for Uses {
     async fn write(&self, uses: Vec<UseRecord>) -> Vec<Result<(), StoreError>> {
         match self.0.record_uses(&uses).await {
             Ok(()) => uses.iter().map(|_| Ok(())).collect(),
+            // The database refused one of them (an organization deleted
+            // meanwhile): each is written again alone, so it fails alone.
+            Err(StoreError::Database(e)) if uses.len() > 1 => {
+                tracing::warn!(error = %e, uses = uses.len(), "a group of uses was refused; writing them one by one");
+                let mut outcomes = Vec::with_capacity(uses.len());
+                for one in &uses {
+                    outcomes.push(self.0.record_uses(std::slice::from_ref(one)).await);
+                }
+                outcomes
+            }
             Err(e) => {
                 tracing::warn!(error = %e, uses = uses.len(), "a group of uses was not recorded");
                 uses.iter().map(|_| Err(e.duplicate())).collect()

@@ -42,6 +42,11 @@ const STORE_OUTAGE_PATIENCE: std::time::Duration = std::time::Duration::from_sec
 /// Stores refreshed tokens over `row` (as read under `owner`'s lease).
 /// `false`: another writer changed the secrets or took the lease meanwhile,
 /// and nothing was written.
+///
+/// A write whose outcome is unknown (the database committed, or not, and
+/// its answer was lost) is written again; when that finds the row moved,
+/// the store is read before anything is concluded: a row that holds one of
+/// the ciphertexts this call sealed is this call's write, and a success.
 pub async fn record_refreshed(ctx: &Context, row: &CredentialRow, owner: &str, new: &Refreshed) -> Result<bool, Error> {
     let secrets = CredentialSecrets {
         fields: CredentialSecrets::open(&ctx.vault, row).await?.fields,
@@ -56,6 +61,8 @@ pub async fn record_refreshed(ctx: &Context, row: &CredentialRow, owner: &str, n
     let give_up = std::time::Instant::now() + STORE_OUTAGE_PATIENCE;
     let mut pause = std::time::Duration::from_millis(250);
     let mut attempt = 0;
+    // What was sent in writes whose outcome is unknown.
+    let mut unsure: Vec<String> = Vec::new();
     while attempt < KEY_RETRIES {
         let sealed = secrets.seal(&ctx.vault, &row.org_id, &row.id).await;
         let (secret_ct, key_version) = match sealed {
@@ -76,7 +83,7 @@ pub async fn record_refreshed(ctx: &Context, row: &CredentialRow, owner: &str, n
             expected: row.secret_version,
             owner: owner.to_owned(),
             tokens: RefreshedTokens {
-                secret_ct,
+                secret_ct: secret_ct.clone(),
                 key_version,
                 expires_at: new.expires_at,
                 refresh_after: new.refresh_after,
@@ -90,10 +97,27 @@ pub async fn record_refreshed(ctx: &Context, row: &CredentialRow, owner: &str, n
                 ctx.webhooks.wake();
                 return Ok(true);
             }
-            Ok(false) => return Ok(false),
+            Ok(false) if unsure.is_empty() => return Ok(false),
+            Ok(false) => match ctx.store.credential(&row.org_id, &row.id).await {
+                Ok(stored) => {
+                    let ours = stored.is_some_and(|s| unsure.contains(&s.secret_ct));
+                    if ours {
+                        tracing::info!(credential = %row.id, "a refreshed tokens' write whose answer was lost had landed");
+                        ctx.webhooks.wake();
+                    }
+                    return Ok(ours);
+                }
+                Err(StoreError::Unavailable(e) | StoreError::GaveWay(e)) if std::time::Instant::now() < give_up => {
+                    tracing::warn!(error = %e, credential = %row.id, "the store is unavailable; reading what it holds again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(4));
+                }
+                Err(e) => return Err(e.into()),
+            },
             Err(e) if rotated(&e, attempt) => attempt += 1,
             Err(StoreError::Unavailable(e) | StoreError::GaveWay(e)) if std::time::Instant::now() < give_up => {
                 tracing::warn!(error = %e, credential = %row.id, "the store is unavailable; retrying the refreshed tokens' write");
+                unsure.push(secret_ct);
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(std::time::Duration::from_secs(4));
             }

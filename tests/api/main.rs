@@ -12,6 +12,7 @@ mod connections;
 mod credentials;
 mod generic;
 mod group_commit;
+mod group_retries;
 mod hardening;
 mod limits;
 mod liveness;

@@ -494,6 +494,10 @@ async fn revoke(State(s): State<Shared>, Form(form): Form<HashMap<String, String
     if let Some(t) = form.get("token") {
         i.revoked.push(t.clone());
         i.access.remove(t);
+        // Revoking a refresh token ends its grant (RFC 7009 §2.1).
+        if let Some(family) = i.refresh.get(t).map(|r| r.family.clone()) {
+            i.revoked_families.insert(family);
+        }
     }
     StatusCode::OK
 }

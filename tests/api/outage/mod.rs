@@ -4,7 +4,9 @@
 //! Requests get a quick 503 `store_unavailable` with Retry-After, never a
 //! 500, and nothing is lost or half-written.
 
+mod ambiguous;
 mod deadlock;
+mod fault_proxy;
 mod postgres;
 mod sqlite;
 mod worker;

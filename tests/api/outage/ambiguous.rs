@@ -1,0 +1,61 @@
+//! The database that committed but whose answer never arrived: credgate
+//! reads what the store holds before it acts again, so a write that landed
+//! is a success and nothing is revoked or marked on that path.
+
+use reqwest::{Method, StatusCode};
+
+use super::fault_proxy::{FaultProxy, Withhold};
+use crate::helpers::{Backend, TestApp, TestDb};
+use crate::oauth::{connect, oauth_app};
+use crate::oauth_server::{AuthServer, Flavor};
+
+async fn stored_refresh_token(app: &TestApp, id: &str) -> String {
+    use secrecy::ExposeSecret;
+    let row = app.state.store.credential(&app.org.id, id).await.unwrap().unwrap();
+    let groups = app
+        .state
+        .vault
+        .open(&row.org_id, &row.id, &row.secret_ct, row.key_version)
+        .await
+        .unwrap();
+    groups["tokens"]
+        .get("refresh_token")
+        .unwrap()
+        .expose_secret()
+        .to_owned()
+}
+
+#[test]
+fn a_refresh_whose_commit_answer_is_lost_keeps_the_token_it_stored() {
+    crate::helpers::run_test(async {
+        let db = TestDb::new(Backend::Postgres).await;
+        let proxy = FaultProxy::start(&db.url).await;
+        let ms = AuthServer::start(Flavor::Microsoft).await;
+        let revocation = format!("{}/revoke", ms.base);
+        let app = oauth_app(&db, &[(&ms, "sharepoint")], |c| {
+            c.database_url = proxy.url.clone();
+            c.provider_overrides
+                .insert("CREDGATE_PROVIDER_SHAREPOINT_REVOCATION_URL".into(), revocation);
+        })
+        .await;
+        let id = connect(&app, "sharepoint", "").await["credential_id"].clone();
+        let path = format!("/integrations/credentials/{id}/refresh");
+
+        proxy.withhold_commit_after("UPDATE credentials SET secret_ct", Withhold::Close);
+        let (first, body) = app.call(Method::POST, &path, &app.org.admin, None).await;
+        let stored = stored_refresh_token(&app, &id).await;
+        // Give a background revocation time to reach the provider.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let (second, after) = app.call(Method::POST, &path, &app.org.admin, None).await;
+
+        assert_eq!(proxy.fired(), 1, "the refresh's COMMIT answer was withheld");
+        assert_eq!(first, StatusCode::OK, "{body}");
+        assert!(
+            !ms.with(|i| i.revoked.contains(&stored)),
+            "the refresh token it had stored was revoked"
+        );
+        assert_eq!(second, StatusCode::OK, "{after}");
+        assert_eq!(after["status"], "active");
+        assert_eq!(ms.with(|i| i.reuse_detected), 0);
+    });
+}
