@@ -52,7 +52,13 @@ impl Services {
     pub async fn init_with_clock(config: Config, clock: Clock) -> anyhow::Result<Self> {
         let registry = Registry::new(load_dir(&config.providers_dir, &config.provider_overrides)?);
         let store = connect_and_migrate(&config, clock.clone()).await?;
-        let keys = master_keys(&config, store.dialect())?;
+        if store.dialect() == Dialect::Postgres && store.commit_durability().await? == "off" {
+            tracing::warn!(
+                "PostgreSQL runs with synchronous_commit = off: a crash of its server may lose writes that \
+                 credgate answered as done (resolves' use records, rotated refresh tokens); set it to on"
+            );
+        }
+        let keys = master_keys(&config, &store).await?;
         let keyring = MasterKeyring::parse(&keys)?;
         let vault = Vault::new(keyring, store.clone());
         vault
@@ -80,12 +86,15 @@ pub async fn connect_and_migrate(config: &Config, clock: Clock) -> anyhow::Resul
 }
 
 /// `CREDGATE_MASTER_KEYS`, or with SQLite the key file beside the database
-/// (created with mode 0600 when missing). Postgres needs explicit keys.
-fn master_keys(config: &Config, dialect: Dialect) -> anyhow::Result<SecretString> {
+/// (created with mode 0600 when missing, and only beside a database that
+/// holds no organization yet: a new key could open none of their data keys,
+/// and a key file in the old one's place would only hide that it is gone).
+/// Postgres needs explicit keys.
+async fn master_keys(config: &Config, store: &Store) -> anyhow::Result<SecretString> {
     if let Some(keys) = &config.master_keys {
         return Ok(keys.clone());
     }
-    if dialect == Dialect::Postgres {
+    if store.dialect() == Dialect::Postgres {
         anyhow::bail!("CREDGATE_MASTER_KEYS is required with PostgreSQL (generate one with `credgate keys generate`)");
     }
     let Some(path) = key_file_path(&config.database_url) else {
@@ -96,6 +105,14 @@ fn master_keys(config: &Config, dialect: Dialect) -> anyhow::Result<SecretString
         let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
         tracing::warn!(file = %path.display(), "CREDGATE_MASTER_KEYS is not set; using the key file beside the database");
         return Ok(SecretString::from(text.trim().to_owned()));
+    }
+    if store.holds_organizations().await? {
+        anyhow::bail!(
+            "the master key file {} is missing, and the database already holds organizations whose data keys \
+             only their master key opens: restore the file from its backup, or set CREDGATE_MASTER_KEYS \
+             (no new key file was created)",
+            path.display()
+        );
     }
     let key = MasterKeyring::generate_key();
     let mut file = open_private(&path).with_context(|| format!("cannot create {}", path.display()))?;

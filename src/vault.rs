@@ -143,6 +143,15 @@ impl Vault {
         Ok(rows.len())
     }
 
+    /// The ids of master keys that wrap stored data keys but are not in this
+    /// replica's keyring (a replica left behind during a key rotation): the
+    /// organizations under them cannot be served here.
+    pub async fn missing_master_keys(&self) -> Result<Vec<String>, VaultError> {
+        let mut missing = self.store.master_kids_in_use().await?;
+        missing.retain(|kid| !self.keyring.has_kid(kid));
+        Ok(missing)
+    }
+
     /// Re-wraps every data key not yet under the primary master key. Each key
     /// is replaced on its own (compare-and-swap), so the command is safe while
     /// credgate serves and can simply be run again after an interruption.

@@ -109,6 +109,11 @@ impl MasterKeyring {
         SecretString::from(Fernet::generate_key())
     }
 
+    /// Is the master key with id `kid` in this keyring?
+    pub fn has_kid(&self, kid: &str) -> bool {
+        self.keys.iter().any(|k| k.kid == kid)
+    }
+
     /// Id of the key that encrypts.
     pub fn primary_kid(&self) -> &str {
         &self.keys[0].kid

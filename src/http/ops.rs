@@ -24,46 +24,64 @@ async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Readiness: the store is reachable
+/// Readiness: the store is reachable, and this replica's master keys open every stored data key
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200), (status = 503)))]
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let unready = |body: Value| (StatusCode::SERVICE_UNAVAILABLE, Json(body));
     if state.worker.stuck(state.now()) {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "the refresh worker is stuck"})),
-        );
+        return unready(json!({"status": "the refresh worker is stuck"}));
     }
-    if state.ready.store_reachable(&state.store, &state.metrics).await {
-        (StatusCode::OK, Json(json!({"status": "ready"})))
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "store unreachable"})),
-        )
+    match state.ready.check(&state).await {
+        Readiness::Ready => (StatusCode::OK, Json(json!({"status": "ready"}))),
+        Readiness::StoreUnreachable => unready(json!({"status": "store unreachable"})),
+        Readiness::KeysMissing(kids) => unready(json!({
+            "status": "master keys missing: data keys in the store are wrapped by master keys this replica \
+                       lacks (add them to CREDGATE_MASTER_KEYS)",
+            "missing_master_keys": kids,
+        })),
     }
 }
 
-/// The store's reachability, asked at most once a second.
+/// What `/readyz` found.
+#[derive(Debug, Clone)]
+enum Readiness {
+    Ready,
+    StoreUnreachable,
+    /// The ids of master keys that wrap stored data keys and that this
+    /// replica does not have.
+    KeysMissing(Vec<String>),
+}
+
+/// The last readiness check, made at most once a second.
 #[derive(Debug, Default)]
 pub struct ReadyCache {
-    last: tokio::sync::Mutex<Option<(std::time::Instant, bool)>>,
+    last: tokio::sync::Mutex<Option<(std::time::Instant, Readiness)>>,
 }
 
 impl ReadyCache {
-    async fn store_reachable(&self, store: &crate::store::Store, metrics: &crate::metrics::Metrics) -> bool {
+    async fn check(&self, state: &AppState) -> Readiness {
         let mut last = self.last.lock().await;
-        if let Some((at, ok)) = *last {
+        if let Some((at, found)) = &*last {
             if at.elapsed() < std::time::Duration::from_secs(1) {
-                return ok;
+                return found.clone();
             }
         }
-        metrics.readiness_checks.inc();
+        state.metrics.readiness_checks.inc();
         // Short of a second, so that `/readyz` answers within one.
-        let ok = tokio::time::timeout(std::time::Duration::from_millis(800), store.ping())
-            .await
-            .unwrap_or(false);
-        *last = Some((std::time::Instant::now(), ok));
-        ok
+        let found = tokio::time::timeout(std::time::Duration::from_millis(800), async {
+            if !state.store.ping().await {
+                return Readiness::StoreUnreachable;
+            }
+            match state.vault.missing_master_keys().await {
+                Ok(kids) if kids.is_empty() => Readiness::Ready,
+                Ok(kids) => Readiness::KeysMissing(kids),
+                Err(_) => Readiness::StoreUnreachable,
+            }
+        })
+        .await
+        .unwrap_or(Readiness::StoreUnreachable);
+        *last = Some((std::time::Instant::now(), found.clone()));
+        found
     }
 }
 

@@ -144,7 +144,7 @@ impl Store {
                     Box::pin(async move {
                         conn.execute(
                             format!(
-                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
                                  PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 15000; \
                                  PRAGMA soft_heap_limit = {SQLITE_HEAP_LIMIT};"
                             )
@@ -189,6 +189,24 @@ impl Store {
             flights: Default::default(),
             kept_reads: Default::default(),
             kept_uses: Default::default(),
+        })
+    }
+
+    /// How commits are made durable, as the database says for one of the
+    /// pool's connections: SQLite's `synchronous` (`2`: FULL, each commit
+    /// synced, durable through a power loss), PostgreSQL's
+    /// `synchronous_commit` (`off` may lose the last commits on a crash).
+    pub async fn commit_durability(&self) -> Result<String, StoreError> {
+        Ok(match self.dialect {
+            Dialect::Sqlite => sqlx::query_scalar::<_, i64>("PRAGMA synchronous")
+                .fetch_one(&self.pool)
+                .await?
+                .to_string(),
+            Dialect::Postgres => {
+                sqlx::query_scalar::<_, String>("SELECT current_setting('synchronous_commit')")
+                    .fetch_one(&self.pool)
+                    .await?
+            }
         })
     }
 

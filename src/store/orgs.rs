@@ -41,6 +41,15 @@ impl Store {
     }
 
     /// Does the organization exist?
+    /// Does the store hold any organization (and so data keys that only the
+    /// master key they were wrapped under can open)?
+    pub async fn holds_organizations(&self) -> Result<bool, StoreError> {
+        let any = sqlx::query("SELECT 1 FROM organizations LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(any.is_some())
+    }
+
     pub async fn org_exists(&self, id: &str) -> Result<bool, StoreError> {
         let row = sqlx::query("SELECT 1 FROM organizations WHERE id = $1")
             .bind(id)
@@ -119,6 +128,15 @@ impl Store {
                 kid: row.try_get(1)?,
             },
         })
+    }
+
+    /// The ids of the master keys that wrap the stored data keys.
+    pub async fn master_kids_in_use(&self) -> Result<Vec<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT DISTINCT master_kid FROM org_keys ORDER BY master_kid")
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     /// Every wrapped data key, optionally only those not wrapped by `except_kid`.

@@ -10,6 +10,7 @@ mod auth_limits;
 mod cli;
 mod connections;
 mod credentials;
+mod durability;
 mod generic;
 mod group_commit;
 mod group_retries;
