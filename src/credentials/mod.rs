@@ -6,6 +6,7 @@
 
 pub mod access;
 mod connect;
+mod idempotency;
 mod outcome;
 mod revoke;
 mod secrets;
@@ -13,6 +14,7 @@ mod sharing;
 mod write;
 
 pub use connect::{connect, Grant};
+pub use idempotency::{create_once, Created};
 pub use outcome::{record_refresh_failure, record_refreshed, record_test, Refreshed};
 pub use revoke::{revoke_token_set, revoke_tokens, revoke_tokens_later};
 pub use secrets::{CredentialSecrets, OAuthTokens};

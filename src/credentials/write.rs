@@ -5,10 +5,13 @@ use uuid::Uuid;
 
 use super::{access, check_name, provider_auth, rotated, CredentialSecrets, KEY_RETRIES};
 use crate::context::Context;
+use crate::crypto::SecretMap;
 use crate::error::Error;
 use crate::model::{Access, AuthKind, Principal};
 use crate::providers::{validate_for, FieldError};
-use crate::store::{AuditEvent, CredentialRow, NewCredential, Notification, PendingCreate, SecretWrite, StoreError};
+use crate::store::{
+    AuditEvent, CredentialRow, IdempotencyRecord, NewCredential, Notification, PendingCreate, SecretWrite, StoreError,
+};
 
 /// A new credential as submitted. `Debug` shows field names only.
 #[derive(Clone)]
@@ -58,6 +61,18 @@ fn names_json(secrets: &CredentialSecrets) -> String {
 /// [`super::connect`]); notifies `credential.created`. The creator owns it
 /// (a key without a user makes an organization credential).
 pub async fn create(ctx: &Context, who: &Principal, input: NewCredentialInput) -> Result<CredentialRow, Error> {
+    create_with(ctx, who, input, None).await
+}
+
+/// [`create`], keeping `idempotency` (the key and the request's
+/// fingerprint) in the create's own transaction: `Conflict(idempotency_key_taken)`
+/// when another create took the key meanwhile.
+pub(super) async fn create_with(
+    ctx: &Context,
+    who: &Principal,
+    input: NewCredentialInput,
+    idempotency: Option<(&str, &SecretMap)>,
+) -> Result<CredentialRow, Error> {
     let (org_id, actor) = (who.org_id.as_str(), who.actor());
     let actor = actor.as_str();
     let mut errors = Vec::new();
@@ -101,6 +116,18 @@ pub async fn create(ctx: &Context, who: &Principal, input: NewCredentialInput) -
     );
     for attempt in 0..KEY_RETRIES {
         let (secret_ct, key_version) = secrets.seal(&ctx.vault, org_id, &id).await?;
+        let idempotency = match idempotency {
+            Some((key, request)) => {
+                let subject = super::idempotency::subject(key);
+                let (request_ct, key_version) = ctx.vault.seal(org_id, &subject, &[("request", request)]).await?;
+                Some(IdempotencyRecord {
+                    key: key.to_owned(),
+                    request_ct,
+                    key_version,
+                })
+            }
+            None => None,
+        };
         let new = NewCredential {
             id: id.clone(),
             org_id: org_id.to_owned(),
@@ -119,10 +146,26 @@ pub async fn create(ctx: &Context, who: &Principal, input: NewCredentialInput) -
             default_limit: ctx.config.max_per_provider.into(),
             event: event.clone(),
             notify: notify.clone(),
+            idempotency,
         };
         match ctx.creates.submit(create).await {
             Ok(()) => break,
             Err(e) if rotated(&e, attempt) => continue,
+            Err(StoreError::IdempotencyKeyTaken) => {
+                return Err(Error::Conflict(
+                    "idempotency_key_taken",
+                    "another request with this Idempotency-Key was served meanwhile".into(),
+                ))
+            }
+            // The commit's answer may have been lost after it landed: what
+            // the store holds decides (the id is this create's own).
+            Err(e @ StoreError::Unavailable(_)) => match ctx.store.credential_exists(org_id, &id).await {
+                Ok(true) => {
+                    tracing::info!(credential = %id, "a create whose answer was lost had been written");
+                    break;
+                }
+                _ => return Err(e.into()),
+            },
             Err(StoreError::QuotaExceeded { limit }) => {
                 return Err(Error::QuotaExceeded {
                     provider: input.provider,

@@ -60,11 +60,13 @@ pub async fn try_refresh_due(ctx: &Context, batch: i64) -> Result<Step, Error> {
 /// Notifications are kept (for the events API) this long.
 pub const EVENT_RETENTION_SECS: i64 = 7 * 86_400;
 
-/// Housekeeping: deletes OAuth states that expired, and notifications past
-/// their retention; returns how many states went.
+/// Housekeeping: deletes OAuth states, page sessions and idempotency keys
+/// that expired, and notifications past their retention; returns how many
+/// states went.
 pub async fn purge_expired_states(ctx: &Context) -> Result<u64, Error> {
     ctx.store.purge_events(ctx.now() - EVENT_RETENTION_SECS).await?;
     ctx.store.purge_page_sessions(ctx.now()).await?;
+    ctx.store.purge_idempotency_keys(ctx.now()).await?;
     Ok(ctx.store.purge_oauth_states(ctx.now()).await?)
 }
 

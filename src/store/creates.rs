@@ -8,6 +8,7 @@
 
 use super::audit::{self, AuditEvent};
 use super::credentials::{insert_rows, NewCredential, Usage};
+use super::idempotency::{self, IdempotencyRecord};
 use super::outbox::{self, Notification};
 use super::quota::reserve_many;
 use super::{current_key, Store, StoreError};
@@ -20,6 +21,8 @@ pub struct PendingCreate {
     pub default_limit: i64,
     pub event: AuditEvent,
     pub notify: Notification,
+    /// The `Idempotency-Key` it came with, kept in its transaction.
+    pub idempotency: Option<IdempotencyRecord>,
 }
 
 impl Store {
@@ -87,6 +90,13 @@ impl Store {
         audit::insert_many(&mut tx, &events, t).await?;
         let notes: Vec<&Notification> = written.iter().map(|c| &c.notify).collect();
         outbox::insert_many(&mut tx, &notes, t).await?;
+        // A key taken meanwhile fails the group, which is then written one
+        // create at a time: only the create at fault fails.
+        for create in &written {
+            if let Some(record) = &create.idempotency {
+                idempotency::keep(&mut tx, &create.new.org_id, &create.new.id, record, t).await?;
+            }
+        }
         tx.commit().await?;
         Ok(outcomes)
     }

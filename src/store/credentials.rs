@@ -57,11 +57,15 @@ impl Store {
             default_limit,
             event,
             notify,
+            idempotency,
         } = create;
         let mut tx = self.begin_write().await?;
         check_key(&mut tx, self.dialect, &new.org_id, new.key_version).await?;
         let t = self.now();
         insert_row(&mut tx, new, t).await?;
+        if let Some(record) = idempotency {
+            super::idempotency::keep(&mut tx, &new.org_id, &new.id, record, t).await?;
+        }
         audit::insert(&mut tx, event, t).await?;
         outbox::insert(&mut tx, notify, t).await?;
         // Counted last: the counter row, which every create of this provider

@@ -24,6 +24,10 @@ pub enum StoreError {
     /// was removed): nothing was stored.
     #[error("the connection was ended before it finished: {0}")]
     FlowEnded(String),
+    /// The `Idempotency-Key` is already kept for another create (one that
+    /// raced this one): read what it names.
+    #[error("the idempotency key is already used")]
+    IdempotencyKeyTaken,
     /// A row that must exist does not.
     #[error("not found")]
     NotFound,
@@ -62,6 +66,7 @@ impl StoreError {
             Self::KeyRotated => Self::KeyRotated,
             Self::AccountTaken => Self::AccountTaken,
             Self::FlowEnded(why) => Self::FlowEnded(why.clone()),
+            Self::IdempotencyKeyTaken => Self::IdempotencyKeyTaken,
             Self::NotFound => Self::NotFound,
             Self::Corrupt { id, column } => Self::Corrupt { id: id.clone(), column },
             Self::Unavailable(e) => Self::Unavailable(words(e)),

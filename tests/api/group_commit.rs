@@ -301,6 +301,7 @@ async fn pending(app: &TestApp, org: &str, name: &str, key_version: Option<i64>)
         default_limit: 50,
         event: AuditEvent::success(org, &id, "credential.create", "test"),
         notify: Notification::new("credential.created", org, &id, "postgresql", json!({"name": name})),
+        idempotency: None,
     }
 }
 

@@ -15,6 +15,7 @@ mod generic;
 mod group_commit;
 mod group_retries;
 mod hardening;
+mod idempotency;
 mod limits;
 mod liveness;
 mod notifications;

@@ -9,7 +9,8 @@ pub mod view;
 pub use list::RenderedPages;
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -131,15 +132,30 @@ pub(crate) fn parse_id(id: &str) -> Result<String, ApiError> {
 /// Create a credential
 #[utoipa::path(post, path = "/integrations/credentials", tag = "credentials",
     request_body = CreateCredential,
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "kept 24 h per organization: a retry with the same key and body answers the first create again (with `Idempotent-Replayed: true`) and creates nothing more; another body is 422")),
     responses((status = 201, body = Credential), (status = 409, body = Problem), (status = 422, body = Problem)))]
 async fn create_credential(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<CreateCredential>,
-) -> Result<(StatusCode, Json<Credential>), ApiError> {
+) -> Result<Response, ApiError> {
     caller.require(&state, MANAGE, None).await?;
-    let row = credentials::create(&state, &caller, body.into()).await?;
-    Ok((StatusCode::CREATED, Json(Credential::new(&row, Access::Manage, &[]))))
+    let Some(key) = headers.get("idempotency-key") else {
+        let row = credentials::create(&state, &caller, body.into()).await?;
+        return Ok((StatusCode::CREATED, Json(Credential::new(&row, Access::Manage, &[]))).into_response());
+    };
+    let key = key
+        .to_str()
+        .map_err(|_| ApiError::from(crate::error::Error::field("Idempotency-Key", "must be visible ASCII")))?;
+    let created = credentials::create_once(&state, &caller, body.into(), key).await?;
+    let body = Json(Credential::new(&created.row, Access::Manage, &[]));
+    Ok(if created.replayed {
+        (StatusCode::CREATED, [("idempotent-replayed", "true")], body).into_response()
+    } else {
+        (StatusCode::CREATED, body).into_response()
+    })
 }
 
 /// Get a credential

@@ -6,6 +6,7 @@ use reqwest::{Method, StatusCode};
 
 use super::fault_proxy::{FaultProxy, Withhold};
 use crate::helpers::{Backend, TestApp, TestDb};
+use crate::idempotency::create_with_key;
 use crate::oauth::{connect, oauth_app};
 use crate::oauth_server::{AuthServer, Flavor};
 
@@ -57,5 +58,35 @@ fn a_refresh_whose_commit_answer_is_lost_keeps_the_token_it_stored() {
         assert_eq!(second, StatusCode::OK, "{after}");
         assert_eq!(after["status"], "active");
         assert_eq!(ms.with(|i| i.reuse_detected), 0);
+    });
+}
+
+#[test]
+fn a_create_whose_commit_answer_is_lost_is_made_once() {
+    crate::helpers::run_test(async {
+        let db = TestDb::new(Backend::Postgres).await;
+        let proxy = FaultProxy::start(&db.url).await;
+        let mut config = crate::helpers::test_config(&db);
+        config.database_url = proxy.url.clone();
+        let app = TestApp::spawn_with(config).await;
+        let body = crate::helpers::pg_body("lost answer", "pw");
+
+        proxy.withhold_commit_after("INSERT INTO credentials", Withhold::Close);
+        let (first, _, created) = create_with_key(&app, &app.org.admin, "retry-me", &body).await;
+        let (again, replayed, answered) = create_with_key(&app, &app.org.admin, "retry-me", &body).await;
+        let (_, list) = app
+            .call(Method::GET, "/integrations/credentials", &app.org.admin, None)
+            .await;
+
+        assert_eq!(proxy.fired(), 1, "the create's COMMIT answer was withheld");
+        assert_eq!(
+            first,
+            StatusCode::CREATED,
+            "the store was read before answering: {created}"
+        );
+        assert_eq!(again, StatusCode::CREATED);
+        assert!(replayed);
+        assert_eq!(answered["id"], created["id"]);
+        assert_eq!(list["total"], 1, "{list}");
     });
 }
