@@ -80,7 +80,8 @@ pub async fn connect_and_migrate(config: &Config, clock: Clock) -> anyhow::Resul
     let url = &config.database_url;
     let store = Store::connect_waiting(url, clock, config.store_lock_timeout)
         .await
-        .with_context(|| format!("cannot open the database {}", redact_url(url)))?;
+        .with_context(|| format!("cannot open the database {}", redact_url(url)))?
+        .with_op_timeout(config.db_timeout);
     store.migrate().await.context("cannot apply database migrations")?;
     Ok(store)
 }

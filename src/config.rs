@@ -112,6 +112,12 @@ pub struct Settings {
     /// Comma-separated CIDRs of reverse proxies whose `X-Forwarded-For` is believed.
     #[arg(long, env = "CREDGATE_TRUSTED_PROXIES", default_value = "", global = true)]
     pub trusted_proxies: String,
+    /// Seconds one store operation may take (a statement, a transaction,
+    /// waiting for a connection) before the request gets 503
+    /// `store_unavailable`: a database that stops answering without closing
+    /// the connection hangs nothing longer.
+    #[arg(long, env = "CREDGATE_DB_TIMEOUT_SECS", default_value_t = 10, global = true)]
+    pub db_timeout_secs: u64,
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(long, env = "CREDGATE_LOG", default_value = "info", global = true)]
     pub log: String,
@@ -156,6 +162,8 @@ pub struct Config {
     /// How long a PostgreSQL statement waits for another session's lock.
     /// Not a setting (always [`crate::store::LOCK_TIMEOUT`]); tests lower it.
     pub store_lock_timeout: std::time::Duration,
+    /// How long one store operation may take (`CREDGATE_DB_TIMEOUT_SECS`).
+    pub db_timeout: std::time::Duration,
 }
 
 /// Pending OAuth authorizations (states) an organization may have at once:
@@ -212,6 +220,7 @@ impl Config {
             trusted_proxies: s.trusted_proxies.clone(),
             max_pending_oauth: MAX_PENDING_OAUTH_PER_ORG,
             store_lock_timeout: crate::store::LOCK_TIMEOUT,
+            db_timeout: std::time::Duration::from_secs(s.db_timeout_secs.max(1)),
         }
     }
 
@@ -239,6 +248,7 @@ impl Config {
             max_connections: 1024,
             auth_failures_per_sec: 5,
             trusted_proxies: String::new(),
+            db_timeout_secs: 10,
             log: "info".into(),
             log_format: "text".into(),
         };

@@ -181,7 +181,14 @@ impl Writer for Creates {
     const MAX_BATCH: usize = 64;
 
     async fn write(&self, creates: Vec<PendingCreate>) -> Vec<Result<(), StoreError>> {
-        self.0.insert_credentials(&creates).await
+        match self
+            .0
+            .timed(async { Ok(self.0.insert_credentials(&creates).await) })
+            .await
+        {
+            Ok(outcomes) => outcomes,
+            Err(e) => creates.iter().map(|_| Err(e.duplicate())).collect(),
+        }
     }
 }
 
@@ -196,7 +203,14 @@ impl Writer for Refreshes {
     const MAX_BATCH: usize = 64;
 
     async fn write(&self, refreshes: Vec<PendingRefresh>) -> Vec<Result<bool, StoreError>> {
-        self.0.store_refreshed(&refreshes).await
+        match self
+            .0
+            .timed(async { Ok(self.0.store_refreshed(&refreshes).await) })
+            .await
+        {
+            Ok(outcomes) => outcomes,
+            Err(e) => refreshes.iter().map(|_| Err(e.duplicate())).collect(),
+        }
     }
 }
 

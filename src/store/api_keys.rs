@@ -74,142 +74,161 @@ impl Store {
         label: Option<&str>,
         expires_at: Option<i64>,
     ) -> Result<(), StoreError> {
-        self.execute_write(
-            sqlx::query(
-                "INSERT INTO api_keys (id, org_id, token_hash, role, user_id, label, created_at, expires_at, \
+        self.timed(async move {
+            self.execute_write(
+                sqlx::query(
+                    "INSERT INTO api_keys (id, org_id, token_hash, role, user_id, label, created_at, expires_at, \
                  token_format) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'v2')",
+                )
+                .bind(id)
+                .bind(org_id)
+                .bind(token_hash)
+                .bind(role.as_str())
+                .bind(user_id)
+                .bind(label)
+                .bind(self.now())
+                .bind(expires_at),
             )
-            .bind(id)
-            .bind(org_id)
-            .bind(token_hash)
-            .bind(role.as_str())
-            .bind(user_id)
-            .bind(label)
-            .bind(self.now())
-            .bind(expires_at),
-        )
-        .await?;
-        Ok(())
+            .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// The key a token hash belongs to, unless it was revoked or expired.
     pub async fn api_key_by_hash(&self, token_hash: &str) -> Result<Option<ApiKeyRow>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, org_id, role, user_id, expires_at FROM api_keys WHERE token_hash = $1 \
+        self.timed(async move {
+            let row = sqlx::query(
+                "SELECT id, org_id, role, user_id, expires_at FROM api_keys WHERE token_hash = $1 \
              AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2)",
-        )
-        .bind(token_hash)
-        .bind(self.now())
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let id: String = row.try_get(0)?;
-        let raw_role: String = row.try_get(2)?;
-        Ok(Some(ApiKeyRow {
-            role: role(&id, &raw_role)?,
-            id,
-            org_id: row.try_get(1)?,
-            user_id: row.try_get(3)?,
-            expires_at: row.try_get(4)?,
-        }))
+            )
+            .bind(token_hash)
+            .bind(self.now())
+            .fetch_optional(&self.pool)
+            .await?;
+            let Some(row) = row else { return Ok(None) };
+            let id: String = row.try_get(0)?;
+            let raw_role: String = row.try_get(2)?;
+            Ok(Some(ApiKeyRow {
+                role: role(&id, &raw_role)?,
+                id,
+                org_id: row.try_get(1)?,
+                user_id: row.try_get(3)?,
+                expires_at: row.try_get(4)?,
+            }))
+        })
+        .await
     }
 
     /// An organization's keys, newest first.
     pub async fn list_api_keys(&self, org_id: &str) -> Result<Vec<ApiKeyInfo>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, role, user_id, label, created_at, last_used_at, expires_at, revoked_at \
+        self.timed(async move {
+            let rows = sqlx::query(
+                "SELECT id, role, user_id, label, created_at, last_used_at, expires_at, revoked_at \
              FROM api_keys WHERE org_id = $1 ORDER BY created_at DESC, id",
-        )
-        .bind(org_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let id: String = r.try_get(0)?;
-                let raw_role: String = r.try_get(1)?;
-                Ok(ApiKeyInfo {
-                    role: role(&id, &raw_role)?,
-                    id,
-                    user_id: r.try_get(2)?,
-                    label: r.try_get(3)?,
-                    created_at: r.try_get(4)?,
-                    last_used_at: r.try_get(5)?,
-                    expires_at: r.try_get(6)?,
-                    revoked_at: r.try_get(7)?,
+            )
+            .bind(org_id)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    let id: String = r.try_get(0)?;
+                    let raw_role: String = r.try_get(1)?;
+                    Ok(ApiKeyInfo {
+                        role: role(&id, &raw_role)?,
+                        id,
+                        user_id: r.try_get(2)?,
+                        label: r.try_get(3)?,
+                        created_at: r.try_get(4)?,
+                        last_used_at: r.try_get(5)?,
+                        expires_at: r.try_get(6)?,
+                        revoked_at: r.try_get(7)?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
+        .await
     }
 
     /// Revokes a key, named by its id or by its token's hash, and ends the
     /// page sessions it opened, audited, in one transaction; returns its id
     /// and organization, `None` when there is no such unrevoked key.
     pub async fn revoke_api_key(&self, key: KeyRef<'_>, actor: &str) -> Result<Option<(String, String)>, StoreError> {
-        let (column, value) = match key {
-            KeyRef::Id(id) => ("id", id),
-            KeyRef::TokenHash(hash) => ("token_hash", hash),
-        };
-        let mut tx = self.begin_write().await?;
-        let t = self.now();
-        let row = sqlx::query(&format!(
-            "UPDATE api_keys SET revoked_at = $2 WHERE {column} = $1 AND revoked_at IS NULL RETURNING id, org_id"
-        ))
-        .bind(value)
-        .bind(t)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let (id, org_id): (String, String) = (row.try_get(0)?, row.try_get(1)?);
-        let sessions = sqlx::query("DELETE FROM page_sessions WHERE api_key_id = $1")
-            .bind(&id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        let event = AuditEvent::for_org(&org_id, "api_key.revoke", actor)
-            .with_detail(json!({"key_id": id, "page_sessions_ended": sessions}));
-        audit::insert(&mut tx, &event, t).await?;
-        tx.commit().await?;
-        Ok(Some((id, org_id)))
+        self.timed(async move {
+            let (column, value) = match key {
+                KeyRef::Id(id) => ("id", id),
+                KeyRef::TokenHash(hash) => ("token_hash", hash),
+            };
+            let mut tx = self.begin_write().await?;
+            let t = self.now();
+            let row = sqlx::query(&format!(
+                "UPDATE api_keys SET revoked_at = $2 WHERE {column} = $1 AND revoked_at IS NULL RETURNING id, org_id"
+            ))
+            .bind(value)
+            .bind(t)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = row else { return Ok(None) };
+            let (id, org_id): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+            let sessions = sqlx::query("DELETE FROM page_sessions WHERE api_key_id = $1")
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            let event = AuditEvent::for_org(&org_id, "api_key.revoke", actor)
+                .with_detail(json!({"key_id": id, "page_sessions_ended": sessions}));
+            audit::insert(&mut tx, &event, t).await?;
+            tx.commit().await?;
+            Ok(Some((id, org_id)))
+        })
+        .await
     }
 
     /// The hashes of unrevoked keys made before tokens had a checksum.
     pub async fn legacy_api_key_hashes(&self) -> Result<Vec<String>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT token_hash FROM api_keys WHERE token_format IS NULL AND revoked_at IS NULL")
-                .fetch_all(&self.pool)
-                .await?,
-        )
+        self.timed(async move {
+            Ok(
+                sqlx::query_scalar("SELECT token_hash FROM api_keys WHERE token_format IS NULL AND revoked_at IS NULL")
+                    .fetch_all(&self.pool)
+                    .await?,
+            )
+        })
+        .await
     }
 
     /// The installation's value `name`: the one stored, or `candidate`,
     /// stored now when there was none (the first of racing writers wins).
     pub async fn install_value(&self, name: &str, candidate: &str) -> Result<String, StoreError> {
-        let found: Option<String> = sqlx::query_scalar("SELECT value FROM install_values WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
-        if let Some(value) = found {
-            return Ok(value);
-        }
-        self.execute_write(
-            sqlx::query(
-                "INSERT INTO install_values (name, value, created_at) VALUES ($1, $2, $3) \
+        self.timed(async move {
+            let found: Option<String> = sqlx::query_scalar("SELECT value FROM install_values WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+            if let Some(value) = found {
+                return Ok(value);
+            }
+            self.execute_write(
+                sqlx::query(
+                    "INSERT INTO install_values (name, value, created_at) VALUES ($1, $2, $3) \
                  ON CONFLICT (name) DO NOTHING",
+                )
+                .bind(name)
+                .bind(candidate)
+                .bind(self.now()),
             )
-            .bind(name)
-            .bind(candidate)
-            .bind(self.now()),
-        )
-        .await?;
-        Ok(sqlx::query_scalar("SELECT value FROM install_values WHERE name = $1")
-            .bind(name)
-            .fetch_one(&self.pool)
-            .await?)
+            .await?;
+            Ok(sqlx::query_scalar("SELECT value FROM install_values WHERE name = $1")
+                .bind(name)
+                .fetch_one(&self.pool)
+                .await?)
+        })
+        .await
     }
 
     /// Records a key's use (callers coalesce: at most once a minute).
     pub async fn touch_api_key(&self, id: &str, at: i64) -> Result<(), StoreError> {
-        self.execute_write(
+        self.timed(async move {
+            self.execute_write(
             sqlx::query(
                 "UPDATE api_keys SET last_used_at = $2 WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)",
             )
@@ -217,6 +236,8 @@ impl Store {
             .bind(at),
         )
         .await?;
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 }

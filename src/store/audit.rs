@@ -182,10 +182,13 @@ pub(crate) async fn insert_many(
 impl Store {
     /// Records an event on its own (for events with no accompanying change).
     pub async fn audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
-        insert(&mut tx, event, self.now()).await?;
-        tx.commit().await?;
-        Ok(())
+        self.timed(async move {
+            let mut tx = self.begin_write().await?;
+            insert(&mut tx, event, self.now()).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Records `event` once per `coalesce_key`: the first time as a new row
@@ -193,46 +196,52 @@ impl Store {
     /// `count` by one, in the same single statement, so however many arrive
     /// at once (on however many replicas) each is counted exactly once.
     pub async fn audit_counted(&self, event: &AuditEvent, coalesce_key: &str) -> Result<(), StoreError> {
-        let raised = match self.dialect {
-            Dialect::Sqlite => {
-                "json_set(audit_events.detail, '$.count', \
+        self.timed(async move {
+            let raised = match self.dialect {
+                Dialect::Sqlite => {
+                    "json_set(audit_events.detail, '$.count', \
                  COALESCE(json_extract(audit_events.detail, '$.count'), 1) + 1)"
-            }
-            Dialect::Postgres => {
-                "jsonb_set(audit_events.detail::jsonb, '{count}', \
+                }
+                Dialect::Postgres => {
+                    "jsonb_set(audit_events.detail::jsonb, '{count}', \
                  to_jsonb(COALESCE((audit_events.detail::jsonb ->> 'count')::bigint, 1) + 1))::text"
-            }
-        };
-        let sql = format!(
-            "INSERT INTO audit_events (org_id, credential_id, action, outcome, actor, detail, at, coalesce_key) \
+                }
+            };
+            let sql = format!(
+                "INSERT INTO audit_events (org_id, credential_id, action, outcome, actor, detail, at, coalesce_key) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
              ON CONFLICT (coalesce_key) WHERE coalesce_key IS NOT NULL DO UPDATE SET detail = {raised}"
-        );
-        self.execute_write(
-            sqlx::query(&sql)
-                .bind(&event.org_id)
-                .bind(&event.credential_id)
-                .bind(event.action)
-                .bind(event.outcome)
-                .bind(&event.actor)
-                .bind(event.detail.as_ref().map(|d| d.to_string()))
-                .bind(self.now())
-                .bind(coalesce_key),
-        )
-        .await?;
-        Ok(())
+            );
+            self.execute_write(
+                sqlx::query(&sql)
+                    .bind(&event.org_id)
+                    .bind(&event.credential_id)
+                    .bind(event.action)
+                    .bind(event.outcome)
+                    .bind(&event.actor)
+                    .bind(event.detail.as_ref().map(|d| d.to_string()))
+                    .bind(self.now())
+                    .bind(coalesce_key),
+            )
+            .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Was this credential deleted (is there a `credential.delete` event)?
     pub async fn was_deleted(&self, org_id: &str, credential_id: &str) -> Result<bool, StoreError> {
-        let row = sqlx::query(
-            "SELECT 1 FROM audit_events WHERE org_id = $1 AND credential_id = $2 AND action = 'credential.delete'",
-        )
-        .bind(org_id)
-        .bind(credential_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.is_some())
+        self.timed(async move {
+            let row = sqlx::query(
+                "SELECT 1 FROM audit_events WHERE org_id = $1 AND credential_id = $2 AND action = 'credential.delete'",
+            )
+            .bind(org_id)
+            .bind(credential_id)
+            .fetch_optional(&self.pool)
+            .await?;
+            Ok(row.is_some())
+        })
+        .await
     }
 
     /// A credential's events, newest first (at most `limit`).
@@ -242,15 +251,18 @@ impl Store {
         credential_id: &str,
         limit: i64,
     ) -> Result<Vec<AuditRow>, StoreError> {
-        let rows: Vec<RawAuditRow> = sqlx::query_as(
-            "SELECT id, credential_id, action, outcome, actor, detail, at FROM audit_events \
+        self.timed(async move {
+            let rows: Vec<RawAuditRow> = sqlx::query_as(
+                "SELECT id, credential_id, action, outcome, actor, detail, at FROM audit_events \
              WHERE org_id = $1 AND credential_id = $2 ORDER BY id DESC LIMIT $3",
-        )
-        .bind(org_id)
-        .bind(credential_id)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter().map(AuditRow::try_from).collect()
+            )
+            .bind(org_id)
+            .bind(credential_id)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.into_iter().map(AuditRow::try_from).collect()
+        })
+        .await
     }
 }

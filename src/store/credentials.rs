@@ -52,50 +52,59 @@ impl Store {
     /// is reached: its counter row is raised in the statement that checks
     /// the limit, so concurrent creates on any replica count exactly.
     pub async fn insert_credential(&self, create: &PendingCreate) -> Result<(), StoreError> {
-        let PendingCreate {
-            new,
-            default_limit,
-            event,
-            notify,
-            idempotency,
-        } = create;
-        let mut tx = self.begin_write().await?;
-        check_key(&mut tx, self.dialect, &new.org_id, new.key_version).await?;
-        let t = self.now();
-        insert_row(&mut tx, new, t).await?;
-        if let Some(record) = idempotency {
-            super::idempotency::keep(&mut tx, &new.org_id, &new.id, record, t).await?;
-        }
-        audit::insert(&mut tx, event, t).await?;
-        outbox::insert(&mut tx, notify, t).await?;
-        // Counted last: the counter row, which every create of this provider
-        // in this organization waits for, is locked only from here to the
-        // commit. A refusal rolls back what was written before it.
-        reserve(&mut tx, &new.org_id, &new.provider, *default_limit).await?;
-        tx.commit().await?;
-        Ok(())
+        self.timed(async move {
+            let PendingCreate {
+                new,
+                default_limit,
+                event,
+                notify,
+                idempotency,
+            } = create;
+            let mut tx = self.begin_write().await?;
+            check_key(&mut tx, self.dialect, &new.org_id, new.key_version).await?;
+            let t = self.now();
+            insert_row(&mut tx, new, t).await?;
+            if let Some(record) = idempotency {
+                super::idempotency::keep(&mut tx, &new.org_id, &new.id, record, t).await?;
+            }
+            audit::insert(&mut tx, event, t).await?;
+            outbox::insert(&mut tx, notify, t).await?;
+            // Counted last: the counter row, which every create of this provider
+            // in this organization waits for, is locked only from here to the
+            // commit. A refusal rolls back what was written before it.
+            reserve(&mut tx, &new.org_id, &new.provider, *default_limit).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     /// One credential of one organization.
     pub async fn credential(&self, org_id: &str, id: &str) -> Result<Option<CredentialRow>, StoreError> {
-        let raw: Option<Raw> = sqlx::query_as(&format!(
-            "SELECT {READ_COLUMNS} FROM credentials WHERE org_id = $1 AND id = $2"
-        ))
-        .bind(org_id)
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        raw.map(CredentialRow::try_from).transpose()
-    }
-
-    /// Does credential `id` exist in organization `org_id`?
-    pub async fn credential_exists(&self, org_id: &str, id: &str) -> Result<bool, StoreError> {
-        let row = sqlx::query("SELECT 1 FROM credentials WHERE org_id = $1 AND id = $2")
+        self.timed(async move {
+            let raw: Option<Raw> = sqlx::query_as(&format!(
+                "SELECT {READ_COLUMNS} FROM credentials WHERE org_id = $1 AND id = $2"
+            ))
             .bind(org_id)
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.is_some())
+            raw.map(CredentialRow::try_from).transpose()
+        })
+        .await
+    }
+
+    /// Does credential `id` exist in organization `org_id`?
+    pub async fn credential_exists(&self, org_id: &str, id: &str) -> Result<bool, StoreError> {
+        self.timed(async move {
+            let row = sqlx::query("SELECT 1 FROM credentials WHERE org_id = $1 AND id = $2")
+                .bind(org_id)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+            Ok(row.is_some())
+        })
+        .await
     }
 
     /// Renames and/or replaces the fields of a credential; returns the new
@@ -109,53 +118,56 @@ impl Store {
         secrets: Option<&SecretWrite>,
         event: &AuditEvent,
     ) -> Result<CredentialRow, StoreError> {
-        let mut tx = self.begin_write().await?;
-        if let Some(s) = secrets {
-            check_key(&mut tx, self.dialect, org_id, s.key_version).await?;
-        }
-        let t = self.now();
-        let done = sqlx::query(
-            "UPDATE credentials SET name = COALESCE($3, name), fields = COALESCE($4, fields), \
+        self.timed(async move {
+            let mut tx = self.begin_write().await?;
+            if let Some(s) = secrets {
+                check_key(&mut tx, self.dialect, org_id, s.key_version).await?;
+            }
+            let t = self.now();
+            let done = sqlx::query(
+                "UPDATE credentials SET name = COALESCE($3, name), fields = COALESCE($4, fields), \
              secret_names = COALESCE($5, secret_names), secret_ct = COALESCE($6, secret_ct), \
              key_version = COALESCE($7, key_version), \
              secret_version = CASE WHEN $6 IS NULL THEN secret_version ELSE secret_version + 1 END, \
              updated_at = $8 WHERE org_id = $1 AND id = $2 \
              AND ($9 IS NULL OR (secret_version = $9 AND (lease_until IS NULL OR lease_until < $8)))",
-        )
-        .bind(org_id)
-        .bind(id)
-        .bind(name)
-        .bind(secrets.map(|s| s.fields.as_str()))
-        .bind(secrets.map(|s| s.secret_names.as_str()))
-        .bind(secrets.map(|s| s.secret_ct.as_str()))
-        .bind(secrets.map(|s| s.key_version))
-        .bind(t)
-        .bind(secrets.map(|s| s.expected_version))
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
-            let exists = sqlx::query("SELECT 1 FROM credentials WHERE org_id = $1 AND id = $2")
-                .bind(org_id)
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .is_some();
-            return Err(if exists {
-                StoreError::Conflict
-            } else {
-                StoreError::NotFound
-            });
-        }
-        audit::insert(&mut tx, event, t).await?;
-        let raw: Raw = sqlx::query_as(&format!(
-            "SELECT {READ_COLUMNS} FROM credentials WHERE org_id = $1 AND id = $2"
-        ))
-        .bind(org_id)
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        CredentialRow::try_from(raw)
+            )
+            .bind(org_id)
+            .bind(id)
+            .bind(name)
+            .bind(secrets.map(|s| s.fields.as_str()))
+            .bind(secrets.map(|s| s.secret_names.as_str()))
+            .bind(secrets.map(|s| s.secret_ct.as_str()))
+            .bind(secrets.map(|s| s.key_version))
+            .bind(t)
+            .bind(secrets.map(|s| s.expected_version))
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 0 {
+                let exists = sqlx::query("SELECT 1 FROM credentials WHERE org_id = $1 AND id = $2")
+                    .bind(org_id)
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .is_some();
+                return Err(if exists {
+                    StoreError::Conflict
+                } else {
+                    StoreError::NotFound
+                });
+            }
+            audit::insert(&mut tx, event, t).await?;
+            let raw: Raw = sqlx::query_as(&format!(
+                "SELECT {READ_COLUMNS} FROM credentials WHERE org_id = $1 AND id = $2"
+            ))
+            .bind(org_id)
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            CredentialRow::try_from(raw)
+        })
+        .await
     }
 
     /// Re-seals one credential's secrets under a new data key (rotation),
@@ -169,12 +181,15 @@ impl Store {
         new_ct: &str,
         key_version: i64,
     ) -> Result<bool, StoreError> {
-        self.reseal(
+        self.timed(async move {
+            self.reseal(
             "UPDATE credentials SET secret_ct = $1, key_version = $2 WHERE org_id = $3 AND id = $4 AND secret_ct = $5",
             (org_id, id),
             (old_ct, new_ct),
             key_version,
         )
+        .await
+        })
         .await
     }
 
@@ -189,18 +204,21 @@ impl Store {
         (old_ct, new_ct): (&str, &str),
         key_version: i64,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.begin_write().await?;
-        check_key(&mut tx, self.dialect, org_id, key_version).await?;
-        let done = sqlx::query(update)
-            .bind(new_ct)
-            .bind(key_version)
-            .bind(org_id)
-            .bind(key)
-            .bind(old_ct)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(done.rows_affected() == 1)
+        self.timed(async move {
+            let mut tx = self.begin_write().await?;
+            check_key(&mut tx, self.dialect, org_id, key_version).await?;
+            let done = sqlx::query(update)
+                .bind(new_ct)
+                .bind(key_version)
+                .bind(org_id)
+                .bind(key)
+                .bind(old_ct)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(done.rows_affected() == 1)
+        })
+        .await
     }
 
     /// Credentials of an organization sealed under a key older than `version`.
@@ -211,17 +229,20 @@ impl Store {
         after_id: &str,
         limit: i64,
     ) -> Result<Vec<CredentialRow>, StoreError> {
-        let rows: Vec<Raw> = sqlx::query_as(&format!(
-            "SELECT {READ_COLUMNS} FROM credentials WHERE org_id = $1 AND key_version < $2 AND id > $4 \
+        self.timed(async move {
+            let rows: Vec<Raw> = sqlx::query_as(&format!(
+                "SELECT {READ_COLUMNS} FROM credentials WHERE org_id = $1 AND key_version < $2 AND id > $4 \
              ORDER BY id LIMIT $3"
-        ))
-        .bind(org_id)
-        .bind(version)
-        .bind(limit)
-        .bind(after_id)
-        .fetch_all(&self.pool)
-        .await?;
-        typed(rows)
+            ))
+            .bind(org_id)
+            .bind(version)
+            .bind(limit)
+            .bind(after_id)
+            .fetch_all(&self.pool)
+            .await?;
+            typed(rows)
+        })
+        .await
     }
 
     /// Deletes credentials by id, auditing each; returns the deleted rows.
@@ -231,36 +252,39 @@ impl Store {
         ids: &[String],
         actor: &str,
     ) -> Result<Vec<CredentialRow>, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let t = self.now();
-        let mut deleted = Vec::new();
-        for id in ids {
-            let raw: Option<Raw> = sqlx::query_as(&format!(
-                "DELETE FROM credentials WHERE org_id = $1 AND id = $2 RETURNING {READ_COLUMNS}"
-            ))
-            .bind(org_id)
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(raw) = raw {
-                let row = CredentialRow::try_from(raw)?;
-                release(&mut tx, org_id, &row.provider).await?;
-                let event = AuditEvent::success(org_id, id, "credential.delete", actor)
-                    .with_detail(serde_json::json!({"provider": row.provider, "name": row.name}));
-                audit::insert(&mut tx, &event, t).await?;
-                let notify = Notification::new(
-                    "credential.deleted",
-                    org_id,
-                    id,
-                    &row.provider,
-                    serde_json::json!({"name": row.name}),
-                );
-                outbox::insert(&mut tx, &notify, t).await?;
-                deleted.push(row);
+        self.timed(async move {
+            let mut tx = self.begin_write().await?;
+            let t = self.now();
+            let mut deleted = Vec::new();
+            for id in ids {
+                let raw: Option<Raw> = sqlx::query_as(&format!(
+                    "DELETE FROM credentials WHERE org_id = $1 AND id = $2 RETURNING {READ_COLUMNS}"
+                ))
+                .bind(org_id)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(raw) = raw {
+                    let row = CredentialRow::try_from(raw)?;
+                    release(&mut tx, org_id, &row.provider).await?;
+                    let event = AuditEvent::success(org_id, id, "credential.delete", actor)
+                        .with_detail(serde_json::json!({"provider": row.provider, "name": row.name}));
+                    audit::insert(&mut tx, &event, t).await?;
+                    let notify = Notification::new(
+                        "credential.deleted",
+                        org_id,
+                        id,
+                        &row.provider,
+                        serde_json::json!({"name": row.name}),
+                    );
+                    outbox::insert(&mut tx, &notify, t).await?;
+                    deleted.push(row);
+                }
             }
-        }
-        tx.commit().await?;
-        Ok(deleted)
+            tx.commit().await?;
+            Ok(deleted)
+        })
+        .await
     }
 
     /// Records the outcome of a connection test. The status moves as
@@ -273,45 +297,48 @@ impl Store {
         passed: bool,
         last_error: Option<&super::LastError>,
     ) -> Result<CredentialStatus, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let t = self.now();
-        // The new status per current one comes from the domain's transition
-        // table (`after_test`), applied in the statement so a concurrent
-        // status change is never overwritten with a stale one. A status no
-        // test can change (`needs_reauth`) keeps its last error too.
-        let mut status_case = String::from("CASE status");
-        let mut immune = Vec::new();
-        for from in CredentialStatus::ALL {
-            let to = from.after_test(passed);
-            status_case.push_str(&format!(" WHEN '{}' THEN '{}'", from.as_str(), to.as_str()));
-            if from.after_test(true) == from && from.after_test(false) == from {
-                immune.push(format!("'{}'", from.as_str()));
+        self.timed(async move {
+            let mut tx = self.begin_write().await?;
+            let t = self.now();
+            // The new status per current one comes from the domain's transition
+            // table (`after_test`), applied in the statement so a concurrent
+            // status change is never overwritten with a stale one. A status no
+            // test can change (`needs_reauth`) keeps its last error too.
+            let mut status_case = String::from("CASE status");
+            let mut immune = Vec::new();
+            for from in CredentialStatus::ALL {
+                let to = from.after_test(passed);
+                status_case.push_str(&format!(" WHEN '{}' THEN '{}'", from.as_str(), to.as_str()));
+                if from.after_test(true) == from && from.after_test(false) == from {
+                    immune.push(format!("'{}'", from.as_str()));
+                }
             }
-        }
-        let error_case = match immune.is_empty() {
-            true => "$3".to_owned(),
-            false => format!(
-                "CASE WHEN status IN ({}) THEN last_error ELSE $3 END",
-                immune.join(", ")
-            ),
-        };
-        let row = sqlx::query(&format!(
-            "UPDATE credentials SET status = {status_case} ELSE status END, last_error = {error_case}, \
+            let error_case = match immune.is_empty() {
+                true => "$3".to_owned(),
+                false => format!(
+                    "CASE WHEN status IN ({}) THEN last_error ELSE $3 END",
+                    immune.join(", ")
+                ),
+            };
+            let row = sqlx::query(&format!(
+                "UPDATE credentials SET status = {status_case} ELSE status END, last_error = {error_case}, \
              last_tested_at = $4, updated_at = $4 WHERE org_id = $1 AND id = $2 RETURNING status"
-        ))
-        .bind(org_id)
-        .bind(id)
-        .bind(last_error.map(|e| serde_json::to_string(e).expect("serializes")))
-        .bind(t)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::NotFound)?;
-        tx.commit().await?;
-        let status: String = row.try_get(0)?;
-        CredentialStatus::parse(&status).ok_or(StoreError::Corrupt {
-            id: id.to_owned(),
-            column: "status",
+            ))
+            .bind(org_id)
+            .bind(id)
+            .bind(last_error.map(|e| serde_json::to_string(e).expect("serializes")))
+            .bind(t)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+            tx.commit().await?;
+            let status: String = row.try_get(0)?;
+            CredentialStatus::parse(&status).ok_or(StoreError::Corrupt {
+                id: id.to_owned(),
+                column: "status",
+            })
         })
+        .await
     }
 }
 

@@ -30,23 +30,26 @@ pub struct KeptRequest {
 impl Store {
     /// The create `key` named in `org_id` within the last 24 hours, if any.
     pub async fn kept_request(&self, org_id: &str, key: &str) -> Result<Option<KeptRequest>, StoreError> {
-        let row = sqlx::query(
-            "SELECT credential_id, request_ct, key_version FROM idempotency_keys \
+        self.timed(async move {
+            let row = sqlx::query(
+                "SELECT credential_id, request_ct, key_version FROM idempotency_keys \
              WHERE org_id = $1 AND idem_key = $2 AND created_at > $3",
-        )
-        .bind(org_id)
-        .bind(key)
-        .bind(self.now() - IDEMPOTENCY_TTL_SECS)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| {
-            Ok(KeptRequest {
-                credential_id: r.try_get(0)?,
-                request_ct: r.try_get(1)?,
-                key_version: r.try_get(2)?,
+            )
+            .bind(org_id)
+            .bind(key)
+            .bind(self.now() - IDEMPOTENCY_TTL_SECS)
+            .fetch_optional(&self.pool)
+            .await?;
+            row.map(|r| {
+                Ok(KeptRequest {
+                    credential_id: r.try_get(0)?,
+                    request_ct: r.try_get(1)?,
+                    key_version: r.try_get(2)?,
+                })
             })
+            .transpose()
         })
-        .transpose()
+        .await
     }
 
     /// Deletes the keys older than 24 hours before `now`; returns how many.

@@ -38,17 +38,20 @@ impl Store {
         kept: &Kept,
         statements: impl AsyncFnOnce(&mut AnyConnection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut slot = kept.0.lock().await;
-        let (mut conn, since) = match slot.take() {
-            Some((conn, since)) if since.elapsed() < KEPT_FOR => (conn, since),
-            _ => (self.pool.acquire().await?, Instant::now()),
-        };
-        let outcome = statements(&mut conn).await;
-        // After an outage the connection may be broken: it goes back to the
-        // pool, and the next caller takes a fresh one.
-        if !matches!(outcome, Err(StoreError::Unavailable(_))) {
-            *slot = Some((conn, since));
-        }
-        outcome
+        self.timed(async move {
+            let mut slot = kept.0.lock().await;
+            let (mut conn, since) = match slot.take() {
+                Some((conn, since)) if since.elapsed() < KEPT_FOR => (conn, since),
+                _ => (self.pool.acquire().await?, Instant::now()),
+            };
+            let outcome = statements(&mut conn).await;
+            // After an outage the connection may be broken: it goes back to the
+            // pool, and the next caller takes a fresh one.
+            if !matches!(outcome, Err(StoreError::Unavailable(_))) {
+                *slot = Some((conn, since));
+            }
+            outcome
+        })
+        .await
     }
 }

@@ -89,9 +89,11 @@ pub(crate) fn values(rows: usize, cols: usize) -> String {
 
 /// How long a PostgreSQL statement waits for a lock another session holds
 /// before it gives up (`lock_timeout`; then 503 with Retry-After): as long
-/// as SQLite's busy timeout. Without it, a session that held a lock for
-/// ever kept every writer behind it, and its pool connection, waiting.
-pub const LOCK_TIMEOUT: Duration = Duration::from_secs(15);
+/// as SQLite's busy timeout, and shorter than an operation's own limit
+/// ([`OP_TIMEOUT`]), so that a wait for a lock ends as such. Without it, a
+/// session that held a lock for ever kept every writer behind it, and its
+/// pool connection, waiting.
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// The store: a connection pool, its dialect and the clock.
 #[derive(Debug, Clone)]
@@ -113,9 +115,49 @@ pub struct Store {
     /// grouped uses.
     kept_reads: std::sync::Arc<kept::Kept>,
     kept_uses: std::sync::Arc<kept::Kept>,
+    /// How long one operation may take ([`Store::timed`]).
+    op_timeout: Duration,
 }
 
+/// How long one store operation may take unless configured
+/// (`CREDGATE_DB_TIMEOUT_SECS`).
+pub const OP_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Store {
+    /// The same store with another limit on each operation.
+    pub fn with_op_timeout(self, limit: Duration) -> Self {
+        Self {
+            op_timeout: limit,
+            ..self
+        }
+    }
+
+    /// Runs one store operation within the store's time limit. A database
+    /// that stops answering without closing the connection (a dead peer, a
+    /// firewall that drops) would otherwise hold the request, and the group
+    /// writers behind it, for as long as TCP takes to notice: past the
+    /// limit it is `Unavailable` (503 with Retry-After). What the operation
+    /// had begun is dropped: its transaction is rolled back, or its
+    /// connection closed.
+    pub(crate) async fn timed<T>(
+        &self,
+        operation: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.op_timeout, operation).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                tracing::warn!(
+                    limit_secs = self.op_timeout.as_secs_f32(),
+                    "a store operation took longer than its limit"
+                );
+                Err(StoreError::Unavailable(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the database did not answer within the store's time limit",
+                ))))
+            }
+        }
+    }
+
     /// Connects to `sqlite://…` (the file is created when missing) or `postgres://…`.
     pub async fn connect(url: &str, clock: Clock) -> Result<Self, sqlx::Error> {
         Self::connect_waiting(url, clock, LOCK_TIMEOUT).await
@@ -147,7 +189,7 @@ impl Store {
                         conn.execute(
                             format!(
                                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                                 PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 15000; \
+                                 PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 8000; \
                                  PRAGMA soft_heap_limit = {SQLITE_HEAP_LIMIT};"
                             )
                             .as_str(),
@@ -191,6 +233,7 @@ impl Store {
             flights: Default::default(),
             kept_reads: Default::default(),
             kept_uses: Default::default(),
+            op_timeout: OP_TIMEOUT,
         })
     }
 

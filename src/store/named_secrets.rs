@@ -59,33 +59,34 @@ impl Store {
     /// since the value was sealed. Audited (`secret.put`) in the same
     /// transaction.
     pub async fn put_named_secret(&self, org_id: &str, put: &SecretPut<'_>) -> Result<(bool, SecretMeta), StoreError> {
-        let mut tx = self.begin_write().await?;
-        lock_org(&mut tx, org_id).await?;
-        check_key(&mut tx, self.dialect, org_id, put.key_version).await?;
-        let t = self.now();
-        let replaced = sqlx::query(
-            "UPDATE named_secrets SET value_ct = $3, key_version = $4, updated_at = $5 \
+        self.timed(async move {
+            let mut tx = self.begin_write().await?;
+            lock_org(&mut tx, org_id).await?;
+            check_key(&mut tx, self.dialect, org_id, put.key_version).await?;
+            let t = self.now();
+            let replaced = sqlx::query(
+                "UPDATE named_secrets SET value_ct = $3, key_version = $4, updated_at = $5 \
              WHERE org_id = $1 AND name = $2",
-        )
-        .bind(org_id)
-        .bind(put.name)
-        .bind(put.value_ct)
-        .bind(put.key_version)
-        .bind(t)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !replaced {
-            let count: i64 = sqlx::query("SELECT COUNT(*) FROM named_secrets WHERE org_id = $1")
-                .bind(org_id)
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get(0)?;
-            if count >= put.limit {
-                return Err(StoreError::QuotaExceeded { limit: put.limit });
-            }
-            sqlx::query(
+            )
+            .bind(org_id)
+            .bind(put.name)
+            .bind(put.value_ct)
+            .bind(put.key_version)
+            .bind(t)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if !replaced {
+                let count: i64 = sqlx::query("SELECT COUNT(*) FROM named_secrets WHERE org_id = $1")
+                    .bind(org_id)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get(0)?;
+                if count >= put.limit {
+                    return Err(StoreError::QuotaExceeded { limit: put.limit });
+                }
+                sqlx::query(
                 "INSERT INTO named_secrets (org_id, name, value_ct, key_version, created_by, created_at, updated_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $6)",
             )
@@ -97,63 +98,74 @@ impl Store {
             .bind(t)
             .execute(&mut *tx)
             .await?;
-        }
-        let event = AuditEvent::for_secret(org_id, put.name, "secret.put", put.actor)
-            .with_detail(serde_json::json!({"name": put.name, "created": !replaced}));
-        audit::insert(&mut tx, &event, t).await?;
-        let meta: SecretMeta = sqlx::query_as(&format!(
-            "SELECT {META_COLUMNS} FROM named_secrets WHERE org_id = $1 AND name = $2"
-        ))
-        .bind(org_id)
-        .bind(put.name)
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok((!replaced, meta))
+            }
+            let event = AuditEvent::for_secret(org_id, put.name, "secret.put", put.actor)
+                .with_detail(serde_json::json!({"name": put.name, "created": !replaced}));
+            audit::insert(&mut tx, &event, t).await?;
+            let meta: SecretMeta = sqlx::query_as(&format!(
+                "SELECT {META_COLUMNS} FROM named_secrets WHERE org_id = $1 AND name = $2"
+            ))
+            .bind(org_id)
+            .bind(put.name)
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok((!replaced, meta))
+        })
+        .await
     }
 
     /// An organization's named secrets, by name (at most `limit`).
     pub async fn named_secrets(&self, org_id: &str, limit: i64) -> Result<Vec<SecretMeta>, StoreError> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {META_COLUMNS} FROM named_secrets WHERE org_id = $1 ORDER BY name LIMIT $2"
-        ))
-        .bind(org_id)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
+        self.timed(async move {
+            Ok(sqlx::query_as(&format!(
+                "SELECT {META_COLUMNS} FROM named_secrets WHERE org_id = $1 ORDER BY name LIMIT $2"
+            ))
+            .bind(org_id)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
+        })
+        .await
     }
 
     /// Deletes a named secret (audited, `secret.delete`); `false` if there was none.
     pub async fn delete_named_secret(&self, org_id: &str, name: &str, actor: &str) -> Result<bool, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let done = sqlx::query("DELETE FROM named_secrets WHERE org_id = $1 AND name = $2")
-            .bind(org_id)
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        let event = AuditEvent::for_secret(org_id, name, "secret.delete", actor);
-        audit::insert(&mut tx, &event, self.now()).await?;
-        tx.commit().await?;
-        Ok(true)
+        self.timed(async move {
+            let mut tx = self.begin_write().await?;
+            let done = sqlx::query("DELETE FROM named_secrets WHERE org_id = $1 AND name = $2")
+                .bind(org_id)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+            if done.rows_affected() == 0 {
+                return Ok(false);
+            }
+            let event = AuditEvent::for_secret(org_id, name, "secret.delete", actor);
+            audit::insert(&mut tx, &event, self.now()).await?;
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await
     }
 
     /// The sealed values of those of `names` that exist, in one read.
     pub async fn sealed_secrets(&self, org_id: &str, names: &[String]) -> Result<Vec<SealedSecret>, StoreError> {
-        if names.is_empty() {
-            return Ok(Vec::new());
-        }
-        let sql = format!(
+        self.timed(async move {
+            if names.is_empty() {
+                return Ok(Vec::new());
+            }
+            let sql = format!(
             "SELECT name, value_ct, key_version FROM named_secrets WHERE org_id = $1 AND name IN ({}) ORDER BY name",
             placeholders(2, names.len())
         );
-        let mut query = sqlx::query_as(&sql).bind(org_id);
-        for name in names {
-            query = query.bind(name);
-        }
-        Ok(query.fetch_all(&self.pool).await?)
+            let mut query = sqlx::query_as(&sql).bind(org_id);
+            for name in names {
+                query = query.bind(name);
+            }
+            Ok(query.fetch_all(&self.pool).await?)
+        })
+        .await
     }
 
     /// Records uses of named secrets: `last_used_at` and one `secret.resolve`
@@ -165,36 +177,39 @@ impl Store {
         names: &[String],
         actor: &str,
     ) -> Result<Vec<String>, StoreError> {
-        if names.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut tx = self.begin_write().await?;
-        let t = self.now();
-        let sql = format!(
-            "UPDATE named_secrets SET last_used_at = $2 WHERE org_id = $1 AND name IN ({}) RETURNING name",
-            placeholders(3, names.len())
-        );
-        let mut query = sqlx::query(&sql).bind(org_id).bind(t);
-        for name in names {
-            query = query.bind(name);
-        }
-        let mut used: Vec<String> = query
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?;
-        used.sort();
-        for name in &used {
-            audit::insert(
-                &mut tx,
-                &AuditEvent::for_secret(org_id, name, "secret.resolve", actor),
-                t,
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(used)
+        self.timed(async move {
+            if names.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut tx = self.begin_write().await?;
+            let t = self.now();
+            let sql = format!(
+                "UPDATE named_secrets SET last_used_at = $2 WHERE org_id = $1 AND name IN ({}) RETURNING name",
+                placeholders(3, names.len())
+            );
+            let mut query = sqlx::query(&sql).bind(org_id).bind(t);
+            for name in names {
+                query = query.bind(name);
+            }
+            let mut used: Vec<String> = query
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?;
+            used.sort();
+            for name in &used {
+                audit::insert(
+                    &mut tx,
+                    &AuditEvent::for_secret(org_id, name, "secret.resolve", actor),
+                    t,
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(used)
+        })
+        .await
     }
 
     /// Named secrets of an organization sealed under a key older than `version`.
@@ -205,16 +220,19 @@ impl Store {
         after_name: &str,
         limit: i64,
     ) -> Result<Vec<SealedSecret>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT name, value_ct, key_version FROM named_secrets \
+        self.timed(async move {
+            Ok(sqlx::query_as(
+                "SELECT name, value_ct, key_version FROM named_secrets \
              WHERE org_id = $1 AND key_version < $2 AND name > $4 ORDER BY name LIMIT $3",
-        )
-        .bind(org_id)
-        .bind(version)
-        .bind(limit)
-        .bind(after_name)
-        .fetch_all(&self.pool)
-        .await?)
+            )
+            .bind(org_id)
+            .bind(version)
+            .bind(limit)
+            .bind(after_name)
+            .fetch_all(&self.pool)
+            .await?)
+        })
+        .await
     }
 
     /// Re-seals one named secret under a new data key (rotation), only if its
@@ -227,12 +245,15 @@ impl Store {
         new_ct: &str,
         key_version: i64,
     ) -> Result<bool, StoreError> {
+        self.timed(async move {
         self.reseal(
             "UPDATE named_secrets SET value_ct = $1, key_version = $2 WHERE org_id = $3 AND name = $4 AND value_ct = $5",
             (org_id, name),
             (old_ct, new_ct),
             key_version,
         )
+        .await
+    })
         .await
     }
 }

@@ -74,18 +74,19 @@ impl Store {
         row: &OAuthStateRow,
         max_pending: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
-        lock_org(&mut tx, &row.org_id).await?;
-        let pending: i64 = sqlx::query("SELECT COUNT(*) FROM oauth_states WHERE org_id = $1 AND expires_at >= $2")
-            .bind(&row.org_id)
-            .bind(self.now())
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get(0)?;
-        if pending >= max_pending {
-            return Err(StoreError::QuotaExceeded { limit: max_pending });
-        }
-        sqlx::query(
+        self.timed(async move {
+            let mut tx = self.begin_write().await?;
+            lock_org(&mut tx, &row.org_id).await?;
+            let pending: i64 = sqlx::query("SELECT COUNT(*) FROM oauth_states WHERE org_id = $1 AND expires_at >= $2")
+                .bind(&row.org_id)
+                .bind(self.now())
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+            if pending >= max_pending {
+                return Err(StoreError::QuotaExceeded { limit: max_pending });
+            }
+            sqlx::query(
             "INSERT INTO oauth_states (state_hash, org_id, provider, payload_ct, key_version, expires_at, created_at, \
              user_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
@@ -99,8 +100,10 @@ impl Store {
         .bind(&row.user_id)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
-        Ok(())
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Deletes the OAuth states that expired before `now`; returns how many.
@@ -114,33 +117,36 @@ impl Store {
     /// deletes it or it expires). An ended flow is returned with why
     /// (`ended`), and must store nothing. Expired rows of anyone are purged.
     pub async fn take_oauth_state(&self, state_hash: &str) -> Result<Option<OAuthStateRow>, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let now = self.now();
-        let row = sqlx::query(
-            "UPDATE oauth_states SET taken_at = $2 WHERE state_hash = $1 AND taken_at IS NULL \
+        self.timed(async move {
+            let mut tx = self.begin_write().await?;
+            let now = self.now();
+            let row = sqlx::query(
+                "UPDATE oauth_states SET taken_at = $2 WHERE state_hash = $1 AND taken_at IS NULL \
              RETURNING org_id, provider, payload_ct, key_version, expires_at, user_id, ended",
-        )
-        .bind(state_hash)
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM oauth_states WHERE expires_at < $1")
-            .bind(now - 3600)
-            .execute(&mut *tx)
+            )
+            .bind(state_hash)
+            .bind(now)
+            .fetch_optional(&mut *tx)
             .await?;
-        tx.commit().await?;
-        row.map(|r| {
-            Ok(OAuthStateRow {
-                org_id: r.try_get(0)?,
-                provider: r.try_get(1)?,
-                payload_ct: r.try_get(2)?,
-                key_version: r.try_get(3)?,
-                expires_at: r.try_get(4)?,
-                user_id: r.try_get(5)?,
-                ended: r.try_get(6)?,
+            sqlx::query("DELETE FROM oauth_states WHERE expires_at < $1")
+                .bind(now - 3600)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            row.map(|r| {
+                Ok(OAuthStateRow {
+                    org_id: r.try_get(0)?,
+                    provider: r.try_get(1)?,
+                    payload_ct: r.try_get(2)?,
+                    key_version: r.try_get(3)?,
+                    expires_at: r.try_get(4)?,
+                    user_id: r.try_get(5)?,
+                    ended: r.try_get(6)?,
+                })
             })
+            .transpose()
         })
-        .transpose()
+        .await
     }
 
     /// The credential `owner` (`None`: the organization) already connected
@@ -152,17 +158,20 @@ impl Store {
         owner: Option<&str>,
         account_id: &str,
     ) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id FROM credentials WHERE org_id = $1 AND provider = $2 AND COALESCE(owner, '') = $3 \
+        self.timed(async move {
+            let row = sqlx::query(
+                "SELECT id FROM credentials WHERE org_id = $1 AND provider = $2 AND COALESCE(owner, '') = $3 \
              AND account_id = $4",
-        )
-        .bind(org_id)
-        .bind(provider)
-        .bind(owner.unwrap_or(""))
-        .bind(account_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|r| r.try_get(0)).transpose()?)
+            )
+            .bind(org_id)
+            .bind(provider)
+            .bind(owner.unwrap_or(""))
+            .bind(account_id)
+            .fetch_optional(&self.pool)
+            .await?;
+            Ok(row.map(|r| r.try_get(0)).transpose()?)
+        })
+        .await
     }
 
     /// Writes a grant: updates the target credential (making it `active`
@@ -179,62 +188,64 @@ impl Store {
         default_limit: i64,
         (event, notify): (&AuditEvent, Option<&Notification>),
     ) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
-        lock_org(&mut tx, &grant.org_id).await?;
-        // The removal of a user marks their flows ended under the same
-        // organization lock: either it came first and this stores nothing,
-        // or it comes after and finds the credential to hand on.
-        if let Some(state_hash) = state_hash {
-            let ended: Option<Option<String>> =
-                sqlx::query_scalar("DELETE FROM oauth_states WHERE state_hash = $1 AND org_id = $2 RETURNING ended")
-                    .bind(state_hash)
-                    .bind(&grant.org_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            match ended {
-                Some(None) => {}
-                Some(Some(why)) => return Err(StoreError::FlowEnded(why)),
-                None => return Err(StoreError::FlowEnded("expired".into())),
+        self.timed(async move {
+            let mut tx = self.begin_write().await?;
+            lock_org(&mut tx, &grant.org_id).await?;
+            // The removal of a user marks their flows ended under the same
+            // organization lock: either it came first and this stores nothing,
+            // or it comes after and finds the credential to hand on.
+            if let Some(state_hash) = state_hash {
+                let ended: Option<Option<String>> = sqlx::query_scalar(
+                    "DELETE FROM oauth_states WHERE state_hash = $1 AND org_id = $2 RETURNING ended",
+                )
+                .bind(state_hash)
+                .bind(&grant.org_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                match ended {
+                    Some(None) => {}
+                    Some(Some(why)) => return Err(StoreError::FlowEnded(why)),
+                    None => return Err(StoreError::FlowEnded("expired".into())),
+                }
             }
-        }
-        check_key(&mut tx, self.dialect, &grant.org_id, grant.key_version).await?;
-        let t = self.now();
-        let scopes = serde_json::to_string(&grant.scopes).expect("strings serialize");
-        let written = match target {
-            GrantTarget::Existing { id, expected_version } => sqlx::query(
-                "UPDATE credentials SET account_id = $3, account_email = $4, account_name = $5, scopes = $6, \
+            check_key(&mut tx, self.dialect, &grant.org_id, grant.key_version).await?;
+            let t = self.now();
+            let scopes = serde_json::to_string(&grant.scopes).expect("strings serialize");
+            let written = match target {
+                GrantTarget::Existing { id, expected_version } => sqlx::query(
+                    "UPDATE credentials SET account_id = $3, account_email = $4, account_name = $5, scopes = $6, \
                  expires_at = $7, fields = $8, secret_names = $9, secret_ct = $10, key_version = $11, \
                  status = $15, last_error = NULL, refresh_failures = 0, refresh_after = $14, \
                  lease_owner = NULL, lease_until = NULL, last_refreshed_at = $12, updated_at = $12, \
                  secret_version = secret_version + 1 \
                  WHERE org_id = $1 AND id = $2 AND secret_version = $13",
-            )
-            .bind(&grant.org_id)
-            .bind(id)
-            .bind(&grant.account_id)
-            .bind(&grant.account_email)
-            .bind(&grant.account_name)
-            .bind(&scopes)
-            .bind(grant.expires_at)
-            .bind(&grant.fields)
-            .bind(&grant.secret_names)
-            .bind(&grant.secret_ct)
-            .bind(grant.key_version)
-            .bind(t)
-            .bind(expected_version)
-            .bind(grant.refresh_after)
-            .bind(CredentialStatus::AFTER_GRANT.as_str())
-            .execute(&mut *tx)
-            .await
-            .map(|r| r.rows_affected() == 1),
-            GrantTarget::New {
-                id,
-                name,
-                created_by,
-                owner,
-            } => {
-                reserve(&mut tx, &grant.org_id, &grant.provider, default_limit).await?;
-                sqlx::query(
+                )
+                .bind(&grant.org_id)
+                .bind(id)
+                .bind(&grant.account_id)
+                .bind(&grant.account_email)
+                .bind(&grant.account_name)
+                .bind(&scopes)
+                .bind(grant.expires_at)
+                .bind(&grant.fields)
+                .bind(&grant.secret_names)
+                .bind(&grant.secret_ct)
+                .bind(grant.key_version)
+                .bind(t)
+                .bind(expected_version)
+                .bind(grant.refresh_after)
+                .bind(CredentialStatus::AFTER_GRANT.as_str())
+                .execute(&mut *tx)
+                .await
+                .map(|r| r.rows_affected() == 1),
+                GrantTarget::New {
+                    id,
+                    name,
+                    created_by,
+                    owner,
+                } => {
+                    reserve(&mut tx, &grant.org_id, &grant.provider, default_limit).await?;
+                    sqlx::query(
                     "INSERT INTO credentials (id, org_id, name, provider, auth_type, status, fields, secret_names, \
                      secret_ct, key_version, account_id, account_email, account_name, scopes, expires_at, \
                      last_refreshed_at, created_by, created_at, updated_at, refresh_after, owner) VALUES \
@@ -262,19 +273,21 @@ impl Store {
                 .execute(&mut *tx)
                 .await
                 .map(|r| r.rows_affected() == 1)
+                }
+            };
+            match written {
+                Ok(true) => {}
+                Ok(false) => return Err(StoreError::Conflict),
+                Err(e) if is_unique_violation(&e) => return Err(StoreError::AccountTaken),
+                Err(e) => return Err(e.into()),
             }
-        };
-        match written {
-            Ok(true) => {}
-            Ok(false) => return Err(StoreError::Conflict),
-            Err(e) if is_unique_violation(&e) => return Err(StoreError::AccountTaken),
-            Err(e) => return Err(e.into()),
-        }
-        audit::insert(&mut tx, event, t).await?;
-        if let Some(n) = notify {
-            outbox::insert(&mut tx, n, t).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+            audit::insert(&mut tx, event, t).await?;
+            if let Some(n) = notify {
+                outbox::insert(&mut tx, n, t).await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 }

@@ -19,15 +19,16 @@ pub struct OrgKeyRow {
 impl Store {
     /// Creates an organization with its first data key.
     pub async fn insert_org(&self, id: &str, name: &str, key: &WrappedKey) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
-        let t = self.now();
-        sqlx::query("INSERT INTO organizations (id, name, key_version, created_at) VALUES ($1, $2, 1, $3)")
-            .bind(id)
-            .bind(name)
-            .bind(t)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
+        self.timed(async move {
+            let mut tx = self.begin_write().await?;
+            let t = self.now();
+            sqlx::query("INSERT INTO organizations (id, name, key_version, created_at) VALUES ($1, $2, 1, $3)")
+                .bind(id)
+                .bind(name)
+                .bind(t)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
             "INSERT INTO org_keys (org_id, version, wrapped_key, master_kid, created_at) VALUES ($1, 1, $2, $3, $4)",
         )
         .bind(id)
@@ -36,26 +37,34 @@ impl Store {
         .bind(t)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
-        Ok(())
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Does the organization exist?
     /// Does the store hold any organization (and so data keys that only the
     /// master key they were wrapped under can open)?
     pub async fn holds_organizations(&self) -> Result<bool, StoreError> {
-        let any = sqlx::query("SELECT 1 FROM organizations LIMIT 1")
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(any.is_some())
+        self.timed(async move {
+            let any = sqlx::query("SELECT 1 FROM organizations LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await?;
+            Ok(any.is_some())
+        })
+        .await
     }
 
     pub async fn org_exists(&self, id: &str) -> Result<bool, StoreError> {
-        let row = sqlx::query("SELECT 1 FROM organizations WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.is_some())
+        self.timed(async move {
+            let row = sqlx::query("SELECT 1 FROM organizations WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+            Ok(row.is_some())
+        })
+        .await
     }
 
     /// Deletes an organization with everything it owns, its data keys included.
@@ -89,108 +98,128 @@ impl Store {
 
     /// Sets the per-organization override of one provider's credential limit.
     pub async fn set_org_limit(&self, org_id: &str, provider: &str, max: i64) -> Result<(), StoreError> {
-        self.execute_write(
-            sqlx::query(
-                "INSERT INTO org_limits (org_id, provider, max_count) VALUES ($1, $2, $3) \
+        self.timed(async move {
+            self.execute_write(
+                sqlx::query(
+                    "INSERT INTO org_limits (org_id, provider, max_count) VALUES ($1, $2, $3) \
              ON CONFLICT (org_id, provider) DO UPDATE SET max_count = excluded.max_count",
+                )
+                .bind(org_id)
+                .bind(provider)
+                .bind(max),
             )
-            .bind(org_id)
-            .bind(provider)
-            .bind(max),
-        )
-        .await?;
-        Ok(())
+            .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// The organization's current data key version.
     pub async fn org_key_version(&self, org_id: &str) -> Result<i64, StoreError> {
-        let row = sqlx::query("SELECT key_version FROM organizations WHERE id = $1")
-            .bind(org_id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        Ok(row.try_get(0)?)
+        self.timed(async move {
+            let row = sqlx::query("SELECT key_version FROM organizations WHERE id = $1")
+                .bind(org_id)
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or(StoreError::NotFound)?;
+            Ok(row.try_get(0)?)
+        })
+        .await
     }
 
     /// One wrapped data key.
     pub async fn org_key(&self, org_id: &str, version: i64) -> Result<OrgKeyRow, StoreError> {
-        let row = sqlx::query("SELECT wrapped_key, master_kid FROM org_keys WHERE org_id = $1 AND version = $2")
-            .bind(org_id)
-            .bind(version)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        Ok(OrgKeyRow {
-            org_id: org_id.to_owned(),
-            version,
-            wrapped: WrappedKey {
-                token: row.try_get(0)?,
-                kid: row.try_get(1)?,
-            },
+        self.timed(async move {
+            let row = sqlx::query("SELECT wrapped_key, master_kid FROM org_keys WHERE org_id = $1 AND version = $2")
+                .bind(org_id)
+                .bind(version)
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or(StoreError::NotFound)?;
+            Ok(OrgKeyRow {
+                org_id: org_id.to_owned(),
+                version,
+                wrapped: WrappedKey {
+                    token: row.try_get(0)?,
+                    kid: row.try_get(1)?,
+                },
+            })
         })
+        .await
     }
 
     /// The ids of the master keys that wrap the stored data keys.
     pub async fn master_kids_in_use(&self) -> Result<Vec<String>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT DISTINCT master_kid FROM org_keys ORDER BY master_kid")
-                .fetch_all(&self.pool)
-                .await?,
-        )
+        self.timed(async move {
+            Ok(
+                sqlx::query_scalar("SELECT DISTINCT master_kid FROM org_keys ORDER BY master_kid")
+                    .fetch_all(&self.pool)
+                    .await?,
+            )
+        })
+        .await
     }
 
     /// Every wrapped data key, optionally only those not wrapped by `except_kid`.
     pub async fn org_keys(&self, except_kid: Option<&str>) -> Result<Vec<OrgKeyRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT org_id, version, wrapped_key, master_kid FROM org_keys \
+        self.timed(async move {
+            let rows = sqlx::query(
+                "SELECT org_id, version, wrapped_key, master_kid FROM org_keys \
              WHERE $1 IS NULL OR master_kid <> $1 ORDER BY org_id, version",
-        )
-        .bind(except_kid)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(OrgKeyRow {
-                    org_id: r.try_get(0)?,
-                    version: r.try_get(1)?,
-                    wrapped: WrappedKey {
-                        token: r.try_get(2)?,
-                        kid: r.try_get(3)?,
-                    },
+            )
+            .bind(except_kid)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(OrgKeyRow {
+                        org_id: r.try_get(0)?,
+                        version: r.try_get(1)?,
+                        wrapped: WrappedKey {
+                            token: r.try_get(2)?,
+                            kid: r.try_get(3)?,
+                        },
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
+        .await
     }
 
     /// Replaces one wrapped key, only if it is still the one that was read.
     pub async fn rewrap_org_key(&self, row: &OrgKeyRow, new: &WrappedKey) -> Result<bool, StoreError> {
-        let done = self
-            .execute_write(
-                sqlx::query(
-                    "UPDATE org_keys SET wrapped_key = $1, master_kid = $2 \
+        self.timed(async move {
+            let done = self
+                .execute_write(
+                    sqlx::query(
+                        "UPDATE org_keys SET wrapped_key = $1, master_kid = $2 \
              WHERE org_id = $3 AND version = $4 AND wrapped_key = $5",
+                    )
+                    .bind(&new.token)
+                    .bind(&new.kid)
+                    .bind(&row.org_id)
+                    .bind(row.version)
+                    .bind(&row.wrapped.token),
                 )
-                .bind(&new.token)
-                .bind(&new.kid)
-                .bind(&row.org_id)
-                .bind(row.version)
-                .bind(&row.wrapped.token),
-            )
-            .await?;
-        Ok(done == 1)
+                .await?;
+            Ok(done == 1)
+        })
+        .await
     }
 
     /// Adds a new data key version and makes it current; returns the version.
     pub async fn add_org_key(&self, org_id: &str, key: &WrappedKey) -> Result<i64, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let row =
-            sqlx::query("UPDATE organizations SET key_version = key_version + 1 WHERE id = $1 RETURNING key_version")
-                .bind(org_id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or(StoreError::NotFound)?;
-        let version: i64 = row.try_get(0)?;
-        sqlx::query(
+        self.timed(async move {
+            let mut tx = self.begin_write().await?;
+            let row = sqlx::query(
+                "UPDATE organizations SET key_version = key_version + 1 WHERE id = $1 RETURNING key_version",
+            )
+            .bind(org_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+            let version: i64 = row.try_get(0)?;
+            sqlx::query(
             "INSERT INTO org_keys (org_id, version, wrapped_key, master_kid, created_at) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(org_id)
@@ -200,13 +229,16 @@ impl Store {
         .bind(self.now())
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
-        Ok(version)
+            tx.commit().await?;
+            Ok(version)
+        })
+        .await
     }
 
     /// Deletes the organization's data keys older than `current` that no
     /// credential, named secret or OAuth state uses any more; returns how many went.
     pub async fn prune_org_keys(&self, org_id: &str, current: i64) -> Result<u64, StoreError> {
+        self.timed(async move {
         let done = self.execute_write(
             sqlx::query(
             "DELETE FROM org_keys WHERE org_id = $1 AND version < $2 \
@@ -219,19 +251,24 @@ impl Store {
         )
         .await?;
         Ok(done)
+    })
+        .await
     }
 
     /// How many credentials and named secrets of an organization are sealed
     /// under a key older than `version`.
     pub async fn count_below_key(&self, org_id: &str, version: i64) -> Result<i64, StoreError> {
-        let row = sqlx::query(
-            "SELECT (SELECT COUNT(*) FROM credentials WHERE org_id = $1 AND key_version < $2) \
+        self.timed(async move {
+            let row = sqlx::query(
+                "SELECT (SELECT COUNT(*) FROM credentials WHERE org_id = $1 AND key_version < $2) \
              + (SELECT COUNT(*) FROM named_secrets WHERE org_id = $1 AND key_version < $2)",
-        )
-        .bind(org_id)
-        .bind(version)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get(0)?)
+            )
+            .bind(org_id)
+            .bind(version)
+            .fetch_one(&self.pool)
+            .await?;
+            Ok(row.try_get(0)?)
+        })
+        .await
     }
 }

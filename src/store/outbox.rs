@@ -136,44 +136,47 @@ impl Store {
     /// An event whose stored payload is malformed is given up on (failed,
     /// logged) rather than claimed again and again.
     pub async fn claim_events(&self, owner: &str, limit: i64, until: i64) -> Result<Vec<OutboxEvent>, StoreError> {
-        let lock = match self.dialect {
-            Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
-            Dialect::Sqlite => "",
-        };
-        let mut tx = self.begin_write().await?;
-        let rows = sqlx::query(&format!(
-            "UPDATE outbox SET lease_owner = $1, lease_until = $2 WHERE id IN (\
+        self.timed(async move {
+            let lock = match self.dialect {
+                Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
+                Dialect::Sqlite => "",
+            };
+            let mut tx = self.begin_write().await?;
+            let rows = sqlx::query(&format!(
+                "UPDATE outbox SET lease_owner = $1, lease_until = $2 WHERE id IN (\
                SELECT id FROM outbox WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= $3 \
                AND (lease_until IS NULL OR lease_until < $3) ORDER BY next_attempt_at, id LIMIT $4 {lock}) \
              RETURNING {COLUMNS}"
-        ))
-        .bind(owner)
-        .bind(until)
-        .bind(self.now())
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut events = Vec::with_capacity(rows.len());
-        for row in &rows {
-            match event(row) {
-                Ok(e) => events.push(e),
-                Err(StoreError::Corrupt { .. }) => {
-                    sqlx::query(
-                        "UPDATE outbox SET next_attempt_at = NULL, failed_at = $2, \
+            ))
+            .bind(owner)
+            .bind(until)
+            .bind(self.now())
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut events = Vec::with_capacity(rows.len());
+            for row in &rows {
+                match event(row) {
+                    Ok(e) => events.push(e),
+                    Err(StoreError::Corrupt { .. }) => {
+                        sqlx::query(
+                            "UPDATE outbox SET next_attempt_at = NULL, failed_at = $2, \
                          last_error = 'the stored notification is malformed', lease_owner = NULL, lease_until = NULL \
                          WHERE id = $1",
-                    )
-                    .bind(row.try_get::<i64, _>(0)?)
-                    .bind(self.now())
-                    .execute(&mut *tx)
-                    .await?;
+                        )
+                        .bind(row.try_get::<i64, _>(0)?)
+                        .bind(self.now())
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
             }
-        }
-        tx.commit().await?;
-        events.sort_by_key(|e| e.id);
-        Ok(events)
+            tx.commit().await?;
+            events.sort_by_key(|e| e.id);
+            Ok(events)
+        })
+        .await
     }
 
     /// Records a delivery attempt by the lease holder: delivered, or failed
@@ -184,53 +187,62 @@ impl Store {
         owner: &str,
         outcome: Result<(), (&str, Option<i64>)>,
     ) -> Result<(), StoreError> {
-        let t = self.now();
-        let query = match outcome {
-            Ok(()) => sqlx::query(
-                "UPDATE outbox SET attempts = attempts + 1, delivered_at = $3, next_attempt_at = NULL, \
+        self.timed(async move {
+            let t = self.now();
+            let query = match outcome {
+                Ok(()) => sqlx::query(
+                    "UPDATE outbox SET attempts = attempts + 1, delivered_at = $3, next_attempt_at = NULL, \
                  last_error = NULL, lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2",
-            )
-            .bind(id)
-            .bind(owner)
-            .bind(t),
-            Err((error, next)) => sqlx::query(
-                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $3, last_error = $4, \
+                )
+                .bind(id)
+                .bind(owner)
+                .bind(t),
+                Err((error, next)) => sqlx::query(
+                    "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $3, last_error = $4, \
                  failed_at = CASE WHEN $3 IS NULL THEN $5 ELSE NULL END, \
                  lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2",
-            )
-            .bind(id)
-            .bind(owner)
-            .bind(next)
-            .bind(error.to_owned())
-            .bind(t),
-        };
-        self.execute_write(query).await?;
-        Ok(())
+                )
+                .bind(id)
+                .bind(owner)
+                .bind(next)
+                .bind(error.to_owned())
+                .bind(t),
+            };
+            self.execute_write(query).await?;
+            Ok(())
+        })
+        .await
     }
 
     /// An organization's events after sequence number `after`, oldest first.
     pub async fn events_after(&self, org_id: &str, after: i64, limit: i64) -> Result<Vec<OutboxEvent>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM outbox WHERE org_id = $1 AND id > $2 ORDER BY id LIMIT $3"
-        ))
-        .bind(org_id)
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(event).collect()
+        self.timed(async move {
+            let rows = sqlx::query(&format!(
+                "SELECT {COLUMNS} FROM outbox WHERE org_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+            ))
+            .bind(org_id)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter().map(event).collect()
+        })
+        .await
     }
 
     /// Queues every event created at or after `since` for delivery again.
     pub async fn replay_events(&self, since: i64) -> Result<u64, StoreError> {
-        self.execute_write(
-            sqlx::query(
-                "UPDATE outbox SET next_attempt_at = $2, delivered_at = NULL, failed_at = NULL, attempts = 0, \
+        self.timed(async move {
+            self.execute_write(
+                sqlx::query(
+                    "UPDATE outbox SET next_attempt_at = $2, delivered_at = NULL, failed_at = NULL, attempts = 0, \
                  last_error = NULL, lease_owner = NULL, lease_until = NULL WHERE created_at >= $1",
+                )
+                .bind(since)
+                .bind(self.now()),
             )
-            .bind(since)
-            .bind(self.now()),
-        )
+            .await
+        })
         .await
     }
 

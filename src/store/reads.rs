@@ -37,75 +37,80 @@ impl Store {
         &self,
         reads: &[CredentialRead],
     ) -> Result<Vec<Result<Option<(CredentialRow, Option<Access>)>, StoreError>>, StoreError> {
-        let mut ids: Vec<&str> = reads.iter().map(|r| r.id.as_str()).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let mut users: Vec<&str> = reads.iter().filter_map(|r| r.user.as_deref()).collect();
-        users.sort_unstable();
-        users.dedup();
-        // A few statement shapes, not one per group size: the lists are
-        // padded to a power of two with their last value (kept prepared).
-        let pad = |list: &mut Vec<&str>| {
-            if let Some(last) = list.last().copied() {
-                list.resize(list.len().next_power_of_two(), last);
-            }
-        };
-        pad(&mut ids);
-        pad(&mut users);
-        let marks = |from: usize, n: usize| (from..from + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
-        // The grants of the group's users only, `[[user_id, access], …]`.
-        let grants = if users.is_empty() {
-            "CAST(NULL AS TEXT)".to_owned()
-        } else {
-            let (agg, pair) = match self.dialect {
-                Dialect::Postgres => ("json_agg", "json_build_array"),
-                Dialect::Sqlite => ("json_group_array", "json_array"),
+        self.timed(async move {
+            let mut ids: Vec<&str> = reads.iter().map(|r| r.id.as_str()).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            let mut users: Vec<&str> = reads.iter().filter_map(|r| r.user.as_deref()).collect();
+            users.sort_unstable();
+            users.dedup();
+            // A few statement shapes, not one per group size: the lists are
+            // padded to a power of two with their last value (kept prepared).
+            let pad = |list: &mut Vec<&str>| {
+                if let Some(last) = list.last().copied() {
+                    list.resize(list.len().next_power_of_two(), last);
+                }
             };
-            format!(
-                "(SELECT CAST({agg}({pair}(g.user_id, g.access)) AS TEXT) FROM credential_grants g \
+            pad(&mut ids);
+            pad(&mut users);
+            let marks =
+                |from: usize, n: usize| (from..from + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+            // The grants of the group's users only, `[[user_id, access], …]`.
+            let grants = if users.is_empty() {
+                "CAST(NULL AS TEXT)".to_owned()
+            } else {
+                let (agg, pair) = match self.dialect {
+                    Dialect::Postgres => ("json_agg", "json_build_array"),
+                    Dialect::Sqlite => ("json_group_array", "json_array"),
+                };
+                format!(
+                    "(SELECT CAST({agg}({pair}(g.user_id, g.access)) AS TEXT) FROM credential_grants g \
                  WHERE g.credential_id = credentials.id AND g.user_id IN ({}))",
-                marks(ids.len() + 1, users.len())
-            )
-        };
-        let sql = format!(
-            "SELECT {READ_COLUMNS}, {grants} AS grants FROM credentials WHERE id IN ({})",
-            marks(1, ids.len())
-        );
-        let mut query = sqlx::query_as::<_, Grouped>(&sql);
-        for id in ids.iter().chain(users.iter()) {
-            query = query.bind(*id);
-        }
-        // Each row is typed on its own: a malformed one fails only its
-        // own readers.
-        let rows = self
-            .on_kept(&self.kept_reads, async |conn| Ok(query.fetch_all(conn).await?))
-            .await?;
-        let found: Vec<(String, String, Result<Typed, StoreError>)> = rows
-            .into_iter()
-            .map(|grouped| {
-                let (id, org_id) = (grouped.raw.id.clone(), grouped.raw.org_id.clone());
-                let typed = CredentialRow::try_from(grouped.raw).and_then(|row| {
-                    let pairs = grant_pairs(&row.id, grouped.grants.as_deref())?;
-                    Ok((row, pairs))
-                });
-                (id, org_id, typed)
-            })
-            .collect();
-        let answer = |read: &CredentialRead| {
-            // The organization is part of the answer: a row of another
-            // organization is not there for this reader.
-            let Some((_, _, typed)) = found.iter().find(|(id, org, _)| *id == read.id && *org == read.org_id) else {
-                return Ok(None);
+                    marks(ids.len() + 1, users.len())
+                )
             };
-            let (row, pairs) = typed.as_ref().map_err(StoreError::duplicate)?;
-            let grant = read
-                .user
-                .as_ref()
-                .and_then(|user| pairs.iter().find(|(u, _)| u == user))
-                .map(|(_, level)| access(&row.id, level))
-                .transpose()?;
-            Ok(Some((row.clone(), grant)))
-        };
-        Ok(reads.iter().map(answer).collect())
+            let sql = format!(
+                "SELECT {READ_COLUMNS}, {grants} AS grants FROM credentials WHERE id IN ({})",
+                marks(1, ids.len())
+            );
+            let mut query = sqlx::query_as::<_, Grouped>(&sql);
+            for id in ids.iter().chain(users.iter()) {
+                query = query.bind(*id);
+            }
+            // Each row is typed on its own: a malformed one fails only its
+            // own readers.
+            let rows = self
+                .on_kept(&self.kept_reads, async |conn| Ok(query.fetch_all(conn).await?))
+                .await?;
+            let found: Vec<(String, String, Result<Typed, StoreError>)> = rows
+                .into_iter()
+                .map(|grouped| {
+                    let (id, org_id) = (grouped.raw.id.clone(), grouped.raw.org_id.clone());
+                    let typed = CredentialRow::try_from(grouped.raw).and_then(|row| {
+                        let pairs = grant_pairs(&row.id, grouped.grants.as_deref())?;
+                        Ok((row, pairs))
+                    });
+                    (id, org_id, typed)
+                })
+                .collect();
+            let answer = |read: &CredentialRead| {
+                // The organization is part of the answer: a row of another
+                // organization is not there for this reader.
+                let Some((_, _, typed)) = found.iter().find(|(id, org, _)| *id == read.id && *org == read.org_id)
+                else {
+                    return Ok(None);
+                };
+                let (row, pairs) = typed.as_ref().map_err(StoreError::duplicate)?;
+                let grant = read
+                    .user
+                    .as_ref()
+                    .and_then(|user| pairs.iter().find(|(u, _)| u == user))
+                    .map(|(_, level)| access(&row.id, level))
+                    .transpose()?;
+                Ok(Some((row.clone(), grant)))
+            };
+            Ok(reads.iter().map(answer).collect())
+        })
+        .await
     }
 }

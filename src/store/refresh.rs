@@ -46,20 +46,23 @@ impl Store {
     /// Claims one credential's refresh lease until `until`; false if another
     /// holder's lease is still running.
     pub async fn claim_refresh(&self, org_id: &str, id: &str, owner: &str, until: i64) -> Result<bool, StoreError> {
-        let done = self
-            .execute_write(
-                sqlx::query(
-                    "UPDATE credentials SET lease_owner = $3, lease_until = $4 \
+        self.timed(async move {
+            let done = self
+                .execute_write(
+                    sqlx::query(
+                        "UPDATE credentials SET lease_owner = $3, lease_until = $4 \
                      WHERE org_id = $1 AND id = $2 AND (lease_until IS NULL OR lease_until < $5 OR lease_owner = $3)",
+                    )
+                    .bind(org_id)
+                    .bind(id)
+                    .bind(owner)
+                    .bind(until)
+                    .bind(self.now()),
                 )
-                .bind(org_id)
-                .bind(id)
-                .bind(owner)
-                .bind(until)
-                .bind(self.now()),
-            )
-            .await?;
-        Ok(done == 1)
+                .await?;
+            Ok(done == 1)
+        })
+        .await
     }
 
     /// Claims up to `limit` OAuth credentials that are due: their jittered
@@ -74,44 +77,50 @@ impl Store {
         limit: i64,
         lease_until: i64,
     ) -> Result<Vec<(String, String)>, StoreError> {
-        let lock = match self.dialect {
-            Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
-            Dialect::Sqlite => "",
-        };
-        let t = self.now();
-        let mut tx = self.begin_write().await?;
-        let rows = sqlx::query(&format!(
-            "UPDATE credentials SET lease_owner = $1, lease_until = $2 WHERE id IN (\
+        self.timed(async move {
+            let lock = match self.dialect {
+                Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
+                Dialect::Sqlite => "",
+            };
+            let t = self.now();
+            let mut tx = self.begin_write().await?;
+            let rows = sqlx::query(&format!(
+                "UPDATE credentials SET lease_owner = $1, lease_until = $2 WHERE id IN (\
                SELECT id FROM credentials WHERE auth_type = 'oauth2' AND status <> 'needs_reauth' \
                AND expires_at IS NOT NULL \
                AND ((refresh_after IS NULL AND expires_at <= $3) OR refresh_after <= $4) \
                AND (lease_until IS NULL OR lease_until < $4) \
                ORDER BY expires_at LIMIT $5 {lock}) \
              RETURNING org_id, id"
-        ))
-        .bind(owner)
-        .bind(lease_until)
-        .bind(t + lead)
-        .bind(t)
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+            ))
+            .bind(owner)
+            .bind(lease_until)
+            .bind(t + lead)
+            .bind(t)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+        })
+        .await
     }
 
     /// How many OAuth credentials are due now (the backlog).
     pub async fn due_count(&self, lead: i64) -> Result<i64, StoreError> {
-        let t = self.now();
-        let row = sqlx::query(
-            "SELECT COUNT(*) FROM credentials WHERE auth_type = 'oauth2' AND status <> 'needs_reauth' \
+        self.timed(async move {
+            let t = self.now();
+            let row = sqlx::query(
+                "SELECT COUNT(*) FROM credentials WHERE auth_type = 'oauth2' AND status <> 'needs_reauth' \
              AND expires_at IS NOT NULL AND ((refresh_after IS NULL AND expires_at <= $1) OR refresh_after <= $2)",
-        )
-        .bind(t + lead)
-        .bind(t)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get(0)?)
+            )
+            .bind(t + lead)
+            .bind(t)
+            .fetch_one(&self.pool)
+            .await?;
+            Ok(row.try_get(0)?)
+        })
+        .await
     }
 
     /// Writes each refresh's rotated tokens and audit event (and
@@ -232,44 +241,50 @@ impl Store {
         failure: &RefreshFailure,
         (event, notify): (&AuditEvent, Option<&Notification>),
     ) -> Result<Option<i64>, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let t = self.now();
-        let row = sqlx::query(
-            "UPDATE credentials SET status = $3, last_error = $4, refresh_after = $5, \
+        self.timed(async move {
+            let mut tx = self.begin_write().await?;
+            let t = self.now();
+            let row = sqlx::query(
+                "UPDATE credentials SET status = $3, last_error = $4, refresh_after = $5, \
              refresh_failures = refresh_failures + 1, lease_owner = NULL, lease_until = NULL, updated_at = $6 \
              WHERE org_id = $1 AND id = $2 AND secret_version = $7 AND lease_owner = $8 RETURNING refresh_failures",
-        )
-        .bind(org_id)
-        .bind(id)
-        .bind(failure.status.as_str())
-        .bind(serde_json::to_string(&failure.last_error).expect("serializes"))
-        .bind(failure.refresh_after)
-        .bind(t)
-        .bind(expected)
-        .bind(owner)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        audit::insert(&mut tx, event, t).await?;
-        if let Some(n) = notify {
-            outbox::insert(&mut tx, n, t).await?;
-        }
-        tx.commit().await?;
-        Ok(Some(row.try_get(0)?))
+            )
+            .bind(org_id)
+            .bind(id)
+            .bind(failure.status.as_str())
+            .bind(serde_json::to_string(&failure.last_error).expect("serializes"))
+            .bind(failure.refresh_after)
+            .bind(t)
+            .bind(expected)
+            .bind(owner)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = row else { return Ok(None) };
+            audit::insert(&mut tx, event, t).await?;
+            if let Some(n) = notify {
+                outbox::insert(&mut tx, n, t).await?;
+            }
+            tx.commit().await?;
+            Ok(Some(row.try_get(0)?))
+        })
+        .await
     }
 
     /// Gives a lease back without changing anything else.
     pub async fn release_lease(&self, org_id: &str, id: &str, owner: &str) -> Result<(), StoreError> {
-        self.execute_write(
-            sqlx::query(
-                "UPDATE credentials SET lease_owner = NULL, lease_until = NULL \
+        self.timed(async move {
+            self.execute_write(
+                sqlx::query(
+                    "UPDATE credentials SET lease_owner = NULL, lease_until = NULL \
                  WHERE org_id = $1 AND id = $2 AND lease_owner = $3",
+                )
+                .bind(org_id)
+                .bind(id)
+                .bind(owner),
             )
-            .bind(org_id)
-            .bind(id)
-            .bind(owner),
-        )
-        .await?;
-        Ok(())
+            .await?;
+            Ok(())
+        })
+        .await
     }
 }

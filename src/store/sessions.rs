@@ -64,43 +64,46 @@ impl Store {
     /// Stores a new session, unless the organization already has
     /// `max_open` that have not expired (`QuotaExceeded`).
     pub async fn insert_page_session(&self, new: &NewPageSession<'_>, max_open: i64) -> Result<(), StoreError> {
-        let row = new.row;
-        let mut tx = self.begin_write().await?;
-        let open: i64 = sqlx::query("SELECT COUNT(*) FROM page_sessions WHERE org_id = $1 AND expires_at >= $2")
-            .bind(&row.org_id)
-            .bind(self.now())
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get(0)?;
-        if open >= max_open {
-            return Err(StoreError::QuotaExceeded { limit: max_open });
-        }
-        sqlx::query(
-            "INSERT INTO page_sessions (id, org_id, user_id, purpose, providers, credential_id, return_to, \
+        self.timed(async move {
+            let row = new.row;
+            let mut tx = self.begin_write().await?;
+            let open: i64 = sqlx::query("SELECT COUNT(*) FROM page_sessions WHERE org_id = $1 AND expires_at >= $2")
+                .bind(&row.org_id)
+                .bind(self.now())
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+            if open >= max_open {
+                return Err(StoreError::QuotaExceeded { limit: max_open });
+            }
+            sqlx::query(
+                "INSERT INTO page_sessions (id, org_id, user_id, purpose, providers, credential_id, return_to, \
              url_token_hash, csrf_token, created_by, created_at, expires_at, api_key_id) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-        )
-        .bind(&row.id)
-        .bind(&row.org_id)
-        .bind(&row.user_id)
-        .bind(&row.purpose)
-        .bind(
-            row.providers
-                .as_ref()
-                .map(|p| serde_json::to_string(p).expect("strings serialize")),
-        )
-        .bind(&row.credential_id)
-        .bind(&row.return_to)
-        .bind(new.url_token_hash)
-        .bind(&row.csrf_token)
-        .bind(new.created_by)
-        .bind(self.now())
-        .bind(row.expires_at)
-        .bind(new.api_key_id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+            )
+            .bind(&row.id)
+            .bind(&row.org_id)
+            .bind(&row.user_id)
+            .bind(&row.purpose)
+            .bind(
+                row.providers
+                    .as_ref()
+                    .map(|p| serde_json::to_string(p).expect("strings serialize")),
+            )
+            .bind(&row.credential_id)
+            .bind(&row.return_to)
+            .bind(new.url_token_hash)
+            .bind(&row.csrf_token)
+            .bind(new.created_by)
+            .bind(self.now())
+            .bind(row.expires_at)
+            .bind(new.api_key_id)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Opens a session of `purpose` by its URL token, once: binds it to
@@ -112,32 +115,38 @@ impl Store {
         purpose: &str,
         cookie_hash: &str,
     ) -> Result<Option<PageSessionRow>, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let row = sqlx::query(&format!(
-            "UPDATE page_sessions SET cookie_hash = $2, opened_at = $3 \
+        self.timed(async move {
+            let mut tx = self.begin_write().await?;
+            let row = sqlx::query(&format!(
+                "UPDATE page_sessions SET cookie_hash = $2, opened_at = $3 \
              WHERE url_token_hash = $1 AND purpose = $4 AND opened_at IS NULL AND expires_at > $3 \
              RETURNING {COLUMNS}"
-        ))
-        .bind(url_token_hash)
-        .bind(cookie_hash)
-        .bind(self.now())
-        .bind(purpose)
-        .fetch_optional(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        row.as_ref().map(from_row).transpose()
+            ))
+            .bind(url_token_hash)
+            .bind(cookie_hash)
+            .bind(self.now())
+            .bind(purpose)
+            .fetch_optional(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            row.as_ref().map(from_row).transpose()
+        })
+        .await
     }
 
     /// The live session a cookie carries, if any.
     pub async fn page_session(&self, cookie_hash: &str) -> Result<Option<PageSessionRow>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM page_sessions WHERE cookie_hash = $1 AND expires_at > $2"
-        ))
-        .bind(cookie_hash)
-        .bind(self.now())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(from_row).transpose()
+        self.timed(async move {
+            let row = sqlx::query(&format!(
+                "SELECT {COLUMNS} FROM page_sessions WHERE cookie_hash = $1 AND expires_at > $2"
+            ))
+            .bind(cookie_hash)
+            .bind(self.now())
+            .fetch_optional(&self.pool)
+            .await?;
+            row.as_ref().map(from_row).transpose()
+        })
+        .await
     }
 
     /// Deletes the sessions that expired before `now`; returns how many.

@@ -71,7 +71,8 @@ async fn grants_on<'c, E: sqlx::Executor<'c, Database = Any>>(
 impl Store {
     /// Every user grant of one credential, by user id.
     pub async fn grants(&self, credential_id: &str) -> Result<Vec<(String, Access)>, StoreError> {
-        grants_on(&self.pool, credential_id).await
+        self.timed(async move { grants_on(&self.pool, credential_id).await })
+            .await
     }
 
     /// Replaces a credential's sharing (team level and user grants), audited.
@@ -83,38 +84,41 @@ impl Store {
         users: &[(String, Access)],
         event: &AuditEvent,
     ) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
-        let t = self.now();
-        let done =
-            sqlx::query("UPDATE credentials SET team_access = $3, updated_at = $4 WHERE org_id = $1 AND id = $2")
-                .bind(org_id)
+        self.timed(async move {
+            let mut tx = self.begin_write().await?;
+            let t = self.now();
+            let done =
+                sqlx::query("UPDATE credentials SET team_access = $3, updated_at = $4 WHERE org_id = $1 AND id = $2")
+                    .bind(org_id)
+                    .bind(id)
+                    .bind(team.map(Access::as_str))
+                    .bind(t)
+                    .execute(&mut *tx)
+                    .await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound);
+            }
+            sqlx::query("DELETE FROM credential_grants WHERE credential_id = $1")
                 .bind(id)
-                .bind(team.map(Access::as_str))
-                .bind(t)
                 .execute(&mut *tx)
                 .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        sqlx::query("DELETE FROM credential_grants WHERE credential_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        for (user, level) in users {
-            sqlx::query(
-                "INSERT INTO credential_grants (credential_id, org_id, user_id, access, created_at) \
+            for (user, level) in users {
+                sqlx::query(
+                    "INSERT INTO credential_grants (credential_id, org_id, user_id, access, created_at) \
                  SELECT $1, $2, $3, $4, created_at FROM credentials WHERE id = $1",
-            )
-            .bind(id)
-            .bind(org_id)
-            .bind(user)
-            .bind(level.as_str())
-            .execute(&mut *tx)
-            .await?;
-        }
-        audit::insert(&mut tx, event, t).await?;
-        tx.commit().await?;
-        Ok(())
+                )
+                .bind(id)
+                .bind(org_id)
+                .bind(user)
+                .bind(level.as_str())
+                .execute(&mut *tx)
+                .await?;
+            }
+            audit::insert(&mut tx, event, t).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Hands `user`'s credentials to `to` (`None`: the organization),
@@ -128,118 +132,122 @@ impl Store {
         to: Option<&str>,
         actor: &str,
     ) -> Result<UserRemoval, StoreError> {
-        let mut tx = self.begin_write().await?;
-        // Under the organization's write lock, as a grant is stored: a
-        // connect of theirs either lands first (and is handed on below) or
-        // finds its flow ended.
-        lock_org(&mut tx, org_id).await?;
-        let t = self.now();
-        let rows = sqlx::query(
-            "UPDATE credentials SET owner = $3, updated_at = $4 WHERE org_id = $1 AND owner = $2 RETURNING id",
-        )
-        .bind(org_id)
-        .bind(user)
-        .bind(to)
-        .bind(t)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut removal = UserRemoval::default();
-        for row in &rows {
-            let id: String = row.try_get(0)?;
-            let event = AuditEvent::success(org_id, &id, "credential.transfer", actor)
-                .with_detail(json!({"from": user, "to": to}));
-            audit::insert(&mut tx, &event, t).await?;
-            removal.transferred.push(id);
-        }
-        let granted = sqlx::query(
-            "SELECT g.credential_id, c.team_access FROM credential_grants g \
+        self.timed(async move {
+            let mut tx = self.begin_write().await?;
+            // Under the organization's write lock, as a grant is stored: a
+            // connect of theirs either lands first (and is handed on below) or
+            // finds its flow ended.
+            lock_org(&mut tx, org_id).await?;
+            let t = self.now();
+            let rows = sqlx::query(
+                "UPDATE credentials SET owner = $3, updated_at = $4 WHERE org_id = $1 AND owner = $2 RETURNING id",
+            )
+            .bind(org_id)
+            .bind(user)
+            .bind(to)
+            .bind(t)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut removal = UserRemoval::default();
+            for row in &rows {
+                let id: String = row.try_get(0)?;
+                let event = AuditEvent::success(org_id, &id, "credential.transfer", actor)
+                    .with_detail(json!({"from": user, "to": to}));
+                audit::insert(&mut tx, &event, t).await?;
+                removal.transferred.push(id);
+            }
+            let granted = sqlx::query(
+                "SELECT g.credential_id, c.team_access FROM credential_grants g \
              JOIN credentials c ON c.id = g.credential_id \
              WHERE g.org_id = $1 AND g.user_id = $2 ORDER BY g.credential_id",
-        )
-        .bind(org_id)
-        .bind(user)
-        .fetch_all(&mut *tx)
-        .await?;
-        for row in &granted {
-            let id: String = row.try_get(0)?;
-            let team = match row.try_get::<Option<String>, _>(1)? {
-                Some(raw) => Some(access(&id, &raw)?),
-                None => None,
-            };
-            let before = grants_on(&mut *tx, &id).await?;
-            let after: Vec<_> = before.iter().filter(|(u, _)| u != user).cloned().collect();
-            let event = AuditEvent::success(org_id, &id, "credential.share", actor).with_detail(json!({
-                "before": sharing_detail(team, &before),
-                "after": sharing_detail(team, &after),
-                "removed_user": user,
-            }));
-            audit::insert(&mut tx, &event, t).await?;
-        }
-        removal.grants_removed = sqlx::query("DELETE FROM credential_grants WHERE org_id = $1 AND user_id = $2")
+            )
+            .bind(org_id)
+            .bind(user)
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in &granted {
+                let id: String = row.try_get(0)?;
+                let team = match row.try_get::<Option<String>, _>(1)? {
+                    Some(raw) => Some(access(&id, &raw)?),
+                    None => None,
+                };
+                let before = grants_on(&mut *tx, &id).await?;
+                let after: Vec<_> = before.iter().filter(|(u, _)| u != user).cloned().collect();
+                let event = AuditEvent::success(org_id, &id, "credential.share", actor).with_detail(json!({
+                    "before": sharing_detail(team, &before),
+                    "after": sharing_detail(team, &after),
+                    "removed_user": user,
+                }));
+                audit::insert(&mut tx, &event, t).await?;
+            }
+            removal.grants_removed = sqlx::query("DELETE FROM credential_grants WHERE org_id = $1 AND user_id = $2")
+                .bind(org_id)
+                .bind(user)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            // Their open hosted-page sessions end with them, and so do the
+            // connections they started: a callback that comes later stores
+            // nothing, and says why.
+            sqlx::query("DELETE FROM page_sessions WHERE org_id = $1 AND user_id = $2")
+                .bind(org_id)
+                .bind(user)
+                .execute(&mut *tx)
+                .await?;
+            removal.flows_ended = sqlx::query(
+                "UPDATE oauth_states SET ended = 'user_removed' WHERE org_id = $1 AND user_id = $2 AND ended IS NULL",
+            )
             .bind(org_id)
             .bind(user)
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        // Their open hosted-page sessions end with them, and so do the
-        // connections they started: a callback that comes later stores
-        // nothing, and says why.
-        sqlx::query("DELETE FROM page_sessions WHERE org_id = $1 AND user_id = $2")
+            // So do the sessions their keys opened (for anyone).
+            sqlx::query(
+                "DELETE FROM page_sessions WHERE api_key_id IN \
+             (SELECT id FROM api_keys WHERE org_id = $1 AND user_id = $2 AND revoked_at IS NULL)",
+            )
             .bind(org_id)
             .bind(user)
             .execute(&mut *tx)
             .await?;
-        removal.flows_ended = sqlx::query(
-            "UPDATE oauth_states SET ended = 'user_removed' WHERE org_id = $1 AND user_id = $2 AND ended IS NULL",
-        )
-        .bind(org_id)
-        .bind(user)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        // So do the sessions their keys opened (for anyone).
-        sqlx::query(
-            "DELETE FROM page_sessions WHERE api_key_id IN \
-             (SELECT id FROM api_keys WHERE org_id = $1 AND user_id = $2 AND revoked_at IS NULL)",
-        )
-        .bind(org_id)
-        .bind(user)
-        .execute(&mut *tx)
-        .await?;
-        let revoked = sqlx::query(
-            "UPDATE api_keys SET revoked_at = $3 WHERE org_id = $1 AND user_id = $2 AND revoked_at IS NULL \
+            let revoked = sqlx::query(
+                "UPDATE api_keys SET revoked_at = $3 WHERE org_id = $1 AND user_id = $2 AND revoked_at IS NULL \
              RETURNING id",
-        )
-        .bind(org_id)
-        .bind(user)
-        .bind(t)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut keys = Vec::with_capacity(revoked.len());
-        for row in &revoked {
-            let key_id: String = row.try_get(0)?;
-            let event = AuditEvent::for_org(org_id, "api_key.revoke", actor)
-                .with_detail(json!({"key_id": key_id, "user_id": user}));
-            audit::insert(&mut tx, &event, t).await?;
-            keys.push(key_id);
-        }
-        removal.keys_revoked = keys.len() as u64;
-        let summary = AuditEvent::for_org(org_id, "user.remove", actor).with_detail(json!({
-            "user_id": user,
-            "transfer_to": to,
-            "transferred": removal.transferred,
-            "grants_removed": removal.grants_removed,
-            "keys_revoked": keys,
-            "flows_ended": removal.flows_ended,
-        }));
-        audit::insert(&mut tx, &summary, t).await?;
-        tx.commit().await?;
-        Ok(removal)
+            )
+            .bind(org_id)
+            .bind(user)
+            .bind(t)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut keys = Vec::with_capacity(revoked.len());
+            for row in &revoked {
+                let key_id: String = row.try_get(0)?;
+                let event = AuditEvent::for_org(org_id, "api_key.revoke", actor)
+                    .with_detail(json!({"key_id": key_id, "user_id": user}));
+                audit::insert(&mut tx, &event, t).await?;
+                keys.push(key_id);
+            }
+            removal.keys_revoked = keys.len() as u64;
+            let summary = AuditEvent::for_org(org_id, "user.remove", actor).with_detail(json!({
+                "user_id": user,
+                "transfer_to": to,
+                "transferred": removal.transferred,
+                "grants_removed": removal.grants_removed,
+                "keys_revoked": keys,
+                "flows_ended": removal.flows_ended,
+            }));
+            audit::insert(&mut tx, &summary, t).await?;
+            tx.commit().await?;
+            Ok(removal)
+        })
+        .await
     }
 
     /// Uses of a credential: total, last, and per workflow.
     pub async fn usage(&self, org_id: &str, id: &str) -> Result<UsageSummary, StoreError> {
-        let total = sqlx::query(
+        self.timed(async move {
+            let total = sqlx::query(
             "SELECT COUNT(*), MAX(at) FROM audit_events WHERE credential_id = $1 AND action = 'credential.resolve' \
              AND org_id = $2",
         )
@@ -247,22 +255,24 @@ impl Store {
         .bind(org_id)
         .fetch_one(&self.pool)
         .await?;
-        let rows = sqlx::query(
-            "SELECT workflow_id, COUNT(*), MAX(at) FROM audit_events WHERE credential_id = $1 \
+            let rows = sqlx::query(
+                "SELECT workflow_id, COUNT(*), MAX(at) FROM audit_events WHERE credential_id = $1 \
              AND action = 'credential.resolve' AND org_id = $2 AND workflow_id IS NOT NULL \
              GROUP BY workflow_id ORDER BY MAX(at) DESC, workflow_id LIMIT 500",
-        )
-        .bind(id)
-        .bind(org_id)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(UsageSummary {
-            uses_total: total.try_get(0)?,
-            last_used_at: total.try_get(1)?,
-            workflows: rows
-                .iter()
-                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
-                .collect::<Result<_, sqlx::Error>>()?,
+            )
+            .bind(id)
+            .bind(org_id)
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(UsageSummary {
+                uses_total: total.try_get(0)?,
+                last_used_at: total.try_get(1)?,
+                workflows: rows
+                    .iter()
+                    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+                    .collect::<Result<_, sqlx::Error>>()?,
+            })
         })
+        .await
     }
 }

@@ -71,6 +71,7 @@ pub const LAST_USED_EVERY_SECS: i64 = 60;
 impl Store {
     /// Records `uses` durably, in one transaction.
     pub async fn record_uses(&self, uses: &[UseRecord]) -> Result<(), StoreError> {
+        self.timed(async move {
         if uses.is_empty() {
             return Ok(());
         }
@@ -108,5 +109,7 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
+    })
+        .await
     }
 }

@@ -47,6 +47,7 @@ impl Store {
     /// process is served again, without reading its rows, while one check
     /// statement finds its listing version and row versions unchanged.
     pub async fn list_credentials(&self, org_id: &str, f: &CredentialFilter) -> Result<CredentialPage, StoreError> {
+        self.timed(async move {
         // Only the filters actually given go into the statements, so each
         // shape gets a plan that can use the indexes.
         let mut binds: Vec<String> = vec![org_id.to_owned()];
@@ -365,5 +366,7 @@ impl Store {
             served: Served::Read,
             content,
         })
+    })
+        .await
     }
 }

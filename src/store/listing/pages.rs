@@ -113,28 +113,31 @@ impl Store {
     /// listing version, and the number (in the organization), row-version
     /// sum and use-time sum of its rows, read in one statement.
     pub(super) async fn page_check(&self, org_id: &str, page: &ReadPage) -> Result<Kept, StoreError> {
-        let sql = format!(
-            "SELECT {VERSION_SQL}, CAST(COALESCE(SUM(CASE WHEN x.org_id = $1 THEN 1 ELSE 0 END), 0) AS BIGINT), \
+        self.timed(async move {
+            let sql = format!(
+                "SELECT {VERSION_SQL}, CAST(COALESCE(SUM(CASE WHEN x.org_id = $1 THEN 1 ELSE 0 END), 0) AS BIGINT), \
              CAST(COALESCE(SUM(x.row_version), 0) AS BIGINT), \
              CAST(COALESCE(SUM(COALESCE(x.last_used_at, 0)), 0) AS BIGINT) FROM credentials x WHERE {}",
-            ids_in(page)
-        );
-        let Some(check) = over_rows(&sql, org_id, page) else {
-            return Ok(Kept::Changed);
-        };
-        let row = check.fetch_one(&self.pool).await?;
-        let version: Option<i64> = row.try_get(0)?;
-        let count: i64 = row.try_get(1)?;
-        let sum: i64 = row.try_get(2)?;
-        let used: i64 = row.try_get(3)?;
-        let same_rows = version == Some(page.listing_version)
-            && usize::try_from(count).is_ok_and(|n| n == page.rows.len())
-            && sum == page.row_version_sum;
-        Ok(match (same_rows, used == page.used_sum) {
-            (false, _) => Kept::Changed,
-            (true, false) => Kept::UsedSince,
-            (true, true) => Kept::Unchanged,
+                ids_in(page)
+            );
+            let Some(check) = over_rows(&sql, org_id, page) else {
+                return Ok(Kept::Changed);
+            };
+            let row = check.fetch_one(&self.pool).await?;
+            let version: Option<i64> = row.try_get(0)?;
+            let count: i64 = row.try_get(1)?;
+            let sum: i64 = row.try_get(2)?;
+            let used: i64 = row.try_get(3)?;
+            let same_rows = version == Some(page.listing_version)
+                && usize::try_from(count).is_ok_and(|n| n == page.rows.len())
+                && sum == page.row_version_sum;
+            Ok(match (same_rows, used == page.used_sum) {
+                (false, _) => Kept::Changed,
+                (true, false) => Kept::UsedSince,
+                (true, true) => Kept::Unchanged,
+            })
         })
+        .await
     }
 
     /// `page` with its rows' use times read anew, as a new read of it (a
@@ -142,45 +145,48 @@ impl Store {
     /// conditions as [`Store::page_check`], in the statement that reads the
     /// use times).
     pub(super) async fn with_uses_read(&self, org_id: &str, page: &ReadPage) -> Result<Option<ReadPage>, StoreError> {
-        let sql = format!(
-            "SELECT {VERSION_SQL}, x.id, x.org_id, x.row_version, x.last_used_at FROM credentials x WHERE {}",
-            ids_in(page)
-        );
-        let Some(read) = over_rows(&sql, org_id, page) else {
-            return Ok(None);
-        };
-        let mut used = std::collections::HashMap::new();
-        let mut version = None;
-        let mut sum = 0i64;
-        for row in read.fetch_all(&self.pool).await? {
-            version = row.try_get::<Option<i64>, _>(0)?;
-            let id: String = row.try_get(1)?;
-            let org: String = row.try_get(2)?;
-            if org != org_id {
+        self.timed(async move {
+            let sql = format!(
+                "SELECT {VERSION_SQL}, x.id, x.org_id, x.row_version, x.last_used_at FROM credentials x WHERE {}",
+                ids_in(page)
+            );
+            let Some(read) = over_rows(&sql, org_id, page) else {
+                return Ok(None);
+            };
+            let mut used = std::collections::HashMap::new();
+            let mut version = None;
+            let mut sum = 0i64;
+            for row in read.fetch_all(&self.pool).await? {
+                version = row.try_get::<Option<i64>, _>(0)?;
+                let id: String = row.try_get(1)?;
+                let org: String = row.try_get(2)?;
+                if org != org_id {
+                    return Ok(None);
+                }
+                sum += row.try_get::<i64, _>(3)?;
+                used.insert(id, row.try_get::<Option<i64>, _>(4)?);
+            }
+            if version != Some(page.listing_version) || used.len() != page.rows.len() || sum != page.row_version_sum {
                 return Ok(None);
             }
-            sum += row.try_get::<i64, _>(3)?;
-            used.insert(id, row.try_get::<Option<i64>, _>(4)?);
-        }
-        if version != Some(page.listing_version) || used.len() != page.rows.len() || sum != page.row_version_sum {
-            return Ok(None);
-        }
-        let rows: Arc<[ListedCredential]> = page
-            .rows
-            .iter()
-            .map(|l| {
-                let mut l = l.clone();
-                l.row.last_used_at = used.get(&l.row.id).copied().flatten();
-                l
-            })
-            .collect();
-        Ok(Some(ReadPage {
-            listing_version: page.listing_version,
-            row_version_sum: page.row_version_sum,
-            used_sum: used_sum(&rows),
-            content: self.pages.content(),
-            rows,
-        }))
+            let rows: Arc<[ListedCredential]> = page
+                .rows
+                .iter()
+                .map(|l| {
+                    let mut l = l.clone();
+                    l.row.last_used_at = used.get(&l.row.id).copied().flatten();
+                    l
+                })
+                .collect();
+            Ok(Some(ReadPage {
+                listing_version: page.listing_version,
+                row_version_sum: page.row_version_sum,
+                used_sum: used_sum(&rows),
+                content: self.pages.content(),
+                rows,
+            }))
+        })
+        .await
     }
 }
 

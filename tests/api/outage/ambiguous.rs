@@ -90,3 +90,85 @@ fn a_create_whose_commit_answer_is_lost_is_made_once() {
         assert_eq!(list["total"], 1, "{list}");
     });
 }
+
+#[test]
+fn a_database_that_stops_answering_gives_quick_503s_not_hung_requests() {
+    crate::helpers::run_test(async {
+        let db = TestDb::new(Backend::Postgres).await;
+        let proxy = FaultProxy::start(&db.url).await;
+        let mut config = crate::helpers::test_config(&db);
+        config.database_url = proxy.url.clone();
+        config.db_timeout = std::time::Duration::from_secs(1);
+        let app = TestApp::spawn_with(config).await;
+        let id = app.create_pg(&app.org, "before", "pw").await;
+        let bounded = |path: String, body: Option<serde_json::Value>, key: String| {
+            let app = &app;
+            async move {
+                let started = std::time::Instant::now();
+                let sent = app
+                    .client
+                    .request(
+                        if body.is_some() { Method::POST } else { Method::GET },
+                        format!("{}{path}", app.base),
+                    )
+                    .bearer_auth(key)
+                    .json(&body.unwrap_or(serde_json::Value::Null))
+                    .send();
+                match tokio::time::timeout(std::time::Duration::from_secs(30), sent).await {
+                    Ok(res) => {
+                        let res = res.unwrap();
+                        let retry = res.headers().contains_key("retry-after");
+                        let status = res.status();
+                        let body: serde_json::Value = res.json().await.unwrap_or_default();
+                        Some((status, retry, body["code"].clone(), started.elapsed()))
+                    }
+                    Err(_) => None,
+                }
+            }
+        };
+
+        proxy.fall_silent();
+        let create = bounded(
+            "/integrations/credentials".into(),
+            Some(crate::helpers::pg_body("during", "pw")),
+            app.org.admin.clone(),
+        )
+        .await;
+        let resolve = bounded(
+            format!("/integrations/credentials/{id}/resolve"),
+            Some(serde_json::json!({})),
+            app.org.engine.clone(),
+        )
+        .await;
+        proxy.heal();
+        let mut after = StatusCode::SERVICE_UNAVAILABLE;
+        for _ in 0..50 {
+            after = app
+                .call(
+                    Method::POST,
+                    "/integrations/credentials",
+                    &app.org.admin,
+                    Some(crate::helpers::pg_body("after", "pw")),
+                )
+                .await
+                .0;
+            if after == StatusCode::CREATED {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+
+        for answer in [create, resolve] {
+            let (status, retry, code, took) = answer.expect("answered within 30 s, not hung");
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+            assert!(retry, "with Retry-After");
+            assert_eq!(code, "store_unavailable");
+            assert!(took < std::time::Duration::from_secs(10), "quick: {took:?}");
+        }
+        assert_eq!(
+            after,
+            StatusCode::CREATED,
+            "once the database answers again, so does credgate"
+        );
+    });
+}

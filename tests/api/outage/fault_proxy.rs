@@ -1,6 +1,9 @@
 //! A TCP proxy between credgate and the real PostgreSQL that reads the
 //! frontend protocol and can withhold the answer to one `COMMIT`: the
-//! server commits, and credgate never hears so (the connection is closed). It fires for the first transaction that ran a statement
+//! server commits, and credgate never hears so (the connection is closed).
+//! It can also fall silent: every connection stays open, and nothing the
+//! server says reaches credgate (a dead peer, a firewall that drops),
+//! until it heals and closes the connections it had silenced. It fires for the first transaction that ran a statement
 //! containing a marker (seen in a simple query, or in the `Parse` of a
 //! prepared statement that a later `Bind` names).
 
@@ -21,12 +24,15 @@ pub enum Withhold {
 struct Plan {
     armed: Option<(String, Withhold)>,
     fired: usize,
+    silent: bool,
 }
 
 /// The proxy; `url` is the database's URL through it.
 pub struct FaultProxy {
     pub url: String,
     plan: Arc<Mutex<Plan>>,
+    /// Bumped when the proxy heals: silenced connections close.
+    heal: tokio::sync::watch::Sender<u64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -48,16 +54,17 @@ impl FaultProxy {
         through.set_port(Some(port)).unwrap();
         through.set_query(Some("sslmode=disable"));
         let plan = Arc::new(Mutex::new(Plan::default()));
+        let (heal, healed) = tokio::sync::watch::channel(0);
         let shared = plan.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
                     return;
                 };
-                let (target, plan) = (target.clone(), shared.clone());
+                let (target, plan, healed) = (target.clone(), shared.clone(), healed.clone());
                 tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(&target).await {
-                        relay(client, server, plan).await;
+                        relay(client, server, plan, healed).await;
                     }
                 });
             }
@@ -65,8 +72,21 @@ impl FaultProxy {
         Self {
             url: through.to_string(),
             plan,
+            heal,
             task,
         }
+    }
+
+    /// From now on nothing the server says reaches credgate; connections
+    /// stay open.
+    pub fn fall_silent(&self) {
+        self.plan.lock().unwrap().silent = true;
+    }
+
+    /// Answers pass again; the connections that lost answers are closed.
+    pub fn heal(&self) {
+        self.plan.lock().unwrap().silent = false;
+        self.heal.send_modify(|g| *g += 1);
     }
 
     /// Withholds the answer to the next `COMMIT` of a transaction that ran
@@ -89,19 +109,38 @@ struct Conn {
     withholding: Option<Withhold>,
 }
 
-async fn relay(client: TcpStream, server: TcpStream, plan: Arc<Mutex<Plan>>) {
+async fn relay(
+    client: TcpStream,
+    server: TcpStream,
+    plan: Arc<Mutex<Plan>>,
+    mut healed: tokio::sync::watch::Receiver<u64>,
+) {
     let (mut client_rx, mut client_tx) = client.into_split();
     let (mut server_rx, mut server_tx) = server.into_split();
     let conn = Arc::new(Mutex::new(Conn::default()));
     let answers = {
-        let conn = conn.clone();
+        let (conn, plan) = (conn.clone(), plan.clone());
         tokio::spawn(async move {
             let mut buf = vec![0u8; 64 * 1024];
+            let mut lost_answers = false;
             loop {
-                let n = match server_rx.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
+                let n = tokio::select! {
+                    read = server_rx.read(&mut buf) => match read {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    },
+                    _ = healed.changed() => {
+                        if lost_answers {
+                            let _ = client_tx.shutdown().await;
+                            return;
+                        }
+                        continue;
+                    }
                 };
+                if plan.lock().unwrap().silent {
+                    lost_answers = true;
+                    continue;
+                }
                 let withholding = conn.lock().unwrap().withholding;
                 match withholding {
                     None => {
@@ -187,7 +226,7 @@ async fn relay(client: TcpStream, server: TcpStream, plan: Arc<Mutex<Plan>>) {
             break;
         }
     }
-    let _ = answers.await;
+    answers.abort();
 }
 
 /// The NUL-terminated strings at the start of a message body.
