@@ -241,8 +241,16 @@ async fn admin(services: &Services, command: Command) -> anyhow::Result<()> {
             services.store.set_org_limit(&org, &provider, max.into()).await?;
         }
         Command::Org(OrgCommand::Delete { org }) => {
-            let org = require_org(services, &org).await?;
-            services.vault.delete_org(&org).await?;
+            // Not `require_org`: an organization whose removal was
+            // interrupted is already marked deleted, and is finished here.
+            let org = org_id(&org)?;
+            match services.vault.delete_org(&org).await {
+                Ok(rows) => eprintln!("organization {org} deleted: its data keys destroyed, {rows} rows removed"),
+                Err(crate::vault::VaultError::Store(crate::store::StoreError::NotFound)) => {
+                    bail!("organization {org} does not exist")
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         Command::ApiKey(ApiKeyCommand::Create {
             org,

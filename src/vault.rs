@@ -44,6 +44,9 @@ fn unreadable_list(unreadable: &[String]) -> String {
 /// Damaged rows named in an [`VaultError::Incomplete`] at the most.
 const UNREADABLE_NAMED: usize = 10;
 
+/// Rows removed per transaction when an organization is deleted.
+pub const PURGE_BATCH: i64 = 1000;
+
 /// Master keyring plus a cache of unwrapped data keys.
 pub struct Vault {
     keyring: MasterKeyring,
@@ -267,13 +270,26 @@ impl Vault {
         }
     }
 
-    /// Deletes an organization and its data keys (crypto-shredding).
-    pub async fn delete_org(&self, org_id: &str) -> Result<(), VaultError> {
-        self.store.delete_org(org_id).await?;
+    /// Deletes an organization: marks it deleted and destroys its data keys
+    /// at once (crypto-shredding), then removes its rows in batches
+    /// ([`PURGE_BATCH`] rows a transaction). `NotFound` when there is no such
+    /// organization; one whose removal was interrupted is finished.
+    pub async fn delete_org(&self, org_id: &str) -> Result<u64, VaultError> {
+        match self.store.mark_org_deleted(org_id).await {
+            Ok(()) => {}
+            Err(StoreError::NotFound) if self.store.deleted_orgs().await?.iter().any(|o| o == org_id) => {}
+            Err(e) => return Err(e.into()),
+        }
         self.cache
             .write()
             .expect("cache lock")
             .retain(|(org, _), _| org != org_id);
-        Ok(())
+        let mut removed = 0;
+        loop {
+            match self.store.purge_deleted_org(org_id, PURGE_BATCH).await? {
+                0 => return Ok(removed),
+                n => removed += n,
+            }
+        }
     }
 }

@@ -67,7 +67,28 @@ pub async fn purge_expired_states(ctx: &Context) -> Result<u64, Error> {
     ctx.store.purge_events(ctx.now() - EVENT_RETENTION_SECS).await?;
     ctx.store.purge_page_sessions(ctx.now()).await?;
     ctx.store.purge_idempotency_keys(ctx.now()).await?;
+    finish_deletions(ctx).await?;
     Ok(ctx.store.purge_oauth_states(ctx.now()).await?)
+}
+
+/// Batches of a deleted organization's rows one housekeeping pass removes.
+const DELETION_BATCHES_PER_PASS: usize = 100;
+
+/// Goes on removing the rows of organizations marked deleted whose removal
+/// was interrupted (the command crashed, or was stopped): a bounded number
+/// of small batches per pass, so the next pass finishes what is left.
+async fn finish_deletions(ctx: &Context) -> Result<(), Error> {
+    let mut batches = 0;
+    for org in ctx.store.deleted_orgs().await? {
+        while batches < DELETION_BATCHES_PER_PASS {
+            batches += 1;
+            if ctx.store.purge_deleted_org(&org, crate::vault::PURGE_BATCH).await? == 0 {
+                tracing::info!(org = %org, "a deleted organization's rows are all removed");
+                break;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The background worker: steps until `stop` turns true. A step in progress

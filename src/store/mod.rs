@@ -365,9 +365,11 @@ pub(crate) async fn current_key(
         Dialect::Postgres => " FOR SHARE",
         Dialect::Sqlite => "",
     };
-    let row = sqlx::query(&format!("SELECT key_version FROM organizations WHERE id = $1{lock}"))
-        .bind(org_id)
-        .fetch_optional(&mut *conn)
-        .await?;
+    let row = sqlx::query(&format!(
+        "SELECT key_version FROM organizations WHERE id = $1 AND deleted_at IS NULL{lock}"
+    ))
+    .bind(org_id)
+    .fetch_optional(&mut *conn)
+    .await?;
     Ok(row.map(|r| r.try_get(0)).transpose()?)
 }

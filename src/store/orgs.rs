@@ -2,7 +2,7 @@
 
 use sqlx::Row;
 
-use super::{Store, StoreError};
+use super::{Dialect, Store, StoreError};
 use crate::crypto::WrappedKey;
 
 /// One wrapped data key of an organization.
@@ -48,7 +48,7 @@ impl Store {
     /// master key they were wrapped under can open)?
     pub async fn holds_organizations(&self) -> Result<bool, StoreError> {
         self.timed(async move {
-            let any = sqlx::query("SELECT 1 FROM organizations LIMIT 1")
+            let any = sqlx::query("SELECT 1 FROM organizations WHERE deleted_at IS NULL LIMIT 1")
                 .fetch_optional(&self.pool)
                 .await?;
             Ok(any.is_some())
@@ -58,7 +58,7 @@ impl Store {
 
     pub async fn org_exists(&self, id: &str) -> Result<bool, StoreError> {
         self.timed(async move {
-            let row = sqlx::query("SELECT 1 FROM organizations WHERE id = $1")
+            let row = sqlx::query("SELECT 1 FROM organizations WHERE id = $1 AND deleted_at IS NULL")
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?;
@@ -67,33 +67,109 @@ impl Store {
         .await
     }
 
-    /// Deletes an organization with everything it owns, its data keys included.
-    pub async fn delete_org(&self, id: &str) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
-        // Children first: a cascade would work too, but explicit deletes make
-        // the crypto-shredding order obvious (ciphertexts, then their keys).
-        for sql in [
-            "DELETE FROM oauth_states WHERE org_id = $1",
-            "DELETE FROM outbox WHERE org_id = $1",
-            "DELETE FROM credentials WHERE org_id = $1",
-            "DELETE FROM named_secrets WHERE org_id = $1",
-            "DELETE FROM audit_events WHERE org_id = $1",
-            "DELETE FROM api_keys WHERE org_id = $1",
-            "DELETE FROM org_limits WHERE org_id = $1",
-            "DELETE FROM credential_counts WHERE org_id = $1",
-            "DELETE FROM org_keys WHERE org_id = $1",
-        ] {
-            sqlx::query(sql).bind(id).execute(&mut *tx).await?;
-        }
-        let done = sqlx::query("DELETE FROM organizations WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        tx.commit().await?;
-        Ok(())
+    /// Marks an organization deleted, in one short transaction: its data
+    /// keys are destroyed (crypto-shredding: what it stored cannot be
+    /// decrypted from here on), its API keys revoked, its page sessions and
+    /// pending flows ended. The organization row is locked first, as every
+    /// write of the organization locks it first, so writes in flight finish
+    /// before and later ones find no organization. Its rows are removed
+    /// after, in batches ([`Store::purge_deleted_org`]). `NotFound` when there
+    /// is no such organization (or it is already marked).
+    pub async fn mark_org_deleted(&self, id: &str) -> Result<(), StoreError> {
+        self.timed(async move {
+            let mut tx = self.begin_write().await?;
+            let t = self.now();
+            let marked = sqlx::query("UPDATE organizations SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL")
+                .bind(id)
+                .bind(t)
+                .execute(&mut *tx)
+                .await?;
+            if marked.rows_affected() == 0 {
+                return Err(StoreError::NotFound);
+            }
+            for sql in [
+                "UPDATE org_keys SET wrapped_key = '' WHERE org_id = $1",
+                "UPDATE api_keys SET revoked_at = $2 WHERE org_id = $1 AND revoked_at IS NULL",
+                "DELETE FROM page_sessions WHERE org_id = $1 AND $2 = $2",
+                "DELETE FROM oauth_states WHERE org_id = $1 AND $2 = $2",
+            ] {
+                sqlx::query(sql).bind(id).bind(t).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The organizations marked deleted whose rows are not all removed yet.
+    pub async fn deleted_orgs(&self) -> Result<Vec<String>, StoreError> {
+        self.timed(async move {
+            Ok(
+                sqlx::query_scalar("SELECT id FROM organizations WHERE deleted_at IS NOT NULL ORDER BY deleted_at")
+                    .fetch_all(&self.pool)
+                    .await?,
+            )
+        })
+        .await
+    }
+
+    /// Removes up to `batch` rows of an organization marked deleted, in one
+    /// short transaction: the next table's rows while any are left, and at
+    /// last the organization itself. Returns how many rows went; `0` once
+    /// nothing is left (or the organization is not marked deleted).
+    pub async fn purge_deleted_org(&self, id: &str, batch: i64) -> Result<u64, StoreError> {
+        self.timed(async move {
+            let row_id = match self.dialect {
+                Dialect::Postgres => "ctid",
+                Dialect::Sqlite => "rowid",
+            };
+            let mut tx = self.begin_write().await?;
+            let marked: Option<i64> =
+                sqlx::query_scalar("SELECT 1 FROM organizations WHERE id = $1 AND deleted_at IS NOT NULL")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if marked.is_none() {
+                return Ok(0);
+            }
+            // Credentials go with their grants (a cascade); what refers to
+            // the data keys goes before them.
+            for table in [
+                "audit_events",
+                "outbox",
+                "idempotency_keys",
+                "credentials",
+                "named_secrets",
+                "api_keys",
+                "page_sessions",
+                "oauth_states",
+                "org_limits",
+                "credential_counts",
+                "listing_versions",
+                "org_keys",
+            ] {
+                let gone = sqlx::query(&format!(
+                    "DELETE FROM {table} WHERE {row_id} IN (SELECT {row_id} FROM {table} WHERE org_id = $1 LIMIT $2)"
+                ))
+                .bind(id)
+                .bind(batch)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if gone > 0 {
+                    tx.commit().await?;
+                    return Ok(gone);
+                }
+            }
+            let gone = sqlx::query("DELETE FROM organizations WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            Ok(gone)
+        })
+        .await
     }
 
     /// Sets the per-organization override of one provider's credential limit.
@@ -117,7 +193,7 @@ impl Store {
     /// The organization's current data key version.
     pub async fn org_key_version(&self, org_id: &str) -> Result<i64, StoreError> {
         self.timed(async move {
-            let row = sqlx::query("SELECT key_version FROM organizations WHERE id = $1")
+            let row = sqlx::query("SELECT key_version FROM organizations WHERE id = $1 AND deleted_at IS NULL")
                 .bind(org_id)
                 .fetch_optional(&self.pool)
                 .await?
@@ -151,11 +227,11 @@ impl Store {
     /// The ids of the master keys that wrap the stored data keys.
     pub async fn master_kids_in_use(&self) -> Result<Vec<String>, StoreError> {
         self.timed(async move {
-            Ok(
-                sqlx::query_scalar("SELECT DISTINCT master_kid FROM org_keys ORDER BY master_kid")
-                    .fetch_all(&self.pool)
-                    .await?,
+            Ok(sqlx::query_scalar(
+                "SELECT DISTINCT master_kid FROM org_keys WHERE wrapped_key <> '' ORDER BY master_kid",
             )
+            .fetch_all(&self.pool)
+            .await?)
         })
         .await
     }
@@ -165,7 +241,7 @@ impl Store {
         self.timed(async move {
             let rows = sqlx::query(
                 "SELECT org_id, version, wrapped_key, master_kid FROM org_keys \
-             WHERE $1 IS NULL OR master_kid <> $1 ORDER BY org_id, version",
+             WHERE ($1 IS NULL OR master_kid <> $1) AND wrapped_key <> '' ORDER BY org_id, version",
             )
             .bind(except_kid)
             .fetch_all(&self.pool)

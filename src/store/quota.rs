@@ -10,7 +10,7 @@ use super::StoreError;
 /// Serializes writers of one organization: a no-op update that takes the
 /// organization row's lock (Postgres) inside an immediate transaction (SQLite).
 pub(crate) async fn lock_org(conn: &mut sqlx::AnyConnection, org_id: &str) -> Result<(), StoreError> {
-    let done = sqlx::query("UPDATE organizations SET write_seq = write_seq + 1 WHERE id = $1")
+    let done = sqlx::query("UPDATE organizations SET write_seq = write_seq + 1 WHERE id = $1 AND deleted_at IS NULL")
         .bind(org_id)
         .execute(&mut *conn)
         .await?;

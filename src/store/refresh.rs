@@ -90,6 +90,8 @@ impl Store {
                AND expires_at IS NOT NULL \
                AND ((refresh_after IS NULL AND expires_at <= $3) OR refresh_after <= $4) \
                AND (lease_until IS NULL OR lease_until < $4) \
+               AND NOT EXISTS (SELECT 1 FROM organizations o WHERE o.id = credentials.org_id \
+                 AND o.deleted_at IS NOT NULL) \
                ORDER BY expires_at LIMIT $5 {lock}) \
              RETURNING org_id, id"
             ))

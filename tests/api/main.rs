@@ -23,6 +23,7 @@ mod oauth;
 mod oauth_server;
 mod openapi_conformance;
 mod operations;
+mod org_deletion;
 mod outage;
 mod outbox;
 mod ownership;
