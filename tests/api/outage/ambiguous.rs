@@ -172,3 +172,35 @@ fn a_database_that_stops_answering_gives_quick_503s_not_hung_requests() {
         );
     });
 }
+
+#[test]
+fn the_workers_refresh_whose_commit_answer_is_lost_keeps_the_token_it_stored() {
+    crate::helpers::run_test(async {
+        let db = TestDb::new(Backend::Postgres).await;
+        let proxy = FaultProxy::start(&db.url).await;
+        let ms = AuthServer::start(Flavor::Microsoft).await;
+        let revocation = format!("{}/revoke", ms.base);
+        let app = oauth_app(&db, &[(&ms, "sharepoint")], |c| {
+            c.database_url = proxy.url.clone();
+            c.provider_overrides
+                .insert("CREDGATE_PROVIDER_SHAREPOINT_REVOCATION_URL".into(), revocation);
+        })
+        .await;
+        let id = connect(&app, "sharepoint", "").await["credential_id"].clone();
+        app.make_due(&id).await;
+
+        proxy.withhold_commit_after("UPDATE credentials SET secret_ct", Withhold::Close);
+        let step = credgate::oauth::worker::try_refresh_due(&app.state, 10).await;
+        let stored = stored_refresh_token(&app, &id).await;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let (again, after) = app
+            .call(Method::POST, &format!("/integrations/credentials/{id}/refresh"), &app.org.admin, None)
+            .await;
+
+        assert_eq!(proxy.fired(), 1, "the worker's COMMIT answer was withheld");
+        assert!(step.is_ok(), "{step:?}");
+        assert!(!ms.with(|i| i.revoked.contains(&stored)), "the stored refresh token was revoked");
+        assert_eq!(again, StatusCode::OK, "{after}");
+        assert_eq!(ms.with(|i| i.reuse_detected), 0);
+    });
+}
