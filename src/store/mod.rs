@@ -117,6 +117,33 @@ pub struct Store {
     kept_uses: std::sync::Arc<kept::Kept>,
     /// How long one operation may take ([`Store::timed`]).
     op_timeout: Duration,
+    /// When an operation last passed that limit.
+    abandoned: std::sync::Arc<Abandoned>,
+}
+
+/// When a store operation last passed its time limit (milliseconds since
+/// the first store of the process; `0`: never).
+#[derive(Debug, Default)]
+struct Abandoned(std::sync::atomic::AtomicU64);
+
+/// How long after an abandoned operation the connections given back are
+/// checked before sqlx pings them.
+const ABANDONED_WATCH: Duration = Duration::from_secs(120);
+
+impl Abandoned {
+    fn since_start() -> u64 {
+        static START: std::sync::LazyLock<std::time::Instant> = std::sync::LazyLock::new(std::time::Instant::now);
+        START.elapsed().as_millis() as u64 + 1
+    }
+
+    fn now(&self) {
+        self.0.store(Self::since_start(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn recently(&self) -> bool {
+        let at = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        at != 0 && Self::since_start().saturating_sub(at) < ABANDONED_WATCH.as_millis() as u64
+    }
 }
 
 /// How long one store operation may take unless configured
@@ -146,6 +173,7 @@ impl Store {
         match tokio::time::timeout(self.op_timeout, operation).await {
             Ok(outcome) => outcome,
             Err(_) => {
+                self.abandoned.now();
                 tracing::warn!(
                     limit_secs = self.op_timeout.as_secs_f32(),
                     "a store operation took longer than its limit"
@@ -217,9 +245,28 @@ impl Store {
         // No ping before each acquire: a dead connection fails its statement,
         // which is classified as unavailable (503) and dropped by the pool,
         // instead of every request paying a round trip.
+        // A connection whose operation passed its time limit goes back to
+        // the pool mid-statement, and sqlx pings it there: to a peer that
+        // stopped answering without closing, that ping never returns, and
+        // the connection's slot is lost until TCP gives up (about 15
+        // minutes). After such a timeout, connections given back are first
+        // pinged within a second, and closed when that fails (sqlx's own
+        // ping is then never sent). Otherwise nothing is added.
+        let abandoned = std::sync::Arc::new(Abandoned::default());
+        let watched = abandoned.clone();
         let pool = options
             .acquire_timeout(Duration::from_secs(2))
             .test_before_acquire(false)
+            .after_release(move |conn, _| {
+                let watched = watched.clone();
+                Box::pin(async move {
+                    if !watched.recently() {
+                        return Ok(true);
+                    }
+                    let answered = tokio::time::timeout(Duration::from_secs(1), sqlx::Connection::ping(conn)).await;
+                    Ok(matches!(answered, Ok(Ok(()))))
+                })
+            })
             .connect(&url)
             .await?;
         Ok(Self {
@@ -234,6 +281,7 @@ impl Store {
             kept_reads: Default::default(),
             kept_uses: Default::default(),
             op_timeout: OP_TIMEOUT,
+            abandoned,
         })
     }
 

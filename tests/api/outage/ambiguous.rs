@@ -194,13 +194,79 @@ fn the_workers_refresh_whose_commit_answer_is_lost_keeps_the_token_it_stored() {
         let stored = stored_refresh_token(&app, &id).await;
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         let (again, after) = app
-            .call(Method::POST, &format!("/integrations/credentials/{id}/refresh"), &app.org.admin, None)
+            .call(
+                Method::POST,
+                &format!("/integrations/credentials/{id}/refresh"),
+                &app.org.admin,
+                None,
+            )
             .await;
 
         assert_eq!(proxy.fired(), 1, "the worker's COMMIT answer was withheld");
         assert!(step.is_ok(), "{step:?}");
-        assert!(!ms.with(|i| i.revoked.contains(&stored)), "the stored refresh token was revoked");
+        assert!(
+            !ms.with(|i| i.revoked.contains(&stored)),
+            "the stored refresh token was revoked"
+        );
         assert_eq!(again, StatusCode::OK, "{after}");
         assert_eq!(ms.with(|i| i.reuse_detected), 0);
+    });
+}
+
+#[test]
+fn connections_left_with_a_dead_peer_do_not_keep_the_pool_from_recovering() {
+    crate::helpers::run_test(async {
+        let db = TestDb::new(Backend::Postgres).await;
+        let proxy = FaultProxy::start(&db.url).await;
+        let mut config = crate::helpers::test_config(&db);
+        config.database_url = proxy.url.clone();
+        config.db_timeout = std::time::Duration::from_secs(1);
+        let app = TestApp::spawn_with(config).await;
+        let format = credgate::apikeys::TokenFormat::load(&app.state.store).await.unwrap();
+        let tokens: Vec<String> = (0..24).map(|_| format.mint()).collect();
+        let warm: Vec<String> = (0..48).map(|_| format.mint()).collect();
+        // The pool grows to its 16 connections.
+        futures::future::join_all(warm.iter().map(|token| {
+            let app = &app;
+            async move { app.call(Method::GET, "/integrations/credentials", token, None).await }
+        }))
+        .await;
+
+        // Every pooled connection is taken by a lookup the database never
+        // answers; then the database answers new connections again, while
+        // the old ones stay open and silent, as connections to a dead peer.
+        proxy.fall_silent();
+        let stuck = futures::future::join_all(tokens.iter().map(|token| {
+            let app = &app;
+            async move { app.call(Method::GET, "/integrations/credentials", token, None).await }
+        }))
+        .await;
+        proxy.heal_new_connections();
+        let started = std::time::Instant::now();
+        let mut recovered = None;
+        while started.elapsed() < std::time::Duration::from_secs(20) {
+            let (status, _) = app
+                .call(
+                    Method::POST,
+                    "/integrations/credentials",
+                    &app.org.admin,
+                    Some(crate::helpers::pg_body("after", "pw")),
+                )
+                .await;
+            if status == StatusCode::CREATED {
+                recovered = Some(started.elapsed());
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+
+        assert!(
+            stuck.iter().all(|(s, _)| *s == StatusCode::SERVICE_UNAVAILABLE),
+            "{stuck:?}"
+        );
+        assert!(
+            recovered.is_some(),
+            "the pool's connections to the dead peer were closed, new ones made"
+        );
     });
 }

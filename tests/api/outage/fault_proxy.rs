@@ -89,6 +89,12 @@ impl FaultProxy {
         self.heal.send_modify(|g| *g += 1);
     }
 
+    /// New connections are answered again; the ones that lost answers stay
+    /// open and silent for ever, as connections to a peer that died do.
+    pub fn heal_new_connections(&self) {
+        self.plan.lock().unwrap().silent = false;
+    }
+
     /// Withholds the answer to the next `COMMIT` of a transaction that ran
     /// a statement containing `marker` (once).
     pub fn withhold_commit_after(&self, marker: &str, how: Withhold) {
@@ -137,7 +143,7 @@ async fn relay(
                         continue;
                     }
                 };
-                if plan.lock().unwrap().silent {
+                if lost_answers || plan.lock().unwrap().silent {
                     lost_answers = true;
                     continue;
                 }
