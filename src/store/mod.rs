@@ -249,7 +249,8 @@ impl Store {
         // the pool mid-statement, and sqlx pings it there: to a peer that
         // stopped answering without closing, that ping never returns, and
         // the connection's slot is lost until TCP gives up (about 15
-        // minutes). After such a timeout, connections given back are first
+        // minutes; sqlx 0.8 offers no way to set TCP keepalive). For two
+        // minutes after such a timeout, connections given back are first
         // pinged within a second, and closed when that fails (sqlx's own
         // ping is then never sent). Otherwise nothing is added.
         let abandoned = std::sync::Arc::new(Abandoned::default());
