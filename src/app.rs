@@ -24,7 +24,7 @@ use crate::http::ratelimit::RateLimits;
 use crate::http::{self, AppState, SharedState};
 use crate::metrics::Metrics;
 use crate::probes::{ApiBaseUrls, ProbeContext, ProbeTimeouts};
-use crate::providers::{load_dir, Registry};
+use crate::providers::{load_catalog, Registry};
 use crate::store::{Dialect, Store};
 use crate::vault::Vault;
 use crate::webhooks::Webhooks;
@@ -50,7 +50,10 @@ impl Services {
 
     /// [`Services::init`] with a clock of the caller's (tests move time).
     pub async fn init_with_clock(config: Config, clock: Clock) -> anyhow::Result<Self> {
-        let registry = Registry::new(load_dir(&config.providers_dir, &config.provider_overrides)?);
+        let registry = Registry::new(load_catalog(
+            config.providers_dir.as_deref(),
+            &config.provider_overrides,
+        )?);
         let store = connect_and_migrate(&config, clock.clone()).await?;
         if store.dialect() == Dialect::Postgres && store.commit_durability().await? == "off" {
             tracing::warn!(

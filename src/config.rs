@@ -7,7 +7,7 @@
 //! | `CREDGATE_LISTEN` | `127.0.0.1:8080` |
 //! | `CREDGATE_PUBLIC_URL` | `http://` + listen address |
 //! | `CREDGATE_MASTER_KEYS` | SQLite: `credgate.master.key` beside the database |
-//! | `CREDGATE_PROVIDERS_DIR` | `./providers` |
+//! | `CREDGATE_PROVIDERS_DIR` | unset: the built-in catalog (and `./providers` when it exists) |
 //! | `CREDGATE_PROVIDER_{ID}_{FIELD}` | overrides one top-level provider field |
 //! | `CREDGATE_REFRESH_LEAD_SECS` | `600` |
 //! | `CREDGATE_RESOLVE_MARGIN_SECS` | `300` |
@@ -55,9 +55,11 @@ pub struct Settings {
     /// Comma-separated Fernet master keys; the first encrypts. Prefer the variable to the flag.
     #[arg(long, env = "CREDGATE_MASTER_KEYS", hide_env_values = true, global = true)]
     pub master_keys: Option<String>,
-    /// Directory of provider definition files.
-    #[arg(long, env = "CREDGATE_PROVIDERS_DIR", default_value = "./providers", global = true)]
-    pub providers_dir: PathBuf,
+    /// Directory of provider files added to the built-in catalog (a file
+    /// replaces the built-in provider of its id). Unset: `./providers` when
+    /// it exists, else the built-in catalog alone.
+    #[arg(long, env = "CREDGATE_PROVIDERS_DIR", global = true)]
+    pub providers_dir: Option<PathBuf>,
     /// The worker refreshes tokens expiring within this many seconds.
     #[arg(long, env = "CREDGATE_REFRESH_LEAD_SECS", default_value_t = 600, global = true)]
     pub refresh_lead_secs: u64,
@@ -136,7 +138,9 @@ pub struct Config {
     pub public_url: String,
     /// `None`: use (or create) the key file beside a SQLite database.
     pub master_keys: Option<SecretString>,
-    pub providers_dir: PathBuf,
+    /// Provider files added to the built-in catalog (`None`: `./providers`
+    /// when it exists).
+    pub providers_dir: Option<PathBuf>,
     /// `CREDGATE_PROVIDER_*` variables.
     pub provider_overrides: BTreeMap<String, String>,
     pub refresh_lead_secs: u64,
@@ -231,7 +235,7 @@ impl Config {
             listen: "127.0.0.1:0".parse().expect("valid address"),
             public_url: None,
             master_keys: None,
-            providers_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/providers")),
+            providers_dir: Some(PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/providers"))),
             refresh_lead_secs: 600,
             resolve_margin_secs: 300,
             egress_allow: String::new(),

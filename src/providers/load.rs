@@ -93,6 +93,54 @@ struct RawIdentity {
 /// Loads every `*.toml` in `dir`, applying overrides from `env`
 /// (`CREDGATE_PROVIDER_{ID}_{FIELD}` → value).
 pub fn load_dir(dir: &Path, env: &BTreeMap<String, String>) -> Result<Vec<Provider>, ProviderFileError> {
+    build_all(read_dir(dir)?, env)
+}
+
+mod built_in {
+    include!(concat!(env!("OUT_DIR"), "/built_in_providers.rs"));
+}
+
+/// The catalog: the provider files compiled into the binary, and those of
+/// `dir` on top (a file there adds a provider, or replaces the built-in one
+/// of the same id), with `env`'s overrides applied. `dir` must exist when
+/// it is given (`CREDGATE_PROVIDERS_DIR` set); without it, `./providers` is
+/// read when it exists, so a checkout's edited files are served.
+pub fn load_catalog(dir: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Vec<Provider>, ProviderFileError> {
+    let mut sources: BTreeMap<String, Source> = built_in::BUILT_IN
+        .iter()
+        .map(|(name, text)| {
+            let id = name.trim_end_matches(".toml").to_owned();
+            let file = PathBuf::from(format!("built-in providers/{name}"));
+            (
+                id,
+                Source {
+                    file,
+                    text: (*text).to_owned(),
+                },
+            )
+        })
+        .collect();
+    let local = Path::new("./providers");
+    let dir = match dir {
+        Some(dir) => Some(dir),
+        None => local.is_dir().then_some(local),
+    };
+    if let Some(dir) = dir {
+        for (id, source) in read_dir(dir)? {
+            sources.insert(id, source);
+        }
+    }
+    build_all(sources.into_iter().collect(), env)
+}
+
+/// One provider file's text and where it came from.
+struct Source {
+    file: PathBuf,
+    text: String,
+}
+
+/// The `*.toml` files of `dir`, by id (the file stem), in id order.
+fn read_dir(dir: &Path) -> Result<Vec<(String, Source)>, ProviderFileError> {
     let whole = |file: &Path, message: String| ProviderFileError {
         file: file.to_owned(),
         field: "-".into(),
@@ -105,16 +153,29 @@ pub fn load_dir(dir: &Path, env: &BTreeMap<String, String>) -> Result<Vec<Provid
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
         .collect();
     files.sort();
-    let ids: Vec<String> = files
-        .iter()
-        .filter_map(|f| f.file_stem().and_then(|s| s.to_str()).map(str::to_owned))
-        .collect();
+    files
+        .into_iter()
+        .filter_map(|file| Some((file.file_stem()?.to_str()?.to_owned(), file)))
+        .map(|(id, file)| {
+            let text = std::fs::read_to_string(&file).map_err(|e| whole(&file, e.to_string()))?;
+            Ok((id, Source { file, text }))
+        })
+        .collect()
+}
+
+/// Parses, overrides and checks every source.
+fn build_all(
+    sources: Vec<(String, Source)>,
+    env: &BTreeMap<String, String>,
+) -> Result<Vec<Provider>, ProviderFileError> {
+    let ids: Vec<String> = sources.iter().map(|(id, _)| id.clone()).collect();
     let mut providers = Vec::new();
-    for (file, id) in files.iter().zip(&ids) {
-        let text = std::fs::read_to_string(file).map_err(|e| whole(file, e.to_string()))?;
-        let mut table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| whole(file, e.message().trim().replace('\n', " ")))?;
+    for (id, Source { file, text }) in &sources {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ProviderFileError {
+            file: file.clone(),
+            field: "-".into(),
+            message: e.message().trim().replace('\n', " "),
+        })?;
         apply_overrides(&mut table, id, &ids, env);
         let raw: RawProvider =
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| ProviderFileError {

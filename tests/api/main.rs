@@ -7,6 +7,7 @@ mod helpers;
 mod access;
 mod architecture;
 mod auth_limits;
+mod catalog;
 mod cli;
 mod connections;
 mod credentials;

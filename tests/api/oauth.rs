@@ -441,7 +441,7 @@ type = "oauth2"
         ),
     )
     .unwrap();
-    let app = oauth_app(&db, &[], |c| c.providers_dir = dir.path().to_owned()).await;
+    let app = oauth_app(&db, &[], |c| c.providers_dir = Some(dir.path().to_owned())).await;
 
     let result = connect(&app, "acme", "").await;
     let (_, catalog) = app
