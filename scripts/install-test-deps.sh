@@ -14,6 +14,8 @@
 #   dovecot on loopback ports with their own config; the system dovecot that
 #   the package may start is stopped and disabled here.
 # - aiosmtpd (PyPI, pinned) for the SMTP stand-in, tests/api/probes/smtp_server.py.
+# - openapi-python-client (PyPI, pinned) generates the typed client that
+#   tests/api/generated_client.rs drives.
 set -euo pipefail
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -95,6 +97,11 @@ fi
 # The SMTP stand-in (tests/api/probes/smtp_server.py) with AUTH and STARTTLS.
 if ! python3 -c 'import aiosmtpd, sys; sys.exit(aiosmtpd.__version__ != "1.4.6")' >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'aiosmtpd==1.4.6'
+fi
+
+# A client generated from /openapi.json (tests/api/generated_client.rs).
+if ! openapi-python-client --version 2>/dev/null | grep -q '0\.29\.1'; then
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'openapi-python-client==0.29.1'
 fi
 
 echo "install-test-deps: ok"

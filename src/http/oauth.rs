@@ -80,7 +80,7 @@ async fn authorize(
 #[utoipa::path(get, path = "/integrations/{provider}/callback", tag = "oauth", security(()),
     params(("provider" = String, Path), ("state" = Option<String>, Query), ("code" = Option<String>, Query),
            ("error" = Option<String>, Query), ("iss" = Option<String>, Query)),
-    responses((status = 302, description = "to return_to with result=success|error"), (status = 200, description = "result page")))]
+    responses((status = 302, description = "to return_to with result=success|error"), (status = 200, description = "result page", content_type = "text/html", body = String)))]
 async fn callback(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,

@@ -4,7 +4,8 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
-use serde_json::{json, Value};
+use serde::Serialize;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -18,26 +19,48 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(metrics))
 }
 
+/// `/healthz` and `/readyz`: what the process and the replica say of themselves.
+#[derive(Debug, Serialize, ToSchema)]
+struct Health {
+    /// `ok`, `ready`, or what keeps the replica from being ready.
+    status: String,
+    /// The ids of master keys that wrap stored data keys and that this
+    /// replica lacks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    missing_master_keys: Option<Vec<String>>,
+}
+
+impl Health {
+    fn says(status: &str) -> Json<Self> {
+        Json(Self {
+            status: status.to_owned(),
+            missing_master_keys: None,
+        })
+    }
+}
+
 /// Liveness: the process answers
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200)))]
-async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
+async fn healthz() -> Json<Health> {
+    Health::says("ok")
 }
 
 /// Readiness: the store is reachable, and this replica's master keys open every stored data key
-#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200), (status = 503)))]
-async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let unready = |body: Value| (StatusCode::SERVICE_UNAVAILABLE, Json(body));
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, body = Health), (status = 503, body = Health)))]
+async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
+    let unready = |body: Json<Health>| (StatusCode::SERVICE_UNAVAILABLE, body);
     if state.worker.stuck(state.now()) {
-        return unready(json!({"status": "the refresh worker is stuck"}));
+        return unready(Health::says("the refresh worker is stuck"));
     }
     match state.ready.check(&state).await {
-        Readiness::Ready => (StatusCode::OK, Json(json!({"status": "ready"}))),
-        Readiness::StoreUnreachable => unready(json!({"status": "store unreachable"})),
-        Readiness::KeysMissing(kids) => unready(json!({
-            "status": "master keys missing: data keys in the store are wrapped by master keys this replica \
-                       lacks (add them to CREDGATE_MASTER_KEYS)",
-            "missing_master_keys": kids,
+        Readiness::Ready => (StatusCode::OK, Health::says("ready")),
+        Readiness::StoreUnreachable => unready(Health::says("store unreachable")),
+        Readiness::KeysMissing(kids) => unready(Json(Health {
+            status: "master keys missing: data keys in the store are wrapped by master keys this replica lacks \
+                     (add them to CREDGATE_MASTER_KEYS)"
+                .into(),
+            missing_master_keys: Some(kids),
         })),
     }
 }

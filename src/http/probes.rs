@@ -43,7 +43,7 @@ fn field_errors(errors: Vec<probes::FieldError>) -> ApiError {
 /// Test an SFTP server
 #[utoipa::path(post, path = "/integrations/sftp/test-connection", tag = "probes",
     request_body(content = Object, description = "`{host, port?: 22, username, password?, private_key?, passphrase?, host_key_sha256?, path?}`"),
-    responses((status = 200, description = "ProbeResult `{ok, latency_ms, detail, error?}`"), (status = 422, body = Problem), (status = 429, body = Problem)))]
+    responses((status = 200, body = ProbeResult, description = "`{ok, latency_ms, detail, error?}`"), (status = 422, body = Problem), (status = 429, body = Problem)))]
 async fn test_sftp(
     State(state): State<AppState>,
     caller: Caller,
@@ -55,7 +55,7 @@ async fn test_sftp(
 /// Test a PostgreSQL server
 #[utoipa::path(post, path = "/integrations/postgres/test-connection", tag = "probes",
     request_body(content = Object, description = "`{connection_string}` or `{host, port?: 5432, database, username, password, sslmode?}`"),
-    responses((status = 200, description = "ProbeResult"), (status = 422, body = Problem), (status = 429, body = Problem)))]
+    responses((status = 200, body = ProbeResult, description = "`{ok, latency_ms, detail?, error?}`: with `use` alone, `ok`, `latency_ms` and `error.code`"), (status = 422, body = Problem), (status = 429, body = Problem)))]
 async fn test_postgres(
     State(state): State<AppState>,
     caller: Caller,
@@ -67,7 +67,7 @@ async fn test_postgres(
 /// Test an LLM API key
 #[utoipa::path(post, path = "/integrations/llm/test-connection", tag = "probes",
     request_body(content = Object, description = "`{provider_type: openai|anthropic|openai_compatible, api_key, base_url?, organization_id?}`"),
-    responses((status = 200, description = "ProbeResult"), (status = 422, body = Problem), (status = 429, body = Problem)))]
+    responses((status = 200, body = ProbeResult), (status = 422, body = Problem), (status = 429, body = Problem)))]
 async fn test_llm(
     State(state): State<AppState>,
     caller: Caller,
@@ -79,7 +79,7 @@ async fn test_llm(
 /// Test a Telegram bot token
 #[utoipa::path(post, path = "/integrations/telegram/test-connection", tag = "probes",
     request_body(content = Object, description = "`{bot_token}`"),
-    responses((status = 200, description = "ProbeResult"), (status = 422, body = Problem), (status = 429, body = Problem)))]
+    responses((status = 200, body = ProbeResult), (status = 422, body = Problem), (status = 429, body = Problem)))]
 async fn test_telegram(
     State(state): State<AppState>,
     caller: Caller,
@@ -90,7 +90,7 @@ async fn test_telegram(
 
 /// Test a saved credential with its stored values; updates `status` and `last_tested_at`
 #[utoipa::path(post, path = "/integrations/credentials/{id}/test", tag = "credentials",
-    responses((status = 200, description = "ProbeResult"), (status = 404, body = Problem),
+    responses((status = 200, body = ProbeResult), (status = 404, body = Problem),
               (status = 409, body = Problem, description = "`no_probe`: the provider has no connection test (custom, webhook secrets)"),
               (status = 429, body = Problem)))]
 async fn test_credential(

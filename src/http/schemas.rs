@@ -26,6 +26,25 @@ fn port() -> Value {
     json!({"type": "integer", "minimum": 1, "maximum": 65535})
 }
 
+/// The answer of `POST /integrations/credentials/{id}/resolve`: every field
+/// with its value decrypted, and for OAuth the access token (never the
+/// refresh token) and when it expires.
+pub fn resolved() -> Value {
+    json!({
+        "type": "object",
+        "required": ["id", "provider", "auth_type", "fields"],
+        "properties": {
+            "id": {"type": "string", "format": "uuid"},
+            "provider": {"type": "string"},
+            "auth_type": {"type": "string"},
+            "fields": {"type": "object", "additionalProperties": true,
+                       "description": "every field of the credential, secrets decrypted"},
+            "access_token": {"type": "string", "description": "OAuth: a token valid for at least the resolve margin"},
+            "expires_at": {"type": "string", "format": "date-time"}
+        }
+    })
+}
+
 /// `POST /integrations/secrets/resolve`: 1 to 100 names, each matching the
 /// names' pattern.
 pub fn resolve_secrets() -> Value {

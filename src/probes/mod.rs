@@ -46,7 +46,7 @@ pub use smtp::SmtpRequest;
 pub use telegram::TelegramRequest;
 
 /// What a probe returns: the contract's ProbeResult.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ProbeResult {
     /// Whether the service accepted the credentials and answered.
     pub ok: bool,
@@ -55,6 +55,7 @@ pub struct ProbeResult {
     /// Facts learnt on the way (server version, fingerprint, bot name, …);
     /// absent (null) for a caller who may only `use` the credential.
     #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    #[schema(value_type = Option<Object>, required = false)]
     pub detail: serde_json::Value,
     /// Why the probe failed; absent when `ok`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -78,7 +79,7 @@ impl ProbeResult {
 }
 
 /// A stable machine code for a failed probe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureCode {
     /// The host name does not resolve.
@@ -138,13 +139,14 @@ impl FailureCode {
 }
 
 /// Why a probe failed, in words a person can act on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ProbeFailure {
     /// The stable machine code.
     pub code: FailureCode,
     /// What happened and what to check; empty (and not sent) for a caller
     /// who may only `use` the credential.
     #[serde(skip_serializing_if = "String::is_empty")]
+    #[schema(required = false)]
     pub message: String,
 }
 
