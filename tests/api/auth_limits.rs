@@ -33,117 +33,143 @@ fn random_token() -> String {
     format!("cgk_{}", uuid::Uuid::new_v4().simple())
 }
 
-crate::both_backends! {
-    async fn an_address_over_its_failure_budget_gets_429_without_a_store_lookup(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let mut config = test_config(&db);
-        config.auth_failures_per_sec = 1; // bursts of two
-        let app = TestApp::spawn_with(config).await;
-        let guesser = from([127, 0, 0, 1]);
-        let mut spent = Vec::new();
-        for _ in 0..3 {
-            spent.push(list_with(&guesser, &app, &random_token()).await.0);
-        }
-        let lookups_before = app.metric(LOOKUPS).await;
-
-        let started = Instant::now();
-        let answers: Vec<(StatusCode, bool)> = futures::stream::iter(0..200)
-            .map(|_| {
-                let (guesser, app) = (&guesser, &app);
-                async move { list_with(guesser, app, &random_token()).await }
-            })
-            .buffer_unordered(16)
-            .collect()
-            .await;
-        let took = started.elapsed();
-        let lookups_after = app.metric(LOOKUPS).await;
-        let other = from([127, 0, 0, 2]);
-        let (other_bad, _) = list_with(&other, &app, "cgk_wrong").await;
-        let (other_good, _) = list_with(&other, &app, &app.org.admin).await;
-
-        assert_eq!(spent, [StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED, StatusCode::TOO_MANY_REQUESTS]);
-        assert!(
-            answers.iter().all(|a| *a == (StatusCode::TOO_MANY_REQUESTS, true)),
-            "every new token is 429 with Retry-After: {answers:?}"
-        );
-        assert_eq!(lookups_after, lookups_before, "200 guesses in {took:?} asked the store nothing");
-        assert_eq!(other_bad, StatusCode::UNAUTHORIZED, "another address has its own budget");
-        assert_eq!(other_good, StatusCode::OK);
+async fn an_address_over_its_failure_budget_gets_429_without_a_store_lookup(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let mut config = test_config(&db);
+    config.auth_failures_per_sec = 1; // bursts of two
+    let app = TestApp::spawn_with(config).await;
+    let guesser = from([127, 0, 0, 1]);
+    let mut spent = Vec::new();
+    for _ in 0..3 {
+        spent.push(list_with(&guesser, &app, &random_token()).await.0);
     }
+    let lookups_before = app.metric(LOOKUPS).await;
+
+    let started = Instant::now();
+    let answers: Vec<(StatusCode, bool)> = futures::stream::iter(0..200)
+        .map(|_| {
+            let (guesser, app) = (&guesser, &app);
+            async move { list_with(guesser, app, &random_token()).await }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let took = started.elapsed();
+    let lookups_after = app.metric(LOOKUPS).await;
+    let other = from([127, 0, 0, 2]);
+    let (other_bad, _) = list_with(&other, &app, "cgk_wrong").await;
+    let (other_good, _) = list_with(&other, &app, &app.org.admin).await;
+
+    assert_eq!(
+        spent,
+        [
+            StatusCode::UNAUTHORIZED,
+            StatusCode::UNAUTHORIZED,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+    assert!(
+        answers.iter().all(|a| *a == (StatusCode::TOO_MANY_REQUESTS, true)),
+        "every new token is 429 with Retry-After: {answers:?}"
+    );
+    assert_eq!(
+        lookups_after, lookups_before,
+        "200 guesses in {took:?} asked the store nothing"
+    );
+    assert_eq!(
+        other_bad,
+        StatusCode::UNAUTHORIZED,
+        "another address has its own budget"
+    );
+    assert_eq!(other_good, StatusCode::OK);
 }
+crate::both_backends!(an_address_over_its_failure_budget_gets_429_without_a_store_lookup);
 
-crate::both_backends! {
-    async fn an_unknown_token_repeated_within_its_window_costs_one_lookup(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let mut config = test_config(&db);
-        config.auth_failures_per_sec = 0;
-        let app = TestApp::spawn_with(config).await;
-        let client = reqwest::Client::new();
-        // Shaped as this installation issues them: worth a lookup.
-        let token = credgate::apikeys::TokenFormat::load(&app.state.store).await.unwrap().mint();
-        let before = app.metric(LOOKUPS).await;
+async fn an_unknown_token_repeated_within_its_window_costs_one_lookup(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let mut config = test_config(&db);
+    config.auth_failures_per_sec = 0;
+    let app = TestApp::spawn_with(config).await;
+    let client = reqwest::Client::new();
+    // Shaped as this installation issues them: worth a lookup.
+    let token = credgate::apikeys::TokenFormat::load(&app.state.store)
+        .await
+        .unwrap()
+        .mint();
+    let before = app.metric(LOOKUPS).await;
 
-        let mut statuses = Vec::new();
-        for _ in 0..10 {
-            statuses.push(list_with(&client, &app, &token).await.0);
-        }
-        let within = app.metric(LOOKUPS).await;
-        tokio::time::sleep(Duration::from_millis(2100)).await; // past the 2 s window
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
         statuses.push(list_with(&client, &app, &token).await.0);
-        let after = app.metric(LOOKUPS).await;
-
-        assert!(statuses.iter().all(|s| *s == StatusCode::UNAUTHORIZED), "{statuses:?}");
-        assert_eq!(within - before, 1, "ten tries of one unknown token, one lookup");
-        assert_eq!(after - before, 2, "after the window the store is asked again");
     }
+    let within = app.metric(LOOKUPS).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await; // past the 2 s window
+    statuses.push(list_with(&client, &app, &token).await.0);
+    let after = app.metric(LOOKUPS).await;
+
+    assert!(statuses.iter().all(|s| *s == StatusCode::UNAUTHORIZED), "{statuses:?}");
+    assert_eq!(within - before, 1, "ten tries of one unknown token, one lookup");
+    assert_eq!(after - before, 2, "after the window the store is asked again");
 }
+crate::both_backends!(an_unknown_token_repeated_within_its_window_costs_one_lookup);
 
-crate::both_backends! {
-    async fn an_api_keys_last_use_is_written_at_most_once_a_minute(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let app = TestApp::spawn(&db).await;
-        let sql = app.sql().await;
-        let key_id: String = sqlx::query_scalar("SELECT id FROM api_keys WHERE org_id = $1 AND role = 'admin'")
-            .bind(&app.org.id).fetch_one(&sql).await.unwrap();
-        let last_used = || {
-            let (sql, key_id) = (sql.clone(), key_id.clone());
-            async move {
-                sqlx::query_scalar::<_, Option<i64>>("SELECT last_used_at FROM api_keys WHERE id = $1")
-                    .bind(key_id).fetch_one(&sql).await.unwrap()
-            }
-        };
-        // The write is off the request's path: wait for it to land (or not).
-        let settle = || async {
-            let mut seen = last_used().await;
-            for _ in 0..20 {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                seen = last_used().await;
-            }
-            seen
-        };
-        let never = last_used().await;
-
-        let first_use = app.clock.now();
-        app.call(Method::GET, "/integrations/credentials", &app.org.admin, None).await;
-        let first = settle().await;
-        app.clock.advance(30);
-        for _ in 0..5 {
-            app.call(Method::GET, "/integrations/credentials", &app.org.admin, None).await;
+async fn an_api_keys_last_use_is_written_at_most_once_a_minute(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    let sql = app.sql().await;
+    let key_id: String = sqlx::query_scalar("SELECT id FROM api_keys WHERE org_id = $1 AND role = 'admin'")
+        .bind(&app.org.id)
+        .fetch_one(&sql)
+        .await
+        .unwrap();
+    let last_used = || {
+        let (sql, key_id) = (sql.clone(), key_id.clone());
+        async move {
+            sqlx::query_scalar::<_, Option<i64>>("SELECT last_used_at FROM api_keys WHERE id = $1")
+                .bind(key_id)
+                .fetch_one(&sql)
+                .await
+                .unwrap()
         }
-        let half_a_minute_on = settle().await;
-        app.clock.advance(31);
-        let second_use = app.clock.now();
-        app.call(Method::GET, "/integrations/credentials", &app.org.admin, None).await;
-        let a_minute_on = settle().await;
+    };
+    // The write is off the request's path: wait for it to land (or not).
+    let settle = || async {
+        let mut seen = last_used().await;
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            seen = last_used().await;
+        }
+        seen
+    };
+    let never = last_used().await;
 
-        assert_eq!(never, None);
-        let first = first.expect("the first use is recorded");
-        assert!((first_use..first_use + 2).contains(&first), "{first} vs {first_use}");
-        assert_eq!(half_a_minute_on, Some(first), "uses within the minute write nothing");
-        let later = a_minute_on.expect("recorded");
-        assert!((second_use..second_use + 2).contains(&later), "a minute on, written again: {later} vs {second_use}");
+    let first_use = app.clock.now();
+    app.call(Method::GET, "/integrations/credentials", &app.org.admin, None)
+        .await;
+    let first = settle().await;
+    app.clock.advance(30);
+    for _ in 0..5 {
+        app.call(Method::GET, "/integrations/credentials", &app.org.admin, None)
+            .await;
     }
+    let half_a_minute_on = settle().await;
+    app.clock.advance(31);
+    let second_use = app.clock.now();
+    app.call(Method::GET, "/integrations/credentials", &app.org.admin, None)
+        .await;
+    let a_minute_on = settle().await;
+
+    assert_eq!(never, None);
+    let first = first.expect("the first use is recorded");
+    assert!((first_use..first_use + 2).contains(&first), "{first} vs {first_use}");
+    assert_eq!(half_a_minute_on, Some(first), "uses within the minute write nothing");
+    let later = a_minute_on.expect("recorded");
+    assert!(
+        (second_use..second_use + 2).contains(&later),
+        "a minute on, written again: {later} vs {second_use}"
+    );
 }
+crate::both_backends!(an_api_keys_last_use_is_written_at_most_once_a_minute);
 
 #[test]
 fn failed_authentications_are_limited_per_client_address_and_proxies_must_be_trusted() {

@@ -70,39 +70,41 @@ fn postgres_without_synchronous_commit_is_warned_about_at_start() {
     });
 }
 
-crate::both_backends! {
-    async fn a_replica_left_behind_by_a_key_rotation_is_not_ready(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let behind = TestApp::spawn(&db).await;
-        let ready = |app: &TestApp| {
-            let url = format!("{}/readyz", app.base);
-            async move {
-                let res = reqwest::get(url).await.unwrap();
-                (res.status(), res.json::<serde_json::Value>().await.unwrap())
-            }
-        };
-        let (before, before_body) = ready(&behind).await;
-        let old = crate::helpers::master_keys(&behind.config);
-        let new = credgate::crypto::MasterKeyring::generate_key();
-        let mut config = behind.config.clone();
-        config.master_keys = Some(secrecy::SecretString::from(format!("{},{old}", secrecy::ExposeSecret::expose_secret(&new))));
-        // The replica ahead makes its own organization under the new key.
-        let ahead = TestApp::spawn_with(config).await;
+async fn a_replica_left_behind_by_a_key_rotation_is_not_ready(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let behind = TestApp::spawn(&db).await;
+    let ready = |app: &TestApp| {
+        let url = format!("{}/readyz", app.base);
+        async move {
+            let res = reqwest::get(url).await.unwrap();
+            (res.status(), res.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let (before, before_body) = ready(&behind).await;
+    let old = crate::helpers::master_keys(&behind.config);
+    let new = credgate::crypto::MasterKeyring::generate_key();
+    let mut config = behind.config.clone();
+    config.master_keys = Some(secrecy::SecretString::from(format!(
+        "{},{old}",
+        secrecy::ExposeSecret::expose_secret(&new)
+    )));
+    // The replica ahead makes its own organization under the new key.
+    let ahead = TestApp::spawn_with(config).await;
 
-        let rewrapped = ahead.state.vault.rotate_master().await.unwrap();
-        tokio::time::sleep(std::time::Duration::from_millis(1100)).await; // past the readiness cache
-        let (after, body) = ready(&behind).await;
-        let (current, _) = ready(&ahead).await;
-        let kid: String = sqlx::query_scalar("SELECT DISTINCT master_kid FROM org_keys")
-            .fetch_one(&behind.sql().await)
-            .await
-            .unwrap();
+    let rewrapped = ahead.state.vault.rotate_master().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await; // past the readiness cache
+    let (after, body) = ready(&behind).await;
+    let (current, _) = ready(&ahead).await;
+    let kid: String = sqlx::query_scalar("SELECT DISTINCT master_kid FROM org_keys")
+        .fetch_one(&behind.sql().await)
+        .await
+        .unwrap();
 
-        assert_eq!(before, reqwest::StatusCode::OK, "{before_body}");
-        assert!(rewrapped >= 1);
-        assert_eq!(after, reqwest::StatusCode::SERVICE_UNAVAILABLE, "{body}");
-        assert_eq!(body["missing_master_keys"], serde_json::json!([kid]));
-        assert!(body["status"].as_str().unwrap().contains("CREDGATE_MASTER_KEYS"));
-        assert_eq!(current, reqwest::StatusCode::OK);
-    }
+    assert_eq!(before, reqwest::StatusCode::OK, "{before_body}");
+    assert!(rewrapped >= 1);
+    assert_eq!(after, reqwest::StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["missing_master_keys"], serde_json::json!([kid]));
+    assert!(body["status"].as_str().unwrap().contains("CREDGATE_MASTER_KEYS"));
+    assert_eq!(current, reqwest::StatusCode::OK);
 }
+crate::both_backends!(a_replica_left_behind_by_a_key_rotation_is_not_ready);

@@ -37,31 +37,41 @@ async fn resolve_events(app: &TestApp) -> i64 {
         .unwrap()
 }
 
-crate::both_backends! {
-    async fn a_burst_of_resolves_records_each_use_exactly_once(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let app = TestApp::spawn(&db).await;
-        let ids = [
-            app.create_pg(&app.org, "a", &sentinel()).await,
-            app.create_pg(&app.org, "b", &sentinel()).await,
-        ];
+async fn a_burst_of_resolves_records_each_use_exactly_once(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    let ids = [
+        app.create_pg(&app.org, "a", &sentinel()).await,
+        app.create_pg(&app.org, "b", &sentinel()).await,
+    ];
 
-        let answers = join_all((0..96).map(|n| resolve(&app, &ids[n % 2], n))).await;
-        let (_, usage) = app.call(Method::GET, &format!("/integrations/credentials/{}/usage", ids[0]), &app.org.admin, None).await;
-        let runs: i64 = sqlx::query("SELECT COUNT(DISTINCT run_id) FROM audit_events WHERE action = 'credential.resolve'")
-            .fetch_one(&app.sql().await)
-            .await
-            .unwrap()
-            .try_get(0)
-            .unwrap();
+    let answers = join_all((0..96).map(|n| resolve(&app, &ids[n % 2], n))).await;
+    let (_, usage) = app
+        .call(
+            Method::GET,
+            &format!("/integrations/credentials/{}/usage", ids[0]),
+            &app.org.admin,
+            None,
+        )
+        .await;
+    let runs: i64 = sqlx::query("SELECT COUNT(DISTINCT run_id) FROM audit_events WHERE action = 'credential.resolve'")
+        .fetch_one(&app.sql().await)
+        .await
+        .unwrap()
+        .try_get(0)
+        .unwrap();
 
-        assert!(answers.iter().all(|(s, _)| *s == StatusCode::OK), "{:?}", answers.iter().map(|a| a.0).collect::<Vec<_>>());
-        assert_eq!(resolve_events(&app).await, 96);
-        assert_eq!(runs, 96, "each request's own event");
-        assert_eq!(usage["uses_total"], 48);
-        assert_eq!(usage["workflows"][0]["workflow_id"], "wf-burst");
-    }
+    assert!(
+        answers.iter().all(|(s, _)| *s == StatusCode::OK),
+        "{:?}",
+        answers.iter().map(|a| a.0).collect::<Vec<_>>()
+    );
+    assert_eq!(resolve_events(&app).await, 96);
+    assert_eq!(runs, 96, "each request's own event");
+    assert_eq!(usage["uses_total"], 48);
+    assert_eq!(usage["workflows"][0]["workflow_id"], "wf-burst");
 }
+crate::both_backends!(a_burst_of_resolves_records_each_use_exactly_once);
 
 /// A resolve's use of credential `id`, as the domain records it.
 fn use_record(org: &str, id: &str, workflow: Option<&str>, run: Option<&str>) -> UseRecord {
@@ -91,172 +101,194 @@ type StoredUse = (
     i64,
 );
 
-crate::both_backends! {
-    async fn a_group_of_uses_records_each_event_as_given_and_last_use_once_a_minute(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let app = TestApp::spawn(&db).await;
-        let other = app.new_org("Other").await;
-        let a = app.create_pg(&app.org, "a", &sentinel()).await;
-        let b = app.create_pg(&app.org, "b", &sentinel()).await;
-        let theirs = app.create_pg(&other, "theirs", &sentinel()).await;
-        // Values a statement built from them could mangle: quotes,
-        // backslashes, JSON-looking text, non-ASCII.
-        let odd = r#"wf "quoted" \back\slash {"not": "json"} é 日本"#;
-        let uses = [
-            use_record(&app.org.id, &a, Some(odd), Some("run-1")),
-            use_record(&app.org.id, &b, None, None),
-            use_record(&app.org.id, &a, Some("wf-2"), None),
-            use_record(&other.id, &theirs, None, Some("run-3")),
-        ];
-        let first = app.state.store.now();
+async fn a_group_of_uses_records_each_event_as_given_and_last_use_once_a_minute(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    let other = app.new_org("Other").await;
+    let a = app.create_pg(&app.org, "a", &sentinel()).await;
+    let b = app.create_pg(&app.org, "b", &sentinel()).await;
+    let theirs = app.create_pg(&other, "theirs", &sentinel()).await;
+    // Values a statement built from them could mangle: quotes,
+    // backslashes, JSON-looking text, non-ASCII.
+    let odd = r#"wf "quoted" \back\slash {"not": "json"} é 日本"#;
+    let uses = [
+        use_record(&app.org.id, &a, Some(odd), Some("run-1")),
+        use_record(&app.org.id, &b, None, None),
+        use_record(&app.org.id, &a, Some("wf-2"), None),
+        use_record(&other.id, &theirs, None, Some("run-3")),
+    ];
+    let first = app.state.store.now();
 
-        app.state.store.record_uses(&uses).await.unwrap();
-        app.clock.advance(30);
-        app.state.store.record_uses(&uses[1..2]).await.unwrap();
-        app.clock.advance(31);
-        app.state.store.record_uses(&uses[2..3]).await.unwrap();
-        // The manual clock follows the wall clock between its moves: a
-        // second boundary passed meanwhile shifts the times by that much.
-        let drift = app.state.store.now() - first - 61;
-        assert!((0..=5).contains(&drift), "{drift}");
-        let near = |at: i64, want: i64| (want..=want + drift).contains(&at);
+    app.state.store.record_uses(&uses).await.unwrap();
+    app.clock.advance(30);
+    app.state.store.record_uses(&uses[1..2]).await.unwrap();
+    app.clock.advance(31);
+    app.state.store.record_uses(&uses[2..3]).await.unwrap();
+    // The manual clock follows the wall clock between its moves: a
+    // second boundary passed meanwhile shifts the times by that much.
+    let drift = app.state.store.now() - first - 61;
+    assert!((0..=5).contains(&drift), "{drift}");
+    let near = |at: i64, want: i64| (want..=want + drift).contains(&at);
 
-        let sql = app.sql().await;
-        let events: Vec<StoredUse> = sqlx::query_as(
-            "SELECT org_id, credential_id, action, actor, detail, workflow_id, run_id, at FROM audit_events \
+    let sql = app.sql().await;
+    let events: Vec<StoredUse> = sqlx::query_as(
+        "SELECT org_id, credential_id, action, actor, detail, workflow_id, run_id, at FROM audit_events \
              WHERE action = 'credential.resolve' ORDER BY id",
-        )
-        .fetch_all(&sql)
+    )
+    .fetch_all(&sql)
+    .await
+    .unwrap();
+    let detail = |e: &StoredUse| e.4.as_deref().map(|d| serde_json::from_str::<Value>(d).unwrap());
+    let expected = [
+        (&app.org.id, &a, Some(odd), Some("run-1"), first),
+        (&app.org.id, &b, None, None, first),
+        (&app.org.id, &a, Some("wf-2"), None, first),
+        (&other.id, &theirs, None, Some("run-3"), first),
+        (&app.org.id, &b, None, None, first + 30),
+        (&app.org.id, &a, Some("wf-2"), None, first + 61),
+    ];
+    assert_eq!(events.len(), expected.len(), "{events:?}");
+    for (event, (org, id, workflow, run, at)) in events.iter().zip(expected) {
+        assert_eq!(
+            (&event.0, &event.1, event.2.as_str(), event.3.as_str()),
+            (org, id, "credential.resolve", "api_key:engine")
+        );
+        assert_eq!((event.5.as_deref(), event.6.as_deref()), (workflow, run), "{event:?}");
+        assert!(near(event.7, at), "{event:?}: at {at} (+{drift})");
+        let want = (workflow.is_some() || run.is_some()).then(|| json!({"workflow_id": workflow, "run_id": run}));
+        assert_eq!(detail(event), want);
+    }
+    let last_used = |id: String| {
+        let sql = sql.clone();
+        async move {
+            sqlx::query_scalar::<_, Option<i64>>("SELECT last_used_at FROM credentials WHERE id = $1")
+                .bind(id)
+                .fetch_one(&sql)
+                .await
+                .unwrap()
+        }
+    };
+    // b's second use came 30 s after its first: not rewritten; a's came
+    // 61 s after: rewritten.
+    let (a_used, b_used, theirs_used) = (
+        last_used(a.clone()).await,
+        last_used(b.clone()).await,
+        last_used(theirs.clone()).await,
+    );
+    assert!(a_used.is_some_and(|t| near(t, first + 61)), "{a_used:?}");
+    // Not rewritten: b's first use, with every other event of that group.
+    assert_eq!(b_used, Some(events[1].7));
+    assert!(b_used.is_some_and(|t| near(t, first)), "{b_used:?}");
+    assert_eq!(theirs_used, Some(events[3].7));
+}
+crate::both_backends!(a_group_of_uses_records_each_event_as_given_and_last_use_once_a_minute);
+
+async fn groups_of_uses_on_two_replicas_over_the_same_credentials_all_commit(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    // A second replica: its own store (pool, writer) on the same database.
+    let replica = credgate::store::Store::connect(&db.url, app.clock.clone())
         .await
         .unwrap();
-        let detail = |e: &StoredUse| {
-            e.4.as_deref().map(|d| serde_json::from_str::<Value>(d).unwrap())
-        };
-        let expected = [
-            (&app.org.id, &a, Some(odd), Some("run-1"), first),
-            (&app.org.id, &b, None, None, first),
-            (&app.org.id, &a, Some("wf-2"), None, first),
-            (&other.id, &theirs, None, Some("run-3"), first),
-            (&app.org.id, &b, None, None, first + 30),
-            (&app.org.id, &a, Some("wf-2"), None, first + 61),
-        ];
-        assert_eq!(events.len(), expected.len(), "{events:?}");
-        for (event, (org, id, workflow, run, at)) in events.iter().zip(expected) {
-            assert_eq!((&event.0, &event.1, event.2.as_str(), event.3.as_str()), (org, id, "credential.resolve", "api_key:engine"));
-            assert_eq!((event.5.as_deref(), event.6.as_deref()), (workflow, run), "{event:?}");
-            assert!(near(event.7, at), "{event:?}: at {at} (+{drift})");
-            let want = (workflow.is_some() || run.is_some()).then(|| json!({"workflow_id": workflow, "run_id": run}));
-            assert_eq!(detail(event), want);
-        }
-        let last_used = |id: String| {
-            let sql = sql.clone();
-            async move {
-                sqlx::query_scalar::<_, Option<i64>>("SELECT last_used_at FROM credentials WHERE id = $1")
-                    .bind(id)
-                    .fetch_one(&sql)
-                    .await
-                    .unwrap()
-            }
-        };
-        // b's second use came 30 s after its first: not rewritten; a's came
-        // 61 s after: rewritten.
-        let (a_used, b_used, theirs_used) = (last_used(a.clone()).await, last_used(b.clone()).await, last_used(theirs.clone()).await);
-        assert!(a_used.is_some_and(|t| near(t, first + 61)), "{a_used:?}");
-        // Not rewritten: b's first use, with every other event of that group.
-        assert_eq!(b_used, Some(events[1].7));
-        assert!(b_used.is_some_and(|t| near(t, first)), "{b_used:?}");
-        assert_eq!(theirs_used, Some(events[3].7));
+    let mut ids = Vec::new();
+    for n in 0..16 {
+        ids.push(app.create_pg(&app.org, &format!("c{n}"), &sentinel()).await);
     }
-}
-
-crate::both_backends! {
-    async fn groups_of_uses_on_two_replicas_over_the_same_credentials_all_commit(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let app = TestApp::spawn(&db).await;
-        // A second replica: its own store (pool, writer) on the same database.
-        let replica = credgate::store::Store::connect(&db.url, app.clock.clone()).await.unwrap();
-        let mut ids = Vec::new();
-        for n in 0..16 {
-            ids.push(app.create_pg(&app.org, &format!("c{n}"), &sentinel()).await);
-        }
-        let uses = |ids: &[String], round: usize| -> Vec<UseRecord> {
-            let run = format!("run-{round}");
-            ids.iter().map(|id| use_record(&app.org.id, id, None, Some(&run))).collect()
-        };
-        let sql = app.sql().await;
-        let rounds = 40;
-        for round in 0..rounds {
-            // Every group sets last_used_at (each row is locked), the two
-            // groups overlap in 8 credentials and name them in opposite
-            // orders: locked in different orders, they would deadlock.
-            sqlx::query("UPDATE credentials SET last_used_at = NULL").execute(&sql).await.unwrap();
-            let mut mine = ids[..12].to_vec();
-            let mut theirs = ids[4..].to_vec();
-            theirs.reverse();
-            if round % 2 == 1 {
-                std::mem::swap(&mut mine, &mut theirs);
-            }
-            let (a, b) = (uses(&mine, round), uses(&theirs, round));
-            let (first, second) = tokio::join!(app.state.store.record_uses(&a), replica.record_uses(&b));
-            assert!(first.is_ok() && second.is_ok(), "round {round}: {first:?} {second:?}");
-        }
-
-        let recorded: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_events WHERE action = 'credential.resolve'")
-            .fetch_one(&sql)
+    let uses = |ids: &[String], round: usize| -> Vec<UseRecord> {
+        let run = format!("run-{round}");
+        ids.iter()
+            .map(|id| use_record(&app.org.id, id, None, Some(&run)))
+            .collect()
+    };
+    let sql = app.sql().await;
+    let rounds = 40;
+    for round in 0..rounds {
+        // Every group sets last_used_at (each row is locked), the two
+        // groups overlap in 8 credentials and name them in opposite
+        // orders: locked in different orders, they would deadlock.
+        sqlx::query("UPDATE credentials SET last_used_at = NULL")
+            .execute(&sql)
             .await
             .unwrap();
-        let unused: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM credentials WHERE last_used_at IS NULL")
-            .fetch_one(&sql)
-            .await
-            .unwrap();
-        assert_eq!(recorded, rounds as i64 * 24);
-        assert_eq!(unused, 0);
+        let mut mine = ids[..12].to_vec();
+        let mut theirs = ids[4..].to_vec();
+        theirs.reverse();
+        if round % 2 == 1 {
+            std::mem::swap(&mut mine, &mut theirs);
+        }
+        let (a, b) = (uses(&mine, round), uses(&theirs, round));
+        let (first, second) = tokio::join!(app.state.store.record_uses(&a), replica.record_uses(&b));
+        assert!(first.is_ok() && second.is_ok(), "round {round}: {first:?} {second:?}");
     }
-}
 
-crate::both_backends! {
-    async fn when_a_groups_commit_fails_every_request_in_it_fails_and_no_secret_is_returned(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let app = TestApp::spawn(&db).await;
-        let secret = sentinel();
-        let id = app.create_pg(&app.org, "db", &secret).await;
-        let sql = app.sql().await;
-        // The database refuses every use event, as a full disk would.
-        match backend {
-            Backend::Postgres => {
-                sqlx::query("CREATE FUNCTION refuse_uses() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+    let recorded: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_events WHERE action = 'credential.resolve'")
+        .fetch_one(&sql)
+        .await
+        .unwrap();
+    let unused: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM credentials WHERE last_used_at IS NULL")
+        .fetch_one(&sql)
+        .await
+        .unwrap();
+    assert_eq!(recorded, rounds as i64 * 24);
+    assert_eq!(unused, 0);
+}
+crate::both_backends!(groups_of_uses_on_two_replicas_over_the_same_credentials_all_commit);
+
+async fn when_a_groups_commit_fails_every_request_in_it_fails_and_no_secret_is_returned(
+    backend: crate::helpers::Backend,
+) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    let secret = sentinel();
+    let id = app.create_pg(&app.org, "db", &secret).await;
+    let sql = app.sql().await;
+    // The database refuses every use event, as a full disk would.
+    match backend {
+        Backend::Postgres => {
+            sqlx::query("CREATE FUNCTION refuse_uses() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
                              IF NEW.action = 'credential.resolve' THEN RAISE EXCEPTION 'disk full' USING ERRCODE = 'disk_full'; \
                              END IF; RETURN NEW; END $$").execute(&sql).await.unwrap();
-                sqlx::query("CREATE TRIGGER refuse_uses BEFORE INSERT ON audit_events FOR EACH ROW EXECUTE FUNCTION refuse_uses()")
-                    .execute(&sql).await.unwrap();
-            }
-            Backend::Sqlite => {
-                sqlx::query("CREATE TRIGGER refuse_uses BEFORE INSERT ON audit_events \
-                             WHEN NEW.action = 'credential.resolve' BEGIN SELECT RAISE(ABORT, 'refused'); END")
-                    .execute(&sql).await.unwrap();
-            }
+            sqlx::query(
+                "CREATE TRIGGER refuse_uses BEFORE INSERT ON audit_events FOR EACH ROW EXECUTE FUNCTION refuse_uses()",
+            )
+            .execute(&sql)
+            .await
+            .unwrap();
         }
-
-        let refused = join_all((0..24).map(|n| resolve(&app, &id, n))).await;
-        let recorded_while_refused = resolve_events(&app).await;
-        sqlx::query("DROP TRIGGER refuse_uses ON audit_events").execute(&sql).await.ok();
-        sqlx::query("DROP TRIGGER refuse_uses").execute(&sql).await.ok();
-        let (after, resolved) = resolve(&app, &id, 99).await;
-
-        for (status, body) in &refused {
-            assert!(status.is_server_error(), "{status} {body}");
-            if backend == Backend::Postgres {
-                assert_eq!(*status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-                assert_eq!(body["code"], "store_unavailable");
-            }
-            assert!(!body.to_string().contains(&secret), "no secret without its audit event");
+        Backend::Sqlite => {
+            sqlx::query(
+                "CREATE TRIGGER refuse_uses BEFORE INSERT ON audit_events \
+                             WHEN NEW.action = 'credential.resolve' BEGIN SELECT RAISE(ABORT, 'refused'); END",
+            )
+            .execute(&sql)
+            .await
+            .unwrap();
         }
-        assert_eq!(recorded_while_refused, 0);
-        assert_eq!(after, StatusCode::OK, "{resolved}");
-        assert_eq!(resolved["fields"]["password"], json!(secret));
-        assert_eq!(resolve_events(&app).await, 1);
     }
+
+    let refused = join_all((0..24).map(|n| resolve(&app, &id, n))).await;
+    let recorded_while_refused = resolve_events(&app).await;
+    sqlx::query("DROP TRIGGER refuse_uses ON audit_events")
+        .execute(&sql)
+        .await
+        .ok();
+    sqlx::query("DROP TRIGGER refuse_uses").execute(&sql).await.ok();
+    let (after, resolved) = resolve(&app, &id, 99).await;
+
+    for (status, body) in &refused {
+        assert!(status.is_server_error(), "{status} {body}");
+        if backend == Backend::Postgres {
+            assert_eq!(*status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+            assert_eq!(body["code"], "store_unavailable");
+        }
+        assert!(!body.to_string().contains(&secret), "no secret without its audit event");
+    }
+    assert_eq!(recorded_while_refused, 0);
+    assert_eq!(after, StatusCode::OK, "{resolved}");
+    assert_eq!(resolved["fields"]["password"], json!(secret));
+    assert_eq!(resolve_events(&app).await, 1);
 }
+crate::both_backends!(when_a_groups_commit_fails_every_request_in_it_fails_and_no_secret_is_returned);
 
 async fn count(app: &TestApp, sql: &str) -> i64 {
     sqlx::query(sql)
@@ -305,78 +337,100 @@ async fn pending(app: &TestApp, org: &str, name: &str, key_version: Option<i64>)
     }
 }
 
-crate::both_backends! {
-    async fn a_burst_of_creates_admits_exactly_the_room_under_the_limit_and_writes_each_whole(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let mut config = test_config(&db);
-        config.max_per_provider = 10;
-        let app = TestApp::spawn_with(config).await;
-        let created = |n: usize| {
-            let app = &app;
-            async move {
-                app.call(Method::POST, "/integrations/credentials", &app.org.admin, Some(pg_body(&format!("c{n}"), "pw"))).await
-            }
-        };
-        let first = created(0).await;
-
-        let answers = join_all((1..48).map(created)).await;
-        let refused: Vec<&Value> = answers.iter().filter(|(s, _)| *s == StatusCode::CONFLICT).map(|(_, b)| b).collect();
-
-        assert_eq!(first.0, StatusCode::CREATED, "{}", first.1);
-        assert_eq!(answers.iter().filter(|(s, _)| *s == StatusCode::CREATED).count(), 9, "{:?}", answers.iter().map(|a| a.0).collect::<Vec<_>>());
-        assert_eq!(refused.len(), 38);
-        assert!(refused.iter().all(|b| b["code"] == "quota_exceeded"), "{refused:?}");
-        assert_eq!(written(&app, &app.org.id).await, [10; 4]);
-    }
-}
-
-crate::both_backends! {
-    async fn a_group_of_creates_refuses_each_that_fails_its_own_checks_and_writes_the_rest(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let app = TestApp::spawn(&db).await;
-        let (org, small) = (app.org.id.clone(), app.new_org("Small").await.id);
-        sqlx::query(&format!("INSERT INTO org_limits (org_id, provider, max_count) VALUES ('{small}', 'postgresql', 1)"))
-            .execute(&app.sql().await)
+async fn a_burst_of_creates_admits_exactly_the_room_under_the_limit_and_writes_each_whole(
+    backend: crate::helpers::Backend,
+) {
+    let db = TestDb::new(backend).await;
+    let mut config = test_config(&db);
+    config.max_per_provider = 10;
+    let app = TestApp::spawn_with(config).await;
+    let created = |n: usize| {
+        let app = &app;
+        async move {
+            app.call(
+                Method::POST,
+                "/integrations/credentials",
+                &app.org.admin,
+                Some(pg_body(&format!("c{n}"), "pw")),
+            )
             .await
-            .unwrap();
-        let (current, _) = app.state.vault.current_key(&org).await.unwrap();
-        let group = vec![
-            pending(&app, &org, "first", None).await,
-            pending(&app, &org, "stale key", Some(current + 1)).await,
-            pending(&app, &small, "fits", None).await,
-            pending(&app, &small, "over the limit", None).await,
-            pending(&app, &org, "last", None).await,
-        ];
-        let mut gone = pending(&app, &org, "no such organization", None).await;
-        gone.new.org_id = "no-such-org".into();
-        let mut group = group;
-        group.insert(2, gone);
-
-        let outcomes = app.state.store.insert_credentials(&group).await;
-
-        let shown: Vec<String> = outcomes.iter().map(|o| format!("{o:?}")).collect();
-        assert!(outcomes[0].is_ok(), "{shown:?}");
-        assert!(matches!(outcomes[1], Err(StoreError::KeyRotated)), "{shown:?}");
-        assert!(matches!(outcomes[2], Err(StoreError::NotFound)), "{shown:?}");
-        assert!(outcomes[3].is_ok(), "{shown:?}");
-        assert!(matches!(outcomes[4], Err(StoreError::QuotaExceeded { limit: 1 })), "{shown:?}");
-        assert!(outcomes[5].is_ok(), "{shown:?}");
-        assert_eq!(written(&app, &org).await, [2; 4]);
-        assert_eq!(written(&app, &small).await, [1; 4]);
-        let names: Vec<String> = sqlx::query("SELECT name FROM credentials ORDER BY name")
-            .fetch_all(&app.sql().await)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.try_get(0).unwrap())
-            .collect();
-        assert_eq!(names, ["first", "fits", "last"]);
-        if backend == Backend::Postgres {
-            let transactions = count(&app, "SELECT COUNT(DISTINCT xmin::text) FROM credentials").await;
-            assert_eq!(transactions, 1, "the group is written in one transaction");
         }
+    };
+    let first = created(0).await;
+
+    let answers = join_all((1..48).map(created)).await;
+    let refused: Vec<&Value> = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::CONFLICT)
+        .map(|(_, b)| b)
+        .collect();
+
+    assert_eq!(first.0, StatusCode::CREATED, "{}", first.1);
+    assert_eq!(
+        answers.iter().filter(|(s, _)| *s == StatusCode::CREATED).count(),
+        9,
+        "{:?}",
+        answers.iter().map(|a| a.0).collect::<Vec<_>>()
+    );
+    assert_eq!(refused.len(), 38);
+    assert!(refused.iter().all(|b| b["code"] == "quota_exceeded"), "{refused:?}");
+    assert_eq!(written(&app, &app.org.id).await, [10; 4]);
+}
+crate::both_backends!(a_burst_of_creates_admits_exactly_the_room_under_the_limit_and_writes_each_whole);
+
+async fn a_group_of_creates_refuses_each_that_fails_its_own_checks_and_writes_the_rest(
+    backend: crate::helpers::Backend,
+) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    let (org, small) = (app.org.id.clone(), app.new_org("Small").await.id);
+    sqlx::query(&format!(
+        "INSERT INTO org_limits (org_id, provider, max_count) VALUES ('{small}', 'postgresql', 1)"
+    ))
+    .execute(&app.sql().await)
+    .await
+    .unwrap();
+    let (current, _) = app.state.vault.current_key(&org).await.unwrap();
+    let group = vec![
+        pending(&app, &org, "first", None).await,
+        pending(&app, &org, "stale key", Some(current + 1)).await,
+        pending(&app, &small, "fits", None).await,
+        pending(&app, &small, "over the limit", None).await,
+        pending(&app, &org, "last", None).await,
+    ];
+    let mut gone = pending(&app, &org, "no such organization", None).await;
+    gone.new.org_id = "no-such-org".into();
+    let mut group = group;
+    group.insert(2, gone);
+
+    let outcomes = app.state.store.insert_credentials(&group).await;
+
+    let shown: Vec<String> = outcomes.iter().map(|o| format!("{o:?}")).collect();
+    assert!(outcomes[0].is_ok(), "{shown:?}");
+    assert!(matches!(outcomes[1], Err(StoreError::KeyRotated)), "{shown:?}");
+    assert!(matches!(outcomes[2], Err(StoreError::NotFound)), "{shown:?}");
+    assert!(outcomes[3].is_ok(), "{shown:?}");
+    assert!(
+        matches!(outcomes[4], Err(StoreError::QuotaExceeded { limit: 1 })),
+        "{shown:?}"
+    );
+    assert!(outcomes[5].is_ok(), "{shown:?}");
+    assert_eq!(written(&app, &org).await, [2; 4]);
+    assert_eq!(written(&app, &small).await, [1; 4]);
+    let names: Vec<String> = sqlx::query("SELECT name FROM credentials ORDER BY name")
+        .fetch_all(&app.sql().await)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.try_get(0).unwrap())
+        .collect();
+    assert_eq!(names, ["first", "fits", "last"]);
+    if backend == Backend::Postgres {
+        let transactions = count(&app, "SELECT COUNT(DISTINCT xmin::text) FROM credentials").await;
+        assert_eq!(transactions, 1, "the group is written in one transaction");
     }
 }
+crate::both_backends!(a_group_of_creates_refuses_each_that_fails_its_own_checks_and_writes_the_rest);
 
 /// Makes the database refuse to insert credentials named `name` (every
 /// name: `None`), as a statement error (`disk`: false) or as a full disk.
@@ -411,158 +465,191 @@ async fn refuse_credentials(app: &TestApp, backend: Backend, name: Option<&str>,
     }
 }
 
-crate::both_backends! {
-    async fn a_create_the_database_refuses_fails_alone_and_the_rest_of_its_group_is_written(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let app = TestApp::spawn(&db).await;
-        let org = app.org.id.clone();
-        refuse_credentials(&app, backend, Some("refused"), false).await;
-        let group = vec![
-            pending(&app, &org, "before", None).await,
-            pending(&app, &org, "refused", None).await,
-            pending(&app, &org, "after", None).await,
-        ];
+async fn a_create_the_database_refuses_fails_alone_and_the_rest_of_its_group_is_written(
+    backend: crate::helpers::Backend,
+) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    let org = app.org.id.clone();
+    refuse_credentials(&app, backend, Some("refused"), false).await;
+    let group = vec![
+        pending(&app, &org, "before", None).await,
+        pending(&app, &org, "refused", None).await,
+        pending(&app, &org, "after", None).await,
+    ];
 
-        let outcomes = app.state.store.insert_credentials(&group).await;
+    let outcomes = app.state.store.insert_credentials(&group).await;
 
-        let shown: Vec<String> = outcomes.iter().map(|o| format!("{o:?}")).collect();
-        assert!(outcomes[0].is_ok() && outcomes[2].is_ok(), "{shown:?}");
-        assert!(matches!(outcomes[1], Err(StoreError::Database(_))), "{shown:?}");
-        assert_eq!(written(&app, &org).await, [2; 4]);
-    }
+    let shown: Vec<String> = outcomes.iter().map(|o| format!("{o:?}")).collect();
+    assert!(outcomes[0].is_ok() && outcomes[2].is_ok(), "{shown:?}");
+    assert!(matches!(outcomes[1], Err(StoreError::Database(_))), "{shown:?}");
+    assert_eq!(written(&app, &org).await, [2; 4]);
 }
+crate::both_backends!(a_create_the_database_refuses_fails_alone_and_the_rest_of_its_group_is_written);
 
-crate::both_backends! {
-    async fn when_a_group_of_creates_cannot_be_written_every_create_in_it_fails_and_nothing_is_written(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let app = TestApp::spawn(&db).await;
-        refuse_credentials(&app, backend, None, true).await;
+async fn when_a_group_of_creates_cannot_be_written_every_create_in_it_fails_and_nothing_is_written(
+    backend: crate::helpers::Backend,
+) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    refuse_credentials(&app, backend, None, true).await;
 
-        let refused = join_all((0..24).map(|n| {
-            app.call(Method::POST, "/integrations/credentials", &app.org.admin, Some(pg_body(&format!("c{n}"), "pw")))
-        }))
+    let refused = join_all((0..24).map(|n| {
+        app.call(
+            Method::POST,
+            "/integrations/credentials",
+            &app.org.admin,
+            Some(pg_body(&format!("c{n}"), "pw")),
+        )
+    }))
+    .await;
+    let while_refused = written(&app, &app.org.id).await;
+    let sql = app.sql().await;
+    sqlx::query("DROP TRIGGER refuse_credentials ON credentials")
+        .execute(&sql)
+        .await
+        .ok();
+    sqlx::query("DROP TRIGGER refuse_credentials").execute(&sql).await.ok();
+    let (after, body) = app
+        .call(
+            Method::POST,
+            "/integrations/credentials",
+            &app.org.admin,
+            Some(pg_body("after", "pw")),
+        )
         .await;
-        let while_refused = written(&app, &app.org.id).await;
-        let sql = app.sql().await;
-        sqlx::query("DROP TRIGGER refuse_credentials ON credentials").execute(&sql).await.ok();
-        sqlx::query("DROP TRIGGER refuse_credentials").execute(&sql).await.ok();
-        let (after, body) = app.call(Method::POST, "/integrations/credentials", &app.org.admin, Some(pg_body("after", "pw"))).await;
 
-        for (status, body) in &refused {
-            assert!(status.is_server_error(), "{status} {body}");
-            if backend == Backend::Postgres {
-                assert_eq!(*status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-                assert_eq!(body["code"], "store_unavailable");
-            }
+    for (status, body) in &refused {
+        assert!(status.is_server_error(), "{status} {body}");
+        if backend == Backend::Postgres {
+            assert_eq!(*status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+            assert_eq!(body["code"], "store_unavailable");
         }
-        assert_eq!(while_refused, [0; 4]);
-        assert_eq!(after, StatusCode::CREATED, "{body}");
-        assert_eq!(written(&app, &app.org.id).await, [1; 4]);
     }
+    assert_eq!(while_refused, [0; 4]);
+    assert_eq!(after, StatusCode::CREATED, "{body}");
+    assert_eq!(written(&app, &app.org.id).await, [1; 4]);
 }
+crate::both_backends!(when_a_group_of_creates_cannot_be_written_every_create_in_it_fails_and_nothing_is_written);
 
-crate::both_backends! {
-    /// The access check's reads go out in groups, one statement each: every
-    /// reader gets what a read of its own would give, whoever shares the
-    /// statement — not another organization's row, only its own grant, and
-    /// a malformed row fails only its own readers.
-    async fn reads_grouped_in_one_statement_answer_each_reader_for_itself(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let app = TestApp::spawn(&db).await;
-        let other = app.new_org("Other").await;
-        let shared = app.create_pg(&app.org, "shared", &sentinel()).await;
-        let theirs = app.create_pg(&other, "theirs", &sentinel()).await;
-        let broken = app.create_pg(&app.org, "broken", &sentinel()).await;
-        let body = json!({"team": null, "users": [{"user_id": "alice", "access": "view"}, {"user_id": "bob", "access": "use"}]});
-        let (status, _) = app
-            .call(Method::PUT, &format!("/integrations/credentials/{shared}/sharing"), &app.org.admin, Some(body))
-            .await;
-        assert_eq!(status, StatusCode::OK);
-        sqlx::query("UPDATE credentials SET fields = 'not json' WHERE id = $1")
-            .bind(&broken)
-            .execute(&app.sql().await)
-            .await
-            .unwrap();
-        let read = |org: &str, id: &str, user: Option<&str>| CredentialRead {
-            org_id: org.to_owned(),
-            id: id.to_owned(),
-            user: user.map(str::to_owned),
+/// The access check's reads go out in groups, one statement each: every
+/// reader gets what a read of its own would give, whoever shares the
+/// statement — not another organization's row, only its own grant, and
+/// a malformed row fails only its own readers.
+async fn reads_grouped_in_one_statement_answer_each_reader_for_itself(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    let other = app.new_org("Other").await;
+    let shared = app.create_pg(&app.org, "shared", &sentinel()).await;
+    let theirs = app.create_pg(&other, "theirs", &sentinel()).await;
+    let broken = app.create_pg(&app.org, "broken", &sentinel()).await;
+    let body =
+        json!({"team": null, "users": [{"user_id": "alice", "access": "view"}, {"user_id": "bob", "access": "use"}]});
+    let (status, _) = app
+        .call(
+            Method::PUT,
+            &format!("/integrations/credentials/{shared}/sharing"),
+            &app.org.admin,
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    sqlx::query("UPDATE credentials SET fields = 'not json' WHERE id = $1")
+        .bind(&broken)
+        .execute(&app.sql().await)
+        .await
+        .unwrap();
+    let read = |org: &str, id: &str, user: Option<&str>| CredentialRead {
+        org_id: org.to_owned(),
+        id: id.to_owned(),
+        user: user.map(str::to_owned),
+    };
+    let reads = [
+        read(&app.org.id, &shared, Some("alice")),
+        read(&app.org.id, &shared, Some("bob")),
+        read(&app.org.id, &shared, Some("carol")),
+        read(&app.org.id, &shared, None),
+        read(&app.org.id, &theirs, None),
+        read(&other.id, &theirs, Some("alice")),
+        read(&other.id, &shared, None),
+        read(&app.org.id, &broken, None),
+        read(&app.org.id, "no-such-credential", None),
+    ];
+
+    let answers = app.state.store.credentials_with_grants(&reads).await.unwrap();
+    let seen: Vec<Option<(String, Option<Access>)>> = answers
+        .iter()
+        .map(|a| {
+            a.as_ref()
+                .ok()
+                .and_then(|found| found.as_ref().map(|(row, grant)| (row.name.clone(), *grant)))
+        })
+        .collect();
+
+    let some = |name: &str, grant: Option<Access>| Some((name.to_owned(), grant));
+    assert_eq!(
+        seen,
+        [
+            some("shared", Some(Access::View)),
+            some("shared", Some(Access::Use)),
+            some("shared", None),
+            some("shared", None),
+            None,
+            some("theirs", None),
+            None,
+            None,
+            None,
+        ]
+    );
+    assert!(
+        matches!(answers[7], Err(StoreError::Corrupt { column: "fields", .. })),
+        "only the malformed row's reader fails: {:?}",
+        answers[7].as_ref().err()
+    );
+    assert!(answers.iter().enumerate().all(|(i, a)| i == 7 || a.is_ok()));
+}
+crate::both_backends!(reads_grouped_in_one_statement_answer_each_reader_for_itself);
+
+/// Many requests at once, of two organizations and several users, each
+/// get their own answer from the grouped reads: a resolve of the other
+/// organization's credential is a 404, a member's level is their own.
+async fn concurrent_access_checks_of_many_callers_each_get_their_own_answer(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    let other = app.new_org("Other").await;
+    let ours = app.create_pg(&app.org, "ours", &sentinel()).await;
+    let theirs = app.create_pg(&other, "theirs", &sentinel()).await;
+    let calls = (0..64).map(|n| {
+        let (key, id, want) = match n % 4 {
+            0 => (&app.org.engine, &ours, StatusCode::OK),
+            1 => (&other.engine, &theirs, StatusCode::OK),
+            2 => (&other.engine, &ours, StatusCode::NOT_FOUND),
+            _ => (&app.org.engine, &theirs, StatusCode::NOT_FOUND),
         };
-        let reads = [
-            read(&app.org.id, &shared, Some("alice")),
-            read(&app.org.id, &shared, Some("bob")),
-            read(&app.org.id, &shared, Some("carol")),
-            read(&app.org.id, &shared, None),
-            read(&app.org.id, &theirs, None),
-            read(&other.id, &theirs, Some("alice")),
-            read(&other.id, &shared, None),
-            read(&app.org.id, &broken, None),
-            read(&app.org.id, "no-such-credential", None),
-        ];
-
-        let answers = app.state.store.credentials_with_grants(&reads).await.unwrap();
-        let seen: Vec<Option<(String, Option<Access>)>> = answers
-            .iter()
-            .map(|a| a.as_ref().ok().and_then(|found| found.as_ref().map(|(row, grant)| (row.name.clone(), *grant))))
-            .collect();
-
-        let some = |name: &str, grant: Option<Access>| Some((name.to_owned(), grant));
-        assert_eq!(
-            seen,
-            [
-                some("shared", Some(Access::View)),
-                some("shared", Some(Access::Use)),
-                some("shared", None),
-                some("shared", None),
-                None,
-                some("theirs", None),
-                None,
-                None,
-                None,
-            ]
-        );
-        assert!(
-            matches!(answers[7], Err(StoreError::Corrupt { column: "fields", .. })),
-            "only the malformed row's reader fails: {:?}",
-            answers[7].as_ref().err()
-        );
-        assert!(answers.iter().enumerate().all(|(i, a)| i == 7 || a.is_ok()));
-    }
-}
-
-crate::both_backends! {
-    /// Many requests at once, of two organizations and several users, each
-    /// get their own answer from the grouped reads: a resolve of the other
-    /// organization's credential is a 404, a member's level is their own.
-    async fn concurrent_access_checks_of_many_callers_each_get_their_own_answer(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let app = TestApp::spawn(&db).await;
-        let other = app.new_org("Other").await;
-        let ours = app.create_pg(&app.org, "ours", &sentinel()).await;
-        let theirs = app.create_pg(&other, "theirs", &sentinel()).await;
-        let calls = (0..64).map(|n| {
-            let (key, id, want) = match n % 4 {
-                0 => (&app.org.engine, &ours, StatusCode::OK),
-                1 => (&other.engine, &theirs, StatusCode::OK),
-                2 => (&other.engine, &ours, StatusCode::NOT_FOUND),
-                _ => (&app.org.engine, &theirs, StatusCode::NOT_FOUND),
-            };
-            let app = &app;
-            async move {
-                let (status, body) = app
-                    .call(Method::POST, &format!("/integrations/credentials/{id}/resolve"), key, None)
-                    .await;
-                (n, status, want, body)
-            }
-        });
-        for (n, status, want, body) in join_all(calls).await {
-            assert_eq!(status, want, "request {n}: {body}");
-            if status == StatusCode::OK {
-                assert_eq!(body["id"].as_str(), Some(if n % 4 == 0 { ours.as_str() } else { theirs.as_str() }));
-            }
+        let app = &app;
+        async move {
+            let (status, body) = app
+                .call(
+                    Method::POST,
+                    &format!("/integrations/credentials/{id}/resolve"),
+                    key,
+                    None,
+                )
+                .await;
+            (n, status, want, body)
+        }
+    });
+    for (n, status, want, body) in join_all(calls).await {
+        assert_eq!(status, want, "request {n}: {body}");
+        if status == StatusCode::OK {
+            assert_eq!(
+                body["id"].as_str(),
+                Some(if n % 4 == 0 { ours.as_str() } else { theirs.as_str() })
+            );
         }
     }
 }
+crate::both_backends!(concurrent_access_checks_of_many_callers_each_get_their_own_answer);
 
 /// The group writers keep their connections between groups (sqlx pings a
 /// connection handed back to the pool): when the server drops them, the

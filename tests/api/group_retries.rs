@@ -9,28 +9,39 @@ use reqwest::Method;
 use crate::both_backends;
 use crate::helpers::{TestApp, TestDb};
 
-both_backends! {
-    async fn a_group_of_uses_with_one_refused_records_the_others(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let app = TestApp::spawn(&db).await;
-        let other = app.new_org("Other").await;
-        let ours = app.create_pg(&app.org, "ours", "pw").await;
-        let theirs = app.create_pg(&other, "theirs", "pw").await;
-        let gone = uuid::Uuid::new_v4().to_string();
-        let record = |org: &str, id: &str| UseRecord {
-            event: AuditEvent::success(org, id, "credential.resolve", "user:u-1"),
-            usage: Usage::default(),
-        };
-        let group = vec![record(&app.org.id, &ours), record(&gone, &ours), record(&other.id, &theirs)];
+async fn a_group_of_uses_with_one_refused_records_the_others(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    let other = app.new_org("Other").await;
+    let ours = app.create_pg(&app.org, "ours", "pw").await;
+    let theirs = app.create_pg(&other, "theirs", "pw").await;
+    let gone = uuid::Uuid::new_v4().to_string();
+    let record = |org: &str, id: &str| UseRecord {
+        event: AuditEvent::success(org, id, "credential.resolve", "user:u-1"),
+        usage: Usage::default(),
+    };
+    let group = vec![
+        record(&app.org.id, &ours),
+        record(&gone, &ours),
+        record(&other.id, &theirs),
+    ];
 
-        let outcomes = Uses(app.state.store.clone()).write(group).await;
-        let (_, usage) = app
-            .call(Method::GET, &format!("/integrations/credentials/{theirs}/usage"), &other.admin, None)
-            .await;
+    let outcomes = Uses(app.state.store.clone()).write(group).await;
+    let (_, usage) = app
+        .call(
+            Method::GET,
+            &format!("/integrations/credentials/{theirs}/usage"),
+            &other.admin,
+            None,
+        )
+        .await;
 
-        assert!(outcomes[0].is_ok(), "{:?}", outcomes[0]);
-        assert!(outcomes[1].is_err(), "the use of an organization that does not exist is refused");
-        assert!(outcomes[2].is_ok(), "{:?}", outcomes[2]);
-        assert_eq!(usage["uses_total"], 1, "{usage}");
-    }
+    assert!(outcomes[0].is_ok(), "{:?}", outcomes[0]);
+    assert!(
+        outcomes[1].is_err(),
+        "the use of an organization that does not exist is refused"
+    );
+    assert!(outcomes[2].is_ok(), "{:?}", outcomes[2]);
+    assert_eq!(usage["uses_total"], 1, "{usage}");
 }
+both_backends!(a_group_of_uses_with_one_refused_records_the_others);

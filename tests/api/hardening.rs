@@ -62,49 +62,82 @@ fn odd_methods_and_paths_leave_the_metrics_the_same_size() {
     });
 }
 
-crate::both_backends! {
-    async fn denied_requests_are_audited_as_one_row_per_key_per_credential_per_minute_with_a_count(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let app = TestApp::spawn(&db).await;
-        let id = app.create_pg(&app.org, "a", "pw").await;
-        crate::helpers::to_a_minute_start(&app.clock);
-        for _ in 0..25 {
-            app.call(reqwest::Method::POST, &format!("/integrations/credentials/{id}/resolve"), &app.org.member, None).await;
-        }
-        let rows: Vec<(String,)> = sqlx::query_as("SELECT detail FROM audit_events WHERE action = 'access.denied'")
-            .fetch_all(&app.sql().await).await.unwrap();
-        app.clock.advance(60);
-        app.call(reqwest::Method::POST, &format!("/integrations/credentials/{id}/resolve"), &app.org.member, None).await;
-        let later: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_events WHERE action = 'access.denied'")
-            .fetch_one(&app.sql().await).await.unwrap();
-
-        assert_eq!(rows.len(), 1, "{rows:?}");
-        let detail: serde_json::Value = serde_json::from_str(&rows[0].0).unwrap();
-        assert_eq!(detail["count"], 25);
-        assert_eq!(later, 2, "a new minute, a new row");
+async fn denied_requests_are_audited_as_one_row_per_key_per_credential_per_minute_with_a_count(
+    backend: crate::helpers::Backend,
+) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    let id = app.create_pg(&app.org, "a", "pw").await;
+    crate::helpers::to_a_minute_start(&app.clock);
+    for _ in 0..25 {
+        app.call(
+            reqwest::Method::POST,
+            &format!("/integrations/credentials/{id}/resolve"),
+            &app.org.member,
+            None,
+        )
+        .await;
     }
+    let rows: Vec<(String,)> = sqlx::query_as("SELECT detail FROM audit_events WHERE action = 'access.denied'")
+        .fetch_all(&app.sql().await)
+        .await
+        .unwrap();
+    app.clock.advance(60);
+    app.call(
+        reqwest::Method::POST,
+        &format!("/integrations/credentials/{id}/resolve"),
+        &app.org.member,
+        None,
+    )
+    .await;
+    let later: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_events WHERE action = 'access.denied'")
+        .fetch_one(&app.sql().await)
+        .await
+        .unwrap();
+
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let detail: serde_json::Value = serde_json::from_str(&rows[0].0).unwrap();
+    assert_eq!(detail["count"], 25);
+    assert_eq!(later, 2, "a new minute, a new row");
 }
+crate::both_backends!(denied_requests_are_audited_as_one_row_per_key_per_credential_per_minute_with_a_count);
 
-crate::both_backends! {
-    async fn a_failed_test_of_an_oauth_credential_never_stops_its_refreshes(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let google = crate::oauth_server::AuthServer::start(crate::oauth_server::Flavor::Google).await;
-        let app = crate::oauth::oauth_app(&db, &[(&google, "google")], |_| {}).await;
-        let id = crate::oauth::connect(&app, "google", "").await["credential_id"].clone();
-        google.with(|i| i.identity_status = Some(StatusCode::SERVICE_UNAVAILABLE));
-        let (_, tested) = app.call(Method::POST, &format!("/integrations/credentials/{id}/test"), &app.org.admin, None).await;
-        let (_, after_test) = app.call(Method::GET, &format!("/integrations/credentials/{id}"), &app.org.admin, None).await;
-        google.with(|i| i.identity_status = None);
-        let (_, after, _) = app.refresh_state(&id).await;
-        app.clock.advance(after.unwrap() - app.clock.now() + 1);
+async fn a_failed_test_of_an_oauth_credential_never_stops_its_refreshes(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let google = crate::oauth_server::AuthServer::start(crate::oauth_server::Flavor::Google).await;
+    let app = crate::oauth::oauth_app(&db, &[(&google, "google")], |_| {}).await;
+    let id = crate::oauth::connect(&app, "google", "").await["credential_id"].clone();
+    google.with(|i| i.identity_status = Some(StatusCode::SERVICE_UNAVAILABLE));
+    let (_, tested) = app
+        .call(
+            Method::POST,
+            &format!("/integrations/credentials/{id}/test"),
+            &app.org.admin,
+            None,
+        )
+        .await;
+    let (_, after_test) = app
+        .call(
+            Method::GET,
+            &format!("/integrations/credentials/{id}"),
+            &app.org.admin,
+            None,
+        )
+        .await;
+    google.with(|i| i.identity_status = None);
+    let (_, after, _) = app.refresh_state(&id).await;
+    app.clock.advance(after.unwrap() - app.clock.now() + 1);
 
-        let step = credgate::oauth::worker::try_refresh_due(&app.state, 10).await.unwrap();
+    let step = credgate::oauth::worker::try_refresh_due(&app.state, 10).await.unwrap();
 
-        assert_eq!(tested["ok"], false);
-        assert_eq!(after_test["status"], "error");
-        assert_eq!(step.refreshed, 1, "an `error` from a test is no reason to let the token lapse");
-    }
+    assert_eq!(tested["ok"], false);
+    assert_eq!(after_test["status"], "error");
+    assert_eq!(
+        step.refreshed, 1,
+        "an `error` from a test is no reason to let the token lapse"
+    );
 }
+crate::both_backends!(a_failed_test_of_an_oauth_credential_never_stops_its_refreshes);
 
 #[test]
 fn the_worker_survives_a_panicking_step_and_readiness_fails_when_it_is_stuck() {
@@ -155,37 +188,51 @@ fn the_worker_survives_a_panicking_step_and_readiness_fails_when_it_is_stuck() {
     });
 }
 
-crate::both_backends! {
-    async fn expired_oauth_states_are_purged_and_pending_ones_are_capped(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let google = crate::oauth_server::AuthServer::start(crate::oauth_server::Flavor::Google).await;
-        let cap = 50;
-        let app = crate::oauth::oauth_app(&db, &[(&google, "google")], |c| c.max_pending_oauth = cap as i64).await;
-        let authorize = || app.client.get(format!("{}/integrations/google/authorize", app.base))
-            .bearer_auth(&app.org.member).header("accept", "application/json").send();
-        for _ in 0..cap {
-            assert_eq!(authorize().await.unwrap().status(), StatusCode::OK);
-        }
-        let over = authorize().await.unwrap();
-        let over_status = over.status();
-        let over_body: serde_json::Value = over.json().await.unwrap();
-        let other_org = app.new_org("Other").await;
-        let other = app.client.get(format!("{}/integrations/google/authorize", app.base))
-            .bearer_auth(&other_org.member).header("accept", "application/json").send().await.unwrap().status();
-
-        app.clock.advance(credgate::oauth::STATE_TTL_SECS + 1);
-        let purged = credgate::oauth::worker::purge_expired_states(&app.state).await.unwrap();
-        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM oauth_states").fetch_one(&app.sql().await).await.unwrap();
-        let after_purge = authorize().await.unwrap().status();
-
-        assert_eq!(over_status, StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(over_body["code"], "rate_limited");
-        assert_eq!(other, StatusCode::OK, "the cap is per organization");
-        assert_eq!(purged, cap as u64 + 1);
-        assert_eq!(left, 0);
-        assert_eq!(after_purge, StatusCode::OK);
+async fn expired_oauth_states_are_purged_and_pending_ones_are_capped(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let google = crate::oauth_server::AuthServer::start(crate::oauth_server::Flavor::Google).await;
+    let cap = 50;
+    let app = crate::oauth::oauth_app(&db, &[(&google, "google")], |c| c.max_pending_oauth = cap as i64).await;
+    let authorize = || {
+        app.client
+            .get(format!("{}/integrations/google/authorize", app.base))
+            .bearer_auth(&app.org.member)
+            .header("accept", "application/json")
+            .send()
+    };
+    for _ in 0..cap {
+        assert_eq!(authorize().await.unwrap().status(), StatusCode::OK);
     }
+    let over = authorize().await.unwrap();
+    let over_status = over.status();
+    let over_body: serde_json::Value = over.json().await.unwrap();
+    let other_org = app.new_org("Other").await;
+    let other = app
+        .client
+        .get(format!("{}/integrations/google/authorize", app.base))
+        .bearer_auth(&other_org.member)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap()
+        .status();
+
+    app.clock.advance(credgate::oauth::STATE_TTL_SECS + 1);
+    let purged = credgate::oauth::worker::purge_expired_states(&app.state).await.unwrap();
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM oauth_states")
+        .fetch_one(&app.sql().await)
+        .await
+        .unwrap();
+    let after_purge = authorize().await.unwrap().status();
+
+    assert_eq!(over_status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(over_body["code"], "rate_limited");
+    assert_eq!(other, StatusCode::OK, "the cap is per organization");
+    assert_eq!(purged, cap as u64 + 1);
+    assert_eq!(left, 0);
+    assert_eq!(after_purge, StatusCode::OK);
 }
+crate::both_backends!(expired_oauth_states_are_purged_and_pending_ones_are_capped);
 
 #[test]
 fn the_pending_oauth_state_cap_is_a_thousand_by_default() {
@@ -195,30 +242,37 @@ fn the_pending_oauth_state_cap_is_a_thousand_by_default() {
     assert_eq!(credgate::config::MAX_PENDING_OAUTH_PER_ORG, 1000);
 }
 
-crate::both_backends! {
-    async fn concurrent_authorizes_never_pass_the_pending_state_cap(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let google = crate::oauth_server::AuthServer::start(crate::oauth_server::Flavor::Google).await;
-        let cap = 20;
-        let app = crate::oauth::oauth_app(&db, &[(&google, "google")], |c| c.max_pending_oauth = cap).await;
-        let authorize = || app.client.get(format!("{}/integrations/google/authorize", app.base))
-            .bearer_auth(&app.org.member).header("accept", "application/json").send();
-        for _ in 0..cap - 5 {
-            assert_eq!(authorize().await.unwrap().status(), StatusCode::OK);
-        }
-
-        // Sixty at once around the cap: five places left.
-        let answers = futures::future::join_all((0..60).map(|_| authorize())).await;
-        let statuses: Vec<StatusCode> = answers.into_iter().map(|a| a.unwrap().status()).collect();
-        let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM oauth_states WHERE org_id = $1")
-            .bind(&app.org.id).fetch_one(&app.sql().await).await.unwrap();
-
-        let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
-        let limited = statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count();
-        assert_eq!((ok, limited), (5, 55), "{statuses:?}");
-        assert_eq!(stored, cap, "exactly the cap is stored");
+async fn concurrent_authorizes_never_pass_the_pending_state_cap(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let google = crate::oauth_server::AuthServer::start(crate::oauth_server::Flavor::Google).await;
+    let cap = 20;
+    let app = crate::oauth::oauth_app(&db, &[(&google, "google")], |c| c.max_pending_oauth = cap).await;
+    let authorize = || {
+        app.client
+            .get(format!("{}/integrations/google/authorize", app.base))
+            .bearer_auth(&app.org.member)
+            .header("accept", "application/json")
+            .send()
+    };
+    for _ in 0..cap - 5 {
+        assert_eq!(authorize().await.unwrap().status(), StatusCode::OK);
     }
+
+    // Sixty at once around the cap: five places left.
+    let answers = futures::future::join_all((0..60).map(|_| authorize())).await;
+    let statuses: Vec<StatusCode> = answers.into_iter().map(|a| a.unwrap().status()).collect();
+    let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM oauth_states WHERE org_id = $1")
+        .bind(&app.org.id)
+        .fetch_one(&app.sql().await)
+        .await
+        .unwrap();
+
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let limited = statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count();
+    assert_eq!((ok, limited), (5, 55), "{statuses:?}");
+    assert_eq!(stored, cap, "exactly the cap is stored");
 }
+crate::both_backends!(concurrent_authorizes_never_pass_the_pending_state_cap);
 
 /// SQLite's heap is bounded for the whole process (page caches and
 /// prepared statements of every connection), so many connections and many

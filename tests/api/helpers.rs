@@ -25,18 +25,21 @@ pub enum Backend {
     Postgres,
 }
 
-/// Runs one async test body on both backends, each with its own log capture.
+/// Runs the plain `async fn $name(backend: Backend)` above it on both
+/// backends, each with its own log capture: `$name::on_sqlite` and
+/// `$name::on_postgres` (the body is ordinary code that rustfmt formats).
 #[macro_export]
 macro_rules! both_backends {
-    ($(#[$meta:meta])* async fn $name:ident($backend:ident: Backend) $body:block) => {
+    ($name:ident) => {
         mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-            async fn run($backend: $crate::helpers::Backend) $body
             #[test]
-            fn on_sqlite() { $crate::helpers::run_test(run($crate::helpers::Backend::Sqlite)) }
+            fn on_sqlite() {
+                $crate::helpers::run_test(super::$name($crate::helpers::Backend::Sqlite))
+            }
             #[test]
-            fn on_postgres() { $crate::helpers::run_test(run($crate::helpers::Backend::Postgres)) }
+            fn on_postgres() {
+                $crate::helpers::run_test(super::$name($crate::helpers::Backend::Postgres))
+            }
         }
     };
 }

@@ -194,116 +194,175 @@ async fn wait_until(mut ok: impl FnMut() -> bool, secs: u64) -> bool {
     ok()
 }
 
-crate::both_backends! {
-    async fn notifications_survive_kill_9_and_are_delivered_once_each_by_the_next_process(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let keys = credgate::crypto::MasterKeyring::generate_key();
-        let keys = secrecy::ExposeSecret::expose_secret(&keys).to_owned();
-        let cli = |args: &[&str]| {
-            let out = std::process::Command::new(env!("CARGO_BIN_EXE_credgate"))
-                .args(args)
-                .env("CREDGATE_DATABASE_URL", &db.url)
-                .env("CREDGATE_MASTER_KEYS", &keys)
-                .env("CREDGATE_PROVIDERS_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/providers"))
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            String::from_utf8(out.stdout).unwrap().trim().to_owned()
-        };
-        let org = cli(&["org", "create", "Acme"]);
-        let admin = cli(&["api-key", "create", "--org", &org, "--role", "admin"]);
-        let receiver = Receiver::default();
-        let hook = receiver.start().await;
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let base = format!("http://127.0.0.1:{port}");
-        let client = reqwest::Client::new();
-
-        let mut first = spawn_serve(&db, &keys, port, &hook);
-        assert!(wait_until(|| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(), 20).await, "serve started");
-        for n in 0..5 {
-            let res = client.post(format!("{base}/integrations/credentials")).bearer_auth(&admin)
-                .json(&crate::helpers::pg_body(&format!("db{n}"), &sentinel())).send().await.unwrap();
-            assert_eq!(res.status(), StatusCode::CREATED);
-        }
-        // Every event tried (and refused) at least once by the first process;
-        // on a loaded machine the first events are retried before the last is tried.
-        let attempted = receiver.attempted.clone();
-        assert!(wait_until(|| attempted.lock().unwrap().len() >= 5, 20).await, "the first process tried each event");
-        first.kill().unwrap(); // SIGKILL
-        first.wait().unwrap();
-        receiver.accepting.store(true, std::sync::atomic::Ordering::SeqCst);
-
-        let mut second = spawn_serve(&db, &keys, port, &hook);
-        let accepted = receiver.accepted.clone();
-        // An attempt in flight at the kill holds its lease (30 s) first.
-        // Retries back off (1 s doubling), so allow a lease plus a few doublings.
-        let all = wait_until(|| accepted.lock().unwrap().len() >= 5, 75).await;
-        tokio::time::sleep(Duration::from_secs(2)).await; // room for a duplicate to show
-        let events: Value = client.get(format!("{base}/integrations/events")).bearer_auth(&admin)
-            .send().await.unwrap().json().await.unwrap();
-        second.kill().unwrap();
-        second.wait().unwrap();
-
-        let counts = receiver.accepted.lock().unwrap().clone();
-        assert!(all, "every event was delivered: {counts:?}");
-        assert_eq!(counts.len(), 5, "{counts:?}");
-        assert!(counts.values().all(|n| *n == 1), "each exactly once: {counts:?}");
-        let items = events["items"].as_array().unwrap();
-        assert_eq!(items.len(), 5);
-        assert!(items.iter().all(|e| e["delivery"]["state"] == "delivered" && e["type"] == "credential.created"), "{events}");
-        // An attempt cut off by the kill is not counted (its outcome was never
-        // written); every event was still tried by the first process.
-        assert!(items.iter().all(|e| e["delivery"]["attempts"].as_i64().unwrap() >= 1));
-        assert_eq!(receiver.attempted.lock().unwrap().len(), 5);
-        assert!(items.iter().all(|e| counts.contains_key(e["event_id"].as_str().unwrap())));
-    }
-}
-
-crate::both_backends! {
-    async fn admins_read_events_back_and_operators_replay_them(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let hook = MockServer::start().await;
-        Mock::given(method("POST")).and(path("/hook")).respond_with(ResponseTemplate::new(204)).mount(&hook).await;
-        let mut config = crate::helpers::test_config(&db);
-        config.webhook_url = Some(format!("{}/hook", hook.uri()));
-        config.webhook_secret = Some(SecretString::from("s"));
-        let app = crate::helpers::TestApp::spawn_with(config).await;
-        for n in 0..3 {
-            app.create_pg(&app.org, &format!("db{n}"), "pw").await;
-        }
-        let delivered = events(&hook, 3).await.len();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-
-        let (status, page) = app.call(Method::GET, "/integrations/events", &app.org.admin, None).await;
-        let first_id = page["items"][0]["id"].as_i64().unwrap();
-        let (_, rest) = app.call(Method::GET, &format!("/integrations/events?after={first_id}"), &app.org.admin, None).await;
-        let (member, _) = app.call(Method::GET, "/integrations/events", &app.org.member, None).await;
-        let (bad, problem) = app.call(Method::GET, "/integrations/events?after=abc", &app.org.admin, None).await;
-        let other = app.new_org("Other").await;
-        let (_, others) = app.call(Method::GET, "/integrations/events", &other.admin, None).await;
-        let replay = std::process::Command::new(env!("CARGO_BIN_EXE_credgate"))
-            .args(["events", "replay", "--since", "1h"])
+async fn notifications_survive_kill_9_and_are_delivered_once_each_by_the_next_process(
+    backend: crate::helpers::Backend,
+) {
+    let db = TestDb::new(backend).await;
+    let keys = credgate::crypto::MasterKeyring::generate_key();
+    let keys = secrecy::ExposeSecret::expose_secret(&keys).to_owned();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_credgate"))
+            .args(args)
             .env("CREDGATE_DATABASE_URL", &db.url)
-            .env("CREDGATE_MASTER_KEYS", crate::helpers::master_keys(&app.config))
-            .env("CREDGATE_PROVIDERS_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/providers"))
+            .env("CREDGATE_MASTER_KEYS", &keys)
+            .env(
+                "CREDGATE_PROVIDERS_DIR",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/providers"),
+            )
             .output()
             .unwrap();
-        app.state.webhooks.wake();
-        let again = events(&hook, 6).await.len();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let org = cli(&["org", "create", "Acme"]);
+    let admin = cli(&["api-key", "create", "--org", &org, "--role", "admin"]);
+    let receiver = Receiver::default();
+    let hook = receiver.start().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
 
-        assert_eq!(delivered, 3);
-        assert_eq!(status, StatusCode::OK);
-        let items = page["items"].as_array().unwrap();
-        assert_eq!(items.len(), 3);
-        assert!(items.iter().all(|e| e["delivery"]["state"] == "delivered"), "{page}");
-        assert!(items.windows(2).all(|w| w[0]["id"].as_i64() < w[1]["id"].as_i64()), "oldest first");
-        assert_eq!(rest["items"].as_array().unwrap().len(), 2);
-        assert_eq!(member, StatusCode::FORBIDDEN);
-        assert_eq!(bad, StatusCode::UNPROCESSABLE_ENTITY);
-        assert_eq!(problem["errors"][0]["field"], "after");
-        assert_eq!(others["items"].as_array().unwrap().len(), 0, "another organization's events are not shown");
-        assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));
-        assert!(String::from_utf8_lossy(&replay.stderr).contains("3 notifications"));
-        assert_eq!(again, 6, "the replayed events were delivered again");
+    let mut first = spawn_serve(&db, &keys, port, &hook);
+    assert!(
+        wait_until(|| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(), 20).await,
+        "serve started"
+    );
+    for n in 0..5 {
+        let res = client
+            .post(format!("{base}/integrations/credentials"))
+            .bearer_auth(&admin)
+            .json(&crate::helpers::pg_body(&format!("db{n}"), &sentinel()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED);
     }
+    // Every event tried (and refused) at least once by the first process;
+    // on a loaded machine the first events are retried before the last is tried.
+    let attempted = receiver.attempted.clone();
+    assert!(
+        wait_until(|| attempted.lock().unwrap().len() >= 5, 20).await,
+        "the first process tried each event"
+    );
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    receiver.accepting.store(true, std::sync::atomic::Ordering::SeqCst);
+
+    let mut second = spawn_serve(&db, &keys, port, &hook);
+    let accepted = receiver.accepted.clone();
+    // An attempt in flight at the kill holds its lease (30 s) first.
+    // Retries back off (1 s doubling), so allow a lease plus a few doublings.
+    let all = wait_until(|| accepted.lock().unwrap().len() >= 5, 75).await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // room for a duplicate to show
+    let events: Value = client
+        .get(format!("{base}/integrations/events"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    second.kill().unwrap();
+    second.wait().unwrap();
+
+    let counts = receiver.accepted.lock().unwrap().clone();
+    assert!(all, "every event was delivered: {counts:?}");
+    assert_eq!(counts.len(), 5, "{counts:?}");
+    assert!(counts.values().all(|n| *n == 1), "each exactly once: {counts:?}");
+    let items = events["items"].as_array().unwrap();
+    assert_eq!(items.len(), 5);
+    assert!(
+        items
+            .iter()
+            .all(|e| e["delivery"]["state"] == "delivered" && e["type"] == "credential.created"),
+        "{events}"
+    );
+    // An attempt cut off by the kill is not counted (its outcome was never
+    // written); every event was still tried by the first process.
+    assert!(items.iter().all(|e| e["delivery"]["attempts"].as_i64().unwrap() >= 1));
+    assert_eq!(receiver.attempted.lock().unwrap().len(), 5);
+    assert!(items
+        .iter()
+        .all(|e| counts.contains_key(e["event_id"].as_str().unwrap())));
 }
+crate::both_backends!(notifications_survive_kill_9_and_are_delivered_once_each_by_the_next_process);
+
+async fn admins_read_events_back_and_operators_replay_them(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let hook = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/hook"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&hook)
+        .await;
+    let mut config = crate::helpers::test_config(&db);
+    config.webhook_url = Some(format!("{}/hook", hook.uri()));
+    config.webhook_secret = Some(SecretString::from("s"));
+    let app = crate::helpers::TestApp::spawn_with(config).await;
+    for n in 0..3 {
+        app.create_pg(&app.org, &format!("db{n}"), "pw").await;
+    }
+    let delivered = events(&hook, 3).await.len();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let (status, page) = app
+        .call(Method::GET, "/integrations/events", &app.org.admin, None)
+        .await;
+    let first_id = page["items"][0]["id"].as_i64().unwrap();
+    let (_, rest) = app
+        .call(
+            Method::GET,
+            &format!("/integrations/events?after={first_id}"),
+            &app.org.admin,
+            None,
+        )
+        .await;
+    let (member, _) = app
+        .call(Method::GET, "/integrations/events", &app.org.member, None)
+        .await;
+    let (bad, problem) = app
+        .call(Method::GET, "/integrations/events?after=abc", &app.org.admin, None)
+        .await;
+    let other = app.new_org("Other").await;
+    let (_, others) = app.call(Method::GET, "/integrations/events", &other.admin, None).await;
+    let replay = std::process::Command::new(env!("CARGO_BIN_EXE_credgate"))
+        .args(["events", "replay", "--since", "1h"])
+        .env("CREDGATE_DATABASE_URL", &db.url)
+        .env("CREDGATE_MASTER_KEYS", crate::helpers::master_keys(&app.config))
+        .env(
+            "CREDGATE_PROVIDERS_DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/providers"),
+        )
+        .output()
+        .unwrap();
+    app.state.webhooks.wake();
+    let again = events(&hook, 6).await.len();
+
+    assert_eq!(delivered, 3);
+    assert_eq!(status, StatusCode::OK);
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    assert!(items.iter().all(|e| e["delivery"]["state"] == "delivered"), "{page}");
+    assert!(
+        items.windows(2).all(|w| w[0]["id"].as_i64() < w[1]["id"].as_i64()),
+        "oldest first"
+    );
+    assert_eq!(rest["items"].as_array().unwrap().len(), 2);
+    assert_eq!(member, StatusCode::FORBIDDEN);
+    assert_eq!(bad, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(problem["errors"][0]["field"], "after");
+    assert_eq!(
+        others["items"].as_array().unwrap().len(),
+        0,
+        "another organization's events are not shown"
+    );
+    assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));
+    assert!(String::from_utf8_lossy(&replay.stderr).contains("3 notifications"));
+    assert_eq!(again, 6, "the replayed events were delivered again");
+}
+crate::both_backends!(admins_read_events_back_and_operators_replay_them);

@@ -71,174 +71,270 @@ fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
-both_backends! {
-    async fn google_connect_stores_an_active_credential_and_never_shows_a_token(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let google = AuthServer::start(Flavor::Google).await;
-        let app = oauth_app(&db, &[(&google, "google")], |_| {}).await;
+async fn google_connect_stores_an_active_credential_and_never_shows_a_token(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let google = AuthServer::start(Flavor::Google).await;
+    let app = oauth_app(&db, &[(&google, "google")], |_| {}).await;
 
-        let url = authorize(&app, "google", &format!("name=Drive&return_to={}", urlencode(RETURN_TO))).await;
-        let params = query_of(&url);
-        let back = consent(&app, &url).await;
-        let res = callback(&app, &back).await;
-        let location = res.headers()["location"].to_str().unwrap().to_owned();
-        let result = query_of(&location);
-        let id = result["credential_id"].clone();
-        let (_, got) = app.call(Method::GET, &format!("/integrations/credentials/{id}"), &app.org.admin, None).await;
-        let (_, resolved) = app.call(Method::POST, &format!("/integrations/credentials/{id}/resolve"), &app.org.engine, None).await;
+    let url = authorize(
+        &app,
+        "google",
+        &format!("name=Drive&return_to={}", urlencode(RETURN_TO)),
+    )
+    .await;
+    let params = query_of(&url);
+    let back = consent(&app, &url).await;
+    let res = callback(&app, &back).await;
+    let location = res.headers()["location"].to_str().unwrap().to_owned();
+    let result = query_of(&location);
+    let id = result["credential_id"].clone();
+    let (_, got) = app
+        .call(
+            Method::GET,
+            &format!("/integrations/credentials/{id}"),
+            &app.org.admin,
+            None,
+        )
+        .await;
+    let (_, resolved) = app
+        .call(
+            Method::POST,
+            &format!("/integrations/credentials/{id}/resolve"),
+            &app.org.engine,
+            None,
+        )
+        .await;
 
-        assert!(params["state"].len() >= 43, "at least 256 random bits, url-safe");
-        assert_eq!(params["code_challenge_method"], "S256");
-        assert_eq!(params["access_type"], "offline");
-        assert_eq!(params["prompt"], "consent");
-        assert_eq!(params["include_granted_scopes"], "true");
-        assert_eq!(params["redirect_uri"], format!("{}/integrations/google/callback", app.base));
-        assert_eq!(result["result"], "success");
-        assert_eq!(got["status"], json!("active"));
-        assert_eq!(got["name"], json!("Drive"));
-        assert_eq!(got["auth_type"], json!("oauth2"));
-        assert_eq!(got["account"], json!({"id": "109800000001", "email": "user1@example.com", "display_name": "User 1"}));
-        assert!(got["scopes"].as_array().unwrap().contains(&json!("email")));
-        let expires = chrono::DateTime::parse_from_rfc3339(got["expires_at"].as_str().unwrap()).unwrap();
-        let lifetime = expires.timestamp() - chrono::Utc::now().timestamp();
-        assert!((3590..=3600).contains(&lifetime), "expires_in 3599 is honoured, got {lifetime}");
-        assert!(google.access_valid(resolved["access_token"].as_str().unwrap()));
-        assert!(resolved.get("refresh_token").is_none() && !resolved.to_string().contains("RT-"));
-        let issued = google.with(|i| i.issued.clone());
-        let logs = captured_logs();
-        for secret in &issued {
-            assert!(!got.to_string().contains(secret));
-            assert!(!logs.contains(secret), "a token or code reached the logs");
-        }
+    assert!(params["state"].len() >= 43, "at least 256 random bits, url-safe");
+    assert_eq!(params["code_challenge_method"], "S256");
+    assert_eq!(params["access_type"], "offline");
+    assert_eq!(params["prompt"], "consent");
+    assert_eq!(params["include_granted_scopes"], "true");
+    assert_eq!(
+        params["redirect_uri"],
+        format!("{}/integrations/google/callback", app.base)
+    );
+    assert_eq!(result["result"], "success");
+    assert_eq!(got["status"], json!("active"));
+    assert_eq!(got["name"], json!("Drive"));
+    assert_eq!(got["auth_type"], json!("oauth2"));
+    assert_eq!(
+        got["account"],
+        json!({"id": "109800000001", "email": "user1@example.com", "display_name": "User 1"})
+    );
+    assert!(got["scopes"].as_array().unwrap().contains(&json!("email")));
+    let expires = chrono::DateTime::parse_from_rfc3339(got["expires_at"].as_str().unwrap()).unwrap();
+    let lifetime = expires.timestamp() - chrono::Utc::now().timestamp();
+    assert!(
+        (3590..=3600).contains(&lifetime),
+        "expires_in 3599 is honoured, got {lifetime}"
+    );
+    assert!(google.access_valid(resolved["access_token"].as_str().unwrap()));
+    assert!(resolved.get("refresh_token").is_none() && !resolved.to_string().contains("RT-"));
+    let issued = google.with(|i| i.issued.clone());
+    let logs = captured_logs();
+    for secret in &issued {
+        assert!(!got.to_string().contains(secret));
+        assert!(!logs.contains(secret), "a token or code reached the logs");
     }
 }
+both_backends!(google_connect_stores_an_active_credential_and_never_shows_a_token);
 
-both_backends! {
-    async fn connecting_the_same_account_again_updates_it_and_keeps_the_refresh_token(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let google = AuthServer::start(Flavor::Google).await;
-        let app = oauth_app(&db, &[(&google, "google")], |_| {}).await;
+async fn connecting_the_same_account_again_updates_it_and_keeps_the_refresh_token(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let google = AuthServer::start(Flavor::Google).await;
+    let app = oauth_app(&db, &[(&google, "google")], |_| {}).await;
 
-        let first = connect(&app, "google", "").await;
-        let row = app.state.store.credential(&app.org.id, &first["credential_id"]).await.unwrap().unwrap();
-        let tokens_before = app.state.vault.open(&row.org_id, &row.id, &row.secret_ct, row.key_version).await.unwrap();
-        let second = connect(&app, "google", "").await;
-        let row = app.state.store.credential(&app.org.id, &second["credential_id"]).await.unwrap().unwrap();
-        let tokens_after = app.state.vault.open(&row.org_id, &row.id, &row.secret_ct, row.key_version).await.unwrap();
-        let (_, listed) = app.call(Method::GET, "/integrations/credentials?provider=google", &app.org.admin, None).await;
+    let first = connect(&app, "google", "").await;
+    let row = app
+        .state
+        .store
+        .credential(&app.org.id, &first["credential_id"])
+        .await
+        .unwrap()
+        .unwrap();
+    let tokens_before = app
+        .state
+        .vault
+        .open(&row.org_id, &row.id, &row.secret_ct, row.key_version)
+        .await
+        .unwrap();
+    let second = connect(&app, "google", "").await;
+    let row = app
+        .state
+        .store
+        .credential(&app.org.id, &second["credential_id"])
+        .await
+        .unwrap()
+        .unwrap();
+    let tokens_after = app
+        .state
+        .vault
+        .open(&row.org_id, &row.id, &row.secret_ct, row.key_version)
+        .await
+        .unwrap();
+    let (_, listed) = app
+        .call(
+            Method::GET,
+            "/integrations/credentials?provider=google",
+            &app.org.admin,
+            None,
+        )
+        .await;
 
-        use secrecy::ExposeSecret;
-        let rt = |g: &std::collections::BTreeMap<String, credgate::crypto::SecretMap>| {
-            g["tokens"].get("refresh_token").map(|t| t.expose_secret().to_owned())
-        };
-        assert_eq!(first["credential_id"], second["credential_id"]);
-        assert_eq!(listed["total"], json!(1));
-        assert!(rt(&tokens_before).is_some());
-        assert_eq!(rt(&tokens_before), rt(&tokens_after), "Google sent no new refresh token: the old one stays");
-        assert_ne!(
-            tokens_before["tokens"].get("access_token").unwrap().expose_secret(),
-            tokens_after["tokens"].get("access_token").unwrap().expose_secret()
-        );
-    }
+    use secrecy::ExposeSecret;
+    let rt = |g: &std::collections::BTreeMap<String, credgate::crypto::SecretMap>| {
+        g["tokens"].get("refresh_token").map(|t| t.expose_secret().to_owned())
+    };
+    assert_eq!(first["credential_id"], second["credential_id"]);
+    assert_eq!(listed["total"], json!(1));
+    assert!(rt(&tokens_before).is_some());
+    assert_eq!(
+        rt(&tokens_before),
+        rt(&tokens_after),
+        "Google sent no new refresh token: the old one stays"
+    );
+    assert_ne!(
+        tokens_before["tokens"].get("access_token").unwrap().expose_secret(),
+        tokens_after["tokens"].get("access_token").unwrap().expose_secret()
+    );
 }
+both_backends!(connecting_the_same_account_again_updates_it_and_keeps_the_refresh_token);
 
-both_backends! {
-    async fn reauthorizing_a_credential_in_place_makes_it_active_again(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let google = AuthServer::start(Flavor::Google).await;
-        let app = oauth_app(&db, &[(&google, "google")], |_| {}).await;
-        let first = connect(&app, "google", "").await;
-        let id = first["credential_id"].clone();
-        sqlx::query("UPDATE credentials SET status = 'needs_reauth', last_error = '{\"code\":\"needs_reauth\",\"message\":\"revoked\",\"at\":\"2026-01-01T00:00:00Z\"}' WHERE id = $1")
+async fn reauthorizing_a_credential_in_place_makes_it_active_again(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let google = AuthServer::start(Flavor::Google).await;
+    let app = oauth_app(&db, &[(&google, "google")], |_| {}).await;
+    let first = connect(&app, "google", "").await;
+    let id = first["credential_id"].clone();
+    sqlx::query("UPDATE credentials SET status = 'needs_reauth', last_error = '{\"code\":\"needs_reauth\",\"message\":\"revoked\",\"at\":\"2026-01-01T00:00:00Z\"}' WHERE id = $1")
             .bind(&id).execute(&app.sql().await).await.unwrap();
 
-        let again = connect(&app, "google", &format!("&credential_id={id}")).await;
-        let (_, got) = app.call(Method::GET, &format!("/integrations/credentials/{id}"), &app.org.admin, None).await;
-        let (_, events) = app.call(Method::GET, &format!("/integrations/credentials/{id}/audit"), &app.org.admin, None).await;
+    let again = connect(&app, "google", &format!("&credential_id={id}")).await;
+    let (_, got) = app
+        .call(
+            Method::GET,
+            &format!("/integrations/credentials/{id}"),
+            &app.org.admin,
+            None,
+        )
+        .await;
+    let (_, events) = app
+        .call(
+            Method::GET,
+            &format!("/integrations/credentials/{id}/audit"),
+            &app.org.admin,
+            None,
+        )
+        .await;
 
-        assert_eq!(again["credential_id"], id);
-        assert_eq!(got["status"], json!("active"));
-        assert!(got.get("last_error").is_none());
-        assert_eq!(events[0]["action"], json!("credential.reconnect"));
-    }
+    assert_eq!(again["credential_id"], id);
+    assert_eq!(got["status"], json!("active"));
+    assert!(got.get("last_error").is_none());
+    assert_eq!(events[0]["action"], json!("credential.reconnect"));
 }
+both_backends!(reauthorizing_a_credential_in_place_makes_it_active_again);
 
-both_backends! {
-    async fn replayed_forged_and_expired_states_are_rejected_and_store_nothing(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let google = AuthServer::start(Flavor::Google).await;
-        let app = oauth_app(&db, &[(&google, "google")], |_| {}).await;
+async fn replayed_forged_and_expired_states_are_rejected_and_store_nothing(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let google = AuthServer::start(Flavor::Google).await;
+    let app = oauth_app(&db, &[(&google, "google")], |_| {}).await;
 
-        let url = authorize(&app, "google", &format!("return_to={}", urlencode(RETURN_TO))).await;
-        let back = consent(&app, &url).await;
-        let first = callback(&app, &back).await;
-        let replay = callback(&app, &back).await;
-        let forged = callback(&app, &format!("{}/integrations/google/callback?state=forged&code=x", app.base)).await;
-        let url2 = authorize(&app, "google", &format!("return_to={}", urlencode(RETURN_TO))).await;
-        app.clock.advance(credgate::oauth::STATE_TTL_SECS + 1);
-        let expired = callback(&app, &consent(&app, &url2).await).await;
-        let (_, listed) = app.call(Method::GET, "/integrations/credentials", &app.org.admin, None).await;
+    let url = authorize(&app, "google", &format!("return_to={}", urlencode(RETURN_TO))).await;
+    let back = consent(&app, &url).await;
+    let first = callback(&app, &back).await;
+    let replay = callback(&app, &back).await;
+    let forged = callback(
+        &app,
+        &format!("{}/integrations/google/callback?state=forged&code=x", app.base),
+    )
+    .await;
+    let url2 = authorize(&app, "google", &format!("return_to={}", urlencode(RETURN_TO))).await;
+    app.clock.advance(credgate::oauth::STATE_TTL_SECS + 1);
+    let expired = callback(&app, &consent(&app, &url2).await).await;
+    let (_, listed) = app
+        .call(Method::GET, "/integrations/credentials", &app.org.admin, None)
+        .await;
 
-        assert_eq!(first.status(), StatusCode::FOUND);
-        assert_eq!(replay.status(), StatusCode::OK, "unknown state: no return_to to trust, so a page");
-        assert_eq!(replay.headers()["content-type"], "text/html; charset=utf-8");
-        let page = replay.text().await.unwrap();
-        assert!(page.contains("already used"), "{page}");
-        assert!(page.contains("oauth_state_invalid"));
-        assert!(forged.text().await.unwrap().contains("oauth_state_invalid"));
-        let location = expired.headers()["location"].to_str().unwrap();
-        assert_eq!(query_of(location)["code"], "oauth_state_invalid");
-        assert_eq!(listed["total"], json!(1), "only the first callback stored a credential");
-    }
+    assert_eq!(first.status(), StatusCode::FOUND);
+    assert_eq!(
+        replay.status(),
+        StatusCode::OK,
+        "unknown state: no return_to to trust, so a page"
+    );
+    assert_eq!(replay.headers()["content-type"], "text/html; charset=utf-8");
+    let page = replay.text().await.unwrap();
+    assert!(page.contains("already used"), "{page}");
+    assert!(page.contains("oauth_state_invalid"));
+    assert!(forged.text().await.unwrap().contains("oauth_state_invalid"));
+    let location = expired.headers()["location"].to_str().unwrap();
+    assert_eq!(query_of(location)["code"], "oauth_state_invalid");
+    assert_eq!(listed["total"], json!(1), "only the first callback stored a credential");
 }
+both_backends!(replayed_forged_and_expired_states_are_rejected_and_store_nothing);
 
-both_backends! {
-    async fn a_denied_consent_a_rejected_code_and_a_failing_identity_store_nothing(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let google = AuthServer::start(Flavor::Google).await;
-        let app = oauth_app(&db, &[(&google, "google")], |_| {}).await;
-        let rt = format!("return_to={}", urlencode(RETURN_TO));
+async fn a_denied_consent_a_rejected_code_and_a_failing_identity_store_nothing(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let google = AuthServer::start(Flavor::Google).await;
+    let app = oauth_app(&db, &[(&google, "google")], |_| {}).await;
+    let rt = format!("return_to={}", urlencode(RETURN_TO));
 
-        google.with(|i| i.deny = true);
-        let denied = connect(&app, "google", "").await;
-        google.with(|i| i.deny = false);
-        // A code bound to another authorization's PKCE challenge.
-        let a = authorize(&app, "google", &rt).await;
-        let b = authorize(&app, "google", &rt).await;
-        let code_for_a = query_of(&consent(&app, &a).await)["code"].clone();
-        let state_b = query_of(&b)["state"].clone();
-        let mixed = callback(&app, &format!("{}/integrations/google/callback?state={state_b}&code={code_for_a}", app.base)).await;
-        google.with(|i| i.identity_status = Some(StatusCode::INTERNAL_SERVER_ERROR));
-        let identity = connect(&app, "google", "").await;
-        let (_, listed) = app.call(Method::GET, "/integrations/credentials", &app.org.admin, None).await;
+    google.with(|i| i.deny = true);
+    let denied = connect(&app, "google", "").await;
+    google.with(|i| i.deny = false);
+    // A code bound to another authorization's PKCE challenge.
+    let a = authorize(&app, "google", &rt).await;
+    let b = authorize(&app, "google", &rt).await;
+    let code_for_a = query_of(&consent(&app, &a).await)["code"].clone();
+    let state_b = query_of(&b)["state"].clone();
+    let mixed = callback(
+        &app,
+        &format!(
+            "{}/integrations/google/callback?state={state_b}&code={code_for_a}",
+            app.base
+        ),
+    )
+    .await;
+    google.with(|i| i.identity_status = Some(StatusCode::INTERNAL_SERVER_ERROR));
+    let identity = connect(&app, "google", "").await;
+    let (_, listed) = app
+        .call(Method::GET, "/integrations/credentials", &app.org.admin, None)
+        .await;
 
-        assert_eq!(denied["result"], "error");
-        assert_eq!(denied["code"], "access_denied");
-        assert_eq!(query_of(mixed.headers()["location"].to_str().unwrap())["code"], "provider_error");
-        assert_eq!(identity["code"], "identity_failed");
-        assert_eq!(listed["total"], json!(0));
-    }
+    assert_eq!(denied["result"], "error");
+    assert_eq!(denied["code"], "access_denied");
+    assert_eq!(
+        query_of(mixed.headers()["location"].to_str().unwrap())["code"],
+        "provider_error"
+    );
+    assert_eq!(identity["code"], "identity_failed");
+    assert_eq!(listed["total"], json!(0));
 }
+both_backends!(a_denied_consent_a_rejected_code_and_a_failing_identity_store_nothing);
 
-both_backends! {
-    async fn a_callback_that_would_pass_the_limit_stores_nothing(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let google = AuthServer::start(Flavor::Google).await;
-        let app = oauth_app(&db, &[(&google, "google")], |c| c.max_per_provider = 1).await;
+async fn a_callback_that_would_pass_the_limit_stores_nothing(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let google = AuthServer::start(Flavor::Google).await;
+    let app = oauth_app(&db, &[(&google, "google")], |c| c.max_per_provider = 1).await;
 
-        let first = connect(&app, "google", "").await;
-        google.with(|i| i.user = User::new(2));
-        let second = connect(&app, "google", "").await;
-        google.with(|i| i.user = User::new(1));
-        let reconnect = connect(&app, "google", "").await;
-        let (_, listed) = app.call(Method::GET, "/integrations/credentials", &app.org.admin, None).await;
+    let first = connect(&app, "google", "").await;
+    google.with(|i| i.user = User::new(2));
+    let second = connect(&app, "google", "").await;
+    google.with(|i| i.user = User::new(1));
+    let reconnect = connect(&app, "google", "").await;
+    let (_, listed) = app
+        .call(Method::GET, "/integrations/credentials", &app.org.admin, None)
+        .await;
 
-        assert_eq!(first["result"], "success");
-        assert_eq!(second["code"], "quota_exceeded");
-        assert_eq!(reconnect["result"], "success", "reconnecting an existing account adds nothing");
-        assert_eq!(listed["total"], json!(1));
-    }
+    assert_eq!(first["result"], "success");
+    assert_eq!(second["code"], "quota_exceeded");
+    assert_eq!(
+        reconnect["result"], "success",
+        "reconnecting an existing account adds nothing"
+    );
+    assert_eq!(listed["total"], json!(1));
 }
+both_backends!(a_callback_that_would_pass_the_limit_stores_nothing);
 
 #[tokio::test]
 async fn a_redirect_uri_one_character_off_a_bad_client_secret_and_a_slow_provider_fail_cleanly() {
@@ -370,28 +466,48 @@ async fn an_issuer_that_does_not_match_is_rejected() {
     assert_eq!(right["result"], "success");
 }
 
-both_backends! {
-    async fn sharepoint_connects_through_a_tenant_with_basic_client_auth_and_graph_identity(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let ms = AuthServer::start(Flavor::Microsoft).await;
-        ms.with(|i| i.basic_auth = true);
-        let app = oauth_app(&db, &[(&ms, "sharepoint")], |c| {
-            c.provider_overrides.insert("CREDGATE_PROVIDER_SHAREPOINT_CLIENT_AUTH".into(), "basic".into());
-        }).await;
+async fn sharepoint_connects_through_a_tenant_with_basic_client_auth_and_graph_identity(
+    backend: crate::helpers::Backend,
+) {
+    let db = TestDb::new(backend).await;
+    let ms = AuthServer::start(Flavor::Microsoft).await;
+    ms.with(|i| i.basic_auth = true);
+    let app = oauth_app(&db, &[(&ms, "sharepoint")], |c| {
+        c.provider_overrides
+            .insert("CREDGATE_PROVIDER_SHAREPOINT_CLIENT_AUTH".into(), "basic".into());
+    })
+    .await;
 
-        let result = connect(&app, "sharepoint", "&tenant=contoso.onmicrosoft.com").await;
-        let id = &result["credential_id"];
-        let (_, got) = app.call(Method::GET, &format!("/integrations/credentials/{id}"), &app.org.admin, None).await;
+    let result = connect(&app, "sharepoint", "&tenant=contoso.onmicrosoft.com").await;
+    let id = &result["credential_id"];
+    let (_, got) = app
+        .call(
+            Method::GET,
+            &format!("/integrations/credentials/{id}"),
+            &app.org.admin,
+            None,
+        )
+        .await;
 
-        assert_eq!(result["result"], "success");
-        assert_eq!(ms.with(|i| i.tenant_seen.clone()).as_deref(), Some("contoso.onmicrosoft.com"));
-        assert_eq!(got["account"]["email"], json!("user1@example.com"), "userPrincipalName when mail is null");
-        assert_eq!(got["account"]["display_name"], json!("User 1"));
-        assert_eq!(got["fields"]["tenant"], json!("contoso.onmicrosoft.com"));
-        assert_eq!(got["fields"]["tenant_id"], json!("72f988bf-86f1-41af-91ab-2d7cd011db47"));
-        assert!(got["scopes"].as_array().unwrap().contains(&json!("Files.Read.All")));
-    }
+    assert_eq!(result["result"], "success");
+    assert_eq!(
+        ms.with(|i| i.tenant_seen.clone()).as_deref(),
+        Some("contoso.onmicrosoft.com")
+    );
+    assert_eq!(
+        got["account"]["email"],
+        json!("user1@example.com"),
+        "userPrincipalName when mail is null"
+    );
+    assert_eq!(got["account"]["display_name"], json!("User 1"));
+    assert_eq!(got["fields"]["tenant"], json!("contoso.onmicrosoft.com"));
+    assert_eq!(
+        got["fields"]["tenant_id"],
+        json!("72f988bf-86f1-41af-91ab-2d7cd011db47")
+    );
+    assert!(got["scopes"].as_array().unwrap().contains(&json!("Files.Read.All")));
 }
+both_backends!(sharepoint_connects_through_a_tenant_with_basic_client_auth_and_graph_identity);
 
 #[tokio::test]
 async fn the_sharepoint_tenant_is_common_unless_the_deployment_sets_one() {

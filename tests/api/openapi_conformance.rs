@@ -103,30 +103,32 @@ fn summary(report: &str) -> String {
     format!("{cases} | {}", last.trim_matches('=').trim())
 }
 
-crate::both_backends! {
-    async fn schemathesis_finds_no_failure_with_an_admin_or_an_engine_key(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let mut config = test_config(&db);
-        config.auth_failures_per_sec = 0;
-        let app = TestApp::spawn_with(config).await;
-        app.create_pg(&app.org, "seed", "pw").await;
-        let (admin, engine) = (app.org.admin.clone(), app.org.engine.clone());
+async fn schemathesis_finds_no_failure_with_an_admin_or_an_engine_key(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let mut config = test_config(&db);
+    config.auth_failures_per_sec = 0;
+    let app = TestApp::spawn_with(config).await;
+    app.create_pg(&app.org, "seed", "pw").await;
+    let (admin, engine) = (app.org.admin.clone(), app.org.engine.clone());
 
-        let run = |key: String| {
-            let base = app.base.clone();
-            tokio::task::spawn_blocking(move || schemathesis(&base, &key))
-        };
-        let (admin_ok, admin_report) = run(admin).await.unwrap();
-        let (engine_ok, engine_report) = run(engine).await.unwrap();
-        eprintln!("schemathesis {backend:?} admin: {}", summary(&admin_report));
-        eprintln!("schemathesis {backend:?} engine: {}", summary(&engine_report));
+    let run = |key: String| {
+        let base = app.base.clone();
+        tokio::task::spawn_blocking(move || schemathesis(&base, &key))
+    };
+    let (admin_ok, admin_report) = run(admin).await.unwrap();
+    let (engine_ok, engine_report) = run(engine).await.unwrap();
+    eprintln!("schemathesis {backend:?} admin: {}", summary(&admin_report));
+    eprintln!("schemathesis {backend:?} engine: {}", summary(&engine_report));
 
-        assert!(admin_ok, "{admin_report}");
-        assert!(engine_ok, "{engine_report}");
-        assert!(!admin_report.contains("Server error") && !engine_report.contains("Server error"), "no 5xx");
-        assert!(admin_report.contains("generated"), "schemathesis ran: {admin_report}");
-    }
+    assert!(admin_ok, "{admin_report}");
+    assert!(engine_ok, "{engine_report}");
+    assert!(
+        !admin_report.contains("Server error") && !engine_report.contains("Server error"),
+        "no 5xx"
+    );
+    assert!(admin_report.contains("generated"), "schemathesis ran: {admin_report}");
 }
+crate::both_backends!(schemathesis_finds_no_failure_with_an_admin_or_an_engine_key);
 
 #[test]
 fn every_reference_in_the_openapi_document_resolves() {

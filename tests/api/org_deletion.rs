@@ -42,98 +42,129 @@ async fn rows_of(app: &TestApp, org: &str) -> i64 {
     total + n
 }
 
-both_backends! {
-    async fn deleting_an_organization_while_it_creates_never_deadlocks(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let app = TestApp::spawn(&db).await;
-        let doomed = app.new_org("Doomed").await;
-        app.state.store.set_org_limit(&doomed.id, "postgresql", 100_000).await.unwrap();
-        for n in 0..20 {
-            app.create_pg(&doomed, &format!("c{n}"), "pw").await;
-        }
-        let stop = std::sync::atomic::AtomicBool::new(false);
-        let writer = |lane: usize| {
-            let (app, doomed, stop) = (&app, &doomed, &stop);
-            async move {
-                let mut answers = Vec::new();
-                let mut n = 0;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 200 {
-                    let body = crate::helpers::pg_body(&format!("w{lane}-{n}"), "pw");
-                    answers.push(app.call(Method::POST, "/integrations/credentials", &doomed.admin, Some(body)).await.0);
-                    n += 1;
-                }
-                answers
+async fn deleting_an_organization_while_it_creates_never_deadlocks(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    let doomed = app.new_org("Doomed").await;
+    app.state
+        .store
+        .set_org_limit(&doomed.id, "postgresql", 100_000)
+        .await
+        .unwrap();
+    for n in 0..20 {
+        app.create_pg(&doomed, &format!("c{n}"), "pw").await;
+    }
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let writer = |lane: usize| {
+        let (app, doomed, stop) = (&app, &doomed, &stop);
+        async move {
+            let mut answers = Vec::new();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 200 {
+                let body = crate::helpers::pg_body(&format!("w{lane}-{n}"), "pw");
+                answers.push(
+                    app.call(Method::POST, "/integrations/credentials", &doomed.admin, Some(body))
+                        .await
+                        .0,
+                );
+                n += 1;
             }
-        };
-        let deleting = async {
-            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-            let deleted = app.state.vault.delete_org(&doomed.id).await;
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            deleted
-        };
-
-        let unused = credgate::apikeys::create(&app.state.store, &doomed.id, credgate::model::Role::Admin, Default::default())
-            .await
-            .unwrap();
-        let (deleted, a, b, c, d) = tokio::join!(deleting, writer(0), writer(1), writer(2), writer(3));
-        let (after, _) = app.call(Method::GET, "/integrations/credentials", &unused, None).await;
-        let (others, _) = app.call(Method::GET, "/integrations/credentials", &app.org.admin, None).await;
-
-        assert!(deleted.is_ok(), "no deadlock: {deleted:?}");
-        let answers: Vec<StatusCode> = [a, b, c, d].concat();
-        assert!(answers.contains(&StatusCode::CREATED), "the writes were running");
-        assert!(
-            answers.iter().all(|s| [StatusCode::CREATED, StatusCode::UNAUTHORIZED, StatusCode::NOT_FOUND].contains(s)),
-            "a write meeting the deletion is refused cleanly, never a 500: {answers:?}"
-        );
-        assert_eq!(after, StatusCode::UNAUTHORIZED, "its keys went with it (a key cached before stops within 5 s)");
-        assert_eq!(others, StatusCode::OK);
-        assert_eq!(rows_of(&app, &doomed.id).await, 0, "nothing of it is left");
-    }
-}
-
-both_backends! {
-    async fn an_interrupted_deletion_is_finished_by_the_worker_and_shreds_at_once(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let config = test_config(&db);
-        let app = TestApp::spawn_with(config.clone()).await;
-        let doomed = app.new_org("Doomed").await;
-        for n in 0..5 {
-            app.create_pg(&doomed, &format!("c{n}"), "pw").await;
+            answers
         }
-        let before = rows_of(&app, &doomed.id).await;
+    };
+    let deleting = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let deleted = app.state.vault.delete_org(&doomed.id).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        deleted
+    };
 
-        let unused = credgate::apikeys::create(&app.state.store, &doomed.id, credgate::model::Role::Admin, Default::default())
-            .await
-            .unwrap();
-        // The command marks it and removes one small batch, then stops.
-        app.state.store.mark_org_deleted(&doomed.id).await.unwrap();
-        let first = app.state.store.purge_deleted_org(&doomed.id, 3).await.unwrap();
-        let shredded: Vec<String> = sqlx::query_scalar("SELECT wrapped_key FROM org_keys WHERE org_id = $1")
-            .bind(&doomed.id)
-            .fetch_all(&app.sql().await)
-            .await
-            .unwrap();
-        let (refused, _) = app.call(Method::GET, "/integrations/credentials", &unused, None).await;
-        drop(app);
-        // A replica starts again (every data key it needs still opens) and
-        // its worker's housekeeping finishes the removal.
-        let again = TestApp::spawn_with(config).await;
-        let ready = reqwest::get(format!("{}/readyz", again.base)).await.unwrap().status();
-        let mut passes = 0;
-        while !again.state.store.deleted_orgs().await.unwrap().is_empty() && passes < 10 {
-            credgate::oauth::worker::purge_expired_states(&again.state).await.unwrap();
-            passes += 1;
-        }
+    let unused = credgate::apikeys::create(
+        &app.state.store,
+        &doomed.id,
+        credgate::model::Role::Admin,
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let (deleted, a, b, c, d) = tokio::join!(deleting, writer(0), writer(1), writer(2), writer(3));
+    let (after, _) = app.call(Method::GET, "/integrations/credentials", &unused, None).await;
+    let (others, _) = app
+        .call(Method::GET, "/integrations/credentials", &app.org.admin, None)
+        .await;
 
-        assert!(before > 20, "{before}");
-        assert_eq!(first, 3, "a batch is small");
-        assert!(!shredded.is_empty() && shredded.iter().all(String::is_empty), "its data keys were destroyed at once");
-        assert_eq!(refused, StatusCode::UNAUTHORIZED);
-        assert_eq!(ready, StatusCode::OK);
-        assert_eq!(passes, 1);
-        assert_eq!(rows_of(&again, &doomed.id).await, 0);
-        let (others, _) = again.call(Method::GET, "/integrations/credentials", &again.org.admin, None).await;
-        assert_eq!(others, StatusCode::OK);
-    }
+    assert!(deleted.is_ok(), "no deadlock: {deleted:?}");
+    let answers: Vec<StatusCode> = [a, b, c, d].concat();
+    assert!(answers.contains(&StatusCode::CREATED), "the writes were running");
+    assert!(
+        answers
+            .iter()
+            .all(|s| [StatusCode::CREATED, StatusCode::UNAUTHORIZED, StatusCode::NOT_FOUND].contains(s)),
+        "a write meeting the deletion is refused cleanly, never a 500: {answers:?}"
+    );
+    assert_eq!(
+        after,
+        StatusCode::UNAUTHORIZED,
+        "its keys went with it (a key cached before stops within 5 s)"
+    );
+    assert_eq!(others, StatusCode::OK);
+    assert_eq!(rows_of(&app, &doomed.id).await, 0, "nothing of it is left");
 }
+both_backends!(deleting_an_organization_while_it_creates_never_deadlocks);
+
+async fn an_interrupted_deletion_is_finished_by_the_worker_and_shreds_at_once(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let config = test_config(&db);
+    let app = TestApp::spawn_with(config.clone()).await;
+    let doomed = app.new_org("Doomed").await;
+    for n in 0..5 {
+        app.create_pg(&doomed, &format!("c{n}"), "pw").await;
+    }
+    let before = rows_of(&app, &doomed.id).await;
+
+    let unused = credgate::apikeys::create(
+        &app.state.store,
+        &doomed.id,
+        credgate::model::Role::Admin,
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    // The command marks it and removes one small batch, then stops.
+    app.state.store.mark_org_deleted(&doomed.id).await.unwrap();
+    let first = app.state.store.purge_deleted_org(&doomed.id, 3).await.unwrap();
+    let shredded: Vec<String> = sqlx::query_scalar("SELECT wrapped_key FROM org_keys WHERE org_id = $1")
+        .bind(&doomed.id)
+        .fetch_all(&app.sql().await)
+        .await
+        .unwrap();
+    let (refused, _) = app.call(Method::GET, "/integrations/credentials", &unused, None).await;
+    drop(app);
+    // A replica starts again (every data key it needs still opens) and
+    // its worker's housekeeping finishes the removal.
+    let again = TestApp::spawn_with(config).await;
+    let ready = reqwest::get(format!("{}/readyz", again.base)).await.unwrap().status();
+    let mut passes = 0;
+    while !again.state.store.deleted_orgs().await.unwrap().is_empty() && passes < 10 {
+        credgate::oauth::worker::purge_expired_states(&again.state)
+            .await
+            .unwrap();
+        passes += 1;
+    }
+
+    assert!(before > 20, "{before}");
+    assert_eq!(first, 3, "a batch is small");
+    assert!(
+        !shredded.is_empty() && shredded.iter().all(String::is_empty),
+        "its data keys were destroyed at once"
+    );
+    assert_eq!(refused, StatusCode::UNAUTHORIZED);
+    assert_eq!(ready, StatusCode::OK);
+    assert_eq!(passes, 1);
+    assert_eq!(rows_of(&again, &doomed.id).await, 0);
+    let (others, _) = again
+        .call(Method::GET, "/integrations/credentials", &again.org.admin, None)
+        .await;
+    assert_eq!(others, StatusCode::OK);
+}
+both_backends!(an_interrupted_deletion_is_finished_by_the_worker_and_shreds_at_once);

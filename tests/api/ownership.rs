@@ -98,75 +98,115 @@ async fn audit_of(app: &TestApp, id: &str) -> Vec<(String, String)> {
     seen
 }
 
-both_backends! {
-    async fn another_members_connect_of_the_same_account_gets_a_credential_of_its_own(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let google = AuthServer::start(Flavor::Google).await;
-        let app = oauth_app(&db, &[(&google, "google")], |_| {}).await;
-        let alice = key(&app, Role::Member, Some("alice")).await;
-        let bob = key(&app, Role::Member, Some("bob")).await;
-        let org_key = key(&app, Role::Member, None).await;
+async fn another_members_connect_of_the_same_account_gets_a_credential_of_its_own(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let google = AuthServer::start(Flavor::Google).await;
+    let app = oauth_app(&db, &[(&google, "google")], |_| {}).await;
+    let alice = key(&app, Role::Member, Some("alice")).await;
+    let bob = key(&app, Role::Member, Some("bob")).await;
+    let org_key = key(&app, Role::Member, None).await;
 
-        let alices = connect_as(&app, &alice).await["credential_id"].clone();
-        let alices_token = token_for(&app, &alices, "alice").await;
-        let bobs = connect_as(&app, &bob).await;
-        let orgs = connect_as(&app, &org_key).await;
-        let alices_again = connect_as(&app, &alice).await["credential_id"].clone();
-        let (_, bobs_list) = app.call(Method::GET, "/integrations/credentials?owner=me", &bob, None).await;
-        let (_, alices_view) =
-            app.call(Method::GET, &format!("/integrations/credentials/{alices}"), &alice, None).await;
+    let alices = connect_as(&app, &alice).await["credential_id"].clone();
+    let alices_token = token_for(&app, &alices, "alice").await;
+    let bobs = connect_as(&app, &bob).await;
+    let orgs = connect_as(&app, &org_key).await;
+    let alices_again = connect_as(&app, &alice).await["credential_id"].clone();
+    let (_, bobs_list) = app
+        .call(Method::GET, "/integrations/credentials?owner=me", &bob, None)
+        .await;
+    let (_, alices_view) = app
+        .call(
+            Method::GET,
+            &format!("/integrations/credentials/{alices}"),
+            &alice,
+            None,
+        )
+        .await;
 
-        assert_eq!(bobs["result"], "success");
-        let bobs = bobs["credential_id"].clone();
-        assert_ne!(bobs, alices, "Bob's connect made a credential of his own");
-        assert_ne!(orgs["credential_id"], alices, "a key without a user connects an organization credential");
-        assert_ne!(orgs["credential_id"], bobs);
-        assert_eq!(alices_again, alices, "the same owner connecting again updates its own credential");
-        assert!(
-            !audit_of(&app, &alices).await.iter().any(|(_, actor)| actor == "user:bob"),
-            "Bob's connect never touched Alice's credential"
-        );
-        let listed: Vec<&Value> = bobs_list["items"].as_array().unwrap().iter().collect();
-        assert_eq!(listed.len(), 1, "{bobs_list}");
-        assert_eq!(listed[0]["id"], json!(bobs));
-        assert_eq!(listed[0]["owner"], json!("bob"));
-        assert_eq!(alices_view["owner"], json!("alice"));
-        let alices_now = token_for(&app, &alices, "alice").await;
-        let bobs_token = token_for(&app, &bobs, "bob").await;
-        assert_ne!(alices_now, bobs_token, "the engine resolving for Alice never gets Bob's token");
-        assert_ne!(alices_token, bobs_token);
-    }
-}
-
-both_backends! {
-    async fn a_connect_never_reauthorizes_another_owners_credential_without_manage(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let google = AuthServer::start(Flavor::Google).await;
-        let app = oauth_app(&db, &[(&google, "google")], |_| {}).await;
-        let alice = key(&app, Role::Member, Some("alice")).await;
-        let bob = key(&app, Role::Member, Some("bob")).await;
-        let alices = connect_as(&app, &alice).await["credential_id"].clone();
-        share(&app, &alice, &alices, json!(null), json!([{"user_id": "bob", "access": "view"}])).await;
-
-        let res = app
-            .client
-            .get(format!("{}/integrations/google/authorize?credential_id={alices}", app.base))
-            .bearer_auth(&bob)
-            .header("accept", "application/json")
-            .send()
+    assert_eq!(bobs["result"], "success");
+    let bobs = bobs["credential_id"].clone();
+    assert_ne!(bobs, alices, "Bob's connect made a credential of his own");
+    assert_ne!(
+        orgs["credential_id"], alices,
+        "a key without a user connects an organization credential"
+    );
+    assert_ne!(orgs["credential_id"], bobs);
+    assert_eq!(
+        alices_again, alices,
+        "the same owner connecting again updates its own credential"
+    );
+    assert!(
+        !audit_of(&app, &alices)
             .await
-            .unwrap();
-        let status = res.status();
-        share(&app, &alice, &alices, json!(null), json!([{"user_id": "bob", "access": "manage"}])).await;
-        let url = authorize_as(&app, &bob, &format!("&credential_id={alices}")).await;
-        let back = consent(&app, &url).await;
-        let in_place = land(&app, &back).await;
-
-        assert_eq!(status, StatusCode::FORBIDDEN, "view is not enough to re-authorize");
-        assert_eq!(in_place["credential_id"], alices, "with manage, re-authorizing in place is allowed");
-        assert!(audit_of(&app, &alices).await.contains(&("credential.reconnect".into(), "user:bob".into())));
-    }
+            .iter()
+            .any(|(_, actor)| actor == "user:bob"),
+        "Bob's connect never touched Alice's credential"
+    );
+    let listed: Vec<&Value> = bobs_list["items"].as_array().unwrap().iter().collect();
+    assert_eq!(listed.len(), 1, "{bobs_list}");
+    assert_eq!(listed[0]["id"], json!(bobs));
+    assert_eq!(listed[0]["owner"], json!("bob"));
+    assert_eq!(alices_view["owner"], json!("alice"));
+    let alices_now = token_for(&app, &alices, "alice").await;
+    let bobs_token = token_for(&app, &bobs, "bob").await;
+    assert_ne!(
+        alices_now, bobs_token,
+        "the engine resolving for Alice never gets Bob's token"
+    );
+    assert_ne!(alices_token, bobs_token);
 }
+both_backends!(another_members_connect_of_the_same_account_gets_a_credential_of_its_own);
+
+async fn a_connect_never_reauthorizes_another_owners_credential_without_manage(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let google = AuthServer::start(Flavor::Google).await;
+    let app = oauth_app(&db, &[(&google, "google")], |_| {}).await;
+    let alice = key(&app, Role::Member, Some("alice")).await;
+    let bob = key(&app, Role::Member, Some("bob")).await;
+    let alices = connect_as(&app, &alice).await["credential_id"].clone();
+    share(
+        &app,
+        &alice,
+        &alices,
+        json!(null),
+        json!([{"user_id": "bob", "access": "view"}]),
+    )
+    .await;
+
+    let res = app
+        .client
+        .get(format!(
+            "{}/integrations/google/authorize?credential_id={alices}",
+            app.base
+        ))
+        .bearer_auth(&bob)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    let status = res.status();
+    share(
+        &app,
+        &alice,
+        &alices,
+        json!(null),
+        json!([{"user_id": "bob", "access": "manage"}]),
+    )
+    .await;
+    let url = authorize_as(&app, &bob, &format!("&credential_id={alices}")).await;
+    let back = consent(&app, &url).await;
+    let in_place = land(&app, &back).await;
+
+    assert_eq!(status, StatusCode::FORBIDDEN, "view is not enough to re-authorize");
+    assert_eq!(
+        in_place["credential_id"], alices,
+        "with manage, re-authorizing in place is allowed"
+    );
+    assert!(audit_of(&app, &alices)
+        .await
+        .contains(&("credential.reconnect".into(), "user:bob".into())));
+}
+both_backends!(a_connect_never_reauthorizes_another_owners_credential_without_manage);
 
 /// `credgate …` on the test's database, with its master keys.
 fn cli(app: &TestApp, args: &[&str]) -> std::process::Output {
@@ -182,74 +222,102 @@ fn cli(app: &TestApp, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-both_backends! {
-    async fn a_removed_users_pending_connect_stores_nothing(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let google = AuthServer::start(Flavor::Google).await;
-        let app = oauth_app(&db, &[(&google, "google")], |_| {}).await;
-        let dave = key(&app, Role::Member, Some("dave")).await;
-        let url = authorize_as(&app, &dave, "").await;
-        let back = consent(&app, &url).await;
+async fn a_removed_users_pending_connect_stores_nothing(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let google = AuthServer::start(Flavor::Google).await;
+    let app = oauth_app(&db, &[(&google, "google")], |_| {}).await;
+    let dave = key(&app, Role::Member, Some("dave")).await;
+    let url = authorize_as(&app, &dave, "").await;
+    let back = consent(&app, &url).await;
 
-        let removed = cli(&app, &["user", "remove", "--org", &app.org.id, "--user", "dave", "--transfer-to", "org"]);
-        let result = land(&app, &back).await;
-        let (_, all) = app.call(Method::GET, "/integrations/credentials", &app.org.admin, None).await;
-        let dave_owns: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM credentials WHERE owner = 'dave'")
-            .fetch_one(&app.sql().await)
-            .await
-            .unwrap();
+    let removed = cli(
+        &app,
+        &[
+            "user",
+            "remove",
+            "--org",
+            &app.org.id,
+            "--user",
+            "dave",
+            "--transfer-to",
+            "org",
+        ],
+    );
+    let result = land(&app, &back).await;
+    let (_, all) = app
+        .call(Method::GET, "/integrations/credentials", &app.org.admin, None)
+        .await;
+    let dave_owns: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM credentials WHERE owner = 'dave'")
+        .fetch_one(&app.sql().await)
+        .await
+        .unwrap();
 
-        assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
-        assert_eq!(result["result"], "error");
-        assert_eq!(result["code"], "user_removed", "{result:?}");
-        assert!(!result.contains_key("credential_id"));
-        assert_eq!(all["total"], json!(0), "{all}");
-        assert_eq!(dave_owns, 0);
-    }
+    assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
+    assert_eq!(result["result"], "error");
+    assert_eq!(result["code"], "user_removed", "{result:?}");
+    assert!(!result.contains_key("credential_id"));
+    assert_eq!(all["total"], json!(0), "{all}");
+    assert_eq!(dave_owns, 0);
 }
+both_backends!(a_removed_users_pending_connect_stores_nothing);
 
-both_backends! {
-    async fn a_user_removed_while_their_callback_waits_for_the_provider_gets_nothing_stored(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let google = AuthServer::start(Flavor::Google).await;
-        let app = oauth_app(&db, &[(&google, "google")], |_| {}).await;
-        let dave = key(&app, Role::Member, Some("dave")).await;
-        let url = authorize_as(&app, &dave, "").await;
-        let back = consent(&app, &url).await;
-        google.with(|i| i.token_delay = Some(std::time::Duration::from_secs(5)));
+async fn a_user_removed_while_their_callback_waits_for_the_provider_gets_nothing_stored(
+    backend: crate::helpers::Backend,
+) {
+    let db = TestDb::new(backend).await;
+    let google = AuthServer::start(Flavor::Google).await;
+    let app = oauth_app(&db, &[(&google, "google")], |_| {}).await;
+    let dave = key(&app, Role::Member, Some("dave")).await;
+    let url = authorize_as(&app, &dave, "").await;
+    let back = consent(&app, &url).await;
+    google.with(|i| i.token_delay = Some(std::time::Duration::from_secs(5)));
 
-        // The callback has taken its state and waits for the code exchange
-        // when the user is removed.
-        let landing = {
-            let (client, back) = (app.client.clone(), back.clone());
-            tokio::spawn(async move { client.get(back).send().await.unwrap() })
-        };
-        while google.with(|i| i.token_requests) == 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        let removed = cli(&app, &["user", "remove", "--org", &app.org.id, "--user", "dave", "--transfer-to", "org"]);
-        let exchange_still_held = google.with(|i| i.issued.iter().filter(|t| t.starts_with("ya29")).count()) == 0;
-        let res = landing.await.unwrap();
-        let location = res.headers()["location"].to_str().unwrap().to_owned();
-        let result = query_of(&location);
-        let (_, all) = app.call(Method::GET, "/integrations/credentials", &app.org.admin, None).await;
-
-        assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
-        assert!(exchange_still_held, "the removal ran while the exchange was held");
-        assert_eq!(result["result"], "error");
-        assert_eq!(result["code"], "user_removed", "{result:?}");
-        assert_eq!(all["total"], json!(0), "nothing stored, nothing to hand on: {all}");
-        let mut revoked = false;
-        for _ in 0..500 {
-            revoked = google.with(|i| !i.revoked.is_empty());
-            if revoked {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        assert!(revoked, "the tokens it got are revoked at the provider");
+    // The callback has taken its state and waits for the code exchange
+    // when the user is removed.
+    let landing = {
+        let (client, back) = (app.client.clone(), back.clone());
+        tokio::spawn(async move { client.get(back).send().await.unwrap() })
+    };
+    while google.with(|i| i.token_requests) == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+    let removed = cli(
+        &app,
+        &[
+            "user",
+            "remove",
+            "--org",
+            &app.org.id,
+            "--user",
+            "dave",
+            "--transfer-to",
+            "org",
+        ],
+    );
+    let exchange_still_held = google.with(|i| i.issued.iter().filter(|t| t.starts_with("ya29")).count()) == 0;
+    let res = landing.await.unwrap();
+    let location = res.headers()["location"].to_str().unwrap().to_owned();
+    let result = query_of(&location);
+    let (_, all) = app
+        .call(Method::GET, "/integrations/credentials", &app.org.admin, None)
+        .await;
+
+    assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
+    assert!(exchange_still_held, "the removal ran while the exchange was held");
+    assert_eq!(result["result"], "error");
+    assert_eq!(result["code"], "user_removed", "{result:?}");
+    assert_eq!(all["total"], json!(0), "nothing stored, nothing to hand on: {all}");
+    let mut revoked = false;
+    for _ in 0..500 {
+        revoked = google.with(|i| !i.revoked.is_empty());
+        if revoked {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(revoked, "the tokens it got are revoked at the provider");
 }
+both_backends!(a_user_removed_while_their_callback_waits_for_the_provider_gets_nothing_stored);
 
 /// Opens `url` (a session link, or a page with `cookie`); returns the status,
 /// the cookie it set (`name=value`) and the body.
@@ -274,65 +342,82 @@ async fn session(app: &TestApp, key: &str, body: Value) -> String {
     created["url"].as_str().unwrap().to_owned()
 }
 
-both_backends! {
-    async fn a_link_opened_under_the_wrong_page_is_not_spent(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let app = TestApp::spawn(&db).await;
-        let url = session(&app, &app.org.admin, json!({"user_id": "u-7", "purpose": "connect"})).await;
-        let wrong = url.replacen("/connect?", "/manage?", 1);
+async fn a_link_opened_under_the_wrong_page_is_not_spent(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    let url = session(&app, &app.org.admin, json!({"user_id": "u-7", "purpose": "connect"})).await;
+    let wrong = url.replacen("/connect?", "/manage?", 1);
 
-        let (_, wrong_cookie, _) = open(&app, &wrong, None).await;
-        let (status, right_cookie, _) = open(&app, &url, None).await;
-        let (_, again, _) = open(&app, &url, None).await;
+    let (_, wrong_cookie, _) = open(&app, &wrong, None).await;
+    let (status, right_cookie, _) = open(&app, &url, None).await;
+    let (_, again, _) = open(&app, &url, None).await;
 
-        assert!(wrong_cookie.is_none(), "a connect link opens no manage page");
-        assert_eq!(status, StatusCode::OK);
-        assert!(right_cookie.is_some_and(|c| c.starts_with("credgate_connect=")), "still opens as /connect");
-        assert!(again.is_none(), "and then only once");
-    }
+    assert!(wrong_cookie.is_none(), "a connect link opens no manage page");
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        right_cookie.is_some_and(|c| c.starts_with("credgate_connect=")),
+        "still opens as /connect"
+    );
+    assert!(again.is_none(), "and then only once");
 }
+both_backends!(a_link_opened_under_the_wrong_page_is_not_spent);
 
-both_backends! {
-    async fn use_sees_whether_a_test_passed_but_no_host_or_message(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let app = TestApp::spawn(&db).await;
-        let alice = key(&app, Role::Member, Some("alice")).await;
-        let bob = key(&app, Role::Member, Some("bob")).await;
-        let id = create(&app, &alice, "Alice's warehouse", "pw").await;
-        share(&app, &alice, &id, json!(null), json!([{"user_id": "bob", "access": "use"}])).await;
-        let test = |k: String| {
-            let app = &app;
-            let id = id.clone();
-            async move { app.call(Method::POST, &format!("/integrations/credentials/{id}/test"), &k, None).await }
-        };
+async fn use_sees_whether_a_test_passed_but_no_host_or_message(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    let alice = key(&app, Role::Member, Some("alice")).await;
+    let bob = key(&app, Role::Member, Some("bob")).await;
+    let id = create(&app, &alice, "Alice's warehouse", "pw").await;
+    share(
+        &app,
+        &alice,
+        &id,
+        json!(null),
+        json!([{"user_id": "bob", "access": "use"}]),
+    )
+    .await;
+    let test = |k: String| {
+        let app = &app;
+        let id = id.clone();
+        async move {
+            app.call(Method::POST, &format!("/integrations/credentials/{id}/test"), &k, None)
+                .await
+        }
+    };
 
-        let (owner_status, owners) = test(alice.clone()).await;
-        let (user_status, users) = test(bob.clone()).await;
-        let page = session(&app, &app.org.admin, json!({"user_id": "bob", "purpose": "manage"})).await;
-        let (_, cookie, _) = open(&app, &page, None).await;
-        let (_, _, manage) = open(&app, &format!("{}/manage", app.base), cookie.as_deref()).await;
-        let owner_page = session(&app, &app.org.admin, json!({"user_id": "alice", "purpose": "manage"})).await;
-        let (_, cookie, _) = open(&app, &owner_page, None).await;
-        let (_, _, owners_manage) = open(&app, &format!("{}/manage", app.base), cookie.as_deref()).await;
+    let (owner_status, owners) = test(alice.clone()).await;
+    let (user_status, users) = test(bob.clone()).await;
+    let page = session(&app, &app.org.admin, json!({"user_id": "bob", "purpose": "manage"})).await;
+    let (_, cookie, _) = open(&app, &page, None).await;
+    let (_, _, manage) = open(&app, &format!("{}/manage", app.base), cookie.as_deref()).await;
+    let owner_page = session(&app, &app.org.admin, json!({"user_id": "alice", "purpose": "manage"})).await;
+    let (_, cookie, _) = open(&app, &owner_page, None).await;
+    let (_, _, owners_manage) = open(&app, &format!("{}/manage", app.base), cookie.as_deref()).await;
 
-        assert_eq!(owner_status, StatusCode::OK);
-        assert_eq!(owners["ok"], json!(false));
-        let message = owners["error"]["message"].as_str().unwrap().to_owned();
-        assert!(message.contains("db.example.com"), "the owner sees the reason: {owners}");
-        assert_eq!(user_status, StatusCode::OK);
-        let mut keys: Vec<&String> = users.as_object().unwrap().keys().collect();
-        keys.sort();
-        assert_eq!(keys, ["error", "latency_ms", "ok"], "{users}");
-        assert_eq!(users["ok"], json!(false));
-        assert_eq!(users["error"], json!({"code": owners["error"]["code"]}));
-        assert!(!users.to_string().contains("db.example.com"));
-        let escaped = maud::html! { (message) }.into_string();
-        assert!(manage.contains("Alice&#39;s warehouse") || manage.contains("Alice's warehouse"), "Bob sees the row");
-        assert!(!manage.contains(&escaped), "the last error's text needs view");
-        assert!(!manage.contains("db.example.com"));
-        assert!(owners_manage.contains(&escaped), "the owner's page still shows it");
-    }
+    assert_eq!(owner_status, StatusCode::OK);
+    assert_eq!(owners["ok"], json!(false));
+    let message = owners["error"]["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("db.example.com"),
+        "the owner sees the reason: {owners}"
+    );
+    assert_eq!(user_status, StatusCode::OK);
+    let mut keys: Vec<&String> = users.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["error", "latency_ms", "ok"], "{users}");
+    assert_eq!(users["ok"], json!(false));
+    assert_eq!(users["error"], json!({"code": owners["error"]["code"]}));
+    assert!(!users.to_string().contains("db.example.com"));
+    let escaped = maud::html! { (message) }.into_string();
+    assert!(
+        manage.contains("Alice&#39;s warehouse") || manage.contains("Alice's warehouse"),
+        "Bob sees the row"
+    );
+    assert!(!manage.contains(&escaped), "the last error's text needs view");
+    assert!(!manage.contains("db.example.com"));
+    assert!(owners_manage.contains(&escaped), "the owner's page still shows it");
 }
+both_backends!(use_sees_whether_a_test_passed_but_no_host_or_message);
 
 /// `credgate api-key list --org …`: (id, the rest of the line) per key.
 fn key_ids(app: &TestApp) -> Vec<String> {
@@ -345,94 +430,112 @@ fn key_ids(app: &TestApp) -> Vec<String> {
         .collect()
 }
 
-both_backends! {
-    async fn no_command_prints_a_token_it_was_given_and_a_token_revokes_its_own_key(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let app = TestApp::spawn(&db).await;
-        let leaked = key(&app, Role::Member, Some("erin")).await;
-        let before = key_ids(&app);
+async fn no_command_prints_a_token_it_was_given_and_a_token_revokes_its_own_key(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    let leaked = key(&app, Role::Member, Some("erin")).await;
+    let before = key_ids(&app);
 
-        let as_id = cli(&app, &["api-key", "revoke", "--id", &leaked]);
-        let stray = cli(&app, &["api-key", "revoke", &leaked]);
-        let by_token = cli(&app, &["api-key", "revoke", "--token", &leaked]);
-        let twice = cli(&app, &["api-key", "revoke", "--token", &leaked]);
-        let (status, _) = app.call(Method::GET, "/integrations/credentials", &leaked, None).await;
-        let after = key_ids(&app);
+    let as_id = cli(&app, &["api-key", "revoke", "--id", &leaked]);
+    let stray = cli(&app, &["api-key", "revoke", &leaked]);
+    let by_token = cli(&app, &["api-key", "revoke", "--token", &leaked]);
+    let twice = cli(&app, &["api-key", "revoke", "--token", &leaked]);
+    let (status, _) = app.call(Method::GET, "/integrations/credentials", &leaked, None).await;
+    let after = key_ids(&app);
 
-        let all = |o: &std::process::Output| {
-            format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-        };
-        assert!(!as_id.status.success());
-        assert!(!all(&as_id).contains(&leaked), "{}", all(&as_id));
-        assert!(!all(&as_id).contains(&leaked[4..20]), "not even a part of it");
-        assert!(!stray.status.success());
-        assert!(!all(&stray).contains(&leaked[4..20]), "nor clap's error: {}", all(&stray));
-        assert!(by_token.status.success(), "{}", all(&by_token));
-        assert!(!all(&by_token).contains(&leaked));
-        assert!(!twice.status.success());
-        assert!(!all(&twice).contains(&leaked));
-        assert_eq!(status, StatusCode::UNAUTHORIZED);
-        assert_eq!(before, after, "revoked keys are still listed");
-        let listing = String::from_utf8(cli(&app, &["api-key", "list", "--org", &app.org.id]).stdout).unwrap();
-        assert_eq!(listing.lines().filter(|l| l.contains("revoked")).count(), 1, "{listing}");
-    }
+    let all = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    assert!(!as_id.status.success());
+    assert!(!all(&as_id).contains(&leaked), "{}", all(&as_id));
+    assert!(!all(&as_id).contains(&leaked[4..20]), "not even a part of it");
+    assert!(!stray.status.success());
+    assert!(
+        !all(&stray).contains(&leaked[4..20]),
+        "nor clap's error: {}",
+        all(&stray)
+    );
+    assert!(by_token.status.success(), "{}", all(&by_token));
+    assert!(!all(&by_token).contains(&leaked));
+    assert!(!twice.status.success());
+    assert!(!all(&twice).contains(&leaked));
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(before, after, "revoked keys are still listed");
+    let listing = String::from_utf8(cli(&app, &["api-key", "list", "--org", &app.org.id]).stdout).unwrap();
+    assert_eq!(
+        listing.lines().filter(|l| l.contains("revoked")).count(),
+        1,
+        "{listing}"
+    );
 }
+both_backends!(no_command_prints_a_token_it_was_given_and_a_token_revokes_its_own_key);
 
-both_backends! {
-    async fn a_page_session_opened_with_a_key_ends_when_that_key_is_revoked(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let app = TestApp::spawn(&db).await;
-        let carol = key(&app, Role::Member, Some("carol")).await;
-        let admin_for_carol = key(&app, Role::Admin, None).await;
-        let url = session(&app, &carol, json!({"purpose": "manage"})).await;
-        let kept = session(&app, &admin_for_carol, json!({"user_id": "carol", "purpose": "manage"})).await;
-        let (_, cookie, _) = open(&app, &url, None).await;
-        let (_, kept_cookie, _) = open(&app, &kept, None).await;
-        let page = format!("{}/manage", app.base);
-        let (before, _, _) = open(&app, &page, cookie.as_deref()).await;
+async fn a_page_session_opened_with_a_key_ends_when_that_key_is_revoked(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    let carol = key(&app, Role::Member, Some("carol")).await;
+    let admin_for_carol = key(&app, Role::Admin, None).await;
+    let url = session(&app, &carol, json!({"purpose": "manage"})).await;
+    let kept = session(&app, &admin_for_carol, json!({"user_id": "carol", "purpose": "manage"})).await;
+    let (_, cookie, _) = open(&app, &url, None).await;
+    let (_, kept_cookie, _) = open(&app, &kept, None).await;
+    let page = format!("{}/manage", app.base);
+    let (before, _, _) = open(&app, &page, cookie.as_deref()).await;
 
-        let revoked = cli(&app, &["api-key", "revoke", "--token", &carol]);
-        let (after, _, body) = open(&app, &page, cookie.as_deref()).await;
-        let (other, _, _) = open(&app, &page, kept_cookie.as_deref()).await;
+    let revoked = cli(&app, &["api-key", "revoke", "--token", &carol]);
+    let (after, _, body) = open(&app, &page, cookie.as_deref()).await;
+    let (other, _, _) = open(&app, &page, kept_cookie.as_deref()).await;
 
-        assert!(revoked.status.success(), "{}", String::from_utf8_lossy(&revoked.stderr));
-        assert_eq!(before, StatusCode::OK);
-        assert_ne!(after, StatusCode::OK, "{body}");
-        assert!(!body.contains("Your credentials"));
-        assert_eq!(other, StatusCode::OK, "a session another key opened stays");
-    }
+    assert!(revoked.status.success(), "{}", String::from_utf8_lossy(&revoked.stderr));
+    assert_eq!(before, StatusCode::OK);
+    assert_ne!(after, StatusCode::OK, "{body}");
+    assert!(!body.contains("Your credentials"));
+    assert_eq!(other, StatusCode::OK, "a session another key opened stays");
 }
+both_backends!(a_page_session_opened_with_a_key_ends_when_that_key_is_revoked);
 
-both_backends! {
-    async fn answers_that_carry_a_secret_are_never_cached(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let app = TestApp::spawn(&db).await;
-        let secret = sentinel();
-        let id = app.create_pg(&app.org, "warehouse", &secret).await;
-        app.call(Method::PUT, "/integrations/secrets/API_TOKEN", &app.org.admin, Some(json!({"value": secret}))).await;
-        let post = |path: String, body: Value| {
-            let app = &app;
-            async move {
-                app.client
-                    .post(format!("{}{path}", app.base))
-                    .bearer_auth(&app.org.engine)
-                    .json(&body)
-                    .send()
-                    .await
-                    .unwrap()
-            }
-        };
-
-        let resolved = post(format!("/integrations/credentials/{id}/resolve"), json!({})).await;
-        let named = post("/integrations/secrets/resolve".into(), json!({"names": ["API_TOKEN"]})).await;
-
-        for res in [resolved, named] {
-            assert_eq!(res.status(), StatusCode::OK);
-            assert_eq!(res.headers().get("cache-control").map(|v| v.to_str().unwrap()), Some("no-store"));
-            assert!(res.text().await.unwrap().contains(&secret));
+async fn answers_that_carry_a_secret_are_never_cached(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    let secret = sentinel();
+    let id = app.create_pg(&app.org, "warehouse", &secret).await;
+    app.call(
+        Method::PUT,
+        "/integrations/secrets/API_TOKEN",
+        &app.org.admin,
+        Some(json!({"value": secret})),
+    )
+    .await;
+    let post = |path: String, body: Value| {
+        let app = &app;
+        async move {
+            app.client
+                .post(format!("{}{path}", app.base))
+                .bearer_auth(&app.org.engine)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
         }
+    };
+
+    let resolved = post(format!("/integrations/credentials/{id}/resolve"), json!({})).await;
+    let named = post("/integrations/secrets/resolve".into(), json!({"names": ["API_TOKEN"]})).await;
+
+    for res in [resolved, named] {
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(
+            res.headers().get("cache-control").map(|v| v.to_str().unwrap()),
+            Some("no-store")
+        );
+        assert!(res.text().await.unwrap().contains(&secret));
     }
 }
+both_backends!(answers_that_carry_a_secret_are_never_cached);
 
 fn from(ip: [u8; 4]) -> reqwest::Client {
     reqwest::Client::builder()
@@ -460,29 +563,39 @@ fn lookalike() -> String {
     format!("cgk_{tail}")
 }
 
-both_backends! {
-    async fn a_valid_key_is_never_refused_for_what_other_tokens_from_its_address_did(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let mut config = test_config(&db);
-        config.auth_failures_per_sec = 1;
-        let app = TestApp::spawn_with(config).await;
-        let shared = from([127, 0, 0, 1]);
-        let lookups = "credgate_api_key_lookups_total";
-        let before = app.metric(lookups).await;
+async fn a_valid_key_is_never_refused_for_what_other_tokens_from_its_address_did(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let mut config = test_config(&db);
+    config.auth_failures_per_sec = 1;
+    let app = TestApp::spawn_with(config).await;
+    let shared = from([127, 0, 0, 1]);
+    let lookups = "credgate_api_key_lookups_total";
+    let before = app.metric(lookups).await;
 
-        let mut noisy = Vec::new();
-        for _ in 0..60 {
-            noisy.push(list_with(&shared, &app, &lookalike()).await);
-        }
-        let after_noise = app.metric(lookups).await;
-        let fresh = key(&app, Role::Member, Some("neighbour")).await;
-        let valid = list_with(&shared, &app, &fresh).await;
-        let legacy_shaped = list_with(&shared, &app, &format!("cgk_{}", &lookalike()[4..47])).await;
-
-        assert!(noisy.contains(&StatusCode::TOO_MANY_REQUESTS), "the noisy client is slowed down: {noisy:?}");
-        assert_eq!(valid, StatusCode::OK, "a valid key, never seen before, from the same address");
-        assert_eq!(after_noise, before, "random tokens cost no lookup at all");
-        assert_eq!(legacy_shaped, StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(app.metric(lookups).await, before + 1, "only the valid key was looked up");
+    let mut noisy = Vec::new();
+    for _ in 0..60 {
+        noisy.push(list_with(&shared, &app, &lookalike()).await);
     }
+    let after_noise = app.metric(lookups).await;
+    let fresh = key(&app, Role::Member, Some("neighbour")).await;
+    let valid = list_with(&shared, &app, &fresh).await;
+    let legacy_shaped = list_with(&shared, &app, &format!("cgk_{}", &lookalike()[4..47])).await;
+
+    assert!(
+        noisy.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "the noisy client is slowed down: {noisy:?}"
+    );
+    assert_eq!(
+        valid,
+        StatusCode::OK,
+        "a valid key, never seen before, from the same address"
+    );
+    assert_eq!(after_noise, before, "random tokens cost no lookup at all");
+    assert_eq!(legacy_shaped, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        app.metric(lookups).await,
+        before + 1,
+        "only the valid key was looked up"
+    );
 }
+both_backends!(a_valid_key_is_never_refused_for_what_other_tokens_from_its_address_did);

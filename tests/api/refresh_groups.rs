@@ -85,57 +85,91 @@ fn sorted(rows: &[&CredentialRow]) -> Vec<String> {
     ids
 }
 
-crate::both_backends! {
-    async fn refreshed_tokens_written_together_are_each_written_only_where_their_own_refresh_holds(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let app = TestApp::spawn(&db).await;
-        let rows = leased(&app, &["recovered", "plain", "read older secrets", "taken", "stale key", "gone"]).await;
-        let mut group: Vec<PendingRefresh> = rows.iter().map(pending).collect();
-        group[0].notify = Some(Notification::new("credential.recovered", &app.org.id, &rows[0].id, "postgresql", json!({})));
-        group[2].expected += 1;
-        group[4].tokens.key_version += 1;
-        group[5].org_id = "no-such-org".into();
-        group[5].event.org_id = "no-such-org".into();
+async fn refreshed_tokens_written_together_are_each_written_only_where_their_own_refresh_holds(
+    backend: crate::helpers::Backend,
+) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    let rows = leased(
+        &app,
+        &["recovered", "plain", "read older secrets", "taken", "stale key", "gone"],
+    )
+    .await;
+    let mut group: Vec<PendingRefresh> = rows.iter().map(pending).collect();
+    group[0].notify = Some(Notification::new(
+        "credential.recovered",
+        &app.org.id,
+        &rows[0].id,
+        "postgresql",
+        json!({}),
+    ));
+    group[2].expected += 1;
+    group[4].tokens.key_version += 1;
+    group[5].org_id = "no-such-org".into();
+    group[5].event.org_id = "no-such-org".into();
 
-        let outcomes = app.state.store.store_refreshed(&group).await;
+    let outcomes = app.state.store.store_refreshed(&group).await;
 
-        let shown: Vec<String> = outcomes.iter().map(|o| format!("{o:?}")).collect();
-        assert!(matches!(outcomes[0], Ok(true)) && matches!(outcomes[1], Ok(true)), "{shown:?}");
-        assert!(matches!(outcomes[2], Ok(false)), "secrets written since its read: {shown:?}");
-        assert!(matches!(outcomes[3], Ok(false)), "another holder's lease: {shown:?}");
-        assert!(matches!(outcomes[4], Err(StoreError::KeyRotated)), "{shown:?}");
-        assert!(matches!(outcomes[5], Err(StoreError::NotFound)), "{shown:?}");
-        for row in &rows[..2] {
-            let written = (row.secret_version + 1, Some(EXPIRES_AT), None);
-            assert_eq!(state(&app, row).await, written, "{}: written, lease released", row.name);
-        }
-        for row in &rows[2..] {
-            let holder = if row.name == "taken" { "someone else" } else { "me" };
-            let untouched = (row.secret_version, row.expires_at, Some(holder.to_owned()));
-            assert_eq!(state(&app, row).await, untouched, "{}: nothing written", row.name);
-        }
-        let events = ids(&app, "SELECT credential_id FROM audit_events WHERE actor = 'refresh-group-test'").await;
-        assert_eq!(events, sorted(&[&rows[0], &rows[1]]), "an audit event for each write, none for the others");
-        let notes = ids(&app, "SELECT credential_id FROM outbox WHERE kind = 'credential.recovered'").await;
-        assert_eq!(notes, [rows[0].id.clone()]);
-        if backend == Backend::Postgres {
-            let transactions: i64 = sqlx::query_scalar(&format!(
-                "SELECT COUNT(DISTINCT xmin::text) FROM credentials WHERE id IN ('{}', '{}')",
-                rows[0].id, rows[1].id
-            ))
-            .fetch_one(&app.sql().await)
-            .await
-            .unwrap();
-            assert_eq!(transactions, 1, "the group is written in one transaction");
-        }
-        // What was written is the credential's: it resolves.
-        let (status, body) = app
-            .call(Method::POST, &format!("/integrations/credentials/{}/resolve", rows[0].id), &app.org.engine, None)
-            .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        assert_eq!(body["fields"]["password"], "pw");
+    let shown: Vec<String> = outcomes.iter().map(|o| format!("{o:?}")).collect();
+    assert!(
+        matches!(outcomes[0], Ok(true)) && matches!(outcomes[1], Ok(true)),
+        "{shown:?}"
+    );
+    assert!(
+        matches!(outcomes[2], Ok(false)),
+        "secrets written since its read: {shown:?}"
+    );
+    assert!(matches!(outcomes[3], Ok(false)), "another holder's lease: {shown:?}");
+    assert!(matches!(outcomes[4], Err(StoreError::KeyRotated)), "{shown:?}");
+    assert!(matches!(outcomes[5], Err(StoreError::NotFound)), "{shown:?}");
+    for row in &rows[..2] {
+        let written = (row.secret_version + 1, Some(EXPIRES_AT), None);
+        assert_eq!(state(&app, row).await, written, "{}: written, lease released", row.name);
     }
+    for row in &rows[2..] {
+        let holder = if row.name == "taken" { "someone else" } else { "me" };
+        let untouched = (row.secret_version, row.expires_at, Some(holder.to_owned()));
+        assert_eq!(state(&app, row).await, untouched, "{}: nothing written", row.name);
+    }
+    let events = ids(
+        &app,
+        "SELECT credential_id FROM audit_events WHERE actor = 'refresh-group-test'",
+    )
+    .await;
+    assert_eq!(
+        events,
+        sorted(&[&rows[0], &rows[1]]),
+        "an audit event for each write, none for the others"
+    );
+    let notes = ids(
+        &app,
+        "SELECT credential_id FROM outbox WHERE kind = 'credential.recovered'",
+    )
+    .await;
+    assert_eq!(notes, [rows[0].id.clone()]);
+    if backend == Backend::Postgres {
+        let transactions: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(DISTINCT xmin::text) FROM credentials WHERE id IN ('{}', '{}')",
+            rows[0].id, rows[1].id
+        ))
+        .fetch_one(&app.sql().await)
+        .await
+        .unwrap();
+        assert_eq!(transactions, 1, "the group is written in one transaction");
+    }
+    // What was written is the credential's: it resolves.
+    let (status, body) = app
+        .call(
+            Method::POST,
+            &format!("/integrations/credentials/{}/resolve", rows[0].id),
+            &app.org.engine,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["fields"]["password"], "pw");
 }
+crate::both_backends!(refreshed_tokens_written_together_are_each_written_only_where_their_own_refresh_holds);
 
 /// Makes the database refuse a secrets write (not a lease) of the
 /// credential named `refused`.
@@ -171,26 +205,43 @@ async fn refuse_secret_writes(app: &TestApp, backend: Backend) {
     }
 }
 
-crate::both_backends! {
-    async fn a_refreshed_token_write_the_database_refuses_fails_alone_and_the_rest_of_its_group_is_written(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let app = TestApp::spawn(&db).await;
-        let rows = leased(&app, &["before", "refused", "after"]).await;
-        refuse_secret_writes(&app, backend).await;
-        let group: Vec<PendingRefresh> = rows.iter().map(pending).collect();
+async fn a_refreshed_token_write_the_database_refuses_fails_alone_and_the_rest_of_its_group_is_written(
+    backend: crate::helpers::Backend,
+) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    let rows = leased(&app, &["before", "refused", "after"]).await;
+    refuse_secret_writes(&app, backend).await;
+    let group: Vec<PendingRefresh> = rows.iter().map(pending).collect();
 
-        let outcomes = app.state.store.store_refreshed(&group).await;
+    let outcomes = app.state.store.store_refreshed(&group).await;
 
-        let shown: Vec<String> = outcomes.iter().map(|o| format!("{o:?}")).collect();
-        assert!(matches!(outcomes[0], Ok(true)) && matches!(outcomes[2], Ok(true)), "{shown:?}");
-        assert!(matches!(outcomes[1], Err(StoreError::Database(_))), "{shown:?}");
-        assert_eq!(state(&app, &rows[0]).await, (rows[0].secret_version + 1, Some(EXPIRES_AT), None));
-        assert_eq!(state(&app, &rows[1]).await, (rows[1].secret_version, None, Some("me".into())));
-        assert_eq!(state(&app, &rows[2]).await, (rows[2].secret_version + 1, Some(EXPIRES_AT), None));
-        let events = ids(&app, "SELECT credential_id FROM audit_events WHERE actor = 'refresh-group-test'").await;
-        assert_eq!(events, sorted(&[&rows[0], &rows[2]]));
-    }
+    let shown: Vec<String> = outcomes.iter().map(|o| format!("{o:?}")).collect();
+    assert!(
+        matches!(outcomes[0], Ok(true)) && matches!(outcomes[2], Ok(true)),
+        "{shown:?}"
+    );
+    assert!(matches!(outcomes[1], Err(StoreError::Database(_))), "{shown:?}");
+    assert_eq!(
+        state(&app, &rows[0]).await,
+        (rows[0].secret_version + 1, Some(EXPIRES_AT), None)
+    );
+    assert_eq!(
+        state(&app, &rows[1]).await,
+        (rows[1].secret_version, None, Some("me".into()))
+    );
+    assert_eq!(
+        state(&app, &rows[2]).await,
+        (rows[2].secret_version + 1, Some(EXPIRES_AT), None)
+    );
+    let events = ids(
+        &app,
+        "SELECT credential_id FROM audit_events WHERE actor = 'refresh-group-test'",
+    )
+    .await;
+    assert_eq!(events, sorted(&[&rows[0], &rows[2]]));
 }
+crate::both_backends!(a_refreshed_token_write_the_database_refuses_fails_alone_and_the_rest_of_its_group_is_written);
 
 /// Time passes until every one of `ids` is due (about half its token's
 /// lifetime), before any expires.

@@ -29,80 +29,96 @@ async fn rows(b: &Browser) -> usize {
         .len()
 }
 
-crate::both_backends! {
-    async fn a_person_connects_a_telegram_bot_and_the_platform_receives_the_result(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let tg = telegram().await;
-        let opener = Opener::start().await;
-        let app = page_app(&db, &tg, &[format!("{}/", opener.origin)], |_| {}).await;
-        let url = open_session(&app, &app.org.admin, json!({
+async fn a_person_connects_a_telegram_bot_and_the_platform_receives_the_result(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let tg = telegram().await;
+    let opener = Opener::start().await;
+    let app = page_app(&db, &tg, &[format!("{}/", opener.origin)], |_| {}).await;
+    let url = open_session(
+        &app,
+        &app.org.admin,
+        json!({
             "user_id": "u-7", "purpose": "connect", "providers": ["telegram", "sftp"],
-            "return_to": format!("{}/connected", opener.origin)})).await;
-        opener.open(&url);
-        let mut b = Browser::start(1280).await;
+            "return_to": format!("{}/connected", opener.origin)}),
+    )
+    .await;
+    opener.open(&url);
+    let mut b = Browser::start(1280).await;
 
-        // The platform opens credgate in a popup.
-        b.goto(&format!("{}/", opener.origin)).await;
-        let platform = b.client.window().await.unwrap();
-        b.click("#open").await;
-        let popup = b.switch_to_new_window(std::slice::from_ref(&platform)).await;
-        b.wait_path("/connect").await;
-        b.wait_for("#providers").await;
-        let offered = b.client.find_all(Locator::Css("#providers li")).await.unwrap().len();
-        b.type_into("#provider-search", "tele").await;
-        let visible = b.js("return document.querySelectorAll('#providers li:not([hidden])').length").await;
-        b.screenshot("connect-1-grid").await;
+    // The platform opens credgate in a popup.
+    b.goto(&format!("{}/", opener.origin)).await;
+    let platform = b.client.window().await.unwrap();
+    b.click("#open").await;
+    let popup = b.switch_to_new_window(std::slice::from_ref(&platform)).await;
+    b.wait_path("/connect").await;
+    b.wait_for("#providers").await;
+    let offered = b.client.find_all(Locator::Css("#providers li")).await.unwrap().len();
+    b.type_into("#provider-search", "tele").await;
+    let visible = b
+        .js("return document.querySelectorAll('#providers li:not([hidden])').length")
+        .await;
+    b.screenshot("connect-1-grid").await;
 
-        // A malformed token: the error sits beside its field.
-        b.click("a[href='/connect/telegram']").await;
-        b.wait_path("/connect/telegram").await;
-        b.type_into("#f-bot_token", "not-a-token").await;
-        b.click("#credential-form button[type=submit]").await;
-        let field_error = b.wait_text("#f-bot_token-error", "Bot token").await;
-        b.remember().await;
-        b.screenshot("connect-2-field-error").await;
+    // A malformed token: the error sits beside its field.
+    b.click("a[href='/connect/telegram']").await;
+    b.wait_path("/connect/telegram").await;
+    b.type_into("#f-bot_token", "not-a-token").await;
+    b.click("#credential-form button[type=submit]").await;
+    let field_error = b.wait_text("#f-bot_token-error", "Bot token").await;
+    b.remember().await;
+    b.screenshot("connect-2-field-error").await;
 
-        // A good one: Test connection shows the bot, then Save.
-        b.type_into("#f-name", "Alerts bot").await;
-        b.type_into("#f-bot_token", &good_token()).await;
-        b.click("#test-connection").await;
-        let tested = b.wait_text("#test-result.passed", "✓").await;
-        b.remember().await;
-        b.screenshot("connect-3-tested").await;
-        b.click("#credential-form button[type=submit]").await;
+    // A good one: Test connection shows the bot, then Save.
+    b.type_into("#f-name", "Alerts bot").await;
+    b.type_into("#f-bot_token", &good_token()).await;
+    b.click("#test-connection").await;
+    let tested = b.wait_text("#test-result.passed", "✓").await;
+    b.remember().await;
+    b.screenshot("connect-3-tested").await;
+    b.click("#credential-form button[type=submit]").await;
 
-        // The end page tells the platform and closes.
-        b.wait_closed(&popup).await;
-        b.client.switch_to_window(platform).await.unwrap();
-        let started = Instant::now();
-        let received = loop {
-            let got = b.js("return window.received").await;
-            if got.as_array().is_some_and(|a| !a.is_empty()) || started.elapsed() > Duration::from_secs(10) {
-                break got;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        b.remember().await;
-        b.screenshot("connect-4-platform-received").await;
-        let pages = b.finish().await;
-        let id = received[0]["data"]["credential_id"].as_str().unwrap_or_default().to_owned();
-        let (_, credential) = app.call(Method::GET, &format!("/integrations/credentials/{id}"), &app.org.admin, None).await;
+    // The end page tells the platform and closes.
+    b.wait_closed(&popup).await;
+    b.client.switch_to_window(platform).await.unwrap();
+    let started = Instant::now();
+    let received = loop {
+        let got = b.js("return window.received").await;
+        if got.as_array().is_some_and(|a| !a.is_empty()) || started.elapsed() > Duration::from_secs(10) {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    b.remember().await;
+    b.screenshot("connect-4-platform-received").await;
+    let pages = b.finish().await;
+    let id = received[0]["data"]["credential_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let (_, credential) = app
+        .call(
+            Method::GET,
+            &format!("/integrations/credentials/{id}"),
+            &app.org.admin,
+            None,
+        )
+        .await;
 
-        assert_eq!(offered, 2, "only the session's providers");
-        assert_eq!(visible, json!(1), "the search box filters as you type");
-        assert!(field_error.contains("wrong format"), "{field_error}");
-        assert!(tested.contains("credgate_alerts_bot"), "{tested}");
-        assert_eq!(received.as_array().unwrap().len(), 1, "{received}");
-        assert_eq!(received[0]["origin"], json!(app.base), "posted by credgate");
-        assert_eq!(received[0]["data"]["source"], "credgate");
-        assert_eq!(received[0]["data"]["result"], "success");
-        assert_eq!(credential["name"], "Alerts bot");
-        assert_eq!(credential["owner"], "u-7");
-        assert_eq!(credential["status"], "active");
-        assert!(!credential.to_string().contains(TOKEN_SECRET));
-        assert_never_shown(&pages);
-    }
+    assert_eq!(offered, 2, "only the session's providers");
+    assert_eq!(visible, json!(1), "the search box filters as you type");
+    assert!(field_error.contains("wrong format"), "{field_error}");
+    assert!(tested.contains("credgate_alerts_bot"), "{tested}");
+    assert_eq!(received.as_array().unwrap().len(), 1, "{received}");
+    assert_eq!(received[0]["origin"], json!(app.base), "posted by credgate");
+    assert_eq!(received[0]["data"]["source"], "credgate");
+    assert_eq!(received[0]["data"]["result"], "success");
+    assert_eq!(credential["name"], "Alerts bot");
+    assert_eq!(credential["owner"], "u-7");
+    assert_eq!(credential["status"], "active");
+    assert!(!credential.to_string().contains(TOKEN_SECRET));
+    assert_never_shown(&pages);
 }
+crate::both_backends!(a_person_connects_a_telegram_bot_and_the_platform_receives_the_result);
 
 #[test]
 fn google_connects_in_a_popup_and_the_account_shows_in_manage() {
@@ -184,82 +200,104 @@ fn google_connects_in_a_popup_and_the_account_shows_in_manage() {
     });
 }
 
-crate::both_backends! {
-    async fn in_manage_a_person_filters_tests_deletes_three_and_reads_the_audit_log(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let tg = telegram().await;
-        let app = page_app(&db, &tg, &[], |_| {}).await;
-        for name in ["Bot A", "Bot B", "Bot C", "Bot D"] {
-            create_bot(&app, &app.org.member, name).await;
-        }
-        app.create_pg(&app.org, "Warehouse", "pw-1").await;
-        let reporting = app.create_pg(&app.org, "Reporting", "pw-2").await;
-        let url = open_session(&app, &app.org.member, json!({"purpose": "manage"})).await;
-        let mut b = Browser::start(1280).await;
-
-        b.goto(&url).await;
-        b.wait_path("/manage").await;
-        b.wait_for("table.credentials").await;
-        let all = rows(&b).await;
-        b.wait_for("#provider option[value='telegram']").await.click().await.unwrap();
-        b.click(".filters button[type=submit]").await;
-        b.wait_text(".count", "4 credentials").await;
-        let filtered = rows(&b).await;
-        b.click("table.credentials tbody tr:first-child [data-test-url]").await;
-        let tested = b.wait_text("table.credentials tbody tr:first-child .probe.passed", "✓").await;
-        b.remember().await;
-        b.screenshot("manage-1-filtered-tested").await;
-
-        for n in 1..=3 {
-            b.click(&format!("table.credentials tbody tr:nth-child({n}) input[name=ids]")).await;
-        }
-        let button = b.wait_text("#delete-selected", "(3)").await;
-        b.click("#delete-selected").await;
-        let confirm_title = b.wait_text("h1", "Delete 3 credentials?").await;
-        b.screenshot("manage-2-confirm-three").await;
-        b.click("#confirm-delete").await;
-        let deleted = b.wait_text(".notice", "3 credentials deleted").await;
-        let left = rows(&b).await;
-        b.click(&format!("a[href='/manage/credentials/{reporting}']")).await;
-        let audit = b.wait_text("#audit", "credential.create").await;
-        b.remember().await;
-        b.screenshot("manage-3-detail-audit").await;
-        let id = reporting;
-
-        // Share it with the team for use, then edit it (every field again).
-        b.wait_for("#team option[value='use']").await.click().await.unwrap();
-        b.click("#sharing button[type=submit]").await;
-        let shared = b.wait_text(".notice", "Sharing saved").await;
-        b.click("a[href$='/edit']").await;
-        b.wait_for("#credential-form").await;
-        let prefilled = b.js("return document.getElementById('f-host').value + '|' + document.getElementById('f-password').value").await;
-        b.type_into("#f-name", "Reporting v2").await;
-        b.type_into("#f-password", "SENTINELpageTOKEN_0123456789abcdefXYZ-pw").await;
-        b.click("#credential-form button[type=submit]").await;
-        let saved = b.wait_text(".notice", "Saved").await;
-        b.remember().await;
-        b.screenshot("manage-4-edited").await;
-        let pages = b.finish().await;
-        let (_, list) = app.call(Method::GET, "/integrations/credentials", &app.org.admin, None).await;
-        let (_, edited) = app.call(Method::GET, &format!("/integrations/credentials/{id}"), &app.org.admin, None).await;
-
-        assert_eq!(all, 6);
-        assert_eq!(filtered, 4, "only Telegram");
-        assert!(tested.contains("credgate_alerts_bot"), "{tested}");
-        assert!(button.contains("Delete selected (3)"));
-        assert!(confirm_title.contains("Delete 3 credentials?"));
-        assert!(deleted.contains("3 credentials deleted"));
-        assert_eq!(left, 3);
-        assert_eq!(list["total"], 3);
-        assert!(audit.contains("user:u-1"), "{audit}");
-        assert!(shared.contains("Sharing saved"));
-        assert_eq!(edited["sharing"]["team"], "use");
-        assert_eq!(prefilled, json!("db.example.com|"), "non-secret values filled, secrets never");
-        assert!(saved.contains("Saved"));
-        assert_eq!(edited["name"], "Reporting v2");
-        assert_never_shown(&pages);
+async fn in_manage_a_person_filters_tests_deletes_three_and_reads_the_audit_log(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let tg = telegram().await;
+    let app = page_app(&db, &tg, &[], |_| {}).await;
+    for name in ["Bot A", "Bot B", "Bot C", "Bot D"] {
+        create_bot(&app, &app.org.member, name).await;
     }
+    app.create_pg(&app.org, "Warehouse", "pw-1").await;
+    let reporting = app.create_pg(&app.org, "Reporting", "pw-2").await;
+    let url = open_session(&app, &app.org.member, json!({"purpose": "manage"})).await;
+    let mut b = Browser::start(1280).await;
+
+    b.goto(&url).await;
+    b.wait_path("/manage").await;
+    b.wait_for("table.credentials").await;
+    let all = rows(&b).await;
+    b.wait_for("#provider option[value='telegram']")
+        .await
+        .click()
+        .await
+        .unwrap();
+    b.click(".filters button[type=submit]").await;
+    b.wait_text(".count", "4 credentials").await;
+    let filtered = rows(&b).await;
+    b.click("table.credentials tbody tr:first-child [data-test-url]").await;
+    let tested = b
+        .wait_text("table.credentials tbody tr:first-child .probe.passed", "✓")
+        .await;
+    b.remember().await;
+    b.screenshot("manage-1-filtered-tested").await;
+
+    for n in 1..=3 {
+        b.click(&format!("table.credentials tbody tr:nth-child({n}) input[name=ids]"))
+            .await;
+    }
+    let button = b.wait_text("#delete-selected", "(3)").await;
+    b.click("#delete-selected").await;
+    let confirm_title = b.wait_text("h1", "Delete 3 credentials?").await;
+    b.screenshot("manage-2-confirm-three").await;
+    b.click("#confirm-delete").await;
+    let deleted = b.wait_text(".notice", "3 credentials deleted").await;
+    let left = rows(&b).await;
+    b.click(&format!("a[href='/manage/credentials/{reporting}']")).await;
+    let audit = b.wait_text("#audit", "credential.create").await;
+    b.remember().await;
+    b.screenshot("manage-3-detail-audit").await;
+    let id = reporting;
+
+    // Share it with the team for use, then edit it (every field again).
+    b.wait_for("#team option[value='use']").await.click().await.unwrap();
+    b.click("#sharing button[type=submit]").await;
+    let shared = b.wait_text(".notice", "Sharing saved").await;
+    b.click("a[href$='/edit']").await;
+    b.wait_for("#credential-form").await;
+    let prefilled = b
+        .js("return document.getElementById('f-host').value + '|' + document.getElementById('f-password').value")
+        .await;
+    b.type_into("#f-name", "Reporting v2").await;
+    b.type_into("#f-password", "SENTINELpageTOKEN_0123456789abcdefXYZ-pw")
+        .await;
+    b.click("#credential-form button[type=submit]").await;
+    let saved = b.wait_text(".notice", "Saved").await;
+    b.remember().await;
+    b.screenshot("manage-4-edited").await;
+    let pages = b.finish().await;
+    let (_, list) = app
+        .call(Method::GET, "/integrations/credentials", &app.org.admin, None)
+        .await;
+    let (_, edited) = app
+        .call(
+            Method::GET,
+            &format!("/integrations/credentials/{id}"),
+            &app.org.admin,
+            None,
+        )
+        .await;
+
+    assert_eq!(all, 6);
+    assert_eq!(filtered, 4, "only Telegram");
+    assert!(tested.contains("credgate_alerts_bot"), "{tested}");
+    assert!(button.contains("Delete selected (3)"));
+    assert!(confirm_title.contains("Delete 3 credentials?"));
+    assert!(deleted.contains("3 credentials deleted"));
+    assert_eq!(left, 3);
+    assert_eq!(list["total"], 3);
+    assert!(audit.contains("user:u-1"), "{audit}");
+    assert!(shared.contains("Sharing saved"));
+    assert_eq!(edited["sharing"]["team"], "use");
+    assert_eq!(
+        prefilled,
+        json!("db.example.com|"),
+        "non-secret values filled, secrets never"
+    );
+    assert!(saved.contains("Saved"));
+    assert_eq!(edited["name"], "Reporting v2");
+    assert_never_shown(&pages);
 }
+crate::both_backends!(in_manage_a_person_filters_tests_deletes_three_and_reads_the_audit_log);
 
 #[test]
 fn a_member_sees_only_what_sharing_allows() {

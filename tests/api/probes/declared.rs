@@ -556,32 +556,54 @@ fn a_malformed_probe_stops_loading_naming_the_file_and_the_field() {
     }
 }
 
-crate::both_backends! {
-    async fn a_saved_credential_of_a_declared_provider_is_tested_with_its_stored_secret(backend: Backend) {
-        let db = crate::helpers::TestDb::new(backend).await;
-        let github = MockServer::start().await;
-        let token = "ghp_SENTINELsavedgithub0000000000000";
-        Mock::given(method("GET"))
-            .and(path("/user"))
-            .and(header("authorization", format!("Bearer {token}").as_str()))
-            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"login": "octocat", "id": 1})))
-            .mount(&github)
-            .await;
-        let mut config = crate::helpers::test_config(&db);
-        config.egress_allow = "127.0.0.0/8".into();
-        config.provider_overrides.insert("CREDGATE_PROVIDER_GITHUB_API_BASE_URL".into(), github.uri());
-        let app = crate::helpers::TestApp::spawn_with(config).await;
-        let body = json!({"name": "CI bot", "provider": "github", "auth_type": "api_key", "fields": {"token": token}});
-        let (_, created) = app.call(axum::http::Method::POST, "/integrations/credentials", &app.org.member, Some(body)).await;
-        let id = created["id"].as_str().unwrap();
+async fn a_saved_credential_of_a_declared_provider_is_tested_with_its_stored_secret(backend: crate::helpers::Backend) {
+    let db = crate::helpers::TestDb::new(backend).await;
+    let github = MockServer::start().await;
+    let token = "ghp_SENTINELsavedgithub0000000000000";
+    Mock::given(method("GET"))
+        .and(path("/user"))
+        .and(header("authorization", format!("Bearer {token}").as_str()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"login": "octocat", "id": 1})))
+        .mount(&github)
+        .await;
+    let mut config = crate::helpers::test_config(&db);
+    config.egress_allow = "127.0.0.0/8".into();
+    config
+        .provider_overrides
+        .insert("CREDGATE_PROVIDER_GITHUB_API_BASE_URL".into(), github.uri());
+    let app = crate::helpers::TestApp::spawn_with(config).await;
+    let body = json!({"name": "CI bot", "provider": "github", "auth_type": "api_key", "fields": {"token": token}});
+    let (_, created) = app
+        .call(
+            axum::http::Method::POST,
+            "/integrations/credentials",
+            &app.org.member,
+            Some(body),
+        )
+        .await;
+    let id = created["id"].as_str().unwrap();
 
-        let (status, result) = app.call(axum::http::Method::POST, &format!("/integrations/credentials/{id}/test"), &app.org.member, None).await;
-        let (_, after) = app.call(axum::http::Method::GET, &format!("/integrations/credentials/{id}"), &app.org.member, None).await;
+    let (status, result) = app
+        .call(
+            axum::http::Method::POST,
+            &format!("/integrations/credentials/{id}/test"),
+            &app.org.member,
+            None,
+        )
+        .await;
+    let (_, after) = app
+        .call(
+            axum::http::Method::GET,
+            &format!("/integrations/credentials/{id}"),
+            &app.org.member,
+            None,
+        )
+        .await;
 
-        assert_eq!(status, reqwest::StatusCode::OK);
-        assert_eq!(result["ok"], true, "{result}");
-        assert_eq!(result["detail"]["account_id"], "octocat");
-        assert!(after["last_tested_at"].is_string());
-        assert!(!result.to_string().contains(token) && !crate::helpers::captured_logs().contains(token));
-    }
+    assert_eq!(status, reqwest::StatusCode::OK);
+    assert_eq!(result["ok"], true, "{result}");
+    assert_eq!(result["detail"]["account_id"], "octocat");
+    assert!(after["last_tested_at"].is_string());
+    assert!(!result.to_string().contains(token) && !crate::helpers::captured_logs().contains(token));
 }
+crate::both_backends!(a_saved_credential_of_a_declared_provider_is_tested_with_its_stored_secret);

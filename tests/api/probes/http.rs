@@ -194,39 +194,94 @@ async fn probes_are_rate_limited_per_organization() {
     );
 }
 
-both_backends! {
-    async fn testing_a_saved_credential_uses_its_stored_values_and_records_the_outcome(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let app = loopback_app(&db, |_| {}).await;
-        let s = sshd();
-        let create = |fields: Value, auth: &str| json!({"name": "files", "provider": "sftp", "auth_type": auth, "fields": fields});
-        let (_, good) = app.call(Method::POST, "/integrations/credentials", &app.org.admin, Some(create(json!({
+async fn testing_a_saved_credential_uses_its_stored_values_and_records_the_outcome(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let app = loopback_app(&db, |_| {}).await;
+    let s = sshd();
+    let create =
+        |fields: Value, auth: &str| json!({"name": "files", "provider": "sftp", "auth_type": auth, "fields": fields});
+    let (_, good) = app
+        .call(
+            Method::POST,
+            "/integrations/credentials",
+            &app.org.admin,
+            Some(create(
+                json!({
             "host": "127.0.0.1", "port": s.port, "username": KEY_USER, "private_key": s.key("id_ed25519_pass"),
-            "passphrase": PASSPHRASE, "host_key_sha256": s.fingerprint, "path": s.listing_dir()}), "key_file"))).await;
-        let (_, bad) = app.call(Method::POST, "/integrations/credentials", &app.org.admin, Some(create(json!({
-            "host": "127.0.0.1", "port": s.port, "username": PASSWORD_USER, "password": "wrong-SENTINEL"}), "user_password"))).await;
-        let (good_id, bad_id) = (good["id"].as_str().unwrap(), bad["id"].as_str().unwrap());
+            "passphrase": PASSPHRASE, "host_key_sha256": s.fingerprint, "path": s.listing_dir()}),
+                "key_file",
+            )),
+        )
+        .await;
+    let (_, bad) = app
+        .call(
+            Method::POST,
+            "/integrations/credentials",
+            &app.org.admin,
+            Some(create(
+                json!({
+            "host": "127.0.0.1", "port": s.port, "username": PASSWORD_USER, "password": "wrong-SENTINEL"}),
+                "user_password",
+            )),
+        )
+        .await;
+    let (good_id, bad_id) = (good["id"].as_str().unwrap(), bad["id"].as_str().unwrap());
 
-        let (s1, ok) = app.call(Method::POST, &format!("/integrations/credentials/{good_id}/test"), &app.org.engine, None).await;
-        let (s2, failed) = app.call(Method::POST, &format!("/integrations/credentials/{bad_id}/test"), &app.org.engine, None).await;
-        let (_, good_after) = app.call(Method::GET, &format!("/integrations/credentials/{good_id}"), &app.org.admin, None).await;
-        let (_, bad_after) = app.call(Method::GET, &format!("/integrations/credentials/{bad_id}"), &app.org.admin, None).await;
-        let other = app.new_org("Other").await;
-        let (cross, _) = app.call(Method::POST, &format!("/integrations/credentials/{good_id}/test"), &other.engine, None).await;
+    let (s1, ok) = app
+        .call(
+            Method::POST,
+            &format!("/integrations/credentials/{good_id}/test"),
+            &app.org.engine,
+            None,
+        )
+        .await;
+    let (s2, failed) = app
+        .call(
+            Method::POST,
+            &format!("/integrations/credentials/{bad_id}/test"),
+            &app.org.engine,
+            None,
+        )
+        .await;
+    let (_, good_after) = app
+        .call(
+            Method::GET,
+            &format!("/integrations/credentials/{good_id}"),
+            &app.org.admin,
+            None,
+        )
+        .await;
+    let (_, bad_after) = app
+        .call(
+            Method::GET,
+            &format!("/integrations/credentials/{bad_id}"),
+            &app.org.admin,
+            None,
+        )
+        .await;
+    let other = app.new_org("Other").await;
+    let (cross, _) = app
+        .call(
+            Method::POST,
+            &format!("/integrations/credentials/{good_id}/test"),
+            &other.engine,
+            None,
+        )
+        .await;
 
-        assert_eq!((s1, s2), (StatusCode::OK, StatusCode::OK));
-        assert_eq!(ok["ok"], json!(true), "{ok}");
-        assert_eq!(ok["detail"]["entry_count"], json!(3));
-        assert_eq!(failed["error"]["code"], json!("auth_failed"));
-        assert_eq!(good_after["status"], json!("active"));
-        assert!(good_after["last_tested_at"].is_string());
-        assert_eq!(bad_after["status"], json!("error"));
-        assert_eq!(bad_after["last_error"]["code"], json!("auth_failed"));
-        assert!(!failed.to_string().contains("wrong-SENTINEL") && !bad_after.to_string().contains("wrong-SENTINEL"));
-        assert!(!ok.to_string().contains(PASSPHRASE));
-        assert_eq!(cross, StatusCode::NOT_FOUND);
-    }
+    assert_eq!((s1, s2), (StatusCode::OK, StatusCode::OK));
+    assert_eq!(ok["ok"], json!(true), "{ok}");
+    assert_eq!(ok["detail"]["entry_count"], json!(3));
+    assert_eq!(failed["error"]["code"], json!("auth_failed"));
+    assert_eq!(good_after["status"], json!("active"));
+    assert!(good_after["last_tested_at"].is_string());
+    assert_eq!(bad_after["status"], json!("error"));
+    assert_eq!(bad_after["last_error"]["code"], json!("auth_failed"));
+    assert!(!failed.to_string().contains("wrong-SENTINEL") && !bad_after.to_string().contains("wrong-SENTINEL"));
+    assert!(!ok.to_string().contains(PASSPHRASE));
+    assert_eq!(cross, StatusCode::NOT_FOUND);
 }
+both_backends!(testing_a_saved_credential_uses_its_stored_values_and_records_the_outcome);
 
 #[tokio::test]
 async fn testing_a_saved_oauth_credential_asks_the_identity_endpoint() {

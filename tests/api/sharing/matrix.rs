@@ -167,62 +167,68 @@ async fn call(app: &TestApp, people: &People, via: Via, level: &str, route: &str
     (status.as_u16(), body)
 }
 
-both_backends! {
-    async fn every_route_answers_as_the_callers_level_allows(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let app = TestApp::spawn(&db).await;
-        let people = People::new(&app).await;
-        let secret = sentinel();
-        let mut seen = Vec::new();
+async fn every_route_answers_as_the_callers_level_allows(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    let people = People::new(&app).await;
+    let secret = sentinel();
+    let mut seen = Vec::new();
 
-        for via in [Via::User, Via::Team] {
-            for (i, level) in via.levels().iter().enumerate() {
-                let subject = arrange(&app, &people, via, level, &secret).await;
-                for (route, expected) in MATRIX {
-                    let (got, body) = call(&app, &people, via, level, route, &subject).await;
-                    assert!(*route == "resolve" || !body.to_string().contains(&secret), "{route} at {level} via {via:?} showed the secret");
-                    seen.push(((via, *route, *level), got, expected[i]));
-                }
+    for via in [Via::User, Via::Team] {
+        for (i, level) in via.levels().iter().enumerate() {
+            let subject = arrange(&app, &people, via, level, &secret).await;
+            for (route, expected) in MATRIX {
+                let (got, body) = call(&app, &people, via, level, route, &subject).await;
+                assert!(
+                    *route == "resolve" || !body.to_string().contains(&secret),
+                    "{route} at {level} via {via:?} showed the secret"
+                );
+                seen.push(((via, *route, *level), got, expected[i]));
             }
         }
-
-        let wrong: Vec<_> = seen.iter().filter(|(_, got, want)| got != want).collect();
-        assert!(wrong.is_empty(), "(via, route, level), got, expected: {wrong:?}");
-        assert_eq!(seen.len(), MATRIX.len() * (LEVELS.len() + 4), "every cell ran");
     }
+
+    let wrong: Vec<_> = seen.iter().filter(|(_, got, want)| got != want).collect();
+    assert!(wrong.is_empty(), "(via, route, level), got, expected: {wrong:?}");
+    assert_eq!(seen.len(), MATRIX.len() * (LEVELS.len() + 4), "every cell ran");
 }
+both_backends!(every_route_answers_as_the_callers_level_allows);
 
 /// `GET /integrations/google/authorize?credential_id=` (re-authorizing in
 /// place) for each level (columns as [`LEVELS`]): it needs `manage`.
 const AUTHORIZE: [u16; 6] = [404, 403, 403, 200, 200, 200];
 
-both_backends! {
-    async fn reauthorizing_an_oauth_credential_needs_manage_granted_by_name_or_by_the_team(backend: Backend) {
-        let db = TestDb::new(backend).await;
-        let google = AuthServer::start(Flavor::Google).await;
-        let app = oauth_app(&db, &[(&google, "google")], |_| {}).await;
-        let people = People::new(&app).await;
-        let id = connect_as(&app, &people.alice, "google").await;
-        let issued = google.with(|i| i.issued.clone());
-        let mut seen = Vec::new();
+async fn reauthorizing_an_oauth_credential_needs_manage_granted_by_name_or_by_the_team(
+    backend: crate::helpers::Backend,
+) {
+    let db = TestDb::new(backend).await;
+    let google = AuthServer::start(Flavor::Google).await;
+    let app = oauth_app(&db, &[(&google, "google")], |_| {}).await;
+    let people = People::new(&app).await;
+    let id = connect_as(&app, &people.alice, "google").await;
+    let issued = google.with(|i| i.issued.clone());
+    let mut seen = Vec::new();
 
-        for via in [Via::User, Via::Team] {
-            for (i, level) in via.levels().iter().enumerate() {
-                let (team, users) = via.sharing(level);
-                assert_eq!(share(&app, &people.alice, &id, team, users).await, StatusCode::OK);
-                let caller = match *level {
-                    "owner" => &people.alice,
-                    "admin" => &people.admin,
-                    _ => &people.bob,
-                };
-                let (status, body) = authorize_as(&app, caller, "google", &format!("credential_id={id}")).await;
-                assert!(issued.iter().all(|t| !body.to_string().contains(t)), "a token showed at {level}");
-                seen.push(((via, *level), status.as_u16(), AUTHORIZE[i]));
-            }
+    for via in [Via::User, Via::Team] {
+        for (i, level) in via.levels().iter().enumerate() {
+            let (team, users) = via.sharing(level);
+            assert_eq!(share(&app, &people.alice, &id, team, users).await, StatusCode::OK);
+            let caller = match *level {
+                "owner" => &people.alice,
+                "admin" => &people.admin,
+                _ => &people.bob,
+            };
+            let (status, body) = authorize_as(&app, caller, "google", &format!("credential_id={id}")).await;
+            assert!(
+                issued.iter().all(|t| !body.to_string().contains(t)),
+                "a token showed at {level}"
+            );
+            seen.push(((via, *level), status.as_u16(), AUTHORIZE[i]));
         }
-
-        assert!(!issued.is_empty(), "the connect handed out tokens to look for");
-        let wrong: Vec<_> = seen.iter().filter(|(_, got, want)| got != want).collect();
-        assert!(wrong.is_empty(), "(via, level), got, expected: {wrong:?}");
     }
+
+    assert!(!issued.is_empty(), "the connect handed out tokens to look for");
+    let wrong: Vec<_> = seen.iter().filter(|(_, got, want)| got != want).collect();
+    assert!(wrong.is_empty(), "(via, level), got, expected: {wrong:?}");
 }
+both_backends!(reauthorizing_an_oauth_credential_needs_manage_granted_by_name_or_by_the_team);
