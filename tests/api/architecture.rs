@@ -112,3 +112,30 @@ fn nothing_below_http_imports_it() {
     assert!(deps["app"].contains("http"), "the reading found the imports: {deps:?}");
     assert!(upward.is_empty(), "modules below http that import it: {upward:?}");
 }
+
+/// Migrations that only one database has, and why.
+const ONE_DATABASE_ONLY: [(&str, &str); 1] = [(
+    "postgres/0015_name_trigrams.sql",
+    "a pg_trgm index for name searches; SQLite scans the names",
+)];
+
+#[test]
+fn both_migration_trees_hold_the_same_numbers_but_the_listed_ones() {
+    let numbers = |dialect: &str| -> BTreeSet<String> {
+        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations").join(dialect))
+            .unwrap()
+            .map(|e| format!("{dialect}/{}", e.unwrap().file_name().to_string_lossy()))
+            .filter(|name| !ONE_DATABASE_ONLY.iter().any(|(only, _)| only == name))
+            .map(|name| name.split('/').nth(1).unwrap().to_owned())
+            .collect()
+    };
+
+    let (postgres, sqlite) = (numbers("postgres"), numbers("sqlite"));
+
+    let only_postgres: Vec<_> = postgres.difference(&sqlite).collect();
+    let only_sqlite: Vec<_> = sqlite.difference(&postgres).collect();
+    assert!(only_postgres.is_empty() && only_sqlite.is_empty(), "{only_postgres:?} {only_sqlite:?}");
+    for (only, _) in ONE_DATABASE_ONLY {
+        assert!(Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations").join(only).exists(), "{only}");
+    }
+}
