@@ -1,31 +1,7 @@
 //! Every setting, read once. Each is an environment variable and a flag
-//! (`credgate --listen …` / `CREDGATE_LISTEN=…`):
-//!
-//! | variable | default |
-//! |---|---|
-//! | `CREDGATE_DATABASE_URL` | `sqlite://credgate.db` |
-//! | `CREDGATE_LISTEN` | `127.0.0.1:8080` |
-//! | `CREDGATE_PUBLIC_URL` | `http://` + listen address |
-//! | `CREDGATE_MASTER_KEYS` | SQLite: `credgate.master.key` beside the database |
-//! | `CREDGATE_PROVIDERS_DIR` | unset: the built-in catalog (and `./providers` when it exists) |
-//! | `CREDGATE_PROVIDER_{ID}_{FIELD}` | overrides one top-level provider field |
-//! | `CREDGATE_REFRESH_LEAD_SECS` | `600` |
-//! | `CREDGATE_RESOLVE_MARGIN_SECS` | `300` |
-//! | `CREDGATE_EGRESS_ALLOW` | empty |
-//! | `CREDGATE_ALLOWED_RETURN_URLS` | empty |
-//! | `CREDGATE_MAX_PER_PROVIDER` | `50` |
-//! | `CREDGATE_RATE_LIMIT_PER_ORG` | `100` (per second, bursts of twice that; `0` off) |
-//! | `CREDGATE_PROBE_LIMIT_PER_MIN` | `30` (`0` off) |
-//! | `CREDGATE_PROVIDER_TIMEOUT_SECS` | `10` (provider token/identity calls) |
-//! | `CREDGATE_REFRESH_RATE_PER_PROVIDER` | `1000` per second per replica |
-//! | `CREDGATE_REFRESH_CONCURRENCY` | `64` per replica |
-//! | `CREDGATE_WEBHOOK_URL`, `CREDGATE_WEBHOOK_SECRET` | unset (no notifications) |
-//! | `CREDGATE_HEADER_READ_TIMEOUT_SECS` | `30` (request head deadline; also closes idle keep-alive connections) |
-//! | `CREDGATE_MAX_CONNECTIONS` | `1024` open connections |
-//! | `CREDGATE_TRUSTED_PROXIES` | empty (CIDRs whose `X-Forwarded-For` is believed) |
-//! | `CREDGATE_AUTH_FAILURES_PER_SEC` | `5` per client address, bursts of twice that (`0` off) |
-//! | `CREDGATE_LOG` | `info` |
-//! | `CREDGATE_LOG_FORMAT` | `text` (`json` for JSON lines) |
+//! (`credgate --listen …` / `CREDGATE_LISTEN=…`), documented on its field
+//! below (so `credgate serve --help` lists them all); the one table of them,
+//! with their defaults, is `docs/configuration.md`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -134,8 +134,17 @@ fn both_migration_trees_hold_the_same_numbers_but_the_listed_ones() {
 
     let only_postgres: Vec<_> = postgres.difference(&sqlite).collect();
     let only_sqlite: Vec<_> = sqlite.difference(&postgres).collect();
-    assert!(only_postgres.is_empty() && only_sqlite.is_empty(), "{only_postgres:?} {only_sqlite:?}");
+    assert!(
+        only_postgres.is_empty() && only_sqlite.is_empty(),
+        "{only_postgres:?} {only_sqlite:?}"
+    );
     for (only, _) in ONE_DATABASE_ONLY {
-        assert!(Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations").join(only).exists(), "{only}");
+        assert!(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("migrations")
+                .join(only)
+                .exists(),
+            "{only}"
+        );
     }
 }
