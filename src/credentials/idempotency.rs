@@ -8,7 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::write::{create_with, NewCredentialInput};
+use super::write::{create_with, idempotency_subject as subject, NewCredentialInput};
 use crate::context::Context;
 use crate::crypto::SecretMap;
 use crate::error::Error;
@@ -26,11 +26,6 @@ pub struct Created {
     pub row: CredentialRow,
     /// Answered from an earlier create with the same key.
     pub replayed: bool,
-}
-
-/// What a key's fingerprint is sealed under.
-pub(super) fn subject(key: &str) -> String {
-    format!("idempotency:{key}")
 }
 
 /// The request's fingerprint: who asked, and everything they sent, in one

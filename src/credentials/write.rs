@@ -64,6 +64,11 @@ pub async fn create(ctx: &Context, who: &Principal, input: NewCredentialInput) -
     create_with(ctx, who, input, None).await
 }
 
+/// What an idempotency key's request fingerprint is sealed under.
+pub(super) fn idempotency_subject(key: &str) -> String {
+    format!("idempotency:{key}")
+}
+
 /// [`create`], keeping `idempotency` (the key and the request's
 /// fingerprint) in the create's own transaction: `Conflict(idempotency_key_taken)`
 /// when another create took the key meanwhile.
@@ -118,7 +123,7 @@ pub(super) async fn create_with(
         let (secret_ct, key_version) = secrets.seal(&ctx.vault, org_id, &id).await?;
         let idempotency = match idempotency {
             Some((key, request)) => {
-                let subject = super::idempotency::subject(key);
+                let subject = idempotency_subject(key);
                 let (request_ct, key_version) = ctx.vault.seal(org_id, &subject, &[("request", request)]).await?;
                 Some(IdempotencyRecord {
                     key: key.to_owned(),

@@ -3,8 +3,14 @@
 
 use sqlx::AnyConnection;
 
-use super::credentials::Usage;
 use super::{Dialect, Store, StoreError};
+
+/// The workflow and run a use was for (free strings, at most 200 characters).
+#[derive(Debug, Clone, Default)]
+pub struct Usage {
+    pub workflow_id: Option<String>,
+    pub run_id: Option<String>,
+}
 
 /// An event to record.
 #[derive(Debug, Clone)]

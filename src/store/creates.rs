@@ -6,12 +6,13 @@
 //! time, so only the create at fault fails; one it cannot write at all (it
 //! is unavailable) fails every create in it, and none is written.
 
+use super::audit::Usage;
 use super::audit::{self, AuditEvent};
-use super::credentials::{insert_rows, NewCredential, Usage};
+use super::credentials::{insert_rows, NewCredential};
 use super::idempotency::{self, IdempotencyRecord};
 use super::outbox::{self, Notification};
-use super::quota::reserve_many;
-use super::{current_key, Store, StoreError};
+use super::quota::{reserve, reserve_many};
+use super::{check_key, current_key, Store, StoreError};
 
 /// A credential to create, with its audit event and notification.
 #[derive(Debug, Clone)]
@@ -26,6 +27,37 @@ pub struct PendingCreate {
 }
 
 impl Store {
+    /// Inserts a credential unless the organization's limit for its provider
+    /// is reached: its counter row is raised in the statement that checks
+    /// the limit, so concurrent creates on any replica count exactly.
+    pub async fn insert_credential(&self, create: &PendingCreate) -> Result<(), StoreError> {
+        self.timed(async move {
+            let PendingCreate {
+                new,
+                default_limit,
+                event,
+                notify,
+                idempotency,
+            } = create;
+            let mut tx = self.begin_write().await?;
+            check_key(&mut tx, self.dialect, &new.org_id, new.key_version).await?;
+            let t = self.now();
+            insert_rows(&mut tx, &[new], t).await?;
+            if let Some(record) = idempotency {
+                idempotency::keep(&mut tx, &new.org_id, &new.id, record, t).await?;
+            }
+            audit::insert(&mut tx, event, t).await?;
+            outbox::insert(&mut tx, notify, t).await?;
+            // Counted last: the counter row, which every create of this provider
+            // in this organization waits for, is locked only from here to the
+            // commit. A refusal rolls back what was written before it.
+            reserve(&mut tx, &new.org_id, &new.provider, *default_limit).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Writes `creates`; one outcome each, in order.
     pub async fn insert_credentials(&self, creates: &[PendingCreate]) -> Vec<Result<(), StoreError>> {
         if creates.len() > 1 {

@@ -3,9 +3,8 @@
 use sqlx::Row;
 
 use super::audit::{self, AuditEvent};
-use super::creates::PendingCreate;
 use super::outbox::{self, Notification};
-use super::quota::{release, reserve};
+use super::quota::release;
 use super::row::{typed, Raw, READ_COLUMNS};
 use super::{check_key, CredentialRow, Store, StoreError};
 use crate::model::{AuthKind, CredentialStatus};
@@ -40,45 +39,7 @@ pub struct SecretWrite {
     pub expected_version: i64,
 }
 
-/// The workflow and run a use was for (free strings, at most 200 characters).
-#[derive(Debug, Clone, Default)]
-pub struct Usage {
-    pub workflow_id: Option<String>,
-    pub run_id: Option<String>,
-}
-
 impl Store {
-    /// Inserts a credential unless the organization's limit for its provider
-    /// is reached: its counter row is raised in the statement that checks
-    /// the limit, so concurrent creates on any replica count exactly.
-    pub async fn insert_credential(&self, create: &PendingCreate) -> Result<(), StoreError> {
-        self.timed(async move {
-            let PendingCreate {
-                new,
-                default_limit,
-                event,
-                notify,
-                idempotency,
-            } = create;
-            let mut tx = self.begin_write().await?;
-            check_key(&mut tx, self.dialect, &new.org_id, new.key_version).await?;
-            let t = self.now();
-            insert_row(&mut tx, new, t).await?;
-            if let Some(record) = idempotency {
-                super::idempotency::keep(&mut tx, &new.org_id, &new.id, record, t).await?;
-            }
-            audit::insert(&mut tx, event, t).await?;
-            outbox::insert(&mut tx, notify, t).await?;
-            // Counted last: the counter row, which every create of this provider
-            // in this organization waits for, is locked only from here to the
-            // commit. A refusal rolls back what was written before it.
-            reserve(&mut tx, &new.org_id, &new.provider, *default_limit).await?;
-            tx.commit().await?;
-            Ok(())
-        })
-        .await
-    }
-
     /// One credential of one organization.
     pub async fn credential(&self, org_id: &str, id: &str) -> Result<Option<CredentialRow>, StoreError> {
         self.timed(async move {
@@ -340,11 +301,6 @@ impl Store {
         })
         .await
     }
-}
-
-/// Inserts the row of a new credential (status `new`) on `conn`.
-pub(super) async fn insert_row(conn: &mut sqlx::AnyConnection, new: &NewCredential, t: i64) -> Result<(), StoreError> {
-    insert_rows(conn, &[new], t).await
 }
 
 /// New credentials per statement of [`insert_rows`] (14 values each).

@@ -31,9 +31,9 @@ mod uses;
 mod write_tx;
 
 pub use api_keys::{ApiKeyInfo, ApiKeyRow, KeyRef};
-pub use audit::{AuditEvent, AuditRow};
+pub use audit::{AuditEvent, AuditRow, Usage};
 pub use creates::PendingCreate;
-pub use credentials::{NewCredential, SecretWrite, Usage};
+pub use credentials::{NewCredential, SecretWrite};
 pub use error::StoreError;
 pub use idempotency::{IdempotencyRecord, KeptRequest, IDEMPOTENCY_TTL_SECS};
 pub use listing::{CredentialFilter, CredentialPage, ListedCredential, Served, Viewer};

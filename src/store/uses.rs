@@ -7,8 +7,8 @@
 
 use serde::Serialize;
 
+use super::audit::Usage;
 use super::audit::{self, AuditEvent};
-use super::credentials::Usage;
 use super::{Dialect, Store, StoreError};
 
 /// One use to record.

@@ -148,3 +148,95 @@ fn both_migration_trees_hold_the_same_numbers_but_the_listed_ones() {
         );
     }
 }
+
+/// Within each module directory, which sibling files each file names
+/// (`super::x`, or `crate::module::x`), `mod.rs` left out: it declares and
+/// re-exports its files, and they take the module's shared items from it.
+fn sibling_imports(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
+    let mut dirs = Vec::new();
+    let mut stack = vec![src.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path.clone());
+                dirs.push(path);
+            }
+        }
+    }
+    let word_re = regex::Regex::new(r"\b([a-z_][a-z0-9_]*)\b").unwrap();
+    let mut deps = BTreeMap::new();
+    for dir in dirs {
+        let module = dir.strip_prefix(src).unwrap().to_string_lossy().replace('/', "::");
+        let siblings: BTreeSet<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_dir() || p.extension().is_some_and(|e| e == "rs"))
+            .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+            .filter(|name| name != "mod")
+            .collect();
+        for file in std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()) {
+            let stem = file.file_stem().unwrap().to_string_lossy().into_owned();
+            if stem == "mod" || file.is_dir() {
+                continue;
+            }
+            let text = std::fs::read_to_string(&file).unwrap();
+            let text = text.split("#[cfg(test)]").next().unwrap();
+            let code: String = text
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            let mut named = BTreeSet::new();
+            for prefix in ["super::".to_owned(), format!("crate::{module}::")] {
+                for (at, _) in code.match_indices(&prefix) {
+                    let rest = &code[at + prefix.len()..];
+                    let group = rest.strip_prefix('{').map(|g| &g[..g.find('}').unwrap_or(g.len())]);
+                    let words: Vec<&str> = match group {
+                        Some(g) => word_re.find_iter(g).map(|m| m.as_str()).collect(),
+                        None => word_re.find(rest).map(|m| m.as_str()).into_iter().collect(),
+                    };
+                    for w in words {
+                        if siblings.contains(w) && w != stem {
+                            named.insert(format!("{module}::{w}"));
+                        }
+                    }
+                }
+            }
+            deps.insert(format!("{module}::{stem}"), named);
+        }
+    }
+    deps
+}
+
+#[test]
+fn the_files_of_a_module_import_each_other_without_a_cycle() {
+    let deps = sibling_imports(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
+    let reach = |from: &str| {
+        let mut seen = BTreeSet::new();
+        let mut stack = vec![from.to_owned()];
+        while let Some(m) = stack.pop() {
+            for d in deps.get(&m).into_iter().flatten() {
+                if seen.insert(d.clone()) {
+                    stack.push(d.clone());
+                }
+            }
+        }
+        seen
+    };
+
+    let cycles: Vec<(String, String)> = deps
+        .iter()
+        .flat_map(|(m, ds)| ds.iter().map(move |d| (m.clone(), d.clone())))
+        .filter(|(m, d)| reach(d).contains(m))
+        .collect();
+
+    assert!(
+        deps["store::creates"].contains("store::audit"),
+        "the reading found the imports: {deps:?}"
+    );
+    assert!(
+        cycles.is_empty(),
+        "imports that close a cycle (file → import): {cycles:#?}"
+    );
+}
