@@ -7,7 +7,6 @@ pub mod error;
 mod events;
 pub mod extract;
 mod oauth;
-mod oauth_page;
 mod openapi;
 pub mod ops;
 mod pages;

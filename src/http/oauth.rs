@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 use super::auth::ClientIp;
 use super::credentials::{parse_id, view::time};
 use super::extract::{ApiQuery, Caller, MANAGE};
-use super::oauth_page::result_page;
+use super::pages::result_page;
 use super::AppState;
 use crate::http::error::{ApiError, Problem};
 use crate::oauth::flow::{self, AuthorizeInput, CallbackQuery};
@@ -113,7 +113,7 @@ async fn callback(
             .into_response());
     }
     let origins = result_origins(&state);
-    Ok(result_page(&provider.display_name, &finished.result, &origins))
+    Ok(result_page(&state, &provider.display_name, &finished.result, &origins))
 }
 
 /// Where the result page may post its message: the allowed return origins,

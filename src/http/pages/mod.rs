@@ -18,8 +18,11 @@ mod edit;
 mod form;
 mod layout;
 mod manage;
+mod oauth_result;
 mod popup;
 mod secrets;
+
+pub use oauth_result::result_page;
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use std::net::IpAddr;

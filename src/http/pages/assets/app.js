@@ -106,7 +106,7 @@
       origins.forEach(function (origin) {
         try { window.opener.postMessage(message, origin); } catch (e) { /* another origin */ }
       });
-      window.setTimeout(function () { window.close(); }, 200);
+      window.close();
     } else if (back) {
       window.location.replace(back);
     }
