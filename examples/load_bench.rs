@@ -279,11 +279,11 @@ async fn seed(url: &str, master_key: &SecretString, sharing: bool) -> anyhow::Re
     };
     for role in [Role::Engine, lister] {
         tokens.push(
-            credgate::apikeys::create(
+            credgate::api_tokens::create(
                 store,
                 &org,
                 role,
-                credgate::apikeys::NewKey {
+                credgate::api_tokens::NewKey {
                     label: Some("load_bench"),
                     user_id: user,
                     ..Default::default()

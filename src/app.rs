@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 
-use crate::apikeys::{legacy_hashes, TokenFormat};
+use crate::api_tokens::{legacy_hashes, TokenFormat};
 use crate::clock::Clock;
 use crate::config::{redact_url, Config};
 use crate::context::Context;

@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
 use uuid::Uuid;
 
-use crate::apikeys::{parse_duration, NewKey};
+use crate::api_tokens::{parse_duration, NewKey};
 use crate::app::{connect_and_migrate, context, Application, Services};
 use crate::clock::Clock;
 use crate::config::{Config, Settings};
@@ -273,7 +273,7 @@ async fn admin(services: &Services, command: Command) -> anyhow::Result<()> {
                 label: label.as_deref(),
                 expires_in,
             };
-            let token = crate::apikeys::create(&services.store, &org, role, new).await?;
+            let token = crate::api_tokens::create(&services.store, &org, role, new).await?;
             println!("{token}");
         }
         Command::ApiKey(ApiKeyCommand::List { org }) => {
@@ -321,7 +321,7 @@ async fn admin(services: &Services, command: Command) -> anyhow::Result<()> {
                 (None, Some(token)) => services
                     .store
                     .revoke_api_key(
-                        KeyRef::TokenHash(&crate::apikeys::token_hash(token.expose_secret().trim())),
+                        KeyRef::TokenHash(&crate::api_tokens::token_hash(token.expose_secret().trim())),
                         "cli",
                     )
                     .await?

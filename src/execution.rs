@@ -80,12 +80,7 @@ async fn run_probe<P: Probe + serde::de::DeserializeOwned>(
 }
 
 fn field_errors(errors: Vec<probes::FieldError>) -> Error {
-    Error::Validation(
-        errors
-            .into_iter()
-            .map(|e| crate::providers::FieldError::new(e.field, e.message))
-            .collect(),
-    )
+    Error::Validation(errors)
 }
 
 /// OAuth credentials: a fresh token, then the identity endpoint.

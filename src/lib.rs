@@ -7,7 +7,7 @@
 //! Imports point one way: `http` → the domain (`credentials`, `oauth`,
 //! `execution`, `probes`, `providers`) → `store`, `vault`/`crypto`, `egress`.
 
-pub mod apikeys;
+pub mod api_tokens;
 pub mod app;
 pub mod cli;
 pub mod clock;

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::context::Context;
-use crate::credentials::{rotated, KEY_RETRIES};
+use crate::credentials::{retry_after_rotation, KEY_RETRIES};
 use crate::crypto::SecretMap;
 use crate::error::Error;
 use crate::model::{Principal, MANAGE, READ, RESOLVE};
@@ -137,7 +137,7 @@ pub async fn put(
                 let written = if created { Written::Created } else { Written::Replaced };
                 return Ok((written, meta));
             }
-            Err(e) if rotated(&e, attempt) => continue,
+            Err(e) if retry_after_rotation(&e, attempt) => continue,
             Err(StoreError::QuotaExceeded { limit }) => {
                 return Err(Error::Conflict(
                     "quota_exceeded",

@@ -12,7 +12,7 @@ use base64::Engine;
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::apikeys::token_hash;
+use crate::api_tokens::token_hash;
 use crate::context::Context;
 use crate::credentials::{self, access};
 use crate::error::Error;

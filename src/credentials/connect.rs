@@ -6,7 +6,7 @@
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use super::{rotated, CredentialSecrets, OAuthTokens, KEY_RETRIES};
+use super::{retry_after_rotation, CredentialSecrets, OAuthTokens, KEY_RETRIES};
 use crate::context::Context;
 use crate::error::Error;
 use crate::model::AuthKind;
@@ -178,7 +178,7 @@ pub async fn connect(ctx: &Context, grant: Grant<'_>) -> Result<String, Error> {
                 ctx.webhooks.wake();
                 return Ok(id);
             }
-            Err(e) if rotated(&e, attempt % KEY_RETRIES) => continue,
+            Err(e) if retry_after_rotation(&e, attempt % KEY_RETRIES) => continue,
             Err(StoreError::Conflict) => continue,
             Err(StoreError::AccountTaken) if existing_id.is_none() => continue,
             Err(StoreError::FlowEnded(why)) => {

@@ -110,7 +110,7 @@ async fn replay(
             "was used in the last 24 hours with another request; use a new key for a new request",
         ));
     }
-    match super::get(ctx, &who.org_id, &kept.credential_id).await {
+    match super::get_unchecked(ctx, &who.org_id, &kept.credential_id).await {
         Ok(row) => Ok(Created { row, replayed: true }),
         Err(Error::NotFound) => Err(Error::Conflict(
             "conflict",

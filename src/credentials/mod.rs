@@ -38,7 +38,7 @@ pub(crate) const KEY_RETRIES: usize = 3;
 
 /// One credential of an organization, or `NotFound` (no access check: for
 /// the domain's own use after [`access::authorize`]).
-pub(crate) async fn get(ctx: &Context, org_id: &str, id: &str) -> Result<CredentialRow, Error> {
+pub(crate) async fn get_unchecked(ctx: &Context, org_id: &str, id: &str) -> Result<CredentialRow, Error> {
     ctx.store.credential(org_id, id).await?.ok_or(Error::NotFound)
 }
 
@@ -174,6 +174,6 @@ fn provider_auth<'a>(
 
 /// Whether a sealing write should be sealed again and retried: only when a
 /// key rotation beat it (the content is still ours to write).
-pub(crate) fn rotated(e: &StoreError, attempt: usize) -> bool {
+pub(crate) fn retry_after_rotation(e: &StoreError, attempt: usize) -> bool {
     matches!(e, StoreError::KeyRotated) && attempt + 1 < KEY_RETRIES
 }

@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use super::{rotated, CredentialSecrets, OAuthTokens, KEY_RETRIES};
+use super::{retry_after_rotation, CredentialSecrets, OAuthTokens, KEY_RETRIES};
 use crate::context::Context;
 use crate::error::Error;
 use crate::model::CredentialStatus;
@@ -114,7 +114,7 @@ pub async fn record_refreshed(ctx: &Context, row: &CredentialRow, owner: &str, n
                 }
                 Err(e) => return Err(e.into()),
             },
-            Err(e) if rotated(&e, attempt) => attempt += 1,
+            Err(e) if retry_after_rotation(&e, attempt) => attempt += 1,
             Err(StoreError::Unavailable(e) | StoreError::GaveWay(e)) if std::time::Instant::now() < give_up => {
                 tracing::warn!(error = %e, credential = %row.id, "the store is unavailable; retrying the refreshed tokens' write");
                 unsure.push(secret_ct);

@@ -54,7 +54,7 @@ pub async fn set_sharing(ctx: &Context, who: &Principal, id: &str, new: Sharing)
     ctx.store
         .set_sharing(&who.org_id, id, new.team, &new.users, &event)
         .await?;
-    super::get(ctx, &who.org_id, id).await
+    super::get_unchecked(ctx, &who.org_id, id).await
 }
 
 /// A credential's uses (`view`).

@@ -3,7 +3,7 @@
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use super::{access, check_name, provider_auth, rotated, CredentialSecrets, KEY_RETRIES};
+use super::{access, check_name, provider_auth, retry_after_rotation, CredentialSecrets, KEY_RETRIES};
 use crate::context::Context;
 use crate::crypto::SecretMap;
 use crate::error::Error;
@@ -155,7 +155,7 @@ pub(super) async fn create_with(
         };
         match ctx.creates.submit(create).await {
             Ok(()) => break,
-            Err(e) if rotated(&e, attempt) => continue,
+            Err(e) if retry_after_rotation(&e, attempt) => continue,
             Err(StoreError::IdempotencyKeyTaken) => {
                 return Err(Error::Conflict(
                     "idempotency_key_taken",
@@ -181,7 +181,7 @@ pub(super) async fn create_with(
         }
     }
     ctx.webhooks.wake();
-    super::get(ctx, org_id, &id).await
+    super::get_unchecked(ctx, org_id, &id).await
 }
 
 /// Renames a credential and/or replaces all its fields (secrets re-entered;
@@ -207,7 +207,7 @@ pub async fn update(ctx: &Context, who: &Principal, id: &str, changes: Changes) 
         .collect();
     let event = AuditEvent::success(org_id, id, "credential.update", actor).with_detail(json!({ "changed": changed }));
     for attempt in 0..KEY_RETRIES {
-        let row = super::get(ctx, org_id, id).await?;
+        let row = super::get_unchecked(ctx, org_id, id).await?;
         let write = match &changes.fields {
             None => None,
             Some(fields) => {
@@ -238,7 +238,7 @@ pub async fn update(ctx: &Context, who: &Principal, id: &str, changes: Changes) 
             .await
         {
             Ok(row) => return Ok(row),
-            Err(e) if rotated(&e, attempt) => continue,
+            Err(e) if retry_after_rotation(&e, attempt) => continue,
             Err(StoreError::Conflict) => {
                 return Err(Error::Conflict(
                     "conflict",

@@ -21,7 +21,7 @@ use ipnet::IpNet;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::apikeys::{token_hash, Shape, TokenFormat};
+use crate::api_tokens::{token_hash, Shape, TokenFormat};
 use crate::model::{Principal, Role};
 use crate::store::ApiKeyRow;
 

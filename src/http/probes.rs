@@ -31,13 +31,8 @@ async fn probe<P: Probe>(state: &AppState, caller: &Caller, req: &P) -> Result<J
     Ok(Json(probes::run(&state.probes, &caller.org_id, req).await))
 }
 
-fn field_errors(errors: Vec<probes::FieldError>) -> ApiError {
-    ApiError::Validation(
-        errors
-            .into_iter()
-            .map(|e| FieldError::new(e.field, e.message))
-            .collect(),
-    )
+fn field_errors(errors: Vec<FieldError>) -> ApiError {
+    ApiError::Validation(errors)
 }
 
 /// Test an SFTP server

@@ -63,7 +63,7 @@ pub const EVENT_RETENTION_SECS: i64 = 7 * 86_400;
 /// Housekeeping: deletes OAuth states, page sessions and idempotency keys
 /// that expired, and notifications past their retention; returns how many
 /// states went.
-pub async fn purge_expired_states(ctx: &Context) -> Result<u64, Error> {
+pub async fn housekeeping(ctx: &Context) -> Result<u64, Error> {
     ctx.store.purge_events(ctx.now() - EVENT_RETENTION_SECS).await?;
     ctx.store.purge_page_sessions(ctx.now()).await?;
     ctx.store.purge_idempotency_keys(ctx.now()).await?;
@@ -105,7 +105,7 @@ pub async fn run_worker(ctx: Context, stop: tokio::sync::watch::Receiver<bool>) 
         }
         async move {
             if purge {
-                match purge_expired_states(&ctx).await {
+                match housekeeping(&ctx).await {
                     Ok(n) if n > 0 => tracing::info!(purged = n, "expired OAuth states purged"),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "purging expired OAuth states failed"),

@@ -234,7 +234,7 @@ impl Probe for DeclaredProbe {
         let errors: Vec<FieldError> = names
             .iter()
             .filter(|n| n.as_str() != "api_base_url" && self.text(n).is_none_or(|t| t.is_empty()))
-            .map(|n| FieldError::new(&format!("fields.{n}"), "is required for the connection test"))
+            .map(|n| FieldError::new(format!("fields.{n}"), "is required for the connection test"))
             .collect();
         if errors.is_empty() {
             Ok(())

@@ -34,6 +34,9 @@ mod slots;
 pub mod smtp;
 pub mod telegram;
 
+/// One malformed field of a probe request (the API answers 422): the
+/// providers' field error, one type for every 422.
+pub use crate::providers::FieldError;
 pub use context::{ApiBaseUrls, ProbeContext, ProbeTimeouts};
 pub use declared::DeclaredProbe;
 pub use imap::ImapRequest;
@@ -188,25 +191,6 @@ impl ProbeFailure {
 impl From<EgressError> for ProbeFailure {
     fn from(e: EgressError) -> Self {
         Self::from_egress(&e)
-    }
-}
-
-/// One malformed field of a probe request (the API answers 422).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FieldError {
-    /// The JSON field name.
-    pub field: String,
-    /// What is wrong with it.
-    pub message: String,
-}
-
-impl FieldError {
-    /// An error for `field`.
-    pub fn new(field: &str, message: impl Into<String>) -> Self {
-        Self {
-            field: field.to_owned(),
-            message: message.into(),
-        }
     }
 }
 

@@ -2,8 +2,11 @@
 //! LOGIN, optionally `MAIL FROM` (then `RSET`), QUIT. No mail is sent.
 //!
 //! The dialogue is written by hand over [`super::mail_io`], on the socket the
-//! egress guard opened to the checked address: lettre opens its own socket
-//! and reads a server's answer without a bound, and both matter here.
+//! egress guard opened to the checked address. lettre 0.11 could take that
+//! socket too; what keeps it out is how it reads: a server's reply lines
+//! without a bound (this probe's reads are capped, `super::capped`), and one
+//! error for the whole exchange where this probe names the stage that failed
+//! (greeting, STARTTLS, AUTH, `MAIL FROM`) with its own code.
 
 use std::net::IpAddr;
 use std::time::Duration;

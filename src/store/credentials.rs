@@ -5,7 +5,7 @@ use sqlx::Row;
 use super::audit::{self, AuditEvent};
 use super::outbox::{self, Notification};
 use super::quota::release;
-use super::row::{typed, Raw, READ_COLUMNS};
+use super::row::{typed, CredentialColumns, READ_COLUMNS};
 use super::{check_key, CredentialRow, Store, StoreError};
 use crate::model::{AuthKind, CredentialStatus};
 
@@ -43,7 +43,7 @@ impl Store {
     /// One credential of one organization.
     pub async fn credential(&self, org_id: &str, id: &str) -> Result<Option<CredentialRow>, StoreError> {
         self.timed(async move {
-            let raw: Option<Raw> = sqlx::query_as(&format!(
+            let raw: Option<CredentialColumns> = sqlx::query_as(&format!(
                 "SELECT {READ_COLUMNS} FROM credentials WHERE org_id = $1 AND id = $2"
             ))
             .bind(org_id)
@@ -118,7 +118,7 @@ impl Store {
                 });
             }
             audit::insert(&mut tx, event, t).await?;
-            let raw: Raw = sqlx::query_as(&format!(
+            let raw: CredentialColumns = sqlx::query_as(&format!(
                 "SELECT {READ_COLUMNS} FROM credentials WHERE org_id = $1 AND id = $2"
             ))
             .bind(org_id)
@@ -191,7 +191,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<CredentialRow>, StoreError> {
         self.timed(async move {
-            let rows: Vec<Raw> = sqlx::query_as(&format!(
+            let rows: Vec<CredentialColumns> = sqlx::query_as(&format!(
                 "SELECT {READ_COLUMNS} FROM credentials WHERE org_id = $1 AND key_version < $2 AND id > $4 \
              ORDER BY id LIMIT $3"
             ))
@@ -218,7 +218,7 @@ impl Store {
             let t = self.now();
             let mut deleted = Vec::new();
             for id in ids {
-                let raw: Option<Raw> = sqlx::query_as(&format!(
+                let raw: Option<CredentialColumns> = sqlx::query_as(&format!(
                     "DELETE FROM credentials WHERE org_id = $1 AND id = $2 RETURNING {READ_COLUMNS}"
                 ))
                 .bind(org_id)

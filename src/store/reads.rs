@@ -1,7 +1,7 @@
 //! The access check's credential reads, many readers to one statement
 //! (grouped by `crate::group_commit::ReadGroup`).
 
-use super::row::{Raw, READ_COLUMNS};
+use super::row::{CredentialColumns, READ_COLUMNS};
 use super::sharing::{access, grant_pairs};
 use super::{CredentialRow, Dialect, Store, StoreError};
 use crate::model::Access;
@@ -20,7 +20,7 @@ pub struct CredentialRead {
 #[derive(sqlx::FromRow)]
 struct Grouped {
     #[sqlx(flatten)]
-    raw: Raw,
+    raw: CredentialColumns,
     grants: Option<String>,
 }
 

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use super::StoreError;
 use crate::model::{Access, AuthKind, CredentialStatus};
 
-/// The columns every read returns, in [`Raw`]'s order.
+/// The columns every read returns, in [`CredentialColumns`]'s order.
 pub(super) const READ_COLUMNS: &str = "id, org_id, name, provider, auth_type, status, fields, secret_names, \
     secret_ct, key_version, secret_version, account_id, account_email, account_name, scopes, expires_at, \
     last_refreshed_at, last_used_at, last_tested_at, last_error, created_by, created_at, updated_at, \
@@ -82,7 +82,7 @@ impl CredentialRow {
 
 /// The row as the database returns it.
 #[derive(sqlx::FromRow)]
-pub(super) struct Raw {
+pub(super) struct CredentialColumns {
     pub(super) id: String,
     pub(super) org_id: String,
     name: String,
@@ -112,10 +112,10 @@ pub(super) struct Raw {
     team_access: Option<String>,
 }
 
-impl TryFrom<Raw> for CredentialRow {
+impl TryFrom<CredentialColumns> for CredentialRow {
     type Error = StoreError;
 
-    fn try_from(r: Raw) -> Result<Self, StoreError> {
+    fn try_from(r: CredentialColumns) -> Result<Self, StoreError> {
         let id = r.id.clone();
         let corrupt = |column: &'static str| {
             tracing::error!(credential = %id, column, "a stored credential column is malformed");
@@ -175,7 +175,7 @@ impl TryFrom<Raw> for CredentialRow {
 }
 
 /// Converts raw rows, failing on the first malformed one.
-pub(super) fn typed(rows: Vec<Raw>) -> Result<Vec<CredentialRow>, StoreError> {
+pub(super) fn typed(rows: Vec<CredentialColumns>) -> Result<Vec<CredentialRow>, StoreError> {
     rows.into_iter().map(CredentialRow::try_from).collect()
 }
 
@@ -183,7 +183,7 @@ pub(super) fn typed(rows: Vec<Raw>) -> Result<Vec<CredentialRow>, StoreError> {
 #[derive(sqlx::FromRow)]
 pub(super) struct Listed {
     #[sqlx(flatten)]
-    pub raw: Raw,
+    pub raw: CredentialColumns,
     pub my_grant: Option<String>,
     /// The organization's listing version when the page was read (listings
     /// only).

@@ -92,7 +92,7 @@ async fn an_unknown_token_repeated_within_its_window_costs_one_lookup(backend: c
     let app = TestApp::spawn_with(config).await;
     let client = reqwest::Client::new();
     // Shaped as this installation issues them: worth a lookup.
-    let token = credgate::apikeys::TokenFormat::load(&app.state.store)
+    let token = credgate::api_tokens::TokenFormat::load(&app.state.store)
         .await
         .unwrap()
         .mint();

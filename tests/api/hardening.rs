@@ -218,7 +218,7 @@ async fn expired_oauth_states_are_purged_and_pending_ones_are_capped(backend: cr
         .status();
 
     app.clock.advance(credgate::oauth::STATE_TTL_SECS + 1);
-    let purged = credgate::oauth::worker::purge_expired_states(&app.state).await.unwrap();
+    let purged = credgate::oauth::worker::housekeeping(&app.state).await.unwrap();
     let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM oauth_states")
         .fetch_one(&app.sql().await)
         .await

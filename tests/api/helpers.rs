@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use credgate::apikeys::NewKey;
+use credgate::api_tokens::NewKey;
 use credgate::app::{Application, Services};
 use credgate::clock::Clock;
 use credgate::config::Config;
@@ -272,7 +272,7 @@ impl TestApp {
                 ..NewKey::default()
             };
             keys.push(
-                credgate::apikeys::create(&self.state.store, &id, role, new)
+                credgate::api_tokens::create(&self.state.store, &id, role, new)
                     .await
                     .unwrap(),
             );

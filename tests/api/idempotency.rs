@@ -113,7 +113,7 @@ async fn a_key_is_kept_for_24_hours(backend: crate::helpers::Backend) {
     app.clock.advance(2);
     let (after, later_replayed, later) = create_with_key(&app, &app.org.admin, "daily", &body).await;
     app.clock.advance(86_401);
-    credgate::oauth::worker::purge_expired_states(&app.state).await.unwrap();
+    credgate::oauth::worker::housekeeping(&app.state).await.unwrap();
     let kept: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM idempotency_keys")
         .fetch_one(&app.sql().await)
         .await

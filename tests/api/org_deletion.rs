@@ -79,7 +79,7 @@ async fn deleting_an_organization_while_it_creates_never_deadlocks(backend: crat
         deleted
     };
 
-    let unused = credgate::apikeys::create(
+    let unused = credgate::api_tokens::create(
         &app.state.store,
         &doomed.id,
         credgate::model::Role::Admin,
@@ -122,7 +122,7 @@ async fn an_interrupted_deletion_is_finished_by_the_worker_and_shreds_at_once(ba
     }
     let before = rows_of(&app, &doomed.id).await;
 
-    let unused = credgate::apikeys::create(
+    let unused = credgate::api_tokens::create(
         &app.state.store,
         &doomed.id,
         credgate::model::Role::Admin,
@@ -146,9 +146,7 @@ async fn an_interrupted_deletion_is_finished_by_the_worker_and_shreds_at_once(ba
     let ready = reqwest::get(format!("{}/readyz", again.base)).await.unwrap().status();
     let mut passes = 0;
     while !again.state.store.deleted_orgs().await.unwrap().is_empty() && passes < 10 {
-        credgate::oauth::worker::purge_expired_states(&again.state)
-            .await
-            .unwrap();
+        credgate::oauth::worker::housekeeping(&again.state).await.unwrap();
         passes += 1;
     }
 

@@ -222,7 +222,7 @@ fn connections_left_with_a_dead_peer_do_not_keep_the_pool_from_recovering() {
         config.database_url = proxy.url.clone();
         config.db_timeout = std::time::Duration::from_secs(1);
         let app = TestApp::spawn_with(config).await;
-        let format = credgate::apikeys::TokenFormat::load(&app.state.store).await.unwrap();
+        let format = credgate::api_tokens::TokenFormat::load(&app.state.store).await.unwrap();
         let tokens: Vec<String> = (0..24).map(|_| format.mint()).collect();
         let warm: Vec<String> = (0..48).map(|_| format.mint()).collect();
         // The pool grows to its 16 connections.

@@ -305,11 +305,11 @@ fn a_member_sees_only_what_sharing_allows() {
         let db = TestDb::new(Backend::Sqlite).await;
         let tg = telegram().await;
         let app = page_app(&db, &tg, &[], |_| {}).await;
-        let other = credgate::apikeys::create(
+        let other = credgate::api_tokens::create(
             &app.state.store,
             &app.org.id,
             credgate::model::Role::Member,
-            credgate::apikeys::NewKey {
+            credgate::api_tokens::NewKey {
                 user_id: Some("u-2"),
                 ..Default::default()
             },

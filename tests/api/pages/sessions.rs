@@ -28,11 +28,11 @@ async fn sessions_are_opened_by_admins_for_anyone_and_by_members_for_themselves(
     let db = TestDb::new(backend).await;
     let tg = telegram().await;
     let app = page_app(&db, &tg, &[RETURN.into()], |_| {}).await;
-    let other = credgate::apikeys::create(
+    let other = credgate::api_tokens::create(
         &app.state.store,
         &app.org.id,
         credgate::model::Role::Member,
-        credgate::apikeys::NewKey {
+        credgate::api_tokens::NewKey {
             user_id: Some("u-2"),
             ..Default::default()
         },

@@ -7,7 +7,7 @@ mod matrix;
 mod removal;
 mod scenarios;
 
-use credgate::apikeys::NewKey;
+use credgate::api_tokens::NewKey;
 use credgate::model::Role;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -20,7 +20,7 @@ pub async fn key(app: &TestApp, role: Role, user: Option<&str>) -> String {
         user_id: user,
         ..NewKey::default()
     };
-    credgate::apikeys::create(&app.state.store, &app.org.id, role, new)
+    credgate::api_tokens::create(&app.state.store, &app.org.id, role, new)
         .await
         .unwrap()
 }
