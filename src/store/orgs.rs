@@ -206,12 +206,15 @@ impl Store {
     /// One wrapped data key.
     pub async fn org_key(&self, org_id: &str, version: i64) -> Result<OrgKeyRow, StoreError> {
         self.timed(async move {
-            let row = sqlx::query("SELECT wrapped_key, master_kid FROM org_keys WHERE org_id = $1 AND version = $2")
-                .bind(org_id)
-                .bind(version)
-                .fetch_optional(&self.pool)
-                .await?
-                .ok_or(StoreError::NotFound)?;
+            // A destroyed key (its organization deleted) is no key at all.
+            let row = sqlx::query(
+                "SELECT wrapped_key, master_kid FROM org_keys WHERE org_id = $1 AND version = $2 AND wrapped_key <> ''",
+            )
+            .bind(org_id)
+            .bind(version)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)?;
             Ok(OrgKeyRow {
                 org_id: org_id.to_owned(),
                 version,

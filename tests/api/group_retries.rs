@@ -4,7 +4,6 @@
 
 use credgate::group_commit::{Uses, Writer};
 use credgate::store::{AuditEvent, Usage, UseRecord};
-use reqwest::Method;
 
 use crate::both_backends;
 use crate::helpers::{TestApp, TestDb};
@@ -28,12 +27,8 @@ async fn a_group_of_uses_with_one_refused_records_the_others(backend: crate::hel
 
     let outcomes = Uses(app.state.store.clone()).write(group).await;
     let (_, usage) = app
-        .call(
-            Method::GET,
-            &format!("/integrations/credentials/{theirs}/usage"),
-            &other.admin,
-            None,
-        )
+        .as_(&other.admin)
+        .get(&format!("/integrations/credentials/{theirs}/usage"))
         .await;
 
     assert!(outcomes[0].is_ok(), "{:?}", outcomes[0]);

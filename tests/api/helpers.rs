@@ -350,6 +350,11 @@ impl TestApp {
         (row.get(0), row.get(1), row.get(2))
     }
 
+    /// The API as the holder of `key` calls it: `app.as_(&member).get(path)`.
+    pub fn as_<'a>(&'a self, key: &'a str) -> Caller<'a> {
+        Caller { app: self, key }
+    }
+
     /// Sends a request with a bearer key and optional JSON body.
     pub async fn call(&self, method: Method, path: &str, key: &str, body: Option<Value>) -> (StatusCode, Value) {
         let mut req = self
@@ -449,5 +454,26 @@ pub async fn until_a_lock_is_awaited(app: &TestApp) {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// One key's calls to the app ([`TestApp::as_`]): each answers the status
+/// and the JSON body (`null` when empty).
+pub struct Caller<'a> {
+    app: &'a TestApp,
+    key: &'a str,
+}
+
+impl Caller<'_> {
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.app.call(Method::GET, path, self.key, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.app.call(Method::POST, path, self.key, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.app.call(Method::PUT, path, self.key, Some(body)).await
     }
 }

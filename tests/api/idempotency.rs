@@ -4,7 +4,7 @@
 //! caller, with the same key is 422; keys are kept 24 hours.
 
 use credgate::model::Role;
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::both_backends;
@@ -29,9 +29,7 @@ pub async fn create_with_key(app: &TestApp, api_key: &str, idem: &str, body: &Va
 }
 
 async fn total(app: &TestApp) -> i64 {
-    let (_, list) = app
-        .call(Method::GET, "/integrations/credentials", &app.org.admin, None)
-        .await;
+    let (_, list) = app.as_(&app.org.admin).get("/integrations/credentials").await;
     list["total"].as_i64().unwrap()
 }
 

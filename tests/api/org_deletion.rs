@@ -3,7 +3,7 @@
 //! the command stops halfway); writes running in it meanwhile never make it
 //! deadlock, and other organizations' writes go on.
 
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 
 use crate::both_backends;
 use crate::helpers::{test_config, TestApp, TestDb};
@@ -62,11 +62,7 @@ async fn deleting_an_organization_while_it_creates_never_deadlocks(backend: crat
             let mut n = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 200 {
                 let body = crate::helpers::pg_body(&format!("w{lane}-{n}"), "pw");
-                answers.push(
-                    app.call(Method::POST, "/integrations/credentials", &doomed.admin, Some(body))
-                        .await
-                        .0,
-                );
+                answers.push(app.as_(&doomed.admin).post("/integrations/credentials", body).await.0);
                 n += 1;
             }
             answers
@@ -88,10 +84,8 @@ async fn deleting_an_organization_while_it_creates_never_deadlocks(backend: crat
     .await
     .unwrap();
     let (deleted, a, b, c, d) = tokio::join!(deleting, writer(0), writer(1), writer(2), writer(3));
-    let (after, _) = app.call(Method::GET, "/integrations/credentials", &unused, None).await;
-    let (others, _) = app
-        .call(Method::GET, "/integrations/credentials", &app.org.admin, None)
-        .await;
+    let (after, _) = app.as_(&unused).get("/integrations/credentials").await;
+    let (others, _) = app.as_(&app.org.admin).get("/integrations/credentials").await;
 
     assert!(deleted.is_ok(), "no deadlock: {deleted:?}");
     let answers: Vec<StatusCode> = [a, b, c, d].concat();
@@ -138,7 +132,7 @@ async fn an_interrupted_deletion_is_finished_by_the_worker_and_shreds_at_once(ba
         .fetch_all(&app.sql().await)
         .await
         .unwrap();
-    let (refused, _) = app.call(Method::GET, "/integrations/credentials", &unused, None).await;
+    let (refused, _) = app.as_(&unused).get("/integrations/credentials").await;
     drop(app);
     // A replica starts again (every data key it needs still opens) and
     // its worker's housekeeping finishes the removal.
@@ -160,9 +154,7 @@ async fn an_interrupted_deletion_is_finished_by_the_worker_and_shreds_at_once(ba
     assert_eq!(ready, StatusCode::OK);
     assert_eq!(passes, 1);
     assert_eq!(rows_of(&again, &doomed.id).await, 0);
-    let (others, _) = again
-        .call(Method::GET, "/integrations/credentials", &again.org.admin, None)
-        .await;
+    let (others, _) = again.as_(&again.org.admin).get("/integrations/credentials").await;
     assert_eq!(others, StatusCode::OK);
 }
 both_backends!(an_interrupted_deletion_is_finished_by_the_worker_and_shreds_at_once);

@@ -62,11 +62,10 @@ async fn connect_as(app: &TestApp, key: &str) -> HashMap<String, String> {
 async fn token_for(app: &TestApp, id: &str, user: &str) -> String {
     let engine = key(app, Role::Engine, None).await;
     let (status, body) = app
-        .call(
-            Method::POST,
+        .as_(&engine)
+        .post(
             &format!("/integrations/credentials/{id}/resolve"),
-            &engine,
-            Some(json!({"user_id": user})),
+            json!({"user_id": user}),
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -76,12 +75,8 @@ async fn token_for(app: &TestApp, id: &str, user: &str) -> String {
 /// The actions and actors of a credential's audit events, oldest first.
 async fn audit_of(app: &TestApp, id: &str) -> Vec<(String, String)> {
     let (_, events) = app
-        .call(
-            Method::GET,
-            &format!("/integrations/credentials/{id}/audit"),
-            &app.org.admin,
-            None,
-        )
+        .as_(&app.org.admin)
+        .get(&format!("/integrations/credentials/{id}/audit"))
         .await;
     let mut seen: Vec<(String, String)> = events
         .as_array()
@@ -111,16 +106,10 @@ async fn another_members_connect_of_the_same_account_gets_a_credential_of_its_ow
     let bobs = connect_as(&app, &bob).await;
     let orgs = connect_as(&app, &org_key).await;
     let alices_again = connect_as(&app, &alice).await["credential_id"].clone();
-    let (_, bobs_list) = app
-        .call(Method::GET, "/integrations/credentials?owner=me", &bob, None)
-        .await;
+    let (_, bobs_list) = app.as_(&bob).get("/integrations/credentials?owner=me").await;
     let (_, alices_view) = app
-        .call(
-            Method::GET,
-            &format!("/integrations/credentials/{alices}"),
-            &alice,
-            None,
-        )
+        .as_(&alice)
+        .get(&format!("/integrations/credentials/{alices}"))
         .await;
 
     assert_eq!(bobs["result"], "success");
@@ -244,9 +233,7 @@ async fn a_removed_users_pending_connect_stores_nothing(backend: crate::helpers:
         ],
     );
     let result = land(&app, &back).await;
-    let (_, all) = app
-        .call(Method::GET, "/integrations/credentials", &app.org.admin, None)
-        .await;
+    let (_, all) = app.as_(&app.org.admin).get("/integrations/credentials").await;
     let dave_owns: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM credentials WHERE owner = 'dave'")
         .fetch_one(&app.sql().await)
         .await
@@ -298,9 +285,7 @@ async fn a_user_removed_while_their_callback_waits_for_the_provider_gets_nothing
     let res = landing.await.unwrap();
     let location = res.headers()["location"].to_str().unwrap().to_owned();
     let result = query_of(&location);
-    let (_, all) = app
-        .call(Method::GET, "/integrations/credentials", &app.org.admin, None)
-        .await;
+    let (_, all) = app.as_(&app.org.admin).get("/integrations/credentials").await;
 
     assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
     assert!(exchange_still_held, "the removal ran while the exchange was held");
@@ -337,7 +322,7 @@ async fn open(app: &TestApp, url: &str, cookie: Option<&str>) -> (StatusCode, Op
 
 /// A page session's URL, opened with `key` for `body`.
 async fn session(app: &TestApp, key: &str, body: Value) -> String {
-    let (status, created) = app.call(Method::POST, "/integrations/sessions", key, Some(body)).await;
+    let (status, created) = app.as_(key).post("/integrations/sessions", body).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     created["url"].as_str().unwrap().to_owned()
 }
@@ -440,7 +425,7 @@ async fn no_command_prints_a_token_it_was_given_and_a_token_revokes_its_own_key(
     let stray = cli(&app, &["api-key", "revoke", &leaked]);
     let by_token = cli(&app, &["api-key", "revoke", "--token", &leaked]);
     let twice = cli(&app, &["api-key", "revoke", "--token", &leaked]);
-    let (status, _) = app.call(Method::GET, "/integrations/credentials", &leaked, None).await;
+    let (status, _) = app.as_(&leaked).get("/integrations/credentials").await;
     let after = key_ids(&app);
 
     let all = |o: &std::process::Output| {
@@ -503,13 +488,9 @@ async fn answers_that_carry_a_secret_are_never_cached(backend: crate::helpers::B
     let app = TestApp::spawn(&db).await;
     let secret = sentinel();
     let id = app.create_pg(&app.org, "warehouse", &secret).await;
-    app.call(
-        Method::PUT,
-        "/integrations/secrets/API_TOKEN",
-        &app.org.admin,
-        Some(json!({"value": secret})),
-    )
-    .await;
+    app.as_(&app.org.admin)
+        .put("/integrations/secrets/API_TOKEN", json!({"value": secret}))
+        .await;
     let post = |path: String, body: Value| {
         let app = &app;
         async move {

@@ -74,9 +74,7 @@ fn a_create_whose_commit_answer_is_lost_is_made_once() {
         proxy.withhold_commit_after("INSERT INTO credentials", Withhold::Close);
         let (first, _, created) = create_with_key(&app, &app.org.admin, "retry-me", &body).await;
         let (again, replayed, answered) = create_with_key(&app, &app.org.admin, "retry-me", &body).await;
-        let (_, list) = app
-            .call(Method::GET, "/integrations/credentials", &app.org.admin, None)
-            .await;
+        let (_, list) = app.as_(&app.org.admin).get("/integrations/credentials").await;
 
         assert_eq!(proxy.fired(), 1, "the create's COMMIT answer was withheld");
         assert_eq!(
@@ -144,12 +142,8 @@ fn a_database_that_stops_answering_gives_quick_503s_not_hung_requests() {
         let mut after = StatusCode::SERVICE_UNAVAILABLE;
         for _ in 0..50 {
             after = app
-                .call(
-                    Method::POST,
-                    "/integrations/credentials",
-                    &app.org.admin,
-                    Some(crate::helpers::pg_body("after", "pw")),
-                )
+                .as_(&app.org.admin)
+                .post("/integrations/credentials", crate::helpers::pg_body("after", "pw"))
                 .await
                 .0;
             if after == StatusCode::CREATED {
@@ -228,7 +222,7 @@ fn connections_left_with_a_dead_peer_do_not_keep_the_pool_from_recovering() {
         // The pool grows to its 16 connections.
         futures::future::join_all(warm.iter().map(|token| {
             let app = &app;
-            async move { app.call(Method::GET, "/integrations/credentials", token, None).await }
+            async move { app.as_(token).get("/integrations/credentials").await }
         }))
         .await;
 
@@ -238,7 +232,7 @@ fn connections_left_with_a_dead_peer_do_not_keep_the_pool_from_recovering() {
         proxy.fall_silent();
         let stuck = futures::future::join_all(tokens.iter().map(|token| {
             let app = &app;
-            async move { app.call(Method::GET, "/integrations/credentials", token, None).await }
+            async move { app.as_(token).get("/integrations/credentials").await }
         }))
         .await;
         proxy.heal_new_connections();
@@ -246,12 +240,8 @@ fn connections_left_with_a_dead_peer_do_not_keep_the_pool_from_recovering() {
         let mut recovered = None;
         while started.elapsed() < std::time::Duration::from_secs(20) {
             let (status, _) = app
-                .call(
-                    Method::POST,
-                    "/integrations/credentials",
-                    &app.org.admin,
-                    Some(crate::helpers::pg_body("after", "pw")),
-                )
+                .as_(&app.org.admin)
+                .post("/integrations/credentials", crate::helpers::pg_body("after", "pw"))
                 .await;
             if status == StatusCode::CREATED {
                 recovered = Some(started.elapsed());
