@@ -197,6 +197,24 @@ async fn a_connect_never_reauthorizes_another_owners_credential_without_manage(b
 }
 both_backends!(a_connect_never_reauthorizes_another_owners_credential_without_manage);
 
+/// `credgate user remove` of dave, his credentials handed to the organization.
+fn remove_dave(app: &TestApp) -> std::process::Output {
+    let org = app.org.id.clone();
+    cli(
+        app,
+        &[
+            "user",
+            "remove",
+            "--org",
+            &org,
+            "--user",
+            "dave",
+            "--transfer-to",
+            "org",
+        ],
+    )
+}
+
 /// `credgate …` on the test's database, with its master keys.
 fn cli(app: &TestApp, args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_credgate"))
@@ -219,19 +237,7 @@ async fn a_removed_users_pending_connect_stores_nothing(backend: crate::helpers:
     let url = authorize_as(&app, &dave, "").await;
     let back = consent(&app, &url).await;
 
-    let removed = cli(
-        &app,
-        &[
-            "user",
-            "remove",
-            "--org",
-            &app.org.id,
-            "--user",
-            "dave",
-            "--transfer-to",
-            "org",
-        ],
-    );
+    let removed = remove_dave(&app);
     let result = land(&app, &back).await;
     let (_, all) = app.as_(&app.org.admin).get("/integrations/credentials").await;
     let dave_owns: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM credentials WHERE owner = 'dave'")
@@ -268,19 +274,7 @@ async fn a_user_removed_while_their_callback_waits_for_the_provider_gets_nothing
     while google.with(|i| i.token_requests) == 0 {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    let removed = cli(
-        &app,
-        &[
-            "user",
-            "remove",
-            "--org",
-            &app.org.id,
-            "--user",
-            "dave",
-            "--transfer-to",
-            "org",
-        ],
-    );
+    let removed = remove_dave(&app);
     let exchange_still_held = google.with(|i| i.issued.iter().filter(|t| t.starts_with("ya29")).count()) == 0;
     let res = landing.await.unwrap();
     let location = res.headers()["location"].to_str().unwrap().to_owned();

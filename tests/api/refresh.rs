@@ -34,7 +34,7 @@ async fn make_due(app: &TestApp, id: &str) {
     app.clock.advance(after.map_or(0, |t| t - app.clock.now() + 1).max(0));
 }
 
-async fn stored_refresh_token(app: &TestApp, id: &str) -> String {
+pub async fn stored_refresh_token(app: &TestApp, id: &str) -> String {
     use secrecy::ExposeSecret;
     let row = app.state.store.credential(&app.org.id, id).await.unwrap().unwrap();
     let groups = app

@@ -9,37 +9,30 @@ use crate::helpers::{Backend, TestApp, TestDb};
 use crate::idempotency::create_with_key;
 use crate::oauth::{connect, oauth_app};
 use crate::oauth_server::{AuthServer, Flavor};
+use crate::refresh::stored_refresh_token;
 
-async fn stored_refresh_token(app: &TestApp, id: &str) -> String {
-    use secrecy::ExposeSecret;
-    let row = app.state.store.credential(&app.org.id, id).await.unwrap().unwrap();
-    let groups = app
-        .state
-        .vault
-        .open(&row.org_id, &row.id, &row.secret_ct, row.key_version)
-        .await
-        .unwrap();
-    groups["tokens"]
-        .get("refresh_token")
-        .unwrap()
-        .expose_secret()
-        .to_owned()
+/// A PostgreSQL store behind a fault proxy, and a Microsoft stand-in that
+/// rotates refresh tokens and revokes what it is asked to; one credential
+/// connected.
+async fn rotating(db: &TestDb) -> (FaultProxy, AuthServer, TestApp, String) {
+    let proxy = FaultProxy::start(&db.url).await;
+    let ms = AuthServer::start(Flavor::Microsoft).await;
+    let revocation = format!("{}/revoke", ms.base);
+    let app = oauth_app(db, &[(&ms, "sharepoint")], |c| {
+        c.database_url = proxy.url.clone();
+        c.provider_overrides
+            .insert("CREDGATE_PROVIDER_SHAREPOINT_REVOCATION_URL".into(), revocation);
+    })
+    .await;
+    let id = connect(&app, "sharepoint", "").await["credential_id"].clone();
+    (proxy, ms, app, id)
 }
 
 #[test]
 fn a_refresh_whose_commit_answer_is_lost_keeps_the_token_it_stored() {
     crate::helpers::run_test(async {
         let db = TestDb::new(Backend::Postgres).await;
-        let proxy = FaultProxy::start(&db.url).await;
-        let ms = AuthServer::start(Flavor::Microsoft).await;
-        let revocation = format!("{}/revoke", ms.base);
-        let app = oauth_app(&db, &[(&ms, "sharepoint")], |c| {
-            c.database_url = proxy.url.clone();
-            c.provider_overrides
-                .insert("CREDGATE_PROVIDER_SHAREPOINT_REVOCATION_URL".into(), revocation);
-        })
-        .await;
-        let id = connect(&app, "sharepoint", "").await["credential_id"].clone();
+        let (proxy, ms, app, id) = rotating(&db).await;
         let path = format!("/integrations/credentials/{id}/refresh");
 
         proxy.withhold_commit_after("UPDATE credentials SET secret_ct", Withhold::Close);
@@ -171,16 +164,7 @@ fn a_database_that_stops_answering_gives_quick_503s_not_hung_requests() {
 fn the_workers_refresh_whose_commit_answer_is_lost_keeps_the_token_it_stored() {
     crate::helpers::run_test(async {
         let db = TestDb::new(Backend::Postgres).await;
-        let proxy = FaultProxy::start(&db.url).await;
-        let ms = AuthServer::start(Flavor::Microsoft).await;
-        let revocation = format!("{}/revoke", ms.base);
-        let app = oauth_app(&db, &[(&ms, "sharepoint")], |c| {
-            c.database_url = proxy.url.clone();
-            c.provider_overrides
-                .insert("CREDGATE_PROVIDER_SHAREPOINT_REVOCATION_URL".into(), revocation);
-        })
-        .await;
-        let id = connect(&app, "sharepoint", "").await["credential_id"].clone();
+        let (proxy, ms, app, id) = rotating(&db).await;
         app.make_due(&id).await;
 
         proxy.withhold_commit_after("UPDATE credentials SET secret_ct", Withhold::Close);
