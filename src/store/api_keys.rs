@@ -2,7 +2,6 @@
 //! and its lifecycle (expiry, revocation, last use).
 
 use serde_json::json;
-use sqlx::Row;
 
 use super::audit::{self, AuditEvent};
 use super::{Store, StoreError};
@@ -54,6 +53,29 @@ pub struct ApiKeyInfo {
     pub revoked_at: Option<i64>,
 }
 
+/// A key as `api_key_by_hash` reads it.
+#[derive(sqlx::FromRow)]
+struct KeyColumns {
+    id: String,
+    org_id: String,
+    role: String,
+    user_id: Option<String>,
+    expires_at: Option<i64>,
+}
+
+/// A key as `list_api_keys` reads it.
+#[derive(sqlx::FromRow)]
+struct ListedKeyColumns {
+    id: String,
+    role: String,
+    user_id: Option<String>,
+    label: Option<String>,
+    created_at: i64,
+    last_used_at: Option<i64>,
+    expires_at: Option<i64>,
+    revoked_at: Option<i64>,
+}
+
 fn role(id: &str, raw: &str) -> Result<Role, StoreError> {
     Role::parse(raw).ok_or(StoreError::Corrupt {
         id: id.to_owned(),
@@ -98,7 +120,7 @@ impl Store {
     /// The key a token hash belongs to, unless it was revoked or expired.
     pub async fn api_key_by_hash(&self, token_hash: &str) -> Result<Option<ApiKeyRow>, StoreError> {
         self.timed(async move {
-            let row = sqlx::query(
+            let row: Option<KeyColumns> = sqlx::query_as(
                 "SELECT id, org_id, role, user_id, expires_at FROM api_keys WHERE token_hash = $1 \
              AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2)",
             )
@@ -107,14 +129,12 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
             let Some(row) = row else { return Ok(None) };
-            let id: String = row.try_get(0)?;
-            let raw_role: String = row.try_get(2)?;
             Ok(Some(ApiKeyRow {
-                role: role(&id, &raw_role)?,
-                id,
-                org_id: row.try_get(1)?,
-                user_id: row.try_get(3)?,
-                expires_at: row.try_get(4)?,
+                role: role(&row.id, &row.role)?,
+                id: row.id,
+                org_id: row.org_id,
+                user_id: row.user_id,
+                expires_at: row.expires_at,
             }))
         })
         .await
@@ -123,26 +143,24 @@ impl Store {
     /// An organization's keys, newest first.
     pub async fn list_api_keys(&self, org_id: &str) -> Result<Vec<ApiKeyInfo>, StoreError> {
         self.timed(async move {
-            let rows = sqlx::query(
+            let rows: Vec<ListedKeyColumns> = sqlx::query_as(
                 "SELECT id, role, user_id, label, created_at, last_used_at, expires_at, revoked_at \
              FROM api_keys WHERE org_id = $1 ORDER BY created_at DESC, id",
             )
             .bind(org_id)
             .fetch_all(&self.pool)
             .await?;
-            rows.iter()
+            rows.into_iter()
                 .map(|r| {
-                    let id: String = r.try_get(0)?;
-                    let raw_role: String = r.try_get(1)?;
                     Ok(ApiKeyInfo {
-                        role: role(&id, &raw_role)?,
-                        id,
-                        user_id: r.try_get(2)?,
-                        label: r.try_get(3)?,
-                        created_at: r.try_get(4)?,
-                        last_used_at: r.try_get(5)?,
-                        expires_at: r.try_get(6)?,
-                        revoked_at: r.try_get(7)?,
+                        role: role(&r.id, &r.role)?,
+                        id: r.id,
+                        user_id: r.user_id,
+                        label: r.label,
+                        created_at: r.created_at,
+                        last_used_at: r.last_used_at,
+                        expires_at: r.expires_at,
+                        revoked_at: r.revoked_at,
                     })
                 })
                 .collect()
@@ -161,15 +179,14 @@ impl Store {
             };
             let mut tx = self.begin_write().await?;
             let t = self.now();
-            let row = sqlx::query(&format!(
+            let row: Option<(String, String)> = sqlx::query_as(&format!(
                 "UPDATE api_keys SET revoked_at = $2 WHERE {column} = $1 AND revoked_at IS NULL RETURNING id, org_id"
             ))
             .bind(value)
             .bind(t)
             .fetch_optional(&mut *tx)
             .await?;
-            let Some(row) = row else { return Ok(None) };
-            let (id, org_id): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+            let Some((id, org_id)) = row else { return Ok(None) };
             let sessions = sqlx::query("DELETE FROM page_sessions WHERE api_key_id = $1")
                 .bind(&id)
                 .execute(&mut *tx)

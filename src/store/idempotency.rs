@@ -3,8 +3,6 @@
 //! whose first answer was lost (or was a 503 after the commit landed) finds
 //! that create instead of making another.
 
-use sqlx::Row;
-
 use super::{Store, StoreError};
 
 /// How long a key is kept.
@@ -20,7 +18,7 @@ pub struct IdempotencyRecord {
 }
 
 /// What a key, used within the last 24 hours, was used for.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct KeptRequest {
     pub credential_id: String,
     pub request_ct: String,
@@ -31,23 +29,15 @@ impl Store {
     /// The create `key` named in `org_id` within the last 24 hours, if any.
     pub async fn kept_request(&self, org_id: &str, key: &str) -> Result<Option<KeptRequest>, StoreError> {
         self.timed(async move {
-            let row = sqlx::query(
+            Ok(sqlx::query_as(
                 "SELECT credential_id, request_ct, key_version FROM idempotency_keys \
-             WHERE org_id = $1 AND idem_key = $2 AND created_at > $3",
+                 WHERE org_id = $1 AND idem_key = $2 AND created_at > $3",
             )
             .bind(org_id)
             .bind(key)
             .bind(self.now() - IDEMPOTENCY_TTL_SECS)
             .fetch_optional(&self.pool)
-            .await?;
-            row.map(|r| {
-                Ok(KeptRequest {
-                    credential_id: r.try_get(0)?,
-                    request_ct: r.try_get(1)?,
-                    key_version: r.try_get(2)?,
-                })
-            })
-            .transpose()
+            .await?)
         })
         .await
     }

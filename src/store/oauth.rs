@@ -1,8 +1,6 @@
 //! OAuth state rows (single use, short lived) and storing the outcome of a
 //! completed authorization as a credential.
 
-use sqlx::Row;
-
 use super::audit::{self, AuditEvent};
 use super::outbox::{self, Notification};
 use super::quota::{lock_org, reserve};
@@ -10,7 +8,7 @@ use super::{check_key, Store, StoreError};
 use crate::model::{AuthKind, CredentialStatus};
 
 /// A pending authorization, as stored (payload sealed).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct OAuthStateRow {
     pub org_id: String,
     pub provider: String,
@@ -77,12 +75,12 @@ impl Store {
         self.timed(async move {
             let mut tx = self.begin_write().await?;
             lock_org(&mut tx, &row.org_id).await?;
-            let pending: i64 = sqlx::query("SELECT COUNT(*) FROM oauth_states WHERE org_id = $1 AND expires_at >= $2")
-                .bind(&row.org_id)
-                .bind(self.now())
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get(0)?;
+            let pending: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM oauth_states WHERE org_id = $1 AND expires_at >= $2")
+                    .bind(&row.org_id)
+                    .bind(self.now())
+                    .fetch_one(&mut *tx)
+                    .await?;
             if pending >= max_pending {
                 return Err(StoreError::QuotaExceeded { limit: max_pending });
             }
@@ -120,7 +118,7 @@ impl Store {
         self.timed(async move {
             let mut tx = self.begin_write().await?;
             let now = self.now();
-            let row = sqlx::query(
+            let row: Option<OAuthStateRow> = sqlx::query_as(
                 "UPDATE oauth_states SET taken_at = $2 WHERE state_hash = $1 AND taken_at IS NULL \
              RETURNING org_id, provider, payload_ct, key_version, expires_at, user_id, ended",
             )
@@ -133,18 +131,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
-            row.map(|r| {
-                Ok(OAuthStateRow {
-                    org_id: r.try_get(0)?,
-                    provider: r.try_get(1)?,
-                    payload_ct: r.try_get(2)?,
-                    key_version: r.try_get(3)?,
-                    expires_at: r.try_get(4)?,
-                    user_id: r.try_get(5)?,
-                    ended: r.try_get(6)?,
-                })
-            })
-            .transpose()
+            Ok(row)
         })
         .await
     }
@@ -159,7 +146,7 @@ impl Store {
         account_id: &str,
     ) -> Result<Option<String>, StoreError> {
         self.timed(async move {
-            let row = sqlx::query(
+            Ok(sqlx::query_scalar(
                 "SELECT id FROM credentials WHERE org_id = $1 AND provider = $2 AND COALESCE(owner, '') = $3 \
              AND account_id = $4",
             )
@@ -168,8 +155,7 @@ impl Store {
             .bind(owner.unwrap_or(""))
             .bind(account_id)
             .fetch_optional(&self.pool)
-            .await?;
-            Ok(row.map(|r| r.try_get(0)).transpose()?)
+            .await?)
         })
         .await
     }

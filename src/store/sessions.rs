@@ -2,8 +2,6 @@
 //! the URL's token, then carried by a cookie. Only hashes of the token and
 //! the cookie are stored.
 
-use sqlx::Row;
-
 use super::{Store, StoreError};
 
 /// A hosted-page session, as stored.
@@ -33,31 +31,47 @@ pub struct NewPageSession<'a> {
 
 const COLUMNS: &str = "id, org_id, user_id, purpose, providers, credential_id, return_to, csrf_token, expires_at";
 
-fn from_row(r: &sqlx::any::AnyRow) -> Result<PageSessionRow, StoreError> {
-    let id: String = r.try_get(0)?;
-    let providers: Option<String> = r.try_get(4)?;
-    let providers = match providers.as_deref().map(serde_json::from_str::<Vec<String>>) {
-        None => None,
-        Some(Ok(list)) => Some(list),
-        Some(Err(_)) => {
-            tracing::error!(page_session = %id, column = "providers", "a stored page session column is malformed");
-            return Err(StoreError::Corrupt {
-                id,
-                column: "providers",
-            });
-        }
-    };
-    Ok(PageSessionRow {
-        id,
-        org_id: r.try_get(1)?,
-        user_id: r.try_get(2)?,
-        purpose: r.try_get(3)?,
-        providers,
-        credential_id: r.try_get(5)?,
-        return_to: r.try_get(6)?,
-        csrf_token: r.try_get(7)?,
-        expires_at: r.try_get(8)?,
-    })
+/// A session as [`COLUMNS`] reads it.
+#[derive(sqlx::FromRow)]
+struct SessionColumns {
+    id: String,
+    org_id: String,
+    user_id: String,
+    purpose: String,
+    providers: Option<String>,
+    credential_id: Option<String>,
+    return_to: Option<String>,
+    csrf_token: String,
+    expires_at: i64,
+}
+
+impl TryFrom<SessionColumns> for PageSessionRow {
+    type Error = StoreError;
+
+    fn try_from(r: SessionColumns) -> Result<Self, StoreError> {
+        let providers = match r.providers.as_deref().map(serde_json::from_str::<Vec<String>>) {
+            None => None,
+            Some(Ok(list)) => Some(list),
+            Some(Err(_)) => {
+                tracing::error!(page_session = %r.id, column = "providers", "a stored page session column is malformed");
+                return Err(StoreError::Corrupt {
+                    id: r.id,
+                    column: "providers",
+                });
+            }
+        };
+        Ok(Self {
+            id: r.id,
+            org_id: r.org_id,
+            user_id: r.user_id,
+            purpose: r.purpose,
+            providers,
+            credential_id: r.credential_id,
+            return_to: r.return_to,
+            csrf_token: r.csrf_token,
+            expires_at: r.expires_at,
+        })
+    }
 }
 
 impl Store {
@@ -67,12 +81,12 @@ impl Store {
         self.timed(async move {
             let row = new.row;
             let mut tx = self.begin_write().await?;
-            let open: i64 = sqlx::query("SELECT COUNT(*) FROM page_sessions WHERE org_id = $1 AND expires_at >= $2")
-                .bind(&row.org_id)
-                .bind(self.now())
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get(0)?;
+            let open: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM page_sessions WHERE org_id = $1 AND expires_at >= $2")
+                    .bind(&row.org_id)
+                    .bind(self.now())
+                    .fetch_one(&mut *tx)
+                    .await?;
             if open >= max_open {
                 return Err(StoreError::QuotaExceeded { limit: max_open });
             }
@@ -117,7 +131,7 @@ impl Store {
     ) -> Result<Option<PageSessionRow>, StoreError> {
         self.timed(async move {
             let mut tx = self.begin_write().await?;
-            let row = sqlx::query(&format!(
+            let row: Option<SessionColumns> = sqlx::query_as(&format!(
                 "UPDATE page_sessions SET cookie_hash = $2, opened_at = $3 \
              WHERE url_token_hash = $1 AND purpose = $4 AND opened_at IS NULL AND expires_at > $3 \
              RETURNING {COLUMNS}"
@@ -129,7 +143,7 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
             tx.commit().await?;
-            row.as_ref().map(from_row).transpose()
+            row.map(PageSessionRow::try_from).transpose()
         })
         .await
     }
@@ -137,14 +151,14 @@ impl Store {
     /// The live session a cookie carries, if any.
     pub async fn page_session(&self, cookie_hash: &str) -> Result<Option<PageSessionRow>, StoreError> {
         self.timed(async move {
-            let row = sqlx::query(&format!(
+            let row: Option<SessionColumns> = sqlx::query_as(&format!(
                 "SELECT {COLUMNS} FROM page_sessions WHERE cookie_hash = $1 AND expires_at > $2"
             ))
             .bind(cookie_hash)
             .bind(self.now())
             .fetch_optional(&self.pool)
             .await?;
-            row.as_ref().map(from_row).transpose()
+            row.map(PageSessionRow::try_from).transpose()
         })
         .await
     }
