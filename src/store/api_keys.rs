@@ -63,6 +63,13 @@ struct KeyColumns {
     expires_at: Option<i64>,
 }
 
+/// What `revoke_api_key` reads back.
+#[derive(sqlx::FromRow)]
+struct RevokedColumns {
+    id: String,
+    org_id: String,
+}
+
 /// A key as `list_api_keys` reads it.
 #[derive(sqlx::FromRow)]
 struct ListedKeyColumns {
@@ -179,14 +186,16 @@ impl Store {
             };
             let mut tx = self.begin_write().await?;
             let t = self.now();
-            let row: Option<(String, String)> = sqlx::query_as(&format!(
+            let row: Option<RevokedColumns> = sqlx::query_as(&format!(
                 "UPDATE api_keys SET revoked_at = $2 WHERE {column} = $1 AND revoked_at IS NULL RETURNING id, org_id"
             ))
             .bind(value)
             .bind(t)
             .fetch_optional(&mut *tx)
             .await?;
-            let Some((id, org_id)) = row else { return Ok(None) };
+            let Some(RevokedColumns { id, org_id }) = row else {
+                return Ok(None);
+            };
             let sessions = sqlx::query("DELETE FROM page_sessions WHERE api_key_id = $1")
                 .bind(&id)
                 .execute(&mut *tx)

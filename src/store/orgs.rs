@@ -1,7 +1,5 @@
 //! Organizations, their wrapped data keys, per-provider limits and API keys.
 
-use sqlx::Row;
-
 use super::{Dialect, Store, StoreError};
 use crate::crypto::WrappedKey;
 
@@ -14,6 +12,22 @@ pub struct OrgKeyRow {
     pub version: i64,
     /// The wrapped key.
     pub wrapped: WrappedKey,
+}
+
+/// A wrapped data key's columns.
+#[derive(sqlx::FromRow)]
+struct WrappedColumns {
+    wrapped_key: String,
+    master_kid: String,
+}
+
+/// An `org_keys` row's columns.
+#[derive(sqlx::FromRow)]
+struct OrgKeyColumns {
+    org_id: String,
+    version: i64,
+    #[sqlx(flatten)]
+    wrapped: WrappedColumns,
 }
 
 impl Store {
@@ -193,12 +207,11 @@ impl Store {
     /// The organization's current data key version.
     pub async fn org_key_version(&self, org_id: &str) -> Result<i64, StoreError> {
         self.timed(async move {
-            let row = sqlx::query("SELECT key_version FROM organizations WHERE id = $1 AND deleted_at IS NULL")
+            sqlx::query_scalar("SELECT key_version FROM organizations WHERE id = $1 AND deleted_at IS NULL")
                 .bind(org_id)
                 .fetch_optional(&self.pool)
                 .await?
-                .ok_or(StoreError::NotFound)?;
-            Ok(row.try_get(0)?)
+                .ok_or(StoreError::NotFound)
         })
         .await
     }
@@ -207,7 +220,7 @@ impl Store {
     pub async fn org_key(&self, org_id: &str, version: i64) -> Result<OrgKeyRow, StoreError> {
         self.timed(async move {
             // A destroyed key (its organization deleted) is no key at all.
-            let row = sqlx::query(
+            let row: WrappedColumns = sqlx::query_as(
                 "SELECT wrapped_key, master_kid FROM org_keys WHERE org_id = $1 AND version = $2 AND wrapped_key <> ''",
             )
             .bind(org_id)
@@ -219,8 +232,8 @@ impl Store {
                 org_id: org_id.to_owned(),
                 version,
                 wrapped: WrappedKey {
-                    token: row.try_get(0)?,
-                    kid: row.try_get(1)?,
+                    token: row.wrapped_key,
+                    kid: row.master_kid,
                 },
             })
         })
@@ -242,25 +255,24 @@ impl Store {
     /// Every wrapped data key, optionally only those not wrapped by `except_kid`.
     pub async fn org_keys(&self, except_kid: Option<&str>) -> Result<Vec<OrgKeyRow>, StoreError> {
         self.timed(async move {
-            let rows = sqlx::query(
+            let rows: Vec<OrgKeyColumns> = sqlx::query_as(
                 "SELECT org_id, version, wrapped_key, master_kid FROM org_keys \
              WHERE ($1 IS NULL OR master_kid <> $1) AND wrapped_key <> '' ORDER BY org_id, version",
             )
             .bind(except_kid)
             .fetch_all(&self.pool)
             .await?;
-            rows.iter()
-                .map(|r| {
-                    Ok(OrgKeyRow {
-                        org_id: r.try_get(0)?,
-                        version: r.try_get(1)?,
-                        wrapped: WrappedKey {
-                            token: r.try_get(2)?,
-                            kid: r.try_get(3)?,
-                        },
-                    })
+            Ok(rows
+                .into_iter()
+                .map(|r| OrgKeyRow {
+                    org_id: r.org_id,
+                    version: r.version,
+                    wrapped: WrappedKey {
+                        token: r.wrapped.wrapped_key,
+                        kid: r.wrapped.master_kid,
+                    },
                 })
-                .collect()
+                .collect())
         })
         .await
     }
@@ -290,14 +302,13 @@ impl Store {
     pub async fn add_org_key(&self, org_id: &str, key: &WrappedKey) -> Result<i64, StoreError> {
         self.timed(async move {
             let mut tx = self.begin_write().await?;
-            let row = sqlx::query(
+            let version: i64 = sqlx::query_scalar(
                 "UPDATE organizations SET key_version = key_version + 1 WHERE id = $1 RETURNING key_version",
             )
             .bind(org_id)
             .fetch_optional(&mut *tx)
             .await?
             .ok_or(StoreError::NotFound)?;
-            let version: i64 = row.try_get(0)?;
             sqlx::query(
             "INSERT INTO org_keys (org_id, version, wrapped_key, master_kid, created_at) VALUES ($1, $2, $3, $4, $5)",
         )
@@ -338,15 +349,14 @@ impl Store {
     /// under a key older than `version`.
     pub async fn count_below_key(&self, org_id: &str, version: i64) -> Result<i64, StoreError> {
         self.timed(async move {
-            let row = sqlx::query(
+            Ok(sqlx::query_scalar(
                 "SELECT (SELECT COUNT(*) FROM credentials WHERE org_id = $1 AND key_version < $2) \
              + (SELECT COUNT(*) FROM named_secrets WHERE org_id = $1 AND key_version < $2)",
             )
             .bind(org_id)
             .bind(version)
             .fetch_one(&self.pool)
-            .await?;
-            Ok(row.try_get(0)?)
+            .await?)
         })
         .await
     }

@@ -3,7 +3,6 @@
 //! at a time per event (a lease), and read back by the events API.
 
 use serde_json::{json, Value};
-use sqlx::Row;
 
 use super::{Dialect, Store, StoreError};
 
@@ -55,35 +54,54 @@ pub struct OutboxEvent {
 const COLUMNS: &str = "id, event_id, org_id, kind, credential_id, payload, created_at, attempts, next_attempt_at, \
     delivered_at, failed_at, last_error";
 
+/// One row as [`COLUMNS`] reads it.
+#[derive(sqlx::FromRow)]
+struct EventColumns {
+    id: i64,
+    event_id: String,
+    org_id: String,
+    kind: String,
+    credential_id: Option<String>,
+    payload: String,
+    created_at: i64,
+    attempts: i64,
+    next_attempt_at: Option<i64>,
+    delivered_at: Option<i64>,
+    failed_at: Option<i64>,
+    last_error: Option<String>,
+}
+
 /// One row, typed; a payload that is not a JSON object is
 /// [`StoreError::Corrupt`] (logged), never an empty body.
-fn event(r: &sqlx::any::AnyRow) -> Result<OutboxEvent, StoreError> {
-    let id: i64 = r.try_get(0)?;
-    let raw: String = r.try_get(5)?;
-    let payload = match serde_json::from_str(&raw) {
-        Ok(payload @ Value::Object(_)) => payload,
-        _ => {
-            tracing::error!(event = id, column = "payload", "a stored outbox column is malformed");
-            return Err(StoreError::Corrupt {
-                id: id.to_string(),
-                column: "payload",
-            });
-        }
-    };
-    Ok(OutboxEvent {
-        id,
-        event_id: r.try_get(1)?,
-        org_id: r.try_get(2)?,
-        kind: r.try_get(3)?,
-        credential_id: r.try_get(4)?,
-        payload,
-        created_at: r.try_get(6)?,
-        attempts: r.try_get(7)?,
-        next_attempt_at: r.try_get(8)?,
-        delivered_at: r.try_get(9)?,
-        failed_at: r.try_get(10)?,
-        last_error: r.try_get(11)?,
-    })
+impl TryFrom<EventColumns> for OutboxEvent {
+    type Error = StoreError;
+
+    fn try_from(r: EventColumns) -> Result<Self, StoreError> {
+        let payload = match serde_json::from_str(&r.payload) {
+            Ok(payload @ Value::Object(_)) => payload,
+            _ => {
+                tracing::error!(event = r.id, column = "payload", "a stored outbox column is malformed");
+                return Err(StoreError::Corrupt {
+                    id: r.id.to_string(),
+                    column: "payload",
+                });
+            }
+        };
+        Ok(Self {
+            id: r.id,
+            event_id: r.event_id,
+            org_id: r.org_id,
+            kind: r.kind,
+            credential_id: r.credential_id,
+            payload,
+            created_at: r.created_at,
+            attempts: r.attempts,
+            next_attempt_at: r.next_attempt_at,
+            delivered_at: r.delivered_at,
+            failed_at: r.failed_at,
+            last_error: r.last_error,
+        })
+    }
 }
 
 /// Writes one notification on `conn` (inside the change's transaction).
@@ -142,7 +160,7 @@ impl Store {
                 Dialect::Sqlite => "",
             };
             let mut tx = self.begin_write().await?;
-            let rows = sqlx::query(&format!(
+            let rows: Vec<EventColumns> = sqlx::query_as(&format!(
                 "UPDATE outbox SET lease_owner = $1, lease_until = $2 WHERE id IN (\
                SELECT id FROM outbox WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= $3 \
                AND (lease_until IS NULL OR lease_until < $3) ORDER BY next_attempt_at, id LIMIT $4 {lock}) \
@@ -155,8 +173,9 @@ impl Store {
             .fetch_all(&mut *tx)
             .await?;
             let mut events = Vec::with_capacity(rows.len());
-            for row in &rows {
-                match event(row) {
+            for row in rows {
+                let id = row.id;
+                match OutboxEvent::try_from(row) {
                     Ok(e) => events.push(e),
                     Err(StoreError::Corrupt { .. }) => {
                         sqlx::query(
@@ -164,7 +183,7 @@ impl Store {
                          last_error = 'the stored notification is malformed', lease_owner = NULL, lease_until = NULL \
                          WHERE id = $1",
                         )
-                        .bind(row.try_get::<i64, _>(0)?)
+                        .bind(id)
                         .bind(self.now())
                         .execute(&mut *tx)
                         .await?;
@@ -217,7 +236,7 @@ impl Store {
     /// An organization's events after sequence number `after`, oldest first.
     pub async fn events_after(&self, org_id: &str, after: i64, limit: i64) -> Result<Vec<OutboxEvent>, StoreError> {
         self.timed(async move {
-            let rows = sqlx::query(&format!(
+            let rows: Vec<EventColumns> = sqlx::query_as(&format!(
                 "SELECT {COLUMNS} FROM outbox WHERE org_id = $1 AND id > $2 ORDER BY id LIMIT $3"
             ))
             .bind(org_id)
@@ -225,7 +244,7 @@ impl Store {
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
-            rows.iter().map(event).collect()
+            rows.into_iter().map(OutboxEvent::try_from).collect()
         })
         .await
     }
