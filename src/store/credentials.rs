@@ -1,7 +1,5 @@
 //! Credential rows: non-secret fields in the clear, secret fields sealed.
 
-use sqlx::Row;
-
 use super::audit::{self, AuditEvent};
 use super::outbox::{self, Notification};
 use super::quota::release;
@@ -281,7 +279,7 @@ impl Store {
                     immune.join(", ")
                 ),
             };
-            let row = sqlx::query(&format!(
+            let status: String = sqlx::query_scalar(&format!(
                 "UPDATE credentials SET status = {status_case} ELSE status END, last_error = {error_case}, \
              last_tested_at = $4, updated_at = $4 WHERE org_id = $1 AND id = $2 RETURNING status"
             ))
@@ -293,7 +291,6 @@ impl Store {
             .await?
             .ok_or(StoreError::NotFound)?;
             tx.commit().await?;
-            let status: String = row.try_get(0)?;
             CredentialStatus::parse(&status).ok_or(StoreError::Corrupt {
                 id: id.to_owned(),
                 column: "status",

@@ -409,16 +409,14 @@ pub(crate) async fn current_key(
     dialect: Dialect,
     org_id: &str,
 ) -> Result<Option<i64>, StoreError> {
-    use sqlx::Row;
     let lock = match dialect {
         Dialect::Postgres => " FOR SHARE",
         Dialect::Sqlite => "",
     };
-    let row = sqlx::query(&format!(
+    Ok(sqlx::query_scalar(&format!(
         "SELECT key_version FROM organizations WHERE id = $1 AND deleted_at IS NULL{lock}"
     ))
     .bind(org_id)
     .fetch_optional(&mut *conn)
-    .await?;
-    Ok(row.map(|r| r.try_get(0)).transpose()?)
+    .await?)
 }

@@ -3,8 +3,6 @@
 //! and serialized per organization, so the per-organization limit holds on
 //! every replica; every change and every use is audited in its transaction.
 
-use sqlx::Row;
-
 use super::audit::{self, AuditEvent};
 use super::quota::lock_org;
 use super::{check_key, Store, StoreError};
@@ -78,11 +76,10 @@ impl Store {
             .rows_affected()
                 == 1;
             if !replaced {
-                let count: i64 = sqlx::query("SELECT COUNT(*) FROM named_secrets WHERE org_id = $1")
+                let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM named_secrets WHERE org_id = $1")
                     .bind(org_id)
                     .fetch_one(&mut *tx)
-                    .await?
-                    .try_get(0)?;
+                    .await?;
                 if count >= put.limit {
                     return Err(StoreError::QuotaExceeded { limit: put.limit });
                 }
@@ -187,16 +184,11 @@ impl Store {
                 "UPDATE named_secrets SET last_used_at = $2 WHERE org_id = $1 AND name IN ({}) RETURNING name",
                 placeholders(3, names.len())
             );
-            let mut query = sqlx::query(&sql).bind(org_id).bind(t);
+            let mut query = sqlx::query_scalar(&sql).bind(org_id).bind(t);
             for name in names {
                 query = query.bind(name);
             }
-            let mut used: Vec<String> = query
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|r| r.try_get(0))
-                .collect::<Result<_, _>>()?;
+            let mut used: Vec<String> = query.fetch_all(&mut *tx).await?;
             used.sort();
             for name in &used {
                 audit::insert(

@@ -3,8 +3,6 @@
 //! same statement that checks the limit, so counts are exact on any replica
 //! without locking the whole organization. Deleting lowers it.
 
-use sqlx::Row;
-
 use super::StoreError;
 
 /// Serializes writers of one organization: a no-op update that takes the
@@ -63,15 +61,14 @@ pub(crate) async fn reserve_many(
     let limit = limit(conn, org_id, provider, default_limit).await?;
     // The counter row, created at zero if need be, locked by the no-op
     // update (on SQLite the immediate transaction holds the file).
-    let count: i64 = sqlx::query(
+    let count: i64 = sqlx::query_scalar(
         "INSERT INTO credential_counts (org_id, provider, count) VALUES ($1, $2, 0) \
          ON CONFLICT (org_id, provider) DO UPDATE SET count = credential_counts.count RETURNING count",
     )
     .bind(org_id)
     .bind(provider)
     .fetch_one(&mut *conn)
-    .await?
-    .try_get(0)?;
+    .await?;
     let fit = wanted.min(limit - count).max(0);
     if fit > 0 {
         sqlx::query("UPDATE credential_counts SET count = count + $3 WHERE org_id = $1 AND provider = $2")
@@ -92,13 +89,13 @@ async fn limit(
     default_limit: i64,
 ) -> Result<i64, StoreError> {
     Ok(
-        match sqlx::query("SELECT max_count FROM org_limits WHERE org_id = $1 AND provider = $2")
+        match sqlx::query_scalar("SELECT max_count FROM org_limits WHERE org_id = $1 AND provider = $2")
             .bind(org_id)
             .bind(provider)
             .fetch_optional(&mut *conn)
             .await?
         {
-            Some(row) => row.try_get(0)?,
+            Some(max) => max,
             None => default_limit,
         },
     )

@@ -112,15 +112,14 @@ impl Store {
     pub async fn due_count(&self, lead: i64) -> Result<i64, StoreError> {
         self.timed(async move {
             let t = self.now();
-            let row = sqlx::query(
+            Ok(sqlx::query_scalar(
                 "SELECT COUNT(*) FROM credentials WHERE auth_type = 'oauth2' AND status <> 'needs_reauth' \
              AND expires_at IS NOT NULL AND ((refresh_after IS NULL AND expires_at <= $1) OR refresh_after <= $2)",
             )
             .bind(t + lead)
             .bind(t)
             .fetch_one(&self.pool)
-            .await?;
-            Ok(row.try_get(0)?)
+            .await?)
         })
         .await
     }
@@ -246,7 +245,7 @@ impl Store {
         self.timed(async move {
             let mut tx = self.begin_write().await?;
             let t = self.now();
-            let row = sqlx::query(
+            let failures: Option<i64> = sqlx::query_scalar(
                 "UPDATE credentials SET status = $3, last_error = $4, refresh_after = $5, \
              refresh_failures = refresh_failures + 1, lease_owner = NULL, lease_until = NULL, updated_at = $6 \
              WHERE org_id = $1 AND id = $2 AND secret_version = $7 AND lease_owner = $8 RETURNING refresh_failures",
@@ -261,13 +260,13 @@ impl Store {
             .bind(owner)
             .fetch_optional(&mut *tx)
             .await?;
-            let Some(row) = row else { return Ok(None) };
+            let Some(failures) = failures else { return Ok(None) };
             audit::insert(&mut tx, event, t).await?;
             if let Some(n) = notify {
                 outbox::insert(&mut tx, n, t).await?;
             }
             tx.commit().await?;
-            Ok(Some(row.try_get(0)?))
+            Ok(Some(failures))
         })
         .await
     }
