@@ -1,8 +1,6 @@
 //! Token refresh bookkeeping: leases so that one credential is refreshed by
 //! one holder at a time, and the conditional writes of a refresh's outcome.
 
-use sqlx::Row;
-
 use super::audit::{self, AuditEvent};
 use super::outbox::{self, Notification};
 use super::{current_key, Dialect, LastError, Store, StoreError, Usage};
@@ -40,6 +38,13 @@ pub struct RefreshFailure {
     pub last_error: LastError,
     /// Next attempt not before (backoff); `None` stops retrying.
     pub refresh_after: Option<i64>,
+}
+
+/// A claimed credential.
+#[derive(sqlx::FromRow)]
+struct ClaimedColumns {
+    org_id: String,
+    id: String,
 }
 
 impl Store {
@@ -84,7 +89,7 @@ impl Store {
             };
             let t = self.now();
             let mut tx = self.begin_write().await?;
-            let rows = sqlx::query(&format!(
+            let rows: Vec<ClaimedColumns> = sqlx::query_as(&format!(
                 "UPDATE credentials SET lease_owner = $1, lease_until = $2 WHERE id IN (\
                SELECT id FROM credentials WHERE auth_type = 'oauth2' AND status <> 'needs_reauth' \
                AND expires_at IS NOT NULL \
@@ -103,7 +108,7 @@ impl Store {
             .fetch_all(&mut *tx)
             .await?;
             tx.commit().await?;
-            rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+            Ok(rows.into_iter().map(|r| (r.org_id, r.id)).collect())
         })
         .await
     }

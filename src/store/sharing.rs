@@ -2,7 +2,7 @@
 //! users' grants; a user's removal; and usage by workflow.
 
 use serde_json::{json, Value};
-use sqlx::{Any, Row};
+use sqlx::Any;
 
 use super::audit::{self, AuditEvent};
 use super::quota::lock_org;
@@ -54,17 +54,47 @@ pub fn sharing_detail(team: Option<Access>, users: &[(String, Access)]) -> Value
     })
 }
 
+/// A user grant's columns.
+#[derive(sqlx::FromRow)]
+struct GrantColumns {
+    user_id: String,
+    access: String,
+}
+
+/// A grant of the removed user, with its credential's team access.
+#[derive(sqlx::FromRow)]
+struct GrantedColumns {
+    credential_id: String,
+    team_access: Option<String>,
+}
+
+/// A credential's uses: how many, and the last.
+#[derive(sqlx::FromRow)]
+struct UsesColumns {
+    uses: i64,
+    last_at: Option<i64>,
+}
+
+/// One workflow's uses of a credential.
+#[derive(sqlx::FromRow)]
+struct WorkflowColumns {
+    workflow_id: String,
+    uses: i64,
+    last_at: i64,
+}
+
 /// Every user grant of one credential, by user id, read on `conn`.
 async fn grants_on<'c, E: sqlx::Executor<'c, Database = Any>>(
     conn: E,
     credential_id: &str,
 ) -> Result<Vec<(String, Access)>, StoreError> {
-    let rows = sqlx::query("SELECT user_id, access FROM credential_grants WHERE credential_id = $1 ORDER BY user_id")
-        .bind(credential_id)
-        .fetch_all(conn)
-        .await?;
-    rows.iter()
-        .map(|r| Ok((r.try_get(0)?, access(credential_id, &r.try_get::<String, _>(1)?)?)))
+    let rows: Vec<GrantColumns> =
+        sqlx::query_as("SELECT user_id, access FROM credential_grants WHERE credential_id = $1 ORDER BY user_id")
+            .bind(credential_id)
+            .fetch_all(conn)
+            .await?;
+    rows.into_iter()
+        .map(|r| Ok((r.user_id, access(credential_id, &r.access)?)))
         .collect()
 }
 
@@ -139,7 +169,7 @@ impl Store {
             // finds its flow ended.
             lock_org(&mut tx, org_id).await?;
             let t = self.now();
-            let rows = sqlx::query(
+            let ids: Vec<String> = sqlx::query_scalar(
                 "UPDATE credentials SET owner = $3, updated_at = $4 WHERE org_id = $1 AND owner = $2 RETURNING id",
             )
             .bind(org_id)
@@ -149,14 +179,13 @@ impl Store {
             .fetch_all(&mut *tx)
             .await?;
             let mut removal = UserRemoval::default();
-            for row in &rows {
-                let id: String = row.try_get(0)?;
+            for id in ids {
                 let event = AuditEvent::success(org_id, &id, "credential.transfer", actor)
                     .with_detail(json!({"from": user, "to": to}));
                 audit::insert(&mut tx, &event, t).await?;
                 removal.transferred.push(id);
             }
-            let granted = sqlx::query(
+            let granted: Vec<GrantedColumns> = sqlx::query_as(
                 "SELECT g.credential_id, c.team_access FROM credential_grants g \
              JOIN credentials c ON c.id = g.credential_id \
              WHERE g.org_id = $1 AND g.user_id = $2 ORDER BY g.credential_id",
@@ -165,9 +194,12 @@ impl Store {
             .bind(user)
             .fetch_all(&mut *tx)
             .await?;
-            for row in &granted {
-                let id: String = row.try_get(0)?;
-                let team = match row.try_get::<Option<String>, _>(1)? {
+            for GrantedColumns {
+                credential_id: id,
+                team_access,
+            } in granted
+            {
+                let team = match team_access {
                     Some(raw) => Some(access(&id, &raw)?),
                     None => None,
                 };
@@ -211,7 +243,7 @@ impl Store {
             .bind(user)
             .execute(&mut *tx)
             .await?;
-            let revoked = sqlx::query(
+            let revoked: Vec<String> = sqlx::query_scalar(
                 "UPDATE api_keys SET revoked_at = $3 WHERE org_id = $1 AND user_id = $2 AND revoked_at IS NULL \
              RETURNING id",
             )
@@ -221,8 +253,7 @@ impl Store {
             .fetch_all(&mut *tx)
             .await?;
             let mut keys = Vec::with_capacity(revoked.len());
-            for row in &revoked {
-                let key_id: String = row.try_get(0)?;
+            for key_id in revoked {
                 let event = AuditEvent::for_org(org_id, "api_key.revoke", actor)
                     .with_detail(json!({"key_id": key_id, "user_id": user}));
                 audit::insert(&mut tx, &event, t).await?;
@@ -247,16 +278,16 @@ impl Store {
     /// Uses of a credential: total, last, and per workflow.
     pub async fn usage(&self, org_id: &str, id: &str) -> Result<UsageSummary, StoreError> {
         self.timed(async move {
-            let total = sqlx::query(
-            "SELECT COUNT(*), MAX(at) FROM audit_events WHERE credential_id = $1 AND action = 'credential.resolve' \
+            let total: UsesColumns = sqlx::query_as(
+            "SELECT COUNT(*) AS uses, MAX(at) AS last_at FROM audit_events WHERE credential_id = $1 AND action = 'credential.resolve' \
              AND org_id = $2",
         )
         .bind(id)
         .bind(org_id)
         .fetch_one(&self.pool)
         .await?;
-            let rows = sqlx::query(
-                "SELECT workflow_id, COUNT(*), MAX(at) FROM audit_events WHERE credential_id = $1 \
+            let rows: Vec<WorkflowColumns> = sqlx::query_as(
+                "SELECT workflow_id, COUNT(*) AS uses, MAX(at) AS last_at FROM audit_events WHERE credential_id = $1 \
              AND action = 'credential.resolve' AND org_id = $2 AND workflow_id IS NOT NULL \
              GROUP BY workflow_id ORDER BY MAX(at) DESC, workflow_id LIMIT 500",
             )
@@ -265,12 +296,9 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
             Ok(UsageSummary {
-                uses_total: total.try_get(0)?,
-                last_used_at: total.try_get(1)?,
-                workflows: rows
-                    .iter()
-                    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
-                    .collect::<Result<_, sqlx::Error>>()?,
+                uses_total: total.uses,
+                last_used_at: total.last_at,
+                workflows: rows.into_iter().map(|r| (r.workflow_id, r.uses, r.last_at)).collect(),
             })
         })
         .await
