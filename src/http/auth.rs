@@ -40,6 +40,18 @@ struct Known {
     at: Instant,
 }
 
+/// When an unknown bearer token is looked up in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    /// It may have been issued here: whatever its address sent before.
+    Always,
+    /// A legacy-shaped token of no key this replica knew at start: only
+    /// while its address is within its failure budget.
+    WithinBudget,
+    /// Its checksum fails: it was never issued here.
+    Never,
+}
+
 /// The installation's token format, the hashes of keys issued before
 /// checksums, recently verified keys, recently unknown tokens and last-use
 /// bookkeeping; every map is bounded.
@@ -74,15 +86,13 @@ impl KeyCache {
         }
     }
 
-    /// Is `token` worth a lookup whatever its address sent before?
-    /// `None`: a legacy-shaped token of no key this replica knew at start,
-    /// worth one only while its address is not shut out.
-    fn worth_a_lookup(&self, token: &str, hash: &str) -> Option<bool> {
+    /// When `token` is worth asking the store about.
+    fn lookup(&self, token: &str, hash: &str) -> Lookup {
         match self.format.shape(token) {
-            Shape::Checksummed => Some(true),
-            Shape::Legacy if self.legacy.contains(hash) => Some(true),
-            Shape::Legacy => None,
-            Shape::Invalid => Some(false),
+            Shape::Checksummed => Lookup::Always,
+            Shape::Legacy if self.legacy.contains(hash) => Lookup::Always,
+            Shape::Legacy => Lookup::WithinBudget,
+            Shape::Invalid => Lookup::Never,
         }
     }
 
@@ -200,12 +210,12 @@ impl FromRequestParts<AppState> for Caller {
         let key = match state.keys.known(&hash, now) {
             Some(key) => key,
             None => {
-                let worth = state.keys.worth_a_lookup(token, &hash);
-                if worth == Some(false) || state.keys.recently_unknown(&hash) {
+                let lookup = state.keys.lookup(token, &hash);
+                if lookup == Lookup::Never || state.keys.recently_unknown(&hash) {
                     state.limits.check_auth_failure(ip)?;
                     return Err(ApiError::Unauthorized);
                 }
-                if worth.is_none() {
+                if lookup == Lookup::WithinBudget {
                     state.limits.check_auth_blocked(ip)?;
                 }
                 state.metrics.api_key_lookups.inc();
