@@ -27,6 +27,7 @@ mod refresh;
 mod row;
 mod sessions;
 mod sharing;
+mod time_limit;
 mod uses;
 mod write_tx;
 
@@ -46,6 +47,8 @@ pub use refresh::{PendingRefresh, RefreshFailure, RefreshedTokens};
 pub use row::{CredentialRow, LastError};
 pub use sessions::{NewPageSession, PageSessionRow};
 pub use sharing::{sharing_detail, UsageSummary, UserRemoval};
+use time_limit::Abandoned;
+pub use time_limit::OP_TIMEOUT;
 pub use uses::{UseRecord, LAST_USED_EVERY_SECS};
 
 use std::str::FromStr;
@@ -121,71 +124,7 @@ pub struct Store {
     abandoned: std::sync::Arc<Abandoned>,
 }
 
-/// When a store operation last passed its time limit (milliseconds since
-/// the first store of the process; `0`: never).
-#[derive(Debug, Default)]
-struct Abandoned(std::sync::atomic::AtomicU64);
-
-/// How long after an abandoned operation the connections given back are
-/// checked before sqlx pings them.
-const ABANDONED_WATCH: Duration = Duration::from_secs(120);
-
-impl Abandoned {
-    fn since_start() -> u64 {
-        static START: std::sync::LazyLock<std::time::Instant> = std::sync::LazyLock::new(std::time::Instant::now);
-        START.elapsed().as_millis() as u64 + 1
-    }
-
-    fn now(&self) {
-        self.0.store(Self::since_start(), std::sync::atomic::Ordering::Relaxed);
-    }
-
-    fn recently(&self) -> bool {
-        let at = self.0.load(std::sync::atomic::Ordering::Relaxed);
-        at != 0 && Self::since_start().saturating_sub(at) < ABANDONED_WATCH.as_millis() as u64
-    }
-}
-
-/// How long one store operation may take unless configured
-/// (`CREDGATE_DB_TIMEOUT_SECS`).
-pub const OP_TIMEOUT: Duration = Duration::from_secs(10);
-
 impl Store {
-    /// The same store with another limit on each operation.
-    pub fn with_op_timeout(self, limit: Duration) -> Self {
-        Self {
-            op_timeout: limit,
-            ..self
-        }
-    }
-
-    /// Runs one store operation within the store's time limit. A database
-    /// that stops answering without closing the connection (a dead peer, a
-    /// firewall that drops) would otherwise hold the request, and the group
-    /// writers behind it, for as long as TCP takes to notice: past the
-    /// limit it is `Unavailable` (503 with Retry-After). What the operation
-    /// had begun is dropped: its transaction is rolled back, or its
-    /// connection closed.
-    pub(crate) async fn timed<T>(
-        &self,
-        operation: impl std::future::Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.op_timeout, operation).await {
-            Ok(outcome) => outcome,
-            Err(_) => {
-                self.abandoned.now();
-                tracing::warn!(
-                    limit_secs = self.op_timeout.as_secs_f32(),
-                    "a store operation took longer than its limit"
-                );
-                Err(StoreError::Unavailable(sqlx::Error::Io(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "the database did not answer within the store's time limit",
-                ))))
-            }
-        }
-    }
-
     /// Connects to `sqlite://…` (the file is created when missing) or `postgres://…`.
     pub async fn connect(url: &str, clock: Clock) -> Result<Self, sqlx::Error> {
         Self::connect_waiting(url, clock, LOCK_TIMEOUT).await
@@ -260,13 +199,7 @@ impl Store {
             .test_before_acquire(false)
             .after_release(move |conn, _| {
                 let watched = watched.clone();
-                Box::pin(async move {
-                    if !watched.recently() {
-                        return Ok(true);
-                    }
-                    let answered = tokio::time::timeout(Duration::from_secs(1), sqlx::Connection::ping(conn)).await;
-                    Ok(matches!(answered, Ok(Ok(()))))
-                })
+                Box::pin(async move { Ok(watched.may_keep(conn).await) })
             })
             .connect(&url)
             .await?;

@@ -11,6 +11,18 @@ use crate::oauth::{connect, oauth_app};
 use crate::oauth_server::{AuthServer, Flavor};
 use crate::refresh::stored_refresh_token;
 
+/// An app whose PostgreSQL store is behind a fault proxy (with `db_timeout`
+/// as each store operation's limit, when given).
+async fn behind_a_proxy(db: &TestDb, db_timeout: Option<std::time::Duration>) -> (FaultProxy, TestApp) {
+    let proxy = FaultProxy::start(&db.url).await;
+    let mut config = crate::helpers::test_config(db);
+    config.database_url = proxy.url.clone();
+    if let Some(limit) = db_timeout {
+        config.db_timeout = limit;
+    }
+    (proxy, TestApp::spawn_with(config).await)
+}
+
 /// A PostgreSQL store behind a fault proxy, and a Microsoft stand-in that
 /// rotates refresh tokens and revokes what it is asked to; one credential
 /// connected.
@@ -58,10 +70,7 @@ fn a_refresh_whose_commit_answer_is_lost_keeps_the_token_it_stored() {
 fn a_create_whose_commit_answer_is_lost_is_made_once() {
     crate::helpers::run_test(async {
         let db = TestDb::new(Backend::Postgres).await;
-        let proxy = FaultProxy::start(&db.url).await;
-        let mut config = crate::helpers::test_config(&db);
-        config.database_url = proxy.url.clone();
-        let app = TestApp::spawn_with(config).await;
+        let (proxy, app) = behind_a_proxy(&db, None).await;
         let body = crate::helpers::pg_body("lost answer", "pw");
 
         proxy.withhold_commit_after("INSERT INTO credentials", Withhold::Close);
@@ -86,11 +95,7 @@ fn a_create_whose_commit_answer_is_lost_is_made_once() {
 fn a_database_that_stops_answering_gives_quick_503s_not_hung_requests() {
     crate::helpers::run_test(async {
         let db = TestDb::new(Backend::Postgres).await;
-        let proxy = FaultProxy::start(&db.url).await;
-        let mut config = crate::helpers::test_config(&db);
-        config.database_url = proxy.url.clone();
-        config.db_timeout = std::time::Duration::from_secs(1);
-        let app = TestApp::spawn_with(config).await;
+        let (proxy, app) = behind_a_proxy(&db, Some(std::time::Duration::from_secs(1))).await;
         let id = app.create_pg(&app.org, "before", "pw").await;
         let bounded = |path: String, body: Option<serde_json::Value>, key: String| {
             let app = &app;
@@ -195,11 +200,7 @@ fn the_workers_refresh_whose_commit_answer_is_lost_keeps_the_token_it_stored() {
 fn connections_left_with_a_dead_peer_do_not_keep_the_pool_from_recovering() {
     crate::helpers::run_test(async {
         let db = TestDb::new(Backend::Postgres).await;
-        let proxy = FaultProxy::start(&db.url).await;
-        let mut config = crate::helpers::test_config(&db);
-        config.database_url = proxy.url.clone();
-        config.db_timeout = std::time::Duration::from_secs(1);
-        let app = TestApp::spawn_with(config).await;
+        let (proxy, app) = behind_a_proxy(&db, Some(std::time::Duration::from_secs(1))).await;
         let format = credgate::api_tokens::TokenFormat::load(&app.state.store).await.unwrap();
         let tokens: Vec<String> = (0..24).map(|_| format.mint()).collect();
         let warm: Vec<String> = (0..48).map(|_| format.mint()).collect();
