@@ -266,14 +266,14 @@ async fn seed(url: &str, master_key: &SecretString, sharing: bool) -> anyhow::Re
     let mut config = Config::for_database(url);
     config.master_keys = Some(master_key.clone());
     let services = Services::init(config).await?;
-    let org = Uuid::new_v4().to_string();
+    let org = credgate::ids::OrgId::generate();
     services.vault.create_org(&org, "Bench").await?;
     let ctx = credgate::app::context(services)?;
     let store = &ctx.store;
     store.set_org_limit(&org, "postgresql", 2 * CREDENTIALS as i64).await?;
     let mut tokens = Vec::new();
     let (lister, user) = if sharing {
-        (Role::Member, Some("bob"))
+        (Role::Member, Some(credgate::ids::UserId::parse("bob")?))
     } else {
         (Role::Admin, None)
     };
@@ -285,7 +285,7 @@ async fn seed(url: &str, master_key: &SecretString, sharing: bool) -> anyhow::Re
                 role,
                 credgate::api_tokens::NewKey {
                     label: Some("load_bench"),
-                    user_id: user,
+                    user_id: user.as_ref(),
                     ..Default::default()
                 },
             )
@@ -298,7 +298,7 @@ async fn seed(url: &str, master_key: &SecretString, sharing: bool) -> anyhow::Re
         org_id: org.clone(),
         key_id: "load_bench".into(),
         role: if sharing { Role::Member } else { Role::Admin },
-        user_id: sharing.then(|| "alice".to_owned()),
+        user_id: sharing.then(|| credgate::ids::UserId::parse("alice").expect("a user id")),
     };
     let inserts = futures::stream::iter(0..CREDENTIALS).map(|i| {
         let (ctx, creator) = (&ctx, &creator);
@@ -314,13 +314,10 @@ async fn seed(url: &str, master_key: &SecretString, sharing: bool) -> anyhow::Re
             };
             let row = credentials::create(ctx, creator, input).await?;
             if sharing {
-                let grant = credentials::Sharing {
-                    team: None,
-                    users: vec![("bob".to_owned(), credgate::model::Access::Use)],
-                };
+                let grant = credentials::Sharing::parse(None, vec![("bob".to_owned(), credgate::model::Access::Use)])?;
                 credentials::set_sharing(ctx, creator, &row.id, grant).await?;
             }
-            anyhow::Ok(row.id)
+            anyhow::Ok(row.id.to_string())
         }
     });
     let ids: Vec<String> = inserts.buffer_unordered(8).try_collect().await?;

@@ -112,14 +112,15 @@ async fn main() {
 
     let listing = format!("ls -1 {}\n", ssh.listing_dir());
     let (mut sftp_probe, mut sftp_stock, mut pg_probe, mut pg_stock) = (vec![], vec![], vec![], vec![]);
+    let bench = credgate::ids::OrgId::generate();
     for i in 0..runs + 2 {
         let started = Instant::now();
-        let result = sftp::probe(&ctx, "bench", &sftp_req).await;
+        let result = sftp::probe(&ctx, &bench, &sftp_req).await;
         let probe_time = started.elapsed();
         assert!(result.ok, "{result:?}");
         let stock_time = timed_command(&mut sftp_cli(), &listing);
         let started = Instant::now();
-        let result = postgres::probe(&ctx, "bench", &pg_req).await;
+        let result = postgres::probe(&ctx, &bench, &pg_req).await;
         let pg_time = started.elapsed();
         assert!(result.ok && result.detail["tls"] == json!(true), "{result:?}");
         let psql_time = timed_command(&mut psql(), "");
@@ -166,7 +167,8 @@ async fn concurrent_sftp(ctx: &ProbeContext, req: &sftp::SftpRequest, n: usize) 
     let started = Instant::now();
     // Four organizations: together they can fill every global SSH slot,
     // which one alone (capped per organization) cannot.
-    let orgs: Vec<String> = (0..n).map(|i| format!("bench-{}", i % 4)).collect();
+    let four: Vec<credgate::ids::OrgId> = (0..4).map(|_| credgate::ids::OrgId::generate()).collect();
+    let orgs: Vec<credgate::ids::OrgId> = (0..n).map(|i| four[i % 4].clone()).collect();
     let results = futures::future::join_all(orgs.iter().map(|org| sftp::probe(ctx, org, req))).await;
     let wall = started.elapsed();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -144,7 +144,7 @@ async fn main() -> anyhow::Result<()> {
         .provider_overrides
         .extend(overrides.iter().map(|(k, v)| (k.to_string(), v.clone())));
     let services = Services::init(config).await?;
-    let org = uuid::Uuid::new_v4().to_string();
+    let org = credgate::ids::OrgId::generate();
     services.vault.create_org(&org, "bench").await?;
     services.store.set_org_limit(&org, "sharepoint", n as i64 + 1).await?;
     let ctx = credgate::app::context(services)?;
@@ -162,7 +162,7 @@ async fn main() -> anyhow::Result<()> {
                 state_hash: None,
                 provider,
                 actor: "bench",
-                name: Some(format!("c{i}")),
+                name: Some(credgate::ids::CredentialName::lossy(&format!("c{i}"))),
                 credential_id: None,
                 owner: None,
                 tenant: None,

@@ -17,6 +17,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::ids::{OrgId, UserId};
 use crate::model::Role;
 use crate::store::{Store, StoreError};
 
@@ -124,14 +125,14 @@ pub async fn legacy_hashes(store: &Store) -> Result<HashSet<String>, StoreError>
 /// What a new key is for.
 #[derive(Debug, Clone, Default)]
 pub struct NewKey<'a> {
-    pub user_id: Option<&'a str>,
+    pub user_id: Option<&'a UserId>,
     pub label: Option<&'a str>,
     /// Seconds from now until it stops working.
     pub expires_in: Option<i64>,
 }
 
 /// Creates a key; returns the token (shown once, never stored).
-pub async fn create(store: &Store, org_id: &str, role: Role, new: NewKey<'_>) -> Result<String, StoreError> {
+pub async fn create(store: &Store, org_id: &OrgId, role: Role, new: NewKey<'_>) -> Result<String, StoreError> {
     let token = TokenFormat::load(store).await?.mint();
     let id = Uuid::new_v4().to_string();
     let expires_at = new.expires_in.map(|s| store.now() + s);

@@ -10,6 +10,7 @@ use crate::app::{connect_and_migrate, context, Application, Services};
 use crate::clock::Clock;
 use crate::config::{Config, Settings};
 use crate::crypto::MasterKeyring;
+use crate::ids::{OrgId, UserId};
 use crate::model::Role;
 use crate::oauth::worker::run_worker;
 use crate::store::KeyRef;
@@ -61,13 +62,13 @@ pub enum UserCommand {
     /// Hand a user's personal credentials to another user or the organization,
     /// remove their grants and revoke their API keys.
     Remove {
-        #[arg(long)]
-        org: String,
-        #[arg(long)]
-        user: String,
+        #[arg(long, value_parser = parse_org)]
+        org: OrgId,
+        #[arg(long, value_parser = parse_user)]
+        user: UserId,
         /// A user id, or `org` to make them organization credentials.
-        #[arg(long)]
-        transfer_to: String,
+        #[arg(long, value_parser = parse_transfer_to)]
+        transfer_to: TransferTo,
     },
 }
 
@@ -89,8 +90,8 @@ pub enum OrgCommand {
     Create { name: String },
     /// Override the per-provider credential limit of one organization.
     SetLimit {
-        #[arg(long)]
-        org: String,
+        #[arg(long, value_parser = parse_org)]
+        org: OrgId,
         #[arg(long)]
         provider: String,
         #[arg(long)]
@@ -98,8 +99,8 @@ pub enum OrgCommand {
     },
     /// Delete an organization with its credentials and data key.
     Delete {
-        #[arg(long)]
-        org: String,
+        #[arg(long, value_parser = parse_org)]
+        org: OrgId,
     },
 }
 
@@ -108,12 +109,12 @@ pub enum OrgCommand {
 pub enum ApiKeyCommand {
     /// Create an API key; prints the token (shown once).
     Create {
-        #[arg(long)]
-        org: String,
+        #[arg(long, value_parser = parse_org)]
+        org: OrgId,
         #[arg(long, value_parser = ["admin", "member", "engine"])]
         role: String,
-        #[arg(long)]
-        user: Option<String>,
+        #[arg(long, value_parser = parse_user)]
+        user: Option<UserId>,
         #[arg(long)]
         label: Option<String>,
         /// Stops working after this long: `90d`, `12h`, `30m`, `45s`.
@@ -122,8 +123,8 @@ pub enum ApiKeyCommand {
     },
     /// One line per key: id, role, user, label, created, last used, expires (never the token).
     List {
-        #[arg(long)]
-        org: String,
+        #[arg(long, value_parser = parse_org)]
+        org: OrgId,
     },
     /// Revoke a key, by its id or by its token; it stops working on every
     /// replica within 5 seconds, and the page sessions it opened end now.
@@ -158,17 +159,37 @@ pub enum KeysCommand {
     RotateMaster,
     /// Give an organization a new data key and re-encrypt its credentials.
     RotateOrg {
-        #[arg(long)]
-        org: String,
+        #[arg(long, value_parser = parse_org)]
+        org: OrgId,
     },
     /// Print a new random master key (for CREDGATE_MASTER_KEYS).
     Generate,
 }
 
-fn org_id(raw: &str) -> anyhow::Result<String> {
-    Uuid::parse_str(raw)
-        .map(|u| u.to_string())
-        .with_context(|| format!("--org {raw:?} is not an organization id (a UUID)"))
+/// `--org`: an organization id, parsed where it enters.
+fn parse_org(raw: &str) -> Result<OrgId, String> {
+    OrgId::parse(raw).map_err(|e| e.to_string())
+}
+
+/// Where `user remove` hands a user's personal credentials.
+#[derive(Debug, Clone)]
+pub enum TransferTo {
+    /// `org`: they become organization credentials.
+    Org,
+    /// Another user.
+    User(UserId),
+}
+
+fn parse_transfer_to(raw: &str) -> Result<TransferTo, String> {
+    match raw {
+        "org" => Ok(TransferTo::Org),
+        user => parse_user(user).map(TransferTo::User),
+    }
+}
+
+/// `--user`: a user id, parsed where it enters.
+fn parse_user(raw: &str) -> Result<UserId, String> {
+    UserId::parse(raw).map_err(|e| e.to_string())
 }
 
 /// Runs one command; `shutdown` ends `serve`.
@@ -215,12 +236,11 @@ pub async fn run(cli: Cli, shutdown: impl std::future::Future<Output = ()> + Sen
     Ok(())
 }
 
-async fn require_org(services: &Services, org: &str) -> anyhow::Result<String> {
-    let id = org_id(org)?;
-    if !services.store.org_exists(&id).await? {
-        bail!("organization {id} does not exist");
+async fn require_org(services: &Services, org: &OrgId) -> anyhow::Result<OrgId> {
+    if !services.store.org_exists(org).await? {
+        bail!("organization {org} does not exist");
     }
-    Ok(id)
+    Ok(org.clone())
 }
 
 async fn admin(services: &Services, command: Command) -> anyhow::Result<()> {
@@ -229,7 +249,7 @@ async fn admin(services: &Services, command: Command) -> anyhow::Result<()> {
             if name.trim().is_empty() {
                 bail!("the organization name must not be empty");
             }
-            let id = Uuid::new_v4().to_string();
+            let id = OrgId::generate();
             services.vault.create_org(&id, name.trim()).await?;
             println!("{id}");
         }
@@ -243,7 +263,6 @@ async fn admin(services: &Services, command: Command) -> anyhow::Result<()> {
         Command::Org(OrgCommand::Delete { org }) => {
             // Not `require_org`: an organization whose removal was
             // interrupted is already marked deleted, and is finished here.
-            let org = org_id(&org)?;
             match services.vault.delete_org(&org).await {
                 Ok(rows) => eprintln!("organization {org} deleted: its data keys destroyed, {rows} rows removed"),
                 Err(crate::vault::VaultError::Store(crate::store::StoreError::NotFound)) => {
@@ -269,7 +288,7 @@ async fn admin(services: &Services, command: Command) -> anyhow::Result<()> {
                 })
                 .transpose()?;
             let new = NewKey {
-                user_id: user.as_deref(),
+                user_id: user.as_ref(),
                 label: label.as_deref(),
                 expires_in,
             };
@@ -336,7 +355,10 @@ async fn admin(services: &Services, command: Command) -> anyhow::Result<()> {
         }
         Command::User(UserCommand::Remove { org, user, transfer_to }) => {
             let org = require_org(services, &org).await?;
-            let to = (transfer_to != "org").then_some(transfer_to.as_str());
+            let to = match &transfer_to {
+                TransferTo::Org => None,
+                TransferTo::User(to) => Some(to),
+            };
             let ctx = context(services.clone())?;
             let done = crate::credentials::remove_user(&ctx, &org, &user, to, "cli")
                 .await
@@ -354,7 +376,7 @@ async fn admin(services: &Services, command: Command) -> anyhow::Result<()> {
             eprintln!(
                 "user {user}: {} credentials transferred to {}, {} grants removed, {} API keys revoked",
                 done.transferred.len(),
-                to.unwrap_or("the organization"),
+                to.map_or("the organization", |u| u.as_str()),
                 done.grants_removed,
                 done.keys_revoked
             );

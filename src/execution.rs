@@ -9,6 +9,7 @@ use serde_json::{json, Map, Value};
 use crate::context::Context;
 use crate::credentials::{self, access, CredentialSecrets};
 use crate::error::Error;
+use crate::ids::{CredentialId, OrgId};
 use crate::model::{Access, AuthKind, Principal};
 use crate::oauth::refresh::ensure_fresh;
 use crate::probes::{
@@ -40,9 +41,9 @@ impl std::fmt::Debug for Resolved {
 /// (audited, durably) before returning anything.
 /// `who` is the principal the engine acts for (its key's user, a user named
 /// in the request, or the organization); `use` is checked for it.
-pub async fn resolve(ctx: &Context, who: &Principal, id: &str, usage: &Usage) -> Result<Resolved, Error> {
+pub async fn resolve(ctx: &Context, who: &Principal, id: &CredentialId, usage: &Usage) -> Result<Resolved, Error> {
     let (mut row, _) = access::authorize(ctx, who, id, Access::Use).await?;
-    let org_id = who.org_id.as_str();
+    let org_id = &who.org_id;
     if row.auth_type == AuthKind::Oauth2 {
         row = ensure_fresh(ctx, row, ctx.config.resolve_margin_secs as i64).await?;
     }
@@ -70,7 +71,7 @@ pub async fn resolve(ctx: &Context, who: &Principal, id: &str, usage: &Usage) ->
 /// probe bodies' field names), checks it, and runs it.
 async fn run_probe<P: Probe + serde::de::DeserializeOwned>(
     ctx: &Context,
-    org_id: &str,
+    org_id: &OrgId,
     fields: Map<String, Value>,
 ) -> Result<ProbeResult, Error> {
     let req: P = serde_json::from_value(Value::Object(fields))
@@ -145,7 +146,7 @@ pub fn has_probe(provider: &crate::providers::Provider) -> bool {
 /// `Conflict(no_probe)` for a provider without one.
 pub async fn probe_fields(
     ctx: &Context,
-    org_id: &str,
+    org_id: &OrgId,
     provider: &str,
     mut fields: Map<String, Value>,
 ) -> Result<ProbeResult, Error> {
@@ -177,9 +178,9 @@ pub async fn probe_fields(
 /// Tests a saved credential with its stored values and records the outcome
 /// (`status`, `last_tested_at`, `last_error`). A caller with `use` alone is
 /// told only whether it worked, how long it took and the failure's code.
-pub async fn test(ctx: &Context, who: &Principal, id: &str) -> Result<ProbeResult, Error> {
+pub async fn test(ctx: &Context, who: &Principal, id: &CredentialId) -> Result<ProbeResult, Error> {
     let (row, access) = access::authorize(ctx, who, id, Access::Use).await?;
-    let org_id = who.org_id.as_str();
+    let org_id = &who.org_id;
     let result = if row.auth_type == AuthKind::Oauth2 {
         probe_oauth(ctx, row.clone()).await
     } else {

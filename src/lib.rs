@@ -21,6 +21,7 @@ pub mod execution;
 pub mod fifo;
 pub mod group_commit;
 pub mod http;
+pub mod ids;
 pub mod metrics;
 pub mod model;
 pub mod named_secrets;

@@ -29,7 +29,12 @@ async fn run() {
         // A token given in the wrong place (a stray argument) is not echoed
         // back in clap's error.
         let text = cli::redact_tokens(&e.render().to_string());
-        if e.use_stderr() {
+        if e.kind() == clap::error::ErrorKind::ValueValidation {
+            // A value its parser refused (`--org nope`): one line, like
+            // every other failure of a command.
+            let first = text.lines().next().unwrap_or_default();
+            eprintln!("credgate: {}", first.trim_start_matches("error: "));
+        } else if e.use_stderr() {
             eprint!("{text}");
         } else {
             print!("{text}");

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::{OrgId, UserId};
+
 /// How a credential of a provider authenticates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -185,10 +187,10 @@ impl Access {
 /// organization itself (a key without a user).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
-    pub org_id: String,
+    pub org_id: OrgId,
     pub key_id: String,
     pub role: Role,
-    pub user_id: Option<String>,
+    pub user_id: Option<UserId>,
 }
 
 impl Principal {
@@ -201,7 +203,7 @@ impl Principal {
     }
 
     /// The same key acting for `user` (an engine resolving for a user).
-    pub fn for_user(&self, user: Option<String>) -> Self {
+    pub fn for_user(&self, user: Option<UserId>) -> Self {
         Self {
             user_id: user,
             ..self.clone()

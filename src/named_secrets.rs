@@ -118,7 +118,7 @@ pub async fn put(
     if !errors.is_empty() {
         return Err(Error::Validation(errors));
     }
-    let org_id = who.org_id.as_str();
+    let org_id = &who.org_id;
     let actor = who.actor();
     let subject = secret_subject(org_id, name);
     let mut sealed = SecretMap::default();
@@ -191,7 +191,7 @@ pub async fn resolve(ctx: &Context, who: &Principal, names: &[String]) -> Result
     let mut wanted = names.to_vec();
     wanted.sort();
     wanted.dedup();
-    let org_id = who.org_id.as_str();
+    let org_id = &who.org_id;
     let mut opened = BTreeMap::new();
     for row in ctx.store.sealed_secrets(org_id, &wanted).await? {
         let subject = secret_subject(org_id, &row.name);

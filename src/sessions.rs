@@ -16,6 +16,7 @@ use crate::api_tokens::token_hash;
 use crate::context::Context;
 use crate::credentials::{self, access};
 use crate::error::Error;
+use crate::ids::{CredentialId, OrgId, UserId};
 use crate::model::{Access, Principal, Role};
 use crate::oauth::return_to::return_to_allowed;
 use crate::providers::FieldError;
@@ -55,11 +56,12 @@ impl Purpose {
 /// What the calling backend asks for.
 #[derive(Debug, Clone)]
 pub struct NewSession {
+    /// As sent: parsed here, where its errors join the others.
     pub user_id: Option<String>,
     pub purpose: Purpose,
     /// Provider ids offered; `None`: every provider.
     pub providers: Option<Vec<String>>,
-    pub credential_id: Option<String>,
+    pub credential_id: Option<CredentialId>,
     pub return_to: Option<String>,
     pub expires_in: Option<i64>,
 }
@@ -84,11 +86,11 @@ impl std::fmt::Debug for Opened {
 #[derive(Debug, Clone)]
 pub struct PageSession {
     pub id: String,
-    pub org_id: String,
-    pub user_id: String,
+    pub org_id: OrgId,
+    pub user_id: UserId,
     pub purpose: Purpose,
     pub providers: Option<Vec<String>>,
-    pub credential_id: Option<String>,
+    pub credential_id: Option<CredentialId>,
     pub return_to: Option<String>,
     /// Every state-changing request of the page must carry it.
     pub csrf_token: String,
@@ -155,19 +157,18 @@ pub async fn create(ctx: &Context, who: &Principal, input: NewSession) -> Result
     let mut errors = Vec::new();
     let user = match (&input.user_id, &who.user_id) {
         (Some(asked), own) => {
-            if let Err(e) = credentials::check_user_id("user_id", asked) {
-                errors.push(e);
-            }
             if who.role == Role::Member && own.as_deref() != Some(asked.as_str()) {
                 access::deny(ctx, who, None, "session for another user").await;
                 return Err(Error::Forbidden);
             }
-            asked.clone()
+            credentials::check_user_id("user_id", asked)
+                .map_err(|e| errors.push(e))
+                .ok()
         }
-        (None, Some(own)) => own.clone(),
+        (None, Some(own)) => Some(own.clone()),
         (None, None) => {
             errors.push(FieldError::new("user_id", "is required: this API key has no user"));
-            String::new()
+            None
         }
     };
     if let Some(providers) = &input.providers {
@@ -202,9 +203,9 @@ pub async fn create(ctx: &Context, who: &Principal, input: NewSession) -> Result
             format!("must be 60 to {MAX_TTL_SECS} seconds"),
         ));
     }
-    if !errors.is_empty() {
+    let (Some(user), true) = (user, errors.is_empty()) else {
         return Err(Error::Validation(errors));
-    }
+    };
     let row = PageSessionRow {
         id: uuid::Uuid::new_v4().to_string(),
         org_id: who.org_id.clone(),

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use crate::crypto::{self, DataKey, KeyError, MasterKeyring, SealError, SecretMap};
+use crate::ids::OrgId;
 use crate::store::{Store, StoreError};
 
 /// Why the vault could not do what was asked.
@@ -51,7 +52,7 @@ pub const PURGE_BATCH: i64 = 1000;
 pub struct Vault {
     keyring: MasterKeyring,
     store: Store,
-    cache: RwLock<HashMap<(String, i64), Arc<DataKey>>>,
+    cache: RwLock<HashMap<(OrgId, i64), Arc<DataKey>>>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -75,7 +76,7 @@ pub struct OrgRotation {
 
 /// The sealing subject of named secret `name` of `org_id`: a value copied
 /// to another name or organization does not open.
-pub fn secret_subject(org_id: &str, name: &str) -> String {
+pub fn secret_subject(org_id: &OrgId, name: &str) -> String {
     format!("secret:{org_id}:{name}")
 }
 
@@ -90,14 +91,14 @@ impl Vault {
     }
 
     /// Creates an organization with a fresh data key; returns nothing secret.
-    pub async fn create_org(&self, id: &str, name: &str) -> Result<(), VaultError> {
+    pub async fn create_org(&self, id: &OrgId, name: &str) -> Result<(), VaultError> {
         let (_, wrapped) = self.keyring.new_data_key();
         self.store.insert_org(id, name, &wrapped).await?;
         Ok(())
     }
 
     /// One data key version of an organization.
-    pub async fn data_key(&self, org_id: &str, version: i64) -> Result<Arc<DataKey>, VaultError> {
+    pub async fn data_key(&self, org_id: &OrgId, version: i64) -> Result<Arc<DataKey>, VaultError> {
         let cache_key = (org_id.to_owned(), version);
         if let Some(key) = self.cache.read().expect("cache lock").get(&cache_key) {
             return Ok(key.clone());
@@ -109,7 +110,7 @@ impl Vault {
     }
 
     /// The organization's current data key and its version.
-    pub async fn current_key(&self, org_id: &str) -> Result<(i64, Arc<DataKey>), VaultError> {
+    pub async fn current_key(&self, org_id: &OrgId) -> Result<(i64, Arc<DataKey>), VaultError> {
         let version = self.store.org_key_version(org_id).await?;
         Ok((version, self.data_key(org_id, version).await?))
     }
@@ -117,7 +118,7 @@ impl Vault {
     /// Seals secret groups for a row under the organization's current key.
     pub async fn seal(
         &self,
-        org_id: &str,
+        org_id: &OrgId,
         subject: &str,
         groups: &[(&str, &SecretMap)],
     ) -> Result<(String, i64), VaultError> {
@@ -128,7 +129,7 @@ impl Vault {
     /// Opens a row's sealed secrets.
     pub async fn open(
         &self,
-        org_id: &str,
+        org_id: &OrgId,
         subject: &str,
         token: &str,
         version: i64,
@@ -178,7 +179,7 @@ impl Vault {
     /// until no credential uses an old key; old keys are deleted only when
     /// nothing refers to them, so a rerun after an interruption finishes the
     /// job. It fails unless, at its end, everything is under the new key.
-    pub async fn rotate_org(&self, org_id: &str) -> Result<OrgRotation, VaultError> {
+    pub async fn rotate_org(&self, org_id: &OrgId) -> Result<OrgRotation, VaultError> {
         let (_, wrapped) = self.keyring.new_data_key();
         let version = self.store.add_org_key(org_id, &wrapped).await?;
         let new_key = self.data_key(org_id, version).await?;
@@ -186,7 +187,7 @@ impl Vault {
         loop {
             let batch = self.store.credentials_below_key(org_id, version, &after, 200).await?;
             let Some(last) = batch.last() else { break };
-            after = last.id.clone();
+            after = last.id.to_string();
             for row in batch {
                 // One credential that cannot be opened (a damaged row) must not
                 // keep the others under the old key: it is reported and left.
@@ -232,7 +233,7 @@ impl Vault {
     /// [`Vault::rotate_org`]); returns how many.
     async fn reseal_secrets(
         &self,
-        org_id: &str,
+        org_id: &OrgId,
         version: i64,
         new_key: &DataKey,
         unreadable: &mut Vec<String>,
@@ -274,7 +275,7 @@ impl Vault {
     /// at once (crypto-shredding), then removes its rows in batches
     /// ([`PURGE_BATCH`] rows a transaction). `NotFound` when there is no such
     /// organization; one whose removal was interrupted is finished.
-    pub async fn delete_org(&self, org_id: &str) -> Result<u64, VaultError> {
+    pub async fn delete_org(&self, org_id: &OrgId) -> Result<u64, VaultError> {
         match self.store.mark_org_deleted(org_id).await {
             Ok(()) => {}
             Err(StoreError::NotFound) if self.store.deleted_orgs().await?.iter().any(|o| o == org_id) => {}

@@ -8,6 +8,7 @@
 
 use crate::context::Context;
 use crate::error::Error;
+use crate::ids::CredentialId;
 use crate::model::{Access, Principal, Role};
 use crate::store::{AuditEvent, CredentialRead, CredentialRow};
 
@@ -27,7 +28,7 @@ pub fn level_with(who: &Principal, row: &CredentialRow, grant: Option<Access>) -
 pub async fn authorize(
     ctx: &Context,
     who: &Principal,
-    id: &str,
+    id: &CredentialId,
     need: Access,
 ) -> Result<(CredentialRow, Access), Error> {
     // A credential that does not exist has nothing to protect: not audited.
@@ -60,32 +61,33 @@ pub async fn authorize(
 /// recorded only when it names a credential of `who`'s organization, so
 /// made-up ids cannot add rows.
 pub async fn deny(ctx: &Context, who: &Principal, credential_id: Option<&str>, needed: &str) {
-    let existing = match credential_id.and_then(|id| uuid::Uuid::parse_str(id).ok()) {
-        Some(id) => {
-            let id = id.to_string();
-            match ctx.store.credential_exists(&who.org_id, &id).await {
-                Ok(true) => Some(id),
-                Ok(false) => None,
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not record a denied access");
-                    return;
-                }
+    let existing = match credential_id.and_then(|id| CredentialId::parse(id).ok()) {
+        Some(id) => match ctx.store.credential_exists(&who.org_id, &id).await {
+            Ok(true) => Some(id),
+            Ok(false) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not record a denied access");
+                return;
             }
-        }
+        },
         None => None,
     };
-    record_denial(ctx, who, existing.as_deref(), needed).await;
+    record_denial(ctx, who, existing.as_ref(), needed).await;
 }
 
 /// Audits a denial concerning `credential_id` (known to exist, or none):
 /// one row per key, credential and minute, whose `count` one upsert raises,
 /// so concurrent denials (on any replica) are all counted.
-async fn record_denial(ctx: &Context, who: &Principal, credential_id: Option<&str>, needed: &str) {
+async fn record_denial(ctx: &Context, who: &Principal, credential_id: Option<&CredentialId>, needed: &str) {
     let minute = ctx.now() / 60;
-    let coalesce_key = format!("{}|{}|{minute}", who.key_id, credential_id.unwrap_or("-"));
+    let coalesce_key = format!(
+        "{}|{}|{minute}",
+        who.key_id,
+        credential_id.map_or("-", |id| id.as_str())
+    );
     let event = AuditEvent {
         org_id: who.org_id.clone(),
-        credential_id: credential_id.map(str::to_owned),
+        credential_id: credential_id.cloned(),
         action: "access.denied",
         outcome: "denied",
         actor: who.actor(),

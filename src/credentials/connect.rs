@@ -4,11 +4,11 @@
 //! (only with the same account; the caller checked `manage`).
 
 use serde_json::{json, Map, Value};
-use uuid::Uuid;
 
 use super::{retry_after_rotation, CredentialSecrets, OAuthTokens, KEY_RETRIES};
 use crate::context::Context;
 use crate::error::Error;
+use crate::ids::{CredentialId, CredentialName, OrgId, UserId};
 use crate::model::AuthKind;
 use crate::oauth_client::{Identity, TokenSet};
 use crate::providers::Provider;
@@ -17,7 +17,7 @@ use crate::store::{AuditEvent, GrantTarget, Notification, OAuthGrant, StoreError
 /// A completed authorization.
 #[derive(Debug)]
 pub struct Grant<'a> {
-    pub org_id: &'a str,
+    pub org_id: &'a OrgId,
     /// The authorization it completes: deleted as the grant is stored, and
     /// nothing is stored when it was ended meanwhile (its user removed).
     /// `None` only for grants that come from no flow (seeding a benchmark).
@@ -26,11 +26,11 @@ pub struct Grant<'a> {
     /// Becomes `created_by` of a new credential.
     pub actor: &'a str,
     /// Name of a new credential (default: provider and account).
-    pub name: Option<String>,
+    pub name: Option<CredentialName>,
     /// Re-authorize this credential in place.
-    pub credential_id: Option<String>,
+    pub credential_id: Option<CredentialId>,
     /// Owner of a new credential (the user who connected); `None`: the organization.
-    pub owner: Option<String>,
+    pub owner: Option<UserId>,
     pub tenant: Option<String>,
     pub tokens: TokenSet,
     pub identity: Identity,
@@ -38,7 +38,7 @@ pub struct Grant<'a> {
 
 /// Stores a grant; returns the credential id. A concurrent writer of the
 /// same credential or account makes it read again and retry.
-pub async fn connect(ctx: &Context, grant: Grant<'_>) -> Result<String, Error> {
+pub async fn connect(ctx: &Context, grant: Grant<'_>) -> Result<CredentialId, Error> {
     let Grant {
         org_id,
         state_hash,
@@ -69,7 +69,7 @@ pub async fn connect(ctx: &Context, grant: Grant<'_>) -> Result<String, Error> {
             Some(id) => Some(id.clone()),
             None => {
                 ctx.store
-                    .credential_for_account(org_id, &provider.id, owner.as_deref(), &identity.id)
+                    .credential_for_account(org_id, &provider.id, owner.as_ref(), &identity.id)
                     .await?
             }
         };
@@ -98,9 +98,7 @@ pub async fn connect(ctx: &Context, grant: Grant<'_>) -> Result<String, Error> {
                 ));
             }
         }
-        let id = existing
-            .as_ref()
-            .map_or_else(|| Uuid::new_v4().to_string(), |c| c.id.clone());
+        let id = existing.as_ref().map_or_else(CredentialId::generate, |c| c.id.clone());
         // Google sends a refresh token on first consent only: keep the old one.
         let kept = match (&tokens.refresh_token, &existing) {
             (Some(rt), _) => Some(rt.clone()),
@@ -145,7 +143,7 @@ pub async fn connect(ctx: &Context, grant: Grant<'_>) -> Result<String, Error> {
                     id: id.clone(),
                     name: name
                         .clone()
-                        .unwrap_or_else(|| format!("{} ({account})", provider.display_name)),
+                        .unwrap_or_else(|| CredentialName::lossy(&format!("{} ({account})", provider.display_name))),
                     created_by: actor.to_owned(),
                     owner: owner.clone(),
                 },

@@ -25,12 +25,13 @@ use std::sync::Arc;
 
 use crate::context::Context;
 use crate::error::Error;
+use crate::ids::{CredentialId, CredentialName, OrgId, UserId};
 use crate::model::{Access, AuthKind, Principal, Role};
 use crate::providers::{FieldError, Provider};
 use crate::store::{AuditRow, CredentialFilter, CredentialRow, ListedCredential, Served, StoreError, Viewer};
 
 /// Longest credential name.
-pub const MAX_NAME_LEN: usize = 200;
+pub use crate::ids::MAX_NAME_LEN;
 /// Most credentials on one page.
 pub const MAX_PER_PAGE: i64 = 50;
 /// How often a write that lost to a key rotation is sealed again and retried.
@@ -38,12 +39,12 @@ pub(crate) const KEY_RETRIES: usize = 3;
 
 /// One credential of an organization, or `NotFound` (no access check: for
 /// the domain's own use after [`access::authorize`]).
-pub(crate) async fn get_unchecked(ctx: &Context, org_id: &str, id: &str) -> Result<CredentialRow, Error> {
+pub(crate) async fn get_unchecked(ctx: &Context, org_id: &OrgId, id: &CredentialId) -> Result<CredentialRow, Error> {
     ctx.store.credential(org_id, id).await?.ok_or(Error::NotFound)
 }
 
 /// A credential `who` may at least use, with their level.
-pub async fn read(ctx: &Context, who: &Principal, id: &str) -> Result<(CredentialRow, Access), Error> {
+pub async fn read(ctx: &Context, who: &Principal, id: &CredentialId) -> Result<(CredentialRow, Access), Error> {
     access::authorize(ctx, who, id, Access::Use).await
 }
 
@@ -52,7 +53,7 @@ pub async fn read(ctx: &Context, who: &Principal, id: &str) -> Result<(Credentia
 pub struct Listed<'a> {
     pub row: &'a CredentialRow,
     pub access: Access,
-    pub grants: &'a [(String, Access)],
+    pub grants: &'a [(UserId, Access)],
 }
 
 /// A page of the credentials a caller may at least use, and the total.
@@ -115,7 +116,7 @@ pub async fn list(ctx: &Context, who: &Principal, mut filter: CredentialFilter) 
 
 /// A credential's audit events, newest first (at most 500): `view` needed;
 /// an admin still reads those of a deleted credential.
-pub async fn audit_log(ctx: &Context, who: &Principal, id: &str) -> Result<Vec<AuditRow>, Error> {
+pub async fn audit_log(ctx: &Context, who: &Principal, id: &CredentialId) -> Result<Vec<AuditRow>, Error> {
     let deleted = who.role == Role::Admin
         && ctx.store.credential(&who.org_id, id).await?.is_none()
         && ctx.store.was_deleted(&who.org_id, id).await?;
@@ -130,23 +131,14 @@ pub async fn audit_log(ctx: &Context, who: &Principal, id: &str) -> Result<Vec<A
 }
 
 /// A credential's user grants.
-pub async fn grants(ctx: &Context, id: &str) -> Result<Vec<(String, Access)>, Error> {
+pub async fn grants(ctx: &Context, id: &CredentialId) -> Result<Vec<(UserId, Access)>, Error> {
     Ok(ctx.store.grants(id).await?)
 }
 
-/// A trimmed, printable name of at most [`MAX_NAME_LEN`] characters.
-pub fn check_name(name: &str) -> Result<String, FieldError> {
-    let name = name.trim();
-    if name.is_empty() {
-        return Err(FieldError::new("name", "must not be empty"));
-    }
-    if name.chars().count() > MAX_NAME_LEN || name.chars().any(char::is_control) {
-        return Err(FieldError::new(
-            "name",
-            format!("must be at most {MAX_NAME_LEN} printable characters"),
-        ));
-    }
-    Ok(name.to_owned())
+/// A credential name as sent: trimmed, printable, at most
+/// [`MAX_NAME_LEN`] characters; the error names the field `name`.
+pub fn check_name(name: &str) -> Result<CredentialName, FieldError> {
+    CredentialName::parse(name).map_err(|e| FieldError::new("name", e.to_string()))
 }
 
 /// Looks up a provider and one of its auth types, or names the bad field.

@@ -5,6 +5,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 
 use crate::crypto::SecretMap;
+use crate::ids::{CredentialId, OrgId};
 use crate::store::CredentialRow;
 use crate::vault::{Vault, VaultError};
 
@@ -41,7 +42,7 @@ pub struct CredentialSecrets {
 impl CredentialSecrets {
     /// Seals for credential `id` of `org_id` under the organization's current
     /// data key; returns the ciphertext and the key version.
-    pub async fn seal(&self, vault: &Vault, org_id: &str, id: &str) -> Result<(String, i64), VaultError> {
+    pub async fn seal(&self, vault: &Vault, org_id: &OrgId, id: &CredentialId) -> Result<(String, i64), VaultError> {
         let mut tokens = SecretMap::default();
         if let Some(t) = &self.tokens {
             tokens.insert(ACCESS_TOKEN, t.access_token.clone());

@@ -6,6 +6,7 @@ use serde_json::json;
 use super::access;
 use crate::context::Context;
 use crate::error::Error;
+use crate::ids::{CredentialId, OrgId, UserId};
 use crate::model::{Access, Principal};
 use crate::providers::FieldError;
 use crate::store::{sharing_detail, AuditEvent, CredentialRow, UsageSummary, UserRemoval};
@@ -17,34 +18,47 @@ const MAX_GRANTS: usize = 100;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Sharing {
     pub team: Option<Access>,
-    pub users: Vec<(String, Access)>,
+    pub users: Vec<(UserId, Access)>,
 }
 
 /// A user id from a request: 1 to 200 printable characters.
-pub fn check_user_id(field: &str, id: &str) -> Result<(), FieldError> {
-    if id.is_empty() || id.chars().count() > 200 || id.chars().any(char::is_control) {
-        return Err(FieldError::new(field, "must be 1 to 200 printable characters"));
+pub fn check_user_id(field: &str, raw: &str) -> Result<UserId, FieldError> {
+    UserId::parse(raw).map_err(|e| FieldError::new(field, e.to_string()))
+}
+
+impl Sharing {
+    /// Parses sharing as sent: at most [`MAX_GRANTS`] users, each a valid
+    /// user id, none listed twice.
+    pub fn parse(team: Option<Access>, users: Vec<(String, Access)>) -> Result<Self, Error> {
+        let mut errors = Vec::new();
+        if users.len() > MAX_GRANTS {
+            errors.push(FieldError::new("users", format!("at most {MAX_GRANTS} users")));
+        }
+        let mut parsed: Vec<(UserId, Access)> = Vec::with_capacity(users.len());
+        for (i, (user, access)) in users.into_iter().enumerate() {
+            let field = format!("users[{i}].user_id");
+            match check_user_id(&field, &user) {
+                Ok(user) if parsed.iter().any(|(u, _)| *u == user) => {
+                    errors.push(FieldError::new(field, "is listed twice"));
+                }
+                Ok(user) => parsed.push((user, access)),
+                Err(e) => errors.push(e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(Error::Validation(errors));
+        }
+        Ok(Self { team, users: parsed })
     }
-    Ok(())
 }
 
 /// Replaces a credential's sharing (`manage`); audited with before and after.
-pub async fn set_sharing(ctx: &Context, who: &Principal, id: &str, new: Sharing) -> Result<CredentialRow, Error> {
-    let mut errors = Vec::new();
-    if new.users.len() > MAX_GRANTS {
-        errors.push(FieldError::new("users", format!("at most {MAX_GRANTS} users")));
-    }
-    for (i, (user, _)) in new.users.iter().enumerate() {
-        if let Err(e) = check_user_id(&format!("users[{i}].user_id"), user) {
-            errors.push(e);
-        }
-        if new.users[..i].iter().any(|(u, _)| u == user) {
-            errors.push(FieldError::new(format!("users[{i}].user_id"), "is listed twice"));
-        }
-    }
-    if !errors.is_empty() {
-        return Err(Error::Validation(errors));
-    }
+pub async fn set_sharing(
+    ctx: &Context,
+    who: &Principal,
+    id: &CredentialId,
+    new: Sharing,
+) -> Result<CredentialRow, Error> {
     let (row, _) = access::authorize(ctx, who, id, Access::Manage).await?;
     let before = ctx.store.grants(id).await?;
     let event = AuditEvent::success(&who.org_id, id, "credential.share", &who.actor()).with_detail(json!({
@@ -58,7 +72,7 @@ pub async fn set_sharing(ctx: &Context, who: &Principal, id: &str, new: Sharing)
 }
 
 /// A credential's uses (`view`).
-pub async fn usage(ctx: &Context, who: &Principal, id: &str) -> Result<UsageSummary, Error> {
+pub async fn usage(ctx: &Context, who: &Principal, id: &CredentialId) -> Result<UsageSummary, Error> {
     access::authorize(ctx, who, id, Access::View).await?;
     Ok(ctx.store.usage(&who.org_id, id).await?)
 }
@@ -68,14 +82,12 @@ pub async fn usage(ctx: &Context, who: &Principal, id: &str) -> Result<UsageSumm
 /// removed grant and revoked key, and the removal itself).
 pub async fn remove_user(
     ctx: &Context,
-    org_id: &str,
-    user: &str,
-    to: Option<&str>,
+    org_id: &OrgId,
+    user: &UserId,
+    to: Option<&UserId>,
     actor: &str,
 ) -> Result<UserRemoval, Error> {
-    check_user_id("--user", user).map_err(|e| Error::Validation(vec![e]))?;
     if let Some(to) = to {
-        check_user_id("--transfer-to", to).map_err(|e| Error::Validation(vec![e]))?;
         if to == user {
             return Err(Error::field("--transfer-to", "must be another user"));
         }

@@ -1,12 +1,12 @@
 //! Create, update and delete: validate → seal → store → audit → notify.
 
 use serde_json::{json, Map, Value};
-use uuid::Uuid;
 
 use super::{access, check_name, provider_auth, retry_after_rotation, CredentialSecrets, KEY_RETRIES};
 use crate::context::Context;
 use crate::crypto::SecretMap;
 use crate::error::Error;
+use crate::ids::CredentialId;
 use crate::model::{Access, AuthKind, Principal};
 use crate::providers::{validate_for, FieldError};
 use crate::store::{
@@ -78,7 +78,7 @@ pub(super) async fn create_with(
     input: NewCredentialInput,
     idempotency: Option<(&str, &SecretMap)>,
 ) -> Result<CredentialRow, Error> {
-    let (org_id, actor) = (who.org_id.as_str(), who.actor());
+    let (org_id, actor) = (&who.org_id, who.actor());
     let actor = actor.as_str();
     let mut errors = Vec::new();
     let name = check_name(&input.name).map_err(|e| errors.push(e)).ok();
@@ -105,7 +105,7 @@ pub(super) async fn create_with(
     let (Some(name), Some((kind, validated)), true) = (name, validated, errors.is_empty()) else {
         return Err(Error::Validation(errors));
     };
-    let id = Uuid::new_v4().to_string();
+    let id = CredentialId::generate();
     let secrets = CredentialSecrets {
         fields: validated.secret,
         tokens: None,
@@ -188,9 +188,14 @@ pub(super) async fn create_with(
 /// OAuth tokens are kept). The new secrets are written only if no one wrote
 /// secrets since this read them and no refresh is in flight: otherwise
 /// `conflict`, and nothing is lost.
-pub async fn update(ctx: &Context, who: &Principal, id: &str, changes: Changes) -> Result<CredentialRow, Error> {
+pub async fn update(
+    ctx: &Context,
+    who: &Principal,
+    id: &CredentialId,
+    changes: Changes,
+) -> Result<CredentialRow, Error> {
     access::authorize(ctx, who, id, Access::Manage).await?;
-    let (org_id, actor) = (who.org_id.as_str(), who.actor());
+    let (org_id, actor) = (&who.org_id, who.actor());
     let actor = actor.as_str();
     if changes.name.is_none() && changes.fields.is_none() {
         return Err(Error::field("body", "give `name`, `fields` or both"));
@@ -234,7 +239,7 @@ pub async fn update(ctx: &Context, who: &Principal, id: &str, changes: Changes) 
         };
         match ctx
             .store
-            .update_credential(org_id, id, name.as_deref(), write.as_ref(), &event)
+            .update_credential(org_id, id, name.as_ref(), write.as_ref(), &event)
             .await
         {
             Ok(row) => return Ok(row),
@@ -257,7 +262,7 @@ pub async fn update(ctx: &Context, who: &Principal, id: &str, changes: Changes) 
 /// `credential.deleted` notified in the same transaction; the others are
 /// denials, audited); revokes OAuth tokens at providers that offer it, in
 /// the background. Returns the ids deleted.
-pub async fn delete(ctx: &Context, who: &Principal, ids: &[String]) -> Result<Vec<String>, Error> {
+pub async fn delete(ctx: &Context, who: &Principal, ids: &[CredentialId]) -> Result<Vec<CredentialId>, Error> {
     let mut allowed = Vec::new();
     for id in ids {
         match access::authorize(ctx, who, id, Access::Manage).await {

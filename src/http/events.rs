@@ -14,6 +14,7 @@ use super::credentials::view::time;
 use super::error::{ApiError, Problem};
 use super::extract::{ApiQuery, Caller};
 use super::AppState;
+use crate::ids::CredentialId;
 use crate::model::Role;
 use crate::store::OutboxEvent;
 
@@ -54,7 +55,7 @@ struct EventView {
     #[serde(rename = "type")]
     kind: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    credential_id: Option<String>,
+    credential_id: Option<CredentialId>,
     at: DateTime<Utc>,
     /// The body the receiver gets.
     #[schema(value_type = Object)]

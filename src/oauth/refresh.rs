@@ -10,6 +10,7 @@ use super::LEASE_SECS;
 use crate::context::Context;
 use crate::credentials::{self, CredentialSecrets};
 use crate::error::Error;
+use crate::ids::{CredentialId, OrgId};
 use crate::metrics::{ProviderLabels, RefreshLabels};
 use crate::model::{AuthKind, CredentialStatus};
 use crate::oauth_client::OAuthError;
@@ -76,7 +77,7 @@ fn satisfied(ctx: &Context, row: &CredentialRow, mode: Mode, seen_version: i64) 
     }
 }
 
-async fn read(ctx: &Context, org_id: &str, id: &str) -> Result<CredentialRow, Error> {
+async fn read(ctx: &Context, org_id: &OrgId, id: &CredentialId) -> Result<CredentialRow, Error> {
     match ctx.store.credential(org_id, id).await? {
         Some(row) if row.auth_type == AuthKind::Oauth2 => Ok(row),
         _ => Err(Error::NotFound),
@@ -90,8 +91,8 @@ async fn read(ctx: &Context, org_id: &str, id: &str) -> Result<CredentialRow, Er
 /// the lease already and this is a no-op (it matches this owner only).
 async fn giving_back_on_error<T>(
     ctx: &Context,
-    org_id: &str,
-    id: &str,
+    org_id: &OrgId,
+    id: &CredentialId,
     work: impl std::future::Future<Output = Result<T, Error>>,
 ) -> Result<T, Error> {
     let result = work.await;
@@ -106,7 +107,7 @@ async fn giving_back_on_error<T>(
 /// The worker's refresh of a credential whose lease it claimed already:
 /// one read, under the single flight, and nothing read after the outcome is
 /// recorded (the worker needs only whether it failed).
-pub async fn refresh_claimed(ctx: &Context, org_id: &str, id: &str) -> Result<(), Error> {
+pub async fn refresh_claimed(ctx: &Context, org_id: &OrgId, id: &CredentialId) -> Result<(), Error> {
     let owner = ctx.refresher.owner.as_str();
     let lock = ctx.refresher.lock_for(id);
     let _single_flight = lock.lock().await;
@@ -126,7 +127,12 @@ pub async fn refresh_claimed(ctx: &Context, org_id: &str, id: &str) -> Result<()
 
 /// Refreshes one credential (see [`Mode`]; the worker's claimed credentials
 /// go through [`refresh_claimed`]), returning its row afterwards.
-pub async fn refresh_credential(ctx: &Context, org_id: &str, id: &str, mode: Mode) -> Result<CredentialRow, Error> {
+pub async fn refresh_credential(
+    ctx: &Context,
+    org_id: &OrgId,
+    id: &CredentialId,
+    mode: Mode,
+) -> Result<CredentialRow, Error> {
     let owner = ctx.refresher.owner.as_str();
     let lock = ctx.refresher.lock_for(id);
     let release = || ctx.store.release_lease(org_id, id, owner);
@@ -277,7 +283,11 @@ async fn do_refresh(ctx: &Context, row: CredentialRow) -> Result<(), Error> {
 
 /// `who` asks for a refresh now (`manage`): always asks the provider;
 /// `Conflict(not_oauth)` for a credential without tokens.
-pub async fn refresh_now(ctx: &Context, who: &crate::model::Principal, id: &str) -> Result<CredentialRow, Error> {
+pub async fn refresh_now(
+    ctx: &Context,
+    who: &crate::model::Principal,
+    id: &CredentialId,
+) -> Result<CredentialRow, Error> {
     let (row, _) = crate::credentials::access::authorize(ctx, who, id, crate::model::Access::Manage).await?;
     if row.auth_type != crate::model::AuthKind::Oauth2 {
         return Err(Error::Conflict(

@@ -10,6 +10,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::ids::OrgId;
+
 use super::imap_session::{capabilities_in, not_imap, Session, Status};
 use super::mail_io::{quote, MailLogin, Security};
 use super::{
@@ -221,6 +223,6 @@ impl ImapRequest {
 
 /// Probes an IMAP server for organization `org_id`: connect, TLS per
 /// `security`, LOGIN, EXAMINE INBOX, LOGOUT.
-pub async fn probe(ctx: &ProbeContext, org_id: &str, req: &ImapRequest) -> ProbeResult {
+pub async fn probe(ctx: &ProbeContext, org_id: &OrgId, req: &ImapRequest) -> ProbeResult {
     run(ctx, org_id, req).await
 }

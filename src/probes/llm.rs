@@ -10,6 +10,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::ids::OrgId;
+
 use super::http::{join, send, status_failure};
 use super::{into_result, run, FailureCode, FieldError, Pool, Probe, ProbeContext, ProbeFailure, ProbeResult, Slot};
 
@@ -216,6 +218,6 @@ fn error_kind(body: &Value) -> Option<String> {
 }
 
 /// Probes an LLM API key by listing the models, for organization `org_id`.
-pub async fn probe(ctx: &ProbeContext, org_id: &str, req: &LlmRequest) -> ProbeResult {
+pub async fn probe(ctx: &ProbeContext, org_id: &OrgId, req: &LlmRequest) -> ProbeResult {
     run(ctx, org_id, req).await
 }

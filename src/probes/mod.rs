@@ -16,6 +16,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::egress::EgressError;
+use crate::ids::OrgId;
 
 mod capped;
 mod context;
@@ -222,7 +223,7 @@ pub trait Probe: Sync {
 /// Runs `req` for organization `org_id` within the total time limit —
 /// waiting for a slot of its [`Pool`] included — measures it and shapes the
 /// result. Every probe's public `probe` function ends here.
-pub async fn run<P: Probe>(ctx: &ProbeContext, org_id: &str, req: &P) -> ProbeResult {
+pub async fn run<P: Probe>(ctx: &ProbeContext, org_id: &OrgId, req: &P) -> ProbeResult {
     let started = Instant::now();
     let total = ctx.timeouts.total;
     let deadline = started + total;

@@ -18,6 +18,8 @@ use serde_json::{json, Value};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Config;
 
+use crate::ids::OrgId;
+
 use super::capped::{Capped, TooMuchData};
 pub use super::pg_target::PostgresRequest;
 use super::pg_target::{target, Endpoint, Target, Tls};
@@ -221,6 +223,6 @@ fn classify(e: &tokio_postgres::Error, config: &Config) -> ProbeFailure {
 
 /// Probes a PostgreSQL server for organization `org_id`: connect, log in,
 /// `SELECT version()`.
-pub async fn probe(ctx: &ProbeContext, org_id: &str, req: &PostgresRequest) -> ProbeResult {
+pub async fn probe(ctx: &ProbeContext, org_id: &OrgId, req: &PostgresRequest) -> ProbeResult {
     run(ctx, org_id, req).await
 }

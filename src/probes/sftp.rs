@@ -15,6 +15,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::ids::OrgId;
+
 pub use super::sftp_session::MAX_LISTED_ENTRIES;
 use super::{
     check_host_port, into_result, run, sftp_session, FailureCode, FieldError, Pool, Probe, ProbeContext, ProbeFailure,
@@ -175,6 +177,6 @@ impl Drop for Hangup {
 
 /// Probes an SFTP server for organization `org_id`: connect, check the host
 /// key, log in, list `path`.
-pub async fn probe(ctx: &ProbeContext, org_id: &str, req: &SftpRequest) -> ProbeResult {
+pub async fn probe(ctx: &ProbeContext, org_id: &OrgId, req: &SftpRequest) -> ProbeResult {
     run(ctx, org_id, req).await
 }

@@ -16,6 +16,8 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::ids::OrgId;
+
 use super::mail_io::{quote, MailConn, MailLogin, Security};
 use super::{
     check_host_port, into_result, run, stage, FailureCode, FieldError, Pool, Probe, ProbeContext, ProbeFailure,
@@ -382,6 +384,6 @@ async fn ehlo(conn: &mut MailConn, client: IpAddr, hidden: &[&str]) -> Result<Ex
 
 /// Probes an SMTP submission server for organization `org_id`: connect,
 /// TLS per `security`, log in, optionally try the sender, QUIT.
-pub async fn probe(ctx: &ProbeContext, org_id: &str, req: &SmtpRequest) -> ProbeResult {
+pub async fn probe(ctx: &ProbeContext, org_id: &OrgId, req: &SmtpRequest) -> ProbeResult {
     run(ctx, org_id, req).await
 }

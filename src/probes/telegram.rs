@@ -12,6 +12,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::ids::OrgId;
+
 use super::http::{join, send, status_failure};
 use super::{into_result, run, FailureCode, FieldError, Pool, Probe, ProbeContext, ProbeFailure, ProbeResult, Slot};
 
@@ -112,6 +114,6 @@ impl Probe for TelegramRequest {
 }
 
 /// Probes a Telegram bot token with `getMe`, for organization `org_id`.
-pub async fn probe(ctx: &ProbeContext, org_id: &str, req: &TelegramRequest) -> ProbeResult {
+pub async fn probe(ctx: &ProbeContext, org_id: &OrgId, req: &TelegramRequest) -> ProbeResult {
     run(ctx, org_id, req).await
 }

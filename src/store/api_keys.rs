@@ -5,6 +5,7 @@ use serde_json::json;
 
 use super::audit::{self, AuditEvent};
 use super::{Store, StoreError};
+use crate::ids::{OrgId, UserId};
 use crate::model::Role;
 
 /// How a key to revoke is named.
@@ -31,11 +32,11 @@ pub struct ApiKeyRow {
     /// Key id.
     pub id: String,
     /// Organization.
-    pub org_id: String,
+    pub org_id: OrgId,
     /// What it may do.
     pub role: Role,
     /// Optional user the key acts for.
-    pub user_id: Option<String>,
+    pub user_id: Option<UserId>,
     /// When it stops working (unix seconds), if ever.
     pub expires_at: Option<i64>,
 }
@@ -45,7 +46,7 @@ pub struct ApiKeyRow {
 pub struct ApiKeyInfo {
     pub id: String,
     pub role: Role,
-    pub user_id: Option<String>,
+    pub user_id: Option<UserId>,
     pub label: Option<String>,
     pub created_at: i64,
     pub last_used_at: Option<i64>,
@@ -57,9 +58,9 @@ pub struct ApiKeyInfo {
 #[derive(sqlx::FromRow)]
 struct KeyColumns {
     id: String,
-    org_id: String,
+    org_id: OrgId,
     role: String,
-    user_id: Option<String>,
+    user_id: Option<UserId>,
     expires_at: Option<i64>,
 }
 
@@ -67,7 +68,7 @@ struct KeyColumns {
 #[derive(sqlx::FromRow)]
 struct RevokedColumns {
     id: String,
-    org_id: String,
+    org_id: OrgId,
 }
 
 /// A key as `list_api_keys` reads it.
@@ -75,7 +76,7 @@ struct RevokedColumns {
 struct ListedKeyColumns {
     id: String,
     role: String,
-    user_id: Option<String>,
+    user_id: Option<UserId>,
     label: Option<String>,
     created_at: i64,
     last_used_at: Option<i64>,
@@ -96,10 +97,10 @@ impl Store {
     pub async fn insert_api_key(
         &self,
         id: &str,
-        org_id: &str,
+        org_id: &OrgId,
         token_hash: &str,
         role: Role,
-        user_id: Option<&str>,
+        user_id: Option<&UserId>,
         label: Option<&str>,
         expires_at: Option<i64>,
     ) -> Result<(), StoreError> {
@@ -148,7 +149,7 @@ impl Store {
     }
 
     /// An organization's keys, newest first.
-    pub async fn list_api_keys(&self, org_id: &str) -> Result<Vec<ApiKeyInfo>, StoreError> {
+    pub async fn list_api_keys(&self, org_id: &OrgId) -> Result<Vec<ApiKeyInfo>, StoreError> {
         self.timed(async move {
             let rows: Vec<ListedKeyColumns> = sqlx::query_as(
                 "SELECT id, role, user_id, label, created_at, last_used_at, expires_at, revoked_at \
@@ -178,7 +179,7 @@ impl Store {
     /// Revokes a key, named by its id or by its token's hash, and ends the
     /// page sessions it opened, audited, in one transaction; returns its id
     /// and organization, `None` when there is no such unrevoked key.
-    pub async fn revoke_api_key(&self, key: KeyRef<'_>, actor: &str) -> Result<Option<(String, String)>, StoreError> {
+    pub async fn revoke_api_key(&self, key: KeyRef<'_>, actor: &str) -> Result<Option<(String, OrgId)>, StoreError> {
         self.timed(async move {
             let (column, value) = match key {
                 KeyRef::Id(id) => ("id", id),

@@ -3,6 +3,8 @@
 
 use sqlx::AnyConnection;
 
+use crate::ids::{CredentialId, OrgId};
+
 use super::{Dialect, Store, StoreError};
 
 /// The workflow and run a use was for (free strings, at most 200 characters).
@@ -16,9 +18,9 @@ pub struct Usage {
 #[derive(Debug, Clone)]
 pub struct AuditEvent {
     /// Organization.
-    pub org_id: String,
+    pub org_id: OrgId,
     /// Credential, when the event concerns one.
-    pub credential_id: Option<String>,
+    pub credential_id: Option<CredentialId>,
     /// `credential.create`, `credential.resolve`, `access.denied`, …
     pub action: &'static str,
     /// `success`, `denied`, `failure`.
@@ -31,7 +33,7 @@ pub struct AuditEvent {
 
 impl AuditEvent {
     /// A successful action by `actor` on one credential.
-    pub fn success(org_id: &str, credential_id: &str, action: &'static str, actor: &str) -> Self {
+    pub fn success(org_id: &OrgId, credential_id: &CredentialId, action: &'static str, actor: &str) -> Self {
         Self {
             org_id: org_id.to_owned(),
             credential_id: Some(credential_id.to_owned()),
@@ -44,13 +46,13 @@ impl AuditEvent {
 
     /// A successful action by `actor` on one named secret: no credential,
     /// the name in `detail`.
-    pub fn for_secret(org_id: &str, name: &str, action: &'static str, actor: &str) -> Self {
+    pub fn for_secret(org_id: &OrgId, name: &str, action: &'static str, actor: &str) -> Self {
         Self::for_org(org_id, action, actor).with_detail(serde_json::json!({ "name": name }))
     }
 
     /// A successful action by `actor` on the organization itself (no
     /// credential).
-    pub fn for_org(org_id: &str, action: &'static str, actor: &str) -> Self {
+    pub fn for_org(org_id: &OrgId, action: &'static str, actor: &str) -> Self {
         Self {
             org_id: org_id.to_owned(),
             credential_id: None,
@@ -75,7 +77,7 @@ pub struct AuditRow {
     /// Sequence number.
     pub id: i64,
     /// Credential, if any.
-    pub credential_id: Option<String>,
+    pub credential_id: Option<CredentialId>,
     /// What happened.
     pub action: String,
     /// How it ended.
@@ -92,7 +94,7 @@ pub struct AuditRow {
 #[derive(sqlx::FromRow)]
 struct RawAuditRow {
     id: i64,
-    credential_id: Option<String>,
+    credential_id: Option<CredentialId>,
     action: String,
     outcome: String,
     actor: String,
@@ -134,7 +136,7 @@ impl TryFrom<RawAuditRow> for AuditRow {
 /// Writes one event on `conn` (usually inside the change's transaction);
 /// returns its id.
 pub(crate) async fn insert(conn: &mut AnyConnection, event: &AuditEvent, at: i64) -> Result<i64, sqlx::Error> {
-    let row = sqlx::query(
+    sqlx::query_scalar(
         "INSERT INTO audit_events (org_id, credential_id, action, outcome, actor, detail, at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
     )
@@ -146,8 +148,7 @@ pub(crate) async fn insert(conn: &mut AnyConnection, event: &AuditEvent, at: i64
     .bind(event.detail.as_ref().map(|d| d.to_string()))
     .bind(at)
     .fetch_one(conn)
-    .await?;
-    sqlx::Row::try_get(&row, 0)
+    .await
 }
 
 /// Events per statement of [`insert_many`] (nine values each, well under
@@ -236,7 +237,7 @@ impl Store {
     }
 
     /// Was this credential deleted (is there a `credential.delete` event)?
-    pub async fn was_deleted(&self, org_id: &str, credential_id: &str) -> Result<bool, StoreError> {
+    pub async fn was_deleted(&self, org_id: &OrgId, credential_id: &CredentialId) -> Result<bool, StoreError> {
         self.timed(async move {
             let row = sqlx::query(
                 "SELECT 1 FROM audit_events WHERE org_id = $1 AND credential_id = $2 AND action = 'credential.delete'",
@@ -253,8 +254,8 @@ impl Store {
     /// A credential's events, newest first (at most `limit`).
     pub async fn audit_events(
         &self,
-        org_id: &str,
-        credential_id: &str,
+        org_id: &OrgId,
+        credential_id: &CredentialId,
         limit: i64,
     ) -> Result<Vec<AuditRow>, StoreError> {
         self.timed(async move {

@@ -5,14 +5,15 @@ use super::outbox::{self, Notification};
 use super::quota::release;
 use super::row::{typed, CredentialColumns, READ_COLUMNS};
 use super::{check_key, CredentialRow, Store, StoreError};
+use crate::ids::{CredentialId, CredentialName, OrgId, UserId};
 use crate::model::{AuthKind, CredentialStatus};
 
 /// Everything needed to insert a credential.
 #[derive(Debug, Clone)]
 pub struct NewCredential {
-    pub id: String,
-    pub org_id: String,
-    pub name: String,
+    pub id: CredentialId,
+    pub org_id: OrgId,
+    pub name: CredentialName,
     pub provider: String,
     pub auth_type: AuthKind,
     /// Non-secret fields, a JSON object.
@@ -23,7 +24,7 @@ pub struct NewCredential {
     pub key_version: i64,
     pub created_by: String,
     /// The owning user; `None`: an organization credential.
-    pub owner: Option<String>,
+    pub owner: Option<UserId>,
 }
 
 /// New sealed secrets (and the public fields that go with them), written
@@ -39,7 +40,7 @@ pub struct SecretWrite {
 
 impl Store {
     /// One credential of one organization.
-    pub async fn credential(&self, org_id: &str, id: &str) -> Result<Option<CredentialRow>, StoreError> {
+    pub async fn credential(&self, org_id: &OrgId, id: &CredentialId) -> Result<Option<CredentialRow>, StoreError> {
         self.timed(async move {
             let raw: Option<CredentialColumns> = sqlx::query_as(&format!(
                 "SELECT {READ_COLUMNS} FROM credentials WHERE org_id = $1 AND id = $2"
@@ -54,7 +55,7 @@ impl Store {
     }
 
     /// Does credential `id` exist in organization `org_id`?
-    pub async fn credential_exists(&self, org_id: &str, id: &str) -> Result<bool, StoreError> {
+    pub async fn credential_exists(&self, org_id: &OrgId, id: &CredentialId) -> Result<bool, StoreError> {
         self.timed(async move {
             let row = sqlx::query("SELECT 1 FROM credentials WHERE org_id = $1 AND id = $2")
                 .bind(org_id)
@@ -71,9 +72,9 @@ impl Store {
     /// were read and no refresh holds the credential's lease (`Conflict`).
     pub async fn update_credential(
         &self,
-        org_id: &str,
-        id: &str,
-        name: Option<&str>,
+        org_id: &OrgId,
+        id: &CredentialId,
+        name: Option<&CredentialName>,
         secrets: Option<&SecretWrite>,
         event: &AuditEvent,
     ) -> Result<CredentialRow, StoreError> {
@@ -134,8 +135,8 @@ impl Store {
     /// unchanged, so `secret_version` stays: a refresh in flight still wins.
     pub async fn reseal_credential(
         &self,
-        org_id: &str,
-        id: &str,
+        org_id: &OrgId,
+        id: &CredentialId,
         old_ct: &str,
         new_ct: &str,
         key_version: i64,
@@ -159,7 +160,7 @@ impl Store {
     pub(super) async fn reseal(
         &self,
         update: &'static str,
-        (org_id, key): (&str, &str),
+        (org_id, key): (&OrgId, &str),
         (old_ct, new_ct): (&str, &str),
         key_version: i64,
     ) -> Result<bool, StoreError> {
@@ -183,7 +184,7 @@ impl Store {
     /// Credentials of an organization sealed under a key older than `version`.
     pub async fn credentials_below_key(
         &self,
-        org_id: &str,
+        org_id: &OrgId,
         version: i64,
         after_id: &str,
         limit: i64,
@@ -207,8 +208,8 @@ impl Store {
     /// Deletes credentials by id, auditing each; returns the deleted rows.
     pub async fn delete_credentials(
         &self,
-        org_id: &str,
-        ids: &[String],
+        org_id: &OrgId,
+        ids: &[CredentialId],
         actor: &str,
     ) -> Result<Vec<CredentialRow>, StoreError> {
         self.timed(async move {
@@ -251,8 +252,8 @@ impl Store {
     /// concurrent `needs_reauth` verdict is never overwritten.
     pub async fn record_test(
         &self,
-        org_id: &str,
-        id: &str,
+        org_id: &OrgId,
+        id: &CredentialId,
         passed: bool,
         last_error: Option<&super::LastError>,
     ) -> Result<CredentialStatus, StoreError> {
@@ -292,7 +293,7 @@ impl Store {
             .ok_or(StoreError::NotFound)?;
             tx.commit().await?;
             CredentialStatus::parse(&status).ok_or(StoreError::Corrupt {
-                id: id.to_owned(),
+                id: id.to_string(),
                 column: "status",
             })
         })

@@ -5,6 +5,8 @@
 
 use super::{Store, StoreError};
 
+use crate::ids::{CredentialId, OrgId};
+
 /// How long a key is kept.
 pub const IDEMPOTENCY_TTL_SECS: i64 = 86_400;
 
@@ -20,14 +22,14 @@ pub struct IdempotencyRecord {
 /// What a key, used within the last 24 hours, was used for.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct KeptRequest {
-    pub credential_id: String,
+    pub credential_id: CredentialId,
     pub request_ct: String,
     pub key_version: i64,
 }
 
 impl Store {
     /// The create `key` named in `org_id` within the last 24 hours, if any.
-    pub async fn kept_request(&self, org_id: &str, key: &str) -> Result<Option<KeptRequest>, StoreError> {
+    pub async fn kept_request(&self, org_id: &OrgId, key: &str) -> Result<Option<KeptRequest>, StoreError> {
         self.timed(async move {
             Ok(sqlx::query_as(
                 "SELECT credential_id, request_ct, key_version FROM idempotency_keys \
@@ -56,8 +58,8 @@ impl Store {
 /// one is replaced.
 pub(super) async fn keep(
     conn: &mut sqlx::AnyConnection,
-    org_id: &str,
-    credential_id: &str,
+    org_id: &OrgId,
+    credential_id: &CredentialId,
     record: &IdempotencyRecord,
     t: i64,
 ) -> Result<(), StoreError> {

@@ -15,6 +15,7 @@ mod creates;
 mod credentials;
 mod error;
 mod idempotency;
+mod ids;
 mod kept;
 mod listing;
 mod named_secrets;
@@ -60,6 +61,7 @@ use sqlx::{Any, AnyPool, Executor};
 use write_tx::WriteTx;
 
 use crate::clock::Clock;
+use crate::ids::OrgId;
 
 static PG_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -325,7 +327,7 @@ impl Store {
 pub(crate) async fn check_key(
     conn: &mut sqlx::AnyConnection,
     dialect: Dialect,
-    org_id: &str,
+    org_id: &OrgId,
     key_version: i64,
 ) -> Result<(), StoreError> {
     let current = current_key(conn, dialect, org_id).await?.ok_or(StoreError::NotFound)?;
@@ -340,7 +342,7 @@ pub(crate) async fn check_key(
 pub(crate) async fn current_key(
     conn: &mut sqlx::AnyConnection,
     dialect: Dialect,
-    org_id: &str,
+    org_id: &OrgId,
 ) -> Result<Option<i64>, StoreError> {
     let lock = match dialect {
         Dialect::Postgres => " FOR SHARE",

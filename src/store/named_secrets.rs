@@ -7,6 +7,8 @@ use super::audit::{self, AuditEvent};
 use super::quota::lock_org;
 use super::{check_key, Store, StoreError};
 
+use crate::ids::OrgId;
+
 /// A named secret's metadata (what listings show; never the value).
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct SecretMeta {
@@ -56,7 +58,11 @@ impl Store {
     /// (`QuotaExceeded` past `limit`); `KeyRotated` when the data key changed
     /// since the value was sealed. Audited (`secret.put`) in the same
     /// transaction.
-    pub async fn put_named_secret(&self, org_id: &str, put: &SecretPut<'_>) -> Result<(bool, SecretMeta), StoreError> {
+    pub async fn put_named_secret(
+        &self,
+        org_id: &OrgId,
+        put: &SecretPut<'_>,
+    ) -> Result<(bool, SecretMeta), StoreError> {
         self.timed(async move {
             let mut tx = self.begin_write().await?;
             lock_org(&mut tx, org_id).await?;
@@ -113,7 +119,7 @@ impl Store {
     }
 
     /// An organization's named secrets, by name (at most `limit`).
-    pub async fn named_secrets(&self, org_id: &str, limit: i64) -> Result<Vec<SecretMeta>, StoreError> {
+    pub async fn named_secrets(&self, org_id: &OrgId, limit: i64) -> Result<Vec<SecretMeta>, StoreError> {
         self.timed(async move {
             Ok(sqlx::query_as(&format!(
                 "SELECT {META_COLUMNS} FROM named_secrets WHERE org_id = $1 ORDER BY name LIMIT $2"
@@ -127,7 +133,7 @@ impl Store {
     }
 
     /// Deletes a named secret (audited, `secret.delete`); `false` if there was none.
-    pub async fn delete_named_secret(&self, org_id: &str, name: &str, actor: &str) -> Result<bool, StoreError> {
+    pub async fn delete_named_secret(&self, org_id: &OrgId, name: &str, actor: &str) -> Result<bool, StoreError> {
         self.timed(async move {
             let mut tx = self.begin_write().await?;
             let done = sqlx::query("DELETE FROM named_secrets WHERE org_id = $1 AND name = $2")
@@ -147,7 +153,7 @@ impl Store {
     }
 
     /// The sealed values of those of `names` that exist, in one read.
-    pub async fn sealed_secrets(&self, org_id: &str, names: &[String]) -> Result<Vec<SealedSecret>, StoreError> {
+    pub async fn sealed_secrets(&self, org_id: &OrgId, names: &[String]) -> Result<Vec<SealedSecret>, StoreError> {
         self.timed(async move {
             if names.is_empty() {
                 return Ok(Vec::new());
@@ -170,7 +176,7 @@ impl Store {
     /// that still exist): only their values may be handed out.
     pub async fn record_secret_uses(
         &self,
-        org_id: &str,
+        org_id: &OrgId,
         names: &[String],
         actor: &str,
     ) -> Result<Vec<String>, StoreError> {
@@ -207,7 +213,7 @@ impl Store {
     /// Named secrets of an organization sealed under a key older than `version`.
     pub async fn secrets_below_key(
         &self,
-        org_id: &str,
+        org_id: &OrgId,
         version: i64,
         after_name: &str,
         limit: i64,
@@ -231,7 +237,7 @@ impl Store {
     /// ciphertext is still the one that was read.
     pub async fn reseal_secret(
         &self,
-        org_id: &str,
+        org_id: &OrgId,
         name: &str,
         old_ct: &str,
         new_ct: &str,

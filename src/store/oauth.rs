@@ -5,16 +5,17 @@ use super::audit::{self, AuditEvent};
 use super::outbox::{self, Notification};
 use super::quota::{lock_org, reserve};
 use super::{check_key, Store, StoreError};
+use crate::ids::{CredentialId, CredentialName, OrgId, UserId};
 use crate::model::{AuthKind, CredentialStatus};
 
 /// A pending authorization, as stored (payload sealed).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct OAuthStateRow {
-    pub org_id: String,
+    pub org_id: OrgId,
     pub provider: String,
     /// The user who started it (`None`: a key without a user); removing
     /// that user ends the flow.
-    pub user_id: Option<String>,
+    pub user_id: Option<UserId>,
     /// Why the flow was ended before its callback (`user_removed`), if it was.
     pub ended: Option<String>,
     pub payload_ct: String,
@@ -25,7 +26,7 @@ pub struct OAuthStateRow {
 /// What a completed authorization stores on a credential.
 #[derive(Debug, Clone)]
 pub struct OAuthGrant {
-    pub org_id: String,
+    pub org_id: OrgId,
     pub provider: String,
     pub account_id: String,
     pub account_email: Option<String>,
@@ -45,14 +46,14 @@ pub struct OAuthGrant {
 #[derive(Debug, Clone)]
 pub enum GrantTarget {
     /// Update this credential, if its `secret_version` is still `expected_version`.
-    Existing { id: String, expected_version: i64 },
+    Existing { id: CredentialId, expected_version: i64 },
     /// Insert a new credential (quota permitting).
     New {
-        id: String,
-        name: String,
+        id: CredentialId,
+        name: CredentialName,
         created_by: String,
         /// The owning user; `None`: an organization credential.
-        owner: Option<String>,
+        owner: Option<UserId>,
     },
 }
 
@@ -140,11 +141,11 @@ impl Store {
     /// for an external account, if any: another owner's never counts.
     pub async fn credential_for_account(
         &self,
-        org_id: &str,
+        org_id: &OrgId,
         provider: &str,
-        owner: Option<&str>,
+        owner: Option<&UserId>,
         account_id: &str,
-    ) -> Result<Option<String>, StoreError> {
+    ) -> Result<Option<CredentialId>, StoreError> {
         self.timed(async move {
             Ok(sqlx::query_scalar(
                 "SELECT id FROM credentials WHERE org_id = $1 AND provider = $2 AND COALESCE(owner, '') = $3 \
@@ -152,7 +153,7 @@ impl Store {
             )
             .bind(org_id)
             .bind(provider)
-            .bind(owner.unwrap_or(""))
+            .bind(owner.map_or("", |o| o.as_str()))
             .bind(account_id)
             .fetch_optional(&self.pool)
             .await?)

@@ -2,12 +2,13 @@
 
 use super::{Dialect, Store, StoreError};
 use crate::crypto::WrappedKey;
+use crate::ids::OrgId;
 
 /// One wrapped data key of an organization.
 #[derive(Debug, Clone)]
 pub struct OrgKeyRow {
     /// Organization.
-    pub org_id: String,
+    pub org_id: OrgId,
     /// Key version (1, 2, … after each `rotate-org`).
     pub version: i64,
     /// The wrapped key.
@@ -24,7 +25,7 @@ struct WrappedColumns {
 /// An `org_keys` row's columns.
 #[derive(sqlx::FromRow)]
 struct OrgKeyColumns {
-    org_id: String,
+    org_id: OrgId,
     version: i64,
     #[sqlx(flatten)]
     wrapped: WrappedColumns,
@@ -32,7 +33,7 @@ struct OrgKeyColumns {
 
 impl Store {
     /// Creates an organization with its first data key.
-    pub async fn insert_org(&self, id: &str, name: &str, key: &WrappedKey) -> Result<(), StoreError> {
+    pub async fn insert_org(&self, id: &OrgId, name: &str, key: &WrappedKey) -> Result<(), StoreError> {
         self.timed(async move {
             let mut tx = self.begin_write().await?;
             let t = self.now();
@@ -70,7 +71,7 @@ impl Store {
         .await
     }
 
-    pub async fn org_exists(&self, id: &str) -> Result<bool, StoreError> {
+    pub async fn org_exists(&self, id: &OrgId) -> Result<bool, StoreError> {
         self.timed(async move {
             let row = sqlx::query("SELECT 1 FROM organizations WHERE id = $1 AND deleted_at IS NULL")
                 .bind(id)
@@ -89,7 +90,7 @@ impl Store {
     /// before and later ones find no organization. Its rows are removed
     /// after, in batches ([`Store::purge_deleted_org`]). `NotFound` when there
     /// is no such organization (or it is already marked).
-    pub async fn mark_org_deleted(&self, id: &str) -> Result<(), StoreError> {
+    pub async fn mark_org_deleted(&self, id: &OrgId) -> Result<(), StoreError> {
         self.timed(async move {
             let mut tx = self.begin_write().await?;
             let t = self.now();
@@ -116,7 +117,7 @@ impl Store {
     }
 
     /// The organizations marked deleted whose rows are not all removed yet.
-    pub async fn deleted_orgs(&self) -> Result<Vec<String>, StoreError> {
+    pub async fn deleted_orgs(&self) -> Result<Vec<OrgId>, StoreError> {
         self.timed(async move {
             Ok(
                 sqlx::query_scalar("SELECT id FROM organizations WHERE deleted_at IS NOT NULL ORDER BY deleted_at")
@@ -131,7 +132,7 @@ impl Store {
     /// short transaction: the next table's rows while any are left, and at
     /// last the organization itself. Returns how many rows went; `0` once
     /// nothing is left (or the organization is not marked deleted).
-    pub async fn purge_deleted_org(&self, id: &str, batch: i64) -> Result<u64, StoreError> {
+    pub async fn purge_deleted_org(&self, id: &OrgId, batch: i64) -> Result<u64, StoreError> {
         self.timed(async move {
             let row_id = match self.dialect {
                 Dialect::Postgres => "ctid",
@@ -187,7 +188,7 @@ impl Store {
     }
 
     /// Sets the per-organization override of one provider's credential limit.
-    pub async fn set_org_limit(&self, org_id: &str, provider: &str, max: i64) -> Result<(), StoreError> {
+    pub async fn set_org_limit(&self, org_id: &OrgId, provider: &str, max: i64) -> Result<(), StoreError> {
         self.timed(async move {
             self.execute_write(
                 sqlx::query(
@@ -205,7 +206,7 @@ impl Store {
     }
 
     /// The organization's current data key version.
-    pub async fn org_key_version(&self, org_id: &str) -> Result<i64, StoreError> {
+    pub async fn org_key_version(&self, org_id: &OrgId) -> Result<i64, StoreError> {
         self.timed(async move {
             sqlx::query_scalar("SELECT key_version FROM organizations WHERE id = $1 AND deleted_at IS NULL")
                 .bind(org_id)
@@ -217,7 +218,7 @@ impl Store {
     }
 
     /// One wrapped data key.
-    pub async fn org_key(&self, org_id: &str, version: i64) -> Result<OrgKeyRow, StoreError> {
+    pub async fn org_key(&self, org_id: &OrgId, version: i64) -> Result<OrgKeyRow, StoreError> {
         self.timed(async move {
             // A destroyed key (its organization deleted) is no key at all.
             let row: WrappedColumns = sqlx::query_as(
@@ -299,7 +300,7 @@ impl Store {
     }
 
     /// Adds a new data key version and makes it current; returns the version.
-    pub async fn add_org_key(&self, org_id: &str, key: &WrappedKey) -> Result<i64, StoreError> {
+    pub async fn add_org_key(&self, org_id: &OrgId, key: &WrappedKey) -> Result<i64, StoreError> {
         self.timed(async move {
             let mut tx = self.begin_write().await?;
             let version: i64 = sqlx::query_scalar(
@@ -327,7 +328,7 @@ impl Store {
 
     /// Deletes the organization's data keys older than `current` that no
     /// credential, named secret or OAuth state uses any more; returns how many went.
-    pub async fn prune_org_keys(&self, org_id: &str, current: i64) -> Result<u64, StoreError> {
+    pub async fn prune_org_keys(&self, org_id: &OrgId, current: i64) -> Result<u64, StoreError> {
         self.timed(async move {
         let done = self.execute_write(
             sqlx::query(
@@ -347,7 +348,7 @@ impl Store {
 
     /// How many credentials and named secrets of an organization are sealed
     /// under a key older than `version`.
-    pub async fn count_below_key(&self, org_id: &str, version: i64) -> Result<i64, StoreError> {
+    pub async fn count_below_key(&self, org_id: &OrgId, version: i64) -> Result<i64, StoreError> {
         self.timed(async move {
             Ok(sqlx::query_scalar(
                 "SELECT (SELECT COUNT(*) FROM credentials WHERE org_id = $1 AND key_version < $2) \

@@ -4,6 +4,8 @@
 
 use serde_json::{json, Value};
 
+use crate::ids::{CredentialId, OrgId};
+
 use super::{Dialect, Store, StoreError};
 
 /// A notification to write beside a change.
@@ -11,8 +13,8 @@ use super::{Dialect, Store, StoreError};
 pub struct Notification {
     /// `credential.created`, `credential.deleted`, …
     pub kind: &'static str,
-    pub org_id: String,
-    pub credential_id: String,
+    pub org_id: OrgId,
+    pub credential_id: CredentialId,
     pub provider: String,
     /// Extra facts (never a secret).
     pub detail: Value,
@@ -20,7 +22,13 @@ pub struct Notification {
 
 impl Notification {
     /// A notification about one credential.
-    pub fn new(kind: &'static str, org_id: &str, credential_id: &str, provider: &str, detail: Value) -> Self {
+    pub fn new(
+        kind: &'static str,
+        org_id: &OrgId,
+        credential_id: &CredentialId,
+        provider: &str,
+        detail: Value,
+    ) -> Self {
         Self {
             kind,
             org_id: org_id.to_owned(),
@@ -38,9 +46,9 @@ pub struct OutboxEvent {
     pub id: i64,
     /// Stable id, sent as `webhook-id` on every attempt.
     pub event_id: String,
-    pub org_id: String,
+    pub org_id: OrgId,
     pub kind: String,
-    pub credential_id: Option<String>,
+    pub credential_id: Option<CredentialId>,
     /// The JSON body delivered (an object, parsed here once).
     pub payload: Value,
     pub created_at: i64,
@@ -59,9 +67,9 @@ const COLUMNS: &str = "id, event_id, org_id, kind, credential_id, payload, creat
 struct EventColumns {
     id: i64,
     event_id: String,
-    org_id: String,
+    org_id: OrgId,
     kind: String,
-    credential_id: Option<String>,
+    credential_id: Option<CredentialId>,
     payload: String,
     created_at: i64,
     attempts: i64,
@@ -234,7 +242,7 @@ impl Store {
     }
 
     /// An organization's events after sequence number `after`, oldest first.
-    pub async fn events_after(&self, org_id: &str, after: i64, limit: i64) -> Result<Vec<OutboxEvent>, StoreError> {
+    pub async fn events_after(&self, org_id: &OrgId, after: i64, limit: i64) -> Result<Vec<OutboxEvent>, StoreError> {
         self.timed(async move {
             let rows: Vec<EventColumns> = sqlx::query_as(&format!(
                 "SELECT {COLUMNS} FROM outbox WHERE org_id = $1 AND id > $2 ORDER BY id LIMIT $3"

@@ -5,9 +5,11 @@
 
 use super::StoreError;
 
+use crate::ids::OrgId;
+
 /// Serializes writers of one organization: a no-op update that takes the
 /// organization row's lock (Postgres) inside an immediate transaction (SQLite).
-pub(crate) async fn lock_org(conn: &mut sqlx::AnyConnection, org_id: &str) -> Result<(), StoreError> {
+pub(crate) async fn lock_org(conn: &mut sqlx::AnyConnection, org_id: &OrgId) -> Result<(), StoreError> {
     let done = sqlx::query("UPDATE organizations SET write_seq = write_seq + 1 WHERE id = $1 AND deleted_at IS NULL")
         .bind(org_id)
         .execute(&mut *conn)
@@ -24,7 +26,7 @@ pub(crate) async fn lock_org(conn: &mut sqlx::AnyConnection, org_id: &str) -> Re
 /// transaction ends, so concurrent adds are counted one after another.
 pub(crate) async fn reserve(
     conn: &mut sqlx::AnyConnection,
-    org_id: &str,
+    org_id: &OrgId,
     provider: &str,
     default_limit: i64,
 ) -> Result<(), StoreError> {
@@ -53,7 +55,7 @@ pub(crate) async fn reserve(
 /// counter row is locked from here until the transaction ends.
 pub(crate) async fn reserve_many(
     conn: &mut sqlx::AnyConnection,
-    org_id: &str,
+    org_id: &OrgId,
     provider: &str,
     default_limit: i64,
     wanted: i64,
@@ -84,7 +86,7 @@ pub(crate) async fn reserve_many(
 /// The organization's limit for `provider`: its override, else `default_limit`.
 async fn limit(
     conn: &mut sqlx::AnyConnection,
-    org_id: &str,
+    org_id: &OrgId,
     provider: &str,
     default_limit: i64,
 ) -> Result<i64, StoreError> {
@@ -102,7 +104,7 @@ async fn limit(
 }
 
 /// Counts one credential of `provider` fewer (it was deleted).
-pub(crate) async fn release(conn: &mut sqlx::AnyConnection, org_id: &str, provider: &str) -> Result<(), StoreError> {
+pub(crate) async fn release(conn: &mut sqlx::AnyConnection, org_id: &OrgId, provider: &str) -> Result<(), StoreError> {
     sqlx::query("UPDATE credential_counts SET count = count - 1 WHERE org_id = $1 AND provider = $2 AND count > 0")
         .bind(org_id)
         .bind(provider)

@@ -4,6 +4,7 @@
 use super::row::{CredentialColumns, READ_COLUMNS};
 use super::sharing::{access, grant_pairs};
 use super::{CredentialRow, Dialect, Store, StoreError};
+use crate::ids::{CredentialId, OrgId, UserId};
 use crate::model::Access;
 
 /// One reader's credential read (see [`Store::credentials_with_grants`]):
@@ -11,9 +12,9 @@ use crate::model::Access;
 /// (`None`: no grant is wanted).
 #[derive(Debug, Clone)]
 pub struct CredentialRead {
-    pub org_id: String,
-    pub id: String,
-    pub user: Option<String>,
+    pub org_id: OrgId,
+    pub id: CredentialId,
+    pub user: Option<UserId>,
 }
 
 /// A row of a grouped read: the credential and its readers' grants.
@@ -26,7 +27,7 @@ struct Grouped {
 
 /// A grouped read's row, typed: the credential and its readers' grants
 /// (user, level; a level is read only for its own reader).
-type Typed = (CredentialRow, Vec<(String, String)>);
+type Typed = (CredentialRow, Vec<(UserId, String)>);
 
 impl Store {
     /// Credentials for several readers in one statement: for each
@@ -82,7 +83,7 @@ impl Store {
             let rows = self
                 .on_kept(&self.kept_reads, async |conn| Ok(query.fetch_all(conn).await?))
                 .await?;
-            let found: Vec<(String, String, Result<Typed, StoreError>)> = rows
+            let found: Vec<(CredentialId, OrgId, Result<Typed, StoreError>)> = rows
                 .into_iter()
                 .map(|grouped| {
                     let (id, org_id) = (grouped.raw.id.clone(), grouped.raw.org_id.clone());

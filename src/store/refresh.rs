@@ -4,6 +4,7 @@
 use super::audit::{self, AuditEvent};
 use super::outbox::{self, Notification};
 use super::{current_key, Dialect, LastError, Store, StoreError, Usage};
+use crate::ids::{CredentialId, OrgId};
 use crate::model::CredentialStatus;
 
 /// New tokens from a successful refresh.
@@ -22,8 +23,8 @@ pub struct RefreshedTokens {
 /// read under `owner`'s lease, with its audit event and notification.
 #[derive(Debug, Clone)]
 pub struct PendingRefresh {
-    pub org_id: String,
-    pub id: String,
+    pub org_id: OrgId,
+    pub id: CredentialId,
     pub expected: i64,
     pub owner: String,
     pub tokens: RefreshedTokens,
@@ -43,14 +44,20 @@ pub struct RefreshFailure {
 /// A claimed credential.
 #[derive(sqlx::FromRow)]
 struct ClaimedColumns {
-    org_id: String,
-    id: String,
+    org_id: OrgId,
+    id: CredentialId,
 }
 
 impl Store {
     /// Claims one credential's refresh lease until `until`; false if another
     /// holder's lease is still running.
-    pub async fn claim_refresh(&self, org_id: &str, id: &str, owner: &str, until: i64) -> Result<bool, StoreError> {
+    pub async fn claim_refresh(
+        &self,
+        org_id: &OrgId,
+        id: &CredentialId,
+        owner: &str,
+        until: i64,
+    ) -> Result<bool, StoreError> {
         self.timed(async move {
             let done = self
                 .execute_write(
@@ -81,7 +88,7 @@ impl Store {
         lead: i64,
         limit: i64,
         lease_until: i64,
-    ) -> Result<Vec<(String, String)>, StoreError> {
+    ) -> Result<Vec<(OrgId, CredentialId)>, StoreError> {
         self.timed(async move {
             let lock = match self.dialect {
                 Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
@@ -241,8 +248,8 @@ impl Store {
     /// (someone wrote newer secrets, or the lease passed to another holder).
     pub async fn store_refresh_failure(
         &self,
-        org_id: &str,
-        id: &str,
+        org_id: &OrgId,
+        id: &CredentialId,
         (expected, owner): (i64, &str),
         failure: &RefreshFailure,
         (event, notify): (&AuditEvent, Option<&Notification>),
@@ -277,7 +284,7 @@ impl Store {
     }
 
     /// Gives a lease back without changing anything else.
-    pub async fn release_lease(&self, org_id: &str, id: &str, owner: &str) -> Result<(), StoreError> {
+    pub async fn release_lease(&self, org_id: &OrgId, id: &CredentialId, owner: &str) -> Result<(), StoreError> {
         self.timed(async move {
             self.execute_write(
                 sqlx::query(

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::StoreError;
+use crate::ids::{CredentialId, CredentialName, OrgId, UserId};
 use crate::model::{Access, AuthKind, CredentialStatus};
 
 /// The columns every read returns, in [`CredentialColumns`]'s order.
@@ -34,9 +35,9 @@ pub struct LastError {
 /// A credential as stored. Holds the sealed secrets; never serialized.
 #[derive(Debug, Clone)]
 pub struct CredentialRow {
-    pub id: String,
-    pub org_id: String,
-    pub name: String,
+    pub id: CredentialId,
+    pub org_id: OrgId,
+    pub name: CredentialName,
     pub provider: String,
     pub auth_type: AuthKind,
     pub status: CredentialStatus,
@@ -68,7 +69,7 @@ pub struct CredentialRow {
     /// Next background refresh not before (jittered schedule or backoff).
     pub refresh_after: Option<i64>,
     /// The user who owns it; `None`: an organization credential.
-    pub owner: Option<String>,
+    pub owner: Option<UserId>,
     /// What everyone in the organization may do with it.
     pub team_access: Option<Access>,
 }
@@ -83,9 +84,9 @@ impl CredentialRow {
 /// The row as the database returns it.
 #[derive(sqlx::FromRow)]
 pub(super) struct CredentialColumns {
-    pub(super) id: String,
-    pub(super) org_id: String,
-    name: String,
+    pub(super) id: CredentialId,
+    pub(super) org_id: OrgId,
+    name: CredentialName,
     provider: String,
     auth_type: String,
     status: String,
@@ -108,7 +109,7 @@ pub(super) struct CredentialColumns {
     updated_at: i64,
     refresh_failures: i64,
     refresh_after: Option<i64>,
-    owner: Option<String>,
+    owner: Option<UserId>,
     team_access: Option<String>,
 }
 
@@ -119,7 +120,10 @@ impl TryFrom<CredentialColumns> for CredentialRow {
         let id = r.id.clone();
         let corrupt = |column: &'static str| {
             tracing::error!(credential = %id, column, "a stored credential column is malformed");
-            StoreError::Corrupt { id: id.clone(), column }
+            StoreError::Corrupt {
+                id: id.to_string(),
+                column,
+            }
         };
         let fields = match serde_json::from_str(&r.fields) {
             Ok(Value::Object(map)) => map,

@@ -4,16 +4,18 @@
 
 use super::{Store, StoreError};
 
+use crate::ids::{CredentialId, OrgId, UserId};
+
 /// A hosted-page session, as stored.
 #[derive(Debug, Clone)]
 pub struct PageSessionRow {
     pub id: String,
-    pub org_id: String,
-    pub user_id: String,
+    pub org_id: OrgId,
+    pub user_id: UserId,
     pub purpose: String,
     /// The provider ids offered (stored as a JSON array), or `None` for all.
     pub providers: Option<Vec<String>>,
-    pub credential_id: Option<String>,
+    pub credential_id: Option<CredentialId>,
     pub return_to: Option<String>,
     pub csrf_token: String,
     pub expires_at: i64,
@@ -35,11 +37,11 @@ const COLUMNS: &str = "id, org_id, user_id, purpose, providers, credential_id, r
 #[derive(sqlx::FromRow)]
 struct SessionColumns {
     id: String,
-    org_id: String,
-    user_id: String,
+    org_id: OrgId,
+    user_id: UserId,
     purpose: String,
     providers: Option<String>,
-    credential_id: Option<String>,
+    credential_id: Option<CredentialId>,
     return_to: Option<String>,
     csrf_token: String,
     expires_at: i64,

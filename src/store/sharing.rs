@@ -7,6 +7,7 @@ use sqlx::Any;
 use super::audit::{self, AuditEvent};
 use super::quota::lock_org;
 use super::{Store, StoreError};
+use crate::ids::{CredentialId, OrgId, UserId};
 use crate::model::Access;
 
 /// Uses of one credential, overall and by workflow (most recent first).
@@ -21,7 +22,7 @@ pub struct UsageSummary {
 /// What `remove_user` did.
 #[derive(Debug, Clone, Default)]
 pub struct UserRemoval {
-    pub transferred: Vec<String>,
+    pub transferred: Vec<CredentialId>,
     pub grants_removed: u64,
     pub keys_revoked: u64,
     /// Connections they had started, ended before their callback.
@@ -38,16 +39,20 @@ pub(super) fn access(id: &str, raw: &str) -> Result<Access, StoreError> {
 /// A grants column, `[[user_id, access], …]` as a JSON text (`None`: no
 /// grant), as (user, level) pairs; each level is read by [`access`] where
 /// it is used.
-pub(super) fn grant_pairs(id: &str, text: Option<&str>) -> Result<Vec<(String, String)>, StoreError> {
+pub(super) fn grant_pairs(id: &str, text: Option<&str>) -> Result<Vec<(UserId, String)>, StoreError> {
     let Some(text) = text else { return Ok(Vec::new()) };
-    serde_json::from_str(text).map_err(|_| StoreError::Corrupt {
+    let pairs: Vec<(String, String)> = serde_json::from_str(text).map_err(|_| StoreError::Corrupt {
         id: id.to_owned(),
         column: "access",
-    })
+    })?;
+    Ok(pairs
+        .into_iter()
+        .map(|(user, level)| (UserId::from_store(user), level))
+        .collect())
 }
 
 /// A credential's sharing as audit events record it (before and after).
-pub fn sharing_detail(team: Option<Access>, users: &[(String, Access)]) -> Value {
+pub fn sharing_detail(team: Option<Access>, users: &[(UserId, Access)]) -> Value {
     json!({
         "team": team.map(Access::as_str),
         "users": users.iter().map(|(u, a)| json!({"user_id": u, "access": a.as_str()})).collect::<Vec<_>>(),
@@ -57,14 +62,14 @@ pub fn sharing_detail(team: Option<Access>, users: &[(String, Access)]) -> Value
 /// A user grant's columns.
 #[derive(sqlx::FromRow)]
 struct GrantColumns {
-    user_id: String,
+    user_id: UserId,
     access: String,
 }
 
 /// A grant of the removed user, with its credential's team access.
 #[derive(sqlx::FromRow)]
 struct GrantedColumns {
-    credential_id: String,
+    credential_id: CredentialId,
     team_access: Option<String>,
 }
 
@@ -86,8 +91,8 @@ struct WorkflowColumns {
 /// Every user grant of one credential, by user id, read on `conn`.
 async fn grants_on<'c, E: sqlx::Executor<'c, Database = Any>>(
     conn: E,
-    credential_id: &str,
-) -> Result<Vec<(String, Access)>, StoreError> {
+    credential_id: &CredentialId,
+) -> Result<Vec<(UserId, Access)>, StoreError> {
     let rows: Vec<GrantColumns> =
         sqlx::query_as("SELECT user_id, access FROM credential_grants WHERE credential_id = $1 ORDER BY user_id")
             .bind(credential_id)
@@ -100,7 +105,7 @@ async fn grants_on<'c, E: sqlx::Executor<'c, Database = Any>>(
 
 impl Store {
     /// Every user grant of one credential, by user id.
-    pub async fn grants(&self, credential_id: &str) -> Result<Vec<(String, Access)>, StoreError> {
+    pub async fn grants(&self, credential_id: &CredentialId) -> Result<Vec<(UserId, Access)>, StoreError> {
         self.timed(async move { grants_on(&self.pool, credential_id).await })
             .await
     }
@@ -108,10 +113,10 @@ impl Store {
     /// Replaces a credential's sharing (team level and user grants), audited.
     pub async fn set_sharing(
         &self,
-        org_id: &str,
-        id: &str,
+        org_id: &OrgId,
+        id: &CredentialId,
         team: Option<Access>,
-        users: &[(String, Access)],
+        users: &[(UserId, Access)],
         event: &AuditEvent,
     ) -> Result<(), StoreError> {
         self.timed(async move {
@@ -157,9 +162,9 @@ impl Store {
     /// credential, before and after), each revoked key, and the removal.
     pub async fn remove_user(
         &self,
-        org_id: &str,
-        user: &str,
-        to: Option<&str>,
+        org_id: &OrgId,
+        user: &UserId,
+        to: Option<&UserId>,
         actor: &str,
     ) -> Result<UserRemoval, StoreError> {
         self.timed(async move {
@@ -169,7 +174,7 @@ impl Store {
             // finds its flow ended.
             lock_org(&mut tx, org_id).await?;
             let t = self.now();
-            let ids: Vec<String> = sqlx::query_scalar(
+            let ids: Vec<CredentialId> = sqlx::query_scalar(
                 "UPDATE credentials SET owner = $3, updated_at = $4 WHERE org_id = $1 AND owner = $2 RETURNING id",
             )
             .bind(org_id)
@@ -276,7 +281,7 @@ impl Store {
     }
 
     /// Uses of a credential: total, last, and per workflow.
-    pub async fn usage(&self, org_id: &str, id: &str) -> Result<UsageSummary, StoreError> {
+    pub async fn usage(&self, org_id: &OrgId, id: &CredentialId) -> Result<UsageSummary, StoreError> {
         self.timed(async move {
             let total: UsesColumns = sqlx::query_as(
             "SELECT COUNT(*) AS uses, MAX(at) AS last_at FROM audit_events WHERE credential_id = $1 AND action = 'credential.resolve' \

@@ -7,6 +7,8 @@
 
 use serde::Serialize;
 
+use crate::ids::{CredentialId, OrgId};
+
 use super::audit::Usage;
 use super::audit::{self, AuditEvent};
 use super::{Dialect, Store, StoreError};
@@ -38,8 +40,8 @@ const RECORD_USES_POSTGRES: &str = "WITH u AS (\
 /// One use as an element of [`RECORD_USES_POSTGRES`]'s array.
 #[derive(Serialize)]
 struct UseJson<'a> {
-    org_id: &'a str,
-    credential_id: Option<&'a str>,
+    org_id: &'a OrgId,
+    credential_id: Option<&'a CredentialId>,
     action: &'a str,
     outcome: &'a str,
     actor: &'a str,
@@ -52,7 +54,7 @@ impl<'a> From<&'a UseRecord> for UseJson<'a> {
     fn from(u: &'a UseRecord) -> Self {
         Self {
             org_id: &u.event.org_id,
-            credential_id: u.event.credential_id.as_deref(),
+            credential_id: u.event.credential_id.as_ref(),
             action: u.event.action,
             outcome: u.event.outcome,
             actor: &u.event.actor,

@@ -240,3 +240,44 @@ fn the_files_of_a_module_import_each_other_without_a_cycle() {
         "imports that close a cycle (file → import): {cycles:#?}"
     );
 }
+
+/// Places below `http` that hold an id as text on purpose, and why.
+const RAW_IDS: [(&str, &str); 2] = [
+    (
+        "sessions.rs",
+        "NewSession.user_id is the request's text, parsed where its error joins the others",
+    ),
+    (
+        "credentials/access.rs",
+        "deny() records the path segment as named, only once it names a credential",
+    ),
+];
+
+#[test]
+fn below_http_ids_are_typed_from_the_edge_to_the_store() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let untyped = regex::Regex::new(
+        r"\b(org_id|credential_id|user_id)\s*:\s*(&'?[a-z]*\s*str|String|Option<&'?[a-z]*\s*str>|Option<String>)",
+    )
+    .unwrap();
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut found = Vec::new();
+    let mut seen_store = false;
+    for file in files {
+        let name = file.strip_prefix(&src).unwrap().to_string_lossy().into_owned();
+        if name.starts_with("http/") || RAW_IDS.iter().any(|(raw, _)| *raw == name) {
+            continue;
+        }
+        seen_store |= name.starts_with("store/");
+        let text = std::fs::read_to_string(&file).unwrap();
+        let text = text.split("#[cfg(test)]").next().unwrap();
+        for (n, line) in text.lines().enumerate() {
+            if !line.trim_start().starts_with("//") && untyped.is_match(line) {
+                found.push(format!("{name}:{}: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(seen_store, "the walk reached the store");
+    assert!(found.is_empty(), "ids held as text below http: {found:#?}");
+}

@@ -11,12 +11,13 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::Row;
 
+use credgate::ids::{CredentialId, OrgId, UserId};
 use credgate::model::{Access, AuthKind};
 use credgate::store::{
     AuditEvent, CredentialRead, NewCredential, Notification, PendingCreate, StoreError, Usage, UseRecord,
 };
 
-use crate::helpers::{pg_body, sentinel, test_config, Backend, TestApp, TestDb};
+use crate::helpers::{cid, pg_body, sentinel, test_config, Backend, TestApp, TestDb};
 
 async fn resolve(app: &TestApp, id: &str, run: usize) -> (StatusCode, Value) {
     app.call(
@@ -74,8 +75,8 @@ async fn a_burst_of_resolves_records_each_use_exactly_once(backend: crate::helpe
 crate::both_backends!(a_burst_of_resolves_records_each_use_exactly_once);
 
 /// A resolve's use of credential `id`, as the domain records it.
-fn use_record(org: &str, id: &str, workflow: Option<&str>, run: Option<&str>) -> UseRecord {
-    let mut event = AuditEvent::success(org, id, "credential.resolve", "api_key:engine");
+fn use_record(org: &OrgId, id: &str, workflow: Option<&str>, run: Option<&str>) -> UseRecord {
+    let mut event = AuditEvent::success(org, &cid(id), "credential.resolve", "api_key:engine");
     if workflow.is_some() || run.is_some() {
         event = event.with_detail(json!({"workflow_id": workflow, "run_id": run}));
     }
@@ -150,8 +151,8 @@ async fn a_group_of_uses_records_each_event_as_given_and_last_use_once_a_minute(
     assert_eq!(events.len(), expected.len(), "{events:?}");
     for (event, (org, id, workflow, run, at)) in events.iter().zip(expected) {
         assert_eq!(
-            (&event.0, &event.1, event.2.as_str(), event.3.as_str()),
-            (org, id, "credential.resolve", "api_key:engine")
+            (event.0.as_str(), &event.1, event.2.as_str(), event.3.as_str()),
+            (org.as_str(), id, "credential.resolve", "api_key:engine")
         );
         assert_eq!((event.5.as_deref(), event.6.as_deref()), (workflow, run), "{event:?}");
         assert!(near(event.7, at), "{event:?}: at {at} (+{drift})");
@@ -312,15 +313,15 @@ async fn written(app: &TestApp, org: &str) -> [i64; 4] {
 
 /// A create as `credentials::create` hands it to the group commit, sealed
 /// under `org`'s current data key (or the version given).
-async fn pending(app: &TestApp, org: &str, name: &str, key_version: Option<i64>) -> PendingCreate {
-    let id = uuid::Uuid::new_v4().to_string();
+async fn pending(app: &TestApp, org: &OrgId, name: &str, key_version: Option<i64>) -> PendingCreate {
+    let id = CredentialId::generate();
     let (version, _) = app.state.vault.current_key(org).await.unwrap();
     let (secret_ct, _) = app.state.vault.seal(org, &id, &[]).await.unwrap();
     PendingCreate {
         new: NewCredential {
             id: id.clone(),
             org_id: org.to_owned(),
-            name: name.to_owned(),
+            name: credgate::ids::CredentialName::parse(name).unwrap(),
             provider: "postgresql".into(),
             auth_type: AuthKind::UserPassword,
             fields: "{}".into(),
@@ -399,7 +400,7 @@ async fn a_group_of_creates_refuses_each_that_fails_its_own_checks_and_writes_th
         pending(&app, &org, "last", None).await,
     ];
     let mut gone = pending(&app, &org, "no such organization", None).await;
-    gone.new.org_id = "no-such-org".into();
+    gone.new.org_id = OrgId::generate();
     let mut group = group;
     group.insert(2, gone);
 
@@ -559,10 +560,10 @@ async fn reads_grouped_in_one_statement_answer_each_reader_for_itself(backend: c
         .execute(&app.sql().await)
         .await
         .unwrap();
-    let read = |org: &str, id: &str, user: Option<&str>| CredentialRead {
+    let read = |org: &OrgId, id: &str, user: Option<&str>| CredentialRead {
         org_id: org.to_owned(),
-        id: id.to_owned(),
-        user: user.map(str::to_owned),
+        id: cid(id),
+        user: user.map(|u| UserId::parse(u).unwrap()),
     };
     let reads = [
         read(&app.org.id, &shared, Some("alice")),
@@ -573,7 +574,7 @@ async fn reads_grouped_in_one_statement_answer_each_reader_for_itself(backend: c
         read(&other.id, &theirs, Some("alice")),
         read(&other.id, &shared, None),
         read(&app.org.id, &broken, None),
-        read(&app.org.id, "no-such-credential", None),
+        read(&app.org.id, CredentialId::generate().as_str(), None),
     ];
 
     let answers = app.state.store.credentials_with_grants(&reads).await.unwrap();
@@ -582,7 +583,7 @@ async fn reads_grouped_in_one_statement_answer_each_reader_for_itself(backend: c
         .map(|a| {
             a.as_ref()
                 .ok()
-                .and_then(|found| found.as_ref().map(|(row, grant)| (row.name.clone(), *grant)))
+                .and_then(|found| found.as_ref().map(|(row, grant)| (row.name.to_string(), *grant)))
         })
         .collect();
 

@@ -14,9 +14,9 @@ async fn a_group_of_uses_with_one_refused_records_the_others(backend: crate::hel
     let other = app.new_org("Other").await;
     let ours = app.create_pg(&app.org, "ours", "pw").await;
     let theirs = app.create_pg(&other, "theirs", "pw").await;
-    let gone = uuid::Uuid::new_v4().to_string();
-    let record = |org: &str, id: &str| UseRecord {
-        event: AuditEvent::success(org, id, "credential.resolve", "user:u-1"),
+    let gone = credgate::ids::OrgId::generate();
+    let record = |org: &credgate::ids::OrgId, id: &str| UseRecord {
+        event: AuditEvent::success(org, &crate::helpers::cid(id), "credential.resolve", "user:u-1"),
         usage: Usage::default(),
     };
     let group = vec![

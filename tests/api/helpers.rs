@@ -9,6 +9,7 @@ use credgate::clock::Clock;
 use credgate::config::Config;
 use credgate::crypto::MasterKeyring;
 use credgate::http::AppState;
+use credgate::ids::OrgId;
 use credgate::model::Role;
 use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
@@ -180,7 +181,7 @@ impl Drop for TestDb {
 /// API keys of one organization, by role.
 #[derive(Debug, Clone)]
 pub struct Org {
-    pub id: String,
+    pub id: OrgId,
     pub admin: String,
     pub member: String,
     pub engine: String,
@@ -247,7 +248,7 @@ impl TestApp {
             state,
             config,
             org: Org {
-                id: String::new(),
+                id: OrgId::generate(),
                 admin: String::new(),
                 member: String::new(),
                 engine: String::new(),
@@ -263,12 +264,13 @@ impl TestApp {
 
     /// Creates an organization with an admin, member and engine key.
     pub async fn new_org(&self, name: &str) -> Org {
-        let id = Uuid::new_v4().to_string();
+        let id = OrgId::generate();
         self.state.vault.create_org(&id, name).await.unwrap();
         let mut keys = Vec::new();
+        let u1 = credgate::ids::UserId::parse("u-1").unwrap();
         for role in [Role::Admin, Role::Member, Role::Engine] {
             let new = NewKey {
-                user_id: Some("u-1"),
+                user_id: Some(&u1),
                 ..NewKey::default()
             };
             keys.push(
@@ -476,4 +478,9 @@ impl Caller<'_> {
     pub async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
         self.app.call(Method::PUT, path, self.key, Some(body)).await
     }
+}
+
+/// A credential id from an answer's text (tests call the store with it).
+pub fn cid(id: &str) -> credgate::ids::CredentialId {
+    credgate::ids::CredentialId::parse(id).expect("a credential id")
 }

@@ -149,7 +149,7 @@ async fn connecting_the_same_account_again_updates_it_and_keeps_the_refresh_toke
     let row = app
         .state
         .store
-        .credential(&app.org.id, &first["credential_id"])
+        .credential(&app.org.id, &crate::helpers::cid(&first["credential_id"]))
         .await
         .unwrap()
         .unwrap();
@@ -163,7 +163,7 @@ async fn connecting_the_same_account_again_updates_it_and_keeps_the_refresh_toke
     let row = app
         .state
         .store
-        .credential(&app.org.id, &second["credential_id"])
+        .credential(&app.org.id, &crate::helpers::cid(&second["credential_id"]))
         .await
         .unwrap()
         .unwrap();

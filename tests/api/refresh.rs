@@ -36,7 +36,13 @@ async fn make_due(app: &TestApp, id: &str) {
 
 pub async fn stored_refresh_token(app: &TestApp, id: &str) -> String {
     use secrecy::ExposeSecret;
-    let row = app.state.store.credential(&app.org.id, id).await.unwrap().unwrap();
+    let row = app
+        .state
+        .store
+        .credential(&app.org.id, &crate::helpers::cid(id))
+        .await
+        .unwrap()
+        .unwrap();
     let groups = app
         .state
         .vault

@@ -23,7 +23,7 @@ const EXPIRES_AT: i64 = 4_102_444_800;
 async fn leased(app: &TestApp, names: &[&str]) -> Vec<CredentialRow> {
     let mut rows = Vec::new();
     for name in names {
-        let id = app.create_pg(&app.org, name, "pw").await;
+        let id = crate::helpers::cid(&app.create_pg(&app.org, name, "pw").await);
         let owner = if *name == "taken" { "someone else" } else { "me" };
         let store = &app.state.store;
         assert!(store
@@ -80,7 +80,7 @@ async fn ids(app: &TestApp, sql: &str) -> Vec<String> {
 }
 
 fn sorted(rows: &[&CredentialRow]) -> Vec<String> {
-    let mut ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let mut ids: Vec<String> = rows.iter().map(|r| r.id.to_string()).collect();
     ids.sort();
     ids
 }
@@ -105,8 +105,9 @@ async fn refreshed_tokens_written_together_are_each_written_only_where_their_own
     ));
     group[2].expected += 1;
     group[4].tokens.key_version += 1;
-    group[5].org_id = "no-such-org".into();
-    group[5].event.org_id = "no-such-org".into();
+    let gone = credgate::ids::OrgId::generate();
+    group[5].org_id = gone.clone();
+    group[5].event.org_id = gone;
 
     let outcomes = app.state.store.store_refreshed(&group).await;
 
@@ -279,7 +280,7 @@ async fn refreshes_meet() {
     let mut other = PgConnection::connect(&db.url).await.unwrap();
     other.execute("BEGIN").await.unwrap();
     sqlx::query("SELECT id FROM organizations WHERE id = $1 FOR UPDATE")
-        .bind(&app.org.id)
+        .bind(app.org.id.as_str())
         .execute(&mut other)
         .await
         .unwrap();

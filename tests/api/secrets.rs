@@ -310,7 +310,7 @@ async fn secrets_resolve_after_rotate_org_and_go_with_org_delete(backend: crate:
     put(&app, &app.org.admin, "ALPHA", &a).await;
     put(&app, &app.org.admin, "BETA", &b).await;
     let pool = app.sql().await;
-    let cts = |pool: sqlx::AnyPool, org: String| async move {
+    let cts = |pool: sqlx::AnyPool, org: credgate::ids::OrgId| async move {
         let rows: Vec<(String, i64)> =
             sqlx::query_as("SELECT value_ct, key_version FROM named_secrets WHERE org_id = $1 ORDER BY name")
                 .bind(org)

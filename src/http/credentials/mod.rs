@@ -17,12 +17,12 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use uuid::Uuid;
 
 use super::extract::{ApiJson, Caller, MANAGE, READ};
 use super::AppState;
 use crate::credentials::{self, Changes, NewCredentialInput};
 use crate::http::error::{ApiError, Problem};
+use crate::ids::CredentialId;
 use crate::model::Access;
 use view::{AuditEventView, Credential, CredentialOut};
 
@@ -123,10 +123,8 @@ struct BatchDeleteResult {
 }
 
 /// A path id that is not a UUID cannot exist: 404, as for any unknown id.
-pub(crate) fn parse_id(id: &str) -> Result<String, ApiError> {
-    Uuid::parse_str(id)
-        .map(|u| u.to_string())
-        .map_err(|_| ApiError::NotFound)
+pub(crate) fn parse_id(id: &str) -> Result<CredentialId, ApiError> {
+    CredentialId::parse(id).map_err(|_| ApiError::NotFound)
 }
 
 /// Create a credential
@@ -226,7 +224,7 @@ async fn batch_delete_credentials(
     if body.ids.is_empty() || body.ids.len() > 500 {
         return Err(ApiError::field("ids", "must list from 1 to 500 ids"));
     }
-    let mut wanted: Vec<String> = Vec::new();
+    let mut wanted: Vec<CredentialId> = Vec::new();
     let mut not_found = Vec::new();
     for raw in body.ids {
         match parse_id(&raw) {
@@ -236,7 +234,8 @@ async fn batch_delete_credentials(
         }
     }
     let deleted = credentials::delete(&state, &caller, &wanted).await?;
-    not_found.extend(wanted.into_iter().filter(|id| !deleted.contains(id)));
+    not_found.extend(wanted.into_iter().filter(|id| !deleted.contains(id)).map(String::from));
+    let deleted = deleted.into_iter().map(String::from).collect();
     Ok(Json(BatchDeleteResult { deleted, not_found }))
 }
 

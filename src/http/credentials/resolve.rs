@@ -52,18 +52,19 @@ pub(super) async fn resolve_credential(
         parse_json(&body)?
     };
     let mut errors = Vec::new();
+    let mut user = None;
     for (field, value) in [
         ("user_id", &body.user_id),
         ("workflow_id", &body.workflow_id),
         ("run_id", &body.run_id),
     ] {
-        if let Some(v) = value {
-            if let Err(e) = check_user_id(field, v) {
-                errors.push(e);
-            }
+        match value.as_deref().map(|v| check_user_id(field, v)) {
+            Some(Err(e)) => errors.push(e),
+            Some(Ok(id)) if field == "user_id" => user = Some(id),
+            _ => {}
         }
     }
-    if let (Some(own), Some(other)) = (&caller.user_id, &body.user_id) {
+    if let (Some(own), Some(other)) = (&caller.user_id, &user) {
         if own != other {
             errors.push(FieldError::new("user_id", "this engine key acts for its own user only"));
         }
@@ -72,7 +73,7 @@ pub(super) async fn resolve_credential(
         return Err(ApiError::Validation(errors));
     }
     // The key's own user, else the user named, else the organization.
-    let principal = caller.for_user(caller.user_id.clone().or(body.user_id));
+    let principal = caller.for_user(caller.user_id.clone().or(user));
     let usage = Usage {
         workflow_id: body.workflow_id,
         run_id: body.run_id,
@@ -80,7 +81,7 @@ pub(super) async fn resolve_credential(
     let resolved = crate::execution::resolve(&state, &principal, &parse_id(&id)?, &usage).await?;
     let row = &resolved.row;
     let mut body = Map::new();
-    body.insert("id".into(), row.id.clone().into());
+    body.insert("id".into(), row.id.as_str().into());
     body.insert("provider".into(), row.provider.clone().into());
     body.insert("auth_type".into(), row.auth_type.as_str().into());
     body.insert("fields".into(), Value::Object(resolved.fields.clone()));

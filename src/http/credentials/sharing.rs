@@ -45,10 +45,10 @@ pub(super) async fn put_sharing(
 ) -> Result<Json<Credential>, ApiError> {
     caller.require(&state, MANAGE, Some(&id)).await?;
     let id = parse_id(&id)?;
-    let sharing = Sharing {
-        team: body.team,
-        users: body.users.into_iter().map(|g| (g.user_id, g.access)).collect(),
-    };
+    let sharing = Sharing::parse(
+        body.team,
+        body.users.into_iter().map(|g| (g.user_id, g.access)).collect(),
+    )?;
     let row = credentials::set_sharing(&state, &caller, &id, sharing).await?;
     let grants = credentials::grants(&state, &row.id).await?;
     Ok(Json(Credential::new(&row, Access::Manage, &grants)))

@@ -5,6 +5,7 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use crate::ids::{CredentialId, CredentialName, UserId};
 use crate::model::Access;
 use crate::store::CredentialRow;
 
@@ -21,8 +22,8 @@ pub struct Account {
 /// A credential: metadata, non-secret fields, and the names of set secrets.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Credential {
-    pub id: String,
-    pub name: String,
+    pub id: CredentialId,
+    pub name: CredentialName,
     pub provider: String,
     pub auth_type: String,
     /// `active`, `expired`, `needs_reauth` or `error`.
@@ -52,7 +53,7 @@ pub struct Credential {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// The owning user; `null`: an organization credential.
-    pub owner: Option<String>,
+    pub owner: Option<UserId>,
     pub sharing: SharingView,
     /// The caller's own level: `use`, `view` or `manage`.
     pub access: Access,
@@ -69,7 +70,7 @@ pub struct SharingView {
 /// One user's grant.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct UserGrant {
-    pub user_id: String,
+    pub user_id: UserId,
     pub access: Access,
 }
 
@@ -78,12 +79,12 @@ pub struct UserGrant {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialSummary {
-    pub id: String,
-    pub name: String,
+    pub id: CredentialId,
+    pub name: CredentialName,
     pub provider: String,
     pub auth_type: String,
     pub status: String,
-    pub owner: Option<String>,
+    pub owner: Option<UserId>,
     pub access: Access,
 }
 
@@ -98,7 +99,7 @@ pub enum CredentialOut {
 impl CredentialOut {
     /// `row` seen by a caller with `access`; `grants` are its user grants
     /// (only shown from `view` up).
-    pub fn new(row: &CredentialRow, access: Access, grants: &[(String, Access)]) -> Self {
+    pub fn new(row: &CredentialRow, access: Access, grants: &[(UserId, Access)]) -> Self {
         if access < Access::View {
             return Self::Summary(CredentialSummary {
                 id: row.id.clone(),
@@ -121,7 +122,7 @@ pub fn time(secs: i64) -> DateTime<Utc> {
 
 impl Credential {
     /// The whole record (no secret value).
-    pub fn new(row: &CredentialRow, access: Access, grants: &[(String, Access)]) -> Self {
+    pub fn new(row: &CredentialRow, access: Access, grants: &[(UserId, Access)]) -> Self {
         Self {
             sharing: SharingView {
                 team: row.team_access,

@@ -137,7 +137,7 @@ async fn form(
         match credentials::read(&state, &session.principal(), id).await {
             Ok((row, _)) => {
                 shown.kv_names = kv_names(&row);
-                shown.name = Some(row.name);
+                shown.name = Some(row.name.into());
                 shown.values = row.fields;
             }
             Err(e) => return failure(&state, &e).into_response(),

@@ -2,7 +2,7 @@
 //! scopes, usage by workflow and audit log (`view`); Test (`use`); Edit,
 //! Refresh, Re-authorize and sharing (`manage`).
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -14,10 +14,12 @@ use serde_json::json;
 use super::form::{oauth_words, type_words, value};
 use super::layout::{self, notice, page, status_badge, when};
 use super::manage::sharing_words;
+use super::CredentialPath;
 use super::{failure, Posted, Session};
 use crate::credentials::{self, Sharing};
 use crate::error::Error;
 use crate::http::AppState;
+use crate::ids::{CredentialId, UserId};
 use crate::model::{Access, AuthKind};
 use crate::sessions::PageSession;
 use crate::store::CredentialRow;
@@ -42,7 +44,7 @@ struct ShowQuery {
 async fn show(
     State(state): State<AppState>,
     session: Session,
-    Path(id): Path<String>,
+    CredentialPath(id): CredentialPath,
     Query(q): Query<ShowQuery>,
 ) -> Response {
     let text = if q.saved.is_some() {
@@ -65,7 +67,7 @@ async fn show(
 async fn render(
     state: &AppState,
     session: &PageSession,
-    id: &str,
+    id: &CredentialId,
     text: Option<(bool, String)>,
     status: StatusCode,
 ) -> Response {
@@ -204,7 +206,7 @@ fn configuration(state: &AppState, row: &CredentialRow) -> Markup {
 
 const LEVELS: [(&str, &str); 4] = [("", "No"), ("use", "Use"), ("view", "View"), ("manage", "Manage")];
 
-fn sharing_form(session: &PageSession, row: &CredentialRow, grants: &[(String, Access)]) -> Markup {
+fn sharing_form(session: &PageSession, row: &CredentialRow, grants: &[(UserId, Access)]) -> Markup {
     let team = row.team_access.map_or("", Access::as_str);
     html! {
         form #sharing method="post" action=(format!("/manage/credentials/{}/sharing", row.id)) {
@@ -244,7 +246,11 @@ fn sharing_form(session: &PageSession, row: &CredentialRow, grants: &[(String, A
     }
 }
 
-async fn test(State(state): State<AppState>, Path(id): Path<String>, Posted { session, .. }: Posted) -> Response {
+async fn test(
+    State(state): State<AppState>,
+    CredentialPath(id): CredentialPath,
+    Posted { session, .. }: Posted,
+) -> Response {
     if let Err(crate::http::error::ApiError::RateLimited { retry_after_secs }) =
         state.limits.check_probe(&session.org_id)
     {
@@ -265,7 +271,11 @@ async fn test(State(state): State<AppState>, Path(id): Path<String>, Posted { se
     }
 }
 
-async fn refresh(State(state): State<AppState>, Path(id): Path<String>, Posted { session, .. }: Posted) -> Response {
+async fn refresh(
+    State(state): State<AppState>,
+    CredentialPath(id): CredentialPath,
+    Posted { session, .. }: Posted,
+) -> Response {
     let refreshed = crate::oauth::refresh::refresh_now(&state, &session.principal(), &id).await;
     after_change(&state, &session, &id, refreshed, "refreshed", StatusCode::CONFLICT).await
 }
@@ -275,7 +285,7 @@ async fn refresh(State(state): State<AppState>, Path(id): Path<String>, Posted {
 async fn after_change(
     state: &AppState,
     session: &PageSession,
-    id: &str,
+    id: &CredentialId,
     changed: Result<CredentialRow, Error>,
     done: &str,
     status: StatusCode,
@@ -287,7 +297,11 @@ async fn after_change(
     }
 }
 
-async fn share(State(state): State<AppState>, Path(id): Path<String>, Posted { session, form }: Posted) -> Response {
+async fn share(
+    State(state): State<AppState>,
+    CredentialPath(id): CredentialPath,
+    Posted { session, form }: Posted,
+) -> Response {
     let team = value(&form, "team").and_then(Access::parse);
     let users: Vec<&str> = form
         .iter()
@@ -305,7 +319,10 @@ async fn share(State(state): State<AppState>, Path(id): Path<String>, Posted { s
         .filter(|(user, _)| !user.is_empty())
         .filter_map(|(user, level)| Access::parse(level).map(|a| (user.to_owned(), a)))
         .collect();
-    let shared = credentials::set_sharing(&state, &session.principal(), &id, Sharing { team, users }).await;
+    let shared = match Sharing::parse(team, users) {
+        Ok(sharing) => credentials::set_sharing(&state, &session.principal(), &id, sharing).await,
+        Err(e) => Err(e),
+    };
     after_change(
         &state,
         &session,

@@ -15,6 +15,7 @@ use super::layout::page;
 use super::{failure, ok, Session};
 use crate::credentials;
 use crate::http::AppState;
+use crate::ids::CredentialId;
 use crate::oauth::return_to::allowed_origins;
 
 pub fn router() -> Router<AppState> {
@@ -32,8 +33,9 @@ struct DoneQuery {
 /// back to `return_to`, or says what happened.
 async fn done(State(state): State<AppState>, session: Session, Query(query): Query<DoneQuery>) -> Response {
     let success = query.result.as_deref() == Some("success");
-    let credential = match (&query.credential_id, success) {
-        (Some(id), true) => match credentials::read(&state, &session.principal(), id).await {
+    let credential = match (query.credential_id.as_deref().map(CredentialId::parse), success) {
+        (Some(Err(_)), true) => return failure(&state, &crate::error::Error::NotFound).into_response(),
+        (Some(Ok(id)), true) => match credentials::read(&state, &session.principal(), &id).await {
             Ok((row, _)) => Some(row),
             Err(e) => return failure(&state, &e).into_response(),
         },

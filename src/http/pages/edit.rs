@@ -1,7 +1,7 @@
 //! Edit a credential from `/manage`: every field entered again (secrets are
 //! never shown back), as the API's PATCH requires.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -11,6 +11,7 @@ use maud::html;
 use super::connect::kv_names;
 use super::form::{fields_from_form, key_value_from_form, key_value_rows, public_values, text_of, value};
 use super::layout::{self, field_input, name_input, notice, other_errors, page};
+use super::CredentialPath;
 use super::{failure, Posted, Session};
 use crate::credentials::{self, Changes};
 use crate::error::Error;
@@ -24,7 +25,7 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/manage/credentials/{id}/edit", get(edit).post(save_edit))
 }
 
-async fn edit(State(state): State<AppState>, session: Session, Path(id): Path<String>) -> Response {
+async fn edit(State(state): State<AppState>, session: Session, CredentialPath(id): CredentialPath) -> Response {
     let row = match credentials::read(&state, &session.principal(), &id).await {
         Ok((row, Access::Manage)) => row,
         Ok(_) => return failure(&state, &Error::Forbidden).into_response(),
@@ -84,7 +85,7 @@ fn edit_form(
 
 async fn save_edit(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    CredentialPath(id): CredentialPath,
     Posted { session, form }: Posted,
 ) -> Response {
     let who = session.principal();

@@ -2,9 +2,7 @@
 //! search, filters, a Test button per row, delete with a confirmation naming
 //! the credential, and Delete selected (N) with a confirmation showing N.
 
-use std::collections::HashMap;
-
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -14,10 +12,12 @@ use serde::Deserialize;
 
 use super::form::type_words;
 use super::layout::{manage_tabs, notice, page, status_badge, when};
+use super::CredentialPath;
 use super::{enter, failure, ok, session_from, Posted, Session};
 use crate::credentials::{self, MAX_PER_PAGE};
 use crate::http::auth::ClientIp;
 use crate::http::AppState;
+use crate::ids::CredentialId;
 use crate::model::{Access, CredentialStatus};
 use crate::sessions::{PageSession, Purpose};
 use crate::store::{CredentialFilter, CredentialRow};
@@ -239,7 +239,11 @@ fn table_row(state: &AppState, row: &CredentialRow, access: Access, users: usize
     }
 }
 
-async fn confirm_delete(State(state): State<AppState>, session: Session, Path(id): Path<String>) -> Response {
+async fn confirm_delete(
+    State(state): State<AppState>,
+    session: Session,
+    CredentialPath(id): CredentialPath,
+) -> Response {
     let row = match credentials::read(&state, &session.principal(), &id).await {
         Ok((row, Access::Manage)) => row,
         Ok(_) => return failure(&state, &crate::error::Error::Forbidden).into_response(),
@@ -258,7 +262,11 @@ async fn confirm_delete(State(state): State<AppState>, session: Session, Path(id
     ok(&state, page("Delete this credential?", &session, body)).into_response()
 }
 
-async fn delete_one(State(state): State<AppState>, Path(id): Path<String>, Posted { session, .. }: Posted) -> Response {
+async fn delete_one(
+    State(state): State<AppState>,
+    CredentialPath(id): CredentialPath,
+    Posted { session, .. }: Posted,
+) -> Response {
     match credentials::delete(&state, &session.principal(), &[id]).await {
         Ok(deleted) if deleted.is_empty() => failure(&state, &crate::error::Error::NotFound).into_response(),
         Ok(deleted) => Redirect::to(&format!("/manage?deleted={}", deleted.len())).into_response(),
@@ -273,12 +281,13 @@ async fn selected(
     form: &[(String, String)],
 ) -> Result<Vec<CredentialRow>, crate::error::Error> {
     let mut rows = Vec::new();
-    let mut seen: HashMap<&str, ()> = HashMap::new();
+    let mut seen = std::collections::HashSet::new();
     for (_, id) in form.iter().filter(|(k, _)| k == "ids").take(MAX_PER_PAGE as usize) {
-        if seen.insert(id.as_str(), ()).is_some() || uuid::Uuid::parse_str(id).is_err() {
+        let Ok(id) = CredentialId::parse(id) else { continue };
+        if !seen.insert(id.clone()) {
             continue;
         }
-        match credentials::read(state, &session.principal(), id).await {
+        match credentials::read(state, &session.principal(), &id).await {
             Ok((row, Access::Manage)) => rows.push(row),
             Ok(_) | Err(crate::error::Error::NotFound | crate::error::Error::Forbidden) => {}
             Err(e) => return Err(e),
@@ -322,10 +331,10 @@ async fn confirm_selected(State(state): State<AppState>, Posted { session, form 
 }
 
 async fn delete_selected(State(state): State<AppState>, Posted { session, form }: Posted) -> Response {
-    let ids: Vec<String> = form
+    let ids: Vec<CredentialId> = form
         .iter()
-        .filter(|(k, v)| k == "ids" && uuid::Uuid::parse_str(v).is_ok())
-        .map(|(_, v)| v.to_lowercase())
+        .filter(|(k, _)| k == "ids")
+        .filter_map(|(_, v)| CredentialId::parse(v).ok())
         .take(MAX_PER_PAGE as usize)
         .collect();
     match credentials::delete(&state, &session.principal(), &ids).await {

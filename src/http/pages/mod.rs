@@ -36,6 +36,7 @@ use maud::{html, Markup};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::AppState;
+use crate::ids::CredentialId;
 use crate::oauth::return_to::allowed_origins;
 use crate::sessions::{self, PageSession, Purpose};
 
@@ -51,6 +52,24 @@ pub fn router() -> Router<AppState> {
         .merge(edit::router())
         .merge(popup::router())
         .merge(secrets::router())
+}
+
+/// A credential named in a page's path: a path that is not a credential
+/// id is the page's "not found".
+#[derive(Debug)]
+pub struct CredentialPath(pub CredentialId);
+
+impl FromRequestParts<AppState> for CredentialPath {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let axum::extract::Path(raw) = axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        CredentialId::parse(&raw)
+            .map(CredentialPath)
+            .map_err(|_| failure(state, &crate::error::Error::NotFound).into_response())
+    }
 }
 
 const SCRIPT: &str = include_str!("assets/app.js");

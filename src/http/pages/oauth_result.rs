@@ -9,13 +9,14 @@ use maud::html;
 
 use super::{layout, Html};
 use crate::http::AppState;
+use crate::ids::CredentialId;
 use crate::oauth_client::OAuthError;
 
 /// Renders the result page; `origins` are where it may post its message.
 pub fn result_page(
     state: &AppState,
     provider: &str,
-    result: &Result<String, OAuthError>,
+    result: &Result<CredentialId, OAuthError>,
     origins: &[String],
 ) -> Response {
     let (title, words, message) = match result {

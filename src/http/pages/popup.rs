@@ -12,9 +12,11 @@ use axum::Router;
 
 use super::connect::offered;
 use super::form::CsrfQuery;
+use super::CredentialPath;
 use super::{failure, forged, same_page, Session};
 use crate::credentials;
 use crate::http::AppState;
+use crate::ids::CredentialId;
 use crate::oauth::flow::{self, AuthorizeInput};
 use crate::sessions::PageSession;
 
@@ -45,7 +47,7 @@ async fn connect(
 async fn reauthorize(
     State(state): State<AppState>,
     session: Session,
-    Path(id): Path<String>,
+    CredentialPath(id): CredentialPath,
     headers: HeaderMap,
     Query(query): Query<CsrfQuery>,
 ) -> Response {
@@ -60,7 +62,12 @@ async fn reauthorize(
 }
 
 /// Starts the flow for the session's user and redirects to the provider.
-async fn start(state: &AppState, session: &PageSession, provider_id: &str, credential_id: Option<String>) -> Response {
+async fn start(
+    state: &AppState,
+    session: &PageSession,
+    provider_id: &str,
+    credential_id: Option<CredentialId>,
+) -> Response {
     let input = AuthorizeInput {
         credential_id,
         ..AuthorizeInput::default()

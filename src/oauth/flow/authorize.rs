@@ -11,6 +11,7 @@ use crate::context::Context;
 use crate::credentials;
 use crate::crypto::SecretMap;
 use crate::error::Error;
+use crate::ids::{CredentialId, CredentialName};
 use crate::model::{Access, AuthKind, Principal};
 use crate::oauth::return_to::return_to_allowed;
 use crate::oauth::STATE_TTL_SECS;
@@ -25,9 +26,9 @@ pub struct StartRequest {
     /// Who connects: their user owns a new credential (`None`: the
     /// organization); their actor becomes `created_by`.
     pub who: Principal,
-    pub name: Option<String>,
+    pub name: Option<CredentialName>,
     pub return_to: Option<String>,
-    pub credential_id: Option<String>,
+    pub credential_id: Option<CredentialId>,
     pub tenant: Option<String>,
 }
 
@@ -44,7 +45,7 @@ pub struct AuthorizeInput {
     pub name: Option<String>,
     pub return_to: Option<String>,
     /// Re-authorize this credential in place (needs `manage`).
-    pub credential_id: Option<String>,
+    pub credential_id: Option<CredentialId>,
     pub tenant: Option<String>,
 }
 
@@ -83,11 +84,14 @@ pub async fn authorize(
             ));
         }
     }
-    if let Some(name) = &input.name {
-        if name.trim().is_empty() || name.chars().count() > credentials::MAX_NAME_LEN {
-            errors.push(FieldError::new("name", "must be 1 to 200 characters"));
+    let name = match input.name.as_deref().map(credentials::check_name) {
+        Some(Ok(name)) => Some(name),
+        Some(Err(e)) => {
+            errors.push(e);
+            None
         }
-    }
+        None => None,
+    };
     let mut tenant = input.tenant.clone();
     if let Some(id) = &input.credential_id {
         let (existing, _) = credentials::access::authorize(ctx, who, id, Access::Manage).await?;
@@ -121,9 +125,9 @@ pub async fn authorize(
         provider,
         StartRequest {
             who: who.clone(),
-            name: input.name.map(|n| n.trim().to_owned()),
+            name,
             return_to: input.return_to,
-            credential_id: input.credential_id.map(|id| id.to_lowercase()),
+            credential_id: input.credential_id,
             tenant,
         },
     )
@@ -164,10 +168,10 @@ pub async fn start(ctx: &Context, provider: &Provider, req: StartRequest) -> Res
     payload.insert("key_id", SecretString::from(who.key_id.clone()));
     payload.insert("role", SecretString::from(who.role.as_str().to_owned()));
     for (k, v) in [
-        ("owner", who.user_id.clone()),
-        ("name", req.name),
+        ("owner", who.user_id.clone().map(String::from)),
+        ("name", req.name.map(String::from)),
         ("return_to", req.return_to),
-        ("credential_id", req.credential_id),
+        ("credential_id", req.credential_id.map(String::from)),
         ("tenant", req.tenant),
     ] {
         if let Some(v) = v {

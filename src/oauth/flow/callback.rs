@@ -7,6 +7,7 @@ use crate::context::Context;
 use crate::credentials::{self, Grant};
 use crate::crypto::SecretMap;
 use crate::error::Error;
+use crate::ids::{CredentialId, CredentialName, UserId};
 use crate::model::{Access, Principal, Role};
 use crate::oauth_client::{exchange_code, fetch_identity, OAuthError};
 use crate::providers::Provider;
@@ -19,7 +20,7 @@ use super::{hash_state, redirect_uri};
 pub struct Finished {
     /// `return_to` of the authorization, when it was known.
     pub return_to: Option<String>,
-    pub result: Result<String, OAuthError>,
+    pub result: Result<CredentialId, OAuthError>,
 }
 
 /// The callback's query parameters. `Debug` hides `state` and `code`.
@@ -134,7 +135,7 @@ fn starter(row: &OAuthStateRow, payload: &SecretMap) -> Option<Principal> {
         org_id: row.org_id.clone(),
         key_id: get(payload, "key_id")?,
         role: Role::parse(&get(payload, "role")?)?,
-        user_id: get(payload, "owner"),
+        user_id: get(payload, "owner").map(UserId::from_store),
     })
 }
 
@@ -144,7 +145,7 @@ async fn complete(
     (state_hash, row): (&str, &OAuthStateRow),
     payload: &SecretMap,
     query: &CallbackQuery,
-) -> Result<String, OAuthError> {
+) -> Result<CredentialId, OAuthError> {
     let settings = provider
         .oauth
         .as_ref()
@@ -190,7 +191,7 @@ async fn complete(
         .get("verifier")
         .cloned()
         .ok_or_else(|| OAuthError::new("oauth_state_invalid", "the connection link is incomplete"))?;
-    let credential_id = get(payload, "credential_id");
+    let credential_id = get(payload, "credential_id").map(CredentialId::from_store);
     if let Some(id) = &credential_id {
         let who = starter(row, payload)
             .ok_or_else(|| OAuthError::new("oauth_state_invalid", "the connection link is incomplete"))?;
@@ -217,9 +218,9 @@ async fn complete(
         state_hash: Some(state_hash),
         provider,
         actor: &actor,
-        name: get(payload, "name"),
+        name: get(payload, "name").map(CredentialName::from_store),
         credential_id,
-        owner: get(payload, "owner"),
+        owner: get(payload, "owner").map(UserId::from_store),
         tenant,
         tokens,
         identity,

@@ -3,8 +3,6 @@
 
 use std::sync::Arc;
 
-use sqlx::Row;
-
 mod flights;
 mod pages;
 mod remembered;
@@ -15,6 +13,8 @@ pub(super) use pages::Pages;
 use pages::{used_sum, Kept, ReadPage};
 pub(super) use remembered::{PageStarts, Totals};
 use rows::{like_pattern, listed};
+
+use crate::ids::OrgId;
 pub use rows::{CredentialFilter, CredentialPage, ListedCredential, Served, Viewer};
 
 use super::row::{Listed, LIST_COLUMNS};
@@ -33,6 +33,13 @@ const NEAREST_PAGES: i64 = 20;
 
 const VERSION_SQL: &str = "(SELECT v.version FROM listing_versions v WHERE v.org_id = $1)";
 
+/// A filter's count, with the listing version it was counted at.
+#[derive(sqlx::FromRow)]
+struct CountColumns {
+    listing_version: Option<i64>,
+    total: i64,
+}
+
 impl Store {
     /// A page of the credentials `f.viewer` may at least use, newest first,
     /// each with the viewer's own grant and all its user grants (in the same
@@ -46,14 +53,14 @@ impl Store {
     /// as the page reaches, and merges them. A page read before in this
     /// process is served again, without reading its rows, while one check
     /// statement finds its listing version and row versions unchanged.
-    pub async fn list_credentials(&self, org_id: &str, f: &CredentialFilter) -> Result<CredentialPage, StoreError> {
+    pub async fn list_credentials(&self, org_id: &OrgId, f: &CredentialFilter) -> Result<CredentialPage, StoreError> {
         self.timed(async move {
         // Only the filters actually given go into the statements, so each
         // shape gets a plan that can use the indexes.
-        let mut binds: Vec<String> = vec![org_id.to_owned()];
+        let mut binds: Vec<String> = vec![org_id.to_string()];
         let user = match (&f.viewer.user, f.viewer.admin) {
             (Some(user), false) => {
-                binds.push(user.clone());
+                binds.push(user.to_string());
                 Some("$2")
             }
             _ => None,
@@ -73,7 +80,7 @@ impl Store {
         if f.owner_me {
             match (&f.viewer.user, user) {
                 (_, Some(mark)) => add(&format!(" AND x.owner = {mark}"), None),
-                (Some(me), None) => add(" AND x.owner = ?", Some(me.clone())),
+                (Some(me), None) => add(" AND x.owner = ?", Some(me.to_string())),
                 (None, None) => add(" AND 1 = 0", None),
             }
         }
@@ -134,7 +141,7 @@ impl Store {
         } else {
             format!(" AND ({access})")
         };
-        let count_sql = format!("SELECT {VERSION_SQL}, COUNT(*) FROM credentials x WHERE x.org_id = $1{access}{rest}");
+        let count_sql = format!("SELECT {VERSION_SQL} AS listing_version, COUNT(*) AS total FROM credentials x WHERE x.org_id = $1{access}{rest}");
         let grants_sql = match self.dialect {
             Dialect::Postgres => {
                 "(SELECT json_agg(json_build_array(g3.user_id, g3.access))::text FROM credential_grants g3 \
@@ -212,7 +219,7 @@ impl Store {
                 )
             };
             let join_user = binds.len() + 1;
-            binds.push(f.viewer.user.clone().unwrap_or_default());
+            binds.push(f.viewer.user.as_deref().unwrap_or_default().to_owned());
             let sql = format!(
                 "SELECT {LIST_COLUMNS}, g.access AS my_grant, {VERSION_SQL} AS listing_version, {grants_sql} AS grants \
                  FROM credentials c \
@@ -318,7 +325,7 @@ impl Store {
                     None => (fetch(page_statement(&Start::Offset(offset))).await?, true),
                 };
                 if let (true, Some(version), Some(first)) = (new_start, version_of(&rows), rows.first()) {
-                    let start = (first.raw.created_at, first.raw.id.clone());
+                    let start = (first.raw.created_at, first.raw.id.to_string());
                     self.page_starts.put(page_key(offset), version, start);
                 }
                 rows
@@ -335,13 +342,12 @@ impl Store {
         let total = match counted() {
             Some(total) => total,
             None => {
-                let mut count = sqlx::query(&count_sql);
+                let mut count = sqlx::query_as::<_, CountColumns>(&count_sql);
                 for b in &binds {
                     count = count.bind(b);
                 }
-                let row = count.fetch_one(&self.pool).await?;
-                let version = row.try_get::<Option<i64>, _>(0)?.unwrap_or(0);
-                let total: i64 = row.try_get(1)?;
+                let CountColumns { listing_version, total } = count.fetch_one(&self.pool).await?;
+                let version = listing_version.unwrap_or(0);
                 self.totals.put(key, version, total);
                 total
             }

@@ -5,10 +5,28 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use sqlx::Row;
+/// What [`Store::page_check`] reads of a kept page's rows.
+#[derive(sqlx::FromRow)]
+struct CheckColumns {
+    listing_version: Option<i64>,
+    in_org: i64,
+    version_sum: i64,
+    used_sum: i64,
+}
+
+/// One row of a kept page, as [`Store::with_uses_read`] reads it.
+#[derive(sqlx::FromRow)]
+struct UseColumns {
+    listing_version: Option<i64>,
+    id: CredentialId,
+    org_id: OrgId,
+    row_version: i64,
+    last_used_at: Option<i64>,
+}
 
 use super::{ListedCredential, VERSION_SQL};
 use crate::fifo::Fifo;
+use crate::ids::{CredentialId, OrgId};
 use crate::store::{Store, StoreError};
 
 /// A page as read, with what identifies its content: the organization's
@@ -84,13 +102,16 @@ pub(super) enum Kept {
 /// statement shapes exist. Only the ids select rows, so both databases look
 /// each one up by its key (with `org_id = $1` beside them SQLite walked the
 /// organization's index instead). `None` for a page without rows.
-fn over_rows<'q>(
+fn over_rows<'q, O>(
     sql: &'q str,
-    org_id: &'q str,
+    org_id: &'q OrgId,
     page: &'q ReadPage,
-) -> Option<sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>> {
+) -> Option<sqlx::query::QueryAs<'q, sqlx::Any, O, sqlx::any::AnyArguments<'q>>>
+where
+    O: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow>,
+{
     let last = page.rows.last()?.row.id.as_str();
-    let mut query = sqlx::query(sql).bind(org_id);
+    let mut query = sqlx::query_as(sql).bind(org_id);
     let ids = page.rows.iter().map(|l| l.row.id.as_str());
     for id in ids
         .chain(std::iter::repeat(last))
@@ -112,26 +133,28 @@ impl Store {
     /// Whether a page read before is still what it was: the organization's
     /// listing version, and the number (in the organization), row-version
     /// sum and use-time sum of its rows, read in one statement.
-    pub(super) async fn page_check(&self, org_id: &str, page: &ReadPage) -> Result<Kept, StoreError> {
+    pub(super) async fn page_check(&self, org_id: &OrgId, page: &ReadPage) -> Result<Kept, StoreError> {
         self.timed(async move {
             let sql = format!(
-                "SELECT {VERSION_SQL}, CAST(COALESCE(SUM(CASE WHEN x.org_id = $1 THEN 1 ELSE 0 END), 0) AS BIGINT), \
-             CAST(COALESCE(SUM(x.row_version), 0) AS BIGINT), \
-             CAST(COALESCE(SUM(COALESCE(x.last_used_at, 0)), 0) AS BIGINT) FROM credentials x WHERE {}",
+                "SELECT {VERSION_SQL} AS listing_version, \
+             CAST(COALESCE(SUM(CASE WHEN x.org_id = $1 THEN 1 ELSE 0 END), 0) AS BIGINT) AS in_org, \
+             CAST(COALESCE(SUM(x.row_version), 0) AS BIGINT) AS version_sum, \
+             CAST(COALESCE(SUM(COALESCE(x.last_used_at, 0)), 0) AS BIGINT) AS used_sum FROM credentials x WHERE {}",
                 ids_in(page)
             );
-            let Some(check) = over_rows(&sql, org_id, page) else {
+            let Some(check) = over_rows::<CheckColumns>(&sql, org_id, page) else {
                 return Ok(Kept::Changed);
             };
-            let row = check.fetch_one(&self.pool).await?;
-            let version: Option<i64> = row.try_get(0)?;
-            let count: i64 = row.try_get(1)?;
-            let sum: i64 = row.try_get(2)?;
-            let used: i64 = row.try_get(3)?;
-            let same_rows = version == Some(page.listing_version)
-                && usize::try_from(count).is_ok_and(|n| n == page.rows.len())
-                && sum == page.row_version_sum;
-            Ok(match (same_rows, used == page.used_sum) {
+            let CheckColumns {
+                listing_version,
+                in_org,
+                version_sum,
+                used_sum,
+            } = check.fetch_one(&self.pool).await?;
+            let same_rows = listing_version == Some(page.listing_version)
+                && usize::try_from(in_org).is_ok_and(|n| n == page.rows.len())
+                && version_sum == page.row_version_sum;
+            Ok(match (same_rows, used_sum == page.used_sum) {
                 (false, _) => Kept::Changed,
                 (true, false) => Kept::UsedSince,
                 (true, true) => Kept::Unchanged,
@@ -144,27 +167,26 @@ impl Store {
     /// new number); `None` if anything else changed meanwhile (the same
     /// conditions as [`Store::page_check`], in the statement that reads the
     /// use times).
-    pub(super) async fn with_uses_read(&self, org_id: &str, page: &ReadPage) -> Result<Option<ReadPage>, StoreError> {
+    pub(super) async fn with_uses_read(&self, org_id: &OrgId, page: &ReadPage) -> Result<Option<ReadPage>, StoreError> {
         self.timed(async move {
             let sql = format!(
-                "SELECT {VERSION_SQL}, x.id, x.org_id, x.row_version, x.last_used_at FROM credentials x WHERE {}",
+                "SELECT {VERSION_SQL} AS listing_version, x.id, x.org_id, x.row_version, x.last_used_at \
+                 FROM credentials x WHERE {}",
                 ids_in(page)
             );
-            let Some(read) = over_rows(&sql, org_id, page) else {
+            let Some(read) = over_rows::<UseColumns>(&sql, org_id, page) else {
                 return Ok(None);
             };
             let mut used = std::collections::HashMap::new();
             let mut version = None;
             let mut sum = 0i64;
             for row in read.fetch_all(&self.pool).await? {
-                version = row.try_get::<Option<i64>, _>(0)?;
-                let id: String = row.try_get(1)?;
-                let org: String = row.try_get(2)?;
-                if org != org_id {
+                version = row.listing_version;
+                if row.org_id != *org_id {
                     return Ok(None);
                 }
-                sum += row.try_get::<i64, _>(3)?;
-                used.insert(id, row.try_get::<Option<i64>, _>(4)?);
+                sum += row.row_version;
+                used.insert(row.id, row.last_used_at);
             }
             if version != Some(page.listing_version) || used.len() != page.rows.len() || sum != page.row_version_sum {
                 return Ok(None);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use super::super::row::Listed;
 use super::super::sharing::{access, grant_pairs};
 use super::super::{CredentialRow, StoreError};
+use crate::ids::UserId;
 use crate::model::{Access, CredentialStatus};
 
 /// Who is listing: the rows they may at least use are shown.
@@ -14,7 +15,7 @@ pub struct Viewer {
     /// Admins see everything.
     pub admin: bool,
     /// The user, if the key has one (else the organization itself).
-    pub user: Option<String>,
+    pub user: Option<UserId>,
 }
 
 /// A listed credential: the row, the viewer's own grant on it, and every
@@ -23,7 +24,7 @@ pub struct Viewer {
 pub struct ListedCredential {
     pub row: CredentialRow,
     pub my_grant: Option<Access>,
-    pub grants: Vec<(String, Access)>,
+    pub grants: Vec<(UserId, Access)>,
 }
 
 /// A page of a listing and the listing's total.

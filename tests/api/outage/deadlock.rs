@@ -63,7 +63,7 @@ async fn deadlock_victim() {
     // delete takes at commit, after the credential's row.
     let mut other = other_side(&db).await;
     sqlx::query("UPDATE listing_versions SET version = version WHERE org_id = $1")
-        .bind(&app.org.id)
+        .bind(app.org.id.as_str())
         .execute(&mut other)
         .await
         .unwrap();

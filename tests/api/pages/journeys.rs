@@ -310,7 +310,7 @@ fn a_member_sees_only_what_sharing_allows() {
             &app.org.id,
             credgate::model::Role::Member,
             credgate::api_tokens::NewKey {
-                user_id: Some("u-2"),
+                user_id: Some(&credgate::ids::UserId::parse("u-2").unwrap()),
                 ..Default::default()
             },
         )

@@ -33,7 +33,7 @@ async fn sessions_are_opened_by_admins_for_anyone_and_by_members_for_themselves(
         &app.org.id,
         credgate::model::Role::Member,
         credgate::api_tokens::NewKey {
-            user_id: Some("u-2"),
+            user_id: Some(&credgate::ids::UserId::parse("u-2").unwrap()),
             ..Default::default()
         },
     )
@@ -302,9 +302,15 @@ async fn an_expired_or_ended_session_says_so_in_words(backend: crate::helpers::B
         .await
         .unwrap();
     let (no_cookie, late_link) = enter(&app, &unopened).await;
-    credgate::credentials::remove_user(&app.state, &app.org.id, "u-6", None, "test")
-        .await
-        .unwrap();
+    credgate::credentials::remove_user(
+        &app.state,
+        &app.org.id,
+        &credgate::ids::UserId::parse("u-6").unwrap(),
+        None,
+        "test",
+    )
+    .await
+    .unwrap();
     let after_removal = app
         .client
         .get(format!("{}/manage", app.base))

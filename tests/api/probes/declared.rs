@@ -402,8 +402,8 @@ async fn every_declared_probe_reads_the_account_rejects_a_bad_secret_and_reports
         let mut wrong = case.fields.clone();
         wrong[case.secret_field] = json!(format!("{secret}-WRONG"));
 
-        let good = credgate::probes::run(&ctx, ORG, &probe_for(&registry, &case, &case.fields, &server.uri())).await;
-        let refused = credgate::probes::run(&ctx, ORG, &probe_for(&registry, &case, &wrong, &server.uri())).await;
+        let good = credgate::probes::run(&ctx, &ORG, &probe_for(&registry, &case, &case.fields, &server.uri())).await;
+        let refused = credgate::probes::run(&ctx, &ORG, &probe_for(&registry, &case, &wrong, &server.uri())).await;
         server.reset().await;
         Mock::given(method(case.method))
             .respond_with(
@@ -413,7 +413,8 @@ async fn every_declared_probe_reads_the_account_rejects_a_bad_secret_and_reports
             )
             .mount(&server)
             .await;
-        let limited = credgate::probes::run(&ctx, ORG, &probe_for(&registry, &case, &case.fields, &server.uri())).await;
+        let limited =
+            credgate::probes::run(&ctx, &ORG, &probe_for(&registry, &case, &case.fields, &server.uri())).await;
 
         let p = case.provider;
         assert_eq!(code(&good), "ok", "{p}: {good:?}");

@@ -210,7 +210,7 @@ async fn a_probe_to_a_name_resolving_to_loopback_is_refused_without_naming_the_a
     }))
     .unwrap();
 
-    let result = credgate::probes::sftp::probe(&deny, super::ORG, &req).await;
+    let result = credgate::probes::sftp::probe(&deny, &super::ORG, &req).await;
 
     assert_eq!(super::code(&result), "egress_denied", "{result:?}");
     let message = &result.error.as_ref().unwrap().message;

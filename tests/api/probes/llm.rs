@@ -48,7 +48,7 @@ async fn answer(status: u16, body: serde_json::Value) -> MockServer {
 }
 
 async fn run(server: &MockServer, provider_type: &str) -> ProbeResult {
-    let result = probe(&ctx_for(server), ORG, &request(provider_type, None)).await;
+    let result = probe(&ctx_for(server), &ORG, &request(provider_type, None)).await;
     assert_no_secret(&result, &[KEY]);
     result
 }
@@ -67,7 +67,7 @@ async fn openai_lists_models_with_bearer_and_organization_headers() {
     let mut req = request("openai", None);
     req.organization_id = Some("org-123".into());
 
-    let result = probe(&ctx_for(&server), ORG, &req).await;
+    let result = probe(&ctx_for(&server), &ORG, &req).await;
 
     assert_eq!(code(&result), "ok", "{result:?}");
     assert_eq!(result.detail["model_count"], json!(7));
@@ -110,7 +110,7 @@ async fn openai_compatible_calls_models_under_its_base_url() {
         .await;
     let req = request("openai_compatible", Some(format!("{}/api/v1/", server.uri())));
 
-    let result = probe(&ctx_for(&server), ORG, &req).await;
+    let result = probe(&ctx_for(&server), &ORG, &req).await;
 
     assert_eq!(code(&result), "ok", "{result:?}");
     assert_eq!(result.detail["model_count"], json!(2));
@@ -238,7 +238,7 @@ async fn https_to_a_plain_http_server_is_tls() {
     let server = answer(200, models(1)).await;
     let base = server.uri().replace("http://", "https://");
 
-    let result = probe(&ctx_for(&server), ORG, &request("openai", Some(base))).await;
+    let result = probe(&ctx_for(&server), &ORG, &request("openai", Some(base))).await;
 
     assert_eq!(code(&result), "tls", "{result:?}");
 }
@@ -254,7 +254,7 @@ async fn a_connection_closed_without_an_answer_is_network() {
     });
     let server = MockServer::start().await;
 
-    let result = probe(&ctx_for(&server), ORG, &request("openai", Some(base))).await;
+    let result = probe(&ctx_for(&server), &ORG, &request("openai", Some(base))).await;
 
     assert_eq!(code(&result), "network", "{result:?}");
 }
@@ -264,7 +264,7 @@ async fn a_closed_port_is_connect_refused() {
     let base = format!("http://127.0.0.1:{}", super::sshd::free_port());
     let server = MockServer::start().await;
 
-    let result = probe(&ctx_for(&server), ORG, &request("openai_compatible", Some(base))).await;
+    let result = probe(&ctx_for(&server), &ORG, &request("openai_compatible", Some(base))).await;
 
     assert_eq!(code(&result), "connect_refused", "{result:?}");
 }
@@ -274,7 +274,7 @@ async fn an_unknown_host_is_dns() {
     let server = MockServer::start().await;
     let req = request("openai_compatible", Some("https://llm.no-such-host.invalid/v1".into()));
 
-    assert_eq!(code(&probe(&ctx_for(&server), ORG, &req).await), "dns");
+    assert_eq!(code(&probe(&ctx_for(&server), &ORG, &req).await), "dns");
 }
 
 #[tokio::test]
@@ -282,7 +282,7 @@ async fn a_base_url_on_a_private_address_is_egress_denied_before_any_request() {
     let server = answer(200, models(1)).await;
     let deny = ctx_with(Default::default(), Duration::from_secs(2), ApiBaseUrls::default());
     for base in [server.uri(), format!("http://localhost:{}", server.address().port())] {
-        let result = probe(&deny, ORG, &request("openai_compatible", Some(base))).await;
+        let result = probe(&deny, &ORG, &request("openai_compatible", Some(base))).await;
 
         assert_eq!(code(&result), "egress_denied", "{result:?}");
     }

@@ -53,7 +53,7 @@ fn message(result: &credgate::probes::ProbeResult) -> String {
 async fn smtp_over_starttls_logs_in_and_reports_greeting_mechanisms_and_tls() {
     let server = smtp_server(SmtpMode::StartTls);
 
-    let result = smtp::probe(&mail_ctx(), ORG, &smtp_request(server.port, "starttls", MAIL_PASSWORD)).await;
+    let result = smtp::probe(&mail_ctx(), &ORG, &smtp_request(server.port, "starttls", MAIL_PASSWORD)).await;
 
     assert_eq!(code(&result), "ok", "{result:?}");
     assert_eq!(result.detail["tls"], json!(true));
@@ -77,7 +77,7 @@ async fn smtp_over_implicit_tls_logs_in_and_tries_the_sender() {
     let mut req = smtp_request(server.port, "tls", MAIL_PASSWORD);
     req.from = Some("robot@credgate.test".into());
 
-    let result = smtp::probe(&mail_ctx(), ORG, &req).await;
+    let result = smtp::probe(&mail_ctx(), &ORG, &req).await;
 
     assert_eq!(code(&result), "ok", "{result:?}");
     assert_eq!(result.detail["tls"], json!(true));
@@ -88,7 +88,7 @@ async fn smtp_over_implicit_tls_logs_in_and_tries_the_sender() {
 async fn smtp_without_tls_logs_in_only_when_security_is_none() {
     let server = smtp_server(SmtpMode::Plain);
 
-    let result = smtp::probe(&mail_ctx(), ORG, &smtp_request(server.port, "none", MAIL_PASSWORD)).await;
+    let result = smtp::probe(&mail_ctx(), &ORG, &smtp_request(server.port, "none", MAIL_PASSWORD)).await;
 
     assert_eq!(code(&result), "ok", "{result:?}");
     assert_eq!(result.detail["tls"], json!(false));
@@ -98,7 +98,12 @@ async fn smtp_without_tls_logs_in_only_when_security_is_none() {
 async fn smtp_with_a_wrong_password_is_auth_failed() {
     let server = smtp_server(SmtpMode::StartTls);
 
-    let result = smtp::probe(&mail_ctx(), ORG, &smtp_request(server.port, "starttls", WRONG_PASSWORD)).await;
+    let result = smtp::probe(
+        &mail_ctx(),
+        &ORG,
+        &smtp_request(server.port, "starttls", WRONG_PASSWORD),
+    )
+    .await;
 
     assert_eq!(code(&result), "auth_failed", "{result:?}");
     assert!(message(&result).contains("535"), "{result:?}");
@@ -109,7 +114,7 @@ async fn smtp_with_a_wrong_password_is_auth_failed() {
 async fn smtp_starttls_against_a_server_that_does_not_offer_it_is_tls() {
     let server = smtp_server(SmtpMode::Plain);
 
-    let result = smtp::probe(&mail_ctx(), ORG, &smtp_request(server.port, "starttls", MAIL_PASSWORD)).await;
+    let result = smtp::probe(&mail_ctx(), &ORG, &smtp_request(server.port, "starttls", MAIL_PASSWORD)).await;
 
     assert_eq!(code(&result), "tls", "{result:?}");
     assert!(message(&result).contains("STARTTLS"), "{result:?}");
@@ -120,7 +125,7 @@ async fn smtp_starttls_against_a_server_that_does_not_offer_it_is_tls() {
 async fn smtp_login_in_clear_text_where_the_server_wants_starttls_first_is_tls() {
     let server = smtp_server(SmtpMode::StartTls);
 
-    let result = smtp::probe(&mail_ctx(), ORG, &smtp_request(server.port, "none", MAIL_PASSWORD)).await;
+    let result = smtp::probe(&mail_ctx(), &ORG, &smtp_request(server.port, "none", MAIL_PASSWORD)).await;
 
     assert_eq!(code(&result), "tls", "{result:?}");
 }
@@ -131,7 +136,7 @@ async fn smtp_with_tls_verify_rejects_a_self_signed_certificate_as_tls() {
     let mut req = smtp_request(server.port, "tls", MAIL_PASSWORD);
     req.login.tls_verify = None;
 
-    let result = smtp::probe(&mail_ctx(), ORG, &req).await;
+    let result = smtp::probe(&mail_ctx(), &ORG, &req).await;
 
     assert_eq!(code(&result), "tls", "{result:?}");
     assert!(message(&result).contains("certificate"), "{result:?}");
@@ -139,7 +144,7 @@ async fn smtp_with_tls_verify_rejects_a_self_signed_certificate_as_tls() {
 
 #[tokio::test]
 async fn smtp_to_a_closed_port_is_connect_refused() {
-    let result = smtp::probe(&mail_ctx(), ORG, &smtp_request(free_port(), "starttls", MAIL_PASSWORD)).await;
+    let result = smtp::probe(&mail_ctx(), &ORG, &smtp_request(free_port(), "starttls", MAIL_PASSWORD)).await;
 
     assert_eq!(code(&result), "connect_refused", "{result:?}");
 }
@@ -148,7 +153,7 @@ async fn smtp_to_a_closed_port_is_connect_refused() {
 async fn smtp_against_an_imap_port_is_protocol() {
     let result = smtp::probe(
         &mail_ctx(),
-        ORG,
+        &ORG,
         &smtp_request(dovecot().plain_port, "starttls", MAIL_PASSWORD),
     )
     .await;
@@ -163,7 +168,7 @@ async fn imap_over_tls_logs_in_and_reports_the_inbox_message_count() {
 
     let result = imap::probe(
         &mail_ctx(),
-        ORG,
+        &ORG,
         &imap_request("127.0.0.1", server.tls_port, "tls", MAIL_PASSWORD),
     )
     .await;
@@ -188,7 +193,7 @@ async fn imap_over_starttls_logs_in() {
 
     let result = imap::probe(
         &mail_ctx(),
-        ORG,
+        &ORG,
         &imap_request("127.0.0.1", server.plain_port, "starttls", MAIL_PASSWORD),
     )
     .await;
@@ -204,7 +209,7 @@ async fn imap_with_a_wrong_password_is_auth_failed() {
 
     let result = imap::probe(
         &mail_ctx(),
-        ORG,
+        &ORG,
         &imap_request("127.0.0.1", server.tls_port, "tls", WRONG_PASSWORD),
     )
     .await;
@@ -220,7 +225,7 @@ async fn imap_sends_a_non_ascii_password_as_a_literal_and_is_answered() {
 
     let result = imap::probe(
         &mail_ctx(),
-        ORG,
+        &ORG,
         &imap_request("127.0.0.1", server.tls_port, "tls", "SENTINEL-pässwörd-\"quoted\""),
     )
     .await;
@@ -234,7 +239,7 @@ async fn imap_tls_against_the_plain_port_is_tls() {
 
     let result = imap::probe(
         &mail_ctx(),
-        ORG,
+        &ORG,
         &imap_request("127.0.0.1", server.plain_port, "tls", MAIL_PASSWORD),
     )
     .await;
@@ -248,7 +253,7 @@ async fn imap_login_in_clear_text_where_the_server_requires_tls_is_tls() {
 
     let result = imap::probe(
         &mail_ctx(),
-        ORG,
+        &ORG,
         &imap_request("127.0.0.2", server.plain_port, "none", MAIL_PASSWORD),
     )
     .await;
@@ -262,7 +267,7 @@ async fn imap_with_tls_verify_rejects_a_self_signed_certificate_as_tls() {
     let mut req = imap_request("127.0.0.1", dovecot().tls_port, "tls", MAIL_PASSWORD);
     req.login.tls_verify = Some(true);
 
-    let result = imap::probe(&mail_ctx(), ORG, &req).await;
+    let result = imap::probe(&mail_ctx(), &ORG, &req).await;
 
     assert_eq!(code(&result), "tls", "{result:?}");
 }
@@ -271,7 +276,7 @@ async fn imap_with_tls_verify_rejects_a_self_signed_certificate_as_tls() {
 async fn imap_to_a_closed_port_is_connect_refused() {
     let result = imap::probe(
         &mail_ctx(),
-        ORG,
+        &ORG,
         &imap_request("127.0.0.1", free_port(), "tls", MAIL_PASSWORD),
     )
     .await;
@@ -288,10 +293,10 @@ async fn without_an_allow_list_loopback_mail_servers_are_egress_denied() {
     );
     let smtp_port = smtp_server(SmtpMode::StartTls).port;
 
-    let sent = smtp::probe(&deny, ORG, &smtp_request(smtp_port, "starttls", MAIL_PASSWORD)).await;
+    let sent = smtp::probe(&deny, &ORG, &smtp_request(smtp_port, "starttls", MAIL_PASSWORD)).await;
     let read = imap::probe(
         &deny,
-        ORG,
+        &ORG,
         &imap_request("localhost", dovecot().tls_port, "tls", MAIL_PASSWORD),
     )
     .await;
@@ -328,7 +333,7 @@ async fn a_server_that_never_stops_talking_is_protocol() {
         let (port, chatter) = chatty_server(first, filler).await;
         let started = Instant::now();
 
-        let result = smtp::probe(&mail_ctx(), ORG, &smtp_request(port, "none", MAIL_PASSWORD)).await;
+        let result = smtp::probe(&mail_ctx(), &ORG, &smtp_request(port, "none", MAIL_PASSWORD)).await;
 
         chatter.abort();
         assert_eq!(code(&result), "protocol", "{result:?}");
@@ -354,8 +359,8 @@ fn the_password_never_shows_in_results_logs_or_debug_output() {
                 !format!("{sent:?}{read:?}").contains(password),
                 "Debug shows the password"
             );
-            results.push(serde_json::to_value(smtp::probe(&mail_ctx(), ORG, &sent).await).unwrap());
-            results.push(serde_json::to_value(imap::probe(&mail_ctx(), ORG, &read).await).unwrap());
+            results.push(serde_json::to_value(smtp::probe(&mail_ctx(), &ORG, &sent).await).unwrap());
+            results.push(serde_json::to_value(imap::probe(&mail_ctx(), &ORG, &read).await).unwrap());
         }
 
         let logs = captured_logs();

@@ -26,10 +26,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use credgate::egress::EgressPolicy;
+use credgate::ids::OrgId;
 use credgate::probes::{ApiBaseUrls, ProbeContext, ProbeResult, ProbeTimeouts};
 
 /// The organization the probes of these tests run for.
-const ORG: &str = "org-probes";
+static ORG: std::sync::LazyLock<OrgId> = std::sync::LazyLock::new(|| org("org-probes"));
+
+/// A made-up organization, the same for the same name (probes only count
+/// their slots by it).
+fn org(name: &str) -> OrgId {
+    let n = name
+        .bytes()
+        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    OrgId::parse(&format!("00000000-0000-4000-8000-{:012x}", n & 0xffff_ffff_ffff)).unwrap()
+}
 
 /// A policy that lets the tests reach their loopback servers.
 fn loopback_policy() -> Arc<EgressPolicy> {

@@ -101,14 +101,15 @@ fn fifty_probes_whose_query_is_never_answered_leave_no_descriptor_open() {
             let ctx = hostile_ctx(Duration::from_millis(700));
             let req = request(port);
             // Whatever a first probe sets up once (and keeps) is not a leak.
-            probe(&ctx, ORG, &req).await;
+            probe(&ctx, &ORG, &req).await;
             tokio::time::sleep(Duration::from_millis(300)).await;
             let before = open_fds();
 
             let mut results = Vec::new();
             for _ in 0..50 / 10 {
                 // Two organizations, so that each of the ten gets a slot.
-                let batch = (0..10).map(|i| probe(&ctx, ["org-a", "org-b"][i % 2], &req));
+                let two = [super::org("org-a"), super::org("org-b")];
+                let batch = (0..10).map(|i| probe(&ctx, &two[i % 2], &req));
                 results.extend(futures::future::join_all(batch).await);
             }
             let after = settles_to(before, Duration::from_secs(2), open_fds).await;
@@ -137,7 +138,7 @@ fn a_message_of_two_gibibytes_is_a_protocol_failure_without_memory_growth() {
             let ctx = hostile_ctx(Duration::from_secs(3));
             let peak_before = status_kib("VmHWM");
 
-            let result = probe(&ctx, ORG, &request(port)).await;
+            let result = probe(&ctx, &ORG, &request(port)).await;
             let peak_after = status_kib("VmHWM");
             println!("postgres huge message: VmHWM {peak_before} -> {peak_after} KiB, {result:?}");
 

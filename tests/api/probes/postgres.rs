@@ -27,7 +27,7 @@ fn with_string(s: String) -> PostgresRequest {
 
 #[tokio::test]
 async fn fields_with_sslmode_disable_log_in_without_tls() {
-    let result = probe(&ctx(), ORG, &fields("disable")).await;
+    let result = probe(&ctx(), &ORG, &fields("disable")).await;
 
     assert_eq!(code(&result), "ok", "{result:?}");
     assert_eq!(result.detail["tls"], json!(false));
@@ -41,7 +41,7 @@ async fn fields_with_sslmode_disable_log_in_without_tls() {
 #[tokio::test]
 async fn sslmode_require_and_prefer_use_tls_with_a_self_signed_certificate() {
     for mode in ["require", "prefer"] {
-        let result = probe(&ctx(), ORG, &fields(mode)).await;
+        let result = probe(&ctx(), &ORG, &fields(mode)).await;
 
         assert_eq!(code(&result), "ok", "{mode}: {result:?}");
         assert_eq!(result.detail["tls"], json!(true), "{mode}");
@@ -51,7 +51,7 @@ async fn sslmode_require_and_prefer_use_tls_with_a_self_signed_certificate() {
 
 #[tokio::test]
 async fn sslmode_verify_full_rejects_a_self_signed_certificate_as_tls() {
-    let result = probe(&ctx(), ORG, &fields("verify-full")).await;
+    let result = probe(&ctx(), &ORG, &fields("verify-full")).await;
 
     assert_eq!(code(&result), "tls", "{result:?}");
     assert!(result.error.unwrap().message.contains("certificate"));
@@ -63,7 +63,7 @@ async fn a_connection_string_wins_over_the_fields() {
     req.host = "unused.invalid".into();
     req.connection_string = Some(cluster().url(PASSWORD, "?sslmode=require").into());
 
-    let result = probe(&ctx(), ORG, &req).await;
+    let result = probe(&ctx(), &ORG, &req).await;
 
     assert_eq!(code(&result), "ok", "{result:?}");
     assert_eq!(result.detail["tls"], json!(true));
@@ -77,7 +77,7 @@ async fn a_key_value_connection_string_with_verify_full_is_understood() {
         cluster().port
     );
 
-    let result = probe(&ctx(), ORG, &with_string(s)).await;
+    let result = probe(&ctx(), &ORG, &with_string(s)).await;
 
     assert_eq!(code(&result), "tls", "{result:?}");
     assert_no_secret(&result, &[PASSWORD]);
@@ -91,7 +91,7 @@ async fn the_next_host_is_tried_when_the_first_refuses() {
         cluster().port
     );
 
-    let result = probe(&ctx(), ORG, &with_string(s)).await;
+    let result = probe(&ctx(), &ORG, &with_string(s)).await;
 
     assert_eq!(code(&result), "ok", "{result:?}");
     assert_eq!(result.detail["host"], json!("localhost"));
@@ -99,7 +99,7 @@ async fn the_next_host_is_tried_when_the_first_refuses() {
 
 #[tokio::test]
 async fn a_wrong_password_is_auth_failed() {
-    let result = probe(&ctx(), ORG, &with_string(cluster().url("SENTINEL-wrong-pg-1", ""))).await;
+    let result = probe(&ctx(), &ORG, &with_string(cluster().url("SENTINEL-wrong-pg-1", ""))).await;
 
     assert_eq!(code(&result), "auth_failed", "{result:?}");
     assert!(result.error.as_ref().unwrap().message.contains("28P01"));
@@ -111,7 +111,7 @@ async fn a_missing_password_is_auth_failed() {
     let mut req = fields("disable");
     req.password = None;
 
-    let result = probe(&ctx(), ORG, &req).await;
+    let result = probe(&ctx(), &ORG, &req).await;
 
     assert_eq!(code(&result), "auth_failed", "{result:?}");
 }
@@ -121,7 +121,7 @@ async fn a_missing_database_is_database_not_found() {
     let mut req = fields("prefer");
     req.database = "no_such_db".into();
 
-    let result = probe(&ctx(), ORG, &req).await;
+    let result = probe(&ctx(), &ORG, &req).await;
 
     assert_eq!(code(&result), "database_not_found", "{result:?}");
     assert!(result.error.unwrap().message.contains("no_such_db"));
@@ -131,7 +131,7 @@ async fn a_missing_database_is_database_not_found() {
 async fn a_unix_socket_host_is_egress_denied() {
     let s = format!("host=/var/run/postgresql dbname={DATABASE} user={USER}");
 
-    let result = probe(&ctx(), ORG, &with_string(s)).await;
+    let result = probe(&ctx(), &ORG, &with_string(s)).await;
 
     assert_eq!(code(&result), "egress_denied", "{result:?}");
 }
@@ -143,7 +143,7 @@ async fn a_denied_hostaddr_is_egress_denied_whatever_the_host_name() {
         cluster().port
     );
 
-    let result = probe(&ctx(), ORG, &with_string(s)).await;
+    let result = probe(&ctx(), &ORG, &with_string(s)).await;
 
     assert_eq!(code(&result), "egress_denied", "{result:?}");
 }
@@ -155,7 +155,7 @@ async fn an_allowed_hostaddr_is_used_instead_of_resolving_the_host() {
         cluster().port
     );
 
-    let result = probe(&ctx(), ORG, &with_string(s)).await;
+    let result = probe(&ctx(), &ORG, &with_string(s)).await;
 
     assert_eq!(code(&result), "ok", "{result:?}");
 }
@@ -164,7 +164,7 @@ async fn an_allowed_hostaddr_is_used_instead_of_resolving_the_host() {
 async fn loopback_without_an_allow_list_is_egress_denied() {
     let deny = ctx_with(Default::default(), Duration::from_secs(5), ApiBaseUrls::default());
 
-    let result = probe(&deny, ORG, &fields("disable")).await;
+    let result = probe(&deny, &ORG, &fields("disable")).await;
 
     assert_eq!(code(&result), "egress_denied", "{result:?}");
 }
@@ -174,7 +174,7 @@ async fn a_closed_port_is_connect_refused() {
     let mut req = fields("disable");
     req.port = Some(i64::from(super::sshd::free_port()));
 
-    let result = probe(&ctx(), ORG, &req).await;
+    let result = probe(&ctx(), &ORG, &req).await;
 
     assert_eq!(code(&result), "connect_refused", "{result:?}");
 }
@@ -184,7 +184,7 @@ async fn a_server_that_is_not_postgres_is_protocol() {
     let mut req = fields("disable");
     req.port = Some(i64::from(super::sshd::sshd().port));
 
-    let result = probe(&ctx(), ORG, &req).await;
+    let result = probe(&ctx(), &ORG, &req).await;
 
     assert_eq!(code(&result), "protocol", "{result:?}");
 }

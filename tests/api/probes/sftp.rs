@@ -47,7 +47,7 @@ fn assert_clean(result: &credgate::probes::ProbeResult) {
 
 #[tokio::test]
 async fn password_login_lists_the_home_directory_and_reports_the_server() {
-    let result = probe(&ctx(), ORG, &password_login(None)).await;
+    let result = probe(&ctx(), &ORG, &password_login(None)).await;
 
     assert_eq!(code(&result), "ok", "{result:?}");
     assert_eq!(result.detail["host_key_sha256"], json!(sshd().fingerprint));
@@ -60,7 +60,7 @@ async fn password_login_lists_the_home_directory_and_reports_the_server() {
 
 #[tokio::test]
 async fn listing_a_given_path_counts_its_entries() {
-    let result = probe(&ctx(), ORG, &password_login(Some(&sshd().listing_dir()))).await;
+    let result = probe(&ctx(), &ORG, &password_login(Some(&sshd().listing_dir()))).await;
 
     assert_eq!(code(&result), "ok", "{result:?}");
     assert_eq!(result.detail["entry_count"], json!(3));
@@ -68,7 +68,7 @@ async fn listing_a_given_path_counts_its_entries() {
 
 #[tokio::test]
 async fn an_openssh_ed25519_key_logs_in_without_a_passphrase() {
-    let result = probe(&ctx(), ORG, &key_login("id_ed25519", None)).await;
+    let result = probe(&ctx(), &ORG, &key_login("id_ed25519", None)).await;
 
     assert_eq!(code(&result), "ok", "{result:?}");
     assert_eq!(result.detail["auth_method"], json!("publickey"));
@@ -78,7 +78,7 @@ async fn an_openssh_ed25519_key_logs_in_without_a_passphrase() {
 
 #[tokio::test]
 async fn an_encrypted_openssh_key_logs_in_with_its_passphrase() {
-    let result = probe(&ctx(), ORG, &key_login("id_ed25519_pass", Some(PASSPHRASE))).await;
+    let result = probe(&ctx(), &ORG, &key_login("id_ed25519_pass", Some(PASSPHRASE))).await;
 
     assert_eq!(code(&result), "ok", "{result:?}");
     assert_clean(&result);
@@ -86,7 +86,7 @@ async fn an_encrypted_openssh_key_logs_in_with_its_passphrase() {
 
 #[tokio::test]
 async fn an_encrypted_pem_rsa_key_logs_in_with_its_passphrase() {
-    let result = probe(&ctx(), ORG, &key_login("id_rsa_pem_pass", Some(PASSPHRASE))).await;
+    let result = probe(&ctx(), &ORG, &key_login("id_rsa_pem_pass", Some(PASSPHRASE))).await;
 
     assert_eq!(code(&result), "ok", "{result:?}");
     assert_clean(&result);
@@ -97,7 +97,7 @@ async fn a_wrong_password_is_auth_failed() {
     let mut req = password_login(None);
     req.password = Some("SENTINEL-wrong-password-93ab".into());
 
-    let result = probe(&ctx(), ORG, &req).await;
+    let result = probe(&ctx(), &ORG, &req).await;
 
     assert_eq!(code(&result), "auth_failed", "{result:?}");
     assert!(result.error.as_ref().unwrap().message.contains(PASSWORD_USER));
@@ -108,7 +108,7 @@ async fn a_wrong_password_is_auth_failed() {
 
 #[tokio::test]
 async fn a_key_the_server_does_not_know_is_auth_failed() {
-    let result = probe(&ctx(), ORG, &key_login("id_unauthorized", None)).await;
+    let result = probe(&ctx(), &ORG, &key_login("id_unauthorized", None)).await;
 
     assert_eq!(code(&result), "auth_failed", "{result:?}");
     assert_clean(&result);
@@ -118,7 +118,7 @@ async fn a_key_the_server_does_not_know_is_auth_failed() {
 async fn a_wrong_passphrase_is_invalid_key() {
     let result = probe(
         &ctx(),
-        ORG,
+        &ORG,
         &key_login("id_ed25519_pass", Some("SENTINEL-bad-phrase-1")),
     )
     .await;
@@ -138,7 +138,7 @@ async fn the_expected_fingerprint_is_accepted_with_or_without_its_prefix() {
         let mut req = password_login(None);
         req.host_key_sha256 = Some(given);
 
-        let result = probe(&ctx(), ORG, &req).await;
+        let result = probe(&ctx(), &ORG, &req).await;
 
         assert_eq!(code(&result), "ok", "{result:?}");
     }
@@ -149,7 +149,7 @@ async fn a_different_host_key_is_host_key_mismatch_before_login() {
     let mut req = password_login(None);
     req.host_key_sha256 = Some(format!("SHA256:{}", "A".repeat(43)));
 
-    let result = probe(&ctx(), ORG, &req).await;
+    let result = probe(&ctx(), &ORG, &req).await;
 
     assert_eq!(code(&result), "host_key_mismatch", "{result:?}");
     assert!(result.error.as_ref().unwrap().message.contains(&sshd().fingerprint));
@@ -158,7 +158,7 @@ async fn a_different_host_key_is_host_key_mismatch_before_login() {
 
 #[tokio::test]
 async fn a_missing_directory_is_not_found() {
-    let result = probe(&ctx(), ORG, &password_login(Some("/no/such/dir"))).await;
+    let result = probe(&ctx(), &ORG, &password_login(Some("/no/such/dir"))).await;
 
     assert_eq!(code(&result), "not_found", "{result:?}");
     assert!(result.error.unwrap().message.contains("/no/such/dir"));
@@ -166,7 +166,7 @@ async fn a_missing_directory_is_not_found() {
 
 #[tokio::test]
 async fn an_unreadable_directory_is_permission_denied() {
-    let result = probe(&ctx(), ORG, &password_login(Some(&sshd().private_dir()))).await;
+    let result = probe(&ctx(), &ORG, &password_login(Some(&sshd().private_dir()))).await;
 
     assert_eq!(code(&result), "permission_denied", "{result:?}");
 }
@@ -176,7 +176,7 @@ async fn a_closed_port_is_connect_refused() {
     let mut req = password_login(None);
     req.port = Some(i64::from(super::sshd::free_port()));
 
-    let result = probe(&ctx(), ORG, &req).await;
+    let result = probe(&ctx(), &ORG, &req).await;
 
     assert_eq!(code(&result), "connect_refused", "{result:?}");
 }
@@ -186,7 +186,7 @@ async fn an_unknown_host_is_dns() {
     let mut req = password_login(None);
     req.host = "sftp.no-such-host.invalid".into();
 
-    let result = probe(&ctx(), ORG, &req).await;
+    let result = probe(&ctx(), &ORG, &req).await;
 
     assert_eq!(code(&result), "dns", "{result:?}");
 }
@@ -197,7 +197,7 @@ async fn loopback_without_an_allow_list_is_egress_denied() {
     req.host = "localhost".into();
     let deny = ctx_with(Default::default(), Duration::from_secs(5), ApiBaseUrls::default());
 
-    let result = probe(&deny, ORG, &req).await;
+    let result = probe(&deny, &ORG, &req).await;
 
     assert_eq!(code(&result), "egress_denied", "{result:?}");
 }
@@ -209,7 +209,7 @@ async fn a_server_that_never_speaks_is_a_timeout() {
     req.port = Some(i64::from(silent.local_addr().unwrap().port()));
     let impatient = ctx_with(loopback_policy(), Duration::from_millis(700), ApiBaseUrls::default());
 
-    let result = probe(&impatient, ORG, &req).await;
+    let result = probe(&impatient, &ORG, &req).await;
 
     assert_eq!(code(&result), "timeout", "{result:?}");
     assert!(result.latency_ms < 5_000, "{result:?}");
@@ -228,7 +228,7 @@ async fn a_server_that_is_not_ssh_is_protocol() {
     let mut req = password_login(None);
     req.port = Some(i64::from(port));
 
-    let result = probe(&ctx(), ORG, &req).await;
+    let result = probe(&ctx(), &ORG, &req).await;
 
     assert_eq!(code(&result), "protocol", "{result:?}");
 }
@@ -279,7 +279,8 @@ async fn peak_sessions(orgs: &[&str], per_org: usize) -> usize {
     let (port, peak) = counting_relay().await;
     let mut req = key_login("id_ed25519", None);
     req.port = Some(i64::from(port));
-    let runs = orgs.iter().flat_map(|org| std::iter::repeat_n(*org, per_org));
+    let orgs: Vec<_> = orgs.iter().map(|name| super::org(name)).collect();
+    let runs = orgs.iter().flat_map(|org| std::iter::repeat_n(org, per_org));
 
     let results = futures::future::join_all(runs.map(|org| probe(&ctx, org, &req))).await;
 
@@ -301,7 +302,7 @@ async fn twenty_concurrent_probes_succeed_with_at_most_eight_ssh_sessions_at_onc
 
 #[tokio::test]
 async fn one_organization_has_at_most_four_ssh_sessions_at_once() {
-    let peak = peak_sessions(&[ORG], 12).await;
+    let peak = peak_sessions(&["org-probes"], 12).await;
 
     assert!(
         peak <= credgate::probes::ProbeContext::MAX_SSH_SESSIONS_PER_ORG + RELAY_LAG,

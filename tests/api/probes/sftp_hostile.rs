@@ -14,7 +14,8 @@ use serde_json::json;
 
 use super::own_process::{in_own_process, settles_to, status_kib, threads};
 use super::sshd::{sshd, PASSWORD, PASSWORD_USER};
-use super::{code, loopback_policy};
+use super::{code, loopback_policy, org};
+use credgate::ids::OrgId;
 
 /// A running `hostile_sftp.py`; killed when dropped.
 struct HostileSftp {
@@ -79,11 +80,11 @@ fn real_sshd_request() -> SftpRequest {
 
 /// Two organizations, so that eight probes at once can take every global
 /// SSH slot (one organization may take four).
-const ORGS: [&str; 2] = ["org-a", "org-b"];
+static ORGS: std::sync::LazyLock<[OrgId; 2]> = std::sync::LazyLock::new(|| [org("org-a"), org("org-b")]);
 
 /// Eight probes at once, four for each of [`ORGS`].
 fn eight<'a>(ctx: &'a ProbeContext, req: &'a SftpRequest) -> impl futures::Future<Output = Vec<ProbeResult>> + 'a {
-    futures::future::join_all((0..8).map(move |i| probe(ctx, ORGS[i % 2], req)))
+    futures::future::join_all((0..8).map(move |i| probe(ctx, &ORGS[i % 2], req)))
 }
 
 /// Every SSH slot of `ctx` is free, and eight probes to the real sshd
@@ -116,8 +117,8 @@ fn probes_of_directories_that_never_end_give_back_threads_slots_and_memory() {
 
             let started = Instant::now();
             // Four of each, two organizations each, every global slot taken.
-            let fast_ones = futures::future::join_all((0..4).map(|i| probe(&ctx, ORGS[i % 2], &fast)));
-            let slow_ones = futures::future::join_all((0..4).map(|i| probe(&ctx, ORGS[i % 2], &slow)));
+            let fast_ones = futures::future::join_all((0..4).map(|i| probe(&ctx, &ORGS[i % 2], &fast)));
+            let slow_ones = futures::future::join_all((0..4).map(|i| probe(&ctx, &ORGS[i % 2], &slow)));
             let (fast_results, slow_results) = tokio::join!(fast_ones, slow_ones);
             let elapsed = started.elapsed();
             let threads_after = settles_to(threads_before, GRACE, threads).await;
@@ -154,7 +155,7 @@ async fn a_directory_that_never_ends_is_counted_up_to_the_cap() {
     let server = HostileSftp::start("endless");
     let ctx = hostile_ctx(Duration::from_secs(15));
 
-    let result = probe(&ctx, "org-a", &server.request()).await;
+    let result = probe(&ctx, &org("org-a"), &server.request()).await;
 
     assert_eq!(code(&result), "ok", "{result:?}");
     assert_eq!(result.detail["entry_count"], json!(MAX_LISTED_ENTRIES), "{result:?}");
@@ -175,9 +176,9 @@ fn probes_stalled_on_an_sftp_channel_time_out_and_give_back_threads_and_slots() 
 
             // Four run into the probe's limit; four are dropped early, as when
             // the HTTP client that asked goes away.
-            let timed_out = futures::future::join_all((0..4).map(|_| probe(&ctx, ORGS[0], &req)));
+            let timed_out = futures::future::join_all((0..4).map(|_| probe(&ctx, &ORGS[0], &req)));
             let dropped = futures::future::join_all(
-                (0..4).map(|_| tokio::time::timeout(Duration::from_millis(1500), probe(&ctx, ORGS[1], &req))),
+                (0..4).map(|_| tokio::time::timeout(Duration::from_millis(1500), probe(&ctx, &ORGS[1], &req))),
             );
             let (results, cut) = tokio::join!(timed_out, dropped);
             let threads_after = settles_to(threads_before, GRACE, threads).await;
@@ -202,11 +203,12 @@ async fn one_organization_stuck_on_a_stalled_server_leaves_slots_for_another() {
     let other_req = real_sshd_request();
     let _warm = sshd();
 
-    let stuck = futures::future::join_all((0..8).map(|_| probe(&ctx, "org-stuck", &stuck_req)));
+    let stuck_org = org("org-stuck");
+    let stuck = futures::future::join_all((0..8).map(|_| probe(&ctx, &stuck_org, &stuck_req)));
     let other = async {
         // Let the stuck organization take what it can first.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let result = probe(&ctx, "org-other", &other_req).await;
+        let result = probe(&ctx, &org("org-other"), &other_req).await;
         (result, Instant::now())
     };
     let (stuck, (other, other_done)) = tokio::join!(stuck, other);

@@ -84,7 +84,7 @@ async fn one_organization_runs_at_most_eight_postgres_probes_at_once() {
     .unwrap();
 
     let (held, refused) =
-        hold_and_wait(|hold| postgres::probe(if hold { &holders } else { &waiters }, ORG, &req)).await;
+        hold_and_wait(|hold| postgres::probe(if hold { &holders } else { &waiters }, &ORG, &req)).await;
 
     assert_eq!(accepted.load(Ordering::SeqCst), Pool::Postgres.limits().1);
     assert_held_and_refused(&held, &refused);
@@ -101,7 +101,7 @@ async fn one_organization_runs_at_most_eight_http_probes_at_once() {
     }))
     .unwrap();
 
-    let (held, refused) = hold_and_wait(|hold| llm::probe(if hold { &holders } else { &waiters }, ORG, &req)).await;
+    let (held, refused) = hold_and_wait(|hold| llm::probe(if hold { &holders } else { &waiters }, &ORG, &req)).await;
 
     assert_eq!(accepted.load(Ordering::SeqCst), Pool::Http.limits().1);
     assert_held_and_refused(&held, &refused);

@@ -26,7 +26,7 @@ fn ctx_for(server: &MockServer) -> ProbeContext {
 
 async fn run(server: &MockServer) -> ProbeResult {
     let req: TelegramRequest = serde_json::from_value(json!({ "bot_token": token() })).unwrap();
-    let result = probe(&ctx_for(server), ORG, &req).await;
+    let result = probe(&ctx_for(server), &ORG, &req).await;
     assert_no_secret(&result, &[SECRET_PART]);
     result
 }
@@ -132,7 +132,7 @@ async fn network_errors_never_carry_the_token_in_their_url() {
     );
     let req: TelegramRequest = serde_json::from_value(json!({ "bot_token": token() })).unwrap();
 
-    let result = probe(&ctx, ORG, &req).await;
+    let result = probe(&ctx, &ORG, &req).await;
 
     assert_eq!(code(&result), "connect_refused", "{result:?}");
     assert_no_secret(&result, &[SECRET_PART]);

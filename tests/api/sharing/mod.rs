@@ -16,8 +16,9 @@ use crate::helpers::{pg_body, TestApp};
 
 /// A key of the test organization for `user` (or none) with `role`.
 pub async fn key(app: &TestApp, role: Role, user: Option<&str>) -> String {
+    let user = user.map(|u| credgate::ids::UserId::parse(u).unwrap());
     let new = NewKey {
-        user_id: user,
+        user_id: user.as_ref(),
         ..NewKey::default()
     };
     credgate::api_tokens::create(&app.state.store, &app.org.id, role, new)
