@@ -55,19 +55,13 @@ impl Services {
             &config.provider_overrides,
         )?);
         let store = connect_and_migrate(&config, clock.clone()).await?;
+        let vault = open_vault(&config, &store, KeyFile::CreateForNewDatabase).await?;
         if store.dialect() == Dialect::Postgres && store.commit_durability().await? == "off" {
             tracing::warn!(
                 "PostgreSQL runs with synchronous_commit = off: a crash of its server may lose writes that \
                  credgate answered as done (resolves' use records, rotated refresh tokens); set it to on"
             );
         }
-        let keys = master_keys(&config, &store).await?;
-        let keyring = MasterKeyring::parse(&keys)?;
-        let vault = Vault::new(keyring, store.clone());
-        vault
-            .verify_all()
-            .await
-            .context("refusing to start: CREDGATE_MASTER_KEYS does not match the stored data keys")?;
         Ok(Self {
             config: Arc::new(config),
             store,
@@ -78,37 +72,129 @@ impl Services {
     }
 }
 
-/// Connects to the database and applies pending migrations.
+/// Opens the store for `serve` and `migrate`: creates a SQLite file that is
+/// missing, refuses master keys that cannot open the stored data keys before
+/// anything is migrated, then applies pending migrations.
 pub async fn connect_and_migrate(config: &Config, clock: Clock) -> anyhow::Result<Store> {
-    let url = &config.database_url;
-    let store = Store::connect_waiting(url, clock, config.store_lock_timeout)
-        .await
-        .with_context(|| format!("cannot open the database {}", redact_url(url)))?
-        .with_op_timeout(config.db_timeout);
+    let store = open_store(config, clock, true).await?;
+    let configured = configured_master_keys(config)?;
+    if configured.is_none() && store.dialect() == Dialect::Postgres {
+        store.close().await;
+        anyhow::bail!("CREDGATE_MASTER_KEYS is required with PostgreSQL (generate one with `credgate keys generate`)");
+    }
+    if let Some((keys, source)) = configured {
+        let keyring = MasterKeyring::parse(&keys).with_context(|| format!("refusing to start: {source}"))?;
+        for wrapped in store.wrapped_keys_any_release().await? {
+            keyring.unwrap(&wrapped).with_context(|| {
+                format!("refusing to start, before migrating anything: the master keys of {source} do not match the stored data keys")
+            })?;
+        }
+    }
     store.migrate().await.context("cannot apply database migrations")?;
     Ok(store)
 }
 
-/// `CREDGATE_MASTER_KEYS`, or with SQLite the key file beside the database
-/// (created with mode 0600 when missing, and only beside a database that
-/// holds no organization yet: a new key could open none of their data keys,
-/// and a key file in the old one's place would only hide that it is gone).
-/// Postgres needs explicit keys.
-async fn master_keys(config: &Config, store: &Store) -> anyhow::Result<SecretString> {
+/// Opens the store of a command that neither creates nor migrates one:
+/// the database must exist and be migrated to this release.
+pub async fn open_existing_store(config: &Config, clock: Clock) -> anyhow::Result<Store> {
+    if let Some(file) = sqlite_file(&config.database_url) {
+        if !file.exists() {
+            anyhow::bail!(
+                "there is no database at {} (CREDGATE_DATABASE_URL); `credgate migrate` or `credgate serve` creates it",
+                file.display()
+            );
+        }
+    }
+    let store = open_store(config, clock, false).await?;
+    let pending = store.pending_migrations().await?;
+    if let Some(first) = pending.first() {
+        store.close().await;
+        anyhow::bail!(
+            "the database lacks {} migration(s) of this release (the first is {first}): run `credgate migrate` first",
+            pending.len()
+        );
+    }
+    Ok(store)
+}
+
+async fn open_store(config: &Config, clock: Clock, create: bool) -> anyhow::Result<Store> {
+    let url = &config.database_url;
+    let how = crate::store::OpenOptions {
+        create,
+        max_connections: config.db_max_connections,
+        lock_timeout: config.store_lock_timeout,
+    };
+    Ok(Store::open(url, clock, how)
+        .await
+        .with_context(|| format!("cannot open the database {} (CREDGATE_DATABASE_URL)", redact_url(url)))?
+        .with_op_timeout(config.db_timeout))
+}
+
+/// Whether a missing key file may be created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyFile {
+    /// `serve` and `migrate`: beside a SQLite database without organizations.
+    CreateForNewDatabase,
+    /// Every other command: only read.
+    ReadOnly,
+}
+
+/// The vault over `store`, its master keys checked against every stored
+/// data key.
+pub async fn open_vault(config: &Config, store: &Store, key_file: KeyFile) -> anyhow::Result<Vault> {
+    let (keys, source) = master_keys(config, store, key_file).await?;
+    let keyring = MasterKeyring::parse(&keys).with_context(|| format!("refusing to start: {source}"))?;
+    let vault = Vault::new(keyring, store.clone());
+    vault
+        .verify_all()
+        .await
+        .with_context(|| format!("refusing to start: the master keys of {source} do not match the stored data keys"))?;
+    Ok(vault)
+}
+
+/// The master keys that are configured, and where they came from:
+/// `CREDGATE_MASTER_KEYS`, or an existing key file beside a SQLite database.
+pub fn configured_master_keys(config: &Config) -> anyhow::Result<Option<(SecretString, String)>> {
     if let Some(keys) = &config.master_keys {
-        return Ok(keys.clone());
+        return Ok(Some((keys.clone(), "CREDGATE_MASTER_KEYS".to_owned())));
+    }
+    match key_file_path(&config.database_url) {
+        Some(path) if path.exists() => {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            Ok(Some((
+                SecretString::from(text.trim().to_owned()),
+                format!("the key file {}", path.display()),
+            )))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// `CREDGATE_MASTER_KEYS`, or with SQLite the key file beside the database
+/// (with [`KeyFile::CreateForNewDatabase`] created with mode 0600 when
+/// missing, and only beside a database that holds no organization yet: a new
+/// key could open none of their data keys, and a key file in the old one's
+/// place would only hide that it is gone). Postgres needs explicit keys.
+async fn master_keys(config: &Config, store: &Store, key_file: KeyFile) -> anyhow::Result<(SecretString, String)> {
+    if let Some((keys, source)) = configured_master_keys(config)? {
+        if source != "CREDGATE_MASTER_KEYS" {
+            tracing::warn!("CREDGATE_MASTER_KEYS is not set; using {source}");
+        }
+        return Ok((keys, source));
     }
     if store.dialect() == Dialect::Postgres {
         anyhow::bail!("CREDGATE_MASTER_KEYS is required with PostgreSQL (generate one with `credgate keys generate`)");
     }
     let Some(path) = key_file_path(&config.database_url) else {
         tracing::warn!("CREDGATE_MASTER_KEYS is not set; using a throw-away key for this in-memory database");
-        return Ok(MasterKeyring::generate_key());
+        return Ok((MasterKeyring::generate_key(), "a throw-away key".to_owned()));
     };
-    if path.exists() {
-        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        tracing::warn!(file = %path.display(), "CREDGATE_MASTER_KEYS is not set; using the key file beside the database");
-        return Ok(SecretString::from(text.trim().to_owned()));
+    if key_file == KeyFile::ReadOnly {
+        anyhow::bail!(
+            "no master keys: CREDGATE_MASTER_KEYS is not set and the key file {} is missing \
+             (`credgate migrate` or `credgate serve` creates it for a new database)",
+            path.display()
+        );
     }
     if store.holds_organizations().await? {
         anyhow::bail!(
@@ -126,7 +212,36 @@ async fn master_keys(config: &Config, store: &Store) -> anyhow::Result<SecretStr
         file = %path.display(),
         "CREDGATE_MASTER_KEYS is not set; created a new master key file (mode 0600). Back it up: without it the credentials cannot be decrypted"
     );
-    Ok(key)
+    Ok((key, format!("the key file {}", path.display())))
+}
+
+/// Writes `keys` into the key file beside a SQLite database, replacing it
+/// whole (a new file, synced, renamed over the old one): after `keys
+/// rotate-master`, a start without `CREDGATE_MASTER_KEYS` opens the store.
+/// `None` when there is no key file to keep in step.
+pub fn rewrite_key_file(config: &Config, keys: &SecretString) -> anyhow::Result<Option<PathBuf>> {
+    let Some(path) = key_file_path(&config.database_url).filter(|p| p.exists()) else {
+        return Ok(None);
+    };
+    let next = path.with_extension("key.new");
+    let _ = std::fs::remove_file(&next);
+    let mut file = open_private(&next).with_context(|| format!("cannot create {}", next.display()))?;
+    file.write_all(keys.expose_secret().as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&next, &path).with_context(|| format!("cannot replace {}", path.display()))?;
+    if let Some(dir) = path.parent().and_then(|d| std::fs::File::open(d).ok()) {
+        let _ = dir.sync_all();
+    }
+    Ok(Some(path))
+}
+
+/// The file of a `sqlite://` URL; `None` in memory or for PostgreSQL.
+fn sqlite_file(database_url: &str) -> Option<PathBuf> {
+    let rest = database_url
+        .strip_prefix("sqlite://")
+        .or_else(|| database_url.strip_prefix("sqlite:"))?;
+    let file = rest.split('?').next().unwrap_or("");
+    (!file.is_empty() && file != ":memory:").then(|| PathBuf::from(file))
 }
 
 #[cfg(unix)]
@@ -146,14 +261,8 @@ fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
 
 /// `sqlite://dir/credgate.db?…` → `dir/credgate.master.key`; `None` in memory.
 fn key_file_path(database_url: &str) -> Option<PathBuf> {
-    let rest = database_url
-        .strip_prefix("sqlite://")
-        .or_else(|| database_url.strip_prefix("sqlite:"))?;
-    let file = rest.split('?').next().unwrap_or("");
-    if file.is_empty() || file == ":memory:" {
-        return None;
-    }
-    let dir = Path::new(file)
+    let file = sqlite_file(database_url)?;
+    let dir = file
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
@@ -245,10 +354,25 @@ pub async fn app_state(services: Services) -> anyhow::Result<AppState> {
     }))
 }
 
+/// What a `serve` process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runs {
+    /// The API and the refresh worker.
+    Both,
+    /// The API alone (`--no-worker`).
+    ApiOnly,
+    /// The refresh worker alone (`--worker-only`): its listen address
+    /// answers `/healthz`, `/readyz` and `/metrics` only.
+    WorkerOnly,
+}
+
 /// The HTTP application, bound and ready to serve.
 pub struct Application {
     listener: TcpListener,
+    /// `CREDGATE_OPS_LISTEN`: `/metrics` and the health routes apart.
+    ops_listener: Option<TcpListener>,
     state: AppState,
+    runs: Runs,
 }
 
 impl Application {
@@ -260,9 +384,22 @@ impl Application {
 
     /// Binds an application over already-initialized services.
     pub async fn from_services(services: Services) -> anyhow::Result<Self> {
+        Self::from_services_running(services, Runs::Both).await
+    }
+
+    /// [`Application::from_services`] for a process that runs `runs`.
+    pub async fn from_services_running(services: Services, runs: Runs) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(services.config.listen)
             .await
-            .with_context(|| format!("cannot listen on {}", services.config.listen))?;
+            .with_context(|| format!("cannot listen on {} (CREDGATE_LISTEN)", services.config.listen))?;
+        let ops_listener = match services.config.ops_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (CREDGATE_OPS_LISTEN)"))?,
+            ),
+            None => None,
+        };
         let mut config = (*services.config).clone();
         // The default public URL is the listen address; with port 0 that is
         // only known now.
@@ -274,12 +411,30 @@ impl Application {
             ..services
         })
         .await?;
-        Ok(Self { listener, state })
+        if runs != Runs::ApiOnly {
+            state.metrics.register_worker();
+        }
+        Ok(Self {
+            listener,
+            ops_listener,
+            state,
+            runs,
+        })
     }
 
     /// The bound port.
     pub fn port(&self) -> u16 {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.listener.local_addr().unwrap_or(self.state.config.listen)
+    }
+
+    /// The bound address of `CREDGATE_OPS_LISTEN`, when set.
+    pub fn ops_addr(&self) -> Option<std::net::SocketAddr> {
+        self.ops_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The shared state (tests reach the store through it).
@@ -308,8 +463,32 @@ impl Application {
             header_read_timeout: Duration::from_secs(self.state.config.header_read_timeout_secs.max(1)),
             max_connections: self.state.config.max_connections,
         };
-        let app = http::app(self.state);
+        let (app, ops) = match (self.runs, self.ops_listener.is_some()) {
+            (Runs::WorkerOnly, true) => (
+                http::ops_app(self.state.clone()),
+                Some(http::ops_app(self.state.clone())),
+            ),
+            (Runs::WorkerOnly, false) => (http::ops_app(self.state.clone()), None),
+            (_, true) => (
+                http::app_without_metrics(self.state.clone()),
+                Some(http::ops_app(self.state.clone())),
+            ),
+            (_, false) => (http::app(self.state.clone()), None),
+        };
+        let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+        let ops_served = match (ops, self.ops_listener) {
+            (Some(ops), Some(listener)) => Some(tokio::spawn(http::serve::serve(
+                listener,
+                ops,
+                limits,
+                shutdown.clone(),
+            ))),
+            _ => None,
+        };
         let served = http::serve::serve(self.listener, app, limits, shutdown).await;
+        if let Some(ops) = ops_served {
+            let _ = ops.await;
+        }
         let _ = stop_dispatcher.send(true);
         let _ = dispatcher.await;
         evictor.abort();

@@ -96,6 +96,14 @@ pub struct Settings {
     /// the connection hangs nothing longer.
     #[arg(long, env = "CREDGATE_DB_TIMEOUT_SECS", default_value_t = 10, global = true)]
     pub db_timeout_secs: u64,
+    /// Connections in this process's database pool (PostgreSQL's own
+    /// default limit is 100 for all clients together).
+    #[arg(long, env = "CREDGATE_DB_MAX_CONNECTIONS", default_value_t = crate::store::DEFAULT_MAX_CONNECTIONS, global = true)]
+    pub db_max_connections: u32,
+    /// A second listen address for `/metrics`, `/healthz` and `/readyz`
+    /// alone; when set, `/metrics` is not served on `CREDGATE_LISTEN`.
+    #[arg(long, env = "CREDGATE_OPS_LISTEN", global = true)]
+    pub ops_listen: Option<SocketAddr>,
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(long, env = "CREDGATE_LOG", default_value = "info", global = true)]
     pub log: String,
@@ -144,6 +152,10 @@ pub struct Config {
     pub store_lock_timeout: std::time::Duration,
     /// How long one store operation may take (`CREDGATE_DB_TIMEOUT_SECS`).
     pub db_timeout: std::time::Duration,
+    /// `CREDGATE_DB_MAX_CONNECTIONS`.
+    pub db_max_connections: u32,
+    /// `CREDGATE_OPS_LISTEN`: `/metrics` (and the health routes) apart.
+    pub ops_listen: Option<SocketAddr>,
 }
 
 /// Pending OAuth authorizations (states) an organization may have at once:
@@ -201,7 +213,32 @@ impl Config {
             max_pending_oauth: MAX_PENDING_OAUTH_PER_ORG,
             store_lock_timeout: crate::store::LOCK_TIMEOUT,
             db_timeout: std::time::Duration::from_secs(s.db_timeout_secs.max(1)),
+            db_max_connections: s.db_max_connections.max(1),
+            ops_listen: s.ops_listen,
         }
+    }
+
+    /// Settings that parse but cannot work, each named with its variable:
+    /// a public URL with a path (the pages, their cookies and the OAuth
+    /// callback live at the root) or without `http(s)://`.
+    pub fn check(&self) -> Result<(), String> {
+        let url = url::Url::parse(&self.public_url)
+            .map_err(|e| format!("CREDGATE_PUBLIC_URL {:?} is not a URL: {e}", self.public_url))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(format!(
+                "CREDGATE_PUBLIC_URL {:?} must be an http:// or https:// URL with a host",
+                self.public_url
+            ));
+        }
+        if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+            return Err(format!(
+                "CREDGATE_PUBLIC_URL {:?} has a path: credgate serves its pages, their cookies and the OAuth \
+                 callback at the root of its address, so give it a host (or port) of its own in the proxy \
+                 rather than a path prefix",
+                self.public_url
+            ));
+        }
+        Ok(())
     }
 
     /// Defaults for `database_url`, as a test or benchmark starts from.
@@ -229,6 +266,8 @@ impl Config {
             auth_failures_per_sec: 5,
             trusted_proxies: String::new(),
             db_timeout_secs: 10,
+            db_max_connections: crate::store::DEFAULT_MAX_CONNECTIONS,
+            ops_listen: None,
             log: "info".into(),
             log_format: "text".into(),
         };

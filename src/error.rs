@@ -19,7 +19,7 @@ pub enum Error {
     Validation(Vec<FieldError>),
     /// The per-provider credential limit is reached.
     #[error("the organization already has {limit} credentials of provider {provider}")]
-    QuotaExceeded { provider: String, limit: i64 },
+    QuotaExceeded { provider: String, limit: i64, count: i64 },
     /// The operation conflicts with the credential's state or a concurrent
     /// writer; `code` is stable (`conflict`, `account_mismatch`, …).
     #[error("{1}")]
@@ -61,9 +61,10 @@ impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound => Self::NotFound,
-            StoreError::QuotaExceeded { limit } => Self::QuotaExceeded {
+            StoreError::QuotaExceeded { limit, count } => Self::QuotaExceeded {
                 provider: String::new(),
                 limit,
+                count,
             },
             StoreError::Conflict | StoreError::KeyRotated => Self::Conflict(
                 "conflict",

@@ -36,6 +36,12 @@ pub struct ProviderLabels {
     pub provider: String,
 }
 
+/// Metric families only a process that runs the refresh worker exports.
+const WORKER_ONLY: [&str; 2] = [
+    "credgate_worker_last_step_timestamp_seconds",
+    "credgate_token_refresh_backlog",
+];
+
 /// Every metric credgate exports.
 pub struct Metrics {
     registry: Registry,
@@ -58,6 +64,9 @@ pub struct Metrics {
     /// `credgate_readiness_store_checks_total`: times `/readyz` asked the
     /// store (its answer is kept for a second).
     pub readiness_checks: Counter,
+    /// Whether this process runs the refresh worker: only then are the
+    /// worker's own gauges exported (an API-only replica's would read 0).
+    worker: std::sync::atomic::AtomicBool,
     /// `credgate_listing_pages_read_total`: listing pages read from the
     /// store's tables.
     pub listing_pages_read: Counter,
@@ -151,6 +160,7 @@ impl Default for Metrics {
             worker_last_step,
             api_key_lookups,
             readiness_checks,
+            worker: std::sync::atomic::AtomicBool::new(false),
             listing_pages_read,
             listing_pages_reused,
             listing_pages_uses_read,
@@ -164,10 +174,26 @@ impl Metrics {
         &mut self.registry
     }
 
-    /// The text exposition.
+    /// This process runs the refresh worker: export its gauges.
+    pub fn register_worker(&self) {
+        self.worker.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The text exposition: the metrics of what this process runs.
     pub fn render(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
-        out
+        if self.worker.load(std::sync::atomic::Ordering::Relaxed) {
+            return out;
+        }
+        let of_worker = |line: &str| {
+            WORKER_ONLY
+                .iter()
+                .any(|name| line.split_whitespace().any(|w| w.starts_with(name)))
+        };
+        out.lines()
+            .filter(|line| !of_worker(line))
+            .flat_map(|line| [line, "\n"])
+            .collect()
     }
 }

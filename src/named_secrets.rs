@@ -138,7 +138,7 @@ pub async fn put(
                 return Ok((written, meta));
             }
             Err(e) if retry_after_rotation(&e, attempt) => continue,
-            Err(StoreError::QuotaExceeded { limit }) => {
+            Err(StoreError::QuotaExceeded { limit, .. }) => {
                 return Err(Error::Conflict(
                     "quota_exceeded",
                     format!("the organization already has {limit} named secrets, the most allowed"),

@@ -248,7 +248,7 @@ pub async fn create(ctx: &Context, who: &Principal, input: NewSession) -> Result
         .await;
     match stored {
         Ok(()) => {}
-        Err(StoreError::QuotaExceeded { limit }) => {
+        Err(StoreError::QuotaExceeded { limit, .. }) => {
             return Err(Error::TooManyPending(format!(
                 "the organization has {limit} hosted-page sessions open; they expire within an hour"
             )))

@@ -8,7 +8,12 @@ use tracing_subscriber::{fmt, EnvFilter};
 /// Installs the global subscriber, writing to stderr.
 pub fn init(filter: &str, format: &str) {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour codes only for a person at a terminal, never in a file.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     if format.eq_ignore_ascii_case("json") {
         builder.json().flatten_event(true).with_current_span(true).init();
     } else {

@@ -81,6 +81,11 @@ pub fn secret_subject(org_id: &OrgId, name: &str) -> String {
 }
 
 impl Vault {
+    /// The id of the master key that wraps new data keys.
+    pub fn primary_kid(&self) -> &str {
+        self.keyring.primary_kid()
+    }
+
     /// A vault over `store` with `keyring`.
     pub fn new(keyring: MasterKeyring, store: Store) -> Self {
         Self {
@@ -276,21 +281,27 @@ impl Vault {
     /// ([`PURGE_BATCH`] rows a transaction). `NotFound` when there is no such
     /// organization; one whose removal was interrupted is finished.
     pub async fn delete_org(&self, org_id: &OrgId) -> Result<u64, VaultError> {
-        match self.store.mark_org_deleted(org_id).await {
-            Ok(()) => {}
-            Err(StoreError::NotFound) if self.store.deleted_orgs().await?.iter().any(|o| o == org_id) => {}
-            Err(e) => return Err(e.into()),
-        }
         self.cache
             .write()
             .expect("cache lock")
             .retain(|(org, _), _| org != org_id);
-        let mut removed = 0;
-        loop {
-            match self.store.purge_deleted_org(org_id, PURGE_BATCH).await? {
-                0 => return Ok(removed),
-                n => removed += n,
-            }
+        delete_org(&self.store, org_id).await
+    }
+}
+
+/// [`Vault::delete_org`] without a vault: destroying data keys needs no
+/// master key (the `org delete` command).
+pub async fn delete_org(store: &Store, org_id: &OrgId) -> Result<u64, VaultError> {
+    match store.mark_org_deleted(org_id).await {
+        Ok(()) => {}
+        Err(StoreError::NotFound) if store.deleted_orgs().await?.iter().any(|o| o == org_id) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut removed = 0;
+    loop {
+        match store.purge_deleted_org(org_id, PURGE_BATCH).await? {
+            0 => return Ok(removed),
+            n => removed += n,
         }
     }
 }

@@ -193,10 +193,11 @@ pub async fn connect(ctx: &Context, grant: Grant<'_>) -> Result<CredentialId, Er
                     ),
                 });
             }
-            Err(StoreError::QuotaExceeded { limit }) => {
+            Err(StoreError::QuotaExceeded { limit, count }) => {
                 return Err(Error::QuotaExceeded {
                     provider: provider.id.clone(),
                     limit,
+                    count,
                 })
             }
             Err(e) => return Err(e.into()),

@@ -9,7 +9,7 @@ use crate::error::Error;
 use crate::ids::{CredentialId, OrgId, UserId};
 use crate::model::{Access, Principal};
 use crate::providers::FieldError;
-use crate::store::{sharing_detail, AuditEvent, CredentialRow, UsageSummary, UserRemoval};
+use crate::store::{sharing_detail, AuditEvent, CredentialRow, Store, UsageSummary, UserRemoval};
 
 /// Most named users a credential is shared with.
 const MAX_GRANTS: usize = 100;
@@ -81,7 +81,7 @@ pub async fn usage(ctx: &Context, who: &Principal, id: &CredentialId) -> Result<
 /// removes their grants and revokes their API keys; audited (each transfer,
 /// removed grant and revoked key, and the removal itself).
 pub async fn remove_user(
-    ctx: &Context,
+    store: &Store,
     org_id: &OrgId,
     user: &UserId,
     to: Option<&UserId>,
@@ -92,5 +92,5 @@ pub async fn remove_user(
             return Err(Error::field("--transfer-to", "must be another user"));
         }
     }
-    Ok(ctx.store.remove_user(org_id, user, to, actor).await?)
+    Ok(store.remove_user(org_id, user, to, actor).await?)
 }

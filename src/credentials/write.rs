@@ -171,10 +171,11 @@ pub(super) async fn create_with(
                 }
                 _ => return Err(e.into()),
             },
-            Err(StoreError::QuotaExceeded { limit }) => {
+            Err(StoreError::QuotaExceeded { limit, count }) => {
                 return Err(Error::QuotaExceeded {
                     provider: input.provider,
                     limit,
+                    count,
                 })
             }
             Err(e) => return Err(e.into()),

@@ -119,6 +119,17 @@ impl MasterKeyring {
         &self.keys[0].kid
     }
 
+    /// Every key's id, the primary first.
+    pub fn kids(&self) -> Vec<&str> {
+        self.keys.iter().map(|k| k.kid.as_str()).collect()
+    }
+
+    /// The id of one key in the `CREDGATE_MASTER_KEYS` format (as
+    /// [`MasterKeyring::generate_key`] makes), `None` when it is not one.
+    pub fn kid(key: &SecretString) -> Option<String> {
+        kid_of(key.expose_secret())
+    }
+
     /// Creates a new random data key, returned both usable and wrapped.
     pub fn new_data_key(&self) -> (DataKey, WrappedKey) {
         let raw = zeroize::Zeroizing::new(Fernet::generate_key());

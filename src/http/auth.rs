@@ -241,6 +241,9 @@ impl FromRequestParts<AppState> for Caller {
                 }
             });
         }
+        let span = tracing::Span::current();
+        span.record("org", tracing::field::display(&key.org_id));
+        span.record("key_id", tracing::field::display(&key.id));
         Ok(Caller(Principal {
             key_id: key.id,
             org_id: key.org_id,

@@ -31,8 +31,8 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("the request body is larger than 1 MiB")]
     PayloadTooLarge,
-    #[error("the organization already has {limit} credentials of provider {provider}")]
-    QuotaExceeded { provider: String, limit: i64 },
+    #[error("the organization has {count} credentials of provider {provider}, and its limit is {limit}")]
+    QuotaExceeded { provider: String, limit: i64, count: i64 },
     #[error("too many requests")]
     RateLimited { retry_after_secs: u64 },
     #[error("{1}")]
@@ -108,7 +108,7 @@ impl From<Error> for ApiError {
             Error::NotFound => Self::NotFound,
             Error::Forbidden => Self::Forbidden,
             Error::Validation(errors) => Self::Validation(errors),
-            Error::QuotaExceeded { provider, limit } => Self::QuotaExceeded { provider, limit },
+            Error::QuotaExceeded { provider, limit, count } => Self::QuotaExceeded { provider, limit, count },
             Error::Conflict(code, message) => Self::Conflict(code, message),
             Error::NeedsReauth(m) => Self::NeedsReauth(m),
             Error::ProviderUnavailable {

@@ -107,6 +107,10 @@ impl utoipa::Modify for BearerAuth {
 
 /// The OpenAPI document and the routes it describes.
 fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    api_with(true)
+}
+
+fn api_with(metrics: bool) -> (Router<AppState>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(providers::router())
         .merge(credentials::router())
@@ -115,7 +119,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(events::router())
         .merge(secrets::router())
         .merge(sessions::router())
-        .merge(ops::router())
+        .merge(ops::router(metrics))
         .split_for_parts()
 }
 
@@ -126,11 +130,32 @@ pub fn openapi(registry: &crate::providers::Registry) -> serde_json::Value {
 
 /// The whole application router.
 pub fn app(state: AppState) -> Router {
-    let (router, doc) = api();
+    build(state, api_with(true))
+}
+
+/// The application without `/metrics` (served on `CREDGATE_OPS_LISTEN`).
+pub fn app_without_metrics(state: AppState) -> Router {
+    build(state, api_with(false))
+}
+
+/// `/healthz`, `/readyz` and `/metrics` alone: a worker-only process's
+/// listen address, or `CREDGATE_OPS_LISTEN`.
+pub fn ops_app(state: AppState) -> Router {
+    let (router, _) = OpenApiRouter::new().merge(ops::router(true)).split_for_parts();
+    layered(state, router)
+}
+
+fn build(state: AppState, (router, doc): (Router<AppState>, utoipa::openapi::OpenApi)) -> Router {
     let doc = Arc::new(openapi::exact(doc, &state.registry));
-    router
+    let router = router
         .route("/openapi.json", get(move || async move { Json(doc.as_ref().clone()) }))
-        .merge(pages::router())
+        .merge(pages::router());
+    layered(state, router)
+}
+
+/// The fallbacks and layers every router of ours has.
+fn layered(state: AppState, router: Router<AppState>) -> Router {
+    router
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(state.clone(), observe))
@@ -142,7 +167,9 @@ pub fn app(state: AppState) -> Router {
 }
 
 /// Per request: a span named by the matched route (never the query string,
-/// which may carry an OAuth code), metrics, and one log line for errors.
+/// which may carry an OAuth code) with the client's address, and, once a
+/// caller is known, its organization and key id; metrics; and one log line
+/// at `info` (`error` for a failure of ours).
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
     // Labels come from closed sets only: a known method (anything else is
     // refused here, before routing: no resource takes it) and the matched
@@ -157,17 +184,29 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let span = tracing::info_span!("request", method = %method, route = %route);
+    let (parts, body) = request.into_parts();
+    let client = auth::client_ip(&parts, &state.trusted_proxies);
+    let request = Request::from_parts(parts, body);
+    let span = tracing::info_span!(
+        "request",
+        method = %method,
+        route = %route,
+        client = %client,
+        org = tracing::field::Empty,
+        key_id = tracing::field::Empty,
+    );
     let started = Instant::now();
     let response = next.run(request).instrument(span.clone()).await;
-    let elapsed = started.elapsed();
+    let duration_ms = started.elapsed().as_millis() as u64;
     let status = response.status().as_u16();
     record(&state, &method, &route, status, started);
     let _entered = span.enter();
     match response.extensions().get::<LoggedError>() {
-        Some(e) if e.server_side => tracing::error!(status, code = e.code, error = %e.message, "request failed"),
-        Some(e) => tracing::info!(status, code = e.code, error = %e.message, "request refused"),
-        None => tracing::debug!(status, elapsed_ms = elapsed.as_millis() as u64, "request done"),
+        Some(e) if e.server_side => {
+            tracing::error!(status, duration_ms, code = e.code, error = %e.message, "request failed")
+        }
+        Some(e) => tracing::info!(status, duration_ms, code = e.code, error = %e.message, "request refused"),
+        None => tracing::info!(status, duration_ms, "request"),
     }
     response
 }

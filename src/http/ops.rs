@@ -11,12 +11,14 @@ use utoipa_axum::routes;
 
 use super::AppState;
 
-/// Operations routes (no API key).
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(healthz))
-        .routes(routes!(readyz))
-        .routes(routes!(metrics))
+/// Operations routes (no API key): the health routes, and `/metrics`
+/// unless it is served apart.
+pub fn router(with_metrics: bool) -> OpenApiRouter<AppState> {
+    let router = OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz));
+    match with_metrics {
+        true => router.routes(routes!(metrics)),
+        false => router,
+    }
 }
 
 /// `/healthz` and `/readyz`: what the process and the replica say of themselves.

@@ -176,21 +176,51 @@ fn build_all(
             field: "-".into(),
             message: e.message().trim().replace('\n', " "),
         })?;
-        apply_overrides(&mut table, id, &ids, env);
-        let raw: RawProvider =
-            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| ProviderFileError {
+        let overridden = apply_overrides(&mut table, id, &ids, env);
+        // A field set from the environment is named with its variable.
+        let blame = |mut e: ProviderFileError| {
+            let top = e.field.split(['.', '[']).next().unwrap_or_default();
+            if let Some(var) = overridden.get(top) {
+                e.message = format!("{} (the value comes from the environment variable {var})", e.message);
+            }
+            e
+        };
+        let raw: RawProvider = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| ProviderFileError {
                 file: file.clone(),
                 field: e.path().to_string(),
                 message: e.inner().to_string().trim().replace('\n', " "),
+            })
+            .map_err(|e| {
+                // An unknown field's path is the table's; name the variable
+                // that brought it.
+                match overridden
+                    .iter()
+                    .find(|(field, _)| e.message.contains(&format!("`{field}`")))
+                {
+                    Some((field, var)) => ProviderFileError {
+                        field: field.clone(),
+                        message: format!("{} (the environment variable {var})", e.message),
+                        ..e
+                    },
+                    None => blame(e),
+                }
             })?;
-        providers.push(build(file, id, raw)?);
+        providers.push(build(file, id, raw).map_err(blame)?);
     }
     Ok(providers)
 }
 
 /// Applies `CREDGATE_PROVIDER_{ID}_{FIELD}` entries to one file's table. The
 /// longest matching id wins, so `OPENAI_COMPATIBLE_…` never lands on `openai`.
-fn apply_overrides(table: &mut toml::Table, id: &str, all_ids: &[String], env: &BTreeMap<String, String>) {
+/// Returns the fields set, each with its variable.
+fn apply_overrides(
+    table: &mut toml::Table,
+    id: &str,
+    all_ids: &[String],
+    env: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut applied = BTreeMap::new();
     let prefix = format!("CREDGATE_PROVIDER_{}_", id.to_uppercase());
     for (key, value) in env {
         let Some(field) = key.strip_prefix(&prefix) else {
@@ -214,8 +244,10 @@ fn apply_overrides(table: &mut toml::Table, id: &str, all_ids: &[String], env: &
         } else {
             toml::Value::String(value.clone())
         };
+        applied.insert(field.clone(), key.clone());
         table.insert(field, value);
     }
+    applied
 }
 
 fn build(file: &Path, id: &str, raw: RawProvider) -> Result<Provider, ProviderFileError> {

@@ -106,9 +106,10 @@ impl Store {
         for group in admitted.chunk_by(|a, b| key(a) == key(b)) {
             let NewCredential { org_id, provider, .. } = &creates[group[0]].new;
             let wanted = group.len() as i64;
-            let (fit, limit) = reserve_many(&mut tx, org_id, provider, creates[group[0]].default_limit, wanted).await?;
+            let (fit, limit, count) =
+                reserve_many(&mut tx, org_id, provider, creates[group[0]].default_limit, wanted).await?;
             for &i in &group[fit as usize..] {
-                outcomes[i] = Err(StoreError::QuotaExceeded { limit });
+                outcomes[i] = Err(StoreError::QuotaExceeded { limit, count });
             }
         }
         let written: Vec<&PendingCreate> = order

@@ -9,6 +9,8 @@ pub enum StoreError {
     QuotaExceeded {
         /// The limit in force.
         limit: i64,
+        /// How many there are (at least the limit, unless it was lowered).
+        count: i64,
     },
     /// Another writer changed the row first (or holds its refresh lease).
     #[error("the record changed while it was being written")]
@@ -61,7 +63,10 @@ impl StoreError {
     pub fn duplicate(&self) -> Self {
         let words = |e: &sqlx::Error| sqlx::Error::Io(std::io::Error::other(e.to_string()));
         match self {
-            Self::QuotaExceeded { limit } => Self::QuotaExceeded { limit: *limit },
+            Self::QuotaExceeded { limit, count } => Self::QuotaExceeded {
+                limit: *limit,
+                count: *count,
+            },
             Self::Conflict => Self::Conflict,
             Self::KeyRotated => Self::KeyRotated,
             Self::AccountTaken => Self::AccountTaken,

@@ -9,6 +9,7 @@
 //! writer read: the credential's `secret_version` (compare-and-swap), the
 //! organization's current data key, and for refreshes the lease.
 
+mod admin;
 mod api_keys;
 mod audit;
 mod creates;
@@ -32,6 +33,7 @@ mod time_limit;
 mod uses;
 mod write_tx;
 
+pub use admin::{CounterFix, OrgSummary, Repair};
 pub use api_keys::{ApiKeyInfo, ApiKeyRow, KeyRef};
 pub use audit::{AuditEvent, AuditRow, Usage};
 pub use creates::PendingCreate;
@@ -53,6 +55,7 @@ pub use time_limit::OP_TIMEOUT;
 pub use uses::{UseRecord, LAST_USED_EVERY_SECS};
 
 use std::str::FromStr;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use sqlx::any::AnyPoolOptions;
@@ -63,8 +66,17 @@ use write_tx::WriteTx;
 use crate::clock::Clock;
 use crate::ids::OrgId;
 
-static PG_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
-static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+/// This release's migrations. Applied ones it does not know (a newer
+/// release's, during a rolling upgrade or after a rollback) are left alone:
+/// no migration drops or renames a table or column (indexes and triggers
+/// are replaced), so an older release runs on the newer schema.
+static PG_MIGRATIONS: LazyLock<Migrator> = LazyLock::new(|| tolerant(sqlx::migrate!("./migrations/postgres")));
+static SQLITE_MIGRATIONS: LazyLock<Migrator> = LazyLock::new(|| tolerant(sqlx::migrate!("./migrations/sqlite")));
+
+fn tolerant(mut migrator: Migrator) -> Migrator {
+    migrator.set_ignore_missing(true);
+    migrator
+}
 
 /// SQLite's heap in this process (the page caches and prepared statements
 /// of every connection) is kept under this many bytes: past it, SQLite
@@ -126,14 +138,47 @@ pub struct Store {
     abandoned: std::sync::Arc<Abandoned>,
 }
 
+/// How a process opens its store.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenOptions {
+    /// Create a SQLite file that is missing (`serve`, `migrate`); other
+    /// commands only open one that exists.
+    pub create: bool,
+    /// Connections in the pool (`CREDGATE_DB_MAX_CONNECTIONS`).
+    pub max_connections: u32,
+    /// How long a PostgreSQL statement waits for another session's lock.
+    pub lock_timeout: Duration,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        Self {
+            create: true,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            lock_timeout: LOCK_TIMEOUT,
+        }
+    }
+}
+
+/// Connections in a pool when `CREDGATE_DB_MAX_CONNECTIONS` is not set.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 16;
+
 impl Store {
     /// Connects to `sqlite://…` (the file is created when missing) or `postgres://…`.
     pub async fn connect(url: &str, clock: Clock) -> Result<Self, sqlx::Error> {
-        Self::connect_waiting(url, clock, LOCK_TIMEOUT).await
+        Self::open(url, clock, OpenOptions::default()).await
     }
 
-    /// [`Store::connect`] with a PostgreSQL lock timeout of the caller's.
-    pub async fn connect_waiting(url: &str, clock: Clock, lock_timeout: Duration) -> Result<Self, sqlx::Error> {
+    /// Connects with the options given. PostgreSQL connections name
+    /// themselves `application_name=credgate` (unless the URL names
+    /// another) and do not report notices below warnings.
+    pub async fn open(url: &str, clock: Clock, how: OpenOptions) -> Result<Self, sqlx::Error> {
+        let OpenOptions {
+            create,
+            max_connections,
+            lock_timeout,
+        } = how;
+        let max_connections = max_connections.max(1);
         sqlx::any::install_default_drivers();
         let dialect = if url.starts_with("sqlite:") {
             Dialect::Sqlite
@@ -146,38 +191,53 @@ impl Store {
         };
         let (url, options) = match dialect {
             Dialect::Sqlite => {
+                let mode = if create { "rwc" } else { "rw" };
                 let url = if url.contains("mode=") {
                     url.to_owned()
                 } else if url.contains('?') {
-                    format!("{url}&mode=rwc")
+                    format!("{url}&mode={mode}")
                 } else {
-                    format!("{url}?mode=rwc")
+                    format!("{url}?mode={mode}")
                 };
-                let opts = AnyPoolOptions::new().max_connections(8).after_connect(|conn, _| {
-                    Box::pin(async move {
-                        conn.execute(
-                            format!(
-                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                let opts = AnyPoolOptions::new()
+                    .max_connections(max_connections)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            conn.execute(
+                                format!(
+                                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
                                  PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 8000; \
                                  PRAGMA soft_heap_limit = {SQLITE_HEAP_LIMIT};"
+                                )
+                                .as_str(),
                             )
-                            .as_str(),
-                        )
-                        .await?;
-                        Ok(())
-                    })
-                });
+                            .await?;
+                            Ok(())
+                        })
+                    });
                 (url, opts)
             }
             Dialect::Postgres => {
                 let millis = lock_timeout.as_millis().max(1);
-                let opts = AnyPoolOptions::new().max_connections(16).after_connect(move |conn, _| {
-                    Box::pin(async move {
-                        conn.execute(format!("SET lock_timeout = {millis}").as_str()).await?;
-                        Ok(())
-                    })
-                });
-                (url.to_owned(), opts)
+                let opts = AnyPoolOptions::new()
+                    .max_connections(max_connections)
+                    .after_connect(move |conn, _| {
+                        Box::pin(async move {
+                            conn.execute(
+                                format!("SET lock_timeout = {millis}; SET client_min_messages = warning").as_str(),
+                            )
+                            .await?;
+                            Ok(())
+                        })
+                    });
+                let url = if url.contains("application_name=") {
+                    url.to_owned()
+                } else if url.contains('?') {
+                    format!("{url}&application_name=credgate")
+                } else {
+                    format!("{url}?application_name=credgate")
+                };
+                (url, opts)
             }
         };
         let _ = sqlx::any::AnyConnectOptions::from_str(&url)?;
@@ -237,6 +297,56 @@ impl Store {
                     .await?
             }
         })
+    }
+
+    /// This release's migrations that the database has not applied (all of
+    /// them for a database that never was migrated).
+    pub async fn pending_migrations(&self) -> Result<Vec<i64>, StoreError> {
+        let migrator = match self.dialect {
+            Dialect::Sqlite => &*SQLITE_MIGRATIONS,
+            Dialect::Postgres => &*PG_MIGRATIONS,
+        };
+        let applied: Vec<i64> = if self.has_table("_sqlx_migrations").await? {
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success = TRUE")
+                .fetch_all(&self.pool)
+                .await?
+        } else {
+            Vec::new()
+        };
+        Ok(migrator
+            .iter()
+            .map(|m| m.version)
+            .filter(|v| !applied.contains(v))
+            .collect())
+    }
+
+    /// Whether the schema has table `name` (before migrating, a database
+    /// may be new).
+    pub async fn has_table(&self, name: &str) -> Result<bool, StoreError> {
+        let sql = match self.dialect {
+            Dialect::Sqlite => "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = $1",
+            Dialect::Postgres => {
+                "SELECT COUNT(*) FROM pg_tables WHERE schemaname = current_schema() AND tablename = $1"
+            }
+        };
+        let n: i64 = sqlx::query_scalar(sql).bind(name).fetch_one(&self.pool).await?;
+        Ok(n > 0)
+    }
+
+    /// Every wrapped data key, read with a statement every release's schema
+    /// answers (before migrating); empty for a new database.
+    pub async fn wrapped_keys_any_release(&self) -> Result<Vec<crate::crypto::WrappedKey>, StoreError> {
+        if !self.has_table("org_keys").await? {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT wrapped_key, master_kid FROM org_keys WHERE wrapped_key <> ''")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(token, kid)| crate::crypto::WrappedKey { token, kid })
+            .collect())
     }
 
     /// Applies pending migrations for this dialect.

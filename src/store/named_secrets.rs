@@ -87,7 +87,10 @@ impl Store {
                     .fetch_one(&mut *tx)
                     .await?;
                 if count >= put.limit {
-                    return Err(StoreError::QuotaExceeded { limit: put.limit });
+                    return Err(StoreError::QuotaExceeded {
+                        limit: put.limit,
+                        count,
+                    });
                 }
                 sqlx::query(
                 "INSERT INTO named_secrets (org_id, name, value_ct, key_version, created_by, created_at, updated_at) \

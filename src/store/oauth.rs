@@ -83,7 +83,10 @@ impl Store {
                     .fetch_one(&mut *tx)
                     .await?;
             if pending >= max_pending {
-                return Err(StoreError::QuotaExceeded { limit: max_pending });
+                return Err(StoreError::QuotaExceeded {
+                    limit: max_pending,
+                    count: pending,
+                });
             }
             sqlx::query(
             "INSERT INTO oauth_states (state_hash, org_id, provider, payload_ct, key_version, expires_at, created_at, \

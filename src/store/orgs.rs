@@ -58,7 +58,6 @@ impl Store {
         .await
     }
 
-    /// Does the organization exist?
     /// Does the store hold any organization (and so data keys that only the
     /// master key they were wrapped under can open)?
     pub async fn holds_organizations(&self) -> Result<bool, StoreError> {
@@ -71,6 +70,7 @@ impl Store {
         .await
     }
 
+    /// Does the organization exist (and is it not being deleted)?
     pub async fn org_exists(&self, id: &OrgId) -> Result<bool, StoreError> {
         self.timed(async move {
             let row = sqlx::query("SELECT 1 FROM organizations WHERE id = $1 AND deleted_at IS NULL")

@@ -258,15 +258,17 @@ impl Store {
     }
 
     /// Queues every event created at or after `since` for delivery again.
-    pub async fn replay_events(&self, since: i64) -> Result<u64, StoreError> {
+    pub async fn replay_events(&self, since: i64, org: Option<&OrgId>) -> Result<u64, StoreError> {
         self.timed(async move {
             self.execute_write(
                 sqlx::query(
                     "UPDATE outbox SET next_attempt_at = $2, delivered_at = NULL, failed_at = NULL, attempts = 0, \
-                 last_error = NULL, lease_owner = NULL, lease_until = NULL WHERE created_at >= $1",
+                 last_error = NULL, lease_owner = NULL, lease_until = NULL \
+                 WHERE created_at >= $1 AND ($3 = '' OR org_id = $3)",
                 )
                 .bind(since)
-                .bind(self.now()),
+                .bind(self.now())
+                .bind(org.map_or("", |o| o.as_str())),
             )
             .await
         })

@@ -32,7 +32,8 @@ pub(crate) async fn reserve(
 ) -> Result<(), StoreError> {
     let limit = limit(conn, org_id, provider, default_limit).await?;
     if limit < 1 {
-        return Err(StoreError::QuotaExceeded { limit });
+        let count = count(conn, org_id, provider).await?;
+        return Err(StoreError::QuotaExceeded { limit, count });
     }
     let counted = sqlx::query(
         "INSERT INTO credential_counts (org_id, provider, count) VALUES ($1, $2, 1) \
@@ -46,12 +47,28 @@ pub(crate) async fn reserve(
     .await?;
     match counted {
         Some(_) => Ok(()),
-        None => Err(StoreError::QuotaExceeded { limit }),
+        None => Err(StoreError::QuotaExceeded {
+            limit,
+            count: count(conn, org_id, provider).await?,
+        }),
     }
 }
 
+/// How many credentials of `provider` the organization's counter holds.
+async fn count(conn: &mut sqlx::AnyConnection, org_id: &OrgId, provider: &str) -> Result<i64, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT count FROM credential_counts WHERE org_id = $1 AND provider = $2")
+            .bind(org_id)
+            .bind(provider)
+            .fetch_optional(&mut *conn)
+            .await?
+            .unwrap_or(0),
+    )
+}
+
 /// Counts up to `wanted` more credentials of `provider` at once (a group of
-/// creates): returns how many fit under the limit, and the limit. The
+/// creates): returns how many fit under the limit, the limit, and the count
+/// after them. The
 /// counter row is locked from here until the transaction ends.
 pub(crate) async fn reserve_many(
     conn: &mut sqlx::AnyConnection,
@@ -59,7 +76,7 @@ pub(crate) async fn reserve_many(
     provider: &str,
     default_limit: i64,
     wanted: i64,
-) -> Result<(i64, i64), StoreError> {
+) -> Result<(i64, i64, i64), StoreError> {
     let limit = limit(conn, org_id, provider, default_limit).await?;
     // The counter row, created at zero if need be, locked by the no-op
     // update (on SQLite the immediate transaction holds the file).
@@ -80,7 +97,7 @@ pub(crate) async fn reserve_many(
             .execute(&mut *conn)
             .await?;
     }
-    Ok((fit, limit))
+    Ok((fit, limit, count + fit))
 }
 
 /// The organization's limit for `provider`: its override, else `default_limit`.

@@ -90,7 +90,10 @@ impl Store {
                     .fetch_one(&mut *tx)
                     .await?;
             if open >= max_open {
-                return Err(StoreError::QuotaExceeded { limit: max_open });
+                return Err(StoreError::QuotaExceeded {
+                    limit: max_open,
+                    count: max_open,
+                });
             }
             sqlx::query(
                 "INSERT INTO page_sessions (id, org_id, user_id, purpose, providers, credential_id, return_to, \

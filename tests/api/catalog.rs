@@ -36,6 +36,7 @@ impl Drop for Server {
 
 /// Serves in `cwd` with `env`; returns the catalog as the API lists it.
 async fn catalog(cwd: &std::path::Path, env: &[(&str, &str)]) -> Vec<Value> {
+    line(&mut credgate_in(cwd, env, &["migrate"]));
     let org = line(&mut credgate_in(cwd, env, &["org", "create", "Acme"]));
     let token = line(&mut credgate_in(
         cwd,
@@ -114,13 +115,29 @@ async fn a_providers_directory_adds_files_and_replaces_built_in_ones_by_id() {
     let dir = extra.path().to_str().unwrap().to_owned();
 
     let served = catalog(cwd.path(), &[("CREDGATE_PROVIDERS_DIR", &dir)]).await;
-    let missing = credgate_in(
+    let mut missing = credgate_in(
         cwd.path(),
-        &[("CREDGATE_PROVIDERS_DIR", "/nonexistent/providers")],
-        &["org", "create", "X"],
+        &[
+            ("CREDGATE_PROVIDERS_DIR", "/nonexistent/providers"),
+            ("CREDGATE_LISTEN", "127.0.0.1:0"),
+        ],
+        &["serve"],
     )
-    .output()
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
     .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let missing = loop {
+        if missing.try_wait().unwrap().is_some() {
+            break missing.wait_with_output().unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "serve started without its providers directory"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
 
     let by_id = |id: &str| served.iter().find(|p| p["id"] == id).cloned();
     assert_eq!(served.len(), repo_ids().len() + 1);

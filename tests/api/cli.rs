@@ -16,7 +16,7 @@ pub fn credgate(db: &TestDb, keys: Option<&str>, args: &[&str]) -> Output {
     credgate_at(&db.url, keys, args)
 }
 
-fn credgate_at(url: &str, keys: Option<&str>, args: &[&str]) -> Output {
+pub fn credgate_at(url: &str, keys: Option<&str>, args: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_credgate"));
     cmd.args(args)
         .env_clear()
@@ -33,7 +33,17 @@ fn credgate_at(url: &str, keys: Option<&str>, args: &[&str]) -> Output {
     cmd.output().unwrap()
 }
 
-fn stdout_line(out: &Output) -> String {
+/// `credgate migrate` on `db` with `keys` (or the key file it makes).
+pub fn migrated(db: &TestDb, keys: Option<&str>) {
+    let out = credgate(db, keys, &["migrate"]);
+    assert!(
+        out.status.success(),
+        "migrate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn stdout_line(out: &Output) -> String {
     assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout.clone()).unwrap();
     assert_eq!(text.lines().count(), 1, "one line on stdout: {text:?}");
@@ -41,9 +51,10 @@ fn stdout_line(out: &Output) -> String {
 }
 
 #[tokio::test]
-async fn org_and_api_key_commands_print_their_result_alone_and_make_a_private_key_file() {
+async fn org_and_api_key_commands_print_their_result_alone_and_migrate_makes_a_private_key_file() {
     let db = TestDb::new(Backend::Sqlite).await;
 
+    migrated(&db, None);
     let org = stdout_line(&credgate(&db, None, &["org", "create", "Acme"]));
     let token = stdout_line(&credgate(
         &db,
@@ -91,6 +102,7 @@ async fn a_failing_command_prints_one_line_on_stderr_and_exits_non_zero() {
 async fn a_wrong_or_malformed_master_key_is_refused_at_startup(backend: crate::helpers::Backend) {
     let db = TestDb::new(backend).await;
     let right = MasterKeyring::generate_key();
+    migrated(&db, Some(right.expose_secret()));
     stdout_line(&credgate(&db, Some(right.expose_secret()), &["org", "create", "Acme"]));
     let wrong = MasterKeyring::generate_key();
 
@@ -119,10 +131,16 @@ both_backends!(a_wrong_or_malformed_master_key_is_refused_at_startup);
 async fn postgres_without_master_keys_refuses_to_start() {
     let db = TestDb::new(Backend::Postgres).await;
 
-    let out = credgate(&db, None, &["org", "create", "Acme"]);
+    let out = credgate(&db, None, &["migrate"]);
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let tables: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pg_tables WHERE schemaname = current_schema()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
 
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("CREDGATE_MASTER_KEYS is required"));
+    assert_eq!(tables, 0, "refused before migrating anything");
 }
 
 async fn every_credential_resolves_after_rotate_master_with_the_old_key_removed(backend: crate::helpers::Backend) {
@@ -145,7 +163,7 @@ async fn every_credential_resolves_after_rotate_master_with_the_old_key_removed(
 
     assert!(first.status.success() && rerun.status.success());
     assert!(
-        String::from_utf8_lossy(&rerun.stderr).contains("re-wrapped 0"),
+        String::from_utf8_lossy(&rerun.stdout).contains("re-wrapped 0"),
         "a rerun has nothing left to do"
     );
     for (id, secret) in ids.iter().zip(&secrets) {
@@ -285,8 +303,14 @@ async fn org_delete_shreds_credentials_and_the_data_key(backend: crate::helpers:
     let keys = master_keys(&app.config);
     let id = app.create_pg(&app.org, "a", &sentinel()).await;
 
-    let out = credgate(&db, Some(&keys), &["org", "delete", "--org", &app.org.id]);
+    let asked = credgate(&db, None, &["org", "delete", "--org", &app.org.id]);
     let pool = app.sql().await;
+    let kept: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM credentials WHERE org_id = $1")
+        .bind(app.org.id.clone())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let out = credgate(&db, None, &["org", "delete", "--org", &app.org.id, "--yes"]);
     let count = |sql: &'static str| {
         let (pool, org) = (pool.clone(), app.org.id.clone());
         async move {
@@ -295,7 +319,19 @@ async fn org_delete_shreds_credentials_and_the_data_key(backend: crate::helpers:
         }
     };
 
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = stdout_line(&asked);
+    assert!(
+        said.starts_with(&format!(
+            "would delete organization {} (Acme): 1 credentials, 3 API keys",
+            app.org.id
+        )) && said.contains("run again with --yes"),
+        "{said}"
+    );
+    assert_eq!(kept, 1, "without --yes nothing is deleted");
+    assert!(
+        stdout_line(&out).contains("deleted: its data keys destroyed"),
+        "no master key needed"
+    );
     assert_eq!(count("SELECT COUNT(*) FROM credentials WHERE org_id = $1").await, 0);
     assert_eq!(count("SELECT COUNT(*) FROM org_keys WHERE org_id = $1").await, 0);
     assert_eq!(count("SELECT COUNT(*) FROM api_keys WHERE org_id = $1").await, 0);
@@ -408,7 +444,10 @@ async fn serve_and_the_worker_stop_cleanly_on_sigterm() {
     );
     assert!(err.contains("token refresh worker stopped"), "{err}");
     assert!(worker_status.success(), "{worker_err}");
-    assert!(!worker_err.contains("credgate is serving"), "--worker-only runs no API");
+    assert!(
+        worker_err.contains("credgate is serving") && worker_err.contains("\"api\":false"),
+        "--worker-only runs no API, only its health routes: {worker_err}"
+    );
     assert!(worker_err.contains("token refresh worker stopped"));
     for line in worker_err.lines().filter(|l| !l.is_empty()) {
         let parsed: serde_json::Value = serde_json::from_str(line).expect("CREDGATE_LOG_FORMAT=json gives JSON lines");
@@ -428,13 +467,25 @@ async fn a_malformed_provider_file_or_override_stops_startup_naming_file_and_fie
     std::fs::write(dir.path().join("broken.toml"), "display_name = \"B\"\n[[auth_types]]\ntype = \"api_key\"\nfields = [{ name = \"x\", label = \"X\", type = \"colour\" }]\n").unwrap();
     let run = |extra: &[(&str, &str)], dir: &std::path::Path| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_credgate"));
-        cmd.args(["org", "create", "X"])
+        cmd.args(["serve"])
             .env("CREDGATE_DATABASE_URL", &db.url)
-            .env("CREDGATE_PROVIDERS_DIR", dir);
+            .env("CREDGATE_LISTEN", "127.0.0.1:0")
+            .env("CREDGATE_PROVIDERS_DIR", dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
         for (k, v) in extra {
             cmd.env(k, v);
         }
-        cmd.output().unwrap()
+        let mut child = cmd.spawn().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while child.try_wait().unwrap().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "serve started despite a bad provider file"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child.wait_with_output().unwrap()
     };
 
     let broken = run(&[], dir.path());
@@ -444,8 +495,8 @@ async fn a_malformed_provider_file_or_override_stops_startup_naming_file_and_fie
 
     for (out, field) in [
         (&broken, "auth_types[0].fields[0].type"),
-        (&bad_override, "token_url"),
-        (&unknown_override, "colour"),
+        (&bad_override, "CREDGATE_PROVIDER_GOOGLE_TOKEN_URL"),
+        (&unknown_override, "CREDGATE_PROVIDER_GOOGLE_COLOUR"),
     ] {
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);

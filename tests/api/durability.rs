@@ -8,13 +8,14 @@ use crate::helpers::{Backend, TestApp, TestDb};
 #[tokio::test]
 async fn a_missing_key_file_beside_a_database_with_organizations_is_never_replaced() {
     let db = TestDb::new(Backend::Sqlite).await;
+    crate::cli::migrated(&db, None);
     let created = credgate(&db, None, &["org", "create", "Acme"]);
     let key_file =
         std::path::Path::new(db.url.strip_prefix("sqlite://").unwrap()).with_file_name("credgate.master.key");
     assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
     std::fs::remove_file(&key_file).unwrap();
 
-    let again = credgate(&db, None, &["org", "create", "Second"]);
+    let again = credgate(&db, None, &["migrate"]);
     let stderr = String::from_utf8_lossy(&again.stderr).into_owned();
 
     assert!(!again.status.success());

@@ -412,7 +412,7 @@ async fn a_group_of_creates_refuses_each_that_fails_its_own_checks_and_writes_th
     assert!(matches!(outcomes[2], Err(StoreError::NotFound)), "{shown:?}");
     assert!(outcomes[3].is_ok(), "{shown:?}");
     assert!(
-        matches!(outcomes[4], Err(StoreError::QuotaExceeded { limit: 1 })),
+        matches!(outcomes[4], Err(StoreError::QuotaExceeded { limit: 1, count: 1 })),
         "{shown:?}"
     );
     assert!(outcomes[5].is_ok(), "{shown:?}");

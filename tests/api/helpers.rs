@@ -144,6 +144,21 @@ impl TestDb {
         }
     }
 
+    /// A SQLite database at `url`, whose directory the caller keeps.
+    pub fn at(url: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            pg_name: None,
+            _dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A pool on the database with no app in between (the `Any` driver).
+    pub async fn any_pool(&self) -> sqlx::AnyPool {
+        sqlx::any::install_default_drivers();
+        sqlx::AnyPool::connect(&self.url).await.unwrap()
+    }
+
     /// The SQLite file and its WAL, or a `pg_dump` of the database.
     pub fn raw_bytes(&self) -> Vec<u8> {
         match &self.pg_name {

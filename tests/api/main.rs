@@ -26,6 +26,7 @@ mod oauth_server;
 mod openapi_conformance;
 mod openapi_schemas;
 mod operations;
+mod operator;
 mod org_deletion;
 mod outage;
 mod outbox;

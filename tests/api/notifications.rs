@@ -214,6 +214,7 @@ async fn notifications_survive_kill_9_and_are_delivered_once_each_by_the_next_pr
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     };
+    cli(&["migrate"]);
     let org = cli(&["org", "create", "Acme"]);
     let admin = cli(&["api-key", "create", "--org", &org, "--role", "admin"]);
     let receiver = Receiver::default();
@@ -362,7 +363,7 @@ async fn admins_read_events_back_and_operators_replay_them(backend: crate::helpe
         "another organization's events are not shown"
     );
     assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));
-    assert!(String::from_utf8_lossy(&replay.stderr).contains("3 notifications"));
+    assert!(String::from_utf8_lossy(&replay.stdout).contains("3 notifications"));
     assert_eq!(again, 6, "the replayed events were delivered again");
 }
 crate::both_backends!(admins_read_events_back_and_operators_replay_them);

@@ -195,8 +195,8 @@ pub fn words(e: &Error) -> String {
                 .collect::<Vec<_>>()
                 .join("; ")
         ),
-        Error::QuotaExceeded { provider, limit } => format!(
-            "Your organization already has {limit} {} credentials, the most allowed. \
+        Error::QuotaExceeded { provider, limit, count } => format!(
+            "Your organization has {count} {} credentials, and its limit is {limit}. \
              Delete one you no longer need, or ask an administrator to raise the limit.",
             if provider.is_empty() { "such" } else { provider }
         ),

@@ -199,7 +199,7 @@ pub async fn start(ctx: &Context, provider: &Provider, req: StartRequest) -> Res
         .await;
     match pending {
         Ok(()) => {}
-        Err(StoreError::QuotaExceeded { limit }) => {
+        Err(StoreError::QuotaExceeded { limit, .. }) => {
             return Err(Error::TooManyPending(format!(
                 "the organization has {limit} connections waiting for the provider's answer; \
                  finish or abandon some (they expire after 10 minutes)"

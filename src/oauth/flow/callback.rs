@@ -226,9 +226,12 @@ async fn complete(
         identity,
     };
     credentials::connect(ctx, grant).await.map_err(|e| match e {
-        Error::QuotaExceeded { limit, .. } => OAuthError::new(
+        Error::QuotaExceeded { limit, count, .. } => OAuthError::new(
             "quota_exceeded",
-            format!("the organization already has {limit} {} credentials", provider.id),
+            format!(
+                "the organization has {count} {} credentials, and its limit is {limit}",
+                provider.id
+            ),
         ),
         Error::Conflict(code, message) => OAuthError::new(code, message),
         Error::NotFound => OAuthError::new("not_found", "the credential to re-authorize no longer exists"),

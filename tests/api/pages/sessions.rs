@@ -303,7 +303,7 @@ async fn an_expired_or_ended_session_says_so_in_words(backend: crate::helpers::B
         .unwrap();
     let (no_cookie, late_link) = enter(&app, &unopened).await;
     credgate::credentials::remove_user(
-        &app.state,
+        &app.state.store,
         &app.org.id,
         &credgate::ids::UserId::parse("u-6").unwrap(),
         None,
@@ -421,7 +421,7 @@ async fn page_errors_are_sentences_a_person_can_act_on(backend: crate::helpers::
     assert_eq!(first.status(), StatusCode::SEE_OTHER);
     assert_eq!(over_status, StatusCode::CONFLICT);
     assert!(
-        over_page.contains("the most allowed") && over_page.contains("Delete one you no longer need"),
+        over_page.contains("credentials, and its limit is") && over_page.contains("Delete one you no longer need"),
         "{over_page}"
     );
     assert_eq!(unconfigured_status, StatusCode::CONFLICT);
