@@ -40,6 +40,14 @@ pub enum Error {
     /// deadlock's victim); nothing was changed.
     #[error("the credential store is unavailable; try again shortly")]
     StoreUnavailable(#[source] StoreError),
+    /// This replica lacks the master key that wraps the organization's
+    /// data key (left behind during a key rotation): another replica, or
+    /// this one once its keys are updated, can serve it.
+    #[error(
+        "this replica lacks master key {kid}, which wraps the organization's data key; \
+         add it to CREDGATE_MASTER_KEYS (its /readyz says so too)"
+    )]
+    MasterKeyMissing { kid: String },
     /// The store, the vault or a bug.
     #[error("an internal error occurred")]
     Internal(#[source] anyhow::Error),
@@ -84,6 +92,7 @@ impl From<VaultError> for Error {
     fn from(e: VaultError) -> Self {
         match e {
             VaultError::Store(e) => e.into(),
+            VaultError::Key(crate::crypto::KeyError::WrongMasterKey { kid }) => Self::MasterKeyMissing { kid },
             other => Self::Internal(other.into()),
         }
     }

@@ -45,6 +45,8 @@ pub enum ApiError {
     NeedsReauth(String),
     #[error("the credential store is unavailable; try again shortly")]
     StoreUnavailable(#[source] crate::store::StoreError),
+    #[error("{0}")]
+    MasterKeyMissing(String),
     #[error("an internal error occurred")]
     Internal(#[source] anyhow::Error),
 }
@@ -97,6 +99,7 @@ impl ApiError {
             Self::NeedsReauth(_) => (StatusCode::CONFLICT, "needs_reauth"),
             Self::ProviderUnavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "provider_unavailable"),
             Self::StoreUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            Self::MasterKeyMissing(_) => (StatusCode::SERVICE_UNAVAILABLE, "master_key_missing"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -121,6 +124,7 @@ impl From<Error> for ApiError {
             Error::Provider(m) => Self::Provider(m),
             Error::TooManyPending(_) => Self::RateLimited { retry_after_secs: 60 },
             Error::StoreUnavailable(e) => Self::StoreUnavailable(e),
+            e @ Error::MasterKeyMissing { .. } => Self::MasterKeyMissing(e.to_string()),
             Error::Internal(e) => Self::Internal(e),
         }
     }
@@ -146,6 +150,7 @@ impl IntoResponse for ApiError {
                 Some(*retry_after_secs)
             }
             Self::StoreUnavailable(_) => Some(2),
+            Self::MasterKeyMissing(_) => Some(30),
             _ => None,
         };
         let detail = match &self {

@@ -546,3 +546,40 @@ async fn postgres_connections_name_credgate_and_the_pool_is_sized_by_its_setting
 
     assert!((1..=3).contains(&named), "{named} connections named credgate");
 }
+
+/// Replica A runs with `new,old`, replica B still with `old`: an
+/// organization created through A and used through B is a 503 that names
+/// the key B lacks (not a 500), until B has the key.
+async fn a_replica_without_the_new_key_answers_503_naming_it(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let behind = TestApp::spawn(&db).await;
+    let old = master_keys(&behind.config);
+    let new = MasterKeyring::generate_key();
+    let new_kid = MasterKeyring::kid(&new).unwrap();
+    let mut config = behind.config.clone();
+    config.master_keys = Some(secrecy::SecretString::from(format!("{},{old}", new.expose_secret())));
+    let ahead = TestApp::spawn_with(config).await;
+    let org = ahead.new_org("Made ahead").await;
+    let id = ahead.create_pg(&org, "db", &crate::helpers::sentinel()).await;
+
+    let (status, problem) = behind
+        .as_(&org.engine)
+        .post(
+            &format!("/integrations/credentials/{id}/resolve"),
+            serde_json::json!({}),
+        )
+        .await;
+    let (ahead_status, _) = ahead
+        .as_(&org.engine)
+        .post(
+            &format!("/integrations/credentials/{id}/resolve"),
+            serde_json::json!({}),
+        )
+        .await;
+
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{problem}");
+    assert_eq!(problem["code"], "master_key_missing");
+    assert!(problem["detail"].as_str().unwrap().contains(&new_kid), "{problem}");
+    assert_eq!(ahead_status, StatusCode::OK);
+}
+both_backends!(a_replica_without_the_new_key_answers_503_naming_it);

@@ -218,6 +218,11 @@ pub fn words(e: &Error) -> String {
         Error::StoreUnavailable(_) => {
             "credgate cannot reach its database right now. Nothing was changed; try again in a moment.".into()
         }
+        Error::MasterKeyMissing { .. } => {
+            "This server cannot open your organization's keys yet (a key rotation is under way). Nothing was \
+             changed; try again in a minute, or tell your administrator."
+                .into()
+        }
         Error::Internal(_) => {
             "Something went wrong on our side and nothing was changed. Try again; if it keeps happening, \
              tell your administrator."

@@ -271,7 +271,9 @@ pub fn failure(state: &AppState, e: &crate::error::Error) -> Html {
         tracing::error!(error = %e, "page failed");
     }
     let status = match e {
-        crate::error::Error::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        crate::error::Error::StoreUnavailable(_) | crate::error::Error::MasterKeyMissing { .. } => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         crate::error::Error::NotFound => StatusCode::NOT_FOUND,
         crate::error::Error::Forbidden => StatusCode::FORBIDDEN,
         crate::error::Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
