@@ -467,9 +467,10 @@ async fn metrics_can_be_served_apart_from_the_api() {
     );
 }
 
-#[tokio::test]
-async fn each_request_is_one_log_line_with_route_status_organization_and_key_and_no_colour() {
-    let db = TestDb::new(Backend::Sqlite).await;
+/// On PostgreSQL, the migrations' notices (`relation … already exists,
+/// skipping`) are not logged either.
+async fn each_request_is_one_log_line_with_route_status_organization_and_key_and_no_colour(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let app = TestApp::spawn(&db).await;
     let keys = master_keys(&app.config);
     let (server, addr) = serve(&db, &keys, &[], &[]);
@@ -521,6 +522,7 @@ async fn each_request_is_one_log_line_with_route_status_organization_and_key_and
         "no query string, no token"
     );
 }
+both_backends!(each_request_is_one_log_line_with_route_status_organization_and_key_and_no_colour);
 
 #[tokio::test]
 async fn postgres_connections_name_credgate_and_the_pool_is_sized_by_its_setting() {
