@@ -171,6 +171,7 @@ async fn main() -> anyhow::Result<()> {
                     refresh_token: Some(SecretString::from(rt)),
                     expires_in: Some(Duration::from_secs(60)),
                     scopes: None,
+                    identity: None,
                 },
                 identity: Identity {
                     id: format!("acct-{i}"),

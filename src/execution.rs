@@ -112,7 +112,7 @@ async fn probe_oauth(ctx: &Context, row: CredentialRow) -> ProbeResult {
             "no access token is stored; re-authorize".into(),
         );
     };
-    match crate::oauth_client::fetch_identity(&ctx.http, settings, &token).await {
+    match crate::oauth_client::userinfo(&ctx.http, settings, &token).await {
         Ok(identity) => ProbeResult {
             ok: true,
             latency_ms: started.elapsed().as_millis() as u64,

@@ -132,6 +132,7 @@ mod tests {
             refresh_token: refresh.map(SecretString::from),
             expires_in: Some(Duration::from_secs(expires_in)),
             scopes: None,
+            identity: None,
         }
     }
 

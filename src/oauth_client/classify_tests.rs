@@ -31,8 +31,14 @@ fn settings(token_url: String) -> OAuthSettings {
             id: vec!["sub".into()],
             email: vec![],
             display_name: vec![],
+            source: Default::default(),
+            headers: BTreeMap::new(),
         },
         tenant: None,
+        scope_separator: " ".into(),
+        token_body: Default::default(),
+        pkce: true,
+        reauth_errors: vec![],
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-pub use tokens::{exchange_code, fetch_identity, refresh, revoke, Identity, TokenSet};
+pub use tokens::{exchange_code, fetch_identity, refresh, revoke, userinfo, Identity, TokenSet};
 
 /// A failed OAuth step: a stable code and words for a person.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -13,7 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
 use super::OAuthError;
-use crate::providers::{ClientAuth, OAuthSettings};
+use crate::providers::{ClientAuth, IdentitySource, OAuthSettings, TokenBody};
 
 /// Tokens from a token endpoint. `Debug` prints no token.
 pub struct TokenSet {
@@ -22,6 +22,8 @@ pub struct TokenSet {
     pub refresh_token: Option<SecretString>,
     pub expires_in: Option<Duration>,
     pub scopes: Option<Vec<String>>,
+    /// The account, for a provider whose token response names it.
+    pub identity: Option<Identity>,
 }
 
 impl std::fmt::Debug for TokenSet {
@@ -30,6 +32,7 @@ impl std::fmt::Debug for TokenSet {
             .field("refresh_token_sent", &self.refresh_token.is_some())
             .field("expires_in", &self.expires_in)
             .field("scopes", &self.scopes)
+            .field("identity", &self.identity)
             .finish_non_exhaustive()
     }
 }
@@ -44,40 +47,80 @@ pub struct Identity {
     pub tenant_id: Option<String>,
 }
 
-/// Sends through reqwest and remembers the response's status and
-/// `Retry-After`, which the oauth2 crate does not surface.
-struct Recording {
+/// Sends through reqwest in the provider's dialect and remembers the
+/// response's status and `Retry-After`, which the oauth2 crate does not
+/// surface: the body as JSON for a provider that wants it (Notion), and an
+/// error answered with 200 (Slack's `{"ok": false, "error": …}`) turned
+/// into the 400 it means. For a provider whose token response names the
+/// account, the account is read from it here (the crate drops other fields).
+struct Recording<'s> {
     inner: reqwest::Client,
+    settings: &'s OAuthSettings,
     seen: std::sync::Mutex<(Option<u16>, Option<u64>)>,
+    identity: std::sync::Mutex<Option<Identity>>,
 }
 
-impl Recording {
-    fn new(inner: &reqwest::Client) -> Self {
+impl<'s> Recording<'s> {
+    fn new(inner: &reqwest::Client, settings: &'s OAuthSettings) -> Self {
         Self {
             inner: inner.clone(),
+            settings,
             seen: std::sync::Mutex::new((None, None)),
+            identity: std::sync::Mutex::new(None),
         }
     }
 
     fn seen(&self) -> (Option<u16>, Option<u64>) {
         *self.seen.lock().expect("not poisoned")
     }
+
+    fn identity(&self) -> Option<Identity> {
+        self.identity.lock().expect("not poisoned").clone()
+    }
 }
 
-impl<'c> AsyncHttpClient<'c> for Recording {
+/// The request's form parameters as one JSON object.
+fn as_json(mut request: HttpRequest) -> HttpRequest {
+    let fields: serde_json::Map<String, Value> = url::form_urlencoded::parse(request.body())
+        .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+        .collect();
+    *request.body_mut() = Value::Object(fields).to_string().into_bytes();
+    request.headers_mut().insert(
+        oauth2::http::header::CONTENT_TYPE,
+        oauth2::http::HeaderValue::from_static("application/json"),
+    );
+    request
+}
+
+impl<'c, 's> AsyncHttpClient<'c> for Recording<'s> {
     type Error = HttpClientError<reqwest::Error>;
     type Future =
         std::pin::Pin<Box<dyn std::future::Future<Output = Result<HttpResponse, Self::Error>> + Send + Sync + 'c>>;
 
     fn call(&'c self, request: HttpRequest) -> Self::Future {
         Box::pin(async move {
-            let response = self.inner.call(request).await?;
+            let request = match self.settings.token_body {
+                TokenBody::Form => request,
+                TokenBody::Json => as_json(request),
+            };
+            let mut response = self.inner.call(request).await?;
             let retry_after = response
                 .headers()
                 .get("retry-after")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok());
             *self.seen.lock().expect("not poisoned") = (Some(response.status().as_u16()), retry_after);
+            if response.status().is_success() {
+                let doc: Option<Value> = serde_json::from_slice(response.body()).ok();
+                let answered_error = doc
+                    .as_ref()
+                    .is_some_and(|d| d.get("access_token").is_none() && d.get("error").is_some_and(Value::is_string));
+                if answered_error {
+                    *response.status_mut() = oauth2::http::StatusCode::BAD_REQUEST;
+                } else if let (Some(doc), IdentitySource::TokenResponse) = (&doc, self.settings.identity.source) {
+                    *self.identity.lock().expect("not poisoned") = identity_in(doc, self.settings);
+                }
+            }
             Ok(response)
         })
     }
@@ -116,6 +159,7 @@ const REAUTH_MARKERS: &[&str] = &[
 fn classify(
     err: BasicRequestTokenError<HttpClientError<reqwest::Error>>,
     seen: (Option<u16>, Option<u64>),
+    settings: &OAuthSettings,
 ) -> OAuthError {
     let (status, retry_after) = seen;
     let temporary = status.is_some_and(|s| s == 429 || s >= 500);
@@ -132,6 +176,7 @@ fn classify(
             let error = resp.error().to_string();
             let dead = matches!(resp.error(), BasicErrorResponseType::InvalidGrant)
                 || error == "interaction_required"
+                || settings.reauth_errors.contains(&error)
                 || REAUTH_MARKERS.iter().any(|m| description.contains(m));
             // The description is the provider's text about our request; it
             // never echoes a token, but keep it short.
@@ -170,12 +215,21 @@ fn classify(
     classified
 }
 
-fn token_set<T: TokenResponse>(resp: &T) -> TokenSet {
+fn token_set<T: TokenResponse>(resp: &T, settings: &OAuthSettings, identity: Option<Identity>) -> TokenSet {
+    // The crate splits `scope` on spaces; a provider that joins them
+    // otherwise (Slack: `,`) is split here.
+    let sep = settings.scope_separator.as_str();
     TokenSet {
         access_token: SecretString::from(resp.access_token().secret().clone()),
         refresh_token: resp.refresh_token().map(|r| SecretString::from(r.secret().clone())),
         expires_in: resp.expires_in(),
-        scopes: resp.scopes().map(|s| s.iter().map(|x| x.to_string()).collect()),
+        scopes: resp.scopes().map(|s| {
+            s.iter()
+                .flat_map(|x| x.split(sep).map(str::to_owned).collect::<Vec<_>>())
+                .filter(|x| !x.is_empty())
+                .collect()
+        }),
+        identity,
     }
 }
 
@@ -189,13 +243,15 @@ pub async fn exchange_code(
     verifier: &SecretString,
 ) -> Result<TokenSet, OAuthError> {
     let client = client(settings, tenant, Some(redirect_uri))?;
-    let recording = Recording::new(http);
-    let resp = client
-        .exchange_code(AuthorizationCode::new(code.to_owned()))
-        .set_pkce_verifier(PkceCodeVerifier::new(verifier.expose_secret().to_owned()))
+    let recording = Recording::new(http, settings);
+    let mut request = client.exchange_code(AuthorizationCode::new(code.to_owned()));
+    if settings.pkce {
+        request = request.set_pkce_verifier(PkceCodeVerifier::new(verifier.expose_secret().to_owned()));
+    }
+    let resp = request
         .request_async(&recording)
         .await
-        .map_err(|e| match classify(e, recording.seen()) {
+        .map_err(|e| match classify(e, recording.seen(), settings) {
             // At exchange time a dead grant is simply a rejected code.
             e if e.code == "needs_reauth" => OAuthError::new(
                 "provider_error",
@@ -203,7 +259,7 @@ pub async fn exchange_code(
             ),
             e => e,
         })?;
-    Ok(token_set(&resp))
+    Ok(token_set(&resp, settings, recording.identity()))
 }
 
 /// Uses a refresh token.
@@ -215,20 +271,35 @@ pub async fn refresh(
 ) -> Result<TokenSet, OAuthError> {
     let client = client(settings, tenant, None)?;
     let token = RefreshToken::new(refresh_token.expose_secret().to_owned());
-    let recording = Recording::new(http);
+    let recording = Recording::new(http, settings);
     let resp = client
         .exchange_refresh_token(&token)
         .request_async(&recording)
         .await
-        .map_err(|e| classify(e, recording.seen()))?;
-    Ok(token_set(&resp))
+        .map_err(|e| classify(e, recording.seen(), settings))?;
+    Ok(token_set(&resp, settings, recording.identity()))
 }
 
+/// The first of `keys` present in `doc`: a top-level key, or a JSON
+/// pointer (`/team/id`) into a nested object.
 fn pick(doc: &Value, keys: &[String]) -> Option<String> {
-    keys.iter().find_map(|k| match doc.get(k) {
-        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
-        Some(Value::Number(n)) => Some(n.to_string()),
-        _ => None,
+    keys.iter().find_map(|k| {
+        let found = if k.starts_with('/') { doc.pointer(k) } else { doc.get(k) };
+        match found {
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        }
+    })
+}
+
+/// The account named in a token response, as the provider file maps it.
+fn identity_in(doc: &Value, settings: &OAuthSettings) -> Option<Identity> {
+    Some(Identity {
+        id: pick(doc, &settings.identity.id)?,
+        email: pick(doc, &settings.identity.email),
+        display_name: pick(doc, &settings.identity.display_name),
+        tenant_id: None,
     })
 }
 
@@ -240,26 +311,45 @@ fn tenant_of(access_token: &str) -> Option<String> {
     claims.get("tid")?.as_str().map(str::to_owned)
 }
 
-/// Asks the provider who the account is.
+/// Who the account is: from the token response (when the provider file
+/// says it names the account), else by asking the identity endpoint.
 pub async fn fetch_identity(
+    http: &reqwest::Client,
+    settings: &OAuthSettings,
+    tokens: &TokenSet,
+) -> Result<Identity, OAuthError> {
+    if settings.identity.source == IdentitySource::TokenResponse {
+        return tokens.identity.clone().ok_or_else(|| {
+            OAuthError::new(
+                "identity_failed",
+                "could not read the account: the token response names no account",
+            )
+        });
+    }
+    userinfo(http, settings, &tokens.access_token).await
+}
+
+/// Asks the provider's identity endpoint who the account of `access_token` is.
+pub async fn userinfo(
     http: &reqwest::Client,
     settings: &OAuthSettings,
     access_token: &SecretString,
 ) -> Result<Identity, OAuthError> {
     let failed = |m: &str| OAuthError::new("identity_failed", format!("could not read the account: {m}"));
-    let resp = http
+    let mut request = http
         .get(&settings.userinfo_url)
         .bearer_auth(access_token.expose_secret())
-        .header("accept", "application/json")
-        .send()
-        .await
-        .map_err(|e| {
-            failed(if e.is_timeout() {
-                "the provider did not answer in time"
-            } else {
-                "the provider could not be reached"
-            })
-        })?;
+        .header("accept", "application/json");
+    for (name, value) in &settings.identity.headers {
+        request = request.header(name, value);
+    }
+    let resp = request.send().await.map_err(|e| {
+        failed(if e.is_timeout() {
+            "the provider did not answer in time"
+        } else {
+            "the provider could not be reached"
+        })
+    })?;
     let status = resp.status();
     if !status.is_success() {
         return Err(failed(&format!(
@@ -322,6 +412,7 @@ mod tests {
             refresh_token: Some(SecretString::from("rt-sentinel")),
             expires_in: None,
             scopes: None,
+            identity: None,
         };
         let printed = format!("{set:?}");
         assert!(!printed.contains("sentinel"));

@@ -9,7 +9,10 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{AuthKind, AuthType, ClientAuth, FieldDef, FieldKind, IdentityMap, OAuthSettings, Provider};
+use super::{
+    AuthKind, AuthType, ClientAuth, FieldDef, FieldKind, IdentityMap, IdentitySource, OAuthSettings, Provider,
+    TokenBody,
+};
 
 /// A provider file that cannot be used; names the file and the field.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +48,19 @@ struct RawProvider {
     identity: Option<RawIdentity>,
     probe: Option<super::probe::RawProbe>,
     generic: Option<String>,
+    /// Between requested scopes in the authorize URL (Slack: `,`).
+    scope_separator: Option<String>,
+    /// The token request's body: `form` (RFC 6749) or `json` (Notion).
+    token_request_format: Option<String>,
+    /// PKCE on the authorize and token requests (default on).
+    pkce: Option<bool>,
+    /// Headers for the identity request (`Notion-Version`).
+    #[serde(default)]
+    identity_headers: BTreeMap<String, String>,
+    /// Token-endpoint `error` codes that mean the grant is gone, beside
+    /// `invalid_grant` (Slack: `invalid_refresh_token`).
+    #[serde(default)]
+    reauth_errors: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -83,6 +99,9 @@ fn default_kind() -> String {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawIdentity {
+    /// `userinfo` (the default: a GET of `userinfo_url`) or
+    /// `token_response` (the token endpoint's answer names the account).
+    source: Option<String>,
     id: Vec<String>,
     #[serde(default)]
     email: Vec<String>,
@@ -296,6 +315,43 @@ fn build(file: &Path, id: &str, raw: RawProvider) -> Result<Provider, ProviderFi
         if identity.id.is_empty() {
             return Err(err("identity.id", "must name at least one userinfo key"));
         }
+        let identity_source = match identity.source.as_deref().unwrap_or("userinfo") {
+            "userinfo" => IdentitySource::Userinfo,
+            "token_response" => IdentitySource::TokenResponse,
+            _ => return Err(err("identity.source", "must be \"userinfo\" or \"token_response\"")),
+        };
+        for (name, keys) in [
+            ("identity.id", &identity.id),
+            ("identity.email", &identity.email),
+            ("identity.display_name", &identity.display_name),
+        ] {
+            if keys
+                .iter()
+                .any(|k| k.is_empty() || (k.starts_with('/') && k.len() == 1))
+            {
+                return Err(err(name, "holds an empty key or JSON pointer"));
+            }
+        }
+        let userinfo_url = match identity_source {
+            IdentitySource::Userinfo => need("userinfo_url", raw.userinfo_url)?,
+            IdentitySource::TokenResponse => raw.userinfo_url.unwrap_or_default(),
+        };
+        let token_body = match raw.token_request_format.as_deref().unwrap_or("form") {
+            "form" => TokenBody::Form,
+            "json" => TokenBody::Json,
+            _ => return Err(err("token_request_format", "must be \"form\" or \"json\"")),
+        };
+        let scope_separator = raw.scope_separator.unwrap_or_else(|| " ".to_owned());
+        if !matches!(scope_separator.as_str(), " " | "," | "+") {
+            return Err(err("scope_separator", "must be \" \", \",\" or \"+\""));
+        }
+        for (name, value) in &raw.identity_headers {
+            let valid = reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_ok()
+                && reqwest::header::HeaderValue::from_str(value).is_ok();
+            if !valid {
+                return Err(err(&format!("identity_headers.{name}"), "is not a valid HTTP header"));
+            }
+        }
         let client_auth = match raw.client_auth.as_deref().unwrap_or("body") {
             "body" => ClientAuth::Body,
             "basic" => ClientAuth::Basic,
@@ -304,7 +360,7 @@ fn build(file: &Path, id: &str, raw: RawProvider) -> Result<Provider, ProviderFi
         Some(OAuthSettings {
             authorization_url: need("authorization_url", raw.authorization_url)?,
             token_url: need("token_url", raw.token_url)?,
-            userinfo_url: need("userinfo_url", raw.userinfo_url)?,
+            userinfo_url,
             revocation_url: raw.revocation_url,
             issuer: raw.issuer,
             client_id: raw.client_id.unwrap_or_default(),
@@ -316,8 +372,14 @@ fn build(file: &Path, id: &str, raw: RawProvider) -> Result<Provider, ProviderFi
                 id: identity.id,
                 email: identity.email,
                 display_name: identity.display_name,
+                source: identity_source,
+                headers: raw.identity_headers,
             },
             tenant: raw.tenant,
+            scope_separator,
+            token_body,
+            pkce: raw.pkce.unwrap_or(true),
+            reauth_errors: raw.reauth_errors,
         })
     } else {
         None
@@ -388,4 +450,60 @@ fn build_field(f: RawField) -> Result<FieldDef, (String, String)> {
         return Err(("default".into(), "must not be null".into()));
     }
     Ok(def)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OAUTH: &str = "display_name = \"X\"\nauthorization_url = \"https://x.example/a\"\n\
+        token_url = \"https://x.example/t\"\nuserinfo_url = \"https://x.example/u\"\n";
+
+    fn load(text: &str) -> Result<Vec<Provider>, ProviderFileError> {
+        build_all(
+            vec![(
+                "x".into(),
+                Source {
+                    file: PathBuf::from("x.toml"),
+                    text: text.into(),
+                },
+            )],
+            &BTreeMap::new(),
+        )
+    }
+
+    fn field_of(extra: &str, identity: &str) -> String {
+        let text = format!("{OAUTH}{extra}\n[identity]\n{identity}\n[[auth_types]]\ntype = \"oauth2\"\n");
+        load(&text).err().map(|e| e.field).unwrap_or_default()
+    }
+
+    #[test]
+    fn each_quirk_is_checked_and_named_by_its_field() {
+        assert_eq!(field_of("scope_separator = \";\"", "id = [\"id\"]"), "scope_separator");
+        assert_eq!(field_of("token_request_format = \"xml\"", "id = [\"id\"]"), "token_request_format");
+        assert_eq!(
+            field_of("identity_headers = { \"Bad Header\" = \"1\" }", "id = [\"id\"]"),
+            "identity_headers.Bad Header"
+        );
+        assert_eq!(field_of("", "source = \"jwt\"\nid = [\"id\"]"), "identity.source");
+        assert_eq!(field_of("", "id = [\"/\"]"), "identity.id");
+        assert_eq!(field_of("pkce = \"no\"", "id = [\"id\"]"), "pkce");
+    }
+
+    #[test]
+    fn quirks_load_with_their_defaults() {
+        let text = format!("{OAUTH}\n[identity]\nid = [\"id\"]\n[[auth_types]]\ntype = \"oauth2\"\n");
+        let oauth = load(&text).unwrap().remove(0).oauth.unwrap();
+        assert_eq!(oauth.scope_separator, " ");
+        assert_eq!(oauth.token_body, TokenBody::Form);
+        assert!(oauth.pkce);
+        assert_eq!(oauth.identity.source, IdentitySource::Userinfo);
+        let text = format!(
+            "{OAUTH}scope_separator = \",\"\ntoken_request_format = \"json\"\npkce = false\n\
+             [identity]\nsource = \"token_response\"\nid = [\"/team/id\"]\n[[auth_types]]\ntype = \"oauth2\"\n"
+        );
+        let oauth = load(&text).unwrap().remove(0).oauth.unwrap();
+        assert_eq!((oauth.scope_separator.as_str(), oauth.token_body, oauth.pkce), (",", TokenBody::Json, false));
+        assert_eq!(oauth.identity.source, IdentitySource::TokenResponse);
+    }
 }

@@ -39,12 +39,37 @@ pub enum ClientAuth {
 /// Which userinfo JSON keys carry the account's identity (first present wins).
 #[derive(Debug, Clone)]
 pub struct IdentityMap {
-    /// Stable account id (`sub`, `id`).
+    /// Stable account id (`sub`, `id`). Each entry is a top-level key, or a
+    /// JSON pointer into a nested object (`/team/id`); the first present wins.
     pub id: Vec<String>,
     /// E-mail address.
     pub email: Vec<String>,
     /// Display name.
     pub display_name: Vec<String>,
+    /// Which answer names the account.
+    pub source: IdentitySource,
+    /// Headers of the identity request (`Notion-Version`).
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Which answer names the connected account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IdentitySource {
+    /// A GET of the provider's `userinfo_url` with the new access token.
+    #[default]
+    Userinfo,
+    /// The token endpoint's own answer (Slack's `team`, Notion's workspace).
+    TokenResponse,
+}
+
+/// How the token request's parameters are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TokenBody {
+    /// `application/x-www-form-urlencoded` (RFC 6749).
+    #[default]
+    Form,
+    /// A JSON object (Notion).
+    Json,
 }
 
 /// OAuth settings of a provider whose file declares `oauth2`.
@@ -73,6 +98,14 @@ pub struct OAuthSettings {
     pub identity: IdentityMap,
     /// Default tenant (`common`) substituted for `{tenant}`.
     pub tenant: Option<String>,
+    /// Between scopes in the authorize URL (`" "`; Slack: `","`).
+    pub scope_separator: String,
+    /// The token request's body format.
+    pub token_body: TokenBody,
+    /// PKCE on authorize and token requests.
+    pub pkce: bool,
+    /// Token-endpoint errors that mean the grant is gone, beside `invalid_grant`.
+    pub reauth_errors: Vec<String>,
 }
 
 impl std::fmt::Debug for OAuthSettings {

@@ -34,6 +34,7 @@ mod ownership;
 mod pages;
 mod paging;
 mod probes;
+mod provider_quirks;
 mod races;
 mod refresh;
 mod refresh_groups;

@@ -152,10 +152,14 @@ pub async fn start(ctx: &Context, provider: &Provider, req: StartRequest) -> Res
                 .map_err(|_| Error::internal(anyhow::anyhow!("bad CREDGATE_PUBLIC_URL")))?,
         );
     let token = csrf.clone();
-    let mut request = client
-        .authorize_url(move || CsrfToken::new(token))
-        .add_scopes(settings.scopes.iter().map(|s| Scope::new(s.clone())))
-        .set_pkce_challenge(challenge);
+    let mut request = client.authorize_url(move || CsrfToken::new(token));
+    // One `scope` parameter, joined by the provider's separator (Slack: `,`).
+    if !settings.scopes.is_empty() {
+        request = request.add_scope(Scope::new(settings.scopes.join(&settings.scope_separator)));
+    }
+    if settings.pkce {
+        request = request.set_pkce_challenge(challenge);
+    }
     for (k, v) in &settings.authorize_params {
         request = request.add_extra_param(k.clone(), v.clone());
     }

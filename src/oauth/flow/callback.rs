@@ -211,7 +211,7 @@ async fn complete(
     let tenant = get(payload, "tenant");
     let redirect = redirect_uri(ctx, &provider.id);
     let tokens = exchange_code(&ctx.http, settings, tenant.as_deref(), &redirect, code, &verifier).await?;
-    let identity = fetch_identity(&ctx.http, settings, &tokens.access_token).await?;
+    let identity = fetch_identity(&ctx.http, settings, &tokens).await?;
     let actor = get(payload, "actor").unwrap_or_default();
     let grant = Grant {
         org_id: &row.org_id,
