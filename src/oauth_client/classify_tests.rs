@@ -39,6 +39,7 @@ fn settings(token_url: String) -> OAuthSettings {
         token_body: Default::default(),
         pkce: true,
         reauth_errors: vec![],
+        token_error_pointer: None,
     }
 }
 

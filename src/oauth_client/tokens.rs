@@ -79,6 +79,28 @@ impl<'s> Recording<'s> {
     }
 }
 
+/// An error body of the provider's own shape (`{"status": "BAD_REFRESH_TOKEN",
+/// "message": …}`) rewritten as RFC 6749's `{"error", "error_description"}`,
+/// so it is classified like any other.
+fn rewrite_error(response: &mut HttpResponse, pointer: &str) {
+    let Ok(doc) = serde_json::from_slice::<Value>(response.body()) else {
+        return;
+    };
+    if doc.get("access_token").is_some() || doc.get("error").is_some() {
+        return;
+    }
+    let Some(code) = doc.pointer(pointer).and_then(Value::as_str) else {
+        return;
+    };
+    let description = doc.get("message").and_then(Value::as_str).unwrap_or_default();
+    *response.body_mut() = serde_json::json!({"error": code, "error_description": description})
+        .to_string()
+        .into_bytes();
+    if response.status().is_success() {
+        *response.status_mut() = oauth2::http::StatusCode::BAD_REQUEST;
+    }
+}
+
 /// The request's form parameters as one JSON object.
 fn as_json(mut request: HttpRequest) -> HttpRequest {
     let fields: serde_json::Map<String, Value> = url::form_urlencoded::parse(request.body())
@@ -110,6 +132,9 @@ impl<'c, 's> AsyncHttpClient<'c> for Recording<'s> {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok());
             *self.seen.lock().expect("not poisoned") = (Some(response.status().as_u16()), retry_after);
+            if let Some(pointer) = &self.settings.token_error_pointer {
+                rewrite_error(&mut response, pointer);
+            }
             if response.status().is_success() {
                 let doc: Option<Value> = serde_json::from_slice(response.body()).ok();
                 let answered_error = doc

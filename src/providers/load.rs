@@ -61,6 +61,9 @@ struct RawProvider {
     /// `invalid_grant` (Slack: `invalid_refresh_token`).
     #[serde(default)]
     reauth_errors: Vec<String>,
+    /// A JSON pointer to the error code of a token endpoint whose errors
+    /// are not RFC 6749's `{"error": …}` (HubSpot: `/status`).
+    token_error_pointer: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -380,6 +383,12 @@ fn build(file: &Path, id: &str, raw: RawProvider) -> Result<Provider, ProviderFi
             token_body,
             pkce: raw.pkce.unwrap_or(true),
             reauth_errors: raw.reauth_errors,
+            token_error_pointer: match raw.token_error_pointer {
+                Some(p) if !p.starts_with('/') || p.len() < 2 => {
+                    return Err(err("token_error_pointer", "must be a JSON pointer like \"/status\""))
+                }
+                other => other,
+            },
         })
     } else {
         None
@@ -480,7 +489,10 @@ mod tests {
     #[test]
     fn each_quirk_is_checked_and_named_by_its_field() {
         assert_eq!(field_of("scope_separator = \";\"", "id = [\"id\"]"), "scope_separator");
-        assert_eq!(field_of("token_request_format = \"xml\"", "id = [\"id\"]"), "token_request_format");
+        assert_eq!(
+            field_of("token_request_format = \"xml\"", "id = [\"id\"]"),
+            "token_request_format"
+        );
         assert_eq!(
             field_of("identity_headers = { \"Bad Header\" = \"1\" }", "id = [\"id\"]"),
             "identity_headers.Bad Header"
@@ -503,7 +515,10 @@ mod tests {
              [identity]\nsource = \"token_response\"\nid = [\"/team/id\"]\n[[auth_types]]\ntype = \"oauth2\"\n"
         );
         let oauth = load(&text).unwrap().remove(0).oauth.unwrap();
-        assert_eq!((oauth.scope_separator.as_str(), oauth.token_body, oauth.pkce), (",", TokenBody::Json, false));
+        assert_eq!(
+            (oauth.scope_separator.as_str(), oauth.token_body, oauth.pkce),
+            (",", TokenBody::Json, false)
+        );
         assert_eq!(oauth.identity.source, IdentitySource::TokenResponse);
     }
 }

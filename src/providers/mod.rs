@@ -106,6 +106,9 @@ pub struct OAuthSettings {
     pub pkce: bool,
     /// Token-endpoint errors that mean the grant is gone, beside `invalid_grant`.
     pub reauth_errors: Vec<String>,
+    /// Where a token endpoint that does not answer RFC 6749 errors puts its
+    /// error code (HubSpot: `/status`).
+    pub token_error_pointer: Option<String>,
 }
 
 impl std::fmt::Debug for OAuthSettings {

@@ -453,3 +453,342 @@ async fn notion_connects_with_a_json_token_request_and_names_the_workspace(backe
     );
 }
 crate::both_backends!(notion_connects_with_a_json_token_request_and_names_the_workspace);
+
+// ---- GitHub ----
+
+async fn github_authorize(State(s): State<Shared>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let mut seen = s.lock().unwrap();
+    let redirect = q.get("redirect_uri").cloned().unwrap_or_default();
+    let state = q.get("state").cloned().unwrap_or_default();
+    seen.scope = q.get("scope").cloned();
+    if q.get("client_id") != Some(&seen.client_id) {
+        return (StatusCode::NOT_FOUND, "unknown client").into_response();
+    }
+    let code = format!("{:x}", uuid::Uuid::new_v4().as_u128());
+    seen.codes
+        .insert(code.clone(), q.get("code_challenge").cloned().unwrap_or_default());
+    seen.issued.push(code.clone());
+    redirect_with(&redirect, &[("code", &code), ("state", &state)])
+}
+
+/// Errors are HTTP 200 with `error`; the answer is a form unless JSON is asked for.
+async fn github_token(State(s): State<Shared>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let mut seen = s.lock().unwrap();
+    let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let json_wanted = headers
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/json"));
+    let answer = |doc: Value| -> Response {
+        if json_wanted {
+            Json(doc).into_response()
+        } else {
+            let text = doc
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+                .collect::<Vec<_>>()
+                .join("&");
+            ([("content-type", "application/x-www-form-urlencoded")], text).into_response()
+        }
+    };
+    let authenticated =
+        form.get("client_id") == Some(&seen.client_id) && form.get("client_secret") == Some(&seen.client_secret);
+    seen.client_authenticated.push(authenticated);
+    if !authenticated {
+        return answer(json!({"error": "incorrect_client_credentials"}));
+    }
+    match form.get("grant_type").map(String::as_str) {
+        Some("refresh_token") => {
+            let rt = form.get("refresh_token").cloned().unwrap_or_default();
+            let Some(at) = seen.refresh.iter().position(|r| *r == rt) else {
+                return answer(json!({"error": "bad_refresh_token",
+                                     "error_description": "The refresh token passed is incorrect or expired."}));
+            };
+            seen.refresh.remove(at);
+            seen.refresh_grants += 1;
+        }
+        _ => {
+            let code = form.get("code").cloned().unwrap_or_default();
+            let Some(challenge) = seen.codes.remove(&code) else {
+                return answer(json!({"error": "bad_verification_code",
+                                     "error_description": "The code passed is incorrect or expired."}));
+            };
+            let verifier = form.get("code_verifier").cloned().unwrap_or_default();
+            let derived = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(<sha2::Sha256 as sha2::Digest>::digest(verifier.as_bytes()));
+            if !challenge.is_empty() && derived != challenge {
+                return answer(json!({"error": "bad_verification_code"}));
+            }
+        }
+    }
+    let access = format!("ghu_{}", uuid::Uuid::new_v4().simple());
+    let refresh = format!("ghr_{}", uuid::Uuid::new_v4().simple());
+    seen.access.push(access.clone());
+    seen.refresh.push(refresh.clone());
+    seen.issued.extend([access.clone(), refresh.clone()]);
+    answer(json!({"access_token": access, "token_type": "bearer", "scope": "",
+                  "expires_in": 120, "refresh_token": refresh, "refresh_token_expires_in": 15897600}))
+}
+
+async fn github_user(State(s): State<Shared>, headers: HeaderMap) -> Response {
+    let seen = s.lock().unwrap();
+    if headers.get("user-agent").is_none() {
+        return (
+            StatusCode::FORBIDDEN,
+            "Request forbidden by administrative rules. Please make sure your request has a User-Agent header",
+        )
+            .into_response();
+    }
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("token ")))
+        .unwrap_or_default();
+    if !seen.access.iter().any(|a| a == token) {
+        return (StatusCode::UNAUTHORIZED, Json(json!({"message": "Bad credentials"}))).into_response();
+    }
+    Json(json!({"login": "octocat", "id": 583231, "name": "The Octocat", "email": null})).into_response()
+}
+
+/// GitHub: a form token request answered in JSON on request, a numeric
+/// account id, and a GitHub App's expiring user token refreshed (a dead
+/// refresh token, answered with 200, is `needs_reauth`).
+async fn github_connects_names_the_user_and_refreshes_its_expiring_token(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let github = StandIn::start(
+        Router::new()
+            .route("/login/oauth/authorize", get(github_authorize))
+            .route("/login/oauth/access_token", post(github_token))
+            .route("/user", get(github_user)),
+    )
+    .await;
+    let app = github
+        .app(
+            &db,
+            "github",
+            [
+                ("AUTHORIZATION_URL", "/login/oauth/authorize"),
+                ("TOKEN_URL", "/login/oauth/access_token"),
+                ("USERINFO_URL", "/user"),
+            ],
+        )
+        .await;
+
+    let id = connect(&app, "github").await["credential_id"].clone();
+    let (_, credential) = app
+        .as_(&app.org.admin)
+        .get(&format!("/integrations/credentials/{id}"))
+        .await;
+    let (status, resolved) = resolve(&app, &id).await;
+    github.with(|s| s.refresh.clear());
+    let (dead, problem) = resolve(&app, &id).await;
+
+    assert_eq!(credential["account"]["id"], "583231", "{credential}");
+    assert_eq!(credential["account"]["display_name"], "octocat");
+    assert_eq!(status, StatusCode::OK, "{resolved}");
+    assert_eq!(
+        github.with(|s| s.refresh_grants),
+        1,
+        "a 120 s token is refreshed on resolve"
+    );
+    assert!(github.with(|s| s.access.last().cloned()) == resolved["access_token"].as_str().map(str::to_owned));
+    assert_eq!(dead, StatusCode::CONFLICT, "{problem}");
+    assert_eq!(problem["code"], "needs_reauth");
+}
+crate::both_backends!(github_connects_names_the_user_and_refreshes_its_expiring_token);
+
+// ---- HubSpot ----
+
+async fn hubspot_authorize(State(s): State<Shared>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let mut seen = s.lock().unwrap();
+    let redirect = q.get("redirect_uri").cloned().unwrap_or_default();
+    let state = q.get("state").cloned().unwrap_or_default();
+    seen.scope = q.get("scope").cloned();
+    let code = format!("hs-{}", uuid::Uuid::new_v4().simple());
+    seen.codes.insert(code.clone(), redirect.clone());
+    seen.issued.push(code.clone());
+    redirect_with(&redirect, &[("code", &code), ("state", &state)])
+}
+
+fn hubspot_error(status: &str, message: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({"status": status, "message": message, "correlationId": "c0rr-1"})),
+    )
+        .into_response()
+}
+
+/// Errors are `{"status": "BAD_REFRESH_TOKEN", …}`; the refresh token stays.
+async fn hubspot_token(State(s): State<Shared>, axum::Form(form): axum::Form<HashMap<String, String>>) -> Response {
+    let mut seen = s.lock().unwrap();
+    let authenticated =
+        form.get("client_id") == Some(&seen.client_id) && form.get("client_secret") == Some(&seen.client_secret);
+    seen.client_authenticated.push(authenticated);
+    if !authenticated {
+        return hubspot_error("BAD_CLIENT_ID", "missing or unknown client id");
+    }
+    let refresh = match form.get("grant_type").map(String::as_str) {
+        Some("authorization_code") => {
+            let code = form.get("code").cloned().unwrap_or_default();
+            if seen.codes.remove(&code).is_none() {
+                return hubspot_error("BAD_AUTH_CODE", "missing or unknown auth code");
+            }
+            let refresh = uuid::Uuid::new_v4().to_string();
+            seen.refresh.push(refresh.clone());
+            seen.issued.push(refresh.clone());
+            refresh
+        }
+        Some("refresh_token") => {
+            let rt = form.get("refresh_token").cloned().unwrap_or_default();
+            if !seen.refresh.contains(&rt) {
+                return hubspot_error("BAD_REFRESH_TOKEN", "missing or unknown refresh token");
+            }
+            seen.refresh_grants += 1;
+            rt
+        }
+        _ => return hubspot_error("BAD_GRANT_TYPE", "unknown grant type"),
+    };
+    let access = format!("CJ{}", uuid::Uuid::new_v4().simple());
+    seen.access.push(access.clone());
+    seen.issued.push(access.clone());
+    // HubSpot's tokens last 1800 s; 120 s here puts one inside the resolve margin.
+    Json(json!({"token_type": "bearer", "refresh_token": refresh, "access_token": access, "expires_in": 120}))
+        .into_response()
+}
+
+async fn hubspot_details(State(s): State<Shared>, headers: HeaderMap) -> Response {
+    let seen = s.lock().unwrap();
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if !seen.access.iter().any(|a| a == token) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"status": "error", "category": "INVALID_AUTHENTICATION"})),
+        )
+            .into_response();
+    }
+    Json(
+        json!({"portalId": 62515, "uiDomain": "app.hubspot.com", "timeZone": "US/Eastern",
+                "dataHostingLocation": "na1"}),
+    )
+    .into_response()
+}
+
+/// HubSpot: the refresh token is kept across refreshes, and its own error
+/// shape (`BAD_REFRESH_TOKEN`) is read as the grant gone.
+async fn hubspot_connects_refreshes_and_reads_its_own_error_shape(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let hubspot = StandIn::start(
+        Router::new()
+            .route("/oauth/authorize", get(hubspot_authorize))
+            .route("/oauth/v1/token", post(hubspot_token))
+            .route("/account-info/v3/details", get(hubspot_details)),
+    )
+    .await;
+    let app = hubspot
+        .app(
+            &db,
+            "hubspot",
+            [
+                ("AUTHORIZATION_URL", "/oauth/authorize"),
+                ("TOKEN_URL", "/oauth/v1/token"),
+                ("USERINFO_URL", "/account-info/v3/details"),
+            ],
+        )
+        .await;
+
+    let id = connect(&app, "hubspot").await["credential_id"].clone();
+    let (_, credential) = app
+        .as_(&app.org.admin)
+        .get(&format!("/integrations/credentials/{id}"))
+        .await;
+    let (first, _) = resolve(&app, &id).await;
+    let (second, _) = resolve(&app, &id).await;
+    hubspot.with(|s| s.refresh.clear());
+    let (dead, problem) = resolve(&app, &id).await;
+
+    assert_eq!(
+        hubspot.with(|s| s.scope.clone()).as_deref(),
+        Some("oauth crm.objects.contacts.read")
+    );
+    assert_eq!(credential["account"]["id"], "62515", "{credential}");
+    assert_eq!((first, second), (StatusCode::OK, StatusCode::OK));
+    assert_eq!(
+        hubspot.with(|s| s.refresh_grants),
+        2,
+        "the same refresh token serves twice"
+    );
+    assert_eq!(dead, StatusCode::CONFLICT, "{problem}");
+    assert_eq!(problem["code"], "needs_reauth", "{problem}");
+}
+crate::both_backends!(hubspot_connects_refreshes_and_reads_its_own_error_shape);
+
+// ---- Google Sheets (Google's stand-in) ----
+
+async fn google_sheets_connects_and_refreshes_like_google(backend: crate::helpers::Backend) {
+    use crate::oauth_server::{AuthServer, Flavor};
+    let db = TestDb::new(backend).await;
+    let google = AuthServer::start(Flavor::Google).await;
+    google.with(|i| i.expires_in = 120);
+    let app = crate::oauth::oauth_app(&db, &[(&google, "google_sheets")], |_| {}).await;
+
+    let id = connect(&app, "google_sheets").await["credential_id"].clone();
+    let (status, resolved) = resolve(&app, &id).await;
+
+    assert_eq!(status, StatusCode::OK, "{resolved}");
+    assert_eq!(google.with(|i| i.refresh_grants), 1);
+    assert!(google.access_valid(resolved["access_token"].as_str().unwrap()));
+}
+crate::both_backends!(google_sheets_connects_and_refreshes_like_google);
+
+/// Every provider file that declares `oauth2`, and where it is proven
+/// against a stand-in of its service.
+const PROVEN: [(&str, &str); 7] = [
+    (
+        "github",
+        "provider_quirks::github_connects_names_the_user_and_refreshes_its_expiring_token",
+    ),
+    (
+        "google",
+        "oauth::google_connect_stores_an_active_credential_and_never_shows_a_token",
+    ),
+    (
+        "google_sheets",
+        "provider_quirks::google_sheets_connects_and_refreshes_like_google",
+    ),
+    (
+        "hubspot",
+        "provider_quirks::hubspot_connects_refreshes_and_reads_its_own_error_shape",
+    ),
+    (
+        "notion",
+        "provider_quirks::notion_connects_with_a_json_token_request_and_names_the_workspace",
+    ),
+    ("sharepoint", "refresh (the Microsoft stand-in)"),
+    (
+        "slack",
+        "provider_quirks::slack_connects_with_comma_scopes_names_the_workspace_and_refreshes",
+    ),
+];
+
+#[test]
+fn every_oauth2_provider_file_is_proven_against_a_stand_in() {
+    let catalog = credgate::providers::load_catalog(None, &Default::default()).unwrap();
+    let mut oauth: Vec<&str> = catalog
+        .iter()
+        .filter(|p| p.oauth.is_some())
+        .map(|p| p.id.as_str())
+        .collect();
+    oauth.sort_unstable();
+    let proven: Vec<&str> = PROVEN.iter().map(|(id, _)| *id).collect();
+
+    assert_eq!(
+        oauth, proven,
+        "an oauth2 provider file without a stand-in test (or a stale entry)"
+    );
+}
