@@ -96,10 +96,11 @@ pub struct Settings {
     /// the connection hangs nothing longer.
     #[arg(long, env = "CREDGATE_DB_TIMEOUT_SECS", default_value_t = 10, global = true)]
     pub db_timeout_secs: u64,
-    /// Connections in this process's database pool (PostgreSQL's own
-    /// default limit is 100 for all clients together).
-    #[arg(long, env = "CREDGATE_DB_MAX_CONNECTIONS", default_value_t = crate::store::DEFAULT_MAX_CONNECTIONS, global = true)]
-    pub db_max_connections: u32,
+    /// Connections in this process's database pool: 16 by default with
+    /// PostgreSQL (whose own limit is 100 for all clients together), 8 with
+    /// SQLite (one writer at a time; more only cost memory).
+    #[arg(long, env = "CREDGATE_DB_MAX_CONNECTIONS", global = true)]
+    pub db_max_connections: Option<u32>,
     /// A second listen address for `/metrics`, `/healthz` and `/readyz`
     /// alone; when set, `/metrics` is not served on `CREDGATE_LISTEN`.
     #[arg(long, env = "CREDGATE_OPS_LISTEN", global = true)]
@@ -152,8 +153,8 @@ pub struct Config {
     pub store_lock_timeout: std::time::Duration,
     /// How long one store operation may take (`CREDGATE_DB_TIMEOUT_SECS`).
     pub db_timeout: std::time::Duration,
-    /// `CREDGATE_DB_MAX_CONNECTIONS`.
-    pub db_max_connections: u32,
+    /// `CREDGATE_DB_MAX_CONNECTIONS` (`None`: the dialect's default).
+    pub db_max_connections: Option<u32>,
     /// `CREDGATE_OPS_LISTEN`: `/metrics` (and the health routes) apart.
     pub ops_listen: Option<SocketAddr>,
 }
@@ -213,7 +214,7 @@ impl Config {
             max_pending_oauth: MAX_PENDING_OAUTH_PER_ORG,
             store_lock_timeout: crate::store::LOCK_TIMEOUT,
             db_timeout: std::time::Duration::from_secs(s.db_timeout_secs.max(1)),
-            db_max_connections: s.db_max_connections.max(1),
+            db_max_connections: s.db_max_connections.map(|n| n.max(1)),
             ops_listen: s.ops_listen,
         }
     }
@@ -266,7 +267,7 @@ impl Config {
             auth_failures_per_sec: 5,
             trusted_proxies: String::new(),
             db_timeout_secs: 10,
-            db_max_connections: crate::store::DEFAULT_MAX_CONNECTIONS,
+            db_max_connections: None,
             ops_listen: None,
             log: "info".into(),
             log_format: "text".into(),
