@@ -11,7 +11,7 @@ mod sealed;
 use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
 
-use crate::app::{connect_and_migrate, open_existing_store, open_vault, Application, KeyFile, Services};
+use crate::app::{connect_and_migrate, open_existing_store, open_vault, Application, KeyFile, Runs, Services};
 use crate::clock::Clock;
 use crate::config::{Config, Settings};
 use crate::crypto::MasterKeyring;
@@ -279,21 +279,20 @@ async fn serve(
     });
     let services = Services::init(config).await?;
     let role = match (no_worker, worker_only) {
-        (_, true) => crate::app::Runs::WorkerOnly,
-        (true, _) => crate::app::Runs::ApiOnly,
-        _ => crate::app::Runs::Both,
+        (_, true) => Runs::WorkerOnly,
+        (true, _) => Runs::ApiOnly,
+        _ => Runs::Both,
     };
     let app = Application::from_services_running(services, role).await?;
     tracing::info!(
         address = %app.local_addr(),
         public_url = %app.state().config.public_url,
-        api = role != crate::app::Runs::WorkerOnly,
-        worker = role != crate::app::Runs::ApiOnly,
+        api = role != Runs::WorkerOnly,
+        worker = role != Runs::ApiOnly,
         "credgate is serving on http://{}",
         app.local_addr()
     );
-    let worker =
-        (role != crate::app::Runs::ApiOnly).then(|| tokio::spawn(run_worker(app.state().ctx.clone(), stop_rx.clone())));
+    let worker = (role != Runs::ApiOnly).then(|| tokio::spawn(run_worker(app.state().ctx.clone(), stop_rx.clone())));
     let mut stop = stop_rx;
     app.run_until(async move {
         let _ = stop.wait_for(|stopped| *stopped).await;

@@ -116,16 +116,11 @@ async fn set_limit(
 ) -> anyhow::Result<()> {
     require_org(store, org).await?;
     if clear {
-        let had = store.clear_org_limit(org, provider).await?;
-        match had {
-            true => println!(
-                "organization {org}: the limit for {provider} is the default again ({})",
-                config.max_per_provider
-            ),
-            false => println!(
-                "organization {org}: {provider} had no override; the default ({}) applies",
-                config.max_per_provider
-            ),
+        let default = config.max_per_provider;
+        if store.clear_org_limit(org, provider).await? {
+            println!("organization {org}: the limit for {provider} is the default again ({default})");
+        } else {
+            println!("organization {org}: {provider} had no override; the default ({default}) applies");
         }
         return Ok(());
     }
