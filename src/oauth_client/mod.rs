@@ -3,13 +3,38 @@
 //! their error classification, and when a token is due again. It knows
 //! providers' files and HTTP, and nothing of credentials or the store.
 
+mod identity;
 mod tokens;
 
 use std::time::Duration;
 
 use rand::Rng;
+use secrecy::SecretString;
 
-pub use tokens::{exchange_code, fetch_identity, refresh, revoke, userinfo, Identity, TokenSet};
+pub use identity::{fetch_identity, userinfo, Identity};
+pub use tokens::{exchange_code, refresh, revoke};
+
+/// Tokens from a token endpoint. `Debug` prints no token.
+pub struct TokenSet {
+    pub access_token: SecretString,
+    /// `None` when the provider sent none (keep the old one).
+    pub refresh_token: Option<SecretString>,
+    pub expires_in: Option<Duration>,
+    pub scopes: Option<Vec<String>>,
+    /// The account, for a provider whose token response names it.
+    pub identity: Option<Identity>,
+}
+
+impl std::fmt::Debug for TokenSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSet")
+            .field("refresh_token_sent", &self.refresh_token.is_some())
+            .field("expires_in", &self.expires_in)
+            .field("scopes", &self.scopes)
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
 
 /// A failed OAuth step: a stable code and words for a person.
 #[derive(Debug, Clone, thiserror::Error)]

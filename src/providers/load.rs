@@ -9,6 +9,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::overrides::apply_overrides;
 use super::{
     AuthKind, AuthType, ClientAuth, FieldDef, FieldKind, IdentityMap, IdentitySource, OAuthSettings, Provider,
     TokenBody,
@@ -233,45 +234,6 @@ fn build_all(
     Ok(providers)
 }
 
-/// Applies `CREDGATE_PROVIDER_{ID}_{FIELD}` entries to one file's table. The
-/// longest matching id wins, so `OPENAI_COMPATIBLE_…` never lands on `openai`.
-/// Returns the fields set, each with its variable.
-fn apply_overrides(
-    table: &mut toml::Table,
-    id: &str,
-    all_ids: &[String],
-    env: &BTreeMap<String, String>,
-) -> BTreeMap<String, String> {
-    let mut applied = BTreeMap::new();
-    let prefix = format!("CREDGATE_PROVIDER_{}_", id.to_uppercase());
-    for (key, value) in env {
-        let Some(field) = key.strip_prefix(&prefix) else {
-            continue;
-        };
-        let claimed_by_longer = all_ids.iter().any(|other| {
-            other.len() > id.len() && key.starts_with(&format!("CREDGATE_PROVIDER_{}_", other.to_uppercase()))
-        });
-        if claimed_by_longer {
-            continue;
-        }
-        let field = field.to_lowercase();
-        let value = if field == "scopes" {
-            toml::Value::Array(
-                value
-                    .split([',', ' '])
-                    .filter(|s| !s.is_empty())
-                    .map(|s| toml::Value::String(s.to_owned()))
-                    .collect(),
-            )
-        } else {
-            toml::Value::String(value.clone())
-        };
-        applied.insert(field.clone(), key.clone());
-        table.insert(field, value);
-    }
-    applied
-}
-
 fn build(file: &Path, id: &str, raw: RawProvider) -> Result<Provider, ProviderFileError> {
     let err = |field: &str, message: &str| ProviderFileError {
         file: file.to_owned(),
@@ -462,63 +424,5 @@ fn build_field(f: RawField) -> Result<FieldDef, (String, String)> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const OAUTH: &str = "display_name = \"X\"\nauthorization_url = \"https://x.example/a\"\n\
-        token_url = \"https://x.example/t\"\nuserinfo_url = \"https://x.example/u\"\n";
-
-    fn load(text: &str) -> Result<Vec<Provider>, ProviderFileError> {
-        build_all(
-            vec![(
-                "x".into(),
-                Source {
-                    file: PathBuf::from("x.toml"),
-                    text: text.into(),
-                },
-            )],
-            &BTreeMap::new(),
-        )
-    }
-
-    fn field_of(extra: &str, identity: &str) -> String {
-        let text = format!("{OAUTH}{extra}\n[identity]\n{identity}\n[[auth_types]]\ntype = \"oauth2\"\n");
-        load(&text).err().map(|e| e.field).unwrap_or_default()
-    }
-
-    #[test]
-    fn each_quirk_is_checked_and_named_by_its_field() {
-        assert_eq!(field_of("scope_separator = \";\"", "id = [\"id\"]"), "scope_separator");
-        assert_eq!(
-            field_of("token_request_format = \"xml\"", "id = [\"id\"]"),
-            "token_request_format"
-        );
-        assert_eq!(
-            field_of("identity_headers = { \"Bad Header\" = \"1\" }", "id = [\"id\"]"),
-            "identity_headers.Bad Header"
-        );
-        assert_eq!(field_of("", "source = \"jwt\"\nid = [\"id\"]"), "identity.source");
-        assert_eq!(field_of("", "id = [\"/\"]"), "identity.id");
-        assert_eq!(field_of("pkce = \"no\"", "id = [\"id\"]"), "pkce");
-    }
-
-    #[test]
-    fn quirks_load_with_their_defaults() {
-        let text = format!("{OAUTH}\n[identity]\nid = [\"id\"]\n[[auth_types]]\ntype = \"oauth2\"\n");
-        let oauth = load(&text).unwrap().remove(0).oauth.unwrap();
-        assert_eq!(oauth.scope_separator, " ");
-        assert_eq!(oauth.token_body, TokenBody::Form);
-        assert!(oauth.pkce);
-        assert_eq!(oauth.identity.source, IdentitySource::Userinfo);
-        let text = format!(
-            "{OAUTH}scope_separator = \",\"\ntoken_request_format = \"json\"\npkce = false\n\
-             [identity]\nsource = \"token_response\"\nid = [\"/team/id\"]\n[[auth_types]]\ntype = \"oauth2\"\n"
-        );
-        let oauth = load(&text).unwrap().remove(0).oauth.unwrap();
-        assert_eq!(
-            (oauth.scope_separator.as_str(), oauth.token_body, oauth.pkce),
-            (",", TokenBody::Json, false)
-        );
-        assert_eq!(oauth.identity.source, IdentitySource::TokenResponse);
-    }
-}
+#[path = "load_tests.rs"]
+mod tests;

@@ -4,6 +4,7 @@
 mod fields;
 mod generic;
 mod load;
+mod overrides;
 mod probe;
 
 pub use fields::{validate as validate_fields, FieldDef, FieldError, FieldKind, ValidatedFields};

@@ -1,0 +1,60 @@
+//! Provider-file quirks: checked at load, each named by its field.
+
+use super::*;
+
+const OAUTH: &str = "display_name = \"X\"\nauthorization_url = \"https://x.example/a\"\n\
+    token_url = \"https://x.example/t\"\nuserinfo_url = \"https://x.example/u\"\n";
+
+fn load(text: &str) -> Result<Vec<Provider>, ProviderFileError> {
+    build_all(
+        vec![(
+            "x".into(),
+            Source {
+                file: PathBuf::from("x.toml"),
+                text: text.into(),
+            },
+        )],
+        &BTreeMap::new(),
+    )
+}
+
+fn field_of(extra: &str, identity: &str) -> String {
+    let text = format!("{OAUTH}{extra}\n[identity]\n{identity}\n[[auth_types]]\ntype = \"oauth2\"\n");
+    load(&text).err().map(|e| e.field).unwrap_or_default()
+}
+
+#[test]
+fn each_quirk_is_checked_and_named_by_its_field() {
+    assert_eq!(field_of("scope_separator = \";\"", "id = [\"id\"]"), "scope_separator");
+    assert_eq!(
+        field_of("token_request_format = \"xml\"", "id = [\"id\"]"),
+        "token_request_format"
+    );
+    assert_eq!(
+        field_of("identity_headers = { \"Bad Header\" = \"1\" }", "id = [\"id\"]"),
+        "identity_headers.Bad Header"
+    );
+    assert_eq!(field_of("", "source = \"jwt\"\nid = [\"id\"]"), "identity.source");
+    assert_eq!(field_of("", "id = [\"/\"]"), "identity.id");
+    assert_eq!(field_of("pkce = \"no\"", "id = [\"id\"]"), "pkce");
+}
+
+#[test]
+fn quirks_load_with_their_defaults() {
+    let text = format!("{OAUTH}\n[identity]\nid = [\"id\"]\n[[auth_types]]\ntype = \"oauth2\"\n");
+    let oauth = load(&text).unwrap().remove(0).oauth.unwrap();
+    assert_eq!(oauth.scope_separator, " ");
+    assert_eq!(oauth.token_body, TokenBody::Form);
+    assert!(oauth.pkce);
+    assert_eq!(oauth.identity.source, IdentitySource::Userinfo);
+    let text = format!(
+        "{OAUTH}scope_separator = \",\"\ntoken_request_format = \"json\"\npkce = false\n\
+         [identity]\nsource = \"token_response\"\nid = [\"/team/id\"]\n[[auth_types]]\ntype = \"oauth2\"\n"
+    );
+    let oauth = load(&text).unwrap().remove(0).oauth.unwrap();
+    assert_eq!(
+        (oauth.scope_separator.as_str(), oauth.token_body, oauth.pkce),
+        (",", TokenBody::Json, false)
+    );
+    assert_eq!(oauth.identity.source, IdentitySource::TokenResponse);
+}
