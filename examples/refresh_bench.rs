@@ -157,7 +157,10 @@ async fn main() -> anyhow::Result<()> {
             let rt = format!("RT-{}", uuid::Uuid::new_v4().simple());
             server.lock().unwrap().refresh.insert(rt.clone(), false);
             let provider = ctx.registry.get("sharepoint").expect("the sharepoint provider file");
+            let client = credgate::oauth_apps::for_new(&ctx, &org, provider).await.unwrap();
             let grant = Grant {
+                client: &client,
+                extra_fields: Vec::new(),
                 org_id: &org,
                 state_hash: None,
                 provider,

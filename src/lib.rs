@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod model;
 pub mod named_secrets;
 pub mod oauth;
+pub mod oauth_apps;
 pub mod oauth_client;
 pub mod probes;
 pub mod providers;

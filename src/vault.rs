@@ -23,7 +23,7 @@ pub enum VaultError {
     Store(#[from] StoreError),
     /// Key rotation ended with credentials or named secrets still under an older key.
     #[error(
-        "{left} credentials or named secrets are still sealed under an older data key, which is kept for them{}",
+        "{left} credentials, named secrets or OAuth apps are still sealed under an older data key, which is kept for them{}",
         unreadable_list(unreadable)
     )]
     Incomplete {
@@ -72,12 +72,20 @@ pub struct OrgRotation {
     pub resealed: usize,
     /// Named secrets re-sealed.
     pub secrets_resealed: usize,
+    /// OAuth apps' client secrets (and MCP registrations') re-sealed.
+    pub apps_resealed: usize,
 }
 
 /// The sealing subject of named secret `name` of `org_id`: a value copied
 /// to another name or organization does not open.
 pub fn secret_subject(org_id: &OrgId, name: &str) -> String {
     format!("secret:{org_id}:{name}")
+}
+
+/// The sealing subject of OAuth app `app` of `org_id` (its client secret):
+/// a secret copied to another app or organization does not open.
+pub fn app_subject(org_id: &OrgId, app: &str) -> String {
+    format!("oauth_app:{org_id}:{app}")
 }
 
 impl Vault {
@@ -222,6 +230,7 @@ impl Vault {
             }
         }
         let secrets_resealed = self.reseal_secrets(org_id, version, &new_key, &mut unreadable).await?;
+        let apps_resealed = self.reseal_apps(org_id, version, &new_key, &mut unreadable).await?;
         self.store.prune_org_keys(org_id, version).await?;
         let left = self.store.count_below_key(org_id, version).await?;
         if left > 0 {
@@ -231,6 +240,7 @@ impl Vault {
             version,
             resealed,
             secrets_resealed,
+            apps_resealed,
         })
     }
 
@@ -268,6 +278,48 @@ impl Vault {
                 if self
                     .store
                     .reseal_secret(org_id, &row.name, &row.value_ct, &ct, version)
+                    .await?
+                {
+                    resealed += 1;
+                }
+            }
+        }
+    }
+
+    /// Re-seals the organization's OAuth apps' client secrets under key
+    /// `version` (see [`Vault::rotate_org`]); returns how many.
+    async fn reseal_apps(
+        &self,
+        org_id: &OrgId,
+        version: i64,
+        new_key: &DataKey,
+        unreadable: &mut Vec<String>,
+    ) -> Result<usize, VaultError> {
+        let (mut resealed, mut after) = (0, String::new());
+        loop {
+            let batch = self.store.apps_below_key(org_id, version, &after, 200).await?;
+            let Some(last) = batch.last() else {
+                return Ok(resealed);
+            };
+            after = last.app.clone();
+            for row in batch {
+                let subject = app_subject(org_id, &row.app);
+                let groups = match self.open(org_id, &subject, &row.secret_ct, row.key_version).await {
+                    Ok(groups) => groups,
+                    Err(e @ (VaultError::Store(_) | VaultError::Incomplete { .. })) => return Err(e),
+                    Err(e) => {
+                        tracing::debug!(app = %row.app, error = %e, "an OAuth app could not be re-encrypted");
+                        if unreadable.len() < UNREADABLE_NAMED {
+                            unreadable.push(format!("oauth app {}", row.app));
+                        }
+                        continue;
+                    }
+                };
+                let refs: Vec<(&str, &SecretMap)> = groups.iter().map(|(k, v)| (k.as_str(), v)).collect();
+                let ct = crypto::seal(new_key, org_id, &subject, &refs);
+                if self
+                    .store
+                    .reseal_app(org_id, &row.app, &row.secret_ct, &ct, version)
                     .await?
                 {
                     resealed += 1;

@@ -10,6 +10,7 @@ use crate::context::Context;
 use crate::error::Error;
 use crate::ids::{CredentialId, CredentialName, OrgId, UserId};
 use crate::model::AuthKind;
+use crate::oauth_apps::Client;
 use crate::oauth_client::{Identity, TokenSet};
 use crate::providers::Provider;
 use crate::store::{AuditEvent, GrantTarget, Notification, OAuthGrant, StoreError};
@@ -34,6 +35,10 @@ pub struct Grant<'a> {
     pub tenant: Option<String>,
     pub tokens: TokenSet,
     pub identity: Identity,
+    /// The client that obtained it (the credential keeps using its app).
+    pub client: &'a Client,
+    /// More non-secret fields the flow gathered (an MCP server's URL).
+    pub extra_fields: Vec<(&'static str, String)>,
 }
 
 /// Stores a grant; returns the credential id. A concurrent writer of the
@@ -50,9 +55,14 @@ pub async fn connect(ctx: &Context, grant: Grant<'_>) -> Result<CredentialId, Er
         tenant,
         tokens,
         identity,
+        client,
+        extra_fields,
     } = grant;
-    let settings_scopes = provider.oauth.as_ref().map(|o| o.scopes.clone()).unwrap_or_default();
+    let settings_scopes = client.settings.scopes.clone();
     let mut fields = Map::new();
+    for (k, v) in extra_fields {
+        fields.insert(k.into(), Value::String(v));
+    }
     if let Some(t) = &tenant {
         fields.insert("tenant".into(), Value::String(t.clone()));
     }
@@ -88,7 +98,7 @@ pub async fn connect(ctx: &Context, grant: Grant<'_>) -> Result<CredentialId, Er
         if let Some(c) = &existing {
             // A token is never carried across accounts.
             if c.account_id.as_ref().is_some_and(|a| *a != identity.id) {
-                super::revoke_token_set(ctx, &provider.id, &tokens);
+                super::revoke_token_set(ctx, client.settings.clone(), &tokens);
                 return Err(Error::Conflict(
                     "account_mismatch",
                     format!(
@@ -129,6 +139,7 @@ pub async fn connect(ctx: &Context, grant: Grant<'_>) -> Result<CredentialId, Er
             secret_names: "[]".into(),
             secret_ct,
             key_version,
+            oauth_app: client.app.clone(),
         };
         let (target, action) = match &existing {
             Some(c) => (
@@ -180,8 +191,12 @@ pub async fn connect(ctx: &Context, grant: Grant<'_>) -> Result<CredentialId, Er
             Err(StoreError::Conflict) => continue,
             Err(StoreError::AccountTaken) if existing_id.is_none() => continue,
             Err(StoreError::FlowEnded(why)) => {
-                super::revoke_token_set(ctx, &provider.id, &tokens);
+                super::revoke_token_set(ctx, client.settings.clone(), &tokens);
                 return Err(match why.as_str() {
+                    "app_changed" => Error::Conflict(
+                        "app_changed",
+                        "the organization's OAuth app changed while this connection was made; start again".into(),
+                    ),
                     "user_removed" => Error::Conflict(
                         "user_removed",
                         "the person who started this connection was removed from the organization; nothing was stored"

@@ -16,7 +16,7 @@ mod write;
 pub use connect::{connect, Grant};
 pub use idempotency::{create_once, Created};
 pub use outcome::{record_refresh_failure, record_refreshed, record_test, Refreshed};
-pub use revoke::{revoke_token_set, revoke_tokens, revoke_tokens_later};
+pub use revoke::{revoke_credential_tokens, revoke_token_set, revoke_tokens, revoke_tokens_later};
 pub use secrets::{CredentialSecrets, OAuthTokens};
 pub use sharing::{check_user_id, remove_user, set_sharing, usage, Sharing};
 pub use write::{create, delete, update, Changes, NewCredentialInput};

@@ -1,17 +1,19 @@
 //! Revoking a credential's tokens at its provider (best effort), when the
 //! credential is deleted or a grant obtained will not be stored.
 
+use std::sync::Arc;
+
 use crate::context::Context;
 use crate::oauth_client::{revoke, TokenSet};
+use crate::providers::OAuthSettings;
+use crate::store::CredentialRow;
 
 use super::OAuthTokens;
 
-/// Revokes tokens at the provider when it has a revocation endpoint (the
-/// refresh token if there is one, which ends the grant). Best effort.
-pub async fn revoke_tokens(ctx: &Context, provider: &str, tokens: Option<&OAuthTokens>) {
-    let Some(settings) = ctx.registry.get(provider).and_then(|p| p.oauth.as_ref()) else {
-        return;
-    };
+/// Revokes tokens at the client's provider when it has a revocation
+/// endpoint (the refresh token if there is one, which ends the grant).
+/// Best effort.
+pub async fn revoke_tokens(ctx: &Context, settings: &OAuthSettings, tokens: Option<&OAuthTokens>) {
     let (Some(url), Some(tokens)) = (settings.revocation_url.as_deref(), tokens) else {
         return;
     };
@@ -22,17 +24,26 @@ pub async fn revoke_tokens(ctx: &Context, provider: &str, tokens: Option<&OAuthT
     revoke(&ctx.http, settings, url, token, hint).await;
 }
 
+/// Revokes a stored credential's tokens through the app that connected it
+/// (nothing when that app is gone: no client could).
+pub async fn revoke_credential_tokens(ctx: &Context, row: &CredentialRow, tokens: Option<&OAuthTokens>) {
+    match crate::oauth_apps::for_credential(ctx, row).await {
+        Ok(client) => revoke_tokens(ctx, &client.settings, tokens).await,
+        Err(e) => tracing::info!(credential = %row.id, error = %e, "tokens not revoked: their OAuth app is gone"),
+    }
+}
+
 /// [`revoke_tokens`] in the background: a slow provider holds nothing up.
-pub fn revoke_tokens_later(ctx: &Context, provider: &str, tokens: Option<OAuthTokens>) {
-    let (ctx, provider) = (ctx.clone(), provider.to_owned());
-    tokio::spawn(async move { revoke_tokens(&ctx, &provider, tokens.as_ref()).await });
+pub fn revoke_tokens_later(ctx: &Context, settings: Arc<OAuthSettings>, tokens: Option<OAuthTokens>) {
+    let ctx = ctx.clone();
+    tokio::spawn(async move { revoke_tokens(&ctx, &settings, tokens.as_ref()).await });
 }
 
 /// Revokes a token set that will not be stored (in the background).
-pub fn revoke_token_set(ctx: &Context, provider: &str, set: &TokenSet) {
+pub fn revoke_token_set(ctx: &Context, settings: Arc<OAuthSettings>, set: &TokenSet) {
     let tokens = OAuthTokens {
         access_token: set.access_token.clone(),
         refresh_token: set.refresh_token.clone(),
     };
-    revoke_tokens_later(ctx, provider, Some(tokens));
+    revoke_tokens_later(ctx, settings, Some(tokens));
 }

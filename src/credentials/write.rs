@@ -283,7 +283,7 @@ pub async fn delete(ctx: &Context, who: &Principal, ids: &[CredentialId]) -> Res
             let ctx = ctx.clone();
             tokio::spawn(async move {
                 if let Ok(secrets) = CredentialSecrets::open(&ctx.vault, &row).await {
-                    super::revoke_tokens(&ctx, &row.provider, secrets.tokens.as_ref()).await;
+                    super::revoke_credential_tokens(&ctx, &row, secrets.tokens.as_ref()).await;
                 }
             });
         }

@@ -7,6 +7,7 @@ pub mod error;
 mod events;
 pub mod extract;
 mod oauth;
+mod oauth_apps;
 mod openapi;
 pub mod ops;
 mod pages;
@@ -115,6 +116,7 @@ fn api_with(metrics: bool) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(providers::router())
         .merge(credentials::router())
         .merge(oauth::router())
+        .merge(oauth_apps::router())
         .merge(probes::router())
         .merge(events::router())
         .merge(secrets::router())

@@ -44,12 +44,13 @@ struct ProviderView {
     auth_types: Vec<&'static str>,
     /// The fields of each auth type.
     fields: BTreeMap<&'static str, Vec<FieldView>>,
-    /// Connect with `GET /integrations/{id}/authorize`; false until a client id is configured.
+    /// Connect with `GET /integrations/{id}/authorize`; false until a client id is configured
+    /// (the operator's, or the caller's organization's own app).
     #[serde(skip_serializing_if = "Option::is_none")]
     oauth_configured: Option<bool>,
 }
 
-fn view(p: &Provider) -> ProviderView {
+fn view(p: &Provider, own_apps: &[String]) -> ProviderView {
     let fields = p
         .auth_types
         .iter()
@@ -87,7 +88,10 @@ fn view(p: &Provider) -> ProviderView {
         display_name: p.display_name.clone(),
         auth_types: p.auth_types.iter().map(|a| a.kind.as_str()).collect(),
         fields,
-        oauth_configured: p.oauth.as_ref().map(|o| !o.client_id.is_empty()),
+        oauth_configured: p
+            .oauth
+            .as_ref()
+            .map(|o| !o.client_id.is_empty() || o.dynamic_registration || own_apps.contains(&p.id)),
     }
 }
 
@@ -96,5 +100,6 @@ fn view(p: &Provider) -> ProviderView {
     responses((status = 200, body = Vec<ProviderView>)))]
 async fn list_providers(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<ProviderView>>, ApiError> {
     caller.require(&state, READ, None).await?;
-    Ok(Json(state.registry.iter().map(view).collect()))
+    let own_apps = crate::oauth_apps::own_providers(&state, &caller.org_id).await?;
+    Ok(Json(state.registry.iter().map(|p| view(p, &own_apps)).collect()))
 }

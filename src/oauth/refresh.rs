@@ -13,6 +13,8 @@ use crate::error::Error;
 use crate::ids::{CredentialId, OrgId};
 use crate::metrics::{ProviderLabels, RefreshLabels};
 use crate::model::{AuthKind, CredentialStatus};
+use crate::oauth::flow::with_resource;
+use crate::oauth_apps as apps;
 use crate::oauth_client::OAuthError;
 use crate::store::CredentialRow;
 
@@ -197,17 +199,21 @@ fn unavailable_until(ctx: &Context, until: i64) -> Error {
 /// failed refresh is its error, after it was recorded.
 async fn do_refresh(ctx: &Context, row: CredentialRow) -> Result<(), Error> {
     let owner = ctx.refresher.owner.as_str();
-    let settings = ctx
-        .registry
-        .get(&row.provider)
-        .and_then(|p| p.oauth.as_ref())
-        .ok_or_else(|| Error::internal(anyhow::anyhow!("provider {} has no OAuth settings", row.provider)))?;
+    // The app that connected it; one deleted or given another client id
+    // meanwhile never issued this grant: a person must reconnect.
+    let client = match apps::for_credential(ctx, &row).await {
+        Ok(client) => Ok(with_resource(client, resource_of(&row))),
+        Err(Error::NeedsReauth(message)) => Err(OAuthError::new("needs_reauth", message)),
+        Err(e) => return Err(e),
+    };
     let old = CredentialSecrets::open(&ctx.vault, &row).await?.tokens;
     let refresh_token = old.and_then(|t| t.refresh_token);
     let tenant = row.fields.get("tenant").and_then(|t| t.as_str());
-    let answer = match &refresh_token {
-        None => Err(OAuthError::new("needs_reauth", "the provider gave no refresh token")),
-        Some(rt) => {
+    let answer = match (&refresh_token, &client) {
+        (_, Err(e)) => Err(e.clone()),
+        (None, _) => Err(OAuthError::new("needs_reauth", "the provider gave no refresh token")),
+        (Some(rt), Ok(client)) => {
+            let settings = client.settings.as_ref();
             ctx.refresher.limiter(&row.provider).until_ready().await;
             let started = Instant::now();
             let answer = crate::oauth_client::refresh(&ctx.http, settings, tenant, rt).await;
@@ -252,9 +258,12 @@ async fn do_refresh(ctx: &Context, row: CredentialRow) -> Result<(), Error> {
             // A rotated refresh token is ours alone: end it. An unrotated one
             // is the grant the stored credential still uses: keep it.
             if let (true, Some(rt)) = (new.rotated, new.tokens.refresh_token) {
+                let Ok(client) = &client else {
+                    unreachable!("a refresh that succeeded had a client")
+                };
                 credentials::revoke_tokens_later(
                     ctx,
-                    &row.provider,
+                    client.settings.clone(),
                     Some(crate::credentials::OAuthTokens {
                         access_token: rt.clone(),
                         refresh_token: Some(rt),
@@ -279,6 +288,11 @@ async fn do_refresh(ctx: &Context, row: CredentialRow) -> Result<(), Error> {
             Ok(())
         }
     }
+}
+
+/// An MCP credential's resource (RFC 8707), asked for again on refresh.
+pub(crate) fn resource_of(row: &CredentialRow) -> Option<String> {
+    row.fields.get("resource").and_then(|r| r.as_str()).map(str::to_owned)
 }
 
 /// `who` asks for a refresh now (`manage`): always asks the provider;

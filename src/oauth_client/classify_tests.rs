@@ -40,6 +40,8 @@ fn settings(token_url: String) -> OAuthSettings {
         pkce: true,
         reauth_errors: vec![],
         token_error_pointer: None,
+        dynamic_registration: false,
+        resource: None,
     }
 }
 

@@ -57,6 +57,15 @@ pub async fn fetch_identity(
     settings: &OAuthSettings,
     tokens: &TokenSet,
 ) -> Result<Identity, OAuthError> {
+    // An MCP server is the account its tokens are for.
+    if let (true, Some(resource)) = (settings.dynamic_registration, &settings.resource) {
+        return Ok(Identity {
+            id: resource.clone(),
+            email: None,
+            display_name: Some(resource.clone()),
+            tenant_id: None,
+        });
+    }
     if settings.identity.source == IdentitySource::TokenResponse {
         return tokens.identity.clone().ok_or_else(|| {
             OAuthError::new(

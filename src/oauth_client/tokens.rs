@@ -123,12 +123,15 @@ fn client(settings: &OAuthSettings, tenant: Option<&str>, redirect_uri: Option<&
     let bad = |what: &str| OAuthError::new("provider_error", format!("the provider's {what} is not a valid URL"));
     let token_url = TokenUrl::new(settings.with_tenant(&settings.token_url, tenant)).map_err(|_| bad("token_url"))?;
     let mut client = BasicClient::new(ClientId::new(settings.client_id.clone()))
-        .set_client_secret(ClientSecret::new(settings.client_secret.expose_secret().to_owned()))
         .set_token_uri(token_url)
         .set_auth_type(match settings.client_auth {
-            ClientAuth::Body => AuthType::RequestBody,
+            ClientAuth::Body | ClientAuth::None => AuthType::RequestBody,
             ClientAuth::Basic => AuthType::BasicAuth,
         });
+    // A public client sends its id and no secret.
+    if settings.client_auth != ClientAuth::None {
+        client = client.set_client_secret(ClientSecret::new(settings.client_secret.expose_secret().to_owned()));
+    }
     if let Some(uri) = redirect_uri {
         client = client.set_redirect_uri(RedirectUrl::new(uri.to_owned()).map_err(|_| bad("redirect URI"))?);
     }
@@ -239,6 +242,9 @@ pub async fn exchange_code(
     if settings.pkce {
         request = request.set_pkce_verifier(PkceCodeVerifier::new(verifier.expose_secret().to_owned()));
     }
+    if let Some(resource) = &settings.resource {
+        request = request.add_extra_param("resource", resource.clone());
+    }
     let resp = request
         .request_async(&recording)
         .await
@@ -263,8 +269,11 @@ pub async fn refresh(
     let client = client(settings, tenant, None)?;
     let token = RefreshToken::new(refresh_token.expose_secret().to_owned());
     let recording = Recording::new(http, settings);
-    let resp = client
-        .exchange_refresh_token(&token)
+    let mut request = client.exchange_refresh_token(&token);
+    if let Some(resource) = &settings.resource {
+        request = request.add_extra_param("resource", resource.clone());
+    }
+    let resp = request
         .request_async(&recording)
         .await
         .map_err(|e| classify(e, recording.seen(), settings))?;
@@ -284,6 +293,7 @@ pub async fn revoke(http: &reqwest::Client, settings: &OAuthSettings, url: &str,
             form.push(("client_id", settings.client_id.clone()));
             form.push(("client_secret", settings.client_secret.expose_secret().to_owned()));
         }
+        ClientAuth::None => form.push(("client_id", settings.client_id.clone())),
     }
     match req.form(&form).send().await {
         Ok(r) if r.status().is_success() => tracing::info!("token revoked at the provider"),

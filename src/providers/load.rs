@@ -65,6 +65,10 @@ struct RawProvider {
     /// A JSON pointer to the error code of a token endpoint whose errors
     /// are not RFC 6749's `{"error": …}` (HubSpot: `/status`).
     token_error_pointer: Option<String>,
+    /// `mcp`: the authorization server is discovered from the server URL a
+    /// person gives (RFC 9728, RFC 8414) and credgate registers itself
+    /// there (RFC 7591); no fixed endpoints or client.
+    discovery: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -272,11 +276,29 @@ fn build(file: &Path, id: &str, raw: RawProvider) -> Result<Provider, ProviderFi
         .as_deref()
         .map(|u| url::Url::parse(u).expect("checked above"));
 
+    let dynamic_registration = match raw.discovery.as_deref() {
+        None => false,
+        Some("mcp") => true,
+        Some(_) => return Err(err("discovery", "must be \"mcp\"")),
+    };
     let oauth = if auth_types.iter().any(|a| a.kind == AuthKind::Oauth2) {
-        let need = |name: &str, v: Option<String>| v.ok_or_else(|| err(name, "is required for an oauth2 provider"));
-        let identity = raw
-            .identity
-            .ok_or_else(|| err("identity", "is required for an oauth2 provider"))?;
+        let need = |name: &str, v: Option<String>| {
+            if dynamic_registration {
+                return Ok(v.unwrap_or_default());
+            }
+            v.ok_or_else(|| err(name, "is required for an oauth2 provider"))
+        };
+        let identity = match raw.identity {
+            Some(identity) => identity,
+            // An MCP server is the account: no identity request.
+            None if dynamic_registration => RawIdentity {
+                source: Some("token_response".into()),
+                id: vec!["/resource".into()],
+                email: vec![],
+                display_name: vec![],
+            },
+            None => return Err(err("identity", "is required for an oauth2 provider")),
+        };
         if identity.id.is_empty() {
             return Err(err("identity.id", "must name at least one userinfo key"));
         }
@@ -320,7 +342,8 @@ fn build(file: &Path, id: &str, raw: RawProvider) -> Result<Provider, ProviderFi
         let client_auth = match raw.client_auth.as_deref().unwrap_or("body") {
             "body" => ClientAuth::Body,
             "basic" => ClientAuth::Basic,
-            _ => return Err(err("client_auth", "must be \"body\" or \"basic\"")),
+            "none" => ClientAuth::None,
+            _ => return Err(err("client_auth", "must be \"body\", \"basic\" or \"none\"")),
         };
         Some(OAuthSettings {
             authorization_url: need("authorization_url", raw.authorization_url)?,
@@ -351,6 +374,8 @@ fn build(file: &Path, id: &str, raw: RawProvider) -> Result<Provider, ProviderFi
                 }
                 other => other,
             },
+            dynamic_registration,
+            resource: None,
         })
     } else {
         None

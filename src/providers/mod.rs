@@ -35,6 +35,9 @@ pub enum ClientAuth {
     Body,
     /// HTTP Basic.
     Basic,
+    /// A public client: `client_id` in the body, no secret (an MCP
+    /// registration that got none).
+    None,
 }
 
 /// Which userinfo JSON keys carry the account's identity (first present wins).
@@ -74,6 +77,7 @@ pub enum TokenBody {
 }
 
 /// OAuth settings of a provider whose file declares `oauth2`.
+#[derive(Clone)]
 pub struct OAuthSettings {
     /// Authorization endpoint, `{tenant}` already substituted with the default.
     pub authorization_url: String,
@@ -110,6 +114,12 @@ pub struct OAuthSettings {
     /// Where a token endpoint that does not answer RFC 6749 errors puts its
     /// error code (HubSpot: `/status`).
     pub token_error_pointer: Option<String>,
+    /// The endpoints are discovered and the client registered per server
+    /// (`discovery = "mcp"`): no fixed URLs and no operator's app.
+    pub dynamic_registration: bool,
+    /// The resource (RFC 8707) that tokens are asked for: an MCP server's,
+    /// set per connection; `None` for a provider file's.
+    pub resource: Option<String>,
 }
 
 impl std::fmt::Debug for OAuthSettings {

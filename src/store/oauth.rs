@@ -40,6 +40,9 @@ pub struct OAuthGrant {
     pub secret_names: String,
     pub secret_ct: String,
     pub key_version: i64,
+    /// The organization's app (or MCP registration) that issued it, and that
+    /// app's client id; `None`: the operator's app.
+    pub oauth_app: Option<(String, String)>,
 }
 
 /// Where a grant goes.
@@ -201,13 +204,30 @@ impl Store {
             check_key(&mut tx, self.dialect, &grant.org_id, grant.key_version).await?;
             let t = self.now();
             let scopes = serde_json::to_string(&grant.scopes).expect("strings serialize");
+            let (app, client_id) = match &grant.oauth_app {
+                Some((app, client_id)) => (Some(app.as_str()), Some(client_id.as_str())),
+                None => (None, None),
+            };
+            // The app a grant came from must still be the organization's:
+            // a delete or a new client id that came first wins.
+            if let (Some(app), Some(client_id)) = (app, client_id) {
+                let current: Option<String> =
+                    sqlx::query_scalar("SELECT client_id FROM oauth_apps WHERE org_id = $1 AND app = $2")
+                        .bind(&grant.org_id)
+                        .bind(app)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if current.as_deref() != Some(client_id) {
+                    return Err(StoreError::FlowEnded("app_changed".into()));
+                }
+            }
             let written = match target {
                 GrantTarget::Existing { id, expected_version } => sqlx::query(
                     "UPDATE credentials SET account_id = $3, account_email = $4, account_name = $5, scopes = $6, \
                  expires_at = $7, fields = $8, secret_names = $9, secret_ct = $10, key_version = $11, \
                  status = $15, last_error = NULL, refresh_failures = 0, refresh_after = $14, \
                  lease_owner = NULL, lease_until = NULL, last_refreshed_at = $12, updated_at = $12, \
-                 secret_version = secret_version + 1 \
+                 secret_version = secret_version + 1, oauth_app = $16, oauth_client_id = $17 \
                  WHERE org_id = $1 AND id = $2 AND secret_version = $13",
                 )
                 .bind(&grant.org_id)
@@ -225,6 +245,8 @@ impl Store {
                 .bind(expected_version)
                 .bind(grant.refresh_after)
                 .bind(CredentialStatus::AFTER_GRANT.as_str())
+                .bind(app)
+                .bind(client_id)
                 .execute(&mut *tx)
                 .await
                 .map(|r| r.rows_affected() == 1),
@@ -238,8 +260,9 @@ impl Store {
                     sqlx::query(
                     "INSERT INTO credentials (id, org_id, name, provider, auth_type, status, fields, secret_names, \
                      secret_ct, key_version, account_id, account_email, account_name, scopes, expires_at, \
-                     last_refreshed_at, created_by, created_at, updated_at, refresh_after, owner) VALUES \
-                     ($1, $2, $3, $4, $18, $19, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $14, $14, $16, $17)",
+                     last_refreshed_at, created_by, created_at, updated_at, refresh_after, owner, oauth_app, \
+                     oauth_client_id) VALUES ($1, $2, $3, $4, $18, $19, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+                     $14, $15, $14, $14, $16, $17, $20, $21)",
                 )
                 .bind(id)
                 .bind(&grant.org_id)
@@ -260,6 +283,8 @@ impl Store {
                 .bind(owner)
                 .bind(AuthKind::Oauth2.as_str())
                 .bind(CredentialStatus::NEW.as_str())
+                .bind(app)
+                .bind(client_id)
                 .execute(&mut *tx)
                 .await
                 .map(|r| r.rows_affected() == 1)

@@ -155,6 +155,7 @@ impl Store {
                 "idempotency_keys",
                 "credentials",
                 "named_secrets",
+                "oauth_apps",
                 "api_keys",
                 "page_sessions",
                 "oauth_states",
@@ -327,7 +328,7 @@ impl Store {
     }
 
     /// Deletes the organization's data keys older than `current` that no
-    /// credential, named secret or OAuth state uses any more; returns how many went.
+    /// credential, named secret, OAuth app or OAuth state uses any more; returns how many went.
     pub async fn prune_org_keys(&self, org_id: &OrgId, current: i64) -> Result<u64, StoreError> {
         self.timed(async move {
         let done = self.execute_write(
@@ -335,6 +336,7 @@ impl Store {
             "DELETE FROM org_keys WHERE org_id = $1 AND version < $2 \
              AND NOT EXISTS (SELECT 1 FROM credentials c WHERE c.org_id = org_keys.org_id AND c.key_version = org_keys.version) \
              AND NOT EXISTS (SELECT 1 FROM named_secrets n WHERE n.org_id = org_keys.org_id AND n.key_version = org_keys.version) \
+             AND NOT EXISTS (SELECT 1 FROM oauth_apps a WHERE a.org_id = org_keys.org_id AND a.key_version = org_keys.version) \
              AND NOT EXISTS (SELECT 1 FROM oauth_states s WHERE s.org_id = org_keys.org_id AND s.key_version = org_keys.version)",
         )
         .bind(org_id)
@@ -346,13 +348,14 @@ impl Store {
         .await
     }
 
-    /// How many credentials and named secrets of an organization are sealed
+    /// How many credentials, named secrets and OAuth apps of an organization are sealed
     /// under a key older than `version`.
     pub async fn count_below_key(&self, org_id: &OrgId, version: i64) -> Result<i64, StoreError> {
         self.timed(async move {
             Ok(sqlx::query_scalar(
                 "SELECT (SELECT COUNT(*) FROM credentials WHERE org_id = $1 AND key_version < $2) \
-             + (SELECT COUNT(*) FROM named_secrets WHERE org_id = $1 AND key_version < $2)",
+             + (SELECT COUNT(*) FROM named_secrets WHERE org_id = $1 AND key_version < $2) \
+             + (SELECT COUNT(*) FROM oauth_apps WHERE org_id = $1 AND key_version < $2)",
             )
             .bind(org_id)
             .bind(version)

@@ -12,14 +12,14 @@ use crate::model::{Access, AuthKind, CredentialStatus};
 pub(super) const READ_COLUMNS: &str = "id, org_id, name, provider, auth_type, status, fields, secret_names, \
     secret_ct, key_version, secret_version, account_id, account_email, account_name, scopes, expires_at, \
     last_refreshed_at, last_used_at, last_tested_at, last_error, created_by, created_at, updated_at, \
-    refresh_failures, refresh_after, owner, team_access";
+    refresh_failures, refresh_after, owner, team_access, oauth_app, oauth_client_id";
 
 /// A listing (of `credentials c`) needs no ciphertext: it is left empty.
 pub(super) const LIST_COLUMNS: &str = "c.id, c.org_id, c.name, c.provider, c.auth_type, c.status, c.fields, \
     c.secret_names, '' AS secret_ct, c.key_version, c.secret_version, c.account_id, c.account_email, \
     c.account_name, c.scopes, c.expires_at, c.last_refreshed_at, c.last_used_at, c.last_tested_at, c.last_error, \
     c.created_by, c.created_at, c.updated_at, c.refresh_failures, c.refresh_after, c.owner, c.team_access, \
-    c.row_version";
+    c.oauth_app, c.oauth_client_id, c.row_version";
 
 /// The last failure recorded on a credential.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +72,9 @@ pub struct CredentialRow {
     pub owner: Option<UserId>,
     /// What everyone in the organization may do with it.
     pub team_access: Option<Access>,
+    /// The organization's own OAuth app (or MCP registration) that connected
+    /// it and that app's client id then; `None`: the operator's app.
+    pub oauth_app: Option<(String, String)>,
 }
 
 impl CredentialRow {
@@ -111,6 +114,8 @@ pub(super) struct CredentialColumns {
     refresh_after: Option<i64>,
     owner: Option<UserId>,
     team_access: Option<String>,
+    oauth_app: Option<String>,
+    oauth_client_id: Option<String>,
 }
 
 impl TryFrom<CredentialColumns> for CredentialRow {
@@ -148,6 +153,7 @@ impl TryFrom<CredentialColumns> for CredentialRow {
         };
         Ok(Self {
             team_access,
+            oauth_app: r.oauth_app.zip(r.oauth_client_id),
             owner: r.owner,
             auth_type: AuthKind::parse(&r.auth_type).ok_or_else(|| corrupt("auth_type"))?,
             status: CredentialStatus::parse(&r.status).ok_or_else(|| corrupt("status"))?,

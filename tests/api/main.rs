@@ -22,6 +22,7 @@ mod limits;
 mod liveness;
 mod notifications;
 mod oauth;
+mod oauth_apps;
 mod oauth_server;
 mod openapi_conformance;
 mod openapi_schemas;

@@ -92,6 +92,7 @@ impl User {
 }
 
 struct Code {
+    client_id: String,
     redirect_uri: String,
     challenge: String,
     user: User,
@@ -99,6 +100,7 @@ struct Code {
 }
 
 struct Refresh {
+    client_id: String,
     user: User,
     family: String,
     used: bool,
@@ -109,6 +111,12 @@ pub struct Inner {
     pub flavor: Flavor,
     pub client_id: String,
     pub client_secret: String,
+    /// More clients it knows (an organization's own app): id → secret.
+    pub other_clients: HashMap<String, String>,
+    /// Every token request's grant type and client id, in order.
+    pub token_clients: Vec<(String, String)>,
+    /// Client ids that revocation requests authenticated as.
+    pub revoke_clients: Vec<String>,
     pub basic_auth: bool,
     pub user: User,
     pub deny: bool,
@@ -146,6 +154,9 @@ impl AuthServer {
             flavor,
             client_id: format!("client-{}", Uuid::new_v4().simple()),
             client_secret: format!("CLIENTSECRET{}", Uuid::new_v4().simple()),
+            other_clients: HashMap::new(),
+            token_clients: Vec::new(),
+            revoke_clients: Vec::new(),
             basic_auth: false,
             user: User::new(1),
             deny: false,
@@ -259,9 +270,12 @@ async fn authorize_tenant(
 async fn authorize(State(s): State<Shared>, Query(q): Query<HashMap<String, String>>) -> Response {
     let mut i = s.lock().unwrap();
     let bad = |m: &str| (StatusCode::BAD_REQUEST, m.to_owned()).into_response();
-    if q.get("client_id") != Some(&i.client_id) {
+    let Some(client_id) = q
+        .get("client_id")
+        .filter(|c| **c == i.client_id || i.other_clients.contains_key(*c))
+    else {
         return bad("unknown client");
-    }
+    };
     if q.get("response_type").map(String::as_str) != Some("code")
         || q.get("code_challenge_method").map(String::as_str) != Some("S256")
     {
@@ -285,6 +299,7 @@ async fn authorize(State(s): State<Shared>, Query(q): Query<HashMap<String, Stri
         i.codes.insert(
             code.clone(),
             Code {
+                client_id: client_id.clone(),
                 redirect_uri: redirect.clone(),
                 challenge: challenge.clone(),
                 user,
@@ -306,16 +321,21 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
     (status, Json(json!({"error": error, "error_description": description}))).into_response()
 }
 
-fn client_ok(i: &Inner, headers: &HeaderMap, form: &HashMap<String, String>) -> bool {
-    if i.basic_auth {
-        let expected = format!(
-            "Basic {}",
-            STANDARD.encode(format!("{}:{}", i.client_id, i.client_secret))
-        );
-        headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(expected.as_str())
-    } else {
-        form.get("client_id") == Some(&i.client_id) && form.get("client_secret") == Some(&i.client_secret)
+/// The client that authenticated, if one did.
+fn client_ok(i: &Inner, headers: &HeaderMap, form: &HashMap<String, String>) -> Option<String> {
+    let clients = std::iter::once((&i.client_id, &i.client_secret)).chain(i.other_clients.iter());
+    for (id, secret) in clients {
+        let ok = if i.basic_auth {
+            let expected = format!("Basic {}", STANDARD.encode(format!("{id}:{secret}")));
+            headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(expected.as_str())
+        } else {
+            form.get("client_id") == Some(id) && form.get("client_secret") == Some(secret)
+        };
+        if ok {
+            return Some(id.clone());
+        }
     }
+    None
 }
 
 fn access_token(i: &mut Inner, user: &User) -> String {
@@ -371,13 +391,15 @@ async fn token(State(s): State<Shared>, headers: HeaderMap, Form(form): Form<Has
         }
         return r;
     }
-    if !client_ok(&i, &headers, &form) {
+    let Some(client) = client_ok(&i, &headers, &form) else {
         return oauth_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
             "client authentication failed",
         );
-    }
+    };
+    let grant_type = form.get("grant_type").cloned().unwrap_or_default();
+    i.token_clients.push((grant_type, client.clone()));
     match form.get("grant_type").map(String::as_str) {
         Some("authorization_code") => {
             let code = form.get("code").cloned().unwrap_or_default();
@@ -388,6 +410,13 @@ async fn token(State(s): State<Shared>, headers: HeaderMap, Form(form): Form<Has
                 return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "code already used");
             }
             grant.used = true;
+            if grant.client_id != client {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    "the code was issued to another client",
+                );
+            }
             if form.get("redirect_uri") != Some(&grant.redirect_uri) {
                 return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "redirect_uri mismatch");
             }
@@ -405,6 +434,7 @@ async fn token(State(s): State<Shared>, headers: HeaderMap, Form(form): Form<Has
                 i.refresh.insert(
                     rt.clone(),
                     Refresh {
+                        client_id: client.clone(),
                         user,
                         family: Uuid::new_v4().to_string(),
                         used: false,
@@ -429,6 +459,13 @@ async fn token(State(s): State<Shared>, headers: HeaderMap, Form(form): Form<Has
                 );
             };
             let (user, family, used) = (r.user.clone(), r.family.clone(), r.used);
+            if r.client_id != client {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    "AADSTS70000: the refresh token was issued to another client",
+                );
+            }
             if i.revoked_families.contains(&family) {
                 return oauth_error(
                     StatusCode::BAD_REQUEST,
@@ -454,6 +491,7 @@ async fn token(State(s): State<Shared>, headers: HeaderMap, Form(form): Form<Has
                 i.refresh.insert(
                     new_rt.clone(),
                     Refresh {
+                        client_id: client.clone(),
                         user,
                         family,
                         used: false,
@@ -489,8 +527,11 @@ async fn identity(State(s): State<Shared>, headers: HeaderMap) -> Response {
     Json(body).into_response()
 }
 
-async fn revoke(State(s): State<Shared>, Form(form): Form<HashMap<String, String>>) -> StatusCode {
+async fn revoke(State(s): State<Shared>, headers: HeaderMap, Form(form): Form<HashMap<String, String>>) -> StatusCode {
     let mut i = s.lock().unwrap();
+    if let Some(client) = client_ok(&i, &headers, &form) {
+        i.revoke_clients.push(client);
+    }
     if let Some(t) = form.get("token") {
         i.revoked.push(t.clone());
         i.access.remove(t);

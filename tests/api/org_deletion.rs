@@ -18,6 +18,7 @@ async fn rows_of(app: &TestApp, org: &str) -> i64 {
         "idempotency_keys",
         "credentials",
         "named_secrets",
+        "oauth_apps",
         "api_keys",
         "page_sessions",
         "oauth_states",

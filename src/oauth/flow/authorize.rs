@@ -15,6 +15,7 @@ use crate::ids::{CredentialId, CredentialName};
 use crate::model::{Access, AuthKind, Principal};
 use crate::oauth::return_to::return_to_allowed;
 use crate::oauth::STATE_TTL_SECS;
+use crate::oauth_apps as apps;
 use crate::providers::{validate_fields, FieldError, Provider};
 use crate::store::{OAuthStateRow, StoreError};
 
@@ -30,6 +31,12 @@ pub struct StartRequest {
     pub return_to: Option<String>,
     pub credential_id: Option<CredentialId>,
     pub tenant: Option<String>,
+    /// The OAuth client it goes through (the organization's app, the
+    /// operator's, or an MCP registration).
+    pub client: apps::Client,
+    /// More to keep with the flow and send to the authorization endpoint
+    /// (an MCP server's `resource`), as `(name, value)`.
+    pub extra: Vec<(&'static str, String)>,
 }
 
 /// Where to send the browser, and until when that link works.
@@ -64,13 +71,19 @@ pub async fn authorize(
         .get(provider_id)
         .filter(|p| p.oauth.is_some())
         .ok_or(Error::NotFound)?;
-    let settings = provider.oauth.as_ref().expect("filtered");
-    if settings.client_id.is_empty() {
+    if provider.oauth.as_ref().is_some_and(|o| o.dynamic_registration) {
+        // An MCP server's client is registered per server: its own route.
+        return Err(Error::NotFound);
+    }
+    let client = apps::for_new(ctx, &who.org_id, provider).await?;
+    if client.settings.client_id.is_empty() {
         return Err(Error::Conflict(
             "provider_not_configured",
             format!(
-                "set CREDGATE_PROVIDER_{}_CLIENT_ID and _CLIENT_SECRET to connect {}",
+                "set CREDGATE_PROVIDER_{}_CLIENT_ID and _CLIENT_SECRET, or the organization's own app \
+                 (PUT /integrations/oauth-apps/{}), to connect {}",
                 provider_id.to_uppercase(),
+                provider.id,
                 provider.display_name
             ),
         ));
@@ -129,6 +142,8 @@ pub async fn authorize(
             return_to: input.return_to,
             credential_id: input.credential_id,
             tenant,
+            client,
+            extra: Vec::new(),
         },
     )
     .await
@@ -136,7 +151,7 @@ pub async fn authorize(
 
 /// Creates the pending authorization and the provider's authorize URL.
 pub async fn start(ctx: &Context, provider: &Provider, req: StartRequest) -> Result<Started, Error> {
-    let settings = provider.oauth.as_ref().ok_or(Error::NotFound)?;
+    let settings = req.client.settings.as_ref();
     let mut raw = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut raw);
     let csrf = URL_SAFE_NO_PAD.encode(raw);
@@ -163,6 +178,9 @@ pub async fn start(ctx: &Context, provider: &Provider, req: StartRequest) -> Res
     for (k, v) in &settings.authorize_params {
         request = request.add_extra_param(k.clone(), v.clone());
     }
+    for (k, v) in &req.extra {
+        request = request.add_extra_param(*k, v.clone());
+    }
     let (url, _) = request.url();
 
     let mut payload = SecretMap::default();
@@ -171,12 +189,17 @@ pub async fn start(ctx: &Context, provider: &Provider, req: StartRequest) -> Res
     payload.insert("actor", SecretString::from(who.actor()));
     payload.insert("key_id", SecretString::from(who.key_id.clone()));
     payload.insert("role", SecretString::from(who.role.as_str().to_owned()));
+    for (k, v) in &req.extra {
+        payload.insert(*k, SecretString::from(v.clone()));
+    }
     for (k, v) in [
         ("owner", who.user_id.clone().map(String::from)),
         ("name", req.name.map(String::from)),
         ("return_to", req.return_to),
         ("credential_id", req.credential_id.map(String::from)),
         ("tenant", req.tenant),
+        ("app", req.client.app.as_ref().map(|(app, _)| app.clone())),
+        ("app_client_id", req.client.app.as_ref().map(|(_, id)| id.clone())),
     ] {
         if let Some(v) = v {
             payload.insert(k, SecretString::from(v));

@@ -9,6 +9,7 @@ use crate::crypto::SecretMap;
 use crate::error::Error;
 use crate::ids::{CredentialId, CredentialName, UserId};
 use crate::model::{Access, Principal, Role};
+use crate::oauth_apps as apps;
 use crate::oauth_client::{exchange_code, fetch_identity, OAuthError};
 use crate::providers::Provider;
 use crate::store::OAuthStateRow;
@@ -128,6 +129,18 @@ fn ended(why: &str) -> OAuthError {
     }
 }
 
+/// What a flow keeps that its credential's `fields` show (an MCP server's
+/// URL and its resource).
+const FLOW_FIELDS: [&str; 2] = ["server_url", "resource"];
+
+/// The client with the resource (RFC 8707) its tokens are asked for.
+pub fn with_resource(mut client: apps::Client, resource: Option<String>) -> apps::Client {
+    if resource.is_some() {
+        std::sync::Arc::make_mut(&mut client.settings).resource = resource;
+    }
+    client
+}
+
 /// Whoever started the flow, as they were then. Re-authorizing in place
 /// is checked again here: `manage` may have been taken away meanwhile.
 fn starter(row: &OAuthStateRow, payload: &SecretMap) -> Option<Principal> {
@@ -146,10 +159,6 @@ async fn complete(
     payload: &SecretMap,
     query: &CallbackQuery,
 ) -> Result<CredentialId, OAuthError> {
-    let settings = provider
-        .oauth
-        .as_ref()
-        .ok_or_else(|| OAuthError::new("oauth_state_invalid", "unknown provider"))?;
     if row.provider != provider.id {
         return Err(OAuthError::new(
             "oauth_state_invalid",
@@ -162,6 +171,17 @@ async fn complete(
             "the connection link expired (10 minutes); start again",
         ));
     }
+    let app = get(payload, "app").zip(get(payload, "app_client_id"));
+    let client = match apps::for_app(ctx, &row.org_id, provider, app.as_ref()).await {
+        Ok(client) => client,
+        Err(Error::NeedsReauth(message)) => return Err(OAuthError::new("app_changed", message)),
+        Err(e) => {
+            tracing::error!(error = %e, "the OAuth app of a connection could not be read");
+            return Err(OAuthError::new("internal", "credgate could not finish the connection"));
+        }
+    };
+    let client = with_resource(client, get(payload, "resource"));
+    let settings = client.settings.as_ref();
     if let (Some(iss), Some(expected)) = (&query.iss, &settings.issuer) {
         if iss != expected {
             return Err(OAuthError::new(
@@ -213,7 +233,13 @@ async fn complete(
     let tokens = exchange_code(&ctx.http, settings, tenant.as_deref(), &redirect, code, &verifier).await?;
     let identity = fetch_identity(&ctx.http, settings, &tokens).await?;
     let actor = get(payload, "actor").unwrap_or_default();
+    let extra_fields = FLOW_FIELDS
+        .iter()
+        .filter_map(|k| get(payload, k).map(|v| (*k, v)))
+        .collect();
     let grant = Grant {
+        client: &client,
+        extra_fields,
         org_id: &row.org_id,
         state_hash: Some(state_hash),
         provider,

@@ -6,7 +6,7 @@ mod authorize;
 mod callback;
 
 pub use authorize::{authorize, start, AuthorizeInput, StartRequest, Started};
-pub use callback::{finish, CallbackQuery, Finished};
+pub use callback::{finish, with_resource, CallbackQuery, Finished};
 
 use sha2::{Digest, Sha256};
 

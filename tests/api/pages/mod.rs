@@ -4,7 +4,7 @@
 mod browser;
 mod journeys;
 mod secrets_tab;
-mod sessions;
+pub(crate) mod sessions;
 
 use axum::http::Method;
 use reqwest::StatusCode;

@@ -171,7 +171,7 @@ async fn a_link_opens_once_into_a_strict_http_only_cookie_and_its_token_is_never
 crate::both_backends!(a_link_opens_once_into_a_strict_http_only_cookie_and_its_token_is_never_logged);
 
 /// A session's cookie and CSRF token, from its link and first page.
-pub(super) async fn cookie_and_csrf(app: &TestApp, url: &str, page: &str) -> (String, String) {
+pub(crate) async fn cookie_and_csrf(app: &TestApp, url: &str, page: &str) -> (String, String) {
     let (cookie, _) = enter(app, url).await;
     let cookie = cookie.unwrap();
     let body = app
