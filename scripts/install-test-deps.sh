@@ -16,6 +16,8 @@
 # - aiosmtpd (PyPI, pinned) for the SMTP stand-in, tests/api/probes/smtp_server.py.
 # - openapi-python-client (PyPI, pinned) generates the typed client that
 #   tests/api/generated_client.rs drives.
+# - mcp (PyPI, pinned: the MCP Python SDK) for tests/api/mcp_server.py: the
+#   SDK's own authorization-server routes that the MCP connect tests run against.
 set -euo pipefail
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -102,6 +104,12 @@ fi
 # A client generated from /openapi.json (tests/api/generated_client.rs).
 if ! openapi-python-client --version 2>/dev/null | grep -q '0\.29\.1'; then
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'openapi-python-client==0.29.1'
+fi
+
+# The MCP stand-in (tests/api/mcp_server.py): the MCP Python SDK's own
+# authorization-server routes (mcp.server.auth.routes); brings starlette and uvicorn.
+if ! python3 -c 'import importlib.metadata as m, sys; sys.exit(m.version("mcp") != "1.30.0")' >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'mcp==1.30.0'
 fi
 
 echo "install-test-deps: ok"

@@ -112,6 +112,9 @@ async fn probe_oauth(ctx: &Context, row: CredentialRow) -> ProbeResult {
             "no access token is stored; re-authorize".into(),
         );
     };
+    if settings.dynamic_registration {
+        return probe_mcp(ctx, &row, &token, started).await;
+    }
     match crate::oauth_client::userinfo(&ctx.http, settings, &token).await {
         Ok(identity) => ProbeResult {
             ok: true,
@@ -120,6 +123,67 @@ async fn probe_oauth(ctx: &Context, row: CredentialRow) -> ProbeResult {
             error: None,
         },
         Err(e) => fail(FailureCode::AuthFailed, e.message),
+    }
+}
+
+/// An MCP server: a request with the token, behind the egress guard. Any
+/// answer but 401/403 means the server took the token (a server that
+/// streams only on POST may well answer a GET with 405).
+async fn probe_mcp(
+    ctx: &Context,
+    row: &CredentialRow,
+    token: &secrecy::SecretString,
+    started: std::time::Instant,
+) -> ProbeResult {
+    use secrecy::ExposeSecret;
+    let latency = || started.elapsed().as_millis() as u64;
+    let fail = |code, message: String| ProbeResult {
+        ok: false,
+        latency_ms: latency(),
+        detail: json!({}),
+        error: Some(ProbeFailure::new(code, message)),
+    };
+    let Some(url) = row
+        .fields
+        .get("server_url")
+        .and_then(|u| u.as_str())
+        .and_then(|u| url::Url::parse(u).ok())
+    else {
+        return fail(FailureCode::Protocol, "the credential names no MCP server".into());
+    };
+    if ctx.probes.egress.check_url(&url).is_err() {
+        return fail(
+            FailureCode::EgressDenied,
+            "credgate is not allowed to reach the MCP server".into(),
+        );
+    }
+    let answer = ctx
+        .guarded_http
+        .get(url)
+        .bearer_auth(token.expose_secret())
+        .header(reqwest::header::ACCEPT, "application/json, text/event-stream")
+        .send()
+        .await;
+    match answer {
+        Ok(r) if matches!(r.status().as_u16(), 401 | 403) => fail(
+            FailureCode::AuthFailed,
+            format!("the MCP server refused the token (HTTP {})", r.status().as_u16()),
+        ),
+        Ok(r) if r.status().is_server_error() => fail(
+            FailureCode::Protocol,
+            format!("the MCP server answered HTTP {}", r.status().as_u16()),
+        ),
+        Ok(r) => ProbeResult {
+            ok: true,
+            latency_ms: latency(),
+            detail: json!({"status": r.status().as_u16(), "server_url": row.fields.get("server_url")}),
+            error: None,
+        },
+        Err(e) if e.is_timeout() => fail(FailureCode::Timeout, "the MCP server did not answer in time".into()),
+        Err(_) => fail(
+            FailureCode::ConnectRefused,
+            "the MCP server could not be reached".into(),
+        ),
     }
 }
 

@@ -95,7 +95,7 @@ pub struct Client {
     pub app: Option<(String, String)>,
 }
 
-fn settings_of(row: &OAuthAppRow) -> Result<AppSettings, Error> {
+pub(crate) fn settings_of(row: &OAuthAppRow) -> Result<AppSettings, Error> {
     serde_json::from_str(&row.settings)
         .map_err(|_| Error::internal(anyhow::anyhow!("oauth app {}: column settings is malformed", row.app)))
 }
@@ -194,19 +194,17 @@ pub async fn put(ctx: &Context, who: &Principal, provider_id: &str, input: AppIn
         client_secret_expires_at: input.client_secret_expires_at,
         server: None,
     };
-    let mut secret = SecretMap::default();
-    secret.insert(SECRET, input.client_secret.clone());
-    let row = store_app(
+    let secret = secret_map(Some(input.client_secret.clone()));
+    let (created, row) = store_app(
         ctx,
         who,
         (&provider.id, &provider.id),
-        &input.client_id,
-        &secret,
+        (&input.client_id, &secret),
         &settings,
+        false,
     )
     .await?;
-    let created = row.0;
-    Ok((created, view(row.1, provider)?))
+    Ok((created, view(row, provider)?))
 }
 
 /// Seals and stores an app (`app` is its key, the provider id or
@@ -215,9 +213,9 @@ pub(crate) async fn store_app(
     ctx: &Context,
     who: &Principal,
     (app, provider): (&str, &str),
-    client_id: &str,
-    secret: &SecretMap,
+    (client_id, secret): (&str, &SecretMap),
     settings: &AppSettings,
+    keep_existing: bool,
 ) -> Result<(bool, OAuthAppRow), Error> {
     let org_id = &who.org_id;
     let subject = subject(org_id, app);
@@ -235,6 +233,7 @@ pub(crate) async fn store_app(
             settings: &settings,
             actor: &actor,
             limit: MAX_APPS,
+            keep_existing,
         };
         match ctx.store.put_oauth_app(org_id, &put).await {
             Ok(done) => return Ok(done),
@@ -299,6 +298,15 @@ pub async fn delete(ctx: &Context, who: &Principal, provider_id: &str, force: bo
     }
 }
 
+/// The secret map an app's client secret is sealed in.
+pub(crate) fn secret_map(secret: Option<SecretString>) -> SecretMap {
+    let mut map = SecretMap::default();
+    if let Some(secret) = secret {
+        map.insert(SECRET, secret);
+    }
+    map
+}
+
 /// Opens an app's client secret.
 async fn secret_of(ctx: &Context, org_id: &OrgId, row: &OAuthAppRow) -> Result<SecretString, Error> {
     let mut groups = ctx
@@ -324,6 +332,16 @@ async fn with_app(ctx: &Context, org_id: &OrgId, base: &OAuthSettings, row: &OAu
         settings.tenant = s.tenant;
     }
     if let Some(server) = s.server {
+        // The endpoints a server named: the egress guard holds for every use.
+        let allowed = url::Url::parse(&server.token_endpoint)
+            .ok()
+            .is_some_and(|u| ctx.probes.egress.check_url(&u).is_ok());
+        if !allowed {
+            return Err(Error::Conflict(
+                "egress_denied",
+                "credgate is not allowed to reach this MCP server's token endpoint".into(),
+            ));
+        }
         settings.authorization_url = server.authorization_endpoint;
         settings.token_url = server.token_endpoint;
         settings.revocation_url = server.revocation_endpoint;

@@ -96,8 +96,12 @@ pub fn context(services: Services) -> anyhow::Result<Context> {
         anthropic: base("anthropic", defaults.anthropic),
         telegram: base("telegram", defaults.telegram),
     };
-    let probes = ProbeContext::new(Arc::new(EgressPolicy::new(egress)), ProbeTimeouts::default(), base_urls)?;
+    let egress = Arc::new(EgressPolicy::new(egress));
+    let provider_timeout = Duration::from_secs(config.provider_timeout_secs);
+    let guarded_http = egress.http_client(provider_timeout.min(Duration::from_secs(5)), provider_timeout)?;
+    let probes = ProbeContext::new(egress, ProbeTimeouts::default(), base_urls)?;
     Ok(Context {
+        guarded_http,
         probes: Arc::new(probes),
         metrics: Arc::new(Metrics::default()),
         refresher: Arc::new(Refresher::new(

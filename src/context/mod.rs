@@ -28,6 +28,9 @@ pub struct Context {
     pub registry: Arc<Registry>,
     /// Client for provider endpoints (redirects off, timeouts).
     pub http: reqwest::Client,
+    /// The same behind the egress guard: for endpoints a person named (an
+    /// MCP server's, and its authorization server's).
+    pub guarded_http: reqwest::Client,
     pub refresher: Arc<Refresher>,
     pub webhooks: Webhooks,
     pub metrics: Arc<Metrics>,
@@ -50,5 +53,15 @@ impl Context {
     /// Unix seconds now.
     pub fn now(&self) -> i64 {
         self.clock.now()
+    }
+
+    /// The client for `settings`' endpoints: the guarded one where a person,
+    /// not the operator, chose them (an MCP server's).
+    pub fn http_for(&self, settings: &crate::providers::OAuthSettings) -> &reqwest::Client {
+        if settings.dynamic_registration {
+            &self.guarded_http
+        } else {
+            &self.http
+        }
     }
 }

@@ -21,7 +21,7 @@ pub async fn revoke_tokens(ctx: &Context, settings: &OAuthSettings, tokens: Opti
         Some(rt) => (rt, "refresh_token"),
         None => (&tokens.access_token, "access_token"),
     };
-    revoke(&ctx.http, settings, url, token, hint).await;
+    revoke(ctx.http_for(settings), settings, url, token, hint).await;
 }
 
 /// Revokes a stored credential's tokens through the app that connected it

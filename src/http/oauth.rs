@@ -30,6 +30,7 @@ struct AuthorizeQuery {
     return_to: Option<String>,
     credential_id: Option<String>,
     tenant: Option<String>,
+    server_url: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -42,7 +43,8 @@ struct AuthorizeResponse {
 #[utoipa::path(get, path = "/integrations/{provider}/authorize", tag = "oauth",
     params(("provider" = String, Path), ("name" = Option<String>, Query), ("return_to" = Option<String>, Query),
            ("credential_id" = Option<String>, Query, description = "re-authorize this credential in place"),
-           ("tenant" = Option<String>, Query, description = "SharePoint: directory (tenant) id or domain")),
+           ("tenant" = Option<String>, Query, description = "SharePoint: directory (tenant) id or domain"),
+           ("server_url" = Option<String>, Query, description = "provider `mcp`: the MCP server's URL")),
     responses((status = 302, description = "to the provider"), (status = 200, body = AuthorizeResponse),
               (status = 404, body = Problem),
               (status = 409, body = Problem, description = "`provider_not_configured`: no OAuth client id is set"),
@@ -60,6 +62,7 @@ async fn authorize(
         return_to: query.return_to,
         credential_id: query.credential_id.as_deref().map(parse_id).transpose()?,
         tenant: query.tenant,
+        server_url: query.server_url,
     };
     let started = flow::authorize(&state, &caller, &provider_id, input).await?;
     let wants_json = headers

@@ -4,6 +4,7 @@
 //! The provider calls themselves are in [`crate::oauth_client`].
 
 pub mod flow;
+pub mod mcp;
 pub mod outcome;
 pub mod refresh;
 pub mod return_to;

@@ -216,7 +216,7 @@ async fn do_refresh(ctx: &Context, row: CredentialRow) -> Result<(), Error> {
             let settings = client.settings.as_ref();
             ctx.refresher.limiter(&row.provider).until_ready().await;
             let started = Instant::now();
-            let answer = crate::oauth_client::refresh(&ctx.http, settings, tenant, rt).await;
+            let answer = crate::oauth_client::refresh(ctx.http_for(settings), settings, tenant, rt).await;
             let labels = ProviderLabels {
                 provider: row.provider.clone(),
             };

@@ -39,6 +39,9 @@ pub struct AppPut<'a> {
     pub actor: &'a str,
     /// Most apps (and registrations) the organization may hold.
     pub limit: i64,
+    /// Keep an app already stored under this key (a registration made by a
+    /// concurrent flow wins; this one is dropped and the stored one returned).
+    pub keep_existing: bool,
 }
 
 /// What a delete found.
@@ -67,6 +70,18 @@ impl Store {
             lock_org(&mut tx, org_id).await?;
             check_key(&mut tx, self.dialect, org_id, put.key_version).await?;
             let t = self.now();
+            if put.keep_existing {
+                let existing: Option<OAuthAppRow> = sqlx::query_as(&format!(
+                    "SELECT {COLUMNS}, {IN_USE} AS credentials FROM oauth_apps a WHERE org_id = $1 AND app = $2"
+                ))
+                .bind(org_id)
+                .bind(put.app)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(row) = existing {
+                    return Ok((false, row));
+                }
+            }
             let replaced = sqlx::query(
                 "UPDATE oauth_apps SET provider = $3, client_id = $4, secret_ct = $5, key_version = $6, \
                  settings = $7, updated_at = $8 WHERE org_id = $1 AND app = $2",

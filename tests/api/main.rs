@@ -20,6 +20,7 @@ mod hardening;
 mod idempotency;
 mod limits;
 mod liveness;
+mod mcp;
 mod notifications;
 mod oauth;
 mod oauth_apps;

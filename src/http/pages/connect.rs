@@ -163,6 +163,7 @@ fn render_form(
     status: StatusCode,
 ) -> Html {
     let oauth = provider.auth_type(AuthKind::Oauth2).is_some();
+    let dynamic = provider.oauth.as_ref().is_some_and(|o| o.dynamic_registration);
     let forms: Vec<_> = provider
         .auth_types
         .iter()
@@ -181,7 +182,20 @@ fn render_form(
     let body = html! {
         p { a href="/connect" { "← All providers" } }
         @if let Some(text) = &shown.notice { (notice(false, text)) }
-        @if oauth {
+        @if oauth && dynamic {
+            // An MCP server: its URL first; the flow discovers the rest.
+            section.oauth {
+                form #connect-mcp method="get" action=(format!("/connect/{}/oauth", provider.id)) data-popup {
+                    input type="hidden" name="csrf" value=(session.csrf_token);
+                    label for="server_url" { "MCP server URL" }
+                    input #server_url type="url" name="server_url" required
+                        placeholder="https://mcp.example.com/mcp" value=[shown.values.get("server_url").and_then(|v| v.as_str())];
+                    p { "You will sign in at the server's authorization server in a new window and come back here." }
+                    button.primary type="submit" { "Connect " (provider.display_name) }
+                }
+                p #oauth-result role="status" {}
+            }
+        } @else if oauth {
             section.oauth {
                 p { "You will sign in at " (provider.display_name) " in a new window and come back here." }
                 a.button.primary #connect-oauth data-popup

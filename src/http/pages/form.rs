@@ -23,6 +23,8 @@ pub fn value<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
 #[derive(Debug, Deserialize)]
 pub struct CsrfQuery {
     pub csrf: Option<String>,
+    /// The MCP card's server URL (Connect of provider `mcp`).
+    pub server_url: Option<String>,
 }
 
 /// An auth type in words.

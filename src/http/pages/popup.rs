@@ -16,7 +16,6 @@ use super::CredentialPath;
 use super::{failure, forged, same_page, Session};
 use crate::credentials;
 use crate::http::AppState;
-use crate::ids::CredentialId;
 use crate::oauth::flow::{self, AuthorizeInput};
 use crate::sessions::PageSession;
 
@@ -40,7 +39,12 @@ async fn connect(
     if let Err(refusal) = offered(&state, &session, &provider_id) {
         return refusal.into_response();
     }
-    start(&state, &session, &provider_id, session.credential_id.clone()).await
+    let input = AuthorizeInput {
+        credential_id: session.credential_id.clone(),
+        server_url: query.server_url.filter(|u| !u.trim().is_empty()),
+        ..AuthorizeInput::default()
+    };
+    start(&state, &session, &provider_id, input).await
 }
 
 /// Re-authorize one credential in place.
@@ -58,20 +62,15 @@ async fn reauthorize(
         Ok((row, _)) => row,
         Err(e) => return failure(&state, &e).into_response(),
     };
-    start(&state, &session, &row.provider, Some(row.id)).await
+    let input = AuthorizeInput {
+        credential_id: Some(row.id),
+        ..AuthorizeInput::default()
+    };
+    start(&state, &session, &row.provider, input).await
 }
 
 /// Starts the flow for the session's user and redirects to the provider.
-async fn start(
-    state: &AppState,
-    session: &PageSession,
-    provider_id: &str,
-    credential_id: Option<CredentialId>,
-) -> Response {
-    let input = AuthorizeInput {
-        credential_id,
-        ..AuthorizeInput::default()
-    };
+async fn start(state: &AppState, session: &PageSession, provider_id: &str, input: AuthorizeInput) -> Response {
     match flow::authorize(state, &session.principal(), provider_id, input).await {
         Ok(started) => Redirect::to(&started.authorize_url).into_response(),
         Err(e) => failure(state, &e).into_response(),

@@ -13,6 +13,7 @@ use crate::crypto::SecretMap;
 use crate::error::Error;
 use crate::ids::{CredentialId, CredentialName};
 use crate::model::{Access, AuthKind, Principal};
+use crate::oauth::mcp;
 use crate::oauth::return_to::return_to_allowed;
 use crate::oauth::STATE_TTL_SECS;
 use crate::oauth_apps as apps;
@@ -54,6 +55,8 @@ pub struct AuthorizeInput {
     /// Re-authorize this credential in place (needs `manage`).
     pub credential_id: Option<CredentialId>,
     pub tenant: Option<String>,
+    /// An MCP server's URL (provider `mcp` only).
+    pub server_url: Option<String>,
 }
 
 /// Checks what `who` asked for and starts connecting `provider_id`:
@@ -71,12 +74,13 @@ pub async fn authorize(
         .get(provider_id)
         .filter(|p| p.oauth.is_some())
         .ok_or(Error::NotFound)?;
-    if provider.oauth.as_ref().is_some_and(|o| o.dynamic_registration) {
-        // An MCP server's client is registered per server: its own route.
-        return Err(Error::NotFound);
-    }
-    let client = apps::for_new(ctx, &who.org_id, provider).await?;
-    if client.settings.client_id.is_empty() {
+    let dynamic = provider.oauth.as_ref().is_some_and(|o| o.dynamic_registration);
+    let client = if dynamic {
+        None
+    } else {
+        Some(apps::for_new(ctx, &who.org_id, provider).await?)
+    };
+    if client.as_ref().is_some_and(|c| c.settings.client_id.is_empty()) {
         return Err(Error::Conflict(
             "provider_not_configured",
             format!(
@@ -106,10 +110,18 @@ pub async fn authorize(
         None => None,
     };
     let mut tenant = input.tenant.clone();
+    let mut server_url = input.server_url.clone();
     if let Some(id) = &input.credential_id {
         let (existing, _) = credentials::access::authorize(ctx, who, id, Access::Manage).await?;
         if existing.provider != provider.id {
             return Err(Error::NotFound);
+        }
+        if server_url.is_none() {
+            server_url = existing
+                .fields
+                .get("server_url")
+                .and_then(|t| t.as_str())
+                .map(str::to_owned);
         }
         if tenant.is_none() {
             tenant = existing
@@ -130,9 +142,28 @@ pub async fn authorize(
             errors.extend(e.into_iter().map(|e| FieldError::new("tenant", e.message)));
         }
     }
+    match (dynamic, &server_url) {
+        (true, None) => errors.push(FieldError::new("server_url", "is required: the MCP server's URL")),
+        (true, Some(url)) => {
+            if let Err(Error::Validation(e)) = mcp::check_server_url(url) {
+                errors.extend(e);
+            }
+        }
+        (false, Some(_)) => errors.push(FieldError::new(
+            "server_url",
+            "only an MCP connection takes a server URL",
+        )),
+        (false, None) => {}
+    }
     if !errors.is_empty() {
         return Err(Error::Validation(errors));
     }
+    // An MCP server: discovered and registered at now (after every cheap check).
+    let (client, extra) = match (client, server_url) {
+        (Some(client), _) => (client, Vec::new()),
+        (None, Some(url)) => mcp::client_for(ctx, who, provider, &url).await?,
+        (None, None) => unreachable!("checked above"),
+    };
     start(
         ctx,
         provider,
@@ -143,7 +174,7 @@ pub async fn authorize(
             credential_id: input.credential_id,
             tenant,
             client,
-            extra: Vec::new(),
+            extra,
         },
     )
     .await

@@ -230,8 +230,16 @@ async fn complete(
     }
     let tenant = get(payload, "tenant");
     let redirect = redirect_uri(ctx, &provider.id);
-    let tokens = exchange_code(&ctx.http, settings, tenant.as_deref(), &redirect, code, &verifier).await?;
-    let identity = fetch_identity(&ctx.http, settings, &tokens).await?;
+    let tokens = exchange_code(
+        ctx.http_for(settings),
+        settings,
+        tenant.as_deref(),
+        &redirect,
+        code,
+        &verifier,
+    )
+    .await?;
+    let identity = fetch_identity(ctx.http_for(settings), settings, &tokens).await?;
     let actor = get(payload, "actor").unwrap_or_default();
     let extra_fields = FLOW_FIELDS
         .iter()

@@ -82,6 +82,14 @@
       if (!popup) { window.location.href = link.href; }
     });
   });
+  document.querySelectorAll('form[data-popup]').forEach(function (form) {
+    form.addEventListener('submit', function (event) {
+      event.preventDefault();
+      var url = form.action + '?' + new URLSearchParams(new FormData(form)).toString();
+      var popup = window.open(url, 'credgate-oauth', 'popup,width=560,height=720');
+      if (!popup) { window.location.href = url; }
+    });
+  });
   window.addEventListener('message', function (event) {
     if (event.origin !== window.location.origin || !event.data || event.data.source !== 'credgate') { return; }
     var result = event.data.result === 'success' ? 'success' : 'error';
