@@ -44,7 +44,7 @@ impl std::fmt::Debug for Resolved {
 pub async fn resolve(ctx: &Context, who: &Principal, id: &CredentialId, usage: &Usage) -> Result<Resolved, Error> {
     let (mut row, _) = access::authorize(ctx, who, id, Access::Use).await?;
     let org_id = &who.org_id;
-    if row.auth_type == AuthKind::Oauth2 {
+    if row.auth_type.has_tokens() {
         row = ensure_fresh(ctx, row, ctx.config.resolve_margin_secs as i64).await?;
     }
     let secrets = CredentialSecrets::open(&ctx.vault, &row).await?;
@@ -123,6 +123,32 @@ async fn probe_oauth(ctx: &Context, row: CredentialRow) -> ProbeResult {
             error: None,
         },
         Err(e) => fail(FailureCode::AuthFailed, e.message),
+    }
+}
+
+/// A minted credential: a new token minted now, from its stored fields.
+async fn probe_minted(ctx: &Context, row: &CredentialRow) -> ProbeResult {
+    let started = std::time::Instant::now();
+    let latency = || started.elapsed().as_millis() as u64;
+    let fail = |code, message: String| ProbeResult {
+        ok: false,
+        latency_ms: latency(),
+        detail: json!({}),
+        error: Some(ProbeFailure::new(code, message)),
+    };
+    match crate::oauth::refresh::refresh_credential(ctx, &row.org_id, &row.id, crate::oauth::refresh::Mode::Now).await {
+        Ok(row) => ProbeResult {
+            ok: true,
+            latency_ms: latency(),
+            detail: json!({
+                "account": row.account_email.as_ref().or(row.account_id.as_ref()),
+                "scopes": row.scopes,
+                "expires_in": row.expires_at.map(|t| t - ctx.now()),
+            }),
+            error: None,
+        },
+        Err(Error::NeedsReauth(m)) => fail(FailureCode::AuthFailed, m),
+        Err(e) => fail(FailureCode::ProviderError, e.to_string()),
     }
 }
 
@@ -247,6 +273,8 @@ pub async fn test(ctx: &Context, who: &Principal, id: &CredentialId) -> Result<P
     let org_id = &who.org_id;
     let result = if row.auth_type == AuthKind::Oauth2 {
         probe_oauth(ctx, row.clone()).await
+    } else if row.auth_type.is_minted() {
+        probe_minted(ctx, &row).await
     } else {
         let secrets = CredentialSecrets::open(&ctx.vault, &row).await?;
         probe_fields(ctx, org_id, &row.provider, secrets.merged_fields(&row)).await?

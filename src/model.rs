@@ -18,6 +18,10 @@ pub enum AuthKind {
     UserPassword,
     /// A private key file (SSH).
     KeyFile,
+    /// A client id and secret that mint access tokens (RFC 6749 §4.4).
+    Oauth2ClientCredentials,
+    /// A Google service account key file that signs JWT assertions (RFC 7523).
+    ServiceAccount,
 }
 
 impl AuthKind {
@@ -28,14 +32,35 @@ impl AuthKind {
             AuthKind::ApiKey => "api_key",
             AuthKind::UserPassword => "user_password",
             AuthKind::KeyFile => "key_file",
+            AuthKind::Oauth2ClientCredentials => "oauth2_client_credentials",
+            AuthKind::ServiceAccount => "service_account",
         }
+    }
+
+    /// Does credgate mint this kind's access tokens itself, without a person
+    /// (and mint them again before they expire)?
+    pub fn is_minted(self) -> bool {
+        matches!(self, AuthKind::Oauth2ClientCredentials | AuthKind::ServiceAccount)
+    }
+
+    /// Does this kind hold an access token that is renewed (refreshed or
+    /// minted again) before it expires?
+    pub fn has_tokens(self) -> bool {
+        self == AuthKind::Oauth2 || self.is_minted()
     }
 
     /// Parses a wire name.
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Oauth2, Self::ApiKey, Self::UserPassword, Self::KeyFile]
-            .into_iter()
-            .find(|k| k.as_str() == s)
+        [
+            Self::Oauth2,
+            Self::ApiKey,
+            Self::UserPassword,
+            Self::KeyFile,
+            Self::Oauth2ClientCredentials,
+            Self::ServiceAccount,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod access;
 mod connect;
 mod idempotency;
+pub mod minted;
 mod outcome;
 mod revoke;
 mod secrets;

@@ -106,9 +106,14 @@ pub(super) async fn create_with(
         return Err(Error::Validation(errors));
     };
     let id = CredentialId::generate();
+    let minted = if kind.is_minted() {
+        Some(mint_first(ctx, &input.provider, kind, &validated).await?)
+    } else {
+        None
+    };
     let secrets = CredentialSecrets {
         fields: validated.secret,
-        tokens: None,
+        tokens: minted.as_ref().map(|m| m.tokens.clone()),
     };
     let event = AuditEvent::success(org_id, &id, "credential.create", actor)
         .with_detail(json!({"provider": input.provider, "auth_type": kind.as_str()}));
@@ -145,6 +150,14 @@ pub(super) async fn create_with(
             key_version,
             created_by: actor.to_owned(),
             owner: who.user_id.clone(),
+            expires_at: minted.as_ref().and_then(|m| m.expires_at),
+            refresh_after: minted.as_ref().and_then(|m| m.refresh_after),
+            account_id: minted.as_ref().map(|m| m.minter.account_id.clone()),
+            account_email: minted.as_ref().and_then(|m| m.minter.account_email.clone()),
+            scopes: minted
+                .as_ref()
+                .and_then(|m| m.scopes.as_ref())
+                .map(|s| serde_json::to_string(s).expect("strings serialize")),
         };
         let create = PendingCreate {
             new,
@@ -183,6 +196,61 @@ pub(super) async fn create_with(
     }
     ctx.webhooks.wake();
     super::get_unchecked(ctx, org_id, &id).await
+}
+
+/// A minted credential's first token, from the fields about to be stored.
+struct FirstToken {
+    tokens: super::OAuthTokens,
+    expires_at: Option<i64>,
+    refresh_after: Option<i64>,
+    scopes: Option<Vec<String>>,
+    minter: super::minted::Minter,
+}
+
+/// Mints before anything is stored: fields the token endpoint refuses are
+/// a 422 on the field at fault, an endpoint that cannot answer a 503.
+async fn mint_first(
+    ctx: &Context,
+    provider_id: &str,
+    kind: AuthKind,
+    validated: &crate::providers::ValidatedFields,
+) -> Result<FirstToken, Error> {
+    let provider = ctx.registry.get(provider_id).ok_or(Error::NotFound)?;
+    let mut fields = validated.public.clone();
+    for (name, value) in &validated.secret.0 {
+        fields.insert(
+            name.clone(),
+            Value::String(secrecy::ExposeSecret::expose_secret(value).to_owned()),
+        );
+    }
+    let errors = super::minted::check(ctx, provider, kind, &fields);
+    if !errors.is_empty() {
+        return Err(Error::Validation(errors));
+    }
+    match super::minted::mint(ctx, provider, kind, &fields).await {
+        Ok((set, minter)) => {
+            let lifetime = set.expires_in.map(|d| d.as_secs());
+            let expires_at = lifetime.map(|l| ctx.now() + l as i64);
+            Ok(FirstToken {
+                tokens: super::OAuthTokens {
+                    access_token: set.access_token,
+                    refresh_token: None,
+                },
+                expires_at,
+                refresh_after: crate::oauth_client::schedule(expires_at, lifetime, ctx.config.refresh_lead_secs as i64),
+                scopes: set.scopes,
+                minter,
+            })
+        }
+        Err(e) if e.code == "needs_reauth" => Err(Error::Validation(vec![FieldError::new(
+            super::minted::failing_field(kind),
+            format!("the token endpoint refused these credentials ({})", e.message),
+        )])),
+        Err(e) => Err(Error::ProviderUnavailable {
+            message: e.message,
+            retry_after_secs: e.retry_after.unwrap_or(5),
+        }),
+    }
 }
 
 /// Renames a credential and/or replaces all its fields (secrets re-entered;

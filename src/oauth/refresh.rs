@@ -12,7 +12,7 @@ use crate::credentials::{self, CredentialSecrets};
 use crate::error::Error;
 use crate::ids::{CredentialId, OrgId};
 use crate::metrics::{ProviderLabels, RefreshLabels};
-use crate::model::{AuthKind, CredentialStatus};
+use crate::model::CredentialStatus;
 use crate::oauth::flow::with_resource;
 use crate::oauth_apps as apps;
 use crate::oauth_client::OAuthError;
@@ -81,7 +81,7 @@ fn satisfied(ctx: &Context, row: &CredentialRow, mode: Mode, seen_version: i64) 
 
 async fn read(ctx: &Context, org_id: &OrgId, id: &CredentialId) -> Result<CredentialRow, Error> {
     match ctx.store.credential(org_id, id).await? {
-        Some(row) if row.auth_type == AuthKind::Oauth2 => Ok(row),
+        Some(row) if row.auth_type.has_tokens() => Ok(row),
         _ => Err(Error::NotFound),
     }
 }
@@ -198,7 +198,9 @@ fn unavailable_until(ctx: &Context, until: i64) -> Error {
 /// outcome (or, where it lost to a newer write, gives the lease back). A
 /// failed refresh is its error, after it was recorded.
 async fn do_refresh(ctx: &Context, row: CredentialRow) -> Result<(), Error> {
-    let owner = ctx.refresher.owner.as_str();
+    if row.auth_type.is_minted() {
+        return mint_again(ctx, row).await;
+    }
     // The app that connected it; one deleted or given another client id
     // meanwhile never issued this grant: a person must reconnect.
     let client = match apps::for_credential(ctx, &row).await {
@@ -227,6 +229,39 @@ async fn do_refresh(ctx: &Context, row: CredentialRow) -> Result<(), Error> {
             answer
         }
     };
+    record(ctx, row, answer, refresh_token, client.ok().map(|c| c.settings)).await
+}
+
+/// A minted credential's "refresh": a new token minted from its own fields.
+async fn mint_again(ctx: &Context, row: CredentialRow) -> Result<(), Error> {
+    let provider = ctx
+        .registry
+        .get(&row.provider)
+        .ok_or_else(|| Error::internal(anyhow::anyhow!("provider {} is gone", row.provider)))?;
+    let fields = CredentialSecrets::open(&ctx.vault, &row).await?.merged_fields(&row);
+    ctx.refresher.limiter(&row.provider).until_ready().await;
+    let started = Instant::now();
+    let answer = credentials::minted::mint(ctx, provider, row.auth_type, &fields)
+        .await
+        .map(|(set, _)| set);
+    ctx.metrics
+        .refresh_latency
+        .get_or_create(&ProviderLabels {
+            provider: row.provider.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    record(ctx, row, answer, None, None).await
+}
+
+/// Judges a refresh's (or a mint's) answer and records it, holding the lease.
+async fn record(
+    ctx: &Context,
+    row: CredentialRow,
+    answer: Result<crate::oauth_client::TokenSet, OAuthError>,
+    refresh_token: Option<secrecy::SecretString>,
+    revoke_with: Option<std::sync::Arc<crate::providers::OAuthSettings>>,
+) -> Result<(), Error> {
+    let owner = ctx.refresher.owner.as_str();
     let outcome = match &answer {
         Ok(_) => "success",
         Err(e) if e.code == "needs_reauth" => "needs_reauth",
@@ -258,12 +293,12 @@ async fn do_refresh(ctx: &Context, row: CredentialRow) -> Result<(), Error> {
             // A rotated refresh token is ours alone: end it. An unrotated one
             // is the grant the stored credential still uses: keep it.
             if let (true, Some(rt)) = (new.rotated, new.tokens.refresh_token) {
-                let Ok(client) = &client else {
-                    unreachable!("a refresh that succeeded had a client")
+                let Some(settings) = revoke_with else {
+                    unreachable!("a rotated refresh token came through a client")
                 };
                 credentials::revoke_tokens_later(
                     ctx,
-                    client.settings.clone(),
+                    settings,
                     Some(crate::credentials::OAuthTokens {
                         access_token: rt.clone(),
                         refresh_token: Some(rt),
@@ -303,10 +338,10 @@ pub async fn refresh_now(
     id: &CredentialId,
 ) -> Result<CredentialRow, Error> {
     let (row, _) = crate::credentials::access::authorize(ctx, who, id, crate::model::Access::Manage).await?;
-    if row.auth_type != crate::model::AuthKind::Oauth2 {
+    if !row.auth_type.has_tokens() {
         return Err(Error::Conflict(
             "not_oauth",
-            "only OAuth credentials have tokens to refresh".into(),
+            "only OAuth and minted credentials have tokens to refresh".into(),
         ));
     }
     refresh_credential(ctx, &row.org_id, &row.id, Mode::Now).await

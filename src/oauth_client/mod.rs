@@ -4,6 +4,7 @@
 //! providers' files and HTTP, and nothing of credentials or the store.
 
 mod identity;
+mod mint;
 mod tokens;
 
 use std::time::Duration;
@@ -12,7 +13,8 @@ use rand::Rng;
 use secrecy::SecretString;
 
 pub use identity::{fetch_identity, userinfo, Identity};
-pub use tokens::{exchange_code, refresh, revoke};
+pub use mint::{jwt_bearer, ServiceAccountKey};
+pub use tokens::{client_credentials, exchange_code, refresh, revoke};
 
 /// Tokens from a token endpoint. `Debug` prints no token.
 pub struct TokenSet {

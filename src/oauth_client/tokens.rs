@@ -280,6 +280,51 @@ pub async fn refresh(
     Ok(token_set(&resp, settings, recording.identity()))
 }
 
+/// Token-endpoint errors that are the minting credential's own fault (a
+/// wrong client secret or key, a scope it may not have): no retry helps.
+const CREDENTIAL_FAULTS: [&str; 4] = [
+    "invalid_client",
+    "unauthorized_client",
+    "invalid_grant",
+    "invalid_scope",
+];
+
+/// A failed mint: the credential's fault is `needs_reauth` (it stays so
+/// until its fields are replaced), the rest as for a refresh.
+pub(super) fn minted_failure(e: OAuthError) -> OAuthError {
+    if e.code == "provider_error" && CREDENTIAL_FAULTS.iter().any(|f| e.message.contains(f)) {
+        let mut e = OAuthError::new(
+            "needs_reauth",
+            e.message.replace(" (check the client id and secret)", ""),
+        );
+        e.message.push_str("; replace the credential's fields");
+        return e;
+    }
+    e
+}
+
+/// Mints an access token with the client credentials grant (RFC 6749 §4.4).
+pub async fn client_credentials(
+    http: &reqwest::Client,
+    settings: &OAuthSettings,
+    tenant: Option<&str>,
+) -> Result<TokenSet, OAuthError> {
+    let client = client(settings, tenant, None)?;
+    let recording = Recording::new(http, settings);
+    let mut request = client.exchange_client_credentials();
+    if !settings.scopes.is_empty() {
+        request = request.add_scope(oauth2::Scope::new(settings.scopes.join(&settings.scope_separator)));
+    }
+    if let Some(resource) = &settings.resource {
+        request = request.add_extra_param("resource", resource.clone());
+    }
+    let resp = request
+        .request_async(&recording)
+        .await
+        .map_err(|e| minted_failure(classify(e, recording.seen(), settings)))?;
+    Ok(token_set(&resp, settings, None))
+}
+
 /// Revokes a token (RFC 7009), best effort: failures are only logged.
 pub async fn revoke(http: &reqwest::Client, settings: &OAuthSettings, url: &str, token: &SecretString, hint: &str) {
     let mut form = vec![

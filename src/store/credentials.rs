@@ -25,6 +25,14 @@ pub struct NewCredential {
     pub created_by: String,
     /// The owning user; `None`: an organization credential.
     pub owner: Option<UserId>,
+    /// A minted credential's first token: when it expires, when to mint again.
+    pub expires_at: Option<i64>,
+    pub refresh_after: Option<i64>,
+    /// Who a minted credential is (its client id, its service account).
+    pub account_id: Option<String>,
+    pub account_email: Option<String>,
+    /// Its token's scopes (JSON array).
+    pub scopes: Option<String>,
 }
 
 /// New sealed secrets (and the public fields that go with them), written
@@ -301,7 +309,7 @@ impl Store {
     }
 }
 
-/// New credentials per statement of [`insert_rows`] (14 values each).
+/// New credentials per statement of [`insert_rows`] (19 values each).
 const ROWS_PER_STATEMENT: usize = 100;
 
 /// Inserts the rows of new credentials (status `new`) on `conn`, a
@@ -314,8 +322,9 @@ pub(super) async fn insert_rows(
     for chunk in news.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
             "INSERT INTO credentials (id, org_id, name, provider, auth_type, status, fields, secret_names, \
-             secret_ct, key_version, created_by, created_at, updated_at, owner) VALUES {}",
-            super::values(chunk.len(), 14)
+             secret_ct, key_version, created_by, created_at, updated_at, owner, expires_at, refresh_after, \
+             account_id, account_email, scopes) VALUES {}",
+            super::values(chunk.len(), 19)
         );
         let mut query = sqlx::query(&sql);
         for new in chunk {
@@ -333,7 +342,12 @@ pub(super) async fn insert_rows(
                 .bind(&new.created_by)
                 .bind(t)
                 .bind(t)
-                .bind(&new.owner);
+                .bind(&new.owner)
+                .bind(new.expires_at)
+                .bind(new.refresh_after)
+                .bind(&new.account_id)
+                .bind(&new.account_email)
+                .bind(&new.scopes);
         }
         query.execute(&mut *conn).await?;
     }

@@ -98,7 +98,8 @@ impl Store {
             let mut tx = self.begin_write().await?;
             let rows: Vec<ClaimedColumns> = sqlx::query_as(&format!(
                 "UPDATE credentials SET lease_owner = $1, lease_until = $2 WHERE id IN (\
-               SELECT id FROM credentials WHERE auth_type = 'oauth2' AND status <> 'needs_reauth' \
+               SELECT id FROM credentials WHERE auth_type IN ('oauth2', 'oauth2_client_credentials', 'service_account') \
+               AND status <> 'needs_reauth' \
                AND expires_at IS NOT NULL \
                AND ((refresh_after IS NULL AND expires_at <= $3) OR refresh_after <= $4) \
                AND (lease_until IS NULL OR lease_until < $4) \
@@ -125,7 +126,8 @@ impl Store {
         self.timed(async move {
             let t = self.now();
             Ok(sqlx::query_scalar(
-                "SELECT COUNT(*) FROM credentials WHERE auth_type = 'oauth2' AND status <> 'needs_reauth' \
+                "SELECT COUNT(*) FROM credentials WHERE auth_type IN ('oauth2', 'oauth2_client_credentials', 'service_account') \
+             AND status <> 'needs_reauth' \
              AND expires_at IS NOT NULL AND ((refresh_after IS NULL AND expires_at <= $1) OR refresh_after <= $2)",
             )
             .bind(t + lead)

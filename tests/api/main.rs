@@ -21,6 +21,7 @@ mod idempotency;
 mod limits;
 mod liveness;
 mod mcp;
+mod minted;
 mod notifications;
 mod oauth;
 mod oauth_apps;

@@ -748,7 +748,7 @@ crate::both_backends!(google_sheets_connects_and_refreshes_like_google);
 
 /// Every provider file that declares `oauth2`, and where it is proven
 /// against a stand-in of its service.
-const PROVEN: [(&str, &str); 8] = [
+const PROVEN: [(&str, &str); 9] = [
     (
         "github",
         "provider_quirks::github_connects_names_the_user_and_refreshes_its_expiring_token",
@@ -768,6 +768,10 @@ const PROVEN: [(&str, &str); 8] = [
     (
         "mcp",
         "mcp::an_mcp_server_connects_through_discovery_registration_pkce_and_its_resource",
+    ),
+    (
+        "microsoft",
+        "minted::microsoft_delegated_connects_refreshes_with_rotation_and_names_the_account",
     ),
     (
         "notion",

@@ -34,6 +34,8 @@ pub fn type_words(kind: AuthKind) -> &'static str {
         AuthKind::ApiKey => "API key",
         AuthKind::UserPassword => "User and password",
         AuthKind::KeyFile => "Key file",
+        AuthKind::Oauth2ClientCredentials => "Client credentials",
+        AuthKind::ServiceAccount => "Service account key",
     }
 }
 
