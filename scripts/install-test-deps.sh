@@ -18,6 +18,8 @@
 #   tests/api/generated_client.rs drives.
 # - mcp (PyPI, pinned: the MCP Python SDK) for tests/api/mcp_server.py: the
 #   SDK's own authorization-server routes that the MCP connect tests run against.
+# - moto[server] (PyPI, pinned) for tests/api/moto_server.py: SES GetSendQuota
+#   behind moto's IAM authentication, a real SigV4 verifier.
 set -euo pipefail
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -110,6 +112,12 @@ fi
 # authorization-server routes (mcp.server.auth.routes); brings starlette and uvicorn.
 if ! python3 -c 'import importlib.metadata as m, sys; sys.exit(m.version("mcp") != "1.30.0")' >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'mcp==1.30.0'
+fi
+
+# The AWS stand-in (tests/api/moto_server.py): moto's server with IAM
+# authentication on; brings boto3, flask and werkzeug.
+if ! python3 -c 'import importlib.metadata as m, sys; import moto.server; sys.exit(m.version("moto") != "5.2.6")' >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'moto[server]==5.2.6'
 fi
 
 echo "install-test-deps: ok"

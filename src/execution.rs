@@ -214,7 +214,8 @@ async fn probe_mcp(
 }
 
 /// Providers whose connection test is code (the rest declare `[probe]`).
-const CODED_PROBES: [&str; 8] = [
+const CODED_PROBES: [&str; 9] = [
+    "aws_ses",
     "sftp",
     "postgresql",
     "openai",
@@ -258,6 +259,7 @@ pub async fn probe_fields(
         "telegram" => run_probe::<TelegramRequest>(ctx, org_id, fields).await,
         "smtp" => run_probe::<SmtpRequest>(ctx, org_id, fields).await,
         "imap" => run_probe::<ImapRequest>(ctx, org_id, fields).await,
+        "aws_ses" => run_probe::<crate::probes::ses::SesRequest>(ctx, org_id, fields).await,
         other => Err(Error::Conflict(
             "no_probe",
             format!("credgate has no connection test for provider {other}"),

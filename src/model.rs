@@ -22,6 +22,8 @@ pub enum AuthKind {
     Oauth2ClientCredentials,
     /// A Google service account key file that signs JWT assertions (RFC 7523).
     ServiceAccount,
+    /// An AWS access key that signs requests (Signature Version 4).
+    AwsSigv4,
 }
 
 impl AuthKind {
@@ -34,6 +36,7 @@ impl AuthKind {
             AuthKind::KeyFile => "key_file",
             AuthKind::Oauth2ClientCredentials => "oauth2_client_credentials",
             AuthKind::ServiceAccount => "service_account",
+            AuthKind::AwsSigv4 => "aws_sigv4",
         }
     }
 
@@ -58,6 +61,7 @@ impl AuthKind {
             Self::KeyFile,
             Self::Oauth2ClientCredentials,
             Self::ServiceAccount,
+            Self::AwsSigv4,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)

@@ -24,6 +24,8 @@ pub(super) struct Reply {
     pub headers: HeaderMap,
     /// The body as JSON, or `Null` when it is not JSON.
     pub json: Value,
+    /// The body as it came (at most [`MAX_BODY`] bytes): an XML answer.
+    pub raw: Vec<u8>,
 }
 
 /// Sends `request` (to `url`) after checking `url` against the
@@ -42,6 +44,7 @@ pub(super) async fn send(ctx: &ProbeContext, url: &Url, request: RequestBuilder)
         status,
         headers,
         json: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        raw: body,
     })
 }
 

@@ -29,6 +29,7 @@ mod mail_io;
 mod pg_target;
 mod pg_tls;
 pub mod postgres;
+pub mod ses;
 pub mod sftp;
 mod sftp_session;
 mod slots;

@@ -43,4 +43,5 @@ mod refresh;
 mod refresh_groups;
 mod secrecy_checks;
 mod secrets;
+mod ses;
 mod sharing;

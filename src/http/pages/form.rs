@@ -36,6 +36,7 @@ pub fn type_words(kind: AuthKind) -> &'static str {
         AuthKind::KeyFile => "Key file",
         AuthKind::Oauth2ClientCredentials => "Client credentials",
         AuthKind::ServiceAccount => "Service account key",
+        AuthKind::AwsSigv4 => "AWS access key",
     }
 }
 
