@@ -10,7 +10,8 @@ use crate::ids::CredentialId;
 use crate::model::{Access, AuthKind, Principal};
 use crate::providers::{validate_for, FieldError};
 use crate::store::{
-    AuditEvent, CredentialRow, IdempotencyRecord, NewCredential, Notification, PendingCreate, SecretWrite, StoreError,
+    AuditEvent, CredentialRow, IdempotencyRecord, MintedWrite, NewCredential, Notification, PendingCreate, SecretWrite,
+    StoreError,
 };
 
 /// A new credential as submitted. `Debug` shows field names only.
@@ -291,10 +292,27 @@ pub async fn update(
                 let validated =
                     validate_for(provider.generic, defs, fields, &changes.public).map_err(Error::Validation)?;
                 // OAuth tokens are not fields: they survive a fields update.
-                let old = CredentialSecrets::open(&ctx.vault, &row).await?;
+                // A minted credential's are minted again from the new fields
+                // (a 422 when they are refused, nothing written).
+                let (tokens, minted) = if kind.is_minted() {
+                    let first = mint_first(ctx, &row.provider, kind, &validated).await?;
+                    let write = MintedWrite {
+                        expires_at: first.expires_at,
+                        refresh_after: first.refresh_after,
+                        account_id: Some(first.minter.account_id.clone()),
+                        account_email: first.minter.account_email.clone(),
+                        scopes: first
+                            .scopes
+                            .as_ref()
+                            .map(|s| serde_json::to_string(s).expect("strings serialize")),
+                    };
+                    (Some(first.tokens), Some(write))
+                } else {
+                    (CredentialSecrets::open(&ctx.vault, &row).await?.tokens, None)
+                };
                 let secrets = CredentialSecrets {
                     fields: validated.secret,
-                    tokens: old.tokens,
+                    tokens,
                 };
                 let (secret_ct, key_version) = secrets.seal(&ctx.vault, org_id, id).await?;
                 Some(SecretWrite {
@@ -303,6 +321,7 @@ pub async fn update(
                     secret_ct,
                     key_version,
                     expected_version: row.secret_version,
+                    minted,
                 })
             }
         };

@@ -71,6 +71,7 @@ fn view(p: &Provider, own_apps: &[String]) -> ProviderView {
                         FieldKind::Url => "url",
                         FieldKind::Hostname => "hostname",
                         FieldKind::PrivateKey => "private_key",
+                        FieldKind::Json => "json",
                         FieldKind::Enum(_) => "enum",
                     },
                     default: f.default.clone(),

@@ -151,6 +151,7 @@ fn field(def: &FieldDef) -> Value {
                 FieldKind::Url => Some("absolute http(s) URL"),
                 FieldKind::Hostname => Some("host name or IP address"),
                 FieldKind::PrivateKey => Some("PEM or OpenSSH private key"),
+                FieldKind::Json => Some("a JSON object as text (a key file)"),
                 _ => None,
             };
             if let Some(f) = format {

@@ -24,6 +24,8 @@ pub enum FieldKind {
     Hostname,
     /// A PEM or OpenSSH private key.
     PrivateKey,
+    /// A JSON object given as text (a key file), at most `max_length`.
+    Json,
     /// One of a fixed list of values.
     Enum(Vec<String>),
 }
@@ -149,6 +151,9 @@ impl FieldDef {
             FieldKind::Hostname if !hostname_ok(&s) => return Err("must be a host name or IP address".into()),
             FieldKind::PrivateKey if !private_key_ok(&s) => {
                 return Err("must be a PEM or OpenSSH private key (-----BEGIN … PRIVATE KEY-----)".into())
+            }
+            FieldKind::Json if !serde_json::from_str::<Value>(&s).is_ok_and(|v| v.is_object()) => {
+                return Err("must be a JSON object (the key file's contents)".into())
             }
             FieldKind::Enum(values) if !values.contains(&s) => {
                 return Err(format!("must be one of: {}", values.join(", ")))

@@ -418,6 +418,7 @@ fn build_field(f: RawField) -> Result<FieldDef, (String, String)> {
         "url" => FieldKind::Url,
         "hostname" => FieldKind::Hostname,
         "private_key" => FieldKind::PrivateKey,
+        "json" => FieldKind::Json,
         "enum" if !f.values.is_empty() => FieldKind::Enum(f.values.clone()),
         "enum" => return Err(("values".into(), "an enum field needs values".into())),
         other => return Err(("type".into(), format!("unknown field type {other:?}"))),

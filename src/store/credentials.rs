@@ -44,6 +44,20 @@ pub struct SecretWrite {
     pub secret_ct: String,
     pub key_version: i64,
     pub expected_version: i64,
+    /// A minted credential's new first token (its fields replaced): the
+    /// credential is `active` again, with this expiry and account.
+    pub minted: Option<MintedWrite>,
+}
+
+/// What a new mint sets on a credential beside its sealed token.
+#[derive(Debug, Clone)]
+pub struct MintedWrite {
+    pub expires_at: Option<i64>,
+    pub refresh_after: Option<i64>,
+    pub account_id: Option<String>,
+    pub account_email: Option<String>,
+    /// JSON array.
+    pub scopes: Option<String>,
 }
 
 impl Store {
@@ -123,6 +137,23 @@ impl Store {
                 } else {
                     StoreError::NotFound
                 });
+            }
+            if let Some(m) = secrets.and_then(|s| s.minted.as_ref()) {
+                sqlx::query(
+                    "UPDATE credentials SET expires_at = $3, refresh_after = $4, account_id = $5, \
+                     account_email = $6, scopes = $7, status = $8, last_error = NULL, refresh_failures = 0 \
+                     WHERE org_id = $1 AND id = $2",
+                )
+                .bind(org_id)
+                .bind(id)
+                .bind(m.expires_at)
+                .bind(m.refresh_after)
+                .bind(&m.account_id)
+                .bind(&m.account_email)
+                .bind(&m.scopes)
+                .bind(CredentialStatus::Active.as_str())
+                .execute(&mut *tx)
+                .await?;
             }
             audit::insert(&mut tx, event, t).await?;
             let raw: CredentialColumns = sqlx::query_as(&format!(

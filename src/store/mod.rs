@@ -39,7 +39,7 @@ pub use admin::{CounterFix, OrgSummary, Repair};
 pub use api_keys::{ApiKeyInfo, ApiKeyRow, KeyRef};
 pub use audit::{AuditEvent, AuditRow, Usage};
 pub use creates::PendingCreate;
-pub use credentials::{NewCredential, SecretWrite};
+pub use credentials::{MintedWrite, NewCredential, SecretWrite};
 pub use error::StoreError;
 pub use idempotency::{IdempotencyRecord, KeptRequest, IDEMPOTENCY_TTL_SECS};
 pub use listing::{CredentialFilter, CredentialPage, ListedCredential, Served, Viewer};

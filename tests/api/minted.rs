@@ -208,6 +208,27 @@ async fn client_credentials_mint_on_create_and_test_and_again_before_expiry(back
     let (_, listed) = app
         .call(Method::GET, "/integrations/credentials", &app.org.admin, None)
         .await;
+    let patch = |secret: &str| {
+        json!({"fields": {"token_url": format!("{}/token", endpoint.base), "client_id": "machine-1",
+                          "client_secret": secret, "scopes": "read write"}})
+    };
+    let (still_wrong, still_wrong_problem) = app
+        .call(
+            Method::PATCH,
+            &format!("/integrations/credentials/{id}"),
+            &app.org.admin,
+            Some(patch(&secret)),
+        )
+        .await;
+    let (fixed, fixed_view) = app
+        .call(
+            Method::PATCH,
+            &format!("/integrations/credentials/{id}"),
+            &app.org.admin,
+            Some(patch("rotated-elsewhere")),
+        )
+        .await;
+    let after_fix = resolve(&app, &id).await;
 
     assert_eq!(wrong, StatusCode::UNPROCESSABLE_ENTITY, "{wrong_problem}");
     assert_eq!(wrong_problem["errors"][0]["field"], "fields.client_secret");
@@ -245,6 +266,14 @@ async fn client_credentials_mint_on_create_and_test_and_again_before_expiry(back
         "the credential's own fault stops retries"
     );
     assert_eq!(listed["total"], 1, "the refused create stored nothing");
+    assert_eq!(still_wrong, StatusCode::UNPROCESSABLE_ENTITY, "{still_wrong_problem}");
+    assert_eq!(still_wrong_problem["errors"][0]["field"], "fields.client_secret");
+    assert_eq!(fixed, StatusCode::OK, "{fixed_view}");
+    assert_eq!(fixed_view["status"], "active", "new fields mint again and revive it");
+    assert_eq!(
+        after_fix["access_token"],
+        endpoint.with(|s| s.issued.last().unwrap().clone()).as_str()
+    );
     for text in [
         view.to_string(),
         after.to_string(),

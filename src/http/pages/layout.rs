@@ -118,7 +118,7 @@ pub fn field_input(def: &FieldDef, value: Option<&str>, errors: &[FieldError]) -
                         @for o in options { option value=(o) selected[value == Some(o.as_str())] { (o) } }
                     }
                 }
-                FieldKind::PrivateKey => {
+                FieldKind::PrivateKey | FieldKind::Json => {
                     textarea #(id) name=(name) rows="6" required[def.required] autocomplete="off" spellcheck="false"
                         aria-invalid=[error.map(|_| "true")] aria-describedby=[error.map(|_| &error_id)] {}
                 }
