@@ -213,3 +213,32 @@ impl Probe for SesRequest {
 pub async fn probe(ctx: &ProbeContext, org_id: &OrgId, req: &SesRequest) -> ProbeResult {
     run(ctx, org_id, req).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_prints_no_secret() {
+        let req: SesRequest = serde_json::from_value(json!({
+            "access_key_id": "AKIAEXAMPLEEXAMPLE", "secret_access_key": "SENTINEL-aws",
+            "session_token": "SENTINEL-session", "region": "us-east-1"
+        }))
+        .unwrap();
+
+        let printed = format!("{req:?}");
+
+        assert!(!printed.contains("SENTINEL"), "{printed}");
+        assert!(req.validate().is_ok());
+    }
+
+    #[test]
+    fn quota_figures_are_read_from_the_answer() {
+        let xml = "<GetSendQuotaResponse><GetSendQuotaResult><Max24HourSend>200.0</Max24HourSend>\
+                   <MaxSendRate>1.0</MaxSendRate><SentLast24Hours>3.0</SentLast24Hours></GetSendQuotaResult></GetSendQuotaResponse>";
+
+        assert_eq!(number(xml, "Max24HourSend"), json!(200.0));
+        assert_eq!(number(xml, "SentLast24Hours"), json!(3.0));
+        assert_eq!(number(xml, "Missing"), Value::Null);
+    }
+}

@@ -495,3 +495,45 @@ async fn microsoft_delegated_connects_refreshes_with_rotation_and_names_the_acco
     assert!(ms.access_valid(second["access_token"].as_str().unwrap()));
 }
 both_backends!(microsoft_delegated_connects_refreshes_with_rotation_and_names_the_account);
+
+async fn the_pages_offer_each_machine_credential_with_its_key_file_as_a_text_area(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let app = minted_app(&db).await;
+    let url = crate::pages::open_session(&app, &app.org.admin, json!({"user_id": "u-5", "purpose": "connect"})).await;
+    let (cookie, _) = crate::pages::sessions::cookie_and_csrf(&app, &url, "/connect").await;
+    let page = |path: &'static str| {
+        let (app, cookie) = (&app, cookie.clone());
+        async move {
+            app.client
+                .get(format!("{}{path}", app.base))
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+
+    let service_account = page("/connect/google_service_account").await;
+    let client_credentials = page("/connect/oauth2_client_credentials").await;
+    let ses = page("/connect/aws_ses").await;
+    let microsoft = page("/connect/microsoft?auth_type=oauth2_client_credentials").await;
+
+    assert!(service_account.contains("<textarea"), "{service_account}");
+    assert!(
+        service_account.contains(r#"name="f.service_account_json""#),
+        "{service_account}"
+    );
+    assert!(
+        client_credentials.contains(r#"name="f.client_secret""#) && client_credentials.contains(r#"type="password""#)
+    );
+    assert!(ses.contains(r#"name="f.secret_access_key""#) && ses.contains(r#"name="f.region""#));
+    assert!(microsoft.contains(r#"name="f.tenant""#), "{microsoft}");
+    assert!(
+        microsoft.contains("Connect Microsoft"),
+        "the delegated flow is offered too"
+    );
+}
+both_backends!(the_pages_offer_each_machine_credential_with_its_key_file_as_a_text_area);
