@@ -42,15 +42,31 @@ impl std::fmt::Debug for Resolved {
 /// `who` is the principal the engine acts for (its key's user, a user named
 /// in the request, or the organization); `use` is checked for it.
 pub async fn resolve(ctx: &Context, who: &Principal, id: &CredentialId, usage: &Usage) -> Result<Resolved, Error> {
+    resolve_as(ctx, who, id, usage, "credential.resolve", None).await
+}
+
+/// [`resolve`], audited as `action` with `detail` beside the workflow and
+/// run (the gateway's `credential.proxy`, with the method and path).
+pub async fn resolve_as(
+    ctx: &Context,
+    who: &Principal,
+    id: &CredentialId,
+    usage: &Usage,
+    action: &'static str,
+    detail: Option<Value>,
+) -> Result<Resolved, Error> {
     let (mut row, _) = access::authorize(ctx, who, id, Access::Use).await?;
     let org_id = &who.org_id;
     if row.auth_type.has_tokens() {
         row = ensure_fresh(ctx, row, ctx.config.resolve_margin_secs as i64).await?;
     }
     let secrets = CredentialSecrets::open(&ctx.vault, &row).await?;
-    let mut event = AuditEvent::success(org_id, &row.id, "credential.resolve", &who.actor());
-    if usage.workflow_id.is_some() || usage.run_id.is_some() {
-        event = event.with_detail(json!({"workflow_id": usage.workflow_id, "run_id": usage.run_id}));
+    let mut event = AuditEvent::success(org_id, &row.id, action, &who.actor());
+    if usage.workflow_id.is_some() || usage.run_id.is_some() || detail.is_some() {
+        let mut d = detail.unwrap_or_else(|| json!({}));
+        d["workflow_id"] = json!(usage.workflow_id);
+        d["run_id"] = json!(usage.run_id);
+        event = event.with_detail(d);
     }
     ctx.uses
         .submit(UseRecord {

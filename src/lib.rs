@@ -19,6 +19,7 @@ pub mod egress;
 pub mod error;
 pub mod execution;
 pub mod fifo;
+pub mod gateway;
 pub mod group_commit;
 pub mod http;
 pub mod ids;

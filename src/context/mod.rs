@@ -31,6 +31,9 @@ pub struct Context {
     /// The same behind the egress guard: for endpoints a person named (an
     /// MCP server's, and its authorization server's).
     pub guarded_http: reqwest::Client,
+    /// The gateway's client: guarded, a connect time limit, and no limit on
+    /// a whole call (a download may stream for long).
+    pub gateway_http: reqwest::Client,
     pub refresher: Arc<Refresher>,
     pub webhooks: Webhooks,
     pub metrics: Arc<Metrics>,

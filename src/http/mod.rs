@@ -13,6 +13,7 @@ pub mod ops;
 mod pages;
 mod probes;
 mod providers;
+mod proxy;
 pub mod ratelimit;
 mod schemas;
 mod secrets;
@@ -151,7 +152,8 @@ fn build(state: AppState, (router, doc): (Router<AppState>, utoipa::openapi::Ope
     let doc = Arc::new(openapi::exact(doc, &state.registry));
     let router = router
         .route("/openapi.json", get(move || async move { Json(doc.as_ref().clone()) }))
-        .merge(pages::router());
+        .merge(pages::router())
+        .merge(proxy::router());
     layered(state, router)
 }
 

@@ -69,6 +69,10 @@ struct RawProvider {
     /// person gives (RFC 9728, RFC 8414) and credgate registers itself
     /// there (RFC 7591); no fixed endpoints or client.
     discovery: Option<String>,
+    /// Headers the gateway adds to every call it makes for a credential of
+    /// this provider (`Notion-Version`, `anthropic-version`).
+    #[serde(default)]
+    proxy_headers: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -398,7 +402,15 @@ fn build(file: &Path, id: &str, raw: RawProvider) -> Result<Provider, ProviderFi
         }
         None => None,
     };
+    for (name, value) in &raw.proxy_headers {
+        let valid = reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_ok()
+            && reqwest::header::HeaderValue::from_str(value).is_ok();
+        if !valid {
+            return Err(err(&format!("proxy_headers.{name}"), "is not a valid HTTP header"));
+        }
+    }
     Ok(Provider {
+        proxy_headers: raw.proxy_headers,
         id: id.to_owned(),
         display_name: raw.display_name,
         auth_types,

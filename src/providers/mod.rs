@@ -158,6 +158,8 @@ pub struct Provider {
     pub probe: Option<ProbeSpec>,
     /// A generic provider (`custom`, `http`), checked partly in code.
     pub generic: Option<Generic>,
+    /// Headers the gateway adds to every call (`Notion-Version`).
+    pub proxy_headers: BTreeMap<String, String>,
 }
 
 impl Provider {

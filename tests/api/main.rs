@@ -12,6 +12,7 @@ mod cli;
 mod connections;
 mod credentials;
 mod durability;
+mod gateway;
 mod generated_client;
 mod generic;
 mod group_commit;

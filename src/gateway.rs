@@ -1,0 +1,248 @@
+//! The gateway: a call the engine makes to a service through credgate,
+//! which adds the credential's authentication, so the secret never leaves.
+//! Here: where a call may go (never off the credential's origin or above
+//! its base path), and what authenticates it; the HTTP half is
+//! `http::proxy`.
+
+use secrecy::ExposeSecret;
+use serde_json::{json, Map, Value};
+use url::Url;
+
+use crate::context::Context;
+use crate::error::Error;
+use crate::execution::{resolve_as, Resolved};
+use crate::ids::CredentialId;
+use crate::model::{AuthKind, Principal};
+use crate::providers::{FieldError, Generic, ProbeAuth, Provider};
+use crate::store::Usage;
+
+/// A call ready to send: the URL and the headers that authenticate it.
+/// `Debug` prints neither header values nor the query.
+pub struct Call {
+    pub url: Url,
+    /// Authentication and the provider's static headers (secret values).
+    pub headers: Vec<(String, String)>,
+    pub resolved: Resolved,
+}
+
+impl std::fmt::Debug for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call")
+            .field("host", &self.url.host_str())
+            .field("path", &self.url.path())
+            .field("headers", &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+fn refused(message: &str) -> Error {
+    Error::Validation(vec![FieldError::new("path", message)])
+}
+
+/// Checks the path the engine asked for (as it came, still percent-encoded)
+/// and returns its segments. Refused: an empty segment (`//host`), `.` or
+/// `..` in any spelling (`%2e%2e`), an encoded `/` or `\` (`%2f`, `%5c`),
+/// a backslash, `@`, `:` in the first segment (an absolute URL), control
+/// characters.
+pub fn safe_segments(raw: &str) -> Result<Vec<String>, Error> {
+    if raw.is_empty() {
+        return Ok(Vec::new());
+    }
+    if raw.len() > 4096 {
+        return Err(refused("is longer than 4096 characters"));
+    }
+    let mut segments = Vec::new();
+    for (i, segment) in raw.split('/').enumerate() {
+        let decoded = percent_encoding::percent_decode_str(segment)
+            .decode_utf8()
+            .map_err(|_| refused("is not valid UTF-8 once decoded"))?;
+        let bad = segment.is_empty() && i + 1 < raw.split('/').count()
+            || matches!(decoded.as_ref(), "." | "..")
+            || decoded.contains(['/', '\\', '@'])
+            || decoded.chars().any(char::is_control)
+            || (i == 0 && decoded.contains(':'));
+        if bad {
+            return Err(refused(
+                "must stay under the credential's base URL: no empty, `.` or `..` segments, encoded slashes, backslashes, `@` or a scheme",
+            ));
+        }
+        segments.push(segment.to_owned());
+    }
+    Ok(segments)
+}
+
+/// `base` with `segments` appended below its path, and `query`.
+fn join(base: &Url, segments: &[String], query: Option<&str>) -> Result<Url, Error> {
+    let mut url = base.clone();
+    let prefix = base.path().trim_end_matches('/');
+    let path = if segments.is_empty() {
+        base.path().to_owned()
+    } else {
+        format!("{prefix}/{}", segments.join("/"))
+    };
+    url.set_path(&path);
+    url.set_query(query.filter(|q| !q.is_empty()));
+    // What the URL parser made of it must still be under the base.
+    if url.origin() != base.origin() || !url.path().starts_with(prefix) {
+        return Err(refused("must stay under the credential's base URL"));
+    }
+    Ok(url)
+}
+
+fn text<'a>(fields: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
+    fields.get(name).and_then(Value::as_str).filter(|s| !s.is_empty())
+}
+
+fn base_url(provider: &Provider, resolved: &Resolved) -> Option<Url> {
+    let fields = &resolved.fields;
+    if provider.generic == Some(Generic::Http) {
+        return text(fields, "base_url").and_then(|u| Url::parse(u).ok());
+    }
+    if provider.oauth.as_ref().is_some_and(|o| o.dynamic_registration) {
+        return text(fields, "server_url").and_then(|u| Url::parse(u).ok());
+    }
+    let own = text(fields, "base_url").and_then(|u| Url::parse(u).ok());
+    own.or_else(|| provider.api_base_url.clone())
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+/// Header or query parameter pairs (name, value).
+type Pairs = Vec<(String, String)>;
+
+/// How the credential authenticates a call: headers, or a query parameter.
+fn authentication(provider: &Provider, resolved: &Resolved) -> Result<(Pairs, Option<(String, String)>), Error> {
+    let fields = &resolved.fields;
+    let unsupported = || {
+        Error::Conflict(
+            "proxy_unsupported",
+            format!(
+                "the gateway does not yet authenticate calls for {}",
+                provider.display_name
+            ),
+        )
+    };
+    if let Some(token) = &resolved.access_token {
+        return Ok((
+            vec![("authorization".into(), format!("Bearer {}", token.expose_secret()))],
+            None,
+        ));
+    }
+    if provider.generic == Some(Generic::Http) {
+        let field = |n: &str| text(fields, n).unwrap_or_default().to_owned();
+        return match text(fields, "scheme") {
+            Some("bearer") => Ok((
+                vec![("authorization".into(), format!("Bearer {}", field("token")))],
+                None,
+            )),
+            Some("header") => Ok((
+                vec![(field("header_name").to_ascii_lowercase(), field("header_value"))],
+                None,
+            )),
+            Some("basic") => Ok((
+                vec![("authorization".into(), basic(&field("username"), &field("password")))],
+                None,
+            )),
+            Some("query") => Ok((Vec::new(), Some((field("param_name"), field("param_value"))))),
+            _ => Err(unsupported()),
+        };
+    }
+    let (Some(probe), true) = (&provider.probe, resolved.row.auth_type == AuthKind::ApiKey) else {
+        return Err(unsupported());
+    };
+    let secret = probe
+        .secret
+        .as_deref()
+        .and_then(|s| text(fields, s))
+        .ok_or_else(unsupported)?
+        .to_owned();
+    match &probe.auth {
+        ProbeAuth::Bearer => Ok((vec![("authorization".into(), format!("Bearer {secret}"))], None)),
+        ProbeAuth::Header { name, prefix } => {
+            Ok((vec![(name.to_ascii_lowercase(), format!("{prefix}{secret}"))], None))
+        }
+        ProbeAuth::Basic { user } => Ok((vec![("authorization".into(), basic(user, &secret))], None)),
+        ProbeAuth::Query { param } => Ok((Vec::new(), Some((param.clone(), secret)))),
+        ProbeAuth::None | ProbeAuth::Body { .. } => Err(unsupported()),
+    }
+}
+
+/// Prepares `method path?query` through credential `id` for `who`: checks
+/// `use`, refreshes a token within the resolve margin, records the use
+/// durably (`credential.proxy`, the method and the path without its query),
+/// and returns the call. The path is checked before anything is read.
+pub async fn prepare(
+    ctx: &Context,
+    who: &Principal,
+    id: &CredentialId,
+    usage: &Usage,
+    (method, path, query): (&str, &str, Option<&str>),
+) -> Result<Call, Error> {
+    let segments = safe_segments(path)?;
+    let detail = json!({"method": method, "path": format!("/{path}")});
+    let resolved = resolve_as(ctx, who, id, usage, "credential.proxy", Some(detail)).await?;
+    let provider = ctx.registry.get(&resolved.row.provider).ok_or(Error::NotFound)?;
+    let base = base_url(provider, &resolved).ok_or_else(|| {
+        Error::Conflict(
+            "proxy_unsupported",
+            format!("{} has no base URL for the gateway", provider.display_name),
+        )
+    })?;
+    let (mut headers, query_auth) = authentication(provider, &resolved)?;
+    let mut url = join(&base, &segments, query)?;
+    if let Some((name, value)) = query_auth {
+        url.query_pairs_mut().append_pair(&name, &value);
+    }
+    for (name, value) in &provider.proxy_headers {
+        headers.push((name.to_ascii_lowercase(), value.clone()));
+    }
+    Ok(Call { url, headers, resolved })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_never_climb_or_leave_the_origin() {
+        for bad in [
+            "..",
+            "a/../../etc",
+            "%2e%2e/x",
+            "%2E%2E",
+            "a/%2f/b",
+            "a%2Fb",
+            "a%5cb",
+            "a\\b",
+            "/evil.example/x",
+            "a//b",
+            "@evil.example",
+            "x@evil.example",
+            "http:%2f%2fevil.example",
+            "https://evil.example/",
+            ".",
+            "a/./b",
+            "a%00b",
+        ] {
+            assert!(safe_segments(bad).is_err(), "{bad}");
+        }
+        for good in ["", "v1/users/me", "files/a%20b.txt", "a/search:q", "a/"] {
+            assert!(safe_segments(good).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn a_joined_url_stays_under_the_base_path() {
+        let base = Url::parse("https://api.example.com/v2/").unwrap();
+
+        let url = join(&base, &safe_segments("users/me").unwrap(), Some("a=1")).unwrap();
+
+        assert_eq!(url.as_str(), "https://api.example.com/v2/users/me?a=1");
+    }
+}

@@ -1,0 +1,262 @@
+//! `/integrations/credentials/{id}/proxy/{path…}`: the gateway's HTTP half.
+//! The engine's request goes to the credential's service with the
+//! credential's authentication added (see `gateway`); both bodies stream,
+//! with bounded memory. What the engine sent that could carry its own
+//! authority (`Authorization`, `Cookie`, `Host`, `Forwarded`,
+//! `X-Forwarded-*`, `Credgate-*`, hop-by-hop headers) is never forwarded;
+//! `Set-Cookie` is never returned; redirects are returned, not followed.
+//! credgate's own errors carry `Credgate-Error: 1`; the service's answers
+//! pass as they are.
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
+use futures::StreamExt;
+
+use super::error::ApiError;
+use super::extract::{Caller, RESOLVE};
+use super::AppState;
+use crate::credentials::check_user_id;
+use crate::providers::FieldError;
+use crate::store::Usage;
+
+/// Largest request body the gateway forwards (413 beyond).
+pub const MAX_PROXY_BODY: u64 = 64 * 1024 * 1024;
+
+/// The gateway's routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/integrations/credentials/{id}/proxy", any(proxy))
+        .route("/integrations/credentials/{id}/proxy/{*path}", any(proxy))
+}
+
+/// Request headers never forwarded (beside those named in `Connection`).
+const NOT_FORWARDED: [&str; 14] = [
+    "host",
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "forwarded",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-connection",
+    "x-real-ip",
+    "content-length",
+];
+
+/// Response headers never returned.
+const NOT_RETURNED: [&str; 10] = [
+    "set-cookie",
+    "set-cookie2",
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-connection",
+];
+
+fn named_in_connection(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all("connection")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .collect()
+}
+
+fn forwarded(name: &HeaderName, extra: &[String]) -> bool {
+    let n = name.as_str();
+    !(NOT_FORWARDED.contains(&n)
+        || n.starts_with("x-forwarded-")
+        || n.starts_with("credgate-")
+        || extra.iter().any(|e| e == n))
+}
+
+/// credgate's own error, marked as such.
+fn own(error: impl IntoResponse) -> Response {
+    let mut response = error.into_response();
+    response
+        .headers_mut()
+        .insert("credgate-error", HeaderValue::from_static("1"));
+    response
+}
+
+fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+async fn proxy(
+    State(state): State<AppState>,
+    caller: Result<Caller, ApiError>,
+    Path(params): Path<Vec<(String, String)>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match forward(state, caller, params, method, uri, headers, body).await {
+        Ok(response) => response,
+        Err(e) => own(e),
+    }
+}
+
+async fn forward(
+    state: AppState,
+    caller: Result<Caller, ApiError>,
+    params: Vec<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let caller = caller?;
+    let id = params
+        .iter()
+        .find(|(k, _)| k == "id")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    caller.require(&state, RESOLVE, Some(&id)).await?;
+    let mut errors = Vec::new();
+    let mut user = None;
+    let mut usage = Usage::default();
+    for (header, field) in [
+        ("credgate-user-id", "Credgate-User-Id"),
+        ("credgate-workflow-id", "Credgate-Workflow-Id"),
+        ("credgate-run-id", "Credgate-Run-Id"),
+    ] {
+        let Some(value) = header_text(&headers, header) else {
+            continue;
+        };
+        match check_user_id(field, &value) {
+            Err(e) => errors.push(e),
+            Ok(v) if header == "credgate-user-id" => user = Some(v),
+            Ok(_) if header == "credgate-workflow-id" => usage.workflow_id = Some(value),
+            Ok(_) => usage.run_id = Some(value),
+        }
+    }
+    if let (Some(own), Some(other)) = (&caller.user_id, &user) {
+        if own != other {
+            errors.push(FieldError::new(
+                "Credgate-User-Id",
+                "this engine key acts for its own user only",
+            ));
+        }
+    }
+    let too_large = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > MAX_PROXY_BODY);
+    if too_large {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    // The path as it came, still percent-encoded: `..` in any spelling is
+    // refused, never normalized away.
+    let prefix = format!("/integrations/credentials/{id}/proxy");
+    let raw = uri.path().strip_prefix(&prefix).unwrap_or_default();
+    let raw = raw.strip_prefix('/').unwrap_or(raw);
+    let principal = caller.for_user(caller.user_id.clone().or(user));
+    let credential = super::credentials::parse_id(&id)?;
+    let call = crate::gateway::prepare(
+        &state,
+        &principal,
+        &credential,
+        &usage,
+        (method.as_str(), raw, uri.query()),
+    )
+    .await?;
+    state.probes.egress.check_url(&call.url).map_err(|_| {
+        ApiError::Conflict(
+            "egress_denied",
+            "credgate is not allowed to reach this credential's service".into(),
+        )
+    })?;
+    let extra = named_in_connection(&headers);
+    let mut request = state.gateway_http.request(method.clone(), call.url.clone());
+    for (name, value) in headers.iter() {
+        if forwarded(name, &extra) {
+            request = request.header(name, value);
+        }
+    }
+    for (name, value) in &call.headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    if let Some(length) = headers.get("content-length") {
+        request = request.header("content-length", length);
+    }
+    let mut sent: u64 = 0;
+    let stream = body.into_data_stream().map(move |chunk| {
+        let chunk = chunk.map_err(std::io::Error::other)?;
+        sent += chunk.len() as u64;
+        if sent > MAX_PROXY_BODY {
+            return Err(std::io::Error::other(
+                "the request body is larger than the gateway forwards",
+            ));
+        }
+        Ok(chunk)
+    });
+    let started = Instant::now();
+    let upstream = request
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .map_err(|e| {
+            let e = e.without_url();
+            let denied = {
+                let mut source = std::error::Error::source(&e);
+                let mut found = false;
+                while let Some(s) = source {
+                    found |= s.downcast_ref::<crate::egress::EgressError>().is_some();
+                    source = s.source();
+                }
+                found
+            };
+            if denied {
+                ApiError::Conflict(
+                    "egress_denied",
+                    "credgate is not allowed to reach this credential's service".into(),
+                )
+            } else if e.is_timeout() {
+                ApiError::Provider("the service did not answer in time".into())
+            } else {
+                ApiError::Provider("the service could not be reached".into())
+            }
+        })?;
+    let status = upstream.status();
+    tracing::info!(
+        credential = %credential,
+        provider = %call.resolved.row.provider,
+        method = %method,
+        status = status.as_u16(),
+        latency_ms = started.elapsed().as_millis() as u64,
+        "gateway call"
+    );
+    let mut response = Response::builder().status(status.as_u16());
+    let extra = named_in_connection(upstream.headers());
+    for (name, value) in upstream.headers() {
+        let n = name.as_str();
+        if !NOT_RETURNED.contains(&n) && !extra.iter().any(|e| e == n) {
+            response = response.header(name, value);
+        }
+    }
+    let body = Body::from_stream(upstream.bytes_stream());
+    response
+        .body(body)
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("the service's answer could not be relayed: {e}")))
+}

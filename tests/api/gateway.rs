@@ -1,0 +1,282 @@
+//! The gateway: the engine's calls go to the credential's service with its
+//! authentication added; a loopback stand-in records what arrives.
+
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, Method as AxumMethod, StatusCode as AxumStatus};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::both_backends;
+use crate::helpers::{captured_logs, sentinel, test_config, TestApp, TestDb};
+
+#[derive(Clone, Default)]
+struct Seen(Arc<Mutex<Vec<Value>>>);
+
+async fn record(
+    State(seen): State<Seen>,
+    method: AxumMethod,
+    Path(path): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let names: serde_json::Map<String, Value> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), json!(v.to_str().unwrap_or(""))))
+        .collect();
+    seen.0
+        .lock()
+        .unwrap()
+        .push(json!({"method": method.as_str(), "path": path, "query": query,
+        "headers": names, "body": String::from_utf8_lossy(&body)}));
+    if path == "redirect" {
+        return (AxumStatus::FOUND, [("location", "http://elsewhere.example/")], "").into_response();
+    }
+    (
+        AxumStatus::CREATED,
+        [
+            ("set-cookie", "session=upstream"),
+            ("x-upstream", "1"),
+            ("retry-after", "7"),
+        ],
+        "made",
+    )
+        .into_response()
+}
+
+async fn upstream() -> (String, Seen) {
+    let seen = Seen::default();
+    let app = Router::new().route("/v2/{*path}", any(record)).with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, seen)
+}
+
+async fn gateway_app(db: &TestDb) -> TestApp {
+    let mut config = test_config(db);
+    config.egress_allow = "127.0.0.0/8".into();
+    TestApp::spawn_with(config).await
+}
+
+async fn http_credential(app: &TestApp, base: &str, fields: Value) -> String {
+    let mut all = json!({"base_url": format!("{base}/v2")});
+    all.as_object_mut().unwrap().extend(fields.as_object().unwrap().clone());
+    let body = json!({"name": "Service", "provider": "http", "auth_type": "api_key", "fields": all});
+    let (status, created) = app
+        .call(Method::POST, "/integrations/credentials", &app.org.admin, Some(body))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    created["id"].as_str().unwrap().to_owned()
+}
+
+async fn a_call_carries_the_credentials_authentication_and_nothing_of_the_engines(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let (base, seen) = upstream().await;
+    let app = gateway_app(&db).await;
+    let token = sentinel();
+    let id = http_credential(&app, &base, json!({"scheme": "bearer", "token": token})).await;
+
+    let answer = app
+        .client
+        .post(format!(
+            "{}/integrations/credentials/{id}/proxy/items/1?x=1&y=two",
+            app.base
+        ))
+        .bearer_auth(&app.org.engine)
+        .header("cookie", "engine=secret")
+        .header("x-forwarded-for", "10.0.0.1")
+        .header("forwarded", "for=10.0.0.1")
+        .header("credgate-workflow-id", "wf-9")
+        .header("credgate-run-id", "run-3")
+        .header("x-custom", "yes")
+        .header("content-type", "text/plain")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status();
+    let answer_headers = answer.headers().clone();
+    let answer_body = answer.text().await.unwrap();
+    let redirect = app
+        .client
+        .get(format!("{}/integrations/credentials/{id}/proxy/redirect", app.base))
+        .bearer_auth(&app.org.engine)
+        .send()
+        .await
+        .unwrap();
+    let (_, audit) = app
+        .call(
+            Method::GET,
+            &format!("/integrations/credentials/{id}/audit"),
+            &app.org.admin,
+            None,
+        )
+        .await;
+    let calls = seen.0.lock().unwrap().clone();
+
+    assert_eq!(status, StatusCode::CREATED, "the service's status passes");
+    assert_eq!(answer_body, "made");
+    assert_eq!(answer_headers["x-upstream"], "1");
+    assert_eq!(answer_headers["retry-after"], "7");
+    assert!(
+        answer_headers.get("set-cookie").is_none(),
+        "Set-Cookie is never returned"
+    );
+    assert!(answer_headers.get("credgate-error").is_none());
+    let call = &calls[0];
+    assert_eq!(call["method"], "POST");
+    assert_eq!(call["path"], "items/1");
+    assert_eq!(call["query"], "x=1&y=two");
+    assert_eq!(call["body"], "hello");
+    assert_eq!(call["headers"]["authorization"], format!("Bearer {token}"));
+    assert_eq!(call["headers"]["x-custom"], "yes");
+    for never in [
+        "cookie",
+        "x-forwarded-for",
+        "forwarded",
+        "credgate-workflow-id",
+        "credgate-run-id",
+    ] {
+        assert!(call["headers"].get(never).is_none(), "{never} was forwarded: {call}");
+    }
+    assert_eq!(
+        redirect.status(),
+        StatusCode::FOUND,
+        "a redirect is returned, not followed"
+    );
+    assert_eq!(redirect.headers()["location"], "http://elsewhere.example/");
+    assert_eq!(calls.len(), 2);
+    let uses: Vec<&Value> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "credential.proxy")
+        .collect();
+    assert_eq!(uses.len(), 2, "{audit}");
+    let post = uses.iter().find(|e| e["detail"]["method"] == "POST").unwrap();
+    assert_eq!(post["detail"]["path"], "/items/1", "the path without its query");
+    assert_eq!(post["detail"]["workflow_id"], "wf-9");
+    assert!(!captured_logs().contains(&token), "the token in a log line");
+}
+both_backends!(a_call_carries_the_credentials_authentication_and_nothing_of_the_engines);
+
+/// A GET sent as raw HTTP/1.1 with the engine's key: the status and the
+/// head, lowercased.
+async fn raw_get(app: &TestApp, target: &str) -> (StatusCode, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let request = format!(
+        "GET {target} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        app.org.engine
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    let head = text.split("\r\n\r\n").next().unwrap_or_default().to_owned();
+    let code: u16 = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (StatusCode::from_u16(code).unwrap(), head)
+}
+
+async fn a_path_never_leaves_the_credentials_base_and_own_errors_say_so(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let (base, seen) = upstream().await;
+    let app = gateway_app(&db).await;
+    let id = http_credential(
+        &app,
+        &base,
+        json!({"scheme": "query", "param_name": "key", "param_value": "qv"}),
+    )
+    .await;
+
+    // Sent as raw HTTP: a URL library would resolve the dot segments (even
+    // `%2e%2e`) before sending, and the point is what a raw client can send.
+    let mut refusals = Vec::new();
+    for path in [
+        "..",
+        "a/../../x",
+        "./x",
+        "%2e%2e/x",
+        "a%2fb",
+        "a%5cb",
+        "//evil.example/x",
+        "@evil.example",
+        "http:%2f%2fevil.example",
+        "a/%2E%2E/%2E%2E/x",
+    ] {
+        let (status, head) = raw_get(&app, &format!("/integrations/credentials/{id}/proxy/{path}")).await;
+        refusals.push((path, status, head.contains("credgate-error: 1").then_some("1")));
+    }
+    let member = app
+        .client
+        .get(format!("{}/integrations/credentials/{id}/proxy/ok", app.base))
+        .bearer_auth(&app.org.member)
+        .send()
+        .await
+        .unwrap();
+    let good = app
+        .client
+        .get(format!("{}/integrations/credentials/{id}/proxy/ok?a=1", app.base))
+        .bearer_auth(&app.org.engine)
+        .send()
+        .await
+        .unwrap();
+    let calls = seen.0.lock().unwrap().clone();
+
+    for (path, status, marker) in &refusals {
+        assert_eq!(*status, StatusCode::UNPROCESSABLE_ENTITY, "{path}");
+        assert_eq!(*marker, Some("1"), "{path}");
+    }
+    assert_eq!(member.status(), StatusCode::FORBIDDEN);
+    assert_eq!(member.headers()["credgate-error"], "1");
+    assert_eq!(good.status(), StatusCode::CREATED);
+    assert_eq!(calls.len(), 1, "only the good call reached the service: {calls:?}");
+    assert_eq!(calls[0]["path"], "ok");
+    assert_eq!(calls[0]["query"], "a=1&key=qv", "the query placement");
+}
+both_backends!(a_path_never_leaves_the_credentials_base_and_own_errors_say_so);
+
+async fn an_oauth_credential_is_called_with_its_access_token(backend: crate::helpers::Backend) {
+    use crate::oauth::{connect, oauth_app};
+    use crate::oauth_server::{AuthServer, Flavor};
+    let db = TestDb::new(backend).await;
+    let (base, seen) = upstream().await;
+    let google = AuthServer::start(Flavor::Google).await;
+    let app = oauth_app(&db, &[(&google, "google")], |c| {
+        c.egress_allow = "127.0.0.0/8".into();
+        c.provider_overrides
+            .insert("CREDGATE_PROVIDER_GOOGLE_API_BASE_URL".into(), format!("{base}/v2"));
+    })
+    .await;
+    let id = connect(&app, "google", "").await["credential_id"].clone();
+
+    let res = app
+        .client
+        .get(format!(
+            "{}/integrations/credentials/{id}/proxy/drive/v3/files",
+            app.base
+        ))
+        .bearer_auth(&app.org.engine)
+        .send()
+        .await
+        .unwrap();
+    let calls = seen.0.lock().unwrap().clone();
+    let authorization = calls[0]["headers"]["authorization"].as_str().unwrap().to_owned();
+
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert_eq!(calls[0]["path"], "drive/v3/files");
+    assert!(authorization.starts_with("Bearer "));
+    assert!(
+        google.access_valid(authorization.trim_start_matches("Bearer ")),
+        "the credential's own token"
+    );
+}
+both_backends!(an_oauth_credential_is_called_with_its_access_token);
