@@ -205,6 +205,26 @@ pub async fn prepare(
     Ok(Call { url, headers, resolved })
 }
 
+pub use crate::context::{GatewaySlots as Slots, MAX_CALLS_PER_CREDENTIAL};
+
+/// After the service refused the token (401): one refresh now, and the
+/// new `Authorization` header; `None` for a credential without tokens or
+/// a refresh that failed.
+pub async fn renewed_authorization(ctx: &Context, call: &Call) -> Option<String> {
+    let row = &call.resolved.row;
+    if !row.auth_type.has_tokens() {
+        return None;
+    }
+    let row = crate::oauth::refresh::refresh_credential(ctx, &row.org_id, &row.id, crate::oauth::refresh::Mode::Now)
+        .await
+        .ok()?;
+    let tokens = crate::credentials::CredentialSecrets::open(&ctx.vault, &row)
+        .await
+        .ok()?
+        .tokens?;
+    Some(format!("Bearer {}", tokens.access_token.expose_secret()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

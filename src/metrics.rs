@@ -36,6 +36,14 @@ pub struct ProviderLabels {
     pub provider: String,
 }
 
+/// Labels of a gateway call: the provider and the service's status class
+/// (`2xx` … `5xx`, or `failed` when no answer came).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GatewayLabels {
+    pub provider: String,
+    pub status_class: String,
+}
+
 /// Metric families only a process that runs the refresh worker exports.
 const WORKER_ONLY: [&str; 2] = [
     "credgate_worker_last_step_timestamp_seconds",
@@ -53,6 +61,10 @@ pub struct Metrics {
     pub refresh_attempts: Family<RefreshLabels, Counter>,
     /// `credgate_token_refresh_duration_seconds{provider}`.
     pub refresh_latency: Family<ProviderLabels, Histogram>,
+    /// Gateway calls by provider and the service's status class.
+    pub gateway_calls: Family<GatewayLabels, Counter>,
+    /// Time to the service's answer (its head), by provider.
+    pub gateway_latency: Family<ProviderLabels, Histogram>,
     /// `credgate_token_refresh_backlog`: due but not yet refreshed.
     pub refresh_backlog: Gauge,
     /// `credgate_worker_last_step_timestamp_seconds`: when this process's
@@ -99,6 +111,20 @@ impl Default for Metrics {
             Histogram::new(exponential_buckets(0.005, 2.0, 12))
         });
         let refresh_backlog = Gauge::default();
+        let gateway_calls = Family::<GatewayLabels, Counter>::default();
+        let gateway_latency = Family::<ProviderLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        registry.register(
+            "gateway_calls",
+            "Gateway calls by provider and the service's status class",
+            gateway_calls.clone(),
+        );
+        registry.register(
+            "gateway_upstream_duration_seconds",
+            "Time to the service's answer through the gateway",
+            gateway_latency.clone(),
+        );
         registry.register(
             "token_refresh_attempts",
             "Token refresh attempts by provider and outcome",
@@ -156,6 +182,8 @@ impl Default for Metrics {
             latency,
             refresh_attempts,
             refresh_latency,
+            gateway_calls,
+            gateway_latency,
             refresh_backlog,
             worker_last_step,
             api_key_lookups,

@@ -107,6 +107,7 @@ pub fn context(services: Services) -> anyhow::Result<Context> {
     Ok(Context {
         guarded_http,
         gateway_http,
+        gateway: Arc::default(),
         probes: Arc::new(probes),
         metrics: Arc::new(Metrics::default()),
         refresher: Arc::new(Refresher::new(

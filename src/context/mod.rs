@@ -1,11 +1,13 @@
 //! The domain context: everything the credential service, the OAuth flow,
 //! the refresher, the worker and the CLI run on — and nothing about HTTP.
 
+mod gateway_slots;
 mod refresher;
 mod worker_health;
 
 use std::sync::Arc;
 
+pub use gateway_slots::{GatewaySlots, MAX_CALLS_PER_CREDENTIAL};
 pub use refresher::Refresher;
 pub use worker_health::{WorkerHealth, STUCK_AFTER_SECS};
 
@@ -34,6 +36,8 @@ pub struct Context {
     /// The gateway's client: guarded, a connect time limit, and no limit on
     /// a whole call (a download may stream for long).
     pub gateway_http: reqwest::Client,
+    /// The gateway's per-credential caps in this process.
+    pub gateway: Arc<GatewaySlots>,
     pub refresher: Arc<Refresher>,
     pub webhooks: Webhooks,
     pub metrics: Arc<Metrics>,

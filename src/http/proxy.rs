@@ -181,25 +181,39 @@ async fn forward(
         (method.as_str(), raw, uri.query()),
     )
     .await?;
-    state.probes.egress.check_url(&call.url).map_err(|_| {
+    let permit = state
+        .gateway
+        .try_take(&credential)
+        .ok_or(ApiError::RateLimited { retry_after_secs: 1 })?;
+    let denied = || {
         ApiError::Conflict(
             "egress_denied",
             "credgate is not allowed to reach this credential's service".into(),
         )
-    })?;
+    };
+    state.probes.egress.check_url(&call.url).map_err(|_| denied())?;
     let extra = named_in_connection(&headers);
-    let mut request = state.gateway_http.request(method.clone(), call.url.clone());
-    for (name, value) in headers.iter() {
-        if forwarded(name, &extra) {
-            request = request.header(name, value);
+    let build = |authorization: Option<&str>| {
+        let mut request = state.gateway_http.request(method.clone(), call.url.clone());
+        for (name, value) in headers.iter() {
+            if forwarded(name, &extra) {
+                request = request.header(name, value);
+            }
         }
-    }
-    for (name, value) in &call.headers {
-        request = request.header(name.as_str(), value.as_str());
-    }
-    if let Some(length) = headers.get("content-length") {
-        request = request.header("content-length", length);
-    }
+        for (name, value) in &call.headers {
+            match (name.as_str(), authorization) {
+                ("authorization", Some(renewed)) => request = request.header("authorization", renewed),
+                _ => request = request.header(name.as_str(), value.as_str()),
+            }
+        }
+        if let Some(length) = headers.get("content-length") {
+            request = request.header("content-length", length);
+        }
+        request
+    };
+    // A call without a body can be sent again after one refresh: the
+    // service may have revoked a token credgate still thought valid.
+    let bodiless = axum::body::HttpBody::size_hint(&body).exact() == Some(0);
     let mut sent: u64 = 0;
     let stream = body.into_data_stream().map(move |chunk| {
         let chunk = chunk.map_err(std::io::Error::other)?;
@@ -211,37 +225,64 @@ async fn forward(
         }
         Ok(chunk)
     });
+    let request = if bodiless {
+        build(None)
+    } else {
+        build(None).body(reqwest::Body::wrap_stream(stream))
+    };
     let started = Instant::now();
-    let upstream = request
-        .body(reqwest::Body::wrap_stream(stream))
-        .send()
-        .await
-        .map_err(|e| {
+    let mut upstream = request.send().await;
+    if bodiless
+        && upstream
+            .as_ref()
+            .is_ok_and(|r| r.status() == reqwest::StatusCode::UNAUTHORIZED)
+    {
+        if let Some(renewed) = crate::gateway::renewed_authorization(&state, &call).await {
+            upstream = build(Some(&renewed)).send().await;
+        }
+    }
+    let provider = call.resolved.row.provider.clone();
+    let count = |class: String| {
+        state
+            .metrics
+            .gateway_calls
+            .get_or_create(&crate::metrics::GatewayLabels {
+                provider: provider.clone(),
+                status_class: class,
+            })
+            .inc();
+    };
+    let upstream = match upstream {
+        Ok(r) => r,
+        Err(e) => {
+            count("failed".into());
             let e = e.without_url();
-            let denied = {
-                let mut source = std::error::Error::source(&e);
-                let mut found = false;
-                while let Some(s) = source {
-                    found |= s.downcast_ref::<crate::egress::EgressError>().is_some();
-                    source = s.source();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                if s.downcast_ref::<crate::egress::EgressError>().is_some() {
+                    return Err(denied());
                 }
-                found
-            };
-            if denied {
-                ApiError::Conflict(
-                    "egress_denied",
-                    "credgate is not allowed to reach this credential's service".into(),
-                )
-            } else if e.is_timeout() {
-                ApiError::Provider("the service did not answer in time".into())
-            } else {
-                ApiError::Provider("the service could not be reached".into())
+                source = s.source();
             }
-        })?;
+            return Err(ApiError::Provider(if e.is_timeout() {
+                "the service did not answer in time".into()
+            } else {
+                "the service could not be reached".into()
+            }));
+        }
+    };
     let status = upstream.status();
+    count(format!("{}xx", status.as_u16() / 100));
+    state
+        .metrics
+        .gateway_latency
+        .get_or_create(&crate::metrics::ProviderLabels {
+            provider: provider.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
     tracing::info!(
         credential = %credential,
-        provider = %call.resolved.row.provider,
+        provider = %provider,
         method = %method,
         status = status.as_u16(),
         latency_ms = started.elapsed().as_millis() as u64,
@@ -255,7 +296,11 @@ async fn forward(
             response = response.header(name, value);
         }
     }
-    let body = Body::from_stream(upstream.bytes_stream());
+    // The slot is held until the answer has streamed to the engine.
+    let body = Body::from_stream(upstream.bytes_stream().map(move |chunk| {
+        let _held = &permit;
+        chunk
+    }));
     response
         .body(body)
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("the service's answer could not be relayed: {e}")))

@@ -35,6 +35,17 @@ async fn record(
         .unwrap()
         .push(json!({"method": method.as_str(), "path": path, "query": query,
         "headers": names, "body": String::from_utf8_lossy(&body)}));
+    if path == "slow" {
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    }
+    if path == "once401" {
+        let token = names.get("authorization").cloned().unwrap_or_default();
+        let calls = seen.0.lock().unwrap().len();
+        if calls == 1 {
+            seen.0.lock().unwrap()[0]["first_token"] = token;
+            return (AxumStatus::UNAUTHORIZED, "expired").into_response();
+        }
+    }
     if path == "redirect" {
         return (AxumStatus::FOUND, [("location", "http://elsewhere.example/")], "").into_response();
     }
@@ -280,3 +291,99 @@ async fn an_oauth_credential_is_called_with_its_access_token(backend: crate::hel
     );
 }
 both_backends!(an_oauth_credential_is_called_with_its_access_token);
+
+async fn a_refused_token_is_refreshed_once_and_the_call_sent_again(backend: crate::helpers::Backend) {
+    use crate::oauth::{connect, oauth_app};
+    use crate::oauth_server::{AuthServer, Flavor};
+    let db = TestDb::new(backend).await;
+    let (base, seen) = upstream().await;
+    let ms = AuthServer::start(Flavor::Microsoft).await;
+    let app = oauth_app(&db, &[(&ms, "microsoft")], |c| {
+        c.egress_allow = "127.0.0.0/8".into();
+        c.provider_overrides
+            .insert("CREDGATE_PROVIDER_MICROSOFT_API_BASE_URL".into(), format!("{base}/v2"));
+    })
+    .await;
+    let id = connect(&app, "microsoft", "").await["credential_id"].clone();
+
+    let res = app
+        .client
+        .get(format!("{}/integrations/credentials/{id}/proxy/once401", app.base))
+        .bearer_auth(&app.org.engine)
+        .send()
+        .await
+        .unwrap();
+    let calls = seen.0.lock().unwrap().clone();
+
+    assert_eq!(res.status(), StatusCode::CREATED, "answered after one refresh");
+    assert_eq!(calls.len(), 2, "sent twice");
+    assert_ne!(
+        calls[0]["headers"]["authorization"],
+        calls[1]["headers"]["authorization"]
+    );
+    assert_eq!(ms.with(|i| i.refresh_grants), 1, "one refresh");
+}
+both_backends!(a_refused_token_is_refreshed_once_and_the_call_sent_again);
+
+async fn too_large_bodies_and_too_many_calls_at_once_are_refused(backend: crate::helpers::Backend) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDb::new(backend).await;
+    let (base, seen) = upstream().await;
+    let app = gateway_app(&db).await;
+    let id = http_credential(&app, &base, json!({"scheme": "bearer", "token": "t"})).await;
+
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let request = format!(
+        "POST /integrations/credentials/{id}/proxy/upload HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
+         Content-Length: 100000000\r\nConnection: close\r\n\r\n",
+        app.org.engine
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = stream.read(&mut answer).await.unwrap();
+    let head = String::from_utf8_lossy(&answer[..n]).to_ascii_lowercase();
+    let calls = (0..crate_max() + 1).map(|_| {
+        app.client
+            .get(format!("{}/integrations/credentials/{id}/proxy/slow", app.base))
+            .bearer_auth(&app.org.engine)
+            .send()
+    });
+    let answers = futures::future::join_all(calls).await;
+    let statuses: Vec<StatusCode> = answers.iter().map(|r| r.as_ref().unwrap().status()).collect();
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+
+    assert!(head.starts_with("http/1.1 413"), "{head}");
+    assert!(head.contains("credgate-error: 1"), "{head}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == StatusCode::CREATED).count(),
+        crate_max()
+    );
+    assert_eq!(
+        seen.0.lock().unwrap().len(),
+        crate_max(),
+        "the refused upload never left"
+    );
+    assert!(
+        metrics.contains(r#"credgate_gateway_calls_total{provider="http",status_class="2xx"}"#),
+        "{metrics}"
+    );
+}
+both_backends!(too_large_bodies_and_too_many_calls_at_once_are_refused);
+
+fn crate_max() -> usize {
+    credgate::gateway::MAX_CALLS_PER_CREDENTIAL
+}
