@@ -23,6 +23,9 @@ pub struct Call {
     /// Authentication and the provider's static headers (secret values).
     pub headers: Vec<(String, String)>,
     pub resolved: Resolved,
+    /// An `aws_sigv4` credential's service: each request is signed, its
+    /// body included.
+    pub aws_service: Option<String>,
 }
 
 impl std::fmt::Debug for Call {
@@ -101,6 +104,13 @@ fn base_url(provider: &Provider, resolved: &Resolved) -> Option<Url> {
     if provider.oauth.as_ref().is_some_and(|o| o.dynamic_registration) {
         return text(fields, "server_url").and_then(|u| Url::parse(u).ok());
     }
+    if resolved.row.auth_type == AuthKind::AwsSigv4 {
+        let region = text(fields, "region")?;
+        return match text(fields, "endpoint_url") {
+            Some(u) => Url::parse(u).ok(),
+            None => Url::parse(&provider.aws_endpoint.as_ref()?.replace("{region}", region)).ok(),
+        };
+    }
     let own = text(fields, "base_url").and_then(|u| Url::parse(u).ok());
     own.or_else(|| provider.api_base_url.clone())
 }
@@ -133,6 +143,10 @@ fn authentication(provider: &Provider, resolved: &Resolved) -> Result<(Pairs, Op
             vec![("authorization".into(), format!("Bearer {}", token.expose_secret()))],
             None,
         ));
+    }
+    if resolved.row.auth_type == AuthKind::AwsSigv4 {
+        // Signed per request, over its body (see `http::proxy`).
+        return Ok((Vec::new(), None));
     }
     if provider.generic == Some(Generic::Http) {
         let field = |n: &str| text(fields, n).unwrap_or_default().to_owned();
@@ -202,10 +216,44 @@ pub async fn prepare(
     for (name, value) in &provider.proxy_headers {
         headers.push((name.to_ascii_lowercase(), value.clone()));
     }
-    Ok(Call { url, headers, resolved })
+    let aws_service = (resolved.row.auth_type == AuthKind::AwsSigv4)
+        .then(|| provider.aws_service.clone())
+        .flatten();
+    if resolved.row.auth_type == AuthKind::AwsSigv4 && aws_service.is_none() {
+        return Err(Error::Conflict(
+            "proxy_unsupported",
+            format!("{} names no AWS service to sign for", provider.display_name),
+        ));
+    }
+    Ok(Call {
+        url,
+        headers,
+        resolved,
+        aws_service,
+    })
 }
 
 pub use crate::context::{GatewaySlots as Slots, MAX_CALLS_PER_CREDENTIAL};
+
+/// The headers that sign an `aws_sigv4` call of `method` with `headers`
+/// (sent as they are) and `body`.
+pub fn aws_signature(
+    call: &Call,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Vec<(String, String)>, Error> {
+    let fields = &call.resolved.fields;
+    let service = call.aws_service.as_deref().unwrap_or_default();
+    let key = crate::aws_sign::AwsKey {
+        access_key_id: text(fields, "access_key_id").unwrap_or_default(),
+        secret_access_key: text(fields, "secret_access_key").unwrap_or_default(),
+        session_token: text(fields, "session_token"),
+        region: text(fields, "region").unwrap_or_default(),
+    };
+    crate::aws_sign::sigv4_headers(&key, service, (method, call.url.as_str()), headers, body)
+        .map_err(|e| Error::Conflict("proxy_unsupported", e.to_string()))
+}
 
 /// After the service refused the token (401): one refresh now, and the
 /// new `Authorization` header; `None` for a credential without tokens or

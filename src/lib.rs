@@ -9,6 +9,7 @@
 
 pub mod api_tokens;
 pub mod app;
+pub mod aws_sign;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -28,6 +28,9 @@ use crate::store::Usage;
 /// Largest request body the gateway forwards (413 beyond).
 pub const MAX_PROXY_BODY: u64 = 64 * 1024 * 1024;
 
+/// Largest body of an `aws_sigv4` call, which is read whole to be signed.
+pub const MAX_SIGNED_BODY: usize = 10 * 1024 * 1024;
+
 /// The gateway's routes.
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -193,6 +196,23 @@ async fn forward(
     };
     state.probes.egress.check_url(&call.url).map_err(|_| denied())?;
     let extra = named_in_connection(&headers);
+    // An AWS call is signed over its whole body: it is read first (bounded).
+    let mut body = body;
+    let mut whole = None;
+    let mut signed = Vec::new();
+    if call.aws_service.is_some() {
+        let bytes = axum::body::to_bytes(std::mem::take(&mut body), MAX_SIGNED_BODY)
+            .await
+            .map_err(|_| ApiError::PayloadTooLarge)?;
+        let content_type = header_text(&headers, "content-type");
+        let to_sign: Vec<(&str, &str)> = content_type
+            .as_deref()
+            .map(|ct| ("content-type", ct))
+            .into_iter()
+            .collect();
+        signed = crate::gateway::aws_signature(&call, method.as_str(), &to_sign, &bytes)?;
+        whole = Some(bytes);
+    }
     let build = |authorization: Option<&str>| {
         let mut request = state.gateway_http.request(method.clone(), call.url.clone());
         for (name, value) in headers.iter() {
@@ -200,7 +220,7 @@ async fn forward(
                 request = request.header(name, value);
             }
         }
-        for (name, value) in &call.headers {
+        for (name, value) in call.headers.iter().chain(&signed) {
             match (name.as_str(), authorization) {
                 ("authorization", Some(renewed)) => request = request.header("authorization", renewed),
                 _ => request = request.header(name.as_str(), value.as_str()),
@@ -213,7 +233,7 @@ async fn forward(
     };
     // A call without a body can be sent again after one refresh: the
     // service may have revoked a token credgate still thought valid.
-    let bodiless = axum::body::HttpBody::size_hint(&body).exact() == Some(0);
+    let bodiless = whole.is_none() && axum::body::HttpBody::size_hint(&body).exact() == Some(0);
     let mut sent: u64 = 0;
     let stream = body.into_data_stream().map(move |chunk| {
         let chunk = chunk.map_err(std::io::Error::other)?;
@@ -225,10 +245,10 @@ async fn forward(
         }
         Ok(chunk)
     });
-    let request = if bodiless {
-        build(None)
-    } else {
-        build(None).body(reqwest::Body::wrap_stream(stream))
+    let request = match whole {
+        Some(bytes) => build(None).body(bytes),
+        None if bodiless => build(None),
+        None => build(None).body(reqwest::Body::wrap_stream(stream)),
     };
     let started = Instant::now();
     let mut upstream = request.send().await;

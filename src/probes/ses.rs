@@ -7,16 +7,12 @@
 //! egress guard like every probe; the default is
 //! `https://email.{region}.amazonaws.com/`.
 
-use std::time::SystemTime;
-
-use aws_credential_types::Credentials;
-use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
-use aws_sigv4::sign::v4;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use url::Url;
 
+use crate::aws_sign::{sigv4_headers, AwsKey};
 use crate::ids::OrgId;
 
 use super::http::send;
@@ -118,34 +114,19 @@ impl Probe for SesRequest {
                 format!("the endpoint URL {m}"),
             ))
         })?;
-        let identity = Credentials::new(
-            self.access_key_id.clone(),
-            self.secret().to_owned(),
-            self.session_token.as_ref().map(|t| t.expose_secret().to_owned()),
-            None,
-            "credgate",
-        )
-        .into();
-        let params = v4::SigningParams::builder()
-            .identity(&identity)
-            .region(&self.region)
-            .name("ses")
-            .time(SystemTime::now())
-            .settings(SigningSettings::default())
-            .build()
-            .map_err(|_| {
-                fail(ProbeFailure::new(
-                    FailureCode::Protocol,
-                    "the request could not be signed",
-                ))
-            })?
-            .into();
         let content_type = "application/x-www-form-urlencoded; charset=utf-8";
-        let signable = SignableRequest::new(
-            "POST",
-            url.as_str(),
-            [("content-type", content_type)].into_iter(),
-            SignableBody::Bytes(BODY.as_bytes()),
+        let key = AwsKey {
+            access_key_id: &self.access_key_id,
+            secret_access_key: self.secret(),
+            session_token: self.session_token.as_ref().map(|t| t.expose_secret()),
+            region: &self.region,
+        };
+        let signed = sigv4_headers(
+            &key,
+            "ses",
+            ("POST", url.as_str()),
+            &[("content-type", content_type)],
+            BODY.as_bytes(),
         )
         .map_err(|_| {
             fail(ProbeFailure::new(
@@ -153,21 +134,13 @@ impl Probe for SesRequest {
                 "the request could not be signed",
             ))
         })?;
-        let (instructions, _) = sign(signable, &params)
-            .map_err(|_| {
-                fail(ProbeFailure::new(
-                    FailureCode::Protocol,
-                    "the request could not be signed",
-                ))
-            })?
-            .into_parts();
         let mut request = ctx
             .http()
             .post(url.clone())
             .header(reqwest::header::CONTENT_TYPE, content_type)
             .body(BODY);
-        for (name, value) in instructions.headers() {
-            request = request.header(name, value);
+        for (name, value) in &signed {
+            request = request.header(name.as_str(), value.as_str());
         }
         let reply = send(ctx, &url, request).await.map_err(fail)?;
         let xml = String::from_utf8_lossy(&reply.raw);

@@ -73,6 +73,10 @@ struct RawProvider {
     /// this provider (`Notion-Version`, `anthropic-version`).
     #[serde(default)]
     proxy_headers: BTreeMap<String, String>,
+    /// An AWS provider's service name for SigV4 (`ses`).
+    aws_service: Option<String>,
+    /// An AWS provider's endpoint, `{region}` substituted (`https://email.{region}.amazonaws.com/`).
+    aws_endpoint: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -409,7 +413,27 @@ fn build(file: &Path, id: &str, raw: RawProvider) -> Result<Provider, ProviderFi
             return Err(err(&format!("proxy_headers.{name}"), "is not a valid HTTP header"));
         }
     }
+    if let Some(e) = &raw.aws_endpoint {
+        let ok = url::Url::parse(&e.replace("{region}", "us-east-1"))
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+        if !ok {
+            return Err(err(
+                "aws_endpoint",
+                "must be an absolute http or https URL (with `{region}`)",
+            ));
+        }
+    }
+    if raw.aws_service.as_deref().is_some_and(|s| {
+        s.is_empty()
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    }) {
+        return Err(err("aws_service", "must be an AWS service name such as `ses`"));
+    }
     Ok(Provider {
+        aws_service: raw.aws_service,
+        aws_endpoint: raw.aws_endpoint,
         proxy_headers: raw.proxy_headers,
         id: id.to_owned(),
         display_name: raw.display_name,

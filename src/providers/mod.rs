@@ -160,6 +160,10 @@ pub struct Provider {
     pub generic: Option<Generic>,
     /// Headers the gateway adds to every call (`Notion-Version`).
     pub proxy_headers: BTreeMap<String, String>,
+    /// An AWS provider's SigV4 service name (`ses`).
+    pub aws_service: Option<String>,
+    /// An AWS provider's endpoint with `{region}`.
+    pub aws_endpoint: Option<String>,
 }
 
 impl Provider {

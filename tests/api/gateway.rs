@@ -35,6 +35,12 @@ async fn record(
         .unwrap()
         .push(json!({"method": method.as_str(), "path": path, "query": query,
         "headers": names, "body": String::from_utf8_lossy(&body)}));
+    if path == "big" {
+        // 200 MiB, produced as it is sent.
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        let chunks = futures::stream::iter((0..3200).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+        return (AxumStatus::OK, axum::body::Body::from_stream(chunks)).into_response();
+    }
     if path == "slow" {
         tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     }
@@ -387,3 +393,73 @@ both_backends!(too_large_bodies_and_too_many_calls_at_once_are_refused);
 fn crate_max() -> usize {
     credgate::gateway::MAX_CALLS_PER_CREDENTIAL
 }
+
+/// A process's resident memory, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// Measured on a `credgate serve` process of its own, so that no other
+/// test's memory counts.
+async fn a_200_mib_download_streams_through_with_memory_flat(backend: crate::helpers::Backend) {
+    use secrecy::ExposeSecret;
+    let db = TestDb::new(backend).await;
+    let (base, _) = upstream().await;
+    let keys = credgate::crypto::MasterKeyring::generate_key();
+    let keys = keys.expose_secret();
+    crate::cli::migrated(&db, Some(keys));
+    let org = crate::cli::stdout_line(&crate::cli::credgate(&db, Some(keys), &["org", "create", "Big"]));
+    let key = |role: &str| {
+        crate::cli::stdout_line(&crate::cli::credgate(
+            &db,
+            Some(keys),
+            &["api-key", "create", "--org", &org, "--role", role],
+        ))
+    };
+    let (admin, engine) = (key("admin"), key("engine"));
+    let (child, addr) = crate::operator::serve(&db, keys, &[], &[("CREDGATE_EGRESS_ALLOW", "127.0.0.0/8")]);
+    let client = reqwest::Client::new();
+    let created: Value = client
+        .post(format!("http://{addr}/integrations/credentials"))
+        .bearer_auth(&admin)
+        .json(&json!({"name": "Big", "provider": "http", "auth_type": "api_key",
+                      "fields": {"base_url": format!("{base}/v2"), "scheme": "bearer", "token": "t"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let before = rss(child.id());
+
+    let mut res = client
+        .get(format!("http://{addr}/integrations/credentials/{id}/proxy/big"))
+        .bearer_auth(&engine)
+        .send()
+        .await
+        .unwrap();
+    let (mut total, mut peak) = (0u64, before);
+    while let Some(chunk) = res.chunk().await.unwrap() {
+        total += chunk.len() as u64;
+        if total % (8 << 20) < chunk.len() as u64 {
+            peak = peak.max(rss(child.id()));
+        }
+    }
+    crate::operator::stop(child);
+
+    assert_eq!(total, 200 << 20);
+    assert!(
+        peak.saturating_sub(before) < 32 << 20,
+        "the server grew by {} MiB while 200 MiB streamed through it",
+        peak.saturating_sub(before) >> 20
+    );
+}
+both_backends!(a_200_mib_download_streams_through_with_memory_flat);

@@ -537,3 +537,30 @@ async fn the_pages_offer_each_machine_credential_with_its_key_file_as_a_text_are
     );
 }
 both_backends!(the_pages_offer_each_machine_credential_with_its_key_file_as_a_text_area);
+
+async fn the_worker_mints_again_before_expiry_without_anyone_asking(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let endpoint = TokenEndpoint::start("s", "").await;
+    let app = minted_app(&db).await;
+    let (_, view) = create(&app, client_credentials(&endpoint, "s")).await;
+    let id = view["id"].as_str().unwrap().to_owned();
+    let (_, due, _) = app.refresh_state(&id).await;
+
+    let early = credgate::oauth::worker::try_refresh_due(&app.state, 10).await.unwrap();
+    app.clock.advance(due.unwrap() - app.clock.now() + 1);
+    let step = credgate::oauth::worker::try_refresh_due(&app.state, 10).await.unwrap();
+    let resolved = resolve(&app, &id).await;
+
+    assert_eq!(early.refreshed, 0, "nothing is due before its time");
+    assert_eq!(step.refreshed, 1, "the worker minted again");
+    assert_eq!(
+        endpoint.mints(),
+        2,
+        "one on create, one by the worker; the resolve needed none"
+    );
+    assert_eq!(
+        resolved["access_token"],
+        endpoint.with(|s| s.issued[1].clone()).as_str()
+    );
+}
+both_backends!(the_worker_mints_again_before_expiry_without_anyone_asking);

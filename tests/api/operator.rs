@@ -353,7 +353,7 @@ async fn a_public_url_with_a_path_is_refused_at_start() {
 }
 
 /// A free loopback port.
-fn free_port() -> SocketAddr {
+pub(crate) fn free_port() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -362,7 +362,7 @@ fn free_port() -> SocketAddr {
 
 /// Starts `credgate serve` with `args` and `env` on a free port; returns once
 /// `/healthz` answers.
-fn serve(db: &TestDb, keys: &str, args: &[&str], env: &[(&str, &str)]) -> (Child, SocketAddr) {
+pub(crate) fn serve(db: &TestDb, keys: &str, args: &[&str], env: &[(&str, &str)]) -> (Child, SocketAddr) {
     let addr = free_port();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_credgate"));
     cmd.arg("serve")
@@ -385,7 +385,7 @@ fn serve(db: &TestDb, keys: &str, args: &[&str], env: &[(&str, &str)]) -> (Child
 }
 
 /// Stops a server; returns what it logged.
-fn stop(child: Child) -> String {
+pub(crate) fn stop(child: Child) -> String {
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let out = child.wait_with_output().unwrap();
     String::from_utf8_lossy(&out.stderr).into_owned()

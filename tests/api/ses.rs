@@ -140,3 +140,40 @@ async fn ses_get_send_quota_is_signed_with_sigv4_and_moto_verifies_it(backend: c
     }
 }
 both_backends!(ses_get_send_quota_is_signed_with_sigv4_and_moto_verifies_it);
+
+async fn the_gateway_signs_each_call_for_an_aws_credential_and_moto_verifies_it(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let moto = Moto::start();
+    let mut config = test_config(&db);
+    config.egress_allow = "127.0.0.0/8".into();
+    let app = TestApp::spawn_with(config).await;
+    let fields = |secret: &str| {
+        json!({"access_key_id": moto.field("access_key_id"), "secret_access_key": secret,
+               "region": moto.field("region"), "endpoint_url": moto.field("endpoint")})
+    };
+    let good = create(&app, "Mail", fields(&moto.field("secret_access_key"))).await;
+    let wrong = create(&app, "Wrong", fields("WrongSecretWrongSecretWrongSecret0000")).await;
+    let call = |id: String| {
+        app.client
+            .post(format!("{}/integrations/credentials/{id}/proxy", app.base))
+            .bearer_auth(&app.org.engine)
+            .header("content-type", "application/x-www-form-urlencoded; charset=utf-8")
+            .body("Action=GetSendQuota&Version=2010-12-01")
+            .send()
+    };
+
+    let signed = call(good).await.unwrap();
+    let signed_status = signed.status();
+    let signed_body = signed.text().await.unwrap();
+    let refused = call(wrong).await.unwrap();
+    let refused_marker = refused.headers().get("credgate-error").cloned();
+    let refused_status = refused.status();
+    let refused_body = refused.text().await.unwrap();
+
+    assert_eq!(signed_status, StatusCode::OK, "{signed_body}");
+    assert!(signed_body.contains("<Max24HourSend>"), "{signed_body}");
+    assert_eq!(refused_status, StatusCode::FORBIDDEN, "the service's answer passes");
+    assert!(refused_body.contains("SignatureDoesNotMatch"), "{refused_body}");
+    assert!(refused_marker.is_none(), "not credgate's own error");
+}
+both_backends!(the_gateway_signs_each_call_for_an_aws_credential_and_moto_verifies_it);
