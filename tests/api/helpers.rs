@@ -499,3 +499,29 @@ impl Caller<'_> {
 pub fn cid(id: &str) -> credgate::ids::CredentialId {
     credgate::ids::CredentialId::parse(id).expect("a credential id")
 }
+
+/// Starts `python3 tests/api/{script}` (a stand-in that prints `READY …`
+/// once it listens, and exits when its stdin closes); returns what follows
+/// `READY `, and the process with its stdin (dropping them stops it).
+pub fn python_stand_in(script: &str) -> (String, std::process::Child, std::process::ChildStdin) {
+    use std::io::BufRead;
+    let path: std::path::PathBuf = [env!("CARGO_MANIFEST_DIR"), "tests/api", script].iter().collect();
+    let mut child = std::process::Command::new("python3")
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("python3 runs (scripts/install-test-deps.sh installs what the stand-ins import)");
+    let stdin = child.stdin.take().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let ready = line
+        .trim()
+        .strip_prefix("READY ")
+        .unwrap_or_else(|| panic!("{script} did not start (run scripts/install-test-deps.sh): {line:?}"))
+        .to_owned();
+    (ready, child, stdin)
+}

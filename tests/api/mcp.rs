@@ -4,8 +4,7 @@
 //! by `scripts/install-test-deps.sh`); and hostile or broken metadata
 //! against a loopback stand-in, each a 422 naming `server_url`.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode as AxumStatus};
@@ -28,24 +27,7 @@ pub struct McpServer {
 
 impl McpServer {
     pub fn start() -> Self {
-        let script: std::path::PathBuf = [env!("CARGO_MANIFEST_DIR"), "tests/api/mcp_server.py"].iter().collect();
-        let mut child = Command::new("python3")
-            .arg(script)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("python3 runs (scripts/install-test-deps.sh installs the mcp package)");
-        let stdin = child.stdin.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let base = line
-            .trim()
-            .strip_prefix("READY ")
-            .unwrap_or_else(|| panic!("mcp_server.py did not start (is `mcp` installed?): {line:?}"))
-            .to_owned();
+        let (base, child, stdin) = crate::helpers::python_stand_in("mcp_server.py");
         Self {
             base,
             _child: child,

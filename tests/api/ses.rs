@@ -3,8 +3,7 @@
 //! verifies it (`moto_server.py`, installed by
 //! `scripts/install-test-deps.sh`): a real verifier nobody here wrote.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -21,28 +20,9 @@ struct Moto {
 
 impl Moto {
     fn start() -> Self {
-        let script: std::path::PathBuf = [env!("CARGO_MANIFEST_DIR"), "tests/api/moto_server.py"]
-            .iter()
-            .collect();
-        let mut child = Command::new("python3")
-            .arg(script)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("python3 runs (scripts/install-test-deps.sh installs moto)");
-        let stdin = child.stdin.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let ready = line
-            .trim()
-            .strip_prefix("READY ")
-            .and_then(|j| serde_json::from_str(j).ok())
-            .unwrap_or_else(|| panic!("moto_server.py did not start (is moto installed?): {line:?}"));
+        let (ready, child, stdin) = crate::helpers::python_stand_in("moto_server.py");
         Self {
-            ready,
+            ready: serde_json::from_str(&ready).expect("a JSON READY line"),
             _child: child,
             _stdin: stdin,
         }
