@@ -71,6 +71,17 @@ pub struct Settings {
     /// Token refreshes in flight at once (per replica).
     #[arg(long, env = "CREDGATE_REFRESH_CONCURRENCY", default_value_t = 64, global = true)]
     pub refresh_concurrency: usize,
+    /// Largest request body the gateway forwards, in bytes (413 beyond).
+    #[arg(long, env = "CREDGATE_PROXY_MAX_BODY", default_value_t = 10 * 1024 * 1024, global = true)]
+    pub proxy_max_body: u64,
+    /// Gateway calls in flight per credential (per replica; 429 beyond).
+    #[arg(
+        long,
+        env = "CREDGATE_PROXY_CONCURRENCY_PER_CREDENTIAL",
+        default_value_t = 32,
+        global = true
+    )]
+    pub proxy_concurrency_per_credential: usize,
     /// Where to POST signed notifications (optional).
     #[arg(long, env = "CREDGATE_WEBHOOK_URL", global = true)]
     pub webhook_url: Option<String>,
@@ -138,6 +149,10 @@ pub struct Config {
     pub provider_timeout_secs: u64,
     pub refresh_rate_per_provider: u32,
     pub refresh_concurrency: usize,
+    pub proxy_max_body: u64,
+    pub proxy_concurrency_per_credential: usize,
+    /// How long the gateway waits for a service's answer to begin.
+    pub proxy_first_byte_timeout: std::time::Duration,
     pub webhook_url: Option<String>,
     pub webhook_secret: Option<SecretString>,
     pub header_read_timeout_secs: u64,
@@ -162,6 +177,10 @@ pub struct Config {
 /// Pending OAuth authorizations (states) an organization may have at once:
 /// a bound on a table that callers without a callback would otherwise grow.
 pub const MAX_PENDING_OAUTH_PER_ORG: i64 = 1000;
+
+/// How long the gateway waits for a service's answer to begin (a slow
+/// model's whole completion may come before its first byte).
+pub const PROXY_FIRST_BYTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl Config {
     /// Resolves parsed settings and the process environment.
@@ -201,6 +220,9 @@ impl Config {
             provider_timeout_secs: s.provider_timeout_secs,
             refresh_rate_per_provider: s.refresh_rate_per_provider,
             refresh_concurrency: s.refresh_concurrency,
+            proxy_max_body: s.proxy_max_body,
+            proxy_concurrency_per_credential: s.proxy_concurrency_per_credential.max(1),
+            proxy_first_byte_timeout: PROXY_FIRST_BYTE_TIMEOUT,
             webhook_url: s.webhook_url.clone().filter(|u| !u.is_empty()),
             webhook_secret: s
                 .webhook_secret
@@ -260,6 +282,8 @@ impl Config {
             provider_timeout_secs: 10,
             refresh_rate_per_provider: 1000,
             refresh_concurrency: 64,
+            proxy_max_body: 10 * 1024 * 1024,
+            proxy_concurrency_per_credential: 32,
             webhook_url: None,
             webhook_secret: None,
             header_read_timeout_secs: 30,

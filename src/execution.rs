@@ -42,18 +42,19 @@ impl std::fmt::Debug for Resolved {
 /// `who` is the principal the engine acts for (its key's user, a user named
 /// in the request, or the organization); `use` is checked for it.
 pub async fn resolve(ctx: &Context, who: &Principal, id: &CredentialId, usage: &Usage) -> Result<Resolved, Error> {
-    resolve_as(ctx, who, id, usage, "credential.resolve", None).await
+    resolve_as(ctx, who, id, usage, ("credential.resolve", None), None).await
 }
 
 /// [`resolve`], audited as `action` with `detail` beside the workflow and
-/// run (the gateway's `credential.proxy`, with the method and path).
+/// run (the gateway's `credential.proxy`, with the method and path), the
+/// event named by `key` when its outcome is added later.
 pub async fn resolve_as(
     ctx: &Context,
     who: &Principal,
     id: &CredentialId,
     usage: &Usage,
-    action: &'static str,
-    detail: Option<Value>,
+    (action, detail): (&'static str, Option<Value>),
+    key: Option<&str>,
 ) -> Result<Resolved, Error> {
     let (mut row, _) = access::authorize(ctx, who, id, Access::Use).await?;
     let org_id = &who.org_id;
@@ -72,6 +73,7 @@ pub async fn resolve_as(
         .submit(UseRecord {
             event,
             usage: usage.clone(),
+            key: key.map(str::to_owned),
         })
         .await?;
     Ok(Resolved {

@@ -26,6 +26,8 @@ pub struct Call {
     /// An `aws_sigv4` credential's service: each request is signed, its
     /// body included.
     pub aws_service: Option<String>,
+    /// Names the call's use, for its outcome.
+    pub use_key: String,
 }
 
 impl std::fmt::Debug for Call {
@@ -200,7 +202,8 @@ pub async fn prepare(
 ) -> Result<Call, Error> {
     let segments = safe_segments(path)?;
     let detail = json!({"method": method, "path": format!("/{path}")});
-    let resolved = resolve_as(ctx, who, id, usage, "credential.proxy", Some(detail)).await?;
+    let use_key = format!("proxy:{}", uuid::Uuid::new_v4());
+    let resolved = resolve_as(ctx, who, id, usage, ("credential.proxy", Some(detail)), Some(&use_key)).await?;
     let provider = ctx.registry.get(&resolved.row.provider).ok_or(Error::NotFound)?;
     let base = base_url(provider, &resolved).ok_or_else(|| {
         Error::Conflict(
@@ -230,10 +233,9 @@ pub async fn prepare(
         headers,
         resolved,
         aws_service,
+        use_key,
     })
 }
-
-pub use crate::context::{GatewaySlots as Slots, MAX_CALLS_PER_CREDENTIAL};
 
 /// The headers that sign an `aws_sigv4` call of `method` with `headers`
 /// (sent as they are) and `body`.

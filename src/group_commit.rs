@@ -31,7 +31,9 @@ use std::sync::{Arc, OnceLock};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::model::Access;
-use crate::store::{CredentialRead, CredentialRow, PendingCreate, PendingRefresh, Store, StoreError, UseRecord};
+use crate::store::{
+    CredentialRead, CredentialRow, PendingCreate, PendingRefresh, Store, StoreError, UseOutcome, UseRecord,
+};
 
 /// Writes (or reads) one group; the outcomes are one per item, in order.
 pub trait Writer: Send + Sync + 'static {
@@ -105,6 +107,15 @@ impl<W: Writer> GroupCommit<W> {
         self.sender().send((item, done)).await.map_err(|_| stopped())?;
         committed.await.unwrap_or_else(|_| Err(stopped()))
     }
+
+    /// Queues `item` without waiting for its commit (only, when the queue
+    /// is full, for room in it): for writes whose request need not wait.
+    pub async fn enqueue(&self, item: W::Item) {
+        let (done, _) = oneshot::channel();
+        if self.sender().send((item, done)).await.is_err() {
+            tracing::warn!("the writer has stopped; a queued write is lost");
+        }
+    }
 }
 
 /// The writer: takes the first item waiting, then everything else already
@@ -171,6 +182,28 @@ impl Writer for Uses {
     }
 }
 
+/// What became of gateway calls, added to their uses' events; nobody
+/// waits for them.
+#[derive(Debug)]
+pub struct Outcomes(pub Store);
+
+impl Writer for Outcomes {
+    type Item = UseOutcome;
+    type Output = ();
+    const MAX_BATCH: usize = 512;
+
+    async fn write(&self, outcomes: Vec<UseOutcome>) -> Vec<Result<(), StoreError>> {
+        let written = self.0.record_outcomes(&outcomes).await;
+        if let Err(e) = &written {
+            tracing::warn!(error = %e, outcomes = outcomes.len(), "gateway calls' outcomes were not recorded");
+        }
+        outcomes
+            .iter()
+            .map(|_| written.as_ref().map(|_| ()).map_err(StoreError::duplicate))
+            .collect()
+    }
+}
+
 /// Created credentials, each with its own outcome.
 #[derive(Debug)]
 pub struct Creates(pub Store);
@@ -234,6 +267,8 @@ impl Writer for Reads {
 
 /// Resolves' use events, committed in groups.
 pub type UseLog = GroupCommit<Uses>;
+/// Gateway calls' outcomes, committed in groups.
+pub type OutcomeLog = GroupCommit<Outcomes>;
 /// Creates, committed in groups.
 pub type CreateLog = GroupCommit<Creates>;
 /// Refreshed tokens, committed in groups.

@@ -12,9 +12,12 @@ use crate::api_tokens::{legacy_hashes, TokenFormat};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::context::Context;
+use crate::context::GatewaySlots;
 use crate::context::Refresher;
 use crate::egress::EgressPolicy;
-use crate::group_commit::{CreateLog, Creates, ReadGroup, Reads, RefreshLog, Refreshes, UseLog, Uses};
+use crate::group_commit::{
+    CreateLog, Creates, OutcomeLog, Outcomes, ReadGroup, Reads, RefreshLog, Refreshes, UseLog, Uses,
+};
 use crate::http::auth::KeyCache;
 use crate::http::ratelimit::RateLimits;
 use crate::http::{self, AppState, SharedState};
@@ -107,7 +110,7 @@ pub fn context(services: Services) -> anyhow::Result<Context> {
     Ok(Context {
         guarded_http,
         gateway_http,
-        gateway: Arc::default(),
+        gateway: Arc::new(GatewaySlots::new(config.proxy_concurrency_per_credential)),
         probes: Arc::new(probes),
         metrics: Arc::new(Metrics::default()),
         refresher: Arc::new(Refresher::new(
@@ -123,6 +126,7 @@ pub fn context(services: Services) -> anyhow::Result<Context> {
         clock: services.clock,
         worker: Arc::default(),
         uses: UseLog::new(Uses(services.store.clone())),
+        outcomes: OutcomeLog::new(Outcomes(services.store.clone())),
         creates: CreateLog::new(Creates(services.store.clone())),
         reads: ReadGroup::new(Reads(services.store.clone())),
         refreshes: RefreshLog::new(Refreshes(services.store.clone())),

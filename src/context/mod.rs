@@ -7,13 +7,13 @@ mod worker_health;
 
 use std::sync::Arc;
 
-pub use gateway_slots::{GatewaySlots, MAX_CALLS_PER_CREDENTIAL};
+pub use gateway_slots::GatewaySlots;
 pub use refresher::Refresher;
 pub use worker_health::{WorkerHealth, STUCK_AFTER_SECS};
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::group_commit::{CreateLog, ReadGroup, RefreshLog, UseLog};
+use crate::group_commit::{CreateLog, OutcomeLog, ReadGroup, RefreshLog, UseLog};
 use crate::metrics::Metrics;
 use crate::probes::ProbeContext;
 use crate::providers::Registry;
@@ -48,6 +48,8 @@ pub struct Context {
     pub worker: Arc<WorkerHealth>,
     /// Resolves' use events, committed in groups.
     pub uses: UseLog,
+    /// Gateway calls' outcomes, added to their uses in groups.
+    pub outcomes: OutcomeLog,
     /// Creates, committed in groups.
     pub creates: CreateLog,
     /// The access check's credential reads, grouped.

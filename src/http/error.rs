@@ -29,8 +29,8 @@ pub enum ApiError {
     MalformedBody(String),
     #[error("the request body must be application/json")]
     UnsupportedMediaType,
-    #[error("the request body is larger than 1 MiB")]
-    PayloadTooLarge,
+    #[error("the request body is larger than {}", size(*limit))]
+    PayloadTooLarge { limit: u64 },
     #[error("the organization has {count} credentials of provider {provider}, and its limit is {limit}")]
     QuotaExceeded { provider: String, limit: i64, count: i64 },
     #[error("too many requests")]
@@ -49,6 +49,15 @@ pub enum ApiError {
     MasterKeyMissing(String),
     #[error("an internal error occurred")]
     Internal(#[source] anyhow::Error),
+}
+
+/// `n` bytes in words: whole MiB or KiB when it is a whole number of them.
+fn size(n: u64) -> String {
+    match n {
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
+        n => format!("{n} bytes"),
+    }
 }
 
 /// The problem+json body.
@@ -91,7 +100,7 @@ impl ApiError {
             Self::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             Self::MalformedBody(_) => (StatusCode::BAD_REQUEST, "malformed_body"),
             Self::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
-            Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::QuotaExceeded { .. } => (StatusCode::CONFLICT, "quota_exceeded"),
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Conflict(code, _) => (StatusCode::CONFLICT, code),

@@ -8,9 +8,11 @@
 //! credgate's own errors carry `Credgate-Error: 1`; the service's answers
 //! pass as they are.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::Body;
+use axum::body::{Body, BodyDataStream, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use axum::response::{IntoResponse, Response};
@@ -23,13 +25,14 @@ use super::extract::{Caller, RESOLVE};
 use super::AppState;
 use crate::credentials::check_user_id;
 use crate::providers::FieldError;
-use crate::store::Usage;
-
-/// Largest request body the gateway forwards (413 beyond).
-pub const MAX_PROXY_BODY: u64 = 64 * 1024 * 1024;
+use crate::store::{Usage, UseOutcome};
 
 /// Largest body of an `aws_sigv4` call, which is read whole to be signed.
 pub const MAX_SIGNED_BODY: usize = 10 * 1024 * 1024;
+
+/// Largest body kept whole, so that the call can be sent again after a
+/// refresh; a larger one streams and its call is sent once.
+pub const KEPT_FOR_RETRY: usize = 1024 * 1024;
 
 /// The gateway's routes.
 pub fn router() -> Router<AppState> {
@@ -158,13 +161,14 @@ async fn forward(
             ));
         }
     }
-    let too_large = headers
+    let max_body = state.config.proxy_max_body;
+    let too_large = || ApiError::PayloadTooLarge { limit: max_body };
+    let declared = headers
         .get("content-length")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .is_some_and(|n| n > MAX_PROXY_BODY);
-    if too_large {
-        return Err(ApiError::PayloadTooLarge);
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_body) {
+        return Err(too_large());
     }
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
@@ -176,6 +180,11 @@ async fn forward(
     let raw = raw.strip_prefix('/').unwrap_or(raw);
     let principal = caller.for_user(caller.user_id.clone().or(user));
     let credential = super::credentials::parse_id(&id)?;
+    // The slot first: a call refused for the cap is no use.
+    let permit = state
+        .gateway
+        .try_take(&credential)
+        .ok_or(ApiError::RateLimited { retry_after_secs: 1 })?;
     let call = crate::gateway::prepare(
         &state,
         &principal,
@@ -184,35 +193,33 @@ async fn forward(
         (method.as_str(), raw, uri.query()),
     )
     .await?;
-    let permit = state
-        .gateway
-        .try_take(&credential)
-        .ok_or(ApiError::RateLimited { retry_after_secs: 1 })?;
+    // From here the use is recorded: each way out adds its outcome.
+    let started = Instant::now();
+    let settle = |status: Option<u16>, error: Option<&'static str>| UseOutcome {
+        key: call.use_key.clone(),
+        status,
+        error,
+        latency_ms: started.elapsed().as_millis() as u64,
+    };
     let denied = || {
         ApiError::Conflict(
             "egress_denied",
             "credgate is not allowed to reach this credential's service".into(),
         )
     };
-    state.probes.egress.check_url(&call.url).map_err(|_| denied())?;
-    let extra = named_in_connection(&headers);
-    // An AWS call is signed over its whole body: it is read first (bounded).
-    let mut body = body;
-    let mut whole = None;
-    let mut signed = Vec::new();
-    if call.aws_service.is_some() {
-        let bytes = axum::body::to_bytes(std::mem::take(&mut body), MAX_SIGNED_BODY)
-            .await
-            .map_err(|_| ApiError::PayloadTooLarge)?;
-        let content_type = header_text(&headers, "content-type");
-        let to_sign: Vec<(&str, &str)> = content_type
-            .as_deref()
-            .map(|ct| ("content-type", ct))
-            .into_iter()
-            .collect();
-        signed = crate::gateway::aws_signature(&call, method.as_str(), &to_sign, &bytes)?;
-        whole = Some(bytes);
+    if state.probes.egress.check_url(&call.url).is_err() {
+        state.outcomes.enqueue(settle(None, Some("egress_denied"))).await;
+        return Err(denied());
     }
+    let over = Arc::new(AtomicBool::new(false));
+    let outgoing = match outgoing(&state, &call, &method, &headers, body, over.clone()).await {
+        Ok(outgoing) => outgoing,
+        Err(e) => {
+            state.outcomes.enqueue(settle(None, Some("body_too_large"))).await;
+            return Err(e);
+        }
+    };
+    let extra = named_in_connection(&headers);
     let build = |authorization: Option<&str>| {
         let mut request = state.gateway_http.request(method.clone(), call.url.clone());
         for (name, value) in headers.iter() {
@@ -220,45 +227,48 @@ async fn forward(
                 request = request.header(name, value);
             }
         }
-        for (name, value) in call.headers.iter().chain(&signed) {
+        for (name, value) in call.headers.iter().chain(&outgoing.signed) {
             match (name.as_str(), authorization) {
                 ("authorization", Some(renewed)) => request = request.header("authorization", renewed),
                 _ => request = request.header(name.as_str(), value.as_str()),
             }
         }
-        if let Some(length) = headers.get("content-length") {
-            request = request.header("content-length", length);
-        }
         request
     };
-    // A call without a body can be sent again after one refresh: the
-    // service may have revoked a token credgate still thought valid.
-    let bodiless = whole.is_none() && axum::body::HttpBody::size_hint(&body).exact() == Some(0);
-    let mut sent: u64 = 0;
-    let stream = body.into_data_stream().map(move |chunk| {
-        let chunk = chunk.map_err(std::io::Error::other)?;
-        sent += chunk.len() as u64;
-        if sent > MAX_PROXY_BODY {
-            return Err(std::io::Error::other(
-                "the request body is larger than the gateway forwards",
-            ));
+    let first_byte = state.config.proxy_first_byte_timeout;
+    let send = |request: reqwest::RequestBuilder| async move {
+        match tokio::time::timeout(first_byte, request.send()).await {
+            Ok(answer) => answer.map_err(Failure::Sent),
+            Err(_) => Err(Failure::Timeout),
         }
-        Ok(chunk)
-    });
-    let request = match whole {
-        Some(bytes) => build(None).body(bytes),
-        None if bodiless => build(None),
-        None => build(None).body(reqwest::Body::wrap_stream(stream)),
     };
-    let started = Instant::now();
-    let mut upstream = request.send().await;
-    if bodiless
-        && upstream
-            .as_ref()
-            .is_ok_and(|r| r.status() == reqwest::StatusCode::UNAUTHORIZED)
-    {
-        if let Some(renewed) = crate::gateway::renewed_authorization(&state, &call).await {
-            upstream = build(Some(&renewed)).send().await;
+    let kept = outgoing.kept.clone();
+    let request = match (kept.as_ref(), outgoing.streamed) {
+        (Some(bytes), _) if bytes.is_empty() => build(None),
+        (Some(bytes), _) => build(None).body(bytes.clone()),
+        (None, Some((stream, length))) => {
+            let request = build(None).body(stream);
+            match length {
+                Some(length) => request.header("content-length", length),
+                None => request,
+            }
+        }
+        (None, None) => build(None),
+    };
+    let mut upstream = send(request).await;
+    // The service may have revoked a token credgate still thought valid:
+    // one refresh, and the call once more when its body was kept.
+    if let (Some(bytes), Ok(answer)) = (&kept, &upstream) {
+        if answer.status() == reqwest::StatusCode::UNAUTHORIZED {
+            if let Some(renewed) = crate::gateway::renewed_authorization(&state, &call).await {
+                let again = build(Some(&renewed));
+                let again = if bytes.is_empty() {
+                    again
+                } else {
+                    again.body(bytes.clone())
+                };
+                upstream = send(again).await;
+            }
         }
     }
     let provider = call.resolved.row.provider.clone();
@@ -274,24 +284,15 @@ async fn forward(
     };
     let upstream = match upstream {
         Ok(r) => r,
-        Err(e) => {
+        Err(failure) => {
             count("failed".into());
-            let e = e.without_url();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                if s.downcast_ref::<crate::egress::EgressError>().is_some() {
-                    return Err(denied());
-                }
-                source = s.source();
-            }
-            return Err(ApiError::Provider(if e.is_timeout() {
-                "the service did not answer in time".into()
-            } else {
-                "the service could not be reached".into()
-            }));
+            let (error, problem) = failure.explained(&over, denied, too_large);
+            state.outcomes.enqueue(settle(None, Some(error))).await;
+            return Err(problem);
         }
     };
     let status = upstream.status();
+    state.outcomes.enqueue(settle(Some(status.as_u16()), None)).await;
     count(format!("{}xx", status.as_u16() / 100));
     state
         .metrics
@@ -324,4 +325,144 @@ async fn forward(
     response
         .body(body)
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("the service's answer could not be relayed: {e}")))
+}
+
+/// Why a call got no answer.
+enum Failure {
+    Sent(reqwest::Error),
+    /// No answer's head within the first-byte time limit.
+    Timeout,
+}
+
+impl Failure {
+    /// The use's error and the engine's problem.
+    fn explained(
+        self,
+        over: &AtomicBool,
+        denied: impl Fn() -> ApiError,
+        too_large: impl Fn() -> ApiError,
+    ) -> (&'static str, ApiError) {
+        let e = match self {
+            Failure::Timeout => {
+                return (
+                    "timeout",
+                    ApiError::Provider("the service did not answer in time".into()),
+                )
+            }
+            Failure::Sent(e) => e.without_url(),
+        };
+        if over.load(Ordering::Relaxed) {
+            return ("body_too_large", too_large());
+        }
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            if s.downcast_ref::<crate::egress::EgressError>().is_some() {
+                return ("egress_denied", denied());
+            }
+            source = s.source();
+        }
+        if e.is_timeout() {
+            (
+                "timeout",
+                ApiError::Provider("the service did not answer in time".into()),
+            )
+        } else {
+            (
+                "unreachable",
+                ApiError::Provider("the service could not be reached".into()),
+            )
+        }
+    }
+}
+
+/// The body as it will be sent, and what signs it.
+struct Outgoing {
+    /// Read whole (empty for no body): it can be sent again.
+    kept: Option<Bytes>,
+    /// Too large to keep: what was read, then the rest as it comes,
+    /// counted against the limit; with its declared length.
+    streamed: Option<(reqwest::Body, Option<HeaderValue>)>,
+    /// An `aws_sigv4` call's signature headers.
+    signed: Vec<(String, String)>,
+}
+
+/// The engine's body: read whole when it is small (or must be signed),
+/// else streamed, never more than `CREDGATE_PROXY_MAX_BODY` (`over` is set
+/// when a streamed body passes it).
+async fn outgoing(
+    state: &AppState,
+    call: &crate::gateway::Call,
+    method: &Method,
+    headers: &HeaderMap,
+    body: Body,
+    over: Arc<AtomicBool>,
+) -> Result<Outgoing, ApiError> {
+    let max = state.config.proxy_max_body;
+    let too_large = || ApiError::PayloadTooLarge { limit: max };
+    let signing = call.aws_service.is_some();
+    let keep = if signing { MAX_SIGNED_BODY } else { KEPT_FOR_RETRY };
+    let (first, rest) = read_up_to(body.into_data_stream(), keep.min(max as usize)).await?;
+    let read: u64 = first.iter().map(|c| c.len() as u64).sum();
+    let Some(rest) = rest else {
+        let bytes = Bytes::from(first.concat());
+        let mut signed = Vec::new();
+        if signing {
+            let content_type = header_text(headers, "content-type");
+            let to_sign: Vec<(&str, &str)> = content_type
+                .as_deref()
+                .map(|ct| ("content-type", ct))
+                .into_iter()
+                .collect();
+            signed = crate::gateway::aws_signature(call, method.as_str(), &to_sign, &bytes)?;
+        }
+        return Ok(Outgoing {
+            kept: Some(bytes),
+            streamed: None,
+            signed,
+        });
+    };
+    if signing || read > max {
+        return Err(too_large());
+    }
+    let mut sent = read;
+    let rest = rest.map(move |chunk| {
+        let chunk = chunk.map_err(std::io::Error::other)?;
+        sent += chunk.len() as u64;
+        if sent > max {
+            over.store(true, Ordering::Relaxed);
+            return Err(std::io::Error::other(
+                "the request body is larger than the gateway forwards",
+            ));
+        }
+        Ok(chunk)
+    });
+    let all = futures::stream::iter(first.into_iter().map(Ok)).chain(rest);
+    Ok(Outgoing {
+        kept: None,
+        streamed: Some((reqwest::Body::wrap_stream(all), headers.get("content-length").cloned())),
+        signed: Vec::new(),
+    })
+}
+
+/// Reads `stream` until it ends or more than `keep` bytes have come: the
+/// chunks read, and the rest when it did not end.
+async fn read_up_to(mut stream: BodyDataStream, keep: usize) -> Result<(Vec<Bytes>, Option<BodyDataStream>), ApiError> {
+    let mut first = Vec::new();
+    let mut read = 0;
+    while read <= keep {
+        match stream.next().await {
+            None => return Ok((first, None)),
+            Some(Ok(chunk)) => {
+                read += chunk.len();
+                first.push(chunk);
+            }
+            Some(Err(_)) => {
+                return Err(ApiError::Validation(vec![FieldError::new(
+                    "body",
+                    "could not be read to its end",
+                )]))
+            }
+        }
+    }
+    Ok((first, Some(stream)))
 }

@@ -151,25 +151,25 @@ pub(crate) async fn insert(conn: &mut AnyConnection, event: &AuditEvent, at: i64
     .await
 }
 
-/// Events per statement of [`insert_many`] (nine values each, well under
+/// Events per statement of [`insert_many`] (ten values each, well under
 /// SQLite's limit).
 const EVENTS_PER_STATEMENT: usize = 200;
 
 /// Writes many events on `conn`, a statement per 200: each with the
-/// workflow and run it was for, if any.
+/// workflow and run it was for, if any, and its key, if it has one.
 pub(crate) async fn insert_many(
     conn: &mut AnyConnection,
-    events: &[(&AuditEvent, Option<&Usage>)],
+    events: &[(&AuditEvent, Option<&Usage>, Option<&str>)],
     at: i64,
 ) -> Result<(), sqlx::Error> {
     for chunk in events.chunks(EVENTS_PER_STATEMENT) {
         let sql = format!(
-            "INSERT INTO audit_events (org_id, credential_id, action, outcome, actor, detail, at, workflow_id, run_id) \
-             VALUES {}",
-            super::values(chunk.len(), 9)
+            "INSERT INTO audit_events (org_id, credential_id, action, outcome, actor, detail, at, workflow_id, run_id, \
+             coalesce_key) VALUES {}",
+            super::values(chunk.len(), 10)
         );
         let mut query = sqlx::query(&sql);
-        for (event, usage) in chunk {
+        for (event, usage, key) in chunk {
             query = query
                 .bind(&event.org_id)
                 .bind(event.credential_id.as_deref())
@@ -179,7 +179,8 @@ pub(crate) async fn insert_many(
                 .bind(event.detail.as_ref().map(ToString::to_string))
                 .bind(at)
                 .bind(usage.and_then(|u| u.workflow_id.as_deref()))
-                .bind(usage.and_then(|u| u.run_id.as_deref()));
+                .bind(usage.and_then(|u| u.run_id.as_deref()))
+                .bind(*key);
         }
         query.execute(&mut *conn).await?;
     }

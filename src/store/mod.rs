@@ -55,7 +55,7 @@ pub use sessions::{NewPageSession, PageSessionRow};
 pub use sharing::{sharing_detail, UsageSummary, UserRemoval};
 use time_limit::Abandoned;
 pub use time_limit::OP_TIMEOUT;
-pub use uses::{UseRecord, LAST_USED_EVERY_SECS};
+pub use uses::{UseOutcome, UseRecord, LAST_USED_EVERY_SECS};
 
 use std::str::FromStr;
 use std::time::Duration;

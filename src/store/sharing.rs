@@ -280,11 +280,12 @@ impl Store {
         .await
     }
 
-    /// Uses of a credential: total, last, and per workflow.
+    /// Uses of a credential (resolves and gateway calls): total, last, and
+    /// per workflow.
     pub async fn usage(&self, org_id: &OrgId, id: &CredentialId) -> Result<UsageSummary, StoreError> {
         self.timed(async move {
             let total: UsesColumns = sqlx::query_as(
-            "SELECT COUNT(*) AS uses, MAX(at) AS last_at FROM audit_events WHERE credential_id = $1 AND action = 'credential.resolve' \
+            "SELECT COUNT(*) AS uses, MAX(at) AS last_at FROM audit_events WHERE credential_id = $1 AND action IN ('credential.resolve', 'credential.proxy') \
              AND org_id = $2",
         )
         .bind(id)
@@ -293,7 +294,7 @@ impl Store {
         .await?;
             let rows: Vec<WorkflowColumns> = sqlx::query_as(
                 "SELECT workflow_id, COUNT(*) AS uses, MAX(at) AS last_at FROM audit_events WHERE credential_id = $1 \
-             AND action = 'credential.resolve' AND org_id = $2 AND workflow_id IS NOT NULL \
+             AND action IN ('credential.resolve', 'credential.proxy') AND org_id = $2 AND workflow_id IS NOT NULL \
              GROUP BY workflow_id ORDER BY MAX(at) DESC, workflow_id LIMIT 500",
             )
             .bind(id)

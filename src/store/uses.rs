@@ -19,6 +19,36 @@ pub struct UseRecord {
     /// The audit event (its `credential_id` is set).
     pub event: AuditEvent,
     pub usage: Usage,
+    /// Names the event for [`Store::record_outcomes`] (a gateway call,
+    /// whose outcome is known only once the service has answered).
+    pub key: Option<String>,
+}
+
+/// What became of a recorded use: the service's status (`None`: no
+/// answer) or what went wrong, and how long it took.
+#[derive(Debug, Clone)]
+pub struct UseOutcome {
+    /// The use's [`UseRecord::key`].
+    pub key: String,
+    pub status: Option<u16>,
+    /// `unreachable`, `timeout`, `egress_denied`, `body_too_large`.
+    pub error: Option<&'static str>,
+    pub latency_ms: u64,
+}
+
+impl UseOutcome {
+    /// `success` for a 1xx to 3xx answer, else `failure`.
+    fn outcome(&self) -> &'static str {
+        match self.status {
+            Some(s) if s < 400 => "success",
+            _ => "failure",
+        }
+    }
+
+    /// The facts added to the event's detail.
+    fn facts(&self) -> String {
+        serde_json::json!({"status": self.status, "latency_ms": self.latency_ms, "error": self.error}).to_string()
+    }
 }
 
 /// Uses per statement (SQLite).
@@ -30,12 +60,26 @@ const CHUNK: usize = 200;
 /// inserted, all in the statement's own transaction.
 const RECORD_USES_POSTGRES: &str = "WITH u AS (\
         SELECT * FROM json_to_recordset(CAST($1 AS json)) AS x(org_id TEXT, credential_id TEXT, action TEXT, \
-        outcome TEXT, actor TEXT, detail TEXT, workflow_id TEXT, run_id TEXT)), \
+        outcome TEXT, actor TEXT, detail TEXT, workflow_id TEXT, run_id TEXT, coalesce_key TEXT)), \
     touched AS (UPDATE credentials c SET last_used_at = $2 \
         FROM (SELECT DISTINCT credential_id FROM u WHERE credential_id IS NOT NULL ORDER BY credential_id) d \
         WHERE c.id = d.credential_id AND (c.last_used_at IS NULL OR c.last_used_at <= $3)) \
-    INSERT INTO audit_events (org_id, credential_id, action, outcome, actor, detail, at, workflow_id, run_id) \
-    SELECT org_id, credential_id, action, outcome, actor, detail, $2, workflow_id, run_id FROM u";
+    INSERT INTO audit_events (org_id, credential_id, action, outcome, actor, detail, at, workflow_id, run_id, coalesce_key) \
+    SELECT org_id, credential_id, action, outcome, actor, detail, $2, workflow_id, run_id, coalesce_key FROM u";
+
+/// Outcomes on Postgres, in one statement: each adds its facts to the
+/// detail of the event with its key.
+const RECORD_OUTCOMES_POSTGRES: &str = "UPDATE audit_events a \
+    SET outcome = x.outcome, detail = (COALESCE(CAST(a.detail AS jsonb), '{}'::jsonb) || CAST(x.facts AS jsonb))::text \
+    FROM json_to_recordset(CAST($1 AS json)) AS x(key TEXT, outcome TEXT, facts TEXT) \
+    WHERE a.coalesce_key = x.key";
+
+#[derive(Serialize)]
+struct OutcomeJson<'a> {
+    key: &'a str,
+    outcome: &'a str,
+    facts: String,
+}
 
 /// One use as an element of [`RECORD_USES_POSTGRES`]'s array.
 #[derive(Serialize)]
@@ -48,6 +92,7 @@ struct UseJson<'a> {
     detail: Option<String>,
     workflow_id: Option<&'a str>,
     run_id: Option<&'a str>,
+    coalesce_key: Option<&'a str>,
 }
 
 impl<'a> From<&'a UseRecord> for UseJson<'a> {
@@ -61,6 +106,7 @@ impl<'a> From<&'a UseRecord> for UseJson<'a> {
             detail: u.event.detail.as_ref().map(ToString::to_string),
             workflow_id: u.usage.workflow_id.as_deref(),
             run_id: u.usage.run_id.as_deref(),
+            coalesce_key: u.key.as_deref(),
         }
     }
 }
@@ -106,12 +152,58 @@ impl Store {
             }
             query.execute(&mut *tx).await?;
 
-            let events: Vec<_> = chunk.iter().map(|u| (&u.event, Some(&u.usage))).collect();
+            let events: Vec<_> = chunk
+                .iter()
+                .map(|u| (&u.event, Some(&u.usage), u.key.as_deref()))
+                .collect();
             audit::insert_many(&mut tx, &events, t).await?;
         }
         tx.commit().await?;
         Ok(())
     })
+        .await
+    }
+
+    /// Adds each outcome to its use's event (by key), in one transaction.
+    /// An outcome whose event is gone (its organization deleted) changes
+    /// nothing.
+    pub async fn record_outcomes(&self, outcomes: &[UseOutcome]) -> Result<(), StoreError> {
+        self.timed(async move {
+            if outcomes.is_empty() {
+                return Ok(());
+            }
+            if self.dialect == Dialect::Postgres {
+                let batch: Vec<OutcomeJson> = outcomes
+                    .iter()
+                    .map(|o| OutcomeJson {
+                        key: &o.key,
+                        outcome: o.outcome(),
+                        facts: o.facts(),
+                    })
+                    .collect();
+                let batch =
+                    serde_json::to_string(&batch).map_err(|e| StoreError::Database(sqlx::Error::Encode(e.into())))?;
+                sqlx::query(RECORD_OUTCOMES_POSTGRES)
+                    .bind(batch)
+                    .execute(&self.pool)
+                    .await?;
+                return Ok(());
+            }
+            let mut tx = self.begin_write().await?;
+            for o in outcomes {
+                sqlx::query(
+                    "UPDATE audit_events SET outcome = $1, detail = json_patch(COALESCE(detail, '{}'), $2) \
+                     WHERE coalesce_key = $3",
+                )
+                .bind(o.outcome())
+                .bind(o.facts())
+                .bind(&o.key)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
         .await
     }
 }

@@ -52,6 +52,9 @@ async fn record(
             return (AxumStatus::UNAUTHORIZED, "expired").into_response();
         }
     }
+    if path == "always401" {
+        return (AxumStatus::UNAUTHORIZED, "refused").into_response();
+    }
     if path == "redirect" {
         return (AxumStatus::FOUND, [("location", "http://elsewhere.example/")], "").into_response();
     }
@@ -331,25 +334,59 @@ async fn a_refused_token_is_refreshed_once_and_the_call_sent_again(backend: crat
 }
 both_backends!(a_refused_token_is_refreshed_once_and_the_call_sent_again);
 
-async fn too_large_bodies_and_too_many_calls_at_once_are_refused(backend: crate::helpers::Backend) {
+async fn the_body_limit_and_the_cap_on_calls_at_once_are_settings(backend: crate::helpers::Backend) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let db = TestDb::new(backend).await;
     let (base, seen) = upstream().await;
-    let app = gateway_app(&db).await;
+    let mut config = test_config(&db);
+    config.egress_allow = "127.0.0.0/8".into();
+    config.proxy_max_body = 1000;
+    config.proxy_concurrency_per_credential = 2;
+    let app = TestApp::spawn_with(config).await;
     let id = http_credential(&app, &base, json!({"scheme": "bearer", "token": "t"})).await;
+    let default = credgate::config::Config::for_database("sqlite://x.db");
 
     let addr = app.base.trim_start_matches("http://").to_owned();
     let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let request = format!(
         "POST /integrations/credentials/{id}/proxy/upload HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
-         Content-Length: 100000000\r\nConnection: close\r\n\r\n",
+         Content-Length: 2000\r\nConnection: close\r\n\r\n",
         app.org.engine
     );
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut answer = vec![0u8; 4096];
-    let n = stream.read(&mut answer).await.unwrap();
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut answer))
+        .await
+        .expect("answered before the body was sent")
+        .unwrap();
     let head = String::from_utf8_lossy(&answer[..n]).to_ascii_lowercase();
-    let calls = (0..crate_max() + 1).map(|_| {
+    // No length declared: the body is counted as it comes (sent whole at
+    // once, so that the answer is read after the request, never cut by it).
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let chunk = format!("1f4\r\n{}\r\n", "y".repeat(500));
+    let request = format!(
+        "POST /integrations/credentials/{id}/proxy/upload HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n{}0\r\n\r\n",
+        app.org.engine,
+        chunk.repeat(4)
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut streamed = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut streamed))
+        .await
+        .expect("answered")
+        .unwrap();
+    let streamed = String::from_utf8_lossy(&streamed).to_ascii_lowercase();
+    let small = app
+        .client
+        .post(format!("{}/integrations/credentials/{id}/proxy/upload", app.base))
+        .bearer_auth(&app.org.engine)
+        .body(vec![b'z'; 1000])
+        .send()
+        .await
+        .unwrap()
+        .status();
+    let calls = (0..3).map(|_| {
         app.client
             .get(format!("{}/integrations/credentials/{id}/proxy/slow", app.base))
             .bearer_auth(&app.org.engine)
@@ -366,33 +403,178 @@ async fn too_large_bodies_and_too_many_calls_at_once_are_refused(backend: crate:
         .text()
         .await
         .unwrap();
+    let uploads: Vec<Value> = seen
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c["path"] == "upload")
+        .cloned()
+        .collect();
 
+    assert_eq!(default.proxy_max_body, 10 * 1024 * 1024, "10 MiB by default");
+    assert_eq!(default.proxy_concurrency_per_credential, 32);
     assert!(head.starts_with("http/1.1 413"), "{head}");
     assert!(head.contains("credgate-error: 1"), "{head}");
+    assert!(streamed.starts_with("http/1.1 413"), "{streamed}");
+    assert!(streamed.contains("credgate-error: 1"), "{streamed}");
+    assert_eq!(small, StatusCode::CREATED, "a body at the limit passes");
+    assert_eq!(uploads.len(), 1, "only the body within the limit arrived: {uploads:?}");
+    assert_eq!(uploads[0]["body"].as_str().unwrap().len(), 1000);
     assert_eq!(
         statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count(),
         1,
         "{statuses:?}"
     );
-    assert_eq!(
-        statuses.iter().filter(|s| **s == StatusCode::CREATED).count(),
-        crate_max()
-    );
-    assert_eq!(
-        seen.0.lock().unwrap().len(),
-        crate_max(),
-        "the refused upload never left"
-    );
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::CREATED).count(), 2);
     assert!(
         metrics.contains(r#"credgate_gateway_calls_total{provider="http",status_class="2xx"}"#),
         "{metrics}"
     );
 }
-both_backends!(too_large_bodies_and_too_many_calls_at_once_are_refused);
+both_backends!(the_body_limit_and_the_cap_on_calls_at_once_are_settings);
 
-fn crate_max() -> usize {
-    credgate::gateway::MAX_CALLS_PER_CREDENTIAL
+async fn a_refused_token_is_refreshed_and_a_kept_body_sent_again(backend: crate::helpers::Backend) {
+    use crate::oauth::{connect, oauth_app};
+    use crate::oauth_server::{AuthServer, Flavor};
+    let db = TestDb::new(backend).await;
+    let (base, seen) = upstream().await;
+    let ms = AuthServer::start(Flavor::Microsoft).await;
+    let app = oauth_app(&db, &[(&ms, "microsoft")], |c| {
+        c.egress_allow = "127.0.0.0/8".into();
+        c.provider_overrides
+            .insert("CREDGATE_PROVIDER_MICROSOFT_API_BASE_URL".into(), format!("{base}/v2"));
+    })
+    .await;
+    let id = connect(&app, "microsoft", "").await["credential_id"].clone();
+    let post = |path: &str, body: Vec<u8>| {
+        app.client
+            .post(format!("{}/integrations/credentials/{id}/proxy/{path}", app.base))
+            .bearer_auth(&app.org.engine)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+
+    let kept = post("once401", br#"{"subject":"hello"}"#.to_vec()).await.unwrap();
+    let kept_status = kept.status();
+    let after_kept = seen.0.lock().unwrap().clone();
+    let refreshes_after_kept = ms.with(|i| i.refresh_grants);
+    // Over 1 MiB: not kept, so the service's 401 is the answer.
+    let large = post("always401", vec![b'q'; 1024 * 1024 + 1]).await.unwrap();
+    let large_status = large.status();
+    let large_error = large.headers().get("credgate-error").cloned();
+    let large_body = large.text().await.unwrap();
+    let calls = seen.0.lock().unwrap().clone();
+
+    assert_eq!(kept_status, StatusCode::CREATED, "answered after one refresh");
+    assert_eq!(after_kept.len(), 2, "sent twice");
+    assert_eq!(after_kept[1]["body"], r#"{"subject":"hello"}"#, "the same body again");
+    assert_eq!(after_kept[1]["headers"]["content-type"], "application/json");
+    assert_ne!(
+        after_kept[0]["headers"]["authorization"],
+        after_kept[1]["headers"]["authorization"]
+    );
+    assert_eq!(refreshes_after_kept, 1, "one refresh");
+    assert_eq!(large_status, StatusCode::UNAUTHORIZED, "the service's answer");
+    assert!(large_error.is_none(), "not credgate's own error");
+    assert_eq!(large_body, "refused");
+    assert_eq!(calls.len(), 3, "the large body was sent once");
+    assert_eq!(calls[2]["body"].as_str().unwrap().len(), 1024 * 1024 + 1);
+    assert_eq!(
+        ms.with(|i| i.refresh_grants),
+        1,
+        "no refresh for a call it could not repeat"
+    );
 }
+both_backends!(a_refused_token_is_refreshed_and_a_kept_body_sent_again);
+
+/// The credential's `credential.proxy` events once each has its outcome
+/// (written just after the service answers).
+async fn settled_uses(app: &TestApp, id: &str, count: usize) -> Vec<Value> {
+    for _ in 0..100 {
+        let (_, audit) = app
+            .call(
+                Method::GET,
+                &format!("/integrations/credentials/{id}/audit"),
+                &app.org.admin,
+                None,
+            )
+            .await;
+        let uses: Vec<Value> = audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "credential.proxy")
+            .cloned()
+            .collect();
+        if uses.len() == count && uses.iter().all(|u| u["detail"].get("latency_ms").is_some()) {
+            return uses;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the calls' outcomes were never recorded");
+}
+
+async fn each_call_is_a_use_with_the_services_status_and_latency(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let (base, _seen) = upstream().await;
+    let app = gateway_app(&db).await;
+    let id = http_credential(&app, &base, json!({"scheme": "bearer", "token": "t"})).await;
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let nowhere = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let gone = http_credential(&app, &nowhere, json!({"scheme": "bearer", "token": "t"})).await;
+    let call = |id: &str, path: &str| {
+        app.client
+            .get(format!(
+                "{}/integrations/credentials/{id}/proxy/{path}?secret=no",
+                app.base
+            ))
+            .bearer_auth(&app.org.engine)
+            .header("credgate-workflow-id", "wf-1")
+            .header("credgate-run-id", "run-1")
+            .send()
+    };
+
+    let made = call(&id, "items").await.unwrap().status();
+    let refused = call(&id, "always401").await.unwrap().status();
+    let unreachable = call(&gone, "items").await.unwrap();
+    let uses = settled_uses(&app, &id, 2).await;
+    let failed = settled_uses(&app, &gone, 1).await;
+    let (_, usage) = app
+        .call(
+            Method::GET,
+            &format!("/integrations/credentials/{id}/usage"),
+            &app.org.admin,
+            None,
+        )
+        .await;
+
+    assert_eq!(made, StatusCode::CREATED);
+    assert_eq!(refused, StatusCode::UNAUTHORIZED);
+    assert_eq!(unreachable.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(unreachable.headers()["credgate-error"], "1");
+    let by_path = |path: &str| uses.iter().find(|u| u["detail"]["path"] == path).unwrap().clone();
+    let ok = by_path("/items");
+    assert_eq!(ok["detail"]["status"], 201, "{ok}");
+    assert!(ok["detail"]["latency_ms"].as_u64().is_some(), "{ok}");
+    assert_eq!(ok["detail"]["method"], "GET");
+    assert_eq!(ok["detail"]["workflow_id"], "wf-1");
+    assert_eq!(ok["detail"]["run_id"], "run-1");
+    assert_eq!(ok["outcome"], "success");
+    assert!(!ok.to_string().contains("secret=no"), "no query: {ok}");
+    let no = by_path("/always401");
+    assert_eq!(no["detail"]["status"], 401);
+    assert_eq!(no["outcome"], "failure");
+    assert_eq!(failed[0]["detail"]["status"], Value::Null);
+    assert_eq!(failed[0]["detail"]["error"], "unreachable", "{}", failed[0]);
+    assert_eq!(failed[0]["outcome"], "failure");
+    assert_eq!(usage["uses_total"], 2, "{usage}");
+    assert_eq!(usage["workflows"][0]["workflow_id"], "wf-1");
+    assert_eq!(usage["workflows"][0]["uses"], 2);
+}
+both_backends!(each_call_is_a_use_with_the_services_status_and_latency);
 
 /// A process's resident memory, in bytes.
 fn rss(pid: u32) -> u64 {

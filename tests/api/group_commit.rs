@@ -14,7 +14,7 @@ use sqlx::Row;
 use credgate::ids::{CredentialId, OrgId, UserId};
 use credgate::model::{Access, AuthKind};
 use credgate::store::{
-    AuditEvent, CredentialRead, NewCredential, Notification, PendingCreate, StoreError, Usage, UseRecord,
+    AuditEvent, CredentialRead, NewCredential, Notification, PendingCreate, StoreError, Usage, UseOutcome, UseRecord,
 };
 
 use crate::helpers::{cid, pg_body, sentinel, test_config, Backend, TestApp, TestDb};
@@ -86,6 +86,7 @@ fn use_record(org: &OrgId, id: &str, workflow: Option<&str>, run: Option<&str>) 
             workflow_id: workflow.map(str::to_owned),
             run_id: run.map(str::to_owned),
         },
+        key: None,
     }
 }
 
@@ -183,6 +184,73 @@ async fn a_group_of_uses_records_each_event_as_given_and_last_use_once_a_minute(
     assert_eq!(theirs_used, Some(events[3].7));
 }
 crate::both_backends!(a_group_of_uses_records_each_event_as_given_and_last_use_once_a_minute);
+
+/// Gateway calls: uses written in one group, each with its key, then
+/// their outcomes in one group; each outcome lands on its own use, a key
+/// with no use changes nothing.
+async fn each_outcome_of_a_group_lands_on_its_own_use(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    let a = app.create_pg(&app.org, "a", &sentinel()).await;
+    let keyed = |n: usize| {
+        let mut record = use_record(&app.org.id, &a, Some(&format!("wf-{n}")), None);
+        record.event.action = "credential.proxy";
+        record.key = Some(format!("proxy:{n}"));
+        record
+    };
+    let uses: Vec<UseRecord> = (0..5).map(keyed).collect();
+    let outcome = |n: usize, status: Option<u16>| UseOutcome {
+        key: format!("proxy:{n}"),
+        status,
+        error: status.is_none().then_some("unreachable"),
+        latency_ms: n as u64 * 10,
+    };
+
+    app.state.store.record_uses(&uses).await.unwrap();
+    app.state
+        .store
+        .record_outcomes(&[
+            outcome(3, Some(503)),
+            outcome(0, Some(200)),
+            outcome(4, None),
+            outcome(9, Some(200)),
+        ])
+        .await
+        .unwrap();
+    let rows: Vec<(Option<String>, String, Option<String>)> = sqlx::query_as(
+        "SELECT workflow_id, outcome, detail FROM audit_events WHERE action = 'credential.proxy' ORDER BY workflow_id",
+    )
+    .fetch_all(&app.sql().await)
+    .await
+    .unwrap();
+
+    let seen: Vec<(String, String, Value, Value, Value)> = rows
+        .into_iter()
+        .map(|(w, o, d)| {
+            let d: Value = serde_json::from_str(&d.unwrap()).unwrap();
+            (
+                w.unwrap(),
+                o,
+                d["status"].clone(),
+                d["latency_ms"].clone(),
+                d["workflow_id"].clone(),
+            )
+        })
+        .collect();
+    let want =
+        |w: &str, o: &str, status: Value, latency: Value| (w.to_owned(), o.to_owned(), status, latency, json!(w));
+    assert_eq!(
+        seen,
+        vec![
+            want("wf-0", "success", json!(200), json!(0)),
+            want("wf-1", "success", Value::Null, Value::Null),
+            want("wf-2", "success", Value::Null, Value::Null),
+            want("wf-3", "failure", json!(503), json!(30)),
+            want("wf-4", "failure", Value::Null, json!(40)),
+        ]
+    );
+}
+crate::both_backends!(each_outcome_of_a_group_lands_on_its_own_use);
 
 async fn groups_of_uses_on_two_replicas_over_the_same_credentials_all_commit(backend: crate::helpers::Backend) {
     let db = TestDb::new(backend).await;

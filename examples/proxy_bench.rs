@@ -1,0 +1,407 @@
+//! Throughput of the gateway beside nginx, on one machine, in one run.
+//!
+//! ```sh
+//! scripts/install-bench-deps.sh    # wrk and nginx-light (Debian)
+//! cargo build --release            # the server binary, target/release/credgate
+//! cargo run --release --example proxy_bench -- [--seconds 10] [--connections 32] [--pgbench-seconds 10]
+//! ```
+//!
+//! What it does, printing ONE JSON document on stdout (progress on stderr):
+//!
+//! 1. Starts nginx (Debian `nginx-light`, its default worker count) with
+//!    two servers: an upstream answering every request with a small JSON
+//!    body, and a reverse proxy to it (kept-alive upstream connections)
+//!    that sets `Authorization: Bearer …`, as the gateway does.
+//! 2. Creates a Postgres database `cg_proxy_<random>`, migrates it and
+//!    creates an organization, an admin and an engine key with the real
+//!    binary's commands, starts `credgate serve` (rate limit off,
+//!    `CREDGATE_LOG=warn`, loopback allowed by the egress guard), and
+//!    creates an `http` credential whose base URL is the nginx upstream.
+//! 3. Runs `wrk --latency` (2 threads, `--connections`, `--seconds` each,
+//!    after a 2 s warm-up) against (1) the upstream directly, (2) the nginx
+//!    proxy, (3) `…/credentials/{id}/proxy/items` with the engine key: each
+//!    call is written as a use (`credential.proxy`) on PostgreSQL before it
+//!    leaves, and gets its status and latency just after.
+//! 4. Counts the `credential.proxy` events (every answered call has one)
+//!    and runs `pgbench -N` (one read-write transaction each) with as many
+//!    clients, for scale.
+//!
+//! Load generator, proxies, upstream and database share the machine's
+//! cores. Run nothing else heavy at the same time.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+/// Gateway beside nginx (see the file's doc).
+#[derive(clap::Parser)]
+struct Args {
+    /// Seconds of each measured wrk run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// wrk connections (and pgbench clients).
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Seconds of `pgbench -N`.
+    #[arg(long, default_value_t = 10)]
+    pgbench_seconds: u64,
+}
+
+/// What one wrk run measured.
+#[derive(Debug, Clone, Copy)]
+struct Wrk {
+    requests: f64,
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: f64,
+}
+
+impl Wrk {
+    fn json(&self) -> Value {
+        json!({
+            "requests": self.requests,
+            "requests_per_s": round(self.rps, 0),
+            "p50_ms": round(self.p50_ms, 2),
+            "p99_ms": round(self.p99_ms, 2),
+            "non_2xx_or_socket_errors": self.errors,
+        })
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = <Args as clap::Parser>::parse();
+    for tool in ["wrk", "nginx", "pgbench", "psql"] {
+        if which(tool).is_none() {
+            bail!("{tool} is missing: run scripts/install-bench-deps.sh");
+        }
+    }
+    let dir = tempfile::tempdir()?;
+    let name = format!("cg_proxy_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    psql(&format!("CREATE DATABASE {name}"))?;
+    let result = run(&args, dir.path(), &format!("postgres://root@127.0.0.1:5432/{name}"));
+    psql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))?;
+    println!("{}", serde_json::to_string_pretty(&result?)?);
+    Ok(())
+}
+
+fn run(args: &Args, dir: &Path, url: &str) -> anyhow::Result<Value> {
+    let upstream_port = free_port()?;
+    let proxy_port = free_port()?;
+    let _nginx = Guard(nginx(dir, upstream_port, proxy_port)?);
+    let bin = credgate_binary()?;
+    let master_key = command(&bin, url, "", &["keys", "generate"])?;
+    command(&bin, url, &master_key, &["migrate"])?;
+    let org = command(&bin, url, &master_key, &["org", "create", "Bench"])?;
+    let key = |role: &str| {
+        command(
+            &bin,
+            url,
+            &master_key,
+            &["api-key", "create", "--org", &org, "--role", role],
+        )
+    };
+    let (admin, engine) = (key("admin")?, key("engine")?);
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let server = Guard(
+        Command::new(&bin)
+            .arg("serve")
+            .current_dir(dir)
+            .env("CREDGATE_DATABASE_URL", url)
+            .env("CREDGATE_MASTER_KEYS", &master_key)
+            .env("CREDGATE_LISTEN", &addr)
+            .env("CREDGATE_RATE_LIMIT_PER_ORG", "0")
+            .env("CREDGATE_EGRESS_ALLOW", "127.0.0.0/8")
+            .env("CREDGATE_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("cannot start credgate serve")?,
+    );
+    eprintln!("credgate serve on {addr} (pid {})", server.0.id());
+    wait_for(&format!("http://{addr}/readyz"))?;
+    let created = curl(&[
+        "-sf",
+        "-H",
+        &format!("Authorization: Bearer {admin}"),
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        &json!({"name": "bench", "provider": "http", "auth_type": "api_key", "fields": {
+            "base_url": format!("http://127.0.0.1:{upstream_port}"), "scheme": "bearer", "token": "bench-token"}})
+        .to_string(),
+        &format!("http://{addr}/integrations/credentials"),
+    ])?;
+    let id = serde_json::from_str::<Value>(&created)?["id"]
+        .as_str()
+        .context("no credential id")?
+        .to_owned();
+
+    let engine_header = format!("Authorization: Bearer {engine}");
+    let targets = [
+        ("nginx_direct", format!("http://127.0.0.1:{upstream_port}/items"), None),
+        ("nginx_proxy", format!("http://127.0.0.1:{proxy_port}/items"), None),
+        (
+            "credgate_proxy",
+            format!("http://{addr}/integrations/credentials/{id}/proxy/items"),
+            Some(engine_header.as_str()),
+        ),
+    ];
+    let mut measured = serde_json::Map::new();
+    let mut figures = Vec::new();
+    for (label, target, header) in &targets {
+        eprintln!("wrk: {label}");
+        wrk(target, *header, 2, args.connections)?;
+        let w = wrk(target, *header, args.seconds, args.connections)?;
+        measured.insert((*label).into(), w.json());
+        figures.push(w);
+    }
+    // Each answered call left its use.
+    std::thread::sleep(Duration::from_secs(1));
+    let uses: f64 = psql_value(
+        url.rsplit('/').next().unwrap_or_default(),
+        "SELECT COUNT(*) FROM audit_events WHERE action = 'credential.proxy'",
+    )?
+    .parse()?;
+    let with_status: f64 = psql_value(
+        url.rsplit('/').next().unwrap_or_default(),
+        "SELECT COUNT(*) FROM audit_events WHERE action = 'credential.proxy' AND detail LIKE '%\"status\":200%'",
+    )?
+    .parse()?;
+    drop(server);
+    eprintln!("pgbench -N");
+    let pgbench = pgbench_n(args.connections, args.pgbench_seconds)?;
+    let (proxy, gateway) = (figures[1], figures[2]);
+    Ok(json!({
+        "connections": args.connections,
+        "wrk_threads": 2,
+        "seconds": args.seconds,
+        "runs": measured,
+        "credgate_to_nginx_proxy": round(gateway.rps / proxy.rps, 3),
+        "credgate_p99_ms": round(gateway.p99_ms, 2),
+        "uses_recorded": uses,
+        "uses_with_status_200": with_status,
+        "pgbench_simple_update_tps": round(pgbench, 0),
+        "credgate_to_pgbench_n": round(gateway.rps / pgbench, 3),
+    }))
+}
+
+/// Kills its process when dropped.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn nginx(dir: &Path, upstream: u16, proxy: u16) -> anyhow::Result<Child> {
+    let conf = dir.join("nginx.conf");
+    let d = dir.display();
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nworker_processes auto;\npid {d}/nginx.pid;\nerror_log {d}/nginx.error.log warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+             keepalive_requests 1000000;\n\
+             upstream service {{ server 127.0.0.1:{upstream}; keepalive 64; }}\n\
+             server {{ listen 127.0.0.1:{upstream}; default_type application/json;\n\
+             location / {{ return 200 '{{\"id\":1,\"name\":\"item\"}}'; }} }}\n\
+             server {{ listen 127.0.0.1:{proxy};\n\
+             location / {{ proxy_pass http://service; proxy_http_version 1.1; proxy_set_header Connection \"\";\n\
+             proxy_set_header Authorization \"Bearer bench-token\"; }} }}\n}}\n"
+        ),
+    )?;
+    let child = Command::new("nginx")
+        .args(["-p", &d.to_string(), "-c", &conf.display().to_string()])
+        .stdin(Stdio::null())
+        .spawn()
+        .context("cannot start nginx")?;
+    wait_for(&format!("http://127.0.0.1:{proxy}/items"))?;
+    Ok(child)
+}
+
+/// One wrk run against `target`.
+fn wrk(target: &str, header: Option<&str>, seconds: u64, connections: usize) -> anyhow::Result<Wrk> {
+    let mut cmd = Command::new("wrk");
+    cmd.args([
+        "-t2",
+        &format!("-c{connections}"),
+        &format!("-d{seconds}s"),
+        "--latency",
+    ]);
+    if let Some(h) = header {
+        cmd.args(["-H", h]);
+    }
+    let out = cmd.arg(target).output().context("cannot run wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    if !out.status.success() {
+        bail!("wrk failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .map(|v| v.split_whitespace().next().unwrap_or("").to_owned())
+    };
+    let rps: f64 = field("Requests/sec:")
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))?;
+    let requests: f64 = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let errors: f64 = field("Non-2xx or 3xx responses:")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+        + text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Socket errors:"))
+            .map(|v| {
+                v.split(',')
+                    .filter_map(|p| p.split_whitespace().nth(1).and_then(|n| n.parse::<f64>().ok()))
+                    .sum()
+            })
+            .unwrap_or(0.0);
+    let latency = |p: &str| field(p).and_then(|v| millis(&v));
+    Ok(Wrk {
+        requests,
+        rps,
+        p50_ms: latency("50%").context("no p50")?,
+        p99_ms: latency("99%").context("no p99")?,
+        errors,
+    })
+}
+
+/// wrk's `123.45us`, `1.20ms`, `2.00s` in milliseconds.
+fn millis(v: &str) -> Option<f64> {
+    let (n, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic())?);
+    let n: f64 = n.parse().ok()?;
+    match unit {
+        "us" => Some(n / 1000.0),
+        "ms" => Some(n),
+        "s" => Some(n * 1000.0),
+        "m" => Some(n * 60_000.0),
+        _ => None,
+    }
+}
+
+/// `target/release/credgate`, beside this example.
+fn credgate_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("credgate"))
+        .context("cannot locate the target directory")?;
+    if !bin.exists() {
+        bail!("{} is missing: run `cargo build --release` first", bin.display());
+    }
+    Ok(bin)
+}
+
+/// Runs a credgate command; its stdout's first line.
+fn command(bin: &Path, url: &str, master_key: &str, args: &[&str]) -> anyhow::Result<String> {
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
+        .env("CREDGATE_DATABASE_URL", url)
+        .env("CREDGATE_LOG", "warn");
+    if !master_key.is_empty() {
+        cmd.env("CREDGATE_MASTER_KEYS", master_key);
+    }
+    let out = cmd.output()?;
+    if !out.status.success() {
+        bail!("credgate {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_owned())
+}
+
+fn wait_for(url: &str) -> anyhow::Result<()> {
+    for _ in 0..300 {
+        if curl(&["-sf", "-o", "/dev/null", url]).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("{url} did not answer within 30 s")
+}
+
+fn curl(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("curl").args(args).output().context("cannot run curl")?;
+    if !out.status.success() {
+        bail!("curl {:?} failed", args.last());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .chain(["/usr/sbin", "/sbin"])
+        .map(|d| Path::new(d).join(tool))
+        .find(|p| p.exists())
+}
+
+fn psql(sql: &str) -> anyhow::Result<()> {
+    psql_value("postgres", sql).map(|_| ())
+}
+
+fn psql_value(db: &str, sql: &str) -> anyhow::Result<String> {
+    let out = Command::new("psql")
+        .args("-h 127.0.0.1 -U root -v ON_ERROR_STOP=1 -qtA".split(' '))
+        .args(["-d", db, "-c", sql])
+        .output()
+        .context("cannot run psql")?;
+    if !out.status.success() {
+        bail!("psql {sql:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// `pgbench -N` (select, update, insert: one read-write transaction each)
+/// on a scratch database; its tps.
+fn pgbench_n(clients: usize, seconds: u64) -> anyhow::Result<f64> {
+    psql("DROP DATABASE IF EXISTS cg_pgbench WITH (FORCE)")?;
+    psql("CREATE DATABASE cg_pgbench")?;
+    let common = ["-h", "127.0.0.1", "-U", "root"];
+    let init = Command::new("pgbench")
+        .args(common)
+        .args(["-i", "-q", "-s", "10", "cg_pgbench"])
+        .output()?;
+    if !init.status.success() {
+        bail!("pgbench -i failed: {}", String::from_utf8_lossy(&init.stderr));
+    }
+    let run = Command::new("pgbench")
+        .args(common)
+        .args(format!("-N -n -c {clients} -j 2 -T {seconds} cg_pgbench").split(' '))
+        .output()?;
+    let out = String::from_utf8_lossy(&run.stdout);
+    psql("DROP DATABASE IF EXISTS cg_pgbench WITH (FORCE)")?;
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix("tps = "))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .with_context(|| format!("no tps in pgbench output:\n{out}"))
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let m = 10f64.powi(digits);
+    (x * m).round() / m
+}
