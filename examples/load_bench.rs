@@ -311,6 +311,7 @@ async fn seed(url: &str, master_key: &SecretString, sharing: bool) -> anyhow::Re
                 auth_type: "user_password".into(),
                 fields: fields.as_object().expect("an object").clone(),
                 public: Vec::new(),
+                expires_at: None,
             };
             let row = credentials::create(ctx, creator, input).await?;
             if sharing {

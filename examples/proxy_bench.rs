@@ -168,7 +168,7 @@ fn run(args: &Args, dir: &Path, url: &str) -> anyhow::Result<Value> {
     .parse()?;
     let with_status: f64 = psql_value(
         url.rsplit('/').next().unwrap_or_default(),
-        "SELECT COUNT(*) FROM audit_events WHERE action = 'credential.proxy' AND detail LIKE '%\"status\":200%'",
+        "SELECT COUNT(*) FROM audit_events WHERE action = 'credential.proxy' AND CAST(detail AS jsonb) ->> 'status' = '200'",
     )?
     .parse()?;
     drop(server);
@@ -189,11 +189,19 @@ fn run(args: &Args, dir: &Path, url: &str) -> anyhow::Result<Value> {
     }))
 }
 
-/// Kills its process when dropped.
+/// Stops its process when dropped: SIGTERM (nginx's master then stops its
+/// workers), SIGKILL after 5 s.
 struct Guard(Child);
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        for _ in 0..50 {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

@@ -173,6 +173,7 @@ async fn main() -> anyhow::Result<()> {
                     access_token: SecretString::from(format!("AT-seed-{i}")),
                     refresh_token: Some(SecretString::from(rt)),
                     expires_in: Some(Duration::from_secs(60)),
+                    refresh_expires_in: None,
                     scopes: None,
                     identity: None,
                 },

@@ -71,6 +71,10 @@ pub struct Settings {
     /// Token refreshes in flight at once (per replica).
     #[arg(long, env = "CREDGATE_REFRESH_CONCURRENCY", default_value_t = 64, global = true)]
     pub refresh_concurrency: usize,
+    /// A credential is `expiring` within this many days of its grant's or
+    /// secret's end.
+    #[arg(long, env = "CREDGATE_EXPIRY_WARN_DAYS", default_value_t = 14, global = true)]
+    pub expiry_warn_days: u32,
     /// Largest request body the gateway forwards, in bytes (413 beyond).
     #[arg(long, env = "CREDGATE_PROXY_MAX_BODY", default_value_t = 10 * 1024 * 1024, global = true)]
     pub proxy_max_body: u64,
@@ -151,6 +155,7 @@ pub struct Config {
     pub refresh_concurrency: usize,
     pub proxy_max_body: u64,
     pub proxy_concurrency_per_credential: usize,
+    pub expiry_warn_days: u32,
     /// How long the gateway waits for a service's answer to begin.
     pub proxy_first_byte_timeout: std::time::Duration,
     pub webhook_url: Option<String>,
@@ -221,6 +226,7 @@ impl Config {
             refresh_rate_per_provider: s.refresh_rate_per_provider,
             refresh_concurrency: s.refresh_concurrency,
             proxy_max_body: s.proxy_max_body,
+            expiry_warn_days: s.expiry_warn_days,
             proxy_concurrency_per_credential: s.proxy_concurrency_per_credential.max(1),
             proxy_first_byte_timeout: PROXY_FIRST_BYTE_TIMEOUT,
             webhook_url: s.webhook_url.clone().filter(|u| !u.is_empty()),
@@ -283,6 +289,7 @@ impl Config {
             refresh_rate_per_provider: 1000,
             refresh_concurrency: 64,
             proxy_max_body: 10 * 1024 * 1024,
+            expiry_warn_days: 14,
             proxy_concurrency_per_credential: 32,
             webhook_url: None,
             webhook_secret: None,

@@ -142,6 +142,66 @@ impl CredentialStatus {
     }
 }
 
+/// What a person should know of a credential at a glance: `needs_reauth`
+/// (a person must connect it again: the grant is gone or its end has
+/// passed), `failing` (refreshes or its connection test fail for now),
+/// `expiring` (its grant or secret ends within the warning window), `ok`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = CredentialHealth)]
+pub enum Health {
+    Ok,
+    Expiring,
+    NeedsReauth,
+    Failing,
+}
+
+/// The facts health is computed from.
+#[derive(Debug, Clone, Copy)]
+pub struct HealthFacts {
+    pub status: CredentialStatus,
+    pub refresh_failures: i64,
+    /// The earliest of the grant's and the secret's ends, if any is known.
+    pub ends_at: Option<i64>,
+}
+
+impl Health {
+    /// Every health, worst first.
+    pub const ALL: [Self; 4] = [Self::NeedsReauth, Self::Failing, Self::Expiring, Self::Ok];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Expiring => "expiring",
+            Self::NeedsReauth => "needs_reauth",
+            Self::Failing => "failing",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|h| h.as_str() == s)
+    }
+
+    /// The health of a credential with `facts` at `now`, warning
+    /// `warn_secs` before its end.
+    pub fn of(facts: HealthFacts, now: i64, warn_secs: i64) -> Self {
+        let ended = facts.ends_at.is_some_and(|t| t <= now);
+        if facts.status == CredentialStatus::NeedsReauth || ended {
+            Self::NeedsReauth
+        } else if matches!(facts.status, CredentialStatus::Expired | CredentialStatus::Error)
+            || facts.refresh_failures > 0
+        {
+            Self::Failing
+        } else if facts.ends_at.is_some_and(|t| t <= now + warn_secs) {
+            Self::Expiring
+        } else {
+            Self::Ok
+        }
+    }
+}
+
 /// What an API key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -250,6 +310,40 @@ pub const RESOLVE: &[Role] = &[Role::Engine];
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn health_is_the_worst_of_status_failures_and_ends() {
+        let facts = |status, refresh_failures, ends_at| HealthFacts {
+            status,
+            refresh_failures,
+            ends_at,
+        };
+        let day = 86_400;
+        let of = |f| Health::of(f, 1000 * day, 14 * day);
+        assert_eq!(of(facts(CredentialStatus::Active, 0, None)), Health::Ok);
+        assert_eq!(of(facts(CredentialStatus::Active, 0, Some(1015 * day))), Health::Ok);
+        assert_eq!(
+            of(facts(CredentialStatus::Active, 0, Some(1014 * day))),
+            Health::Expiring
+        );
+        assert_eq!(
+            of(facts(CredentialStatus::Active, 0, Some(1000 * day))),
+            Health::NeedsReauth
+        );
+        assert_eq!(
+            of(facts(CredentialStatus::Active, 2, Some(1003 * day))),
+            Health::Failing
+        );
+        assert_eq!(of(facts(CredentialStatus::Error, 0, None)), Health::Failing);
+        assert_eq!(of(facts(CredentialStatus::Expired, 0, None)), Health::Failing);
+        assert_eq!(
+            of(facts(CredentialStatus::NeedsReauth, 0, Some(1003 * day))),
+            Health::NeedsReauth
+        );
+        for h in Health::ALL {
+            assert_eq!(Health::parse(h.as_str()), Some(h));
+        }
+    }
 
     #[test]
     fn wire_names_round_trip() {

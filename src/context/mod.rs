@@ -64,6 +64,16 @@ impl Context {
         self.clock.now()
     }
 
+    /// `row`'s health now.
+    pub fn health_of(&self, row: &crate::store::CredentialRow) -> crate::model::Health {
+        row.health(self.now(), self.expiry_warn_secs())
+    }
+
+    /// `CREDGATE_EXPIRY_WARN_DAYS` in seconds.
+    pub fn expiry_warn_secs(&self) -> i64 {
+        i64::from(self.config.expiry_warn_days) * 86_400
+    }
+
     /// The client for `settings`' endpoints: the guarded one where a person,
     /// not the operator, chose them (an MCP server's).
     pub fn http_for(&self, settings: &crate::providers::OAuthSettings) -> &reqwest::Client {

@@ -73,6 +73,8 @@ pub async fn connect(ctx: &Context, grant: Grant<'_>) -> Result<CredentialId, Er
     let lifetime = tokens.expires_in.map(|d| d.as_secs());
     let expires_at = lifetime.map(|l| now + l as i64);
     let refresh_after = crate::oauth_client::schedule(expires_at, lifetime, ctx.config.refresh_lead_secs as i64);
+    // A new grant: an absolute lifetime starts again.
+    let refresh_expires_at = client.settings.refresh_end(tokens.refresh_expires_in, now, None, true);
     let account = identity.email.as_deref().unwrap_or(&identity.id).to_owned();
     for attempt in 0..KEY_RETRIES * 2 {
         let existing_id = match &credential_id {
@@ -135,6 +137,7 @@ pub async fn connect(ctx: &Context, grant: Grant<'_>) -> Result<CredentialId, Er
             scopes: tokens.scopes.clone().unwrap_or_else(|| settings_scopes.clone()),
             expires_at,
             refresh_after,
+            refresh_expires_at,
             fields: Value::Object(fields.clone()).to_string(),
             secret_names: "[]".into(),
             secret_ct,

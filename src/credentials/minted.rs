@@ -71,6 +71,7 @@ fn settings(provider: &Provider, fields: &Map<String, Value>) -> OAuthSettings {
             token_error_pointer: None,
             dynamic_registration: false,
             resource: None,
+            refresh_lifetime: None,
         },
     };
     if let Some(url) = text(fields, "token_url") {

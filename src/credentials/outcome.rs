@@ -19,6 +19,8 @@ pub struct Refreshed {
     pub tokens: OAuthTokens,
     pub expires_at: Option<i64>,
     pub refresh_after: Option<i64>,
+    /// When the refresh token ends, where known.
+    pub refresh_expires_at: Option<i64>,
     pub scopes: Option<Vec<String>>,
     /// Did the provider send a new refresh token?
     pub rotated: bool,
@@ -87,6 +89,7 @@ pub async fn record_refreshed(ctx: &Context, row: &CredentialRow, owner: &str, n
                 key_version,
                 expires_at: new.expires_at,
                 refresh_after: new.refresh_after,
+                refresh_expires_at: new.refresh_expires_at,
                 scopes: new.scopes.clone(),
             },
             event: event.clone(),
@@ -138,8 +141,26 @@ pub async fn record_refresh_failure(
 ) -> Result<Option<i64>, Error> {
     let detail = serde_json::to_value(&failure.last_error).expect("serializes");
     let event = refresh_event(row, "failure", detail.clone());
-    let failed =
-        notify.then(|| Notification::new("credential.refresh_failed", &row.org_id, &row.id, &row.provider, detail));
+    let mut notes = Vec::new();
+    if notify {
+        notes.push(Notification::new(
+            "credential.refresh_failed",
+            &row.org_id,
+            &row.id,
+            &row.provider,
+            detail.clone(),
+        ));
+    }
+    // The grant is gone: a person must connect it again.
+    if failure.status == CredentialStatus::NeedsReauth && row.status != CredentialStatus::NeedsReauth {
+        notes.push(Notification::new(
+            "credential.needs_reauth",
+            &row.org_id,
+            &row.id,
+            &row.provider,
+            json!({"reason": "refresh_refused", "error": detail}),
+        ));
+    }
     let written = ctx
         .store
         .store_refresh_failure(
@@ -147,10 +168,10 @@ pub async fn record_refresh_failure(
             &row.id,
             (row.secret_version, owner),
             failure,
-            (&event, failed.as_ref()),
+            (&event, &notes),
         )
         .await?;
-    if written.is_some() && notify {
+    if written.is_some() && !notes.is_empty() {
         ctx.webhooks.wake();
     }
     Ok(written)

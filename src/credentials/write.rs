@@ -23,6 +23,8 @@ pub struct NewCredentialInput {
     pub fields: Map<String, Value>,
     /// Key-value credentials: the fields shown in the clear.
     pub public: Vec<String>,
+    /// When the secret itself ends (RFC 3339), if its owner knows.
+    pub expires_at: Option<String>,
 }
 
 impl std::fmt::Debug for NewCredentialInput {
@@ -43,6 +45,8 @@ pub struct Changes {
     pub fields: Option<Map<String, Value>>,
     /// Key-value credentials: the new fields shown in the clear.
     pub public: Vec<String>,
+    /// A new end of the secret (RFC 3339); `Some(None)` clears it.
+    pub expires_at: Option<Option<String>>,
 }
 
 impl std::fmt::Debug for Changes {
@@ -52,6 +56,13 @@ impl std::fmt::Debug for Changes {
             .field("fields", &self.fields.as_ref().map(|m| m.keys().collect::<Vec<_>>()))
             .finish()
     }
+}
+
+/// `expires_at` as Unix seconds: an RFC 3339 time.
+fn parse_expiry(value: &str) -> Result<i64, FieldError> {
+    chrono::DateTime::parse_from_rfc3339(value.trim())
+        .map(|t| t.timestamp())
+        .map_err(|_| FieldError::new("expires_at", "must be an RFC 3339 time, like 2027-01-31T00:00:00Z"))
 }
 
 fn names_json(secrets: &CredentialSecrets) -> String {
@@ -83,6 +94,14 @@ pub(super) async fn create_with(
     let actor = actor.as_str();
     let mut errors = Vec::new();
     let name = check_name(&input.name).map_err(|e| errors.push(e)).ok();
+    let secret_expires_at = match input.expires_at.as_deref().map(parse_expiry) {
+        Some(Err(e)) => {
+            errors.push(e);
+            None
+        }
+        Some(Ok(t)) => Some(t),
+        None => None,
+    };
     let validated = match provider_auth(ctx, &input.provider, &input.auth_type) {
         Ok((_, AuthKind::Oauth2)) => {
             errors.push(FieldError::new(
@@ -159,6 +178,7 @@ pub(super) async fn create_with(
                 .as_ref()
                 .and_then(|m| m.scopes.as_ref())
                 .map(|s| serde_json::to_string(s).expect("strings serialize")),
+            secret_expires_at,
         };
         let create = PendingCreate {
             new,
@@ -267,19 +287,28 @@ pub async fn update(
     access::authorize(ctx, who, id, Access::Manage).await?;
     let (org_id, actor) = (&who.org_id, who.actor());
     let actor = actor.as_str();
-    if changes.name.is_none() && changes.fields.is_none() {
-        return Err(Error::field("body", "give `name`, `fields` or both"));
+    if changes.name.is_none() && changes.fields.is_none() && changes.expires_at.is_none() {
+        return Err(Error::field("body", "give `name`, `fields`, `expires_at` or more"));
     }
+    let secret_expires = match &changes.expires_at {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(t)) => Some(Some(parse_expiry(t).map_err(|e| Error::Validation(vec![e]))?)),
+    };
     let name = changes
         .name
         .as_deref()
         .map(check_name)
         .transpose()
         .map_err(|e| Error::Validation(vec![e]))?;
-    let changed: Vec<&str> = [("name", name.is_some()), ("fields", changes.fields.is_some())]
-        .into_iter()
-        .filter_map(|(k, on)| on.then_some(k))
-        .collect();
+    let changed: Vec<&str> = [
+        ("name", name.is_some()),
+        ("fields", changes.fields.is_some()),
+        ("expires_at", secret_expires.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(k, on)| on.then_some(k))
+    .collect();
     let event = AuditEvent::success(org_id, id, "credential.update", actor).with_detail(json!({ "changed": changed }));
     for attempt in 0..KEY_RETRIES {
         let row = super::get_unchecked(ctx, org_id, id).await?;
@@ -327,7 +356,7 @@ pub async fn update(
         };
         match ctx
             .store
-            .update_credential(org_id, id, name.as_ref(), write.as_ref(), &event)
+            .update_credential(org_id, id, (name.as_ref(), secret_expires), write.as_ref(), &event)
             .await
         {
             Ok(row) => return Ok(row),

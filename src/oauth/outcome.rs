@@ -28,6 +28,10 @@ pub struct Before {
     pub refresh_token: Option<SecretString>,
     /// `CREDGATE_REFRESH_LEAD_SECS`.
     pub lead: i64,
+    /// When the refresh token ends, as known before, and the provider's
+    /// declared lifetime.
+    pub refresh_expires_at: Option<i64>,
+    pub refresh_lifetime: Option<crate::providers::RefreshLifetime>,
 }
 
 /// The new state.
@@ -68,6 +72,13 @@ pub fn decide(rng: &mut impl Rng, answer: Result<TokenSet, OAuthError>, before: 
                 },
                 expires_at,
                 refresh_after: schedule_with(rng, expires_at, lifetime, before.lead),
+                refresh_expires_at: crate::providers::refresh_end(
+                    before.refresh_lifetime,
+                    set.refresh_expires_in,
+                    before.now,
+                    before.refresh_expires_at,
+                    false,
+                ),
                 scopes: set.scopes,
                 rotated,
             })
@@ -119,6 +130,8 @@ mod tests {
             failures,
             refresh_token: Some(SecretString::from("old-rt")),
             lead: 600,
+            refresh_expires_at: None,
+            refresh_lifetime: None,
         }
     }
 
@@ -131,6 +144,7 @@ mod tests {
             access_token: SecretString::from("new-at"),
             refresh_token: refresh.map(SecretString::from),
             expires_in: Some(Duration::from_secs(expires_in)),
+            refresh_expires_in: None,
             scopes: None,
             identity: None,
         }

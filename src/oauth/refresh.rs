@@ -280,6 +280,8 @@ async fn record(
         failures: row.refresh_failures,
         refresh_token,
         lead: ctx.config.refresh_lead_secs as i64,
+        refresh_expires_at: row.refresh_expires_at,
+        refresh_lifetime: revoke_with.as_ref().and_then(|s| s.refresh_lifetime),
     };
     let verdict = decide(&mut rand::thread_rng(), answer, &before);
     match verdict {

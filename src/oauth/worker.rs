@@ -61,14 +61,31 @@ pub async fn try_refresh_due(ctx: &Context, batch: i64) -> Result<Step, Error> {
 pub const EVENT_RETENTION_SECS: i64 = 7 * 86_400;
 
 /// Housekeeping: deletes OAuth states, page sessions and idempotency keys
-/// that expired, and notifications past their retention; returns how many
-/// states went.
+/// that expired, and notifications past their retention; writes the expiry
+/// notifications due; returns how many states went.
 pub async fn housekeeping(ctx: &Context) -> Result<u64, Error> {
     ctx.store.purge_events(ctx.now() - EVENT_RETENTION_SECS).await?;
     ctx.store.purge_page_sessions(ctx.now()).await?;
     ctx.store.purge_idempotency_keys(ctx.now()).await?;
+    if ctx
+        .store
+        .notify_expiring(&expiry_thresholds(ctx.config.expiry_warn_days))
+        .await?
+        > 0
+    {
+        ctx.webhooks.wake();
+    }
     finish_deletions(ctx).await?;
     Ok(ctx.store.purge_oauth_states(ctx.now()).await?)
+}
+
+/// The days before an end at which `credential.expiring` is sent (and 0,
+/// its end: `credential.needs_reauth`): 1, 3 and `CREDGATE_EXPIRY_WARN_DAYS`.
+pub fn expiry_thresholds(warn_days: u32) -> Vec<i64> {
+    let warn = i64::from(warn_days);
+    let mut days: Vec<i64> = [0, 1, 3, warn].into_iter().filter(|d| *d <= warn).collect();
+    days.dedup();
+    days
 }
 
 /// Batches of a deleted organization's rows one housekeeping pass removes.

@@ -42,6 +42,7 @@ fn settings(token_url: String) -> OAuthSettings {
         token_error_pointer: None,
         dynamic_registration: false,
         resource: None,
+        refresh_lifetime: None,
     }
 }
 

@@ -136,6 +136,7 @@ pub async fn jwt_bearer(
             access_token: SecretString::from(token.to_owned()),
             refresh_token: None,
             expires_in: doc.get("expires_in").and_then(Value::as_u64).map(Duration::from_secs),
+            refresh_expires_in: None,
             scopes: doc
                 .get("scope")
                 .and_then(Value::as_str)

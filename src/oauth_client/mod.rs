@@ -22,6 +22,9 @@ pub struct TokenSet {
     /// `None` when the provider sent none (keep the old one).
     pub refresh_token: Option<SecretString>,
     pub expires_in: Option<Duration>,
+    /// `refresh_token_expires_in`: seconds the refresh token lasts, where
+    /// the provider says (GitHub apps, some Microsoft tenants).
+    pub refresh_expires_in: Option<u64>,
     pub scopes: Option<Vec<String>>,
     /// The account, for a provider whose token response names it.
     pub identity: Option<Identity>,

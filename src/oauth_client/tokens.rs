@@ -24,6 +24,8 @@ struct Recording<'s> {
     settings: &'s OAuthSettings,
     seen: std::sync::Mutex<(Option<u16>, Option<u64>)>,
     identity: std::sync::Mutex<Option<Identity>>,
+    /// The answer's `refresh_token_expires_in` (the crate drops it).
+    refresh_expires_in: std::sync::Mutex<Option<u64>>,
 }
 
 impl<'s> Recording<'s> {
@@ -33,6 +35,7 @@ impl<'s> Recording<'s> {
             settings,
             seen: std::sync::Mutex::new((None, None)),
             identity: std::sync::Mutex::new(None),
+            refresh_expires_in: std::sync::Mutex::new(None),
         }
     }
 
@@ -106,6 +109,10 @@ impl<'c, 's> AsyncHttpClient<'c> for Recording<'s> {
                 let answered_error = doc
                     .as_ref()
                     .is_some_and(|d| d.get("access_token").is_none() && d.get("error").is_some_and(Value::is_string));
+                *self.refresh_expires_in.lock().expect("not poisoned") = doc
+                    .as_ref()
+                    .and_then(|d| d.get("refresh_token_expires_in"))
+                    .and_then(|v| v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())));
                 if answered_error {
                     *response.status_mut() = oauth2::http::StatusCode::BAD_REQUEST;
                 } else if let (Some(doc), IdentitySource::TokenResponse) = (&doc, self.settings.identity.source) {
@@ -209,7 +216,7 @@ fn classify(
     classified
 }
 
-fn token_set<T: TokenResponse>(resp: &T, settings: &OAuthSettings, identity: Option<Identity>) -> TokenSet {
+fn token_set<T: TokenResponse>(resp: &T, settings: &OAuthSettings, recording: &Recording) -> TokenSet {
     // The crate splits `scope` on spaces; a provider that joins them
     // otherwise (Slack: `,`) is split here.
     let sep = settings.scope_separator.as_str();
@@ -217,13 +224,14 @@ fn token_set<T: TokenResponse>(resp: &T, settings: &OAuthSettings, identity: Opt
         access_token: SecretString::from(resp.access_token().secret().clone()),
         refresh_token: resp.refresh_token().map(|r| SecretString::from(r.secret().clone())),
         expires_in: resp.expires_in(),
+        refresh_expires_in: *recording.refresh_expires_in.lock().expect("not poisoned"),
         scopes: resp.scopes().map(|s| {
             s.iter()
                 .flat_map(|x| x.split(sep).map(str::to_owned).collect::<Vec<_>>())
                 .filter(|x| !x.is_empty())
                 .collect()
         }),
-        identity,
+        identity: recording.identity(),
     }
 }
 
@@ -256,7 +264,7 @@ pub async fn exchange_code(
             ),
             e => e,
         })?;
-    Ok(token_set(&resp, settings, recording.identity()))
+    Ok(token_set(&resp, settings, &recording))
 }
 
 /// Uses a refresh token.
@@ -277,7 +285,7 @@ pub async fn refresh(
         .request_async(&recording)
         .await
         .map_err(|e| classify(e, recording.seen(), settings))?;
-    Ok(token_set(&resp, settings, recording.identity()))
+    Ok(token_set(&resp, settings, &recording))
 }
 
 /// Token-endpoint errors that are the minting credential's own fault (a
@@ -322,7 +330,10 @@ pub async fn client_credentials(
         .request_async(&recording)
         .await
         .map_err(|e| minted_failure(classify(e, recording.seen(), settings)))?;
-    Ok(token_set(&resp, settings, None))
+    // A minted token names no person.
+    let mut set = token_set(&resp, settings, &recording);
+    set.identity = None;
+    Ok(set)
 }
 
 /// Revokes a token (RFC 7009), best effort: failures are only logged.
@@ -357,6 +368,7 @@ mod tests {
             access_token: SecretString::from("at-sentinel"),
             refresh_token: Some(SecretString::from("rt-sentinel")),
             expires_in: None,
+            refresh_expires_in: None,
             scopes: None,
             identity: None,
         };

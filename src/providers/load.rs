@@ -62,6 +62,12 @@ struct RawProvider {
     /// `invalid_grant` (Slack: `invalid_refresh_token`).
     #[serde(default)]
     reauth_errors: Vec<String>,
+    /// How long a refresh token lasts, in days, when the token response
+    /// does not say (`refresh_token_expires_in`).
+    refresh_token_lifetime_days: Option<i64>,
+    /// `absolute` (from the first grant), `sliding` (renewed by each
+    /// refresh) or `inactivity` (lapses after that long without a refresh).
+    refresh_token_lifetime: Option<String>,
     /// A JSON pointer to the error code of a token endpoint whose errors
     /// are not RFC 6749's `{"error": …}` (HubSpot: `/status`).
     token_error_pointer: Option<String>,
@@ -347,6 +353,31 @@ fn build(file: &Path, id: &str, raw: RawProvider) -> Result<Provider, ProviderFi
                 return Err(err(&format!("identity_headers.{name}"), "is not a valid HTTP header"));
             }
         }
+        let refresh_lifetime = match (raw.refresh_token_lifetime_days, raw.refresh_token_lifetime.as_deref()) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(err(
+                    "refresh_token_lifetime_days",
+                    "is required with refresh_token_lifetime",
+                ))
+            }
+            (Some(days), _) if !(1..=3650).contains(&days) => {
+                return Err(err("refresh_token_lifetime_days", "must be between 1 and 3650"))
+            }
+            (Some(days), kind) => Some(super::RefreshLifetime {
+                secs: days * 86_400,
+                renewed: match kind.unwrap_or("absolute") {
+                    "absolute" => false,
+                    "sliding" | "inactivity" => true,
+                    _ => {
+                        return Err(err(
+                            "refresh_token_lifetime",
+                            "must be \"absolute\", \"sliding\" or \"inactivity\"",
+                        ))
+                    }
+                },
+            }),
+        };
         let client_auth = match raw.client_auth.as_deref().unwrap_or("body") {
             "body" => ClientAuth::Body,
             "basic" => ClientAuth::Basic,
@@ -384,6 +415,7 @@ fn build(file: &Path, id: &str, raw: RawProvider) -> Result<Provider, ProviderFi
             },
             dynamic_registration,
             resource: None,
+            refresh_lifetime,
         })
     } else {
         None

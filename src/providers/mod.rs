@@ -120,6 +120,46 @@ pub struct OAuthSettings {
     /// The resource (RFC 8707) that tokens are asked for: an MCP server's,
     /// set per connection; `None` for a provider file's.
     pub resource: Option<String>,
+    /// How long a refresh token lasts when the token response does not say.
+    pub refresh_lifetime: Option<RefreshLifetime>,
+}
+
+/// A refresh token's declared lifetime (`refresh_token_lifetime_days`,
+/// `refresh_token_lifetime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefreshLifetime {
+    pub secs: i64,
+    /// Sliding or after inactivity: each refresh starts it again.
+    /// Absolute: it runs from the first grant.
+    pub renewed: bool,
+}
+
+impl OAuthSettings {
+    /// When a refresh token ends, for tokens issued at `now`: what the
+    /// token response said (`refresh_token_expires_in`), else the declared
+    /// lifetime (an absolute one counted from the first grant: `before`
+    /// stays on a refresh), else what was known `before`.
+    pub fn refresh_end(&self, said: Option<u64>, now: i64, before: Option<i64>, first_grant: bool) -> Option<i64> {
+        refresh_end(self.refresh_lifetime, said, now, before, first_grant)
+    }
+}
+
+/// [`OAuthSettings::refresh_end`] for a declared `lifetime`.
+pub fn refresh_end(
+    lifetime: Option<RefreshLifetime>,
+    said: Option<u64>,
+    now: i64,
+    before: Option<i64>,
+    first_grant: bool,
+) -> Option<i64> {
+    if let Some(secs) = said {
+        return Some(now.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX)));
+    }
+    match lifetime {
+        Some(l) if l.renewed || first_grant => Some(now + l.secs),
+        _ if first_grant => None,
+        _ => before,
+    }
 }
 
 impl std::fmt::Debug for OAuthSettings {

@@ -33,6 +33,8 @@ pub struct NewCredential {
     pub account_email: Option<String>,
     /// Its token's scopes (JSON array).
     pub scopes: Option<String>,
+    /// When the secret itself ends, as its owner entered it.
+    pub secret_expires_at: Option<i64>,
 }
 
 /// New sealed secrets (and the public fields that go with them), written
@@ -96,7 +98,7 @@ impl Store {
         &self,
         org_id: &OrgId,
         id: &CredentialId,
-        name: Option<&CredentialName>,
+        (name, secret_expires): (Option<&CredentialName>, Option<Option<i64>>),
         secrets: Option<&SecretWrite>,
         event: &AuditEvent,
     ) -> Result<CredentialRow, StoreError> {
@@ -111,7 +113,8 @@ impl Store {
              secret_names = COALESCE($5, secret_names), secret_ct = COALESCE($6, secret_ct), \
              key_version = COALESCE($7, key_version), \
              secret_version = CASE WHEN $6 IS NULL THEN secret_version ELSE secret_version + 1 END, \
-             updated_at = $8 WHERE org_id = $1 AND id = $2 \
+             updated_at = $8, secret_expires_at = CASE WHEN $10 = 1 THEN $11 ELSE secret_expires_at END \
+             WHERE org_id = $1 AND id = $2 \
              AND ($9 IS NULL OR (secret_version = $9 AND (lease_until IS NULL OR lease_until < $8)))",
             )
             .bind(org_id)
@@ -123,6 +126,8 @@ impl Store {
             .bind(secrets.map(|s| s.key_version))
             .bind(t)
             .bind(secrets.map(|s| s.expected_version))
+            .bind(i64::from(secret_expires.is_some()))
+            .bind(secret_expires.flatten())
             .execute(&mut *tx)
             .await?;
             if done.rows_affected() == 0 {
@@ -340,7 +345,7 @@ impl Store {
     }
 }
 
-/// New credentials per statement of [`insert_rows`] (19 values each).
+/// New credentials per statement of [`insert_rows`] (20 values each).
 const ROWS_PER_STATEMENT: usize = 100;
 
 /// Inserts the rows of new credentials (status `new`) on `conn`, a
@@ -354,8 +359,8 @@ pub(super) async fn insert_rows(
         let sql = format!(
             "INSERT INTO credentials (id, org_id, name, provider, auth_type, status, fields, secret_names, \
              secret_ct, key_version, created_by, created_at, updated_at, owner, expires_at, refresh_after, \
-             account_id, account_email, scopes) VALUES {}",
-            super::values(chunk.len(), 19)
+             account_id, account_email, scopes, secret_expires_at) VALUES {}",
+            super::values(chunk.len(), 20)
         );
         let mut query = sqlx::query(&sql);
         for new in chunk {
@@ -378,7 +383,8 @@ pub(super) async fn insert_rows(
                 .bind(new.refresh_after)
                 .bind(&new.account_id)
                 .bind(&new.account_email)
-                .bind(&new.scopes);
+                .bind(&new.scopes)
+                .bind(new.secret_expires_at);
         }
         query.execute(&mut *conn).await?;
     }

@@ -35,6 +35,8 @@ pub struct OAuthGrant {
     pub expires_at: Option<i64>,
     /// When the worker should refresh it (jittered).
     pub refresh_after: Option<i64>,
+    /// When the refresh token (the grant) ends, where known.
+    pub refresh_expires_at: Option<i64>,
     /// JSON object of non-secret fields (tenant, …).
     pub fields: String,
     pub secret_names: String,
@@ -227,8 +229,8 @@ impl Store {
                  expires_at = $7, fields = $8, secret_names = $9, secret_ct = $10, key_version = $11, \
                  status = $15, last_error = NULL, refresh_failures = 0, refresh_after = $14, \
                  lease_owner = NULL, lease_until = NULL, last_refreshed_at = $12, updated_at = $12, \
-                 secret_version = secret_version + 1, oauth_app = $16, oauth_client_id = $17 \
-                 WHERE org_id = $1 AND id = $2 AND secret_version = $13",
+                 secret_version = secret_version + 1, oauth_app = $16, oauth_client_id = $17, \
+                 refresh_expires_at = $18 WHERE org_id = $1 AND id = $2 AND secret_version = $13",
                 )
                 .bind(&grant.org_id)
                 .bind(id)
@@ -247,6 +249,7 @@ impl Store {
                 .bind(CredentialStatus::AFTER_GRANT.as_str())
                 .bind(app)
                 .bind(client_id)
+                .bind(grant.refresh_expires_at)
                 .execute(&mut *tx)
                 .await
                 .map(|r| r.rows_affected() == 1),
@@ -261,8 +264,8 @@ impl Store {
                     "INSERT INTO credentials (id, org_id, name, provider, auth_type, status, fields, secret_names, \
                      secret_ct, key_version, account_id, account_email, account_name, scopes, expires_at, \
                      last_refreshed_at, created_by, created_at, updated_at, refresh_after, owner, oauth_app, \
-                     oauth_client_id) VALUES ($1, $2, $3, $4, $18, $19, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-                     $14, $15, $14, $14, $16, $17, $20, $21)",
+                     oauth_client_id, refresh_expires_at) VALUES ($1, $2, $3, $4, $18, $19, $5, $6, $7, $8, $9, \
+                     $10, $11, $12, $13, $14, $15, $14, $14, $16, $17, $20, $21, $22)",
                 )
                 .bind(id)
                 .bind(&grant.org_id)
@@ -285,6 +288,7 @@ impl Store {
                 .bind(CredentialStatus::NEW.as_str())
                 .bind(app)
                 .bind(client_id)
+                .bind(grant.refresh_expires_at)
                 .execute(&mut *tx)
                 .await
                 .map(|r| r.rows_affected() == 1)

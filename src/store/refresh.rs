@@ -15,6 +15,8 @@ pub struct RefreshedTokens {
     pub expires_at: Option<i64>,
     /// When the worker should next look at it (jittered).
     pub refresh_after: Option<i64>,
+    /// When the refresh token ends, where known.
+    pub refresh_expires_at: Option<i64>,
     /// When the provider said.
     pub scopes: Option<Vec<String>>,
 }
@@ -203,7 +205,7 @@ impl Store {
             let done = sqlx::query(
                 "UPDATE credentials SET secret_ct = $3, key_version = $4, expires_at = $5, refresh_after = $6, \
                  scopes = COALESCE($7, scopes), status = $11, last_error = NULL, refresh_failures = 0, \
-                 secret_version = secret_version + 1, \
+                 secret_version = secret_version + 1, refresh_expires_at = $12, \
                  last_refreshed_at = $8, updated_at = $8, lease_owner = NULL, lease_until = NULL \
                  WHERE org_id = $1 AND id = $2 AND secret_version = $9 AND lease_owner = $10",
             )
@@ -223,6 +225,7 @@ impl Store {
             .bind(r.expected)
             .bind(&r.owner)
             .bind(CredentialStatus::AFTER_REFRESH.as_str())
+            .bind(tokens.refresh_expires_at)
             .execute(&mut *tx)
             .await?;
             outcomes[i] = Ok(done.rows_affected() == 1);
@@ -255,7 +258,7 @@ impl Store {
         id: &CredentialId,
         (expected, owner): (i64, &str),
         failure: &RefreshFailure,
-        (event, notify): (&AuditEvent, Option<&Notification>),
+        (event, notify): (&AuditEvent, &[Notification]),
     ) -> Result<Option<i64>, StoreError> {
         self.timed(async move {
             let mut tx = self.begin_write().await?;
@@ -277,9 +280,8 @@ impl Store {
             .await?;
             let Some(failures) = failures else { return Ok(None) };
             audit::insert(&mut tx, event, t).await?;
-            if let Some(n) = notify {
-                outbox::insert(&mut tx, n, t).await?;
-            }
+            let notes: Vec<&Notification> = notify.iter().collect();
+            outbox::insert_many(&mut tx, &notes, t).await?;
             tx.commit().await?;
             Ok(Some(failures))
         })

@@ -12,14 +12,15 @@ use crate::model::{Access, AuthKind, CredentialStatus};
 pub(super) const READ_COLUMNS: &str = "id, org_id, name, provider, auth_type, status, fields, secret_names, \
     secret_ct, key_version, secret_version, account_id, account_email, account_name, scopes, expires_at, \
     last_refreshed_at, last_used_at, last_tested_at, last_error, created_by, created_at, updated_at, \
-    refresh_failures, refresh_after, owner, team_access, oauth_app, oauth_client_id";
+    refresh_failures, refresh_after, owner, team_access, oauth_app, oauth_client_id, refresh_expires_at, \
+    secret_expires_at";
 
 /// A listing (of `credentials c`) needs no ciphertext: it is left empty.
 pub(super) const LIST_COLUMNS: &str = "c.id, c.org_id, c.name, c.provider, c.auth_type, c.status, c.fields, \
     c.secret_names, '' AS secret_ct, c.key_version, c.secret_version, c.account_id, c.account_email, \
     c.account_name, c.scopes, c.expires_at, c.last_refreshed_at, c.last_used_at, c.last_tested_at, c.last_error, \
     c.created_by, c.created_at, c.updated_at, c.refresh_failures, c.refresh_after, c.owner, c.team_access, \
-    c.oauth_app, c.oauth_client_id, c.row_version";
+    c.oauth_app, c.oauth_client_id, c.refresh_expires_at, c.secret_expires_at, c.row_version";
 
 /// The last failure recorded on a credential.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,9 +76,31 @@ pub struct CredentialRow {
     /// The organization's own OAuth app (or MCP registration) that connected
     /// it and that app's client id then; `None`: the operator's app.
     pub oauth_app: Option<(String, String)>,
+    /// When the refresh token (the grant itself) ends, where known.
+    pub refresh_expires_at: Option<i64>,
+    /// When the secret itself ends (an API key's end), where known.
+    pub secret_expires_at: Option<i64>,
 }
 
 impl CredentialRow {
+    /// Its health at `now`, warning `warn_secs` before its grant or secret
+    /// ends.
+    pub fn health(&self, now: i64, warn_secs: i64) -> crate::model::Health {
+        let ends_at = [self.refresh_expires_at, self.secret_expires_at]
+            .into_iter()
+            .flatten()
+            .min();
+        crate::model::Health::of(
+            crate::model::HealthFacts {
+                status: self.status,
+                refresh_failures: self.refresh_failures,
+                ends_at,
+            },
+            now,
+            warn_secs,
+        )
+    }
+
     /// Does the access token expire within `secs` of `now`?
     pub fn expires_within(&self, now: i64, secs: i64) -> bool {
         self.expires_at.is_some_and(|e| e <= now + secs)
@@ -116,6 +139,8 @@ pub(super) struct CredentialColumns {
     team_access: Option<String>,
     oauth_app: Option<String>,
     oauth_client_id: Option<String>,
+    refresh_expires_at: Option<i64>,
+    secret_expires_at: Option<i64>,
 }
 
 impl TryFrom<CredentialColumns> for CredentialRow {
@@ -154,6 +179,8 @@ impl TryFrom<CredentialColumns> for CredentialRow {
         Ok(Self {
             team_access,
             oauth_app: r.oauth_app.zip(r.oauth_client_id),
+            refresh_expires_at: r.refresh_expires_at,
+            secret_expires_at: r.secret_expires_at,
             owner: r.owner,
             auth_type: AuthKind::parse(&r.auth_type).ok_or_else(|| corrupt("auth_type"))?,
             status: CredentialStatus::parse(&r.status).ok_or_else(|| corrupt("status"))?,

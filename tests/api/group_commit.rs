@@ -403,6 +403,7 @@ async fn pending(app: &TestApp, org: &OrgId, name: &str, key_version: Option<i64
             account_id: None,
             account_email: None,
             scopes: None,
+            secret_expires_at: None,
         },
         default_limit: 50,
         event: AuditEvent::success(org, &id, "credential.create", "test"),

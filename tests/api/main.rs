@@ -18,6 +18,7 @@ mod generic;
 mod group_commit;
 mod group_retries;
 mod hardening;
+mod health;
 mod idempotency;
 mod limits;
 mod liveness;

@@ -122,6 +122,8 @@ pub struct Inner {
     pub deny: bool,
     pub send_iss: Option<String>,
     pub expires_in: u64,
+    /// Sent as `refresh_token_expires_in` with every token (GitHub apps).
+    pub refresh_token_expires_in: Option<u64>,
     pub token_delay: Option<Duration>,
     /// Token requests received (counted before `token_delay`).
     pub token_requests: usize,
@@ -162,6 +164,7 @@ impl AuthServer {
             deny: false,
             send_iss: None,
             expires_in: if flavor == Flavor::Google { 3599 } else { 4493 },
+            refresh_token_expires_in: None,
             token_delay: None,
             token_requests: 0,
             refresh_gate: None,
@@ -428,6 +431,9 @@ async fn token(State(s): State<Shared>, headers: HeaderMap, Form(form): Form<Has
             let at = access_token(&mut i, &user);
             let mut body = json!({"access_token": at, "token_type": "Bearer", "expires_in": i.expires_in,
                                   "scope": "openid email profile https://www.googleapis.com/auth/drive.readonly"});
+            if let Some(n) = i.refresh_token_expires_in {
+                body["refresh_token_expires_in"] = json!(n);
+            }
             let first_consent = i.consented.insert(user.id.clone());
             if i.flavor == Flavor::Microsoft || first_consent {
                 let rt = format!("RT-{}", Uuid::new_v4().simple());
@@ -485,6 +491,9 @@ async fn token(State(s): State<Shared>, headers: HeaderMap, Form(form): Form<Has
             }
             let at = access_token(&mut i, &user);
             let mut body = json!({"access_token": at, "token_type": "Bearer", "expires_in": i.expires_in});
+            if let Some(n) = i.refresh_token_expires_in {
+                body["refresh_token_expires_in"] = json!(n);
+            }
             if i.flavor == Flavor::Microsoft {
                 i.refresh.get_mut(&rt).unwrap().used = true;
                 let new_rt = format!("RT-{}", Uuid::new_v4().simple());

@@ -48,6 +48,7 @@ fn pending(row: &CredentialRow) -> PendingRefresh {
             key_version: row.key_version,
             expires_at: Some(EXPIRES_AT),
             refresh_after: None,
+            refresh_expires_at: None,
             scopes: None,
         },
         event: AuditEvent {

@@ -146,6 +146,7 @@ fn nothing_that_holds_a_secret_prints_it_in_debug() {
                 auth_type: "a".into(),
                 fields: fields.clone(),
                 public: Vec::new(),
+                expires_at: None,
             }
         ),
         format!(
@@ -154,6 +155,7 @@ fn nothing_that_holds_a_secret_prints_it_in_debug() {
                 name: None,
                 fields: Some(fields),
                 public: Vec::new(),
+                expires_at: None,
             }
         ),
         format!("{secrets:?}"),

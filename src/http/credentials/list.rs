@@ -19,14 +19,15 @@ use crate::fifo::Fifo;
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{ApiQuery, Caller, READ};
 use crate::http::AppState;
-use crate::model::{CredentialStatus, Principal};
+use crate::model::{CredentialStatus, Health, Principal};
 use crate::providers::FieldError;
-use crate::store::{CredentialFilter, Served};
+use crate::store::{CredentialFilter, HealthFilter, Served};
 
 #[derive(Debug, Deserialize)]
 pub(super) struct ListQuery {
     provider: Option<String>,
     status: Option<String>,
+    health: Option<String>,
     q: Option<String>,
     owner: Option<String>,
     shared: Option<String>,
@@ -57,6 +58,7 @@ fn parse_positive(field: &str, value: Option<&str>, default: i64, max: i64, erro
 /// List credentials
 #[utoipa::path(get, path = "/integrations/credentials", tag = "credentials",
     params(("provider" = Option<String>, Query), ("status" = inline(Option<CredentialStatus>), Query),
+           ("health" = inline(Option<Health>), Query, description = "`needs_reauth`, `failing`, `expiring` or `ok`"),
            ("q" = Option<String>, Query, max_length = 200, description = "part of the name, any case"),
            ("owner" = inline(Option<OwnerFilter>), Query, description = "`me`: only the caller's own"),
            ("shared" = Option<bool>, Query, description = "only shared (team or users), or only not shared"),
@@ -79,6 +81,20 @@ pub(super) async fn list_credentials(
         MAX_PER_PAGE,
         &mut errors,
     );
+    let health = match query.health.as_deref() {
+        None => None,
+        Some(h) => {
+            let parsed = Health::parse(h);
+            if parsed.is_none() {
+                let names: Vec<&str> = Health::ALL.iter().map(|h| h.as_str()).collect();
+                errors.push(FieldError::new(
+                    "health",
+                    format!("must be one of: {}", names.join(", ")),
+                ));
+            }
+            parsed
+        }
+    };
     let status = match query.status.as_deref() {
         None => None,
         Some(s) => {
@@ -141,6 +157,8 @@ pub(super) async fn list_credentials(
         after,
         provider: query.provider.filter(|p| !p.is_empty()),
         status,
+        // To the minute, so that a page is kept for a minute at most.
+        health: health.map(|h| (HealthFilter::Is(h), state.now() / 60 * 60, state.expiry_warn_secs())),
         q: query.q.filter(|q| !q.is_empty()),
         owner_me,
         shared,
@@ -156,7 +174,7 @@ pub(super) async fn list_credentials(
         last = Some(l.row);
     }
     let next = (shown == per_page).then(|| last.map(cursor)).flatten();
-    let items = state.listings.items(&caller, &listed)?;
+    let items = state.listings.items(&caller, &listed, |row| state.health_of(row))?;
     let page = PageOut {
         items: &items,
         page,
@@ -199,14 +217,25 @@ impl Default for RenderedPages {
 }
 
 impl RenderedPages {
-    fn items(&self, who: &Principal, page: &ListedPage) -> Result<Arc<RawValue>, ApiError> {
+    fn items(
+        &self,
+        who: &Principal,
+        page: &ListedPage,
+        health: impl Fn(&crate::store::CredentialRow) -> Health,
+    ) -> Result<Arc<RawValue>, ApiError> {
+        // Health moves with time alone: it is part of the key.
+        let healths: String = page
+            .iter()
+            .map(|l| health(l.row).as_str())
+            .collect::<Vec<_>>()
+            .join(",");
         // Only a page served again can have kept items (a page just read
         // has a new number). A caller's levels follow from the rows, their
         // role and their user (credentials::access::level_with): with the
         // same rows, the same items.
         let key = (page.served == Served::Kept).then(|| {
             format!(
-                "{}\u{0}{}\u{0}{}\u{0}{}",
+                "{}\u{0}{}\u{0}{}\u{0}{}\u{0}{healths}",
                 page.content,
                 who.org_id,
                 who.role.as_str(),
@@ -218,7 +247,7 @@ impl RenderedPages {
         }
         let views: Vec<CredentialOut> = page
             .iter()
-            .map(|l| CredentialOut::new(l.row, l.access, l.grants))
+            .map(|l| CredentialOut::new(l.row, l.access, l.grants, health(l.row)))
             .collect();
         let items: Arc<RawValue> = serde_json::value::to_raw_value(&views)
             .map_err(|e| ApiError::Internal(e.into()))?

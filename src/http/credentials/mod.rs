@@ -53,6 +53,9 @@ struct CreateCredential {
     /// Key-value (`custom`) credentials: the field names shown in the clear.
     #[serde(default)]
     public: Vec<String>,
+    /// When the secret itself ends (an API key's end date), RFC 3339.
+    #[schema(format = DateTime)]
+    expires_at: Option<String>,
 }
 
 /// A change. `Debug` shows field names only.
@@ -66,6 +69,16 @@ struct PatchCredential {
     /// Key-value (`custom`) credentials: the new fields shown in the clear.
     #[serde(default)]
     public: Vec<String>,
+    /// When the secret itself ends, RFC 3339; `null` clears it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    expires_at: Option<Value>,
+}
+
+/// A field that may be given as `null`: absent is `None`, `null` is
+/// `Some(Value::Null)`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 impl From<CreateCredential> for NewCredentialInput {
@@ -76,6 +89,7 @@ impl From<CreateCredential> for NewCredentialInput {
             auth_type: b.auth_type,
             fields: b.fields,
             public: b.public,
+            expires_at: b.expires_at,
         }
     }
 }
@@ -86,6 +100,11 @@ impl From<PatchCredential> for Changes {
             name: b.name,
             fields: b.fields,
             public: b.public,
+            expires_at: b.expires_at.map(|v| match v {
+                Value::Null => None,
+                Value::String(s) => Some(s),
+                other => Some(other.to_string()),
+            }),
         }
     }
 }
@@ -142,13 +161,22 @@ async fn create_credential(
     caller.require(&state, MANAGE, None).await?;
     let Some(key) = headers.get("idempotency-key") else {
         let row = credentials::create(&state, &caller, body.into()).await?;
-        return Ok((StatusCode::CREATED, Json(Credential::new(&row, Access::Manage, &[]))).into_response());
+        return Ok((
+            StatusCode::CREATED,
+            Json(Credential::new(&row, Access::Manage, &[], state.health_of(&row))),
+        )
+            .into_response());
     };
     let key = key
         .to_str()
         .map_err(|_| ApiError::from(crate::error::Error::field("Idempotency-Key", "must be visible ASCII")))?;
     let created = credentials::create_once(&state, &caller, body.into(), key).await?;
-    let body = Json(Credential::new(&created.row, Access::Manage, &[]));
+    let body = Json(Credential::new(
+        &created.row,
+        Access::Manage,
+        &[],
+        state.health_of(&created.row),
+    ));
     Ok(if created.replayed {
         (StatusCode::CREATED, [("idempotent-replayed", "true")], body).into_response()
     } else {
@@ -171,7 +199,7 @@ async fn get_credential(
     } else {
         Vec::new()
     };
-    Ok(Json(CredentialOut::new(&row, access, &grants)))
+    Ok(Json(CredentialOut::new(&row, access, &grants, state.health_of(&row))))
 }
 
 /// Rename a credential and/or replace all its fields (secrets re-entered)
@@ -189,7 +217,12 @@ async fn patch_credential(
     let id = parse_id(&id)?;
     let row = credentials::update(&state, &caller, &id, body.into()).await?;
     let grants = credentials::grants(&state, &row.id).await?;
-    Ok(Json(Credential::new(&row, Access::Manage, &grants)))
+    Ok(Json(Credential::new(
+        &row,
+        Access::Manage,
+        &grants,
+        state.health_of(&row),
+    )))
 }
 
 /// Delete a credential

@@ -109,5 +109,10 @@ pub(super) async fn refresh_now(
     caller.require(&state, MANAGE, Some(&id)).await?;
     let row = crate::oauth::refresh::refresh_now(&state, &caller, &parse_id(&id)?).await?;
     let grants = crate::credentials::grants(&state, &row.id).await?;
-    Ok(Json(Credential::new(&row, Access::Manage, &grants)))
+    Ok(Json(Credential::new(
+        &row,
+        Access::Manage,
+        &grants,
+        state.health_of(&row),
+    )))
 }

@@ -51,7 +51,12 @@ pub(super) async fn put_sharing(
     )?;
     let row = credentials::set_sharing(&state, &caller, &id, sharing).await?;
     let grants = credentials::grants(&state, &row.id).await?;
-    Ok(Json(Credential::new(&row, Access::Manage, &grants)))
+    Ok(Json(Credential::new(
+        &row,
+        Access::Manage,
+        &grants,
+        state.health_of(&row),
+    )))
 }
 
 /// Uses of a credential in one workflow.

@@ -6,7 +6,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::ids::{CredentialId, CredentialName, UserId};
-use crate::model::Access;
+use crate::model::{Access, Health};
 use crate::store::CredentialRow;
 
 /// The external account an OAuth credential belongs to.
@@ -28,6 +28,15 @@ pub struct Credential {
     pub auth_type: String,
     /// `active`, `expired`, `needs_reauth` or `error`.
     pub status: String,
+    /// `ok`, `expiring` (its grant or secret ends within
+    /// `CREDGATE_EXPIRY_WARN_DAYS`), `failing` or `needs_reauth`.
+    pub health: Health,
+    /// When the refresh token (the grant itself) ends, where known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_expires_at: Option<DateTime<Utc>>,
+    /// When the secret itself ends (an API key's end date), where known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_expires_at: Option<DateTime<Utc>>,
     /// Non-secret field values.
     #[schema(value_type = Object)]
     pub fields: Value,
@@ -84,6 +93,7 @@ pub struct CredentialSummary {
     pub provider: String,
     pub auth_type: String,
     pub status: String,
+    pub health: Health,
     pub owner: Option<UserId>,
     pub access: Access,
 }
@@ -99,7 +109,7 @@ pub enum CredentialOut {
 impl CredentialOut {
     /// `row` seen by a caller with `access`; `grants` are its user grants
     /// (only shown from `view` up).
-    pub fn new(row: &CredentialRow, access: Access, grants: &[(UserId, Access)]) -> Self {
+    pub fn new(row: &CredentialRow, access: Access, grants: &[(UserId, Access)], health: Health) -> Self {
         if access < Access::View {
             return Self::Summary(CredentialSummary {
                 id: row.id.clone(),
@@ -107,11 +117,12 @@ impl CredentialOut {
                 provider: row.provider.clone(),
                 auth_type: row.auth_type.as_str().to_owned(),
                 status: row.status.as_str().to_owned(),
+                health,
                 owner: row.owner.clone(),
                 access,
             });
         }
-        Self::Full(Box::new(Credential::new(row, access, grants)))
+        Self::Full(Box::new(Credential::new(row, access, grants, health)))
     }
 }
 
@@ -122,8 +133,11 @@ pub fn time(secs: i64) -> DateTime<Utc> {
 
 impl Credential {
     /// The whole record (no secret value).
-    pub fn new(row: &CredentialRow, access: Access, grants: &[(UserId, Access)]) -> Self {
+    pub fn new(row: &CredentialRow, access: Access, grants: &[(UserId, Access)], health: Health) -> Self {
         Self {
+            health,
+            refresh_expires_at: row.refresh_expires_at.map(time),
+            secret_expires_at: row.secret_expires_at.map(time),
             sharing: SharingView {
                 team: row.team_access,
                 users: grants

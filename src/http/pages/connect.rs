@@ -293,6 +293,7 @@ async fn save(
                 name: Some(name.clone()),
                 fields: Some(fields.clone()),
                 public: public.clone(),
+                expires_at: None,
             };
             credentials::update(&state, &who, id, changes).await
         }
@@ -303,6 +304,7 @@ async fn save(
                 auth_type,
                 fields: fields.clone(),
                 public: public.clone(),
+                expires_at: None,
             };
             credentials::create(&state, &who, input).await
         }

@@ -111,6 +111,7 @@ async fn save_edit(
         name: Some(name.clone()),
         fields: Some(fields.clone()),
         public,
+        expires_at: None,
     };
     match credentials::update(&state, &who, &id, changes).await {
         Ok(row) => Redirect::to(&format!("/manage/credentials/{}?saved=1", row.id)).into_response(),

@@ -1,6 +1,8 @@
 //! `/manage`: the person's credentials as sharing allows, 50 a page, with
-//! search, filters, a Test button per row, delete with a confirmation naming
-//! the credential, and Delete selected (N) with a confirmation showing N.
+//! search, filters (health: what needs attention), a Test button per row,
+//! health ("Expires in 3 days") with Reconnect, delete with a confirmation
+//! naming the credential, and Delete selected (N) with a confirmation
+//! showing N.
 
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -18,14 +20,16 @@ use crate::credentials::{self, MAX_PER_PAGE};
 use crate::http::auth::ClientIp;
 use crate::http::AppState;
 use crate::ids::CredentialId;
-use crate::model::{Access, CredentialStatus};
+use crate::model::{Access, CredentialStatus, Health};
 use crate::sessions::{PageSession, Purpose};
+use crate::store::HealthFilter;
 use crate::store::{CredentialFilter, CredentialRow};
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/manage", get(list))
         .route("/manage/credentials/{id}/delete", get(confirm_delete).post(delete_one))
+        .route("/manage/credentials/{id}/reconnect", post(reconnect))
         .route("/manage/delete-selected", post(confirm_selected))
         .route("/manage/delete-selected/confirm", post(delete_selected))
 }
@@ -36,8 +40,41 @@ struct ListQuery {
     q: Option<String>,
     provider: Option<String>,
     status: Option<String>,
+    health: Option<String>,
     page: Option<String>,
     deleted: Option<String>,
+}
+
+/// The health filter's choices: what needs attention (anything but `ok`),
+/// or one health.
+const HEALTH_CHOICES: [(&str, &str); 5] = [
+    ("attention", "Needs attention"),
+    ("needs_reauth", "Needs reconnecting"),
+    ("failing", "Failing"),
+    ("expiring", "Expiring soon"),
+    ("ok", "OK"),
+];
+
+/// A credential's health in words, and whether Reconnect helps.
+fn health_words(state: &AppState, row: &CredentialRow) -> (&'static str, String, bool) {
+    let days_left = [row.refresh_expires_at, row.secret_expires_at]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|end| (end - state.now() + 86_399).div_euclid(86_400));
+    match state.health_of(row) {
+        Health::Ok => ("badge active", "OK".into(), false),
+        Health::Failing => ("badge error", "Failing".into(), false),
+        Health::NeedsReauth => ("badge reauth", "Needs reconnecting".into(), true),
+        Health::Expiring => {
+            let words = match days_left {
+                Some(1) => "Expires in 1 day".into(),
+                Some(n) if n > 1 => format!("Expires in {n} days"),
+                _ => "Expires today".into(),
+            };
+            ("badge expired", words, true)
+        }
+    }
 }
 
 fn status_words(s: CredentialStatus) -> &'static str {
@@ -92,6 +129,15 @@ async fn list(
         .clone()
         .filter(|p| !p.is_empty() && state.registry.get(p).is_some());
     let status = query.status.as_deref().and_then(CredentialStatus::parse);
+    let health_choice = query
+        .health
+        .as_deref()
+        .filter(|h| HEALTH_CHOICES.iter().any(|(v, _)| v == h));
+    let health_filter = match health_choice {
+        Some("attention") => Some(HealthFilter::NeedsAttention),
+        Some(h) => Health::parse(h).map(HealthFilter::Is),
+        None => None,
+    };
     let q = query
         .q
         .clone()
@@ -100,6 +146,7 @@ async fn list(
     let filter = CredentialFilter {
         provider: provider.clone(),
         status,
+        health: health_filter.map(|h| (h, state.now() / 60 * 60, state.expiry_warn_secs())),
         q: q.clone(),
         page: page_no,
         per_page: MAX_PER_PAGE,
@@ -122,6 +169,9 @@ async fn list(
         }
         if let Some(s) = status {
             u.append_pair("status", s.as_str());
+        }
+        if let Some(h) = health_choice {
+            u.append_pair("health", h);
         }
         u.append_pair("page", &p.to_string());
         format!("/manage?{}", u.finish())
@@ -155,6 +205,15 @@ async fn list(
                     }
                 }
             }
+            div.field {
+                label for="health" { "Health" }
+                select #health name="health" {
+                    option value="" { "Any health" }
+                    @for (value, words) in HEALTH_CHOICES {
+                        option value=(value) selected[health_choice == Some(value)] { (words) }
+                    }
+                }
+            }
             button type="submit" { "Filter" }
         }
         p.count { (total) " " (if total == 1 { "credential" } else { "credentials" }) }
@@ -174,6 +233,7 @@ async fn list(
                             th scope="col" { "Type" }
                             th scope="col" { "Provider" }
                             th scope="col" { "Status" }
+                            th scope="col" { "Health" }
                             th scope="col" { "Last used" }
                             th scope="col" { "Shared" }
                             th scope="col" { "Created" }
@@ -205,6 +265,7 @@ fn table_row(state: &AppState, row: &CredentialRow, access: Access, users: usize
         .get(&row.provider)
         .map_or(row.provider.as_str(), |p| p.display_name.as_str());
     let label = format!("Select {}", row.name);
+    let (health_class, health, reconnect) = health_words(state, row);
     let test_out = format!("test-{}", row.id);
     // The last error's text names hosts and accounts: it needs `view`.
     let last_error = row
@@ -223,6 +284,16 @@ fn table_row(state: &AppState, row: &CredentialRow, access: Access, users: usize
             td { span.badge.type { (type_words(row.auth_type)) } }
             td { (provider) }
             td { (status_badge(row.status, last_error)) }
+            td {
+                span class=(health_class) { (health) }
+                @if reconnect && access == Access::Manage {
+                    " "
+                    // Inside the page's one form (forms do not nest): it
+                    // carries the CSRF token to its own action.
+                    button.reconnect type="submit" formaction=(format!("/manage/credentials/{}/reconnect", row.id))
+                        aria-label=(format!("Reconnect {}", row.name)) { "Reconnect" }
+                }
+            }
             td { (when(row.last_used_at)) }
             td { (sharing_words(row, users)) }
             td { (when(Some(row.created_at))) }
@@ -339,6 +410,30 @@ async fn delete_selected(State(state): State<AppState>, Posted { session, form }
         .collect();
     match credentials::delete(&state, &session.principal(), &ids).await {
         Ok(deleted) => Redirect::to(&format!("/manage?deleted={}", deleted.len())).into_response(),
+        Err(e) => failure(&state, &e).into_response(),
+    }
+}
+
+/// Reconnect from the list: a connect session for this credential, for the
+/// same person, and its page (the provider's form or OAuth flow, in place).
+async fn reconnect(
+    State(state): State<AppState>,
+    CredentialPath(id): CredentialPath,
+    Posted { session, .. }: Posted,
+) -> Response {
+    let asked = crate::sessions::NewSession {
+        user_id: None,
+        purpose: Purpose::Connect,
+        providers: None,
+        credential_id: Some(id),
+        return_to: None,
+        expires_in: None,
+    };
+    match crate::sessions::create(&state, &session.principal(), asked).await {
+        Ok(opened) => {
+            use secrecy::ExposeSecret;
+            Redirect::to(&format!("/connect?session={}", opened.token.expose_secret())).into_response()
+        }
         Err(e) => failure(&state, &e).into_response(),
     }
 }

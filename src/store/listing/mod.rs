@@ -15,7 +15,7 @@ pub(super) use remembered::{PageStarts, Totals};
 use rows::{like_pattern, listed};
 
 use crate::ids::OrgId;
-pub use rows::{CredentialFilter, CredentialPage, ListedCredential, Served, Viewer};
+pub use rows::{CredentialFilter, CredentialPage, HealthFilter, ListedCredential, Served, Viewer};
 
 use super::row::{Listed, LIST_COLUMNS};
 use super::{Dialect, Store, StoreError};
@@ -94,6 +94,9 @@ impl Store {
         }
         if let Some(st) = f.status {
             add(" AND x.status = ?", Some(st.as_str().to_owned()));
+        }
+        if let Some((health, now, warn)) = f.health {
+            add(&format!(" AND {}", health_sql(health, now, warn)), None);
         }
         if let Some(q) = &f.q {
             match self.dialect {
@@ -374,5 +377,30 @@ impl Store {
         })
     })
         .await
+    }
+}
+
+/// The condition that a credential (`x`) has `health` at `now` (see
+/// `model::Health::of`: the same rules). The times are numbers credgate
+/// computed, written into the statement.
+fn health_sql(health: HealthFilter, now: i64, warn: i64) -> String {
+    use crate::model::Health;
+    let health = match health {
+        HealthFilter::Is(h) => h,
+        HealthFilter::NeedsAttention => return format!("NOT {}", health_sql(HealthFilter::Is(Health::Ok), now, warn)),
+    };
+    let ends_by = |t: i64| {
+        format!(
+            "(COALESCE(x.refresh_expires_at, 9223372036854775807) <= {t} \
+             OR COALESCE(x.secret_expires_at, 9223372036854775807) <= {t})"
+        )
+    };
+    let needs_reauth = format!("(x.status = 'needs_reauth' OR {})", ends_by(now));
+    let failing = "(x.status IN ('expired', 'error') OR x.refresh_failures > 0)";
+    match health {
+        Health::NeedsReauth => needs_reauth,
+        Health::Failing => format!("(NOT {needs_reauth} AND {failing})"),
+        Health::Expiring => format!("(NOT {needs_reauth} AND NOT {failing} AND {})", ends_by(now + warn)),
+        Health::Ok => format!("(NOT {needs_reauth} AND NOT {failing} AND NOT {})", ends_by(now + warn)),
     }
 }

@@ -54,12 +54,22 @@ pub enum Served {
     UsesRead,
 }
 
+/// Which health a listing keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthFilter {
+    Is(crate::model::Health),
+    /// Anything but `ok`.
+    NeedsAttention,
+}
+
 /// Filters and page of a credential listing.
 #[derive(Debug, Clone, Default)]
 pub struct CredentialFilter {
     pub viewer: Viewer,
     pub provider: Option<String>,
     pub status: Option<CredentialStatus>,
+    /// Health at a time (which, now, the warning window in seconds).
+    pub health: Option<(HealthFilter, i64, i64)>,
     /// Case-insensitive substring of the name.
     pub q: Option<String>,
     /// Only credentials the viewer owns.

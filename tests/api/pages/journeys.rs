@@ -459,3 +459,71 @@ fn manage_with_fifty_rows_reports_its_weight_and_time_to_interactive() {
         assert!(timing["interactive"].as_f64().unwrap() > 0.0);
     });
 }
+
+async fn in_manage_a_person_sees_what_expires_filters_what_needs_attention_and_reconnects_it(
+    backend: crate::helpers::Backend,
+) {
+    let db = TestDb::new(backend).await;
+    let tg = telegram().await;
+    let app = page_app(&db, &tg, &[], |_| {}).await;
+    let day = 86_400;
+    let ends = chrono::DateTime::from_timestamp(app.clock.now() + 3 * day - 3600, 0)
+        .unwrap()
+        .to_rfc3339();
+    let key = |name: &str, expires_at: Option<&str>| {
+        let mut body = json!({"name": name, "provider": "http", "auth_type": "api_key",
+            "fields": {"base_url": "https://api.example.com", "scheme": "bearer", "token": TOKEN_SECRET}});
+        if let Some(t) = expires_at {
+            body["expires_at"] = json!(t);
+        }
+        body
+    };
+    let (_, ending) = app
+        .call(
+            Method::POST,
+            "/integrations/credentials",
+            &app.org.member,
+            Some(key("Billing API", Some(&ends))),
+        )
+        .await;
+    app.call(
+        Method::POST,
+        "/integrations/credentials",
+        &app.org.member,
+        Some(key("Search API", None)),
+    )
+    .await;
+    let id = ending["id"].as_str().unwrap().to_owned();
+    let url = open_session(&app, &app.org.member, json!({"purpose": "manage"})).await;
+    let mut b = Browser::start(1280).await;
+
+    b.goto(&url).await;
+    b.wait_path("/manage").await;
+    b.wait_for("table.credentials").await;
+    let all = rows(&b).await;
+    let expiring = b.wait_text(&format!("tr[data-id='{id}']"), "Expires in 3 days").await;
+    b.wait_for("#health option[value='attention']")
+        .await
+        .click()
+        .await
+        .unwrap();
+    b.click(".filters button[type=submit]").await;
+    b.wait_text(".count", "1 credential").await;
+    let attention = rows(&b).await;
+    b.remember().await;
+    b.screenshot("manage-5-needs-attention").await;
+    b.click(&format!("tr[data-id='{id}'] button.reconnect")).await;
+    // The provider's form, in place, for this credential.
+    b.wait_path("/connect/http").await;
+    let title = b.wait_text("h1", "Reconnect").await;
+    b.remember().await;
+    b.screenshot("manage-6-reconnect").await;
+    let pages = b.finish().await;
+
+    assert_eq!(all, 2);
+    assert!(expiring.contains("Reconnect"), "{expiring}");
+    assert_eq!(attention, 1, "only the credential that expires");
+    assert!(title.contains("Reconnect"), "{title}");
+    assert_never_shown(&pages);
+}
+crate::both_backends!(in_manage_a_person_sees_what_expires_filters_what_needs_attention_and_reconnects_it);
