@@ -219,6 +219,7 @@ pub(crate) async fn store_app(
 ) -> Result<(bool, OAuthAppRow), Error> {
     let org_id = &who.org_id;
     let subject = subject(org_id, app);
+    let settings_end = settings.client_secret_expires_at;
     let settings = serde_json::to_string(settings).expect("settings serialize");
     let actor = who.actor();
     // A rotation between sealing and writing: seal again under the new key.
@@ -231,6 +232,8 @@ pub(crate) async fn store_app(
             secret_ct: &secret_ct,
             key_version,
             settings: &settings,
+            // An MCP registration's secret is renewed by registering again.
+            secret_expires_at: (!app.starts_with("mcp:")).then_some(settings_end).flatten(),
             actor: &actor,
             limit: MAX_APPS,
             keep_existing,

@@ -10,3 +10,9 @@ ALTER TABLE credentials ADD COLUMN expiry_warned_end BIGINT;
 ALTER TABLE credentials ADD COLUMN expiry_warned_days BIGINT;
 CREATE INDEX credentials_refresh_ends ON credentials (refresh_expires_at) WHERE refresh_expires_at IS NOT NULL;
 CREATE INDEX credentials_secret_ends ON credentials (secret_expires_at) WHERE secret_expires_at IS NOT NULL;
+
+-- An organization's own OAuth app's client secret end (as its admin
+-- entered it; also kept in settings) and the expiry notification sent.
+ALTER TABLE oauth_apps ADD COLUMN secret_expires_at BIGINT;
+ALTER TABLE oauth_apps ADD COLUMN expiry_warned_end BIGINT;
+ALTER TABLE oauth_apps ADD COLUMN expiry_warned_days BIGINT;

@@ -11,6 +11,12 @@ ALTER TABLE credentials ADD COLUMN expiry_warned_days INTEGER;
 CREATE INDEX credentials_refresh_ends ON credentials (refresh_expires_at) WHERE refresh_expires_at IS NOT NULL;
 CREATE INDEX credentials_secret_ends ON credentials (secret_expires_at) WHERE secret_expires_at IS NOT NULL;
 
+-- An organization's own OAuth app's client secret end (as its admin
+-- entered it; also kept in settings) and the expiry notification sent.
+ALTER TABLE oauth_apps ADD COLUMN secret_expires_at INTEGER;
+ALTER TABLE oauth_apps ADD COLUMN expiry_warned_end INTEGER;
+ALTER TABLE oauth_apps ADD COLUMN expiry_warned_days INTEGER;
+
 -- The row version rises with a change to the new columns too (see 0017).
 DROP TRIGGER credentials_row_version;
 

@@ -1,4 +1,5 @@
-//! Expiry notifications: each credential whose grant or secret ends soon is
+//! Expiry notifications: each credential whose grant or secret ends soon
+//! (and each organization's own OAuth app whose client secret does) is
 //! notified once per threshold (14, 3 and 1 days before; 0: it ended) and
 //! per end, whichever replica sweeps first: the row records the end and
 //! threshold notified, changed only where they still differ, in the same
@@ -25,6 +26,14 @@ struct Warned {
     org_id: OrgId,
     id: CredentialId,
     provider: String,
+    ends_at: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct WarnedApp {
+    org_id: OrgId,
+    provider: String,
+    client_id: String,
     ends_at: i64,
 }
 
@@ -82,6 +91,37 @@ impl Store {
                                 json!({"expires_at": at, "days": days}),
                             )
                         }
+                    })
+                    .collect();
+                let refs: Vec<&Notification> = notes.iter().collect();
+                outbox::insert_many(&mut tx, &refs, t).await?;
+                written += notes.len();
+            }
+            for &days in thresholds.iter().filter(|d| **d > 0) {
+                let apps: Vec<WarnedApp> = sqlx::query_as(
+                    "UPDATE oauth_apps SET expiry_warned_end = secret_expires_at, expiry_warned_days = $1 \
+                     WHERE secret_expires_at <= $2 AND secret_expires_at > $3 \
+                     AND (expiry_warned_end IS NULL OR expiry_warned_end <> secret_expires_at \
+                       OR expiry_warned_days > $1) \
+                     AND NOT EXISTS (SELECT 1 FROM organizations o WHERE o.id = oauth_apps.org_id \
+                       AND o.deleted_at IS NOT NULL) \
+                     RETURNING org_id, provider, client_id, secret_expires_at AS ends_at",
+                )
+                .bind(days)
+                .bind(t + days * 86_400)
+                .bind(t)
+                .fetch_all(&mut *tx)
+                .await?;
+                let notes: Vec<Notification> = apps
+                    .iter()
+                    .map(|a| {
+                        let at = chrono::DateTime::from_timestamp(a.ends_at, 0).unwrap_or_default();
+                        Notification::for_org(
+                            "oauth_app.secret_expiring",
+                            &a.org_id,
+                            &a.provider,
+                            json!({"client_id": a.client_id, "expires_at": at, "days": days}),
+                        )
                     })
                     .collect();
                 let refs: Vec<&Notification> = notes.iter().collect();

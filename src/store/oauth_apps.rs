@@ -36,6 +36,8 @@ pub struct AppPut<'a> {
     pub secret_ct: &'a str,
     pub key_version: i64,
     pub settings: &'a str,
+    /// When the client secret expires (an app an admin entered).
+    pub secret_expires_at: Option<i64>,
     pub actor: &'a str,
     /// Most apps (and registrations) the organization may hold.
     pub limit: i64,
@@ -84,7 +86,7 @@ impl Store {
             }
             let replaced = sqlx::query(
                 "UPDATE oauth_apps SET provider = $3, client_id = $4, secret_ct = $5, key_version = $6, \
-                 settings = $7, updated_at = $8 WHERE org_id = $1 AND app = $2",
+                 settings = $7, updated_at = $8, secret_expires_at = $9 WHERE org_id = $1 AND app = $2",
             )
             .bind(org_id)
             .bind(put.app)
@@ -94,6 +96,7 @@ impl Store {
             .bind(put.key_version)
             .bind(put.settings)
             .bind(t)
+            .bind(put.secret_expires_at)
             .execute(&mut *tx)
             .await?
             .rows_affected()
@@ -111,7 +114,8 @@ impl Store {
                 }
                 sqlx::query(
                     "INSERT INTO oauth_apps (org_id, app, provider, client_id, secret_ct, key_version, settings, \
-                     created_by, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+                     created_by, created_at, updated_at, secret_expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+                     $9, $10)",
                 )
                 .bind(org_id)
                 .bind(put.app)
@@ -122,6 +126,7 @@ impl Store {
                 .bind(put.settings)
                 .bind(put.actor)
                 .bind(t)
+                .bind(put.secret_expires_at)
                 .execute(&mut *tx)
                 .await?;
             }

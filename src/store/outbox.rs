@@ -14,7 +14,8 @@ pub struct Notification {
     /// `credential.created`, `credential.deleted`, …
     pub kind: &'static str,
     pub org_id: OrgId,
-    pub credential_id: CredentialId,
+    /// `None`: about the organization (its OAuth app).
+    pub credential_id: Option<CredentialId>,
     pub provider: String,
     /// Extra facts (never a secret).
     pub detail: Value,
@@ -32,7 +33,18 @@ impl Notification {
         Self {
             kind,
             org_id: org_id.to_owned(),
-            credential_id: credential_id.to_owned(),
+            credential_id: Some(credential_id.to_owned()),
+            provider: provider.to_owned(),
+            detail,
+        }
+    }
+
+    /// A notification about the organization's `provider` app.
+    pub fn for_org(kind: &'static str, org_id: &OrgId, provider: &str, detail: Value) -> Self {
+        Self {
+            kind,
+            org_id: org_id.to_owned(),
+            credential_id: None,
             provider: provider.to_owned(),
             detail,
         }

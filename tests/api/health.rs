@@ -244,7 +244,7 @@ async fn events(app: &TestApp, kind: &str) -> std::collections::BTreeMap<i64, (S
             (
                 e["id"].as_i64().unwrap(),
                 (
-                    e["credential_id"].as_str().unwrap().to_owned(),
+                    e["credential_id"].as_str().unwrap_or_default().to_owned(),
                     e["payload"]["detail"].clone(),
                 ),
             )
@@ -353,3 +353,55 @@ async fn a_refused_refresh_notifies_needs_reauth_once(backend: crate::helpers::B
     assert_eq!(notified[0].1["reason"], "refresh_refused");
 }
 both_backends!(a_refused_refresh_notifies_needs_reauth_once);
+
+async fn an_organizations_app_whose_secret_expires_is_notified_once_per_threshold(backend: crate::helpers::Backend) {
+    use crate::oauth::oauth_app;
+    use crate::oauth_server::{AuthServer, Flavor};
+    let db = TestDb::new(backend).await;
+    let google = AuthServer::start(Flavor::Google).await;
+    let app = oauth_app(&db, &[(&google, "google")], |_| {}).await;
+    let secret = crate::helpers::sentinel();
+    let put = |ends: i64| {
+        let body = json!({"client_id": "org-client", "client_secret": secret.clone(),
+            "client_secret_expires_at": rfc3339(ends)});
+        app.call(
+            Method::PUT,
+            "/integrations/oauth-apps/google",
+            &app.org.admin,
+            Some(body),
+        )
+    };
+    let sweep = || async {
+        for _ in 0..2 {
+            credgate::oauth::worker::housekeeping(&app.state).await.unwrap();
+        }
+    };
+    let mut seen = std::collections::BTreeMap::new();
+
+    let (status, _) = put(app.clock.now() + 10 * DAY).await;
+    sweep().await;
+    seen.extend(events(&app, "oauth_app.secret_expiring").await);
+    let first = seen.clone();
+    app.clock.advance(8 * DAY);
+    sweep().await;
+    seen.extend(events(&app, "oauth_app.secret_expiring").await);
+    let second = seen.clone();
+    // A new secret with a new end: its thresholds count again.
+    put(app.clock.now() + 5 * DAY).await;
+    sweep().await;
+    seen.extend(events(&app, "oauth_app.secret_expiring").await);
+    let (_, page) = app
+        .call(Method::GET, "/integrations/events", &app.org.admin, None)
+        .await;
+
+    let days = |m: &std::collections::BTreeMap<i64, (String, Value)>| -> Vec<i64> {
+        m.values().map(|(_, d)| d["days"].as_i64().unwrap()).collect()
+    };
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(days(&first), [14]);
+    assert_eq!(days(&second), [14, 3]);
+    assert_eq!(days(&seen), [14, 3, 14]);
+    assert!(seen.values().all(|(_, d)| d["client_id"] == "org-client"));
+    assert!(!page.to_string().contains(&secret), "no event carries the secret");
+}
+both_backends!(an_organizations_app_whose_secret_expires_is_notified_once_per_threshold);
