@@ -264,19 +264,29 @@ async fn a_path_never_leaves_the_credentials_base_and_own_errors_say_so(backend:
 }
 both_backends!(a_path_never_leaves_the_credentials_base_and_own_errors_say_so);
 
-async fn an_oauth_credential_is_called_with_its_access_token(backend: crate::helpers::Backend) {
-    use crate::oauth::{connect, oauth_app};
-    use crate::oauth_server::{AuthServer, Flavor};
-    let db = TestDb::new(backend).await;
-    let (base, seen) = upstream().await;
-    let google = AuthServer::start(Flavor::Google).await;
-    let app = oauth_app(&db, &[(&google, "google")], |c| {
+/// An app whose `provider` (served by `server`) calls the upstream at
+/// `base`, and a credential connected through it.
+async fn connected(
+    db: &TestDb,
+    server: &crate::oauth_server::AuthServer,
+    provider: &str,
+    base: &str,
+) -> (TestApp, String) {
+    let key = format!("CREDGATE_PROVIDER_{}_API_BASE_URL", provider.to_uppercase());
+    let app = crate::oauth::oauth_app(db, &[(server, provider)], |c| {
         c.egress_allow = "127.0.0.0/8".into();
-        c.provider_overrides
-            .insert("CREDGATE_PROVIDER_GOOGLE_API_BASE_URL".into(), format!("{base}/v2"));
+        c.provider_overrides.insert(key, format!("{base}/v2"));
     })
     .await;
-    let id = connect(&app, "google", "").await["credential_id"].clone();
+    let id = crate::oauth::connect(&app, provider, "").await["credential_id"].clone();
+    (app, id)
+}
+
+async fn an_oauth_credential_is_called_with_its_access_token(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let (base, seen) = upstream().await;
+    let google = crate::oauth_server::AuthServer::start(crate::oauth_server::Flavor::Google).await;
+    let (app, id) = connected(&db, &google, "google", &base).await;
 
     let res = app
         .client
@@ -302,18 +312,10 @@ async fn an_oauth_credential_is_called_with_its_access_token(backend: crate::hel
 both_backends!(an_oauth_credential_is_called_with_its_access_token);
 
 async fn a_refused_token_is_refreshed_once_and_the_call_sent_again(backend: crate::helpers::Backend) {
-    use crate::oauth::{connect, oauth_app};
-    use crate::oauth_server::{AuthServer, Flavor};
     let db = TestDb::new(backend).await;
     let (base, seen) = upstream().await;
-    let ms = AuthServer::start(Flavor::Microsoft).await;
-    let app = oauth_app(&db, &[(&ms, "microsoft")], |c| {
-        c.egress_allow = "127.0.0.0/8".into();
-        c.provider_overrides
-            .insert("CREDGATE_PROVIDER_MICROSOFT_API_BASE_URL".into(), format!("{base}/v2"));
-    })
-    .await;
-    let id = connect(&app, "microsoft", "").await["credential_id"].clone();
+    let ms = crate::oauth_server::AuthServer::start(crate::oauth_server::Flavor::Microsoft).await;
+    let (app, id) = connected(&db, &ms, "microsoft", &base).await;
 
     let res = app
         .client
@@ -435,18 +437,10 @@ async fn the_body_limit_and_the_cap_on_calls_at_once_are_settings(backend: crate
 both_backends!(the_body_limit_and_the_cap_on_calls_at_once_are_settings);
 
 async fn a_refused_token_is_refreshed_and_a_kept_body_sent_again(backend: crate::helpers::Backend) {
-    use crate::oauth::{connect, oauth_app};
-    use crate::oauth_server::{AuthServer, Flavor};
     let db = TestDb::new(backend).await;
     let (base, seen) = upstream().await;
-    let ms = AuthServer::start(Flavor::Microsoft).await;
-    let app = oauth_app(&db, &[(&ms, "microsoft")], |c| {
-        c.egress_allow = "127.0.0.0/8".into();
-        c.provider_overrides
-            .insert("CREDGATE_PROVIDER_MICROSOFT_API_BASE_URL".into(), format!("{base}/v2"));
-    })
-    .await;
-    let id = connect(&app, "microsoft", "").await["credential_id"].clone();
+    let ms = crate::oauth_server::AuthServer::start(crate::oauth_server::Flavor::Microsoft).await;
+    let (app, id) = connected(&db, &ms, "microsoft", &base).await;
     let post = |path: &str, body: Vec<u8>| {
         app.client
             .post(format!("{}/integrations/credentials/{id}/proxy/{path}", app.base))
