@@ -300,7 +300,13 @@ pub async fn test(ctx: &Context, who: &Principal, id: &CredentialId) -> Result<P
         probe_fields(ctx, org_id, &row.provider, secrets.merged_fields(&row)).await?
     };
     let failure = result.error.as_ref().map(|e| (e.code.as_str(), e.message.as_str()));
-    credentials::record_test(ctx, &row, failure).await?;
+    // A service that tells when the key expires (GitHub): its end.
+    let ends = result.ok.then(|| result.detail.get("expires_at")).flatten();
+    let ends = ends
+        .and_then(Value::as_str)
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.timestamp());
+    credentials::record_test(ctx, &row, failure, ends).await?;
     tracing::info!(credential = %row.id, ok = result.ok, "credential tested");
     Ok(if access < Access::View {
         result.for_use_only()

@@ -182,6 +182,7 @@ pub async fn record_test(
     ctx: &Context,
     row: &CredentialRow,
     failure: Option<(&str, &str)>,
+    secret_expires_at: Option<i64>,
 ) -> Result<CredentialStatus, Error> {
     let last_error = failure.map(|(code, message)| LastError {
         code: code.to_owned(),
@@ -190,6 +191,12 @@ pub async fn record_test(
     });
     Ok(ctx
         .store
-        .record_test(&row.org_id, &row.id, failure.is_none(), last_error.as_ref())
+        .record_test(
+            &row.org_id,
+            &row.id,
+            failure.is_none(),
+            last_error.as_ref(),
+            secret_expires_at,
+        )
         .await?)
 }

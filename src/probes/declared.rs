@@ -76,6 +76,7 @@ fn http_spec(fields: &Map<String, Value>) -> ProbeSpec {
         success: None,
         error: None,
         account: Default::default(),
+        expires_header: None,
     }
 }
 
@@ -220,6 +221,22 @@ impl DeclaredProbe {
     }
 }
 
+/// A service's expiry header as a time: GitHub's `2027-01-31 12:00:00 UTC`
+/// (or `… +0100`), or RFC 3339.
+fn expiry_time(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let text = text.trim();
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Some(t.to_utc());
+    }
+    if let Ok(t) = chrono::DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S %z") {
+        return Some(t.to_utc());
+    }
+    let naive = text.strip_suffix(" UTC")?;
+    chrono::NaiveDateTime::parse_from_str(naive, "%Y-%m-%d %H:%M:%S")
+        .ok()
+        .map(|t| t.and_utc())
+}
+
 impl Probe for DeclaredProbe {
     const NAME: &'static str = "declared";
     const POOL: Pool = Pool::Http;
@@ -266,6 +283,16 @@ impl Probe for DeclaredProbe {
             if let (Value::Object(d), Value::Object(a)) = (&mut detail, self.account(&reply.json)) {
                 d.extend(a);
             }
+            let ends = self
+                .spec
+                .expires_header
+                .as_deref()
+                .and_then(|h| reply.headers.get(h))
+                .and_then(|v| v.to_str().ok())
+                .and_then(expiry_time);
+            if let Some(t) = ends {
+                detail["expires_at"] = json!(t);
+            }
             return Ok(detail);
         }
         if let Some(secs) = reply.headers.get("retry-after").and_then(|v| v.to_str().ok()) {
@@ -295,5 +322,21 @@ impl Probe for DeclaredProbe {
             .filter_map(|n| self.fields.get(n).and_then(Value::as_str))
             .filter(|s| !s.is_empty())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expiry_time;
+
+    #[test]
+    fn expiry_headers_are_read_in_githubs_format_and_rfc_3339() {
+        let want = chrono::DateTime::parse_from_rfc3339("2027-01-31T12:00:00Z")
+            .unwrap()
+            .to_utc();
+        assert_eq!(expiry_time("2027-01-31 12:00:00 UTC"), Some(want));
+        assert_eq!(expiry_time("2027-01-31 13:00:00 +0100"), Some(want));
+        assert_eq!(expiry_time("2027-01-31T12:00:00Z"), Some(want));
+        assert_eq!(expiry_time("next week"), None);
     }
 }

@@ -74,6 +74,9 @@ pub struct ProbeSpec {
     /// A JSON pointer to the service's own error word.
     pub error: Option<String>,
     pub account: AccountPointers,
+    /// A response header that tells when the secret expires (GitHub's
+    /// `github-authentication-token-expiration`).
+    pub expires_header: Option<String>,
 }
 
 /// `[probe]` as written.
@@ -99,6 +102,7 @@ pub(super) struct RawProbe {
     error: Option<String>,
     #[serde(default)]
     account: AccountPointers,
+    expires_header: Option<String>,
 }
 
 /// The `{name}` placeholders of a template.
@@ -265,6 +269,12 @@ impl RawProbe {
             success: self.success,
             error: self.error,
             account: self.account,
+            expires_header: match self.expires_header {
+                Some(h) if reqwest::header::HeaderName::from_bytes(h.as_bytes()).is_err() => {
+                    return e("expires_header", format!("{h:?} is not a header name"))
+                }
+                other => other,
+            },
         })
     }
 }

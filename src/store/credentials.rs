@@ -300,6 +300,7 @@ impl Store {
         id: &CredentialId,
         passed: bool,
         last_error: Option<&super::LastError>,
+        secret_expires_at: Option<i64>,
     ) -> Result<CredentialStatus, StoreError> {
         self.timed(async move {
             let mut tx = self.begin_write().await?;
@@ -326,12 +327,14 @@ impl Store {
             };
             let status: String = sqlx::query_scalar(&format!(
                 "UPDATE credentials SET status = {status_case} ELSE status END, last_error = {error_case}, \
-             last_tested_at = $4, updated_at = $4 WHERE org_id = $1 AND id = $2 RETURNING status"
+             last_tested_at = $4, updated_at = $4, secret_expires_at = COALESCE($5, secret_expires_at) \
+             WHERE org_id = $1 AND id = $2 RETURNING status"
             ))
             .bind(org_id)
             .bind(id)
             .bind(last_error.map(|e| serde_json::to_string(e).expect("serializes")))
             .bind(t)
+            .bind(secret_expires_at)
             .fetch_optional(&mut *tx)
             .await?
             .ok_or(StoreError::NotFound)?;

@@ -405,3 +405,73 @@ async fn an_organizations_app_whose_secret_expires_is_notified_once_per_threshol
     assert!(!page.to_string().contains(&secret), "no event carries the secret");
 }
 both_backends!(an_organizations_app_whose_secret_expires_is_notified_once_per_threshold);
+
+/// GitHub's `/user`, which names the token's end in a header.
+async fn github_stand_in(ends: String) -> String {
+    use axum::routing::get;
+    let app = axum::Router::new().route(
+        "/user",
+        get(move || {
+            let ends = ends.clone();
+            async move {
+                (
+                    [("github-authentication-token-expiration", ends)],
+                    axum::Json(json!({"login": "octocat", "name": "Mona", "email": null})),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
+async fn a_test_reads_the_tokens_end_where_the_service_tells_it(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let ends = app_time_in(5 * DAY);
+    let base = github_stand_in(ends.format("%Y-%m-%d %H:%M:%S UTC").to_string()).await;
+    let mut config = crate::helpers::test_config(&db);
+    config.egress_allow = "127.0.0.0/8".into();
+    config
+        .provider_overrides
+        .insert("CREDGATE_PROVIDER_GITHUB_API_BASE_URL".into(), base);
+    let app = TestApp::spawn_with(config).await;
+    let token = format!("ghp_{}", "a".repeat(36));
+    let (created, made) = app
+        .call(
+            Method::POST,
+            "/integrations/credentials",
+            &app.org.admin,
+            Some(json!({"name": "GitHub", "provider": "github", "auth_type": "api_key", "fields": {"token": token}})),
+        )
+        .await;
+    let id = made["id"].as_str().unwrap().to_owned();
+
+    let before = get(&app, &id).await;
+    let (_, tested) = app
+        .call(
+            Method::POST,
+            &format!("/integrations/credentials/{id}/test"),
+            &app.org.admin,
+            None,
+        )
+        .await;
+    let after = get(&app, &id).await;
+
+    assert_eq!(created, StatusCode::CREATED, "{made}");
+    assert!(before.get("secret_expires_at").is_none());
+    assert_eq!(tested["ok"], true, "{tested}");
+    assert_eq!(
+        after["secret_expires_at"],
+        json!(ends.format("%Y-%m-%dT%H:%M:%SZ").to_string()),
+        "{after}"
+    );
+    assert_eq!(after["health"], "expiring");
+}
+both_backends!(a_test_reads_the_tokens_end_where_the_service_tells_it);
+
+/// Now plus `secs`, to the second (the test clock starts at the wall clock).
+fn app_time_in(secs: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp() + secs, 0).unwrap()
+}
