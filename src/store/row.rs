@@ -86,19 +86,23 @@ impl CredentialRow {
     /// Its health at `now`, warning `warn_secs` before its grant or secret
     /// ends.
     pub fn health(&self, now: i64, warn_secs: i64) -> crate::model::Health {
-        let ends_at = [self.refresh_expires_at, self.secret_expires_at]
-            .into_iter()
-            .flatten()
-            .min();
         crate::model::Health::of(
             crate::model::HealthFacts {
                 status: self.status,
                 refresh_failures: self.refresh_failures,
-                ends_at,
+                ends_at: self.ends_at(),
             },
             now,
             warn_secs,
         )
+    }
+
+    /// The earlier of its grant's and its secret's ends, if either is known.
+    pub fn ends_at(&self) -> Option<i64> {
+        [self.refresh_expires_at, self.secret_expires_at]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Does the access token expire within `secs` of `now`?

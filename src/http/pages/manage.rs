@@ -57,11 +57,7 @@ const HEALTH_CHOICES: [(&str, &str); 5] = [
 
 /// A credential's health in words, and whether Reconnect helps.
 fn health_words(state: &AppState, row: &CredentialRow) -> (&'static str, String, bool) {
-    let days_left = [row.refresh_expires_at, row.secret_expires_at]
-        .into_iter()
-        .flatten()
-        .min()
-        .map(|end| (end - state.now() + 86_399).div_euclid(86_400));
+    let days_left = row.ends_at().map(|end| (end - state.now() + 86_399).div_euclid(86_400));
     match state.health_of(row) {
         Health::Ok => ("badge active", "OK".into(), false),
         Health::Failing => ("badge error", "Failing".into(), false),
