@@ -120,4 +120,10 @@ if ! python3 -c 'import importlib.metadata as m, sys; import moto.server; sys.ex
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'moto[server]==5.2.6'
 fi
 
+# The Standard Webhooks reference library verifies webhook endpoints'
+# deliveries (tests/api/webhook_verify.py).
+if ! python3 -c 'import importlib.metadata as m, sys; sys.exit(m.version("standardwebhooks") != "1.1.0")' >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'standardwebhooks==1.1.0'
+fi
+
 echo "install-test-deps: ok"

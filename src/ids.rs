@@ -159,6 +159,12 @@ uuid_id!(
     "a credential id"
 );
 
+uuid_id!(
+    /// An organization's webhook endpoint.
+    WebhookId,
+    "a webhook endpoint id"
+);
+
 text_id!(
     /// A person of an organization, named by the caller (1 to 200
     /// printable characters).
@@ -216,6 +222,13 @@ impl utoipa::PartialSchema for CredentialId {
     }
 }
 impl utoipa::ToSchema for CredentialId {}
+
+impl utoipa::PartialSchema for WebhookId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        uuid_schema()
+    }
+}
+impl utoipa::ToSchema for WebhookId {}
 
 impl utoipa::PartialSchema for UserId {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {

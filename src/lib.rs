@@ -36,4 +36,5 @@ pub mod sessions;
 pub mod store;
 pub mod telemetry;
 pub mod vault;
+pub mod webhook_endpoints;
 pub mod webhooks;

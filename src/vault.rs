@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use crate::crypto::{self, DataKey, KeyError, MasterKeyring, SealError, SecretMap};
-use crate::ids::OrgId;
+use crate::ids::{OrgId, WebhookId};
 use crate::store::{Store, StoreError};
 
 /// Why the vault could not do what was asked.
@@ -74,6 +74,8 @@ pub struct OrgRotation {
     pub secrets_resealed: usize,
     /// OAuth apps' client secrets (and MCP registrations') re-sealed.
     pub apps_resealed: usize,
+    /// Webhook endpoints' signing secrets re-sealed.
+    pub webhooks_resealed: usize,
 }
 
 /// The sealing subject of named secret `name` of `org_id`: a value copied
@@ -86,6 +88,12 @@ pub fn secret_subject(org_id: &OrgId, name: &str) -> String {
 /// a secret copied to another app or organization does not open.
 pub fn app_subject(org_id: &OrgId, app: &str) -> String {
     format!("oauth_app:{org_id}:{app}")
+}
+
+/// The sealing subject of webhook endpoint `id` of `org_id` (its signing
+/// secrets): a secret copied to another endpoint or organization does not open.
+pub fn webhook_subject(org_id: &OrgId, id: &WebhookId) -> String {
+    format!("webhook:{org_id}:{id}")
 }
 
 impl Vault {
@@ -231,6 +239,7 @@ impl Vault {
         }
         let secrets_resealed = self.reseal_secrets(org_id, version, &new_key, &mut unreadable).await?;
         let apps_resealed = self.reseal_apps(org_id, version, &new_key, &mut unreadable).await?;
+        let webhooks_resealed = self.reseal_webhooks(org_id, version, &new_key, &mut unreadable).await?;
         self.store.prune_org_keys(org_id, version).await?;
         let left = self.store.count_below_key(org_id, version).await?;
         if left > 0 {
@@ -241,6 +250,7 @@ impl Vault {
             resealed,
             secrets_resealed,
             apps_resealed,
+            webhooks_resealed,
         })
     }
 
@@ -278,6 +288,48 @@ impl Vault {
                 if self
                     .store
                     .reseal_secret(org_id, &row.name, &row.value_ct, &ct, version)
+                    .await?
+                {
+                    resealed += 1;
+                }
+            }
+        }
+    }
+
+    /// Re-seals the organization's webhook endpoints' secrets under key
+    /// `version` (see [`Vault::rotate_org`]); returns how many.
+    async fn reseal_webhooks(
+        &self,
+        org_id: &OrgId,
+        version: i64,
+        new_key: &DataKey,
+        unreadable: &mut Vec<String>,
+    ) -> Result<usize, VaultError> {
+        let (mut resealed, mut after) = (0, String::new());
+        loop {
+            let batch = self.store.webhooks_below_key(org_id, version, &after, 200).await?;
+            let Some(last) = batch.last() else {
+                return Ok(resealed);
+            };
+            after = last.id.to_string();
+            for row in batch {
+                let subject = webhook_subject(org_id, &row.id);
+                let groups = match self.open(org_id, &subject, &row.secret_ct, row.key_version).await {
+                    Ok(groups) => groups,
+                    Err(e @ (VaultError::Store(_) | VaultError::Incomplete { .. })) => return Err(e),
+                    Err(e) => {
+                        tracing::debug!(webhook = %row.id, error = %e, "a webhook endpoint could not be re-encrypted");
+                        if unreadable.len() < UNREADABLE_NAMED {
+                            unreadable.push(format!("webhook {}", row.id));
+                        }
+                        continue;
+                    }
+                };
+                let refs: Vec<(&str, &SecretMap)> = groups.iter().map(|(k, v)| (k.as_str(), v)).collect();
+                let ct = crypto::seal(new_key, org_id, &subject, &refs);
+                if self
+                    .store
+                    .reseal_webhook(org_id, &row.id, &row.secret_ct, &ct, version)
                     .await?
                 {
                     resealed += 1;

@@ -10,6 +10,9 @@
 //! base64 after `whsec_` when the secret has that form, else its bytes) and
 //! `X-Credgate-Signature: t=TIMESTAMP,v1=HEX(HMAC-SHA256(secret, "{timestamp}.{body}"))`.
 //! Bodies never carry a secret.
+//!
+//! An organization's own endpoints, with their own secrets, are in
+//! `webhook_endpoints`, which signs the same way.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +49,7 @@ struct Target {
 pub struct Webhooks {
     target: Option<Arc<Target>>,
     wake: Arc<Notify>,
+    endpoints_wake: Arc<Notify>,
     owner: Arc<String>,
 }
 
@@ -80,7 +84,7 @@ pub fn standard_signature(secret: &SecretString, id: &str, timestamp: i64, body:
 }
 
 /// Seconds before attempt `attempts + 1`: 1 s doubling to an hour, jittered.
-fn backoff(attempts: i64) -> i64 {
+pub(crate) fn backoff(attempts: i64) -> i64 {
     let exp = 1i64.saturating_mul(1 << attempts.clamp(0, 20)).min(MAX_BACKOFF_SECS);
     exp + rand::thread_rng().gen_range(0..=exp / 4)
 }
@@ -91,6 +95,7 @@ impl Webhooks {
         Self {
             target: url.map(|url| Arc::new(Target { url, secret, http })),
             wake: Arc::default(),
+            endpoints_wake: Arc::default(),
             owner: Arc::new(format!("credgate-webhooks-{}", uuid::Uuid::new_v4().simple())),
         }
     }
@@ -100,9 +105,15 @@ impl Webhooks {
         self.target.is_some()
     }
 
-    /// Tells this process's dispatcher that new events were written.
+    /// Tells this process's dispatchers that new events were written.
     pub fn wake(&self) {
         self.wake.notify_one();
+        self.endpoints_wake.notify_one();
+    }
+
+    /// What wakes the organizations' endpoints' dispatcher.
+    pub(crate) fn endpoints_wake(&self) -> Arc<Notify> {
+        Arc::clone(&self.endpoints_wake)
     }
 
     /// One dispatcher step: leases due events and delivers them; returns

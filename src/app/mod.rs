@@ -262,20 +262,24 @@ impl Application {
     /// Serves until `shutdown` resolves, then finishes in-flight requests.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let limits = self.state.limits.clone();
-        let evictor = tokio::spawn(async move {
+        let _evictor = Background(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tick.tick().await;
                 limits.evict_idle();
             }
-        });
+        }));
         let (stop_dispatcher, dispatcher_stop) = tokio::sync::watch::channel(false);
-        let dispatcher = tokio::spawn(
+        let mut dispatcher = Background(tokio::spawn(
             self.state
                 .webhooks
                 .clone()
-                .run_dispatcher(self.state.store.clone(), dispatcher_stop),
-        );
+                .run_dispatcher(self.state.store.clone(), dispatcher_stop.clone()),
+        ));
+        let mut endpoints = Background(tokio::spawn(crate::webhook_endpoints::run_dispatcher(
+            crate::context::Context::clone(&self.state),
+            dispatcher_stop,
+        )));
         let limits = http::serve::Limits {
             header_read_timeout: Duration::from_secs(self.state.config.header_read_timeout_secs.max(1)),
             max_connections: self.state.config.max_connections,
@@ -307,9 +311,20 @@ impl Application {
             let _ = ops.await;
         }
         let _ = stop_dispatcher.send(true);
-        let _ = dispatcher.await;
-        evictor.abort();
+        let _ = (&mut dispatcher.0).await;
+        let _ = (&mut endpoints.0).await;
         served
+    }
+}
+
+/// A task of a serving process that ends with it: also when the serving
+/// future is dropped rather than run to its end (it would otherwise keep
+/// its database pool, and poll, for the life of the runtime).
+struct Background(tokio::task::JoinHandle<()>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

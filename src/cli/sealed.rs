@@ -52,8 +52,8 @@ pub(super) async fn run(config: &Config, store: &Store, vault: &Vault, command: 
             require_org(store, &org).await?;
             let done = vault.rotate_org(&org).await?;
             println!(
-                "organization {org}: data key version {}, {} credentials, {} named secrets and {} OAuth apps re-encrypted",
-                done.version, done.resealed, done.secrets_resealed, done.apps_resealed
+                "organization {org}: data key version {}, {} credentials, {} named secrets, {} OAuth apps and {} webhook endpoints re-encrypted",
+                done.version, done.resealed, done.secrets_resealed, done.apps_resealed, done.webhooks_resealed
             );
         }
         other => unreachable!("not a sealing command: {other:?}"),

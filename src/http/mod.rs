@@ -19,6 +19,7 @@ mod schemas;
 mod secrets;
 pub mod serve;
 mod sessions;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -120,6 +121,7 @@ fn api_with(metrics: bool) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(oauth_apps::router())
         .merge(probes::router())
         .merge(events::router())
+        .merge(webhooks::router())
         .merge(secrets::router())
         .merge(sessions::router())
         .merge(ops::router(metrics))

@@ -5,7 +5,7 @@ use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
 use sqlx::{Database, Decode, Encode, Type};
 
-use crate::ids::{CredentialId, CredentialName, OrgId, UserId};
+use crate::ids::{CredentialId, CredentialName, OrgId, UserId, WebhookId};
 
 macro_rules! text_column {
     ($name:ty) => {
@@ -31,5 +31,6 @@ macro_rules! text_column {
 
 text_column!(OrgId);
 text_column!(CredentialId);
+text_column!(WebhookId);
 text_column!(UserId);
 text_column!(CredentialName);

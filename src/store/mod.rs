@@ -34,6 +34,7 @@ mod sessions;
 mod sharing;
 mod time_limit;
 mod uses;
+mod webhooks;
 mod write_tx;
 
 pub use admin::{CounterFix, OrgSummary, Repair};
@@ -57,6 +58,7 @@ pub use sharing::{sharing_detail, UsageSummary, UserRemoval};
 use time_limit::Abandoned;
 pub use time_limit::OP_TIMEOUT;
 pub use uses::{UseOutcome, UseRecord, LAST_USED_EVERY_SECS};
+pub use webhooks::{Attempt, DeliveryRow, DueDelivery, EndpointPut, EndpointRow};
 
 use std::str::FromStr;
 use std::time::Duration;

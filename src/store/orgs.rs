@@ -156,6 +156,8 @@ impl Store {
                 "credentials",
                 "named_secrets",
                 "oauth_apps",
+                "webhook_deliveries",
+                "webhook_endpoints",
                 "api_keys",
                 "page_sessions",
                 "oauth_states",
@@ -337,6 +339,7 @@ impl Store {
              AND NOT EXISTS (SELECT 1 FROM credentials c WHERE c.org_id = org_keys.org_id AND c.key_version = org_keys.version) \
              AND NOT EXISTS (SELECT 1 FROM named_secrets n WHERE n.org_id = org_keys.org_id AND n.key_version = org_keys.version) \
              AND NOT EXISTS (SELECT 1 FROM oauth_apps a WHERE a.org_id = org_keys.org_id AND a.key_version = org_keys.version) \
+             AND NOT EXISTS (SELECT 1 FROM webhook_endpoints w WHERE w.org_id = org_keys.org_id AND w.key_version = org_keys.version) \
              AND NOT EXISTS (SELECT 1 FROM oauth_states s WHERE s.org_id = org_keys.org_id AND s.key_version = org_keys.version)",
         )
         .bind(org_id)
@@ -355,7 +358,8 @@ impl Store {
             Ok(sqlx::query_scalar(
                 "SELECT (SELECT COUNT(*) FROM credentials WHERE org_id = $1 AND key_version < $2) \
              + (SELECT COUNT(*) FROM named_secrets WHERE org_id = $1 AND key_version < $2) \
-             + (SELECT COUNT(*) FROM oauth_apps WHERE org_id = $1 AND key_version < $2)",
+             + (SELECT COUNT(*) FROM oauth_apps WHERE org_id = $1 AND key_version < $2) \
+             + (SELECT COUNT(*) FROM webhook_endpoints WHERE org_id = $1 AND key_version < $2)",
             )
             .bind(org_id)
             .bind(version)

@@ -144,8 +144,10 @@ pub(crate) async fn insert_many(
             super::values(chunk.len(), 7)
         );
         let mut query = sqlx::query(&sql);
+        let mut event_ids = Vec::with_capacity(chunk.len());
         for n in chunk {
             let event_id = uuid::Uuid::new_v4().to_string();
+            event_ids.push(event_id.clone());
             let payload = json!({
                 "id": event_id,
                 "type": n.kind,
@@ -165,6 +167,7 @@ pub(crate) async fn insert_many(
                 .bind(at);
         }
         query.execute(&mut *conn).await?;
+        super::webhooks::fan_out(conn, &event_ids).await?;
     }
     Ok(())
 }
@@ -287,8 +290,11 @@ impl Store {
         .await
     }
 
-    /// Deletes events created before `before` (retention).
+    /// Deletes events, and endpoints' deliveries, created before `before`
+    /// (retention); returns how many events went.
     pub async fn purge_events(&self, before: i64) -> Result<u64, StoreError> {
+        self.execute_write(sqlx::query("DELETE FROM webhook_deliveries WHERE created_at < $1").bind(before))
+            .await?;
         self.execute_write(sqlx::query("DELETE FROM outbox WHERE created_at < $1").bind(before))
             .await
     }

@@ -47,3 +47,4 @@ mod secrecy_checks;
 mod secrets;
 mod ses;
 mod sharing;
+mod webhook_endpoints;

@@ -19,6 +19,8 @@ async fn rows_of(app: &TestApp, org: &str) -> i64 {
         "credentials",
         "named_secrets",
         "oauth_apps",
+        "webhook_endpoints",
+        "webhook_deliveries",
         "api_keys",
         "page_sessions",
         "oauth_states",
@@ -109,9 +111,19 @@ both_backends!(deleting_an_organization_while_it_creates_never_deadlocks);
 
 async fn an_interrupted_deletion_is_finished_by_the_worker_and_shreds_at_once(backend: crate::helpers::Backend) {
     let db = TestDb::new(backend).await;
-    let config = test_config(&db);
+    let mut config = test_config(&db);
+    config.egress_allow = "127.0.0.0/8".into();
     let app = TestApp::spawn_with(config.clone()).await;
     let doomed = app.new_org("Doomed").await;
+    let receiver = wiremock::MockServer::builder().start().await;
+    let (hooked, _) = app
+        .as_(&doomed.admin)
+        .post(
+            "/integrations/webhooks",
+            serde_json::json!({"url": format!("{}/hook", receiver.uri())}),
+        )
+        .await;
+    assert_eq!(hooked, StatusCode::CREATED);
     for n in 0..5 {
         app.create_pg(&doomed, &format!("c{n}"), "pw").await;
     }

@@ -338,7 +338,8 @@ async fn secrets_resolve_after_rotate_org_and_go_with_org_delete(backend: crate:
         .unwrap();
 
     assert!(rotated.status.success(), "{}", String::from_utf8_lossy(&rotated.stderr));
-    assert!(String::from_utf8_lossy(&rotated.stdout).contains("2 named secrets and 0 OAuth apps re-encrypted"));
+    assert!(String::from_utf8_lossy(&rotated.stdout)
+        .contains("2 named secrets, 0 OAuth apps and 0 webhook endpoints re-encrypted"));
     assert!(before.iter().all(|(_, v)| *v == 1));
     assert!(after.iter().all(|(_, v)| *v == 2), "{after:?}");
     assert!(before.iter().zip(&after).all(|(x, y)| x.0 != y.0), "re-sealed");
