@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 use super::form::{
     fields_from_form, key_value_from_form, key_value_rows, oauth_words, public_values, text_of, type_words, value,
 };
-use super::layout::{self, field_input, name_input, notice, other_errors, page};
+use super::layout::{self, expiry_from_form, expiry_input, field_input, name_input, notice, other_errors, page};
 use super::{enter, failure, forged, ok, session_from, Html, Posted, Session};
 use crate::credentials::{self, Changes, NewCredentialInput};
 use crate::error::Error;
@@ -117,6 +117,8 @@ struct FormState {
     notice: Option<String>,
     /// Key-value forms: the field names, and whether each is shown.
     kv_names: Vec<(String, bool)>,
+    /// The secret's end date as the form shows it (`YYYY-MM-DD`).
+    expires_on: Option<String>,
 }
 
 async fn form(
@@ -137,6 +139,10 @@ async fn form(
         match credentials::read(&state, &session.principal(), id).await {
             Ok((row, _)) => {
                 shown.kv_names = kv_names(&row);
+                shown.expires_on = row
+                    .secret_expires_at
+                    .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+                    .map(|t| t.format("%Y-%m-%d").to_string());
                 shown.name = Some(row.name.into());
                 shown.values = row.fields;
             }
@@ -228,6 +234,7 @@ fn render_form(
                     }
                     (other_errors(&shown.errors, &t.fields.iter().map(|f| f.name.clone()).collect::<Vec<_>>()))
                 }
+                (expiry_input(shown.expires_on.as_deref(), &shown.errors))
                 @if reconnect { p.hint { "Enter every value again: secrets are never shown back." } }
                 div.actions {
                     @if has_probe(provider) {
@@ -287,24 +294,27 @@ async fn save(
     };
     let name = form.name.clone().unwrap_or_default();
     let who = session.principal();
-    let saved = match &session.credential_id {
-        Some(id) => {
+    let expires_on = value(&form.raw, "expires_on").map(str::to_owned);
+    let saved = match (expiry_from_form(expires_on.as_deref()), &session.credential_id) {
+        (Err(e), _) => Err(Error::Validation(vec![e])),
+        (Ok(expires_at), Some(id)) => {
+            // The form shows the end it has: left empty, it is cleared.
             let changes = Changes {
                 name: Some(name.clone()),
                 fields: Some(fields.clone()),
                 public: public.clone(),
-                expires_at: None,
+                expires_at: Some(expires_at),
             };
             credentials::update(&state, &who, id, changes).await
         }
-        None => {
+        (Ok(expires_at), None) => {
             let input = NewCredentialInput {
                 name: name.clone(),
                 provider: provider.id.clone(),
                 auth_type,
                 fields: fields.clone(),
                 public: public.clone(),
-                expires_at: None,
+                expires_at,
             };
             credentials::create(&state, &who, input).await
         }
@@ -322,6 +332,7 @@ async fn save(
                 errors,
                 notice: text,
                 kv_names: fields.keys().map(|k| (k.clone(), public.contains(k))).collect(),
+                expires_on,
             };
             render_form(&state, &session, provider, Some(kind.as_str()), shown, status).into_response()
         }

@@ -164,13 +164,42 @@ pub fn name_input(value: &str, errors: &[FieldError]) -> Markup {
     }
 }
 
+/// The optional end date of the secret (`expires_on`, a day, UTC), which
+/// the API takes as `expires_at`.
+pub fn expiry_input(value: Option<&str>, errors: &[FieldError]) -> Markup {
+    let error = errors
+        .iter()
+        .find(|e| e.field == "expires_at")
+        .map(|e| e.message.as_str());
+    html! {
+        div.field.invalid[error.is_some()] {
+            label for="expires_on" { "Expires on (optional)" }
+            input #expires_on name="expires_on" type="date" value=[value]
+                aria-describedby=[error.map(|_| "expires_on-error").or(Some("expires_on-hint"))];
+            p.hint #expires_on-hint { "The day this key or password stops working, if you know it: you are warned before." }
+            @if let Some(message) = error { p.field-error #expires_on-error { "The end date " (message) } }
+        }
+    }
+}
+
+/// `expires_on` as the form sent it: `None` when empty, else the day's
+/// start (UTC) in RFC 3339, or the field's error.
+pub fn expiry_from_form(raw: Option<&str>) -> Result<Option<String>, FieldError> {
+    match raw.map(str::trim).filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(day) => chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d")
+            .map(|d| Some(format!("{d}T00:00:00Z")))
+            .map_err(|_| FieldError::new("expires_at", "must be a date (YYYY-MM-DD)")),
+    }
+}
+
 /// Errors of fields the form does not show, as one list.
 pub fn other_errors(errors: &[FieldError], shown: &[String]) -> Markup {
     let rest: Vec<&FieldError> = errors
         .iter()
         .filter(|e| {
             let bare = e.field.strip_prefix("fields.").unwrap_or(&e.field);
-            e.field != "name" && !shown.iter().any(|s| s == bare)
+            e.field != "name" && e.field != "expires_at" && !shown.iter().any(|s| s == bare)
         })
         .collect();
     html! {
@@ -291,4 +320,22 @@ fn facts(detail: &serde_json::Value) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expiry_from_form;
+
+    #[test]
+    fn an_end_date_is_a_day_or_nothing() {
+        assert_eq!(expiry_from_form(None).unwrap(), None);
+        assert_eq!(expiry_from_form(Some(" ")).unwrap(), None);
+        assert_eq!(
+            expiry_from_form(Some("2027-02-28")).unwrap().as_deref(),
+            Some("2027-02-28T00:00:00Z")
+        );
+        for bad in ["2027-02-30", "28.02.2027", "tomorrow"] {
+            assert_eq!(expiry_from_form(Some(bad)).unwrap_err().field, "expires_at", "{bad}");
+        }
+    }
 }

@@ -516,14 +516,40 @@ async fn in_manage_a_person_sees_what_expires_filters_what_needs_attention_and_r
     // The provider's form, in place, for this credential.
     b.wait_path("/connect/http").await;
     let title = b.wait_text("h1", "Reconnect").await;
+    let shown_end = b.js("return document.querySelector('#expires_on').value").await;
     b.remember().await;
     b.screenshot("manage-6-reconnect").await;
+    // The new key, with its new end date.
+    let new_end = chrono::DateTime::from_timestamp(app.clock.now() + 400 * day, 0).unwrap();
+    b.type_into("#f-token", TOKEN_SECRET).await;
+    b.js(&format!(
+        "document.querySelector('#expires_on').value = '{}'; return true",
+        new_end.format("%Y-%m-%d")
+    ))
+    .await;
+    b.click("#credential-form button[type=submit]").await;
+    b.wait_path("/connect/done").await;
     let pages = b.finish().await;
+    let (_, after) = app
+        .call(
+            Method::GET,
+            &format!("/integrations/credentials/{id}"),
+            &app.org.member,
+            None,
+        )
+        .await;
 
     assert_eq!(all, 2);
     assert!(expiring.contains("Reconnect"), "{expiring}");
     assert_eq!(attention, 1, "only the credential that expires");
     assert!(title.contains("Reconnect"), "{title}");
+    assert_eq!(shown_end, json!(ends[..10]), "the reconnect form shows the end it has");
+    assert_eq!(
+        after["secret_expires_at"],
+        json!(format!("{}T00:00:00Z", new_end.format("%Y-%m-%d"))),
+        "{after}"
+    );
+    assert_eq!(after["health"], "ok", "reconnected with a new end, it is healthy again");
     assert_never_shown(&pages);
 }
 crate::both_backends!(in_manage_a_person_sees_what_expires_filters_what_needs_attention_and_reconnects_it);
