@@ -75,6 +75,8 @@ pub async fn connect(ctx: &Context, grant: Grant<'_>) -> Result<CredentialId, Er
     let refresh_after = crate::oauth_client::schedule(expires_at, lifetime, ctx.config.refresh_lead_secs as i64);
     // A new grant: an absolute lifetime starts again.
     let refresh_expires_at = client.settings.refresh_end(tokens.refresh_expires_in, now, None, true);
+    let renewable = tokens.refresh_expires_in.is_some() || client.settings.refresh_lifetime.is_some_and(|l| l.renewed);
+    let refresh_after = crate::oauth_client::keep_alive(refresh_after, refresh_expires_at, renewable, now);
     let account = identity.email.as_deref().unwrap_or(&identity.id).to_owned();
     for attempt in 0..KEY_RETRIES * 2 {
         let existing_id = match &credential_id {

@@ -7,7 +7,7 @@ use rand::Rng;
 use crate::credentials::{OAuthTokens, Refreshed};
 use crate::error::Error;
 use crate::model::CredentialStatus;
-use crate::oauth_client::{schedule_with, OAuthError, TokenSet};
+use crate::oauth_client::{keep_alive, schedule_with, OAuthError, TokenSet};
 use crate::store::{LastError, RefreshFailure};
 use secrecy::SecretString;
 
@@ -64,6 +64,15 @@ pub fn decide(rng: &mut impl Rng, answer: Result<TokenSet, OAuthError>, before: 
             let lifetime = set.expires_in.map(|d| d.as_secs());
             let expires_at = lifetime.map(|l| before.now + l as i64);
             let rotated = set.refresh_token.is_some();
+            let renewable = set.refresh_expires_in.is_some() || before.refresh_lifetime.is_some_and(|l| l.renewed);
+            let refresh_expires_at = crate::providers::refresh_end(
+                before.refresh_lifetime,
+                set.refresh_expires_in,
+                before.now,
+                before.refresh_expires_at,
+                false,
+            );
+            let refresh_after = schedule_with(rng, expires_at, lifetime, before.lead);
             Verdict::Refreshed(Refreshed {
                 tokens: OAuthTokens {
                     access_token: set.access_token,
@@ -71,14 +80,8 @@ pub fn decide(rng: &mut impl Rng, answer: Result<TokenSet, OAuthError>, before: 
                     refresh_token: set.refresh_token.or_else(|| before.refresh_token.clone()),
                 },
                 expires_at,
-                refresh_after: schedule_with(rng, expires_at, lifetime, before.lead),
-                refresh_expires_at: crate::providers::refresh_end(
-                    before.refresh_lifetime,
-                    set.refresh_expires_in,
-                    before.now,
-                    before.refresh_expires_at,
-                    false,
-                ),
+                refresh_after: keep_alive(refresh_after, refresh_expires_at, renewable, before.now),
+                refresh_expires_at,
                 scopes: set.scopes,
                 rotated,
             })

@@ -84,6 +84,18 @@ pub fn schedule(expires_at: Option<i64>, lifetime: Option<u64>, lead: i64) -> Op
     schedule_with(&mut rand::thread_rng(), expires_at, lifetime, lead)
 }
 
+/// When to refresh a token whose access token never expires (no
+/// `refresh_after` from [`schedule`]) only to keep its refresh token alive:
+/// halfway to the refresh token's end, when refreshing renews that end (a
+/// lifetime the service states with each token, or a sliding or inactivity
+/// one). Otherwise `refresh_after` as it is.
+pub fn keep_alive(refresh_after: Option<i64>, refresh_end: Option<i64>, renewable: bool, now: i64) -> Option<i64> {
+    refresh_after.or_else(|| {
+        let end = refresh_end.filter(|end| renewable && *end > now)?;
+        Some(now + (end - now) / 2)
+    })
+}
+
 pub(crate) fn schedule_with(
     rng: &mut impl Rng,
     expires_at: Option<i64>,
@@ -109,5 +121,22 @@ mod tests {
             assert!((9_400..=9_520).contains(&due), "{due}");
         }
         assert_eq!(schedule_with(&mut rng, None, Some(3600), 600), None);
+    }
+
+    #[test]
+    fn a_token_that_never_expires_is_refreshed_halfway_to_its_renewable_end() {
+        assert_eq!(
+            keep_alive(Some(500), Some(10_000), true, 0),
+            Some(500),
+            "the access token decides"
+        );
+        assert_eq!(keep_alive(None, Some(10_000), true, 2_000), Some(6_000));
+        assert_eq!(
+            keep_alive(None, Some(10_000), false, 2_000),
+            None,
+            "refreshing would not renew it"
+        );
+        assert_eq!(keep_alive(None, Some(1_000), true, 2_000), None, "it ended");
+        assert_eq!(keep_alive(None, None, true, 2_000), None);
     }
 }

@@ -102,7 +102,7 @@ impl Store {
                 "UPDATE credentials SET lease_owner = $1, lease_until = $2 WHERE id IN (\
                SELECT id FROM credentials WHERE auth_type IN ('oauth2', 'oauth2_client_credentials', 'service_account') \
                AND status <> 'needs_reauth' \
-               AND expires_at IS NOT NULL \
+               AND (expires_at IS NOT NULL OR refresh_after IS NOT NULL) \
                AND ((refresh_after IS NULL AND expires_at <= $3) OR refresh_after <= $4) \
                AND (lease_until IS NULL OR lease_until < $4) \
                AND NOT EXISTS (SELECT 1 FROM organizations o WHERE o.id = credentials.org_id \
@@ -130,7 +130,8 @@ impl Store {
             Ok(sqlx::query_scalar(
                 "SELECT COUNT(*) FROM credentials WHERE auth_type IN ('oauth2', 'oauth2_client_credentials', 'service_account') \
              AND status <> 'needs_reauth' \
-             AND expires_at IS NOT NULL AND ((refresh_after IS NULL AND expires_at <= $1) OR refresh_after <= $2)",
+             AND (expires_at IS NOT NULL OR refresh_after IS NOT NULL) \
+             AND ((refresh_after IS NULL AND expires_at <= $1) OR refresh_after <= $2)",
             )
             .bind(t + lead)
             .bind(t)

@@ -229,6 +229,49 @@ async fn a_refresh_tokens_stated_or_declared_end_is_kept_and_each_refresh_renews
 }
 both_backends!(a_refresh_tokens_stated_or_declared_end_is_kept_and_each_refresh_renews_it);
 
+async fn a_grant_whose_access_token_never_expires_is_refreshed_to_keep_its_refresh_token_alive(
+    backend: crate::helpers::Backend,
+) {
+    use crate::oauth::{connect, oauth_app};
+    use crate::oauth_server::{AuthServer, Flavor};
+    let db = TestDb::new(backend).await;
+    let google = AuthServer::start(Flavor::Google).await;
+    let app = oauth_app(&db, &[(&google, "google")], |_| {}).await;
+    let start = app.clock.now();
+    // No expiry on the access token; the refresh token lapses 30 days after
+    // it was issued, and each refresh issues one for 30 days more.
+    google.with(|i| {
+        i.expires_in = 0;
+        i.refresh_token_expires_in = Some((30 * DAY) as u64);
+    });
+    let id = connect(&app, "google", "").await["credential_id"].clone();
+
+    let connected = get(&app, &id).await;
+    let early = credgate::oauth::worker::try_refresh_due(&app.state, 10).await.unwrap();
+    app.clock.advance(16 * DAY);
+    let kept = credgate::oauth::worker::try_refresh_due(&app.state, 10).await.unwrap();
+    let renewed = get(&app, &id).await;
+
+    let at = |v: &Value| {
+        chrono::DateTime::parse_from_rfc3339(v["refresh_expires_at"].as_str().unwrap_or_else(|| panic!("{v}")))
+            .unwrap()
+            .timestamp()
+    };
+    assert_eq!(connected["expires_at"], Value::Null, "{connected}");
+    assert!((start + 30 * DAY - 5..=start + 30 * DAY + 5).contains(&at(&connected)));
+    assert_eq!(early.claimed, 0, "nothing to do at first");
+    assert_eq!(
+        kept.refreshed, 1,
+        "refreshed halfway to its end, though its access token never expires"
+    );
+    assert!(
+        (start + 46 * DAY - 5..=start + 46 * DAY + 5).contains(&at(&renewed)),
+        "the new refresh token's end: {renewed}"
+    );
+    assert_eq!(renewed["health"], "ok");
+}
+both_backends!(a_grant_whose_access_token_never_expires_is_refreshed_to_keep_its_refresh_token_alive);
+
 /// The organization's events of `kind`: (credential, detail), by event id.
 async fn events(app: &TestApp, kind: &str) -> std::collections::BTreeMap<i64, (String, Value)> {
     let (status, page) = app

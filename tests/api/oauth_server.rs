@@ -121,6 +121,7 @@ pub struct Inner {
     pub user: User,
     pub deny: bool,
     pub send_iss: Option<String>,
+    /// `0`: the answer has no `expires_in` (a token that does not expire).
     pub expires_in: u64,
     /// Sent as `refresh_token_expires_in` with every token (GitHub apps).
     pub refresh_token_expires_in: Option<u64>,
@@ -431,6 +432,10 @@ async fn token(State(s): State<Shared>, headers: HeaderMap, Form(form): Form<Has
             let at = access_token(&mut i, &user);
             let mut body = json!({"access_token": at, "token_type": "Bearer", "expires_in": i.expires_in,
                                   "scope": "openid email profile https://www.googleapis.com/auth/drive.readonly"});
+            if i.expires_in == 0 {
+                // An access token that does not expire (Slack's, Notion's).
+                body.as_object_mut().unwrap().remove("expires_in");
+            }
             if let Some(n) = i.refresh_token_expires_in {
                 body["refresh_token_expires_in"] = json!(n);
             }
@@ -491,6 +496,10 @@ async fn token(State(s): State<Shared>, headers: HeaderMap, Form(form): Form<Has
             }
             let at = access_token(&mut i, &user);
             let mut body = json!({"access_token": at, "token_type": "Bearer", "expires_in": i.expires_in});
+            if i.expires_in == 0 {
+                // An access token that does not expire (Slack's, Notion's).
+                body.as_object_mut().unwrap().remove("expires_in");
+            }
             if let Some(n) = i.refresh_token_expires_in {
                 body["refresh_token_expires_in"] = json!(n);
             }
