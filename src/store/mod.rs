@@ -34,6 +34,7 @@ mod sessions;
 mod sharing;
 mod time_limit;
 mod uses;
+mod webhook_deliveries;
 mod webhooks;
 mod write_tx;
 
@@ -58,7 +59,8 @@ pub use sharing::{sharing_detail, UsageSummary, UserRemoval};
 use time_limit::Abandoned;
 pub use time_limit::OP_TIMEOUT;
 pub use uses::{UseOutcome, UseRecord, LAST_USED_EVERY_SECS};
-pub use webhooks::{Attempt, DeliveryRow, DueDelivery, EndpointPut, EndpointRow};
+pub use webhook_deliveries::{Attempt, DeliveryRow, DueDelivery};
+pub use webhooks::{EndpointPut, EndpointRow};
 
 use std::str::FromStr;
 use std::time::Duration;

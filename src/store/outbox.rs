@@ -167,7 +167,7 @@ pub(crate) async fn insert_many(
                 .bind(at);
         }
         query.execute(&mut *conn).await?;
-        super::webhooks::fan_out(conn, &event_ids).await?;
+        super::webhook_deliveries::fan_out(conn, &event_ids).await?;
     }
     Ok(())
 }

@@ -11,11 +11,12 @@
 //! gets its notifications in order and at least once, retried with the
 //! operator endpoint's backoff for 25 hours.
 
+mod delivery;
+
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use futures::StreamExt;
 use rand::RngCore;
 use secrecy::SecretString;
 use url::Url;
@@ -27,9 +28,10 @@ use crate::error::Error;
 use crate::ids::WebhookId;
 use crate::model::{Principal, Role};
 use crate::providers::FieldError;
-use crate::store::{Attempt, DeliveryRow, DueDelivery, EndpointPut, EndpointRow, StoreError};
+use crate::store::{Attempt, DeliveryRow, EndpointPut, EndpointRow, StoreError};
 use crate::vault::webhook_subject as subject;
-use crate::webhooks::{backoff, standard_signature, GIVE_UP_AFTER_SECS};
+pub use delivery::{deliver_due, run_dispatcher};
+use delivery::{secrets_of, send, Sealed, LEASE_SECS};
 
 /// Most endpoints one organization may hold.
 pub const MAX_ENDPOINTS: i64 = 20;
@@ -53,13 +55,11 @@ const MAX_URL: usize = 2048;
 /// How long resolving a new endpoint's host may take.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_DESCRIPTION: usize = 500;
+/// The sealed map of an endpoint's secrets: the current one, and after a
+/// rotation the previous one.
 const GROUP: &str = "webhook";
 const CURRENT: &str = "secret";
 const PREVIOUS: &str = "previous";
-/// A delivery lease: past the HTTP time limit, so a live holder keeps it.
-const LEASE_SECS: i64 = 60;
-/// Deliveries in flight per process (each to a different endpoint).
-const CONCURRENCY: usize = 16;
 
 /// What an admin sends to create an endpoint.
 #[derive(Debug, Clone)]
@@ -253,36 +253,13 @@ async fn endpoint(ctx: &Context, who: &Principal, id: &WebhookId) -> Result<Endp
     ctx.store.webhook(&who.org_id, id).await?.ok_or(Error::NotFound)
 }
 
-/// The current secret and, while it still signs, the previous one.
-async fn secrets_of(ctx: &Context, row: &EndpointRow) -> Result<(SecretString, Option<SecretString>), Error> {
-    let mut groups = ctx
-        .vault
-        .open(
-            &row.org_id,
-            &subject(&row.org_id, &row.id),
-            &row.secret_ct,
-            row.key_version,
-        )
-        .await?;
-    let mut map = groups.remove(GROUP).unwrap_or_default();
-    let current = map
-        .0
-        .remove(CURRENT)
-        .ok_or_else(|| Error::Internal(anyhow::anyhow!("webhook endpoint {} has no sealed secret", row.id)))?;
-    let previous = map
-        .0
-        .remove(PREVIOUS)
-        .filter(|_| row.previous_until.is_some_and(|until| until > ctx.now()));
-    Ok((current, previous))
-}
-
 /// Gives an endpoint a new secret (admin), shown this once; the one it
 /// replaces signs too for 24 hours.
 pub async fn rotate(ctx: &Context, who: &Principal, id: &WebhookId) -> Result<(EndpointView, SecretString), Error> {
     let secret = new_secret();
     for _ in 0..3 {
         let row = endpoint(ctx, who, id).await?;
-        let (current, _) = secrets_of(ctx, &row).await?;
+        let (current, _) = secrets_of(ctx, Sealed::of(&row)).await?;
         let mut map = SecretMap::default();
         map.insert(CURRENT, secret.clone());
         map.insert(PREVIOUS, current);
@@ -332,39 +309,18 @@ pub async fn test(ctx: &Context, who: &Principal, id: &WebhookId) -> Result<Deli
     })
     .to_string();
     let owner = format!("credgate-test-{}", uuid::Uuid::new_v4().simple());
-    let delivery_id = ctx
+    let delivery = ctx
         .store
         .insert_test_delivery(&row, (&event_id, &payload), (&owner, ctx.now() + LEASE_SECS))
         .await?;
-    let due = DueDelivery {
-        delivery: DeliveryRow {
-            id: delivery_id,
-            endpoint_id: row.id.clone(),
-            event_id,
-            kind: "webhook.test".into(),
-            payload,
-            created_at: ctx.now(),
-            attempts: 0,
-            next_attempt_at: None,
-            delivered_at: None,
-            failed_at: None,
-            last_status: None,
-            last_error: None,
-        },
-        org_id: row.org_id.clone(),
-        url: row.url.clone(),
-        secret_ct: row.secret_ct.clone(),
-        key_version: row.key_version,
-        previous_until: row.previous_until,
-    };
-    let (status, outcome) = send(ctx, &due).await;
+    let (status, outcome) = send(ctx, &row.url, Sealed::of(&row), &delivery).await;
     let attempt = Attempt {
         status,
         failure: outcome.as_ref().err().map(|e| (e.as_str(), None)),
     };
-    ctx.store.record_webhook_attempt(delivery_id, &owner, attempt).await?;
+    ctx.store.record_webhook_attempt(delivery.id, &owner, attempt).await?;
     ctx.store
-        .webhook_delivery(&row.org_id, delivery_id)
+        .webhook_delivery(&row.org_id, delivery.id)
         .await?
         .ok_or(Error::NotFound)
 }
@@ -373,142 +329,4 @@ pub async fn test(ctx: &Context, who: &Principal, id: &WebhookId) -> Result<Deli
 pub async fn deliveries(ctx: &Context, who: &Principal, id: &WebhookId) -> Result<Vec<DeliveryRow>, Error> {
     let row = endpoint(ctx, who, id).await?;
     Ok(ctx.store.webhook_deliveries(&row.org_id, id, DELIVERY_LOG).await?)
-}
-
-/// Sends one delivery: its HTTP status (if the endpoint answered) and
-/// whether it was taken.
-async fn send(ctx: &Context, due: &DueDelivery) -> (Option<i64>, Result<(), String>) {
-    let row = EndpointRow {
-        id: due.delivery.endpoint_id.clone(),
-        org_id: due.org_id.clone(),
-        url: due.url.clone(),
-        events: String::new(),
-        description: String::new(),
-        secret_ct: due.secret_ct.clone(),
-        key_version: due.key_version,
-        previous_until: due.previous_until,
-        created_by: String::new(),
-        created_at: 0,
-    };
-    let (current, previous) = match secrets_of(ctx, &row).await {
-        Ok(secrets) => secrets,
-        Err(e) => {
-            tracing::error!(webhook = %row.id, error = %e, "a webhook endpoint's secret could not be opened");
-            return (None, Err("the endpoint's secret could not be opened".into()));
-        }
-    };
-    let denied = || {
-        (
-            None,
-            Err("the address is not allowed by credgate's egress policy".to_owned()),
-        )
-    };
-    let Ok(url) = Url::parse(&due.url) else { return denied() };
-    if ctx.probes.egress.check_url(&url).is_err() {
-        return denied();
-    }
-    let now = ctx.now();
-    let body = due.delivery.payload.as_bytes();
-    let mut signature = standard_signature(&current, &due.delivery.event_id, now, body);
-    if let Some(previous) = &previous {
-        signature.push(' ');
-        signature.push_str(&standard_signature(previous, &due.delivery.event_id, now, body));
-    }
-    let sent = ctx
-        .guarded_http
-        .post(url)
-        .header("content-type", "application/json")
-        .header("webhook-id", &due.delivery.event_id)
-        .header("webhook-timestamp", now.to_string())
-        .header("webhook-signature", signature)
-        .header("x-credgate-event", &due.delivery.kind)
-        .body(due.delivery.payload.clone())
-        .send()
-        .await;
-    match sent {
-        Ok(r) if r.status().is_success() => (Some(i64::from(r.status().as_u16())), Ok(())),
-        Ok(r) => {
-            let status = r.status().as_u16();
-            tracing::info!(status, webhook = %row.id, event = %due.delivery.event_id, "a webhook endpoint refused");
-            (
-                Some(i64::from(status)),
-                Err(format!("the endpoint answered HTTP {status}")),
-            )
-        }
-        Err(e) => {
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                if s.downcast_ref::<EgressError>()
-                    .is_some_and(|e| matches!(e, EgressError::Denied { .. }))
-                {
-                    return denied();
-                }
-                source = s.source();
-            }
-            let timed_out = e.is_timeout();
-            tracing::info!(error = %e.without_url(), webhook = %row.id, "a webhook endpoint was unreachable");
-            let why = if timed_out {
-                "the endpoint did not answer in time"
-            } else {
-                "the endpoint could not be reached"
-            };
-            (None, Err(why.into()))
-        }
-    }
-}
-
-/// One dispatcher step: leases due deliveries (one per endpoint), sends
-/// them and records the outcomes; returns how many were attempted.
-pub async fn deliver_due(ctx: &Context, owner: &str) -> Result<usize, StoreError> {
-    if !ctx.store.deliveries_due().await? {
-        return Ok(0);
-    }
-    let due = ctx.store.claim_deliveries(owner, 64, ctx.now() + LEASE_SECS).await?;
-    let attempted = due.len();
-    let outcomes: Vec<Result<(), StoreError>> = futures::stream::iter(due)
-        .map(|due| async move {
-            let (status, outcome) = send(ctx, &due).await;
-            let failure = outcome.err().map(|error| {
-                let next = ctx.now() + backoff(due.delivery.attempts);
-                let give_up = next > due.delivery.created_at + GIVE_UP_AFTER_SECS;
-                if give_up {
-                    tracing::warn!(webhook = %due.delivery.endpoint_id, event = %due.delivery.event_id,
-                        "a webhook delivery was given up after 25 hours");
-                }
-                (error, (!give_up).then_some(next))
-            });
-            let attempt = Attempt {
-                status,
-                failure: failure.as_ref().map(|(e, next)| (e.as_str(), *next)),
-            };
-            ctx.store.record_webhook_attempt(due.delivery.id, owner, attempt).await
-        })
-        .buffer_unordered(CONCURRENCY)
-        .collect()
-        .await;
-    outcomes.into_iter().collect::<Result<Vec<()>, _>>()?;
-    Ok(attempted)
-}
-
-/// Delivers until `stop` turns true: right after this process writes a
-/// notification, and every half second for retries and other replicas'.
-pub async fn run_dispatcher(ctx: Context, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let owner = format!("credgate-endpoints-{}", uuid::Uuid::new_v4().simple());
-    let wake = ctx.webhooks.endpoints_wake();
-    while !*stop.borrow() {
-        let busy = match deliver_due(&ctx, &owner).await {
-            Ok(n) => n > 0,
-            Err(e) => {
-                tracing::warn!(error = %e, "webhook endpoint delivery step failed");
-                false
-            }
-        };
-        if !busy {
-            tokio::select! {
-                () = wake.notified() => {}
-                () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                _ = stop.changed() => {}
-            }
-        }
-    }
 }
