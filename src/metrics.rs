@@ -44,6 +44,15 @@ pub struct GatewayLabels {
     pub status_class: String,
 }
 
+/// Labels of an attempt to deliver to an organization's webhook endpoint:
+/// `delivered`, `refused` (an HTTP answer but 2xx), `unreachable`,
+/// `denied` (the egress policy), `unreadable` (its secret did not open);
+/// and `given_up`, besides, when the last attempt failed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    pub outcome: &'static str,
+}
+
 /// Metric families only a process that runs the refresh worker exports.
 const WORKER_ONLY: [&str; 2] = [
     "credgate_worker_last_step_timestamp_seconds",
@@ -63,6 +72,9 @@ pub struct Metrics {
     pub refresh_latency: Family<ProviderLabels, Histogram>,
     /// Gateway calls by provider and the service's status class.
     pub gateway_calls: Family<GatewayLabels, Counter>,
+    /// `credgate_webhook_deliveries_total{outcome}`: attempts to deliver to
+    /// organizations' endpoints.
+    pub webhook_deliveries: Family<DeliveryLabels, Counter>,
     /// Time to the service's answer (its head), by provider.
     pub gateway_latency: Family<ProviderLabels, Histogram>,
     /// `credgate_token_refresh_backlog`: due but not yet refreshed.
@@ -119,6 +131,12 @@ impl Default for Metrics {
             "gateway_calls",
             "Gateway calls by provider and the service's status class",
             gateway_calls.clone(),
+        );
+        let webhook_deliveries = Family::<DeliveryLabels, Counter>::default();
+        registry.register(
+            "webhook_deliveries",
+            "Attempts to deliver to organizations' webhook endpoints, by outcome",
+            webhook_deliveries.clone(),
         );
         registry.register(
             "gateway_upstream_duration_seconds",
@@ -183,6 +201,7 @@ impl Default for Metrics {
             refresh_attempts,
             refresh_latency,
             gateway_calls,
+            webhook_deliveries,
             gateway_latency,
             refresh_backlog,
             worker_last_step,

@@ -13,6 +13,7 @@ use crate::context::Context;
 use crate::egress::EgressError;
 use crate::error::Error;
 use crate::ids::{OrgId, WebhookId};
+use crate::metrics::DeliveryLabels;
 use crate::store::{Attempt, DeliveryRow, DueDelivery, EndpointRow, StoreError};
 use crate::vault::webhook_subject as subject;
 use crate::webhooks::{backoff, standard_signature, GIVE_UP_AFTER_SECS};
@@ -79,24 +80,42 @@ pub(super) async fn secrets_of(
     Ok((current, previous))
 }
 
-/// Sends one delivery: its HTTP status (if the endpoint answered) and
-/// whether it was taken.
+/// How an attempt went: its metric label, the endpoint's HTTP status (if
+/// it answered) and whether it was taken.
+type Sent = (&'static str, Option<i64>, Result<(), String>);
+
+/// Sends one delivery (counted in `credgate_webhook_deliveries_total`): the
+/// endpoint's HTTP status, if it answered, and whether it was taken.
 pub(super) async fn send(
     ctx: &Context,
     url: &str,
     sealed: Sealed<'_>,
     delivery: &DeliveryRow,
 ) -> (Option<i64>, Result<(), String>) {
+    let (outcome, status, taken) = attempt(ctx, url, sealed, delivery).await;
+    ctx.metrics
+        .webhook_deliveries
+        .get_or_create(&DeliveryLabels { outcome })
+        .inc();
+    (status, taken)
+}
+
+async fn attempt(ctx: &Context, url: &str, sealed: Sealed<'_>, delivery: &DeliveryRow) -> Sent {
     let endpoint = sealed.id.clone();
     let (current, previous) = match secrets_of(ctx, sealed).await {
         Ok(secrets) => secrets,
         Err(e) => {
             tracing::error!(webhook = %endpoint, error = %e, "a webhook endpoint's secret could not be opened");
-            return (None, Err("the endpoint's secret could not be opened".into()));
+            return (
+                "unreadable",
+                None,
+                Err("the endpoint's secret could not be opened".into()),
+            );
         }
     };
     let denied = || {
         (
+            "denied",
             None,
             Err("the address is not allowed by credgate's egress policy".to_owned()),
         )
@@ -124,11 +143,12 @@ pub(super) async fn send(
         .send()
         .await;
     match sent {
-        Ok(r) if r.status().is_success() => (Some(i64::from(r.status().as_u16())), Ok(())),
+        Ok(r) if r.status().is_success() => ("delivered", Some(i64::from(r.status().as_u16())), Ok(())),
         Ok(r) => {
             let status = r.status().as_u16();
             tracing::info!(status, webhook = %endpoint, event = %delivery.event_id, "a webhook endpoint refused");
             (
+                "refused",
                 Some(i64::from(status)),
                 Err(format!("the endpoint answered HTTP {status}")),
             )
@@ -150,7 +170,7 @@ pub(super) async fn send(
             } else {
                 "the endpoint could not be reached"
             };
-            (None, Err(why.into()))
+            ("unreachable", None, Err(why.into()))
         }
     }
 }
@@ -170,6 +190,10 @@ pub async fn deliver_due(ctx: &Context, owner: &str) -> Result<usize, StoreError
                 let next = ctx.now() + backoff(due.delivery.attempts);
                 let give_up = next > due.delivery.created_at + GIVE_UP_AFTER_SECS;
                 if give_up {
+                    ctx.metrics
+                        .webhook_deliveries
+                        .get_or_create(&DeliveryLabels { outcome: "given_up" })
+                        .inc();
                     tracing::warn!(webhook = %due.delivery.endpoint_id, event = %due.delivery.event_id,
                         "a webhook delivery was given up after 25 hours");
                 }

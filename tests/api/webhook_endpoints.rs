@@ -421,7 +421,12 @@ async fn a_delivery_never_taken_is_given_up_after_25_hours_and_the_next_goes(bac
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    let given_up_count = app
+        .metric("credgate_webhook_deliveries_total{outcome=\"given_up\"}")
+        .await;
+
     let oldest = items.last().unwrap();
+    assert!(given_up_count >= 1, "{given_up_count}");
     assert_eq!(oldest["state"], "failed");
     assert_eq!(oldest["status"], 500);
     assert_eq!(oldest["last_error"], "the endpoint answered HTTP 500");
@@ -512,7 +517,16 @@ async fn a_test_delivery_answers_with_its_outcome_and_is_logged(backend: crate::
         )
         .await;
     let (_, log) = deliveries(&app, &app.org, &id).await;
+    let counted = [
+        app.metric("credgate_webhook_deliveries_total{outcome=\"refused\"}")
+            .await,
+        app.metric("credgate_webhook_deliveries_total{outcome=\"delivered\"}")
+            .await,
+        app.metric("credgate_webhook_deliveries_total{outcome=\"unreachable\"}")
+            .await,
+    ];
 
+    assert_eq!(counted, [1, 1, 1], "each attempt counted by outcome");
     assert_eq!(status, StatusCode::OK, "{refused}");
     assert_eq!(refused["type"], "webhook.test");
     assert_eq!(refused["state"], "failed");
@@ -563,6 +577,12 @@ async fn the_egress_guard_applies_at_every_delivery_not_only_at_creation(backend
     .await;
 
     assert_eq!(status, StatusCode::OK, "{outcome}");
+    assert_eq!(
+        replica
+            .metric("credgate_webhook_deliveries_total{outcome=\"denied\"}")
+            .await,
+        1
+    );
     assert_eq!(outcome["state"], "failed");
     assert_eq!(
         outcome["last_error"],
