@@ -74,6 +74,11 @@ const RECORD_OUTCOMES_POSTGRES: &str = "UPDATE audit_events a \
     FROM json_to_recordset(CAST($1 AS json)) AS x(key TEXT, outcome TEXT, facts TEXT) \
     WHERE a.coalesce_key = x.key";
 
+/// For the rest of the transaction (`SET LOCAL`), joins by index lookups
+/// only: no hash or merge join, no sequential scan.
+const NESTED_LOOP_ONLY: &str = "SELECT set_config('enable_hashjoin', 'off', true), \
+    set_config('enable_mergejoin', 'off', true), set_config('enable_seqscan', 'off', true)";
+
 #[derive(Serialize)]
 struct OutcomeJson<'a> {
     key: &'a str,
@@ -183,10 +188,17 @@ impl Store {
                     .collect();
                 let batch =
                     serde_json::to_string(&batch).map_err(|e| StoreError::Database(sqlx::Error::Encode(e.into())))?;
+                // Each key is one index lookup, whatever the statistics say:
+                // a plan made while the table was small (a connection keeps
+                // its generic plan until the next ANALYZE) would scan every
+                // event for each group.
+                let mut tx = self.begin_write().await?;
+                sqlx::query(NESTED_LOOP_ONLY).execute(&mut *tx).await?;
                 sqlx::query(RECORD_OUTCOMES_POSTGRES)
                     .bind(batch)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await?;
+                tx.commit().await?;
                 return Ok(());
             }
             let mut tx = self.begin_write().await?;

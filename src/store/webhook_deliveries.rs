@@ -99,7 +99,8 @@ impl Store {
 
     /// Leases up to `limit` deliveries due to `owner` until `until`: of each
     /// endpoint only its oldest delivery still pending, so an endpoint gets
-    /// its notifications one at a time, in order.
+    /// its notifications one at a time, in order; none of an organization
+    /// being deleted (its keys are gone: they could not be signed).
     pub async fn claim_deliveries(&self, owner: &str, limit: i64, until: i64) -> Result<Vec<DueDelivery>, StoreError> {
         self.timed(async move {
             let lock = match self.dialect {
@@ -111,6 +112,7 @@ impl Store {
                 "UPDATE webhook_deliveries SET lease_owner = $1, lease_until = $2 WHERE id IN (\
                  SELECT d.id FROM webhook_deliveries d WHERE d.next_attempt_at IS NOT NULL \
                  AND d.next_attempt_at <= $3 AND (d.lease_until IS NULL OR d.lease_until < $3) \
+                 AND NOT EXISTS (SELECT 1 FROM organizations o WHERE o.id = d.org_id AND o.deleted_at IS NOT NULL) \
                  AND NOT EXISTS (SELECT 1 FROM webhook_deliveries p WHERE p.endpoint_id = d.endpoint_id \
                  AND p.next_attempt_at IS NOT NULL AND p.id < d.id) \
                  ORDER BY d.next_attempt_at, d.id LIMIT $4 {lock}) RETURNING id"
