@@ -1,11 +1,41 @@
-//! The gateway's per-credential caps on calls in flight, in this process.
+//! The gateway's per-credential caps on calls in flight, in this process:
+//! a count per credential with calls in flight, kept under one short lock
+//! and forgotten when its last call ends (so the map holds only what is in
+//! flight, and no call walks it).
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::ids::CredentialId;
+
+type Counts = Arc<Mutex<HashMap<CredentialId, usize>>>;
 
 /// The per-credential caps of this process's gateway.
 #[derive(Debug)]
 pub struct GatewaySlots {
     /// Calls in flight through one credential at the most.
     cap: usize,
-    inflight: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Semaphore>>>,
+    inflight: Counts,
+}
+
+/// One call's place under its credential's cap, given back when dropped.
+#[derive(Debug)]
+pub struct Slot {
+    inflight: Counts,
+    id: CredentialId,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = self.inflight.lock().expect("not poisoned");
+        if let Entry::Occupied(mut entry) = counts.entry(self.id.clone()) {
+            *entry.get_mut() -= 1;
+            if *entry.get() == 0 {
+                entry.remove();
+            }
+        }
+    }
 }
 
 impl GatewaySlots {
@@ -13,20 +43,57 @@ impl GatewaySlots {
     pub fn new(cap: usize) -> Self {
         Self {
             cap: cap.max(1),
-            inflight: Default::default(),
+            inflight: Counts::default(),
         }
     }
 
     /// A slot for a call through `id`, held until the answer's body has
     /// streamed; `None` when the credential's calls are at the cap.
-    pub fn try_take(&self, id: &crate::ids::CredentialId) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        let mut map = self.inflight.lock().expect("not poisoned");
-        // Credentials with no call in flight are forgotten.
-        map.retain(|_, s| s.available_permits() < self.cap);
-        let semaphore = map
-            .entry(id.to_string())
-            .or_insert_with(|| std::sync::Arc::new(tokio::sync::Semaphore::new(self.cap)))
-            .clone();
-        semaphore.try_acquire_owned().ok()
+    pub fn try_take(&self, id: &CredentialId) -> Option<Slot> {
+        let mut counts = self.inflight.lock().expect("not poisoned");
+        let count = counts.entry(id.clone()).or_insert(0);
+        if *count >= self.cap {
+            return None;
+        }
+        *count += 1;
+        Some(Slot {
+            inflight: Arc::clone(&self.inflight),
+            id: id.clone(),
+        })
+    }
+
+    /// Credentials with a call in flight.
+    pub fn credentials_in_flight(&self) -> usize {
+        self.inflight.lock().expect("not poisoned").len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_credential_takes_up_to_its_cap_and_is_forgotten_when_its_last_call_ends() {
+        let slots = GatewaySlots::new(2);
+        let (a, b) = (CredentialId::generate(), CredentialId::generate());
+
+        let first = slots.try_take(&a).expect("a slot");
+        let second = slots.try_take(&a).expect("a second slot");
+        let third = slots.try_take(&a);
+        let other = slots.try_take(&b).expect("another credential's own cap");
+        let counted = slots.credentials_in_flight();
+        drop(first);
+        let again = slots.try_take(&a);
+        let freed = again.is_some();
+        drop((second, again, other));
+
+        assert!(third.is_none(), "at the cap");
+        assert!(freed, "a call that ends gives its slot back");
+        assert_eq!(counted, 2);
+        assert_eq!(
+            slots.credentials_in_flight(),
+            0,
+            "nothing kept once nothing is in flight"
+        );
     }
 }
