@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use crate::crypto::{self, DataKey, KeyError, MasterKeyring, SealError, SecretMap};
 use crate::ids::{OrgId, WebhookId};
-use crate::store::{Store, StoreError};
+use crate::store::{CredentialRow, EndpointRow, OAuthAppRow, SealedSecret, Store, StoreError};
 
 /// Why the vault could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +76,17 @@ pub struct OrgRotation {
     pub apps_resealed: usize,
     /// Webhook endpoints' signing secrets re-sealed.
     pub webhooks_resealed: usize,
+}
+
+/// A sealed row as a re-seal sees it.
+struct Sealed {
+    /// Its key, the batches' cursor.
+    key: String,
+    /// What it is, in a rotation's report (`credential …`).
+    label: String,
+    subject: String,
+    ct: String,
+    version: i64,
 }
 
 /// The sealing subject of named secret `name` of `org_id`: a value copied
@@ -192,8 +203,9 @@ impl Vault {
         Ok(done)
     }
 
-    /// Gives an organization a new data key and re-seals its credentials and
-    /// named secrets.
+    /// Gives an organization a new data key and re-seals everything sealed
+    /// under its older ones: credentials, named secrets, OAuth apps' client
+    /// secrets and webhook endpoints' secrets.
     /// Once the new version is current, no writer can store secrets under an
     /// older key (every secret write checks the current version, and on
     /// Postgres share-locks it until commit). The re-seal loop then runs
@@ -204,39 +216,25 @@ impl Vault {
         let (_, wrapped) = self.keyring.new_data_key();
         let version = self.store.add_org_key(org_id, &wrapped).await?;
         let new_key = self.data_key(org_id, version).await?;
-        let (mut resealed, mut unreadable, mut after) = (0, Vec::new(), String::new());
-        loop {
-            let batch = self.store.credentials_below_key(org_id, version, &after, 200).await?;
-            let Some(last) = batch.last() else { break };
-            after = last.id.to_string();
-            for row in batch {
-                // One credential that cannot be opened (a damaged row) must not
-                // keep the others under the old key: it is reported and left.
-                let groups = match self.open(org_id, &row.id, &row.secret_ct, row.key_version).await {
-                    Ok(groups) => groups,
-                    Err(e @ (VaultError::Store(_) | VaultError::Incomplete { .. })) => return Err(e),
-                    Err(e) => {
-                        tracing::debug!(credential = %row.id, error = %e, "a credential could not be re-encrypted");
-                        if unreadable.len() < UNREADABLE_NAMED {
-                            unreadable.push(format!("credential {}", row.id));
-                        }
-                        continue;
-                    }
-                };
-                let refs: Vec<(&str, &SecretMap)> = groups.iter().map(|(k, v)| (k.as_str(), v)).collect();
-                let ct = crypto::seal(&new_key, org_id, &row.id, &refs);
-                // A writer that changed the row meanwhile sealed it under the
-                // new key already (writes check the current key), so a lost
-                // compare-and-swap needs no second pass; the count below says.
-                if self
-                    .store
-                    .reseal_credential(org_id, &row.id, &row.secret_ct, &ct, version)
-                    .await?
-                {
-                    resealed += 1;
-                }
-            }
-        }
+        let mut unreadable = Vec::new();
+        let resealed = self
+            .reseal_each(
+                (org_id, &new_key, &mut unreadable),
+                async |after: &str| self.store.credentials_below_key(org_id, version, after, 200).await,
+                |row: &CredentialRow| Sealed {
+                    key: row.id.to_string(),
+                    label: format!("credential {}", row.id),
+                    subject: row.id.to_string(),
+                    ct: row.secret_ct.clone(),
+                    version: row.key_version,
+                },
+                async |row: &CredentialRow, ct: &str| {
+                    self.store
+                        .reseal_credential(org_id, &row.id, &row.secret_ct, ct, version)
+                        .await
+                },
+            )
+            .await?;
         let secrets_resealed = self.reseal_secrets(org_id, version, &new_key, &mut unreadable).await?;
         let apps_resealed = self.reseal_apps(org_id, version, &new_key, &mut unreadable).await?;
         let webhooks_resealed = self.reseal_webhooks(org_id, version, &new_key, &mut unreadable).await?;
@@ -263,79 +261,23 @@ impl Vault {
         new_key: &DataKey,
         unreadable: &mut Vec<String>,
     ) -> Result<usize, VaultError> {
-        let (mut resealed, mut after) = (0, String::new());
-        loop {
-            let batch = self.store.secrets_below_key(org_id, version, &after, 200).await?;
-            let Some(last) = batch.last() else {
-                return Ok(resealed);
-            };
-            after = last.name.clone();
-            for row in batch {
-                let subject = secret_subject(org_id, &row.name);
-                let groups = match self.open(org_id, &subject, &row.value_ct, row.key_version).await {
-                    Ok(groups) => groups,
-                    Err(e @ (VaultError::Store(_) | VaultError::Incomplete { .. })) => return Err(e),
-                    Err(e) => {
-                        tracing::debug!(secret = %row.name, error = %e, "a named secret could not be re-encrypted");
-                        if unreadable.len() < UNREADABLE_NAMED {
-                            unreadable.push(format!("secret {}", row.name));
-                        }
-                        continue;
-                    }
-                };
-                let refs: Vec<(&str, &SecretMap)> = groups.iter().map(|(k, v)| (k.as_str(), v)).collect();
-                let ct = crypto::seal(new_key, org_id, &subject, &refs);
-                if self
-                    .store
-                    .reseal_secret(org_id, &row.name, &row.value_ct, &ct, version)
-                    .await?
-                {
-                    resealed += 1;
-                }
-            }
-        }
-    }
-
-    /// Re-seals the organization's webhook endpoints' secrets under key
-    /// `version` (see [`Vault::rotate_org`]); returns how many.
-    async fn reseal_webhooks(
-        &self,
-        org_id: &OrgId,
-        version: i64,
-        new_key: &DataKey,
-        unreadable: &mut Vec<String>,
-    ) -> Result<usize, VaultError> {
-        let (mut resealed, mut after) = (0, String::new());
-        loop {
-            let batch = self.store.webhooks_below_key(org_id, version, &after, 200).await?;
-            let Some(last) = batch.last() else {
-                return Ok(resealed);
-            };
-            after = last.id.to_string();
-            for row in batch {
-                let subject = webhook_subject(org_id, &row.id);
-                let groups = match self.open(org_id, &subject, &row.secret_ct, row.key_version).await {
-                    Ok(groups) => groups,
-                    Err(e @ (VaultError::Store(_) | VaultError::Incomplete { .. })) => return Err(e),
-                    Err(e) => {
-                        tracing::debug!(webhook = %row.id, error = %e, "a webhook endpoint could not be re-encrypted");
-                        if unreadable.len() < UNREADABLE_NAMED {
-                            unreadable.push(format!("webhook {}", row.id));
-                        }
-                        continue;
-                    }
-                };
-                let refs: Vec<(&str, &SecretMap)> = groups.iter().map(|(k, v)| (k.as_str(), v)).collect();
-                let ct = crypto::seal(new_key, org_id, &subject, &refs);
-                if self
-                    .store
-                    .reseal_webhook(org_id, &row.id, &row.secret_ct, &ct, version)
-                    .await?
-                {
-                    resealed += 1;
-                }
-            }
-        }
+        self.reseal_each(
+            (org_id, new_key, unreadable),
+            async |after: &str| self.store.secrets_below_key(org_id, version, after, 200).await,
+            |row: &SealedSecret| Sealed {
+                key: row.name.clone(),
+                label: format!("secret {}", row.name),
+                subject: secret_subject(org_id, &row.name),
+                ct: row.value_ct.clone(),
+                version: row.key_version,
+            },
+            async |row: &SealedSecret, ct: &str| {
+                self.store
+                    .reseal_secret(org_id, &row.name, &row.value_ct, ct, version)
+                    .await
+            },
+        )
+        .await
     }
 
     /// Re-seals the organization's OAuth apps' client secrets under key
@@ -347,33 +289,97 @@ impl Vault {
         new_key: &DataKey,
         unreadable: &mut Vec<String>,
     ) -> Result<usize, VaultError> {
+        self.reseal_each(
+            (org_id, new_key, unreadable),
+            async |after: &str| self.store.apps_below_key(org_id, version, after, 200).await,
+            |row: &OAuthAppRow| Sealed {
+                key: row.app.clone(),
+                label: format!("oauth app {}", row.app),
+                subject: app_subject(org_id, &row.app),
+                ct: row.secret_ct.clone(),
+                version: row.key_version,
+            },
+            async |row: &OAuthAppRow, ct: &str| {
+                self.store
+                    .reseal_app(org_id, &row.app, &row.secret_ct, ct, version)
+                    .await
+            },
+        )
+        .await
+    }
+
+    /// Re-seals the organization's webhook endpoints' secrets under key
+    /// `version` (see [`Vault::rotate_org`]); returns how many.
+    async fn reseal_webhooks(
+        &self,
+        org_id: &OrgId,
+        version: i64,
+        new_key: &DataKey,
+        unreadable: &mut Vec<String>,
+    ) -> Result<usize, VaultError> {
+        self.reseal_each(
+            (org_id, new_key, unreadable),
+            async |after: &str| self.store.webhooks_below_key(org_id, version, after, 200).await,
+            |row: &EndpointRow| Sealed {
+                key: row.id.to_string(),
+                label: format!("webhook {}", row.id),
+                subject: webhook_subject(org_id, &row.id),
+                ct: row.secret_ct.clone(),
+                version: row.key_version,
+            },
+            async |row: &EndpointRow, ct: &str| {
+                self.store
+                    .reseal_webhook(org_id, &row.id, &row.secret_ct, ct, version)
+                    .await
+            },
+        )
+        .await
+    }
+
+    /// Re-seals under `new_key` every row `batch` returns (200 at a time,
+    /// after the last row's key), each written by `write` (a compare-and-swap
+    /// on the old ciphertext); returns how many were written. One row that
+    /// cannot be opened (a damaged row) must not keep the others under the
+    /// old key: it is named in `unreadable` and left.
+    async fn reseal_each<R>(
+        &self,
+        (org_id, new_key, unreadable): (&OrgId, &DataKey, &mut Vec<String>),
+        batch: impl AsyncFn(&str) -> Result<Vec<R>, StoreError>,
+        sealed: impl Fn(&R) -> Sealed,
+        write: impl AsyncFn(&R, &str) -> Result<bool, StoreError>,
+    ) -> Result<usize, VaultError> {
         let (mut resealed, mut after) = (0, String::new());
         loop {
-            let batch = self.store.apps_below_key(org_id, version, &after, 200).await?;
-            let Some(last) = batch.last() else {
+            let rows = batch(&after).await?;
+            let Some(last) = rows.last() else {
                 return Ok(resealed);
             };
-            after = last.app.clone();
-            for row in batch {
-                let subject = app_subject(org_id, &row.app);
-                let groups = match self.open(org_id, &subject, &row.secret_ct, row.key_version).await {
+            after = sealed(last).key;
+            for row in &rows {
+                let Sealed {
+                    label,
+                    subject,
+                    ct,
+                    version,
+                    ..
+                } = sealed(row);
+                let groups = match self.open(org_id, &subject, &ct, version).await {
                     Ok(groups) => groups,
                     Err(e @ (VaultError::Store(_) | VaultError::Incomplete { .. })) => return Err(e),
                     Err(e) => {
-                        tracing::debug!(app = %row.app, error = %e, "an OAuth app could not be re-encrypted");
+                        tracing::debug!(row = %label, error = %e, "a sealed row could not be re-encrypted");
                         if unreadable.len() < UNREADABLE_NAMED {
-                            unreadable.push(format!("oauth app {}", row.app));
+                            unreadable.push(label);
                         }
                         continue;
                     }
                 };
                 let refs: Vec<(&str, &SecretMap)> = groups.iter().map(|(k, v)| (k.as_str(), v)).collect();
-                let ct = crypto::seal(new_key, org_id, &subject, &refs);
-                if self
-                    .store
-                    .reseal_app(org_id, &row.app, &row.secret_ct, &ct, version)
-                    .await?
-                {
+                let new_ct = crypto::seal(new_key, org_id, &subject, &refs);
+                // A writer that changed the row meanwhile sealed it under the
+                // new key already (writes check the current key), so a lost
+                // compare-and-swap needs no second pass; the final count says.
+                if write(row, &new_ct).await? {
                     resealed += 1;
                 }
             }

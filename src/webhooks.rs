@@ -154,20 +154,33 @@ impl Webhooks {
         if !self.configured() {
             return;
         }
-        while !*stop.borrow() {
-            let busy = match self.deliver_due(&store).await {
-                Ok(n) => n > 0,
-                Err(e) => {
-                    tracing::warn!(error = %e, "webhook delivery step failed");
-                    false
-                }
-            };
-            if !busy {
-                tokio::select! {
-                    () = self.wake.notified() => {}
-                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    _ = stop.changed() => {}
-                }
+        let (this, store) = (&self, &store);
+        dispatch(move || this.deliver_due(store), &self.wake, "webhook", &mut stop).await;
+    }
+}
+
+/// Runs `step` until `stop` turns true: again at once while it finds work,
+/// else when `wake` is notified (this process wrote something) or every
+/// half second (retries, and what other replicas wrote).
+pub(crate) async fn dispatch<F: std::future::Future<Output = Result<usize, StoreError>>>(
+    step: impl Fn() -> F,
+    wake: &Notify,
+    what: &'static str,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) {
+    while !*stop.borrow() {
+        let busy = match step().await {
+            Ok(n) => n > 0,
+            Err(e) => {
+                tracing::warn!(error = %e, what, "a delivery step failed");
+                false
+            }
+        };
+        if !busy {
+            tokio::select! {
+                () = wake.notified() => {}
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = stop.changed() => {}
             }
         }
     }

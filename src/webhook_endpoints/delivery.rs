@@ -2,8 +2,6 @@
 //! process runs, and one attempt (signed with the endpoint's secrets,
 //! through the egress guard).
 
-use std::time::Duration;
-
 use futures::StreamExt;
 use secrecy::SecretString;
 use url::Url;
@@ -16,7 +14,7 @@ use crate::ids::{OrgId, WebhookId};
 use crate::metrics::DeliveryLabels;
 use crate::store::{Attempt, DeliveryRow, DueDelivery, EndpointRow, StoreError};
 use crate::vault::webhook_subject as subject;
-use crate::webhooks::{backoff, standard_signature, GIVE_UP_AFTER_SECS};
+use crate::webhooks::{backoff, dispatch, standard_signature, GIVE_UP_AFTER_SECS};
 
 /// A delivery lease: past the HTTP time limit, so a live holder keeps it.
 pub(super) const LEASE_SECS: i64 = 60;
@@ -217,20 +215,6 @@ pub async fn deliver_due(ctx: &Context, owner: &str) -> Result<usize, StoreError
 pub async fn run_dispatcher(ctx: Context, mut stop: tokio::sync::watch::Receiver<bool>) {
     let owner = format!("credgate-endpoints-{}", uuid::Uuid::new_v4().simple());
     let wake = ctx.webhooks.endpoints_wake();
-    while !*stop.borrow() {
-        let busy = match deliver_due(&ctx, &owner).await {
-            Ok(n) => n > 0,
-            Err(e) => {
-                tracing::warn!(error = %e, "webhook endpoint delivery step failed");
-                false
-            }
-        };
-        if !busy {
-            tokio::select! {
-                () = wake.notified() => {}
-                () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                _ = stop.changed() => {}
-            }
-        }
-    }
+    let (ctx, owner) = (&ctx, owner.as_str());
+    dispatch(move || deliver_due(ctx, owner), &wake, "webhook endpoint", &mut stop).await;
 }

@@ -782,17 +782,8 @@ async fn when_postgres_drops_the_kept_connections_resolves_work_again_on_fresh_o
 /// credgate connection to `db` has closed (a backend reports its counts
 /// when it exits).
 async fn audit_seq_scans(db: &TestDb) -> i64 {
-    let name = db.url.rsplit('/').next().unwrap().to_owned();
-    let admin = sqlx::PgPool::connect(crate::helpers::PG_ADMIN_URL).await.unwrap();
     for _ in 0..100 {
-        let open: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = $1 AND application_name = 'credgate'",
-        )
-        .bind(&name)
-        .fetch_one(&admin)
-        .await
-        .unwrap();
-        if open == 0 {
+        if crate::helpers::credgate_connections(db).await == 0 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;

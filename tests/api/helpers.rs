@@ -500,6 +500,19 @@ pub fn cid(id: &str) -> credgate::ids::CredentialId {
     credgate::ids::CredentialId::parse(id).expect("a credential id")
 }
 
+/// How many connections named `credgate` PostgreSQL has open to `db`.
+pub async fn credgate_connections(db: &TestDb) -> i64 {
+    let name = db.url.rsplit('/').next().unwrap().to_owned();
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(PG_ADMIN_URL)
+        .await
+        .unwrap();
+    sqlx::query_scalar("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = $1 AND application_name = 'credgate'")
+        .bind(&name)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap()
+}
+
 /// Starts `python3 tests/api/{script}` (a stand-in that prints `READY …`
 /// once it listens, and exits when its stdin closes); returns what follows
 /// `READY `, and the process with its stdin (dropping them stops it).

@@ -684,17 +684,7 @@ both_backends!(two_replicas_delivering_at_once_send_each_notification_once_in_or
 fn a_dropped_app_keeps_no_connection_open() {
     crate::helpers::run_test(async {
         let db = TestDb::new(crate::helpers::Backend::Postgres).await;
-        let name = db.url.rsplit('/').next().unwrap().to_owned();
-        let admin = sqlx::PgPool::connect(crate::helpers::PG_ADMIN_URL).await.unwrap();
-        let open = || async {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = $1 AND application_name = 'credgate'",
-            )
-            .bind(&name)
-            .fetch_one(&admin)
-            .await
-            .unwrap()
-        };
+        let open = || crate::helpers::credgate_connections(&db);
         let app = app_on(&db).await;
         app.create_pg(&app.org, "c", "pw").await;
         let while_running = open().await;
