@@ -7,10 +7,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
 use maud::html;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use super::form::{
     fields_from_form, key_value_from_form, key_value_rows, oauth_words, public_values, text_of, type_words, value,
@@ -26,6 +26,10 @@ use crate::model::AuthKind;
 use crate::providers::{FieldError, Generic, Provider};
 use crate::sessions::{PageSession, Purpose};
 use crate::store::CredentialRow;
+
+mod test;
+
+use test::test;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -336,72 +340,6 @@ async fn save(
             };
             render_form(&state, &session, provider, Some(kind.as_str()), shown, status).into_response()
         }
-    }
-}
-
-/// Test connection with the typed values: JSON for the page's script
-/// (`ok`, `message` in words, `errors` by field).
-async fn test(
-    State(state): State<AppState>,
-    Path(provider_id): Path<String>,
-    Posted { session, form }: Posted,
-) -> Response {
-    let reply = |status: StatusCode, ok: bool, message: String, errors: Vec<FieldError>| {
-        (status, Json(json!({"ok": ok, "message": message, "errors": errors}))).into_response()
-    };
-    let Some(provider) = state.registry.get(&provider_id).filter(|p| session.offers(&p.id)) else {
-        return reply(
-            StatusCode::NOT_FOUND,
-            false,
-            "This provider is not offered here.".into(),
-            vec![],
-        );
-    };
-    let form = Submitted::from(form);
-    let Some(auth) = form
-        .auth_type
-        .as_deref()
-        .and_then(AuthKind::parse)
-        .and_then(|k| provider.auth_type(k))
-        .filter(|t| t.kind != AuthKind::Oauth2)
-    else {
-        return reply(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            false,
-            "Pick how to sign in first.".into(),
-            vec![],
-        );
-    };
-    if let Err(limited) = state.limits.check_probe(&session.org_id) {
-        let message = match limited {
-            crate::http::error::ApiError::RateLimited { retry_after_secs } => {
-                format!("Too many tests in a short time; wait {retry_after_secs} seconds and try again.")
-            }
-            _ => "Too many tests in a short time; wait a little and try again.".into(),
-        };
-        return reply(StatusCode::TOO_MANY_REQUESTS, false, message, vec![]);
-    }
-    let fields = fields_from_form(&auth.fields, &form.raw);
-    let fields = match crate::providers::validate_for(provider.generic, &auth.fields, &fields, &[]) {
-        Ok(_) => fields,
-        Err(errors) => {
-            return reply(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                false,
-                "Some values need attention.".into(),
-                errors,
-            )
-        }
-    };
-    match crate::execution::probe_fields(&state, &session.org_id, &provider.id, fields).await {
-        Ok(result) => reply(StatusCode::OK, result.ok, layout::probe_words(&result), vec![]),
-        Err(Error::Validation(errors)) => reply(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            false,
-            "Some values need attention.".into(),
-            errors,
-        ),
-        Err(e) => reply(StatusCode::CONFLICT, false, layout::words(&e), vec![]),
     }
 }
 
