@@ -354,7 +354,18 @@ async fn a_refusing_endpoint_holds_later_notifications_until_the_first_is_taken(
     received(&server, 2).await;
     app.clock.advance(3);
     let got = received(&server, 5).await;
-    let (status, log) = deliveries(&app, &app.org, &id).await;
+    // The receiver has the last one; its outcome is recorded just after.
+    let (mut status, mut log) = deliveries(&app, &app.org, &id).await;
+    for _ in 0..100 {
+        if log["items"]
+            .as_array()
+            .is_some_and(|items| items.iter().all(|d| d["state"] != "pending"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        (status, log) = deliveries(&app, &app.org, &id).await;
+    }
 
     assert_eq!(refused.len(), 1);
     let order: Vec<Value> = got
