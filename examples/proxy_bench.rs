@@ -150,24 +150,47 @@ fn run(args: &Args, dir: &Path, url: &str) -> anyhow::Result<Value> {
             Some(engine_header.as_str()),
         ),
     ];
+    let db = url.rsplit('/').next().unwrap_or_default();
+    // The database's transactions and statements, for the gateway's run.
+    let counters = || -> anyhow::Result<(f64, f64)> {
+        let commits = psql_value(
+            db,
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+        )?;
+        let statements = psql_value(
+            db,
+            "SELECT COALESCE(SUM(n_tup_ins + n_tup_upd), 0) FROM pg_stat_user_tables",
+        )?;
+        Ok((commits.parse()?, statements.parse()?))
+    };
     let mut measured = serde_json::Map::new();
     let mut figures = Vec::new();
+    let mut per_call = Value::Null;
     for (label, target, header) in &targets {
         eprintln!("wrk: {label}");
         wrk(target, *header, 2, args.connections)?;
+        let before = counters()?;
         let w = wrk(target, *header, args.seconds, args.connections)?;
+        if header.is_some() {
+            // Outcomes are written just after the answers: let them land.
+            std::thread::sleep(Duration::from_secs(1));
+            let after = counters()?;
+            per_call = json!({
+                "commits": round((after.0 - before.0) / w.requests.max(1.0), 3),
+                "rows_written": round((after.1 - before.1) / w.requests.max(1.0), 3),
+            });
+        }
         measured.insert((*label).into(), w.json());
         figures.push(w);
     }
     // Each answered call left its use.
-    std::thread::sleep(Duration::from_secs(1));
     let uses: f64 = psql_value(
-        url.rsplit('/').next().unwrap_or_default(),
+        db,
         "SELECT COUNT(*) FROM audit_events WHERE action = 'credential.proxy'",
     )?
     .parse()?;
     let with_status: f64 = psql_value(
-        url.rsplit('/').next().unwrap_or_default(),
+        db,
         "SELECT COUNT(*) FROM audit_events WHERE action = 'credential.proxy' AND CAST(detail AS jsonb) ->> 'status' = '200'",
     )?
     .parse()?;
@@ -183,6 +206,7 @@ fn run(args: &Args, dir: &Path, url: &str) -> anyhow::Result<Value> {
         "credgate_to_nginx_proxy": round(gateway.rps / proxy.rps, 3),
         "credgate_p99_ms": round(gateway.p99_ms, 2),
         "uses_recorded": uses,
+        "database_per_gateway_call": per_call,
         "uses_with_status_200": with_status,
         "pgbench_simple_update_tps": round(pgbench, 0),
         "credgate_to_pgbench_n": round(gateway.rps / pgbench, 3),

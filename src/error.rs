@@ -17,6 +17,15 @@ pub enum Error {
     /// Input that does not validate, by field.
     #[error("the request has invalid fields")]
     Validation(Vec<FieldError>),
+    /// A request that cannot be carried out as asked, with its own stable
+    /// `code` (`invalid_path`, `not_proxyable`) and the fields at fault, if
+    /// any.
+    #[error("{message}")]
+    Unprocessable {
+        code: &'static str,
+        message: String,
+        errors: Vec<FieldError>,
+    },
     /// The per-provider credential limit is reached.
     #[error("the organization already has {limit} credentials of provider {provider}")]
     QuotaExceeded { provider: String, limit: i64, count: i64 },

@@ -42,12 +42,14 @@ impl std::fmt::Debug for Resolved {
 /// `who` is the principal the engine acts for (its key's user, a user named
 /// in the request, or the organization); `use` is checked for it.
 pub async fn resolve(ctx: &Context, who: &Principal, id: &CredentialId, usage: &Usage) -> Result<Resolved, Error> {
-    resolve_as(ctx, who, id, usage, ("credential.resolve", None), None).await
+    resolve_as(ctx, who, id, usage, ("credential.resolve", None), None, &|_| Ok(())).await
 }
 
 /// [`resolve`], audited as `action` with `detail` beside the workflow and
 /// run (the gateway's `credential.proxy`, with the method and path), the
-/// event named by `key` when its outcome is added later.
+/// event named by `key` when its outcome is added later. `usable` is asked
+/// once `use` is granted, before anything is refreshed or recorded (the
+/// gateway: whether the credential can be called through it at all).
 pub async fn resolve_as(
     ctx: &Context,
     who: &Principal,
@@ -55,8 +57,10 @@ pub async fn resolve_as(
     usage: &Usage,
     (action, detail): (&'static str, Option<Value>),
     key: Option<&str>,
+    usable: &(dyn Fn(&CredentialRow) -> Result<(), Error> + Sync),
 ) -> Result<Resolved, Error> {
     let (mut row, _) = access::authorize(ctx, who, id, Access::Use).await?;
+    usable(&row)?;
     let org_id = &who.org_id;
     if row.auth_type.has_tokens() {
         row = ensure_fresh(ctx, row, ctx.config.resolve_margin_secs as i64).await?;

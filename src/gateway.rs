@@ -14,7 +14,7 @@ use crate::execution::{resolve_as, Resolved};
 use crate::ids::CredentialId;
 use crate::model::{AuthKind, Principal};
 use crate::providers::{FieldError, Generic, ProbeAuth, Provider};
-use crate::store::Usage;
+use crate::store::{CredentialRow, Usage};
 
 /// A call ready to send: the URL and the headers that authenticate it.
 /// `Debug` prints neither header values nor the query.
@@ -40,8 +40,69 @@ impl std::fmt::Debug for Call {
     }
 }
 
+/// A 422 `invalid_path`, naming the field `path`.
 fn refused(message: &str) -> Error {
-    Error::Validation(vec![FieldError::new("path", message)])
+    Error::Unprocessable {
+        code: "invalid_path",
+        message: format!("the path {message}"),
+        errors: vec![FieldError::new("path", message)],
+    }
+}
+
+/// A 422 `not_proxyable`: `provider`'s credentials have no HTTP API the
+/// gateway can call, or none whose authentication it can place.
+fn not_proxyable(provider: &Provider, why: &str) -> Error {
+    Error::Unprocessable {
+        code: "not_proxyable",
+        message: format!(
+            "{} credentials cannot be called through the gateway: {why}",
+            provider.display_name
+        ),
+        errors: Vec::new(),
+    }
+}
+
+/// Whether a `kind` credential of `provider` can be called through the
+/// gateway at all, known from the provider file alone: before the
+/// credential is read, refreshed or its use recorded. An HTTP base (the
+/// provider's API base, or the credential's own base URL) and a place
+/// for its authentication (a token, a signature, or the probe's bearer,
+/// header, basic or query placement of its key).
+pub fn check_proxyable(provider: &Provider, kind: AuthKind) -> Result<(), Error> {
+    if kind == AuthKind::AwsSigv4 {
+        return match provider.aws_service {
+            Some(_) => Ok(()),
+            None => Err(not_proxyable(provider, "it names no AWS service to sign for")),
+        };
+    }
+    let http = provider.generic == Some(Generic::Http);
+    let own_base = provider
+        .auth_type(kind)
+        .is_some_and(|a| a.fields.iter().any(|f| f.name == "base_url" || f.name == "server_url"));
+    if !(http || own_base || provider.api_base_url.is_some()) {
+        return Err(not_proxyable(provider, "it has no HTTP API"));
+    }
+    let placed = kind.has_tokens()
+        || http
+        || kind == AuthKind::ApiKey
+            && provider.probe.as_ref().is_some_and(|p| {
+                p.secret.is_some()
+                    && matches!(
+                        p.auth,
+                        ProbeAuth::Bearer
+                            | ProbeAuth::Header { .. }
+                            | ProbeAuth::Basic { .. }
+                            | ProbeAuth::Query { .. }
+                    )
+            });
+    if placed {
+        Ok(())
+    } else {
+        Err(not_proxyable(
+            provider,
+            "the gateway cannot place its authentication in a request",
+        ))
+    }
 }
 
 /// Checks the path the engine asked for (as it came, still percent-encoded)
@@ -131,15 +192,7 @@ type Pairs = Vec<(String, String)>;
 /// How the credential authenticates a call: headers, or a query parameter.
 fn authentication(provider: &Provider, resolved: &Resolved) -> Result<(Pairs, Option<(String, String)>), Error> {
     let fields = &resolved.fields;
-    let unsupported = || {
-        Error::Conflict(
-            "proxy_unsupported",
-            format!(
-                "the gateway does not yet authenticate calls for {}",
-                provider.display_name
-            ),
-        )
-    };
+    let unsupported = || not_proxyable(provider, "the gateway cannot place its authentication in a request");
     if let Some(token) = &resolved.access_token {
         return Ok((
             vec![("authorization".into(), format!("Bearer {}", token.expose_secret()))],
@@ -203,14 +256,22 @@ pub async fn prepare(
     let segments = safe_segments(path)?;
     let detail = json!({"method": method, "path": format!("/{path}")});
     let use_key = format!("proxy:{}", uuid::Uuid::new_v4());
-    let resolved = resolve_as(ctx, who, id, usage, ("credential.proxy", Some(detail)), Some(&use_key)).await?;
+    let proxyable = |row: &CredentialRow| match ctx.registry.get(&row.provider) {
+        Some(provider) => check_proxyable(provider, row.auth_type),
+        None => Err(Error::NotFound),
+    };
+    let resolved = resolve_as(
+        ctx,
+        who,
+        id,
+        usage,
+        ("credential.proxy", Some(detail)),
+        Some(&use_key),
+        &proxyable,
+    )
+    .await?;
     let provider = ctx.registry.get(&resolved.row.provider).ok_or(Error::NotFound)?;
-    let base = base_url(provider, &resolved).ok_or_else(|| {
-        Error::Conflict(
-            "proxy_unsupported",
-            format!("{} has no base URL for the gateway", provider.display_name),
-        )
-    })?;
+    let base = base_url(provider, &resolved).ok_or_else(|| not_proxyable(provider, "it has no base URL"))?;
     let (mut headers, query_auth) = authentication(provider, &resolved)?;
     let mut url = join(&base, &segments, query)?;
     if let Some((name, value)) = query_auth {
@@ -223,10 +284,7 @@ pub async fn prepare(
         .then(|| provider.aws_service.clone())
         .flatten();
     if resolved.row.auth_type == AuthKind::AwsSigv4 && aws_service.is_none() {
-        return Err(Error::Conflict(
-            "proxy_unsupported",
-            format!("{} names no AWS service to sign for", provider.display_name),
-        ));
+        return Err(not_proxyable(provider, "it names no AWS service to sign for"));
     }
     Ok(Call {
         url,
@@ -253,8 +311,13 @@ pub fn aws_signature(
         session_token: text(fields, "session_token"),
         region: text(fields, "region").unwrap_or_default(),
     };
-    crate::aws_sign::sigv4_headers(&key, service, (method, call.url.as_str()), headers, body)
-        .map_err(|e| Error::Conflict("proxy_unsupported", e.to_string()))
+    crate::aws_sign::sigv4_headers(&key, service, (method, call.url.as_str()), headers, body).map_err(|e| {
+        Error::Unprocessable {
+            code: "not_proxyable",
+            message: format!("the request could not be signed: {e}"),
+            errors: Vec::new(),
+        }
+    })
 }
 
 /// After the service refused the token (401): one refresh now, and the

@@ -25,6 +25,12 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("the request has invalid fields")]
     Validation(Vec<FieldError>),
+    #[error("{message}")]
+    Unprocessable {
+        code: &'static str,
+        message: String,
+        errors: Vec<FieldError>,
+    },
     #[error("the request body is not valid JSON: {0}")]
     MalformedBody(String),
     #[error("the request body must be application/json")]
@@ -98,6 +104,7 @@ impl ApiError {
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+            Self::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             Self::MalformedBody(_) => (StatusCode::BAD_REQUEST, "malformed_body"),
             Self::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
@@ -120,6 +127,7 @@ impl From<Error> for ApiError {
             Error::NotFound => Self::NotFound,
             Error::Forbidden => Self::Forbidden,
             Error::Validation(errors) => Self::Validation(errors),
+            Error::Unprocessable { code, message, errors } => Self::Unprocessable { code, message, errors },
             Error::QuotaExceeded { provider, limit, count } => Self::QuotaExceeded { provider, limit, count },
             Error::Conflict(code, message) => Self::Conflict(code, message),
             Error::NeedsReauth(m) => Self::NeedsReauth(m),
@@ -178,6 +186,7 @@ impl IntoResponse for ApiError {
         };
         let errors = match self {
             Self::Validation(errors) => Some(errors),
+            Self::Unprocessable { errors, .. } if !errors.is_empty() => Some(errors),
             _ => None,
         };
         let body = Problem {

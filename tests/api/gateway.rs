@@ -188,7 +188,7 @@ async fn a_call_carries_the_credentials_authentication_and_nothing_of_the_engine
 both_backends!(a_call_carries_the_credentials_authentication_and_nothing_of_the_engines);
 
 /// A GET sent as raw HTTP/1.1 with the engine's key: the status and the
-/// head, lowercased.
+/// whole answer (head and body), lowercased.
 async fn raw_get(app: &TestApp, target: &str) -> (StatusCode, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = app.base.trim_start_matches("http://").to_owned();
@@ -201,9 +201,8 @@ async fn raw_get(app: &TestApp, target: &str) -> (StatusCode, String) {
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).await.unwrap();
     let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
-    let head = text.split("\r\n\r\n").next().unwrap_or_default().to_owned();
-    let code: u16 = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (StatusCode::from_u16(code).unwrap(), head)
+    let code: u16 = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (StatusCode::from_u16(code).unwrap(), text)
 }
 
 async fn a_path_never_leaves_the_credentials_base_and_own_errors_say_so(backend: crate::helpers::Backend) {
@@ -232,8 +231,10 @@ async fn a_path_never_leaves_the_credentials_base_and_own_errors_say_so(backend:
         "http:%2f%2fevil.example",
         "a/%2E%2E/%2E%2E/x",
     ] {
-        let (status, head) = raw_get(&app, &format!("/integrations/credentials/{id}/proxy/{path}")).await;
-        refusals.push((path, status, head.contains("credgate-error: 1").then_some("1")));
+        let (status, text) = raw_get(&app, &format!("/integrations/credentials/{id}/proxy/{path}")).await;
+        let head = text.split("\r\n\r\n").next().unwrap_or_default();
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+        refusals.push((path, status, head.contains("credgate-error: 1").then_some("1"), body));
     }
     let member = app
         .client
@@ -251,9 +252,11 @@ async fn a_path_never_leaves_the_credentials_base_and_own_errors_say_so(backend:
         .unwrap();
     let calls = seen.0.lock().unwrap().clone();
 
-    for (path, status, marker) in &refusals {
+    for (path, status, marker, body) in &refusals {
         assert_eq!(*status, StatusCode::UNPROCESSABLE_ENTITY, "{path}");
         assert_eq!(*marker, Some("1"), "{path}");
+        assert!(body.contains(r#""code":"invalid_path""#), "{path}: {body}");
+        assert!(body.contains(r#""field":"path""#), "{path}: {body}");
     }
     assert_eq!(member.status(), StatusCode::FORBIDDEN);
     assert_eq!(member.headers()["credgate-error"], "1");
@@ -263,6 +266,125 @@ async fn a_path_never_leaves_the_credentials_base_and_own_errors_say_so(backend:
     assert_eq!(calls[0]["query"], "a=1&key=qv", "the query placement");
 }
 both_backends!(a_path_never_leaves_the_credentials_base_and_own_errors_say_so);
+
+/// The credential's events of `action`.
+async fn events_of(app: &TestApp, id: &str, action: &str) -> Vec<Value> {
+    let (status, audit) = app
+        .call(
+            Method::GET,
+            &format!("/integrations/credentials/{id}/audit"),
+            &app.org.admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{audit}");
+    audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == action)
+        .cloned()
+        .collect()
+}
+
+async fn a_credential_without_an_http_api_is_not_proxyable_and_no_use_is_recorded(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let app = gateway_app(&db).await;
+    let secret = sentinel();
+    let mut ids = Vec::new();
+    for (provider, auth_type, fields) in [
+        (
+            "sftp",
+            "user_password",
+            json!({"host": "sftp.example.com", "username": "u", "password": secret}),
+        ),
+        ("custom", "api_key", json!({"api_key": secret})),
+        (
+            // Its token goes in the path, which the gateway does not place.
+            "telegram",
+            "api_key",
+            json!({"bot_token": format!("123456:{}", "A".repeat(35))}),
+        ),
+    ] {
+        let body = json!({"name": provider, "provider": provider, "auth_type": auth_type, "fields": fields});
+        let (status, created) = app
+            .call(Method::POST, "/integrations/credentials", &app.org.admin, Some(body))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{provider}: {created}");
+        ids.push((provider, created["id"].as_str().unwrap().to_owned()));
+    }
+
+    let mut answers = Vec::new();
+    for (provider, id) in &ids {
+        let answer = app
+            .client
+            .post(format!("{}/integrations/credentials/{id}/proxy/anything", app.base))
+            .bearer_auth(&app.org.engine)
+            .body("payload")
+            .send()
+            .await
+            .unwrap();
+        let marker = answer
+            .headers()
+            .get("credgate-error")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let status = answer.status();
+        let problem: Value = answer.json().await.unwrap();
+        answers.push((*provider, status, marker, problem));
+    }
+
+    for (provider, status, marker, problem) in &answers {
+        assert_eq!(*status, StatusCode::UNPROCESSABLE_ENTITY, "{provider}: {problem}");
+        assert_eq!(problem["code"], "not_proxyable", "{provider}: {problem}");
+        assert_eq!(marker.as_deref(), Some("1"), "{provider}");
+        assert!(!problem.to_string().contains(&secret), "{provider}: {problem}");
+    }
+    for (provider, id) in &ids {
+        assert!(
+            events_of(&app, id, "credential.proxy").await.is_empty(),
+            "{provider}: a call that never left is no use"
+        );
+    }
+}
+both_backends!(a_credential_without_an_http_api_is_not_proxyable_and_no_use_is_recorded);
+
+async fn a_service_silent_past_the_first_byte_limit_is_a_timeout(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let (base, seen) = upstream().await;
+    let mut config = test_config(&db);
+    config.egress_allow = "127.0.0.0/8".into();
+    config.proxy_first_byte_timeout = std::time::Duration::from_secs(1);
+    let app = TestApp::spawn_with(config).await;
+    let id = http_credential(&app, &base, json!({"scheme": "bearer", "token": "t"})).await;
+
+    // The stand-in answers `slow` after 3 s.
+    let answer = app
+        .client
+        .get(format!("{}/integrations/credentials/{id}/proxy/slow", app.base))
+        .bearer_auth(&app.org.engine)
+        .send()
+        .await
+        .unwrap();
+    let marker = answer.headers().get("credgate-error").cloned();
+    let status = answer.status();
+    let problem: Value = answer.json().await.unwrap();
+    let uses = settled_uses(&app, &id, 1).await;
+
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{problem}");
+    assert_eq!(problem["code"], "provider_error", "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("in time"), "{problem}");
+    assert_eq!(marker.unwrap(), "1");
+    assert_eq!(seen.0.lock().unwrap().len(), 1, "the call did reach the service");
+    assert_eq!(uses[0]["detail"]["error"], "timeout", "{}", uses[0]);
+    assert_eq!(uses[0]["detail"]["status"], Value::Null);
+    assert_eq!(uses[0]["outcome"], "failure");
+    let latency = uses[0]["detail"]["latency_ms"].as_u64().unwrap();
+    assert!(
+        (1000..3000).contains(&latency),
+        "given up at the limit, not at the answer: {latency} ms"
+    );
+}
+both_backends!(a_service_silent_past_the_first_byte_limit_is_a_timeout);
 
 /// An app whose `provider` (served by `server`) calls the upstream at
 /// `base`, and a credential connected through it.

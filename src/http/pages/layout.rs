@@ -237,7 +237,7 @@ pub fn words(e: &Error) -> String {
         Error::Conflict("conflict", _) => {
             "The credential changed while you were editing it. Reload the page and try again.".into()
         }
-        Error::Conflict(_, message) => format!("{message}."),
+        Error::Conflict(_, message) | Error::Unprocessable { message, .. } => format!("{message}."),
         Error::NeedsReauth(_) => "The account's permission is gone: connect it again with Re-authorize.".into(),
         Error::ProviderUnavailable { retry_after_secs, .. } => {
             format!("The provider is not answering right now. Try again in {retry_after_secs} seconds.")
