@@ -114,6 +114,11 @@ fn run(args: &Args, dir: &Path, url: &str) -> anyhow::Result<Value> {
             .env("CREDGATE_MASTER_KEYS", &master_key)
             .env("CREDGATE_LISTEN", &addr)
             .env("CREDGATE_RATE_LIMIT_PER_ORG", "0")
+            // wrk's connections all use the one credential.
+            .env(
+                "CREDGATE_PROXY_CONCURRENCY_PER_CREDENTIAL",
+                args.connections.max(32).to_string(),
+            )
             .env("CREDGATE_EGRESS_ALLOW", "127.0.0.0/8")
             .env("CREDGATE_LOG", "warn")
             .stdin(Stdio::null())
@@ -151,17 +156,21 @@ fn run(args: &Args, dir: &Path, url: &str) -> anyhow::Result<Value> {
         ),
     ];
     let db = url.rsplit('/').next().unwrap_or_default();
-    // The database's transactions and statements, for the gateway's run.
-    let counters = || -> anyhow::Result<(f64, f64)> {
+    // The database's transactions, rows written, updates and heap-only
+    // updates, for the gateway's run.
+    let counters = || -> anyhow::Result<[f64; 4]> {
         let commits = psql_value(
             db,
             "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
         )?;
-        let statements = psql_value(
+        let rows = psql_value(
             db,
-            "SELECT COALESCE(SUM(n_tup_ins + n_tup_upd), 0) FROM pg_stat_user_tables",
+            "SELECT COALESCE(SUM(n_tup_ins + n_tup_upd), 0) || ' ' || COALESCE(SUM(n_tup_upd), 0) || ' ' \
+             || COALESCE(SUM(n_tup_hot_upd), 0) FROM pg_stat_user_tables",
         )?;
-        Ok((commits.parse()?, statements.parse()?))
+        let mut rows = rows.split(' ').map(str::parse::<f64>);
+        let mut next = || -> anyhow::Result<f64> { Ok(rows.next().context("a counter is missing")??) };
+        Ok([commits.parse()?, next()?, next()?, next()?])
     };
     let mut measured = serde_json::Map::new();
     let mut figures = Vec::new();
@@ -175,9 +184,11 @@ fn run(args: &Args, dir: &Path, url: &str) -> anyhow::Result<Value> {
             // Outcomes are written just after the answers: let them land.
             std::thread::sleep(Duration::from_secs(1));
             let after = counters()?;
+            let calls = w.requests.max(1.0);
             per_call = json!({
-                "commits": round((after.0 - before.0) / w.requests.max(1.0), 3),
-                "rows_written": round((after.1 - before.1) / w.requests.max(1.0), 3),
+                "commits": round((after[0] - before[0]) / calls, 3),
+                "rows_written": round((after[1] - before[1]) / calls, 3),
+                "updates_heap_only_share": round((after[3] - before[3]) / (after[2] - before[2]).max(1.0), 3),
             });
         }
         measured.insert((*label).into(), w.json());
@@ -194,6 +205,7 @@ fn run(args: &Args, dir: &Path, url: &str) -> anyhow::Result<Value> {
         "SELECT COUNT(*) FROM audit_events WHERE action = 'credential.proxy' AND CAST(detail AS jsonb) ->> 'status' = '200'",
     )?
     .parse()?;
+    let peak_rss_mib = peak_rss_kib(server.0.id()).map(|k| round(k / 1024.0, 1));
     drop(server);
     eprintln!("pgbench -N");
     let pgbench = pgbench_n(args.connections, args.pgbench_seconds)?;
@@ -207,6 +219,7 @@ fn run(args: &Args, dir: &Path, url: &str) -> anyhow::Result<Value> {
         "credgate_p99_ms": round(gateway.p99_ms, 2),
         "uses_recorded": uses,
         "database_per_gateway_call": per_call,
+        "credgate_peak_rss_mib": peak_rss_mib,
         "uses_with_status_200": with_status,
         "pgbench_simple_update_tps": round(pgbench, 0),
         "credgate_to_pgbench_n": round(gateway.rps / pgbench, 3),
@@ -326,6 +339,18 @@ fn millis(v: &str) -> Option<f64> {
 }
 
 /// `target/release/credgate`, beside this example.
+/// A process's peak resident memory (`VmHWM`), in KiB.
+fn peak_rss_kib(pid: u32) -> Option<f64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 fn credgate_binary() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let bin = exe

@@ -25,6 +25,8 @@ pub struct Resolved {
     pub fields: Map<String, Value>,
     /// OAuth: the access token (never the refresh token).
     pub access_token: Option<SecretString>,
+    /// The use's audit event, and the detail it was recorded with.
+    pub use_event: (i64, Option<Value>),
 }
 
 impl std::fmt::Debug for Resolved {
@@ -42,12 +44,12 @@ impl std::fmt::Debug for Resolved {
 /// `who` is the principal the engine acts for (its key's user, a user named
 /// in the request, or the organization); `use` is checked for it.
 pub async fn resolve(ctx: &Context, who: &Principal, id: &CredentialId, usage: &Usage) -> Result<Resolved, Error> {
-    resolve_as(ctx, who, id, usage, ("credential.resolve", None), None, &|_| Ok(())).await
+    resolve_as(ctx, who, id, usage, ("credential.resolve", None), &|_| Ok(())).await
 }
 
 /// [`resolve`], audited as `action` with `detail` beside the workflow and
-/// run (the gateway's `credential.proxy`, with the method and path), the
-/// event named by `key` when its outcome is added later. `usable` is asked
+/// run (the gateway's `credential.proxy`, with the method and path; its
+/// outcome is added to the event later). `usable` is asked
 /// once `use` is granted, before anything is refreshed or recorded (the
 /// gateway: whether the credential can be called through it at all).
 pub async fn resolve_as(
@@ -56,7 +58,6 @@ pub async fn resolve_as(
     id: &CredentialId,
     usage: &Usage,
     (action, detail): (&'static str, Option<Value>),
-    key: Option<&str>,
     usable: &(dyn Fn(&CredentialRow) -> Result<(), Error> + Sync),
 ) -> Result<Resolved, Error> {
     let (mut row, _) = access::authorize(ctx, who, id, Access::Use).await?;
@@ -73,11 +74,12 @@ pub async fn resolve_as(
         d["run_id"] = json!(usage.run_id);
         event = event.with_detail(d);
     }
-    ctx.uses
+    let recorded = event.detail.clone();
+    let event_id = ctx
+        .uses
         .submit(UseRecord {
             event,
             usage: usage.clone(),
-            key: key.map(str::to_owned),
         })
         .await?;
     Ok(Resolved {
@@ -86,6 +88,7 @@ pub async fn resolve_as(
         // rotated token can never be used twice by someone else.
         access_token: secrets.tokens.map(|t| t.access_token),
         row,
+        use_event: (event_id, recorded),
     })
 }
 

@@ -26,8 +26,6 @@ pub struct Call {
     /// An `aws_sigv4` credential's service: each request is signed, its
     /// body included.
     pub aws_service: Option<String>,
-    /// Names the call's use, for its outcome.
-    pub use_key: String,
 }
 
 impl std::fmt::Debug for Call {
@@ -255,21 +253,11 @@ pub async fn prepare(
 ) -> Result<Call, Error> {
     let segments = safe_segments(path)?;
     let detail = json!({"method": method, "path": format!("/{path}")});
-    let use_key = format!("proxy:{}", uuid::Uuid::new_v4());
     let proxyable = |row: &CredentialRow| match ctx.registry.get(&row.provider) {
         Some(provider) => check_proxyable(provider, row.auth_type),
         None => Err(Error::NotFound),
     };
-    let resolved = resolve_as(
-        ctx,
-        who,
-        id,
-        usage,
-        ("credential.proxy", Some(detail)),
-        Some(&use_key),
-        &proxyable,
-    )
-    .await?;
+    let resolved = resolve_as(ctx, who, id, usage, ("credential.proxy", Some(detail)), &proxyable).await?;
     let provider = ctx.registry.get(&resolved.row.provider).ok_or(Error::NotFound)?;
     let base = base_url(provider, &resolved).ok_or_else(|| not_proxyable(provider, "it has no base URL"))?;
     let (mut headers, query_auth) = authentication(provider, &resolved)?;
@@ -291,7 +279,6 @@ pub async fn prepare(
         headers,
         resolved,
         aws_service,
-        use_key,
     })
 }
 

@@ -153,24 +153,26 @@ async fn write_groups<W: Writer>(writer: Arc<W>, mut queue: mpsc::Receiver<(W::I
 }
 
 /// Resolves' use events: all of a group commit together or not at all.
+/// Each request gets its event's id.
 #[derive(Debug)]
 pub struct Uses(pub Store);
 
 impl Writer for Uses {
     type Item = UseRecord;
-    type Output = ();
+    type Output = i64;
     const MAX_BATCH: usize = 512;
 
-    async fn write(&self, uses: Vec<UseRecord>) -> Vec<Result<(), StoreError>> {
+    async fn write(&self, uses: Vec<UseRecord>) -> Vec<Result<i64, StoreError>> {
         match self.0.record_uses(&uses).await {
-            Ok(()) => uses.iter().map(|_| Ok(())).collect(),
+            Ok(ids) => ids.into_iter().map(Ok).collect(),
             // The database refused one of them (an organization deleted
             // meanwhile): each is written again alone, so it fails alone.
             Err(StoreError::Database(e)) if uses.len() > 1 => {
                 tracing::warn!(error = %e, uses = uses.len(), "a group of uses was refused; writing them one by one");
                 let mut outcomes = Vec::with_capacity(uses.len());
                 for one in &uses {
-                    outcomes.push(self.0.record_uses(std::slice::from_ref(one)).await);
+                    let written = self.0.record_uses(std::slice::from_ref(one)).await;
+                    outcomes.push(written.map(|ids| ids.first().copied().unwrap_or_default()));
                 }
                 outcomes
             }

@@ -3,6 +3,13 @@
 use clap::Parser;
 use credgate::cli::{self, Cli};
 
+/// mimalloc: a gateway call allocates and frees many small buffers on
+/// whichever worker thread runs it, and glibc's allocator (its arenas
+/// capped below, for the C code that still uses it) spent a sixth of the
+/// process's CPU there under load (`docs/benchmarks.md`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     limit_malloc_arenas();
     let runtime = tokio::runtime::Runtime::new().unwrap_or_else(|e| {

@@ -199,7 +199,8 @@ async fn forward(
     // From here the use is recorded: each way out adds its outcome.
     let started = Instant::now();
     let settle = |status: Option<u16>, error: Option<&'static str>| UseOutcome {
-        key: call.use_key.clone(),
+        event_id: call.resolved.use_event.0,
+        detail: call.resolved.use_event.1.clone(),
         status,
         error,
         latency_ms: started.elapsed().as_millis() as u64,

@@ -151,25 +151,50 @@ pub(crate) async fn insert(conn: &mut AnyConnection, event: &AuditEvent, at: i64
     .await
 }
 
-/// Events per statement of [`insert_many`] (ten values each, well under
-/// SQLite's limit).
+/// Events per statement of [`insert_many`] (ten values each at most, well
+/// under SQLite's limit).
 const EVENTS_PER_STATEMENT: usize = 200;
 
 /// Writes many events on `conn`, a statement per 200: each with the
-/// workflow and run it was for, if any, and its key, if it has one.
+/// workflow and run it was for, if any.
 pub(crate) async fn insert_many(
     conn: &mut AnyConnection,
-    events: &[(&AuditEvent, Option<&Usage>, Option<&str>)],
+    events: &[(&AuditEvent, Option<&Usage>)],
     at: i64,
 ) -> Result<(), sqlx::Error> {
-    for chunk in events.chunks(EVENTS_PER_STATEMENT) {
+    insert_rows(conn, events, None, at).await
+}
+
+/// [`insert_many`], each event with its id given (SQLite, inside a write
+/// transaction that chose the ids).
+pub(crate) async fn insert_numbered(
+    conn: &mut AnyConnection,
+    events: &[(i64, &AuditEvent, &Usage)],
+    at: i64,
+) -> Result<(), sqlx::Error> {
+    let ids: Vec<i64> = events.iter().map(|(id, _, _)| *id).collect();
+    let rows: Vec<_> = events.iter().map(|(_, e, u)| (*e, Some(*u))).collect();
+    insert_rows(conn, &rows, Some(&ids), at).await
+}
+
+async fn insert_rows(
+    conn: &mut AnyConnection,
+    events: &[(&AuditEvent, Option<&Usage>)],
+    ids: Option<&[i64]>,
+    at: i64,
+) -> Result<(), sqlx::Error> {
+    let (id_column, width) = if ids.is_some() { ("id, ", 10) } else { ("", 9) };
+    for (c, chunk) in events.chunks(EVENTS_PER_STATEMENT).enumerate() {
         let sql = format!(
-            "INSERT INTO audit_events (org_id, credential_id, action, outcome, actor, detail, at, workflow_id, run_id, \
-             coalesce_key) VALUES {}",
-            super::values(chunk.len(), 10)
+            "INSERT INTO audit_events ({id_column}org_id, credential_id, action, outcome, actor, detail, at, \
+             workflow_id, run_id) VALUES {}",
+            super::values(chunk.len(), width)
         );
         let mut query = sqlx::query(&sql);
-        for (event, usage, key) in chunk {
+        for (i, (event, usage)) in chunk.iter().enumerate() {
+            if let Some(ids) = ids {
+                query = query.bind(ids[c * EVENTS_PER_STATEMENT + i]);
+            }
             query = query
                 .bind(&event.org_id)
                 .bind(event.credential_id.as_deref())
@@ -179,8 +204,7 @@ pub(crate) async fn insert_many(
                 .bind(event.detail.as_ref().map(ToString::to_string))
                 .bind(at)
                 .bind(usage.and_then(|u| u.workflow_id.as_deref()))
-                .bind(usage.and_then(|u| u.run_id.as_deref()))
-                .bind(*key);
+                .bind(usage.and_then(|u| u.run_id.as_deref()));
         }
         query.execute(&mut *conn).await?;
     }

@@ -119,8 +119,7 @@ impl Store {
             .collect();
         let news: Vec<&NewCredential> = written.iter().map(|c| &c.new).collect();
         insert_rows(&mut tx, &news, t).await?;
-        let events: Vec<(&AuditEvent, Option<&Usage>, Option<&str>)> =
-            written.iter().map(|c| (&c.event, None, None)).collect();
+        let events: Vec<(&AuditEvent, Option<&Usage>)> = written.iter().map(|c| (&c.event, None)).collect();
         audit::insert_many(&mut tx, &events, t).await?;
         let notes: Vec<&Notification> = written.iter().map(|c| &c.notify).collect();
         outbox::insert_many(&mut tx, &notes, t).await?;

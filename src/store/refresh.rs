@@ -239,8 +239,7 @@ impl Store {
         if written.is_empty() {
             return Ok(outcomes);
         }
-        let events: Vec<(&AuditEvent, Option<&Usage>, Option<&str>)> =
-            written.iter().map(|r| (&r.event, None, None)).collect();
+        let events: Vec<(&AuditEvent, Option<&Usage>)> = written.iter().map(|r| (&r.event, None)).collect();
         audit::insert_many(&mut tx, &events, t).await?;
         let notes: Vec<&Notification> = written.iter().filter_map(|r| r.notify.as_ref()).collect();
         if !notes.is_empty() {

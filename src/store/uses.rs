@@ -6,6 +6,7 @@
 //! statements cost no round trip, a transaction of two per 200 uses.
 
 use serde::Serialize;
+use serde_json::{json, Value};
 
 use crate::ids::{CredentialId, OrgId};
 
@@ -19,17 +20,18 @@ pub struct UseRecord {
     /// The audit event (its `credential_id` is set).
     pub event: AuditEvent,
     pub usage: Usage,
-    /// Names the event for [`Store::record_outcomes`] (a gateway call,
-    /// whose outcome is known only once the service has answered).
-    pub key: Option<String>,
 }
 
-/// What became of a recorded use: the service's status (`None`: no
+/// What became of a recorded use (a gateway call, whose outcome is known
+/// only once the service has answered): the service's status (`None`: no
 /// answer) or what went wrong, and how long it took.
 #[derive(Debug, Clone)]
 pub struct UseOutcome {
-    /// The use's [`UseRecord::key`].
-    pub key: String,
+    /// The use's event, as [`Store::record_uses`] returned it.
+    pub event_id: i64,
+    /// The detail the use was recorded with; the outcome's facts are added
+    /// to it.
+    pub detail: Option<Value>,
     pub status: Option<u16>,
     /// `unreachable`, `timeout`, `egress_denied`, `body_too_large`.
     pub error: Option<&'static str>,
@@ -45,9 +47,16 @@ impl UseOutcome {
         }
     }
 
-    /// The facts added to the event's detail.
-    fn facts(&self) -> String {
-        serde_json::json!({"status": self.status, "latency_ms": self.latency_ms, "error": self.error}).to_string()
+    /// The use's detail with the outcome's facts added.
+    fn detail(&self) -> String {
+        let mut detail = match &self.detail {
+            Some(Value::Object(d)) => d.clone(),
+            _ => serde_json::Map::new(),
+        };
+        detail.insert("status".into(), json!(self.status));
+        detail.insert("latency_ms".into(), json!(self.latency_ms));
+        detail.insert("error".into(), json!(self.error));
+        Value::Object(detail).to_string()
     }
 }
 
@@ -55,24 +64,28 @@ impl UseOutcome {
 const CHUNK: usize = 200;
 
 /// A batch of uses on Postgres, in one statement: the uses come as one JSON
-/// array (`$1`); the credentials' `last_used_at` is set in id order (the
-/// order every batch, on every replica, locks them in), and the events are
-/// inserted, all in the statement's own transaction.
-const RECORD_USES_POSTGRES: &str = "WITH u AS (\
-        SELECT * FROM json_to_recordset(CAST($1 AS json)) AS x(org_id TEXT, credential_id TEXT, action TEXT, \
-        outcome TEXT, actor TEXT, detail TEXT, workflow_id TEXT, run_id TEXT, coalesce_key TEXT)), \
+/// array (`$1`), each with its place `n`; each gets its event id from the
+/// sequence; the credentials' `last_used_at` is set in id order (the order
+/// every batch, on every replica, locks them in), and the events are
+/// inserted, all in the statement's own transaction. Answers each place
+/// with its event's id.
+const RECORD_USES_POSTGRES: &str = "WITH u AS MATERIALIZED (\
+        SELECT nextval('audit_events_id_seq') AS id, x.* FROM json_to_recordset(CAST($1 AS json)) AS x(n BIGINT, \
+        org_id TEXT, credential_id TEXT, action TEXT, outcome TEXT, actor TEXT, detail TEXT, workflow_id TEXT, \
+        run_id TEXT)), \
     touched AS (UPDATE credentials c SET last_used_at = $2 \
         FROM (SELECT DISTINCT credential_id FROM u WHERE credential_id IS NOT NULL ORDER BY credential_id) d \
-        WHERE c.id = d.credential_id AND (c.last_used_at IS NULL OR c.last_used_at <= $3)) \
-    INSERT INTO audit_events (org_id, credential_id, action, outcome, actor, detail, at, workflow_id, run_id, coalesce_key) \
-    SELECT org_id, credential_id, action, outcome, actor, detail, $2, workflow_id, run_id, coalesce_key FROM u";
+        WHERE c.id = d.credential_id AND (c.last_used_at IS NULL OR c.last_used_at <= $3)), \
+    inserted AS (INSERT INTO audit_events (id, org_id, credential_id, action, outcome, actor, detail, at, \
+        workflow_id, run_id) \
+        SELECT id, org_id, credential_id, action, outcome, actor, detail, $2, workflow_id, run_id FROM u) \
+    SELECT n, id FROM u";
 
-/// Outcomes on Postgres, in one statement: each adds its facts to the
-/// detail of the event with its key.
-const RECORD_OUTCOMES_POSTGRES: &str = "UPDATE audit_events a \
-    SET outcome = x.outcome, detail = (COALESCE(CAST(a.detail AS jsonb), '{}'::jsonb) || CAST(x.facts AS jsonb))::text \
-    FROM json_to_recordset(CAST($1 AS json)) AS x(key TEXT, outcome TEXT, facts TEXT) \
-    WHERE a.coalesce_key = x.key";
+/// Outcomes on Postgres, in one statement: each sets its event's outcome
+/// and detail, found by id.
+const RECORD_OUTCOMES_POSTGRES: &str = "UPDATE audit_events a SET outcome = x.outcome, detail = x.detail \
+    FROM json_to_recordset(CAST($1 AS json)) AS x(id BIGINT, outcome TEXT, detail TEXT) \
+    WHERE a.id = x.id";
 
 /// For the rest of the transaction (`SET LOCAL`), joins by index lookups
 /// only: no hash or merge join, no sequential scan.
@@ -81,14 +94,15 @@ const NESTED_LOOP_ONLY: &str = "SELECT set_config('enable_hashjoin', 'off', true
 
 #[derive(Serialize)]
 struct OutcomeJson<'a> {
-    key: &'a str,
+    id: i64,
     outcome: &'a str,
-    facts: String,
+    detail: String,
 }
 
 /// One use as an element of [`RECORD_USES_POSTGRES`]'s array.
 #[derive(Serialize)]
 struct UseJson<'a> {
+    n: usize,
     org_id: &'a OrgId,
     credential_id: Option<&'a CredentialId>,
     action: &'a str,
@@ -97,12 +111,12 @@ struct UseJson<'a> {
     detail: Option<String>,
     workflow_id: Option<&'a str>,
     run_id: Option<&'a str>,
-    coalesce_key: Option<&'a str>,
 }
 
-impl<'a> From<&'a UseRecord> for UseJson<'a> {
-    fn from(u: &'a UseRecord) -> Self {
+impl<'a> UseJson<'a> {
+    fn new(n: usize, u: &'a UseRecord) -> Self {
         Self {
+            n,
             org_id: &u.event.org_id,
             credential_id: u.event.credential_id.as_ref(),
             action: u.event.action,
@@ -111,7 +125,6 @@ impl<'a> From<&'a UseRecord> for UseJson<'a> {
             detail: u.event.detail.as_ref().map(ToString::to_string),
             workflow_id: u.usage.workflow_id.as_deref(),
             run_id: u.usage.run_id.as_deref(),
-            coalesce_key: u.key.as_deref(),
         }
     }
 }
@@ -122,55 +135,77 @@ impl<'a> From<&'a UseRecord> for UseJson<'a> {
 pub const LAST_USED_EVERY_SECS: i64 = 60;
 
 impl Store {
-    /// Records `uses` durably, in one transaction.
-    pub async fn record_uses(&self, uses: &[UseRecord]) -> Result<(), StoreError> {
+    /// Records `uses` durably, in one transaction; returns their events'
+    /// ids, in order.
+    pub async fn record_uses(&self, uses: &[UseRecord]) -> Result<Vec<i64>, StoreError> {
         self.timed(async move {
-        if uses.is_empty() {
-            return Ok(());
-        }
-        let t = self.now();
-        if self.dialect == Dialect::Postgres {
-            let batch: Vec<UseJson> = uses.iter().map(UseJson::from).collect();
-            let batch =
-                serde_json::to_string(&batch).map_err(|e| StoreError::Database(sqlx::Error::Encode(e.into())))?;
-            let query = sqlx::query(RECORD_USES_POSTGRES)
-                .bind(batch)
-                .bind(t)
-                .bind(t - LAST_USED_EVERY_SECS);
-            self.on_kept(&self.kept_uses, async |conn| Ok(query.execute(conn).await?))
-                .await?;
-            return Ok(());
-        }
-        let mut tx = self.begin_write().await?;
-        for chunk in uses.chunks(CHUNK) {
-            let mut ids: Vec<&str> = chunk.iter().filter_map(|u| u.event.credential_id.as_deref()).collect();
-            ids.sort_unstable();
-            ids.dedup();
-            let marks: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 3)).collect();
-            let update = format!(
-                "UPDATE credentials SET last_used_at = $1 WHERE id IN ({}) AND (last_used_at IS NULL OR last_used_at <= $2)",
-                marks.join(", ")
-            );
-            let mut query = sqlx::query(&update).bind(t).bind(t - LAST_USED_EVERY_SECS);
-            for id in &ids {
-                query = query.bind(*id);
+            if uses.is_empty() {
+                return Ok(Vec::new());
             }
-            query.execute(&mut *tx).await?;
+            let t = self.now();
+            if self.dialect == Dialect::Postgres {
+                let batch: Vec<UseJson> = uses.iter().enumerate().map(|(n, u)| UseJson::new(n, u)).collect();
+                let batch =
+                    serde_json::to_string(&batch).map_err(|e| StoreError::Database(sqlx::Error::Encode(e.into())))?;
+                let query = sqlx::query_as::<_, (i64, i64)>(RECORD_USES_POSTGRES)
+                    .bind(batch)
+                    .bind(t)
+                    .bind(t - LAST_USED_EVERY_SECS);
+                let placed = self
+                    .on_kept(&self.kept_uses, async |conn| Ok(query.fetch_all(conn).await?))
+                    .await?;
+                let mut ids = vec![0; uses.len()];
+                for (n, id) in placed {
+                    if let Some(slot) = usize::try_from(n).ok().and_then(|n| ids.get_mut(n)) {
+                        *slot = id;
+                    }
+                }
+                return Ok(ids);
+            }
+            let mut tx = self.begin_write().await?;
+            // The write lock is held (`BEGIN IMMEDIATE`): the ids after the
+            // highest ever given are this transaction's to give.
+            let mut next: i64 = sqlx::query_scalar(
+                "SELECT MAX(n) FROM (SELECT COALESCE(MAX(id), 0) AS n FROM audit_events \
+                 UNION ALL SELECT seq FROM sqlite_sequence WHERE name = 'audit_events')",
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+            let mut ids = Vec::with_capacity(uses.len());
+            for chunk in uses.chunks(CHUNK) {
+                let mut credentials: Vec<&str> =
+                    chunk.iter().filter_map(|u| u.event.credential_id.as_deref()).collect();
+                credentials.sort_unstable();
+                credentials.dedup();
+                let marks: Vec<String> = (0..credentials.len()).map(|i| format!("${}", i + 3)).collect();
+                let update = format!(
+                    "UPDATE credentials SET last_used_at = $1 WHERE id IN ({}) AND (last_used_at IS NULL OR last_used_at <= $2)",
+                    marks.join(", ")
+                );
+                let mut query = sqlx::query(&update).bind(t).bind(t - LAST_USED_EVERY_SECS);
+                for id in &credentials {
+                    query = query.bind(*id);
+                }
+                query.execute(&mut *tx).await?;
 
-            let events: Vec<_> = chunk
-                .iter()
-                .map(|u| (&u.event, Some(&u.usage), u.key.as_deref()))
-                .collect();
-            audit::insert_many(&mut tx, &events, t).await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    })
+                let events: Vec<_> = chunk
+                    .iter()
+                    .map(|u| {
+                        next += 1;
+                        ids.push(next);
+                        (next, &u.event, &u.usage)
+                    })
+                    .collect();
+                audit::insert_numbered(&mut tx, &events, t).await?;
+            }
+            tx.commit().await?;
+            Ok(ids)
+        })
         .await
     }
 
-    /// Adds each outcome to its use's event (by key), in one transaction.
-    /// An outcome whose event is gone (its organization deleted) changes
+    /// Adds each outcome to its use's event, in one transaction. An
+    /// outcome whose event is gone (its organization deleted) changes
     /// nothing.
     pub async fn record_outcomes(&self, outcomes: &[UseOutcome]) -> Result<(), StoreError> {
         self.timed(async move {
@@ -181,14 +216,14 @@ impl Store {
                 let batch: Vec<OutcomeJson> = outcomes
                     .iter()
                     .map(|o| OutcomeJson {
-                        key: &o.key,
+                        id: o.event_id,
                         outcome: o.outcome(),
-                        facts: o.facts(),
+                        detail: o.detail(),
                     })
                     .collect();
                 let batch =
                     serde_json::to_string(&batch).map_err(|e| StoreError::Database(sqlx::Error::Encode(e.into())))?;
-                // Each key is one index lookup, whatever the statistics say:
+                // Each id is one index lookup, whatever the statistics say:
                 // a plan made while the table was small (a connection keeps
                 // its generic plan until the next ANALYZE) would scan every
                 // event for each group.
@@ -203,15 +238,12 @@ impl Store {
             }
             let mut tx = self.begin_write().await?;
             for o in outcomes {
-                sqlx::query(
-                    "UPDATE audit_events SET outcome = $1, detail = json_patch(COALESCE(detail, '{}'), $2) \
-                     WHERE coalesce_key = $3",
-                )
-                .bind(o.outcome())
-                .bind(o.facts())
-                .bind(&o.key)
-                .execute(&mut *tx)
-                .await?;
+                sqlx::query("UPDATE audit_events SET outcome = $1, detail = $2 WHERE id = $3")
+                    .bind(o.outcome())
+                    .bind(o.detail())
+                    .bind(o.event_id)
+                    .execute(&mut *tx)
+                    .await?;
             }
             tx.commit().await?;
             Ok(())

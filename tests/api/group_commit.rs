@@ -86,7 +86,6 @@ fn use_record(org: &OrgId, id: &str, workflow: Option<&str>, run: Option<&str>) 
             workflow_id: workflow.map(str::to_owned),
             run_id: run.map(str::to_owned),
         },
-        key: None,
     }
 }
 
@@ -185,28 +184,29 @@ async fn a_group_of_uses_records_each_event_as_given_and_last_use_once_a_minute(
 }
 crate::both_backends!(a_group_of_uses_records_each_event_as_given_and_last_use_once_a_minute);
 
-/// Gateway calls: uses written in one group, each with its key, then
-/// their outcomes in one group; each outcome lands on its own use, a key
-/// with no use changes nothing.
+/// Gateway calls: uses written in one group, each answered with its
+/// event's id, then their outcomes in one group; each outcome lands on its
+/// own use (its detail kept, the facts added), an id with no use changes
+/// nothing.
 async fn each_outcome_of_a_group_lands_on_its_own_use(backend: crate::helpers::Backend) {
     let db = TestDb::new(backend).await;
     let app = TestApp::spawn(&db).await;
     let a = app.create_pg(&app.org, "a", &sentinel()).await;
-    let keyed = |n: usize| {
+    let proxied = |n: usize| {
         let mut record = use_record(&app.org.id, &a, Some(&format!("wf-{n}")), None);
         record.event.action = "credential.proxy";
-        record.key = Some(format!("proxy:{n}"));
         record
     };
-    let uses: Vec<UseRecord> = (0..5).map(keyed).collect();
+    let uses: Vec<UseRecord> = (0..5).map(proxied).collect();
+
+    let ids = app.state.store.record_uses(&uses).await.unwrap();
     let outcome = |n: usize, status: Option<u16>| UseOutcome {
-        key: format!("proxy:{n}"),
+        event_id: ids.get(n).copied().unwrap_or(ids[4] + 1000),
+        detail: uses.get(n).and_then(|u| u.event.detail.clone()),
         status,
         error: status.is_none().then_some("unreachable"),
         latency_ms: n as u64 * 10,
     };
-
-    app.state.store.record_uses(&uses).await.unwrap();
     app.state
         .store
         .record_outcomes(&[
@@ -251,6 +251,40 @@ async fn each_outcome_of_a_group_lands_on_its_own_use(backend: crate::helpers::B
     );
 }
 crate::both_backends!(each_outcome_of_a_group_lands_on_its_own_use);
+
+/// The ids a group of uses is answered with are its events' ids, and an id
+/// is never given twice, not even after the newest events are gone (a
+/// late outcome would land on another call's use).
+async fn a_use_id_is_never_given_twice(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    let a = app.create_pg(&app.org, "a", &sentinel()).await;
+    let uses: Vec<UseRecord> = (0..3)
+        .map(|n| use_record(&app.org.id, &a, Some(&format!("wf-{n}")), None))
+        .collect();
+
+    let first = app.state.store.record_uses(&uses).await.unwrap();
+    let stored: Vec<(i64, Option<String>)> = sqlx::query_as(
+        "SELECT id, workflow_id FROM audit_events WHERE action = 'credential.resolve' ORDER BY workflow_id",
+    )
+    .fetch_all(&app.sql().await)
+    .await
+    .unwrap();
+    sqlx::query("DELETE FROM audit_events")
+        .execute(&app.sql().await)
+        .await
+        .unwrap();
+    let second = app.state.store.record_uses(&uses[..1]).await.unwrap();
+
+    let by_place: Vec<(i64, Option<String>)> = first
+        .iter()
+        .enumerate()
+        .map(|(n, id)| (*id, Some(format!("wf-{n}"))))
+        .collect();
+    assert_eq!(stored, by_place, "each place got its own event's id");
+    assert!(second[0] > *first.iter().max().unwrap(), "{first:?} then {second:?}");
+}
+crate::both_backends!(a_use_id_is_never_given_twice);
 
 async fn groups_of_uses_on_two_replicas_over_the_same_credentials_all_commit(backend: crate::helpers::Backend) {
     let db = TestDb::new(backend).await;
@@ -797,7 +831,7 @@ async fn audit_seq_scans(db: &TestDb) -> i64 {
         .unwrap()
 }
 
-/// A group of gateway outcomes finds each use by its key's index, however
+/// A group of gateway outcomes finds each use by its id's index, however
 /// few events the planner believes there are: a plan made on a small table
 /// (and kept by the connection) scanned every event for every group, which
 /// held the gateway at a fraction of its speed as the audit log grew.
@@ -808,22 +842,22 @@ fn outcomes_find_their_uses_by_index_however_small_the_table() {
         let app = TestApp::spawn(&db).await;
         let a = app.create_pg(&app.org, "a", &sentinel()).await;
         let uses: Vec<UseRecord> = (0..8)
-            .map(|n| {
+            .map(|_| {
                 let mut record = use_record(&app.org.id, &a, None, None);
                 record.event.action = "credential.proxy";
-                record.key = Some(format!("proxy:{n}"));
                 record
             })
             .collect();
-        app.state.store.record_uses(&uses).await.unwrap();
+        let ids = app.state.store.record_uses(&uses).await.unwrap();
         let clock = app.clock.clone();
         drop(app);
         let before = audit_seq_scans(&db).await;
 
         let store = credgate::store::Store::connect(&db.url, clock).await.unwrap();
-        for n in 0..8 {
+        for id in ids {
             let outcome = UseOutcome {
-                key: format!("proxy:{n}"),
+                event_id: id,
+                detail: None,
                 status: Some(200),
                 error: None,
                 latency_ms: 1,
