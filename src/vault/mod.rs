@@ -24,9 +24,9 @@ pub enum VaultError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Key rotation ended with credentials or named secrets still under an older key.
+    /// Key rotation ended with sealed rows still under an older key.
     #[error(
-        "{left} credentials, named secrets or OAuth apps are still sealed under an older data key, which is kept for them{}",
+        "{left} credentials, named secrets, OAuth apps or webhook endpoints are still sealed under an older data key, which is kept for them{}",
         unreadable_list(unreadable)
     )]
     Incomplete {

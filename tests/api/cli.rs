@@ -271,7 +271,9 @@ async fn rotate_org_moves_every_credential_it_can_and_fails_naming_what_it_left_
     );
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
     assert!(
-        stderr.contains("1 credentials, named secrets or OAuth apps are still sealed under an older data key"),
+        stderr.contains(
+            "1 credentials, named secrets, OAuth apps or webhook endpoints are still sealed under an older data key"
+        ),
         "{stderr}"
     );
     assert!(

@@ -650,6 +650,52 @@ async fn a_deleted_endpoint_gets_nothing_more(backend: crate::helpers::Backend) 
 }
 both_backends!(a_deleted_endpoint_gets_nothing_more);
 
+/// An organization being deleted (marked, its keys destroyed, its rows not
+/// yet purged) has its deliveries left alone: they could not be signed.
+/// Another organization's delivery, due at the same moment, is sent.
+async fn an_organization_being_deleted_gets_no_delivery_retried(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let app = app_on(&db).await;
+    let other = app.new_org("Other").await;
+    let (leaving, staying) = (receiver(&[503]).await, receiver(&[503]).await);
+    let (leaving_id, _) = endpoint(&app, &app.org, &leaving, None).await;
+    let (staying_id, _) = endpoint(&app, &other, &staying, None).await;
+    app.create_pg(&app.org, "ours", "pw").await;
+    app.create_pg(&other, "theirs", "pw").await;
+    received(&leaving, 1).await;
+    received(&staying, 1).await;
+
+    // What `org delete` does first, before it purges the rows.
+    sqlx::query("UPDATE organizations SET deleted_at = $1 WHERE id = $2")
+        .bind(app.clock.now())
+        .bind(&app.org.id)
+        .execute(&app.sql().await)
+        .await
+        .unwrap();
+    app.clock.advance(3600);
+    let retried = received(&staying, 2).await.len();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let leaving_got = leaving.received_requests().await.unwrap().len();
+    let states: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT endpoint_id, CASE WHEN delivered_at IS NULL THEN 'pending' ELSE 'delivered' END, attempts \
+         FROM webhook_deliveries ORDER BY endpoint_id",
+    )
+    .fetch_all(&app.sql().await)
+    .await
+    .unwrap();
+
+    assert_eq!(retried, 2, "the other organization's delivery was retried");
+    assert_eq!(
+        leaving_got, 1,
+        "nothing more went to the deleted organization's endpoint"
+    );
+    let state_of = |id: &str| states.iter().find(|(e, _, _)| e == id).cloned().unwrap();
+    assert_eq!(state_of(&leaving_id).2, 1, "{states:?}");
+    assert_eq!(state_of(&leaving_id).1, "pending", "{states:?}");
+    assert_eq!(state_of(&staying_id).1, "delivered", "{states:?}");
+}
+both_backends!(an_organization_being_deleted_gets_no_delivery_retried);
+
 async fn two_replicas_delivering_at_once_send_each_notification_once_in_order(backend: crate::helpers::Backend) {
     let db = TestDb::new(backend).await;
     let app = app_on(&db).await;
