@@ -74,12 +74,15 @@ pub(super) async fn run(config: &Config, store: &Store, command: Command) -> any
                 .ok()
                 .or_else(|| parse_duration(&since).map(|ago| store.now() - ago))
                 .with_context(|| format!("--since {since:?} is neither an RFC 3339 time nor a duration like 2h"))?;
-            let n = store.replay_events(at, org.as_ref()).await?;
-            println!("{n} notifications queued for delivery again");
+            let (n, deliveries) = store.replay_events(at, org.as_ref()).await?;
+            println!(
+                "{n} notifications queued for delivery again, and {deliveries} deliveries to organizations' \
+                 webhook endpoints"
+            );
             if config.webhook_url.is_none() {
                 eprintln!(
-                    "credgate: warning: CREDGATE_WEBHOOK_URL is not set here; they are delivered only by a \
-                     credgate that serves with it set"
+                    "credgate: warning: CREDGATE_WEBHOOK_URL is not set here; the operator's copies are delivered \
+                     only by a credgate that serves with it set (organizations' endpoints by any that serves)"
                 );
             }
         }

@@ -272,20 +272,36 @@ impl Store {
         .await
     }
 
-    /// Queues every event created at or after `since` for delivery again.
-    pub async fn replay_events(&self, since: i64, org: Option<&OrgId>) -> Result<u64, StoreError> {
+    /// Queues every event created at or after `since` for delivery again:
+    /// to the operator's endpoint, and to each organization endpoint that
+    /// had it (its deliveries, in their order). Returns how many events
+    /// and how many endpoint deliveries.
+    pub async fn replay_events(&self, since: i64, org: Option<&OrgId>) -> Result<(u64, u64), StoreError> {
         self.timed(async move {
-            self.execute_write(
-                sqlx::query(
-                    "UPDATE outbox SET next_attempt_at = $2, delivered_at = NULL, failed_at = NULL, attempts = 0, \
+            let org = org.map_or("", |o| o.as_str());
+            let mut tx = self.begin_write().await?;
+            let events = sqlx::query(
+                "UPDATE outbox SET next_attempt_at = $2, delivered_at = NULL, failed_at = NULL, attempts = 0, \
                  last_error = NULL, lease_owner = NULL, lease_until = NULL \
                  WHERE created_at >= $1 AND ($3 = '' OR org_id = $3)",
-                )
-                .bind(since)
-                .bind(self.now())
-                .bind(org.map_or("", |o| o.as_str())),
             )
-            .await
+            .bind(since)
+            .bind(self.now())
+            .bind(org)
+            .execute(&mut *tx)
+            .await?;
+            let deliveries = sqlx::query(
+                "UPDATE webhook_deliveries SET next_attempt_at = $2, delivered_at = NULL, failed_at = NULL, \
+                 attempts = 0, last_status = NULL, last_error = NULL, lease_owner = NULL, lease_until = NULL \
+                 WHERE created_at >= $1 AND ($3 = '' OR org_id = $3)",
+            )
+            .bind(since)
+            .bind(self.now())
+            .bind(org)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok((events.rows_affected(), deliveries.rows_affected()))
         })
         .await
     }

@@ -159,7 +159,7 @@ async fn events_replay_warns_when_nothing_here_would_deliver() {
 
     let out = credgate(&db, None, &["events", "replay", "--since", "1d"]);
 
-    assert!(stdout_line(&out).ends_with("notifications queued for delivery again"));
+    assert!(stdout_line(&out).contains("notifications queued for delivery again"));
     assert!(
         stderr(&out).contains("CREDGATE_WEBHOOK_URL is not set"),
         "{}",

@@ -696,6 +696,58 @@ async fn an_organization_being_deleted_gets_no_delivery_retried(backend: crate::
 }
 both_backends!(an_organization_being_deleted_gets_no_delivery_retried);
 
+/// `credgate events replay --org` sends an organization's endpoints their
+/// notifications again, in their order; another organization's are left.
+async fn events_replay_sends_an_organizations_endpoints_their_notifications_again(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let app = app_on(&db).await;
+    let other = app.new_org("Other").await;
+    let (ours, theirs) = (receiver(&[]).await, receiver(&[]).await);
+    endpoint(&app, &app.org, &ours, None).await;
+    endpoint(&app, &other, &theirs, None).await;
+    app.create_pg(&app.org, "first", "pw").await;
+    app.create_pg(&app.org, "second", "pw").await;
+    app.create_pg(&other, "theirs", "pw").await;
+    let before: Vec<String> = received(&ours, 2)
+        .await
+        .iter()
+        .map(|r| header(r, "webhook-id"))
+        .collect();
+    received(&theirs, 1).await;
+
+    let replay = std::process::Command::new(env!("CARGO_BIN_EXE_credgate"))
+        .args(["events", "replay", "--since", "1h", "--org", app.org.id.as_str()])
+        .env("CREDGATE_DATABASE_URL", &db.url)
+        .env("CREDGATE_MASTER_KEYS", crate::helpers::master_keys(&app.config))
+        .env(
+            "CREDGATE_PROVIDERS_DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/providers"),
+        )
+        .output()
+        .unwrap();
+    let after: Vec<String> = received(&ours, 4)
+        .await
+        .iter()
+        .map(|r| header(r, "webhook-id"))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let theirs_got = theirs.received_requests().await.unwrap().len();
+    let stdout = String::from_utf8_lossy(&replay.stdout).into_owned();
+
+    assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));
+    assert!(
+        stdout.contains(
+            "2 notifications queued for delivery again, and 2 deliveries to organizations' webhook endpoints"
+        ),
+        "{stdout}"
+    );
+    assert_eq!(before.len(), 2);
+    assert_eq!(after[..2], before[..], "{after:?}");
+    assert_eq!(after[2..], before[..], "sent again, in their order: {after:?}");
+    assert_eq!(theirs_got, 1, "another organization's endpoint got nothing again");
+}
+both_backends!(events_replay_sends_an_organizations_endpoints_their_notifications_again);
+
 async fn two_replicas_delivering_at_once_send_each_notification_once_in_order(backend: crate::helpers::Backend) {
     let db = TestDb::new(backend).await;
     let app = app_on(&db).await;
