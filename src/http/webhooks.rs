@@ -17,13 +17,13 @@ use super::extract::{ApiJson, Caller, Role};
 use super::AppState;
 use crate::ids::WebhookId;
 use crate::store::DeliveryRow;
-use crate::webhook_endpoints::{self as endpoints, EndpointInput, EndpointView, EVENT_TYPES};
+use crate::webhook_endpoints::{self as endpoints, EndpointChanges, EndpointInput, EndpointView, EVENT_TYPES};
 
 /// Webhook endpoint routes.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_webhook, list_webhooks))
-        .routes(routes!(delete_webhook))
+        .routes(routes!(update_webhook, delete_webhook))
         .routes(routes!(rotate_secret))
         .routes(routes!(test_webhook))
         .routes(routes!(list_deliveries))
@@ -42,8 +42,31 @@ struct CreateWebhook {
     /// The notification types it gets; left out or `null`: every type.
     #[schema(schema_with = events_schema)]
     events: Option<Vec<String>>,
-    #[schema(max_length = 500)]
+    /// At most 500 characters, without control characters.
+    #[schema(max_length = 500, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     description: Option<String>,
+}
+
+/// Changes to an endpoint; what is left out stays.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct PatchWebhook {
+    /// A new URL, checked as on create; pending deliveries go to it.
+    #[schema(min_length = 1, max_length = 2048, pattern = "^[Hh][Tt][Tt][Pp][Ss]?://")]
+    url: Option<String>,
+    /// New types; `null`: every type.
+    #[serde(default, deserialize_with = "given")]
+    #[schema(schema_with = events_schema)]
+    events: Option<Option<Vec<String>>>,
+    /// At most 500 characters, without control characters.
+    #[schema(max_length = 500, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
+    description: Option<String>,
+}
+
+/// A field that may be given as `null`: absent is `None`, `null` is
+/// `Some(None)`.
+fn given<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Vec<String>>>, D::Error> {
+    Option::<Vec<String>>::deserialize(d).map(Some)
 }
 
 /// One to 20 notification types, or `null` (every type).
@@ -199,6 +222,29 @@ async fn list_webhooks(State(state): State<AppState>, caller: Caller) -> Result<
     Ok(Json(WebhookList {
         items: items.into_iter().map(WebhookResponse::from).collect(),
     }))
+}
+
+/// Change a webhook endpoint's URL, types or description (admin)
+#[utoipa::path(patch, path = "/integrations/webhooks/{id}", tag = "webhooks",
+    params(("id" = String, Path)),
+    request_body = PatchWebhook,
+    responses((status = 200, body = WebhookResponse, description = "the endpoint as it now is; its secret is unchanged"),
+              (status = 403, body = Problem), (status = 404, body = Problem),
+              (status = 422, body = Problem, description = "a bad field, or a URL that resolves to a denied address")))]
+async fn update_webhook(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<PatchWebhook>,
+) -> Result<Json<WebhookResponse>, ApiError> {
+    caller.require(&state, ADMIN, None).await?;
+    let changes = EndpointChanges {
+        url: body.url,
+        events: body.events,
+        description: body.description,
+    };
+    let view = endpoints::update(&state, &caller, &parse_id(&id)?, changes).await?;
+    Ok(Json(view.into()))
 }
 
 /// Delete a webhook endpoint and its pending deliveries (admin)

@@ -148,6 +148,45 @@ impl Store {
         .await
     }
 
+    /// Sets an endpoint's URL, types (`events` as stored) and description,
+    /// each when given; `false` when the organization has no such
+    /// endpoint. Audited (`webhook.update`, with what changed).
+    pub async fn update_webhook(
+        &self,
+        org_id: &OrgId,
+        id: &WebhookId,
+        (url, events, description): (Option<&str>, Option<&str>, Option<&str>),
+        actor: &str,
+    ) -> Result<bool, StoreError> {
+        self.timed(async move {
+            let mut tx = self.begin_write().await?;
+            let done = sqlx::query(
+                "UPDATE webhook_endpoints SET url = COALESCE($3, url), events = COALESCE($4, events), \
+                 description = COALESCE($5, description) WHERE org_id = $1 AND id = $2",
+            )
+            .bind(org_id)
+            .bind(id)
+            .bind(url)
+            .bind(events)
+            .bind(description)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 0 {
+                return Ok(false);
+            }
+            let changed: Vec<&str> = [("url", url), ("events", events), ("description", description)]
+                .into_iter()
+                .filter_map(|(name, value)| value.map(|_| name))
+                .collect();
+            let event = AuditEvent::for_org(org_id, "webhook.update", actor)
+                .with_detail(serde_json::json!({"webhook_id": id, "url": url, "changed": changed}));
+            audit::insert(&mut tx, &event, self.now()).await?;
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await
+    }
+
     /// Replaces an endpoint's sealed secrets (a rotation), only if its
     /// ciphertext is still `old_ct`; the previous secret signs too until
     /// `previous_until`. `KeyRotated` when the data key changed since

@@ -70,6 +70,15 @@ pub struct EndpointInput {
     pub description: Option<String>,
 }
 
+/// What an admin changes on an endpoint; `None` leaves a value as it is.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointChanges {
+    pub url: Option<String>,
+    /// `Some(None)`: every type, those added later included.
+    pub events: Option<Option<Vec<String>>>,
+    pub description: Option<String>,
+}
+
 /// An endpoint as the API shows it: never its secret.
 #[derive(Debug, Clone)]
 pub struct EndpointView {
@@ -153,6 +162,16 @@ async fn check_url(ctx: &Context, raw: &str) -> Result<Url, Error> {
     }
 }
 
+fn check_description(description: String) -> Result<String, Error> {
+    if description.chars().count() > MAX_DESCRIPTION || description.chars().any(char::is_control) {
+        return Err(invalid(
+            "description",
+            format!("must be at most {MAX_DESCRIPTION} characters, without control characters"),
+        ));
+    }
+    Ok(description)
+}
+
 fn check_events(events: Option<Vec<String>>) -> Result<String, Error> {
     let Some(events) = events else { return Ok(String::new()) };
     if events.is_empty() {
@@ -183,13 +202,7 @@ pub async fn create(
     input: EndpointInput,
 ) -> Result<(EndpointView, SecretString), Error> {
     admin(who)?;
-    let description = input.description.unwrap_or_default();
-    if description.chars().count() > MAX_DESCRIPTION || description.chars().any(char::is_control) {
-        return Err(invalid(
-            "description",
-            format!("must be at most {MAX_DESCRIPTION} characters, without control characters"),
-        ));
-    }
+    let description = check_description(input.description.unwrap_or_default())?;
     let events = check_events(input.events)?;
     let url = check_url(ctx, &input.url).await?;
     let org_id = &who.org_id;
@@ -246,6 +259,29 @@ pub async fn delete(ctx: &Context, who: &Principal, id: &WebhookId) -> Result<()
     } else {
         Err(Error::NotFound)
     }
+}
+
+/// Changes an endpoint's URL, types or description (admin), each checked
+/// as on create; its secret, and its deliveries still pending (to go to the
+/// new URL), stay.
+pub async fn update(
+    ctx: &Context,
+    who: &Principal,
+    id: &WebhookId,
+    changes: EndpointChanges,
+) -> Result<EndpointView, Error> {
+    admin(who)?;
+    let description = changes.description.map(check_description).transpose()?;
+    let events = changes.events.map(check_events).transpose()?;
+    let url = match &changes.url {
+        Some(raw) => Some(check_url(ctx, raw).await?.to_string()),
+        None => None,
+    };
+    let put = (url.as_deref(), events.as_deref(), description.as_deref());
+    if !ctx.store.update_webhook(&who.org_id, id, put, &who.actor()).await? {
+        return Err(Error::NotFound);
+    }
+    Ok(view(endpoint(ctx, who, id).await?, ctx.now()))
 }
 
 async fn endpoint(ctx: &Context, who: &Principal, id: &WebhookId) -> Result<EndpointRow, Error> {

@@ -4,7 +4,7 @@
 //! and every check, each on every operation but these (see [`CONFIG`]):
 //!
 //! - `positive_data_acceptance` ("a schema-valid request is accepted") is
-//!   off for ten operations whose validity JSON Schema cannot state:
+//!   off for eleven operations whose validity JSON Schema cannot state:
 //!   - `GET /integrations/credentials`: `after` is an opaque cursor (a
 //!     `next` from an earlier page, any other string is 422) and `page` and
 //!     `after` exclude each other, which query parameters cannot say;
@@ -26,9 +26,9 @@
 //!     once (unique by `user_id`, which `uniqueItems` cannot say);
 //!   - `POST /integrations/credentials/{id}/resolve`: `user_id` may name
 //!     another user only when the engine key has no user of its own;
-//!   - `POST /integrations/webhooks`: `url` must be an http(s) URL (as the
-//!     `url` crate parses it) whose host resolves, now, to addresses the
-//!     egress policy admits.
+//!   - `POST /integrations/webhooks`, `PATCH /integrations/webhooks/{id}`:
+//!     `url` must be an http(s) URL (as the `url` crate parses it) whose
+//!     host resolves, now, to addresses the egress policy admits.
 //!
 //!   Each refusal there is a 422 naming the field.
 //! - `use_after_free` ("a deleted resource is gone everywhere") is off for
@@ -57,6 +57,7 @@ include-name = [
   "PUT /integrations/credentials/{id}/sharing",
   "POST /integrations/credentials/{id}/resolve",
   "POST /integrations/webhooks",
+  "PATCH /integrations/webhooks/{id}",
 ]
 checks.positive_data_acceptance.enabled = false
 

@@ -650,6 +650,93 @@ async fn a_deleted_endpoint_gets_nothing_more(backend: crate::helpers::Backend) 
 }
 both_backends!(a_deleted_endpoint_gets_nothing_more);
 
+/// PATCH changes an endpoint in place: its secret and its pending delivery
+/// stay (the delivery goes to the new URL); bad changes are refused by
+/// field and change nothing.
+async fn an_endpoint_is_changed_in_place_keeping_its_secret_and_queue(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let app = app_on(&db).await;
+    let other = app.new_org("Other").await;
+    let (old, new) = (receiver(&[503]).await, receiver(&[]).await);
+    let (id, secret) = endpoint(&app, &app.org, &old, Some(&["credential.created"])).await;
+    app.create_pg(&app.org, "waiting", "pw").await;
+    received(&old, 1).await;
+    let path = format!("/integrations/webhooks/{id}");
+    let patch = |key: String, body: Value| {
+        let (app, path) = (&app, &path);
+        async move { app.call(Method::PATCH, path, &key, Some(body)).await }
+    };
+    let new_url = format!("{}/moved", new.uri());
+
+    let mut refused = Vec::new();
+    for (body, field) in [
+        (json!({"url": "http://10.1.2.3/x"}), "url"),
+        (json!({"url": "ftp://example.com/"}), "url"),
+        (json!({"events": ["credential.nope"]}), "events"),
+        (json!({"events": []}), "events"),
+        (json!({"description": "x".repeat(501)}), "description"),
+        (json!({"secret": "whsec_mine"}), "secret"),
+    ] {
+        let (status, problem) = patch(app.org.admin.clone(), body).await;
+        refused.push((status, problem["errors"][0]["field"].clone(), field));
+    }
+    let (member, _) = patch(app.org.member.clone(), json!({"description": "m"})).await;
+    let (theirs, _) = patch(other.admin.clone(), json!({"description": "t"})).await;
+    let unchanged = endpoints_of(&app, &app.org).await;
+    let (status, changed) = patch(
+        app.org.admin.clone(),
+        json!({"url": new_url, "events": null, "description": "moved"}),
+    )
+    .await;
+    app.clock.advance(3600);
+    let first = received(&new, 1).await;
+    app.call(
+        Method::DELETE,
+        &format!(
+            "/integrations/credentials/{}",
+            app.create_pg(&app.org, "gone", "pw").await
+        ),
+        &app.org.admin,
+        None,
+    )
+    .await;
+    let all = received(&new, 3).await;
+    let listed = endpoints_of(&app, &app.org).await;
+
+    for (status, got, want) in &refused {
+        assert_eq!(*status, StatusCode::UNPROCESSABLE_ENTITY, "{want}");
+        assert_eq!(got, want);
+    }
+    assert_eq!(member, StatusCode::FORBIDDEN);
+    assert_eq!(theirs, StatusCode::NOT_FOUND, "another organization's endpoint");
+    assert_eq!(
+        unchanged[0]["url"],
+        format!("{}/hook", old.uri()),
+        "refusals changed nothing"
+    );
+    assert_eq!(unchanged[0]["events"], json!(["credential.created"]));
+    assert_eq!(unchanged[0]["description"], "ops");
+    assert_eq!(status, StatusCode::OK, "{changed}");
+    assert_eq!(changed["url"], new_url);
+    assert_eq!(changed["events"], Value::Null, "every type");
+    assert_eq!(changed["description"], "moved");
+    assert!(changed.get("secret").is_none(), "{changed}");
+    assert_eq!(listed[0], changed);
+    assert_eq!(old.received_requests().await.unwrap().len(), 1);
+    assert_eq!(
+        kind(&first[0]),
+        "credential.created",
+        "the delivery that waited went to the new URL"
+    );
+    assert!(all.iter().all(|r| ours(&secret, r)), "signed with the same secret");
+    assert!(
+        all.iter().any(|r| kind(r) == "credential.deleted"),
+        "every type now: {:?}",
+        all.iter().map(kind).collect::<Vec<_>>()
+    );
+}
+both_backends!(an_endpoint_is_changed_in_place_keeping_its_secret_and_queue);
+
 /// An organization being deleted (marked, its keys destroyed, its rows not
 /// yet purged) has its deliveries left alone: they could not be signed.
 /// Another organization's delivery, due at the same moment, is sent.
