@@ -609,21 +609,7 @@ both_backends!(a_refused_token_is_refreshed_and_a_kept_body_sent_again);
 /// (written just after the service answers).
 async fn settled_uses(app: &TestApp, id: &str, count: usize) -> Vec<Value> {
     for _ in 0..100 {
-        let (_, audit) = app
-            .call(
-                Method::GET,
-                &format!("/integrations/credentials/{id}/audit"),
-                &app.org.admin,
-                None,
-            )
-            .await;
-        let uses: Vec<Value> = audit
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["action"] == "credential.proxy")
-            .cloned()
-            .collect();
+        let uses = events_of(app, id, "credential.proxy").await;
         if uses.len() == count && uses.iter().all(|u| u["detail"].get("latency_ms").is_some()) {
             return uses;
         }

@@ -802,16 +802,12 @@ async fn events_replay_sends_an_organizations_endpoints_their_notifications_agai
         .collect();
     received(&theirs, 1).await;
 
-    let replay = std::process::Command::new(env!("CARGO_BIN_EXE_credgate"))
-        .args(["events", "replay", "--since", "1h", "--org", app.org.id.as_str()])
-        .env("CREDGATE_DATABASE_URL", &db.url)
-        .env("CREDGATE_MASTER_KEYS", crate::helpers::master_keys(&app.config))
-        .env(
-            "CREDGATE_PROVIDERS_DIR",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/providers"),
-        )
-        .output()
-        .unwrap();
+    let keys = crate::helpers::master_keys(&app.config);
+    let replay = crate::cli::credgate(
+        &db,
+        Some(&keys),
+        &["events", "replay", "--since", "1h", "--org", app.org.id.as_str()],
+    );
     let after: Vec<String> = received(&ours, 4)
         .await
         .iter()
