@@ -19,6 +19,7 @@ mod expiry;
 mod idempotency;
 mod ids;
 mod kept;
+mod key_check;
 mod listing;
 mod migrations;
 mod named_secrets;
@@ -45,6 +46,7 @@ pub use creates::PendingCreate;
 pub use credentials::{MintedWrite, NewCredential, SecretWrite};
 pub use error::StoreError;
 pub use idempotency::{IdempotencyRecord, KeptRequest, IDEMPOTENCY_TTL_SECS};
+pub(crate) use key_check::{check_key, current_key};
 pub use listing::{CredentialFilter, CredentialPage, HealthFilter, ListedCredential, Served, Viewer};
 pub use named_secrets::{SealedSecret, SecretMeta, SecretPut};
 pub use oauth::{GrantTarget, OAuthGrant, OAuthStateRow};
@@ -70,7 +72,6 @@ use sqlx::{Any, AnyPool, Executor};
 use write_tx::WriteTx;
 
 use crate::clock::Clock;
-use crate::ids::OrgId;
 
 /// SQLite's heap in this process (the page caches and prepared statements
 /// of every connection) is kept under this many bytes: past it, SQLite
@@ -363,40 +364,4 @@ impl Store {
         self.kept_uses.release().await;
         self.pool.close().await;
     }
-}
-
-/// Within a write: fails with `KeyRotated` unless `key_version` is the
-/// organization's current data key. On Postgres the organization row is
-/// share-locked until commit, so `keys rotate-org` (which updates it) waits
-/// for writers in flight, and writers after it see the new key.
-pub(crate) async fn check_key(
-    conn: &mut sqlx::AnyConnection,
-    dialect: Dialect,
-    org_id: &OrgId,
-    key_version: i64,
-) -> Result<(), StoreError> {
-    let current = current_key(conn, dialect, org_id).await?.ok_or(StoreError::NotFound)?;
-    if current != key_version {
-        return Err(StoreError::KeyRotated);
-    }
-    Ok(())
-}
-
-/// The organization's current data key version (`None`: no such
-/// organization), held (Postgres: a share lock) until the transaction ends.
-pub(crate) async fn current_key(
-    conn: &mut sqlx::AnyConnection,
-    dialect: Dialect,
-    org_id: &OrgId,
-) -> Result<Option<i64>, StoreError> {
-    let lock = match dialect {
-        Dialect::Postgres => " FOR SHARE",
-        Dialect::Sqlite => "",
-    };
-    Ok(sqlx::query_scalar(&format!(
-        "SELECT key_version FROM organizations WHERE id = $1 AND deleted_at IS NULL{lock}"
-    ))
-    .bind(org_id)
-    .fetch_optional(&mut *conn)
-    .await?)
 }
