@@ -202,7 +202,8 @@ fn run(args: &Args, dir: &Path, url: &str) -> anyhow::Result<Value> {
     .parse()?;
     let with_status: f64 = psql_value(
         db,
-        "SELECT COUNT(*) FROM audit_events WHERE action = 'credential.proxy' AND CAST(detail AS jsonb) ->> 'status' = '200'",
+        "SELECT COUNT(*) FROM audit_events e JOIN use_outcomes o ON o.event_id = e.id \
+         WHERE e.action = 'credential.proxy' AND CAST(o.detail AS jsonb) ->> 'status' = '200'",
     )?
     .parse()?;
     let peak_rss_mib = peak_rss_kib(server.0.id()).map(|k| round(k / 1024.0, 1));

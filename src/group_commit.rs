@@ -10,6 +10,8 @@
 //!   secret is returned; a group the store cannot commit fails every
 //!   request of it (503): none is ever answered without its event. A group
 //!   the database refuses for one use is written again one by one.
+//! - Gateway calls' outcomes ([`OutcomeLog`]): nobody waits for them, so
+//!   each group takes whatever came in 25 ms.
 //! - Creates ([`CreateLog`]): each create is checked on its own (key
 //!   version, the provider's limit) inside the group's transaction; one the
 //!   database refuses is written again alone, so it fails alone.
@@ -27,6 +29,7 @@
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -48,6 +51,9 @@ pub trait Writer: Send + Sync + 'static {
     /// at a time, an outage would otherwise answer them only after two
     /// acquire timeouts.
     const SHARES_OUTAGE: bool = false;
+    /// How long the writer waits, after a group's first item, for more
+    /// (for writes nobody waits for).
+    const LINGER: Duration = Duration::ZERO;
     fn write(&self, items: Vec<Self::Item>) -> impl Future<Output = Vec<Result<Self::Output, StoreError>>> + Send;
 }
 
@@ -124,6 +130,9 @@ async fn write_groups<W: Writer>(writer: Arc<W>, mut queue: mpsc::Receiver<(W::I
     let mut group = Vec::with_capacity(W::MAX_BATCH);
     while let Some(first) = queue.recv().await {
         group.push(first);
+        if !W::LINGER.is_zero() {
+            tokio::time::sleep(W::LINGER).await;
+        }
         while group.len() < W::MAX_BATCH {
             match queue.try_recv() {
                 Ok(next) => group.push(next),
@@ -184,18 +193,33 @@ impl Writer for Uses {
     }
 }
 
-/// What became of gateway calls, added to their uses' events; nobody
-/// waits for them.
+/// What became of gateway calls, kept beside their uses' events; nobody
+/// waits for them, so the writer waits a moment for more (one commit for
+/// every call of the last 25 ms, not one for every few). Lost
+/// with the process in that moment: the outcomes, never the uses.
 #[derive(Debug)]
 pub struct Outcomes(pub Store);
 
 impl Writer for Outcomes {
     type Item = UseOutcome;
     type Output = ();
-    const MAX_BATCH: usize = 512;
+    const MAX_BATCH: usize = 4096;
+    const LINGER: Duration = Duration::from_millis(25);
 
     async fn write(&self, outcomes: Vec<UseOutcome>) -> Vec<Result<(), StoreError>> {
-        let written = self.0.record_outcomes(&outcomes).await;
+        let written = match self.0.record_outcomes(&outcomes).await {
+            // The database refused one of them (an organization purged
+            // meanwhile): each is written again alone, so it fails alone.
+            Err(StoreError::Database(e)) if outcomes.len() > 1 => {
+                tracing::warn!(error = %e, outcomes = outcomes.len(), "a group of outcomes was refused; writing them one by one");
+                let mut each = Vec::with_capacity(outcomes.len());
+                for one in &outcomes {
+                    each.push(self.0.record_outcomes(std::slice::from_ref(one)).await);
+                }
+                return each;
+            }
+            written => written,
+        };
         if let Err(e) = &written {
             tracing::warn!(error = %e, outcomes = outcomes.len(), "gateway calls' outcomes were not recorded");
         }

@@ -200,6 +200,7 @@ async fn forward(
     let started = Instant::now();
     let settle = |status: Option<u16>, error: Option<&'static str>| UseOutcome {
         event_id: call.resolved.use_event.0,
+        org_id: call.resolved.row.org_id.clone(),
         detail: call.resolved.use_event.1.clone(),
         status,
         error,

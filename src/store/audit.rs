@@ -276,7 +276,8 @@ impl Store {
         .await
     }
 
-    /// A credential's events, newest first (at most `limit`).
+    /// A credential's events, newest first (at most `limit`); a gateway
+    /// call's with its outcome, once written.
     pub async fn audit_events(
         &self,
         org_id: &OrgId,
@@ -285,8 +286,10 @@ impl Store {
     ) -> Result<Vec<AuditRow>, StoreError> {
         self.timed(async move {
             let rows: Vec<RawAuditRow> = sqlx::query_as(
-                "SELECT id, credential_id, action, outcome, actor, detail, at FROM audit_events \
-             WHERE org_id = $1 AND credential_id = $2 ORDER BY id DESC LIMIT $3",
+                "SELECT e.id, e.credential_id, e.action, COALESCE(o.outcome, e.outcome) AS outcome, e.actor, \
+                 COALESCE(o.detail, e.detail) AS detail, e.at \
+             FROM audit_events e LEFT JOIN use_outcomes o ON o.event_id = e.id \
+             WHERE e.org_id = $1 AND e.credential_id = $2 ORDER BY e.id DESC LIMIT $3",
             )
             .bind(org_id)
             .bind(credential_id)

@@ -150,6 +150,7 @@ impl Store {
             // Credentials go with their grants (a cascade); what refers to
             // the data keys goes before them.
             for table in [
+                "use_outcomes",
                 "audit_events",
                 "outbox",
                 "idempotency_keys",

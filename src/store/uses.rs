@@ -4,6 +4,8 @@
 //! together or not at all. On Postgres a batch is one statement (one round
 //! trip, one statement shape whatever the batch's size); on SQLite, whose
 //! statements cost no round trip, a transaction of two per 200 uses.
+//! A gateway call's outcome, known after its use was written, is kept
+//! beside the use's event (`use_outcomes`), never written over it.
 
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -29,6 +31,8 @@ pub struct UseRecord {
 pub struct UseOutcome {
     /// The use's event, as [`Store::record_uses`] returned it.
     pub event_id: i64,
+    /// The event's organization.
+    pub org_id: OrgId,
     /// The detail the use was recorded with; the outcome's facts are added
     /// to it.
     pub detail: Option<Value>,
@@ -81,11 +85,18 @@ const RECORD_USES_POSTGRES: &str = "WITH u AS MATERIALIZED (\
         SELECT id, org_id, credential_id, action, outcome, actor, detail, $2, workflow_id, run_id FROM u) \
     SELECT n, id FROM u";
 
-/// Outcomes on Postgres, in one statement: each sets its event's outcome
-/// and detail, found by id.
-const RECORD_OUTCOMES_POSTGRES: &str = "UPDATE audit_events a SET outcome = x.outcome, detail = x.detail \
-    FROM json_to_recordset(CAST($1 AS json)) AS x(id BIGINT, outcome TEXT, detail TEXT) \
-    WHERE a.id = x.id";
+/// Outcomes on Postgres, in one statement: each is kept beside its event
+/// (`use_outcomes`), when that event exists; once only.
+const RECORD_OUTCOMES_POSTGRES: &str = "INSERT INTO use_outcomes (event_id, org_id, outcome, detail) \
+    SELECT x.id, x.org_id, x.outcome, x.detail FROM json_to_recordset(CAST($1 AS json)) \
+        AS x(id BIGINT, org_id TEXT, outcome TEXT, detail TEXT) \
+    WHERE EXISTS (SELECT 1 FROM audit_events a WHERE a.id = x.id) \
+    ON CONFLICT (event_id) DO NOTHING";
+
+/// One outcome on SQLite.
+const RECORD_OUTCOME_SQLITE: &str = "INSERT INTO use_outcomes (event_id, org_id, outcome, detail) \
+    SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM audit_events WHERE id = $1) \
+    ON CONFLICT (event_id) DO NOTHING";
 
 /// For the rest of the transaction (`SET LOCAL`), joins by index lookups
 /// only: no hash or merge join, no sequential scan.
@@ -95,6 +106,7 @@ const NESTED_LOOP_ONLY: &str = "SELECT set_config('enable_hashjoin', 'off', true
 #[derive(Serialize)]
 struct OutcomeJson<'a> {
     id: i64,
+    org_id: &'a OrgId,
     outcome: &'a str,
     detail: String,
 }
@@ -204,9 +216,10 @@ impl Store {
         .await
     }
 
-    /// Adds each outcome to its use's event, in one transaction. An
+    /// Keeps each outcome beside its use's event (readers of the event see
+    /// the outcome's `outcome` and `detail`), in one transaction. An
     /// outcome whose event is gone (its organization deleted) changes
-    /// nothing.
+    /// nothing; an event's second outcome neither.
     pub async fn record_outcomes(&self, outcomes: &[UseOutcome]) -> Result<(), StoreError> {
         self.timed(async move {
             if outcomes.is_empty() {
@@ -217,6 +230,7 @@ impl Store {
                     .iter()
                     .map(|o| OutcomeJson {
                         id: o.event_id,
+                        org_id: &o.org_id,
                         outcome: o.outcome(),
                         detail: o.detail(),
                     })
@@ -238,10 +252,11 @@ impl Store {
             }
             let mut tx = self.begin_write().await?;
             for o in outcomes {
-                sqlx::query("UPDATE audit_events SET outcome = $1, detail = $2 WHERE id = $3")
+                sqlx::query(RECORD_OUTCOME_SQLITE)
+                    .bind(o.event_id)
+                    .bind(&o.org_id)
                     .bind(o.outcome())
                     .bind(o.detail())
-                    .bind(o.event_id)
                     .execute(&mut *tx)
                     .await?;
             }

@@ -202,11 +202,17 @@ async fn each_outcome_of_a_group_lands_on_its_own_use(backend: crate::helpers::B
     let ids = app.state.store.record_uses(&uses).await.unwrap();
     let outcome = |n: usize, status: Option<u16>| UseOutcome {
         event_id: ids.get(n).copied().unwrap_or(ids[4] + 1000),
+        org_id: app.org.id.clone(),
         detail: uses.get(n).and_then(|u| u.event.detail.clone()),
         status,
         error: status.is_none().then_some("unreachable"),
         latency_ms: n as u64 * 10,
     };
+    let as_written: Vec<(Option<String>, String, Option<String>)> =
+        sqlx::query_as("SELECT workflow_id, outcome, detail FROM audit_events ORDER BY id")
+            .fetch_all(&app.sql().await)
+            .await
+            .unwrap();
     app.state
         .store
         .record_outcomes(&[
@@ -217,26 +223,36 @@ async fn each_outcome_of_a_group_lands_on_its_own_use(backend: crate::helpers::B
         ])
         .await
         .unwrap();
-    let rows: Vec<(Option<String>, String, Option<String>)> = sqlx::query_as(
-        "SELECT workflow_id, outcome, detail FROM audit_events WHERE action = 'credential.proxy' ORDER BY workflow_id",
-    )
-    .fetch_all(&app.sql().await)
-    .await
-    .unwrap();
-
-    let seen: Vec<(String, String, Value, Value, Value)> = rows
+    // An event's outcome is written once: a second changes nothing.
+    app.state.store.record_outcomes(&[outcome(0, Some(500))]).await.unwrap();
+    let events = app.state.store.audit_events(&app.org.id, &cid(&a), 100).await.unwrap();
+    let seen: Vec<(String, String, Value, Value, Value)> = events
         .into_iter()
-        .map(|(w, o, d)| {
-            let d: Value = serde_json::from_str(&d.unwrap()).unwrap();
+        .rev()
+        .filter(|e| e.action == "credential.proxy")
+        .map(|e| {
+            let d = e.detail.unwrap();
             (
-                w.unwrap(),
-                o,
+                d["workflow_id"].as_str().unwrap().to_owned(),
+                e.outcome,
                 d["status"].clone(),
                 d["latency_ms"].clone(),
                 d["workflow_id"].clone(),
             )
         })
         .collect();
+    // The audit log itself is append-only: outcomes are kept beside it.
+    let after: Vec<(Option<String>, String, Option<String>)> =
+        sqlx::query_as("SELECT workflow_id, outcome, detail FROM audit_events ORDER BY id")
+            .fetch_all(&app.sql().await)
+            .await
+            .unwrap();
+    assert_eq!(after, as_written, "no event was written over");
+    let kept: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM use_outcomes")
+        .fetch_one(&app.sql().await)
+        .await
+        .unwrap();
+    assert_eq!(kept, 3, "the outcome of an event that does not exist is not kept");
     let want =
         |w: &str, o: &str, status: Value, latency: Value| (w.to_owned(), o.to_owned(), status, latency, json!(w));
     assert_eq!(
@@ -849,7 +865,7 @@ fn outcomes_find_their_uses_by_index_however_small_the_table() {
             })
             .collect();
         let ids = app.state.store.record_uses(&uses).await.unwrap();
-        let clock = app.clock.clone();
+        let (clock, org_id) = (app.clock.clone(), app.org.id.clone());
         drop(app);
         let before = audit_seq_scans(&db).await;
 
@@ -857,6 +873,7 @@ fn outcomes_find_their_uses_by_index_however_small_the_table() {
         for id in ids {
             let outcome = UseOutcome {
                 event_id: id,
+                org_id: org_id.clone(),
                 detail: None,
                 status: Some(200),
                 error: None,

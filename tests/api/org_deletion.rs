@@ -13,6 +13,7 @@ async fn rows_of(app: &TestApp, org: &str) -> i64 {
     let sql = app.sql().await;
     let mut total = 0;
     for table in [
+        "use_outcomes",
         "audit_events",
         "outbox",
         "idempotency_keys",
@@ -127,6 +128,35 @@ async fn an_interrupted_deletion_is_finished_by_the_worker_and_shreds_at_once(ba
     for n in 0..5 {
         app.create_pg(&doomed, &format!("c{n}"), "pw").await;
     }
+    // Gateway calls' uses, with their outcomes kept beside them.
+    let called = app.create_pg(&doomed, "called", "pw").await;
+    let used = credgate::store::UseRecord {
+        event: credgate::store::AuditEvent::success(
+            &doomed.id,
+            &crate::helpers::cid(&called),
+            "credential.proxy",
+            "engine",
+        ),
+        usage: Default::default(),
+    };
+    let ids = app.state.store.record_uses(&vec![used; 3]).await.unwrap();
+    let outcomes: Vec<_> = ids
+        .iter()
+        .map(|&event_id| credgate::store::UseOutcome {
+            event_id,
+            org_id: doomed.id.clone(),
+            detail: None,
+            status: Some(200),
+            error: None,
+            latency_ms: 1,
+        })
+        .collect();
+    app.state.store.record_outcomes(&outcomes).await.unwrap();
+    let outcomes: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM use_outcomes WHERE org_id = $1")
+        .bind(&doomed.id)
+        .fetch_one(&app.sql().await)
+        .await
+        .unwrap();
     let before = rows_of(&app, &doomed.id).await;
 
     let unused = credgate::api_tokens::create(
@@ -157,6 +187,7 @@ async fn an_interrupted_deletion_is_finished_by_the_worker_and_shreds_at_once(ba
         passes += 1;
     }
 
+    assert_eq!(outcomes, 3);
     assert!(before > 20, "{before}");
     assert_eq!(first, 3, "a batch is small");
     assert!(
