@@ -28,6 +28,7 @@
 //!   while a group found the store unavailable fail with it (503).
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -61,14 +62,19 @@ pub trait Writer: Send + Sync + 'static {
 const QUEUE: usize = 8192;
 
 type Waiter<O> = oneshot::Sender<Result<O, StoreError>>;
+/// An item queued, its waiter, and whether it counts as queued without a
+/// waiter (see [`GroupCommit::settled`]).
+type Queued<T, O> = (T, Waiter<O>, bool);
 /// Where items wait for the writer, each with its waiter.
-type Queue<T, O> = mpsc::Sender<(T, Waiter<O>)>;
+type Queue<T, O> = mpsc::Sender<Queued<T, O>>;
 
 /// The group commit of one kind of write in one process; cheap to clone.
 /// The writer task starts with the first item (inside the runtime).
 pub struct GroupCommit<W: Writer> {
     writer: Arc<W>,
     queue: Arc<OnceLock<Queue<W::Item, W::Output>>>,
+    /// Items enqueued (nobody waiting for them) and not yet written.
+    unwritten: Arc<AtomicUsize>,
 }
 
 impl<W: Writer> Clone for GroupCommit<W> {
@@ -76,6 +82,7 @@ impl<W: Writer> Clone for GroupCommit<W> {
         Self {
             writer: self.writer.clone(),
             queue: self.queue.clone(),
+            unwritten: self.unwritten.clone(),
         }
     }
 }
@@ -94,13 +101,14 @@ impl<W: Writer> GroupCommit<W> {
         Self {
             writer: Arc::new(writer),
             queue: Arc::default(),
+            unwritten: Arc::default(),
         }
     }
 
     fn sender(&self) -> &Queue<W::Item, W::Output> {
         self.queue.get_or_init(|| {
             let (tx, rx) = mpsc::channel(QUEUE);
-            tokio::spawn(write_groups(self.writer.clone(), rx));
+            tokio::spawn(write_groups(self.writer.clone(), rx, self.unwritten.clone()));
             tx
         })
     }
@@ -110,7 +118,7 @@ impl<W: Writer> GroupCommit<W> {
     pub async fn submit(&self, item: W::Item) -> Result<W::Output, StoreError> {
         let stopped = || StoreError::Unavailable(sqlx::Error::WorkerCrashed);
         let (done, committed) = oneshot::channel();
-        self.sender().send((item, done)).await.map_err(|_| stopped())?;
+        self.sender().send((item, done, false)).await.map_err(|_| stopped())?;
         committed.await.unwrap_or_else(|_| Err(stopped()))
     }
 
@@ -118,15 +126,49 @@ impl<W: Writer> GroupCommit<W> {
     /// is full, for room in it): for writes whose request need not wait.
     pub async fn enqueue(&self, item: W::Item) {
         let (done, _) = oneshot::channel();
-        if self.sender().send((item, done)).await.is_err() {
+        self.unwritten.fetch_add(1, Ordering::SeqCst);
+        // Counted back down if it never reaches the queue (the writer is
+        // gone, or this request was dropped while the queue was full).
+        let unsent = Unsent(&self.unwritten);
+        if self.sender().send((item, done, true)).await.is_err() {
             tracing::warn!("the writer has stopped; a queued write is lost");
+            return;
         }
+        std::mem::forget(unsent);
+    }
+
+    /// Waits, at most `within`, until every item [`enqueue`](Self::enqueue)d
+    /// so far is written (or failed); whether they all were. A stopping
+    /// server calls it once its requests are done, so that what they
+    /// queued is not lost with the process.
+    pub async fn settled(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.unwritten.load(Ordering::SeqCst) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
+    }
+}
+
+/// Counts an enqueued item back down when it was never sent.
+struct Unsent<'a>(&'a AtomicUsize);
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 /// The writer: takes the first item waiting, then everything else already
 /// queued (up to `W::MAX_BATCH`), writes them together, answers each.
-async fn write_groups<W: Writer>(writer: Arc<W>, mut queue: mpsc::Receiver<(W::Item, Waiter<W::Output>)>) {
+async fn write_groups<W: Writer>(
+    writer: Arc<W>,
+    mut queue: mpsc::Receiver<Queued<W::Item, W::Output>>,
+    unwritten: Arc<AtomicUsize>,
+) {
     let mut group = Vec::with_capacity(W::MAX_BATCH);
     while let Some(first) = queue.recv().await {
         group.push(first);
@@ -139,8 +181,11 @@ async fn write_groups<W: Writer>(writer: Arc<W>, mut queue: mpsc::Receiver<(W::I
                 Err(_) => break,
             }
         }
-        let (items, waiters): (Vec<W::Item>, Vec<Waiter<W::Output>>) = group.drain(..).unzip();
+        let counted = group.iter().filter(|(_, _, counted)| *counted).count();
+        let (items, waiters): (Vec<W::Item>, Vec<Waiter<W::Output>>) =
+            group.drain(..).map(|(item, waiter, _)| (item, waiter)).unzip();
         let outcomes = writer.write(items).await;
+        unwritten.fetch_sub(counted, Ordering::SeqCst);
         let outage = match outcomes.first() {
             Some(Err(e @ StoreError::Unavailable(_)))
                 if W::SHARES_OUTAGE && outcomes.iter().all(|o| matches!(o, Err(StoreError::Unavailable(_)))) =>
@@ -154,8 +199,9 @@ async fn write_groups<W: Writer>(writer: Arc<W>, mut queue: mpsc::Receiver<(W::I
             let _ = waiter.send(outcome);
         }
         if let Some(e) = outage {
-            while let Ok((_, waiter)) = queue.try_recv() {
+            while let Ok((_, waiter, counted)) = queue.try_recv() {
                 let _ = waiter.send(Err(e.duplicate()));
+                unwritten.fetch_sub(usize::from(counted), Ordering::SeqCst);
             }
         }
     }

@@ -310,6 +310,10 @@ impl Application {
         if let Some(ops) = ops_served {
             let _ = ops.await;
         }
+        // The gateway calls just answered queued their outcomes.
+        if !self.state.outcomes.settled(Duration::from_secs(10)).await {
+            tracing::warn!("gateway calls' outcomes were still unwritten after 10 s; they are lost");
+        }
         let _ = stop_dispatcher.send(true);
         let _ = (&mut dispatcher.0).await;
         let _ = (&mut endpoints.0).await;

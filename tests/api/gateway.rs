@@ -747,3 +747,41 @@ async fn a_200_mib_download_streams_through_with_memory_flat(backend: crate::hel
     );
 }
 both_backends!(a_200_mib_download_streams_through_with_memory_flat);
+
+/// A server stopping keeps what its last calls queued: once its requests
+/// are done it waits for their outcomes to be written (a group of
+/// outcomes waits 25 ms for more, and the process ends with the runtime).
+async fn a_stopping_server_writes_its_last_calls_outcomes_before_it_ends(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let (base, _seen) = upstream().await;
+    let app = gateway_app(&db).await;
+    let id = http_credential(&app, &base, json!({"scheme": "bearer", "token": "t"})).await;
+    // A second replica on the same database, stopped on demand.
+    let services = credgate::app::Services::init_with_clock(app.config.clone(), app.clock.clone())
+        .await
+        .unwrap();
+    let replica = credgate::app::Application::from_services(services).await.unwrap();
+    let replica_base = format!("http://127.0.0.1:{}", replica.port());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(replica.run_until(async {
+        let _ = stopped.await;
+    }));
+
+    let answer = app
+        .client
+        .get(format!("{replica_base}/integrations/credentials/{id}/proxy/last"))
+        .bearer_auth(&app.org.engine)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::CREATED);
+    answer.bytes().await.unwrap();
+    stop.send(()).unwrap();
+    serving.await.unwrap().unwrap();
+    // Read at once: the replica has ended, and its outcome is written.
+    let uses = events_of(&app, &id, "credential.proxy").await;
+
+    assert_eq!(uses.len(), 1);
+    assert_eq!(uses[0]["detail"]["status"], 201, "{}", uses[0]);
+}
+both_backends!(a_stopping_server_writes_its_last_calls_outcomes_before_it_ends);
