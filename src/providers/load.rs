@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use regex::Regex;
 use secrecy::SecretString;
-use serde::Deserialize;
 use serde_json::Value;
 
 use super::overrides::apply_overrides;
+use super::raw::{RawField, RawIdentity, RawProvider};
 use super::{
     AuthKind, AuthType, ClientAuth, FieldDef, FieldKind, IdentityMap, IdentitySource, OAuthSettings, Provider,
     TokenBody,
@@ -25,110 +25,6 @@ pub struct ProviderFileError {
     pub field: String,
     /// What is wrong.
     pub message: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawProvider {
-    display_name: String,
-    auth_types: Vec<RawAuthType>,
-    authorization_url: Option<String>,
-    token_url: Option<String>,
-    userinfo_url: Option<String>,
-    revocation_url: Option<String>,
-    issuer: Option<String>,
-    client_id: Option<String>,
-    client_secret: Option<String>,
-    #[serde(default)]
-    scopes: Vec<String>,
-    tenant: Option<String>,
-    api_base_url: Option<String>,
-    client_auth: Option<String>,
-    #[serde(default)]
-    authorize_params: BTreeMap<String, String>,
-    identity: Option<RawIdentity>,
-    probe: Option<super::probe::RawProbe>,
-    generic: Option<String>,
-    /// Between requested scopes in the authorize URL (Slack: `,`).
-    scope_separator: Option<String>,
-    /// The token request's body: `form` (RFC 6749) or `json` (Notion).
-    token_request_format: Option<String>,
-    /// PKCE on the authorize and token requests (default on).
-    pkce: Option<bool>,
-    /// Headers for the identity request (`Notion-Version`).
-    #[serde(default)]
-    identity_headers: BTreeMap<String, String>,
-    /// Token-endpoint `error` codes that mean the grant is gone, beside
-    /// `invalid_grant` (Slack: `invalid_refresh_token`).
-    #[serde(default)]
-    reauth_errors: Vec<String>,
-    /// How long a refresh token lasts, in days, when the token response
-    /// does not say (`refresh_token_expires_in`).
-    refresh_token_lifetime_days: Option<i64>,
-    /// `absolute` (from the first grant), `sliding` (renewed by each
-    /// refresh) or `inactivity` (lapses after that long without a refresh).
-    refresh_token_lifetime: Option<String>,
-    /// A JSON pointer to the error code of a token endpoint whose errors
-    /// are not RFC 6749's `{"error": …}` (HubSpot: `/status`).
-    token_error_pointer: Option<String>,
-    /// `mcp`: the authorization server is discovered from the server URL a
-    /// person gives (RFC 9728, RFC 8414) and credgate registers itself
-    /// there (RFC 7591); no fixed endpoints or client.
-    discovery: Option<String>,
-    /// Headers the gateway adds to every call it makes for a credential of
-    /// this provider (`Notion-Version`, `anthropic-version`).
-    #[serde(default)]
-    proxy_headers: BTreeMap<String, String>,
-    /// An AWS provider's service name for SigV4 (`ses`).
-    aws_service: Option<String>,
-    /// An AWS provider's endpoint, `{region}` substituted (`https://email.{region}.amazonaws.com/`).
-    aws_endpoint: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAuthType {
-    #[serde(rename = "type")]
-    kind: AuthKind,
-    #[serde(default)]
-    fields: Vec<RawField>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawField {
-    name: String,
-    label: String,
-    #[serde(default)]
-    secret: bool,
-    #[serde(default)]
-    required: bool,
-    #[serde(rename = "type", default = "default_kind")]
-    kind: String,
-    min: Option<i64>,
-    max: Option<i64>,
-    pattern: Option<String>,
-    max_length: Option<usize>,
-    default: Option<toml::Value>,
-    #[serde(default)]
-    values: Vec<String>,
-}
-
-fn default_kind() -> String {
-    "string".into()
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawIdentity {
-    /// `userinfo` (the default: a GET of `userinfo_url`) or
-    /// `token_response` (the token endpoint's answer names the account).
-    source: Option<String>,
-    id: Vec<String>,
-    #[serde(default)]
-    email: Vec<String>,
-    #[serde(default)]
-    display_name: Vec<String>,
 }
 
 /// Loads every `*.toml` in `dir`, applying overrides from `env`

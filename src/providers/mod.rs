@@ -6,6 +6,7 @@ mod generic;
 mod load;
 mod overrides;
 mod probe;
+mod raw;
 
 pub use fields::{validate as validate_fields, FieldDef, FieldError, FieldKind, ValidatedFields};
 pub use generic::{scheme_fields, validate as validate_for, Generic, MAX_KV_BYTES, MAX_KV_FIELDS};
