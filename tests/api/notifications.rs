@@ -184,6 +184,40 @@ fn spawn_serve(db: &TestDb, keys: &str, port: u16, hook: &str) -> std::process::
         .unwrap()
 }
 
+/// Starts `credgate serve` on a free port; returns it once it answers
+/// `admin` (its own database's key), with its base URL. A port another
+/// test's server took between the choice and the bind makes the process
+/// exit (and that server answers 401): it starts again on another port.
+async fn start_serve(db: &TestDb, keys: &str, hook: &str, admin: &str) -> (std::process::Child, String) {
+    let client = reqwest::Client::new();
+    for _ in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let base = format!("http://127.0.0.1:{port}");
+        let mut child = spawn_serve(db, keys, port, hook);
+        for _ in 0..400 {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            let answer = client
+                .get(format!("{base}/integrations/credentials"))
+                .bearer_auth(admin)
+                .send()
+                .await;
+            if answer.is_ok_and(|a| a.status() == StatusCode::OK) {
+                return (child, base);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    panic!("credgate serve did not start");
+}
+
 async fn wait_until(mut ok: impl FnMut() -> bool, secs: u64) -> bool {
     for _ in 0..secs * 20 {
         if ok() {
@@ -219,19 +253,9 @@ async fn notifications_survive_kill_9_and_are_delivered_once_each_by_the_next_pr
     let admin = cli(&["api-key", "create", "--org", &org, "--role", "admin"]);
     let receiver = Receiver::default();
     let hook = receiver.start().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
 
-    let mut first = spawn_serve(&db, &keys, port, &hook);
-    assert!(
-        wait_until(|| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(), 20).await,
-        "serve started"
-    );
+    let (mut first, base) = start_serve(&db, &keys, &hook, &admin).await;
     for n in 0..5 {
         let res = client
             .post(format!("{base}/integrations/credentials"))
@@ -253,7 +277,7 @@ async fn notifications_survive_kill_9_and_are_delivered_once_each_by_the_next_pr
     first.wait().unwrap();
     receiver.accepting.store(true, std::sync::atomic::Ordering::SeqCst);
 
-    let mut second = spawn_serve(&db, &keys, port, &hook);
+    let (mut second, base) = start_serve(&db, &keys, &hook, &admin).await;
     let accepted = receiver.accepted.clone();
     // An attempt in flight at the kill holds its lease (30 s) first.
     // Retries back off (1 s doubling), so allow a lease plus a few doublings.
