@@ -279,6 +279,7 @@ impl Store {
     pub async fn replay_events(&self, since: i64, org: Option<&OrgId>) -> Result<(u64, u64), StoreError> {
         self.timed(async move {
             let org = org.map_or("", |o| o.as_str());
+            let now = self.now();
             let mut tx = self.begin_write().await?;
             let events = sqlx::query(
                 "UPDATE outbox SET next_attempt_at = $2, delivered_at = NULL, failed_at = NULL, attempts = 0, \
@@ -286,7 +287,7 @@ impl Store {
                  WHERE created_at >= $1 AND ($3 = '' OR org_id = $3)",
             )
             .bind(since)
-            .bind(self.now())
+            .bind(now)
             .bind(org)
             .execute(&mut *tx)
             .await?;
@@ -296,7 +297,7 @@ impl Store {
                  WHERE created_at >= $1 AND ($3 = '' OR org_id = $3)",
             )
             .bind(since)
-            .bind(self.now())
+            .bind(now)
             .bind(org)
             .execute(&mut *tx)
             .await?;
