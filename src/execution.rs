@@ -10,7 +10,7 @@ use crate::context::Context;
 use crate::credentials::{self, access, CredentialSecrets};
 use crate::error::Error;
 use crate::ids::{CredentialId, OrgId};
-use crate::model::{Access, AuthKind, Principal};
+use crate::model::{Access, AuthKind, CredentialStatus, Principal};
 use crate::oauth::refresh::ensure_fresh;
 use crate::probes::{
     self, DeclaredProbe, FailureCode, ImapRequest, LlmRequest, PostgresRequest, Probe, ProbeFailure, ProbeResult,
@@ -60,36 +60,82 @@ pub async fn resolve_as(
     (action, detail): (&'static str, Option<Value>),
     usable: &(dyn Fn(&CredentialRow) -> Result<(), Error> + Sync),
 ) -> Result<Resolved, Error> {
-    let (mut row, _) = access::authorize(ctx, who, id, Access::Use).await?;
+    // Decided on this process's last read of the credential when its use's
+    // write finds that read still current; else on a read of its own.
+    let recorded = (action, detail);
+    if let Some(resolved) = use_once(ctx, who, id, usage, &recorded, usable, true).await? {
+        return Ok(resolved);
+    }
+    ctx.metrics.use_reads_stale.inc();
+    use_once(ctx, who, id, usage, &recorded, usable, false)
+        .await?
+        .ok_or_else(|| Error::Internal(anyhow::anyhow!("a use decided on its own read was not recorded")))
+}
+
+/// One attempt of [`resolve_as`]: `None` when it was decided on an earlier
+/// read (`reuse`) that is no longer current, or that would need more than
+/// the use itself (a refresh, a status that may have changed); nothing is
+/// recorded then.
+async fn use_once(
+    ctx: &Context,
+    who: &Principal,
+    id: &CredentialId,
+    usage: &Usage,
+    (action, detail): &(&'static str, Option<Value>),
+    usable: &(dyn Fn(&CredentialRow) -> Result<(), Error> + Sync),
+    reuse: bool,
+) -> Result<Option<Resolved>, Error> {
+    let (mut row, read_at) = access::authorize_use(ctx, who, id, reuse).await?;
+    let margin = ctx.config.resolve_margin_secs as i64;
+    if read_at.is_some() {
+        let refreshing = row.auth_type.has_tokens()
+            && (row.status == CredentialStatus::NeedsReauth || row.expires_within(ctx.now(), margin));
+        if refreshing || usable(&row).is_err() {
+            return Ok(None);
+        }
+    }
     usable(&row)?;
     let org_id = &who.org_id;
     if row.auth_type.has_tokens() {
-        row = ensure_fresh(ctx, row, ctx.config.resolve_margin_secs as i64).await?;
+        row = ensure_fresh(ctx, row, margin).await?;
     }
-    let secrets = CredentialSecrets::open(&ctx.vault, &row).await?;
+    let secrets = match CredentialSecrets::open(&ctx.vault, &row).await {
+        Ok(secrets) => secrets,
+        // Sealed under a key since rotated away, perhaps: read anew.
+        Err(_) if read_at.is_some() => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
     let mut event = AuditEvent::success(org_id, &row.id, action, &who.actor());
     if usage.workflow_id.is_some() || usage.run_id.is_some() || detail.is_some() {
-        let mut d = detail.unwrap_or_else(|| json!({}));
+        let mut d = detail.clone().unwrap_or_else(|| json!({}));
         d["workflow_id"] = json!(usage.workflow_id);
         d["run_id"] = json!(usage.run_id);
         event = event.with_detail(d);
     }
     let recorded = event.detail.clone();
-    let event_id = ctx
+    let reused = read_at.is_some();
+    let written = ctx
         .uses
         .submit(UseRecord {
             event,
             usage: usage.clone(),
+            read_at,
         })
         .await?;
-    Ok(Resolved {
+    let Some(event_id) = written else {
+        return Ok(None);
+    };
+    if reused {
+        ctx.metrics.use_reads_reused.inc();
+    }
+    Ok(Some(Resolved {
         fields: secrets.merged_fields(&row),
         // The refresh token never leaves credgate: it alone refreshes, so a
         // rotated token can never be used twice by someone else.
         access_token: secrets.tokens.map(|t| t.access_token),
         row,
         use_event: (event_id, recorded),
-    })
+    }))
 }
 
 /// Builds probe `P` from a credential's fields (the provider files use the

@@ -34,10 +34,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::model::Access;
-use crate::store::{
-    CredentialRead, CredentialRow, PendingCreate, PendingRefresh, Store, StoreError, UseOutcome, UseRecord,
-};
+use crate::store::{CredentialRead, Found, PendingCreate, PendingRefresh, Store, StoreError, UseOutcome, UseRecord};
 
 /// Writes (or reads) one group; the outcomes are one per item, in order.
 pub trait Writer: Send + Sync + 'static {
@@ -51,7 +48,7 @@ pub trait Writer: Send + Sync + 'static {
     /// each waiting through an attempt of its own after it: with one group
     /// at a time, an outage would otherwise answer them only after two
     /// acquire timeouts.
-    const SHARES_OUTAGE: bool = false;
+    const SHARES_OUTAGE: bool = true;
     /// How long the writer waits, after a group's first item, for more
     /// (for writes nobody waits for).
     const LINGER: Duration = Duration::ZERO;
@@ -208,16 +205,21 @@ async fn write_groups<W: Writer>(
 }
 
 /// Resolves' use events: all of a group commit together or not at all.
-/// Each request gets its event's id.
+/// Each request gets its event's id (`None`: its use was decided on a read
+/// no longer current, and not written).
 #[derive(Debug)]
 pub struct Uses(pub Store);
 
 impl Writer for Uses {
     type Item = UseRecord;
-    type Output = i64;
+    type Output = Option<i64>;
     const MAX_BATCH: usize = 512;
+    // A use decided on an earlier read comes here with no read before it:
+    // in an outage, the uses queued behind a group that found the store
+    // unavailable fail with it (503), not each after an attempt of its own.
+    const SHARES_OUTAGE: bool = true;
 
-    async fn write(&self, uses: Vec<UseRecord>) -> Vec<Result<i64, StoreError>> {
+    async fn write(&self, uses: Vec<UseRecord>) -> Vec<Result<Option<i64>, StoreError>> {
         match self.0.record_uses(&uses).await {
             Ok(ids) => ids.into_iter().map(Ok).collect(),
             // The database refused one of them (an organization deleted
@@ -227,7 +229,7 @@ impl Writer for Uses {
                 let mut outcomes = Vec::with_capacity(uses.len());
                 for one in &uses {
                     let written = self.0.record_uses(std::slice::from_ref(one)).await;
-                    outcomes.push(written.map(|ids| ids.first().copied().unwrap_or_default()));
+                    outcomes.push(written.map(|ids| ids.first().copied().flatten()));
                 }
                 outcomes
             }
@@ -325,7 +327,7 @@ pub struct Reads(pub Store);
 
 impl Writer for Reads {
     type Item = CredentialRead;
-    type Output = Option<(CredentialRow, Option<Access>)>;
+    type Output = Option<Found>;
     const MAX_BATCH: usize = 64;
     const SHARES_OUTAGE: bool = true;
 

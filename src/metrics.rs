@@ -101,6 +101,14 @@ pub struct Metrics {
     /// in this process, served again with their rows' use times read anew
     /// (nothing else about them had changed).
     pub listing_pages_uses_read: Counter,
+    /// `credgate_use_reads_reused_total`: uses (resolves, gateway calls)
+    /// decided on this process's earlier read of their credential, which
+    /// their own write found still current.
+    pub use_reads_reused: Counter,
+    /// `credgate_use_reads_stale_total`: uses whose earlier read was no
+    /// longer current (or would have needed a refresh), decided again on a
+    /// read of their own.
+    pub use_reads_stale: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -194,6 +202,18 @@ impl Default for Metrics {
             "Credential listing pages read before, served again with their rows' use times read anew",
             listing_pages_uses_read.clone(),
         );
+        let use_reads_reused = Counter::default();
+        registry.register(
+            "use_reads_reused",
+            "Uses decided on an earlier read of their credential that their own write found still current",
+            use_reads_reused.clone(),
+        );
+        let use_reads_stale = Counter::default();
+        registry.register(
+            "use_reads_stale",
+            "Uses whose earlier read of their credential was no longer current, decided again on a read of their own",
+            use_reads_stale.clone(),
+        );
         Self {
             registry,
             requests,
@@ -211,6 +231,8 @@ impl Default for Metrics {
             listing_pages_read,
             listing_pages_reused,
             listing_pages_uses_read,
+            use_reads_reused,
+            use_reads_stale,
         }
     }
 }

@@ -129,6 +129,7 @@ pub fn context(services: Services) -> anyhow::Result<Context> {
         outcomes: OutcomeLog::new(Outcomes(services.store.clone())),
         creates: CreateLog::new(Creates(services.store.clone())),
         reads: ReadGroup::new(Reads(services.store.clone())),
+        recent_reads: Arc::default(),
         refreshes: RefreshLog::new(Refreshes(services.store.clone())),
     })
 }

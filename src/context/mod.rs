@@ -2,12 +2,14 @@
 //! the refresher, the worker and the CLI run on — and nothing about HTTP.
 
 mod gateway_slots;
+mod recent_reads;
 mod refresher;
 mod worker_health;
 
 use std::sync::Arc;
 
 pub use gateway_slots::GatewaySlots;
+pub use recent_reads::RecentReads;
 pub use refresher::Refresher;
 pub use worker_health::{WorkerHealth, STUCK_AFTER_SECS};
 
@@ -54,6 +56,9 @@ pub struct Context {
     pub creates: CreateLog,
     /// The access check's credential reads, grouped.
     pub reads: ReadGroup,
+    /// The last read of each credential for a use, checked by the next
+    /// use's own write.
+    pub recent_reads: Arc<RecentReads>,
     /// Refreshed tokens, committed in groups.
     pub refreshes: RefreshLog,
 }

@@ -10,7 +10,7 @@ use crate::context::Context;
 use crate::error::Error;
 use crate::ids::CredentialId;
 use crate::model::{Access, Principal, Role};
-use crate::store::{AuditEvent, CredentialRead, CredentialRow};
+use crate::store::{AuditEvent, CredentialRead, CredentialRow, Found, ReadAt};
 
 /// The level `who` has, given the row and `who`'s own grant on it.
 pub fn level_with(who: &Principal, row: &CredentialRow, grant: Option<Access>) -> Option<Access> {
@@ -31,26 +31,74 @@ pub async fn authorize(
     id: &CredentialId,
     need: Access,
 ) -> Result<(CredentialRow, Access), Error> {
-    // A credential that does not exist has nothing to protect: not audited.
-    // The row and the caller's own grant come in one read (one statement
-    // with the reads of other requests waiting meanwhile); an admin's level
-    // does not depend on a grant.
-    let read = CredentialRead {
+    let (found, have) = read_and_decide(ctx, who, &reader(who, id), need).await?;
+    Ok((found.row, have))
+}
+
+/// Loads credential `id` for `who`'s use. When this process has read it
+/// for `who` before (`reuse`) and that read grants the use, the row comes
+/// from there with what the read saw ([`ReadAt`]): the use must be
+/// recorded under it, and is recorded only if the credential and `who`'s
+/// grant are still as read (else its caller asks again, without `reuse`).
+/// Otherwise the credential is read, and the read remembered.
+pub async fn authorize_use(
+    ctx: &Context,
+    who: &Principal,
+    id: &CredentialId,
+    reuse: bool,
+) -> Result<(CredentialRow, Option<ReadAt>), Error> {
+    let read = reader(who, id);
+    if reuse {
+        if let Some(found) = ctx.recent_reads.get(&read) {
+            // `use` is the lowest level: any level grants it. A read that
+            // grants nothing is not trusted to deny: read anew below.
+            if level_with(who, &found.row, found.grant).is_some() {
+                let at = ReadAt {
+                    row_version: found.row_version,
+                    grant: read.user.clone().map(|user| (user, found.grant)),
+                };
+                return Ok((found.row, Some(at)));
+            }
+        }
+    }
+    ctx.recent_reads.forget(&read);
+    let (found, _) = read_and_decide(ctx, who, &read, Access::Use).await?;
+    ctx.recent_reads.remember(&read, found.clone());
+    Ok((found.row, None))
+}
+
+/// What `who` reads to decide on credential `id`: the row and, unless an
+/// admin (whose level does not depend on one), `who`'s own grant.
+fn reader(who: &Principal, id: &CredentialId) -> CredentialRead {
+    CredentialRead {
         org_id: who.org_id.clone(),
         id: id.to_owned(),
         user: who.user_id.clone().filter(|_| who.role != Role::Admin),
-    };
-    let Some((row, grant)) = ctx.reads.submit(read).await? else {
+    }
+}
+
+/// Reads the credential and `who`'s grant, and decides: what the read
+/// found, and `who`'s level, when it is at least `need`.
+async fn read_and_decide(
+    ctx: &Context,
+    who: &Principal,
+    read: &CredentialRead,
+    need: Access,
+) -> Result<(Found, Access), Error> {
+    // A credential that does not exist has nothing to protect: not audited.
+    // The row and the caller's own grant come in one read (one statement
+    // with the reads of other requests waiting meanwhile).
+    let Some(found) = ctx.reads.submit(read.clone()).await? else {
         return Err(Error::NotFound);
     };
-    match level_with(who, &row, grant) {
-        Some(have) if have >= need => Ok((row, have)),
+    match level_with(who, &found.row, found.grant) {
+        Some(have) if have >= need => Ok((found, have)),
         Some(_) => {
-            record_denial(ctx, who, Some(&row.id), need.as_str()).await;
+            record_denial(ctx, who, Some(&found.row.id), need.as_str()).await;
             Err(Error::Forbidden)
         }
         None => {
-            record_denial(ctx, who, Some(&row.id), need.as_str()).await;
+            record_denial(ctx, who, Some(&found.row.id), need.as_str()).await;
             Err(Error::NotFound)
         }
     }

@@ -53,14 +53,14 @@ pub use oauth::{GrantTarget, OAuthGrant, OAuthStateRow};
 pub use oauth_apps::{AppDeletion, AppPut, OAuthAppRow};
 pub use orgs::OrgKeyRow;
 pub use outbox::{Notification, OutboxEvent};
-pub use reads::CredentialRead;
+pub use reads::{CredentialRead, Found};
 pub use refresh::{PendingRefresh, RefreshFailure, RefreshedTokens};
 pub use row::{CredentialRow, LastError};
 pub use sessions::{NewPageSession, PageSessionRow};
 pub use sharing::{sharing_detail, UsageSummary, UserRemoval};
 use time_limit::Abandoned;
 pub use time_limit::OP_TIMEOUT;
-pub use uses::{UseOutcome, UseRecord, LAST_USED_EVERY_SECS};
+pub use uses::{ReadAt, UseOutcome, UseRecord, LAST_USED_EVERY_SECS};
 pub use webhook_deliveries::{Attempt, DeliveryRow, DueDelivery};
 pub use webhooks::{EndpointPut, EndpointRow};
 

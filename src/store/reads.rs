@@ -17,17 +17,28 @@ pub struct CredentialRead {
     pub user: Option<UserId>,
 }
 
+/// What one reader's read found: the credential, the reader's own grant
+/// on it, and the row's version (raised by every change to the row but its
+/// use time and refresh lease).
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub row: CredentialRow,
+    pub grant: Option<Access>,
+    pub row_version: i64,
+}
+
 /// A row of a grouped read: the credential and its readers' grants.
 #[derive(sqlx::FromRow)]
 struct Grouped {
     #[sqlx(flatten)]
     raw: CredentialColumns,
     grants: Option<String>,
+    row_version: i64,
 }
 
-/// A grouped read's row, typed: the credential and its readers' grants
-/// (user, level; a level is read only for its own reader).
-type Typed = (CredentialRow, Vec<(UserId, String)>);
+/// A grouped read's row, typed: the credential, its readers' grants
+/// (user, level; a level is read only for its own reader), its version.
+type Typed = (CredentialRow, Vec<(UserId, String)>, i64);
 
 impl Store {
     /// Credentials for several readers in one statement: for each
@@ -37,7 +48,7 @@ impl Store {
     pub async fn credentials_with_grants(
         &self,
         reads: &[CredentialRead],
-    ) -> Result<Vec<Result<Option<(CredentialRow, Option<Access>)>, StoreError>>, StoreError> {
+    ) -> Result<Vec<Result<Option<Found>, StoreError>>, StoreError> {
         self.timed(async move {
             let mut ids: Vec<&str> = reads.iter().map(|r| r.id.as_str()).collect();
             ids.sort_unstable();
@@ -71,7 +82,7 @@ impl Store {
                 )
             };
             let sql = format!(
-                "SELECT {READ_COLUMNS}, {grants} AS grants FROM credentials WHERE id IN ({})",
+                "SELECT {READ_COLUMNS}, {grants} AS grants, row_version FROM credentials WHERE id IN ({})",
                 marks(1, ids.len())
             );
             let mut query = sqlx::query_as::<_, Grouped>(&sql);
@@ -89,7 +100,7 @@ impl Store {
                     let (id, org_id) = (grouped.raw.id.clone(), grouped.raw.org_id.clone());
                     let typed = CredentialRow::try_from(grouped.raw).and_then(|row| {
                         let pairs = grant_pairs(&row.id, grouped.grants.as_deref())?;
-                        Ok((row, pairs))
+                        Ok((row, pairs, grouped.row_version))
                     });
                     (id, org_id, typed)
                 })
@@ -101,14 +112,18 @@ impl Store {
                 else {
                     return Ok(None);
                 };
-                let (row, pairs) = typed.as_ref().map_err(StoreError::duplicate)?;
+                let (row, pairs, row_version) = typed.as_ref().map_err(StoreError::duplicate)?;
                 let grant = read
                     .user
                     .as_ref()
                     .and_then(|user| pairs.iter().find(|(u, _)| u == user))
                     .map(|(_, level)| access(&row.id, level))
                     .transpose()?;
-                Ok(Some((row.clone(), grant)))
+                Ok(Some(Found {
+                    row: row.clone(),
+                    grant,
+                    row_version: *row_version,
+                }))
             };
             Ok(reads.iter().map(answer).collect())
         })

@@ -6,11 +6,14 @@
 //! statements cost no round trip, a transaction of two per 200 uses.
 //! A gateway call's outcome, known after its use was written, is kept
 //! beside the use's event (`use_outcomes`), never written over it.
+//! A use decided on an earlier read of its credential ([`ReadAt`]) is
+//! written only while that read is still current, in the same statement.
 
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::ids::{CredentialId, OrgId};
+use crate::ids::{CredentialId, OrgId, UserId};
+use crate::model::Access;
 
 use super::audit::Usage;
 use super::audit::{self, AuditEvent};
@@ -22,6 +25,19 @@ pub struct UseRecord {
     /// The audit event (its `credential_id` is set).
     pub event: AuditEvent,
     pub usage: Usage,
+    /// The earlier read the use was decided on, if not a read of its own:
+    /// it is written only while that read is current.
+    pub read_at: Option<ReadAt>,
+}
+
+/// What a use's access decision saw of its credential, when it was made on
+/// an earlier read: the row's version (raised by every change to the row
+/// but its use time and refresh lease) and, when the decision weighed a
+/// user's own grant, that user and the grant (`None`: none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadAt {
+    pub row_version: i64,
+    pub grant: Option<(UserId, Option<Access>)>,
 }
 
 /// What became of a recorded use (a gateway call, whose outcome is known
@@ -68,15 +84,21 @@ impl UseOutcome {
 const CHUNK: usize = 200;
 
 /// A batch of uses on Postgres, in one statement: the uses come as one JSON
-/// array (`$1`), each with its place `n`; each gets its event id from the
-/// sequence; the credentials' `last_used_at` is set in id order (the order
+/// array (`$1`), each with its place `n`; a use decided on an earlier read
+/// is kept only while its credential's row version and its user's grant
+/// are what that read saw (each looked up by its key, a subplan per use);
+/// each use kept gets its event id from the sequence; the credentials' `last_used_at` is set in id order (the order
 /// every batch, on every replica, locks them in), and the events are
 /// inserted, all in the statement's own transaction. Answers each place
-/// with its event's id.
+/// kept with its event's id.
 const RECORD_USES_POSTGRES: &str = "WITH u AS MATERIALIZED (\
         SELECT nextval('audit_events_id_seq') AS id, x.* FROM json_to_recordset(CAST($1 AS json)) AS x(n BIGINT, \
         org_id TEXT, credential_id TEXT, action TEXT, outcome TEXT, actor TEXT, detail TEXT, workflow_id TEXT, \
-        run_id TEXT)), \
+        run_id TEXT, row_version BIGINT, grant_user TEXT, grant_access TEXT) \
+        WHERE x.row_version IS NULL OR (x.row_version = (SELECT c.row_version FROM credentials c \
+            WHERE c.id = x.credential_id AND c.org_id = x.org_id) \
+        AND (x.grant_user IS NULL OR (SELECT g.access FROM credential_grants g \
+            WHERE g.credential_id = x.credential_id AND g.user_id = x.grant_user) IS NOT DISTINCT FROM x.grant_access))), \
     touched AS (UPDATE credentials c SET last_used_at = $2 \
         FROM (SELECT DISTINCT credential_id FROM u WHERE credential_id IS NOT NULL ORDER BY credential_id) d \
         WHERE c.id = d.credential_id AND (c.last_used_at IS NULL OR c.last_used_at <= $3)), \
@@ -123,10 +145,14 @@ struct UseJson<'a> {
     detail: Option<String>,
     workflow_id: Option<&'a str>,
     run_id: Option<&'a str>,
+    row_version: Option<i64>,
+    grant_user: Option<&'a UserId>,
+    grant_access: Option<&'static str>,
 }
 
 impl<'a> UseJson<'a> {
     fn new(n: usize, u: &'a UseRecord) -> Self {
+        let grant = u.read_at.as_ref().and_then(|r| r.grant.as_ref());
         Self {
             n,
             org_id: &u.event.org_id,
@@ -137,9 +163,19 @@ impl<'a> UseJson<'a> {
             detail: u.event.detail.as_ref().map(ToString::to_string),
             workflow_id: u.usage.workflow_id.as_deref(),
             run_id: u.usage.run_id.as_deref(),
+            row_version: u.read_at.as_ref().map(|r| r.row_version),
+            grant_user: grant.map(|(user, _)| user),
+            grant_access: grant.and_then(|(_, level)| level.map(Access::as_str)),
         }
     }
 }
+
+/// Whether the read `at` saw is still current (SQLite, in the write
+/// transaction: nothing changes it before the commit).
+const STILL_CURRENT_SQLITE: &str = "SELECT CASE WHEN \
+    (SELECT row_version FROM credentials WHERE id = $1 AND org_id = $2) = $3 \
+    AND ($4 IS NULL OR (SELECT access FROM credential_grants WHERE credential_id = $1 AND user_id = $4) IS $5) \
+    THEN 1 ELSE 0 END";
 
 /// A credential's `last_used_at` is kept to this many seconds: rewritten
 /// only once it is this old (the audit log has every use, to the second),
@@ -148,8 +184,9 @@ pub const LAST_USED_EVERY_SECS: i64 = 60;
 
 impl Store {
     /// Records `uses` durably, in one transaction; returns their events'
-    /// ids, in order.
-    pub async fn record_uses(&self, uses: &[UseRecord]) -> Result<Vec<i64>, StoreError> {
+    /// ids, in order (`None`: a use decided on a read no longer current,
+    /// not written).
+    pub async fn record_uses(&self, uses: &[UseRecord]) -> Result<Vec<Option<i64>>, StoreError> {
         self.timed(async move {
             if uses.is_empty() {
                 return Ok(Vec::new());
@@ -166,15 +203,32 @@ impl Store {
                 let placed = self
                     .on_kept(&self.kept_uses, async |conn| Ok(query.fetch_all(conn).await?))
                     .await?;
-                let mut ids = vec![0; uses.len()];
+                let mut ids = vec![None; uses.len()];
                 for (n, id) in placed {
                     if let Some(slot) = usize::try_from(n).ok().and_then(|n| ids.get_mut(n)) {
-                        *slot = id;
+                        *slot = Some(id);
                     }
                 }
                 return Ok(ids);
             }
             let mut tx = self.begin_write().await?;
+            let mut current = Vec::with_capacity(uses.len());
+            for u in uses {
+                let Some(at) = &u.read_at else {
+                    current.push(true);
+                    continue;
+                };
+                let grant = at.grant.as_ref();
+                let still: i64 = sqlx::query_scalar(STILL_CURRENT_SQLITE)
+                    .bind(u.event.credential_id.as_deref())
+                    .bind(&u.event.org_id)
+                    .bind(at.row_version)
+                    .bind(grant.map(|(user, _)| user.as_str()))
+                    .bind(grant.and_then(|(_, level)| level.map(Access::as_str)))
+                    .fetch_one(&mut *tx)
+                    .await?;
+                current.push(still == 1);
+            }
             // The write lock is held (`BEGIN IMMEDIATE`): the ids after the
             // highest ever given are this transaction's to give.
             let mut next: i64 = sqlx::query_scalar(
@@ -183,8 +237,9 @@ impl Store {
             )
             .fetch_one(&mut *tx)
             .await?;
-            let mut ids = Vec::with_capacity(uses.len());
-            for chunk in uses.chunks(CHUNK) {
+            let kept: Vec<&UseRecord> = uses.iter().zip(&current).filter(|(_, c)| **c).map(|(u, _)| u).collect();
+            let mut ids = Vec::with_capacity(kept.len());
+            for chunk in kept.chunks(CHUNK) {
                 let mut credentials: Vec<&str> =
                     chunk.iter().filter_map(|u| u.event.credential_id.as_deref()).collect();
                 credentials.sort_unstable();
@@ -211,7 +266,8 @@ impl Store {
                 audit::insert_numbered(&mut tx, &events, t).await?;
             }
             tx.commit().await?;
-            Ok(ids)
+            let mut ids = ids.into_iter();
+            Ok(current.into_iter().map(|c| if c { ids.next() } else { None }).collect())
         })
         .await
     }

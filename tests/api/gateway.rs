@@ -16,7 +16,7 @@ use crate::both_backends;
 use crate::helpers::{captured_logs, sentinel, test_config, TestApp, TestDb};
 
 #[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<Value>>>);
+pub struct Seen(pub Arc<Mutex<Vec<Value>>>);
 
 async fn record(
     State(seen): State<Seen>,
@@ -70,7 +70,7 @@ async fn record(
         .into_response()
 }
 
-async fn upstream() -> (String, Seen) {
+pub async fn upstream() -> (String, Seen) {
     let seen = Seen::default();
     let app = Router::new().route("/v2/{*path}", any(record)).with_state(seen.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -79,13 +79,13 @@ async fn upstream() -> (String, Seen) {
     (base, seen)
 }
 
-async fn gateway_app(db: &TestDb) -> TestApp {
+pub async fn gateway_app(db: &TestDb) -> TestApp {
     let mut config = test_config(db);
     config.egress_allow = "127.0.0.0/8".into();
     TestApp::spawn_with(config).await
 }
 
-async fn http_credential(app: &TestApp, base: &str, fields: Value) -> String {
+pub async fn http_credential(app: &TestApp, base: &str, fields: Value) -> String {
     let mut all = json!({"base_url": format!("{base}/v2")});
     all.as_object_mut().unwrap().extend(fields.as_object().unwrap().clone());
     let body = json!({"name": "Service", "provider": "http", "auth_type": "api_key", "fields": all});

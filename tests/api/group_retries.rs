@@ -18,6 +18,7 @@ async fn a_group_of_uses_with_one_refused_records_the_others(backend: crate::hel
     let record = |org: &credgate::ids::OrgId, id: &str| UseRecord {
         event: AuditEvent::success(org, &crate::helpers::cid(id), "credential.resolve", "user:u-1"),
         usage: Usage::default(),
+        read_at: None,
     };
     let group = vec![
         record(&app.org.id, &ours),

@@ -43,6 +43,7 @@ mod provider_quirks;
 mod races;
 mod refresh;
 mod refresh_groups;
+mod reused_reads;
 mod secrecy_checks;
 mod secrets;
 mod ses;

@@ -138,8 +138,9 @@ async fn an_interrupted_deletion_is_finished_by_the_worker_and_shreds_at_once(ba
             "engine",
         ),
         usage: Default::default(),
+        read_at: None,
     };
-    let ids = app.state.store.record_uses(&vec![used; 3]).await.unwrap();
+    let ids = crate::group_commit::ids_of(app.state.store.record_uses(&vec![used; 3]).await.unwrap());
     let outcomes: Vec<_> = ids
         .iter()
         .map(|&event_id| credgate::store::UseOutcome {
