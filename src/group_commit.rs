@@ -9,7 +9,9 @@
 //! - Uses ([`UseLog`]): every resolve's audit event is durable before its
 //!   secret is returned; a group the store cannot commit fails every
 //!   request of it (503): none is ever answered without its event. A group
-//!   the database refuses for one use is written again one by one.
+//!   the database refuses for one use is written again one by one. A use
+//!   decided on an earlier read is written only while that read is current
+//!   (`store::ReadAt`), and its request is told when it was not.
 //! - Gateway calls' outcomes ([`OutcomeLog`]): nobody waits for them, so
 //!   each group takes whatever came in 25 ms.
 //! - Creates ([`CreateLog`]): each create is checked on its own (key
@@ -25,7 +27,9 @@
 //!   statement started after each of them asked (never an older answer
 //!   than a read of its own). A read per request cost each its own round
 //!   trip, and its connection's release (a second one). Reads that queued
-//!   while a group found the store unavailable fail with it (503).
+//!   while a group found the store unavailable fail with it (503), and so
+//!   do uses. A use of a credential this process has read before needs no
+//!   read at all (`context::RecentReads`).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};

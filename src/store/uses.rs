@@ -87,10 +87,11 @@ const CHUNK: usize = 200;
 /// array (`$1`), each with its place `n`; a use decided on an earlier read
 /// is kept only while its credential's row version and its user's grant
 /// are what that read saw (each looked up by its key, a subplan per use);
-/// each use kept gets its event id from the sequence; the credentials' `last_used_at` is set in id order (the order
-/// every batch, on every replica, locks them in), and the events are
-/// inserted, all in the statement's own transaction. Answers each place
-/// kept with its event's id.
+/// each use kept gets its event id from the sequence; the credentials'
+/// `last_used_at` is set in id order (the order every batch, on every
+/// replica, locks them in), and the events are inserted, all in the
+/// statement's own transaction. Answers each place kept with its event's
+/// id.
 const RECORD_USES_POSTGRES: &str = "WITH u AS MATERIALIZED (\
         SELECT nextval('audit_events_id_seq') AS id, x.* FROM json_to_recordset(CAST($1 AS json)) AS x(n BIGINT, \
         org_id TEXT, credential_id TEXT, action TEXT, outcome TEXT, actor TEXT, detail TEXT, workflow_id TEXT, \

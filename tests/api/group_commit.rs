@@ -276,6 +276,75 @@ async fn each_outcome_of_a_group_lands_on_its_own_use(backend: crate::helpers::B
 }
 crate::both_backends!(each_outcome_of_a_group_lands_on_its_own_use);
 
+/// A group mixing uses decided on their own reads, on current earlier
+/// reads and on stale ones (another row version, another grant, another
+/// organization's credential): the stale ones alone are left out, and
+/// every other gets its own event, in its place.
+async fn a_group_writes_each_use_whose_read_is_current_and_no_other(backend: crate::helpers::Backend) {
+    use credgate::store::ReadAt;
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    let alice = crate::sharing::key(&app, credgate::model::Role::Member, Some("alice")).await;
+    let a = crate::sharing::create(&app, &alice, "a", &sentinel()).await;
+    let bob = json!([{"user_id": "bob", "access": "view"}]);
+    assert_eq!(
+        crate::sharing::share(&app, &alice, &a, Value::Null, bob).await,
+        StatusCode::OK
+    );
+    let other = app.new_org("Other").await;
+    let version: i64 = sqlx::query_scalar("SELECT row_version FROM credentials WHERE id = $1")
+        .bind(&a)
+        .fetch_one(&app.sql().await)
+        .await
+        .unwrap();
+    let bob = || UserId::parse("bob").unwrap();
+    let read = |n: usize, org: &OrgId, at: Option<ReadAt>| UseRecord {
+        read_at: at,
+        ..use_record(org, &a, Some(&format!("wf-{n}")), None)
+    };
+    let at = |row_version: i64, grant: Option<(UserId, Option<Access>)>| Some(ReadAt { row_version, grant });
+    let uses = [
+        read(0, &app.org.id, None),
+        read(1, &app.org.id, at(version, None)),
+        read(2, &app.org.id, at(version + 1, None)),
+        read(3, &app.org.id, at(version, Some((bob(), Some(Access::View))))),
+        read(4, &app.org.id, at(version, Some((bob(), Some(Access::Use))))),
+        read(
+            5,
+            &app.org.id,
+            at(version, Some((UserId::parse("carol").unwrap(), None))),
+        ),
+        read(6, &other.id, at(version, None)),
+        read(
+            7,
+            &app.org.id,
+            at(version, Some((UserId::parse("dave").unwrap(), Some(Access::Use)))),
+        ),
+    ];
+
+    let ids = app.state.store.record_uses(&uses).await.unwrap();
+    let written: Vec<(i64, Option<String>)> = sqlx::query_as(
+        "SELECT id, workflow_id FROM audit_events WHERE action = 'credential.resolve' ORDER BY workflow_id",
+    )
+    .fetch_all(&app.sql().await)
+    .await
+    .unwrap();
+
+    let kept = [0, 1, 3, 5];
+    for (n, id) in ids.iter().enumerate() {
+        assert_eq!(id.is_some(), kept.contains(&n), "use {n}: {ids:?}");
+    }
+    let expected: Vec<(i64, Option<String>)> = kept
+        .iter()
+        .map(|&n| (ids[n].unwrap(), Some(format!("wf-{n}"))))
+        .collect();
+    assert_eq!(
+        written, expected,
+        "each kept use has its own event, and no other use has one"
+    );
+}
+crate::both_backends!(a_group_writes_each_use_whose_read_is_current_and_no_other);
+
 /// The ids a group of uses is answered with are its events' ids, and an id
 /// is never given twice, not even after the newest events are gone (a
 /// late outcome would land on another call's use).
