@@ -117,16 +117,46 @@ async fn a_call_after_its_credential_changed_on_another_replica_carries_the_chan
 }
 both_backends!(a_call_after_its_credential_changed_on_another_replica_carries_the_change);
 
-async fn a_use_after_sharing_changed_on_another_replica_is_decided_on_the_change(backend: crate::helpers::Backend) {
+/// Two replicas, alice's (member) and an engine's keys, and alice's
+/// credential shared with bob at `use`.
+struct Shared {
+    _db: TestDb,
+    first: TestApp,
+    second: TestApp,
+    alice: String,
+    engine: String,
+    id: String,
+}
+
+async fn shared_with_bob(backend: crate::helpers::Backend) -> Shared {
     let db = TestDb::new(backend).await;
     let first = TestApp::spawn(&db).await;
     let second = second_replica(&first).await;
     let alice = key(&first, Role::Member, Some("alice")).await;
     let engine = key(&first, Role::Engine, None).await;
     let id = create(&first, &alice, "alices", "pw").await;
-    let for_bob = || Some(json!({"user_id": "bob"}));
     let bob = json!([{"user_id": "bob", "access": "use"}]);
     assert_eq!(share(&first, &alice, &id, Value::Null, bob).await, StatusCode::OK);
+    Shared {
+        _db: db,
+        first,
+        second,
+        alice,
+        engine,
+        id,
+    }
+}
+
+async fn a_use_after_sharing_changed_on_another_replica_is_decided_on_the_change(backend: crate::helpers::Backend) {
+    let Shared {
+        _db,
+        first,
+        second,
+        alice,
+        engine,
+        id,
+    } = shared_with_bob(backend).await;
+    let for_bob = || Some(json!({"user_id": "bob"}));
 
     let granted = [
         resolve_for(&first, &engine, &id, for_bob()).await.0,
@@ -176,14 +206,14 @@ both_backends!(a_use_after_sharing_changed_on_another_replica_is_decided_on_the_
 /// `credgate user remove` deletes a user's grants without changing their
 /// credentials' rows: the use's write checks the grant itself.
 async fn a_use_after_a_users_grant_alone_was_removed_on_another_replica_is_refused(backend: crate::helpers::Backend) {
-    let db = TestDb::new(backend).await;
-    let first = TestApp::spawn(&db).await;
-    let second = second_replica(&first).await;
-    let alice = key(&first, Role::Member, Some("alice")).await;
-    let engine = key(&first, Role::Engine, None).await;
-    let id = create(&first, &alice, "alices", "pw").await;
-    let bob = json!([{"user_id": "bob", "access": "use"}]);
-    assert_eq!(share(&first, &alice, &id, Value::Null, bob).await, StatusCode::OK);
+    let Shared {
+        _db,
+        first,
+        second,
+        engine,
+        id,
+        ..
+    } = shared_with_bob(backend).await;
     let for_bob = || Some(json!({"user_id": "bob"}));
 
     let granted = [
