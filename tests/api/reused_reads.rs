@@ -147,6 +147,15 @@ async fn shared_with_bob(backend: crate::helpers::Backend) -> Shared {
     }
 }
 
+/// Two resolves on `app` for bob, one after the other: their statuses.
+async fn bob_twice(app: &TestApp, engine: &str, id: &str) -> [StatusCode; 2] {
+    let for_bob = || Some(json!({"user_id": "bob"}));
+    [
+        resolve_for(app, engine, id, for_bob()).await.0,
+        resolve_for(app, engine, id, for_bob()).await.0,
+    ]
+}
+
 async fn a_use_after_sharing_changed_on_another_replica_is_decided_on_the_change(backend: crate::helpers::Backend) {
     let Shared {
         _db,
@@ -158,22 +167,13 @@ async fn a_use_after_sharing_changed_on_another_replica_is_decided_on_the_change
     } = shared_with_bob(backend).await;
     let for_bob = || Some(json!({"user_id": "bob"}));
 
-    let granted = [
-        resolve_for(&first, &engine, &id, for_bob()).await.0,
-        resolve_for(&first, &engine, &id, for_bob()).await.0,
-    ];
+    let granted = bob_twice(&first, &engine, &id).await;
     let reused_granted = first.metric(REUSED).await;
     let unshared = share(&second, &alice, &id, Value::Null, json!([])).await;
-    let revoked = [
-        resolve_for(&first, &engine, &id, for_bob()).await.0,
-        resolve_for(&first, &engine, &id, for_bob()).await.0,
-    ];
+    let revoked = bob_twice(&first, &engine, &id).await;
     let stale_revoked = first.metric(STALE).await;
     let to_team = share(&second, &alice, &id, json!("use"), json!([])).await;
-    let by_team = [
-        resolve_for(&first, &engine, &id, for_bob()).await.0,
-        resolve_for(&first, &engine, &id, for_bob()).await.0,
-    ];
+    let by_team = bob_twice(&first, &engine, &id).await;
     let reused_by_team = first.metric(REUSED).await;
     let from_team = share(&second, &alice, &id, Value::Null, json!([])).await;
     let no_longer = resolve_for(&first, &engine, &id, for_bob()).await.0;
@@ -216,10 +216,7 @@ async fn a_use_after_a_users_grant_alone_was_removed_on_another_replica_is_refus
     } = shared_with_bob(backend).await;
     let for_bob = || Some(json!({"user_id": "bob"}));
 
-    let granted = [
-        resolve_for(&first, &engine, &id, for_bob()).await.0,
-        resolve_for(&first, &engine, &id, for_bob()).await.0,
-    ];
+    let granted = bob_twice(&first, &engine, &id).await;
     let reused = first.metric(REUSED).await;
     let version = row_version(&first, &id).await;
     let removal = credgate::credentials::remove_user(
