@@ -18,6 +18,10 @@ use credgate::egress::EgressPolicy;
 use credgate::probes::{postgres, sftp, ApiBaseUrls, ProbeContext, ProbeTimeouts};
 use serde_json::json;
 
+#[path = "../tests/api/ports.rs"]
+#[allow(dead_code, reason = "shared with the tests, which use more of it")]
+mod ports;
+
 #[path = "../tests/api/probes/sshd.rs"]
 #[allow(dead_code, reason = "shared with the tests, which use more of it")]
 mod sshd;
@@ -194,7 +198,7 @@ async fn healthz_during_http_probes(ssh: &sshd::Sshd, n: usize) -> serde_json::V
     assert!(binary.exists(), "cargo build --release first");
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("bench.db").display());
-    let port = sshd::free_port();
+    let port = ports::unused_port();
     let env = |cmd: &mut Command| {
         cmd.env("CREDGATE_DATABASE_URL", &db)
             .env(

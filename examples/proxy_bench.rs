@@ -22,7 +22,12 @@
 //!    proxy, (3) `…/credentials/{id}/proxy/items` with the engine key: each
 //!    call is written as a use (`credential.proxy`) on PostgreSQL before it
 //!    leaves, and gets its status and latency just after.
-//! 4. Counts the `credential.proxy` events (every answered call has one)
+//! 4. Around each measured run, reads from `/proc` the CPU time (user and
+//!    system) of nginx's processes (upstream and proxy share them), the
+//!    credgate server and PostgreSQL's processes: `cpu_us_per_request`, in
+//!    microseconds per request. Unlike requests per second, this hardly
+//!    moves with what else the machine is doing.
+//! 5. Counts the `credential.proxy` events (every answered call has one)
 //!    and runs `pgbench -N` (one read-write transaction each) with as many
 //!    clients, for scale.
 //!
@@ -175,11 +180,20 @@ fn run(args: &Args, dir: &Path, url: &str) -> anyhow::Result<Value> {
     let mut measured = serde_json::Map::new();
     let mut figures = Vec::new();
     let mut per_call = Value::Null;
+    let mut cpu = serde_json::Map::new();
+    let server_pid = server.0.id();
     for (label, target, header) in &targets {
         eprintln!("wrk: {label}");
         wrk(target, *header, 2, args.connections)?;
         let before = counters()?;
+        let cpu_before = cpu_seconds(server_pid);
         let w = wrk(target, *header, args.seconds, args.connections)?;
+        let cpu_after = cpu_seconds(server_pid);
+        let micros = |i: usize| round((cpu_after[i] - cpu_before[i]) * 1e6 / w.requests.max(1.0), 1);
+        cpu.insert(
+            (*label).into(),
+            json!({"nginx": micros(0), "credgate": micros(1), "postgres": micros(2)}),
+        );
         if header.is_some() {
             // Outcomes are written just after the answers: let them land.
             std::thread::sleep(Duration::from_secs(1));
@@ -221,6 +235,7 @@ fn run(args: &Args, dir: &Path, url: &str) -> anyhow::Result<Value> {
         "uses_recorded": uses,
         "database_per_gateway_call": per_call,
         "credgate_peak_rss_mib": peak_rss_mib,
+        "cpu_us_per_request": cpu,
         "uses_with_status_200": with_status,
         "pgbench_simple_update_tps": round(pgbench, 0),
         "credgate_to_pgbench_n": round(gateway.rps / pgbench, 3),
@@ -339,7 +354,40 @@ fn millis(v: &str) -> Option<f64> {
     }
 }
 
-/// `target/release/credgate`, beside this example.
+/// CPU seconds (user and system) used so far by nginx's processes, by the
+/// credgate server `credgate` and by PostgreSQL's processes.
+fn cpu_seconds(credgate: u32) -> [f64; 3] {
+    // Linux's clock ticks per second (`getconf CLK_TCK`).
+    const TICKS: f64 = 100.0;
+    let mut seconds = [0.0; 3];
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return seconds;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let slot = match &stat[open + 1..close] {
+            _ if pid == credgate => 1,
+            "nginx" => 0,
+            "postgres" => 2,
+            _ => continue,
+        };
+        // After the name: state is field 3; utime and stime fields 14 and 15.
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        seconds[slot] += (ticks(14) + ticks(15)) / TICKS;
+    }
+    seconds
+}
+
 /// A process's peak resident memory (`VmHWM`), in KiB.
 fn peak_rss_kib(pid: u32) -> Option<f64> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -352,6 +400,7 @@ fn peak_rss_kib(pid: u32) -> Option<f64> {
         .ok()
 }
 
+/// `target/release/credgate`, beside this example.
 fn credgate_binary() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let bin = exe

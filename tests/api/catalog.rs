@@ -43,12 +43,7 @@ async fn catalog(cwd: &std::path::Path, env: &[(&str, &str)]) -> Vec<Value> {
         env,
         &["api-key", "create", "--org", &org, "--role", "admin"],
     ));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = crate::ports::unused_addr().to_string();
     let mut with_listen = env.to_vec();
     with_listen.push(("CREDGATE_LISTEN", &listen));
     let _server = Server(

@@ -623,9 +623,7 @@ async fn each_call_is_a_use_with_the_services_status_and_latency(backend: crate:
     let (base, _seen) = upstream().await;
     let app = gateway_app(&db).await;
     let id = http_credential(&app, &base, json!({"scheme": "bearer", "token": "t"})).await;
-    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let nowhere = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
+    let nowhere = format!("http://{}", crate::ports::unused_addr());
     let gone = http_credential(&app, &nowhere, json!({"scheme": "bearer", "token": "t"})).await;
     let call = |id: &str, path: &str| {
         app.client

@@ -38,6 +38,7 @@ mod outbox;
 mod ownership;
 mod pages;
 mod paging;
+mod ports;
 mod probes;
 mod provider_quirks;
 mod races;

@@ -383,10 +383,7 @@ async fn hostile_or_broken_mcp_metadata_is_a_422_naming_server_url_and_stores_no
 ) {
     let db = TestDb::new(backend).await;
     let app = mcp_app(&db, |c| c.provider_timeout_secs = 2).await;
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}/mcp", l.local_addr().unwrap())
-    };
+    let closed = format!("http://{}/mcp", crate::ports::unused_addr());
     let mut cases: Vec<(String, String, &str)> = vec![
         ("not a URL".into(), "ftp://x.example/mcp".into(), "http or https"),
         ("nothing listening".into(), closed, "could not be reached"),

@@ -191,11 +191,7 @@ fn spawn_serve(db: &TestDb, keys: &str, port: u16, hook: &str) -> std::process::
 async fn start_serve(db: &TestDb, keys: &str, hook: &str, admin: &str) -> (std::process::Child, String) {
     let client = reqwest::Client::new();
     for _ in 0..5 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::ports::unused_port();
         let base = format!("http://127.0.0.1:{port}");
         let mut child = spawn_serve(db, keys, port, hook);
         for _ in 0..400 {

@@ -352,18 +352,10 @@ async fn a_public_url_with_a_path_is_refused_at_start() {
     );
 }
 
-/// A free loopback port.
-pub(crate) fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 /// Starts `credgate serve` with `args` and `env` on a free port; returns once
 /// `/healthz` answers.
 pub(crate) fn serve(db: &TestDb, keys: &str, args: &[&str], env: &[(&str, &str)]) -> (Child, SocketAddr) {
-    let addr = free_port();
+    let addr = crate::ports::unused_addr();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_credgate"));
     cmd.arg("serve")
         .args(args)
@@ -395,7 +387,7 @@ async fn a_worker_alone_answers_health_and_metrics_and_each_process_exports_what
     let db = TestDb::new(backend).await;
     let keys = MasterKeyring::generate_key();
     migrated(&db, Some(keys.expose_secret()));
-    let worker_ops = free_port();
+    let worker_ops = crate::ports::unused_addr();
     let (worker, worker_addr) = serve(
         &db,
         keys.expose_secret(),
@@ -442,7 +434,7 @@ async fn metrics_can_be_served_apart_from_the_api() {
     let db = TestDb::new(Backend::Sqlite).await;
     let keys = MasterKeyring::generate_key();
     migrated(&db, Some(keys.expose_secret()));
-    let ops = free_port();
+    let ops = crate::ports::unused_addr();
     let (server, addr) = serve(
         &db,
         keys.expose_secret(),

@@ -508,11 +508,7 @@ async fn a_test_delivery_answers_with_its_outcome_and_is_logged(backend: crate::
     let (status, refused) = app.call(Method::POST, &test, &app.org.admin, None).await;
     let (_, taken) = app.call(Method::POST, &test, &app.org.admin, None).await;
     let got = received(&server, 2).await;
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed = crate::ports::unused_port();
     let (_, nobody) = create(
         &app,
         &app.org,

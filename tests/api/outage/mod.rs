@@ -54,11 +54,7 @@ impl OwnCluster {
             data.to_str().unwrap(),
         ]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::ports::unused_port();
         let cluster = Self { dir, port };
         cluster.up();
         cluster

@@ -261,7 +261,7 @@ async fn a_connection_closed_without_an_answer_is_network() {
 
 #[tokio::test]
 async fn a_closed_port_is_connect_refused() {
-    let base = format!("http://127.0.0.1:{}", super::sshd::free_port());
+    let base = format!("http://127.0.0.1:{}", crate::ports::unused_port());
     let server = MockServer::start().await;
 
     let result = probe(&ctx_for(&server), &ORG, &request("openai_compatible", Some(base))).await;

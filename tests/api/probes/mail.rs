@@ -12,9 +12,9 @@ use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
 use super::mail_servers::{dovecot, smtp as smtp_server, SmtpMode, INBOX_MESSAGES, MAIL_PASSWORD, MAIL_USER};
-use super::sshd::free_port;
 use super::{assert_no_secret, code, ctx_with, loopback_policy, ORG};
 use crate::helpers::{captured_logs, run_test, test_config, Backend, TestApp, TestDb};
+use crate::ports::unused_port as free_port;
 
 /// A wrong password that must never show either.
 const WRONG_PASSWORD: &str = "SENTINEL-wrong-mail-password-0c77";

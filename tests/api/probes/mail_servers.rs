@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 
-use super::sshd::{free_port, wait_for_port};
+use super::sshd::wait_for_port;
+use crate::ports::unused_port as free_port;
 
 /// The mail user of both servers.
 pub const MAIL_USER: &str = "credgate_mail";

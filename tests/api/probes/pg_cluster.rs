@@ -13,7 +13,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 
-use super::sshd::{free_port, wait_for_port};
+use super::sshd::wait_for_port;
+use crate::ports::unused_port as free_port;
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
 /// Login role with a password.

@@ -85,7 +85,7 @@ async fn a_key_value_connection_string_with_verify_full_is_understood() {
 
 #[tokio::test]
 async fn the_next_host_is_tried_when_the_first_refuses() {
-    let closed = super::sshd::free_port();
+    let closed = crate::ports::unused_port();
     let s = format!(
         "host=127.0.0.1,localhost port={closed},{} dbname={DATABASE} user={USER} password={PASSWORD} sslmode=disable",
         cluster().port
@@ -172,7 +172,7 @@ async fn loopback_without_an_allow_list_is_egress_denied() {
 #[tokio::test]
 async fn a_closed_port_is_connect_refused() {
     let mut req = fields("disable");
-    req.port = Some(i64::from(super::sshd::free_port()));
+    req.port = Some(i64::from(crate::ports::unused_port()));
 
     let result = probe(&ctx(), &ORG, &req).await;
 

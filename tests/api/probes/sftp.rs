@@ -174,7 +174,7 @@ async fn an_unreadable_directory_is_permission_denied() {
 #[tokio::test]
 async fn a_closed_port_is_connect_refused() {
     let mut req = password_login(None);
-    req.port = Some(i64::from(super::sshd::free_port()));
+    req.port = Some(i64::from(crate::ports::unused_port()));
 
     let result = probe(&ctx(), &ORG, &req).await;
 

@@ -79,12 +79,6 @@ fn keygen(dir: &Path, name: &str, args: &[&str], passphrase: &str) -> Result<(),
     .map(|_| ())
 }
 
-/// A port that was free a moment ago (sshd cannot bind port 0).
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
 fn start() -> Result<Sshd, String> {
     let dir = tempfile::Builder::new()
         .prefix("credgate-sshd-")
@@ -129,7 +123,7 @@ fn start() -> Result<Sshd, String> {
     fs::create_dir(dir.join("private")).map_err(|e| e.to_string())?;
     chmod(&dir.join("private"), 0o700).map_err(|e| e.to_string())?;
 
-    let port = free_port();
+    let port = crate::ports::unused_port();
     let config = dir.join("sshd_config");
     fs::write(
         &config,

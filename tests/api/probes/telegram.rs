@@ -121,7 +121,7 @@ async fn a_base_url_that_is_not_the_bot_api_is_protocol() {
 
 #[tokio::test]
 async fn network_errors_never_carry_the_token_in_their_url() {
-    let base = format!("http://127.0.0.1:{}", super::sshd::free_port());
+    let base = format!("http://127.0.0.1:{}", crate::ports::unused_port());
     let ctx = ctx_with(
         loopback_policy(),
         Duration::from_secs(2),
