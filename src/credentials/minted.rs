@@ -10,6 +10,7 @@ use secrecy::SecretString;
 use serde_json::{Map, Value};
 
 use crate::context::Context;
+use crate::error::Error;
 use crate::model::AuthKind;
 use crate::oauth_client::{client_credentials, jwt_bearer, OAuthError, ServiceAccountKey, TokenSet};
 use crate::providers::{ClientAuth, FieldError, IdentityMap, IdentitySource, OAuthSettings, Provider, TokenBody};
@@ -173,5 +174,60 @@ pub fn failing_field(kind: AuthKind) -> &'static str {
     match kind {
         AuthKind::ServiceAccount => "fields.service_account_json",
         _ => "fields.client_secret",
+    }
+}
+
+/// A minted credential's first token, from the fields about to be stored.
+pub(super) struct FirstToken {
+    pub tokens: super::OAuthTokens,
+    pub expires_at: Option<i64>,
+    pub refresh_after: Option<i64>,
+    pub scopes: Option<Vec<String>>,
+    pub minter: Minter,
+}
+
+/// Mints before anything is stored: fields the token endpoint refuses are
+/// a 422 on the field at fault, an endpoint that cannot answer a 503.
+pub(super) async fn mint_first(
+    ctx: &Context,
+    provider_id: &str,
+    kind: AuthKind,
+    validated: &crate::providers::ValidatedFields,
+) -> Result<FirstToken, Error> {
+    let provider = ctx.registry.get(provider_id).ok_or(Error::NotFound)?;
+    let mut fields = validated.public.clone();
+    for (name, value) in &validated.secret.0 {
+        fields.insert(
+            name.clone(),
+            Value::String(secrecy::ExposeSecret::expose_secret(value).to_owned()),
+        );
+    }
+    let errors = check(ctx, provider, kind, &fields);
+    if !errors.is_empty() {
+        return Err(Error::Validation(errors));
+    }
+    match mint(ctx, provider, kind, &fields).await {
+        Ok((set, minter)) => {
+            let lifetime = set.expires_in.map(|d| d.as_secs());
+            let expires_at = lifetime.map(|l| ctx.now() + l as i64);
+            Ok(FirstToken {
+                tokens: super::OAuthTokens {
+                    access_token: set.access_token,
+                    refresh_token: None,
+                },
+                expires_at,
+                refresh_after: crate::oauth_client::schedule(expires_at, lifetime, ctx.config.refresh_lead_secs as i64),
+                scopes: set.scopes,
+                minter,
+            })
+        }
+        Err(e) if e.code == "needs_reauth" => Err(Error::Validation(vec![FieldError::new(
+            failing_field(kind),
+            format!("the token endpoint refused these credentials ({})", e.message),
+        )])),
+        Err(e) => Err(Error::ProviderUnavailable {
+            message: e.message,
+            retry_after_secs: e.retry_after.unwrap_or(5),
+        }),
     }
 }

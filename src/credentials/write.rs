@@ -127,7 +127,7 @@ pub(super) async fn create_with(
     };
     let id = CredentialId::generate();
     let minted = if kind.is_minted() {
-        Some(mint_first(ctx, &input.provider, kind, &validated).await?)
+        Some(super::minted::mint_first(ctx, &input.provider, kind, &validated).await?)
     } else {
         None
     };
@@ -219,61 +219,6 @@ pub(super) async fn create_with(
     super::get_unchecked(ctx, org_id, &id).await
 }
 
-/// A minted credential's first token, from the fields about to be stored.
-struct FirstToken {
-    tokens: super::OAuthTokens,
-    expires_at: Option<i64>,
-    refresh_after: Option<i64>,
-    scopes: Option<Vec<String>>,
-    minter: super::minted::Minter,
-}
-
-/// Mints before anything is stored: fields the token endpoint refuses are
-/// a 422 on the field at fault, an endpoint that cannot answer a 503.
-async fn mint_first(
-    ctx: &Context,
-    provider_id: &str,
-    kind: AuthKind,
-    validated: &crate::providers::ValidatedFields,
-) -> Result<FirstToken, Error> {
-    let provider = ctx.registry.get(provider_id).ok_or(Error::NotFound)?;
-    let mut fields = validated.public.clone();
-    for (name, value) in &validated.secret.0 {
-        fields.insert(
-            name.clone(),
-            Value::String(secrecy::ExposeSecret::expose_secret(value).to_owned()),
-        );
-    }
-    let errors = super::minted::check(ctx, provider, kind, &fields);
-    if !errors.is_empty() {
-        return Err(Error::Validation(errors));
-    }
-    match super::minted::mint(ctx, provider, kind, &fields).await {
-        Ok((set, minter)) => {
-            let lifetime = set.expires_in.map(|d| d.as_secs());
-            let expires_at = lifetime.map(|l| ctx.now() + l as i64);
-            Ok(FirstToken {
-                tokens: super::OAuthTokens {
-                    access_token: set.access_token,
-                    refresh_token: None,
-                },
-                expires_at,
-                refresh_after: crate::oauth_client::schedule(expires_at, lifetime, ctx.config.refresh_lead_secs as i64),
-                scopes: set.scopes,
-                minter,
-            })
-        }
-        Err(e) if e.code == "needs_reauth" => Err(Error::Validation(vec![FieldError::new(
-            super::minted::failing_field(kind),
-            format!("the token endpoint refused these credentials ({})", e.message),
-        )])),
-        Err(e) => Err(Error::ProviderUnavailable {
-            message: e.message,
-            retry_after_secs: e.retry_after.unwrap_or(5),
-        }),
-    }
-}
-
 /// Renames a credential and/or replaces all its fields (secrets re-entered;
 /// OAuth tokens are kept). The new secrets are written only if no one wrote
 /// secrets since this read them and no refresh is in flight: otherwise
@@ -324,7 +269,7 @@ pub async fn update(
                 // A minted credential's are minted again from the new fields
                 // (a 422 when they are refused, nothing written).
                 let (tokens, minted) = if kind.is_minted() {
-                    let first = mint_first(ctx, &row.provider, kind, &validated).await?;
+                    let first = super::minted::mint_first(ctx, &row.provider, kind, &validated).await?;
                     let write = MintedWrite {
                         expires_at: first.expires_at,
                         refresh_after: first.refresh_after,

@@ -5,6 +5,7 @@ use secrecy::SecretString;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::raw::RawField;
 use crate::crypto::SecretMap;
 
 /// The shape a field value must have.
@@ -217,6 +218,48 @@ pub fn validate(defs: &[FieldDef], submitted: &Map<String, Value>) -> Result<Val
     } else {
         Err(errors)
     }
+}
+
+/// A provider file's field as a definition; an error names the key at
+/// fault and says why.
+pub(super) fn build_field(f: RawField) -> Result<FieldDef, (String, String)> {
+    let kind = match f.kind.as_str() {
+        "string" => FieldKind::String,
+        "integer" => FieldKind::Integer,
+        "port" => FieldKind::Port,
+        "boolean" => FieldKind::Boolean,
+        "url" => FieldKind::Url,
+        "hostname" => FieldKind::Hostname,
+        "private_key" => FieldKind::PrivateKey,
+        "json" => FieldKind::Json,
+        "enum" if !f.values.is_empty() => FieldKind::Enum(f.values.clone()),
+        "enum" => return Err(("values".into(), "an enum field needs values".into())),
+        other => return Err(("type".into(), format!("unknown field type {other:?}"))),
+    };
+    let pattern = match &f.pattern {
+        Some(p) => Some(Regex::new(&format!("^(?:{p})$")).map_err(|e| ("pattern".to_owned(), e.to_string()))?),
+        None => None,
+    };
+    let default = match f.default {
+        Some(v) => Some(serde_json::to_value(v).map_err(|e| ("default".to_owned(), e.to_string()))?),
+        None => None,
+    };
+    let def = FieldDef {
+        name: f.name,
+        label: f.label,
+        secret: f.secret,
+        required: f.required,
+        kind,
+        min: f.min,
+        max: f.max,
+        pattern,
+        max_length: f.max_length.unwrap_or(4096),
+        default,
+    };
+    if let Some(Value::Null) = def.default {
+        return Err(("default".into(), "must not be null".into()));
+    }
+    Ok(def)
 }
 
 #[cfg(test)]

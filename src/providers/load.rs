@@ -4,16 +4,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use regex::Regex;
 use secrecy::SecretString;
-use serde_json::Value;
 
+use super::fields::build_field;
 use super::overrides::apply_overrides;
-use super::raw::{RawField, RawIdentity, RawProvider};
-use super::{
-    AuthKind, AuthType, ClientAuth, FieldDef, FieldKind, IdentityMap, IdentitySource, OAuthSettings, Provider,
-    TokenBody,
-};
+use super::raw::{RawIdentity, RawProvider};
+use super::{AuthKind, AuthType, ClientAuth, IdentityMap, IdentitySource, OAuthSettings, Provider, TokenBody};
 
 /// A provider file that cannot be used; names the file and the field.
 #[derive(Debug, thiserror::Error)]
@@ -371,46 +367,6 @@ fn build(file: &Path, id: &str, raw: RawProvider) -> Result<Provider, ProviderFi
         probe,
         generic,
     })
-}
-
-fn build_field(f: RawField) -> Result<FieldDef, (String, String)> {
-    let kind = match f.kind.as_str() {
-        "string" => FieldKind::String,
-        "integer" => FieldKind::Integer,
-        "port" => FieldKind::Port,
-        "boolean" => FieldKind::Boolean,
-        "url" => FieldKind::Url,
-        "hostname" => FieldKind::Hostname,
-        "private_key" => FieldKind::PrivateKey,
-        "json" => FieldKind::Json,
-        "enum" if !f.values.is_empty() => FieldKind::Enum(f.values.clone()),
-        "enum" => return Err(("values".into(), "an enum field needs values".into())),
-        other => return Err(("type".into(), format!("unknown field type {other:?}"))),
-    };
-    let pattern = match &f.pattern {
-        Some(p) => Some(Regex::new(&format!("^(?:{p})$")).map_err(|e| ("pattern".to_owned(), e.to_string()))?),
-        None => None,
-    };
-    let default = match f.default {
-        Some(v) => Some(serde_json::to_value(v).map_err(|e| ("default".to_owned(), e.to_string()))?),
-        None => None,
-    };
-    let def = FieldDef {
-        name: f.name,
-        label: f.label,
-        secret: f.secret,
-        required: f.required,
-        kind,
-        min: f.min,
-        max: f.max,
-        pattern,
-        max_length: f.max_length.unwrap_or(4096),
-        default,
-    };
-    if let Some(Value::Null) = def.default {
-        return Err(("default".into(), "must not be null".into()));
-    }
-    Ok(def)
 }
 
 #[cfg(test)]

@@ -1,11 +1,10 @@
 //! `/manage`: the person's credentials as sharing allows, 50 a page, with
 //! search, filters (health: what needs attention), a Test button per row,
-//! health ("Expires in 3 days") with Reconnect, delete with a confirmation
-//! naming the credential, and Delete selected (N) with a confirmation
-//! showing N.
+//! health ("Expires in 3 days") with Reconnect, and Delete per row and
+//! Delete selected (N), whose confirmations are `delete`'s.
 
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -15,23 +14,19 @@ use serde::Deserialize;
 use super::form::type_words;
 use super::layout::{manage_tabs, notice, page, status_badge, when};
 use super::CredentialPath;
-use super::{enter, failure, ok, session_from, Posted, Session};
+use super::{enter, failure, ok, session_from, Posted};
 use crate::credentials::{self, MAX_PER_PAGE};
 use crate::http::auth::ClientIp;
 use crate::http::AppState;
-use crate::ids::CredentialId;
 use crate::model::{Access, CredentialStatus, Health};
-use crate::sessions::{PageSession, Purpose};
+use crate::sessions::Purpose;
 use crate::store::HealthFilter;
 use crate::store::{CredentialFilter, CredentialRow};
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/manage", get(list))
-        .route("/manage/credentials/{id}/delete", get(confirm_delete).post(delete_one))
         .route("/manage/credentials/{id}/reconnect", post(reconnect))
-        .route("/manage/delete-selected", post(confirm_selected))
-        .route("/manage/delete-selected/confirm", post(delete_selected))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -303,110 +298,6 @@ fn table_row(state: &AppState, row: &CredentialRow, access: Access, users: usize
                 span.probe #(test_out) role="status" aria-live="polite" {}
             } }
         }
-    }
-}
-
-async fn confirm_delete(
-    State(state): State<AppState>,
-    session: Session,
-    CredentialPath(id): CredentialPath,
-) -> Response {
-    let row = match credentials::read(&state, &session.principal(), &id).await {
-        Ok((row, Access::Manage)) => row,
-        Ok(_) => return failure(&state, &crate::error::Error::Forbidden).into_response(),
-        Err(e) => return failure(&state, &e).into_response(),
-    };
-    let body = html! {
-        p { "Delete " strong { "“" (row.name) "”" } "? Workflows that use it will stop working. This cannot be undone." }
-        form method="post" action=(format!("/manage/credentials/{}/delete", row.id)) {
-            input type="hidden" name="csrf" value=(session.csrf_token);
-            div.actions {
-                button.danger type="submit" { "Delete “" (row.name) "”" }
-                a.button href=(format!("/manage/credentials/{}", row.id)) { "Cancel" }
-            }
-        }
-    };
-    ok(&state, page("Delete this credential?", &session, body)).into_response()
-}
-
-async fn delete_one(
-    State(state): State<AppState>,
-    CredentialPath(id): CredentialPath,
-    Posted { session, .. }: Posted,
-) -> Response {
-    match credentials::delete(&state, &session.principal(), &[id]).await {
-        Ok(deleted) if deleted.is_empty() => failure(&state, &crate::error::Error::NotFound).into_response(),
-        Ok(deleted) => Redirect::to(&format!("/manage?deleted={}", deleted.len())).into_response(),
-        Err(e) => failure(&state, &e).into_response(),
-    }
-}
-
-/// The selected ids (at most a page's worth), those the user may manage.
-async fn selected(
-    state: &AppState,
-    session: &PageSession,
-    form: &[(String, String)],
-) -> Result<Vec<CredentialRow>, crate::error::Error> {
-    let mut rows = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for (_, id) in form.iter().filter(|(k, _)| k == "ids").take(MAX_PER_PAGE as usize) {
-        let Ok(id) = CredentialId::parse(id) else { continue };
-        if !seen.insert(id.clone()) {
-            continue;
-        }
-        match credentials::read(state, &session.principal(), &id).await {
-            Ok((row, Access::Manage)) => rows.push(row),
-            Ok(_) | Err(crate::error::Error::NotFound | crate::error::Error::Forbidden) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(rows)
-}
-
-async fn confirm_selected(State(state): State<AppState>, Posted { session, form }: Posted) -> Response {
-    let rows = match selected(&state, &session, &form).await {
-        Ok(rows) => rows,
-        Err(e) => return failure(&state, &e).into_response(),
-    };
-    if rows.is_empty() {
-        let body = html! {
-            (notice(false, "Select at least one credential you may delete, then press Delete selected."))
-            p { a href="/manage" { "Back to your credentials" } }
-        };
-        return super::Html::new(
-            &state,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            page("Nothing selected", &session, body),
-        )
-        .into_response();
-    }
-    let n = rows.len();
-    let title = format!("Delete {n} {}?", if n == 1 { "credential" } else { "credentials" });
-    let body = html! {
-        p { "Workflows that use them will stop working. This cannot be undone." }
-        ul.names { @for row in &rows { li { (row.name) } } }
-        form method="post" action="/manage/delete-selected/confirm" {
-            input type="hidden" name="csrf" value=(session.csrf_token);
-            @for row in &rows { input type="hidden" name="ids" value=(row.id); }
-            div.actions {
-                button.danger #confirm-delete type="submit" { "Delete " (n) " " (if n == 1 { "credential" } else { "credentials" }) }
-                a.button href="/manage" { "Cancel" }
-            }
-        }
-    };
-    ok(&state, page(&title, &session, body)).into_response()
-}
-
-async fn delete_selected(State(state): State<AppState>, Posted { session, form }: Posted) -> Response {
-    let ids: Vec<CredentialId> = form
-        .iter()
-        .filter(|(k, _)| k == "ids")
-        .filter_map(|(_, v)| CredentialId::parse(v).ok())
-        .take(MAX_PER_PAGE as usize)
-        .collect();
-    match credentials::delete(&state, &session.principal(), &ids).await {
-        Ok(deleted) => Redirect::to(&format!("/manage?deleted={}", deleted.len())).into_response(),
-        Err(e) => failure(&state, &e).into_response(),
     }
 }
 

@@ -12,6 +12,7 @@
 //! when the browser sends one, a same-origin `Origin`.
 
 mod connect;
+mod delete;
 mod detail;
 mod done;
 mod edit;
@@ -47,6 +48,7 @@ pub fn router() -> Router<AppState> {
         .route("/pages/assets/app.css", get(stylesheet))
         .merge(connect::router())
         .merge(manage::router())
+        .merge(delete::router())
         .merge(done::router())
         .merge(detail::router())
         .merge(edit::router())

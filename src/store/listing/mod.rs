@@ -12,7 +12,7 @@ pub(super) use flights::Flights;
 pub(super) use pages::Pages;
 use pages::{used_sum, Kept, ReadPage};
 pub(super) use remembered::{PageStarts, Totals};
-use rows::{like_pattern, listed};
+use rows::{health_sql, like_pattern, listed};
 
 use crate::ids::OrgId;
 pub use rows::{CredentialFilter, CredentialPage, HealthFilter, ListedCredential, Served, Viewer};
@@ -377,30 +377,5 @@ impl Store {
         })
     })
         .await
-    }
-}
-
-/// The condition that a credential (`x`) has `health` at `now` (see
-/// `model::Health::of`: the same rules). The times are numbers credgate
-/// computed, written into the statement.
-fn health_sql(health: HealthFilter, now: i64, warn: i64) -> String {
-    use crate::model::Health;
-    let health = match health {
-        HealthFilter::Is(h) => h,
-        HealthFilter::NeedsAttention => return format!("NOT {}", health_sql(HealthFilter::Is(Health::Ok), now, warn)),
-    };
-    let ends_by = |t: i64| {
-        format!(
-            "(COALESCE(x.refresh_expires_at, 9223372036854775807) <= {t} \
-             OR COALESCE(x.secret_expires_at, 9223372036854775807) <= {t})"
-        )
-    };
-    let needs_reauth = format!("(x.status = 'needs_reauth' OR {})", ends_by(now));
-    let failing = "(x.status IN ('expired', 'error') OR x.refresh_failures > 0)";
-    match health {
-        Health::NeedsReauth => needs_reauth,
-        Health::Failing => format!("(NOT {needs_reauth} AND {failing})"),
-        Health::Expiring => format!("(NOT {needs_reauth} AND NOT {failing} AND {})", ends_by(now + warn)),
-        Health::Ok => format!("(NOT {needs_reauth} AND NOT {failing} AND NOT {})", ends_by(now + warn)),
     }
 }

@@ -1,11 +1,7 @@
-//! Which OAuth client a flow or a credential uses: an organization's own app
-//! for the provider (bring your own client), or the operator's (the provider
-//! file and `CREDGATE_PROVIDER_*`), or for an MCP server credgate's own
-//! registration at its authorization server. An organization's app is
-//! managed here (admin only); its client secret is sealed under the
-//! organization's data key and never leaves but to the provider.
-
-use std::sync::Arc;
+//! An organization's own OAuth apps (bring your own client), managed here
+//! (admin only): its client secret is sealed under the organization's data
+//! key and never leaves but to the provider. Which client a flow or a
+//! credential uses is `client`'s.
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -13,18 +9,19 @@ use serde::{Deserialize, Serialize};
 use crate::context::Context;
 use crate::crypto::SecretMap;
 use crate::error::Error;
-use crate::ids::OrgId;
 use crate::model::{AuthKind, Principal, Role};
-use crate::providers::{validate_fields, ClientAuth, FieldError, OAuthSettings, Provider};
-use crate::store::{AppDeletion, AppPut, CredentialRow, OAuthAppRow, StoreError};
+use crate::providers::{validate_fields, FieldError, Provider};
+use crate::store::{AppDeletion, AppPut, OAuthAppRow, StoreError};
+use crate::vault::app_subject as subject;
+
+mod client;
+pub use client::{for_app, for_credential, for_new, own_providers, Client};
 
 /// Most apps and MCP registrations one organization may hold.
 pub const MAX_APPS: i64 = 200;
 
 const GROUP: &str = "app";
 const SECRET: &str = "client_secret";
-
-use crate::vault::app_subject as subject;
 
 /// The non-secret part of an app, as stored (`settings`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -84,15 +81,6 @@ pub struct AppView {
     pub updated_at: i64,
     /// Credentials connected through it (with its current client id).
     pub credentials: i64,
-}
-
-/// The OAuth client a flow or a credential uses.
-#[derive(Debug, Clone)]
-pub struct Client {
-    pub settings: Arc<OAuthSettings>,
-    /// The organization's app (or registration) and its client id; `None`:
-    /// the operator's.
-    pub app: Option<(String, String)>,
 }
 
 pub(crate) fn settings_of(row: &OAuthAppRow) -> Result<AppSettings, Error> {
@@ -308,116 +296,4 @@ pub(crate) fn secret_map(secret: Option<SecretString>) -> SecretMap {
         map.insert(SECRET, secret);
     }
     map
-}
-
-/// Opens an app's client secret.
-async fn secret_of(ctx: &Context, org_id: &OrgId, row: &OAuthAppRow) -> Result<SecretString, Error> {
-    let mut groups = ctx
-        .vault
-        .open(org_id, &subject(org_id, &row.app), &row.secret_ct, row.key_version)
-        .await?;
-    Ok(groups
-        .remove(GROUP)
-        .and_then(|mut g| g.0.remove(SECRET))
-        .unwrap_or_else(|| SecretString::from("")))
-}
-
-/// The provider's settings with the app's client, scopes and tenant.
-async fn with_app(ctx: &Context, org_id: &OrgId, base: &OAuthSettings, row: &OAuthAppRow) -> Result<Client, Error> {
-    let s = settings_of(row)?;
-    let mut settings = base.clone();
-    settings.client_id = row.client_id.clone();
-    settings.client_secret = secret_of(ctx, org_id, row).await?;
-    if let Some(scopes) = s.scopes {
-        settings.scopes = scopes;
-    }
-    if s.tenant.is_some() {
-        settings.tenant = s.tenant;
-    }
-    if let Some(server) = s.server {
-        // The endpoints a server named: the egress guard holds for every use.
-        let allowed = url::Url::parse(&server.token_endpoint)
-            .ok()
-            .is_some_and(|u| ctx.probes.egress.check_url(&u).is_ok());
-        if !allowed {
-            return Err(Error::Conflict(
-                "egress_denied",
-                "credgate is not allowed to reach this MCP server's token endpoint".into(),
-            ));
-        }
-        settings.authorization_url = server.authorization_endpoint;
-        settings.token_url = server.token_endpoint;
-        settings.revocation_url = server.revocation_endpoint;
-        settings.issuer = Some(server.issuer);
-        settings.client_auth = match server.token_endpoint_auth_method.as_str() {
-            "client_secret_basic" => ClientAuth::Basic,
-            "none" => ClientAuth::None,
-            _ => ClientAuth::Body,
-        };
-    }
-    Ok(Client {
-        settings: Arc::new(settings),
-        app: Some((row.app.clone(), row.client_id.clone())),
-    })
-}
-
-fn operator(provider: &Provider) -> Result<Client, Error> {
-    let settings = provider.oauth.as_ref().ok_or(Error::NotFound)?;
-    Ok(Client {
-        settings: Arc::new(settings.clone()),
-        app: None,
-    })
-}
-
-/// The client a new connection of `provider` in `org_id` uses: the
-/// organization's app when it has one, else the operator's.
-pub async fn for_new(ctx: &Context, org_id: &OrgId, provider: &Provider) -> Result<Client, Error> {
-    let base = provider.oauth.as_ref().ok_or(Error::NotFound)?;
-    match ctx.store.oauth_app(org_id, &provider.id).await? {
-        Some(row) => with_app(ctx, org_id, base, &row).await,
-        None => operator(provider),
-    }
-}
-
-/// The client of app `app` (with the client id it had when a flow started
-/// or a credential was connected): `NeedsReauth` when the app was deleted
-/// or now has another client id, which never issued that grant.
-pub async fn for_app(
-    ctx: &Context,
-    org_id: &OrgId,
-    provider: &Provider,
-    app: Option<&(String, String)>,
-) -> Result<Client, Error> {
-    let Some((app, client_id)) = app else {
-        return operator(provider);
-    };
-    let base = provider.oauth.as_ref().ok_or(Error::NotFound)?;
-    match ctx.store.oauth_app(org_id, app).await? {
-        Some(row) if row.client_id == *client_id => with_app(ctx, org_id, base, &row).await,
-        Some(_) => Err(Error::NeedsReauth(format!(
-            "the organization's OAuth app for {} now has another client id; reconnect",
-            provider.display_name
-        ))),
-        None => Err(Error::NeedsReauth(format!(
-            "the organization's OAuth app for {} was deleted; reconnect",
-            provider.display_name
-        ))),
-    }
-}
-
-/// The client that connected `row`.
-pub async fn for_credential(ctx: &Context, row: &CredentialRow) -> Result<Client, Error> {
-    let provider = ctx.registry.get(&row.provider).ok_or(Error::NotFound)?;
-    for_app(ctx, &row.org_id, provider, row.oauth_app.as_ref()).await
-}
-
-/// The providers the organization has its own app for.
-pub async fn own_providers(ctx: &Context, org_id: &OrgId) -> Result<Vec<String>, Error> {
-    Ok(ctx
-        .store
-        .oauth_apps(org_id)
-        .await?
-        .into_iter()
-        .map(|a| a.provider)
-        .collect())
 }
