@@ -10,7 +10,6 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -35,7 +34,9 @@ pub const MAX_SIGNED_BODY: usize = 10 * 1024 * 1024;
 pub const KEPT_FOR_RETRY: usize = 1024 * 1024;
 
 mod body;
+mod settlement;
 use body::outgoing;
+use settlement::Settlement;
 
 /// The gateway's routes.
 pub fn router() -> Router<AppState> {
@@ -196,16 +197,20 @@ async fn forward(
         (method.as_str(), raw, uri.query()),
     )
     .await?;
-    // From here the use is recorded: each way out adds its outcome.
-    let started = Instant::now();
-    let settle = |status: Option<u16>, error: Option<&'static str>| UseOutcome {
-        event_id: call.resolved.use_event.0,
-        org_id: call.resolved.row.org_id.clone(),
-        detail: call.resolved.use_event.1.clone(),
-        status,
-        error,
-        latency_ms: started.elapsed().as_millis() as u64,
-    };
+    // From here the use is recorded: each way out adds its outcome, and
+    // so does the engine going away before one is known.
+    let mut settlement = Settlement::new(
+        state.outcomes.clone(),
+        UseOutcome {
+            event_id: call.resolved.use_event.0,
+            org_id: call.resolved.row.org_id.clone(),
+            detail: call.resolved.use_event.1.clone(),
+            status: None,
+            error: None,
+            latency_ms: 0,
+        },
+    );
+    let started = settlement.started();
     let denied = || {
         ApiError::Conflict(
             "egress_denied",
@@ -213,14 +218,14 @@ async fn forward(
         )
     };
     if state.probes.egress.check_url(&call.url).is_err() {
-        state.outcomes.enqueue(settle(None, Some("egress_denied"))).await;
+        settlement.settle(None, Some("egress_denied")).await;
         return Err(denied());
     }
     let over = Arc::new(AtomicBool::new(false));
     let outgoing = match outgoing(&state, &call, &method, &headers, body, over.clone()).await {
         Ok(outgoing) => outgoing,
         Err(e) => {
-            state.outcomes.enqueue(settle(None, Some("body_too_large"))).await;
+            settlement.settle(None, Some("body_too_large")).await;
             return Err(e);
         }
     };
@@ -292,12 +297,12 @@ async fn forward(
         Err(failure) => {
             count("failed".into());
             let (error, problem) = failure.explained(&over, denied, too_large);
-            state.outcomes.enqueue(settle(None, Some(error))).await;
+            settlement.settle(None, Some(error)).await;
             return Err(problem);
         }
     };
     let status = upstream.status();
-    state.outcomes.enqueue(settle(Some(status.as_u16()), None)).await;
+    settlement.settle(Some(status.as_u16()), None).await;
     count(format!("{}xx", status.as_u16() / 100));
     state
         .metrics

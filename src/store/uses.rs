@@ -53,7 +53,8 @@ pub struct UseOutcome {
     /// to it.
     pub detail: Option<Value>,
     pub status: Option<u16>,
-    /// `unreachable`, `timeout`, `egress_denied`, `body_too_large`.
+    /// `unreachable`, `timeout`, `egress_denied`, `body_too_large`,
+    /// `abandoned` (the engine went away before the service answered).
     pub error: Option<&'static str>,
     pub latency_ms: u64,
 }

@@ -676,6 +676,34 @@ async fn each_call_is_a_use_with_the_services_status_and_latency(backend: crate:
 }
 both_backends!(each_call_is_a_use_with_the_services_status_and_latency);
 
+/// The engine gives up on a call while the service is still answering (its
+/// own timeout, a cancelled run): the use still gets its outcome.
+async fn a_call_the_engine_abandons_still_gets_its_outcome(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let (base, seen) = upstream().await;
+    let app = gateway_app(&db).await;
+    let id = http_credential(&app, &base, json!({"scheme": "bearer", "token": "t"})).await;
+
+    // The stand-in answers `slow` after 3 s; the engine waits 500 ms.
+    let gave_up = app
+        .client
+        .get(format!("{}/integrations/credentials/{id}/proxy/slow", app.base))
+        .bearer_auth(&app.org.engine)
+        .timeout(std::time::Duration::from_millis(500))
+        .send()
+        .await;
+    let uses = settled_uses(&app, &id, 1).await;
+
+    assert!(gave_up.unwrap_err().is_timeout());
+    assert_eq!(seen.0.lock().unwrap().len(), 1, "the call reached the service");
+    let detail = &uses[0]["detail"];
+    assert_eq!(detail["error"], "abandoned", "{}", uses[0]);
+    assert_eq!(detail["status"], Value::Null);
+    assert!(detail["latency_ms"].as_u64().is_some_and(|ms| ms >= 400), "{detail}");
+    assert_eq!(uses[0]["outcome"], "failure");
+}
+both_backends!(a_call_the_engine_abandons_still_gets_its_outcome);
+
 /// A process's resident memory, in bytes.
 fn rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -1,0 +1,61 @@
+//! A gateway call's outcome, written once: as the call's way out says, or,
+//! when the engine went away first (the request's future dropped while the
+//! service was still being asked), as `abandoned`.
+
+use std::time::Instant;
+
+use crate::group_commit::OutcomeLog;
+use crate::store::UseOutcome;
+
+/// The outcome still to be written for a recorded use.
+pub struct Settlement {
+    log: OutcomeLog,
+    pending: Option<UseOutcome>,
+    started: Instant,
+}
+
+impl Settlement {
+    /// For the use `outcome` names (its status and error still unknown),
+    /// from now.
+    pub fn new(log: OutcomeLog, outcome: UseOutcome) -> Self {
+        Self {
+            log,
+            pending: Some(outcome),
+            started: Instant::now(),
+        }
+    }
+
+    /// When the call began (after its use was recorded).
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Queues the outcome: the service's `status`, or what went wrong.
+    pub async fn settle(&mut self, status: Option<u16>, error: Option<&'static str>) {
+        if let Some(outcome) = self.outcome(status, error) {
+            self.log.enqueue(outcome).await;
+        }
+    }
+
+    fn outcome(&mut self, status: Option<u16>, error: Option<&'static str>) -> Option<UseOutcome> {
+        let mut outcome = self.pending.take()?;
+        outcome.status = status;
+        outcome.error = error;
+        outcome.latency_ms = self.started.elapsed().as_millis() as u64;
+        Some(outcome)
+    }
+}
+
+impl Drop for Settlement {
+    fn drop(&mut self) {
+        let Some(outcome) = self.outcome(None, Some("abandoned")) else {
+            return;
+        };
+        // Dropped with its request, inside the runtime: the write cannot
+        // be awaited here, so it is queued from a task of its own.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let log = self.log.clone();
+            runtime.spawn(async move { log.enqueue(outcome).await });
+        }
+    }
+}
