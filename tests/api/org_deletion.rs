@@ -203,3 +203,103 @@ async fn an_interrupted_deletion_is_finished_by_the_worker_and_shreds_at_once(ba
     assert_eq!(others, StatusCode::OK);
 }
 both_backends!(an_interrupted_deletion_is_finished_by_the_worker_and_shreds_at_once);
+
+/// On PostgreSQL an event's organization is checked by a trigger once per
+/// statement (migration 0026), not by a foreign key per row: an insert and
+/// its organization's deletion that meet still leave no event behind,
+/// whichever comes first.
+#[test]
+fn an_event_meeting_its_organizations_deletion_is_never_left_behind() {
+    crate::helpers::run_test(async {
+        use std::time::Duration;
+        let db = TestDb::new(crate::helpers::Backend::Postgres).await;
+        let app = TestApp::spawn(&db).await;
+        let sql = app.sql().await;
+        for org in ["deleted-first", "inserted-first"] {
+            sqlx::query("INSERT INTO organizations (id, name, key_version, created_at) VALUES ($1, $1, 1, 0)")
+                .bind(org)
+                .execute(&sql)
+                .await
+                .unwrap();
+        }
+        let event = |org: &'static str| {
+            let sql = sql.clone();
+            async move {
+                sqlx::query(
+                    "INSERT INTO audit_events (org_id, action, outcome, actor, at) \
+                     VALUES ($1, 'credential.resolve', 'success', 'engine', 0)",
+                )
+                .bind(org)
+                .execute(&sql)
+                .await
+            }
+        };
+        let left = |org: &'static str| {
+            let sql = sql.clone();
+            async move {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT (SELECT COUNT(*) FROM audit_events WHERE org_id = $1) \
+                     + (SELECT COUNT(*) FROM use_outcomes WHERE org_id = $1)",
+                )
+                .bind(org)
+                .fetch_one(&sql)
+                .await
+                .unwrap();
+                n
+            }
+        };
+
+        // The deletion first: the insert waits for it, then is refused.
+        let mut deleting = sql.begin().await.unwrap();
+        sqlx::query("DELETE FROM organizations WHERE id = 'deleted-first'")
+            .execute(&mut *deleting)
+            .await
+            .unwrap();
+        let late = tokio::spawn(event("deleted-first"));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let late_waited = !late.is_finished();
+        deleting.commit().await.unwrap();
+        let late = late.await.unwrap();
+
+        // The insert first: the deletion waits for it, then takes its rows.
+        let mut inserting = sql.begin().await.unwrap();
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO audit_events (org_id, action, outcome, actor, at) \
+             VALUES ('inserted-first', 'credential.proxy', 'success', 'engine', 0) RETURNING id",
+        )
+        .fetch_one(&mut *inserting)
+        .await
+        .unwrap();
+        sqlx::query("INSERT INTO use_outcomes (event_id, org_id, outcome, detail) VALUES ($1, 'inserted-first', 'success', '{}')")
+            .bind(id)
+            .execute(&mut *inserting)
+            .await
+            .unwrap();
+        let deletion = {
+            let sql = sql.clone();
+            tokio::spawn(async move {
+                sqlx::query("DELETE FROM organizations WHERE id = 'inserted-first'")
+                    .execute(&sql)
+                    .await
+                    .map(|r| r.rows_affected())
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let deletion_waited = !deletion.is_finished();
+        inserting.commit().await.unwrap();
+        let deleted = deletion.await.unwrap();
+
+        assert!(late_waited, "the insert waits for the deletion to end");
+        let refused = late.unwrap_err().to_string();
+        assert!(refused.contains("does not exist"), "{refused}");
+        assert_eq!(left("deleted-first").await, 0);
+        assert!(deletion_waited, "the deletion waits for the insert to end");
+        assert_eq!(deleted.unwrap(), 1);
+        assert_eq!(
+            left("inserted-first").await,
+            0,
+            "the events went with their organization"
+        );
+        assert!(event("no-such-organization").await.is_err());
+    });
+}
