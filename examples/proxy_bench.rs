@@ -355,7 +355,7 @@ fn millis(v: &str) -> Option<f64> {
 }
 
 /// CPU seconds (user and system) used so far by nginx's processes, by the
-/// credgate server `credgate` and by PostgreSQL's processes.
+/// credgate server (process `credgate`) and by PostgreSQL's processes.
 fn cpu_seconds(credgate: u32) -> [f64; 3] {
     // Linux's clock ticks per second (`getconf CLK_TCK`).
     const TICKS: f64 = 100.0;
