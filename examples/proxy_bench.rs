@@ -24,9 +24,13 @@
 //!    leaves, and gets its status and latency just after.
 //! 4. Around each measured run, reads from `/proc` the CPU time (user and
 //!    system) of nginx's processes (upstream and proxy share them), the
-//!    credgate server and PostgreSQL's processes: `cpu_us_per_request`, in
-//!    microseconds per request. Unlike requests per second, this hardly
-//!    moves with what else the machine is doing.
+//!    credgate server, PostgreSQL's processes and wrk:
+//!    `cpu_us_per_request`, in microseconds per request, and the share of
+//!    the machine's CPU time left idle (`machine_idle_share`: near 0, the
+//!    run was bound by CPU, not by waiting). Unlike requests per second,
+//!    CPU per request hardly moves with what else the machine is doing;
+//!    it does move between machines (a virtual machine whose system calls
+//!    cost more makes every process dearer).
 //! 5. Counts the `credential.proxy` events (every answered call has one)
 //!    and runs `pgbench -N` (one read-write transaction each) with as many
 //!    clients, for scale.
@@ -187,12 +191,24 @@ fn run(args: &Args, dir: &Path, url: &str) -> anyhow::Result<Value> {
         wrk(target, *header, 2, args.connections)?;
         let before = counters()?;
         let cpu_before = cpu_seconds(server_pid);
+        let machine_before = machine_ticks();
         let w = wrk(target, *header, args.seconds, args.connections)?;
         let cpu_after = cpu_seconds(server_pid);
+        let machine_after = machine_ticks();
         let micros = |i: usize| round((cpu_after[i] - cpu_before[i]) * 1e6 / w.requests.max(1.0), 1);
+        let (busy, idle) = (
+            machine_after[0] - machine_before[0],
+            machine_after[1] - machine_before[1],
+        );
         cpu.insert(
             (*label).into(),
-            json!({"nginx": micros(0), "credgate": micros(1), "postgres": micros(2)}),
+            json!({
+                "nginx": micros(0),
+                "credgate": micros(1),
+                "postgres": micros(2),
+                "wrk": micros(3),
+                "machine_idle_share": round(idle / (busy + idle).max(1.0), 3),
+            }),
         );
         if header.is_some() {
             // Outcomes are written just after the answers: let them land.
@@ -354,12 +370,23 @@ fn millis(v: &str) -> Option<f64> {
     }
 }
 
+/// Linux's clock ticks per second (`getconf CLK_TCK`).
+const TICKS: f64 = 100.0;
+
 /// CPU seconds (user and system) used so far by nginx's processes, by the
-/// credgate server (process `credgate`) and by PostgreSQL's processes.
-fn cpu_seconds(credgate: u32) -> [f64; 3] {
-    // Linux's clock ticks per second (`getconf CLK_TCK`).
-    const TICKS: f64 = 100.0;
-    let mut seconds = [0.0; 3];
+/// credgate server (process `credgate`), by PostgreSQL's processes and by
+/// this process's children it has waited for (the wrk runs, gone before
+/// their CPU time could be read from their own `/proc` entry).
+fn cpu_seconds(credgate: u32) -> [f64; 4] {
+    let mut seconds = [0.0; 4];
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        if let Some(close) = stat.rfind(')') {
+            // cutime and cstime are fields 16 and 17.
+            let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+            let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            seconds[3] = (ticks(16) + ticks(17)) / TICKS;
+        }
+    }
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return seconds;
     };
@@ -386,6 +413,21 @@ fn cpu_seconds(credgate: u32) -> [f64; 3] {
         seconds[slot] += (ticks(14) + ticks(15)) / TICKS;
     }
     seconds
+}
+
+/// The whole machine's clock ticks so far, all cores: busy (interrupts
+/// included) and idle (waiting for the disk included), from `/proc/stat`.
+fn machine_ticks() -> [f64; 2] {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return [0.0; 2];
+    };
+    // user nice system idle iowait irq softirq steal …
+    let ticks: Vec<f64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let get = |i: usize| ticks.get(i).copied().unwrap_or(0.0);
+    let idle = get(3) + get(4);
+    let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
+    [busy, idle]
 }
 
 /// A process's peak resident memory (`VmHWM`), in KiB.
