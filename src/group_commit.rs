@@ -13,7 +13,8 @@
 //!   decided on an earlier read is written only while that read is current
 //!   (`store::ReadAt`), and its request is told when it was not.
 //! - Gateway calls' outcomes ([`OutcomeLog`]): nobody waits for them, so
-//!   each group takes whatever came in 25 ms.
+//!   each group takes whatever came in 25 ms; a group the store cannot
+//!   take waits for it.
 //! - Creates ([`CreateLog`]): each create is checked on its own (key
 //!   version, the provider's limit) inside the group's transaction; one the
 //!   database refuses is written again alone, so it fails alone.
@@ -60,7 +61,7 @@ pub trait Writer: Send + Sync + 'static {
 }
 
 /// Items waiting for the writer at most; more wait to enqueue.
-const QUEUE: usize = 8192;
+pub const QUEUE: usize = 8192;
 
 type Waiter<O> = oneshot::Sender<Result<O, StoreError>>;
 /// An item queued, its waiter, and whether it counts as queued without a
@@ -125,6 +126,7 @@ impl<W: Writer> GroupCommit<W> {
 
     /// Queues `item` without waiting for its commit (only, when the queue
     /// is full, for room in it): for writes whose request need not wait.
+    /// Dropped before it returns, it has queued nothing.
     pub async fn enqueue(&self, item: W::Item) {
         let (done, _) = oneshot::channel();
         self.unwritten.fetch_add(1, Ordering::SeqCst);
@@ -247,33 +249,64 @@ impl Writer for Uses {
 
 /// What became of gateway calls, kept beside their uses' events; nobody
 /// waits for them, so the writer waits a moment for more (one commit for
-/// every call of the last 25 ms, not one for every few). Lost
-/// with the process in that moment: the outcomes, never the uses.
+/// every call of the last 25 ms, not one for every few). A group the store
+/// cannot take (an outage, a lock held past its limit) waits for it and is
+/// written again, its calls' answers already on their way (once the queue
+/// is full, later calls wait for room before they answer); only the
+/// process's end loses what is still queued, never the uses.
 #[derive(Debug)]
 pub struct Outcomes(pub Store);
+
+/// The first pause before a group of outcomes is written again after the
+/// store could not take it; each next one twice as long, up to
+/// [`OUTCOMES_RETRY_MAX`].
+const OUTCOMES_RETRY_FIRST: Duration = Duration::from_millis(100);
+const OUTCOMES_RETRY_MAX: Duration = Duration::from_secs(2);
+
+impl Outcomes {
+    /// Writes `outcomes` once the store takes them: again, after a pause,
+    /// while it is unavailable or gives the write up (a lock not granted in
+    /// time); the store's refusal is returned.
+    async fn record(&self, outcomes: &[UseOutcome]) -> Result<(), StoreError> {
+        let mut pause = OUTCOMES_RETRY_FIRST;
+        loop {
+            match self.0.record_outcomes(outcomes).await {
+                Err(StoreError::Unavailable(e) | StoreError::GaveWay(e)) => {
+                    tracing::warn!(error = %e, outcomes = outcomes.len(), "gateway calls' outcomes wait for the store");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(OUTCOMES_RETRY_MAX);
+                }
+                written => return written,
+            }
+        }
+    }
+}
 
 impl Writer for Outcomes {
     type Item = UseOutcome;
     type Output = ();
     const MAX_BATCH: usize = 4096;
     const LINGER: Duration = Duration::from_millis(25);
+    // Never failed for a group that found the store unavailable: each
+    // group waits for the store (`record`).
+    const SHARES_OUTAGE: bool = false;
 
     async fn write(&self, outcomes: Vec<UseOutcome>) -> Vec<Result<(), StoreError>> {
-        let written = match self.0.record_outcomes(&outcomes).await {
+        let written = match self.record(&outcomes).await {
             // The database refused one of them (an organization purged
             // meanwhile): each is written again alone, so it fails alone.
             Err(StoreError::Database(e)) if outcomes.len() > 1 => {
                 tracing::warn!(error = %e, outcomes = outcomes.len(), "a group of outcomes was refused; writing them one by one");
                 let mut each = Vec::with_capacity(outcomes.len());
                 for one in &outcomes {
-                    each.push(self.0.record_outcomes(std::slice::from_ref(one)).await);
+                    each.push(self.record(std::slice::from_ref(one)).await);
                 }
                 return each;
             }
             written => written,
         };
         if let Err(e) = &written {
-            tracing::warn!(error = %e, outcomes = outcomes.len(), "gateway calls' outcomes were not recorded");
+            tracing::warn!(error = %e, outcomes = outcomes.len(), "gateway calls' outcomes were refused");
         }
         outcomes
             .iter()

@@ -607,7 +607,7 @@ both_backends!(a_refused_token_is_refreshed_and_a_kept_body_sent_again);
 
 /// The credential's `credential.proxy` events once each has its outcome
 /// (written just after the service answers).
-async fn settled_uses(app: &TestApp, id: &str, count: usize) -> Vec<Value> {
+pub async fn settled_uses(app: &TestApp, id: &str, count: usize) -> Vec<Value> {
     for _ in 0..100 {
         let uses = events_of(app, id, "credential.proxy").await;
         if uses.len() == count && uses.iter().all(|u| u["detail"].get("latency_ms").is_some()) {

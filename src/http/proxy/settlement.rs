@@ -1,6 +1,8 @@
 //! A gateway call's outcome, written once: as the call's way out says, or,
 //! when the engine went away first (the request's future dropped while the
-//! service was still being asked), as `abandoned`.
+//! service was still being asked), as `abandoned`. An outcome settled but
+//! not yet queued (its request dropped while it waited for room in a full
+//! queue) is queued as it was settled.
 
 use std::time::Instant;
 
@@ -10,7 +12,10 @@ use crate::store::UseOutcome;
 /// The outcome still to be written for a recorded use.
 pub struct Settlement {
     log: OutcomeLog,
+    /// Not settled yet.
     pending: Option<UseOutcome>,
+    /// Settled, and not yet in the queue.
+    unqueued: Option<UseOutcome>,
     started: Instant,
 }
 
@@ -21,6 +26,7 @@ impl Settlement {
         Self {
             log,
             pending: Some(outcome),
+            unqueued: None,
             started: Instant::now(),
         }
     }
@@ -33,7 +39,11 @@ impl Settlement {
     /// Queues the outcome: the service's `status`, or what went wrong.
     pub async fn settle(&mut self, status: Option<u16>, error: Option<&'static str>) {
         if let Some(outcome) = self.outcome(status, error) {
+            // Until the queue has taken it: an enqueue cut short sent
+            // nothing, and the drop queues it instead.
+            self.unqueued = Some(outcome.clone());
             self.log.enqueue(outcome).await;
+            self.unqueued = None;
         }
     }
 
@@ -48,7 +58,7 @@ impl Settlement {
 
 impl Drop for Settlement {
     fn drop(&mut self) {
-        let Some(outcome) = self.outcome(None, Some("abandoned")) else {
+        let Some(outcome) = self.unqueued.take().or_else(|| self.outcome(None, Some("abandoned"))) else {
             return;
         };
         // Dropped with its request, inside the runtime: the write cannot

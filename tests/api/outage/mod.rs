@@ -7,6 +7,7 @@
 mod ambiguous;
 mod deadlock;
 mod fault_proxy;
+mod outcomes;
 mod postgres;
 mod sqlite;
 mod worker;
