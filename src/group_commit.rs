@@ -140,6 +140,11 @@ impl<W: Writer> GroupCommit<W> {
         std::mem::forget(unsent);
     }
 
+    /// Items [`enqueue`](Self::enqueue)d and not yet written (nor failed).
+    pub fn unwritten(&self) -> usize {
+        self.unwritten.load(Ordering::SeqCst)
+    }
+
     /// Waits, at most `within`, until every item [`enqueue`](Self::enqueue)d
     /// so far is written (or failed); whether they all were. A stopping
     /// server calls it once its requests are done, so that what they

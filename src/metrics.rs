@@ -79,6 +79,9 @@ pub struct Metrics {
     pub gateway_latency: Family<ProviderLabels, Histogram>,
     /// `credgate_token_refresh_backlog`: due but not yet refreshed.
     pub refresh_backlog: Gauge,
+    /// `credgate_gateway_outcomes_unwritten`: gateway calls' outcomes this
+    /// process has queued and not yet written (set when scraped).
+    pub gateway_outcomes_unwritten: Gauge,
     /// `credgate_worker_last_step_timestamp_seconds`: when this process's
     /// refresh worker last finished a step.
     pub worker_last_step: Gauge,
@@ -145,6 +148,12 @@ impl Default for Metrics {
             "webhook_deliveries",
             "Attempts to deliver to organizations' webhook endpoints, by outcome",
             webhook_deliveries.clone(),
+        );
+        let gateway_outcomes_unwritten = Gauge::default();
+        registry.register(
+            "gateway_outcomes_unwritten",
+            "Gateway calls' outcomes this process has queued and not yet written",
+            gateway_outcomes_unwritten.clone(),
         );
         registry.register(
             "gateway_upstream_duration_seconds",
@@ -224,6 +233,7 @@ impl Default for Metrics {
             webhook_deliveries,
             gateway_latency,
             refresh_backlog,
+            gateway_outcomes_unwritten,
             worker_last_step,
             api_key_lookups,
             readiness_checks,

@@ -114,6 +114,8 @@ impl ReadyCache {
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String)))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let unwritten = i64::try_from(state.outcomes.unwritten()).unwrap_or(i64::MAX);
+    state.metrics.gateway_outcomes_unwritten.set(unwritten);
     (
         [(
             header::CONTENT_TYPE,

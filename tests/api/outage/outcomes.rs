@@ -153,9 +153,21 @@ fn an_outcome_that_meets_a_held_lock_waits_for_it() {
         let answered = call(&app, &id, "run-locked").send().await.unwrap().status();
         // Several writes of the outcome give way meanwhile.
         tokio::time::sleep(Duration::from_millis(1500)).await;
+        let waiting = app.metric("credgate_gateway_outcomes_unwritten").await;
         lock.commit().await.unwrap();
         let outcome = settled_outcome(&app, "run-locked").await;
+        // Counted down just after the commit that made the row visible.
+        let mut waiting_after = -1;
+        for _ in 0..40 {
+            waiting_after = app.metric("credgate_gateway_outcomes_unwritten").await;
+            if waiting_after == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
 
+        assert_eq!(waiting, 1, "operators see the outcome waiting");
+        assert_eq!(waiting_after, 0);
         assert_eq!(answered, reqwest::StatusCode::CREATED);
         assert_eq!(outcome["status"], 201, "{outcome}");
         assert_eq!(outcome["error"], serde_json::Value::Null, "{outcome}");
