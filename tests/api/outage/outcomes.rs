@@ -1,6 +1,6 @@
 //! A gateway call's outcome is written after the service answered, by a
 //! writer nobody waits for. When the database cannot take it at that
-//! moment (PostgreSQL silent, SQLite's write lock held by another process),
+//! moment (PostgreSQL silent, SQLite's write lock held by another connection),
 //! the outcome waits for the database; it is not dropped.
 
 use std::time::Duration;
