@@ -30,13 +30,20 @@ impl WriteTx {
 
     /// A SQLite transaction that takes the file's write lock at once, so
     /// writers never deadlock on upgrade; `queue` is this process's slot.
+    ///
+    /// The transaction is this value from before `BEGIN` is sent: `BEGIN`
+    /// can wait for the file's lock (another process holds it) past the
+    /// store's time limit, which drops this future, yet SQLite still
+    /// begins once the lock is free. Dropped, the value rolls back what
+    /// was begun; a connection back in the pool inside a transaction would
+    /// hold the write lock, and fail every write, for good.
     pub(super) async fn sqlite(pool: &AnyPool, queue: OwnedMutexGuard<()>) -> Result<Self, sqlx::Error> {
-        let mut conn = pool.acquire().await?;
-        conn.execute("BEGIN IMMEDIATE").await?;
-        Ok(Self {
-            inner: Some(Inner::Sqlite(conn)),
+        let mut tx = Self {
+            inner: Some(Inner::Sqlite(pool.acquire().await?)),
             queue: Some(queue),
-        })
+        };
+        tx.execute("BEGIN IMMEDIATE").await?;
+        Ok(tx)
     }
 
     /// Commits, then gives up the writer slot.

@@ -100,3 +100,55 @@ fn a_full_disk_under_sqlite_is_a_503_and_corrupts_nothing() {
         assert_eq!(check, "ok");
     });
 }
+
+/// A write whose `BEGIN IMMEDIATE` is still waiting for the file's lock
+/// (held by another connection: a CLI command, a backup) when the store's
+/// time limit gives it up is a 503; once the lock is free, that begun
+/// transaction is rolled back. Before, its connection went back to the
+/// pool inside it, holding the write lock: every later write waited for
+/// the lock and failed (or, on that connection, failed with `cannot start
+/// a transaction within a transaction`), until the process restarted.
+#[test]
+fn a_write_given_up_while_waiting_for_the_lock_leaves_no_transaction_open() {
+    crate::helpers::run_test(async {
+        let db = TestDb::new(crate::helpers::Backend::Sqlite).await;
+        let mut config = test_config(&db);
+        // Shorter than SQLite's own wait for the lock (8 s).
+        config.db_timeout = std::time::Duration::from_secs(1);
+        let app = TestApp::spawn_with(config).await;
+        let mut lock = app.sql().await.acquire().await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *lock).await.unwrap();
+
+        let (while_locked, problem) = app
+            .call(
+                Method::POST,
+                "/integrations/credentials",
+                &app.org.admin,
+                Some(pg_body("waited", "s")),
+            )
+            .await;
+        sqlx::query("COMMIT").execute(&mut *lock).await.unwrap();
+        drop(lock);
+        // Enough writes, one after another, to go through every pooled
+        // connection.
+        let mut after = Vec::new();
+        for n in 0..12 {
+            let (status, body) = app
+                .call(
+                    Method::POST,
+                    "/integrations/credentials",
+                    &app.org.admin,
+                    Some(pg_body(&format!("after-{n}"), "s")),
+                )
+                .await;
+            after.push((status, body["code"].clone()));
+        }
+
+        assert_eq!(while_locked, StatusCode::SERVICE_UNAVAILABLE, "{problem}");
+        assert_eq!(problem["code"], "store_unavailable");
+        assert!(
+            after.iter().all(|(status, _)| *status == StatusCode::CREATED),
+            "every write after the lock is let go: {after:?}"
+        );
+    });
+}
