@@ -256,7 +256,8 @@ impl Writer for Uses {
 /// waits for them, so the writer waits a moment for more (one commit for
 /// every call of the last 25 ms, not one for every few). A group the store
 /// cannot take (an outage, a lock held past its limit) waits for it and is
-/// written again, its calls' answers already on their way (once the queue
+/// written again (in halves, when it is too slow for the store's time
+/// limit), its calls' answers already on their way (once the queue
 /// is full, later calls wait for room before they answer); only the
 /// process's end loses what is still queued, never the uses.
 #[derive(Debug)]
@@ -271,19 +272,33 @@ const OUTCOMES_RETRY_MAX: Duration = Duration::from_secs(2);
 impl Outcomes {
     /// Writes `outcomes` once the store takes them: again, after a pause,
     /// while it is unavailable or gives the write up (a lock not granted in
-    /// time); the store's refusal is returned.
+    /// time); a group given up at the store's time limit is written in two
+    /// halves, each halved again while it is too slow, so that no group is
+    /// too large ever to be written. The store's refusal is returned (some
+    /// parts may be written by then: outcomes are written once only, so
+    /// the group can be written again).
     async fn record(&self, outcomes: &[UseOutcome]) -> Result<(), StoreError> {
         let mut pause = OUTCOMES_RETRY_FIRST;
-        loop {
-            match self.0.record_outcomes(outcomes).await {
+        // The parts still to write, the next on top.
+        let mut parts = vec![outcomes];
+        while let Some(part) = parts.pop() {
+            match self.0.record_outcomes(part).await {
+                Ok(()) => pause = OUTCOMES_RETRY_FIRST,
+                Err(e) if e.passed_time_limit() && part.len() > 1 => {
+                    tracing::warn!(error = %e, outcomes = part.len(), "gateway calls' outcomes are written in halves");
+                    let (first, second) = part.split_at(part.len() / 2);
+                    parts.extend([second, first]);
+                }
                 Err(StoreError::Unavailable(e) | StoreError::GaveWay(e)) => {
-                    tracing::warn!(error = %e, outcomes = outcomes.len(), "gateway calls' outcomes wait for the store");
+                    tracing::warn!(error = %e, outcomes = part.len(), "gateway calls' outcomes wait for the store");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(OUTCOMES_RETRY_MAX);
+                    parts.push(part);
                 }
-                written => return written,
+                Err(refused) => return Err(refused),
             }
         }
+        Ok(())
     }
 }
 

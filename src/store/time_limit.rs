@@ -45,6 +45,15 @@ impl Abandoned {
 /// (`CREDGATE_DB_TIMEOUT_SECS`).
 pub const OP_TIMEOUT: Duration = Duration::from_secs(10);
 
+impl StoreError {
+    /// Whether the operation was given up at the store's time limit (or the
+    /// connection itself timed out): one that asks less of the database may
+    /// still pass.
+    pub fn passed_time_limit(&self) -> bool {
+        matches!(self, Self::Unavailable(sqlx::Error::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut)
+    }
+}
+
 impl Store {
     /// The same store with another limit on each operation.
     pub fn with_op_timeout(self, limit: Duration) -> Self {

@@ -210,3 +210,54 @@ fn an_outcome_waiting_for_room_in_a_full_queue_is_kept_when_the_engine_leaves() 
         assert_eq!(outcome["error"], serde_json::Value::Null, "{outcome}");
     });
 }
+
+/// A group of outcomes the database cannot write within the store's time
+/// limit (here: a statement of more than two rows takes 1.5 s, the limit
+/// is 1 s) is written in halves, each halved again while it is too slow:
+/// every outcome is written. Before, the whole group was written again,
+/// and timed out again, for ever; the queue behind it waited with it.
+#[test]
+fn a_group_of_outcomes_too_slow_for_the_time_limit_is_written_in_parts() {
+    crate::helpers::run_test(async {
+        let db = TestDb::new(Backend::Postgres).await;
+        let (base, _) = upstream().await;
+        let mut config = test_config(&db);
+        config.egress_allow = "127.0.0.0/8".into();
+        config.db_timeout = Duration::from_secs(1);
+        let app = TestApp::spawn_with(config).await;
+        let id = http_credential(&app, &base, json!({"scheme": "bearer", "token": "t"})).await;
+        let sql = app.sql().await;
+        // A sequence counts the slow statements (nextval is never rolled back).
+        for statement in [
+            "CREATE SEQUENCE slow_groups",
+            "CREATE FUNCTION slow_outcomes() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+                IF (SELECT count(*) FROM added) > 2 THEN \
+                PERFORM nextval('slow_groups'); PERFORM pg_sleep(1.5); END IF; RETURN NULL; END $$",
+            "CREATE TRIGGER slow_outcomes AFTER INSERT ON use_outcomes REFERENCING NEW TABLE AS added \
+                FOR EACH STATEMENT EXECUTE FUNCTION slow_outcomes()",
+        ] {
+            sqlx::query(statement).execute(&sql).await.unwrap();
+        }
+
+        // Eight calls at once: their outcomes come within one group's 25 ms.
+        let runs: Vec<String> = (0..8).map(|n| format!("part-{n}")).collect();
+        let answers = futures::future::join_all(runs.iter().map(|run| call(&app, &id, run).send())).await;
+        let mut outcomes = Vec::new();
+        for run in &runs {
+            outcomes.push(settled_outcome(&app, run).await);
+        }
+        let slow_groups: i64 =
+            sqlx::query_scalar("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM slow_groups")
+                .fetch_one(&sql)
+                .await
+                .unwrap();
+
+        for answer in answers {
+            assert_eq!(answer.unwrap().status(), reqwest::StatusCode::CREATED);
+        }
+        for outcome in outcomes {
+            assert_eq!(outcome["status"], 201, "{outcome}");
+        }
+        assert!(slow_groups >= 1, "a group of more than two outcomes was met");
+    });
+}
