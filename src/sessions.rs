@@ -151,14 +151,14 @@ fn random_token(prefix: &str) -> String {
 /// themselves, engines not at all.
 pub async fn create(ctx: &Context, who: &Principal, input: NewSession) -> Result<Opened, Error> {
     if !matches!(who.role, Role::Admin | Role::Member) {
-        access::deny(ctx, who, None, "role").await;
+        access::deny(ctx, who, None, "role").await?;
         return Err(Error::Forbidden);
     }
     let mut errors = Vec::new();
     let user = match (&input.user_id, &who.user_id) {
         (Some(asked), own) => {
             if who.role == Role::Member && own.as_deref() != Some(asked.as_str()) {
-                access::deny(ctx, who, None, "session for another user").await;
+                access::deny(ctx, who, None, "session for another user").await?;
                 return Err(Error::Forbidden);
             }
             credentials::check_user_id("user_id", asked)

@@ -4,13 +4,17 @@
 //! (`NotFound`); one they may use but not at the level asked is `Forbidden`.
 //! Every denial is audited as `access.denied`: one row per key, credential
 //! and minute, its `count` kept exact by one upsert per denial, so a hostile
-//! key cannot grow the table.
+//! key cannot grow the table. A 403 the store cannot record now (an
+//! outage, a lock not granted in time) is not answered as a denial: the
+//! request is refused as the store's (503), and its retry is audited. A
+//! credential hidden from its caller stays a 404 even then (a 503 would
+//! tell that it exists); that denial is logged, not audited.
 
 use crate::context::Context;
 use crate::error::Error;
 use crate::ids::CredentialId;
 use crate::model::{Access, Principal, Role};
-use crate::store::{AuditEvent, CredentialRead, CredentialRow, Found, ReadAt};
+use crate::store::{AuditEvent, CredentialRead, CredentialRow, Found, ReadAt, StoreError};
 
 /// The level `who` has, given the row and `who`'s own grant on it.
 pub fn level_with(who: &Principal, row: &CredentialRow, grant: Option<Access>) -> Option<Access> {
@@ -94,39 +98,58 @@ async fn read_and_decide(
     match level_with(who, &found.row, found.grant) {
         Some(have) if have >= need => Ok((found, have)),
         Some(_) => {
-            record_denial(ctx, who, Some(&found.row.id), need.as_str()).await;
+            record_denial(ctx, who, Some(&found.row.id), need.as_str()).await?;
             Err(Error::Forbidden)
         }
         None => {
-            record_denial(ctx, who, Some(&found.row.id), need.as_str()).await;
+            // Answered as if it did not exist, whatever the store says.
+            let _ = record_denial(ctx, who, Some(&found.row.id), need.as_str())
+                .await
+                .inspect_err(|e| tracing::warn!(error = %e, "could not record a denied access"));
             Err(Error::NotFound)
         }
     }
 }
 
-/// Audits a denial of `who` (never failing the request over it).
+/// Audits a denial of `who`; fails only when the store cannot record it
+/// now (`StoreUnavailable`: the request is refused as the store's).
 /// `credential_id` is the id as the caller named it (a path segment): it is
 /// recorded only when it names a credential of `who`'s organization, so
 /// made-up ids cannot add rows.
-pub async fn deny(ctx: &Context, who: &Principal, credential_id: Option<&str>, needed: &str) {
+pub async fn deny(ctx: &Context, who: &Principal, credential_id: Option<&str>, needed: &str) -> Result<(), Error> {
     let existing = match credential_id.and_then(|id| CredentialId::parse(id).ok()) {
         Some(id) => match ctx.store.credential_exists(&who.org_id, &id).await {
             Ok(true) => Some(id),
             Ok(false) => None,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not record a denied access");
-                return;
-            }
+            Err(e) => return unrecorded(e),
         },
         None => None,
     };
-    record_denial(ctx, who, existing.as_ref(), needed).await;
+    record_denial(ctx, who, existing.as_ref(), needed).await
+}
+
+/// A denial that could not be recorded: the store's outage is the
+/// request's answer; anything else (the database refused the row) is
+/// logged, and the denial answered.
+fn unrecorded(e: StoreError) -> Result<(), Error> {
+    match e {
+        e @ (StoreError::Unavailable(_) | StoreError::GaveWay(_)) => Err(e.into()),
+        e => {
+            tracing::warn!(error = %e, "could not record a denied access");
+            Ok(())
+        }
+    }
 }
 
 /// Audits a denial concerning `credential_id` (known to exist, or none):
 /// one row per key, credential and minute, whose `count` one upsert raises,
 /// so concurrent denials (on any replica) are all counted.
-async fn record_denial(ctx: &Context, who: &Principal, credential_id: Option<&CredentialId>, needed: &str) {
+async fn record_denial(
+    ctx: &Context,
+    who: &Principal,
+    credential_id: Option<&CredentialId>,
+    needed: &str,
+) -> Result<(), Error> {
     let minute = ctx.now() / 60;
     let coalesce_key = format!(
         "{}|{}|{minute}",
@@ -141,7 +164,5 @@ async fn record_denial(ctx: &Context, who: &Principal, credential_id: Option<&Cr
         actor: who.actor(),
         detail: Some(serde_json::json!({"role": who.role.as_str(), "needed": needed, "count": 1})),
     };
-    if let Err(e) = ctx.store.audit_counted(&event, &coalesce_key).await {
-        tracing::warn!(error = %e, "could not record a denied access");
-    }
+    ctx.store.audit_counted(&event, &coalesce_key).await.or_else(unrecorded)
 }

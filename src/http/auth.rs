@@ -176,12 +176,12 @@ impl std::ops::Deref for Caller {
 
 impl Caller {
     /// Refuses (403) unless the caller has one of `roles`; denials are
-    /// audited by the domain's access log.
+    /// audited by the domain's access log (503 when it cannot record one).
     pub async fn require(&self, state: &AppState, roles: &[Role], credential_id: Option<&str>) -> Result<(), ApiError> {
         if roles.contains(&self.role) {
             return Ok(());
         }
-        crate::credentials::access::deny(state, self, credential_id, "role").await;
+        crate::credentials::access::deny(state, self, credential_id, "role").await?;
         Err(ApiError::Forbidden)
     }
 }

@@ -6,6 +6,7 @@
 
 mod ambiguous;
 mod deadlock;
+mod denials;
 mod fault_proxy;
 mod outcomes;
 mod postgres;
