@@ -292,7 +292,8 @@ async fn serve(
         "credgate is serving on http://{}",
         app.local_addr()
     );
-    let worker = (role != Runs::ApiOnly).then(|| tokio::spawn(run_worker(app.state().ctx.clone(), stop_rx.clone())));
+    let ctx = app.state().ctx.clone();
+    let worker = (role != Runs::ApiOnly).then(|| tokio::spawn(run_worker(ctx.clone(), stop_rx.clone())));
     let mut stop = stop_rx;
     app.run_until(async move {
         let _ = stop.wait_for(|stopped| *stopped).await;
@@ -301,6 +302,12 @@ async fn serve(
     if let Some(worker) = worker {
         // In-flight refreshes finish (bounded by the provider timeout).
         let _ = worker.await;
+    }
+    // So do the refreshes and code exchanges that requests started, their
+    // callers gone or not.
+    let within = std::time::Duration::from_secs(ctx.config.provider_timeout_secs + 5);
+    if !ctx.refresher.finished(within).await {
+        tracing::warn!("a refresh was still running when the server stopped");
     }
     Ok(())
 }

@@ -18,6 +18,9 @@ pub struct Refresher {
     rate: NonZeroU32,
     /// Refreshes in flight at once in the worker.
     pub concurrency: usize,
+    /// Token requests that requests started (refreshes, callbacks' code
+    /// exchanges), running on tasks of their own.
+    detached: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Refresher {
@@ -37,7 +40,31 @@ impl Refresher {
             per_provider: Mutex::new(HashMap::new()),
             rate: NonZeroU32::new(rate.max(1)).expect("at least 1"),
             concurrency: concurrency.max(1),
+            detached: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// Counts a token request (a refresh, a callback's code exchange) that
+    /// runs on a task of its own until the returned guard is dropped (see
+    /// [`Self::finished`]).
+    pub(crate) fn detach(self: &Arc<Self>) -> Detached {
+        self.detached.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Detached(self.clone())
+    }
+
+    /// Waits, at most `within`, until the token requests that requests
+    /// started are finished (their callers may have gone); whether they all
+    /// are. A stopping server calls it, so that no token a provider issued
+    /// is lost with the process.
+    pub async fn finished(&self, within: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.detached.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        true
     }
 
     /// The in-process lock of one credential.
@@ -53,5 +80,14 @@ impl Refresher {
         map.entry(provider.to_owned())
             .or_insert_with(|| Arc::new(RateLimiter::direct(Quota::per_second(self.rate))))
             .clone()
+    }
+}
+
+/// A token request on a task of its own, counted until dropped.
+pub(crate) struct Detached(Arc<Refresher>);
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        self.0.detached.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }

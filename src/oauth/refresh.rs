@@ -129,7 +129,29 @@ pub async fn refresh_claimed(ctx: &Context, org_id: &OrgId, id: &CredentialId) -
 
 /// Refreshes one credential (see [`Mode`]; the worker's claimed credentials
 /// go through [`refresh_claimed`]), returning its row afterwards.
+///
+/// The refresh runs on a task of its own, which its caller only waits for:
+/// a request whose client hangs up is dropped, and a refresh dropped with
+/// it after the provider rotated the refresh token would lose the new one
+/// (the next refresh would send the old one: reuse, and the grant revoked).
+/// A stopping server waits for such refreshes (`Refresher::finished`).
 pub async fn refresh_credential(
+    ctx: &Context,
+    org_id: &OrgId,
+    id: &CredentialId,
+    mode: Mode,
+) -> Result<CredentialRow, Error> {
+    let (ctx, org_id, id) = (ctx.clone(), org_id.clone(), id.clone());
+    let counted = ctx.refresher.detach();
+    tokio::spawn(async move {
+        let _counted = counted;
+        refresh_to_the_end(&ctx, &org_id, &id, mode).await
+    })
+    .await
+    .unwrap_or_else(|e| Err(Error::Internal(anyhow::anyhow!("a refresh did not finish: {e}"))))
+}
+
+async fn refresh_to_the_end(
     ctx: &Context,
     org_id: &OrgId,
     id: &CredentialId,

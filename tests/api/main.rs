@@ -20,6 +20,7 @@ mod group_retries;
 mod hardening;
 mod health;
 mod idempotency;
+mod left_callers;
 mod limits;
 mod liveness;
 mod mcp;

@@ -130,6 +130,9 @@ pub struct Inner {
     pub token_requests: usize,
     /// Holds refresh requests until the test releases them, one by one.
     pub refresh_gate: Option<Arc<Gate>>,
+    /// Holds every token answer, once the grant is made (a code used, a
+    /// refresh token rotated): a provider whose answer is slow to arrive.
+    pub answer_gate: Option<Arc<Gate>>,
     pub token_status: Option<StatusCode>,
     pub identity_status: Option<StatusCode>,
     pub tenant_seen: Option<String>,
@@ -169,6 +172,7 @@ impl AuthServer {
             token_delay: None,
             token_requests: 0,
             refresh_gate: None,
+            answer_gate: None,
             token_status: None,
             identity_status: None,
             tenant_seen: None,
@@ -369,6 +373,15 @@ async fn token_tenant(
 }
 
 async fn token(State(s): State<Shared>, headers: HeaderMap, Form(form): Form<HashMap<String, String>>) -> Response {
+    let answer = token_answer(s.clone(), headers, form).await;
+    let held = s.lock().unwrap().answer_gate.clone();
+    if let Some(gate) = held {
+        gate.pass().await;
+    }
+    answer
+}
+
+async fn token_answer(s: Shared, headers: HeaderMap, form: HashMap<String, String>) -> Response {
     let gate = s.lock().unwrap().refresh_gate.clone();
     if let (Some(gate), Some("refresh_token")) = (gate, form.get("grant_type").map(String::as_str)) {
         if gate.pass().await == Answer::InvalidGrant {

@@ -61,7 +61,34 @@ fn get(map: &SecretMap, key: &str) -> Option<String> {
 }
 
 /// Completes an authorization. Every failure is an outcome; none stores anything.
+///
+/// It runs on a task of its own, which the callback's request only waits
+/// for: a browser that leaves drops its request, and an exchange dropped
+/// with it would lose the tokens the provider issued for a code that can
+/// never be used again. A stopping server waits for it
+/// (`Refresher::finished`).
 pub async fn finish(ctx: &Context, provider: &Provider, query: CallbackQuery) -> Finished {
+    let (ctx, provider_id) = (ctx.clone(), provider.id.clone());
+    let counted = ctx.refresher.detach();
+    let finished = tokio::spawn(async move {
+        let _counted = counted;
+        let registry = ctx.registry.clone();
+        match registry.get(&provider_id) {
+            Some(provider) => Some(finish_to_the_end(&ctx, provider, query).await),
+            None => None,
+        }
+    })
+    .await;
+    finished.ok().flatten().unwrap_or_else(|| {
+        tracing::error!(provider = %provider.id, "an OAuth callback did not finish");
+        Finished {
+            return_to: None,
+            result: Err(OAuthError::new("internal", "credgate could not finish the connection")),
+        }
+    })
+}
+
+async fn finish_to_the_end(ctx: &Context, provider: &Provider, query: CallbackQuery) -> Finished {
     let invalid = |m: &str| OAuthError::new("oauth_state_invalid", m);
     let Some(csrf) = query.state.as_deref().filter(|s| !s.is_empty() && s.len() <= 256) else {
         return Finished {
