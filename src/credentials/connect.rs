@@ -41,8 +41,28 @@ pub struct Grant<'a> {
     pub extra_fields: Vec<(&'static str, String)>,
 }
 
+/// How long storing a grant keeps trying through a store outage.
+const STORE_OUTAGE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// What one attempt at storing a grant came to.
+enum Step {
+    Stored(CredentialId),
+    /// Read again and retry (a concurrent writer, a rotated key).
+    Again,
+}
+
+/// Whether credential `id` holds one of the ciphertexts `sent` (a write of
+/// ours whose answer was lost had landed).
+async fn landed(ctx: &Context, org_id: &OrgId, id: &CredentialId, sent: &[String]) -> bool {
+    if sent.is_empty() {
+        return false;
+    }
+    matches!(ctx.store.credential(org_id, id).await, Ok(Some(row)) if sent.contains(&row.secret_ct))
+}
+
 /// Stores a grant; returns the credential id. A concurrent writer of the
-/// same credential or account makes it read again and retry.
+/// same credential or account makes it read again and retry; a store
+/// outage, for up to 20 s.
 pub async fn connect(ctx: &Context, grant: Grant<'_>) -> Result<CredentialId, Error> {
     let Grant {
         org_id,
@@ -78,149 +98,186 @@ pub async fn connect(ctx: &Context, grant: Grant<'_>) -> Result<CredentialId, Er
     let renewable = tokens.refresh_expires_in.is_some() || client.settings.refresh_lifetime.is_some_and(|l| l.renewed);
     let refresh_after = crate::oauth_client::keep_alive(refresh_after, refresh_expires_at, renewable, now);
     let account = identity.email.as_deref().unwrap_or(&identity.id).to_owned();
-    for attempt in 0..KEY_RETRIES * 2 {
-        let existing_id = match &credential_id {
-            Some(id) => Some(id.clone()),
-            None => {
-                ctx.store
-                    .credential_for_account(org_id, &provider.id, owner.as_ref(), &identity.id)
-                    .await?
-            }
-        };
-        let existing = match &existing_id {
-            Some(id) => match ctx.store.credential(org_id, id).await? {
-                Some(c) if c.provider == provider.id && c.auth_type == AuthKind::Oauth2 => Some(c),
-                _ => {
-                    return Err(Error::Conflict(
-                        "not_found",
-                        "the credential to re-authorize no longer exists".into(),
-                    ))
+    // The provider has issued the tokens (and used up the code): through a
+    // store outage the grant is written again, for a while, before it is
+    // given up (and its tokens revoked).
+    let give_up = std::time::Instant::now() + STORE_OUTAGE_PATIENCE;
+    let mut pause = std::time::Duration::from_millis(250);
+    // What was sent in writes whose outcome is unknown (an outage's answer).
+    let mut unsure: Vec<String> = Vec::new();
+    let mut attempt = 0;
+    while attempt < KEY_RETRIES * 2 {
+        let step: Result<Step, Error> = async {
+            let existing_id = match &credential_id {
+                Some(id) => Some(id.clone()),
+                None => {
+                    ctx.store
+                        .credential_for_account(org_id, &provider.id, owner.as_ref(), &identity.id)
+                        .await?
                 }
-            },
-            None => None,
-        };
-        if let Some(c) = &existing {
-            // A token is never carried across accounts.
-            if c.account_id.as_ref().is_some_and(|a| *a != identity.id) {
-                super::revoke_token_set(ctx, client.settings.clone(), &tokens);
-                return Err(Error::Conflict(
-                    "account_mismatch",
-                    format!(
-                        "this credential belongs to another {} account; sign in with that account, or connect a new credential",
-                        provider.display_name
-                    ),
-                ));
-            }
-        }
-        let id = existing.as_ref().map_or_else(CredentialId::generate, |c| c.id.clone());
-        // Google sends a refresh token on first consent only: keep the old one.
-        let kept = match (&tokens.refresh_token, &existing) {
-            (Some(rt), _) => Some(rt.clone()),
-            (None, Some(c)) => CredentialSecrets::open(&ctx.vault, c)
-                .await?
-                .tokens
-                .and_then(|t| t.refresh_token),
-            (None, None) => None,
-        };
-        let secrets = CredentialSecrets {
-            fields: Default::default(),
-            tokens: Some(OAuthTokens {
-                access_token: tokens.access_token.clone(),
-                refresh_token: kept,
-            }),
-        };
-        let (secret_ct, key_version) = secrets.seal(&ctx.vault, org_id, &id).await?;
-        let stored = OAuthGrant {
-            org_id: org_id.to_owned(),
-            provider: provider.id.clone(),
-            account_id: identity.id.clone(),
-            account_email: identity.email.clone(),
-            account_name: identity.display_name.clone(),
-            scopes: tokens.scopes.clone().unwrap_or_else(|| settings_scopes.clone()),
-            expires_at,
-            refresh_after,
-            refresh_expires_at,
-            fields: Value::Object(fields.clone()).to_string(),
-            secret_names: "[]".into(),
-            secret_ct,
-            key_version,
-            oauth_app: client.app.clone(),
-        };
-        let (target, action) = match &existing {
-            Some(c) => (
-                GrantTarget::Existing {
-                    id: id.clone(),
-                    expected_version: c.secret_version,
+            };
+            let existing = match &existing_id {
+                Some(id) => match ctx.store.credential(org_id, id).await? {
+                    Some(c) if c.provider == provider.id && c.auth_type == AuthKind::Oauth2 => Some(c),
+                    _ => {
+                        return Err(Error::Conflict(
+                            "not_found",
+                            "the credential to re-authorize no longer exists".into(),
+                        ))
+                    }
                 },
-                "credential.reconnect",
-            ),
-            None => (
-                GrantTarget::New {
-                    id: id.clone(),
-                    name: name
-                        .clone()
-                        .unwrap_or_else(|| CredentialName::lossy(&format!("{} ({account})", provider.display_name))),
-                    created_by: actor.to_owned(),
-                    owner: owner.clone(),
-                },
-                "credential.connect",
-            ),
-        };
-        let event = AuditEvent::success(org_id, &id, action, actor)
-            .with_detail(json!({"provider": provider.id, "account": account}));
-        let created = existing.is_none().then(|| {
-            Notification::new(
-                "credential.created",
-                org_id,
-                &id,
-                &provider.id,
-                json!({"account": identity.email}),
-            )
-        });
-        match ctx
-            .store
-            .store_grant(
-                state_hash,
-                &stored,
-                &target,
-                ctx.config.max_per_provider.into(),
-                (&event, created.as_ref()),
-            )
-            .await
-        {
-            Ok(()) => {
-                ctx.webhooks.wake();
-                return Ok(id);
+                None => None,
+            };
+            if let Some(c) = &existing {
+                // A token is never carried across accounts.
+                if c.account_id.as_ref().is_some_and(|a| *a != identity.id) {
+                    super::revoke_token_set(ctx, client.settings.clone(), &tokens);
+                    return Err(Error::Conflict(
+                        "account_mismatch",
+                        format!(
+                            "this credential belongs to another {} account; sign in with that account, or connect a new credential",
+                            provider.display_name
+                        ),
+                    ));
+                }
             }
-            Err(e) if retry_after_rotation(&e, attempt % KEY_RETRIES) => continue,
-            Err(StoreError::Conflict) => continue,
-            Err(StoreError::AccountTaken) if existing_id.is_none() => continue,
-            Err(StoreError::FlowEnded(why)) => {
-                super::revoke_token_set(ctx, client.settings.clone(), &tokens);
-                return Err(match why.as_str() {
-                    "app_changed" => Error::Conflict(
-                        "app_changed",
-                        "the organization's OAuth app changed while this connection was made; start again".into(),
-                    ),
-                    "user_removed" => Error::Conflict(
-                        "user_removed",
-                        "the person who started this connection was removed from the organization; nothing was stored"
-                            .into(),
-                    ),
-                    _ => Error::Conflict(
-                        "oauth_state_invalid",
-                        "the connection link expired (10 minutes); start again".into(),
-                    ),
-                });
-            }
-            Err(StoreError::QuotaExceeded { limit, count }) => {
-                return Err(Error::QuotaExceeded {
+            let id = existing.as_ref().map_or_else(CredentialId::generate, |c| c.id.clone());
+            // Google sends a refresh token on first consent only: keep the old one.
+            let kept = match (&tokens.refresh_token, &existing) {
+                (Some(rt), _) => Some(rt.clone()),
+                (None, Some(c)) => CredentialSecrets::open(&ctx.vault, c)
+                    .await?
+                    .tokens
+                    .and_then(|t| t.refresh_token),
+                (None, None) => None,
+            };
+            let secrets = CredentialSecrets {
+                fields: Default::default(),
+                tokens: Some(OAuthTokens {
+                    access_token: tokens.access_token.clone(),
+                    refresh_token: kept,
+                }),
+            };
+            let (secret_ct, key_version) = secrets.seal(&ctx.vault, org_id, &id).await?;
+            let stored = OAuthGrant {
+                org_id: org_id.to_owned(),
+                provider: provider.id.clone(),
+                account_id: identity.id.clone(),
+                account_email: identity.email.clone(),
+                account_name: identity.display_name.clone(),
+                scopes: tokens.scopes.clone().unwrap_or_else(|| settings_scopes.clone()),
+                expires_at,
+                refresh_after,
+                refresh_expires_at,
+                fields: Value::Object(fields.clone()).to_string(),
+                secret_names: "[]".into(),
+                secret_ct,
+                key_version,
+                oauth_app: client.app.clone(),
+            };
+            let (target, action) = match &existing {
+                Some(c) => (
+                    GrantTarget::Existing {
+                        id: id.clone(),
+                        expected_version: c.secret_version,
+                    },
+                    "credential.reconnect",
+                ),
+                None => (
+                    GrantTarget::New {
+                        id: id.clone(),
+                        name: name
+                            .clone()
+                            .unwrap_or_else(|| CredentialName::lossy(&format!("{} ({account})", provider.display_name))),
+                        created_by: actor.to_owned(),
+                        owner: owner.clone(),
+                    },
+                    "credential.connect",
+                ),
+            };
+            let event = AuditEvent::success(org_id, &id, action, actor)
+                .with_detail(json!({"provider": provider.id, "account": account}));
+            let created = existing.is_none().then(|| {
+                Notification::new(
+                    "credential.created",
+                    org_id,
+                    &id,
+                    &provider.id,
+                    json!({"account": identity.email}),
+                )
+            });
+            match ctx
+                .store
+                .store_grant(
+                    state_hash,
+                    &stored,
+                    &target,
+                    ctx.config.max_per_provider.into(),
+                    (&event, created.as_ref()),
+                )
+                .await
+            {
+                Ok(()) => {
+                    ctx.webhooks.wake();
+                    Ok(Step::Stored(id))
+                }
+                Err(e) if retry_after_rotation(&e, attempt % KEY_RETRIES) => Ok(Step::Again),
+                Err(StoreError::Conflict) => Ok(Step::Again),
+                Err(StoreError::AccountTaken) if existing_id.is_none() => Ok(Step::Again),
+                Err(e @ (StoreError::Unavailable(_) | StoreError::GaveWay(_))) => {
+                    unsure.push(stored.secret_ct.clone());
+                    Err(e.into())
+                }
+                // A write of ours whose answer an outage lost may have landed
+                // (and taken the flow's state with it).
+                Err(StoreError::FlowEnded(_)) if landed(ctx, org_id, &id, &unsure).await => {
+                    ctx.webhooks.wake();
+                    Ok(Step::Stored(id))
+                }
+                Err(StoreError::FlowEnded(why)) => {
+                    super::revoke_token_set(ctx, client.settings.clone(), &tokens);
+                    Err(match why.as_str() {
+                        "app_changed" => Error::Conflict(
+                            "app_changed",
+                            "the organization's OAuth app changed while this connection was made; start again".into(),
+                        ),
+                        "user_removed" => Error::Conflict(
+                            "user_removed",
+                            "the person who started this connection was removed from the organization; nothing was stored"
+                                .into(),
+                        ),
+                        _ => Error::Conflict(
+                            "oauth_state_invalid",
+                            "the connection link expired (10 minutes); start again".into(),
+                        ),
+                    })
+                }
+                Err(StoreError::QuotaExceeded { limit, count }) => Err(Error::QuotaExceeded {
                     provider: provider.id.clone(),
                     limit,
                     count,
-                })
+                }),
+                Err(e) => Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
+        }
+        .await;
+        match step {
+            Ok(Step::Stored(id)) => return Ok(id),
+            Ok(Step::Again) => attempt += 1,
+            Err(Error::StoreUnavailable(e)) if std::time::Instant::now() < give_up => {
+                tracing::warn!(error = %e, "the store is unavailable; storing an OAuth grant again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(4));
+            }
+            Err(e @ Error::StoreUnavailable(_)) => {
+                // Nobody will hold these tokens: the provider is asked to
+                // revoke them, unless one of the writes landed after all.
+                if unsure.is_empty() {
+                    super::revoke_token_set(ctx, client.settings.clone(), &tokens);
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
         }
     }
     Err(Error::Conflict(

@@ -296,6 +296,13 @@ async fn complete(
         ),
         Error::Conflict(code, message) => OAuthError::new(code, message),
         Error::NotFound => OAuthError::new("not_found", "the credential to re-authorize no longer exists"),
+        Error::StoreUnavailable(e) => {
+            tracing::error!(error = %e, "storing an OAuth connection met a store outage; its tokens are revoked");
+            OAuthError::new(
+                "store_unavailable",
+                "credgate's database is unavailable; nothing was stored: connect again shortly",
+            )
+        }
         other => {
             tracing::error!(error = %other, source = ?std::error::Error::source(&other), "storing an OAuth connection failed");
             OAuthError::new("internal", "credgate could not store the connection")

@@ -5,6 +5,7 @@
 //! 500, and nothing is lost or half-written.
 
 mod ambiguous;
+mod connect;
 mod deadlock;
 mod denials;
 mod fault_proxy;
