@@ -51,15 +51,6 @@ enum Step {
     Again,
 }
 
-/// Whether credential `id` holds one of the ciphertexts `sent` (a write of
-/// ours whose answer was lost had landed).
-async fn landed(ctx: &Context, org_id: &OrgId, id: &CredentialId, sent: &[String]) -> bool {
-    if sent.is_empty() {
-        return false;
-    }
-    matches!(ctx.store.credential(org_id, id).await, Ok(Some(row)) if sent.contains(&row.secret_ct))
-}
-
 /// Stores a grant; returns the credential id. A concurrent writer of the
 /// same credential or account makes it read again and retry; a store
 /// outage, for up to 20 s.
@@ -103,8 +94,9 @@ pub async fn connect(ctx: &Context, grant: Grant<'_>) -> Result<CredentialId, Er
     // given up (and its tokens revoked).
     let give_up = std::time::Instant::now() + STORE_OUTAGE_PATIENCE;
     let mut pause = std::time::Duration::from_millis(250);
-    // What was sent in writes whose outcome is unknown (an outage's answer).
-    let mut unsure: Vec<String> = Vec::new();
+    // What was sent in writes whose outcome is unknown (an outage's answer):
+    // each credential id with its ciphertext.
+    let mut unsure: Vec<(CredentialId, String)> = Vec::new();
     let mut attempt = 0;
     while attempt < KEY_RETRIES * 2 {
         let step: Result<Step, Error> = async {
@@ -225,12 +217,12 @@ pub async fn connect(ctx: &Context, grant: Grant<'_>) -> Result<CredentialId, Er
                 Err(StoreError::Conflict) => Ok(Step::Again),
                 Err(StoreError::AccountTaken) if existing_id.is_none() => Ok(Step::Again),
                 Err(e @ (StoreError::Unavailable(_) | StoreError::GaveWay(_))) => {
-                    unsure.push(stored.secret_ct.clone());
+                    unsure.push((id.clone(), stored.secret_ct.clone()));
                     Err(e.into())
                 }
                 // A write of ours whose answer an outage lost may have landed
                 // (and taken the flow's state with it).
-                Err(StoreError::FlowEnded(_)) if landed(ctx, org_id, &id, &unsure).await => {
+                Err(StoreError::FlowEnded(_)) if super::revoke::landed(ctx, org_id, &unsure).await.unwrap_or(false) => {
                     ctx.webhooks.wake();
                     Ok(Step::Stored(id))
                 }
@@ -272,9 +264,7 @@ pub async fn connect(ctx: &Context, grant: Grant<'_>) -> Result<CredentialId, Er
             Err(e @ Error::StoreUnavailable(_)) => {
                 // Nobody will hold these tokens: the provider is asked to
                 // revoke them, unless one of the writes landed after all.
-                if unsure.is_empty() {
-                    super::revoke_token_set(ctx, client.settings.clone(), &tokens);
-                }
+                super::revoke::revoke_unless_landed(ctx, client.settings.clone(), &tokens, org_id, unsure);
                 return Err(e);
             }
             Err(e) => return Err(e),
