@@ -307,7 +307,7 @@ async fn serve(
     // callers gone or not.
     let within = std::time::Duration::from_secs(ctx.config.provider_timeout_secs + 5);
     if !ctx.refresher.finished(within).await {
-        tracing::warn!("a refresh was still running when the server stopped");
+        tracing::warn!("a token refresh or code exchange was still running when the server stopped");
     }
     Ok(())
 }

@@ -297,7 +297,7 @@ async fn complete(
         Error::Conflict(code, message) => OAuthError::new(code, message),
         Error::NotFound => OAuthError::new("not_found", "the credential to re-authorize no longer exists"),
         Error::StoreUnavailable(e) => {
-            tracing::error!(error = %e, "storing an OAuth connection met a store outage; its tokens are revoked");
+            tracing::error!(error = %e, "storing an OAuth connection met a store outage; its tokens are revoked unless a write of them landed");
             OAuthError::new(
                 "store_unavailable",
                 "credgate's database is unavailable; nothing was stored: connect again shortly",
