@@ -304,8 +304,9 @@ async fn serve(
         let _ = worker.await;
     }
     // So do the refreshes and code exchanges that requests started, their
-    // callers gone or not.
-    let within = std::time::Duration::from_secs(ctx.config.provider_timeout_secs + 5);
+    // callers gone or not: the provider's answer, then at most 40 s of
+    // writing it again through a store outage.
+    let within = std::time::Duration::from_secs(ctx.config.provider_timeout_secs + 45);
     if !ctx.refresher.finished(within).await {
         tracing::warn!("a token refresh or code exchange was still running when the server stopped");
     }
