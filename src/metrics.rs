@@ -82,6 +82,9 @@ pub struct Metrics {
     /// `credgate_gateway_outcomes_unwritten`: gateway calls' outcomes this
     /// process has queued and not yet written (set when scraped).
     pub gateway_outcomes_unwritten: Gauge,
+    /// `credgate_gateway_replicas`: live replicas sharing the gateway's
+    /// per-credential cap, as this one last counted them.
+    pub gateway_replicas: Gauge,
     /// `credgate_worker_last_step_timestamp_seconds`: when this process's
     /// refresh worker last finished a step.
     pub worker_last_step: Gauge,
@@ -154,6 +157,13 @@ impl Default for Metrics {
             "gateway_outcomes_unwritten",
             "Gateway calls' outcomes this process has queued and not yet written",
             gateway_outcomes_unwritten.clone(),
+        );
+        let gateway_replicas = Gauge::default();
+        gateway_replicas.set(1);
+        registry.register(
+            "gateway_replicas",
+            "Live replicas sharing the gateway's cap on a credential's calls in flight",
+            gateway_replicas.clone(),
         );
         registry.register(
             "gateway_upstream_duration_seconds",
@@ -234,6 +244,7 @@ impl Default for Metrics {
             gateway_latency,
             refresh_backlog,
             gateway_outcomes_unwritten,
+            gateway_replicas,
             worker_last_step,
             api_key_lookups,
             readiness_checks,

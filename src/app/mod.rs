@@ -281,6 +281,25 @@ impl Application {
             crate::context::Context::clone(&self.state),
             dispatcher_stop,
         )));
+        // A replica serving the gateway takes its share of each
+        // credential's cap before its first call, and keeps it current.
+        let replica = (self.runs != Runs::WorkerOnly).then(|| uuid::Uuid::new_v4().to_string());
+        let _beating = match &replica {
+            Some(id) => {
+                let first = tokio::time::timeout(
+                    crate::gateway::REPLICA_BEAT,
+                    crate::gateway::replica_beat(&self.state, id),
+                );
+                if !matches!(first.await, Ok(Ok(_))) {
+                    tracing::warn!("this replica could not count the live replicas yet; it allows the whole gateway cap until it can");
+                }
+                Some(Background(tokio::spawn(beat_replica(
+                    crate::context::Context::clone(&self.state),
+                    id.clone(),
+                ))))
+            }
+            None => None,
+        };
         let limits = http::serve::Limits {
             header_read_timeout: Duration::from_secs(self.state.config.header_read_timeout_secs.max(1)),
             max_connections: self.state.config.max_connections,
@@ -311,6 +330,16 @@ impl Application {
         if let Some(ops) = ops_served {
             let _ = ops.await;
         }
+        drop(_beating);
+        if let Some(id) = &replica {
+            let gone = tokio::time::timeout(Duration::from_secs(5), crate::gateway::replica_gone(&self.state, id));
+            if !matches!(gone.await, Ok(Ok(()))) {
+                tracing::warn!(
+                    "this replica could not strike itself from the live replicas; the others take its share of the gateway cap within {} s",
+                    crate::gateway::REPLICA_EXPIRES_SECS
+                );
+            }
+        }
         // The gateway calls just answered queued their outcomes.
         if !self.state.outcomes.settled(Duration::from_secs(10)).await {
             tracing::warn!("gateway calls' outcomes were still unwritten after 10 s; they are lost");
@@ -330,6 +359,28 @@ struct Background(tokio::task::JoinHandle<()>);
 impl Drop for Background {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// Marks replica `id` live every [`crate::gateway::REPLICA_BEAT`], keeping
+/// its share of the gateway cap current; says once when the store cannot
+/// be reached and once when it can again.
+async fn beat_replica(ctx: Context, id: String) {
+    let mut failing = false;
+    loop {
+        tokio::time::sleep(crate::gateway::REPLICA_BEAT).await;
+        match crate::gateway::replica_beat(&ctx, &id).await {
+            Ok(_) if failing => {
+                failing = false;
+                tracing::info!("this replica counts the live replicas again");
+            }
+            Ok(_) => {}
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "this replica cannot count the live replicas; its share of the gateway cap stays as it was");
+            }
+            Err(_) => {}
+        }
     }
 }
 

@@ -30,6 +30,7 @@ mod outbox;
 mod quota;
 mod reads;
 mod refresh;
+mod replicas;
 mod row;
 mod sessions;
 mod sharing;

@@ -47,17 +47,21 @@ impl WriteTx {
     }
 
     /// Commits, then gives up the writer slot.
+    ///
+    /// On SQLite `COMMIT` runs on the connection this value still holds:
+    /// refused (a deferred constraint, a full disk), SQLite can leave the
+    /// transaction open, and so can a `COMMIT` given up while it runs (the
+    /// store's time limit drops this future). Either way the value is
+    /// dropped holding the connection, and rolls it back (a no-op after a
+    /// `COMMIT` that went through) before it or the slot is given back.
     pub(crate) async fn commit(mut self) -> Result<(), sqlx::Error> {
-        match self.inner.take().expect("open until commit or drop") {
-            Inner::Postgres(tx) => tx.commit().await,
-            Inner::Sqlite(mut conn) => match conn.execute("COMMIT").await {
-                Ok(_) => Ok(()),
-                Err(e) => {
-                    rollback_or_close(conn).await;
-                    Err(e)
-                }
-            },
+        if let Some(Inner::Postgres(tx)) = self.inner.take_if(|i| matches!(i, Inner::Postgres(_))) {
+            return tx.commit().await;
         }
+        self.execute("COMMIT").await?;
+        // Committed: the connection goes back to the pool as it is.
+        self.inner = None;
+        Ok(())
     }
 }
 
@@ -104,5 +108,60 @@ impl std::ops::DerefMut for WriteTx {
             Inner::Postgres(tx) => tx,
             Inner::Sqlite(conn) => conn,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::sync::Arc;
+    use std::task::Context;
+
+    use sqlx::any::AnyPoolOptions;
+    use sqlx::Executor;
+
+    use super::WriteTx;
+
+    /// A `COMMIT` dropped while it runs (the store's time limit gives up
+    /// on it) and then refused by SQLite leaves its transaction open: here
+    /// a deferred foreign key refuses it, as a full disk would. The
+    /// connection must not go back to the pool inside that transaction.
+    #[tokio::test]
+    async fn a_commit_given_up_while_it_runs_leaves_no_transaction_open() {
+        sqlx::any::install_default_drivers();
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("w.db").display());
+        let pool = AnyPoolOptions::new().max_connections(1).connect(&url).await.unwrap();
+        pool.execute("PRAGMA foreign_keys = ON").await.unwrap();
+        pool.execute(
+            "CREATE TABLE parent (id INTEGER PRIMARY KEY); \
+             CREATE TABLE child (p INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)",
+        )
+        .await
+        .unwrap();
+        let queue = Arc::new(tokio::sync::Mutex::new(()));
+        let mut tx = WriteTx::sqlite(&pool, queue.clone().lock_owned().await).await.unwrap();
+        tx.execute("INSERT INTO child (p) VALUES (1)").await.unwrap();
+
+        let mut commit = Box::pin(tx.commit());
+        let first = commit
+            .as_mut()
+            .poll(&mut Context::from_waker(futures::task::noop_waker_ref()));
+        assert!(first.is_pending(), "the commit was answered at once: {first:?}");
+        drop(commit);
+        let next = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            let mut tx = WriteTx::sqlite(&pool, queue.clone().lock_owned().await).await?;
+            tx.execute("INSERT INTO parent (id) VALUES (7)").await?;
+            tx.commit().await
+        })
+        .await
+        .expect("the next write waited for ever");
+        let orphans: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM child")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+
+        assert!(next.is_ok(), "the next write failed: {next:?}");
+        assert_eq!(orphans, 0, "the refused commit's row was kept");
     }
 }

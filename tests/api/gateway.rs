@@ -811,3 +811,100 @@ async fn a_stopping_server_writes_its_last_calls_outcomes_before_it_ends(backend
     assert_eq!(uses[0]["detail"]["status"], 201, "{}", uses[0]);
 }
 both_backends!(a_stopping_server_writes_its_last_calls_outcomes_before_it_ends);
+
+/// Waits until `slots` count `replicas` live replicas (each counts at its
+/// heartbeat, every 2 s).
+async fn until_replicas(state: &credgate::http::AppState, replicas: usize) {
+    for _ in 0..100 {
+        if state.gateway.replicas() == replicas {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!(
+        "the replica counted {} live replicas, not {replicas}",
+        state.gateway.replicas()
+    );
+}
+
+/// `n` slow calls at once through `id` on `base`: how many went through
+/// (201) and how many were refused for the cap (429).
+async fn slow_calls(app: &TestApp, base: &str, id: &str, n: usize) -> (usize, usize) {
+    let calls = (0..n).map(|_| {
+        app.client
+            .get(format!("{base}/integrations/credentials/{id}/proxy/slow"))
+            .bearer_auth(&app.org.engine)
+            .send()
+    });
+    let statuses: Vec<StatusCode> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status())
+        .collect();
+    let passed = statuses.iter().filter(|s| **s == StatusCode::CREATED).count();
+    let refused = statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count();
+    assert_eq!(passed + refused, n, "{statuses:?}");
+    (passed, refused)
+}
+
+/// The cap on a credential's calls in flight is the deployment's, not each
+/// replica's: the live replicas (counted by their heartbeats) share it. A
+/// replica that stops gives its share back; one that crashed is forgotten
+/// once it has not been seen for 10 s.
+async fn the_replicas_share_the_cap_on_a_credentials_calls_in_flight(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let (base, _seen) = upstream().await;
+    let mut config = test_config(&db);
+    config.egress_allow = "127.0.0.0/8".into();
+    config.proxy_concurrency_per_credential = 4;
+    let app = TestApp::spawn_with(config).await;
+    let id = http_credential(&app, &base, json!({"scheme": "bearer", "token": "t"})).await;
+    let services = credgate::app::Services::init_with_clock(app.config.clone(), app.clock.clone())
+        .await
+        .unwrap();
+    let replica = credgate::app::Application::from_services(services).await.unwrap();
+    let replica_base = format!("http://127.0.0.1:{}", replica.port());
+    let replica_state = replica.state().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(replica.run_until(async {
+        let _ = stopped.await;
+    }));
+    until_replicas(&app.state, 2).await;
+    until_replicas(&replica_state, 2).await;
+
+    // Four calls at each replica at once, eight against a cap of four.
+    let (here, there) = tokio::join!(
+        slow_calls(&app, &app.base, &id, 4),
+        slow_calls(&app, &replica_base, &id, 4)
+    );
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    stop.send(()).unwrap();
+    serving.await.unwrap().unwrap();
+    until_replicas(&app.state, 1).await;
+    let alone = slow_calls(&app, &app.base, &id, 5).await;
+    // A replica that crashed leaves its row: counted until it is 10 s old.
+    sqlx::query("INSERT INTO gateway_replicas (id, seen_at) VALUES ('crashed', $1)")
+        .bind(app.clock.now())
+        .execute(&app.sql().await)
+        .await
+        .unwrap();
+    until_replicas(&app.state, 2).await;
+    let beside_the_crashed = slow_calls(&app, &app.base, &id, 3).await;
+    app.clock.advance(11);
+    until_replicas(&app.state, 1).await;
+
+    assert_eq!(here, (2, 2), "this replica's share of four, with two live");
+    assert_eq!(there, (2, 2), "the other replica's share");
+    assert!(metrics.contains("credgate_gateway_replicas 2"), "{metrics}");
+    assert_eq!(alone, (4, 1), "the whole cap once the other replica has stopped");
+    assert_eq!(beside_the_crashed, (2, 1), "a crashed replica counts until it expires");
+}
+both_backends!(the_replicas_share_the_cap_on_a_credentials_calls_in_flight);
