@@ -236,6 +236,13 @@ fn run(args: &Args, dir: &Path, url: &str) -> anyhow::Result<Value> {
          WHERE e.action = 'credential.proxy' AND CAST(o.detail AS jsonb) ->> 'status' = '200'",
     )?
     .parse()?;
+    // The others, by what became of them (wrk cuts its last calls off:
+    // `abandoned`).
+    let others = psql_value(
+        db,
+        "SELECT COALESCE(json_object_agg(k, n), '{}') FROM (SELECT COALESCE(CAST(o.detail AS jsonb) ->> 'error',          CAST(o.detail AS jsonb) ->> 'status', 'no outcome') AS k, COUNT(*) AS n FROM audit_events e          LEFT JOIN use_outcomes o ON o.event_id = e.id WHERE e.action = 'credential.proxy'          AND (o.detail IS NULL OR CAST(o.detail AS jsonb) ->> 'status' IS DISTINCT FROM '200') GROUP BY 1) t",
+    )?;
+    let others: serde_json::Value = serde_json::from_str(&others)?;
     let peak_rss_mib = peak_rss_kib(server.0.id()).map(|k| round(k / 1024.0, 1));
     drop(server);
     eprintln!("pgbench -N");
@@ -253,6 +260,7 @@ fn run(args: &Args, dir: &Path, url: &str) -> anyhow::Result<Value> {
         "credgate_peak_rss_mib": peak_rss_mib,
         "cpu_us_per_request": cpu,
         "uses_with_status_200": with_status,
+        "uses_without_status_200": others,
         "pgbench_simple_update_tps": round(pgbench, 0),
         "credgate_to_pgbench_n": round(gateway.rps / pgbench, 3),
     }))

@@ -189,27 +189,37 @@ async fn forward(
         .gateway
         .try_take(&credential)
         .ok_or(ApiError::RateLimited { retry_after_secs: 1 })?;
-    let call = crate::gateway::prepare(
-        &state,
-        &principal,
-        &credential,
-        &usage,
-        (method.as_str(), raw, uri.query()),
-    )
-    .await?;
+    // The use is written on a task of its own: when the engine goes away
+    // while it is being written, the use still lands, and the task gives
+    // that call, which never leaves, its outcome (`abandoned`).
+    let (prepared, call) = tokio::sync::oneshot::channel();
+    let task = (state.clone(), principal, credential.clone(), usage);
+    let asked = (
+        method.as_str().to_owned(),
+        raw.to_owned(),
+        uri.query().map(str::to_owned),
+    );
+    tokio::spawn(async move {
+        let (state, principal, credential, usage) = task;
+        let (method, path, query) = asked;
+        let call = crate::gateway::prepare(
+            &state,
+            &principal,
+            &credential,
+            &usage,
+            (&method, &path, query.as_deref()),
+        )
+        .await;
+        if let Err(Ok(call)) = prepared.send(call) {
+            drop(Settlement::new(state.outcomes.clone(), pending(&call)));
+        }
+    });
+    let call = call
+        .await
+        .map_err(|_| ApiError::Internal(anyhow::anyhow!("the call's use was not recorded")))??;
     // From here the use is recorded: each way out adds its outcome, and
     // so does the engine going away before one is known.
-    let mut settlement = Settlement::new(
-        state.outcomes.clone(),
-        UseOutcome {
-            event_id: call.resolved.use_event.0,
-            org_id: call.resolved.row.org_id.clone(),
-            detail: call.resolved.use_event.1.clone(),
-            status: None,
-            error: None,
-            latency_ms: 0,
-        },
-    );
+    let mut settlement = Settlement::new(state.outcomes.clone(), pending(&call));
     let started = settlement.started();
     let denied = || {
         ApiError::Conflict(
@@ -335,6 +345,18 @@ async fn forward(
     response
         .body(body)
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("the service's answer could not be relayed: {e}")))
+}
+
+/// The outcome still to come of `call`'s use.
+fn pending(call: &crate::gateway::Call) -> UseOutcome {
+    UseOutcome {
+        event_id: call.resolved.use_event.0,
+        org_id: call.resolved.row.org_id.clone(),
+        detail: call.resolved.use_event.1.clone(),
+        status: None,
+        error: None,
+        latency_ms: 0,
+    }
 }
 
 /// Why a call got no answer.

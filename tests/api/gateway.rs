@@ -908,3 +908,36 @@ async fn the_replicas_share_the_cap_on_a_credentials_calls_in_flight(backend: cr
     assert_eq!(beside_the_crashed, (2, 1), "a crashed replica counts until it expires");
 }
 both_backends!(the_replicas_share_the_cap_on_a_credentials_calls_in_flight);
+
+/// The engine gives up on a call while its use is being written (the
+/// audit log's writes held up): the use is written all the same, and the
+/// call, which never left, gets its outcome, `abandoned`, not none (a use
+/// without one reads as a call that went through).
+async fn a_call_the_engine_abandons_while_its_use_is_written_gets_its_outcome(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let (base, seen) = upstream().await;
+    let app = gateway_app(&db).await;
+    let id = http_credential(&app, &base, json!({"scheme": "bearer", "token": "t"})).await;
+
+    let held = crate::outage::denials::hold_audit_writes(&app, backend).await;
+    let gave_up = app
+        .client
+        .get(format!("{}/integrations/credentials/{id}/proxy/items", app.base))
+        .bearer_auth(&app.org.engine)
+        .timeout(std::time::Duration::from_millis(300))
+        .send()
+        .await;
+    // Long enough for the server to see the engine gone.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    crate::outage::denials::release(held).await;
+    let uses = settled_uses(&app, &id, 1).await;
+
+    assert!(gave_up.unwrap_err().is_timeout());
+    assert!(seen.0.lock().unwrap().is_empty(), "the call never left");
+    let detail = &uses[0]["detail"];
+    assert_eq!(detail["error"], "abandoned", "{}", uses[0]);
+    assert_eq!(detail["status"], Value::Null);
+    assert_eq!(detail["path"], "/items");
+    assert_eq!(uses[0]["outcome"], "failure");
+}
+both_backends!(a_call_the_engine_abandons_while_its_use_is_written_gets_its_outcome);

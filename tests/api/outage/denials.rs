@@ -15,12 +15,12 @@ use crate::helpers::{sentinel, test_config, Backend, TestApp, TestDb};
 use crate::sharing::{create, key};
 
 /// Writes to the audit log held up by a connection of the test's.
-enum Held {
+pub enum Held {
     Postgres(sqlx::Transaction<'static, sqlx::Any>),
     Sqlite(sqlx::pool::PoolConnection<sqlx::Any>),
 }
 
-async fn hold_audit_writes(app: &TestApp, backend: Backend) -> Held {
+pub async fn hold_audit_writes(app: &TestApp, backend: Backend) -> Held {
     match backend {
         Backend::Postgres => {
             let mut tx = app.sql().await.begin().await.unwrap();
@@ -39,7 +39,7 @@ async fn hold_audit_writes(app: &TestApp, backend: Backend) -> Held {
     }
 }
 
-async fn release(held: Held) {
+pub async fn release(held: Held) {
     match held {
         Held::Postgres(tx) => tx.commit().await.unwrap(),
         Held::Sqlite(mut conn) => {

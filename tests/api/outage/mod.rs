@@ -7,7 +7,7 @@
 mod ambiguous;
 mod connect;
 mod deadlock;
-mod denials;
+pub mod denials;
 mod fault_proxy;
 mod outcomes;
 mod postgres;
