@@ -224,7 +224,19 @@ fn run(args: &Args, dir: &Path, url: &str) -> anyhow::Result<Value> {
         measured.insert((*label).into(), w.json());
         figures.push(w);
     }
-    // Each answered call left its use.
+    // Each answered call left its use; the outcomes of the last calls
+    // (those wrk cut off, whose use may still have been being written)
+    // are given a few seconds to land.
+    for _ in 0..20 {
+        let missing = psql_value(
+            db,
+            "SELECT COUNT(*) FROM audit_events e WHERE e.action = 'credential.proxy'              AND NOT EXISTS (SELECT 1 FROM use_outcomes o WHERE o.event_id = e.id)",
+        )?;
+        if missing == "0" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
     let uses: f64 = psql_value(
         db,
         "SELECT COUNT(*) FROM audit_events WHERE action = 'credential.proxy'",

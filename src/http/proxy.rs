@@ -8,8 +8,11 @@
 //! credgate's own errors carry `Credgate-Error: 1`; the service's answers
 //! pass as they are.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -23,6 +26,10 @@ use super::error::ApiError;
 use super::extract::{Caller, RESOLVE};
 use super::AppState;
 use crate::credentials::check_user_id;
+use crate::gateway::Call;
+use crate::group_commit::OutcomeLog;
+use crate::ids::CredentialId;
+use crate::model::Principal;
 use crate::providers::FieldError;
 use crate::store::{Usage, UseOutcome};
 
@@ -189,36 +196,17 @@ async fn forward(
         .gateway
         .try_take(&credential)
         .ok_or(ApiError::RateLimited { retry_after_secs: 1 })?;
-    // The use is written on a task of its own: when the engine goes away
-    // while it is being written, the use still lands, and the task gives
-    // that call, which never leaves, its outcome (`abandoned`).
-    let (prepared, call) = tokio::sync::oneshot::channel();
-    let task = (state.clone(), principal, credential.clone(), usage);
-    let asked = (
-        method.as_str().to_owned(),
-        raw.to_owned(),
-        uri.query().map(str::to_owned),
-    );
-    tokio::spawn(async move {
-        let (state, principal, credential, usage) = task;
-        let (method, path, query) = asked;
-        let call = crate::gateway::prepare(
-            &state,
-            &principal,
-            &credential,
-            &usage,
-            (&method, &path, query.as_deref()),
-        )
-        .await;
-        if let Err(Ok(call)) = prepared.send(call) {
-            drop(Settlement::new(state.outcomes.clone(), pending(&call)));
-        }
-    });
-    let call = call
-        .await
-        .map_err(|_| ApiError::Internal(anyhow::anyhow!("the call's use was not recorded")))??;
-    // From here the use is recorded: each way out adds its outcome, and
-    // so does the engine going away before one is known.
+    // From the moment the use is recorded, each way out adds its outcome,
+    // and so does the engine going away before one is known, even while
+    // the use is being written (see `Preparing`).
+    let call = Preparing::new(
+        &state,
+        principal,
+        credential.clone(),
+        usage,
+        (&method, raw, uri.query()),
+    )
+    .await?;
     let mut settlement = Settlement::new(state.outcomes.clone(), pending(&call));
     let started = settlement.started();
     let denied = || {
@@ -347,8 +335,75 @@ async fn forward(
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("the service's answer could not be relayed: {e}")))
 }
 
+/// What preparing a call ends with.
+type Prepared = Result<Call, crate::error::Error>;
+
+/// A call being prepared (its use written), driven by its request. Dropped
+/// before it is done (the engine went away), it is driven to its end on a
+/// task of its own, and a use it records gets its outcome, `abandoned`:
+/// the call never leaves, and a use without an outcome would read as one
+/// that went through.
+struct Preparing {
+    future: Option<Pin<Box<dyn Future<Output = Prepared> + Send>>>,
+    outcomes: OutcomeLog,
+}
+
+impl Preparing {
+    fn new(
+        state: &AppState,
+        principal: Principal,
+        credential: CredentialId,
+        usage: Usage,
+        (method, path, query): (&Method, &str, Option<&str>),
+    ) -> Self {
+        let ctx = state.clone();
+        let asked = (method.as_str().to_owned(), path.to_owned(), query.map(str::to_owned));
+        Self {
+            future: Some(Box::pin(async move {
+                let (method, path, query) = asked;
+                crate::gateway::prepare(
+                    &ctx,
+                    &principal,
+                    &credential,
+                    &usage,
+                    (&method, &path, query.as_deref()),
+                )
+                .await
+            })),
+            outcomes: state.outcomes.clone(),
+        }
+    }
+}
+
+impl Future for Preparing {
+    type Output = Prepared;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let future = self.future.as_mut().expect("not polled after it is done");
+        let done = std::task::ready!(future.as_mut().poll(cx));
+        self.future = None;
+        Poll::Ready(done)
+    }
+}
+
+impl Drop for Preparing {
+    fn drop(&mut self) {
+        let Some(future) = self.future.take() else {
+            return;
+        };
+        let outcomes = self.outcomes.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Ok(call) = future.await {
+                    drop(Settlement::new(outcomes, pending(&call)));
+                }
+            });
+        }
+    }
+}
+
 /// The outcome still to come of `call`'s use.
-fn pending(call: &crate::gateway::Call) -> UseOutcome {
+fn pending(call: &Call) -> UseOutcome {
     UseOutcome {
         event_id: call.resolved.use_event.0,
         org_id: call.resolved.row.org_id.clone(),

@@ -941,3 +941,56 @@ async fn a_call_the_engine_abandons_while_its_use_is_written_gets_its_outcome(ba
     assert_eq!(uses[0]["outcome"], "failure");
 }
 both_backends!(a_call_the_engine_abandons_while_its_use_is_written_gets_its_outcome);
+
+/// Many engines calling at once and all hanging up at the same moment, as
+/// a load generator does when its run ends: each use recorded gets an
+/// outcome, whatever step its call had reached (the use still being
+/// written, written but not yet taken up by its request, or the service
+/// answering).
+async fn engines_that_all_hang_up_at_once_leave_no_use_without_its_outcome(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let (base, _seen) = upstream().await;
+    let app = gateway_app(&db).await;
+    let id = http_credential(&app, &base, json!({"scheme": "bearer", "token": "t"})).await;
+    let url = format!("{}/integrations/credentials/{id}/proxy/items", app.base);
+
+    for _ in 0..3 {
+        let engines: Vec<_> = (0..24)
+            .map(|_| {
+                let (client, url, key) = (reqwest::Client::new(), url.clone(), app.org.engine.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let _ = client.get(&url).bearer_auth(&key).send().await;
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        for engine in &engines {
+            engine.abort();
+        }
+    }
+    let sql = app.sql().await;
+    let mut missing = -1;
+    for _ in 0..40 {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        missing = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM audit_events e WHERE e.action = 'credential.proxy' \
+             AND NOT EXISTS (SELECT 1 FROM use_outcomes o WHERE o.event_id = e.id)",
+        )
+        .fetch_one(&sql)
+        .await
+        .unwrap();
+        if missing == 0 {
+            break;
+        }
+    }
+    let uses: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_events WHERE action = 'credential.proxy'")
+        .fetch_one(&sql)
+        .await
+        .unwrap();
+
+    assert!(uses > 100, "the engines made calls: {uses}");
+    assert_eq!(missing, 0, "uses without an outcome, of {uses}");
+}
+both_backends!(engines_that_all_hang_up_at_once_leave_no_use_without_its_outcome);
