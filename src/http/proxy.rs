@@ -8,11 +8,8 @@
 //! credgate's own errors carry `Credgate-Error: 1`; the service's answers
 //! pass as they are.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::Poll;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -26,12 +23,8 @@ use super::error::ApiError;
 use super::extract::{Caller, RESOLVE};
 use super::AppState;
 use crate::credentials::check_user_id;
-use crate::gateway::Call;
-use crate::group_commit::OutcomeLog;
-use crate::ids::CredentialId;
-use crate::model::Principal;
 use crate::providers::FieldError;
-use crate::store::{Usage, UseOutcome};
+use crate::store::Usage;
 
 /// Largest body of an `aws_sigv4` call, which is read whole to be signed.
 pub const MAX_SIGNED_BODY: usize = 10 * 1024 * 1024;
@@ -41,8 +34,10 @@ pub const MAX_SIGNED_BODY: usize = 10 * 1024 * 1024;
 pub const KEPT_FOR_RETRY: usize = 1024 * 1024;
 
 mod body;
+mod preparing;
 mod settlement;
 use body::outgoing;
+use preparing::{pending, Preparing};
 use settlement::Settlement;
 
 /// The gateway's routes.
@@ -333,85 +328,6 @@ async fn forward(
     response
         .body(body)
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("the service's answer could not be relayed: {e}")))
-}
-
-/// What preparing a call ends with.
-type Prepared = Result<Call, crate::error::Error>;
-
-/// A call being prepared (its use written), driven by its request. Dropped
-/// before it is done (the engine went away), it is driven to its end on a
-/// task of its own, and a use it records gets its outcome, `abandoned`:
-/// the call never leaves, and a use without an outcome would read as one
-/// that went through.
-struct Preparing {
-    future: Option<Pin<Box<dyn Future<Output = Prepared> + Send>>>,
-    outcomes: OutcomeLog,
-}
-
-impl Preparing {
-    fn new(
-        state: &AppState,
-        principal: Principal,
-        credential: CredentialId,
-        usage: Usage,
-        (method, path, query): (&Method, &str, Option<&str>),
-    ) -> Self {
-        let ctx = state.clone();
-        let asked = (method.as_str().to_owned(), path.to_owned(), query.map(str::to_owned));
-        Self {
-            future: Some(Box::pin(async move {
-                let (method, path, query) = asked;
-                crate::gateway::prepare(
-                    &ctx,
-                    &principal,
-                    &credential,
-                    &usage,
-                    (&method, &path, query.as_deref()),
-                )
-                .await
-            })),
-            outcomes: state.outcomes.clone(),
-        }
-    }
-}
-
-impl Future for Preparing {
-    type Output = Prepared;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
-        let future = self.future.as_mut().expect("not polled after it is done");
-        let done = std::task::ready!(future.as_mut().poll(cx));
-        self.future = None;
-        Poll::Ready(done)
-    }
-}
-
-impl Drop for Preparing {
-    fn drop(&mut self) {
-        let Some(future) = self.future.take() else {
-            return;
-        };
-        let outcomes = self.outcomes.clone();
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                if let Ok(call) = future.await {
-                    drop(Settlement::new(outcomes, pending(&call)));
-                }
-            });
-        }
-    }
-}
-
-/// The outcome still to come of `call`'s use.
-fn pending(call: &Call) -> UseOutcome {
-    UseOutcome {
-        event_id: call.resolved.use_event.0,
-        org_id: call.resolved.row.org_id.clone(),
-        detail: call.resolved.use_event.1.clone(),
-        status: None,
-        error: None,
-        latency_ms: 0,
-    }
 }
 
 /// Why a call got no answer.
