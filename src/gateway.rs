@@ -14,7 +14,7 @@ use crate::execution::{resolve_as, Resolved};
 use crate::ids::CredentialId;
 use crate::model::{AuthKind, Principal};
 use crate::providers::{FieldError, Generic, ProbeAuth, Provider};
-use crate::store::{CredentialRow, Usage};
+use crate::store::{CredentialRow, Usage, UseOutcome};
 
 /// A call ready to send: the URL and the headers that authenticate it.
 /// `Debug` prints neither header values nor the query.
@@ -258,10 +258,39 @@ pub async fn prepare(
         None => Err(Error::NotFound),
     };
     let resolved = resolve_as(ctx, who, id, usage, ("credential.proxy", Some(detail)), &proxyable).await?;
+    // The use is recorded: a call refused from here on (what only the
+    // opened credential tells, such as a base URL or key it lacks) gets its
+    // outcome too, or it would read as one that went through.
+    match addressed(ctx, &resolved, &segments, query) {
+        Ok((url, headers, aws_service)) => Ok(Call {
+            url,
+            headers,
+            resolved,
+            aws_service,
+        }),
+        Err(e) => {
+            let code = match &e {
+                Error::Unprocessable { code, .. } => *code,
+                _ => "not_proxyable",
+            };
+            ctx.outcomes.enqueue(use_outcome(&resolved, None, Some(code))).await;
+            Err(e)
+        }
+    }
+}
+
+/// Where `resolved`'s call goes and what authenticates it: the URL, the
+/// headers, and the AWS service that signs it.
+fn addressed(
+    ctx: &Context,
+    resolved: &Resolved,
+    segments: &[String],
+    query: Option<&str>,
+) -> Result<(Url, Pairs, Option<String>), Error> {
     let provider = ctx.registry.get(&resolved.row.provider).ok_or(Error::NotFound)?;
-    let base = base_url(provider, &resolved).ok_or_else(|| not_proxyable(provider, "it has no base URL"))?;
-    let (mut headers, query_auth) = authentication(provider, &resolved)?;
-    let mut url = join(&base, &segments, query)?;
+    let base = base_url(provider, resolved).ok_or_else(|| not_proxyable(provider, "it has no base URL"))?;
+    let (mut headers, query_auth) = authentication(provider, resolved)?;
+    let mut url = join(&base, segments, query)?;
     if let Some((name, value)) = query_auth {
         url.query_pairs_mut().append_pair(&name, &value);
     }
@@ -274,12 +303,20 @@ pub async fn prepare(
     if resolved.row.auth_type == AuthKind::AwsSigv4 && aws_service.is_none() {
         return Err(not_proxyable(provider, "it names no AWS service to sign for"));
     }
-    Ok(Call {
-        url,
-        headers,
-        resolved,
-        aws_service,
-    })
+    Ok((url, headers, aws_service))
+}
+
+/// The outcome of `resolved`'s use: the service's `status`, or what went
+/// wrong (its latency is the caller's to set).
+pub fn use_outcome(resolved: &Resolved, status: Option<u16>, error: Option<&'static str>) -> UseOutcome {
+    UseOutcome {
+        event_id: resolved.use_event.0,
+        org_id: resolved.row.org_id.clone(),
+        detail: resolved.use_event.1.clone(),
+        status,
+        error,
+        latency_ms: 0,
+    }
 }
 
 /// The headers that sign an `aws_sigv4` call of `method` with `headers`

@@ -13,6 +13,7 @@ mod connections;
 mod credentials;
 mod durability;
 mod gateway;
+mod gateway_refusals;
 mod generated_client;
 mod generic;
 mod group_commit;

@@ -85,12 +85,5 @@ impl Drop for Preparing {
 
 /// The outcome still to come of `call`'s use.
 pub(super) fn pending(call: &Call) -> UseOutcome {
-    UseOutcome {
-        event_id: call.resolved.use_event.0,
-        org_id: call.resolved.row.org_id.clone(),
-        detail: call.resolved.use_event.1.clone(),
-        status: None,
-        error: None,
-        latency_ms: 0,
-    }
+    crate::gateway::use_outcome(&call.resolved, None, None)
 }
