@@ -340,7 +340,9 @@ impl Application {
                 );
             }
         }
-        // The gateway calls just answered queued their outcomes.
+        // The gateway calls just answered queued their outcomes; those
+        // whose engines left while their use was written queue theirs once
+        // it is (promised: waited for too).
         if !self.state.outcomes.settled(Duration::from_secs(10)).await {
             tracing::warn!("gateway calls' outcomes were still unwritten after 10 s; they are lost");
         }

@@ -131,16 +131,15 @@ impl<W: Writer> GroupCommit<W> {
     /// is full, for room in it): for writes whose request need not wait.
     /// Dropped before it returns, it has queued nothing.
     pub async fn enqueue(&self, item: W::Item) {
-        let (done, _) = oneshot::channel();
+        self.promise().enqueue(item).await;
+    }
+
+    /// An item to be [`enqueue`](Self::enqueue)d later, from another task:
+    /// counted as unwritten from now on, so that [`settled`](Self::settled)
+    /// waits for it; no longer once the promise is dropped unkept.
+    pub fn promise(&self) -> Promised<W> {
         self.unwritten.fetch_add(1, Ordering::SeqCst);
-        // Counted back down if it never reaches the queue (the writer is
-        // gone, or this request was dropped while the queue was full).
-        let unsent = Unsent(&self.unwritten);
-        if self.sender().send((item, done, true)).await.is_err() {
-            tracing::warn!("the writer has stopped; a queued write is lost");
-            return;
-        }
-        std::mem::forget(unsent);
+        Promised(Some(self.clone()))
     }
 
     /// Items [`enqueue`](Self::enqueue)d and not yet written (nor failed).
@@ -161,6 +160,36 @@ impl<W: Writer> GroupCommit<W> {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         true
+    }
+}
+
+/// An item promised to a [`GroupCommit`]'s queue (see
+/// [`GroupCommit::promise`]).
+pub struct Promised<W: Writer>(Option<GroupCommit<W>>);
+
+impl<W: Writer> Promised<W> {
+    /// Queues `item` (see [`GroupCommit::enqueue`]), which keeps the promise.
+    pub async fn enqueue(mut self, item: W::Item) {
+        let Some(log) = self.0.take() else {
+            return;
+        };
+        let (done, _) = oneshot::channel();
+        // Counted back down if it never reaches the queue (the writer is
+        // gone, or this request was dropped while the queue was full).
+        let unsent = Unsent(&log.unwritten);
+        if log.sender().send((item, done, true)).await.is_err() {
+            tracing::warn!("the writer has stopped; a queued write is lost");
+            return;
+        }
+        std::mem::forget(unsent);
+    }
+}
+
+impl<W: Writer> Drop for Promised<W> {
+    fn drop(&mut self) {
+        if let Some(log) = self.0.take() {
+            log.unwritten.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 

@@ -14,6 +14,7 @@ mod credentials;
 mod durability;
 mod gateway;
 mod gateway_refusals;
+mod gateway_stopping;
 mod generated_client;
 mod generic;
 mod group_commit;

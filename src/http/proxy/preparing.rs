@@ -8,7 +8,6 @@ use std::task::Poll;
 
 use axum::http::Method;
 
-use super::settlement::Settlement;
 use super::AppState;
 use crate::gateway::Call;
 use crate::group_commit::OutcomeLog;
@@ -72,11 +71,13 @@ impl Drop for Preparing {
         let Some(future) = self.future.take() else {
             return;
         };
-        let outcomes = self.outcomes.clone();
+        // A stopping server waits for the outcome promised here.
+        let promised = self.outcomes.promise();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 if let Ok(call) = future.await {
-                    drop(Settlement::new(outcomes, pending(&call)));
+                    let abandoned = crate::gateway::use_outcome(&call.resolved, None, Some("abandoned"));
+                    promised.enqueue(abandoned).await;
                 }
             });
         }

@@ -62,10 +62,11 @@ impl Drop for Settlement {
             return;
         };
         // Dropped with its request, inside the runtime: the write cannot
-        // be awaited here, so it is queued from a task of its own.
+        // be awaited here, so it is queued from a task of its own, which a
+        // stopping server waits for.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let log = self.log.clone();
-            runtime.spawn(async move { log.enqueue(outcome).await });
+            let promised = self.log.promise();
+            runtime.spawn(async move { promised.enqueue(outcome).await });
         }
     }
 }
