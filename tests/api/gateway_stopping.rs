@@ -32,7 +32,7 @@ async fn a_stopping_server_waits_for_the_calls_it_was_still_preparing(backend: c
         runtime.block_on(async move {
             let services = credgate::app::Services::init_with_clock(config, clock).await.unwrap();
             let replica = credgate::app::Application::from_services(services).await.unwrap();
-            port.send(replica.port()).unwrap();
+            port.send((replica.port(), replica.state().clone())).unwrap();
             replica
                 .run_until(async {
                     let _ = stopped.await;
@@ -42,16 +42,27 @@ async fn a_stopping_server_waits_for_the_calls_it_was_still_preparing(backend: c
         });
         drop(runtime);
     });
-    let replica = format!("http://127.0.0.1:{}", replica_port.recv().unwrap());
+    let (replica_port, replica_state) = replica_port.recv().unwrap();
+    let replica = format!("http://127.0.0.1:{replica_port}");
 
     let held = hold_audit_writes(&app, backend).await;
-    let gave_up = app
-        .client
-        .get(format!("{replica}/integrations/credentials/{id}/proxy/items"))
-        .bearer_auth(&app.org.engine)
-        .timeout(std::time::Duration::from_millis(300))
-        .send()
-        .await;
+    let (client, url, key) = (
+        app.client.clone(),
+        format!("{replica}/integrations/credentials/{id}/proxy/items"),
+        app.org.engine.clone(),
+    );
+    let engine = tokio::spawn(async move { client.get(url).bearer_auth(key).send().await });
+    // The call has its slot: its use is about to be written, and waits.
+    let mut taken = false;
+    for _ in 0..200 {
+        taken = replica_state.gateway.credentials_in_flight() == 1;
+        if taken {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(taken, "the call reached the replica");
+    engine.abort();
     // Long enough for the replica to see the engine gone.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     stop.send(()).unwrap();
@@ -61,9 +72,28 @@ async fn a_stopping_server_waits_for_the_calls_it_was_still_preparing(backend: c
     tokio::task::spawn_blocking(move || process.join().unwrap())
         .await
         .unwrap();
+    let sql = app.sql().await;
+    let (mut uses, mut missing) = (0, 0);
+    for _ in 0..50 {
+        uses = sqlx::query_scalar("SELECT COUNT(*) FROM audit_events WHERE action = 'credential.proxy'")
+            .fetch_one(&sql)
+            .await
+            .unwrap();
+        missing = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM audit_events e WHERE e.action = 'credential.proxy' \
+             AND NOT EXISTS (SELECT 1 FROM use_outcomes o WHERE o.event_id = e.id)",
+        )
+        .fetch_one(&sql)
+        .await
+        .unwrap();
+        if uses > 0 && missing == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!((uses, missing), (1, 0), "(uses, uses without an outcome)");
     let uses = settled_uses(&app, &id, 1).await;
 
-    assert!(gave_up.unwrap_err().is_timeout());
     assert!(seen.0.lock().unwrap().is_empty(), "the call never left");
     let detail = &uses[0]["detail"];
     assert_eq!(detail["error"], "abandoned", "{}", uses[0]);
