@@ -10,7 +10,7 @@
 //! written only while that read is still current, in the same statement.
 
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::ids::{CredentialId, OrgId, UserId};
 use crate::model::Access;
@@ -69,15 +69,33 @@ impl UseOutcome {
     }
 
     /// The use's detail with the outcome's facts added.
-    fn detail(&self) -> String {
-        let mut detail = match &self.detail {
-            Some(Value::Object(d)) => d.clone(),
-            _ => serde_json::Map::new(),
-        };
-        detail.insert("status".into(), json!(self.status));
-        detail.insert("latency_ms".into(), json!(self.latency_ms));
-        detail.insert("error".into(), json!(self.error));
-        Value::Object(detail).to_string()
+    fn detail(&self) -> OutcomeDetail<'_> {
+        OutcomeDetail {
+            recorded: match &self.detail {
+                Some(Value::Object(d)) => Some(d),
+                _ => None,
+            },
+            status: self.status,
+            latency_ms: self.latency_ms,
+            error: self.error,
+        }
+    }
+}
+
+/// A use's detail with its outcome's facts, written as it is serialized
+/// (no copy of the use's detail).
+#[derive(Serialize)]
+struct OutcomeDetail<'a> {
+    #[serde(flatten)]
+    recorded: Option<&'a serde_json::Map<String, Value>>,
+    status: Option<u16>,
+    latency_ms: u64,
+    error: Option<&'static str>,
+}
+
+impl OutcomeDetail<'_> {
+    fn text(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
     }
 }
 
@@ -95,7 +113,7 @@ const CHUNK: usize = 200;
 /// id.
 const RECORD_USES_POSTGRES: &str = "WITH u AS MATERIALIZED (\
         SELECT nextval('audit_events_id_seq') AS id, x.* FROM json_to_recordset(CAST($1 AS json)) AS x(n BIGINT, \
-        org_id TEXT, credential_id TEXT, action TEXT, outcome TEXT, actor TEXT, detail TEXT, workflow_id TEXT, \
+        org_id TEXT, credential_id TEXT, action TEXT, outcome TEXT, actor TEXT, detail JSON, workflow_id TEXT, \
         run_id TEXT, row_version BIGINT, grant_user TEXT, grant_access TEXT) \
         WHERE x.row_version IS NULL OR (x.row_version = (SELECT c.row_version FROM credentials c \
             WHERE c.id = x.credential_id AND c.org_id = x.org_id) \
@@ -106,14 +124,14 @@ const RECORD_USES_POSTGRES: &str = "WITH u AS MATERIALIZED (\
         WHERE c.id = d.credential_id AND (c.last_used_at IS NULL OR c.last_used_at <= $3)), \
     inserted AS (INSERT INTO audit_events (id, org_id, credential_id, action, outcome, actor, detail, at, \
         workflow_id, run_id) \
-        SELECT id, org_id, credential_id, action, outcome, actor, detail, $2, workflow_id, run_id FROM u) \
+        SELECT id, org_id, credential_id, action, outcome, actor, detail::text, $2, workflow_id, run_id FROM u) \
     SELECT n, id FROM u";
 
 /// Outcomes on Postgres, in one statement: each is kept beside its event
 /// (`use_outcomes`), when that event exists; once only.
 const RECORD_OUTCOMES_POSTGRES: &str = "INSERT INTO use_outcomes (event_id, org_id, outcome, detail) \
-    SELECT x.id, x.org_id, x.outcome, x.detail FROM json_to_recordset(CAST($1 AS json)) \
-        AS x(id BIGINT, org_id TEXT, outcome TEXT, detail TEXT) \
+    SELECT x.id, x.org_id, x.outcome, x.detail::text FROM json_to_recordset(CAST($1 AS json)) \
+        AS x(id BIGINT, org_id TEXT, outcome TEXT, detail JSON) \
     WHERE EXISTS (SELECT 1 FROM audit_events a WHERE a.id = x.id) \
     ON CONFLICT (event_id) DO NOTHING";
 
@@ -132,7 +150,8 @@ struct OutcomeJson<'a> {
     id: i64,
     org_id: &'a OrgId,
     outcome: &'a str,
-    detail: String,
+    /// Nested as JSON, kept as its text.
+    detail: OutcomeDetail<'a>,
 }
 
 /// One use as an element of [`RECORD_USES_POSTGRES`]'s array.
@@ -144,7 +163,8 @@ struct UseJson<'a> {
     action: &'a str,
     outcome: &'a str,
     actor: &'a str,
-    detail: Option<String>,
+    /// Nested as JSON, kept as its text.
+    detail: Option<&'a Value>,
     workflow_id: Option<&'a str>,
     run_id: Option<&'a str>,
     row_version: Option<i64>,
@@ -162,7 +182,7 @@ impl<'a> UseJson<'a> {
             action: u.event.action,
             outcome: u.event.outcome,
             actor: &u.event.actor,
-            detail: u.event.detail.as_ref().map(ToString::to_string),
+            detail: u.event.detail.as_ref(),
             workflow_id: u.usage.workflow_id.as_deref(),
             run_id: u.usage.run_id.as_deref(),
             row_version: u.read_at.as_ref().map(|r| r.row_version),
@@ -314,7 +334,7 @@ impl Store {
                     .bind(o.event_id)
                     .bind(&o.org_id)
                     .bind(o.outcome())
-                    .bind(o.detail())
+                    .bind(o.detail().text())
                     .execute(&mut *tx)
                     .await?;
             }
