@@ -57,6 +57,11 @@ struct Args {
     /// Seconds of `pgbench -N`.
     #[arg(long, default_value_t = 10)]
     pgbench_seconds: u64,
+    /// A command the server runs under, such as `valgrind --tool=callgrind`
+    /// (words split at spaces): instructions per call, which unlike time
+    /// do not move with the machine's noise.
+    #[arg(long)]
+    server_wrapper: Option<String>,
 }
 
 /// What one wrk run measured.
@@ -115,8 +120,17 @@ fn run(args: &Args, dir: &Path, url: &str) -> anyhow::Result<Value> {
     };
     let (admin, engine) = (key("admin")?, key("engine")?);
     let addr = format!("127.0.0.1:{}", free_port()?);
+    let mut serve = match &args.server_wrapper {
+        Some(wrapper) => {
+            let mut words = wrapper.split_whitespace();
+            let mut cmd = Command::new(words.next().context("an empty --server-wrapper")?);
+            cmd.args(words).arg(&bin);
+            cmd
+        }
+        None => Command::new(&bin),
+    };
     let server = Guard(
-        Command::new(&bin)
+        serve
             .arg("serve")
             .current_dir(dir)
             .env("CREDGATE_DATABASE_URL", url)
@@ -498,13 +512,14 @@ fn command(bin: &Path, url: &str, master_key: &str, args: &[&str]) -> anyhow::Re
 }
 
 fn wait_for(url: &str) -> anyhow::Result<()> {
-    for _ in 0..300 {
+    // Two minutes: a server under valgrind starts slowly.
+    for _ in 0..1200 {
         if curl(&["-sf", "-o", "/dev/null", url]).is_ok() {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    bail!("{url} did not answer within 30 s")
+    bail!("{url} did not answer within 120 s")
 }
 
 fn curl(args: &[&str]) -> anyhow::Result<String> {

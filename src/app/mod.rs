@@ -102,10 +102,7 @@ pub fn context(services: Services) -> anyhow::Result<Context> {
     let egress = Arc::new(EgressPolicy::new(egress));
     let provider_timeout = Duration::from_secs(config.provider_timeout_secs);
     let guarded_http = egress.http_client(provider_timeout.min(Duration::from_secs(5)), provider_timeout)?;
-    let gateway_http = egress.http_client(
-        provider_timeout.min(Duration::from_secs(5)),
-        Duration::from_secs(24 * 3600),
-    )?;
+    let gateway_http = egress.gateway_client(provider_timeout.min(Duration::from_secs(5)))?;
     let probes = ProbeContext::new(egress, ProbeTimeouts::default(), base_urls)?;
     Ok(Context {
         guarded_http,

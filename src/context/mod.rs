@@ -37,7 +37,7 @@ pub struct Context {
     pub guarded_http: reqwest::Client,
     /// The gateway's client: guarded, a connect time limit, and no limit on
     /// a whole call (a download may stream for long).
-    pub gateway_http: reqwest::Client,
+    pub gateway_http: crate::egress::GatewayClient,
     /// The gateway's per-credential caps in this process.
     pub gateway: Arc<GatewaySlots>,
     pub refresher: Arc<Refresher>,

@@ -17,6 +17,9 @@ use ipnet::IpNet;
 use tokio::net::TcpStream;
 use url::{Host, Url};
 
+mod gateway_client;
+pub use gateway_client::GatewayClient;
+
 /// Why an outbound connection was not made.
 #[derive(Debug, thiserror::Error)]
 pub enum EgressError {

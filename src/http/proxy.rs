@@ -17,7 +17,6 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
-use futures::StreamExt;
 
 use super::error::ApiError;
 use super::extract::{Caller, RESOLVE};
@@ -222,55 +221,65 @@ async fn forward(
             return Err(e);
         }
     };
+    // What the service gets: the engine's headers that may pass, then the
+    // credential's (and a signature's), which no engine header can replace.
     let extra = named_in_connection(&headers);
-    let build = |authorization: Option<&str>| {
-        let mut request = state.gateway_http.request(method.clone(), call.url.clone());
-        for (name, value) in headers.iter() {
-            if forwarded(name, &extra) {
-                request = request.header(name, value);
-            }
+    let mut sent_headers = HeaderMap::with_capacity(headers.len() + call.headers.len() + 1);
+    for (name, value) in headers.iter() {
+        if forwarded(name, &extra) {
+            sent_headers.append(name.clone(), value.clone());
         }
-        for (name, value) in call.headers.iter().chain(&outgoing.signed) {
-            match (name.as_str(), authorization) {
-                ("authorization", Some(renewed)) => request = request.header("authorization", renewed),
-                _ => request = request.header(name.as_str(), value.as_str()),
-            }
+    }
+    for (name, value) in call.headers.iter().chain(&outgoing.signed) {
+        let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) else {
+            settlement.settle(None, Some("unreachable")).await;
+            return Err(ApiError::Provider("the service could not be reached".into()));
+        };
+        sent_headers.append(name, value);
+    }
+    if !sent_headers.contains_key(axum::http::header::USER_AGENT) {
+        sent_headers.insert(axum::http::header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+    }
+    if let Some(length) = outgoing.streamed.as_ref().and_then(|(_, length)| length.clone()) {
+        sent_headers.insert(axum::http::header::CONTENT_LENGTH, length);
+    }
+    let Ok(target) = Uri::try_from(call.url.as_str()) else {
+        settlement.settle(None, Some("unreachable")).await;
+        return Err(ApiError::Provider("the service could not be reached".into()));
+    };
+    let build = |authorization: Option<HeaderValue>, body: Body| {
+        let mut request = axum::http::Request::new(body);
+        *request.method_mut() = method.clone();
+        *request.uri_mut() = target.clone();
+        *request.headers_mut() = sent_headers.clone();
+        if let Some(renewed) = authorization {
+            request.headers_mut().insert(axum::http::header::AUTHORIZATION, renewed);
         }
         request
     };
     let first_byte = state.config.proxy_first_byte_timeout;
-    let send = |request: reqwest::RequestBuilder| async move {
-        match tokio::time::timeout(first_byte, request.send()).await {
+    let client = &state.gateway_http;
+    let send = |request: axum::http::Request<Body>| async move {
+        match tokio::time::timeout(first_byte, client.request(request)).await {
             Ok(answer) => answer.map_err(Failure::Sent),
             Err(_) => Err(Failure::Timeout),
         }
     };
     let kept = outgoing.kept.clone();
     let request = match (kept.as_ref(), outgoing.streamed) {
-        (Some(bytes), _) if bytes.is_empty() => build(None),
-        (Some(bytes), _) => build(None).body(bytes.clone()),
-        (None, Some((stream, length))) => {
-            let request = build(None).body(stream);
-            match length {
-                Some(length) => request.header("content-length", length),
-                None => request,
-            }
-        }
-        (None, None) => build(None),
+        (Some(bytes), _) if bytes.is_empty() => build(None, Body::empty()),
+        (Some(bytes), _) => build(None, Body::from(bytes.clone())),
+        (None, Some((stream, _))) => build(None, stream),
+        (None, None) => build(None, Body::empty()),
     };
     let mut upstream = send(request).await;
     // The service may have revoked a token credgate still thought valid:
     // one refresh, and the call once more when its body was kept.
     if let (Some(bytes), Ok(answer)) = (&kept, &upstream) {
-        if answer.status() == reqwest::StatusCode::UNAUTHORIZED {
-            if let Some(renewed) = crate::gateway::renewed_authorization(&state, &call).await {
-                let again = build(Some(&renewed));
-                let again = if bytes.is_empty() {
-                    again
-                } else {
-                    again.body(bytes.clone())
-                };
-                upstream = send(again).await;
+        if answer.status() == axum::http::StatusCode::UNAUTHORIZED {
+            let renewed = crate::gateway::renewed_authorization(&state, &call).await;
+            if let Some(renewed) = renewed.and_then(|r| HeaderValue::from_str(&r).ok()) {
+                upstream = send(build(Some(renewed), Body::from(bytes.clone()))).await;
             }
         }
     }
@@ -312,27 +321,58 @@ async fn forward(
         latency_ms = started.elapsed().as_millis() as u64,
         "gateway call"
     );
-    let mut response = Response::builder().status(status.as_u16());
-    let extra = named_in_connection(upstream.headers());
-    for (name, value) in upstream.headers() {
-        let n = name.as_str();
-        if !NOT_RETURNED.contains(&n) && !extra.iter().any(|e| e == n) {
-            response = response.header(name, value);
-        }
+    // The service's answer as it came, less what is never returned.
+    let (mut parts, answer) = upstream.into_parts();
+    for name in named_in_connection(&parts.headers) {
+        parts.headers.remove(name.as_str());
     }
+    for name in NOT_RETURNED {
+        parts.headers.remove(name);
+    }
+    parts.extensions = Default::default();
     // The slot is held until the answer has streamed to the engine.
-    let body = Body::from_stream(upstream.bytes_stream().map(move |chunk| {
-        let _held = &permit;
-        chunk
-    }));
-    response
-        .body(body)
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("the service's answer could not be relayed: {e}")))
+    Ok(Response::from_parts(
+        parts,
+        Body::new(Held {
+            body: answer,
+            _permit: permit,
+        }),
+    ))
+}
+
+/// `User-Agent` of a call whose engine sent none (some services, GitHub's
+/// among them, refuse a request without one).
+const USER_AGENT: &str = concat!("credgate/", env!("CARGO_PKG_VERSION"));
+
+/// The service's answer body, holding what must last as long as it streams.
+struct Held<B, P> {
+    body: B,
+    _permit: P,
+}
+
+impl<B: http_body::Body + Unpin, P: Unpin> http_body::Body for Held<B, P> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Why a call got no answer.
 enum Failure {
-    Sent(reqwest::Error),
+    Sent(hyper_util::client::legacy::Error),
     /// No answer's head within the first-byte time limit.
     Timeout,
 }
@@ -352,19 +392,23 @@ impl Failure {
                     ApiError::Provider("the service did not answer in time".into()),
                 )
             }
-            Failure::Sent(e) => e.without_url(),
+            Failure::Sent(e) => e,
         };
         if over.load(Ordering::Relaxed) {
             return ("body_too_large", too_large());
         }
+        let mut timed_out = false;
         let mut source = std::error::Error::source(&e);
         while let Some(s) = source {
             if s.downcast_ref::<crate::egress::EgressError>().is_some() {
                 return ("egress_denied", denied());
             }
+            timed_out |= s
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
             source = s.source();
         }
-        if e.is_timeout() {
+        if timed_out {
             (
                 "timeout",
                 ApiError::Provider("the service did not answer in time".into()),

@@ -20,7 +20,7 @@ pub(super) struct Outgoing {
     pub kept: Option<Bytes>,
     /// Too large to keep: what was read, then the rest as it comes,
     /// counted against the limit; with its declared length.
-    pub streamed: Option<(reqwest::Body, Option<HeaderValue>)>,
+    pub streamed: Option<(Body, Option<HeaderValue>)>,
     /// An `aws_sigv4` call's signature headers.
     pub signed: Vec<(String, String)>,
 }
@@ -78,7 +78,7 @@ pub(super) async fn outgoing(
     let all = futures::stream::iter(first.into_iter().map(Ok)).chain(rest);
     Ok(Outgoing {
         kept: None,
-        streamed: Some((reqwest::Body::wrap_stream(all), headers.get("content-length").cloned())),
+        streamed: Some((Body::from_stream(all), headers.get("content-length").cloned())),
         signed: Vec::new(),
     })
 }
