@@ -8,10 +8,10 @@
 //! credgate's own errors carry `Credgate-Error: 1`; the service's answers
 //! pass as they are.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use axum::response::{IntoResponse, Response};
@@ -33,9 +33,11 @@ pub const MAX_SIGNED_BODY: usize = 10 * 1024 * 1024;
 pub const KEPT_FOR_RETRY: usize = 1024 * 1024;
 
 mod body;
+mod failure;
 mod preparing;
 mod settlement;
-use body::outgoing;
+use body::{outgoing, Held};
+use failure::Failure;
 use preparing::{pending, Preparing};
 use settlement::Settlement;
 
@@ -243,6 +245,13 @@ async fn forward(
     if let Some(length) = outgoing.streamed.as_ref().and_then(|(_, length)| length.clone()) {
         sent_headers.insert(axum::http::header::CONTENT_LENGTH, length);
     }
+    // A request that carries a payload says its length, even an empty one:
+    // some services (Google's front ends) refuse a `POST` without it (411).
+    // A kept body's length, when it has one, is the client's to say.
+    let payload = matches!(method, Method::POST | Method::PUT | Method::PATCH) || declared.is_some();
+    if payload && outgoing.kept.as_ref().is_some_and(Bytes::is_empty) {
+        sent_headers.insert(axum::http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    }
     let Ok(target) = Uri::try_from(call.url.as_str()) else {
         settlement.settle(None, Some("unreachable")).await;
         return Err(ApiError::Provider("the service could not be reached".into()));
@@ -343,81 +352,3 @@ async fn forward(
 /// `User-Agent` of a call whose engine sent none (some services, GitHub's
 /// among them, refuse a request without one).
 const USER_AGENT: &str = concat!("credgate/", env!("CARGO_PKG_VERSION"));
-
-/// The service's answer body, holding what must last as long as it streams.
-struct Held<B, P> {
-    body: B,
-    _permit: P,
-}
-
-impl<B: http_body::Body + Unpin, P: Unpin> http_body::Body for Held<B, P> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
-/// Why a call got no answer.
-enum Failure {
-    Sent(hyper_util::client::legacy::Error),
-    /// No answer's head within the first-byte time limit.
-    Timeout,
-}
-
-impl Failure {
-    /// The use's error and the engine's problem.
-    fn explained(
-        self,
-        over: &AtomicBool,
-        denied: impl Fn() -> ApiError,
-        too_large: impl Fn() -> ApiError,
-    ) -> (&'static str, ApiError) {
-        let e = match self {
-            Failure::Timeout => {
-                return (
-                    "timeout",
-                    ApiError::Provider("the service did not answer in time".into()),
-                )
-            }
-            Failure::Sent(e) => e,
-        };
-        if over.load(Ordering::Relaxed) {
-            return ("body_too_large", too_large());
-        }
-        let mut timed_out = false;
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            if s.downcast_ref::<crate::egress::EgressError>().is_some() {
-                return ("egress_denied", denied());
-            }
-            timed_out |= s
-                .downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
-            source = s.source();
-        }
-        if timed_out {
-            (
-                "timeout",
-                ApiError::Provider("the service did not answer in time".into()),
-            )
-        } else {
-            (
-                "unreachable",
-                ApiError::Provider("the service could not be reached".into()),
-            )
-        }
-    }
-}

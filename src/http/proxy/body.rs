@@ -105,3 +105,29 @@ async fn read_up_to(mut stream: BodyDataStream, keep: usize) -> Result<(Vec<Byte
     }
     Ok((first, Some(stream)))
 }
+
+/// The service's answer body, holding what must last as long as it streams.
+pub(super) struct Held<B, P> {
+    pub body: B,
+    pub _permit: P,
+}
+
+impl<B: http_body::Body + Unpin, P: Unpin> http_body::Body for Held<B, P> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
