@@ -140,15 +140,26 @@ mod tests {
         .await
         .unwrap();
         let queue = Arc::new(tokio::sync::Mutex::new(()));
-        let mut tx = WriteTx::sqlite(&pool, queue.clone().lock_owned().await).await.unwrap();
-        tx.execute("INSERT INTO child (p) VALUES (1)").await.unwrap();
 
-        let mut commit = Box::pin(tx.commit());
-        let first = commit
-            .as_mut()
-            .poll(&mut Context::from_waker(futures::task::noop_waker_ref()));
-        assert!(first.is_pending(), "the commit was answered at once: {first:?}");
-        drop(commit);
+        // The commit must still be running when it is given up: SQLite's
+        // worker thread may answer within the first poll (then nothing was
+        // given up, the refusal came back as usual), so try again.
+        let mut given_up = false;
+        for _ in 0..100 {
+            let mut tx = WriteTx::sqlite(&pool, queue.clone().lock_owned().await).await.unwrap();
+            tx.execute("INSERT INTO child (p) VALUES (1)").await.unwrap();
+            let mut commit = Box::pin(tx.commit());
+            let first = commit
+                .as_mut()
+                .poll(&mut Context::from_waker(futures::task::noop_waker_ref()));
+            drop(commit);
+            if first.is_pending() {
+                given_up = true;
+                break;
+            }
+            assert!(matches!(first, std::task::Poll::Ready(Err(_))), "{first:?}");
+        }
+        assert!(given_up, "every commit was answered within its first poll");
         let next = tokio::time::timeout(std::time::Duration::from_secs(10), async {
             let mut tx = WriteTx::sqlite(&pool, queue.clone().lock_owned().await).await?;
             tx.execute("INSERT INTO parent (id) VALUES (7)").await?;
