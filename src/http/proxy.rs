@@ -232,12 +232,19 @@ async fn forward(
             sent_headers.append(name.clone(), value.clone());
         }
     }
+    let mut placed: Vec<HeaderName> = Vec::with_capacity(call.headers.len());
     for (name, value) in call.headers.iter().chain(&outgoing.signed) {
         let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) else {
             settlement.settle(None, Some("unreachable")).await;
             return Err(ApiError::Provider("the service could not be reached".into()));
         };
-        sent_headers.append(name, value);
+        if placed.contains(&name) {
+            sent_headers.append(name, value);
+        } else {
+            // Whatever the engine sent under this name goes.
+            sent_headers.insert(name.clone(), value);
+            placed.push(name);
+        }
     }
     if !sent_headers.contains_key(axum::http::header::USER_AGENT) {
         sent_headers.insert(axum::http::header::USER_AGENT, HeaderValue::from_static(USER_AGENT));

@@ -30,11 +30,17 @@ async fn record(
         .iter()
         .map(|(k, v)| (k.as_str().to_owned(), json!(v.to_str().unwrap_or(""))))
         .collect();
+    // Names sent more than once (the map above keeps the last value).
+    let repeated: Vec<&str> = headers
+        .keys()
+        .filter(|k| headers.get_all(*k).iter().count() > 1)
+        .map(|k| k.as_str())
+        .collect();
     seen.0
         .lock()
         .unwrap()
         .push(json!({"method": method.as_str(), "path": path, "query": query,
-        "headers": names, "body": String::from_utf8_lossy(&body)}));
+        "headers": names, "repeated": repeated, "body": String::from_utf8_lossy(&body)}));
     if path == "big" {
         // 200 MiB, produced as it is sent.
         let chunk = Bytes::from(vec![b'x'; 64 * 1024]);

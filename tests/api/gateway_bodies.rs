@@ -1,12 +1,13 @@
-//! What the service receives of the engine's request body through the
-//! gateway (a loopback stand-in records it).
+//! What the service receives of the engine's request through the gateway
+//! (a loopback stand-in records it): its body's length, and headers the
+//! credential sets.
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::both_backends;
 use crate::gateway::{gateway_app, http_credential, upstream};
-use crate::helpers::TestDb;
+use crate::helpers::{sentinel, TestDb};
 
 /// A request that carries a payload says its length, even an empty one:
 /// Google's front ends, among others, answer `411 Length Required` to a
@@ -45,3 +46,37 @@ async fn an_empty_body_is_sent_with_its_length(backend: crate::helpers::Backend)
     assert_eq!(length(&Method::GET), Value::Null);
 }
 both_backends!(an_empty_body_is_sent_with_its_length);
+
+/// A header the credential places (its key, a provider's static header)
+/// goes once, with the credential's value: an engine that sends the same
+/// header neither replaces it nor adds a second value beside it, which a
+/// service might read first.
+async fn a_header_the_credential_sets_goes_once_with_its_value(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let (base, seen) = upstream().await;
+    let app = gateway_app(&db).await;
+    let key = sentinel();
+    let id = http_credential(
+        &app,
+        &base,
+        json!({"scheme": "header", "header_name": "X-Api-Key", "header_value": key}),
+    )
+    .await;
+
+    let answer = app
+        .client
+        .get(format!("{}/integrations/credentials/{id}/proxy/items", app.base))
+        .bearer_auth(&app.org.engine)
+        .header("x-api-key", "the-engines-own")
+        .header("x-custom", "kept")
+        .send()
+        .await
+        .unwrap();
+    let seen = seen.0.lock().unwrap().clone();
+
+    assert_eq!(answer.status(), StatusCode::CREATED);
+    assert_eq!(seen[0]["headers"]["x-api-key"], key.as_str());
+    assert_eq!(seen[0]["repeated"], json!([]), "{}", seen[0]);
+    assert_eq!(seen[0]["headers"]["x-custom"], "kept");
+}
+both_backends!(a_header_the_credential_sets_goes_once_with_its_value);
