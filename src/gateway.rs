@@ -13,8 +13,14 @@ use crate::error::Error;
 use crate::execution::{resolve_as, Resolved};
 use crate::ids::CredentialId;
 use crate::model::{AuthKind, Principal};
-use crate::providers::{FieldError, Generic, ProbeAuth, Provider};
+use crate::providers::{Generic, ProbeAuth, Provider};
 use crate::store::{CredentialRow, Usage, UseOutcome};
+
+mod path;
+mod replicas;
+use path::join;
+pub use path::safe_segments;
+pub use replicas::{replica_beat, replica_gone, REPLICA_BEAT, REPLICA_EXPIRES_SECS};
 
 /// A call ready to send: the URL and the headers that authenticate it.
 /// `Debug` prints neither header values nor the query.
@@ -35,15 +41,6 @@ impl std::fmt::Debug for Call {
             .field("path", &self.url.path())
             .field("headers", &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>())
             .finish_non_exhaustive()
-    }
-}
-
-/// A 422 `invalid_path`, naming the field `path`.
-fn refused(message: &str) -> Error {
-    Error::Unprocessable {
-        code: "invalid_path",
-        message: format!("the path {message}"),
-        errors: vec![FieldError::new("path", message)],
     }
 }
 
@@ -101,56 +98,6 @@ pub fn check_proxyable(provider: &Provider, kind: AuthKind) -> Result<(), Error>
             "the gateway cannot place its authentication in a request",
         ))
     }
-}
-
-/// Checks the path the engine asked for (as it came, still percent-encoded)
-/// and returns its segments. Refused: an empty segment (`//host`), `.` or
-/// `..` in any spelling (`%2e%2e`), an encoded `/` or `\` (`%2f`, `%5c`),
-/// a backslash, `@`, `:` in the first segment (an absolute URL), control
-/// characters.
-pub fn safe_segments(raw: &str) -> Result<Vec<String>, Error> {
-    if raw.is_empty() {
-        return Ok(Vec::new());
-    }
-    if raw.len() > 4096 {
-        return Err(refused("is longer than 4096 characters"));
-    }
-    let mut segments = Vec::new();
-    for (i, segment) in raw.split('/').enumerate() {
-        let decoded = percent_encoding::percent_decode_str(segment)
-            .decode_utf8()
-            .map_err(|_| refused("is not valid UTF-8 once decoded"))?;
-        let bad = segment.is_empty() && i + 1 < raw.split('/').count()
-            || matches!(decoded.as_ref(), "." | "..")
-            || decoded.contains(['/', '\\', '@'])
-            || decoded.chars().any(char::is_control)
-            || (i == 0 && decoded.contains(':'));
-        if bad {
-            return Err(refused(
-                "must stay under the credential's base URL: no empty, `.` or `..` segments, encoded slashes, backslashes, `@` or a scheme",
-            ));
-        }
-        segments.push(segment.to_owned());
-    }
-    Ok(segments)
-}
-
-/// `base` with `segments` appended below its path, and `query`.
-fn join(base: &Url, segments: &[String], query: Option<&str>) -> Result<Url, Error> {
-    let mut url = base.clone();
-    let prefix = base.path().trim_end_matches('/');
-    let path = if segments.is_empty() {
-        base.path().to_owned()
-    } else {
-        format!("{prefix}/{}", segments.join("/"))
-    };
-    url.set_path(&path);
-    url.set_query(query.filter(|q| !q.is_empty()));
-    // What the URL parser made of it must still be under the base.
-    if url.origin() != base.origin() || !url.path().starts_with(prefix) {
-        return Err(refused("must stay under the credential's base URL"));
-    }
-    Ok(url)
 }
 
 fn text<'a>(fields: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
@@ -344,30 +291,6 @@ pub fn aws_signature(
     })
 }
 
-/// How often a replica serving the gateway marks itself live.
-pub const REPLICA_BEAT: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// A replica not seen for this long is gone (crashed): the others take
-/// its share of the cap.
-pub const REPLICA_EXPIRES_SECS: i64 = 10;
-
-/// This replica's heartbeat: marks `replica` live and takes its share of
-/// each credential's cap from the number of live replicas. When the store
-/// cannot be reached the share stays as it was (and so do the calls,
-/// which need the store for their use).
-pub async fn replica_beat(ctx: &Context, replica: &str) -> Result<usize, Error> {
-    let live = ctx.store.replica_seen(replica, REPLICA_EXPIRES_SECS).await?;
-    ctx.gateway.set_replicas(live);
-    ctx.metrics.gateway_replicas.set(live as i64);
-    Ok(live)
-}
-
-/// This replica stops: its share goes to the others at their next beat.
-pub async fn replica_gone(ctx: &Context, replica: &str) -> Result<(), Error> {
-    ctx.store.replica_gone(replica).await?;
-    Ok(())
-}
-
 /// After the service refused the token (401): one refresh now, and the
 /// new `Authorization` header; `None` for a credential without tokens or
 /// a refresh that failed.
@@ -384,46 +307,4 @@ pub async fn renewed_authorization(ctx: &Context, call: &Call) -> Option<String>
         .ok()?
         .tokens?;
     Some(format!("Bearer {}", tokens.access_token.expose_secret()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths_never_climb_or_leave_the_origin() {
-        for bad in [
-            "..",
-            "a/../../etc",
-            "%2e%2e/x",
-            "%2E%2E",
-            "a/%2f/b",
-            "a%2Fb",
-            "a%5cb",
-            "a\\b",
-            "/evil.example/x",
-            "a//b",
-            "@evil.example",
-            "x@evil.example",
-            "http:%2f%2fevil.example",
-            "https://evil.example/",
-            ".",
-            "a/./b",
-            "a%00b",
-        ] {
-            assert!(safe_segments(bad).is_err(), "{bad}");
-        }
-        for good in ["", "v1/users/me", "files/a%20b.txt", "a/search:q", "a/"] {
-            assert!(safe_segments(good).is_ok(), "{good}");
-        }
-    }
-
-    #[test]
-    fn a_joined_url_stays_under_the_base_path() {
-        let base = Url::parse("https://api.example.com/v2/").unwrap();
-
-        let url = join(&base, &safe_segments("users/me").unwrap(), Some("a=1")).unwrap();
-
-        assert_eq!(url.as_str(), "https://api.example.com/v2/users/me?a=1");
-    }
 }
