@@ -57,11 +57,40 @@ struct Args {
     /// Seconds of `pgbench -N`.
     #[arg(long, default_value_t = 10)]
     pgbench_seconds: u64,
+    /// How credgate and pgbench reach PostgreSQL: `tcp` (127.0.0.1, with
+    /// TLS when the server offers it, as Debian's does) or `socket` (its
+    /// Unix socket in /var/run/postgresql, as a database on the same
+    /// machine would be reached).
+    #[arg(long, default_value = "tcp")]
+    database: Database,
     /// A command the server runs under, such as `valgrind --tool=callgrind`
     /// (words split at spaces): instructions per call, which unlike time
     /// do not move with the machine's noise.
     #[arg(long)]
     server_wrapper: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Database {
+    Tcp,
+    Socket,
+}
+
+impl Database {
+    fn url(self, name: &str) -> String {
+        match self {
+            Database::Tcp => format!("postgres://root@127.0.0.1:5432/{name}"),
+            Database::Socket => format!("postgres://root@localhost/{name}?host=/var/run/postgresql"),
+        }
+    }
+
+    /// pgbench's `-h`.
+    fn host(self) -> &'static str {
+        match self {
+            Database::Tcp => "127.0.0.1",
+            Database::Socket => "/var/run/postgresql",
+        }
+    }
 }
 
 /// What one wrk run measured.
@@ -96,13 +125,14 @@ fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let name = format!("cg_proxy_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     psql(&format!("CREATE DATABASE {name}"))?;
-    let result = run(&args, dir.path(), &format!("postgres://root@127.0.0.1:5432/{name}"));
+    let result = run(&args, dir.path(), &name);
     psql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))?;
     println!("{}", serde_json::to_string_pretty(&result?)?);
     Ok(())
 }
 
-fn run(args: &Args, dir: &Path, url: &str) -> anyhow::Result<Value> {
+fn run(args: &Args, dir: &Path, db: &str) -> anyhow::Result<Value> {
+    let url = &args.database.url(db);
     let upstream_port = free_port()?;
     let proxy_port = free_port()?;
     let _nginx = Guard(nginx(dir, upstream_port, proxy_port)?);
@@ -178,7 +208,6 @@ fn run(args: &Args, dir: &Path, url: &str) -> anyhow::Result<Value> {
             Some(engine_header.as_str()),
         ),
     ];
-    let db = url.rsplit('/').next().unwrap_or_default();
     // The database's transactions, rows written, updates and heap-only
     // updates, for the gateway's run.
     let counters = || -> anyhow::Result<[f64; 4]> {
@@ -272,10 +301,14 @@ fn run(args: &Args, dir: &Path, url: &str) -> anyhow::Result<Value> {
     let peak_rss_mib = peak_rss_kib(server.0.id()).map(|k| round(k / 1024.0, 1));
     drop(server);
     eprintln!("pgbench -N");
-    let pgbench = pgbench_n(args.connections, args.pgbench_seconds)?;
+    let pgbench = pgbench_n(args.database, args.connections, args.pgbench_seconds)?;
     let (proxy, gateway) = (figures[1], figures[2]);
     Ok(json!({
         "connections": args.connections,
+        "database": match args.database {
+            Database::Tcp => "tcp",
+            Database::Socket => "socket",
+        },
         "wrk_threads": 2,
         "seconds": args.seconds,
         "runs": measured,
@@ -561,10 +594,10 @@ fn psql_value(db: &str, sql: &str) -> anyhow::Result<String> {
 
 /// `pgbench -N` (select, update, insert: one read-write transaction each)
 /// on a scratch database; its tps.
-fn pgbench_n(clients: usize, seconds: u64) -> anyhow::Result<f64> {
+fn pgbench_n(database: Database, clients: usize, seconds: u64) -> anyhow::Result<f64> {
     psql("DROP DATABASE IF EXISTS cg_pgbench WITH (FORCE)")?;
     psql("CREATE DATABASE cg_pgbench")?;
-    let common = ["-h", "127.0.0.1", "-U", "root"];
+    let common = ["-h", database.host(), "-U", "root"];
     let init = Command::new("pgbench")
         .args(common)
         .args(["-i", "-q", "-s", "10", "cg_pgbench"])
