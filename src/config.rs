@@ -184,7 +184,8 @@ pub struct Config {
 pub const MAX_PENDING_OAUTH_PER_ORG: i64 = 1000;
 
 /// How long the gateway waits for a service's answer to begin (a slow
-/// model's whole completion may come before its first byte).
+/// model's whole completion may come before its first byte), and the
+/// longest silence it allows inside either body after that.
 pub const PROXY_FIRST_BYTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl Config {

@@ -8,7 +8,6 @@
 //! credgate's own errors carry `Credgate-Error: 1`; the service's answers
 //! pass as they are.
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -36,7 +35,7 @@ mod body;
 mod failure;
 mod preparing;
 mod settlement;
-use body::{outgoing, Held};
+use body::{fault_problem, outgoing, refusal_error, BodyFault, Held};
 use failure::Failure;
 use preparing::{pending, Preparing};
 use settlement::Settlement;
@@ -169,13 +168,12 @@ async fn forward(
         }
     }
     let max_body = state.config.proxy_max_body;
-    let too_large = || ApiError::PayloadTooLarge { limit: max_body };
     let declared = headers
         .get("content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max_body) {
-        return Err(too_large());
+        return Err(ApiError::PayloadTooLarge { limit: max_body });
     }
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
@@ -215,11 +213,11 @@ async fn forward(
         settlement.settle(None, Some("egress_denied")).await;
         return Err(denied());
     }
-    let over = Arc::new(AtomicBool::new(false));
-    let outgoing = match outgoing(&state, &call, &method, &headers, body, over.clone()).await {
+    let fault = Arc::new(BodyFault::default());
+    let outgoing = match outgoing(&state, &call, &method, &headers, body, fault.clone()).await {
         Ok(outgoing) => outgoing,
         Err(e) => {
-            settlement.settle(None, Some("body_too_large")).await;
+            settlement.settle(None, Some(refusal_error(&e))).await;
             return Err(e);
         }
     };
@@ -314,7 +312,8 @@ async fn forward(
         Ok(r) => r,
         Err(failure) => {
             count("failed".into());
-            let (error, problem) = failure.explained(&over, denied, too_large);
+            let body_problem = |fault| fault_problem(fault, max_body, first_byte);
+            let (error, problem) = failure.explained(&fault, denied, body_problem);
             settlement.settle(None, Some(error)).await;
             return Err(problem);
         }
@@ -349,10 +348,7 @@ async fn forward(
     // The slot is held until the answer has streamed to the engine.
     Ok(Response::from_parts(
         parts,
-        Body::new(Held {
-            body: answer,
-            _permit: permit,
-        }),
+        Body::new(Held::new(answer, permit, first_byte)),
     ))
 }
 

@@ -54,7 +54,8 @@ pub struct UseOutcome {
     pub detail: Option<Value>,
     pub status: Option<u16>,
     /// `unreachable`, `timeout`, `egress_denied`, `body_too_large`,
-    /// `abandoned` (the engine went away before the service answered).
+    /// `body_incomplete`, `abandoned` (the engine went away before the
+    /// service answered).
     pub error: Option<&'static str>,
     pub latency_ms: u64,
 }

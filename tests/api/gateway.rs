@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, Method as AxumMethod, StatusCode as AxumStatus};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
+use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -46,6 +47,12 @@ async fn record(
         let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
         let chunks = futures::stream::iter((0..3200).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
         return (AxumStatus::OK, axum::body::Body::from_stream(chunks)).into_response();
+    }
+    if path == "stall" {
+        // The head and a first piece, then nothing more, ever.
+        let first = futures::stream::once(async { Ok::<_, std::io::Error>(Bytes::from_static(b"part")) });
+        let body = axum::body::Body::from_stream(first.chain(futures::stream::pending()));
+        return (AxumStatus::OK, body).into_response();
     }
     if path == "slow" {
         tokio::time::sleep(std::time::Duration::from_secs(3)).await;

@@ -15,6 +15,7 @@ mod durability;
 mod gateway;
 mod gateway_bodies;
 mod gateway_refusals;
+mod gateway_stalls;
 mod gateway_stopping;
 mod generated_client;
 mod generic;

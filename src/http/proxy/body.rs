@@ -1,9 +1,17 @@
-//! The engine's request body on its way through the gateway: kept whole
+//! The bodies on their way through the gateway. The engine's: kept whole
 //! when small (so the call can be sent again after a refresh) or when it
-//! must be signed, else streamed and counted against the limit.
+//! must be signed, else streamed and counted against the limit. The
+//! service's answer: streamed back, holding the call's slot. Neither may
+//! fall silent for longer than the first-byte limit: a body that stops
+//! coming would hold its slot and sockets for as long as its sender keeps
+//! the connection open.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::body::{Body, BodyDataStream, Bytes};
 use axum::http::{HeaderMap, HeaderValue, Method};
@@ -13,6 +21,66 @@ use super::{header_text, KEPT_FOR_RETRY, MAX_SIGNED_BODY};
 use crate::http::error::ApiError;
 use crate::http::AppState;
 use crate::providers::FieldError;
+
+/// What went wrong with the engine's streamed body while it was sent (the
+/// service's client reports only that the body failed).
+#[derive(Debug, Default)]
+pub(super) struct BodyFault(AtomicU8);
+
+const OVER: u8 = 1;
+const INCOMPLETE: u8 = 2;
+/// Waiting for the engine's next piece (no fault yet).
+const WAITING: u8 = 3;
+
+impl BodyFault {
+    /// The use's error for the fault: `body_too_large` (past
+    /// `CREDGATE_PROXY_MAX_BODY`), `body_incomplete` (it failed, or fell
+    /// silent, before its end).
+    pub(super) fn error(&self) -> Option<&'static str> {
+        match self.0.load(Ordering::Relaxed) {
+            OVER => Some("body_too_large"),
+            INCOMPLETE => Some("body_incomplete"),
+            _ => None,
+        }
+    }
+
+    /// Whether the gateway is waiting for the engine's next piece: a call
+    /// that runs out of time then ran out of it for the engine's silence,
+    /// not the service's.
+    pub(super) fn waiting_for_engine(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == WAITING
+    }
+}
+
+/// The engine's body could not be read to its end: it failed, or nothing
+/// more came within `silence`.
+fn incomplete(silence: Duration) -> ApiError {
+    ApiError::Validation(vec![FieldError::new(
+        "body",
+        format!(
+            "could not be read to its end (it failed, or nothing more came for {} s)",
+            silence.as_secs()
+        ),
+    )])
+}
+
+/// The use's error for an engine's body the gateway refused: too large, or
+/// incomplete (or, for a signed call, one that could not be signed).
+pub(super) fn refusal_error(e: &ApiError) -> &'static str {
+    match e {
+        ApiError::PayloadTooLarge { .. } => "body_too_large",
+        ApiError::Unprocessable { code, .. } => code,
+        _ => "body_incomplete",
+    }
+}
+
+/// The engine's problem for a streamed body's `fault`.
+pub(super) fn fault_problem(fault: &str, max: u64, silence: Duration) -> ApiError {
+    match fault {
+        "body_too_large" => ApiError::PayloadTooLarge { limit: max },
+        _ => incomplete(silence),
+    }
+}
 
 /// The body as it will be sent, and what signs it.
 pub(super) struct Outgoing {
@@ -26,21 +94,23 @@ pub(super) struct Outgoing {
 }
 
 /// The engine's body: read whole when it is small (or must be signed),
-/// else streamed, never more than `CREDGATE_PROXY_MAX_BODY` (`over` is set
-/// when a streamed body passes it).
+/// else streamed, never more than `CREDGATE_PROXY_MAX_BODY`, nor silent for
+/// longer than the first-byte limit (`fault` tells which, when a streamed
+/// body fails).
 pub(super) async fn outgoing(
     state: &AppState,
     call: &crate::gateway::Call,
     method: &Method,
     headers: &HeaderMap,
     body: Body,
-    over: Arc<AtomicBool>,
+    fault: Arc<BodyFault>,
 ) -> Result<Outgoing, ApiError> {
     let max = state.config.proxy_max_body;
+    let silence = state.config.proxy_first_byte_timeout;
     let too_large = || ApiError::PayloadTooLarge { limit: max };
     let signing = call.aws_service.is_some();
     let keep = if signing { MAX_SIGNED_BODY } else { KEPT_FOR_RETRY };
-    let (first, rest) = read_up_to(body.into_data_stream(), keep.min(max as usize)).await?;
+    let (first, rest) = read_up_to(body.into_data_stream(), keep.min(max as usize), silence).await?;
     let read: u64 = first.iter().map(|c| c.len() as u64).sum();
     let Some(rest) = rest else {
         let bytes = Bytes::from(first.concat());
@@ -63,17 +133,31 @@ pub(super) async fn outgoing(
     if signing || read > max {
         return Err(too_large());
     }
-    let mut sent = read;
-    let rest = rest.map(move |chunk| {
-        let chunk = chunk.map_err(std::io::Error::other)?;
-        sent += chunk.len() as u64;
-        if sent > max {
-            over.store(true, Ordering::Relaxed);
-            return Err(std::io::Error::other(
-                "the request body is larger than the gateway forwards",
-            ));
+    // The rest as it comes; after its first failure, nothing more.
+    let rest = futures::stream::unfold((Some(rest), read), move |(rest, sent)| {
+        let fault = fault.clone();
+        async move {
+            let mut rest = rest?;
+            let fail = |code, message: &'static str| {
+                fault.0.store(code, Ordering::Relaxed);
+                Some((Err(std::io::Error::other(message)), (None, sent)))
+            };
+            fault.0.store(WAITING, Ordering::Relaxed);
+            let next = tokio::time::timeout(silence, rest.next()).await;
+            fault.0.store(0, Ordering::Relaxed);
+            match next {
+                Ok(None) => None,
+                Ok(Some(Ok(chunk))) => {
+                    let sent = sent + chunk.len() as u64;
+                    if sent > max {
+                        return fail(OVER, "the request body is larger than the gateway forwards");
+                    }
+                    Some((Ok(chunk), (Some(rest), sent)))
+                }
+                Ok(Some(Err(_))) => fail(INCOMPLETE, "the request body failed"),
+                Err(_) => fail(INCOMPLETE, "the request body stopped coming"),
+            }
         }
-        Ok(chunk)
     });
     let all = futures::stream::iter(first.into_iter().map(Ok)).chain(rest);
     Ok(Outgoing {
@@ -84,43 +168,95 @@ pub(super) async fn outgoing(
 }
 
 /// Reads `stream` until it ends or more than `keep` bytes have come: the
-/// chunks read, and the rest when it did not end.
-async fn read_up_to(mut stream: BodyDataStream, keep: usize) -> Result<(Vec<Bytes>, Option<BodyDataStream>), ApiError> {
+/// chunks read, and the rest when it did not end. Fails when it fails, or
+/// when nothing comes for `silence`.
+async fn read_up_to(
+    mut stream: BodyDataStream,
+    keep: usize,
+    silence: Duration,
+) -> Result<(Vec<Bytes>, Option<BodyDataStream>), ApiError> {
     let mut first = Vec::new();
     let mut read = 0;
     while read <= keep {
-        match stream.next().await {
-            None => return Ok((first, None)),
-            Some(Ok(chunk)) => {
+        match tokio::time::timeout(silence, stream.next()).await {
+            Ok(None) => return Ok((first, None)),
+            Ok(Some(Ok(chunk))) => {
                 read += chunk.len();
                 first.push(chunk);
             }
-            Some(Err(_)) => {
-                return Err(ApiError::Validation(vec![FieldError::new(
-                    "body",
-                    "could not be read to its end",
-                )]))
-            }
+            Ok(Some(Err(_))) | Err(_) => return Err(incomplete(silence)),
         }
     }
     Ok((first, Some(stream)))
 }
 
-/// The service's answer body, holding what must last as long as it streams.
+/// The service's answer body, holding what must last as long as it streams
+/// (the call's slot), cut off once nothing more of it has come for
+/// `silence`: the engine sees its answer end in an error, never as a whole
+/// one.
 pub(super) struct Held<B, P> {
-    pub body: B,
-    pub _permit: P,
+    body: B,
+    _permit: P,
+    silence: Duration,
+    /// Set the first time the body has nothing ready; pushed back by each
+    /// piece that comes.
+    quiet_until: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-impl<B: http_body::Body + Unpin, P: Unpin> http_body::Body for Held<B, P> {
+impl<B, P> Held<B, P> {
+    pub(super) fn new(body: B, permit: P, silence: Duration) -> Self {
+        Self {
+            body,
+            _permit: permit,
+            silence,
+            quiet_until: None,
+        }
+    }
+}
+
+/// The service's answer fell silent past the limit.
+#[derive(Debug, thiserror::Error)]
+#[error("the service's answer stopped coming (nothing for {0} s)")]
+struct Silent(u64);
+
+impl<B, P> http_body::Body for Held<B, P>
+where
+    B: http_body::Body + Unpin,
+    B::Error: Into<axum::BoxError>,
+    P: Unpin,
+{
     type Data = B::Data;
-    type Error = B::Error;
+    type Error = axum::BoxError;
 
     fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                if let Some(quiet) = &mut this.quiet_until {
+                    quiet.as_mut().reset(tokio::time::Instant::now() + this.silence);
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let silence = this.silence;
+                let quiet = this
+                    .quiet_until
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(silence)));
+                match quiet.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        tracing::warn!(
+                            silence_secs = silence.as_secs(),
+                            "a service's answer stopped coming through the gateway; cut off"
+                        );
+                        Poll::Ready(Some(Err(Silent(silence.as_secs()).into())))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {

@@ -1,8 +1,7 @@
 //! Why a gateway call got no answer, as the use's error and the engine's
 //! problem.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
+use super::body::BodyFault;
 use crate::http::error::ApiError;
 
 /// Why a call got no answer.
@@ -16,11 +15,15 @@ impl Failure {
     /// The use's error and the engine's problem.
     pub(super) fn explained(
         self,
-        over: &AtomicBool,
+        fault: &BodyFault,
         denied: impl Fn() -> ApiError,
-        too_large: impl Fn() -> ApiError,
+        body_problem: impl Fn(&'static str) -> ApiError,
     ) -> (&'static str, ApiError) {
         let e = match self {
+            // The engine's own streamed body fell silent first.
+            Failure::Timeout if fault.waiting_for_engine() => {
+                return ("body_incomplete", body_problem("body_incomplete"));
+            }
             Failure::Timeout => {
                 return (
                     "timeout",
@@ -29,8 +32,8 @@ impl Failure {
             }
             Failure::Sent(e) => e,
         };
-        if over.load(Ordering::Relaxed) {
-            return ("body_too_large", too_large());
+        if let Some(error) = fault.error() {
+            return (error, body_problem(error));
         }
         let mut timed_out = false;
         let mut source = std::error::Error::source(&e);
