@@ -16,8 +16,11 @@ use crate::model::{AuthKind, Principal};
 use crate::providers::{Generic, ProbeAuth, Provider};
 use crate::store::{CredentialRow, Usage, UseOutcome};
 
+mod echo;
 mod path;
 mod replicas;
+use echo::without_parameter;
+pub use echo::{Placed, Scrubbed};
 use path::join;
 pub use path::safe_segments;
 pub use replicas::{replica_beat, replica_gone, REPLICA_BEAT, REPLICA_EXPIRES_SECS};
@@ -32,6 +35,8 @@ pub struct Call {
     /// An `aws_sigv4` credential's service: each request is signed, its
     /// body included.
     pub aws_service: Option<String>,
+    /// The secrets placed in the request, kept out of the answer.
+    pub placed: Placed,
 }
 
 impl std::fmt::Debug for Call {
@@ -134,36 +139,69 @@ fn basic(user: &str, password: &str) -> String {
 /// Header or query parameter pairs (name, value).
 type Pairs = Vec<(String, String)>;
 
+/// Where a credential's authentication goes in a call: headers, or a query
+/// parameter; and the secrets it puts there, which must never come back.
+struct Placement {
+    headers: Pairs,
+    query: Option<(String, String)>,
+    secrets: Vec<String>,
+}
+
+impl Placement {
+    fn header(name: String, value: String, secrets: Vec<String>) -> Self {
+        Self {
+            headers: vec![(name, value)],
+            query: None,
+            secrets,
+        }
+    }
+
+    fn bearer(token: String) -> Self {
+        Self::header("authorization".into(), format!("Bearer {token}"), vec![token])
+    }
+
+    fn basic(user: &str, password: String) -> Self {
+        let value = basic(user, &password);
+        let blob = value.trim_start_matches("Basic ").to_owned();
+        Self::header("authorization".into(), value, vec![password, blob])
+    }
+
+    fn query(name: String, value: String) -> Self {
+        Self {
+            headers: Vec::new(),
+            query: Some((name, value.clone())),
+            secrets: vec![value],
+        }
+    }
+}
+
 /// How the credential authenticates a call: headers, or a query parameter.
-fn authentication(provider: &Provider, resolved: &Resolved) -> Result<(Pairs, Option<(String, String)>), Error> {
+fn authentication(provider: &Provider, resolved: &Resolved) -> Result<Placement, Error> {
     let fields = &resolved.fields;
     let unsupported = || not_proxyable(provider, "the gateway cannot place its authentication in a request");
     if let Some(token) = &resolved.access_token {
-        return Ok((
-            vec![("authorization".into(), format!("Bearer {}", token.expose_secret()))],
-            None,
-        ));
+        return Ok(Placement::bearer(token.expose_secret().to_owned()));
     }
     if resolved.row.auth_type == AuthKind::AwsSigv4 {
-        // Signed per request, over its body (see `http::proxy`).
-        return Ok((Vec::new(), None));
+        // Signed per request, over its body (see `http::proxy`); the
+        // secret key never goes, a session token does.
+        return Ok(Placement {
+            headers: Vec::new(),
+            query: None,
+            secrets: text(fields, "session_token").map(str::to_owned).into_iter().collect(),
+        });
     }
     if provider.generic == Some(Generic::Http) {
         let field = |n: &str| text(fields, n).unwrap_or_default().to_owned();
         return match text(fields, "scheme") {
-            Some("bearer") => Ok((
-                vec![("authorization".into(), format!("Bearer {}", field("token")))],
-                None,
+            Some("bearer") => Ok(Placement::bearer(field("token"))),
+            Some("header") => Ok(Placement::header(
+                field("header_name").to_ascii_lowercase(),
+                field("header_value"),
+                vec![field("header_value")],
             )),
-            Some("header") => Ok((
-                vec![(field("header_name").to_ascii_lowercase(), field("header_value"))],
-                None,
-            )),
-            Some("basic") => Ok((
-                vec![("authorization".into(), basic(&field("username"), &field("password")))],
-                None,
-            )),
-            Some("query") => Ok((Vec::new(), Some((field("param_name"), field("param_value"))))),
+            Some("basic") => Ok(Placement::basic(&field("username"), field("password"))),
+            Some("query") => Ok(Placement::query(field("param_name"), field("param_value"))),
             _ => Err(unsupported()),
         };
     }
@@ -177,12 +215,14 @@ fn authentication(provider: &Provider, resolved: &Resolved) -> Result<(Pairs, Op
         .ok_or_else(unsupported)?
         .to_owned();
     match &probe.auth {
-        ProbeAuth::Bearer => Ok((vec![("authorization".into(), format!("Bearer {secret}"))], None)),
-        ProbeAuth::Header { name, prefix } => {
-            Ok((vec![(name.to_ascii_lowercase(), format!("{prefix}{secret}"))], None))
-        }
-        ProbeAuth::Basic { user } => Ok((vec![("authorization".into(), basic(user, &secret))], None)),
-        ProbeAuth::Query { param } => Ok((Vec::new(), Some((param.clone(), secret)))),
+        ProbeAuth::Bearer => Ok(Placement::bearer(secret)),
+        ProbeAuth::Header { name, prefix } => Ok(Placement::header(
+            name.to_ascii_lowercase(),
+            format!("{prefix}{secret}"),
+            vec![secret],
+        )),
+        ProbeAuth::Basic { user } => Ok(Placement::basic(user, secret)),
+        ProbeAuth::Query { param } => Ok(Placement::query(param.clone(), secret)),
         ProbeAuth::None | ProbeAuth::Body { .. } => Err(unsupported()),
     }
 }
@@ -209,11 +249,12 @@ pub async fn prepare(
     // opened credential tells, such as a base URL or key it lacks) gets its
     // outcome too, or it would read as one that went through.
     match addressed(ctx, &resolved, &segments, query) {
-        Ok((url, headers, aws_service)) => Ok(Call {
+        Ok((url, headers, aws_service, placed)) => Ok(Call {
             url,
             headers,
             resolved,
             aws_service,
+            placed,
         }),
         Err(e) => {
             let code = match &e {
@@ -227,20 +268,29 @@ pub async fn prepare(
 }
 
 /// Where `resolved`'s call goes and what authenticates it: the URL, the
-/// headers, and the AWS service that signs it.
+/// headers, the AWS service that signs it, and what it places.
 fn addressed(
     ctx: &Context,
     resolved: &Resolved,
     segments: &[String],
     query: Option<&str>,
-) -> Result<(Url, Pairs, Option<String>), Error> {
+) -> Result<(Url, Pairs, Option<String>, Placed), Error> {
     let provider = ctx.registry.get(&resolved.row.provider).ok_or(Error::NotFound)?;
     let base = base_url(provider, resolved).ok_or_else(|| not_proxyable(provider, "it has no base URL"))?;
-    let (mut headers, query_auth) = authentication(provider, resolved)?;
+    let Placement {
+        mut headers,
+        query: query_auth,
+        secrets,
+    } = authentication(provider, resolved)?;
     let mut url = join(&base, segments, query)?;
-    if let Some((name, value)) = query_auth {
-        url.query_pairs_mut().append_pair(&name, &value);
+    if let Some((name, value)) = &query_auth {
+        // The engine's own parameter of that name goes: the service must
+        // never read it in place of the credential's.
+        let others = url.query().map(|q| without_parameter(q, name));
+        url.set_query(others.as_deref().filter(|q| !q.is_empty()));
+        url.query_pairs_mut().append_pair(name, value);
     }
+    let placed = Placed::new(secrets, query_auth.as_ref().map(|(n, v)| (n.as_str(), v.as_str())));
     for (name, value) in &provider.proxy_headers {
         headers.push((name.to_ascii_lowercase(), value.clone()));
     }
@@ -250,7 +300,7 @@ fn addressed(
     if resolved.row.auth_type == AuthKind::AwsSigv4 && aws_service.is_none() {
         return Err(not_proxyable(provider, "it names no AWS service to sign for"));
     }
-    Ok((url, headers, aws_service))
+    Ok((url, headers, aws_service, placed))
 }
 
 /// The outcome of `resolved`'s use: the service's `status`, or what went

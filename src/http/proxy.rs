@@ -21,6 +21,7 @@ use super::error::ApiError;
 use super::extract::{Caller, RESOLVE};
 use super::AppState;
 use crate::credentials::check_user_id;
+use crate::gateway::{Placed, Scrubbed};
 use crate::providers::FieldError;
 use crate::store::Usage;
 
@@ -344,12 +345,56 @@ async fn forward(
     for name in NOT_RETURNED {
         parts.headers.remove(name);
     }
+    // Nothing of the service's may pass for credgate's own (`Credgate-Error`).
+    let marked: Vec<HeaderName> = parts
+        .headers
+        .keys()
+        .filter(|n| n.as_str().starts_with("credgate-"))
+        .cloned()
+        .collect();
+    for name in marked {
+        parts.headers.remove(name);
+    }
+    scrub(&mut parts.headers, &call.placed);
     parts.extensions = Default::default();
     // The slot is held until the answer has streamed to the engine.
     Ok(Response::from_parts(
         parts,
         Body::new(Held::new(answer, permit, first_byte)),
     ))
+}
+
+/// Takes the secrets `placed` in the request out of the answer's headers
+/// (services write requests back: a redirect keeping the query, a next
+/// page's `Link`): the placed query parameter out of a header's URLs, or
+/// the header dropped.
+fn scrub(headers: &mut HeaderMap, placed: &Placed) {
+    let held = headers.values().any(|v| placed.scrub(v.as_bytes()) != Scrubbed::Keep);
+    if !held {
+        return;
+    }
+    let all = std::mem::take(headers);
+    let mut name = None;
+    for (next, value) in all {
+        name = next.or(name);
+        let Some(name) = &name else { continue };
+        match placed.scrub(value.as_bytes()) {
+            Scrubbed::Keep => {
+                headers.append(name.clone(), value);
+            }
+            Scrubbed::Replace(cleaned) => match HeaderValue::from_str(&cleaned) {
+                Ok(cleaned) => {
+                    headers.append(name.clone(), cleaned);
+                }
+                Err(_) => {
+                    tracing::warn!(header = %name, "a service wrote a credential's secret into its answer; the header is not returned")
+                }
+            },
+            Scrubbed::Drop => {
+                tracing::warn!(header = %name, "a service wrote a credential's secret into its answer; the header is not returned");
+            }
+        }
+    }
 }
 
 /// `User-Agent` of a call whose engine sent none (some services, GitHub's

@@ -54,6 +54,33 @@ async fn record(
         let body = axum::body::Body::from_stream(first.chain(futures::stream::pending()));
         return (AxumStatus::OK, body).into_response();
     }
+    if path == "marked" {
+        // A service whose answer carries headers named like credgate's own.
+        return (
+            AxumStatus::SERVICE_UNAVAILABLE,
+            [("credgate-error", "1"), ("credgate-note", "the service's")],
+            "busy",
+        )
+            .into_response();
+    }
+    if path == "moved" {
+        // Writes the request back into its answer's headers, as services
+        // do: a redirect keeping the query, a next page's link, an echo.
+        let host = names.get("host").and_then(Value::as_str).unwrap_or_default();
+        let query = query.clone().unwrap_or_default();
+        let authorization = names.get("authorization").and_then(Value::as_str).unwrap_or_default();
+        return (
+            AxumStatus::MOVED_PERMANENTLY,
+            [
+                ("location", format!("http://{host}/v2/moved/?{query}")),
+                ("link", format!("<http://{host}/v2/items?{query}&page=2>; rel=\"next\"")),
+                ("x-echo-authorization", authorization.to_owned()),
+                ("x-kept", "yes".to_owned()),
+            ],
+            "",
+        )
+            .into_response();
+    }
     if path == "slow" {
         tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     }

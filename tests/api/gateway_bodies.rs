@@ -1,6 +1,6 @@
 //! What the service receives of the engine's request through the gateway
-//! (a loopback stand-in records it): its body's length, and headers the
-//! credential sets.
+//! (a loopback stand-in records it): its body's length, and headers and
+//! query parameters the credential sets.
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -80,3 +80,52 @@ async fn a_header_the_credential_sets_goes_once_with_its_value(backend: crate::h
     assert_eq!(seen[0]["headers"]["x-custom"], "kept");
 }
 both_backends!(a_header_the_credential_sets_goes_once_with_its_value);
+
+/// A query parameter the credential places (its key, by the `query`
+/// scheme or a provider's query placement) goes once, with the
+/// credential's value: the engine's own parameter of that name is taken
+/// out, as a header of that name is, so the service can never read the
+/// engine's value first. The engine's other parameters pass.
+async fn a_query_parameter_the_credential_sets_goes_once_with_its_value(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let (base, seen) = upstream().await;
+    let app = gateway_app(&db).await;
+    let key = sentinel();
+    let id = http_credential(
+        &app,
+        &base,
+        json!({"scheme": "query", "param_name": "api_key", "param_value": key}),
+    )
+    .await;
+
+    let answer = app
+        .client
+        .get(format!(
+            "{}/integrations/credentials/{id}/proxy/items?api_key=the-engines-own&x=1&api_key=again&API_KEY=other",
+            app.base
+        ))
+        .bearer_auth(&app.org.engine)
+        .send()
+        .await
+        .unwrap();
+    let seen = seen.0.lock().unwrap().clone();
+    let query = seen[0]["query"].as_str().unwrap_or_default().to_owned();
+    let values = |name: &str| -> Vec<String> {
+        query
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .filter(|(n, _)| *n == name)
+            .map(|(_, v)| v.to_owned())
+            .collect()
+    };
+
+    assert_eq!(answer.status(), StatusCode::CREATED);
+    assert_eq!(values("api_key"), vec![key.clone()], "{query}");
+    assert_eq!(values("x"), vec!["1".to_owned()], "{query}");
+    assert_eq!(
+        values("API_KEY"),
+        vec!["other".to_owned()],
+        "names are case-sensitive: {query}"
+    );
+}
+both_backends!(a_query_parameter_the_credential_sets_goes_once_with_its_value);

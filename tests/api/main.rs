@@ -13,6 +13,7 @@ mod connections;
 mod credentials;
 mod durability;
 mod gateway;
+mod gateway_answers;
 mod gateway_bodies;
 mod gateway_refusals;
 mod gateway_stalls;

@@ -1,0 +1,140 @@
+//! What of a credential must never come back to the engine in a service's
+//! answer: the secrets the gateway placed in the request. Services write
+//! requests back into their answers' headers (a redirect that keeps the
+//! query, a next page's `Link`, an echo), and a key placed in the query
+//! would reach the engine that way.
+
+use url::form_urlencoded;
+
+/// Secrets shorter than this are not looked for: too short to tell from
+/// the rest of a header (a one-letter key would drop every header with
+/// that letter).
+const SHORTEST: usize = 8;
+
+/// The secrets a call placed. `Debug` prints none.
+#[derive(Default)]
+pub struct Placed {
+    /// Each secret as it is, and as the query spells it.
+    spellings: Vec<String>,
+    /// The query parameter placed, as the query spells it (`name=value`).
+    pair: Option<String>,
+}
+
+impl std::fmt::Debug for Placed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Placed")
+            .field("secrets", &self.spellings.len())
+            .finish()
+    }
+}
+
+/// What becomes of an answer's header.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Scrubbed {
+    Keep,
+    /// The header with the placed query parameter taken out.
+    Replace(String),
+    /// It holds a secret that cannot be taken out.
+    Drop,
+}
+
+fn form(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+impl Placed {
+    /// `secrets` placed in headers or the query, and the query parameter
+    /// (name, value) placed.
+    pub fn new(secrets: Vec<String>, query: Option<(&str, &str)>) -> Self {
+        let mut spellings = Vec::new();
+        for secret in secrets.into_iter().filter(|s| s.len() >= SHORTEST) {
+            let formed = form(&secret);
+            if formed != secret {
+                spellings.push(formed);
+            }
+            spellings.push(secret);
+        }
+        Self {
+            spellings,
+            pair: query.map(|(name, value)| format!("{}={}", form(name), form(value))),
+        }
+    }
+
+    fn holds_secret(&self, value: &str) -> bool {
+        self.spellings.iter().any(|s| value.contains(s.as_str()))
+    }
+
+    /// What becomes of an answer's header `value`: kept when it holds no
+    /// secret; else with the placed query parameter taken out, when that
+    /// leaves none; else dropped.
+    pub fn scrub(&self, value: &[u8]) -> Scrubbed {
+        let value = String::from_utf8_lossy(value);
+        if !self.holds_secret(&value) {
+            return Scrubbed::Keep;
+        }
+        if let Some(pair) = &self.pair {
+            let cleaned = value
+                .replace(&format!("&{pair}"), "")
+                .replace(&format!("?{pair}&"), "?")
+                .replace(&format!("?{pair}"), "");
+            if !self.holds_secret(&cleaned) {
+                return Scrubbed::Replace(cleaned);
+            }
+        }
+        Scrubbed::Drop
+    }
+}
+
+/// `query` (as sent, still encoded) without any parameter named `name`.
+pub(super) fn without_parameter(query: &str, name: &str) -> String {
+    query
+        .split('&')
+        .filter(|pair| {
+            !pair.is_empty()
+                && form_urlencoded::parse(pair.as_bytes())
+                    .next()
+                    .is_none_or(|(n, _)| n != name)
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_placed_parameter_is_taken_out_of_urls_and_other_secrets_drop_their_header() {
+        let placed = Placed::new(
+            vec!["key with/slash".into(), "token-123456".into()],
+            Some(("api_key", "key with/slash")),
+        );
+        let scrub = |v: &str| placed.scrub(v.as_bytes());
+        assert_eq!(scrub("text/plain"), Scrubbed::Keep);
+        assert_eq!(
+            scrub("https://x.example/a?api_key=key+with%2Fslash"),
+            Scrubbed::Replace("https://x.example/a".into())
+        );
+        assert_eq!(
+            scrub("<https://x.example/a?p=2&api_key=key+with%2Fslash>; rel=\"next\""),
+            Scrubbed::Replace("<https://x.example/a?p=2>; rel=\"next\"".into())
+        );
+        assert_eq!(
+            scrub("https://x.example/a?api_key=key+with%2Fslash&p=2"),
+            Scrubbed::Replace("https://x.example/a?p=2".into())
+        );
+        assert_eq!(scrub("you sent key with/slash"), Scrubbed::Drop);
+        assert_eq!(scrub("Bearer token-123456"), Scrubbed::Drop);
+        let short = Placed::new(vec!["t".into()], None);
+        assert_eq!(short.scrub(b"text/plain"), Scrubbed::Keep, "too short to look for");
+    }
+
+    #[test]
+    fn an_engines_parameter_of_the_placed_name_goes_and_the_rest_stays_as_sent() {
+        assert_eq!(
+            without_parameter("api_key=mine&x=1+2&api%5Fkey=again&API_KEY=other&&y", "api_key"),
+            "x=1+2&API_KEY=other&y"
+        );
+        assert_eq!(without_parameter("api_key=mine", "api_key"), "");
+    }
+}

@@ -1,0 +1,93 @@
+//! What the engine receives of the service's answer through the gateway:
+//! never anything that would pass for credgate's own, never the
+//! credential's secret written back by the service.
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::both_backends;
+use crate::gateway::{gateway_app, http_credential, upstream};
+use crate::helpers::{sentinel, TestDb};
+
+/// `Credgate-Error: 1` tells the engine that credgate itself refused or
+/// failed the call. A service's answer carrying a `Credgate-*` header of
+/// its own would pass for credgate's: such headers are never returned
+/// (as none the engine sends is ever forwarded). The answer itself passes.
+async fn a_services_credgate_headers_never_reach_the_engine(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let (base, _seen) = upstream().await;
+    let app = gateway_app(&db).await;
+    let id = http_credential(&app, &base, json!({"scheme": "bearer", "token": "t"})).await;
+
+    let answer = app
+        .client
+        .get(format!("{}/integrations/credentials/{id}/proxy/marked", app.base))
+        .bearer_auth(&app.org.engine)
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status();
+    let headers = answer.headers().clone();
+    let body = answer.text().await.unwrap();
+
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "the service's status passes");
+    assert_eq!(body, "busy");
+    let credgate: Vec<_> = headers.keys().filter(|k| k.as_str().starts_with("credgate-")).collect();
+    assert!(
+        credgate.is_empty(),
+        "the service's own credgate-* headers: {credgate:?}"
+    );
+}
+both_backends!(a_services_credgate_headers_never_reach_the_engine);
+
+/// Services write requests back into their answers' headers: a redirect
+/// that keeps the query (`/items` → `/items/?…`), a next page's `Link`, an
+/// echo. A key placed in the query (or a header) would reach the engine
+/// that way, which must never see it. The credential's parameter is taken
+/// out of such URLs (the rest of them kept, so the engine can follow them
+/// through the gateway); any other header that still holds the secret is
+/// not returned.
+async fn a_secret_the_service_writes_into_its_answers_headers_never_reaches_the_engine(
+    backend: crate::helpers::Backend,
+) {
+    let db = TestDb::new(backend).await;
+    let (base, _seen) = upstream().await;
+    let app = gateway_app(&db).await;
+    let key = sentinel();
+    let token = sentinel();
+    let by_query = http_credential(
+        &app,
+        &base,
+        json!({"scheme": "query", "param_name": "api_key", "param_value": key}),
+    )
+    .await;
+    let by_header = http_credential(&app, &base, json!({"scheme": "bearer", "token": token})).await;
+    let call = |id: String| {
+        app.client
+            .get(format!("{}/integrations/credentials/{id}/proxy/moved?x=1", app.base))
+            .bearer_auth(&app.org.engine)
+            .send()
+    };
+
+    let queried = call(by_query).await.unwrap();
+    let headed = call(by_header).await.unwrap();
+    let host = base.trim_start_matches("http://");
+
+    for (answer, secret) in [(&queried, &key), (&headed, &token)] {
+        assert_eq!(answer.status(), StatusCode::MOVED_PERMANENTLY);
+        for (name, value) in answer.headers() {
+            let value = String::from_utf8_lossy(value.as_bytes());
+            assert!(!value.contains(secret.as_str()), "{name}: {value}");
+        }
+        assert_eq!(answer.headers()["x-kept"], "yes", "the other headers pass");
+    }
+    assert_eq!(
+        queried.headers()["location"],
+        format!("http://{host}/v2/moved/?x=1").as_str(),
+        "the redirect kept the engine's query, without the key"
+    );
+    let link = queried.headers()["link"].to_str().unwrap();
+    assert_eq!(link, format!("<http://{host}/v2/items?x=1&page=2>; rel=\"next\""));
+    assert!(headed.headers().get("x-echo-authorization").is_none());
+}
+both_backends!(a_secret_the_service_writes_into_its_answers_headers_never_reaches_the_engine);
