@@ -1,8 +1,8 @@
 //! What of a credential must never come back to the engine in a service's
 //! answer: the secrets the gateway placed in the request. Services write
-//! requests back into their answers' headers (a redirect that keeps the
-//! query, a next page's `Link`, an echo), and a key placed in the query
-//! would reach the engine that way.
+//! requests back into their answers (a redirect that keeps the query, a
+//! next page's `Link`, an echo, an error page quoting the request), and a
+//! key placed in the query or a header would reach the engine that way.
 
 use url::form_urlencoded;
 
@@ -57,6 +57,37 @@ impl Placed {
         Self {
             spellings,
             pair: query.map(|(name, value)| format!("{}={}", form(name), form(value))),
+        }
+    }
+
+    /// Whether any secret is looked for.
+    pub fn any(&self) -> bool {
+        !self.spellings.is_empty()
+    }
+
+    /// The longest secret's length, as spelled.
+    pub fn longest(&self) -> usize {
+        self.spellings.iter().map(String::len).max().unwrap_or(0)
+    }
+
+    /// Whether `bytes` hold a secret.
+    pub fn found_in(&self, bytes: &[u8]) -> bool {
+        self.spellings
+            .iter()
+            .any(|s| memchr::memmem::find(bytes, s.as_bytes()).is_some())
+    }
+
+    /// Masks each secret in `bytes`, byte for byte, with `*` (the length
+    /// stays).
+    pub fn mask(&self, bytes: &mut [u8]) {
+        for secret in &self.spellings {
+            let finder = memchr::memmem::Finder::new(secret.as_bytes());
+            let mut from = 0;
+            while let Some(at) = finder.find(&bytes[from..]) {
+                let start = from + at;
+                bytes[start..start + secret.len()].fill(b'*');
+                from = start + secret.len();
+            }
         }
     }
 
@@ -125,6 +156,11 @@ mod tests {
         );
         assert_eq!(scrub("you sent key with/slash"), Scrubbed::Drop);
         assert_eq!(scrub("Bearer token-123456"), Scrubbed::Drop);
+        let mut body = b"a token-123456, key+with%2Fslash token-1234".to_vec();
+        assert!(placed.found_in(&body));
+        placed.mask(&mut body);
+        assert_eq!(&body[..], b"a ************, **************** token-1234");
+        assert!(!placed.found_in(&body));
         let short = Placed::new(vec!["t".into()], None);
         assert_eq!(short.scrub(b"text/plain"), Scrubbed::Keep, "too short to look for");
     }

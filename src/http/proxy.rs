@@ -194,7 +194,7 @@ async fn forward(
     // From the moment the use is recorded, each way out adds its outcome,
     // and so does the engine going away before one is known, even while
     // the use is being written (see `Preparing`).
-    let call = Preparing::new(
+    let mut call = Preparing::new(
         &state,
         principal,
         credential.clone(),
@@ -356,11 +356,12 @@ async fn forward(
         parts.headers.remove(name);
     }
     scrub(&mut parts.headers, &call.placed);
+    let placed = std::mem::take(&mut call.placed);
     parts.extensions = Default::default();
     // The slot is held until the answer has streamed to the engine.
     Ok(Response::from_parts(
         parts,
-        Body::new(Held::new(answer, permit, first_byte)),
+        Body::new(Held::new(answer, permit, first_byte, placed)),
     ))
 }
 

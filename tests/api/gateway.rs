@@ -81,6 +81,29 @@ async fn record(
         )
             .into_response();
     }
+    if path == "echo" || path == "echo-whole" {
+        // Writes the request back into its answer's body: streamed in
+        // pieces of 3 bytes (each secret split across them), or whole
+        // with its length.
+        let text = format!(
+            "you sent ?{} and {} - end",
+            query.clone().unwrap_or_default(),
+            names.get("authorization").and_then(Value::as_str).unwrap_or_default()
+        );
+        if path == "echo-whole" {
+            return (AxumStatus::OK, text).into_response();
+        }
+        let pieces: Vec<Result<Bytes, std::io::Error>> = text
+            .into_bytes()
+            .chunks(3)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        return (
+            AxumStatus::OK,
+            axum::body::Body::from_stream(futures::stream::iter(pieces)),
+        )
+            .into_response();
+    }
     if path == "slow" {
         tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     }

@@ -91,3 +91,47 @@ async fn a_secret_the_service_writes_into_its_answers_headers_never_reaches_the_
     assert!(headed.headers().get("x-echo-authorization").is_none());
 }
 both_backends!(a_secret_the_service_writes_into_its_answers_headers_never_reaches_the_engine);
+
+/// The same in the answer's body (an echo, an error page that quotes the
+/// request): each secret the call placed is masked, byte for byte with
+/// `*`, so the body keeps its length (a declared `Content-Length` stays
+/// true) and the rest of it passes as it came, whether it comes whole or
+/// in pieces that split the secret.
+async fn a_secret_the_service_writes_into_its_answers_body_is_masked(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let (base, _seen) = upstream().await;
+    let app = gateway_app(&db).await;
+    let key = sentinel();
+    let token = sentinel();
+    let by_query = http_credential(
+        &app,
+        &base,
+        json!({"scheme": "query", "param_name": "api_key", "param_value": key}),
+    )
+    .await;
+    let by_header = http_credential(&app, &base, json!({"scheme": "bearer", "token": token})).await;
+
+    for path in ["echo", "echo-whole"] {
+        let call = |id: &str| {
+            app.client
+                .get(format!("{}/integrations/credentials/{id}/proxy/{path}?x=1", app.base))
+                .bearer_auth(&app.org.engine)
+                .send()
+        };
+        let queried = call(&by_query).await.unwrap().text().await.unwrap();
+        let headed = call(&by_header).await.unwrap().text().await.unwrap();
+        let mask = |secret: &str| "*".repeat(secret.len());
+
+        assert_eq!(
+            queried,
+            format!("you sent ?x=1&api_key={} and  - end", mask(&key)),
+            "{path}"
+        );
+        assert_eq!(
+            headed,
+            format!("you sent ?x=1 and Bearer {} - end", mask(&token)),
+            "{path}"
+        );
+    }
+}
+both_backends!(a_secret_the_service_writes_into_its_answers_body_is_masked);

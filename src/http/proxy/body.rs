@@ -18,6 +18,7 @@ use axum::http::{HeaderMap, HeaderValue, Method};
 use futures::StreamExt;
 
 use super::{header_text, KEPT_FOR_RETRY, MAX_SIGNED_BODY};
+use crate::gateway::Placed;
 use crate::http::error::ApiError;
 use crate::http::AppState;
 use crate::providers::FieldError;
@@ -193,7 +194,9 @@ async fn read_up_to(
 /// The service's answer body, holding what must last as long as it streams
 /// (the call's slot), cut off once nothing more of it has come for
 /// `silence`: the engine sees its answer end in an error, never as a whole
-/// one.
+/// one. Each secret the call placed is masked in it (see
+/// `gateway::Placed`), a piece's last bytes held back until the next
+/// piece shows whether they begin one.
 pub(super) struct Held<B, P> {
     body: B,
     _permit: P,
@@ -201,15 +204,23 @@ pub(super) struct Held<B, P> {
     /// Set the first time the body has nothing ready; pushed back by each
     /// piece that comes.
     quiet_until: Option<Pin<Box<tokio::time::Sleep>>>,
+    placed: Placed,
+    /// Bytes held back (fewer than the longest secret).
+    carry: Bytes,
+    /// The trailers, once the bytes held back before them have gone.
+    trailers: Option<http_body::Frame<Bytes>>,
 }
 
 impl<B, P> Held<B, P> {
-    pub(super) fn new(body: B, permit: P, silence: Duration) -> Self {
+    pub(super) fn new(body: B, permit: P, silence: Duration, placed: Placed) -> Self {
         Self {
             body,
             _permit: permit,
             silence,
             quiet_until: None,
+            placed,
+            carry: Bytes::new(),
+            trailers: None,
         }
     }
 }
@@ -219,51 +230,108 @@ impl<B, P> Held<B, P> {
 #[error("the service's answer stopped coming (nothing for {0} s)")]
 struct Silent(u64);
 
+impl<B, P> Held<B, P>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    /// A piece of the answer, its secrets masked; the bytes that may begin
+    /// one held back unless the answer has ended. `None`: all held back.
+    fn masked(&mut self, data: Bytes) -> Option<Bytes> {
+        if !self.placed.any() {
+            return Some(data);
+        }
+        let hold = if self.body.is_end_stream() {
+            0
+        } else {
+            self.placed.longest() - 1
+        };
+        let mut bytes = if self.carry.is_empty() && !self.placed.found_in(&data) {
+            data
+        } else {
+            let mut joined = Vec::with_capacity(self.carry.len() + data.len());
+            joined.extend_from_slice(&self.carry);
+            joined.extend_from_slice(&data);
+            self.placed.mask(&mut joined);
+            Bytes::from(joined)
+        };
+        let hold = hold.min(bytes.len());
+        self.carry = bytes.split_off(bytes.len() - hold);
+        (!bytes.is_empty()).then_some(bytes)
+    }
+}
+
 impl<B, P> http_body::Body for Held<B, P>
 where
-    B: http_body::Body + Unpin,
+    B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: Into<axum::BoxError>,
     P: Unpin,
 {
-    type Data = B::Data;
+    type Data = Bytes;
     type Error = axum::BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<B::Data>, Self::Error>>> {
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.body).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                if let Some(quiet) = &mut this.quiet_until {
-                    quiet.as_mut().reset(tokio::time::Instant::now() + this.silence);
-                }
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
-            }
-            Poll::Pending => {
-                let silence = this.silence;
-                let quiet = this
-                    .quiet_until
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(silence)));
-                match quiet.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        tracing::warn!(
-                            silence_secs = silence.as_secs(),
-                            "a service's answer stopped coming through the gateway; cut off"
-                        );
-                        Poll::Ready(Some(Err(Silent(silence.as_secs()).into())))
+        if let Some(trailers) = this.trailers.take() {
+            return Poll::Ready(Some(Ok(trailers)));
+        }
+        loop {
+            match Pin::new(&mut this.body).poll_frame(cx) {
+                Poll::Ready(frame) => {
+                    if let Some(quiet) = &mut this.quiet_until {
+                        quiet.as_mut().reset(tokio::time::Instant::now() + this.silence);
                     }
-                    Poll::Pending => Poll::Pending,
+                    let frame = match frame {
+                        Some(Ok(frame)) => frame,
+                        Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                        None if this.carry.is_empty() => return Poll::Ready(None),
+                        None => return Poll::Ready(Some(Ok(http_body::Frame::data(std::mem::take(&mut this.carry))))),
+                    };
+                    match frame.into_data() {
+                        Ok(data) => match this.masked(data) {
+                            Some(data) => return Poll::Ready(Some(Ok(http_body::Frame::data(data)))),
+                            None => continue,
+                        },
+                        Err(trailers) if this.carry.is_empty() => return Poll::Ready(Some(Ok(trailers))),
+                        Err(trailers) => {
+                            this.trailers = Some(trailers);
+                            return Poll::Ready(Some(Ok(http_body::Frame::data(std::mem::take(&mut this.carry)))));
+                        }
+                    }
+                }
+                Poll::Pending => {
+                    let silence = this.silence;
+                    let quiet = this
+                        .quiet_until
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(silence)));
+                    return match quiet.as_mut().poll(cx) {
+                        Poll::Ready(()) => {
+                            tracing::warn!(
+                                silence_secs = silence.as_secs(),
+                                "a service's answer stopped coming through the gateway; cut off"
+                            );
+                            Poll::Ready(Some(Err(Silent(silence.as_secs()).into())))
+                        }
+                        Poll::Pending => Poll::Pending,
+                    };
                 }
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.body.is_end_stream() && self.carry.is_empty() && self.trailers.is_none()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
+        let mut hint = self.body.size_hint();
+        let held = self.carry.len() as u64;
+        hint.set_lower(hint.lower() + held);
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper + held);
+        }
+        hint
     }
 }
