@@ -21,7 +21,6 @@ use super::error::ApiError;
 use super::extract::{Caller, RESOLVE};
 use super::AppState;
 use crate::credentials::check_user_id;
-use crate::gateway::{Placed, Scrubbed};
 use crate::providers::FieldError;
 use crate::store::Usage;
 
@@ -34,10 +33,12 @@ pub const KEPT_FOR_RETRY: usize = 1024 * 1024;
 
 mod body;
 mod failure;
+mod headers;
 mod preparing;
 mod settlement;
 use body::{fault_problem, outgoing, refusal_error, BodyFault, Held};
 use failure::Failure;
+use headers::{forwarded, named_in_connection, returned};
 use preparing::{pending, Preparing};
 use settlement::Settlement;
 
@@ -46,56 +47,6 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/integrations/credentials/{id}/proxy", any(proxy))
         .route("/integrations/credentials/{id}/proxy/{*path}", any(proxy))
-}
-
-/// Request headers never forwarded (beside those named in `Connection`).
-const NOT_FORWARDED: [&str; 14] = [
-    "host",
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "forwarded",
-    "connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-connection",
-    "x-real-ip",
-    "content-length",
-];
-
-/// Response headers never returned.
-const NOT_RETURNED: [&str; 10] = [
-    "set-cookie",
-    "set-cookie2",
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-connection",
-];
-
-fn named_in_connection(headers: &HeaderMap) -> Vec<String> {
-    headers
-        .get_all("connection")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
-        .collect()
-}
-
-fn forwarded(name: &HeaderName, extra: &[String]) -> bool {
-    let n = name.as_str();
-    !(NOT_FORWARDED.contains(&n)
-        || n.starts_with("x-forwarded-")
-        || n.starts_with("credgate-")
-        || extra.iter().any(|e| e == n))
 }
 
 /// credgate's own error, marked as such.
@@ -339,23 +290,7 @@ async fn forward(
     );
     // The service's answer as it came, less what is never returned.
     let (mut parts, answer) = upstream.into_parts();
-    for name in named_in_connection(&parts.headers) {
-        parts.headers.remove(name.as_str());
-    }
-    for name in NOT_RETURNED {
-        parts.headers.remove(name);
-    }
-    // Nothing of the service's may pass for credgate's own (`Credgate-Error`).
-    let marked: Vec<HeaderName> = parts
-        .headers
-        .keys()
-        .filter(|n| n.as_str().starts_with("credgate-"))
-        .cloned()
-        .collect();
-    for name in marked {
-        parts.headers.remove(name);
-    }
-    scrub(&mut parts.headers, &call.placed);
+    returned(&mut parts.headers, &call.placed);
     let placed = std::mem::take(&mut call.placed);
     parts.extensions = Default::default();
     // The slot is held until the answer has streamed to the engine.
@@ -363,39 +298,6 @@ async fn forward(
         parts,
         Body::new(Held::new(answer, permit, first_byte, placed)),
     ))
-}
-
-/// Takes the secrets `placed` in the request out of the answer's headers
-/// (services write requests back: a redirect keeping the query, a next
-/// page's `Link`): the placed query parameter out of a header's URLs, or
-/// the header dropped.
-fn scrub(headers: &mut HeaderMap, placed: &Placed) {
-    let held = headers.values().any(|v| placed.scrub(v.as_bytes()) != Scrubbed::Keep);
-    if !held {
-        return;
-    }
-    let all = std::mem::take(headers);
-    let mut name = None;
-    for (next, value) in all {
-        name = next.or(name);
-        let Some(name) = &name else { continue };
-        match placed.scrub(value.as_bytes()) {
-            Scrubbed::Keep => {
-                headers.append(name.clone(), value);
-            }
-            Scrubbed::Replace(cleaned) => match HeaderValue::from_str(&cleaned) {
-                Ok(cleaned) => {
-                    headers.append(name.clone(), cleaned);
-                }
-                Err(_) => {
-                    tracing::warn!(header = %name, "a service wrote a credential's secret into its answer; the header is not returned")
-                }
-            },
-            Scrubbed::Drop => {
-                tracing::warn!(header = %name, "a service wrote a credential's secret into its answer; the header is not returned");
-            }
-        }
-    }
 }
 
 /// `User-Agent` of a call whose engine sent none (some services, GitHub's

@@ -1,0 +1,113 @@
+//! Which headers pass through the gateway, each way: what the engine sent
+//! that could carry its own authority is never forwarded; what the
+//! service answers passes but hop-by-hop headers, `Set-Cookie`, anything
+//! that would pass for credgate's own, and the secrets the call placed.
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::gateway::{Placed, Scrubbed};
+
+/// Request headers never forwarded (beside those named in `Connection`).
+const NOT_FORWARDED: [&str; 14] = [
+    "host",
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "forwarded",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-connection",
+    "x-real-ip",
+    "content-length",
+];
+
+/// Response headers never returned.
+const NOT_RETURNED: [&str; 10] = [
+    "set-cookie",
+    "set-cookie2",
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-connection",
+];
+
+pub(super) fn named_in_connection(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all("connection")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .collect()
+}
+
+pub(super) fn forwarded(name: &HeaderName, extra: &[String]) -> bool {
+    let n = name.as_str();
+    !(NOT_FORWARDED.contains(&n)
+        || n.starts_with("x-forwarded-")
+        || n.starts_with("credgate-")
+        || extra.iter().any(|e| e == n))
+}
+
+/// The service's answer's headers as the engine gets them: less those
+/// never returned, those named in its `Connection`, its own `Credgate-*`
+/// (nothing of the service's may pass for credgate's `Credgate-Error`),
+/// and the secrets the call `placed`.
+pub(super) fn returned(headers: &mut HeaderMap, placed: &Placed) {
+    for name in named_in_connection(headers) {
+        headers.remove(name.as_str());
+    }
+    for name in NOT_RETURNED {
+        headers.remove(name);
+    }
+    let marked: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().starts_with("credgate-"))
+        .cloned()
+        .collect();
+    for name in marked {
+        headers.remove(name);
+    }
+    scrub(headers, placed);
+}
+
+/// Takes the secrets `placed` in the request out of the answer's headers
+/// (services write requests back: a redirect keeping the query, a next
+/// page's `Link`): the placed query parameter out of a header's URLs, or
+/// the header dropped.
+fn scrub(headers: &mut HeaderMap, placed: &Placed) {
+    let held = headers.values().any(|v| placed.scrub(v.as_bytes()) != Scrubbed::Keep);
+    if !held {
+        return;
+    }
+    let all = std::mem::take(headers);
+    let mut name = None;
+    for (next, value) in all {
+        name = next.or(name);
+        let Some(name) = &name else { continue };
+        match placed.scrub(value.as_bytes()) {
+            Scrubbed::Keep => {
+                headers.append(name.clone(), value);
+            }
+            Scrubbed::Replace(cleaned) => match HeaderValue::from_str(&cleaned) {
+                Ok(cleaned) => {
+                    headers.append(name.clone(), cleaned);
+                }
+                Err(_) => {
+                    tracing::warn!(header = %name, "a service wrote a credential's secret into its answer; the header is not returned")
+                }
+            },
+            Scrubbed::Drop => {
+                tracing::warn!(header = %name, "a service wrote a credential's secret into its answer; the header is not returned");
+            }
+        }
+    }
+}
