@@ -343,8 +343,8 @@ pub fn aws_signature(
 
 /// After the service refused the token (401): one refresh now, and the
 /// new `Authorization` header; `None` for a credential without tokens or
-/// a refresh that failed.
-pub async fn renewed_authorization(ctx: &Context, call: &Call) -> Option<String> {
+/// a refresh that failed. The new token is kept out of the answer too.
+pub async fn renewed_authorization(ctx: &Context, call: &mut Call) -> Option<String> {
     let row = &call.resolved.row;
     if !row.auth_type.has_tokens() {
         return None;
@@ -356,5 +356,8 @@ pub async fn renewed_authorization(ctx: &Context, call: &Call) -> Option<String>
         .await
         .ok()?
         .tokens?;
-    Some(format!("Bearer {}", tokens.access_token.expose_secret()))
+    let token = tokens.access_token.expose_secret().to_owned();
+    let header = format!("Bearer {token}");
+    call.placed.add(token);
+    Some(header)
 }

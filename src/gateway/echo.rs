@@ -42,22 +42,53 @@ fn form(text: &str) -> String {
     form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
+/// `formed` with each `%XY` escape in small letters.
+fn small_escapes(formed: &str) -> String {
+    let mut out = String::with_capacity(formed.len());
+    let mut escape = 0;
+    for c in formed.chars() {
+        if c == '%' {
+            escape = 2;
+            out.push(c);
+        } else if escape > 0 {
+            escape -= 1;
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 impl Placed {
     /// `secrets` placed in headers or the query, and the query parameter
     /// (name, value) placed.
     pub fn new(secrets: Vec<String>, query: Option<(&str, &str)>) -> Self {
-        let mut spellings = Vec::new();
-        for secret in secrets.into_iter().filter(|s| s.len() >= SHORTEST) {
-            let formed = form(&secret);
-            if formed != secret {
-                spellings.push(formed);
-            }
-            spellings.push(secret);
-        }
-        Self {
-            spellings,
+        let mut placed = Self {
+            spellings: Vec::new(),
             pair: query.map(|(name, value)| format!("{}={}", form(name), form(value))),
+        };
+        for secret in secrets {
+            placed.add(secret);
         }
+        placed
+    }
+
+    /// One more secret placed (a token renewed for the call's second try).
+    pub fn add(&mut self, secret: String) {
+        if secret.len() < SHORTEST {
+            return;
+        }
+        // As the query spells it, its escapes in capitals and in small
+        // letters (services write either).
+        let formed = form(&secret);
+        let small = small_escapes(&formed);
+        for spelling in [small, formed] {
+            if spelling != secret && !self.spellings.contains(&spelling) {
+                self.spellings.push(spelling);
+            }
+        }
+        self.spellings.push(secret);
     }
 
     /// Whether any secret is looked for.
@@ -155,6 +186,16 @@ mod tests {
             Scrubbed::Replace("https://x.example/a?p=2".into())
         );
         assert_eq!(scrub("you sent key with/slash"), Scrubbed::Drop);
+        assert_eq!(
+            scrub("you sent key+with%2fslash"),
+            Scrubbed::Drop,
+            "escapes in small letters"
+        );
+        assert_eq!(
+            scrub("you sent Key+With%2Fslash"),
+            Scrubbed::Keep,
+            "only the escapes' case varies"
+        );
         assert_eq!(scrub("Bearer token-123456"), Scrubbed::Drop);
         let mut body = b"a token-123456, key+with%2Fslash token-1234".to_vec();
         assert!(placed.found_in(&body));

@@ -243,7 +243,7 @@ async fn forward(
     // one refresh, and the call once more when its body was kept.
     if let (Some(bytes), Ok(answer)) = (&kept, &upstream) {
         if answer.status() == axum::http::StatusCode::UNAUTHORIZED {
-            let renewed = crate::gateway::renewed_authorization(&state, &call).await;
+            let renewed = crate::gateway::renewed_authorization(&state, &mut call).await;
             if let Some(renewed) = renewed.and_then(|r| HeaderValue::from_str(&r).ok()) {
                 upstream = send(build(Some(renewed), Body::from(bytes.clone()))).await;
             }

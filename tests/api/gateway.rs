@@ -107,12 +107,22 @@ async fn record(
     if path == "slow" {
         tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     }
-    if path == "once401" {
+    if path == "once401" || path == "once401-echo" {
         let token = names.get("authorization").cloned().unwrap_or_default();
         let calls = seen.0.lock().unwrap().len();
         if calls == 1 {
             seen.0.lock().unwrap()[0]["first_token"] = token;
             return (AxumStatus::UNAUTHORIZED, "expired").into_response();
+        }
+        if path == "once401-echo" {
+            // The token it took, written back into its answer.
+            let token = token.as_str().unwrap_or_default().to_owned();
+            return (
+                AxumStatus::OK,
+                [("x-echo-authorization", token.clone())],
+                format!("token: {token}"),
+            )
+                .into_response();
         }
     }
     if path == "always401" {
@@ -451,7 +461,7 @@ both_backends!(a_service_silent_past_the_first_byte_limit_is_a_timeout);
 
 /// An app whose `provider` (served by `server`) calls the upstream at
 /// `base`, and a credential connected through it.
-async fn connected(
+pub async fn connected(
     db: &TestDb,
     server: &crate::oauth_server::AuthServer,
     provider: &str,

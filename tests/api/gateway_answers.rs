@@ -135,3 +135,42 @@ async fn a_secret_the_service_writes_into_its_answers_body_is_masked(backend: cr
     }
 }
 both_backends!(a_secret_the_service_writes_into_its_answers_body_is_masked);
+
+/// A token renewed after the service refused the first (401, one refresh,
+/// the call sent again) is as secret as the first: the service writing it
+/// back into its answer does not hand it to the engine either.
+async fn a_token_renewed_after_a_401_is_kept_out_of_the_answer_too(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let (base, seen) = upstream().await;
+    let ms = crate::oauth_server::AuthServer::start(crate::oauth_server::Flavor::Microsoft).await;
+    let (app, id) = crate::gateway::connected(&db, &ms, "microsoft", &base).await;
+
+    let answer = app
+        .client
+        .get(format!("{}/integrations/credentials/{id}/proxy/once401-echo", app.base))
+        .bearer_auth(&app.org.engine)
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status();
+    let echoed = answer.headers().get("x-echo-authorization").cloned();
+    let body = answer.text().await.unwrap();
+    let calls = seen.0.lock().unwrap().clone();
+    let renewed = calls[1]["headers"]["authorization"].as_str().unwrap().to_owned();
+    let token = renewed.trim_start_matches("Bearer ");
+
+    assert_eq!(status, StatusCode::OK, "answered after one refresh");
+    assert_eq!(ms.with(|i| i.refresh_grants), 1, "one refresh");
+    assert_ne!(
+        calls[0]["headers"]["authorization"],
+        calls[1]["headers"]["authorization"]
+    );
+    assert!(
+        token.len() >= 8,
+        "a token long enough to be looked for: {}",
+        token.len()
+    );
+    assert_eq!(body, format!("token: Bearer {}", "*".repeat(token.len())));
+    assert!(echoed.is_none(), "the header holding the renewed token is not returned");
+}
+both_backends!(a_token_renewed_after_a_401_is_kept_out_of_the_answer_too);
