@@ -80,10 +80,11 @@ impl Placed {
             return;
         }
         // As the query spells it, its escapes in capitals and in small
-        // letters (services write either).
+        // letters (services write either), and as JSON may (`\/`).
         let formed = form(&secret);
         let small = small_escapes(&formed);
-        for spelling in [small, formed] {
+        let json = secret.replace('/', "\\/");
+        for spelling in [small, formed, json] {
             if spelling != secret && !self.spellings.contains(&spelling) {
                 self.spellings.push(spelling);
             }
@@ -195,6 +196,11 @@ mod tests {
             scrub("you sent Key+With%2Fslash"),
             Scrubbed::Keep,
             "only the escapes' case varies"
+        );
+        assert_eq!(
+            scrub(r#"{"sent":"key with\/slash"}"#),
+            Scrubbed::Drop,
+            "as JSON may escape it"
         );
         assert_eq!(scrub("Bearer token-123456"), Scrubbed::Drop);
         let mut body = b"a token-123456, key+with%2Fslash token-1234".to_vec();

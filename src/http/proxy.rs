@@ -199,6 +199,11 @@ async fn forward(
     if !sent_headers.contains_key(axum::http::header::USER_AGENT) {
         sent_headers.insert(axum::http::header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
     }
+    // As curl and the engines' usual clients say (some services answer 406
+    // to a request without it).
+    if !sent_headers.contains_key(axum::http::header::ACCEPT) {
+        sent_headers.insert(axum::http::header::ACCEPT, HeaderValue::from_static("*/*"));
+    }
     if let Some(length) = outgoing.streamed.as_ref().and_then(|(_, length)| length.clone()) {
         sent_headers.insert(axum::http::header::CONTENT_LENGTH, length);
     }

@@ -129,3 +129,48 @@ async fn a_query_parameter_the_credential_sets_goes_once_with_its_value(backend:
     );
 }
 both_backends!(a_query_parameter_the_credential_sets_goes_once_with_its_value);
+
+/// A call whose engine says nothing of what it accepts goes with
+/// `Accept: */*`, as curl's and the engines' usual clients send (some
+/// services answer 406 to a request without it); an engine's own `Accept`
+/// passes as it is.
+async fn a_call_without_accept_says_it_takes_anything(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let (base, seen) = upstream().await;
+    let app = gateway_app(&db).await;
+    let id = http_credential(&app, &base, json!({"scheme": "bearer", "token": "t"})).await;
+    let url = format!("{}/integrations/credentials/{id}/proxy/items", app.base);
+
+    // reqwest always sends an Accept of its own: the bare call is written
+    // by hand.
+    let bare = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = app.base.trim_start_matches("http://").to_owned();
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let request = format!(
+            "GET /integrations/credentials/{id}/proxy/items HTTP/1.1\r\nHost: {addr}\r\n\
+             Authorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            app.org.engine
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        answer
+    };
+    let own = app
+        .client
+        .get(&url)
+        .bearer_auth(&app.org.engine)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    let seen = seen.0.lock().unwrap().clone();
+
+    assert!(bare.starts_with("HTTP/1.1 201"), "{bare}");
+    assert_eq!(own.status(), StatusCode::CREATED);
+    assert_eq!(seen[0]["headers"]["accept"], "*/*", "{}", seen[0]);
+    assert_eq!(seen[1]["headers"]["accept"], "application/json");
+    assert_eq!(seen[1]["repeated"], json!([]));
+}
+both_backends!(a_call_without_accept_says_it_takes_anything);
