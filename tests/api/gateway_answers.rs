@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::both_backends;
 use crate::gateway::{gateway_app, http_credential, upstream};
-use crate::helpers::{sentinel, TestDb};
+use crate::helpers::{sentinel, TestApp, TestDb};
 
 /// `Credgate-Error: 1` tells the engine that credgate itself refused or
 /// failed the call. A service's answer carrying a `Credgate-*` header of
@@ -40,6 +40,33 @@ async fn a_services_credgate_headers_never_reach_the_engine(backend: crate::help
 }
 both_backends!(a_services_credgate_headers_never_reach_the_engine);
 
+/// Two credentials of the stand-in at `base`: one whose `key` goes in the
+/// query (`api_key`), one whose `token` goes in `Authorization`.
+struct Placing {
+    key: String,
+    token: String,
+    by_query: String,
+    by_header: String,
+}
+
+async fn placing(app: &TestApp, base: &str) -> Placing {
+    let key = sentinel();
+    let token = sentinel();
+    let by_query = http_credential(
+        app,
+        base,
+        json!({"scheme": "query", "param_name": "api_key", "param_value": key}),
+    )
+    .await;
+    let by_header = http_credential(app, base, json!({"scheme": "bearer", "token": token})).await;
+    Placing {
+        key,
+        token,
+        by_query,
+        by_header,
+    }
+}
+
 /// Services write requests back into their answers' headers: a redirect
 /// that keeps the query (`/items` → `/items/?…`), a next page's `Link`, an
 /// echo. A key placed in the query (or a header) would reach the engine
@@ -53,15 +80,12 @@ async fn a_secret_the_service_writes_into_its_answers_headers_never_reaches_the_
     let db = TestDb::new(backend).await;
     let (base, _seen) = upstream().await;
     let app = gateway_app(&db).await;
-    let key = sentinel();
-    let token = sentinel();
-    let by_query = http_credential(
-        &app,
-        &base,
-        json!({"scheme": "query", "param_name": "api_key", "param_value": key}),
-    )
-    .await;
-    let by_header = http_credential(&app, &base, json!({"scheme": "bearer", "token": token})).await;
+    let Placing {
+        key,
+        token,
+        by_query,
+        by_header,
+    } = placing(&app, &base).await;
     let call = |id: String| {
         app.client
             .get(format!("{}/integrations/credentials/{id}/proxy/moved?x=1", app.base))
@@ -101,15 +125,12 @@ async fn a_secret_the_service_writes_into_its_answers_body_is_masked(backend: cr
     let db = TestDb::new(backend).await;
     let (base, _seen) = upstream().await;
     let app = gateway_app(&db).await;
-    let key = sentinel();
-    let token = sentinel();
-    let by_query = http_credential(
-        &app,
-        &base,
-        json!({"scheme": "query", "param_name": "api_key", "param_value": key}),
-    )
-    .await;
-    let by_header = http_credential(&app, &base, json!({"scheme": "bearer", "token": token})).await;
+    let Placing {
+        key,
+        token,
+        by_query,
+        by_header,
+    } = placing(&app, &base).await;
 
     for path in ["echo", "echo-whole"] {
         let call = |id: &str| {
