@@ -123,24 +123,20 @@ impl Placed {
         }
     }
 
-    fn holds_secret(&self, value: &str) -> bool {
-        self.spellings.iter().any(|s| value.contains(s.as_str()))
-    }
-
     /// What becomes of an answer's header `value`: kept when it holds no
     /// secret; else with the placed query parameter taken out, when that
     /// leaves none; else dropped.
     pub fn scrub(&self, value: &[u8]) -> Scrubbed {
-        let value = String::from_utf8_lossy(value);
-        if !self.holds_secret(&value) {
+        if !self.found_in(value) {
             return Scrubbed::Keep;
         }
+        let value = String::from_utf8_lossy(value);
         if let Some(pair) = &self.pair {
             let cleaned = value
                 .replace(&format!("&{pair}"), "")
                 .replace(&format!("?{pair}&"), "?")
                 .replace(&format!("?{pair}"), "");
-            if !self.holds_secret(&cleaned) {
+            if !self.found_in(cleaned.as_bytes()) {
                 return Scrubbed::Replace(cleaned);
             }
         }
