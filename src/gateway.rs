@@ -17,10 +17,12 @@ use crate::providers::{Generic, ProbeAuth, Provider};
 use crate::store::{CredentialRow, Usage, UseOutcome};
 
 mod echo;
+mod inflate;
 mod path;
 mod replicas;
 use echo::without_parameter;
 pub use echo::{Placed, Scrubbed};
+pub use inflate::Inflater;
 use path::join;
 pub use path::safe_segments;
 pub use replicas::{replica_beat, replica_gone, REPLICA_BEAT, REPLICA_EXPIRES_SECS};

@@ -204,6 +204,15 @@ async fn forward(
     if !sent_headers.contains_key(axum::http::header::ACCEPT) {
         sent_headers.insert(axum::http::header::ACCEPT, HeaderValue::from_static("*/*"));
     }
+    // A compressed answer hides the secrets a service writes back from the
+    // search for them (see `Held`): the answer is asked for as it is. The
+    // engine takes it so too (`identity` is acceptable to every client).
+    if call.placed.any() {
+        sent_headers.insert(
+            axum::http::header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+    }
     if let Some(length) = outgoing.streamed.as_ref().and_then(|(_, length)| length.clone()) {
         sent_headers.insert(axum::http::header::CONTENT_LENGTH, length);
     }
@@ -276,8 +285,31 @@ async fn forward(
         }
     };
     let status = upstream.status();
-    settlement.settle(Some(status.as_u16()), None).await;
     count(format!("{}xx", status.as_u16() / 100));
+    // Compressed though asked not to be: inflated, to be searched, unless
+    // it cannot be (then it is not returned).
+    let inflater = match call.placed.any().then(|| answer_codings(upstream.headers())) {
+        None | Some(Ok(None)) => None,
+        Some(Ok(Some(inflater))) => Some(inflater),
+        Some(Err(codings)) => {
+            // As the service wrote them: shown unless long, or holding a secret.
+            let codings = if codings.len() > 64 || call.placed.found_in(codings.as_bytes()) {
+                "not shown".to_owned()
+            } else {
+                codings
+            };
+            settlement
+                .settle(Some(status.as_u16()), Some("unreadable_encoding"))
+                .await;
+            tracing::warn!(credential = %credential, codings = %codings, "a service compressed its answer in a way credgate cannot search for the credential's secrets; not returned");
+            return Err(ApiError::Provider(format!(
+                "the service answered ({}) in an encoding credgate cannot inflate ({codings}), though asked for none; \
+                 the answer cannot be searched for the credential's secrets, so it is not returned",
+                status.as_u16()
+            )));
+        }
+    };
+    settlement.settle(Some(status.as_u16()), None).await;
     state
         .metrics
         .gateway_latency
@@ -296,13 +328,28 @@ async fn forward(
     // The service's answer as it came, less what is never returned.
     let (mut parts, answer) = upstream.into_parts();
     returned(&mut parts.headers, &call.placed);
+    if inflater.is_some() {
+        // The engine gets the answer inflated, of a length not known yet.
+        parts.headers.remove(axum::http::header::CONTENT_ENCODING);
+        parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    }
     let placed = std::mem::take(&mut call.placed);
     parts.extensions = Default::default();
     // The slot is held until the answer has streamed to the engine.
     Ok(Response::from_parts(
         parts,
-        Body::new(Held::new(answer, permit, first_byte, placed)),
+        Body::new(Held::new(answer, permit, first_byte, placed, inflater)),
     ))
+}
+
+/// The inflater for an answer's `Content-Encoding`, when it names one; the
+/// codings it names when they cannot be inflated.
+fn answer_codings(headers: &HeaderMap) -> Result<Option<crate::gateway::Inflater>, String> {
+    let values = headers
+        .get_all(axum::http::header::CONTENT_ENCODING)
+        .iter()
+        .map(|v| v.to_str().unwrap_or("(not text)"));
+    crate::gateway::Inflater::for_codings(values)
 }
 
 /// `User-Agent` of a call whose engine sent none (some services, GitHub's

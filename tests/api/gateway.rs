@@ -1,6 +1,7 @@
 //! The gateway: the engine's calls go to the credential's service with its
 //! authentication added; a loopback stand-in records what arrives.
 
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
@@ -81,6 +82,45 @@ async fn record(
         )
             .into_response();
     }
+    if let Some(how) = path.strip_prefix("packed") {
+        // Writes the request back into a long answer (some 130 KiB),
+        // compressed: `packed` as services do, gzip when the request
+        // accepts it; `packed-gzip`, `packed-deflate` and `packed-br`
+        // whatever it accepts (`br` stands for any encoding: its bytes are
+        // the text as it is); `packed-cut`, gzip broken off halfway.
+        let text = packed_text(
+            query.as_deref().unwrap_or_default(),
+            names.get("authorization").and_then(Value::as_str).unwrap_or_default(),
+        );
+        let accepts_gzip = names
+            .get("accept-encoding")
+            .and_then(Value::as_str)
+            .is_some_and(|a| a.contains("gzip"));
+        let encoding = match how {
+            "" if accepts_gzip => "gzip",
+            "" => return (AxumStatus::OK, text).into_response(),
+            "-cut" => "gzip",
+            other => other.trim_start_matches('-'),
+        };
+        let level = flate2::Compression::default();
+        let mut body = match encoding {
+            "gzip" => {
+                let mut gzip = flate2::write::GzEncoder::new(Vec::new(), level);
+                gzip.write_all(text.as_bytes()).unwrap();
+                gzip.finish().unwrap()
+            }
+            "deflate" => {
+                let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), level);
+                zlib.write_all(text.as_bytes()).unwrap();
+                zlib.finish().unwrap()
+            }
+            _ => text.into_bytes(),
+        };
+        if how == "-cut" {
+            body.truncate(body.len() / 2);
+        }
+        return (AxumStatus::OK, [("content-encoding", encoding)], body).into_response();
+    }
     if path == "echo" || path == "echo-whole" {
         // Writes the request back into its answer's body: streamed in
         // pieces of 3 bytes (each secret split across them), or whole
@@ -141,6 +181,14 @@ async fn record(
         "made",
     )
         .into_response()
+}
+
+/// The text the stand-in's `packed` answers carry: the request's query and
+/// `Authorization` written back on each of 1,500 lines.
+pub fn packed_text(query: &str, authorization: &str) -> String {
+    (0..1500)
+        .map(|i| format!("{i:04} you sent ?{query} and {authorization} - end\n"))
+        .collect()
 }
 
 pub async fn upstream() -> (String, Seen) {

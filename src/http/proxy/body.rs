@@ -18,7 +18,7 @@ use axum::http::{HeaderMap, HeaderValue, Method};
 use futures::StreamExt;
 
 use super::{header_text, KEPT_FOR_RETRY, MAX_SIGNED_BODY};
-use crate::gateway::Placed;
+use crate::gateway::{Inflater, Placed};
 use crate::http::error::ApiError;
 use crate::http::AppState;
 use crate::providers::FieldError;
@@ -196,7 +196,8 @@ async fn read_up_to(
 /// `silence`: the engine sees its answer end in an error, never as a whole
 /// one. Each secret the call placed is masked in it (see
 /// `gateway::Placed`), a piece's last bytes held back until the next
-/// piece shows whether they begin one.
+/// piece shows whether they begin one; a compressed answer is inflated
+/// first (see `gateway::Inflater`).
 pub(super) struct Held<B, P> {
     body: B,
     _permit: P,
@@ -205,22 +206,27 @@ pub(super) struct Held<B, P> {
     /// piece that comes.
     quiet_until: Option<Pin<Box<tokio::time::Sleep>>>,
     placed: Placed,
+    inflater: Option<Inflater>,
     /// Bytes held back (fewer than the longest secret).
     carry: Bytes,
     /// The trailers, once the bytes held back before them have gone.
     trailers: Option<http_body::Frame<Bytes>>,
+    /// The answer has ended, and all of it has gone.
+    done: bool,
 }
 
 impl<B, P> Held<B, P> {
-    pub(super) fn new(body: B, permit: P, silence: Duration, placed: Placed) -> Self {
+    pub(super) fn new(body: B, permit: P, silence: Duration, placed: Placed, inflater: Option<Inflater>) -> Self {
         Self {
             body,
             _permit: permit,
             silence,
             quiet_until: None,
             placed,
+            inflater,
             carry: Bytes::new(),
             trailers: None,
+            done: false,
         }
     }
 }
@@ -230,21 +236,20 @@ impl<B, P> Held<B, P> {
 #[error("the service's answer stopped coming (nothing for {0} s)")]
 struct Silent(u64);
 
+type Polled = Poll<Option<Result<http_body::Frame<Bytes>, axum::BoxError>>>;
+
 impl<B, P> Held<B, P>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
 {
     /// A piece of the answer, its secrets masked; the bytes that may begin
-    /// one held back unless the answer has ended. `None`: all held back.
-    fn masked(&mut self, data: Bytes) -> Option<Bytes> {
+    /// one held back unless it is the answer's last (`ended`). `None`: all
+    /// held back.
+    fn masked(&mut self, data: Bytes, ended: bool) -> Option<Bytes> {
         if !self.placed.any() {
-            return Some(data);
+            return (!data.is_empty()).then_some(data);
         }
-        let hold = if self.body.is_end_stream() {
-            0
-        } else {
-            self.placed.longest() - 1
-        };
+        let hold = if ended { 0 } else { self.placed.longest() - 1 };
         let mut bytes = if self.carry.is_empty() && !self.placed.found_in(&data) {
             data
         } else {
@@ -258,6 +263,24 @@ where
         self.carry = bytes.split_off(bytes.len() - hold);
         (!bytes.is_empty()).then_some(bytes)
     }
+
+    /// The answer's data has ended (`trailers` may follow): what the
+    /// inflater still held, and the bytes held back, go.
+    fn ended(&mut self, trailers: Option<http_body::Frame<Bytes>>) -> Polled {
+        let rest = match self.inflater.as_mut().map(Inflater::finish) {
+            Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+            Some(Ok(rest)) => rest,
+            None => Bytes::new(),
+        };
+        self.inflater = None;
+        let last = self.masked(rest, true);
+        self.done = trailers.is_none();
+        self.trailers = trailers;
+        match last {
+            Some(data) => Poll::Ready(Some(Ok(http_body::Frame::data(data)))),
+            None => Poll::Ready(self.trailers.take().map(Ok)),
+        }
+    }
 }
 
 impl<B, P> http_body::Body for Held<B, P>
@@ -269,15 +292,25 @@ where
     type Data = Bytes;
     type Error = axum::BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled {
         let this = &mut *self;
         if let Some(trailers) = this.trailers.take() {
             return Poll::Ready(Some(Ok(trailers)));
         }
+        if this.done {
+            return Poll::Ready(None);
+        }
         loop {
+            // What waits to be inflated goes before more is read.
+            if let Some(inflater) = this.inflater.as_mut().filter(|i| i.has_pending()) {
+                match inflater.next_piece() {
+                    Ok(piece) => match this.masked(piece, false) {
+                        Some(data) => return Poll::Ready(Some(Ok(http_body::Frame::data(data)))),
+                        None => continue,
+                    },
+                    Err(e) => return Poll::Ready(Some(Err(e.into()))),
+                }
+            }
             match Pin::new(&mut this.body).poll_frame(cx) {
                 Poll::Ready(frame) => {
                     if let Some(quiet) = &mut this.quiet_until {
@@ -286,19 +319,20 @@ where
                     let frame = match frame {
                         Some(Ok(frame)) => frame,
                         Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
-                        None if this.carry.is_empty() => return Poll::Ready(None),
-                        None => return Poll::Ready(Some(Ok(http_body::Frame::data(std::mem::take(&mut this.carry))))),
+                        None => return this.ended(None),
                     };
                     match frame.into_data() {
-                        Ok(data) => match this.masked(data) {
-                            Some(data) => return Poll::Ready(Some(Ok(http_body::Frame::data(data)))),
-                            None => continue,
-                        },
-                        Err(trailers) if this.carry.is_empty() => return Poll::Ready(Some(Ok(trailers))),
-                        Err(trailers) => {
-                            this.trailers = Some(trailers);
-                            return Poll::Ready(Some(Ok(http_body::Frame::data(std::mem::take(&mut this.carry)))));
+                        Ok(data) => {
+                            if let Some(inflater) = &mut this.inflater {
+                                inflater.push(data);
+                                continue;
+                            }
+                            let ended = this.body.is_end_stream();
+                            if let Some(data) = this.masked(data, ended) {
+                                return Poll::Ready(Some(Ok(http_body::Frame::data(data))));
+                            }
                         }
+                        Err(trailers) => return this.ended(Some(trailers)),
                     }
                 }
                 Poll::Pending => {
@@ -322,10 +356,14 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream() && self.carry.is_empty() && self.trailers.is_none()
+        self.trailers.is_none()
+            && (self.done || (self.body.is_end_stream() && self.carry.is_empty() && self.inflater.is_none()))
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
+        if self.inflater.is_some() {
+            return http_body::SizeHint::default();
+        }
         let mut hint = self.body.size_hint();
         let held = self.carry.len() as u64;
         hint.set_lower(hint.lower() + held);
