@@ -28,7 +28,8 @@ pub use path::safe_segments;
 pub use replicas::{replica_beat, replica_gone, REPLICA_BEAT, REPLICA_EXPIRES_SECS};
 
 /// A call ready to send: the URL and the headers that authenticate it.
-/// `Debug` prints neither header values nor the query.
+/// `Debug` prints neither header values nor the path and query (a secret
+/// may be placed in either).
 pub struct Call {
     pub url: Url,
     /// Authentication and the provider's static headers (secret values).
@@ -45,7 +46,6 @@ impl std::fmt::Debug for Call {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Call")
             .field("host", &self.url.host_str())
-            .field("path", &self.url.path())
             .field("headers", &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
@@ -81,22 +81,24 @@ pub fn check_proxyable(provider: &Provider, kind: AuthKind) -> Result<(), Error>
     let own_base = provider
         .auth_type(kind)
         .is_some_and(|a| a.fields.iter().any(|f| f.name == "base_url" || f.name == "server_url"));
-    if !(http || own_base || provider.api_base_url.is_some()) {
+    let declared_base = provider.proxy.as_ref().is_some_and(|p| p.base_url.is_some());
+    if !(http || own_base || declared_base || provider.api_base_url.is_some()) {
         return Err(not_proxyable(provider, "it has no HTTP API"));
     }
     let placed = kind.has_tokens()
         || http
-        || kind == AuthKind::ApiKey
-            && provider.probe.as_ref().is_some_and(|p| {
-                p.secret.is_some()
-                    && matches!(
-                        p.auth,
-                        ProbeAuth::Bearer
-                            | ProbeAuth::Header { .. }
-                            | ProbeAuth::Basic { .. }
-                            | ProbeAuth::Query { .. }
-                    )
-            });
+        || matches!(kind, AuthKind::ApiKey | AuthKind::UserPassword)
+            && (provider.proxy.is_some()
+                || provider.probe.as_ref().is_some_and(|p| {
+                    p.secret.is_some()
+                        && matches!(
+                            p.auth,
+                            ProbeAuth::Bearer
+                                | ProbeAuth::Header { .. }
+                                | ProbeAuth::Basic { .. }
+                                | ProbeAuth::Query { .. }
+                        )
+                }));
     if placed {
         Ok(())
     } else {
@@ -126,8 +128,62 @@ fn base_url(provider: &Provider, resolved: &Resolved) -> Option<Url> {
             None => Url::parse(&provider.aws_endpoint.as_ref()?.replace("{region}", region)).ok(),
         };
     }
+    if let Some(template) = provider.proxy.as_ref().and_then(|p| p.base_url.as_deref()) {
+        let segment = |v: &str| percent_encoding::utf8_percent_encode(v, PATH_VALUE).to_string();
+        return filled(template, provider, fields, segment).and_then(|u| Url::parse(&u).ok());
+    }
     let own = text(fields, "base_url").and_then(|u| Url::parse(u).ok());
     own.or_else(|| provider.api_base_url.clone())
+}
+
+/// What a field's value may hold as it is in a path: RFC 3986's `pchar`
+/// (Telegram's `bot123:ABC`), everything else escaped, `/` included.
+const PATH_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b':')
+    .remove(b'@')
+    .remove(b'!')
+    .remove(b'$')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')')
+    .remove(b'*')
+    .remove(b'+')
+    .remove(b',')
+    .remove(b';')
+    .remove(b'=');
+
+/// A provider file's `template` filled with `{api_base_url}` (as it is) and
+/// the credential's `fields` (each as `encode` writes it); `None` when a
+/// field it names is not set, or is a whole `.` or `..`.
+fn filled(
+    template: &str,
+    provider: &Provider,
+    fields: &Map<String, Value>,
+    encode: impl Fn(&str) -> String,
+) -> Option<String> {
+    let mut out = template.to_owned();
+    for name in crate::providers::placeholders(template) {
+        let value = if name == "api_base_url" {
+            provider
+                .api_base_url
+                .as_ref()?
+                .as_str()
+                .trim_end_matches('/')
+                .to_owned()
+        } else {
+            let value = text(fields, &name)?;
+            if value == "." || value == ".." {
+                return None;
+            }
+            encode(value)
+        };
+        out = out.replace(&format!("{{{name}}}"), &value);
+    }
+    Some(out)
 }
 
 fn basic(user: &str, password: &str) -> String {
@@ -166,6 +222,14 @@ impl Placement {
         let value = basic(user, &password);
         let blob = value.trim_start_matches("Basic ").to_owned();
         Self::header("authorization".into(), value, vec![password, blob])
+    }
+
+    fn none() -> Self {
+        Self {
+            headers: Vec::new(),
+            query: None,
+            secrets: Vec::new(),
+        }
     }
 
     fn query(name: String, value: String) -> Self {
@@ -207,26 +271,57 @@ fn authentication(provider: &Provider, resolved: &Resolved) -> Result<Placement,
             _ => Err(unsupported()),
         };
     }
-    let (Some(probe), true) = (&provider.probe, resolved.row.auth_type == AuthKind::ApiKey) else {
+    // The file's `[proxy]`, else its probe's placement.
+    let kind = resolved.row.auth_type;
+    let declared = match (&provider.proxy, &provider.probe) {
+        (Some(proxy), _) => Some((&proxy.auth, proxy.secret.as_deref())),
+        (None, Some(probe)) => Some((&probe.auth, probe.secret.as_deref())),
+        (None, None) => None,
+    };
+    // A key the credential may go without, which its `[proxy]` places (an
+    // OpenAI-compatible server of one's own): the call goes without one.
+    let optional = |field| provider.proxy.is_some() && !required(provider, kind, field);
+    let (Some((auth, secret_field)), AuthKind::ApiKey | AuthKind::UserPassword) = (declared, kind) else {
         return Err(unsupported());
     };
-    let secret = probe
-        .secret
-        .as_deref()
-        .and_then(|s| text(fields, s))
-        .ok_or_else(unsupported)?
-        .to_owned();
-    match &probe.auth {
-        ProbeAuth::Bearer => Ok(Placement::bearer(secret)),
-        ProbeAuth::Header { name, prefix } => Ok(Placement::header(
+    let mut placement = match (auth, secret_field.and_then(|s| text(fields, s))) {
+        (ProbeAuth::None, _) => Placement::none(),
+        (_, None) if optional(secret_field) => Placement::none(),
+        (_, None) => return Err(unsupported()),
+        (ProbeAuth::Bearer, Some(secret)) => Placement::bearer(secret.to_owned()),
+        (ProbeAuth::Header { name, prefix }, Some(secret)) => Placement::header(
             name.to_ascii_lowercase(),
             format!("{prefix}{secret}"),
-            vec![secret],
-        )),
-        ProbeAuth::Basic { user } => Ok(Placement::basic(user, secret)),
-        ProbeAuth::Query { param } => Ok(Placement::query(param.clone(), secret)),
-        ProbeAuth::None | ProbeAuth::Body { .. } => Err(unsupported()),
+            vec![secret.to_owned()],
+        ),
+        (ProbeAuth::Basic { user }, Some(secret)) => {
+            let user = filled(user, provider, fields, str::to_owned).ok_or_else(unsupported)?;
+            Placement::basic(&user, secret.to_owned())
+        }
+        (ProbeAuth::Query { param }, Some(secret)) => Placement::query(param.clone(), secret.to_owned()),
+        (ProbeAuth::Body { .. }, Some(_)) => return Err(unsupported()),
+    };
+    if let Some(proxy) = &provider.proxy {
+        // Secrets in the path go in with the base URL; kept out of answers.
+        for name in &proxy.secrets_in_base {
+            placement.secrets.extend(text(fields, name).map(str::to_owned));
+        }
+        for (name, template) in &proxy.headers {
+            if let Some(value) = filled(template, provider, fields, str::to_owned) {
+                placement.headers.push((name.to_ascii_lowercase(), value));
+            }
+        }
     }
+    Ok(placement)
+}
+
+/// Whether `kind`'s field `name` must be set (a field the file does not
+/// declare counts as one).
+fn required(provider: &Provider, kind: AuthKind, name: Option<&str>) -> bool {
+    provider
+        .auth_type(kind)
+        .and_then(|a| a.fields.iter().find(|f| Some(f.name.as_str()) == name))
+        .is_none_or(|f| f.required)
 }
 
 /// Prepares `method path?query` through credential `id` for `who`: checks

@@ -316,18 +316,26 @@ fn build(file: &Path, id: &str, raw: RawProvider) -> Result<Provider, ProviderFi
         None => None,
         Some(g) => Some(super::Generic::parse(g).ok_or_else(|| err("generic", "must be \"key_value\" or \"http\""))?),
     };
+    // The fields of every non-OAuth auth type, and whether each is secret.
+    let fields: Vec<Vec<(String, bool)>> = auth_types
+        .iter()
+        .filter(|a| a.kind != AuthKind::Oauth2)
+        .map(|a| a.fields.iter().map(|f| (f.name.clone(), f.secret)).collect())
+        .collect();
     let probe = match raw.probe {
-        Some(probe) => {
-            let fields: Vec<Vec<(String, bool)>> = auth_types
-                .iter()
-                .filter(|a| a.kind != AuthKind::Oauth2)
-                .map(|a| a.fields.iter().map(|f| (f.name.clone(), f.secret)).collect())
-                .collect();
-            let built = probe
+        Some(probe) => Some(
+            probe
                 .build(&fields, api_base_url.is_some())
-                .map_err(|(field, message)| err(&format!("probe.{field}"), &message))?;
-            Some(built)
-        }
+                .map_err(|(field, message)| err(&format!("probe.{field}"), &message))?,
+        ),
+        None => None,
+    };
+    let proxy = match raw.proxy {
+        Some(proxy) => Some(
+            proxy
+                .build(&fields, api_base_url.is_some())
+                .map_err(|(field, message)| err(&format!("proxy.{field}"), &message))?,
+        ),
         None => None,
     };
     for (name, value) in &raw.proxy_headers {
@@ -365,6 +373,7 @@ fn build(file: &Path, id: &str, raw: RawProvider) -> Result<Provider, ProviderFi
         oauth,
         api_base_url,
         probe,
+        proxy,
         generic,
     })
 }

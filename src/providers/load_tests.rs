@@ -58,3 +58,52 @@ fn quirks_load_with_their_defaults() {
     );
     assert_eq!(oauth.identity.source, IdentitySource::TokenResponse);
 }
+
+/// The field a key-based provider with this `[proxy]` is refused for
+/// (`loaded` when it loads).
+fn proxy_field(proxy: &str) -> String {
+    let text = format!(
+        "display_name = \"X\"\napi_base_url = \"https://x.example\"\n\
+         [[auth_types]]\ntype = \"api_key\"\nfields = [\n\
+         {{ name = \"key\", label = \"Key\", secret = true }},\n\
+         {{ name = \"team\", label = \"Team\" }},\n]\n[proxy]\n{proxy}\n"
+    );
+    match load(&text) {
+        Ok(_) => "loaded".into(),
+        Err(e) => e.field,
+    }
+}
+
+#[test]
+fn a_proxy_declaration_is_checked_and_named_by_its_field() {
+    assert_eq!(proxy_field("auth = \"bearer\"\nsecret = \"key\""), "loaded");
+    assert_eq!(
+        proxy_field("auth = \"none\"\nbase_url = \"{api_base_url}/t/{key}/{team}\""),
+        "loaded"
+    );
+    assert_eq!(
+        proxy_field("auth = \"body\"\nsecret = \"key\"\nparam = \"k\""),
+        "proxy.auth"
+    );
+    assert_eq!(proxy_field("auth = \"bearer\"\nsecret = \"team\""), "proxy.secret");
+    assert_eq!(proxy_field("auth = \"bearer\""), "proxy.secret");
+    assert_eq!(proxy_field("auth = \"header\"\nsecret = \"key\""), "proxy.header");
+    assert_eq!(
+        proxy_field("auth = \"none\"\nbase_url = \"ftp://{team}\""),
+        "proxy.base_url"
+    );
+    assert_eq!(proxy_field("auth = \"none\"\nbase_url = \"{nope}\""), "proxy.base_url");
+    assert_eq!(
+        proxy_field("auth = \"bearer\"\nsecret = \"key\"\nheaders = { \"X-Key\" = \"{key}\" }"),
+        "proxy.headers.X-Key"
+    );
+    assert_eq!(
+        proxy_field("auth = \"bearer\"\nsecret = \"key\"\nurl = \"x\""),
+        "proxy.url"
+    );
+    let text = "display_name = \"X\"\napi_base_url = \"https://x.example\"\n\
+         [[auth_types]]\ntype = \"api_key\"\nfields = [{ name = \"key\", label = \"Key\", secret = true }]\n\
+         [proxy]\nauth = \"none\"\nbase_url = \"{api_base_url}/bot{key}\"\n";
+    let proxy = load(text).unwrap().remove(0).proxy.unwrap();
+    assert_eq!(proxy.secrets_in_base, vec!["key".to_owned()]);
+}

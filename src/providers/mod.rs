@@ -6,12 +6,14 @@ mod generic;
 mod load;
 mod overrides;
 mod probe;
+mod proxy;
 mod raw;
 
 pub use fields::{validate as validate_fields, FieldDef, FieldError, FieldKind, ValidatedFields};
 pub use generic::{scheme_fields, validate as validate_for, Generic, MAX_KV_BYTES, MAX_KV_FIELDS};
 pub use load::{load_catalog, load_dir, ProviderFileError};
 pub use probe::{placeholders, AccountPointers, ProbeAuth, ProbeSpec};
+pub use proxy::ProxySpec;
 
 use std::collections::BTreeMap;
 
@@ -197,6 +199,8 @@ pub struct Provider {
     pub api_base_url: Option<Url>,
     /// A declared "who am I" probe (`[probe]`).
     pub probe: Option<ProbeSpec>,
+    /// How the gateway authenticates, when not as the probe does (`[proxy]`).
+    pub proxy: Option<ProxySpec>,
     /// A generic provider (`custom`, `http`), checked partly in code.
     pub generic: Option<Generic>,
     /// Headers the gateway adds to every call (`Notion-Version`).

@@ -121,6 +121,102 @@ pub fn placeholders(template: &str) -> Vec<String> {
     names
 }
 
+/// Whether a URL template is an absolute http or https URL once filled in.
+pub(super) fn is_http_url(template: &str) -> bool {
+    let sample = placeholders(template).iter().fold(template.to_owned(), |url, name| {
+        let value = if name == "api_base_url" {
+            "https://api.example.com"
+        } else {
+            "x"
+        };
+        url.replace(&format!("{{{name}}}"), value)
+    });
+    url::Url::parse(&sample).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+}
+
+/// Checks a template's placeholders: `{api_base_url}` (when the file sets
+/// one) and fields of every non-OAuth auth type (`fields`).
+pub(super) fn check_template(
+    field: &str,
+    template: &str,
+    fields: &[Vec<(String, bool)>],
+    has_base_url: bool,
+) -> Result<(), (String, String)> {
+    for name in placeholders(template) {
+        if name == "api_base_url" {
+            if !has_base_url {
+                return Err((
+                    field.into(),
+                    "uses {api_base_url} but the file sets no api_base_url".into(),
+                ));
+            }
+        } else if !fields.iter().all(|f| f.iter().any(|(n, _)| *n == name)) {
+            return Err((field.into(), format!("{{{name}}} is not a field of every auth type")));
+        }
+    }
+    Ok(())
+}
+
+/// `auth` with what places it (`header`, `prefix`, `param`, `user`):
+/// bearer, header, basic, query or none (`kinds` names those allowed, for
+/// the error).
+pub(super) fn parse_auth(
+    auth: &str,
+    (header, prefix, param, user): (Option<String>, String, Option<String>, Option<String>),
+    kinds: &str,
+) -> Result<ProbeAuth, (String, String)> {
+    let e = |field: &str, message: String| Err((field.to_owned(), message));
+    Ok(match auth {
+        "none" => ProbeAuth::None,
+        "bearer" => ProbeAuth::Bearer,
+        "header" => {
+            let Some(name) = header else {
+                return e("header", "is required with auth = \"header\"".into());
+            };
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return e("header", "is not a valid header name".into());
+            }
+            ProbeAuth::Header { name, prefix }
+        }
+        "basic" => {
+            let Some(user) = user else {
+                return e("user", "is required with auth = \"basic\"".into());
+            };
+            ProbeAuth::Basic { user }
+        }
+        "query" => {
+            let Some(param) = param.filter(|p| !p.is_empty()) else {
+                return e("param", "is required with auth = \"query\"".into());
+            };
+            ProbeAuth::Query { param }
+        }
+        other => return e("auth", format!("must be {kinds}, not {other:?}")),
+    })
+}
+
+/// The field `secret` names: none with `auth = "none"`, else a secret
+/// field of every non-OAuth auth type (`fields`).
+pub(super) fn check_secret(
+    auth: &ProbeAuth,
+    secret: Option<&str>,
+    fields: &[Vec<(String, bool)>],
+) -> Result<(), (String, String)> {
+    let e = |message: String| Err(("secret".to_owned(), message));
+    match (auth, secret) {
+        (ProbeAuth::None, None) => Ok(()),
+        (ProbeAuth::None, Some(_)) => e("is not used with auth = \"none\"".into()),
+        (_, None) => e("names the field sent as the secret; it is required".into()),
+        (_, Some(name)) => {
+            let secret_everywhere = fields.iter().all(|f| f.iter().any(|(n, secret)| n == name && *secret));
+            if secret_everywhere {
+                Ok(())
+            } else {
+                e(format!("{name:?} is not a secret field of every auth type"))
+            }
+        }
+    }
+}
+
 impl RawProbe {
     /// Checks the declaration against the provider's fields (`secret_fields`
     /// and `fields` of every non-OAuth auth type): `Err((field, message))`.
@@ -139,32 +235,9 @@ impl RawProbe {
         if fields.is_empty() {
             return e("-", "a provider with a [probe] needs a non-OAuth auth type".into());
         }
-        let known = |name: &str| fields.iter().all(|f| f.iter().any(|(n, _)| n == name));
-        let check_template = |field: &str, template: &str| -> Result<(), (String, String)> {
-            for name in placeholders(template) {
-                if name == "api_base_url" {
-                    if !has_base_url {
-                        return Err((
-                            field.into(),
-                            "uses {api_base_url} but the file sets no api_base_url".into(),
-                        ));
-                    }
-                } else if !known(&name) {
-                    return Err((field.into(), format!("{{{name}}} is not a field of every auth type")));
-                }
-            }
-            Ok(())
-        };
+        let check_template = |field: &str, template: &str| check_template(field, template, fields, has_base_url);
         check_template("url", &self.url)?;
-        let sample = placeholders(&self.url).iter().fold(self.url.clone(), |url, name| {
-            let value = if name == "api_base_url" {
-                "https://api.example.com"
-            } else {
-                "x"
-            };
-            url.replace(&format!("{{{name}}}"), value)
-        });
-        if !url::Url::parse(&sample).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
+        if !is_http_url(&self.url) {
             return e("url", "must be an absolute http or https URL once filled in".into());
         }
         for (name, value) in &self.headers {
@@ -179,59 +252,22 @@ impl RawProbe {
                 return e("body", "must be a JSON object".into());
             }
         }
-        let auth = match self.auth.as_str() {
-            "none" => ProbeAuth::None,
-            "bearer" => ProbeAuth::Bearer,
-            "header" => {
-                let Some(name) = self.header else {
-                    return e("header", "is required with auth = \"header\"".into());
-                };
-                if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                    return e("header", "is not a valid header name".into());
-                }
-                ProbeAuth::Header {
-                    name,
-                    prefix: self.prefix,
-                }
+        let auth = if self.auth == "body" {
+            let Some(param) = self.param.filter(|p| !p.is_empty()) else {
+                return e("param", "is required with auth = \"body\"".into());
+            };
+            if self.body.is_none() && method != reqwest::Method::POST {
+                return e("method", "must be POST with auth = \"body\"".into());
             }
-            "basic" => {
-                let Some(user) = self.user else {
-                    return e("user", "is required with auth = \"basic\"".into());
-                };
-                check_template("user", &user)?;
-                ProbeAuth::Basic { user }
-            }
-            "query" | "body" => {
-                let Some(param) = self.param.filter(|p| !p.is_empty()) else {
-                    return e("param", format!("is required with auth = {:?}", self.auth));
-                };
-                if self.auth == "query" {
-                    ProbeAuth::Query { param }
-                } else {
-                    if self.body.is_none() && method != reqwest::Method::POST {
-                        return e("method", "must be POST with auth = \"body\"".into());
-                    }
-                    ProbeAuth::Body { param }
-                }
-            }
-            other => {
-                return e(
-                    "auth",
-                    format!("must be bearer, header, basic, query, body or none, not {other:?}"),
-                )
-            }
+            ProbeAuth::Body { param }
+        } else {
+            let placement = (self.header, self.prefix, self.param, self.user);
+            parse_auth(&self.auth, placement, "bearer, header, basic, query, body or none")?
         };
-        match (&auth, &self.secret) {
-            (ProbeAuth::None, None) => {}
-            (ProbeAuth::None, Some(_)) => return e("secret", "is not used with auth = \"none\"".into()),
-            (_, None) => return e("secret", "names the field sent as the secret; it is required".into()),
-            (_, Some(name)) => {
-                let secret_everywhere = fields.iter().all(|f| f.iter().any(|(n, secret)| n == name && *secret));
-                if !secret_everywhere {
-                    return e("secret", format!("{name:?} is not a secret field of every auth type"));
-                }
-            }
+        if let ProbeAuth::Basic { user } = &auth {
+            check_template("user", user)?;
         }
+        check_secret(&auth, self.secret.as_deref(), fields)?;
         let statuses = |field: &str, v: Option<Vec<u16>>, default: &[u16]| -> Result<Vec<u16>, (String, String)> {
             let v = v.unwrap_or_else(|| default.to_vec());
             if v.iter().any(|s| !(100..=599).contains(s)) {

@@ -28,6 +28,8 @@ pub(super) struct RawProvider {
     pub(super) authorize_params: BTreeMap<String, String>,
     pub(super) identity: Option<RawIdentity>,
     pub(super) probe: Option<super::probe::RawProbe>,
+    /// How the gateway authenticates, when not as the probe does.
+    pub(super) proxy: Option<super::proxy::RawProxy>,
     pub(super) generic: Option<String>,
     /// Between requested scopes in the authorize URL (Slack: `,`).
     pub(super) scope_separator: Option<String>,

@@ -421,10 +421,9 @@ async fn a_credential_without_an_http_api_is_not_proxyable_and_no_use_is_recorde
         ),
         ("custom", "api_key", json!({"api_key": secret})),
         (
-            // Its token goes in the path, which the gateway does not place.
-            "telegram",
-            "api_key",
-            json!({"bot_token": format!("123456:{}", "A".repeat(35))}),
+            "postgresql",
+            "user_password",
+            json!({"host": "db.example.com", "username": "u", "password": secret, "database": "d"}),
         ),
     ] {
         let body = json!({"name": provider, "provider": provider, "auth_type": auth_type, "fields": fields});
