@@ -144,6 +144,11 @@ async fn record(
         )
             .into_response();
     }
+    if path.ends_with("/echo-path") {
+        // Writes the path it was called at back (a token placed in the
+        // path, as Telegram's, included).
+        return (AxumStatus::OK, format!("you called {path}")).into_response();
+    }
     if path == "slow" {
         tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     }

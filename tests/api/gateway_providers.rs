@@ -20,7 +20,8 @@ fn hex() -> String {
 /// one, none when it has none, as Ollama wants), Telegram (the bot token in
 /// the path: `/bot<token>/<method>`) and Twilio (HTTP basic, the account SID
 /// as the user). None of them is 422 `not_proxyable`; no secret reaches a
-/// log line.
+/// log line, and the token in Telegram's path is kept out of the answer
+/// like any secret placed.
 async fn each_http_service_is_called_with_its_key_where_it_documents_it(backend: crate::helpers::Backend) {
     let db = TestDb::new(backend).await;
     let (base, seen) = upstream().await;
@@ -58,7 +59,7 @@ async fn each_http_service_is_called_with_its_key_where_it_documents_it(backend:
             json!({"account_sid": sid, "auth_token": twilio_token}),
         ),
     ];
-    let mut answers = Vec::new();
+    let (mut answers, mut ids) = (Vec::new(), Vec::new());
     for (provider, auth_type, fields) in credentials {
         let body = json!({"name": provider, "provider": provider, "auth_type": auth_type, "fields": fields});
         let (status, created) = app
@@ -78,7 +79,22 @@ async fn each_http_service_is_called_with_its_key_where_it_documents_it(backend:
             .unwrap();
         let status = answer.status();
         answers.push((provider, status, answer.text().await.unwrap()));
+        ids.push(id.to_owned());
     }
+    // The token placed in the path is kept out of the answer like any.
+    let echoed = app
+        .client
+        .get(format!(
+            "{}/integrations/credentials/{}/proxy/echo-path",
+            app.base, ids[4]
+        ))
+        .bearer_auth(&app.org.engine)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let calls = seen.0.lock().unwrap().clone();
     let call = |n: usize| calls.get(n).cloned().unwrap_or(Value::Null);
     let header = |n: usize, name: &str| call(n)["headers"][name].as_str().map(str::to_owned);
@@ -93,7 +109,11 @@ async fn each_http_service_is_called_with_its_key_where_it_documents_it(backend:
     for (provider, status, body) in &answers {
         assert_eq!(*status, StatusCode::CREATED, "{provider}: {body}");
     }
-    assert_eq!(calls.len(), 6);
+    assert_eq!(calls.len(), 7);
+    assert_eq!(
+        echoed,
+        format!("you called bot{}/echo-path", "*".repeat(bot_token.len()))
+    );
     assert_eq!(header(0, "authorization"), Some(format!("Bearer {openai_key}")));
     assert_eq!(header(0, "openai-organization").as_deref(), Some("org-acme42"));
     assert_eq!(call(0)["path"], "models");
@@ -107,7 +127,7 @@ async fn each_http_service_is_called_with_its_key_where_it_documents_it(backend:
     assert_eq!(call(4)["path"], format!("bot{bot_token}/models"));
     assert_eq!(header(4, "authorization"), None);
     assert_eq!(header(5, "authorization"), Some(basic(&sid, &twilio_token)));
-    for call in &calls {
+    for call in &calls[..6] {
         assert_eq!(call["query"], "limit=1", "{call}");
     }
     let logs = captured_logs();
