@@ -107,10 +107,11 @@ fn addressed(
     let Placement {
         mut headers,
         query: query_auth,
+        params,
         secrets,
     } = authentication(provider, resolved)?;
     let mut url = join(&base, segments, query)?;
-    if let Some((name, value)) = &query_auth {
+    for (name, value) in params.iter().chain(&query_auth) {
         // The engine's own parameter of that name goes: the service must
         // never read it in place of the credential's.
         let others = url.query().map(|q| without_parameter(q, name));

@@ -163,6 +163,8 @@ pub(super) type Pairs = Vec<(String, String)>;
 pub(super) struct Placement {
     pub(super) headers: Pairs,
     pub(super) query: Option<(String, String)>,
+    /// Query parameters that are not secret (Trello's key).
+    pub(super) params: Pairs,
     pub(super) secrets: Vec<String>,
 }
 
@@ -171,6 +173,7 @@ impl Placement {
         Self {
             headers: vec![(name, value)],
             query: None,
+            params: Vec::new(),
             secrets,
         }
     }
@@ -189,6 +192,7 @@ impl Placement {
         Self {
             headers: Vec::new(),
             query: None,
+            params: Vec::new(),
             secrets: Vec::new(),
         }
     }
@@ -197,6 +201,7 @@ impl Placement {
         Self {
             headers: Vec::new(),
             query: Some((name, value.clone())),
+            params: Vec::new(),
             secrets: vec![value],
         }
     }
@@ -215,6 +220,7 @@ pub(super) fn authentication(provider: &Provider, resolved: &Resolved) -> Result
         return Ok(Placement {
             headers: Vec::new(),
             query: None,
+            params: Vec::new(),
             secrets: text(fields, "session_token").map(str::to_owned).into_iter().collect(),
         });
     }
@@ -270,6 +276,11 @@ pub(super) fn authentication(provider: &Provider, resolved: &Resolved) -> Result
         for (name, template) in &proxy.headers {
             if let Some(value) = filled(template, provider, fields, str::to_owned) {
                 placement.headers.push((name.to_ascii_lowercase(), value));
+            }
+        }
+        for (name, template) in &proxy.query {
+            if let Some(value) = filled(template, provider, fields, str::to_owned) {
+                placement.params.push((name.clone(), value));
             }
         }
     }

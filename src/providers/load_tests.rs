@@ -98,6 +98,14 @@ fn a_proxy_declaration_is_checked_and_named_by_its_field() {
         "proxy.headers.X-Key"
     );
     assert_eq!(
+        proxy_field("auth = \"bearer\"\nsecret = \"key\"\nquery = { k = \"{key}\" }"),
+        "proxy.query.k"
+    );
+    assert_eq!(
+        proxy_field("auth = \"bearer\"\nsecret = \"key\"\nquery = { k = \"{team}\" }"),
+        "loaded"
+    );
+    assert_eq!(
         proxy_field("auth = \"bearer\"\nsecret = \"key\"\nurl = \"x\""),
         "proxy.url"
     );

@@ -14,6 +14,7 @@
 //! user = "{account_sid}"           # auth = "basic": the user name
 //! base_url = "{api_base_url}/bot{bot_token}"   # where calls go (default: the credential's base_url, else api_base_url)
 //! headers = { "OpenAI-Organization" = "{organization_id}" }  # sent when each field they name is set
+//! query = { key = "{api_key}" }    # query parameters, the same (Trello's key beside its token)
 //! ```
 //!
 //! A secret field in `base_url` is placed in the path (and kept out of the
@@ -38,6 +39,8 @@ pub struct ProxySpec {
     pub secrets_in_base: Vec<String>,
     /// Header templates, each sent when the fields it names are set.
     pub headers: BTreeMap<String, String>,
+    /// Query parameter templates, the same.
+    pub query: BTreeMap<String, String>,
 }
 
 /// `[proxy]` as written.
@@ -54,6 +57,8 @@ pub(super) struct RawProxy {
     base_url: Option<String>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
+    #[serde(default)]
+    query: BTreeMap<String, String>,
 }
 
 impl RawProxy {
@@ -93,12 +98,23 @@ impl RawProxy {
                 return e(&field, "names a secret field: a secret is placed by `auth`");
             }
         }
+        for (name, value) in &self.query {
+            let field = format!("query.{name}");
+            if name.is_empty() {
+                return e(&field, "is not a parameter name");
+            }
+            check_template(&field, value, fields, has_base_url)?;
+            if placeholders(value).iter().any(|n| secret(n)) {
+                return e(&field, "names a secret field: a secret is placed by `auth`");
+            }
+        }
         Ok(ProxySpec {
             auth,
             secret: self.secret,
             base_url: self.base_url,
             secrets_in_base,
             headers: self.headers,
+            query: self.query,
         })
     }
 }

@@ -18,8 +18,8 @@ fn hex() -> String {
 /// credential names one), Anthropic (`x-api-key` and `anthropic-version`),
 /// an OpenAI-compatible server (its own base URL; a bearer key when it has
 /// one, none when it has none, as Ollama wants), Telegram (the bot token in
-/// the path: `/bot<token>/<method>`) and Twilio (HTTP basic, the account SID
-/// as the user). None of them is 422 `not_proxyable`; no secret reaches a
+/// the path: `/bot<token>/<method>`), Twilio (HTTP basic, the account SID
+/// as the user) and Trello (its key and token, both in the query). None of them is 422 `not_proxyable`; no secret reaches a
 /// log line, and the token in Telegram's path is kept out of the answer
 /// like any secret placed.
 async fn each_http_service_is_called_with_its_key_where_it_documents_it(backend: crate::helpers::Backend) {
@@ -27,7 +27,7 @@ async fn each_http_service_is_called_with_its_key_where_it_documents_it(backend:
     let (base, seen) = upstream().await;
     let mut config = test_config(&db);
     config.egress_allow = "127.0.0.0/8".into();
-    for provider in ["openai", "anthropic", "telegram", "twilio"] {
+    for provider in ["openai", "anthropic", "telegram", "twilio", "trello"] {
         let key = format!("CREDGATE_PROVIDER_{}_API_BASE_URL", provider.to_uppercase());
         config.provider_overrides.insert(key, format!("{base}/v2"));
     }
@@ -35,6 +35,7 @@ async fn each_http_service_is_called_with_its_key_where_it_documents_it(backend:
     let (openai_key, anthropic_key, compatible_key) = (sentinel(), sentinel(), sentinel());
     let bot_token = format!("123456:{}", sentinel());
     let (sid, twilio_token) = (format!("AC{}", hex()), hex());
+    let (trello_key, trello_token) = (hex(), hex());
     let credentials = [
         (
             "openai",
@@ -57,6 +58,11 @@ async fn each_http_service_is_called_with_its_key_where_it_documents_it(backend:
             "twilio",
             "user_password",
             json!({"account_sid": sid, "auth_token": twilio_token}),
+        ),
+        (
+            "trello",
+            "api_key",
+            json!({"api_key": trello_key, "token": trello_token}),
         ),
     ];
     let (mut answers, mut ids) = (Vec::new(), Vec::new());
@@ -109,7 +115,7 @@ async fn each_http_service_is_called_with_its_key_where_it_documents_it(backend:
     for (provider, status, body) in &answers {
         assert_eq!(*status, StatusCode::CREATED, "{provider}: {body}");
     }
-    assert_eq!(calls.len(), 7);
+    assert_eq!(calls.len(), 8);
     assert_eq!(
         echoed,
         format!("you called bot{}/echo-path", "*".repeat(bot_token.len()))
@@ -130,8 +136,20 @@ async fn each_http_service_is_called_with_its_key_where_it_documents_it(backend:
     for call in &calls[..6] {
         assert_eq!(call["query"], "limit=1", "{call}");
     }
+    assert_eq!(
+        call(6)["query"],
+        format!("limit=1&key={trello_key}&token={trello_token}"),
+        "Trello's key and token, both in the query"
+    );
     let logs = captured_logs();
-    for secret in [&openai_key, &anthropic_key, &compatible_key, &bot_token, &twilio_token] {
+    for secret in [
+        &openai_key,
+        &anthropic_key,
+        &compatible_key,
+        &bot_token,
+        &twilio_token,
+        &trello_token,
+    ] {
         assert!(!logs.contains(secret.as_str()), "a secret in the logs");
     }
 }
