@@ -172,9 +172,8 @@ impl Placement {
     fn header(name: String, value: String, secrets: Vec<String>) -> Self {
         Self {
             headers: vec![(name, value)],
-            query: None,
-            params: Vec::new(),
             secrets,
+            ..Self::none()
         }
     }
 
@@ -199,10 +198,9 @@ impl Placement {
 
     fn query(name: String, value: String) -> Self {
         Self {
-            headers: Vec::new(),
             query: Some((name, value.clone())),
-            params: Vec::new(),
             secrets: vec![value],
+            ..Self::none()
         }
     }
 }
@@ -218,10 +216,8 @@ pub(super) fn authentication(provider: &Provider, resolved: &Resolved) -> Result
         // Signed per request, over its body (see `http::proxy`); the
         // secret key never goes, a session token does.
         return Ok(Placement {
-            headers: Vec::new(),
-            query: None,
-            params: Vec::new(),
             secrets: text(fields, "session_token").map(str::to_owned).into_iter().collect(),
+            ..Placement::none()
         });
     }
     if provider.generic == Some(Generic::Http) {

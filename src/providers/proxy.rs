@@ -88,24 +88,23 @@ impl RawProxy {
             }
             secrets_in_base = placeholders(base).into_iter().filter(|n| secret(n)).collect();
         }
-        for (name, value) in &self.headers {
-            let field = format!("headers.{name}");
-            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return e(&field, "is not a valid header name");
-            }
-            check_template(&field, value, fields, has_base_url)?;
-            if placeholders(value).iter().any(|n| secret(n)) {
-                return e(&field, "names a secret field: a secret is placed by `auth`");
-            }
-        }
-        for (name, value) in &self.query {
-            let field = format!("query.{name}");
-            if name.is_empty() {
-                return e(&field, "is not a parameter name");
-            }
-            check_template(&field, value, fields, has_base_url)?;
-            if placeholders(value).iter().any(|n| secret(n)) {
-                return e(&field, "names a secret field: a secret is placed by `auth`");
+        // Headers and query parameters: templates of fields that are not
+        // secret (a secret is placed by `auth`, and kept out of answers).
+        let header_name = |n: &str| reqwest::header::HeaderName::from_bytes(n.as_bytes()).is_ok();
+        let param_name = |n: &str| !n.is_empty();
+        for (kind, templates, valid) in [
+            ("headers", &self.headers, &header_name as &dyn Fn(&str) -> bool),
+            ("query", &self.query, &param_name),
+        ] {
+            for (name, value) in templates {
+                let field = format!("{kind}.{name}");
+                if !valid(name) {
+                    return e(&field, "is not a valid name");
+                }
+                check_template(&field, value, fields, has_base_url)?;
+                if placeholders(value).iter().any(|n| secret(n)) {
+                    return e(&field, "names a secret field: a secret is placed by `auth`");
+                }
             }
         }
         Ok(ProxySpec {
