@@ -54,8 +54,9 @@ pub struct UseOutcome {
     pub detail: Option<Value>,
     pub status: Option<u16>,
     /// `unreachable`, `timeout`, `egress_denied`, `body_too_large`,
-    /// `body_incomplete`, `abandoned` (the engine went away before the
-    /// service answered).
+    /// `body_incomplete`, `unreadable_encoding` (an answer that could not
+    /// be searched for the secrets placed, not returned), `not_proxyable`,
+    /// `abandoned` (the engine went away before the service answered).
     pub error: Option<&'static str>,
     pub latency_ms: u64,
 }
