@@ -97,9 +97,28 @@ impl Placed {
         !self.spellings.is_empty()
     }
 
-    /// The longest secret's length, as spelled.
-    pub fn longest(&self) -> usize {
-        self.spellings.iter().map(String::len).max().unwrap_or(0)
+    /// How many of `bytes`' last bytes may begin a secret that the next
+    /// piece would complete: the longest end of them that is the start of
+    /// one (none, for most pieces).
+    pub fn may_begin(&self, bytes: &[u8]) -> usize {
+        let mut hold = 0;
+        for secret in &self.spellings {
+            let secret = secret.as_bytes();
+            let reach = (secret.len() - 1).min(bytes.len());
+            let from = bytes.len() - reach;
+            // Each place the secret's first byte is, the earliest first.
+            for at in memchr::memchr_iter(secret[0], &bytes[from..]).map(|i| from + i) {
+                let tail = &bytes[at..];
+                if tail.len() <= hold {
+                    break;
+                }
+                if secret.starts_with(tail) {
+                    hold = tail.len();
+                    break;
+                }
+            }
+        }
+        hold
     }
 
     /// Whether `bytes` hold a secret.
@@ -204,6 +223,16 @@ mod tests {
         placed.mask(&mut body);
         assert_eq!(&body[..], b"a ************, **************** token-1234");
         assert!(!placed.found_in(&body));
+        assert_eq!(placed.may_begin(b"data: {}\n\n"), 0, "nothing that begins one");
+        assert_eq!(placed.may_begin(b"a tok"), 3);
+        assert_eq!(placed.may_begin(b"a token-12345"), 11);
+        assert_eq!(
+            placed.may_begin(b"a token-123456"),
+            0,
+            "a whole one is masked, not held"
+        );
+        assert_eq!(placed.may_begin(b"key+with%2"), 10, "as the query spells it");
+        assert_eq!(placed.may_begin(b"k"), 1);
         let short = Placed::new(vec!["t".into()], None);
         assert_eq!(short.scrub(b"text/plain"), Scrubbed::Keep, "too short to look for");
     }

@@ -55,6 +55,14 @@ async fn record(
         let body = axum::body::Body::from_stream(first.chain(futures::stream::pending()));
         return (AxumStatus::OK, body).into_response();
     }
+    if path == "events" {
+        // A stream of events that stays open (an MCP server's
+        // notifications): one event, then nothing for now.
+        let first =
+            futures::stream::once(async { Ok::<_, std::io::Error>(Bytes::from_static(b"data: {\"n\":1}\n\n")) });
+        let body = axum::body::Body::from_stream(first.chain(futures::stream::pending()));
+        return (AxumStatus::OK, [("content-type", "text/event-stream")], body).into_response();
+    }
     if path == "marked" {
         // A service whose answer carries headers named like credgate's own.
         return (

@@ -365,3 +365,45 @@ async fn an_answer_in_an_encoding_the_gateway_cannot_read_is_refused(backend: cr
     );
 }
 both_backends!(an_answer_in_an_encoding_the_gateway_cannot_read_is_refused);
+
+/// A stream of events (an MCP server's notifications, an LLM's tokens as
+/// server-sent events) reaches the engine as each event comes. The bytes
+/// held back in case they begin a secret are only those that could (a
+/// piece's end that is the start of one), so an event followed by silence
+/// is not kept from the engine until the next one comes.
+async fn an_event_followed_by_silence_reaches_the_engine_at_once(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let (base, _seen) = upstream().await;
+    let app = gateway_app(&db).await;
+    let placing = placing(&app, &base).await;
+
+    for id in [&placing.by_header, &placing.by_query] {
+        let mut answer = app
+            .client
+            .get(format!("{}/integrations/credentials/{id}/proxy/events", app.base))
+            .bearer_auth(&app.org.engine)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+        let event = "data: {\"n\":1}\n\n";
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while got.len() < event.len() {
+                match answer.chunk().await.unwrap() {
+                    Some(piece) => got.extend_from_slice(&piece),
+                    None => break,
+                }
+            }
+        })
+        .await;
+
+        assert!(
+            read.is_ok(),
+            "the event was held back: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        assert_eq!(String::from_utf8_lossy(&got), event);
+    }
+}
+both_backends!(an_event_followed_by_silence_reaches_the_engine_at_once);

@@ -195,8 +195,9 @@ async fn read_up_to(
 /// (the call's slot), cut off once nothing more of it has come for
 /// `silence`: the engine sees its answer end in an error, never as a whole
 /// one. Each secret the call placed is masked in it (see
-/// `gateway::Placed`), a piece's last bytes held back until the next
-/// piece shows whether they begin one; a compressed answer is inflated
+/// `gateway::Placed`), a piece's last bytes held back, when they could
+/// begin one, until the next piece shows whether they do (so an event
+/// followed by silence is not held); a compressed answer is inflated
 /// first (see `gateway::Inflater`).
 pub(super) struct Held<B, P> {
     body: B,
@@ -207,7 +208,8 @@ pub(super) struct Held<B, P> {
     quiet_until: Option<Pin<Box<tokio::time::Sleep>>>,
     placed: Placed,
     inflater: Option<Inflater>,
-    /// Bytes held back (fewer than the longest secret).
+    /// Bytes held back: the end of the last piece, which may begin a
+    /// secret (fewer bytes than the longest).
     carry: Bytes,
     /// The trailers, once the bytes held back before them have gone.
     trailers: Option<http_body::Frame<Bytes>>,
@@ -243,13 +245,12 @@ where
     B: http_body::Body<Data = Bytes> + Unpin,
 {
     /// A piece of the answer, its secrets masked; the bytes that may begin
-    /// one held back unless it is the answer's last (`ended`). `None`: all
-    /// held back.
+    /// one held back unless it is the answer's last (`ended`). `None`:
+    /// nothing to send yet.
     fn masked(&mut self, data: Bytes, ended: bool) -> Option<Bytes> {
         if !self.placed.any() {
             return (!data.is_empty()).then_some(data);
         }
-        let hold = if ended { 0 } else { self.placed.longest() - 1 };
         let mut bytes = if self.carry.is_empty() && !self.placed.found_in(&data) {
             data
         } else {
@@ -259,7 +260,7 @@ where
             self.placed.mask(&mut joined);
             Bytes::from(joined)
         };
-        let hold = hold.min(bytes.len());
+        let hold = if ended { 0 } else { self.placed.may_begin(&bytes) };
         self.carry = bytes.split_off(bytes.len() - hold);
         (!bytes.is_empty()).then_some(bytes)
     }
