@@ -15,6 +15,7 @@ mod durability;
 mod gateway;
 mod gateway_answers;
 mod gateway_bodies;
+mod gateway_compressed;
 mod gateway_providers;
 mod gateway_refusals;
 mod gateway_stalls;
