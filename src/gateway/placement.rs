@@ -126,25 +126,13 @@ fn filled(
     fields: &Map<String, Value>,
     encode: impl Fn(&str) -> String,
 ) -> Option<String> {
-    let mut out = template.to_owned();
-    for name in crate::providers::placeholders(template) {
-        let value = if name == "api_base_url" {
-            provider
-                .api_base_url
-                .as_ref()?
-                .as_str()
-                .trim_end_matches('/')
-                .to_owned()
-        } else {
-            let value = text(fields, &name)?;
-            if value == "." || value == ".." {
-                return None;
-            }
-            encode(value)
-        };
-        out = out.replace(&format!("{{{name}}}"), &value);
-    }
-    Some(out)
+    crate::providers::fill(template, |name| {
+        if name == "api_base_url" {
+            let base = provider.api_base_url.as_ref()?;
+            return Some(base.as_str().trim_end_matches('/').to_owned());
+        }
+        text(fields, name).filter(|v| *v != "." && *v != "..").map(&encode)
+    })
 }
 
 fn basic(user: &str, password: &str) -> String {

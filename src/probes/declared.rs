@@ -126,11 +126,11 @@ impl DeclaredProbe {
 
     /// Fills `template`; `encode` escapes each value (not `{api_base_url}`).
     fn fill(&self, template: &str, encode: impl Fn(&str) -> String) -> String {
-        placeholders(template).iter().fold(template.to_owned(), |out, name| {
+        let filled = crate::providers::fill(template, |name| {
             let value = self.text(name).unwrap_or_default();
-            let value = if name == "api_base_url" { value } else { encode(&value) };
-            out.replace(&format!("{{{name}}}"), &value)
-        })
+            Some(if name == "api_base_url" { value } else { encode(&value) })
+        });
+        filled.unwrap_or_default()
     }
 
     fn secret(&self) -> String {

@@ -12,7 +12,7 @@ mod raw;
 pub use fields::{validate as validate_fields, FieldDef, FieldError, FieldKind, ValidatedFields};
 pub use generic::{scheme_fields, validate as validate_for, Generic, MAX_KV_BYTES, MAX_KV_FIELDS};
 pub use load::{load_catalog, load_dir, ProviderFileError};
-pub use probe::{placeholders, AccountPointers, ProbeAuth, ProbeSpec};
+pub use probe::{fill, placeholders, AccountPointers, ProbeAuth, ProbeSpec};
 pub use proxy::ProxySpec;
 
 use std::collections::BTreeMap;

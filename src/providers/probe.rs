@@ -217,6 +217,16 @@ pub(super) fn check_secret(
     }
 }
 
+/// `template` with each `{name}` replaced by `value(name)`; `None` when a
+/// value is `None`.
+pub fn fill(template: &str, value: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let mut out = template.to_owned();
+    for name in placeholders(template) {
+        out = out.replace(&format!("{{{name}}}"), &value(&name)?);
+    }
+    Some(out)
+}
+
 impl RawProbe {
     /// Checks the declaration against the provider's fields (`secret_fields`
     /// and `fields` of every non-OAuth auth type): `Err((field, message))`.
