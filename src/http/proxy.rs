@@ -330,8 +330,7 @@ async fn forward(
     returned(&mut parts.headers, &call.placed);
     if inflater.is_some() {
         // The engine gets the answer inflated, of a length not known yet.
-        parts.headers.remove(axum::http::header::CONTENT_ENCODING);
-        parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+        headers::inflated(&mut parts.headers);
     }
     let placed = std::mem::take(&mut call.placed);
     parts.extensions = Default::default();

@@ -127,7 +127,15 @@ async fn record(
         if how == "-cut" {
             body.truncate(body.len() / 2);
         }
-        return (AxumStatus::OK, [("content-encoding", encoding)], body).into_response();
+        // The validators and digests of the compressed bytes, as services
+        // send them.
+        let headers = [
+            ("content-encoding", encoding),
+            ("etag", "\"packed-v1\""),
+            ("content-digest", "sha-256=:AAAA:"),
+            ("accept-ranges", "bytes"),
+        ];
+        return (AxumStatus::OK, headers, body).into_response();
     }
     if path == "echo" || path == "echo-whole" {
         // Writes the request back into its answer's body: streamed in

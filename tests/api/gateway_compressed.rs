@@ -113,6 +113,14 @@ async fn an_answer_compressed_unasked_is_inflated_and_masked(backend: crate::hel
             assert_eq!(text, expected, "{path}");
             assert!(headers.get("content-encoding").is_none(), "{path}: {headers:?}");
             assert!(headers.get("content-length").is_none(), "{path}: {headers:?}");
+            // What described the compressed bytes does not describe the
+            // inflated ones: the tag is weak (the same resource, other
+            // bytes; a strong tag would let a range of the inflated answer
+            // be joined to one of the compressed), the digest and the
+            // ranges of the compressed bytes are gone.
+            assert_eq!(headers.get("etag").unwrap(), "W/\"packed-v1\"", "{path}");
+            assert!(headers.get("content-digest").is_none(), "{path}: {headers:?}");
+            assert!(headers.get("accept-ranges").is_none(), "{path}: {headers:?}");
         }
     }
     // Broken off before the engine's connection sent anything, or after
@@ -154,6 +162,7 @@ async fn an_answer_in_an_encoding_the_gateway_cannot_read_is_refused(backend: cr
     let passed = call(&short).await.unwrap();
     let passed_status = passed.status();
     let passed_encoding = passed.headers().get("content-encoding").cloned();
+    let passed_tag = passed.headers().get("etag").cloned();
     let passed_body = passed.text().await.unwrap();
     let uses = crate::gateway::settled_uses(&app, &placing.by_header, 1).await;
 
@@ -171,6 +180,11 @@ async fn an_answer_in_an_encoding_the_gateway_cannot_read_is_refused(backend: cr
     assert_eq!(uses[0]["detail"]["error"], "unreadable_encoding", "{}", uses[0]);
     assert_eq!(passed_status, StatusCode::OK);
     assert_eq!(passed_encoding.unwrap(), "br");
+    assert_eq!(
+        passed_tag.unwrap(),
+        "\"packed-v1\"",
+        "an answer passed as it came keeps its tag"
+    );
     assert_eq!(passed_body, packed_text("x=1", "Bearer t"));
     let calls = seen.0.lock().unwrap().clone();
     assert_eq!(calls[0]["headers"]["accept-encoding"], "identity");

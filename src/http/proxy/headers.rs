@@ -111,3 +111,32 @@ fn scrub(headers: &mut HeaderMap, placed: &Placed) {
         }
     }
 }
+
+/// Headers that describe an answer's bytes as the service compressed them,
+/// not as the engine gets them inflated.
+const OF_THE_COMPRESSED_BYTES: [&str; 6] = [
+    "content-encoding",
+    "content-length",
+    "content-digest",
+    "digest",
+    "content-md5",
+    "accept-ranges",
+];
+
+/// The headers of an answer the gateway inflates: what described the
+/// compressed bytes goes, and a strong `ETag` becomes weak (the same
+/// resource in other bytes: as a strong tag it would let the engine join a
+/// range of these bytes to a range of the compressed ones).
+pub(super) fn inflated(headers: &mut HeaderMap) {
+    for name in OF_THE_COMPRESSED_BYTES {
+        headers.remove(name);
+    }
+    let weak = headers
+        .get(axum::http::header::ETAG)
+        .and_then(|tag| tag.to_str().ok())
+        .filter(|tag| !tag.starts_with("W/"))
+        .and_then(|tag| axum::http::HeaderValue::from_str(&format!("W/{tag}")).ok());
+    if let Some(weak) = weak {
+        headers.insert(axum::http::header::ETAG, weak);
+    }
+}
