@@ -20,6 +20,7 @@ mod gateway_providers;
 mod gateway_refusals;
 mod gateway_stalls;
 mod gateway_stopping;
+mod gateway_trailers;
 mod generated_client;
 mod generic;
 mod group_commit;

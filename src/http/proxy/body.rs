@@ -333,7 +333,13 @@ where
                                 return Poll::Ready(Some(Ok(http_body::Frame::data(data))));
                             }
                         }
-                        Err(trailers) => return this.ended(Some(trailers)),
+                        Err(trailers) => {
+                            let trailers = trailers.into_trailers().map(|mut fields| {
+                                super::headers::returned_trailers(&mut fields, &this.placed);
+                                http_body::Frame::trailers(fields)
+                            });
+                            return this.ended(trailers.ok());
+                        }
                     }
                 }
                 Poll::Pending => {

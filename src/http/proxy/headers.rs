@@ -61,22 +61,45 @@ pub(super) fn forwarded(name: &HeaderName, extra: &[String]) -> bool {
 /// never returned, those named in its `Connection`, its own `Credgate-*`
 /// (nothing of the service's may pass for credgate's `Credgate-Error`),
 /// and the secrets the call `placed`.
+///
+/// The answer's trailers (`Trailer`: the fields announced to follow the
+/// body) are announced as those that may be returned; the trailers
+/// themselves pass the same rules ([`returned_trailers`]).
 pub(super) fn returned(headers: &mut HeaderMap, placed: &Placed) {
-    for name in named_in_connection(headers) {
+    let connection = named_in_connection(headers);
+    let announced: Vec<String> = headers
+        .get_all("trailer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty() && may_return(n) && !connection.contains(n))
+        .collect();
+    for name in connection {
         headers.remove(name.as_str());
     }
-    for name in NOT_RETURNED {
-        headers.remove(name);
+    returned_trailers(headers, placed);
+    if let Ok(announced) = HeaderValue::from_str(&announced.join(", ")) {
+        if !announced.is_empty() {
+            headers.insert("trailer", announced);
+        }
     }
-    let marked: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| n.as_str().starts_with("credgate-"))
-        .cloned()
-        .collect();
-    for name in marked {
-        headers.remove(name);
+}
+
+/// Whether a field of this (lower-case) name may reach the engine at all.
+fn may_return(name: &str) -> bool {
+    !NOT_RETURNED.contains(&name) && !name.starts_with("credgate-")
+}
+
+/// The service's trailers as the engine gets them: as its header, less
+/// what is never returned, what would pass for credgate's own, and the
+/// secrets the call `placed`.
+pub(super) fn returned_trailers(fields: &mut HeaderMap, placed: &Placed) {
+    let never: Vec<HeaderName> = fields.keys().filter(|n| !may_return(n.as_str())).cloned().collect();
+    for name in never {
+        fields.remove(name);
     }
-    scrub(headers, placed);
+    scrub(fields, placed);
 }
 
 /// Takes the secrets `placed` in the request out of the answer's headers
