@@ -31,7 +31,12 @@
 //!    CPU per request hardly moves with what else the machine is doing;
 //!    it does move between machines (a virtual machine whose system calls
 //!    cost more makes every process dearer).
-//! 5. Counts the `credential.proxy` events (every answered call has one)
+//! 5. Runs the same against `hyper_floor`: this example started again as
+//!    the least reverse proxy credgate's own HTTP stack makes (tokio's
+//!    multi-threaded runtime, hyper's HTTP/1 server, hyper-util's pooled
+//!    client; no routing, no authentication of the caller, no record),
+//!    setting the same header: what the stack alone costs per call.
+//! 6. Counts the `credential.proxy` events (every answered call has one)
 //!    and runs `pgbench -N` (one read-write transaction each) with as many
 //!    clients, for scale.
 //!
@@ -68,6 +73,10 @@ struct Args {
     /// do not move with the machine's noise.
     #[arg(long)]
     server_wrapper: Option<String>,
+    /// Runs as the floor proxy only (LISTEN UPSTREAM), as the bench starts
+    /// it.
+    #[arg(long, num_args = 2, value_names = ["LISTEN", "UPSTREAM"], hide = true)]
+    floor_proxy: Option<Vec<String>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -117,6 +126,9 @@ impl Wrk {
 
 fn main() -> anyhow::Result<()> {
     let args = <Args as clap::Parser>::parse();
+    if let Some([listen, upstream]) = args.floor_proxy.as_deref() {
+        return floor_proxy(listen, upstream);
+    }
     for tool in ["wrk", "nginx", "pgbench", "psql"] {
         if which(tool).is_none() {
             bail!("{tool} is missing: run scripts/install-bench-deps.sh");
@@ -198,15 +210,43 @@ fn run(args: &Args, dir: &Path, db: &str) -> anyhow::Result<Value> {
         .context("no credential id")?
         .to_owned();
 
+    let floor_addr = format!("127.0.0.1:{}", free_port()?);
+    let floor = Guard(
+        Command::new(std::env::current_exe()?)
+            .args([
+                "--floor-proxy",
+                &floor_addr,
+                &format!("http://127.0.0.1:{upstream_port}"),
+            ])
+            .stdin(Stdio::null())
+            .spawn()
+            .context("cannot start the floor proxy")?,
+    );
+    wait_for(&format!("http://{floor_addr}/items"))?;
+
     let engine_header = format!("Authorization: Bearer {engine}");
+    let server_pid = server.0.id();
+    // Each target, and the process whose CPU is counted as its server's.
     let targets = [
-        ("nginx_direct", format!("http://127.0.0.1:{upstream_port}/items"), None),
-        ("nginx_proxy", format!("http://127.0.0.1:{proxy_port}/items"), None),
+        (
+            "nginx_direct",
+            format!("http://127.0.0.1:{upstream_port}/items"),
+            None,
+            server_pid,
+        ),
+        (
+            "nginx_proxy",
+            format!("http://127.0.0.1:{proxy_port}/items"),
+            None,
+            server_pid,
+        ),
         (
             "credgate_proxy",
             format!("http://{addr}/integrations/credentials/{id}/proxy/items"),
             Some(engine_header.as_str()),
+            server_pid,
         ),
+        ("hyper_floor", format!("http://{floor_addr}/items"), None, floor.0.id()),
     ];
     // The database's transactions, rows written, updates and heap-only
     // updates, for the gateway's run.
@@ -228,15 +268,14 @@ fn run(args: &Args, dir: &Path, db: &str) -> anyhow::Result<Value> {
     let mut figures = Vec::new();
     let mut per_call = Value::Null;
     let mut cpu = serde_json::Map::new();
-    let server_pid = server.0.id();
-    for (label, target, header) in &targets {
+    for (label, target, header, pid) in &targets {
         eprintln!("wrk: {label}");
         wrk(target, *header, 2, args.connections)?;
         let before = counters()?;
-        let cpu_before = cpu_seconds(server_pid);
+        let cpu_before = cpu_seconds(*pid);
         let machine_before = machine_ticks();
         let w = wrk(target, *header, args.seconds, args.connections)?;
-        let cpu_after = cpu_seconds(server_pid);
+        let cpu_after = cpu_seconds(*pid);
         let machine_after = machine_ticks();
         let micros = |i: usize| round((cpu_after[i] - cpu_before[i]) * 1e6 / w.requests.max(1.0), 1);
         let (busy, idle) = (
@@ -247,7 +286,8 @@ fn run(args: &Args, dir: &Path, db: &str) -> anyhow::Result<Value> {
             (*label).into(),
             json!({
                 "nginx": micros(0),
-                "credgate": micros(1),
+                // The floor proxy's, in its run.
+                if *label == "hyper_floor" { "hyper_floor" } else { "credgate" }: micros(1),
                 "postgres": micros(2),
                 "wrk": micros(3),
                 "machine_idle_share": round(idle / (busy + idle).max(1.0), 3),
@@ -302,7 +342,7 @@ fn run(args: &Args, dir: &Path, db: &str) -> anyhow::Result<Value> {
     drop(server);
     eprintln!("pgbench -N");
     let pgbench = pgbench_n(args.database, args.connections, args.pgbench_seconds)?;
-    let (proxy, gateway) = (figures[1], figures[2]);
+    let (proxy, gateway, stack) = (figures[1], figures[2], figures[3]);
     Ok(json!({
         "connections": args.connections,
         "database": match args.database {
@@ -313,6 +353,8 @@ fn run(args: &Args, dir: &Path, db: &str) -> anyhow::Result<Value> {
         "seconds": args.seconds,
         "runs": measured,
         "credgate_to_nginx_proxy": round(gateway.rps / proxy.rps, 3),
+        "hyper_floor_to_nginx_proxy": round(stack.rps / proxy.rps, 3),
+        "credgate_to_hyper_floor": round(gateway.rps / stack.rps, 3),
         "credgate_p99_ms": round(gateway.p99_ms, 2),
         "uses_recorded": uses,
         "database_per_gateway_call": per_call,
@@ -621,4 +663,46 @@ fn pgbench_n(database: Database, clients: usize, seconds: u64) -> anyhow::Result
 fn round(x: f64, digits: i32) -> f64 {
     let m = 10f64.powi(digits);
     (x * m).round() / m
+}
+
+/// The least reverse proxy credgate's HTTP stack makes: tokio's
+/// multi-threaded runtime, hyper's HTTP/1 server and hyper-util's pooled
+/// client, as credgate's gateway uses them, forwarding each request to
+/// `upstream` with the header the gateway would set. No routing, no
+/// caller's key, no record, no masking: what the stack costs per call.
+fn floor_proxy(listen: &str, upstream: &str) -> anyhow::Result<()> {
+    use hyper::body::Incoming;
+    use hyper_util::client::legacy::{connect::HttpConnector, Client};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new()).build_http();
+        let upstream: std::sync::Arc<str> = upstream.into();
+        loop {
+            let (stream, _) = listener.accept().await?;
+            stream.set_nodelay(true)?;
+            let (client, upstream) = (client.clone(), upstream.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+                    let (client, upstream) = (client.clone(), upstream.clone());
+                    async move {
+                        let (mut parts, body) = request.into_parts();
+                        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                        parts.uri = format!("{upstream}{path}").parse().expect("a URL");
+                        parts.headers.remove(hyper::header::HOST);
+                        parts.headers.insert(
+                            hyper::header::AUTHORIZATION,
+                            hyper::header::HeaderValue::from_static("Bearer bench-token"),
+                        );
+                        client.request(hyper::Request::from_parts(parts, body)).await
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
 }
