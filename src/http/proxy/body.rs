@@ -335,7 +335,7 @@ where
                         }
                         Err(trailers) => {
                             let trailers = trailers.into_trailers().map(|mut fields| {
-                                super::headers::returned_trailers(&mut fields, &this.placed);
+                                super::headers::keep_returnable(&mut fields, &this.placed);
                                 http_body::Frame::trailers(fields)
                             });
                             return this.ended(trailers.ok());

@@ -64,7 +64,7 @@ pub(super) fn forwarded(name: &HeaderName, extra: &[String]) -> bool {
 ///
 /// The answer's trailers (`Trailer`: the fields announced to follow the
 /// body) are announced as those that may be returned; the trailers
-/// themselves pass the same rules ([`returned_trailers`]).
+/// themselves pass the same rules ([`keep_returnable`]).
 pub(super) fn returned(headers: &mut HeaderMap, placed: &Placed) {
     let connection = named_in_connection(headers);
     let announced: Vec<String> = headers
@@ -78,7 +78,7 @@ pub(super) fn returned(headers: &mut HeaderMap, placed: &Placed) {
     for name in connection {
         headers.remove(name.as_str());
     }
-    returned_trailers(headers, placed);
+    keep_returnable(headers, placed);
     if let Ok(announced) = HeaderValue::from_str(&announced.join(", ")) {
         if !announced.is_empty() {
             headers.insert("trailer", announced);
@@ -91,10 +91,10 @@ fn may_return(name: &str) -> bool {
     !NOT_RETURNED.contains(&name) && !name.starts_with("credgate-")
 }
 
-/// The service's trailers as the engine gets them: as its header, less
-/// what is never returned, what would pass for credgate's own, and the
-/// secrets the call `placed`.
-pub(super) fn returned_trailers(fields: &mut HeaderMap, placed: &Placed) {
+/// An answer's fields (its header's, or its trailers') as the engine gets
+/// them: less what is never returned, what would pass for credgate's own,
+/// and the secrets the call `placed`.
+pub(super) fn keep_returnable(fields: &mut HeaderMap, placed: &Placed) {
     let never: Vec<HeaderName> = fields.keys().filter(|n| !may_return(n.as_str())).cloned().collect();
     for name in never {
         fields.remove(name);
