@@ -10,7 +10,7 @@ use url::Url;
 use crate::error::Error;
 use crate::execution::Resolved;
 use crate::model::AuthKind;
-use crate::providers::{Generic, ProbeAuth, Provider};
+use crate::providers::{authority_end, hostname_ok, placeholders, Generic, ProbeAuth, Provider};
 
 /// A 422 `not_proxyable`: `provider`'s credentials have no HTTP API the
 /// gateway can call, or none whose authentication it can place.
@@ -90,8 +90,18 @@ pub(super) fn base_url(provider: &Provider, resolved: &Resolved) -> Option<Url> 
         };
     }
     if let Some(template) = provider.proxy.as_ref().and_then(|p| p.base_url.as_deref()) {
+        // A field in the host (each Shopify shop is its own) is a host name,
+        // as written; one in the path is escaped as a segment.
+        let (origin, path) = template.split_at(authority_end(template));
+        if !placeholders(origin)
+            .iter()
+            .all(|n| text(fields, n).is_some_and(hostname_ok))
+        {
+            return None;
+        }
         let segment = |v: &str| percent_encoding::utf8_percent_encode(v, PATH_VALUE).to_string();
-        return filled(template, provider, fields, segment).and_then(|u| Url::parse(&u).ok());
+        let url = filled(origin, provider, fields, str::to_owned)? + &filled(path, provider, fields, segment)?;
+        return Url::parse(&url).ok();
     }
     let own = text(fields, "base_url").and_then(|u| Url::parse(u).ok());
     own.or_else(|| provider.api_base_url.clone())

@@ -84,7 +84,8 @@ pub struct ValidatedFields {
     pub secret: SecretMap,
 }
 
-fn hostname_ok(s: &str) -> bool {
+/// Whether `s` is a DNS name (or an IP address), as a `hostname` field takes.
+pub fn hostname_ok(s: &str) -> bool {
     if s.parse::<std::net::IpAddr>().is_ok() {
         return true;
     }

@@ -115,3 +115,43 @@ fn a_proxy_declaration_is_checked_and_named_by_its_field() {
     let proxy = load(text).unwrap().remove(0).proxy.unwrap();
     assert_eq!(proxy.secrets_in_base, vec!["key".to_owned()]);
 }
+
+/// A `[proxy]` base URL with this host template, for a file whose fields
+/// are a secret `key`, a text `team` and a `hostname` `shop`.
+fn host_field(base_url: &str) -> String {
+    let text = format!(
+        "display_name = \"X\"\n[[auth_types]]\ntype = \"api_key\"\nfields = [\n\
+         {{ name = \"key\", label = \"Key\", secret = true }},\n\
+         {{ name = \"team\", label = \"Team\" }},\n\
+         {{ name = \"shop\", label = \"Shop\", type = \"hostname\" }},\n]\n\
+         [proxy]\nauth = \"bearer\"\nsecret = \"key\"\nbase_url = \"{base_url}\"\n"
+    );
+    match load(&text) {
+        Ok(_) => "loaded".into(),
+        Err(e) => e.field,
+    }
+}
+
+#[test]
+fn a_field_in_the_proxys_host_must_be_a_host_name_and_not_secret() {
+    assert_eq!(host_field("https://{shop}/admin/api/2024-10"), "loaded");
+    assert_eq!(host_field("https://{shop}:8443/v1/{team}"), "loaded");
+    assert_eq!(host_field("https://api.example/{team}"), "loaded");
+    assert_eq!(host_field("https://{team}/v1"), "proxy.base_url", "a text field");
+    assert_eq!(host_field("https://{team}.example/v1"), "proxy.base_url");
+    assert_eq!(host_field("https://{key}.example/v1"), "proxy.base_url", "a secret");
+}
+
+#[test]
+fn a_templates_own_authority_is_found() {
+    use crate::providers::authority_end;
+    for (template, authority) in [
+        ("https://{shop}/admin/api", "https://{shop}"),
+        ("https://{shop}", "https://{shop}"),
+        ("http://{host}:8080?x=1", "http://{host}:8080"),
+        ("{api_base_url}/bot{token}", ""),
+        ("{api_base_url}/x?u=https://{host}/", ""),
+    ] {
+        assert_eq!(&template[..authority_end(template)], authority, "{template}");
+    }
+}

@@ -9,11 +9,11 @@ mod probe;
 mod proxy;
 mod raw;
 
-pub use fields::{validate as validate_fields, FieldDef, FieldError, FieldKind, ValidatedFields};
+pub use fields::{hostname_ok, validate as validate_fields, FieldDef, FieldError, FieldKind, ValidatedFields};
 pub use generic::{scheme_fields, validate as validate_for, Generic, MAX_KV_BYTES, MAX_KV_FIELDS};
 pub use load::{load_catalog, load_dir, ProviderFileError};
 pub use probe::{fill, placeholders, AccountPointers, ProbeAuth, ProbeSpec};
-pub use proxy::ProxySpec;
+pub use proxy::{authority_end, ProxySpec};
 
 use std::collections::BTreeMap;
 

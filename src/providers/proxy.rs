@@ -18,7 +18,10 @@
 //! ```
 //!
 //! A secret field in `base_url` is placed in the path (and kept out of the
-//! answers like any secret placed). A credential without its `secret`,
+//! answers like any secret placed). A field in its host (Shopify's
+//! `https://{shop_domain}/admin/api/2024-10`: each shop its own host) must
+//! be a field of type `hostname`, not secret: the credential's value is a
+//! host name or nothing is called. A credential without its `secret`,
 //! when that field is not required, is called without authentication.
 
 use std::collections::BTreeMap;
@@ -26,6 +29,18 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::probe::{check_secret, check_template, is_http_url, parse_auth, placeholders, ProbeAuth};
+
+/// Where `template`'s own authority ends (after `https://{shop_domain}` in
+/// `https://{shop_domain}/admin`): 0 when it has none of its own, as when
+/// it begins with `{api_base_url}`, whose origin is the file's.
+pub fn authority_end(template: &str) -> usize {
+    match template.split_once("://") {
+        Some((scheme, rest)) if !scheme.contains('{') => {
+            scheme.len() + 3 + rest.find(['/', '?', '#']).unwrap_or(rest.len())
+        }
+        _ => 0,
+    }
+}
 
 /// A checked `[proxy]`.
 #[derive(Debug, Clone)]

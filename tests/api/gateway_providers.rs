@@ -154,3 +154,79 @@ async fn each_http_service_is_called_with_its_key_where_it_documents_it(backend:
     }
 }
 both_backends!(each_http_service_is_called_with_its_key_where_it_documents_it);
+
+/// Shopify: each shop is its own host (`{shop}.myshopify.com`), so the
+/// gateway calls the host the credential names, its Admin API token in
+/// `X-Shopify-Access-Token`. The shipped file is used as it is but for its
+/// host: a stand-in cannot be `*.myshopify.com`, so a copy of the file lets
+/// the shop be `localhost`, on the stand-in's port (plain HTTP). A shop
+/// that is not a host name is refused when the credential is created.
+async fn a_shopify_call_goes_to_the_credentials_own_shop(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let (base, seen) = upstream().await;
+    let port = base.rsplit(':').next().unwrap().to_owned();
+    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/providers/shopify.toml")).unwrap();
+    let (host, pattern) = (
+        "\"https://{shop_domain}/admin/",
+        "pattern = \"[a-z0-9][a-z0-9-]{0,60}\\\\.myshopify\\\\.com\"",
+    );
+    assert!(shipped.contains(host), "the shipped file calls the shop's own host");
+    assert!(shipped.contains(pattern), "the shipped file takes myshopify.com shops");
+    let copy = shipped
+        .replace(host, &format!("\"http://{{shop_domain}}:{port}/v2/admin/"))
+        .replace(
+            pattern,
+            "pattern = \"localhost|[a-z0-9][a-z0-9-]{0,60}\\\\.myshopify\\\\.com\"",
+        );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("shopify.toml"), copy).unwrap();
+    let mut config = test_config(&db);
+    config.egress_allow = "127.0.0.0/8".into();
+    config.providers_dir = Some(dir.path().to_owned());
+    let app = TestApp::spawn_with(config).await;
+
+    let token = format!("shpat_{}", hex());
+    let create = |shop: &str| {
+        let body = json!({"name": "Shop", "provider": "shopify", "auth_type": "api_key",
+            "fields": {"shop_domain": shop, "access_token": token}});
+        app.call(Method::POST, "/integrations/credentials", &app.org.admin, Some(body))
+    };
+    for hostile in [
+        "evil.example@localhost",
+        "localhost/x",
+        "localhost:1",
+        "acme.myshopify.com.evil.example",
+    ] {
+        let (status, problem) = create(hostile).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{hostile}: {problem}");
+        assert_eq!(problem["errors"][0]["field"], "fields.shop_domain", "{problem}");
+    }
+    let (status, created) = create("localhost").await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap();
+    let answer = app
+        .client
+        .get(format!(
+            "{}/integrations/credentials/{id}/proxy/shop.json?fields=id",
+            app.base
+        ))
+        .bearer_auth(&app.org.engine)
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status();
+    let body = answer.text().await.unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::CREATED, "made"),
+        "the stand-in's answer"
+    );
+    let calls = seen.0.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0]["path"], "admin/api/2024-10/shop.json");
+    assert_eq!(calls[0]["query"], "fields=id");
+    assert_eq!(calls[0]["headers"]["x-shopify-access-token"], token.as_str());
+    assert_eq!(calls[0]["headers"]["authorization"], Value::Null);
+    assert!(!captured_logs().contains(&token), "the token in the logs");
+}
+both_backends!(a_shopify_call_goes_to_the_credentials_own_shop);
