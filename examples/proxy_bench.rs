@@ -68,6 +68,11 @@ struct Args {
     /// machine would be reached).
     #[arg(long, default_value = "tcp")]
     database: Database,
+    /// credgate's log filter (`CREDGATE_LOG`): `warn` keeps its per-call
+    /// lines out of the measurement; `info` is the default a server runs
+    /// with. The server's log goes to the bench's stderr.
+    #[arg(long, default_value = "warn")]
+    log: String,
     /// A command the server runs under, such as `valgrind --tool=callgrind`
     /// (words split at spaces): instructions per call, which unlike time
     /// do not move with the machine's noise.
@@ -185,7 +190,7 @@ fn run(args: &Args, dir: &Path, db: &str) -> anyhow::Result<Value> {
                 args.connections.max(32).to_string(),
             )
             .env("CREDGATE_EGRESS_ALLOW", "127.0.0.0/8")
-            .env("CREDGATE_LOG", "warn")
+            .env("CREDGATE_LOG", &args.log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
@@ -351,6 +356,7 @@ fn run(args: &Args, dir: &Path, db: &str) -> anyhow::Result<Value> {
         },
         "wrk_threads": 2,
         "seconds": args.seconds,
+        "credgate_log": args.log,
         "runs": measured,
         "credgate_to_nginx_proxy": round(gateway.rps / proxy.rps, 3),
         "hyper_floor_to_nginx_proxy": round(stack.rps / proxy.rps, 3),

@@ -200,6 +200,8 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         client = %client,
         org = tracing::field::Empty,
         key_id = tracing::field::Empty,
+        credential = tracing::field::Empty,
+        provider = tracing::field::Empty,
     );
     let started = Instant::now();
     let response = next.run(request).instrument(span.clone()).await;

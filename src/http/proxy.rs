@@ -137,6 +137,9 @@ async fn forward(
     let raw = raw.strip_prefix('/').unwrap_or(raw);
     let principal = caller.for_user(caller.user_id.clone().or(user));
     let credential = super::credentials::parse_id(&id)?;
+    // The request's one log line names the call's credential and provider.
+    let span = tracing::Span::current();
+    span.record("credential", tracing::field::display(&credential));
     // The slot first: a call refused for the cap is no use.
     let permit = state
         .gateway
@@ -264,6 +267,7 @@ async fn forward(
         }
     }
     let provider = call.resolved.row.provider.clone();
+    span.record("provider", provider.as_str());
     let count = |class: String| {
         state
             .metrics
@@ -317,14 +321,6 @@ async fn forward(
             provider: provider.clone(),
         })
         .observe(started.elapsed().as_secs_f64());
-    tracing::info!(
-        credential = %credential,
-        provider = %provider,
-        method = %method,
-        status = status.as_u16(),
-        latency_ms = started.elapsed().as_millis() as u64,
-        "gateway call"
-    );
     // The service's answer as it came, less what is never returned.
     let (mut parts, answer) = upstream.into_parts();
     returned(&mut parts.headers, &call.placed);

@@ -1135,3 +1135,42 @@ async fn engines_that_all_hang_up_at_once_leave_no_use_without_its_outcome(backe
     assert_eq!(missing, 0, "uses without an outcome, of {uses}");
 }
 both_backends!(engines_that_all_hang_up_at_once_leave_no_use_without_its_outcome);
+
+/// A gateway call writes one line at `info`, as any request does: the
+/// request's own, naming the credential and its provider (the call used to
+/// write a second line of its own). No secret in it.
+async fn a_gateway_call_is_one_log_line_naming_its_credential(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let (base, _seen) = upstream().await;
+    let app = gateway_app(&db).await;
+    let token = sentinel();
+    let id = http_credential(&app, &base, json!({"scheme": "bearer", "token": token})).await;
+    let answer = app
+        .client
+        .get(format!("{}/integrations/credentials/{id}/proxy/items?page=2", app.base))
+        .bearer_auth(&app.org.engine)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::CREATED);
+    assert_eq!(answer.text().await.unwrap(), "made");
+    let logs = captured_logs();
+    let lines: Vec<Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["level"] == "INFO" && l.to_string().contains(&id))
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    let line = &lines[0];
+    assert_eq!(line["fields"]["message"], "request", "{line}");
+    assert_eq!(line["fields"]["status"], 201, "{line}");
+    assert_eq!(line["span"]["credential"], id.as_str(), "{line}");
+    assert_eq!(line["span"]["provider"], "http", "{line}");
+    assert_eq!(
+        line["span"]["route"], "/integrations/credentials/{id}/proxy/{*path}",
+        "{line}"
+    );
+    assert!(!logs.contains(&token), "a secret in the logs");
+    assert!(!logs.contains("page=2"), "a query string in the logs");
+}
+both_backends!(a_gateway_call_is_one_log_line_naming_its_credential);
