@@ -338,28 +338,10 @@ fn build(file: &Path, id: &str, raw: RawProvider) -> Result<Provider, ProviderFi
         ),
         None => None,
     };
-    // A field in the host of the proxy's base URL chooses where calls go:
-    // it must be a host name (checked when the credential is written), and
-    // never a secret (it would travel in DNS queries and TLS handshakes).
-    if let Some(base) = proxy.as_ref().and_then(|p| p.base_url.as_deref()) {
-        for name in super::placeholders(&base[..super::authority_end(base)]) {
-            let defs = || {
-                auth_types
-                    .iter()
-                    .filter(|a| a.kind != AuthKind::Oauth2)
-                    .flat_map(|a| &a.fields)
-                    .filter(|f| f.name == name)
-            };
-            let host = defs().next().is_some() && defs().all(|f| f.kind == super::FieldKind::Hostname && !f.secret);
-            if !host {
-                return Err(err(
-                    "proxy.base_url",
-                    &format!(
-                        "places {{{name}}} in the host: it must be a field of type \"hostname\" that is not secret"
-                    ),
-                ));
-            }
-        }
+    if let Some(proxy) = &proxy {
+        proxy
+            .check_hosts(&auth_types)
+            .map_err(|(field, message)| err(&format!("proxy.{field}"), &message))?;
     }
     for (name, value) in &raw.proxy_headers {
         let valid = reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_ok()

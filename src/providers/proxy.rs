@@ -29,6 +29,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::probe::{check_secret, check_template, is_http_url, parse_auth, placeholders, ProbeAuth};
+use super::{AuthKind, AuthType, FieldKind};
 
 /// Where `template`'s own authority ends (after `https://{shop_domain}` in
 /// `https://{shop_domain}/admin`): 0 when it has none of its own, as when
@@ -56,6 +57,36 @@ pub struct ProxySpec {
     pub headers: BTreeMap<String, String>,
     /// Query parameter templates, the same.
     pub query: BTreeMap<String, String>,
+}
+
+impl ProxySpec {
+    /// A field in the host of `base_url` chooses where calls go: it must be
+    /// a host name (checked when the credential is written), and never a
+    /// secret (it would travel in DNS queries and TLS handshakes).
+    pub(super) fn check_hosts(&self, auth_types: &[AuthType]) -> Result<(), (String, String)> {
+        let Some(base) = self.base_url.as_deref() else {
+            return Ok(());
+        };
+        for name in placeholders(&base[..authority_end(base)]) {
+            let defs = || {
+                auth_types
+                    .iter()
+                    .filter(|a| a.kind != AuthKind::Oauth2)
+                    .flat_map(|a| &a.fields)
+                    .filter(|f| f.name == name)
+            };
+            let host = defs().next().is_some() && defs().all(|f| f.kind == FieldKind::Hostname && !f.secret);
+            if !host {
+                return Err((
+                    "base_url".into(),
+                    format!(
+                        "places {{{name}}} in the host: it must be a field of type \"hostname\" that is not secret"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[proxy]` as written.
