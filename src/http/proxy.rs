@@ -210,11 +210,16 @@ async fn forward(
     // A compressed answer hides the secrets a service writes back from the
     // search for them (see `Held`): the answer is asked for as it is. The
     // engine takes it so too (`identity` is acceptable to every client).
+    // And whole: a range could cut a secret in two, each part of it found
+    // in no search, and the engine would join them (the service answers
+    // 200 instead, as HTTP lets any server answer a range).
     if call.placed.any() {
         sent_headers.insert(
             axum::http::header::ACCEPT_ENCODING,
             HeaderValue::from_static("identity"),
         );
+        sent_headers.remove(axum::http::header::RANGE);
+        sent_headers.remove(axum::http::header::IF_RANGE);
     }
     if let Some(length) = outgoing.streamed.as_ref().and_then(|(_, length)| length.clone()) {
         sent_headers.insert(axum::http::header::CONTENT_LENGTH, length);
@@ -290,6 +295,18 @@ async fn forward(
     };
     let status = upstream.status();
     count(format!("{}xx", status.as_u16() / 100));
+    // A part of an answer (a range the service took under a name of its
+    // own, such as Azure's `x-ms-range`) cannot be searched whole: a secret
+    // cut at its edge would pass.
+    if call.placed.any() && status == axum::http::StatusCode::PARTIAL_CONTENT {
+        settlement.settle(Some(status.as_u16()), Some("partial_answer")).await;
+        tracing::warn!(credential = %credential, "a service answered with a part of its answer; it cannot be searched for the credential's secrets, so it is not returned");
+        return Err(ApiError::Provider(
+            "the service answered with a part of its answer (206); a part cannot be searched for the credential's \
+             secrets, so it is not returned (ask for the whole answer)"
+                .into(),
+        ));
+    }
     // Compressed though asked not to be: inflated, to be searched, unless
     // it cannot be (then it is not returned).
     let inflater = match call.placed.any().then(|| answer_codings(upstream.headers())) {

@@ -55,17 +55,21 @@ pub struct UseOutcome {
     pub status: Option<u16>,
     /// `unreachable`, `timeout`, `egress_denied`, `body_too_large`,
     /// `body_incomplete`, `unreadable_encoding` (an answer that could not
-    /// be searched for the secrets placed, not returned), `not_proxyable`,
+    /// be searched for the secrets placed, not returned), `partial_answer`
+    /// (a part of an answer, which cannot be searched whole, not
+    /// returned), `not_proxyable`,
     /// `abandoned` (the engine went away before the service answered).
     pub error: Option<&'static str>,
     pub latency_ms: u64,
 }
 
 impl UseOutcome {
-    /// `success` for a 1xx to 3xx answer, else `failure`.
+    /// `success` for a 1xx to 3xx answer that was returned, else
+    /// `failure`.
     fn outcome(&self) -> &'static str {
         match self.status {
-            Some(s) if s < 400 => "success",
+            // An answer credgate did not return (see `error`) failed too.
+            Some(s) if s < 400 && self.error.is_none() => "success",
             _ => "failure",
         }
     }

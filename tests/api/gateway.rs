@@ -160,6 +160,34 @@ async fn record(
         )
             .into_response();
     }
+    if path == "ranged" {
+        // A file that holds the request's `Authorization`, served in
+        // ranges as file services do: one `bytes=a-b` range (in `Range`,
+        // or in `x-ms-range` as Azure's storage takes it) is answered 206
+        // with those bytes only.
+        let text = format!(
+            "the file says: your key is {} - end",
+            names.get("authorization").and_then(Value::as_str).unwrap_or_default()
+        );
+        let range = names
+            .get("range")
+            .or_else(|| names.get("x-ms-range"))
+            .and_then(Value::as_str)
+            .and_then(|r| r.strip_prefix("bytes="))
+            .and_then(|r| r.split_once('-'))
+            .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
+            .filter(|(a, b)| a <= b && *b < text.len());
+        let Some((first, last)) = range else {
+            return (AxumStatus::OK, [("accept-ranges", "bytes")], text).into_response();
+        };
+        let content_range = format!("bytes {first}-{last}/{}", text.len());
+        return (
+            AxumStatus::PARTIAL_CONTENT,
+            [("accept-ranges", "bytes".to_owned()), ("content-range", content_range)],
+            text[first..=last].to_owned(),
+        )
+            .into_response();
+    }
     if path.ends_with("/echo-path") {
         // Writes the path it was called at back (a token placed in the
         // path, as Telegram's, included).

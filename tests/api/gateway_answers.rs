@@ -237,3 +237,104 @@ async fn an_event_followed_by_silence_reaches_the_engine_at_once(backend: crate:
     }
 }
 both_backends!(an_event_followed_by_silence_reaches_the_engine_at_once);
+
+/// A ranged request would let the engine have the service cut its answer
+/// where it likes: a secret the service wrote into the answer, split
+/// between two ranges (or asked for a few bytes at a time), is in neither
+/// range whole, so neither is masked, and the engine joins them. A call
+/// whose secrets are looked for is sent without the engine's `Range` (and
+/// `If-Range`): the service answers whole (200, which HTTP lets any
+/// server answer to a range), and the whole answer is searched. A call
+/// with no secret to look for keeps its range.
+async fn a_secret_split_between_ranges_of_an_answer_is_masked_whole(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let (base, seen) = upstream().await;
+    let app = gateway_app(&db).await;
+    let placing = placing(&app, &base).await;
+    let short = http_credential(&app, &base, json!({"scheme": "bearer", "token": "t"})).await;
+    let ranged = |id: String, range: String| {
+        app.client
+            .get(format!("{}/integrations/credentials/{id}/proxy/ranged", app.base))
+            .bearer_auth(&app.org.engine)
+            .header("range", range)
+            .header("if-range", "\"v1\"")
+            .send()
+    };
+    let before = "the file says: your key is Bearer ";
+    let whole = format!("{before}{} - end", "*".repeat(placing.token.len()));
+    // Cut inside the secret: each range holds a part of it.
+    let cut = before.len() + 10;
+
+    let mut got = Vec::new();
+    for range in [
+        format!("bytes=0-{}", cut - 1),
+        format!("bytes={cut}-{}", whole.len() - 1),
+    ] {
+        let answer = ranged(placing.by_header.clone(), range).await.unwrap();
+        got.push((answer.status(), answer.text().await.unwrap()));
+    }
+    let short_answer = ranged(short, "bytes=15-25".into()).await.unwrap();
+    let short_status = short_answer.status();
+    let short_body = short_answer.text().await.unwrap();
+    let calls = seen.0.lock().unwrap().clone();
+
+    for (status, body) in &got {
+        assert_eq!(*status, StatusCode::OK, "answered whole: {body}");
+        assert_eq!(body, &whole, "the whole answer, searched and masked");
+        assert!(!body.contains(&placing.token[..6]), "no part of the secret: {body}");
+    }
+    for call in &calls[..2] {
+        assert!(call["headers"].get("range").is_none(), "{call}");
+        assert!(call["headers"].get("if-range").is_none(), "{call}");
+    }
+    assert_eq!(
+        short_status,
+        StatusCode::PARTIAL_CONTENT,
+        "no secret looked for: the range passes"
+    );
+    assert_eq!(short_body, "your key is");
+    assert_eq!(calls[2]["headers"]["range"], "bytes=15-25");
+}
+both_backends!(a_secret_split_between_ranges_of_an_answer_is_masked_whole);
+
+/// Some services take a range under a name of their own (Azure's storage:
+/// `x-ms-range`) and answer it 206 like any other; no rule about `Range`
+/// keeps such a range from cutting a secret in two. A part of an answer
+/// cannot be searched whole, so a call whose secrets are looked for never
+/// returns one: 502, `Credgate-Error: 1`, and the use's error
+/// `partial_answer` beside the service's status. A call with no secret to
+/// look for gets its part.
+async fn a_part_of_an_answer_cut_by_another_name_is_not_returned(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let (base, _seen) = upstream().await;
+    let app = gateway_app(&db).await;
+    let placing = placing(&app, &base).await;
+    let short = http_credential(&app, &base, json!({"scheme": "bearer", "token": "t"})).await;
+    let ranged = |id: String| {
+        app.client
+            .get(format!("{}/integrations/credentials/{id}/proxy/ranged", app.base))
+            .bearer_auth(&app.org.engine)
+            .header("x-ms-range", "bytes=0-35")
+            .send()
+    };
+
+    let answer = ranged(placing.by_header.clone()).await.unwrap();
+    let status = answer.status();
+    let marked = answer.headers().get("credgate-error").cloned();
+    let body = answer.text().await.unwrap();
+    let short_answer = ranged(short).await.unwrap();
+    let short_status = short_answer.status();
+    let short_body = short_answer.text().await.unwrap();
+    let uses = crate::gateway::settled_uses(&app, &placing.by_header, 1).await;
+
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(marked.as_ref().map(|m| m.to_str().unwrap()), Some("1"));
+    assert!(!body.contains(&placing.token[..6]), "no part of the secret: {body}");
+    assert!(body.contains("206"), "{body}");
+    assert_eq!(uses[0]["detail"]["status"], 206, "{}", uses[0]);
+    assert_eq!(uses[0]["detail"]["error"], "partial_answer", "{}", uses[0]);
+    assert_eq!(uses[0]["outcome"], "failure", "{}", uses[0]);
+    assert_eq!(short_status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(short_body, "the file says: your key is Bearer t ");
+}
+both_backends!(a_part_of_an_answer_cut_by_another_name_is_not_returned);
