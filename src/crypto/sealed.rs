@@ -1,9 +1,12 @@
 //! Sealing secret maps under a data key, bound to organization and subject.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::{json, Map, Value};
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::{json, Map};
 use zeroize::Zeroizing;
 
 use super::DataKey;
@@ -50,38 +53,90 @@ pub enum SealError {
 pub fn seal(key: &DataKey, org: &str, subject: &str, groups: &[(&str, &SecretMap)]) -> String {
     let mut data = Map::new();
     for (name, map) in groups {
-        let inner: Map<String, Value> = map
+        let inner: Map<String, serde_json::Value> = map
             .0
             .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.expose_secret().to_owned())))
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.expose_secret().to_owned())))
             .collect();
-        data.insert((*name).to_owned(), Value::Object(inner));
+        data.insert((*name).to_owned(), serde_json::Value::Object(inner));
     }
     let doc = json!({"v": 1, "org": org, "sub": subject, "data": data});
     let plaintext = Zeroizing::new(serde_json::to_vec(&doc).expect("JSON values serialize"));
     key.encrypt(&plaintext)
 }
 
+/// A document as [`seal`] writes it. Its values go straight into
+/// [`SecretString`]s, none through an intermediate JSON tree that would be
+/// dropped without being wiped.
+#[derive(Deserialize)]
+struct Opened<'a> {
+    #[serde(borrow)]
+    org: Cow<'a, str>,
+    #[serde(borrow)]
+    sub: Cow<'a, str>,
+    #[serde(default)]
+    data: BTreeMap<String, Group>,
+}
+
+/// One group's values.
+struct Group(SecretMap);
+
+impl<'de> Deserialize<'de> for Group {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Values;
+        impl<'de> Visitor<'de> for Values {
+            type Value = Group;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of secret values")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Group, A::Error> {
+                let mut group = SecretMap::default();
+                while let Some((name, Secret(value))) = map.next_entry::<String, Secret>()? {
+                    group.insert(name, value);
+                }
+                Ok(Group(group))
+            }
+        }
+        deserializer.deserialize_map(Values)
+    }
+}
+
+/// One secret value.
+struct Secret(SecretString);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Text;
+        impl Visitor<'_> for Text {
+            type Value = Secret;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a secret value")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+                // Exactly as long as it is: boxed without a copy left behind.
+                Ok(Secret(SecretString::from(v.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Secret, E> {
+                // Unescaped into a buffer of its own, wiped once copied.
+                self.visit_str(&Zeroizing::new(v))
+            }
+        }
+        deserializer.deserialize_str(Text)
+    }
+}
+
 /// Decrypts a token made by [`seal`], checking its binding, into its groups.
 pub fn open(key: &DataKey, org: &str, subject: &str, token: &str) -> Result<BTreeMap<String, SecretMap>, SealError> {
     let plaintext = Zeroizing::new(key.decrypt(token).ok_or(SealError::Undecryptable)?);
-    let doc: Value = serde_json::from_slice(&plaintext).map_err(|_| SealError::Undecryptable)?;
-    if doc["org"].as_str() != Some(org) || doc["sub"].as_str() != Some(subject) {
+    let doc: Opened = serde_json::from_slice(&plaintext).map_err(|_| SealError::Undecryptable)?;
+    if doc.org != org || doc.sub != subject {
         return Err(SealError::WrongBinding);
     }
-    let mut groups = BTreeMap::new();
-    if let Some(data) = doc["data"].as_object() {
-        for (group, values) in data {
-            let mut map = SecretMap::default();
-            for (k, v) in values.as_object().into_iter().flatten() {
-                if let Some(s) = v.as_str() {
-                    map.insert(k.clone(), SecretString::from(s.to_owned()));
-                }
-            }
-            groups.insert(group.clone(), map);
-        }
-    }
-    Ok(groups)
+    Ok(doc
+        .data
+        .into_iter()
+        .map(|(name, Group(values))| (name, values))
+        .collect())
 }
 
 #[cfg(test)]
@@ -139,6 +194,37 @@ mod tests {
         ));
         let other = seal(&key, "org1", "cred1", &[("fields", &sample())]);
         assert!(open(&self::key(), "org1", "cred1", &other).is_err());
+    }
+
+    #[test]
+    fn values_with_escapes_open_as_they_were_sealed_and_odd_documents_do_not_open() {
+        let key = key();
+        let mut odd = SecretMap::default();
+        odd.insert("pw", SecretString::from("q\"uote\\back\nline é ✓ \u{1}"));
+        odd.insert("empty", SecretString::from(""));
+        let token = seal(&key, "org1", "cred1", &[("fields", &odd), ("tokens", &sample())]);
+        let opened = open(&key, "org1", "cred1", &token).unwrap();
+        assert_eq!(
+            opened["fields"].get("pw").unwrap().expose_secret(),
+            "q\"uote\\back\nline é ✓ \u{1}"
+        );
+        assert_eq!(opened["fields"].get("empty").unwrap().expose_secret(), "");
+        assert_eq!(opened["tokens"].get("password").unwrap().expose_secret(), "s3ntinel-pw");
+        // A later version's extra member is passed over; a value that is
+        // not text, or no binding, is not a sealed document.
+        let doc = |text: &str| key.encrypt(text.as_bytes());
+        let later = doc(r#"{"v":2,"org":"o","sub":"s","more":[1],"data":{"fields":{"a":"b"}}}"#);
+        assert_eq!(
+            open(&key, "o", "s", &later).unwrap()["fields"]
+                .get("a")
+                .unwrap()
+                .expose_secret(),
+            "b"
+        );
+        let number = doc(r#"{"v":1,"org":"o","sub":"s","data":{"fields":{"a":1}}}"#);
+        assert!(matches!(open(&key, "o", "s", &number), Err(SealError::Undecryptable)));
+        let unbound = doc(r#"{"v":1,"data":{}}"#);
+        assert!(matches!(open(&key, "o", "s", &unbound), Err(SealError::Undecryptable)));
     }
 
     #[test]

@@ -184,6 +184,9 @@ impl EgressPolicy {
         }
         match url.host() {
             None => Err(EgressError::Url("the URL has no host".into())),
+            // The address is written out only for a refusal's message.
+            Some(Host::Ipv4(ip)) if self.permits(IpAddr::V4(ip)) => Ok(()),
+            Some(Host::Ipv6(ip)) if self.permits(IpAddr::V6(ip)) => Ok(()),
             Some(Host::Ipv4(ip)) => self.check(&ip.to_string(), IpAddr::V4(ip)),
             Some(Host::Ipv6(ip)) => self.check(&ip.to_string(), IpAddr::V6(ip)),
             Some(Host::Domain(_)) => Ok(()),
