@@ -3,7 +3,7 @@
 //! Here: preparing a call (its use recorded, its path never off the
 //! credential's origin or above its base path, see `path`), where it goes
 //! and what authenticates it (`placement`), what must not come back
-//! (`echo`, `inflate`); the HTTP half is `http::proxy`.
+//! (`echo`, `inflate`, `ranges`); the HTTP half is `http::proxy`.
 
 use secrecy::ExposeSecret;
 use serde_json::json;
@@ -20,6 +20,7 @@ mod echo;
 mod inflate;
 mod path;
 mod placement;
+mod ranges;
 mod replicas;
 use echo::without_parameter;
 pub use echo::{Placed, Scrubbed};
@@ -28,6 +29,7 @@ use path::join;
 pub use path::safe_segments;
 pub use placement::check_proxyable;
 use placement::{authentication, base_url, not_proxyable, text, Pairs, Placement};
+pub use ranges::{Asked, Cut};
 pub use replicas::{replica_beat, replica_gone, REPLICA_BEAT, REPLICA_EXPIRES_SECS};
 
 /// A call ready to send: the URL and the headers that authenticate it.

@@ -97,6 +97,11 @@ impl Placed {
         !self.spellings.is_empty()
     }
 
+    /// The length of the longest spelling looked for (0 for none).
+    pub fn longest(&self) -> usize {
+        self.spellings.iter().map(String::len).max().unwrap_or(0)
+    }
+
     /// How many of `bytes`' last bytes may begin a secret that the next
     /// piece would complete: the longest end of them that is the start of
     /// one (none, for most pieces).
@@ -233,6 +238,8 @@ mod tests {
         );
         assert_eq!(placed.may_begin(b"key+with%2"), 10, "as the query spells it");
         assert_eq!(placed.may_begin(b"k"), 1);
+        assert_eq!(placed.longest(), "key+with%2Fslash".len());
+        assert_eq!(Placed::default().longest(), 0);
         let short = Placed::new(vec!["t".into()], None);
         assert_eq!(short.scrub(b"text/plain"), Scrubbed::Keep, "too short to look for");
     }

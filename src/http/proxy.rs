@@ -21,6 +21,7 @@ use super::error::ApiError;
 use super::extract::{Caller, RESOLVE};
 use super::AppState;
 use crate::credentials::check_user_id;
+use crate::gateway::Cut;
 use crate::providers::FieldError;
 use crate::store::Usage;
 
@@ -35,11 +36,13 @@ mod body;
 mod failure;
 mod headers;
 mod preparing;
+mod ranged;
 mod settlement;
 use body::{fault_problem, outgoing, refusal_error, BodyFault, Held};
 use failure::Failure;
 use headers::{forwarded, named_in_connection, returned};
 use preparing::{pending, Preparing};
+use ranged::Windowed;
 use settlement::Settlement;
 
 /// The gateway's routes.
@@ -210,16 +213,17 @@ async fn forward(
     // A compressed answer hides the secrets a service writes back from the
     // search for them (see `Held`): the answer is asked for as it is. The
     // engine takes it so too (`identity` is acceptable to every client).
-    // And whole: a range could cut a secret in two, each part of it found
-    // in no search, and the engine would join them (the service answers
-    // 200 instead, as HTTP lets any server answer a range).
+    // A range could cut a secret in two, each part found in no search: one
+    // range is asked for widened, to be cut out of the part once searched
+    // (`gateway::Asked`); several, or one not understood, go, and the
+    // answer comes whole (as HTTP lets any server answer a range).
+    let (mut asked, mut pad) = (None, 0);
     if call.placed.any() {
         sent_headers.insert(
             axum::http::header::ACCEPT_ENCODING,
             HeaderValue::from_static("identity"),
         );
-        sent_headers.remove(axum::http::header::RANGE);
-        sent_headers.remove(axum::http::header::IF_RANGE);
+        (asked, pad) = ranged::ask(&mut sent_headers, &headers, &call.placed);
     }
     if let Some(length) = outgoing.streamed.as_ref().and_then(|(_, length)| length.clone()) {
         sent_headers.insert(axum::http::header::CONTENT_LENGTH, length);
@@ -295,17 +299,41 @@ async fn forward(
     };
     let status = upstream.status();
     count(format!("{}xx", status.as_u16() / 100));
-    // A part of an answer (a range the service took under a name of its
-    // own, such as Azure's `x-ms-range`) cannot be searched whole: a secret
-    // cut at its edge would pass.
+    // A part of an answer is returned only as the engine's range cut out of
+    // the widened one it was asked for; any other part (a range taken
+    // under a name of the service's own, such as Azure's `x-ms-range`, or
+    // compressed) cannot be searched whole: a secret cut at its edge
+    // would pass.
+    let mut window = None;
     if call.placed.any() && status == axum::http::StatusCode::PARTIAL_CONTENT {
-        settlement.settle(Some(status.as_u16()), Some("partial_answer")).await;
-        tracing::warn!(credential = %credential, "a service answered with a part of its answer; it cannot be searched for the credential's secrets, so it is not returned");
-        return Err(ApiError::Provider(
-            "the service answered with a part of its answer (206); a part cannot be searched for the credential's \
-             secrets, so it is not returned (ask for the whole answer)"
-                .into(),
-        ));
+        let cut = ranged::cut(asked, pad, &call.placed, upstream.headers());
+        match cut {
+            Cut::Window {
+                skip,
+                keep,
+                content_range,
+            } => window = Some((skip, keep, content_range)),
+            Cut::PastTheEnd { total } => {
+                // What the service would have answered the engine's range.
+                settlement.settle(Some(416), None).await;
+                let unsatisfied = format!("bytes */{total}");
+                return Ok((
+                    axum::http::StatusCode::RANGE_NOT_SATISFIABLE,
+                    [("content-range", unsatisfied)],
+                )
+                    .into_response());
+            }
+            Cut::Unusable => {
+                settlement.settle(Some(status.as_u16()), Some("partial_answer")).await;
+                tracing::warn!(credential = %credential, "a service answered with a part of its answer credgate cannot search whole; not returned");
+                return Err(ApiError::Provider(
+                    "the service answered with a part of its answer (206) that credgate cannot search for the \
+                     credential's secrets whole, so it is not returned (ask for the whole answer, or one range in \
+                     `Range`)"
+                        .into(),
+                ));
+            }
+        }
     }
     // Compressed though asked not to be: inflated, to be searched, unless
     // it cannot be (then it is not returned).
@@ -348,10 +376,12 @@ async fn forward(
     let placed = std::mem::take(&mut call.placed);
     parts.extensions = Default::default();
     // The slot is held until the answer has streamed to the engine.
-    Ok(Response::from_parts(
-        parts,
-        Body::new(Held::new(answer, permit, first_byte, placed, inflater)),
-    ))
+    let held = Held::new(answer, permit, first_byte, placed, inflater);
+    let Some((skip, keep, content_range)) = window else {
+        return Ok(Response::from_parts(parts, Body::new(held)));
+    };
+    ranged::describe(&mut parts.headers, keep, &content_range);
+    Ok(Response::from_parts(parts, Body::new(Windowed::new(held, skip, keep))))
 }
 
 /// The inflater for an answer's `Content-Encoding`, when it names one; the

@@ -162,25 +162,43 @@ async fn record(
     }
     if path == "ranged" {
         // A file that holds the request's `Authorization`, served in
-        // ranges as file services do: one `bytes=a-b` range (in `Range`,
-        // or in `x-ms-range` as Azure's storage takes it) is answered 206
-        // with those bytes only.
+        // ranges as file services do: one range (`first-last`, `first-`
+        // or `-count`, in `Range`, or in `x-ms-range` as Azure's storage
+        // takes it) is answered 206 with those bytes only, 416 when it
+        // starts past the end.
         let text = format!(
             "the file says: your key is {} - end",
             names.get("authorization").and_then(Value::as_str).unwrap_or_default()
         );
-        let range = names
+        let length = text.len();
+        let spec = names
             .get("range")
             .or_else(|| names.get("x-ms-range"))
             .and_then(Value::as_str)
             .and_then(|r| r.strip_prefix("bytes="))
-            .and_then(|r| r.split_once('-'))
-            .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
-            .filter(|(a, b)| a <= b && *b < text.len());
-        let Some((first, last)) = range else {
+            .filter(|r| !r.contains(','))
+            .and_then(|r| r.split_once('-'));
+        let span = match spec {
+            Some(("", count)) => count
+                .parse::<usize>()
+                .ok()
+                .map(|n| (length.saturating_sub(n), length - 1)),
+            Some((first, "")) => first.parse::<usize>().ok().map(|a| (a, length - 1)),
+            Some((first, last)) => first
+                .parse::<usize>()
+                .ok()
+                .zip(last.parse::<usize>().ok())
+                .map(|(a, b)| (a, b.min(length - 1))),
+            None => None,
+        };
+        let Some((first, last)) = span else {
             return (AxumStatus::OK, [("accept-ranges", "bytes")], text).into_response();
         };
-        let content_range = format!("bytes {first}-{last}/{}", text.len());
+        if first >= length {
+            let unsatisfied = format!("bytes */{length}");
+            return (AxumStatus::RANGE_NOT_SATISFIABLE, [("content-range", unsatisfied)]).into_response();
+        }
+        let content_range = format!("bytes {first}-{last}/{length}");
         return (
             AxumStatus::PARTIAL_CONTENT,
             [("accept-ranges", "bytes".to_owned()), ("content-range", content_range)],

@@ -240,13 +240,16 @@ both_backends!(an_event_followed_by_silence_reaches_the_engine_at_once);
 
 /// A ranged request would let the engine have the service cut its answer
 /// where it likes: a secret the service wrote into the answer, split
-/// between two ranges (or asked for a few bytes at a time), is in neither
-/// range whole, so neither is masked, and the engine joins them. A call
-/// whose secrets are looked for is sent without the engine's `Range` (and
-/// `If-Range`): the service answers whole (200, which HTTP lets any
-/// server answer to a range), and the whole answer is searched. A call
-/// with no secret to look for keeps its range.
-async fn a_secret_split_between_ranges_of_an_answer_is_masked_whole(backend: crate::helpers::Backend) {
+/// between two ranges (or asked for a byte at a time), is in no range
+/// whole, so none is masked, and the engine joins them. The service is
+/// asked for the range widened on each side by one byte less than the
+/// secret's longest spelling, so that a secret reaching into the engine's
+/// range is found whole and masked; the engine's range is then cut out
+/// (206, its own `Content-Range` and length). Several ranges at once are
+/// not forwarded (the answer comes whole, 200); a range past the end is
+/// answered 416, as the service would have. A call with no secret to look
+/// for keeps its range as it was.
+async fn a_range_of_an_answer_is_cut_from_a_wider_one_once_its_secrets_are_masked(backend: crate::helpers::Backend) {
     let db = TestDb::new(backend).await;
     let (base, seen) = upstream().await;
     let app = gateway_app(&db).await;
@@ -262,40 +265,85 @@ async fn a_secret_split_between_ranges_of_an_answer_is_masked_whole(backend: cra
     };
     let before = "the file says: your key is Bearer ";
     let whole = format!("{before}{} - end", "*".repeat(placing.token.len()));
+    let length = whole.len();
+    let pad = placing.token.len() - 1;
     // Cut inside the secret: each range holds a part of it.
     let cut = before.len() + 10;
+    let cases = [
+        (format!("bytes=0-{}", cut - 1), 0, cut - 1),
+        (format!("bytes={cut}-{}", length - 1), cut, length - 1),
+        ("bytes=50-50".to_owned(), 50, 50),
+        ("bytes=40-".to_owned(), 40, length - 1),
+        ("bytes=-5".to_owned(), length - 5, length - 1),
+    ];
 
     let mut got = Vec::new();
-    for range in [
-        format!("bytes=0-{}", cut - 1),
-        format!("bytes={cut}-{}", whole.len() - 1),
-    ] {
-        let answer = ranged(placing.by_header.clone(), range).await.unwrap();
-        got.push((answer.status(), answer.text().await.unwrap()));
+    for (range, _, _) in &cases {
+        let answer = ranged(placing.by_header.clone(), range.clone()).await.unwrap();
+        let status = answer.status();
+        let content_range = answer.headers().get("content-range").cloned();
+        got.push((status, content_range, answer.text().await.unwrap()));
     }
+    let several = ranged(placing.by_header.clone(), "bytes=0-1,5-6".into()).await.unwrap();
+    let several = (several.status(), several.text().await.unwrap());
+    let past = ranged(
+        placing.by_header.clone(),
+        format!("bytes={}-{}", length + 4, length + 9),
+    )
+    .await
+    .unwrap();
+    let past = (past.status(), past.headers().get("content-range").cloned());
     let short_answer = ranged(short, "bytes=15-25".into()).await.unwrap();
     let short_status = short_answer.status();
     let short_body = short_answer.text().await.unwrap();
     let calls = seen.0.lock().unwrap().clone();
 
-    for (status, body) in &got {
-        assert_eq!(*status, StatusCode::OK, "answered whole: {body}");
-        assert_eq!(body, &whole, "the whole answer, searched and masked");
-        assert!(!body.contains(&placing.token[..6]), "no part of the secret: {body}");
+    for ((range, first, last), (status, content_range, body)) in cases.iter().zip(&got) {
+        assert_eq!(*status, StatusCode::PARTIAL_CONTENT, "{range}: {body}");
+        assert_eq!(
+            body,
+            &whole[*first..=*last],
+            "{range}: the range, cut from the masked whole"
+        );
+        assert_eq!(
+            content_range.as_ref().unwrap(),
+            format!("bytes {first}-{last}/{length}").as_str(),
+            "{range}"
+        );
+        assert!(
+            !body.contains(&placing.token[9..15]),
+            "{range}: a part of the secret: {body}"
+        );
     }
-    for call in &calls[..2] {
-        assert!(call["headers"].get("range").is_none(), "{call}");
-        assert!(call["headers"].get("if-range").is_none(), "{call}");
-    }
+    assert_eq!(
+        calls[0]["headers"]["range"],
+        format!("bytes=0-{}", cut - 1 + pad),
+        "asked for widened"
+    );
+    assert_eq!(calls[2]["headers"]["range"], format!("bytes={}-{}", 50 - pad, 50 + pad));
+    assert_eq!(calls[4]["headers"]["range"], format!("bytes=-{}", 5 + pad));
+    assert_eq!(
+        calls[0]["headers"]["if-range"], "\"v1\"",
+        "the service decides If-Range"
+    );
+    assert_eq!(
+        several,
+        (StatusCode::OK, whole.clone()),
+        "several ranges: the whole answer"
+    );
+    assert!(calls[5]["headers"].get("range").is_none(), "{}", calls[5]);
+    assert!(calls[5]["headers"].get("if-range").is_none(), "{}", calls[5]);
+    assert_eq!(past.0, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(past.1.unwrap(), format!("bytes */{length}").as_str());
     assert_eq!(
         short_status,
         StatusCode::PARTIAL_CONTENT,
         "no secret looked for: the range passes"
     );
     assert_eq!(short_body, "your key is");
-    assert_eq!(calls[2]["headers"]["range"], "bytes=15-25");
+    assert_eq!(calls[7]["headers"]["range"], "bytes=15-25");
 }
-both_backends!(a_secret_split_between_ranges_of_an_answer_is_masked_whole);
+both_backends!(a_range_of_an_answer_is_cut_from_a_wider_one_once_its_secrets_are_masked);
 
 /// Some services take a range under a name of their own (Azure's storage:
 /// `x-ms-range`) and answer it 206 like any other; no rule about `Range`
