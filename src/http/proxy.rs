@@ -271,7 +271,13 @@ async fn forward(
         if answer.status() == axum::http::StatusCode::UNAUTHORIZED {
             let renewed = crate::gateway::renewed_authorization(&state, &mut call).await;
             if let Some(renewed) = renewed.and_then(|r| HeaderValue::from_str(&r).ok()) {
-                upstream = send(build(Some(renewed), Body::from(bytes.clone()))).await;
+                let mut again = build(Some(renewed), Body::from(bytes.clone()));
+                // The renewed token may be longer than the range was
+                // widened for: widened again for it.
+                if asked.is_some() {
+                    (asked, pad) = ranged::ask(again.headers_mut(), &headers, &call.placed);
+                }
+                upstream = send(again).await;
             }
         }
     }

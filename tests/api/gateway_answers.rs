@@ -386,3 +386,62 @@ async fn a_part_of_an_answer_cut_by_another_name_is_not_returned(backend: crate:
     assert_eq!(short_body, "the file says: your key is Bearer t ");
 }
 both_backends!(a_part_of_an_answer_cut_by_another_name_is_not_returned);
+
+/// A token renewed after a 401 can be longer than the one the range was
+/// first widened for (Microsoft's grow and shrink with their claims): the
+/// call sent again asks for the range widened for the renewed token, so a
+/// range cutting into it is still answered (206, the renewed token
+/// masked) instead of being refused as a part credgate cannot search.
+async fn a_range_sent_again_with_a_longer_renewed_token_is_widened_for_it(backend: crate::helpers::Backend) {
+    let db = TestDb::new(backend).await;
+    let (base, seen) = upstream().await;
+    let ms = crate::oauth_server::AuthServer::start(crate::oauth_server::Flavor::Microsoft).await;
+    let (app, id) = crate::gateway::connected(&db, &ms, "microsoft", &base).await;
+    // The access token handed out on connecting (Microsoft's are JWTs).
+    let first = ms.with(|i| i.issued.iter().rev().find(|t| t.starts_with("eyJ")).cloned().unwrap());
+    ms.with(|i| i.token_tail = format!(".{}", "x".repeat(40)));
+    let renewed_length = first.len() + 41;
+    let before = "the file says: your key is Bearer ";
+    // Inside the renewed token's tail: farther from its start than the
+    // first token's length.
+    let (start, end) = (before.len() + first.len() + 20, before.len() + first.len() + 30);
+
+    let answer = app
+        .client
+        .get(format!(
+            "{}/integrations/credentials/{id}/proxy/once401-ranged",
+            app.base
+        ))
+        .bearer_auth(&app.org.engine)
+        .header("range", format!("bytes={start}-{end}"))
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status();
+    let content_range = answer.headers().get("content-range").cloned();
+    let body = answer.text().await.unwrap();
+    let calls = seen.0.lock().unwrap().clone();
+    let renewed = calls[1]["headers"]["authorization"].as_str().unwrap().to_owned();
+    let uses = crate::gateway::settled_uses(&app, &id, 1).await;
+    let whole = format!("{before}{} - end", "*".repeat(renewed_length));
+
+    assert_eq!(renewed.len(), "Bearer ".len() + renewed_length, "{renewed}");
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT, "{body}");
+    assert_eq!(body, whole[start..=end]);
+    assert_eq!(
+        calls[0]["headers"]["range"],
+        format!("bytes={}-{}", start - (first.len() - 1), end + first.len() - 1)
+    );
+    assert_eq!(
+        calls[1]["headers"]["range"],
+        format!("bytes={}-{}", start - (renewed_length - 1), end + renewed_length - 1),
+        "sent again widened for the renewed token"
+    );
+    assert_eq!(
+        content_range.unwrap(),
+        format!("bytes {start}-{end}/{}", whole.len()).as_str()
+    );
+    assert_eq!(uses[0]["detail"]["status"], 206, "{}", uses[0]);
+    assert_eq!(uses[0]["outcome"], "success", "{}", uses[0]);
+}
+both_backends!(a_range_sent_again_with_a_longer_renewed_token_is_widened_for_it);

@@ -123,6 +123,9 @@ pub struct Inner {
     pub send_iss: Option<String>,
     /// `0`: the answer has no `expires_in` (a token that does not expire).
     pub expires_in: u64,
+    /// Written after every access token handed out from now on (a token
+    /// longer than the last, as Microsoft's grow with their claims).
+    pub token_tail: String,
     /// Sent as `refresh_token_expires_in` with every token (GitHub apps).
     pub refresh_token_expires_in: Option<u64>,
     pub token_delay: Option<Duration>,
@@ -168,6 +171,7 @@ impl AuthServer {
             deny: false,
             send_iss: None,
             expires_in: if flavor == Flavor::Google { 3599 } else { 4493 },
+            token_tail: String::new(),
             refresh_token_expires_in: None,
             token_delay: None,
             token_requests: 0,
@@ -358,6 +362,7 @@ fn access_token(i: &mut Inner, user: &User) -> String {
             )
         }
     };
+    let token = format!("{token}{}", i.token_tail);
     i.access.insert(token.clone(), user.clone());
     i.issued.push(token.clone());
     token

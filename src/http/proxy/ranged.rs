@@ -41,8 +41,9 @@ fn one_range(headers: &HeaderMap) -> Option<Asked> {
 
 /// Where the engine's range lies in the service's part (206), whose
 /// `answer` headers describe it; [`Cut::Unusable`] for a part credgate did
-/// not ask for, a compressed one, or one asked for before a renewed token
-/// longer than the range was widened for.
+/// not ask for, a compressed one, or one not widened for the longest
+/// secret looked for (a guard: a call sent again with a renewed token asks
+/// for its range widened again).
 pub(super) fn cut(asked: Option<Asked>, pad: u64, placed: &Placed, answer: &HeaderMap) -> Cut {
     let compressed = answer.contains_key(header::CONTENT_ENCODING);
     let widened_enough = placed.longest().saturating_sub(1) as u64 <= pad;
