@@ -36,7 +36,11 @@
 //!    multi-threaded runtime, hyper's HTTP/1 server, hyper-util's pooled
 //!    client; no routing, no authentication of the caller, no record),
 //!    setting the same header: what the stack alone costs per call.
-//! 6. Counts the `credential.proxy` events (every answered call has one)
+//! 6. With `--rounds N`, N pairs more: nginx's proxy then credgate's, one
+//!    right after the other, each pair's ratio and their median
+//!    (`credgate_to_nginx_proxy_median_of_rounds`): a machine whose speed
+//!    drifts over minutes moves both runs of a pair alike.
+//! 7. Counts the `credential.proxy` events (every answered call has one)
 //!    and runs `pgbench -N` (one read-write transaction each) with as many
 //!    clients, for scale.
 //!
@@ -68,6 +72,13 @@ struct Args {
     /// machine would be reached).
     #[arg(long, default_value = "tcp")]
     database: Database,
+    /// Pairs of runs after the first pass: nginx's proxy, then credgate's,
+    /// `seconds` each, one pair after another. Each pair's ratio is taken
+    /// within a few seconds, so a machine whose speed drifts over minutes
+    /// moves both runs of a pair alike; the median of the pairs is
+    /// reported beside the first pass's ratio.
+    #[arg(long, default_value_t = 0)]
+    rounds: usize,
     /// credgate's log filter (`CREDGATE_LOG`): `warn` keeps its per-call
     /// lines out of the measurement; `info` is the default a server runs
     /// with. The server's log goes to the bench's stderr.
@@ -312,6 +323,27 @@ fn run(args: &Args, dir: &Path, db: &str) -> anyhow::Result<Value> {
         measured.insert((*label).into(), w.json());
         figures.push(w);
     }
+    let mut paired = Vec::new();
+    for pair in 0..args.rounds {
+        eprintln!("wrk: pair {} of {}", pair + 1, args.rounds);
+        let (_, proxy_target, _, _) = &targets[1];
+        let (_, gateway_target, header, _) = &targets[2];
+        let proxy = wrk(proxy_target, None, args.seconds, args.connections)?;
+        let gateway = wrk(gateway_target, *header, args.seconds, args.connections)?;
+        paired.push(json!({
+            "nginx_proxy_requests_per_s": round(proxy.rps, 0),
+            "credgate_requests_per_s": round(gateway.rps, 0),
+            "credgate_p99_ms": round(gateway.p99_ms, 2),
+            "ratio": round(gateway.rps / proxy.rps, 3),
+        }));
+    }
+    let mut ratios: Vec<f64> = paired.iter().filter_map(|p| p["ratio"].as_f64()).collect();
+    ratios.sort_by(f64::total_cmp);
+    let median = match ratios.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(ratios[n / 2]),
+        n => Some(round((ratios[n / 2 - 1] + ratios[n / 2]) / 2.0, 3)),
+    };
     // Each answered call left its use; the outcomes of the last calls
     // (those wrk cut off, whose use may still have been being written)
     // are given a few seconds to land.
@@ -362,6 +394,8 @@ fn run(args: &Args, dir: &Path, db: &str) -> anyhow::Result<Value> {
         "hyper_floor_to_nginx_proxy": round(stack.rps / proxy.rps, 3),
         "credgate_to_hyper_floor": round(gateway.rps / stack.rps, 3),
         "credgate_p99_ms": round(gateway.p99_ms, 2),
+        "rounds": paired,
+        "credgate_to_nginx_proxy_median_of_rounds": median,
         "uses_recorded": uses,
         "database_per_gateway_call": per_call,
         "credgate_peak_rss_mib": peak_rss_mib,
