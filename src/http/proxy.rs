@@ -320,24 +320,13 @@ async fn forward(
                 content_range,
             } => window = Some((skip, keep, content_range)),
             Cut::PastTheEnd { total } => {
-                // What the service would have answered the engine's range.
                 settlement.settle(Some(416), None).await;
-                let unsatisfied = format!("bytes */{total}");
-                return Ok((
-                    axum::http::StatusCode::RANGE_NOT_SATISFIABLE,
-                    [("content-range", unsatisfied)],
-                )
-                    .into_response());
+                return Ok(ranged::past_the_end(total));
             }
             Cut::Unusable => {
                 settlement.settle(Some(status.as_u16()), Some("partial_answer")).await;
                 tracing::warn!(credential = %credential, "a service answered with a part of its answer credgate cannot search whole; not returned");
-                return Err(ApiError::Provider(
-                    "the service answered with a part of its answer (206) that credgate cannot search for the \
-                     credential's secrets whole, so it is not returned (ask for the whole answer, or one range in \
-                     `Range`)"
-                        .into(),
-                ));
+                return Err(ranged::unusable());
             }
         }
     }

@@ -6,10 +6,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::body::Bytes;
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 
 use super::header_text;
 use crate::gateway::{Asked, Cut, Placed};
+use crate::http::error::ApiError;
 
 /// Asks the service for the engine's one range widened so that every
 /// secret reaching into it lies whole within the part (`sent` gets the
@@ -51,6 +53,26 @@ pub(super) fn cut(asked: Option<Asked>, pad: u64, placed: &Placed, answer: &Head
         (Some(asked), Some(range)) if !compressed && widened_enough => asked.cut(pad, &range),
         _ => Cut::Unusable,
     }
+}
+
+/// What the service would have answered the engine's range starting past
+/// the end of its answer of `total` bytes.
+pub(super) fn past_the_end(total: u64) -> Response {
+    let unsatisfied = format!("bytes */{total}");
+    (
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        [(header::CONTENT_RANGE, unsatisfied)],
+    )
+        .into_response()
+}
+
+/// The refusal of a part of an answer credgate cannot search whole.
+pub(super) fn unusable() -> ApiError {
+    ApiError::Provider(
+        "the service answered with a part of its answer (206) that credgate cannot search for the credential's \
+         secrets whole, so it is not returned (ask for the whole answer, or one range in `Range`)"
+            .into(),
+    )
 }
 
 /// The headers of the engine's range, `keep` bytes described by
