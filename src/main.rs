@@ -53,8 +53,12 @@ async fn run() {
         cli::Command::Serve { .. } => cli.settings.log.clone(),
         _ => std::env::var("CREDGATE_LOG").unwrap_or_else(|_| "error".into()),
     };
-    credgate::telemetry::init(&filter, &cli.settings.log_format);
-    if let Err(e) = cli::run(cli, shutdown_signal()).await {
+    let json = cli.settings.log_format == credgate::config::LogFormat::Json;
+    let logging = credgate::telemetry::init(&filter, json);
+    let outcome = cli::run(cli, shutdown_signal()).await;
+    // Every line still queued is written before the process ends.
+    drop(logging);
+    if let Err(e) = outcome {
         eprintln!("credgate: {}", cli::redact_tokens(&format!("{e:#}")));
         std::process::exit(1);
     }

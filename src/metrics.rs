@@ -115,6 +115,12 @@ pub struct Metrics {
     /// longer current (or would have needed a refresh), decided again on a
     /// read of their own.
     pub use_reads_stale: Counter,
+    /// `credgate_log_lines_dropped_total`: log lines dropped because
+    /// stderr did not take them in time (see `telemetry`); brought up to
+    /// date at each rendering.
+    log_lines_dropped: Counter,
+    /// The dropped lines already counted in `log_lines_dropped`.
+    log_lines_dropped_seen: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -233,6 +239,12 @@ impl Default for Metrics {
             "Uses whose earlier read of their credential was no longer current, decided again on a read of their own",
             use_reads_stale.clone(),
         );
+        let log_lines_dropped = Counter::default();
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because stderr did not take them in time",
+            log_lines_dropped.clone(),
+        );
         Self {
             registry,
             requests,
@@ -254,6 +266,8 @@ impl Default for Metrics {
             listing_pages_uses_read,
             use_reads_reused,
             use_reads_stale,
+            log_lines_dropped,
+            log_lines_dropped_seen: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -271,6 +285,14 @@ impl Metrics {
 
     /// The text exposition: the metrics of what this process runs.
     pub fn render(&self) -> String {
+        // Each line dropped is counted once, whichever rendering sees it.
+        let dropped = crate::telemetry::dropped_lines();
+        let seen = self
+            .log_lines_dropped_seen
+            .fetch_max(dropped, std::sync::atomic::Ordering::Relaxed);
+        if dropped > seen {
+            self.log_lines_dropped.inc_by(dropped - seen);
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         if self.worker.load(std::sync::atomic::Ordering::Relaxed) {

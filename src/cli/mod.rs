@@ -293,6 +293,7 @@ async fn serve(
         app.local_addr()
     );
     let ctx = app.state().ctx.clone();
+    let dropped = tokio::spawn(crate::telemetry::report_dropped());
     let worker = (role != Runs::ApiOnly).then(|| tokio::spawn(run_worker(ctx.clone(), stop_rx.clone())));
     let mut stop = stop_rx;
     app.run_until(async move {
@@ -310,6 +311,7 @@ async fn serve(
     if !ctx.refresher.finished(within).await {
         tracing::warn!("a token refresh or code exchange was still running when the server stopped");
     }
+    dropped.abort();
     Ok(())
 }
 

@@ -31,6 +31,7 @@ mod idempotency;
 mod left_callers;
 mod limits;
 mod liveness;
+mod logging;
 mod mcp;
 mod minted;
 mod notifications;
