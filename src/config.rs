@@ -75,6 +75,12 @@ pub struct Settings {
     /// secret's end.
     #[arg(long, env = "CREDGATE_EXPIRY_WARN_DAYS", default_value_t = 14, global = true)]
     pub expiry_warn_days: u32,
+    /// Audit events (uses and gateway calls with their outcomes among them)
+    /// older than this many days are deleted by the worker; unset, they are
+    /// kept for ever.
+    #[arg(long, env = "CREDGATE_AUDIT_RETENTION_DAYS", global = true,
+        value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    pub audit_retention_days: Option<u32>,
     /// Largest request body the gateway forwards, in bytes (413 beyond).
     #[arg(long, env = "CREDGATE_PROXY_MAX_BODY", default_value_t = 10 * 1024 * 1024, global = true)]
     pub proxy_max_body: u64,
@@ -180,6 +186,8 @@ pub struct Config {
     pub proxy_max_body: u64,
     pub proxy_concurrency_per_credential: usize,
     pub expiry_warn_days: u32,
+    /// `CREDGATE_AUDIT_RETENTION_DAYS` (`None`: audit events kept for ever).
+    pub audit_retention_days: Option<u32>,
     /// How long the gateway waits for a service's answer to begin.
     pub proxy_first_byte_timeout: std::time::Duration,
     pub webhook_url: Option<String>,
@@ -252,6 +260,7 @@ impl Config {
             refresh_concurrency: s.refresh_concurrency,
             proxy_max_body: s.proxy_max_body,
             expiry_warn_days: s.expiry_warn_days,
+            audit_retention_days: s.audit_retention_days,
             proxy_concurrency_per_credential: s.proxy_concurrency_per_credential.max(1),
             proxy_first_byte_timeout: PROXY_FIRST_BYTE_TIMEOUT,
             webhook_url: s.webhook_url.clone().filter(|u| !u.is_empty()),
@@ -315,6 +324,7 @@ impl Config {
             refresh_concurrency: 64,
             proxy_max_body: 10 * 1024 * 1024,
             expiry_warn_days: 14,
+            audit_retention_days: None,
             proxy_concurrency_per_credential: 32,
             webhook_url: None,
             webhook_secret: None,

@@ -61,7 +61,8 @@ pub async fn try_refresh_due(ctx: &Context, batch: i64) -> Result<Step, Error> {
 pub const EVENT_RETENTION_SECS: i64 = 7 * 86_400;
 
 /// Housekeeping: deletes OAuth states, page sessions and idempotency keys
-/// that expired, and notifications past their retention; writes the expiry
+/// that expired, and notifications (and, when `CREDGATE_AUDIT_RETENTION_DAYS`
+/// is set, audit events) past their retention; writes the expiry
 /// notifications due; returns how many states went.
 pub async fn housekeeping(ctx: &Context) -> Result<u64, Error> {
     ctx.store.purge_events(ctx.now() - EVENT_RETENTION_SECS).await?;
@@ -76,7 +77,33 @@ pub async fn housekeeping(ctx: &Context) -> Result<u64, Error> {
         ctx.webhooks.wake();
     }
     finish_deletions(ctx).await?;
-    Ok(ctx.store.purge_oauth_states(ctx.now()).await?)
+    let states = ctx.store.purge_oauth_states(ctx.now()).await?;
+    if let Some(days) = ctx.config.audit_retention_days {
+        purge_audit(ctx, ctx.now() - i64::from(days) * 86_400).await?;
+    }
+    Ok(states)
+}
+
+/// Audit events one transaction deletes, and such batches per
+/// housekeeping pass at most (a pass a minute: up to a million events).
+const AUDIT_PURGE_BATCH: i64 = 5000;
+const AUDIT_PURGE_BATCHES_PER_PASS: usize = 200;
+
+/// Deletes the audit events written before `before`, oldest first, in
+/// short transactions; what one pass leaves, the next takes.
+async fn purge_audit(ctx: &Context, before: i64) -> Result<(), Error> {
+    let mut gone = 0;
+    for _ in 0..AUDIT_PURGE_BATCHES_PER_PASS {
+        let batch = ctx.store.purge_audit_events(before, AUDIT_PURGE_BATCH).await?;
+        gone += batch;
+        if batch < AUDIT_PURGE_BATCH.unsigned_abs() {
+            break;
+        }
+    }
+    if gone > 0 {
+        tracing::info!(events = gone, "audit events past their retention deleted");
+    }
+    Ok(())
 }
 
 /// The days before an end at which `credential.expiring` is sent (and 0,

@@ -261,6 +261,52 @@ impl Store {
         .await
     }
 
+    /// Deletes up to `batch` of the oldest audit events (by id) that were
+    /// written before `before`, with the gateway calls' outcomes kept beside
+    /// them, in one short transaction; returns how many events went (fewer
+    /// than `batch`: none is left, or an event written a moment out of order
+    /// holds the older ones behind it back until it is old enough too).
+    pub async fn purge_audit_events(&self, before: i64, batch: i64) -> Result<u64, StoreError> {
+        self.timed(async move {
+            let mut tx = self.begin_write().await?;
+            let gone = match self.dialect {
+                // One statement: the outcomes go with exactly the events
+                // that went, whatever another purge took meanwhile.
+                Dialect::Postgres => {
+                    sqlx::query_scalar::<_, i64>(
+                        "WITH gone AS (DELETE FROM audit_events WHERE at < $1 \
+                             AND id IN (SELECT id FROM audit_events ORDER BY id LIMIT $2) RETURNING id), \
+                         outcomes AS (DELETE FROM use_outcomes WHERE event_id IN (SELECT id FROM gone)) \
+                         SELECT COUNT(*) FROM gone",
+                    )
+                    .bind(before)
+                    .bind(batch)
+                    .fetch_one(&mut *tx)
+                    .await?
+                }
+                // The write lock is held: both statements see the same events.
+                Dialect::Sqlite => {
+                    let oldest = "SELECT id FROM audit_events WHERE at < $1 \
+                                  AND id IN (SELECT id FROM audit_events ORDER BY id LIMIT $2)";
+                    sqlx::query(&format!("DELETE FROM use_outcomes WHERE event_id IN ({oldest})"))
+                        .bind(before)
+                        .bind(batch)
+                        .execute(&mut *tx)
+                        .await?;
+                    let gone = sqlx::query(&format!("DELETE FROM audit_events WHERE id IN ({oldest})"))
+                        .bind(before)
+                        .bind(batch)
+                        .execute(&mut *tx)
+                        .await?;
+                    i64::try_from(gone.rows_affected()).unwrap_or(i64::MAX)
+                }
+            };
+            tx.commit().await?;
+            Ok(u64::try_from(gone).unwrap_or(0))
+        })
+        .await
+    }
+
     /// Was this credential deleted (is there a `credential.delete` event)?
     pub async fn was_deleted(&self, org_id: &OrgId, credential_id: &CredentialId) -> Result<bool, StoreError> {
         self.timed(async move {

@@ -6,6 +6,7 @@ mod helpers;
 
 mod access;
 mod architecture;
+mod audit_retention;
 mod auth_limits;
 mod catalog;
 mod cli;
