@@ -152,7 +152,7 @@ pub async fn run_worker(ctx: Context, stop: tokio::sync::watch::Receiver<bool>) 
                 match housekeeping(&ctx).await {
                     Ok(n) if n > 0 => tracing::info!(purged = n, "expired OAuth states purged"),
                     Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "purging expired OAuth states failed"),
+                    Err(e) => tracing::warn!(error = %e, "housekeeping (expired states, sessions and keys, notifications, retention) failed"),
                 }
             }
             try_refresh_due(&ctx, 256).await
