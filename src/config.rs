@@ -128,34 +128,11 @@ pub struct Settings {
     pub ops_listen: Option<SocketAddr>,
     /// Log filter (tracing `EnvFilter` syntax); one it cannot read stops
     /// every command before it starts.
-    #[arg(long, env = "CREDGATE_LOG", default_value = "info", global = true, value_parser = log_filter)]
+    #[arg(long, env = "CREDGATE_LOG", default_value = "info", global = true, value_parser = crate::telemetry::parse_filter)]
     pub log: String,
     /// `text` or `json`; anything else stops every command before it starts.
-    #[arg(long, env = "CREDGATE_LOG_FORMAT", default_value = "text", global = true, value_parser = log_format)]
-    pub log_format: LogFormat,
-}
-
-/// How log lines are written (`CREDGATE_LOG_FORMAT`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-fn log_format(format: &str) -> Result<LogFormat, String> {
-    match format.to_ascii_lowercase().as_str() {
-        "text" => Ok(LogFormat::Text),
-        "json" => Ok(LogFormat::Json),
-        _ => Err("CREDGATE_LOG_FORMAT is `text` or `json`".into()),
-    }
-}
-
-/// `CREDGATE_LOG` as given, when `tracing` can read it as a filter.
-fn log_filter(filter: &str) -> Result<String, String> {
-    tracing_subscriber::EnvFilter::builder()
-        .parse(filter)
-        .map(|_| filter.to_owned())
-        .map_err(|e| format!("CREDGATE_LOG is not a log filter: {e}"))
+    #[arg(long, env = "CREDGATE_LOG_FORMAT", default_value = "text", global = true, value_parser = crate::telemetry::parse_format)]
+    pub log_format: crate::telemetry::LogFormat,
 }
 
 /// The resolved configuration the application runs with. `Debug` hides
@@ -336,7 +313,7 @@ impl Config {
             db_max_connections: None,
             ops_listen: None,
             log: "info".into(),
-            log_format: LogFormat::Text,
+            log_format: crate::telemetry::LogFormat::Text,
         };
         let mut config = Self::from_settings(&settings);
         config.provider_overrides.clear();

@@ -53,8 +53,7 @@ async fn run() {
         cli::Command::Serve { .. } => cli.settings.log.clone(),
         _ => std::env::var("CREDGATE_LOG").unwrap_or_else(|_| "error".into()),
     };
-    let json = cli.settings.log_format == credgate::config::LogFormat::Json;
-    let logging = credgate::telemetry::init(&filter, json);
+    let logging = credgate::telemetry::init(&filter, cli.settings.log_format);
     let outcome = cli::run(cli, shutdown_signal()).await;
     // Every line still queued is written before the process ends.
     drop(logging);

@@ -143,16 +143,40 @@ fn start(mut out: impl Write + Send + 'static) -> (Queued, Logging) {
 
 static DROPPED: OnceLock<Arc<Queue>> = OnceLock::new();
 
-/// Installs the global subscriber, writing to stderr: JSON lines or text.
+/// How log lines are written (`CREDGATE_LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `CREDGATE_LOG_FORMAT`: `text` or `json`, in any case.
+pub fn parse_format(format: &str) -> Result<LogFormat, String> {
+    match format.to_ascii_lowercase().as_str() {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err("CREDGATE_LOG_FORMAT is `text` or `json`".into()),
+    }
+}
+
+/// `CREDGATE_LOG` as given, when `tracing` can read it as a filter.
+pub fn parse_filter(filter: &str) -> Result<String, String> {
+    EnvFilter::builder()
+        .parse(filter)
+        .map(|_| filter.to_owned())
+        .map_err(|e| format!("CREDGATE_LOG is not a log filter: {e}"))
+}
+
+/// Installs the global subscriber, writing to stderr in `format`.
 /// `filter` was checked with the settings; should it not parse, `info`.
-pub fn init(filter: &str, json: bool) -> Logging {
+pub fn init(filter: &str, format: LogFormat) -> Logging {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
     // Colour codes only for a person at a terminal, never in a file.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let (writer, logging) = start(std::io::stderr());
     let _ = DROPPED.set(writer.0.clone());
     let builder = fmt().with_env_filter(filter).with_writer(writer).with_ansi(ansi);
-    if json {
+    if format == LogFormat::Json {
         builder.json().flatten_event(true).with_current_span(true).init();
     } else {
         builder.init();
